@@ -1,0 +1,217 @@
+"""Analytical (roofline) performance model of a GPU serving a dense transformer.
+
+Latency: every iteration streams the weights once and the KV cache it attends over (memory
+time, nearly clock-independent) and does its matmuls (compute time, scales with 1/clock). The two
+overlap as a soft roofline. Decode batches are padded up to the CUDA-graph capture sizes, so
+latency steps at those boundaries.
+
+Power: idle floor + engine context + a memory part proportional to memory-busy time + a core part
+that grows super-linearly with clock (voltage rises with frequency), scaled by switching activity
+(compute-busy time); capped at TDP.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from dataclasses import dataclass, field
+from functools import cached_property
+
+from voltana.hardware.gpus import GpuSpec
+from voltana.hardware.models import ModelSpec
+from voltana.perf.model import IterationEstimate
+
+
+def cuda_graph_batch_sizes(max_batch: int = 512) -> tuple[int, ...]:
+    """SGLang-style capture sizes: 1, 2, 4, 8, then steps of 8."""
+    sizes = [1, 2, 4, *range(8, max_batch + 1, 8)]
+    return tuple(sizes)
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Efficiency and power constants of one GPU running one software stack."""
+
+    memory_efficiency: float = 0.85  # achieved fraction of peak HBM bandwidth
+    compute_efficiency: float = 0.62  # achieved fraction of peak bf16 on large (prefill) matmuls
+    decode_compute_efficiency: float = 0.65  # skinny decode matmuls reach less of the peak
+    # Matmul efficiency halves at this many rows (wave/tile quantisation for small batches).
+    compute_half_rows: float = 192.0
+    attention_efficiency: float = 0.30  # achieved fraction of peak in attention kernels
+    roofline_sharpness: float = 4.0  # soft-max exponent combining memory and compute time
+    prefill_overhead_ms: float = 3.0  # scheduler + launch per prefill iteration
+    decode_overhead_ms: float = 1.2  # per decode step with CUDA graphs
+    decode_per_request_overhead_ms: float = 0.004  # sampling, bookkeeping per running request
+    tp_layer_overhead_ms: float = 0.0  # per layer all-reduce latency when TP > 1
+    # Power.
+    core_dynamic_w: float = 265.0  # SM power at max clock and full switching activity
+    memory_dynamic_w: float = 60.0  # HBM power at full bandwidth
+    idle_clock_w: float = 25.0  # extra idle draw when the clock is locked at max
+    clock_power_exponent: float = 2.8  # P_core ∝ (f/f_max)^exponent (V rises with f)
+    min_activity: float = 0.35  # switching activity of SMs stalled on memory
+    kv_memory_fraction: float = 0.88  # fraction of GPU memory SGLang gives weights + KV
+    max_cuda_graph_batch: int = 512
+
+
+# Constants fitted to DESIGN.md section 4 (see tests/test_perf_calibration.py for each figure).
+DEFAULT_CALIBRATIONS: dict[str, Calibration] = {
+    "a100-80g": Calibration(),
+    "h100-80g": Calibration(
+        compute_efficiency=0.45,
+        decode_compute_efficiency=0.30,
+        attention_efficiency=0.25,
+        decode_overhead_ms=1.3,
+        core_dynamic_w=520.0,
+        memory_dynamic_w=150.0,
+        idle_clock_w=40.0,
+    ),
+    "h200": Calibration(
+        compute_efficiency=0.45,
+        decode_compute_efficiency=0.30,
+        attention_efficiency=0.25,
+        decode_overhead_ms=1.3,
+        core_dynamic_w=520.0,
+        memory_dynamic_w=150.0,
+        idle_clock_w=40.0,
+    ),
+}
+
+
+@dataclass(frozen=True)
+class AnalyticalPerformanceModel:
+    """Roofline latency and clock-dependent power of ``model`` on ``gpu`` (per TP group)."""
+
+    gpu: GpuSpec
+    model: ModelSpec
+    calibration: Calibration = field(default_factory=Calibration)
+
+    @classmethod
+    def for_hardware(
+        cls, gpu: GpuSpec, model: ModelSpec, calibration: Calibration | None = None
+    ) -> AnalyticalPerformanceModel:
+        return cls(gpu, model, calibration or DEFAULT_CALIBRATIONS.get(gpu.key, Calibration()))
+
+    # ---- derived constants -------------------------------------------------------------
+    @cached_property
+    def _memory_bytes_per_s(self) -> float:
+        return self.gpu.memory_bandwidth_gb_s * 1e9 * self.calibration.memory_efficiency
+
+    @cached_property
+    def _weights_time_s(self) -> float:
+        return self.model.weight_bytes_per_gpu / self._memory_bytes_per_s
+
+    @cached_property
+    def _linear_flops_per_token_per_gpu(self) -> float:
+        return self.model.linear_flops_per_token / self.model.tensor_parallel
+
+    @cached_property
+    def _graph_sizes(self) -> tuple[int, ...]:
+        return cuda_graph_batch_sizes(self.calibration.max_cuda_graph_batch)
+
+    @cached_property
+    def _tp_overhead_s(self) -> float:
+        if self.model.tensor_parallel == 1:
+            return 0.0
+        return self.model.num_layers * self.calibration.tp_layer_overhead_ms / 1000.0
+
+    def _peak_flops(self, sm_clock_mhz: float) -> float:
+        return self.gpu.peak_bf16_tflops * 1e12 * (sm_clock_mhz / self.gpu.max_sm_clock_mhz)
+
+    def _allreduce_time_s(self, rows: int) -> float:
+        tp = self.model.tensor_parallel
+        if tp == 1:
+            return 0.0
+        bytes_per_allreduce = rows * self.model.hidden_size * self.model.dtype_bytes
+        ring_bytes = 2.0 * bytes_per_allreduce * (tp - 1) / tp
+        return 2 * self.model.num_layers * ring_bytes / (self.gpu.nvlink_gb_s * 1e9)
+
+    def padded_batch(self, batch_size: int) -> int:
+        """The CUDA-graph size a decode batch runs as (eager beyond the largest graph)."""
+        index = bisect.bisect_left(self._graph_sizes, batch_size)
+        return self._graph_sizes[index] if index < len(self._graph_sizes) else batch_size
+
+    def _combine(self, memory_s: float, compute_s: float) -> float:
+        k = self.calibration.roofline_sharpness
+        return float((memory_s**k + compute_s**k) ** (1.0 / k))
+
+    def _power_w(self, sm_clock_mhz: float, memory_busy: float, compute_busy: float) -> float:
+        cal = self.calibration
+        clock_ratio = sm_clock_mhz / self.gpu.max_sm_clock_mhz
+        activity = cal.min_activity + (1.0 - cal.min_activity) * min(1.0, compute_busy)
+        power = (
+            self.gpu.idle_w
+            + self.gpu.context_w
+            + cal.memory_dynamic_w * min(1.0, memory_busy)
+            + cal.core_dynamic_w * clock_ratio**cal.clock_power_exponent * activity
+        )
+        return min(power, self.gpu.tdp_w)
+
+    # ---- PerformanceModel ------------------------------------------------------------------
+    def prefill_iteration(
+        self, new_tokens: int, sm_clock_mhz: float, attention_pairs: float | None = None
+    ) -> IterationEstimate:
+        cal = self.calibration
+        tokens = max(1, new_tokens)
+        if attention_pairs is None:
+            attention_pairs = tokens * tokens / 2.0
+        row_efficiency = cal.compute_efficiency * tokens / (tokens + cal.compute_half_rows)
+        linear_s = (
+            self._linear_flops_per_token_per_gpu
+            * tokens
+            / (self._peak_flops(sm_clock_mhz) * row_efficiency)
+        )
+        attention_flops = (
+            self.model.attention_flops(1, 1) * attention_pairs / self.model.tensor_parallel
+        )
+        attention_s = attention_flops / (self._peak_flops(sm_clock_mhz) * cal.attention_efficiency)
+        kv_write_s = tokens * self.model.kv_bytes_per_token_per_gpu / self._memory_bytes_per_s
+        memory_s = self._weights_time_s + kv_write_s
+        compute_s = linear_s + attention_s
+        busy_s = self._combine(memory_s, compute_s)
+        fixed_s = (
+            cal.prefill_overhead_ms / 1000.0 + self._allreduce_time_s(tokens) + self._tp_overhead_s
+        )
+        latency_s = busy_s + fixed_s
+        power_w = self._power_w(sm_clock_mhz, memory_s / latency_s, compute_s / latency_s)
+        return IterationEstimate(latency_s, power_w)
+
+    def decode_iteration(
+        self, batch_size: int, kv_tokens: int, sm_clock_mhz: float
+    ) -> IterationEstimate:
+        cal = self.calibration
+        if batch_size <= 0:
+            return IterationEstimate(0.0, self.idle_power_w(sm_clock_mhz))
+        rows = self.padded_batch(batch_size)
+        peak = self._peak_flops(sm_clock_mhz)
+        linear_s = (
+            self._linear_flops_per_token_per_gpu * rows / (peak * cal.decode_compute_efficiency)
+        )
+        attention_flops = self.model.attention_flops(1, 1) * kv_tokens / self.model.tensor_parallel
+        attention_s = attention_flops / (peak * cal.attention_efficiency)
+        kv_read_s = kv_tokens * self.model.kv_bytes_per_token_per_gpu / self._memory_bytes_per_s
+        memory_s = self._weights_time_s + kv_read_s
+        compute_s = linear_s + attention_s
+        busy_s = self._combine(memory_s, compute_s)
+        fixed_s = (
+            cal.decode_overhead_ms / 1000.0
+            + cal.decode_per_request_overhead_ms * batch_size / 1000.0
+            + self._allreduce_time_s(rows)
+            + self._tp_overhead_s
+        )
+        latency_s = busy_s + fixed_s
+        power_w = self._power_w(sm_clock_mhz, memory_s / latency_s, compute_s / latency_s)
+        return IterationEstimate(latency_s, power_w)
+
+    def idle_power_w(self, sm_clock_mhz: float) -> float:
+        clock_ratio = sm_clock_mhz / self.gpu.max_sm_clock_mhz
+        cal = self.calibration
+        return (
+            self.gpu.idle_w
+            + self.gpu.context_w
+            + cal.idle_clock_w * clock_ratio**cal.clock_power_exponent
+        )
+
+    def kv_capacity_tokens(self) -> int:
+        usable = self.gpu.memory_gib * 2**30 * self.calibration.kv_memory_fraction
+        free_for_kv = usable - self.model.weight_bytes_per_gpu
+        return max(0, math.floor(free_for_kv / self.model.kv_bytes_per_token_per_gpu))

@@ -1,0 +1,68 @@
+"""Policy interfaces. Policies are pure: state in, decision out; no I/O, no wall clock.
+
+A policy may keep memory between calls (hysteresis, round-robin position, fitted corrections),
+but everything it knows arrives through its arguments, so the simulator and the live services
+get identical decisions from identical inputs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from voltana.hardware.gpus import GpuSpec
+from voltana.perf.model import PerformanceModel
+from voltana.policy.state import (
+    ClockDecision,
+    ClusterSnapshot,
+    InstanceState,
+    Placement,
+    RequestSpec,
+    SloTarget,
+)
+
+
+@dataclass(frozen=True)
+class PolicyContext:
+    """What a policy is built with: the hardware it runs on and the physics it may consult."""
+
+    gpu: GpuSpec
+    perf: PerformanceModel
+    slo: SloTarget
+
+
+class FrequencyPolicy(Protocol):
+    """Chooses the SM clock of one instance from its observed state."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def is_static(self) -> bool:
+        """True when the decision never depends on state (lets drivers skip control loops)."""
+        ...
+
+    def decide(self, state: InstanceState, slo: SloTarget, now_s: float) -> ClockDecision: ...
+
+
+class RoutingPolicy(Protocol):
+    """Chooses a prefill and a decode instance for one request from a cluster snapshot."""
+
+    @property
+    def name(self) -> str: ...
+
+    def place(self, request: RequestSpec, snapshot: ClusterSnapshot) -> Placement: ...
+
+
+@dataclass
+class PolicySuite:
+    """A complete operating policy: a clock law per phase and a router."""
+
+    name: str
+    prefill: FrequencyPolicy
+    decode: FrequencyPolicy
+    router: RoutingPolicy
+
+    @property
+    def is_static(self) -> bool:
+        return self.prefill.is_static and self.decode.is_static

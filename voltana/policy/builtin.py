@@ -1,0 +1,1 @@
+"""Registers the dynamic policies shipped with Voltana."""

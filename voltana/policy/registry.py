@@ -1,0 +1,91 @@
+"""Named policies and routers, parsed from the strings users type (`static:1005/1410`)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from voltana.errors import ConfigError, UnknownNameError
+from voltana.hardware.gpus import GpuSpec
+from voltana.policy.base import PolicyContext, PolicySuite, RoutingPolicy
+from voltana.policy.routing import LeastLoadedRouter, RoundRobinRouter
+from voltana.policy.static import StaticClockPolicy
+
+RouterFactory = Callable[[PolicyContext], RoutingPolicy]
+SuiteFactory = Callable[[PolicyContext, RoutingPolicy | None], PolicySuite]
+
+ROUTERS: dict[str, RouterFactory] = {
+    "round-robin": lambda context: RoundRobinRouter(),
+    "least-loaded": lambda context: LeastLoadedRouter(),
+}
+
+# Filled by the modules that define dynamic policies (see `register_policy`).
+_NAMED_SUITES: dict[str, SuiteFactory] = {}
+
+STATIC_FORMS = ("static-max", "static:<MHz>", "static:<prefill MHz>/<decode MHz>")
+
+
+def register_policy(name: str, factory: SuiteFactory) -> None:
+    _NAMED_SUITES[name] = factory
+
+
+def register_router(name: str, factory: RouterFactory) -> None:
+    ROUTERS[name] = factory
+
+
+def policy_names() -> list[str]:
+    _load_builtin_policies()
+    return [*STATIC_FORMS[:1], *sorted(_NAMED_SUITES), *STATIC_FORMS[1:]]
+
+
+def router_names() -> list[str]:
+    _load_builtin_policies()
+    return sorted(ROUTERS)
+
+
+def build_router(name: str, context: PolicyContext) -> RoutingPolicy:
+    _load_builtin_policies()
+    try:
+        factory = ROUTERS[name]
+    except KeyError:
+        raise UnknownNameError("router", name, ROUTERS) from None
+    return factory(context)
+
+
+def parse_clock_mhz(text: str, gpu: GpuSpec) -> int:
+    try:
+        clock_mhz = int(text)
+    except ValueError:
+        raise ConfigError(f"clock {text!r} is not an integer number of MHz") from None
+    if clock_mhz not in gpu.supported_sm_clocks_mhz:
+        raise ConfigError(
+            f"{clock_mhz} MHz is not a supported SM clock of {gpu.key} "
+            f"({gpu.min_sm_clock_mhz}-{gpu.max_sm_clock_mhz} MHz in steps of "
+            f"{gpu.sm_clock_step_mhz})"
+        )
+    return clock_mhz
+
+
+def build_suite(
+    name: str, context: PolicyContext, router: RoutingPolicy | None = None
+) -> PolicySuite:
+    """Build the policy called ``name``; ``router`` overrides the policy's own router."""
+    _load_builtin_policies()
+    gpu = context.gpu
+    if name == "static-max":
+        clock = StaticClockPolicy(gpu.default_sm_clock_mhz)
+        return PolicySuite(name, clock, clock, router or RoundRobinRouter())
+    if name.startswith("static:"):
+        spec = name.removeprefix("static:")
+        prefill_text, _, decode_text = spec.partition("/")
+        prefill = StaticClockPolicy(parse_clock_mhz(prefill_text, gpu))
+        decode = StaticClockPolicy(parse_clock_mhz(decode_text or prefill_text, gpu))
+        return PolicySuite(name, prefill, decode, router or RoundRobinRouter())
+    factory = _NAMED_SUITES.get(name)
+    if factory is None:
+        raise UnknownNameError("policy", name, policy_names())
+    return factory(context, router)
+
+
+def _load_builtin_policies() -> None:
+    """Import the modules that register dynamic policies (deferred: no work at import time)."""
+    import voltana.policy.builtin  # noqa: F401

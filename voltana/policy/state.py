@@ -1,0 +1,99 @@
+"""What policies see and what they decide: plain, immutable values, no I/O.
+
+The offline simulator, the simulated cluster and the live services all build these same
+objects (the services from telemetry snapshots) and hand them to the same policy objects.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+
+class Phase(enum.Enum):
+    PREFILL = "prefill"
+    DECODE = "decode"
+
+
+@dataclass(frozen=True, slots=True)
+class SloTarget:
+    ttft_ms: float = 800.0
+    itl_ms: float = 50.0
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceState:
+    """Load and clock of one serving instance (one GPU or one TP group) at ``observed_at_s``."""
+
+    instance_id: str
+    phase: Phase
+    gpu_key: str
+    sm_clock_mhz: int
+    # Prefill side: waiting requests and their tokens; age of the oldest one.
+    queue_len: int = 0
+    queued_tokens: int = 0
+    oldest_wait_ms: float = 0.0
+    # Tokens in the prefill batch now running (0 when idle).
+    running_prefill_tokens: int = 0
+    # Decode side: requests in the running batch and KV tokens they hold.
+    running_batch: int = 0
+    kv_tokens_used: int = 0
+    kv_tokens_capacity: int = 0
+    max_running_requests: int = 0
+    # Measured latencies over a recent window (None when nothing was measured).
+    recent_ttft_ms: float | None = None
+    recent_itl_ms: float | None = None
+    # Requests per second routed to this instance over a recent window.
+    arrival_rate_rps: float = 0.0
+    power_w: float = 0.0
+    energy_j: float = 0.0
+    # Remaining decode tokens of the running batch, when the source knows them (sim does).
+    remaining_output_tokens: int = 0
+    observed_at_s: float = 0.0
+    # When the instance last reported anything (for "no metrics for 5 s" rules).
+    last_activity_s: float = 0.0
+
+    @property
+    def is_idle(self) -> bool:
+        return self.queue_len == 0 and self.running_batch == 0 and self.running_prefill_tokens == 0
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterSnapshot:
+    """Every instance's state at one moment. Maps keep a stable (insertion) order."""
+
+    now_s: float
+    prefill: Mapping[str, InstanceState]
+    decode: Mapping[str, InstanceState]
+
+    def instance(self, instance_id: str) -> InstanceState | None:
+        return self.prefill.get(instance_id) or self.decode.get(instance_id)
+
+
+@dataclass(frozen=True, slots=True)
+class RequestSpec:
+    """A request as the router sees it before placement."""
+
+    input_tokens: int
+    max_output_tokens: int
+    slo: SloTarget = field(default_factory=SloTarget)
+    arrival_s: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class ClockDecision:
+    sm_clock_mhz: int
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Placement:
+    prefill_id: str
+    decode_id: str
+    reason: str = ""
+    # What the policy expected, for `Place` answers and traces (None when it did not predict).
+    predicted_ttft_ms: float | None = None
+    predicted_itl_ms: float | None = None
+    prefill_clock_mhz: int | None = None
+    decode_clock_mhz: int | None = None

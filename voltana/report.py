@@ -1,0 +1,139 @@
+"""Run reports shared by `voltana simulate`, `voltana bench` and the benchmarks (DESIGN.md §5)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from voltana.policy.state import SloTarget
+
+
+@dataclass
+class RunOutcome:
+    """Raw per-request and energy figures of one run, from the simulator or a live replay."""
+
+    policy: str
+    requests: int
+    ttft_ms: Sequence[float]  # per completed request
+    mean_itl_ms: Sequence[float]  # per completed request (0 for single-token outputs)
+    output_tokens: int  # of completed requests
+    energy_j: float
+    duration_s: float
+    num_gpus: int
+    rejected: dict[str, int] = field(default_factory=dict)
+    # Token-level ITL: gap values and how many tokens saw each gap.
+    token_itl_ms: Sequence[float] = ()
+    token_itl_weights: Sequence[float] = ()
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def weighted_percentiles(
+    values: Sequence[float], weights: Sequence[float] | None, quantiles: Sequence[float]
+) -> list[float | None]:
+    if len(values) == 0:
+        return [None] * len(quantiles)
+    data = np.asarray(values, dtype=float)
+    if weights is None or len(weights) == 0:
+        return [float(v) for v in np.quantile(data, quantiles)]
+    w = np.asarray(weights, dtype=float)
+    order = np.argsort(data, kind="stable")
+    data, w = data[order], w[order]
+    cumulative = np.cumsum(w)
+    total = cumulative[-1]
+    if total <= 0:
+        return [None] * len(quantiles)
+    indices = np.searchsorted(cumulative, np.asarray(quantiles) * total, side="left")
+    return [float(data[min(i, len(data) - 1)]) for i in indices]
+
+
+def _pcts(values: Sequence[float], weights: Sequence[float] | None = None) -> dict[str, Any]:
+    p50, p90, p99 = weighted_percentiles(values, weights, (0.5, 0.9, 0.99))
+    return {"p50": p50, "p90": p90, "p99": p99}
+
+
+def summarize(outcome: RunOutcome, slo: SloTarget) -> dict[str, Any]:
+    """One result row in the `--json` schema of the issue (fractions in 0..1)."""
+    ttft = np.asarray(outcome.ttft_ms, dtype=float)
+    itl = np.asarray(outcome.mean_itl_ms, dtype=float)
+    completed = len(ttft)
+    total = max(1, outcome.requests)
+    ttft_ok = ttft <= slo.ttft_ms
+    itl_ok = itl <= slo.itl_ms
+    token_values = outcome.token_itl_ms if len(outcome.token_itl_ms) else outcome.mean_itl_ms
+    token_weights = outcome.token_itl_weights if len(outcome.token_itl_ms) else None
+    gpu_seconds = outcome.duration_s * outcome.num_gpus
+    return {
+        "policy": outcome.policy,
+        "requests": outcome.requests,
+        "completed": completed,
+        "rejected": sum(outcome.rejected.values()),
+        "rejected_by_reason": dict(outcome.rejected),
+        "energy_j": outcome.energy_j,
+        "energy_per_output_token_j": outcome.energy_j / outcome.output_tokens
+        if outcome.output_tokens
+        else None,
+        "avg_power_w": outcome.energy_j / gpu_seconds if gpu_seconds > 0 else 0.0,
+        "duration_s": outcome.duration_s,
+        "ttft_ms": _pcts(outcome.ttft_ms),
+        "itl_ms": _pcts(token_values, token_weights),
+        "ttft_attainment": float(ttft_ok.sum()) / total,
+        "itl_attainment": float(itl_ok.sum()) / total,
+        "slo_attainment": float((ttft_ok & itl_ok).sum()) / total,
+        "energy_savings_vs_first": None,
+        **outcome.extra,
+    }
+
+
+def add_savings(results: list[dict[str, Any]]) -> None:
+    """Fill `energy_savings_vs_first` (fraction of the first policy's energy saved)."""
+    if not results:
+        return
+    baseline = results[0]["energy_j"]
+    for row in results:
+        row["energy_savings_vs_first"] = 1.0 - row["energy_j"] / baseline if baseline else None
+
+
+def _fmt(value: Any, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def format_table(results: list[dict[str, Any]]) -> str:
+    """Policies side by side, one column each."""
+    rows: list[tuple[str, Any]] = [
+        ("requests", lambda r: str(r["requests"])),
+        ("completed", lambda r: str(r["completed"])),
+        ("rejected", lambda r: str(r["rejected"])),
+        ("energy (kJ)", lambda r: _fmt(r["energy_j"] / 1e3, ".1f")),
+        ("savings vs first", lambda r: _fmt(_pct(r["energy_savings_vs_first"]), "+.1f") + "%"),
+        ("J / output token", lambda r: _fmt(r["energy_per_output_token_j"], ".3f")),
+        ("avg power / GPU (W)", lambda r: _fmt(r["avg_power_w"], ".0f")),
+        ("duration (s)", lambda r: _fmt(r["duration_s"], ".1f")),
+        ("TTFT p50/p90/p99 (ms)", lambda r: _triple(r["ttft_ms"], ".0f")),
+        ("ITL p50/p90/p99 (ms)", lambda r: _triple(r["itl_ms"], ".1f")),
+        ("TTFT attainment", lambda r: _fmt(_pct(r["ttft_attainment"]), ".2f") + "%"),
+        ("ITL attainment", lambda r: _fmt(_pct(r["itl_attainment"]), ".2f") + "%"),
+        ("SLO attainment", lambda r: _fmt(_pct(r["slo_attainment"]), ".2f") + "%"),
+    ]
+    header = ["", *[r["policy"] for r in results]]
+    table = [header] + [[label, *[fn(r) for r in results]] for label, fn in rows]
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    lines = []
+    for n, row in enumerate(table):
+        cells = [row[0].ljust(widths[0])] + [
+            c.rjust(w) for c, w in zip(row[1:], widths[1:], strict=True)
+        ]
+        lines.append("  ".join(cells))
+        if n == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _pct(value: float | None) -> float | None:
+    return None if value is None else 100.0 * value
+
+
+def _triple(values: dict[str, Any], spec: str) -> str:
+    return "/".join(_fmt(values[k], spec) for k in ("p50", "p90", "p99"))

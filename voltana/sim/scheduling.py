@@ -1,0 +1,282 @@
+"""SGLang-like per-instance schedulers, free of time sources and I/O.
+
+The offline simulator drives them in virtual time and the simulated engine drives them in real
+time; both ask ``start_iteration`` for the next batch, wait ``latency_s`` their own way, then call
+``finish_iteration``. Keeping the batching rules here means both behave identically.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+from voltana.perf.model import PerformanceModel
+
+KeyT = TypeVar("KeyT")
+
+
+@dataclass(slots=True)
+class PrefillJob(Generic[KeyT]):
+    key: KeyT
+    input_tokens: int
+    enqueued_s: float
+    done_tokens: int = 0
+
+    @property
+    def remaining_tokens(self) -> int:
+        return self.input_tokens - self.done_tokens
+
+
+@dataclass(frozen=True, slots=True)
+class PrefillIteration(Generic[KeyT]):
+    started_s: float
+    latency_s: float
+    power_w: float
+    sm_clock_mhz: int
+    new_tokens: int
+    # (job, tokens of this job run in this iteration)
+    chunks: tuple[tuple[PrefillJob[KeyT], int], ...]
+
+
+class PrefillScheduler(Generic[KeyT]):
+    """FCFS prefill with a per-iteration token budget (chunked prefill, as SGLang does)."""
+
+    def __init__(
+        self,
+        perf: PerformanceModel,
+        token_budget: int = 8192,
+        max_requests_per_batch: int = 64,
+    ) -> None:
+        self.perf = perf
+        self.token_budget = token_budget
+        self.max_requests_per_batch = max_requests_per_batch
+        self._queue: deque[PrefillJob[KeyT]] = deque()
+        self._queued_tokens = 0
+        self.running: PrefillIteration[KeyT] | None = None
+
+    # ---- observation ------------------------------------------------------------------
+    @property
+    def queue_len(self) -> int:
+        return len(self._queue)
+
+    @property
+    def queued_tokens(self) -> int:
+        return self._queued_tokens
+
+    def oldest_enqueued_s(self) -> float | None:
+        return self._queue[0].enqueued_s if self._queue else None
+
+    @property
+    def is_busy(self) -> bool:
+        return self.running is not None
+
+    # ---- transitions ----------------------------------------------------------------------
+    def enqueue(self, job: PrefillJob[KeyT]) -> None:
+        self._queue.append(job)
+        self._queued_tokens += job.remaining_tokens
+
+    def start_iteration(self, now_s: float, sm_clock_mhz: int) -> PrefillIteration[KeyT] | None:
+        if self.running is not None:
+            raise RuntimeError("prefill iteration already running")
+        if not self._queue:
+            return None
+        budget = self.token_budget
+        chunks: list[tuple[PrefillJob[KeyT], int]] = []
+        attention_pairs = 0.0
+        for job in self._queue:
+            if budget <= 0 or len(chunks) >= self.max_requests_per_batch:
+                break
+            tokens = min(job.remaining_tokens, budget)
+            chunks.append((job, tokens))
+            # Causal attention: each new token attends to the done prefix and half the chunk.
+            attention_pairs += tokens * (job.done_tokens + tokens / 2.0)
+            budget -= tokens
+        new_tokens = self.token_budget - budget
+        estimate = self.perf.prefill_iteration(new_tokens, sm_clock_mhz, attention_pairs)
+        self.running = PrefillIteration(
+            now_s, estimate.latency_s, estimate.power_w, sm_clock_mhz, new_tokens, tuple(chunks)
+        )
+        return self.running
+
+    def finish_iteration(self) -> list[PrefillJob[KeyT]]:
+        """Apply the running iteration; returns the jobs whose whole prompt is now prefilled."""
+        iteration = self.running
+        if iteration is None:
+            raise RuntimeError("no prefill iteration running")
+        self.running = None
+        finished: list[PrefillJob[KeyT]] = []
+        for job, tokens in iteration.chunks:
+            job.done_tokens += tokens
+            self._queued_tokens -= tokens
+            if job.remaining_tokens <= 0:
+                finished.append(job)
+        # Finished jobs are always a prefix of the FCFS queue.
+        for _ in finished:
+            self._queue.popleft()
+        return finished
+
+    def cancel(self, key: KeyT) -> bool:
+        """Drop a waiting job (not one inside the running iteration)."""
+        running_keys = {job.key for job, _ in self.running.chunks} if self.running else set()
+        for job in self._queue:
+            if job.key == key and key not in running_keys:
+                self._queue.remove(job)
+                self._queued_tokens -= job.remaining_tokens
+                return True
+        return False
+
+
+@dataclass(slots=True)
+class DecodeJob(Generic[KeyT]):
+    key: KeyT
+    input_tokens: int
+    output_tokens: int  # tokens still to generate by decode (the first came from prefill)
+    enqueued_s: float
+    # Set when admitted to the running batch.
+    admitted_iteration: int = -1
+    finish_iteration: int = -1
+
+    @property
+    def reserved_kv_tokens(self) -> int:
+        return self.input_tokens + self.output_tokens + 1
+
+
+@dataclass(frozen=True, slots=True)
+class DecodeIteration:
+    index: int
+    started_s: float
+    latency_s: float
+    power_w: float
+    sm_clock_mhz: int
+    batch_size: int
+    kv_tokens: int
+
+
+@dataclass
+class DecodeScheduler(Generic[KeyT]):
+    """Continuous batching bounded by running requests and KV capacity.
+
+    A job is admitted only when its whole KV footprint (prompt + all output) fits, so a running
+    request is never retracted; jobs that do not fit wait in FCFS order. Each iteration produces
+    one token for every running job; a job admitted at iteration ``k`` with ``n`` tokens to go
+    finishes at iteration ``k + n - 1``, so per-iteration work does not touch every job.
+    """
+
+    perf: PerformanceModel
+    max_running_requests: int = 256
+    kv_capacity_tokens: int = 0
+    _waiting: deque[DecodeJob[KeyT]] = field(default_factory=deque)
+    _finishing: dict[int, list[DecodeJob[KeyT]]] = field(default_factory=dict)
+    _running: dict[KeyT, DecodeJob[KeyT]] = field(default_factory=dict)
+    _reserved_kv_tokens: int = 0
+    # KV tokens actually held: prompts + tokens generated so far.
+    kv_tokens_used: int = 0
+    iterations_done: int = 0
+    running_iteration: DecodeIteration | None = None
+    last_admitted: list[DecodeJob[KeyT]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.kv_capacity_tokens <= 0:
+            self.kv_capacity_tokens = self.perf.kv_capacity_tokens()
+
+    # ---- observation ------------------------------------------------------------------
+    @property
+    def batch_size(self) -> int:
+        return len(self._running)
+
+    @property
+    def queue_len(self) -> int:
+        return len(self._waiting)
+
+    @property
+    def is_busy(self) -> bool:
+        return self.running_iteration is not None
+
+    def oldest_enqueued_s(self) -> float | None:
+        return self._waiting[0].enqueued_s if self._waiting else None
+
+    def running_jobs(self) -> list[DecodeJob[KeyT]]:
+        return list(self._running.values())
+
+    def remaining_output_tokens(self) -> int:
+        done = self.iterations_done
+        return sum(job.finish_iteration - done + 1 for job in self._running.values())
+
+    def fits_ever(self, input_tokens: int, output_tokens: int) -> bool:
+        return input_tokens + output_tokens + 1 <= self.kv_capacity_tokens
+
+    # ---- transitions ----------------------------------------------------------------------
+    def enqueue(self, job: DecodeJob[KeyT]) -> None:
+        self._waiting.append(job)
+
+    def _admit_waiting(self) -> list[DecodeJob[KeyT]]:
+        admitted: list[DecodeJob[KeyT]] = []
+        while self._waiting and len(self._running) < self.max_running_requests:
+            job = self._waiting[0]
+            if self._reserved_kv_tokens + job.reserved_kv_tokens > self.kv_capacity_tokens:
+                break
+            self._waiting.popleft()
+            self._reserved_kv_tokens += job.reserved_kv_tokens
+            self.kv_tokens_used += job.input_tokens + 1
+            job.admitted_iteration = self.iterations_done
+            job.finish_iteration = self.iterations_done + max(1, job.output_tokens) - 1
+            self._running[job.key] = job
+            self._finishing.setdefault(job.finish_iteration, []).append(job)
+            admitted.append(job)
+        return admitted
+
+    def start_iteration(self, now_s: float, sm_clock_mhz: int) -> DecodeIteration | None:
+        """Admit what fits, then start one step. Jobs admitted now are in ``last_admitted``:
+        their first token (computed by prefill) is emitted at this moment."""
+        if self.running_iteration is not None:
+            raise RuntimeError("decode iteration already running")
+        self.last_admitted = self._admit_waiting()
+        if not self._running:
+            return None
+        batch = len(self._running)
+        estimate = self.perf.decode_iteration(batch, self.kv_tokens_used, sm_clock_mhz)
+        self.running_iteration = DecodeIteration(
+            self.iterations_done,
+            now_s,
+            estimate.latency_s,
+            estimate.power_w,
+            sm_clock_mhz,
+            batch,
+            self.kv_tokens_used,
+        )
+        return self.running_iteration
+
+    def finish_iteration(self) -> list[DecodeJob[KeyT]]:
+        """Every running job got one token; returns the jobs that are now complete."""
+        iteration = self.running_iteration
+        if iteration is None:
+            raise RuntimeError("no decode iteration running")
+        self.running_iteration = None
+        self.kv_tokens_used += iteration.batch_size
+        finished = self._finishing.pop(self.iterations_done, [])
+        for job in finished:
+            del self._running[job.key]
+            self._reserved_kv_tokens -= job.reserved_kv_tokens
+            generated = self.iterations_done - job.admitted_iteration + 1
+            self.kv_tokens_used -= job.input_tokens + 1 + generated
+        self.iterations_done += 1
+        return finished
+
+    def cancel(self, key: KeyT) -> bool:
+        """Remove a waiting or running job (a cancelled request frees its KV at once)."""
+        for job in self._waiting:
+            if job.key == key:
+                self._waiting.remove(job)
+                return True
+        job_or_none = self._running.pop(key, None)
+        if job_or_none is None:
+            return False
+        job = job_or_none
+        self._finishing[job.finish_iteration].remove(job)
+        self._reserved_kv_tokens -= job.reserved_kv_tokens
+        generated = self.iterations_done - job.admitted_iteration
+        # A running iteration will still add one token per job it started with.
+        in_flight = 1 if self.running_iteration is not None else 0
+        self.kv_tokens_used -= job.input_tokens + 1 + generated + in_flight
+        return True
