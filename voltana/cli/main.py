@@ -1,0 +1,58 @@
+"""`voltana` command line: one sub-command per module in this package."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+from voltana import __version__
+from voltana.errors import VoltanaError
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from voltana.cli import model_cmd, simulate_cmd
+
+    parser = argparse.ArgumentParser(
+        prog="voltana",
+        description="SLO-aware, energy-efficient control plane for PD-disaggregated LLM serving.",
+    )
+    parser.add_argument("--version", action="version", version=f"voltana {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for module in (simulate_cmd, model_cmd, *_service_commands()):
+        module.register(commands)
+    return parser
+
+
+def _service_commands() -> list:  # type: ignore[type-arg]
+    """Commands that need the gRPC stack; absent pieces are simply not offered."""
+    modules = []
+    for name in ("up_cmd", "bench_cmd", "serve_cmd"):
+        try:
+            modules.append(__import__(f"voltana.cli.{name}", fromlist=["register"]))
+        except ModuleNotFoundError as exc:
+            if exc.name != f"voltana.cli.{name}":
+                raise
+    return modules
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler: Handler = args.handler
+    try:
+        return handler(args)
+    except VoltanaError as exc:
+        print(f"voltana {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"voltana {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,125 @@
+"""`voltana model`: the performance model's predictions, for checking against real hardware."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from voltana.cli.options import Hardware, add_hardware_args, hardware_from_args, positive_int
+from voltana.errors import ConfigError
+from voltana.perf.model import IterationEstimate
+from voltana.policy.registry import parse_clock_mhz
+
+EPILOG = """\
+examples:
+  voltana model --gpu h100-80g --phase decode --batch 64 --context-tokens 1024 --sweep-clocks
+  voltana model --gpu a100-80g --phase prefill --tokens 2048 --clock-mhz 1005
+"""
+
+
+def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    parser = commands.add_parser(
+        "model",
+        help="print the performance model's latency, power and energy per token",
+        description="Predicted iteration latency (ms), per-GPU power (W) and energy per token (J) "
+        "of one prefill or decode iteration, at one clock or across every supported clock.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_hardware_args(parser, default_gpu="h100-80g")
+    parser.add_argument("--phase", choices=("prefill", "decode"), default="decode")
+    parser.add_argument(
+        "--batch", type=positive_int, default=64, help="decode batch size (default: 64)"
+    )
+    parser.add_argument(
+        "--context-tokens",
+        type=positive_int,
+        default=1024,
+        help="decode: mean KV tokens per request (default: 1024)",
+    )
+    parser.add_argument(
+        "--tokens", type=positive_int, default=2048, help="prefill: prompt tokens (default: 2048)"
+    )
+    clocks = parser.add_mutually_exclusive_group()
+    clocks.add_argument("--clock-mhz", help="SM clock (default: the GPU's default clock)")
+    clocks.add_argument(
+        "--sweep-clocks", action="store_true", help="one row per supported clock"
+    )
+    parser.add_argument("--json", metavar="OUT.json", help="write the rows as JSON ('-' = stdout)")
+    parser.set_defaults(handler=run)
+
+
+def _row(hardware: Hardware, args: argparse.Namespace, clock_mhz: int) -> dict[str, Any]:
+    perf = hardware.perf
+    tp = hardware.model.tensor_parallel
+    estimate: IterationEstimate
+    if args.phase == "decode":
+        estimate = perf.decode_iteration(args.batch, args.batch * args.context_tokens, clock_mhz)
+        tokens = args.batch
+    else:
+        estimate = perf.prefill_iteration(args.tokens, clock_mhz)
+        tokens = args.tokens
+    return {
+        "clock_mhz": clock_mhz,
+        "latency_ms": estimate.latency_s * 1e3,
+        "power_w": estimate.power_w,
+        "energy_per_token_j": estimate.energy_j * tp / tokens,
+    }
+
+
+def run(args: argparse.Namespace) -> int:
+    hardware = hardware_from_args(args)
+    gpu = hardware.gpu
+    if args.phase == "decode":
+        capacity = hardware.perf.kv_capacity_tokens()
+        if args.batch * args.context_tokens > capacity:
+            raise ConfigError(
+                f"batch {args.batch} x {args.context_tokens} context tokens exceeds the KV cache "
+                f"({capacity} tokens on {gpu.key})"
+            )
+    if args.sweep_clocks:
+        clocks = list(gpu.supported_sm_clocks_mhz)
+    elif args.clock_mhz is not None:
+        clocks = [parse_clock_mhz(args.clock_mhz, gpu)]
+    else:
+        clocks = [gpu.default_sm_clock_mhz]
+    rows = [_row(hardware, args, clock) for clock in clocks]
+    best = min(rows, key=lambda row: row["energy_per_token_j"])
+    for row in rows:
+        row["energy_optimal"] = row is best and len(rows) > 1
+    workload = (
+        f"decode batch {args.batch} x {args.context_tokens} ctx"
+        if args.phase == "decode"
+        else f"prefill {args.tokens} tokens"
+    )
+    document = {
+        "gpu": gpu.key,
+        "model": hardware.model.key,
+        "tp": hardware.model.tensor_parallel,
+        "phase": args.phase,
+        "batch": args.batch if args.phase == "decode" else None,
+        "context_tokens": args.context_tokens if args.phase == "decode" else None,
+        "tokens": args.tokens if args.phase == "prefill" else None,
+        "rows": rows,
+    }
+    if args.json == "-":
+        print(json.dumps(document, indent=2))
+        return 0
+    print(f"{gpu.display_name}, {hardware.model.key} TP{hardware.model.tensor_parallel}, {workload}")
+    print(f"{'clock (MHz)':>11}  {'latency (ms)':>12}  {'power/GPU (W)':>13}  {'J/token':>9}")
+    for row in rows:
+        mark = "  <- energy-optimal" if row["energy_optimal"] else ""
+        print(
+            f"{row['clock_mhz']:>11}  {row['latency_ms']:>12.2f}  {row['power_w']:>13.1f}  "
+            f"{row['energy_per_token_j']:>9.4f}{mark}"
+        )
+    if args.json:
+        try:
+            with open(args.json, "w") as handle:
+                json.dump(document, handle, indent=2)
+        except OSError as exc:
+            raise ConfigError(f"cannot write {args.json}: {exc.strerror}") from None
+        print(f"written to {args.json}", file=sys.stderr)
+    return 0

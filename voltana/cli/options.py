@@ -1,0 +1,90 @@
+"""Flags shared by several commands, and turning them into core objects."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+
+from voltana.errors import ConfigError
+from voltana.hardware import GPU_CATALOG, MODEL_CATALOG, GpuSpec, ModelSpec, get_gpu, get_model
+from voltana.hardware.models import load_hf_config
+from voltana.perf.analytical import AnalyticalPerformanceModel
+from voltana.policy.state import SloTarget
+
+
+def add_hardware_args(parser: argparse.ArgumentParser, default_gpu: str = "a100-80g") -> None:
+    group = parser.add_argument_group("hardware")
+    group.add_argument(
+        "--gpu",
+        default=default_gpu,
+        help=f"GPU type: {', '.join(GPU_CATALOG)} (default: %(default)s)",
+    )
+    group.add_argument(
+        "--model",
+        default="llama-3.1-8b",
+        help=f"model: {', '.join(MODEL_CATALOG)} (default: %(default)s)",
+    )
+    group.add_argument(
+        "--model-config",
+        metavar="CONFIG_JSON",
+        help="Hugging Face config.json describing the model (overrides --model)",
+    )
+    group.add_argument(
+        "--tp", type=positive_int, default=1, help="tensor-parallel GPUs per instance (default: 1)"
+    )
+
+
+def add_slo_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("latency targets")
+    group.add_argument(
+        "--ttft-slo-ms", type=float, default=800.0, help="TTFT target (default: %(default)s)"
+    )
+    group.add_argument(
+        "--itl-slo-ms", type=float, default=50.0, help="mean ITL target (default: %(default)s)"
+    )
+
+
+@dataclass(frozen=True)
+class Hardware:
+    gpu: GpuSpec
+    model: ModelSpec
+    perf: AnalyticalPerformanceModel
+
+
+def hardware_from_args(args: argparse.Namespace) -> Hardware:
+    gpu = get_gpu(args.gpu)
+    model = load_hf_config(args.model_config) if args.model_config else get_model(args.model)
+    model = model.with_tensor_parallel(args.tp)
+    perf = AnalyticalPerformanceModel.for_hardware(gpu, model)
+    if perf.kv_capacity_tokens() <= 0:
+        raise ConfigError(
+            f"{model.key} at TP {args.tp} does not fit in one {gpu.key} ({gpu.memory_gib:.0f} GiB); "
+            "raise --tp"
+        )
+    return Hardware(gpu, model, perf)
+
+
+def slo_from_args(args: argparse.Namespace) -> SloTarget:
+    if args.ttft_slo_ms <= 0 or args.itl_slo_ms <= 0:
+        raise ConfigError("SLO targets must be positive")
+    return SloTarget(ttft_ms=args.ttft_slo_ms, itl_ms=args.itl_slo_ms)
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be > 0")
+    return value
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be >= 1")
+    return value

@@ -1,0 +1,196 @@
+"""`voltana simulate`: replay a workload through a simulated PD cluster under several policies."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from voltana.cli.options import (
+    add_hardware_args,
+    add_slo_args,
+    hardware_from_args,
+    positive_float,
+    positive_int,
+    slo_from_args,
+)
+from voltana.cli.progress import ProgressBar
+from voltana.errors import ConfigError
+from voltana.policy.registry import policy_names, router_names
+from voltana.report import format_table
+from voltana.sim.cluster import ClusterConfig
+from voltana.sim.compare import compare_policies
+from voltana.workloads import load_workload, summarize_workload
+
+EPILOG = """\
+examples:
+  voltana simulate --policy static-max --policy static:1005
+  voltana simulate --trace azure_llm_2023_conv.csv --rate-scale 2 --policy static-max \\
+      --policy static:1005/1410 --json out.json --plot out.png
+  voltana simulate --trace synthetic:poisson:rate=20,duration=120 --gpu h100-80g
+
+The trace may be an Azure LLM trace CSV, a Mooncake JSONL file, or synthetic:PROCESS:KEY=VALUE,...
+(see the README). Without --trace an embedded 10-minute slice of the Azure conversation trace runs.
+"""
+
+
+def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    parser = commands.add_parser(
+        "simulate",
+        help="replay a workload trace through a simulated PD cluster",
+        description="Replay a workload trace through a simulated prefill/decode cluster, once per "
+        "--policy, and report energy and SLO attainment side by side.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--trace", help="workload file or synthetic spec (default: embedded)")
+    workload = parser.add_argument_group("workload shaping")
+    workload.add_argument(
+        "--rate-scale",
+        type=positive_float,
+        default=1.0,
+        help="multiply the arrival rate (compress time) by X (default: 1)",
+    )
+    workload.add_argument("--start-s", type=float, help="cut the trace from this offset (s)")
+    workload.add_argument("--duration-s", type=positive_float, help="replay at most this long (s)")
+    workload.add_argument("--max-requests", type=positive_int, help="replay at most N requests")
+    add_hardware_args(parser)
+    cluster = parser.add_argument_group("cluster")
+    cluster.add_argument("--prefill", type=positive_int, default=2, help="prefill instances")
+    cluster.add_argument("--decode", type=positive_int, default=2, help="decode instances")
+    cluster.add_argument(
+        "--max-running-requests",
+        type=positive_int,
+        default=1024,
+        help="decode batch limit per instance (default: %(default)s)",
+    )
+    cluster.add_argument(
+        "--chunked-prefill-tokens",
+        type=positive_int,
+        default=8192,
+        help="prefill token budget per iteration (default: %(default)s)",
+    )
+    cluster.add_argument(
+        "--clock-delay-ms",
+        type=float,
+        default=20.0,
+        help="delay before a clock change takes effect (default: %(default)s)",
+    )
+    cluster.add_argument(
+        "--control-interval-ms",
+        type=positive_float,
+        default=50.0,
+        help="how often frequency policies decide (default: %(default)s)",
+    )
+    add_slo_args(parser)
+    policies = parser.add_argument_group("policies")
+    policies.add_argument(
+        "--policy",
+        action="append",
+        metavar="NAME",
+        help=f"policy to run, repeatable, in order: {', '.join(policy_names())} "
+        "(default: static-max)",
+    )
+    policies.add_argument(
+        "--router",
+        help=f"override every policy's router: {', '.join(router_names())}",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    output = parser.add_argument_group("output")
+    output.add_argument("--json", metavar="OUT.json", help="write the results as JSON")
+    output.add_argument("--plot", metavar="OUT.png", help="plot clock, power and queue over time")
+    output.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    hardware = hardware_from_args(args)
+    slo = slo_from_args(args)
+    if args.clock_delay_ms < 0:
+        raise ConfigError("--clock-delay-ms must be >= 0")
+    requests = load_workload(
+        args.trace,
+        rate_scale=args.rate_scale,
+        start_s=args.start_s,
+        duration_s=args.duration_s,
+        max_requests=args.max_requests,
+    )
+    config = ClusterConfig(
+        gpu=hardware.gpu,
+        model=hardware.model,
+        num_prefill=args.prefill,
+        num_decode=args.decode,
+        slo=slo,
+        chunked_prefill_tokens=args.chunked_prefill_tokens,
+        max_running_requests=args.max_running_requests,
+        clock_change_delay_ms=args.clock_delay_ms,
+        control_interval_ms=args.control_interval_ms,
+    )
+    names = args.policy or ["static-max"]
+    workload = summarize_workload(requests)
+    print(
+        f"workload: {args.trace or 'embedded azure_llm_2023_conv 10 min'} x{args.rate_scale:g} "
+        f"- {workload.describe()}",
+        file=sys.stderr,
+    )
+    print(
+        f"cluster: {args.prefill}P{args.decode}D {hardware.gpu.display_name}, {hardware.model.key} "
+        f"TP{hardware.model.tensor_parallel}; SLO TTFT {slo.ttft_ms:g} ms, ITL {slo.itl_ms:g} ms",
+        file=sys.stderr,
+    )
+
+    def progress(name: str) -> Any:
+        return None if args.quiet else ProgressBar(f"{name:>16}").update
+
+    results, rows = compare_policies(
+        names,
+        requests,
+        config,
+        hardware.perf,
+        router=args.router,
+        seed=args.seed,
+        progress=progress,
+    )
+    print(format_table(rows))
+    if args.json:
+        document = {
+            "config": {
+                "trace": args.trace,
+                "rate_scale": args.rate_scale,
+                "start_s": args.start_s,
+                "duration_s": args.duration_s,
+                "max_requests": args.max_requests,
+                "gpu": hardware.gpu.key,
+                "model": hardware.model.key,
+                "tp": hardware.model.tensor_parallel,
+                "prefill": args.prefill,
+                "decode": args.decode,
+                "ttft_slo_ms": slo.ttft_ms,
+                "itl_slo_ms": slo.itl_ms,
+                "router": args.router,
+                "seed": args.seed,
+                "max_running_requests": args.max_running_requests,
+                "chunked_prefill_tokens": args.chunked_prefill_tokens,
+                "clock_delay_ms": args.clock_delay_ms,
+                "control_interval_ms": args.control_interval_ms,
+                "workload": workload.to_dict(),
+            },
+            "results": rows,
+        }
+        _write(Path(args.json), json.dumps(document, indent=2))
+    if args.plot:
+        from voltana.sim.plot import plot_results
+
+        plot_results(results, Path(args.plot))
+        print(f"plot written to {args.plot}", file=sys.stderr)
+    return 0
+
+
+def _write(path: Path, text: str) -> None:
+    try:
+        path.write_text(text + "\n")
+    except OSError as exc:
+        raise ConfigError(f"cannot write {path}: {exc.strerror}") from None
+

@@ -1,0 +1,64 @@
+"""Run several policies on the same workload and cluster, side by side."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from voltana.perf.model import PerformanceModel
+from voltana.policy.base import PolicyContext
+from voltana.policy.registry import build_router, build_suite
+from voltana.report import add_savings, summarize
+from voltana.sim.cluster import ClusterConfig
+from voltana.sim.simulator import ProgressCallback, Simulation, SimulationResult
+from voltana.workloads.request import TraceRequest
+
+ProgressFactory = Callable[[str], ProgressCallback | None]
+
+
+def run_policy(
+    name: str,
+    requests: Sequence[TraceRequest],
+    config: ClusterConfig,
+    perf: PerformanceModel,
+    *,
+    router: str | None = None,
+    seed: int = 0,
+    progress: ProgressCallback | None = None,
+) -> SimulationResult:
+    context = PolicyContext(config.gpu, perf, config.slo)
+    routing = build_router(router, context) if router else None
+    suite = build_suite(name, context, routing)
+    return Simulation(config, perf, suite, seed=seed).run(requests, progress)
+
+
+def compare_policies(
+    names: Sequence[str],
+    requests: Sequence[TraceRequest],
+    config: ClusterConfig,
+    perf: PerformanceModel,
+    *,
+    router: str | None = None,
+    seed: int = 0,
+    progress: ProgressFactory | None = None,
+) -> tuple[list[SimulationResult], list[dict[str, Any]]]:
+    """Simulate each policy in order; returns raw results and report rows (savings vs first)."""
+    # Build every suite first so a bad name fails before any long run starts.
+    context = PolicyContext(config.gpu, perf, config.slo)
+    for name in names:
+        build_suite(name, context, build_router(router, context) if router else None)
+    results = [
+        run_policy(
+            name,
+            requests,
+            config,
+            perf,
+            router=router,
+            seed=seed,
+            progress=progress(name) if progress else None,
+        )
+        for name in names
+    ]
+    rows = [summarize(result.outcome(), config.slo) for result in results]
+    add_savings(rows)
+    return results, rows

@@ -1,0 +1,1 @@
+"""Generated gRPC/protobuf modules for package voltana.v1."""
