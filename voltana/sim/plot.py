@@ -16,9 +16,7 @@ def plot_results(results: Sequence[SimulationResult], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     columns = len(results)
-    figure, axes = plt.subplots(
-        3, columns, figsize=(6 * columns, 9), sharex="col", squeeze=False
-    )
+    figure, axes = plt.subplots(3, columns, figsize=(6 * columns, 9), sharex="col", squeeze=False)
     for column, result in enumerate(results):
         top, middle, bottom = axes[0][column], axes[1][column], axes[2][column]
         for instance_id, series in zip(result.instance_ids, result.series, strict=True):

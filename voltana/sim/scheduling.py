@@ -71,6 +71,31 @@ class PrefillScheduler(Generic[KeyT]):
     def is_busy(self) -> bool:
         return self.running is not None
 
+    @property
+    def waiting_len(self) -> int:
+        """Requests with prompt tokens not in the running iteration (SGLang's queue length)."""
+        if self.running is None:
+            return len(self._queue)
+        last_job, last_tokens = self.running.chunks[-1]
+        partly_running = 1 if last_job.remaining_tokens > last_tokens else 0
+        return len(self._queue) - len(self.running.chunks) + partly_running
+
+    @property
+    def waiting_tokens(self) -> int:
+        """Prompt tokens not yet prefilled and not in the running iteration."""
+        running_tokens = self.running.new_tokens if self.running else 0
+        return self._queued_tokens - running_tokens
+
+    def oldest_waiting_enqueued_s(self) -> float | None:
+        """Arrival of the oldest request none of whose tokens are running now."""
+        skip = len(self.running.chunks) if self.running else 0
+        if skip and self.waiting_len:
+            # The last running job still has tokens left: it is the oldest waiter.
+            last_job, last_tokens = self.running.chunks[-1]  # type: ignore[union-attr]
+            if last_job.remaining_tokens > last_tokens:
+                return last_job.enqueued_s
+        return self._queue[skip].enqueued_s if len(self._queue) > skip else None
+
     # ---- transitions ----------------------------------------------------------------------
     def enqueue(self, job: PrefillJob[KeyT]) -> None:
         self._queue.append(job)

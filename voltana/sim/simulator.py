@@ -158,11 +158,11 @@ class _Instance:
         }
         if self.prefill is not None:
             prefill = self.prefill
-            oldest = prefill.oldest_enqueued_s()
+            oldest = prefill.oldest_waiting_enqueued_s()
             running = prefill.running
             return InstanceState(
-                queue_len=prefill.queue_len,
-                queued_tokens=prefill.queued_tokens,
+                queue_len=prefill.waiting_len,
+                queued_tokens=prefill.waiting_tokens,
                 oldest_wait_ms=(now_s - oldest) * 1e3 if oldest is not None else 0.0,
                 running_prefill_tokens=running.new_tokens if running else 0,
                 recent_ttft_ms=recent,

@@ -1,0 +1,45 @@
+"""Pieces several dynamic policies share: candidate clocks and the fitted predictor."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from voltana.hardware.gpus import GpuSpec
+from voltana.perf.model import PerformanceModel
+from voltana.perf.profile import sweep_profile
+from voltana.policy.predictor import LatencyPredictor
+
+# The clocks VoltanaLLM profiled on A100, as fractions of the maximum clock.
+PAPER_CLOCK_FRACTIONS = (1005 / 1410, 1095 / 1410, 1200 / 1410, 1305 / 1410, 1.0)
+
+
+def paper_candidate_clocks_mhz(gpu: GpuSpec) -> tuple[int, ...]:
+    """{1005, 1095, 1200, 1305, 1410} on A100; the same fractions of max clock elsewhere."""
+    return tuple(
+        sorted({gpu.clamp_sm_clock_mhz(gpu.max_sm_clock_mhz * f) for f in PAPER_CLOCK_FRACTIONS})
+    )
+
+
+def full_range_clocks_mhz(gpu: GpuSpec, step_mhz: int = 30) -> tuple[int, ...]:
+    """Every supported clock at least ``step_mhz`` apart, always including min and max."""
+    clocks = [c for c in gpu.supported_sm_clocks_mhz if (c - gpu.min_sm_clock_mhz) % step_mhz == 0]
+    return tuple(sorted({*clocks, gpu.min_sm_clock_mhz, gpu.max_sm_clock_mhz}))
+
+
+def fit_predictor(
+    perf: PerformanceModel,
+    clocks_mhz: Sequence[int],
+    token_breakpoints: Sequence[float] = (),
+) -> LatencyPredictor:
+    """Profile ``perf`` at ``clocks_mhz`` (as a sweep on hardware would) and fit EcoPred."""
+    table = sweep_profile(perf, clocks_mhz)
+    return LatencyPredictor.fit(table, perf.idle_power_w, token_breakpoints=token_breakpoints)
+
+
+def lowest_feasible(clocks_mhz: np.ndarray, feasible: np.ndarray) -> int | None:
+    """Index of the lowest clock that is feasible, or None."""
+    if not feasible.any():
+        return None
+    return int(np.argmax(feasible))

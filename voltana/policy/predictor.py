@@ -1,0 +1,137 @@
+"""EcoPred-style latency and power predictors, fitted from a profile table.
+
+Per profiled clock: decode ITL = a*batch + b*kv_tokens + c within each CUDA-graph batch segment,
+prefill time = a*tokens + c within each token segment; power is fitted the same way. Predictions
+come out for every profiled clock at once (one numpy expression), which keeps a policy decision in
+the microseconds even when it scans the GPU's whole clock range.
+
+Fits are robust: points whose residual exceeds 3 median absolute deviations are dropped and the
+fit is redone (measured profiles have outliers; the paper used RANSAC for the same reason).
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from voltana.errors import ConfigError
+from voltana.perf.analytical import cuda_graph_batch_sizes
+from voltana.perf.profile import ProfilePoint, ProfileTable
+
+
+def robust_linear_fit(features: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """Least squares, refit once without points beyond 3 MADs of residual."""
+    coef, *_ = np.linalg.lstsq(features, targets, rcond=None)
+    residual = np.abs(features @ coef - targets)
+    mad = float(np.median(residual))
+    if mad > 0 and len(targets) > features.shape[1] + 1:
+        keep = residual <= 3.0 * mad + 1e-9
+        if keep.sum() >= features.shape[1] and not keep.all():
+            coef, *_ = np.linalg.lstsq(features[keep], targets[keep], rcond=None)
+    return np.asarray(coef, dtype=float)
+
+
+@dataclass(frozen=True)
+class LatencyPredictor:
+    clocks_mhz: np.ndarray  # (C,) ascending
+    batch_segments: tuple[int, ...]  # upper bound of each decode segment (graph sizes)
+    token_segments: tuple[float, ...]  # upper bound of each prefill segment
+    decode_latency: np.ndarray  # (C, S, 3): batch, kv, intercept -> ms
+    decode_power: np.ndarray  # (C, S, 3) -> W
+    prefill_latency: np.ndarray  # (C, T, 2): tokens, intercept -> ms
+    prefill_power: np.ndarray  # (C, T, 2) -> W
+    idle_power: np.ndarray  # (C,) W
+
+    @classmethod
+    def fit(
+        cls,
+        table: ProfileTable,
+        idle_power_w: Callable[[float], float],
+        *,
+        max_batch: int = 512,
+        token_breakpoints: Sequence[float] = (),
+    ) -> LatencyPredictor:
+        clocks = table.clocks_mhz("decode")
+        if not clocks or clocks != table.clocks_mhz("prefill"):
+            raise ConfigError("profile needs prefill and decode points at the same clocks")
+        batch_segments = cuda_graph_batch_sizes(max_batch)
+        token_segments = (*sorted(token_breakpoints), float("inf"))
+        by_clock: dict[tuple[str, int], list[ProfilePoint]] = {}
+        for point in table.points:
+            by_clock.setdefault((point.phase, point.sm_clock_mhz), []).append(point)
+        n_clocks, n_seg, n_tok = len(clocks), len(batch_segments), len(token_segments)
+        decode_latency = np.zeros((n_clocks, n_seg, 3))
+        decode_power = np.zeros((n_clocks, n_seg, 3))
+        prefill_latency = np.zeros((n_clocks, n_tok, 2))
+        prefill_power = np.zeros((n_clocks, n_tok, 2))
+        for ci, clock in enumerate(clocks):
+            decode_points = by_clock[("decode", clock)]
+            segment_of = [bisect.bisect_left(batch_segments, p.batch_size) for p in decode_points]
+            for si in range(n_seg):
+                members = [p for p, s in zip(decode_points, segment_of, strict=True) if s == si]
+                if not members:  # no data (beyond the profile): reuse the segment below
+                    decode_latency[ci, si] = decode_latency[ci, si - 1]
+                    decode_power[ci, si] = decode_power[ci, si - 1]
+                    continue
+                x = np.array([[p.batch_size, p.tokens, 1.0] for p in members])
+                decode_latency[ci, si] = robust_linear_fit(
+                    x, np.array([p.latency_ms for p in members])
+                )
+                decode_power[ci, si] = robust_linear_fit(x, np.array([p.power_w for p in members]))
+            prefill_points = by_clock[("prefill", clock)]
+            for ti in range(n_tok):
+                lower = token_segments[ti - 1] if ti else 0.0
+                members = [p for p in prefill_points if lower < p.tokens <= token_segments[ti]]
+                # Segments share their boundary points so the pieces join up.
+                members += [p for p in prefill_points if p.tokens == lower]
+                if len(members) < 2:
+                    members = prefill_points
+                x = np.array([[p.tokens, 1.0] for p in members])
+                prefill_latency[ci, ti] = robust_linear_fit(
+                    x, np.array([p.latency_ms for p in members])
+                )
+                prefill_power[ci, ti] = robust_linear_fit(x, np.array([p.power_w for p in members]))
+        idle = np.array([idle_power_w(c) for c in clocks])
+        return cls(
+            np.array(clocks, dtype=float),
+            tuple(batch_segments),
+            token_segments,
+            decode_latency,
+            decode_power,
+            prefill_latency,
+            prefill_power,
+            idle,
+        )
+
+    def _segment(self, batch_size: int) -> int:
+        return min(
+            bisect.bisect_left(self.batch_segments, batch_size), len(self.batch_segments) - 1
+        )
+
+    def decode_latency_ms(self, batch_size: int, kv_tokens: float) -> np.ndarray:
+        """Predicted ITL at every profiled clock."""
+        coef = self.decode_latency[:, self._segment(batch_size)]
+        return coef[:, 0] * batch_size + coef[:, 1] * kv_tokens + coef[:, 2]
+
+    def decode_power_w(self, batch_size: int, kv_tokens: float) -> np.ndarray:
+        coef = self.decode_power[:, self._segment(batch_size)]
+        return coef[:, 0] * batch_size + coef[:, 1] * kv_tokens + coef[:, 2]
+
+    def _token_segment(self, tokens: float) -> int:
+        return min(bisect.bisect_left(self.token_segments, tokens), len(self.token_segments) - 1)
+
+    def prefill_latency_ms(self, tokens: float) -> np.ndarray:
+        """Predicted time to prefill ``tokens`` (one batch) at every profiled clock."""
+        coef = self.prefill_latency[:, self._token_segment(tokens)]
+        return coef[:, 0] * tokens + coef[:, 1]
+
+    def prefill_power_w(self, tokens: float) -> np.ndarray:
+        coef = self.prefill_power[:, self._token_segment(tokens)]
+        return coef[:, 0] * tokens + coef[:, 1]
+
+    def at_clock(self, values: np.ndarray, clock_mhz: float) -> float:
+        """Interpolate a per-clock prediction at any clock."""
+        return float(np.interp(clock_mhz, self.clocks_mhz, values))

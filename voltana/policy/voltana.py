@@ -1,0 +1,264 @@
+"""`voltana`: Voltana's own policy, built on what the published method leaves open.
+
+Frequency (per phase):
+- the GPU's whole clock range (30 MHz grid), and among the clocks that meet the target the one that
+  costs least energy (the U-curve), not simply the lowest;
+- prefill plans for its whole backlog: the oldest waiting request must finish within the TTFT
+  budget after the queue drains at the chosen clock, and the clock must keep up with the recent
+  arrival rate (look-ahead), so a queue no longer forces the maximum clock;
+- measured latency is fed back: a per-instance correction factor (measured / predicted ITL) and a
+  TTFT guard that tightens the budget when measured TTFT approaches the target and relaxes it
+  slowly — the safety margin is earned rather than guessed;
+- a lower clock is taken only after it has been chosen for `downshift_ticks` control ticks in a
+  row (hysteresis sized to the clock-change delay); raising is immediate;
+- idle instances park: decode at the lowest clock (decode barely needs the SMs), prefill at the
+  clock that still prefills a typical prompt well within the TTFT budget on wake-up.
+
+Routing: prefill to the instance that would finish the prompt soonest; decode to the instance where
+the request adds the least power given the clock each would then need (marginal energy). This
+consolidates light load onto fewer busy decode GPUs while the others idle at their parking clock,
+and it avoids batch-boundary crossings that would raise a clock (EcoRoute's insight, generalised).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from voltana.policy.base import PolicyContext, PolicySuite, RoutingPolicy
+from voltana.policy.common import fit_predictor, full_range_clocks_mhz
+from voltana.policy.predictor import LatencyPredictor
+from voltana.policy.routing import NoInstanceError, prefill_load
+from voltana.policy.state import (
+    ClockDecision,
+    ClusterSnapshot,
+    InstanceState,
+    Placement,
+    RequestSpec,
+    SloTarget,
+)
+
+
+@dataclass
+class _Hysteresis:
+    """Raise at once; lower only after the same lower clock was wanted `ticks` times in a row."""
+
+    ticks: int
+    current: dict[str, int] = field(default_factory=dict)
+    pending: dict[str, tuple[int, int]] = field(default_factory=dict)
+
+    def apply(self, instance_id: str, wanted_mhz: int) -> int:
+        current = self.current.get(instance_id)
+        if current is None or wanted_mhz >= current or self.ticks <= 1:
+            self.current[instance_id] = wanted_mhz
+            self.pending.pop(instance_id, None)
+            return wanted_mhz
+        lower, count = self.pending.get(instance_id, (wanted_mhz, 0))
+        count = count + 1 if lower == wanted_mhz else 1
+        if count >= self.ticks:
+            self.current[instance_id] = wanted_mhz
+            self.pending.pop(instance_id, None)
+            return wanted_mhz
+        self.pending[instance_id] = (wanted_mhz, count)
+        return current
+
+
+@dataclass
+class VoltanaPrefill:
+    predictor: LatencyPredictor
+    chunk_tokens: int = 8192
+    margin: float = 0.10
+    max_utilisation: float = 0.75
+    typical_prompt_tokens: float = 1024.0
+    park_mhz: int = 0
+    downshift_ticks: int = 3
+    name: str = "voltana-prefill"
+    is_static: bool = False
+    _hysteresis: _Hysteresis = field(init=False)
+    _guard: dict[str, float] = field(default_factory=dict, init=False)
+
+    def __post_init__(self) -> None:
+        self._hysteresis = _Hysteresis(self.downshift_ticks)
+
+    def _budget_scale(self, state: InstanceState, slo: SloTarget) -> float:
+        """TTFT guard: tighten fast when measured TTFT nears the target, relax slowly."""
+        scale = self._guard.get(state.instance_id, 1.0)
+        measured = state.recent_ttft_ms
+        if measured is not None:
+            if measured > 0.6 * slo.ttft_ms:
+                scale = max(0.4, scale * 0.85)
+            elif measured < 0.35 * slo.ttft_ms:
+                scale = min(1.0, scale * 1.02)
+        self._guard[state.instance_id] = scale
+        return scale
+
+    def decide(self, state: InstanceState, slo: SloTarget, now_s: float) -> ClockDecision:
+        predictor = self.predictor
+        clocks = predictor.clocks_mhz
+        scale = self._budget_scale(state, slo)
+        backlog = state.running_prefill_tokens + state.queued_tokens
+        if backlog == 0:
+            wanted = self.park_mhz or int(clocks[0])
+            return ClockDecision(self._hysteresis.apply(state.instance_id, wanted), "idle: park")
+        if state.queue_len:
+            self.typical_prompt_tokens += 0.1 * (
+                state.queued_tokens / state.queue_len - self.typical_prompt_tokens
+            )
+        # Drain time of the whole backlog (chunked at the iteration budget) at every clock.
+        full_chunks, rest = divmod(backlog, self.chunk_tokens)
+        drain_ms = full_chunks * predictor.prefill_latency_ms(self.chunk_tokens)
+        if rest:
+            drain_ms = drain_ms + predictor.prefill_latency_ms(rest)
+        budget_ms = slo.ttft_ms * (1.0 - self.margin) * scale - state.oldest_wait_ms
+        feasible = drain_ms <= budget_ms
+        # Look-ahead: the clock must keep up with the recent arrival stream.
+        typical_ms = predictor.prefill_latency_ms(self.typical_prompt_tokens)
+        feasible &= state.arrival_rate_rps * typical_ms / 1000.0 <= self.max_utilisation
+        if not feasible.any():
+            wanted = int(clocks[-1])
+            return ClockDecision(self._hysteresis.apply(state.instance_id, wanted), "backlog: max")
+        # Energy above the parked draw for this backlog, per clock (the U-curve).
+        excess_w = (
+            predictor.prefill_power_w(min(backlog, self.chunk_tokens)) - predictor.idle_power[0]
+        )
+        energy = np.where(feasible, excess_w * drain_ms, np.inf)
+        wanted = int(clocks[int(np.argmin(energy))])
+        return ClockDecision(
+            self._hysteresis.apply(state.instance_id, wanted), "energy-optimal clock meeting TTFT"
+        )
+
+
+@dataclass
+class VoltanaDecode:
+    predictor: LatencyPredictor
+    margin: float = 0.10
+    downshift_ticks: int = 3
+    name: str = "voltana-decode"
+    is_static: bool = False
+    _hysteresis: _Hysteresis = field(init=False)
+    _correction: dict[str, float] = field(default_factory=dict, init=False)
+    _last_clock: dict[str, int] = field(default_factory=dict, init=False)
+
+    def __post_init__(self) -> None:
+        self._hysteresis = _Hysteresis(self.downshift_ticks)
+
+    def correction(self, state: InstanceState) -> float:
+        """EWMA of measured / predicted ITL at the clock the instance actually ran."""
+        factor = self._correction.get(state.instance_id, 1.0)
+        if state.recent_itl_ms is not None and state.running_batch > 0:
+            predicted = self.predictor.at_clock(
+                self.predictor.decode_latency_ms(state.running_batch, state.kv_tokens_used),
+                state.sm_clock_mhz,
+            )
+            if predicted > 0:
+                ratio = min(2.0, max(0.7, state.recent_itl_ms / predicted))
+                factor += 0.2 * (ratio - factor)
+        self._correction[state.instance_id] = factor
+        return factor
+
+    def decide(self, state: InstanceState, slo: SloTarget, now_s: float) -> ClockDecision:
+        predictor = self.predictor
+        clocks = predictor.clocks_mhz
+        factor = self.correction(state)
+        if state.is_idle:
+            return ClockDecision(
+                self._hysteresis.apply(state.instance_id, int(clocks[0])), "idle: park"
+            )
+        if state.queue_len > 0:
+            return ClockDecision(
+                self._hysteresis.apply(state.instance_id, int(clocks[-1])), "admission queue: max"
+            )
+        index = best_decode_clock_index(
+            predictor, state.running_batch, state.kv_tokens_used, slo.itl_ms, self.margin, factor
+        )
+        wanted = int(clocks[min(index, len(clocks) - 1)])
+        reason = "energy-optimal clock meeting ITL" if index < len(clocks) else "ITL at risk: max"
+        return ClockDecision(self._hysteresis.apply(state.instance_id, wanted), reason)
+
+
+def best_decode_clock_index(
+    predictor: LatencyPredictor,
+    batch: int,
+    kv_tokens: float,
+    itl_ms: float,
+    margin: float,
+    correction: float = 1.0,
+) -> int:
+    """Clock index with the least energy per token meeting ITL; len(clocks) when none does."""
+    latency = predictor.decode_latency_ms(batch, kv_tokens) * correction
+    feasible = latency * (1.0 + margin) <= itl_ms
+    if not feasible.any():
+        return len(predictor.clocks_mhz)
+    energy = np.where(feasible, predictor.decode_power_w(batch, kv_tokens) * latency, np.inf)
+    return int(np.argmin(energy))
+
+
+@dataclass
+class VoltanaRouter:
+    """Prefill: soonest finish. Decode: least added power at the clock it would then need."""
+
+    predictor: LatencyPredictor
+    margin: float = 0.10
+    kv_headroom: float = 0.9
+    name: str = "voltana"
+
+    def _power_w(self, batch: int, kv_tokens: float, itl_ms: float) -> tuple[float, int] | None:
+        """Draw of a decode instance holding (batch, kv) at its best feasible clock."""
+        if batch <= 0:
+            return float(self.predictor.idle_power[0]), 0
+        index = best_decode_clock_index(self.predictor, batch, kv_tokens, itl_ms, self.margin)
+        if index >= len(self.predictor.clocks_mhz):
+            return None
+        return float(self.predictor.decode_power_w(batch, kv_tokens)[index]), index
+
+    def place(self, request: RequestSpec, snapshot: ClusterSnapshot) -> Placement:
+        if not snapshot.prefill or not snapshot.decode:
+            raise NoInstanceError("no prefill or no decode instance available")
+        prefill = min(snapshot.prefill.values(), key=prefill_load)
+        itl_ms = request.slo.itl_ms
+        added_kv = request.input_tokens + 1
+        reserve = request.input_tokens + request.max_output_tokens + 1
+        best_key: tuple[float, int, int] | None = None
+        best: tuple[InstanceState, int] | None = None
+        for state in snapshot.decode.values():
+            fits = (
+                state.queue_len == 0
+                and state.running_batch < (state.max_running_requests or 1 << 30)
+                and state.kv_tokens_used + reserve
+                <= self.kv_headroom * (state.kv_tokens_capacity or 1 << 62)
+            )
+            before = self._power_w(state.running_batch, state.kv_tokens_used, itl_ms)
+            after = self._power_w(state.running_batch + 1, state.kv_tokens_used + added_kv, itl_ms)
+            if fits and before is not None and after is not None:
+                key: tuple[float, int, int] = (after[0] - before[0], 0, state.running_batch)
+                clock_index = after[1]
+            else:  # no room at any clock: last resort, least loaded
+                key = (float("inf"), state.running_batch + state.queue_len, state.kv_tokens_used)
+                clock_index = len(self.predictor.clocks_mhz) - 1
+            if best_key is None or key < best_key:
+                best_key, best = key, (state, clock_index)
+        assert best is not None and best_key is not None
+        decode, clock_index = best
+        return Placement(
+            prefill.instance_id,
+            decode.instance_id,
+            "least added decode power"
+            if best_key[0] != float("inf")
+            else "no decode has room at target: least loaded",
+            decode_clock_mhz=int(self.predictor.clocks_mhz[clock_index]),
+        )
+
+
+def build_voltana_suite(context: PolicyContext, router: RoutingPolicy | None) -> PolicySuite:
+    clocks = full_range_clocks_mhz(context.gpu)
+    predictor = fit_predictor(context.perf, clocks, token_breakpoints=(512, 2048, 8192))
+    # Park prefill where a typical 2k-token prompt still takes under a quarter of the TTFT target.
+    park_feasible = predictor.prefill_latency_ms(2048) <= 0.25 * context.slo.ttft_ms
+    park_index = int(np.argmax(park_feasible)) if park_feasible.any() else len(clocks) - 1
+    return PolicySuite(
+        "voltana",
+        VoltanaPrefill(predictor, park_mhz=int(predictor.clocks_mhz[park_index])),
+        VoltanaDecode(predictor),
+        router or VoltanaRouter(predictor),
+    )
