@@ -8,6 +8,7 @@ measured table can replace the analytical model anywhere; the predictors fit the
 from __future__ import annotations
 
 import bisect
+import itertools
 import csv
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, fields
@@ -77,7 +78,7 @@ def decode_sweep_batches(max_batch: int = 512) -> list[int]:
     """Batch sizes that cover every CUDA-graph segment: its first and last size."""
     sizes = cuda_graph_batch_sizes(max_batch)
     batches = {1}
-    for lower, upper in zip(sizes, sizes[1:], strict=False):
+    for lower, upper in itertools.pairwise(sizes):
         batches.update({lower + 1, upper})
     return sorted(batches)
 
