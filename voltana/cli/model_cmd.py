@@ -44,9 +44,7 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     )
     clocks = parser.add_mutually_exclusive_group()
     clocks.add_argument("--clock-mhz", help="SM clock (default: the GPU's default clock)")
-    clocks.add_argument(
-        "--sweep-clocks", action="store_true", help="one row per supported clock"
-    )
+    clocks.add_argument("--sweep-clocks", action="store_true", help="one row per supported clock")
     parser.add_argument("--json", metavar="OUT.json", help="write the rows as JSON ('-' = stdout)")
     parser.set_defaults(handler=run)
 
@@ -107,7 +105,8 @@ def run(args: argparse.Namespace) -> int:
     if args.json == "-":
         print(json.dumps(document, indent=2))
         return 0
-    print(f"{gpu.display_name}, {hardware.model.key} TP{hardware.model.tensor_parallel}, {workload}")
+    model = hardware.model
+    print(f"{gpu.display_name}, {model.key} TP{model.tensor_parallel}, {workload}")
     print(f"{'clock (MHz)':>11}  {'latency (ms)':>12}  {'power/GPU (W)':>13}  {'J/token':>9}")
     for row in rows:
         mark = "  <- energy-optimal" if row["energy_optimal"] else ""

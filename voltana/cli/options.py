@@ -58,8 +58,8 @@ def hardware_from_args(args: argparse.Namespace) -> Hardware:
     perf = AnalyticalPerformanceModel.for_hardware(gpu, model)
     if perf.kv_capacity_tokens() <= 0:
         raise ConfigError(
-            f"{model.key} at TP {args.tp} does not fit in one {gpu.key} ({gpu.memory_gib:.0f} GiB); "
-            "raise --tp"
+            f"{model.key} at TP {args.tp} does not fit in one {gpu.key} "
+            f"({gpu.memory_gib:.0f} GiB); raise --tp"
         )
     return Hardware(gpu, model, perf)
 

@@ -193,4 +193,3 @@ def _write(path: Path, text: str) -> None:
         path.write_text(text + "\n")
     except OSError as exc:
         raise ConfigError(f"cannot write {path}: {exc.strerror}") from None
-

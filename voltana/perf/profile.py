@@ -8,8 +8,8 @@ measured table can replace the analytical model anywhere; the predictors fit the
 from __future__ import annotations
 
 import bisect
-import itertools
 import csv
+import itertools
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
