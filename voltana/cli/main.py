@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Sequence
+from types import ModuleType
 
 from voltana import __version__
 from voltana.errors import VoltanaError
@@ -26,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _service_commands() -> list:  # type: ignore[type-arg]
+def _service_commands() -> list[ModuleType]:
     """Commands that need the gRPC stack; absent pieces are simply not offered."""
     modules = []
     for name in ("up_cmd", "bench_cmd", "serve_cmd"):

@@ -19,7 +19,7 @@ examples:
 """
 
 
-def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = commands.add_parser(
         "model",
         help="print the performance model's latency, power and energy per token",

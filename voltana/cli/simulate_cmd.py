@@ -36,7 +36,7 @@ The trace may be an Azure LLM trace CSV, a Mooncake JSONL file, or synthetic:PRO
 """
 
 
-def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = commands.add_parser(
         "simulate",
         help="replay a workload trace through a simulated PD cluster",
