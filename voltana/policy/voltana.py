@@ -22,6 +22,7 @@ and it avoids batch-boundary crossings that would raise a clock (EcoRoute's insi
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -201,7 +202,19 @@ class VoltanaRouter:
     predictor: LatencyPredictor
     margin: float = 0.10
     kv_headroom: float = 0.9
+    # Expected delay from placement until the request joins its decode batch (prefill + KV).
+    inbound_horizon_s: float = 1.0
     name: str = "voltana"
+    # Requests placed but not yet visible in the decode instance's state: (expires at, KV tokens).
+    _inbound: dict[str, deque[tuple[float, int]]] = field(default_factory=dict)
+
+    def _inbound_load(self, instance_id: str, now_s: float) -> tuple[int, int]:
+        pending = self._inbound.get(instance_id)
+        if not pending:
+            return 0, 0
+        while pending and pending[0][0] <= now_s:
+            pending.popleft()
+        return len(pending), sum(tokens for _, tokens in pending)
 
     def _power_w(self, batch: int, kv_tokens: float, itl_ms: float) -> tuple[float, int] | None:
         """Draw of a decode instance holding (batch, kv) at its best feasible clock."""
@@ -221,15 +234,18 @@ class VoltanaRouter:
         reserve = request.input_tokens + request.max_output_tokens + 1
         best_key: tuple[float, int, int] | None = None
         best: tuple[InstanceState, int] | None = None
+        now_s = snapshot.now_s
         for state in snapshot.decode.values():
-            fits = (
-                state.queue_len == 0
-                and state.running_batch < (state.max_running_requests or 1 << 30)
-                and state.kv_tokens_used + reserve
-                <= self.kv_headroom * (state.kv_tokens_capacity or 1 << 62)
-            )
-            before = self._power_w(state.running_batch, state.kv_tokens_used, itl_ms)
-            after = self._power_w(state.running_batch + 1, state.kv_tokens_used + added_kv, itl_ms)
+            # The state trajectory: what the instance will hold once placed requests arrive.
+            # Waiting requests join at the next step unless memory is short (checked below).
+            inbound, inbound_kv = self._inbound_load(state.instance_id, now_s)
+            batch = state.running_batch + state.queue_len + inbound
+            kv_tokens = state.kv_tokens_used + inbound_kv
+            fits = batch < (
+                state.max_running_requests or 1 << 30
+            ) and kv_tokens + reserve <= self.kv_headroom * (state.kv_tokens_capacity or 1 << 62)
+            before = self._power_w(batch, kv_tokens, itl_ms)
+            after = self._power_w(batch + 1, kv_tokens + added_kv, itl_ms)
             if fits and before is not None and after is not None:
                 key: tuple[float, int, int] = (after[0] - before[0], 0, state.running_batch)
                 clock_index = after[1]
@@ -240,6 +256,9 @@ class VoltanaRouter:
                 best_key, best = key, (state, clock_index)
         assert best is not None and best_key is not None
         decode, clock_index = best
+        self._inbound.setdefault(decode.instance_id, deque()).append(
+            (now_s + self.inbound_horizon_s, added_kv)
+        )
         return Placement(
             prefill.instance_id,
             decode.instance_id,
@@ -253,8 +272,9 @@ class VoltanaRouter:
 def build_voltana_suite(context: PolicyContext, router: RoutingPolicy | None) -> PolicySuite:
     clocks = full_range_clocks_mhz(context.gpu)
     predictor = fit_predictor(context.perf, clocks, token_breakpoints=(512, 2048, 8192))
-    # Park prefill where a typical 2k-token prompt still takes under a quarter of the TTFT target.
-    park_feasible = predictor.prefill_latency_ms(2048) <= 0.25 * context.slo.ttft_ms
+    # Park prefill where a typical 2k-token prompt still takes under half the TTFT target: the
+    # first prompt after idling runs at the parked clock before the controller can react.
+    park_feasible = predictor.prefill_latency_ms(2048) <= 0.5 * context.slo.ttft_ms
     park_index = int(np.argmax(park_feasible)) if park_feasible.any() else len(clocks) - 1
     return PolicySuite(
         "voltana",

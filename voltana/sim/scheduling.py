@@ -35,6 +35,7 @@ class PrefillIteration(Generic[KeyT]):
     power_w: float
     sm_clock_mhz: int
     new_tokens: int
+    attention_pairs: float
     # (job, tokens of this job run in this iteration)
     chunks: tuple[tuple[PrefillJob[KeyT], int], ...]
 
@@ -120,7 +121,13 @@ class PrefillScheduler(Generic[KeyT]):
         new_tokens = self.token_budget - budget
         estimate = self.perf.prefill_iteration(new_tokens, sm_clock_mhz, attention_pairs)
         self.running = PrefillIteration(
-            now_s, estimate.latency_s, estimate.power_w, sm_clock_mhz, new_tokens, tuple(chunks)
+            now_s,
+            estimate.latency_s,
+            estimate.power_w,
+            sm_clock_mhz,
+            new_tokens,
+            attention_pairs,
+            tuple(chunks),
         )
         return self.running
 

@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from voltana.perf.model import PerformanceModel
+from voltana.perf.model import IterationEstimate, PerformanceModel
 from voltana.policy.base import PolicySuite
 from voltana.policy.state import ClusterSnapshot, InstanceState, Phase, RequestSpec
 from voltana.report import RunOutcome
@@ -25,7 +25,7 @@ from voltana.sim.scheduling import DecodeJob, DecodeScheduler, PrefillJob, Prefi
 from voltana.workloads.request import TraceRequest
 
 # Event kinds, ordered so simultaneous events resolve deterministically.
-_ARRIVAL, _PREFILL_DONE, _KV_ARRIVED, _DECODE_DONE, _CONTROL, _SAMPLE = range(6)
+_ARRIVAL, _PREFILL_DONE, _KV_ARRIVED, _DECODE_DONE, _CONTROL, _SAMPLE, _CLOCK = range(7)
 
 REJECT_PROMPT_TOO_LONG = "prompt_too_long"
 REJECT_KV_CAPACITY = "exceeds_kv_capacity"
@@ -88,6 +88,13 @@ class _Instance:
         self.sample_energy_j = 0.0
         self.clock_changes = 0
         self.busy = False
+        # The running iteration: when its current pace began, when it ends, which event ends it,
+        # and how to re-estimate it at another clock (a clock change speeds up the remainder).
+        self.pace_since_s = 0.0
+        self.iteration_end_s = 0.0
+        self.completion_seq = -1
+        self.jitter_factor = 1.0
+        self.estimate_at: Callable[[int], IterationEstimate] | None = None
         self.last_activity_s = 0.0
         window = config.observation_window_s
         self.window_s = window
@@ -113,12 +120,14 @@ class _Instance:
             self.energy_j += self.power_w * self.gpus * (now_s - self.power_since_s)
             self.power_since_s = now_s
 
-    def request_clock(self, now_s: float, clock_mhz: int, delay_s: float) -> None:
+    def request_clock(self, now_s: float, clock_mhz: int, delay_s: float) -> bool:
+        """Returns True when a change was requested (the caller schedules its effect)."""
         if clock_mhz == self.target_clock_mhz:
-            return
+            return False
         self.target_clock_mhz = clock_mhz
         self.clock_changes += 1
         self.pending_clock = (now_s + delay_s, clock_mhz)
+        return True
 
     def set_power(self, now_s: float, power_w: float) -> None:
         self._integrate(now_s)
@@ -143,7 +152,12 @@ class _Instance:
         self._trim(now_s)
         recent: float | None = None
         if self.recent_latency_ms:
-            recent = sum(v for _, v in self.recent_latency_ms) / len(self.recent_latency_ms)
+            values = [v for _, v in self.recent_latency_ms]
+            if self.phase is Phase.PREFILL:  # TTFT: the window's p90, as telemetry reports it
+                values.sort()
+                recent = values[min(len(values) - 1, int(0.9 * len(values)))]
+            else:  # ITL: the window's mean iteration time
+                recent = sum(values) / len(values)
         rate = len(self.arrivals) / self.window_s
         common: dict[str, Any] = {
             "instance_id": self.instance_id,
@@ -287,9 +301,10 @@ class Simulation:
         self._kv_capacity = perf.kv_capacity_tokens()
 
     # ---- event plumbing -------------------------------------------------------------------
-    def _push(self, time_s: float, kind: int, payload: int) -> None:
+    def _push(self, time_s: float, kind: int, payload: int) -> int:
         self._seq += 1
         heapq.heappush(self._events, (time_s, kind, self._seq, payload))
+        return self._seq
 
     def _jittered(self, latency_s: float) -> float:
         if self._jitter <= 0:
@@ -315,9 +330,15 @@ class Simulation:
             inst.busy = False
             inst.set_power(now_s, self.perf.idle_power_w(inst.sm_clock_mhz))
             return
-        inst.busy = True
-        inst.set_power(now_s, iteration.power_w)
-        self._push(now_s + self._jittered(iteration.latency_s), _PREFILL_DONE, inst.index)
+        tokens, pairs = iteration.new_tokens, iteration.attention_pairs
+        self._start(
+            inst,
+            now_s,
+            iteration.latency_s,
+            iteration.power_w,
+            _PREFILL_DONE,
+            lambda clock: self.perf.prefill_iteration(tokens, clock, pairs),
+        )
 
     def _kick_decode(self, inst: _Instance, now_s: float) -> None:
         scheduler = inst.decode
@@ -332,12 +353,47 @@ class Simulation:
             inst.busy = False
             inst.set_power(now_s, self.perf.idle_power_w(inst.sm_clock_mhz))
             return
+        batch, kv_tokens = iteration.batch_size, iteration.kv_tokens
+        self._start(
+            inst,
+            now_s,
+            iteration.latency_s,
+            iteration.power_w,
+            _DECODE_DONE,
+            lambda clock: self.perf.decode_iteration(batch, kv_tokens, clock),
+        )
+
+    def _start(
+        self,
+        inst: _Instance,
+        now_s: float,
+        latency_s: float,
+        power_w: float,
+        kind: int,
+        estimate_at: Callable[[int], IterationEstimate],
+    ) -> None:
         inst.busy = True
-        inst.set_power(now_s, iteration.power_w)
-        latency_s = self._jittered(iteration.latency_s)
-        self._decode_latency_s.append(latency_s)
-        self._decode_batch.append(iteration.batch_size)
-        self._push(now_s + latency_s, _DECODE_DONE, inst.index)
+        inst.set_power(now_s, power_w)
+        inst.jitter_factor = self._jittered(1.0)
+        inst.pace_since_s = now_s
+        inst.iteration_end_s = now_s + latency_s * inst.jitter_factor
+        inst.estimate_at = estimate_at
+        inst.completion_seq = self._push(inst.iteration_end_s, kind, inst.index)
+
+    def _on_clock(self, inst: _Instance, now_s: float) -> None:
+        """A clock change landed: a running iteration finishes its remainder at the new pace."""
+        before_mhz = inst.sm_clock_mhz
+        inst.advance(now_s)
+        if not inst.busy or inst.sm_clock_mhz == before_mhz or inst.estimate_at is None:
+            return
+        old = inst.estimate_at(before_mhz)
+        new = inst.estimate_at(inst.sm_clock_mhz)
+        remaining_s = (inst.iteration_end_s - now_s) * new.latency_s / old.latency_s
+        inst.set_power(now_s, new.power_w)
+        inst.pace_since_s = now_s
+        inst.iteration_end_s = now_s + remaining_s
+        kind = _PREFILL_DONE if inst.phase is Phase.PREFILL else _DECODE_DONE
+        inst.completion_seq = self._push(inst.iteration_end_s, kind, inst.index)
 
     def _first_token(self, record: RequestRecord, now_s: float) -> None:
         record.first_token_s = now_s
@@ -403,7 +459,10 @@ class Simulation:
         inst.busy = False
         iteration = inst.decode.running_iteration
         assert iteration is not None
-        inst.note_latency(now_s, (now_s - iteration.started_s) * 1e3)
+        latency_s = now_s - iteration.started_s
+        inst.note_latency(now_s, latency_s * 1e3)
+        self._decode_latency_s.append(latency_s)
+        self._decode_batch.append(iteration.batch_size)
         finished = inst.decode.finish_iteration()
         for job in finished:
             self._records[job.key].finish_s = now_s
@@ -417,7 +476,8 @@ class Simulation:
             inst.advance(now_s)
             policy = self.suite.prefill if inst.phase is Phase.PREFILL else self.suite.decode
             decision = policy.decide(inst.state(now_s), slo, now_s)
-            inst.request_clock(now_s, decision.sm_clock_mhz, self._delay_s)
+            if inst.request_clock(now_s, decision.sm_clock_mhz, self._delay_s):
+                self._push(now_s + self._delay_s, _CLOCK, inst.index)
 
     # ---- run ---------------------------------------------------------------------------------
     def run(
@@ -443,11 +503,18 @@ class Simulation:
         events = self._events
         instances = self.instances
         while events:
-            now_s, kind, _, payload = heapq.heappop(events)
+            now_s, kind, seq, payload = heapq.heappop(events)
             if kind == _DECODE_DONE:
+                if seq != instances[payload].completion_seq:
+                    continue  # superseded by a clock change
                 pending_requests -= self._on_decode_done(instances[payload], now_s)
             elif kind == _PREFILL_DONE:
+                if seq != instances[payload].completion_seq:
+                    continue
                 self._on_prefill_done(instances[payload], now_s)
+            elif kind == _CLOCK:
+                self._on_clock(instances[payload], now_s)
+                continue
             elif kind == _KV_ARRIVED:
                 self._on_kv_arrived(payload, now_s)
                 if self._records[payload].finish_s == now_s:
