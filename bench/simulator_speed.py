@@ -21,7 +21,9 @@ from voltana.sim.cluster import ClusterConfig
 from voltana.sim.compare import run_policy
 from voltana.workloads import load_workload
 
-DEFAULT_TRACE = Path(__file__).resolve().parents[1].parent / "shared/data/traces/azure_llm_2023_conv.csv"
+DEFAULT_TRACE = (
+    Path(__file__).resolve().parents[1].parent / "shared/data/traces/azure_llm_2023_conv.csv"
+)
 
 
 def main() -> int:

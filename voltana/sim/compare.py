@@ -42,23 +42,29 @@ def compare_policies(
     seed: int = 0,
     progress: ProgressFactory | None = None,
 ) -> tuple[list[SimulationResult], list[dict[str, Any]]]:
-    """Simulate each policy in order; returns raw results and report rows (savings vs first)."""
+    """Simulate each policy in order; returns raw results and report rows (savings vs first).
+
+    `static-best` is resolved by a hindsight sweep on the same workload (static_best.py)."""
+    from voltana.sim.static_best import STATIC_BEST, find_static_best
+
     # Build every suite first so a bad name fails before any long run starts.
     context = PolicyContext(config.gpu, perf, config.slo)
     for name in names:
-        build_suite(name, context, build_router(router, context) if router else None)
-    results = [
-        run_policy(
-            name,
-            requests,
-            config,
-            perf,
-            router=router,
-            seed=seed,
-            progress=progress(name) if progress else None,
+        if name != STATIC_BEST:
+            build_suite(name, context, build_router(router, context) if router else None)
+    results: list[SimulationResult] = []
+    for name in names:
+        callback = progress(name) if progress else None
+        if name == STATIC_BEST:
+            best = find_static_best(
+                requests, config, perf, router=router, seed=seed, progress=callback
+            )
+            best.result.policy = f"static-best({best.prefill_mhz}/{best.decode_mhz})"
+            results.append(best.result)
+            continue
+        results.append(
+            run_policy(name, requests, config, perf, router=router, seed=seed, progress=callback)
         )
-        for name in names
-    ]
     rows = [summarize(result.outcome(), config.slo) for result in results]
     add_savings(rows)
     return results, rows
