@@ -1,0 +1,165 @@
+"""Pure parts of the simulated engine: tokenizer, /generate parsing, Prometheus text, windows."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from voltana.engine.errors import EngineRequestError, EngineTimeoutError, EngineUnavailableError
+from voltana.engine.prometheus import Histogram, format_labels, parse_prometheus_text
+from voltana.engine.protocol import DEFAULT_MAX_NEW_TOKENS, parse_generate_request
+from voltana.engine.settings import EngineMode, SimEngineSettings
+from voltana.engine.sglang_client import error_for_status, metrics_by_name
+from voltana.engine.stats import WindowedSamples
+from voltana.engine.tokenizer import FIRST_ORDINARY_ID, ToyTokenizer
+from voltana.errors import ConfigError, InvalidArgumentError
+
+pytestmark = pytest.mark.unit
+
+VOCAB = 128256
+
+
+def test_tokenizer_counts_about_four_characters_per_token() -> None:
+    tokenizer = ToyTokenizer(VOCAB)
+    assert len(tokenizer.encode("hello world")) == 4  # "hell" "o" "worl" "d"
+    assert len(tokenizer.encode("abcd " * 25)) == 25
+    assert tokenizer.encode("   ") == []
+    ids = tokenizer.encode("the quick brown fox")
+    assert all(FIRST_ORDINARY_ID <= token < VOCAB for token in ids)
+    assert ids == ToyTokenizer(VOCAB).encode("the quick brown fox")
+
+
+def test_outputs_depend_only_on_the_prompt() -> None:
+    tokenizer = ToyTokenizer(VOCAB)
+    seed = tokenizer.prompt_seed([1000, 1001, 1002])
+    outputs = [tokenizer.output_token_id(seed, position) for position in range(50)]
+    assert outputs == [ToyTokenizer(VOCAB).output_token_id(seed, p) for p in range(50)]
+    assert len(set(outputs)) > 45  # looks random, not constant
+    assert all(FIRST_ORDINARY_ID <= token < VOCAB for token in outputs)
+    assert tokenizer.prompt_seed([1000, 1001]) != seed
+    text = tokenizer.decode(outputs[:3])
+    assert text == "".join(tokenizer.decode_token(t) for t in outputs[:3])
+    assert text.startswith(" ") and len(text.split()) == 3
+
+
+def test_parse_generate_request_reads_sglang_fields() -> None:
+    tokenizer = ToyTokenizer(VOCAB)
+    request = parse_generate_request(
+        {
+            "text": "abcdefgh ij",
+            "sampling_params": {"max_new_tokens": 7, "temperature": 0.0, "stop": ["x"]},
+            "stream": True,
+            "rid": "r-1",
+            "bootstrap_host": "10.0.0.1",
+            "bootstrap_port": 8998,
+            "bootstrap_room": 2**63 - 1,
+        },
+        tokenizer,
+    )
+    assert request.rid == "r-1"
+    assert request.prompt_tokens == 3
+    assert request.max_new_tokens == 7
+    assert request.stream is True
+    assert request.bootstrap is not None
+    assert (request.bootstrap.host, request.bootstrap.port) == ("10.0.0.1", 8998)
+    assert request.bootstrap.room == 2**63 - 1
+
+    defaults = parse_generate_request({"input_ids": [1000, 1001]}, tokenizer)
+    assert defaults.max_new_tokens == DEFAULT_MAX_NEW_TOKENS
+    assert defaults.stream is False and defaults.bootstrap is None
+    assert defaults.input_ids == (1000, 1001)
+    assert defaults.rid  # generated
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ([], "JSON object"),
+        ({}, "either 'text' or 'input_ids'"),
+        ({"text": "a", "input_ids": [1000]}, "not both"),
+        ({"text": " \n "}, "prompt is empty"),
+        ({"input_ids": []}, "prompt is empty"),
+        ({"input_ids": [[1000]]}, "batched"),
+        ({"input_ids": [1000, "x"]}, "list of integers"),
+        ({"input_ids": [VOCAB]}, "outside the vocabulary"),
+        ({"text": "a", "sampling_params": {"max_new_tokens": 0}}, "max_new_tokens must be > 0"),
+        ({"text": "a", "sampling_params": {"max_new_tokens": 1.5}}, "must be an integer"),
+        ({"text": "a", "sampling_params": []}, "'sampling_params' must be an object"),
+        ({"text": "a", "stream": "yes"}, "'stream' must be a boolean"),
+        ({"text": "a", "bootstrap_host": "h", "bootstrap_port": 1}, "'bootstrap_room' is required"),
+        ({"text": "a", "bootstrap_room": -1}, "bootstrap_room"),
+        ({"text": "a", "bootstrap_room": 2**63}, "bootstrap_room"),
+    ],
+)
+def test_parse_generate_request_refuses_bad_input(body: object, message: str) -> None:
+    with pytest.raises(EngineRequestError, match=message) as caught:
+        parse_generate_request(body, ToyTokenizer(VOCAB))
+    assert caught.value.status == 400
+    assert isinstance(caught.value, InvalidArgumentError)
+
+
+def test_settings_normalise_mode_and_refuse_bad_values() -> None:
+    assert SimEngineSettings(mode="mixed").engine_mode is EngineMode.NULL
+    assert SimEngineSettings(mode="PREFILL").mode is EngineMode.PREFILL
+    assert SimEngineSettings().served_model_path == "sim/llama-3.1-8b"
+    with pytest.raises(ConfigError, match="unknown engine mode"):
+        SimEngineSettings(mode="both")
+    with pytest.raises(ConfigError, match="speedup"):
+        SimEngineSettings(speedup=0)
+    with pytest.raises(ConfigError, match="port"):
+        SimEngineSettings(port=70000)
+
+
+def test_histogram_renders_cumulative_buckets_that_parse_back() -> None:
+    histogram = Histogram("sglang:x_seconds", "help", (0.1, 1.0))
+    histogram.observe(0.05)
+    histogram.observe(0.5, count=3)
+    histogram.observe(7.0)
+    text = "\n".join(histogram.render({"model_name": 'we"ird\\name'}))
+    samples = parse_prometheus_text(text)
+    by_key = {s.name + format_labels({k: v for k, v in s.labels.items()}): s.value for s in samples}
+    label = 'model_name="we\\"ird\\\\name"'
+    assert by_key[f'sglang:x_seconds_bucket{{le="0.1",{label}}}'] == 1
+    assert by_key[f'sglang:x_seconds_bucket{{le="1.0",{label}}}'] == 4
+    assert by_key[f'sglang:x_seconds_bucket{{le="+Inf",{label}}}'] == 5
+    assert by_key[f"sglang:x_seconds_count{{{label}}}"] == 5
+    assert math.isclose(by_key[f"sglang:x_seconds_sum{{{label}}}"], 0.05 + 1.5 + 7.0)
+    assert samples[0].labels["model_name"] == 'we"ird\\name'
+
+
+def test_metrics_by_name_drops_model_label_and_foreign_metrics() -> None:
+    text = (
+        "# HELP sglang:num_running_reqs r\n# TYPE sglang:num_running_reqs gauge\n"
+        'sglang:num_running_reqs{model_name="m"} 3.0\n'
+        'sglang:itl_bucket{model_name="m",le="0.1"} 2\n'
+        "python_gc_objects_collected_total 12\n"
+        "sglang:bare 1e3 1700000000000\n"
+    )
+    result = metrics_by_name(parse_prometheus_text(text))
+    assert result == {
+        "sglang:num_running_reqs": 3.0,
+        'sglang:itl_bucket{le="0.1"}': 2.0,
+        "sglang:bare": 1000.0,
+    }
+
+
+def test_windowed_samples_weighted_median_and_expiry() -> None:
+    window = WindowedSamples(window_s=10.0)
+    assert window.median(0.0) is None
+    window.add(0.0, 100.0, weight=1)
+    window.add(1.0, 5.0, weight=10)
+    window.add(2.0, 7.0, weight=1)
+    assert window.median(2.0) == 5.0
+    assert window.total(2.0) == 100.0 + 50.0 + 7.0
+    assert window.median(10.5) == 5.0  # the first sample left the window
+    assert window.median(20.0) is None
+
+
+def test_error_for_status_maps_to_typed_errors() -> None:
+    assert isinstance(error_for_status(503, "m", "u"), EngineUnavailableError)
+    assert isinstance(error_for_status(504, "m", "u"), EngineTimeoutError)
+    assert isinstance(error_for_status(422, "m", "u"), EngineRequestError)
+    generic = error_for_status(500, "boom", "http://x/generate")
+    assert type(generic).__name__ == "EngineError"
+    assert generic.status == 500 and "boom" in str(generic) and "http://x" in str(generic)

@@ -1,0 +1,169 @@
+"""SGLang's HTTP ``/generate`` protocol: request parsing and response bodies (no I/O).
+
+Only what the simulated engine needs; sampling parameters other than ``max_new_tokens`` are
+accepted and ignored (generation always runs to ``max_new_tokens``, as with ``ignore_eos``).
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from voltana.engine.errors import EngineRequestError
+from voltana.engine.tokenizer import ToyTokenizer
+
+# SGLang's default when sampling_params has no max_new_tokens.
+DEFAULT_MAX_NEW_TOKENS = 128
+MAX_BOOTSTRAP_ROOM = 2**63 - 1
+SSE_DONE = b"data: [DONE]\n\n"
+
+FinishReason = dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class BootstrapTarget:
+    """Where a PD request's KV cache comes from: the prefill's bootstrap endpoint and room."""
+
+    host: str | None
+    port: int | None
+    room: int
+
+
+@dataclass(frozen=True, slots=True)
+class GenerateRequest:
+    rid: str
+    input_ids: tuple[int, ...]
+    max_new_tokens: int
+    stream: bool
+    bootstrap: BootstrapTarget | None
+
+    @property
+    def prompt_tokens(self) -> int:
+        return len(self.input_ids)
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _prompt_ids(body: Mapping[str, Any], tokenizer: ToyTokenizer) -> tuple[int, ...]:
+    text = body.get("text")
+    input_ids = body.get("input_ids")
+    if text is None and input_ids is None:
+        raise EngineRequestError("either 'text' or 'input_ids' must be given")
+    if text is not None and input_ids is not None:
+        raise EngineRequestError("give either 'text' or 'input_ids', not both")
+    if text is not None:
+        if isinstance(text, list):
+            raise EngineRequestError("batched requests (a list of texts) are not supported")
+        if not isinstance(text, str):
+            raise EngineRequestError("'text' must be a string")
+        ids = tokenizer.encode(text)
+    else:
+        if not isinstance(input_ids, list):
+            raise EngineRequestError("'input_ids' must be a list of integers")
+        if input_ids and isinstance(input_ids[0], list):
+            raise EngineRequestError("batched requests (a list of input_ids) are not supported")
+        if not all(_is_int(token) for token in input_ids):
+            raise EngineRequestError("'input_ids' must be a list of integers")
+        bad = [token for token in input_ids if not 0 <= token < tokenizer.vocab_size]
+        if bad:
+            raise EngineRequestError(
+                f"token id {bad[0]} is outside the vocabulary (0..{tokenizer.vocab_size - 1})"
+            )
+        ids = list(input_ids)
+    if not ids:
+        raise EngineRequestError("the prompt is empty")
+    return tuple(ids)
+
+
+def _max_new_tokens(body: Mapping[str, Any]) -> int:
+    sampling_params = body.get("sampling_params")
+    if sampling_params is None:
+        return DEFAULT_MAX_NEW_TOKENS
+    if not isinstance(sampling_params, dict):
+        raise EngineRequestError("'sampling_params' must be an object")
+    value = sampling_params.get("max_new_tokens")
+    if value is None:
+        return DEFAULT_MAX_NEW_TOKENS
+    if not _is_int(value):
+        raise EngineRequestError(f"max_new_tokens must be an integer, got {value!r}")
+    if value <= 0:
+        raise EngineRequestError(f"max_new_tokens must be > 0, got {value}")
+    return int(value)
+
+
+def _bootstrap(body: Mapping[str, Any]) -> BootstrapTarget | None:
+    host = body.get("bootstrap_host")
+    port = body.get("bootstrap_port")
+    room = body.get("bootstrap_room")
+    if host is None and port is None and room is None:
+        return None
+    if host is not None and not isinstance(host, str):
+        raise EngineRequestError("'bootstrap_host' must be a string")
+    if port is not None and not (_is_int(port) and 0 < port <= 65535):
+        raise EngineRequestError(f"'bootstrap_port' must be a port number, got {port!r}")
+    if room is None:
+        raise EngineRequestError("'bootstrap_room' is required with bootstrap_host/port")
+    if not (_is_int(room) and 0 <= room <= MAX_BOOTSTRAP_ROOM):
+        raise EngineRequestError(f"'bootstrap_room' must be an integer in 0..2^63-1, got {room!r}")
+    return BootstrapTarget(host, port, room)
+
+
+def parse_generate_request(body: object, tokenizer: ToyTokenizer) -> GenerateRequest:
+    """Validate a ``/generate`` body; raises ``EngineRequestError`` (HTTP 400) when invalid."""
+    if not isinstance(body, dict):
+        raise EngineRequestError("the request body must be a JSON object")
+    rid = body.get("rid")
+    if rid is None:
+        rid = uuid.uuid4().hex
+    elif not isinstance(rid, str) or not rid:
+        raise EngineRequestError("'rid' must be a non-empty string")
+    stream = body.get("stream", False)
+    if not isinstance(stream, bool):
+        raise EngineRequestError("'stream' must be a boolean")
+    return GenerateRequest(
+        rid=rid,
+        input_ids=_prompt_ids(body, tokenizer),
+        max_new_tokens=_max_new_tokens(body),
+        stream=stream,
+        bootstrap=_bootstrap(body),
+    )
+
+
+def length_finish(length: int) -> FinishReason:
+    return {"type": "length", "length": length}
+
+
+def abort_finish(message: str) -> FinishReason:
+    return {"type": "abort", "message": message}
+
+
+def meta_info(
+    rid: str,
+    prompt_tokens: int,
+    completion_tokens: int,
+    finish_reason: FinishReason | None,
+    e2e_latency_s: float | None = None,
+) -> dict[str, Any]:
+    meta: dict[str, Any] = {
+        "id": rid,
+        "finish_reason": finish_reason,
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "cached_tokens": 0,
+    }
+    if e2e_latency_s is not None:
+        meta["e2e_latency"] = e2e_latency_s
+    return meta
+
+
+def error_body(message: str, status: int) -> dict[str, Any]:
+    return {"error": {"message": message, "code": status}}
+
+
+def sse_event(payload: Mapping[str, Any]) -> bytes:
+    return b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n"

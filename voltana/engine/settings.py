@@ -1,0 +1,105 @@
+"""Settings of one simulated SGLang engine."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from voltana.errors import ConfigError
+
+
+class EngineMode(enum.StrEnum):
+    """SGLang's ``--disaggregation-mode``: ``null`` is one instance doing prefill and decode."""
+
+    PREFILL = "prefill"
+    DECODE = "decode"
+    NULL = "null"
+
+    @classmethod
+    def parse(cls, value: str | EngineMode) -> EngineMode:
+        if isinstance(value, EngineMode):
+            return value
+        normalized = value.strip().lower()
+        if normalized in ("mixed", "none", ""):
+            return cls.NULL
+        try:
+            return cls(normalized)
+        except ValueError:
+            valid = ", ".join([*(mode.value for mode in cls), "mixed"])
+            raise ConfigError(f"unknown engine mode {value!r}; valid: {valid}") from None
+
+
+@dataclass(frozen=True)
+class SimEngineSettings:
+    """Everything a ``SimEngine`` is built from. Ports 0 pick a free port (see ``SimEngine.url``).
+
+    Times called ``*_timeout_s`` / ``*_interval_ms`` are wall-clock; latencies the engine reports
+    (meta_info, /metrics, ``InstanceState``) are simulated seconds (wall time x ``speedup``).
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 0
+    mode: EngineMode | str = EngineMode.NULL
+    gpu_key: str = "a100-80g"
+    model_key: str = "llama-3.1-8b"
+    tp: int = 1
+    # Simulated time runs this many times faster than wall time.
+    speedup: float = 1.0
+    # Prefill mode only: port of the KV bootstrap endpoint (SGLang's default is 8998).
+    bootstrap_port: int = 0
+    max_running_requests: int = 256
+    chunked_prefill_size: int = 8192
+    # Most requests one prefill batch takes.
+    max_prefill_requests: int = 64
+    # KV-cache capacity in tokens; 0 = what the performance model says fits in GPU memory.
+    max_total_num_tokens: int = 0
+    # Id in telemetry; "" = "<mode>@<host>:<port>" once the port is bound.
+    instance_id: str = ""
+    # What /get_server_info and the metrics' model_name label show; "" = "sim/<model_key>".
+    model_path: str = ""
+    # Decode mode: how long a request waits for its KV cache before failing.
+    kv_wait_timeout_s: float = 30.0
+    # On stop: how long in-flight requests may run before they are aborted.
+    drain_timeout_s: float = 5.0
+    # Period of the InstanceState reporter (when a sink is given).
+    report_interval_ms: float = 250.0
+    # Window of the recent TTFT/ITL medians and rates in InstanceState (simulated seconds).
+    recent_window_s: float = 5.0
+    # SGLang's --incremental-streaming-output: stream deltas instead of cumulative text/ids.
+    incremental_streaming_output: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "mode", EngineMode.parse(self.mode))
+        for name in ("port", "bootstrap_port"):
+            value = getattr(self, name)
+            if not 0 <= value <= 65535:
+                raise ConfigError(f"{name} must be in 0..65535, got {value}")
+        for name in (
+            "tp",
+            "max_running_requests",
+            "chunked_prefill_size",
+            "max_prefill_requests",
+        ):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_total_num_tokens < 0:
+            raise ConfigError(f"max_total_num_tokens must be >= 0, got {self.max_total_num_tokens}")
+        for name in (
+            "speedup",
+            "kv_wait_timeout_s",
+            "report_interval_ms",
+            "recent_window_s",
+        ):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}")
+        if not self.drain_timeout_s >= 0:
+            raise ConfigError(f"drain_timeout_s must be >= 0, got {self.drain_timeout_s}")
+
+    @property
+    def engine_mode(self) -> EngineMode:
+        """``mode`` as an ``EngineMode`` (``__post_init__`` normalises it)."""
+        return EngineMode.parse(self.mode)
+
+    @property
+    def served_model_path(self) -> str:
+        return self.model_path or f"sim/{self.model_key}"

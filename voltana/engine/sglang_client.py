@@ -1,0 +1,318 @@
+"""HTTP client of SGLang servers; real SGLang and ``SimEngine`` answer it identically.
+
+One ``aiohttp.ClientSession`` is created lazily and reused for every call. Failures surface as
+typed errors: ``EngineRequestError`` (HTTP 4xx), ``EngineUnavailableError`` (cannot connect,
+connection lost, HTTP 503), ``EngineTimeoutError`` (client timeout, HTTP 504/408) and
+``EngineError`` for the rest. A stream that ends with ``finish_reason: {"type": "abort"}`` (the
+engine aborted the request, e.g. on shutdown) is passed through as a chunk, as SGLang sends it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from types import TracebackType
+from typing import Any
+
+import aiohttp
+
+from voltana.engine.errors import (
+    EngineError,
+    EngineRequestError,
+    EngineTimeoutError,
+    EngineUnavailableError,
+)
+from voltana.engine.prometheus import PrometheusSample, format_labels, parse_prometheus_text
+
+# Longest SSE line accepted; cumulative chunks of long generations get big.
+_READ_BUFFER_BYTES = 4 * 2**20
+_IDENTITY_LABELS = frozenset({"model_name"})
+
+
+def _error_message(text: str) -> str:
+    """The human message of an error body: SGLang's {"error": {"message"}} or FastAPI's detail."""
+    try:
+        body = json.loads(text)
+    except ValueError:
+        return text.strip() or "(empty body)"
+    if isinstance(body, dict):
+        error = body.get("error")
+        if isinstance(error, dict) and "message" in error:
+            return str(error["message"])
+        for key in ("error", "detail", "message"):
+            if isinstance(body.get(key), str):
+                return str(body[key])
+    return text.strip()
+
+
+def error_for_status(status: int, message: str, url: str) -> EngineError:
+    """The typed error for an HTTP error answer."""
+    if status == 503:
+        return EngineUnavailableError(message, status, url)
+    if status in (408, 504):
+        return EngineTimeoutError(message, status, url)
+    if 400 <= status < 500:
+        return EngineRequestError(message, status, url)
+    return EngineError(message, status, url)
+
+
+def _transport_error(exc: BaseException, url: str) -> EngineError:
+    if isinstance(exc, TimeoutError):  # before ClientConnectionError: ServerTimeoutError is both
+        return EngineTimeoutError(f"no answer in time ({type(exc).__name__})", url=url)
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return EngineUnavailableError(f"cannot connect: {exc}", url=url)
+    if isinstance(exc, (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError)):
+        return EngineUnavailableError(f"connection lost: {exc or type(exc).__name__}", url=url)
+    return EngineError(f"HTTP client error: {exc}", url=url)
+
+
+async def _sse_data(content: aiohttp.StreamReader) -> AsyncIterator[str]:
+    """The data of each server-sent event (``data:`` lines joined), in order."""
+    data_lines: list[str] = []
+    async for raw_line in content:
+        line = raw_line.decode("utf-8").rstrip("\r\n")
+        if not line:
+            if data_lines:
+                yield "\n".join(data_lines)
+                data_lines = []
+        elif line.startswith("data:"):
+            data_lines.append(line[5:].removeprefix(" "))
+        # Other fields (event:, id:, retry:) and comments (":...") carry nothing we use.
+    if data_lines:
+        yield "\n".join(data_lines)
+
+
+def _parse_chunk(data: str, url: str) -> dict[str, Any]:
+    try:
+        chunk = json.loads(data)
+    except ValueError:
+        raise EngineError(f"malformed stream chunk {data[:200]!r}", url=url) from None
+    if not isinstance(chunk, dict):
+        raise EngineError(f"stream chunk is not an object: {data[:200]!r}", url=url)
+    error = chunk.get("error")
+    if error is not None:
+        message = error.get("message") if isinstance(error, dict) else error
+        status = error.get("code") if isinstance(error, dict) else None
+        raise error_for_status(status if isinstance(status, int) else 500, str(message), url)
+    return chunk
+
+
+class SglangHttpClient:
+    """Talks to SGLang's HTTP server. Use ``async with`` or call ``close()`` when done."""
+
+    def __init__(
+        self,
+        *,
+        connect_timeout_s: float = 5.0,
+        request_timeout_s: float | None = None,
+        health_timeout_s: float = 2.0,
+        session: aiohttp.ClientSession | None = None,
+    ) -> None:
+        self._timeout = aiohttp.ClientTimeout(
+            total=request_timeout_s, connect=connect_timeout_s, sock_connect=connect_timeout_s
+        )
+        self._health_timeout = aiohttp.ClientTimeout(total=health_timeout_s)
+        self._session = session
+        self._owns_session = session is None
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                timeout=self._timeout, read_bufsize=_READ_BUFFER_BYTES
+            )
+            self._owns_session = True
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None and self._owns_session:
+            await self._session.close()
+        self._session = None
+
+    async def __aenter__(self) -> SglangHttpClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    @staticmethod
+    def _endpoint(url: str, path: str) -> str:
+        return url.rstrip("/") + path
+
+    async def _raise_for_status(self, response: aiohttp.ClientResponse, url: str) -> None:
+        if response.status != 200:
+            raise error_for_status(response.status, _error_message(await response.text()), url)
+
+    async def _get_text(self, url: str) -> str:
+        try:
+            async with self._client().get(url) as response:
+                await self._raise_for_status(response, url)
+                return await response.text()
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise _transport_error(exc, url) from exc
+
+    # ---- generation ------------------------------------------------------------------------
+    async def generate(self, url: str, payload: Mapping[str, Any]) -> dict[str, Any]:
+        """Non-streaming ``POST /generate``; returns SGLang's JSON answer."""
+        endpoint = self._endpoint(url, "/generate")
+        try:
+            async with self._client().post(endpoint, json={**payload, "stream": False}) as response:
+                await self._raise_for_status(response, endpoint)
+                body = await response.json(content_type=None)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise _transport_error(exc, endpoint) from exc
+        except ValueError:
+            raise EngineError("the answer is not JSON", url=endpoint) from None
+        if not isinstance(body, dict):
+            raise EngineError("the answer is not a JSON object", url=endpoint)
+        return body
+
+    async def generate_stream(
+        self, url: str, payload: Mapping[str, Any]
+    ) -> AsyncGenerator[dict[str, Any], None]:
+        """Streaming ``POST /generate``: one dict per SSE chunk until ``data: [DONE]``.
+
+        Closing the iterator early (or cancelling its consumer) closes the connection, which
+        makes SGLang abort the request.
+        """
+        endpoint = self._endpoint(url, "/generate")
+        try:
+            async with self._client().post(endpoint, json={**payload, "stream": True}) as response:
+                await self._raise_for_status(response, endpoint)
+                try:
+                    async for data in _sse_data(response.content):
+                        if data.strip() == "[DONE]":
+                            return
+                        yield _parse_chunk(data, endpoint)
+                except BaseException:
+                    response.close()  # never hand a half-read connection back to the pool
+                    raise
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise _transport_error(exc, endpoint) from exc
+        raise EngineUnavailableError("the stream ended before 'data: [DONE]'", url=endpoint)
+
+    async def _last_chunk(self, url: str, payload: Mapping[str, Any]) -> dict[str, Any] | None:
+        last: dict[str, Any] | None = None
+        async for chunk in self.generate_stream(url, payload):
+            last = chunk
+        return last
+
+    async def generate_pd(
+        self,
+        prefill_url: str,
+        decode_url: str,
+        bootstrap_host: str,
+        bootstrap_port: int,
+        request: Mapping[str, Any],
+        *,
+        bootstrap_room: int | None = None,
+    ) -> AsyncGenerator[dict[str, Any], None]:
+        """One PD request: the same body to prefill and decode with one random bootstrap room.
+
+        Streams the decode's chunks. A prefill failure is raised as soon as it happens (the
+        decode would otherwise wait for a KV cache that never comes); closing the iterator
+        cancels both HTTP requests.
+        """
+        room = secrets.randbits(63) if bootstrap_room is None else bootstrap_room
+        payload = {
+            **request,
+            "bootstrap_host": bootstrap_host,
+            "bootstrap_port": bootstrap_port,
+            "bootstrap_room": room,
+            "stream": True,
+        }
+        prefill = asyncio.create_task(self._last_chunk(prefill_url, payload))
+        decode_stream = self.generate_stream(decode_url, payload)
+        next_chunk: asyncio.Future[dict[str, Any]] | None = None
+        try:
+            while True:
+                next_chunk = asyncio.ensure_future(decode_stream.__anext__())
+                while not next_chunk.done():
+                    if prefill.done():
+                        prefill_error = prefill.exception()
+                        if prefill_error is not None:
+                            raise prefill_error
+                        await asyncio.wait({next_chunk})
+                    else:
+                        await asyncio.wait(
+                            {next_chunk, prefill}, return_when=asyncio.FIRST_COMPLETED
+                        )
+                try:
+                    chunk = next_chunk.result()
+                except StopAsyncIteration:
+                    break
+                except EngineError:
+                    # The decode often fails *because* the prefill did; report the cause.
+                    if prefill.done() and not prefill.cancelled():
+                        prefill_error = prefill.exception()
+                        if prefill_error is not None:
+                            raise prefill_error from None
+                    raise
+                next_chunk = None
+                yield chunk
+            await prefill
+        finally:
+            if next_chunk is not None and not next_chunk.done():
+                next_chunk.cancel()
+                await asyncio.wait({next_chunk})
+            await decode_stream.aclose()
+            if not prefill.done():
+                prefill.cancel()
+                await asyncio.wait({prefill})
+            elif not prefill.cancelled():
+                prefill.exception()  # mark it retrieved when the decode error won
+
+    # ---- introspection ---------------------------------------------------------------------
+    async def health(self, url: str) -> bool:
+        """True when ``GET /health`` answers 200 in time."""
+        try:
+            async with self._client().get(
+                self._endpoint(url, "/health"), timeout=self._health_timeout
+            ) as response:
+                return response.status == 200
+        except (aiohttp.ClientError, TimeoutError):
+            return False
+
+    async def server_info(self, url: str) -> dict[str, Any]:
+        endpoint = self._endpoint(url, "/get_server_info")
+        try:
+            body = json.loads(await self._get_text(endpoint))
+        except ValueError:
+            raise EngineError("the server info is not JSON", url=endpoint) from None
+        if not isinstance(body, dict):
+            raise EngineError("the server info is not a JSON object", url=endpoint)
+        return body
+
+    async def metric_samples(self, url: str) -> list[PrometheusSample]:
+        """Every sample of ``GET /metrics``."""
+        endpoint = self._endpoint(url, "/metrics")
+        text = await self._get_text(endpoint)
+        try:
+            return parse_prometheus_text(text)
+        except ValueError as exc:
+            raise EngineError(f"unreadable metrics: {exc}", url=endpoint) from None
+
+    async def metrics(self, url: str) -> dict[str, float]:
+        """The ``sglang:`` samples of ``GET /metrics`` by name plus their labels.
+
+        ``model_name`` is left out of the key, so ``sglang:num_running_reqs`` and
+        ``sglang:time_to_first_token_seconds_bucket{le="0.1"}`` are keys.
+        """
+        return metrics_by_name(await self.metric_samples(url))
+
+
+def metrics_by_name(samples: list[PrometheusSample]) -> dict[str, float]:
+    """``sglang:`` samples keyed by name + labels other than the instance's identity labels."""
+    result: dict[str, float] = {}
+    for sample in samples:
+        if not sample.name.startswith("sglang:"):
+            continue
+        labels = {k: v for k, v in sample.labels.items() if k not in _IDENTITY_LABELS}
+        result[sample.name + format_labels(labels)] = sample.value
+    return result

@@ -1,0 +1,515 @@
+"""A simulated SGLang engine: SGLang's HTTP protocol over a performance model and a GPU device.
+
+One ``SimEngine`` is one SGLang server (``--disaggregation-mode prefill|decode|null``). Batching
+is ``voltana.sim.scheduling`` (shared with the offline simulator), iteration latency and power
+come from a ``PerformanceModel`` at the GPU's current SM clock (so a node agent moving the clock
+of the ``SimulatedGpu`` changes the engine's speed), and the GPU's power draw follows the work.
+
+What is simulated, and how it differs from SGLang:
+
+- Tokens: ``ToyTokenizer`` (about 4 characters per token; outputs are deterministic
+  pseudo-words). Generation always runs to ``max_new_tokens`` (finish reason ``length``);
+  ``temperature``, ``stop``, ``ignore_eos`` ... are accepted and ignored.
+- PD: the router sends the same request to a prefill and a decode engine with the prefill's
+  bootstrap host/port and one room. The prefill engine computes the prompt and the first token,
+  then answers its request; the decode engine fetches the KV cache from the prefill's bootstrap
+  port (``voltana.engine.kv_handoff``, after KV bytes / ``kv_transfer_gb_s``), emits the first
+  token and decodes the rest. A decode request whose KV never comes fails after
+  ``kv_wait_timeout_s`` with HTTP 504.
+- Times in responses, /metrics and ``InstanceState`` are simulated seconds (wall x speedup).
+- A client that disconnects cancels its request; ``stop()`` lets in-flight requests run for
+  ``drain_timeout_s``, then ends the rest with finish reason ``{"type": "abort"}``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from collections.abc import Callable
+from types import TracebackType
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from voltana.engine.clock import ScaledClock
+from voltana.engine.core import EngineCore, Progress, RequestState
+from voltana.engine.errors import EngineError, EngineRequestError
+from voltana.engine.kv_handoff import KvMailbox, build_bootstrap_app, fetch_kv
+from voltana.engine.protocol import (
+    SSE_DONE,
+    FinishReason,
+    error_body,
+    meta_info,
+    parse_generate_request,
+    sse_event,
+)
+from voltana.engine.reporter import InstanceSampleSink, report_periodically
+from voltana.engine.settings import EngineMode, SimEngineSettings
+from voltana.errors import ConfigError
+from voltana.gpu.device import GpuDevice
+from voltana.gpu.sim import SimulatedGpu
+from voltana.hardware.gpus import get_gpu
+from voltana.hardware.models import get_model
+from voltana.perf.analytical import AnalyticalPerformanceModel
+from voltana.perf.model import PerformanceModel
+from voltana.policy.state import InstanceState
+
+logger = logging.getLogger(__name__)
+
+_SHUTDOWN_MESSAGE = "the engine is shutting down"
+# After aborting, how long stop() lets handlers write their last chunk (wall seconds).
+_FLUSH_TIMEOUT_S = 1.0
+_POLL_S = 0.01
+
+
+def _bracket(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        return socket.create_server((host, port), family=family)
+    except OSError as exc:
+        raise ConfigError(f"cannot listen on {host}:{port}: {exc}") from None
+
+
+def _json_error(message: str, status: int) -> web.Response:
+    return web.json_response(error_body(message, status), status=status)
+
+
+class SimEngine:
+    """A simulated SGLang server on ``settings.host:port``; see the module docstring.
+
+    ``gpu`` defaults to a ``SimulatedGpu`` of ``settings.gpu_key`` on this engine's clock; pass
+    your own to share it with a node agent (give it the same ``clock``, or energy integrates on
+    another time base). ``perf`` defaults to the analytical model of the GPU and model.
+    """
+
+    def __init__(
+        self,
+        settings: SimEngineSettings,
+        *,
+        gpu: GpuDevice | None = None,
+        perf: PerformanceModel | None = None,
+        clock: Callable[[], float] | None = None,
+        sample_sink: InstanceSampleSink | None = None,
+    ) -> None:
+        self.settings = settings
+        self.mode = settings.engine_mode
+        if perf is None:
+            model = get_model(settings.model_key).with_tensor_parallel(settings.tp)
+            perf = AnalyticalPerformanceModel.for_hardware(get_gpu(settings.gpu_key), model)
+        self.perf = perf
+        self.clock: Callable[[], float] = clock or ScaledClock(settings.speedup)
+        self.gpu: GpuDevice = gpu or SimulatedGpu(
+            perf.gpu, now_s=self.clock, power_source=perf.idle_power_w
+        )
+        self._mailbox = (
+            KvMailbox(settings.kv_wait_timeout_s) if self.mode is EngineMode.PREFILL else None
+        )
+        self.core = EngineCore(
+            mode=self.mode,
+            perf=perf,
+            gpu=self.gpu,
+            clock=self.clock,
+            speedup=settings.speedup,
+            max_running_requests=settings.max_running_requests,
+            chunked_prefill_size=settings.chunked_prefill_size,
+            max_prefill_requests=settings.max_prefill_requests,
+            kv_capacity_tokens=settings.max_total_num_tokens,
+            recent_window_s=settings.recent_window_s,
+            tensor_parallel=settings.tp,
+            kv_outbox=self._mailbox,
+        )
+        self._sample_sink = sample_sink
+        self._runner: web.AppRunner | None = None
+        self._bootstrap_runner: web.AppRunner | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self._reporter: asyncio.Task[None] | None = None
+        self._port: int | None = None
+        self._bootstrap_port: int | None = None
+        self._accepting = False
+
+    # ---- addresses -------------------------------------------------------------------------
+    @property
+    def port(self) -> int:
+        if self._port is None:
+            raise EngineError("the engine is not started")
+        return self._port
+
+    @property
+    def advertised_host(self) -> str:
+        host = self.settings.host
+        return "127.0.0.1" if host in ("0.0.0.0", "") else "::1" if host == "::" else host
+
+    @property
+    def url(self) -> str:
+        return f"http://{_bracket(self.advertised_host)}:{self.port}"
+
+    @property
+    def bootstrap_host(self) -> str:
+        return self.advertised_host
+
+    @property
+    def bootstrap_port(self) -> int:
+        """The bound KV bootstrap port (prefill mode); the configured one otherwise."""
+        return self._bootstrap_port or self.settings.bootstrap_port
+
+    @property
+    def instance_id(self) -> str:
+        if self.settings.instance_id:
+            return self.settings.instance_id
+        port = self._port if self._port is not None else self.settings.port
+        return f"{self.mode.value}@{self.advertised_host}:{port}"
+
+    @property
+    def is_running(self) -> bool:
+        return self._runner is not None
+
+    # ---- lifecycle -------------------------------------------------------------------------
+    async def start(self) -> None:
+        if self._runner is not None:
+            return
+        try:
+            await self._start()
+        except BaseException:
+            await self._shutdown()
+            raise
+        logger.info("simulated %s engine %s listening on %s", self.mode, self.instance_id, self.url)
+
+    async def _start(self) -> None:
+        self.core.start()
+        self._runner = web.AppRunner(
+            self._build_app(), handler_cancellation=True, access_log=None, shutdown_timeout=1.0
+        )
+        await self._runner.setup()
+        sock = _listen(self.settings.host, self.settings.port)
+        self._port = int(sock.getsockname()[1])
+        await web.SockSite(self._runner, sock).start()
+        if self._mailbox is not None:
+            self._mailbox.reopen()
+            bootstrap_app = build_bootstrap_app(self._mailbox, self._wall_duration_s)
+            self._bootstrap_runner = web.AppRunner(
+                bootstrap_app, handler_cancellation=True, access_log=None, shutdown_timeout=1.0
+            )
+            await self._bootstrap_runner.setup()
+            bootstrap_sock = _listen(self.settings.host, self.settings.bootstrap_port)
+            self._bootstrap_port = int(bootstrap_sock.getsockname()[1])
+            await web.SockSite(self._bootstrap_runner, bootstrap_sock).start()
+        if self.mode is EngineMode.DECODE:
+            self._session = aiohttp.ClientSession()
+        if self._sample_sink is not None:
+            self._reporter = asyncio.create_task(
+                report_periodically(
+                    self.instance_state,
+                    self._sample_sink,
+                    self.settings.report_interval_ms / 1000.0,
+                ),
+                name=f"engine-reporter-{self.instance_id}",
+            )
+        self._accepting = True
+
+    async def stop(self) -> None:
+        """Stop accepting, drain for ``drain_timeout_s``, abort the rest, close the ports."""
+        if self._runner is None:
+            return
+        self._accepting = False
+        loop = asyncio.get_running_loop()
+        drain_deadline = loop.time() + self.settings.drain_timeout_s
+        while self.core.live_requests and loop.time() < drain_deadline:
+            await asyncio.sleep(_POLL_S)
+        aborted = self.core.abort_all(_SHUTDOWN_MESSAGE)
+        if aborted:
+            logger.info("engine %s aborted %d request(s) on stop", self.instance_id, aborted)
+        if self._mailbox is not None:
+            self._mailbox.close("the prefill engine is shutting down")
+        flush_deadline = loop.time() + _FLUSH_TIMEOUT_S
+        while self.core.requests() and loop.time() < flush_deadline:
+            await asyncio.sleep(_POLL_S)
+        await self._shutdown()
+        logger.info("simulated engine %s stopped", self.instance_id)
+
+    async def _shutdown(self) -> None:
+        self._accepting = False
+        if self._reporter is not None:
+            self._reporter.cancel()
+            await asyncio.gather(self._reporter, return_exceptions=True)
+            self._reporter = None
+        for runner in (self._runner, self._bootstrap_runner):
+            if runner is not None:
+                await runner.cleanup()
+        self._runner = self._bootstrap_runner = None
+        await self.core.stop()
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def __aenter__(self) -> SimEngine:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    def _wall_duration_s(self, simulated_s: float) -> float:
+        return simulated_s / self.settings.speedup
+
+    # ---- observation -----------------------------------------------------------------------
+    def instance_state(self) -> InstanceState:
+        return self.core.instance_state(self.instance_id)
+
+    def metrics_text(self) -> str:
+        core = self.core
+        now_s = self.clock()
+        used = core.kv_tokens_used
+        gauges: dict[str, tuple[str, float]] = {
+            "sglang:num_running_reqs": ("The number of running requests.", core.running_requests),
+            "sglang:num_queue_reqs": (
+                "The number of requests in the waiting queue.",
+                core.waiting_requests,
+            ),
+            "sglang:num_used_tokens": ("The number of used tokens.", used),
+            "sglang:token_usage": ("The token usage.", used / max(1, core.kv_capacity_tokens)),
+            "sglang:gen_throughput": (
+                "The generation throughput (token/s).",
+                core.gen_throughput_tps(now_s),
+            ),
+            "sglang:cache_hit_rate": ("The prefix cache hit rate.", 0.0),
+        }
+        if self.mode is EngineMode.DECODE:
+            gauges["sglang:num_decode_transfer_queue_reqs"] = (
+                "The number of requests waiting for their KV cache.",
+                core.kv_wait_requests,
+            )
+        if self._mailbox is not None:
+            gauges["sglang:num_prefill_inflight_queue_reqs"] = (
+                "The number of prefilled requests whose KV cache awaits its decode instance.",
+                len(self._mailbox),
+            )
+        return core.metrics.render({"model_name": self.settings.served_model_path}, gauges)
+
+    def server_info(self) -> dict[str, Any]:
+        settings = self.settings
+        return {
+            "model_path": settings.served_model_path,
+            "served_model_name": settings.served_model_path,
+            "tokenizer_path": settings.served_model_path,
+            "host": settings.host,
+            "port": self._port,
+            "tp_size": settings.tp,
+            "dp_size": 1,
+            "disaggregation_mode": self.mode.value,
+            "disaggregation_bootstrap_port": self.bootstrap_port,
+            "disaggregation_transfer_backend": "simulated",
+            "max_total_num_tokens": self.core.kv_capacity_tokens,
+            "chunked_prefill_size": settings.chunked_prefill_size,
+            "max_running_requests": settings.max_running_requests,
+            "max_prefill_requests": settings.max_prefill_requests,
+            "context_length": self.perf.model.max_context_tokens,
+            "incremental_streaming_output": settings.incremental_streaming_output,
+            "gpu": {
+                "key": self.perf.gpu.key,
+                "name": self.gpu.name,
+                "sm_clock_mhz": self.gpu.sm_clock_mhz(),
+            },
+            "version": "voltana-sim",
+            "voltana_sim": {
+                "instance_id": self.instance_id,
+                "speedup": settings.speedup,
+                "gpu_key": self.perf.gpu.key,
+                "model_key": self.perf.model.key,
+                "bootstrap_host": self.bootstrap_host,
+            },
+        }
+
+    # ---- HTTP ------------------------------------------------------------------------------
+    def _build_app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_post("/generate", self._handle_generate)
+        app.router.add_get("/health", self._handle_health)
+        app.router.add_get("/health_generate", self._handle_health)
+        app.router.add_get("/get_server_info", self._handle_server_info)
+        app.router.add_get("/server_info", self._handle_server_info)
+        app.router.add_get("/get_model_info", self._handle_model_info)
+        app.router.add_get("/get_load", self._handle_load)
+        app.router.add_get("/metrics", self._handle_metrics)
+        app.router.add_post("/abort_request", self._handle_abort)
+        app.router.add_post("/flush_cache", self._handle_flush_cache)
+        return app
+
+    async def _handle_health(self, _request: web.Request) -> web.Response:
+        if not self._accepting:
+            return _json_error(_SHUTDOWN_MESSAGE, 503)
+        return web.Response(status=200)
+
+    async def _handle_server_info(self, _request: web.Request) -> web.Response:
+        return web.json_response(self.server_info())
+
+    async def _handle_model_info(self, _request: web.Request) -> web.Response:
+        path = self.settings.served_model_path
+        return web.json_response(
+            {"model_path": path, "tokenizer_path": path, "is_generation": True}
+        )
+
+    async def _handle_load(self, _request: web.Request) -> web.Response:
+        core = self.core
+        load = {
+            "dp_rank": 0,
+            "num_reqs": core.running_requests + core.waiting_requests,
+            "num_waiting_reqs": core.waiting_requests,
+            "num_tokens": core.kv_tokens_used,
+        }
+        return web.json_response([load])
+
+    async def _handle_metrics(self, _request: web.Request) -> web.Response:
+        return web.Response(text=self.metrics_text(), content_type="text/plain", charset="utf-8")
+
+    async def _handle_flush_cache(self, _request: web.Request) -> web.Response:
+        return web.Response(text="Cache flushed (the simulated engine keeps no prefix cache).\n")
+
+    async def _handle_abort(self, request: web.Request) -> web.Response:
+        try:
+            body = await request.json()
+        except ValueError:
+            return _json_error("the request body is not valid JSON", 400)
+        if not isinstance(body, dict):
+            return _json_error("the request body must be a JSON object", 400)
+        if body.get("abort_all"):
+            self.core.abort_all("aborted by /abort_request")
+        elif isinstance(body.get("rid"), str):
+            self.core.abort_by_rid(body["rid"], "aborted by /abort_request")
+        else:
+            return _json_error("give 'rid' (a string) or 'abort_all': true", 400)
+        return web.Response(status=200)
+
+    async def _handle_generate(self, request: web.Request) -> web.StreamResponse:
+        if not self._accepting:
+            return _json_error(_SHUTDOWN_MESSAGE, 503)
+        try:
+            body = await request.json()
+        except ValueError:
+            return _json_error("the request body is not valid JSON", 400)
+        try:
+            generate = parse_generate_request(body, self.core.tokenizer)
+            state = self.core.admit(generate)
+        except EngineRequestError as exc:
+            return _json_error(exc.message, exc.status or 400)
+        try:
+            if self.mode is EngineMode.DECODE:
+                error = await self._wait_for_kv(state)
+                if error is not None:
+                    return _json_error(error.message, error.status or 502)
+            if generate.stream:
+                return await self._stream(request, state)
+            return await self._respond(state)
+        finally:
+            self.core.release(state)
+
+    async def _wait_for_kv(self, state: RequestState) -> EngineError | None:
+        """Decode mode: fetch the KV cache, then start decoding. Returns the failure, if any."""
+        bootstrap = state.request.bootstrap
+        assert bootstrap is not None and bootstrap.host is not None and bootstrap.port is not None
+        assert self._session is not None
+        fetch = asyncio.create_task(
+            fetch_kv(
+                self._session,
+                bootstrap.host,
+                bootstrap.port,
+                bootstrap.room,
+                self.settings.kv_wait_timeout_s,
+            )
+        )
+        state.kv_wait = fetch
+        try:
+            # wait() does not raise when ``fetch`` is cancelled by an abort, only when we are.
+            await asyncio.wait({fetch})
+        finally:
+            state.kv_wait = None
+            if not fetch.done():
+                fetch.cancel()
+        if fetch.cancelled():  # aborted: the abort event is already queued for the response
+            return None
+        error = fetch.exception()
+        if error is None:
+            self.core.start_decode(state, fetch.result().first_token_id)
+            return None
+        if isinstance(error, EngineError):
+            logger.info("request %s failed waiting for its KV cache: %s", state.request.rid, error)
+            return error
+        raise error
+
+    @staticmethod
+    async def _next_progress(state: RequestState) -> Progress:
+        """The next event, merged with any already queued behind it."""
+        progress = await state.events.get()
+        new_ids = list(progress.new_token_ids)
+        while progress.finish_reason is None and not state.events.empty():
+            progress = state.events.get_nowait()
+            new_ids += progress.new_token_ids
+        return Progress(tuple(new_ids), progress.finish_reason, progress.at_s)
+
+    def _meta(
+        self, state: RequestState, completion_tokens: int, finish_reason: FinishReason | None
+    ) -> dict[str, Any]:
+        e2e_latency_s = None
+        if finish_reason is not None and state.finished_s is not None:
+            e2e_latency_s = state.finished_s - state.arrival_s
+        return meta_info(
+            state.request.rid,
+            state.request.prompt_tokens,
+            completion_tokens,
+            finish_reason,
+            e2e_latency_s,
+        )
+
+    async def _respond(self, state: RequestState) -> web.Response:
+        output_ids: list[int] = []
+        while True:
+            progress = await self._next_progress(state)
+            output_ids += progress.new_token_ids
+            if progress.finish_reason is not None:
+                break
+        return web.json_response(
+            {
+                "text": self.core.tokenizer.decode(output_ids),
+                "output_ids": output_ids,
+                "meta_info": self._meta(state, len(output_ids), progress.finish_reason),
+            }
+        )
+
+    async def _stream(self, request: web.Request, state: RequestState) -> web.StreamResponse:
+        response = web.StreamResponse(
+            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+        )
+        await response.prepare(request)
+        incremental = self.settings.incremental_streaming_output
+        tokenizer = self.core.tokenizer
+        output_ids: list[int] = []
+        text = ""
+        try:
+            while True:
+                progress = await self._next_progress(state)
+                delta_text = tokenizer.decode(progress.new_token_ids)
+                output_ids += progress.new_token_ids
+                text += delta_text
+                chunk = {
+                    "text": delta_text if incremental else text,
+                    "output_ids": list(progress.new_token_ids) if incremental else list(output_ids),
+                    "meta_info": self._meta(state, len(output_ids), progress.finish_reason),
+                }
+                await response.write(sse_event(chunk))
+                if progress.finish_reason is not None:
+                    break
+            await response.write(SSE_DONE)
+            await response.write_eof()
+        except ConnectionError:  # the client went away; release() cancels the request
+            logger.debug("client of request %s disconnected", state.request.rid)
+        return response
