@@ -29,7 +29,12 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_hardware_args(parser, default_gpu="h100-80g")
-    parser.add_argument("--phase", choices=("prefill", "decode"), default="decode")
+    parser.add_argument(
+        "--phase",
+        choices=("prefill", "decode"),
+        default="decode",
+        help="which iteration to model (default: %(default)s)",
+    )
     parser.add_argument(
         "--batch", type=positive_int, default=64, help="decode batch size (default: 64)"
     )

@@ -21,7 +21,7 @@ from voltana.errors import ConfigError
 from voltana.policy.registry import policy_names, router_names
 from voltana.report import format_table
 from voltana.sim.cluster import ClusterConfig
-from voltana.sim.compare import compare_policies
+from voltana.sim.compare import compare_policies, validate_policies
 from voltana.workloads import load_workload, summarize_workload
 
 EPILOG = """\
@@ -75,8 +75,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     cluster.add_argument(
         "--clock-delay-ms",
         type=float,
-        default=20.0,
-        help="delay before a clock change takes effect (default: %(default)s)",
+        help="delay before a clock change takes effect (default: the GPU's, e.g. 20 on A100)",
     )
     cluster.add_argument(
         "--control-interval-ms",
@@ -108,8 +107,10 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 def run(args: argparse.Namespace) -> int:
     hardware = hardware_from_args(args)
     slo = slo_from_args(args)
-    if args.clock_delay_ms < 0:
+    if args.clock_delay_ms is not None and args.clock_delay_ms < 0:
         raise ConfigError("--clock-delay-ms must be >= 0")
+    names = args.policy or ["static-max"]
+    validate_policies(names, args.router, hardware.gpu, hardware.perf, slo)
     requests = load_workload(
         args.trace,
         rate_scale=args.rate_scale,
@@ -125,10 +126,13 @@ def run(args: argparse.Namespace) -> int:
         slo=slo,
         chunked_prefill_tokens=args.chunked_prefill_tokens,
         max_running_requests=args.max_running_requests,
-        clock_change_delay_ms=args.clock_delay_ms,
+        clock_change_delay_ms=(
+            args.clock_delay_ms
+            if args.clock_delay_ms is not None
+            else hardware.gpu.clock_change_delay_ms
+        ),
         control_interval_ms=args.control_interval_ms,
     )
-    names = args.policy or ["static-max"]
     workload = summarize_workload(requests)
     print(
         f"workload: {args.trace or 'embedded azure_llm_2023_conv 10 min'} x{args.rate_scale:g} "
@@ -173,7 +177,7 @@ def run(args: argparse.Namespace) -> int:
                 "seed": args.seed,
                 "max_running_requests": args.max_running_requests,
                 "chunked_prefill_tokens": args.chunked_prefill_tokens,
-                "clock_delay_ms": args.clock_delay_ms,
+                "clock_delay_ms": config.clock_change_delay_ms,
                 "control_interval_ms": args.control_interval_ms,
                 "workload": workload.to_dict(),
             },

@@ -77,7 +77,9 @@ def build_suite(
         return PolicySuite(name, clock, clock, router or RoundRobinRouter())
     if name.startswith("static:"):
         spec = name.removeprefix("static:")
-        prefill_text, _, decode_text = spec.partition("/")
+        prefill_text, slash, decode_text = spec.partition("/")
+        if slash and not decode_text:
+            raise ConfigError(f"policy {name!r}: missing the decode clock after '/'")
         prefill = StaticClockPolicy(parse_clock_mhz(prefill_text, gpu))
         decode = StaticClockPolicy(parse_clock_mhz(decode_text or prefill_text, gpu))
         return PolicySuite(name, prefill, decode, router or RoundRobinRouter())

@@ -5,9 +5,11 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from voltana.hardware.gpus import GpuSpec
 from voltana.perf.model import PerformanceModel
 from voltana.policy.base import PolicyContext
 from voltana.policy.registry import build_router, build_suite
+from voltana.policy.state import SloTarget
 from voltana.report import add_savings, summarize
 from voltana.sim.cluster import ClusterConfig
 from voltana.sim.simulator import ProgressCallback, Simulation, SimulationResult
@@ -32,6 +34,19 @@ def run_policy(
     return Simulation(config, perf, suite, seed=seed).run(requests, progress)
 
 
+def validate_policies(
+    names: Sequence[str], router: str | None, gpu: GpuSpec, perf: PerformanceModel, slo: SloTarget
+) -> None:
+    """Build every named policy once so a bad name fails before any work starts."""
+    from voltana.sim.static_best import STATIC_BEST
+
+    context = PolicyContext(gpu, perf, slo)
+    routing = build_router(router, context) if router else None
+    for name in names:
+        if name != STATIC_BEST:
+            build_suite(name, context, routing)
+
+
 def compare_policies(
     names: Sequence[str],
     requests: Sequence[TraceRequest],
@@ -47,11 +62,7 @@ def compare_policies(
     `static-best` is resolved by a hindsight sweep on the same workload (static_best.py)."""
     from voltana.sim.static_best import STATIC_BEST, find_static_best
 
-    # Build every suite first so a bad name fails before any long run starts.
-    context = PolicyContext(config.gpu, perf, config.slo)
-    for name in names:
-        if name != STATIC_BEST:
-            build_suite(name, context, build_router(router, context) if router else None)
+    validate_policies(names, router, config.gpu, perf, config.slo)
     results: list[SimulationResult] = []
     for name in names:
         callback = progress(name) if progress else None

@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from voltana.errors import ConfigError
 from voltana.perf.model import IterationEstimate, PerformanceModel
 from voltana.policy.base import PolicySuite
 from voltana.policy.state import ClusterSnapshot, InstanceState, Phase, RequestSpec
@@ -484,7 +485,9 @@ class Simulation:
         self, requests: Sequence[TraceRequest], progress: ProgressCallback | None = None
     ) -> SimulationResult:
         self._records = [RequestRecord(request) for request in requests]
-        start_s = requests[0].arrival_s if requests else 0.0
+        if not requests:
+            raise ConfigError("the workload has no requests")
+        start_s = requests[0].arrival_s
         for inst in self.instances:
             inst.power_since_s = start_s
             inst.last_activity_s = start_s
