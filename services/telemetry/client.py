@@ -1,0 +1,227 @@
+"""Async client of TelemetryService for the router, controller, agents and simulators.
+
+Failed calls raise the VoltanaError their status stands for (voltana.rpc.error_from_rpc):
+InvalidArgumentError for rejected input, UnavailableError when telemetry is down, ...
+"""
+
+from __future__ import annotations
+
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterable,
+    AsyncIterator,
+    Callable,
+    Iterable,
+    Mapping,
+)
+from types import TracebackType
+from typing import Any, TypeVar
+
+import grpc
+import grpc.aio
+
+from voltana.gpu import GpuSample
+from voltana.policy.state import ClusterSnapshot, InstanceState, Phase
+from voltana.rpc import create_channel, error_from_rpc, wait_until_ready
+from voltana.services.telemetry.convert import (
+    completion_to_proto,
+    gpu_sample_to_proto,
+    infos_from_snapshot_proto,
+    phase_to_proto,
+    register_request_to_proto,
+    report_result_from_proto,
+    sample_to_proto,
+    snapshot_from_proto,
+    window_report_from_proto,
+)
+from voltana.services.telemetry.records import (
+    Completion,
+    InstanceInfo,
+    ReportResult,
+    WindowReport,
+)
+from voltana.v1 import common_pb2, telemetry_pb2, telemetry_pb2_grpc
+
+ItemT = TypeVar("ItemT")
+MessageT = TypeVar("MessageT")
+
+DEFAULT_TIMEOUT_S = 5.0
+
+
+async def _converted(
+    items: Iterable[ItemT] | AsyncIterable[ItemT], convert: Callable[[ItemT], MessageT]
+) -> AsyncIterator[MessageT]:
+    if isinstance(items, AsyncIterable):
+        async for item in items:
+            yield convert(item)
+    else:
+        for item in items:
+            yield convert(item)
+
+
+class TelemetryClient:
+    """One channel to telemetry at ``address`` ("host:port"); close it (or use ``async with``).
+
+    Unary calls time out after ``timeout_s``; report and watch streams have no deadline.
+    """
+
+    def __init__(
+        self,
+        address: str,
+        *,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        channel: grpc.aio.Channel | None = None,
+    ) -> None:
+        self._owns_channel = channel is None
+        self._channel = channel if channel is not None else create_channel(address)
+        self._stub = telemetry_pb2_grpc.TelemetryServiceStub(self._channel)
+        self._timeout_s = timeout_s
+
+    async def close(self) -> None:
+        if self._owns_channel:
+            await self._channel.close()
+
+    async def __aenter__(self) -> TelemetryClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def wait_until_ready(self, timeout_s: float) -> None:
+        """Raise UnavailableError unless the service can be reached within ``timeout_s``."""
+        await wait_until_ready(self._channel, timeout_s)
+
+    async def _call(self, call: Any) -> Any:
+        try:
+            return await call
+        except grpc.RpcError as error:
+            raise error_from_rpc(error) from error
+
+    # Registration.
+
+    async def register_instance(self, info: InstanceInfo) -> bool:
+        """Announce (or update) an instance; True when it was new."""
+        request = register_request_to_proto(info)
+        response = await self._call(self._stub.RegisterInstance(request, timeout=self._timeout_s))
+        return bool(response.created)
+
+    async def unregister_instance(self, instance_id: str) -> None:
+        """Forget an instance; NotFoundError when it was not registered."""
+        request = telemetry_pb2.UnregisterInstanceRequest(instance_id=instance_id)
+        await self._call(self._stub.UnregisterInstance(request, timeout=self._timeout_s))
+
+    # Reports.
+
+    async def report_instance_samples(
+        self, states: Iterable[InstanceState] | AsyncIterable[InstanceState]
+    ) -> ReportResult:
+        """Stream load reports of registered instances; returns once ``states`` is exhausted.
+
+        Only the load fields travel (phase and gpu key come from the registration, clock and
+        power from GPU samples); an arrival rate of 0 lets telemetry derive it.
+        """
+        call = self._stub.ReportInstanceSamples(_converted(states, sample_to_proto))
+        return report_result_from_proto(await self._call(call))
+
+    async def report_gpu_samples(
+        self,
+        samples: Iterable[GpuSample] | AsyncIterable[GpuSample],
+        *,
+        agent_address: str = "",
+        instance_ids_by_gpu: Mapping[int, str] | None = None,
+    ) -> ReportResult:
+        """Stream GPU readings; each is attributed to ``instance_ids_by_gpu[gpu_index]`` or,
+        without an entry, to the instance registered on (``agent_address``, ``gpu_index``)."""
+        by_gpu = dict(instance_ids_by_gpu or {})
+
+        def convert(sample: GpuSample) -> common_pb2.GpuSample:
+            return gpu_sample_to_proto(
+                sample,
+                instance_id=by_gpu.get(sample.gpu_index, ""),
+                agent_address=agent_address,
+            )
+
+        call = self._stub.ReportGpuSamples(_converted(samples, convert))
+        return report_result_from_proto(await self._call(call))
+
+    async def report_completion(self, completion: Completion) -> None:
+        request = completion_to_proto(completion)
+        await self._call(self._stub.ReportCompletion(request, timeout=self._timeout_s))
+
+    # Snapshots and aggregates.
+
+    async def _snapshot_message(
+        self, phase: Phase | None, instance_ids: Iterable[str]
+    ) -> common_pb2.ClusterSnapshot:
+        request = telemetry_pb2.GetSnapshotRequest(
+            phase=phase_to_proto(phase), instance_ids=list(instance_ids)
+        )
+        message: common_pb2.ClusterSnapshot = await self._call(
+            self._stub.GetSnapshot(request, timeout=self._timeout_s)
+        )
+        return message
+
+    async def snapshot(
+        self, *, phase: Phase | None = None, instance_ids: Iterable[str] = ()
+    ) -> ClusterSnapshot:
+        """Latest state of every instance (of ``phase``, among ``instance_ids`` when given)."""
+        return snapshot_from_proto(await self._snapshot_message(phase, instance_ids))
+
+    async def snapshot_with_endpoints(
+        self, *, phase: Phase | None = None, instance_ids: Iterable[str] = ()
+    ) -> tuple[ClusterSnapshot, dict[str, InstanceInfo]]:
+        """The snapshot plus each registered instance's endpoint (what the router dials)."""
+        message = await self._snapshot_message(phase, instance_ids)
+        return snapshot_from_proto(message), infos_from_snapshot_proto(message)
+
+    async def watch_with_endpoints(
+        self,
+        interval_ms: int = 0,
+        *,
+        phase: Phase | None = None,
+        instance_ids: Iterable[str] = (),
+    ) -> AsyncGenerator[tuple[ClusterSnapshot, dict[str, InstanceInfo]], None]:
+        """Like ``watch``, with endpoints."""
+        request = telemetry_pb2.WatchSnapshotsRequest(
+            interval_ms=interval_ms, phase=phase_to_proto(phase), instance_ids=list(instance_ids)
+        )
+        call = self._stub.WatchSnapshots(request)
+        try:
+            async for message in call:
+                yield snapshot_from_proto(message), infos_from_snapshot_proto(message)
+        except grpc.RpcError as error:
+            raise error_from_rpc(error) from error
+        finally:
+            call.cancel()
+
+    async def watch(
+        self,
+        interval_ms: int = 0,
+        *,
+        phase: Phase | None = None,
+        instance_ids: Iterable[str] = (),
+    ) -> AsyncGenerator[ClusterSnapshot, None]:
+        """A snapshot now, then one after each change (at most every ``interval_ms``; 0 = the
+        server's default) until the caller stops iterating (``aclose()`` ends the stream)."""
+        stream = self.watch_with_endpoints(interval_ms, phase=phase, instance_ids=instance_ids)
+        try:
+            async for snapshot, _ in stream:
+                yield snapshot
+        finally:
+            await stream.aclose()
+
+    async def window_report(
+        self, window_s: float = 0.0, *, instance_ids: Iterable[str] = ()
+    ) -> WindowReport:
+        """Rolling-window aggregates per instance and for the selection (0 s = the server's
+        default window; no ids = every instance)."""
+        request = telemetry_pb2.GetAggregatesRequest(
+            window_s=window_s, instance_ids=list(instance_ids)
+        )
+        response = await self._call(self._stub.GetAggregates(request, timeout=self._timeout_s))
+        return window_report_from_proto(response)

@@ -1,0 +1,73 @@
+"""Flat string encoding of the telemetry dataclasses, for Redis hashes and JSON members."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
+
+from voltana.policy.state import Phase, SloTarget
+from voltana.services.telemetry.errors import CorruptTelemetryError
+
+T = TypeVar("T")
+
+# Field annotations (strings, thanks to `from __future__ import annotations`) -> decoder.
+_DECODERS: dict[str, Callable[[str], Any]] = {
+    "str": str,
+    "int": int,
+    "float": float,
+    "bool": lambda text: text == "1",
+    "Phase": Phase,
+    "float | None": lambda text: None if text == "" else float(text),
+    "SloTarget | None": lambda text: None if text == "" else _decode_slo(text),
+}
+
+
+def _decode_slo(text: str) -> SloTarget:
+    ttft_text, itl_text = text.split(",")
+    return SloTarget(ttft_ms=float(ttft_text), itl_ms=float(itl_text))
+
+
+def _encode_value(value: object) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, Phase):
+        return value.value
+    if isinstance(value, SloTarget):
+        return f"{value.ttft_ms!r},{value.itl_ms!r}"
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, float):
+        return repr(value)
+    return str(value)
+
+
+def encode_fields(obj: Any) -> dict[str, str]:
+    """Every dataclass field of ``obj`` as a string (None becomes "")."""
+    return {f.name: _encode_value(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+
+
+def decode_fields(cls: type[T], mapping: Mapping[str, str]) -> T:
+    """Rebuild a dataclass; fields missing from ``mapping`` take their defaults."""
+    values: dict[str, Any] = {}
+    try:
+        for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+            if f.name not in mapping:
+                continue
+            values[f.name] = _DECODERS[str(f.type)](mapping[f.name])
+        return cls(**values)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CorruptTelemetryError(f"cannot decode stored {cls.__name__}: {exc!r}") from exc
+
+
+def encode_json(obj: Any) -> str:
+    return json.dumps(encode_fields(obj), sort_keys=True, separators=(",", ":"))
+
+
+def decode_json(cls: type[T], text: str) -> T:
+    try:
+        mapping = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise CorruptTelemetryError(f"cannot decode stored {cls.__name__}: {exc}") from exc
+    return decode_fields(cls, mapping)

@@ -1,0 +1,386 @@
+"""Conversions between voltana.v1 messages and the policy/telemetry dataclasses.
+
+Proto3 scalars have no "unset"; where a dataclass uses None, the proto uses an ``optional``
+field (HasField) or, for completions, the documented zero convention.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from voltana.gpu import GpuSample
+from voltana.policy.state import ClusterSnapshot, InstanceState, Phase, SloTarget
+from voltana.services.telemetry.errors import InvalidTelemetryError
+from voltana.services.telemetry.records import (
+    Aggregates,
+    Completion,
+    InstanceInfo,
+    ReportResult,
+    WindowReport,
+)
+from voltana.services.telemetry.store import build_snapshot
+from voltana.v1 import common_pb2, telemetry_pb2
+
+_PHASE_TO_PROTO: Mapping[Phase, common_pb2.Phase.ValueType] = {
+    Phase.PREFILL: common_pb2.PHASE_PREFILL,
+    Phase.DECODE: common_pb2.PHASE_DECODE,
+}
+_PHASE_FROM_PROTO: Mapping[int, Phase] = {value: phase for phase, value in _PHASE_TO_PROTO.items()}
+
+
+def phase_to_proto(phase: Phase | None) -> common_pb2.Phase.ValueType:
+    """None stands for "every phase" (PHASE_UNSPECIFIED) in filters."""
+    return common_pb2.PHASE_UNSPECIFIED if phase is None else _PHASE_TO_PROTO[phase]
+
+
+def phase_from_proto(value: int, owner: str) -> Phase:
+    try:
+        return _PHASE_FROM_PROTO[value]
+    except KeyError:
+        raise InvalidTelemetryError(
+            f"{owner}: phase must be PHASE_PREFILL or PHASE_DECODE, got {value}"
+        ) from None
+
+
+def phase_filter_from_proto(value: int) -> Phase | None:
+    """A request filter: PHASE_UNSPECIFIED means every phase."""
+    if value == common_pb2.PHASE_UNSPECIFIED:
+        return None
+    return phase_from_proto(value, "filter")
+
+
+def _optional(message: object, field: str) -> float | None:
+    return getattr(message, field) if message.HasField(field) else None  # type: ignore[attr-defined]
+
+
+# Registration and endpoints.
+
+
+def endpoint_to_proto(info: InstanceInfo) -> common_pb2.InstanceEndpoint:
+    return common_pb2.InstanceEndpoint(
+        engine_url=info.engine_url,
+        bootstrap_host=info.bootstrap_host,
+        bootstrap_port=info.bootstrap_port,
+        agent_address=info.agent_address,
+        gpu_index=info.gpu_index,
+    )
+
+
+def register_request_to_proto(info: InstanceInfo) -> telemetry_pb2.RegisterInstanceRequest:
+    return telemetry_pb2.RegisterInstanceRequest(
+        instance_id=info.instance_id,
+        phase=phase_to_proto(info.phase),
+        gpu_key=info.gpu_key,
+        endpoint=endpoint_to_proto(info),
+        kv_tokens_capacity=info.kv_tokens_capacity,
+        max_running_requests=info.max_running_requests,
+    )
+
+
+def info_from_register_request(request: telemetry_pb2.RegisterInstanceRequest) -> InstanceInfo:
+    endpoint = request.endpoint
+    return InstanceInfo(
+        instance_id=request.instance_id,
+        phase=phase_from_proto(request.phase, f"instance {request.instance_id!r}"),
+        gpu_key=request.gpu_key,
+        engine_url=endpoint.engine_url,
+        bootstrap_host=endpoint.bootstrap_host,
+        bootstrap_port=endpoint.bootstrap_port,
+        agent_address=endpoint.agent_address,
+        gpu_index=endpoint.gpu_index,
+        kv_tokens_capacity=request.kv_tokens_capacity,
+        max_running_requests=request.max_running_requests,
+    )
+
+
+# Instance state and snapshots.
+
+
+def state_to_proto(
+    state: InstanceState, info: InstanceInfo | None = None
+) -> common_pb2.InstanceState:
+    message = common_pb2.InstanceState(
+        instance_id=state.instance_id,
+        phase=phase_to_proto(state.phase),
+        gpu_key=state.gpu_key,
+        sm_clock_mhz=state.sm_clock_mhz,
+        queue_len=state.queue_len,
+        queued_tokens=state.queued_tokens,
+        oldest_wait_ms=state.oldest_wait_ms,
+        running_prefill_tokens=state.running_prefill_tokens,
+        running_batch=state.running_batch,
+        kv_tokens_used=state.kv_tokens_used,
+        kv_tokens_capacity=state.kv_tokens_capacity,
+        max_running_requests=state.max_running_requests,
+        recent_ttft_ms=state.recent_ttft_ms,
+        recent_itl_ms=state.recent_itl_ms,
+        arrival_rate_rps=state.arrival_rate_rps,
+        power_w=state.power_w,
+        energy_j=state.energy_j,
+        remaining_output_tokens=state.remaining_output_tokens,
+        observed_at_s=state.observed_at_s,
+        last_activity_s=state.last_activity_s,
+    )
+    if info is not None:
+        message.endpoint.CopyFrom(endpoint_to_proto(info))
+    return message
+
+
+def state_from_proto(message: common_pb2.InstanceState) -> InstanceState:
+    return InstanceState(
+        instance_id=message.instance_id,
+        phase=phase_from_proto(message.phase, f"instance {message.instance_id!r}"),
+        gpu_key=message.gpu_key,
+        sm_clock_mhz=message.sm_clock_mhz,
+        queue_len=message.queue_len,
+        queued_tokens=message.queued_tokens,
+        oldest_wait_ms=message.oldest_wait_ms,
+        running_prefill_tokens=message.running_prefill_tokens,
+        running_batch=message.running_batch,
+        kv_tokens_used=message.kv_tokens_used,
+        kv_tokens_capacity=message.kv_tokens_capacity,
+        max_running_requests=message.max_running_requests,
+        recent_ttft_ms=_optional(message, "recent_ttft_ms"),
+        recent_itl_ms=_optional(message, "recent_itl_ms"),
+        arrival_rate_rps=message.arrival_rate_rps,
+        power_w=message.power_w,
+        energy_j=message.energy_j,
+        remaining_output_tokens=message.remaining_output_tokens,
+        observed_at_s=message.observed_at_s,
+        last_activity_s=message.last_activity_s,
+    )
+
+
+def info_from_state_proto(message: common_pb2.InstanceState) -> InstanceInfo | None:
+    """The registration a snapshot entry carries (None when it has no endpoint)."""
+    if not message.HasField("endpoint"):
+        return None
+    endpoint = message.endpoint
+    return InstanceInfo(
+        instance_id=message.instance_id,
+        phase=phase_from_proto(message.phase, f"instance {message.instance_id!r}"),
+        gpu_key=message.gpu_key,
+        engine_url=endpoint.engine_url,
+        bootstrap_host=endpoint.bootstrap_host,
+        bootstrap_port=endpoint.bootstrap_port,
+        agent_address=endpoint.agent_address,
+        gpu_index=endpoint.gpu_index,
+        kv_tokens_capacity=message.kv_tokens_capacity,
+        max_running_requests=message.max_running_requests,
+    )
+
+
+def snapshot_to_proto(
+    states: Mapping[str, InstanceState], infos: Mapping[str, InstanceInfo], now_s: float
+) -> common_pb2.ClusterSnapshot:
+    return common_pb2.ClusterSnapshot(
+        now_s=now_s,
+        instances=[state_to_proto(state, infos.get(i)) for i, state in states.items()],
+    )
+
+
+def snapshot_from_proto(message: common_pb2.ClusterSnapshot) -> ClusterSnapshot:
+    states = {m.instance_id: state_from_proto(m) for m in message.instances}
+    return build_snapshot(states, message.now_s)
+
+
+def infos_from_snapshot_proto(message: common_pb2.ClusterSnapshot) -> dict[str, InstanceInfo]:
+    infos = (info_from_state_proto(m) for m in message.instances)
+    return {info.instance_id: info for info in infos if info is not None}
+
+
+# Reports.
+
+
+def sample_to_proto(state: InstanceState) -> telemetry_pb2.InstanceSample:
+    """The load part of a state; phase, gpu key and GPU readings come from elsewhere.
+
+    An arrival rate of 0 is sent as "unknown", so telemetry derives it from completions.
+    """
+    return telemetry_pb2.InstanceSample(
+        instance_id=state.instance_id,
+        observed_at_s=state.observed_at_s,
+        queue_len=state.queue_len,
+        queued_tokens=state.queued_tokens,
+        oldest_wait_ms=state.oldest_wait_ms,
+        running_prefill_tokens=state.running_prefill_tokens,
+        running_batch=state.running_batch,
+        kv_tokens_used=state.kv_tokens_used,
+        kv_tokens_capacity=state.kv_tokens_capacity,
+        max_running_requests=state.max_running_requests,
+        remaining_output_tokens=state.remaining_output_tokens,
+        recent_ttft_ms=state.recent_ttft_ms,
+        recent_itl_ms=state.recent_itl_ms,
+        arrival_rate_rps=state.arrival_rate_rps or None,
+    )
+
+
+def state_from_sample(
+    sample: telemetry_pb2.InstanceSample, info: InstanceInfo, derived_arrival_rate_rps: float
+) -> InstanceState:
+    """A load report as the store takes it; clock/power/energy come from GPU samples."""
+    arrival_rate_rps = _optional(sample, "arrival_rate_rps")
+    return InstanceState(
+        instance_id=sample.instance_id,
+        phase=info.phase,
+        gpu_key=info.gpu_key,
+        sm_clock_mhz=0,
+        queue_len=sample.queue_len,
+        queued_tokens=sample.queued_tokens,
+        oldest_wait_ms=sample.oldest_wait_ms,
+        running_prefill_tokens=sample.running_prefill_tokens,
+        running_batch=sample.running_batch,
+        kv_tokens_used=sample.kv_tokens_used,
+        kv_tokens_capacity=sample.kv_tokens_capacity,
+        max_running_requests=sample.max_running_requests,
+        recent_ttft_ms=_optional(sample, "recent_ttft_ms"),
+        recent_itl_ms=_optional(sample, "recent_itl_ms"),
+        arrival_rate_rps=(
+            derived_arrival_rate_rps if arrival_rate_rps is None else arrival_rate_rps
+        ),
+        remaining_output_tokens=sample.remaining_output_tokens,
+        observed_at_s=sample.observed_at_s,
+        last_activity_s=sample.observed_at_s,
+    )
+
+
+def gpu_sample_to_proto(
+    sample: GpuSample, *, instance_id: str = "", agent_address: str = ""
+) -> common_pb2.GpuSample:
+    return common_pb2.GpuSample(
+        instance_id=instance_id,
+        gpu_index=sample.gpu_index,
+        sm_clock_mhz=sample.sm_clock_mhz,
+        power_w=sample.power_w,
+        energy_j=sample.energy_j,
+        timestamp_s=sample.timestamp_s,
+        agent_address=agent_address,
+    )
+
+
+def report_result_from_proto(message: telemetry_pb2.ReportSamplesResponse) -> ReportResult:
+    return ReportResult(
+        accepted=message.accepted,
+        rejected=message.rejected,
+        first_rejection_reason=message.first_rejection_reason,
+    )
+
+
+def completion_to_proto(completion: Completion) -> telemetry_pb2.CompletionRecord:
+    message = telemetry_pb2.CompletionRecord(
+        request_id=completion.request_id,
+        prefill_instance_id=completion.prefill_id,
+        decode_instance_id=completion.decode_id,
+        input_tokens=completion.input_tokens,
+        output_tokens=completion.output_tokens,
+        ttft_ms=completion.ttft_ms or 0.0,
+        mean_itl_ms=completion.mean_itl_ms or 0.0,
+        ok=completion.ok,
+        reason=completion.reason,
+        arrival_s=completion.arrival_s,
+        finished_at_s=completion.finished_at_s,
+    )
+    if completion.slo is not None:
+        message.slo.CopyFrom(
+            common_pb2.SloTarget(ttft_ms=completion.slo.ttft_ms, itl_ms=completion.slo.itl_ms)
+        )
+    return message
+
+
+def completion_from_proto(message: telemetry_pb2.CompletionRecord) -> Completion:
+    """No output token means no TTFT; fewer than two mean no ITL (the proto sends 0 then)."""
+    slo = (
+        SloTarget(ttft_ms=message.slo.ttft_ms, itl_ms=message.slo.itl_ms)
+        if message.HasField("slo")
+        else None
+    )
+    return Completion(
+        request_id=message.request_id,
+        prefill_id=message.prefill_instance_id,
+        decode_id=message.decode_instance_id,
+        input_tokens=message.input_tokens,
+        output_tokens=message.output_tokens,
+        ttft_ms=message.ttft_ms if message.output_tokens > 0 else None,
+        mean_itl_ms=message.mean_itl_ms if message.output_tokens > 1 else None,
+        ok=message.ok,
+        reason=message.reason,
+        arrival_s=message.arrival_s,
+        finished_at_s=message.finished_at_s,
+        slo=slo,
+    )
+
+
+# Aggregates.
+
+
+def aggregates_to_proto(
+    aggregates: Aggregates, phase: Phase | None = None
+) -> telemetry_pb2.InstanceAggregate:
+    return telemetry_pb2.InstanceAggregate(
+        instance_id=aggregates.instance_id or "",
+        phase=phase_to_proto(phase),
+        completed_requests=aggregates.finished,
+        failed_requests=aggregates.failed,
+        request_rate_rps=aggregates.request_rate_rps,
+        output_tokens=aggregates.output_tokens,
+        p50_ttft_ms=aggregates.ttft_p50_ms,
+        p90_ttft_ms=aggregates.ttft_p90_ms,
+        p50_itl_ms=aggregates.itl_p50_ms,
+        p90_itl_ms=aggregates.itl_p90_ms,
+        ttft_attainment=aggregates.ttft_attainment,
+        itl_attainment=aggregates.itl_attainment,
+        slo_attainment=aggregates.slo_attainment,
+        energy_j=aggregates.energy_j,
+        mean_power_w=aggregates.mean_power_w,
+        mean_sm_clock_mhz=aggregates.mean_sm_clock_mhz or 0.0,
+    )
+
+
+def aggregates_from_proto(
+    message: telemetry_pb2.InstanceAggregate, *, now_s: float, window_s: float
+) -> Aggregates:
+    return Aggregates(
+        instance_id=message.instance_id or None,
+        window_s=window_s,
+        now_s=now_s,
+        finished=message.completed_requests,
+        failed=message.failed_requests,
+        request_rate_rps=message.request_rate_rps,
+        output_tokens=message.output_tokens,
+        ttft_p50_ms=_optional(message, "p50_ttft_ms"),
+        ttft_p90_ms=_optional(message, "p90_ttft_ms"),
+        itl_p50_ms=_optional(message, "p50_itl_ms"),
+        itl_p90_ms=_optional(message, "p90_itl_ms"),
+        ttft_attainment=_optional(message, "ttft_attainment"),
+        itl_attainment=_optional(message, "itl_attainment"),
+        slo_attainment=_optional(message, "slo_attainment"),
+        energy_j=message.energy_j,
+        mean_power_w=message.mean_power_w,
+        mean_sm_clock_mhz=message.mean_sm_clock_mhz or None,
+    )
+
+
+def window_report_to_proto(
+    report: WindowReport, phases: Mapping[str, Phase]
+) -> telemetry_pb2.GetAggregatesResponse:
+    return telemetry_pb2.GetAggregatesResponse(
+        now_s=report.now_s,
+        window_s=report.window_s,
+        instances=[
+            aggregates_to_proto(aggregates, phases.get(instance_id))
+            for instance_id, aggregates in report.instances.items()
+        ],
+        cluster=aggregates_to_proto(report.cluster),
+    )
+
+
+def window_report_from_proto(message: telemetry_pb2.GetAggregatesResponse) -> WindowReport:
+    def convert(aggregate: telemetry_pb2.InstanceAggregate) -> Aggregates:
+        return aggregates_from_proto(aggregate, now_s=message.now_s, window_s=message.window_s)
+
+    return WindowReport(
+        now_s=message.now_s,
+        window_s=message.window_s,
+        instances={a.instance_id: convert(a) for a in message.instances},
+        cluster=convert(message.cluster),
+    )

@@ -1,0 +1,28 @@
+"""Errors the telemetry store and service raise on purpose.
+
+Each also derives from the cross-service kind (voltana.errors) that gives its gRPC status.
+"""
+
+from __future__ import annotations
+
+from voltana.errors import InvalidArgumentError, NotFoundError, UnavailableError, VoltanaError
+
+
+class TelemetryError(VoltanaError):
+    """Base class of telemetry errors."""
+
+
+class InvalidTelemetryError(TelemetryError, InvalidArgumentError):
+    """A report carries a value that cannot be true (negative count, unknown phase, ...)."""
+
+
+class UnknownInstanceError(TelemetryError, NotFoundError):
+    """The instance was never registered (or was unregistered)."""
+
+
+class TelemetryStoreError(TelemetryError, UnavailableError):
+    """The backing store (Redis) cannot be reached or failed a command."""
+
+
+class CorruptTelemetryError(TelemetryError):
+    """The backing store holds data this version cannot read (maps to INTERNAL)."""

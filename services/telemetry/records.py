@@ -1,0 +1,166 @@
+"""Plain values the telemetry store takes in and hands out (besides ``InstanceState``)."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from voltana.policy.state import Phase, SloTarget
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceInfo:
+    """Where an instance can be reached: what the router and controller need besides its load."""
+
+    instance_id: str
+    phase: Phase
+    gpu_key: str
+    engine_url: str = ""
+    # SGLang PD bootstrap endpoint of a prefill instance (empty/0 on decode instances).
+    bootstrap_host: str = ""
+    bootstrap_port: int = 0
+    # gRPC address of the node agent that owns this instance's GPU.
+    agent_address: str = ""
+    gpu_index: int = 0
+    # Engine limits, when known (0 = unknown); load reports that leave them 0 inherit these.
+    kv_tokens_capacity: int = 0
+    max_running_requests: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class GpuReading:
+    """One NVML reading of the GPU behind an instance. ``energy_j`` is a monotonic counter.
+
+    (``voltana.gpu.GpuSample`` is the agent's per-GPU reading; this one names the instance.)
+    """
+
+    instance_id: str
+    ts_s: float
+    sm_clock_mhz: int
+    power_w: float
+    energy_j: float
+
+
+@dataclass(frozen=True, slots=True)
+class Completion:
+    """How one request ended, as the router saw it."""
+
+    request_id: str
+    prefill_id: str
+    decode_id: str
+    input_tokens: int
+    output_tokens: int
+    # None when no token came back (the request failed before its first token).
+    ttft_ms: float | None
+    # Mean gap between output tokens after the first; None with fewer than two output tokens.
+    mean_itl_ms: float | None
+    ok: bool
+    finished_at_s: float
+    reason: str = ""
+    arrival_s: float = 0.0
+    # The SLO this request was held to; None = judge it by the SLO the reader asks about.
+    slo: SloTarget | None = None
+
+    @property
+    def instance_ids(self) -> tuple[str, ...]:
+        """Instances that served the request (one id when prefill and decode are the same)."""
+        if self.prefill_id == self.decode_id or not self.decode_id:
+            return (self.prefill_id,)
+        if not self.prefill_id:
+            return (self.decode_id,)
+        return (self.prefill_id, self.decode_id)
+
+
+class Metric(enum.StrEnum):
+    """Names of the per-instance time series the store keeps."""
+
+    # From instance load reports.
+    QUEUE_LEN = "queue_len"
+    QUEUED_TOKENS = "queued_tokens"
+    OLDEST_WAIT_MS = "oldest_wait_ms"
+    RUNNING_PREFILL_TOKENS = "running_prefill_tokens"
+    RUNNING_BATCH = "running_batch"
+    KV_TOKENS_USED = "kv_tokens_used"
+    ARRIVAL_RATE_RPS = "arrival_rate_rps"
+    RECENT_TTFT_MS = "recent_ttft_ms"
+    RECENT_ITL_MS = "recent_itl_ms"
+    # From GPU samples.
+    SM_CLOCK_MHZ = "sm_clock_mhz"
+    POWER_W = "power_w"
+    ENERGY_J = "energy_j"
+
+
+LOAD_METRICS: tuple[Metric, ...] = (
+    Metric.QUEUE_LEN,
+    Metric.QUEUED_TOKENS,
+    Metric.OLDEST_WAIT_MS,
+    Metric.RUNNING_PREFILL_TOKENS,
+    Metric.RUNNING_BATCH,
+    Metric.KV_TOKENS_USED,
+    Metric.ARRIVAL_RATE_RPS,
+    Metric.RECENT_TTFT_MS,
+    Metric.RECENT_ITL_MS,
+)
+GPU_METRICS: tuple[Metric, ...] = (Metric.SM_CLOCK_MHZ, Metric.POWER_W, Metric.ENERGY_J)
+
+
+@dataclass(frozen=True, slots=True)
+class SeriesPoint:
+    ts_s: float
+    value: float
+
+
+@dataclass(frozen=True, slots=True)
+class Aggregates:
+    """Rolling-window view over ``(now_s - window_s, now_s]`` of one instance or the cluster.
+
+    Latency percentiles cover successful requests; attainment counts failed requests as
+    missing their SLOs (DESIGN.md section 5) and judges each request by its own SLO when it
+    carries one. ITL figures use each request's mean ITL. A request counts for both its
+    prefill and its decode instance.
+    """
+
+    instance_id: str | None
+    window_s: float
+    now_s: float
+    # Requests that finished in the window, successfully or not, and the failed ones among them.
+    finished: int
+    failed: int
+    # Finished requests per second over the window (the rate requests left the system).
+    request_rate_rps: float
+    # Output tokens of the requests that finished in the window.
+    output_tokens: int
+    ttft_p50_ms: float | None
+    ttft_p90_ms: float | None
+    itl_p50_ms: float | None
+    itl_p90_ms: float | None
+    # Fractions in [0, 1]; None when no request finished in the window.
+    ttft_attainment: float | None
+    itl_attainment: float | None
+    slo_attainment: float | None
+    # GPU energy drawn in the window (sum of counter increases) and its mean power.
+    energy_j: float
+    mean_power_w: float
+    # Mean of the SM clock samples in the window (of every selected GPU); None without samples.
+    mean_sm_clock_mhz: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class WindowReport:
+    """Aggregates of each selected instance and of the selection as a whole, one window."""
+
+    now_s: float
+    window_s: float
+    instances: Mapping[str, Aggregates]
+    cluster: Aggregates
+
+
+@dataclass(frozen=True, slots=True)
+class ReportResult:
+    """What telemetry made of one stream of samples."""
+
+    accepted: int
+    rejected: int
+    # Why the first rejected sample was dropped ("" when none was).
+    first_rejection_reason: str = ""

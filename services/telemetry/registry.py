@@ -1,0 +1,68 @@
+"""Which instances are registered, cached in process so samples need no store read."""
+
+from __future__ import annotations
+
+from voltana.services.telemetry.records import InstanceInfo
+from voltana.services.telemetry.store import TelemetryStore
+
+
+class InstanceRegistry:
+    """Registrations by instance id and by GPU (agent address, GPU index).
+
+    Writes go through here to the store. A lookup that misses rereads the store, at most
+    every ``refresh_s`` (by the store's clock), to pick up registrations made by another
+    process sharing the store.
+    """
+
+    def __init__(self, store: TelemetryStore, *, refresh_s: float) -> None:
+        self._store = store
+        self._refresh_s = refresh_s
+        self._infos: dict[str, InstanceInfo] = {}
+        self._by_gpu: dict[tuple[str, int], str] = {}
+        self._loaded_at_s: float | None = None
+
+    async def register(self, info: InstanceInfo) -> bool:
+        created = await self._store.register_instance(info)
+        self._forget_cached(info.instance_id)
+        self._remember(info)
+        return created
+
+    async def unregister(self, instance_id: str) -> bool:
+        registered = await self._store.unregister_instance(instance_id)
+        self._forget_cached(instance_id)
+        return registered
+
+    async def get(self, instance_id: str) -> InstanceInfo | None:
+        info = self._infos.get(instance_id)
+        if info is None and await self._reload_if_due():
+            info = self._infos.get(instance_id)
+        return info
+
+    async def on_gpu(self, agent_address: str, gpu_index: int) -> InstanceInfo | None:
+        """The instance registered on that GPU of that node agent, if any."""
+        instance_id = self._by_gpu.get((agent_address, gpu_index))
+        if instance_id is None and await self._reload_if_due():
+            instance_id = self._by_gpu.get((agent_address, gpu_index))
+        return None if instance_id is None else self._infos.get(instance_id)
+
+    async def _reload_if_due(self) -> bool:
+        now_s = self._store.clock()
+        if self._loaded_at_s is not None and now_s - self._loaded_at_s < self._refresh_s:
+            return False
+        self._loaded_at_s = now_s
+        infos = await self._store.instance_infos()
+        self._infos.clear()
+        self._by_gpu.clear()
+        for info in infos.values():
+            self._remember(info)
+        return True
+
+    def _remember(self, info: InstanceInfo) -> None:
+        self._infos[info.instance_id] = info
+        if info.agent_address:
+            self._by_gpu[info.agent_address, info.gpu_index] = info.instance_id
+
+    def _forget_cached(self, instance_id: str) -> None:
+        old = self._infos.pop(instance_id, None)
+        if old is not None and self._by_gpu.get((old.agent_address, old.gpu_index)) == instance_id:
+            del self._by_gpu[old.agent_address, old.gpu_index]

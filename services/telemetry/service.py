@@ -1,0 +1,132 @@
+"""The telemetry service: a store plus its gRPC server, started and stopped in process."""
+
+from __future__ import annotations
+
+import functools
+import time
+from types import TracebackType
+
+import grpc.aio
+from grpc_health.v1 import health
+
+from voltana.errors import FailedPreconditionError
+from voltana.rpc import start_grpc_server, stop_grpc_server
+from voltana.rpc.names import TELEMETRY_SERVICE
+from voltana.services.telemetry.memory_store import MemoryTelemetryStore
+from voltana.services.telemetry.redis_store import RedisTelemetryStore
+from voltana.services.telemetry.servicer import TelemetryServicer
+from voltana.services.telemetry.settings import TelemetrySettings
+from voltana.services.telemetry.store import Clock, TelemetryStore
+from voltana.v1 import telemetry_pb2_grpc
+
+_WILDCARD_HOSTS = ("0.0.0.0", "[::]", "::", "")
+
+
+def build_store(settings: TelemetrySettings, clock: Clock) -> TelemetryStore:
+    """Redis when ``redis_url`` is set, else the in-process store."""
+    if settings.redis_url is None:
+        return MemoryTelemetryStore(
+            clock=clock,
+            series_cap=settings.series_cap,
+            completions_cap=settings.completions_cap,
+        )
+    return RedisTelemetryStore.from_url(
+        settings.redis_url,
+        clock=clock,
+        key_prefix=settings.redis_key_prefix,
+        series_cap=settings.series_cap,
+        completions_cap=settings.completions_cap,
+    )
+
+
+class TelemetryService:
+    """``await start()`` serves TelemetryService (plus health and reflection); ``stop()`` ends.
+
+    ``clock`` stamps snapshots and windows (wall time live, virtual time in simulations).
+    Pass ``store`` to share one with in-process code; otherwise one is built from settings
+    and closed on stop.
+    """
+
+    def __init__(
+        self,
+        settings: TelemetrySettings,
+        *,
+        clock: Clock = time.time,
+        store: TelemetryStore | None = None,
+    ) -> None:
+        self._settings = settings
+        self._owns_store = store is None
+        self._store = store if store is not None else build_store(settings, clock)
+        self._servicer: TelemetryServicer | None = None
+        self._server: grpc.aio.Server | None = None
+        self._health: health.aio.HealthServicer | None = None
+        self._port: int | None = None
+        self._stopped = False
+
+    @property
+    def settings(self) -> TelemetrySettings:
+        return self._settings
+
+    @property
+    def store(self) -> TelemetryStore:
+        return self._store
+
+    @property
+    def port(self) -> int:
+        if self._port is None:
+            raise FailedPreconditionError("telemetry service is not started")
+        return self._port
+
+    @property
+    def address(self) -> str:
+        """``host:port`` clients can dial (loopback when listening on every interface)."""
+        host = self._settings.listen_address.rsplit(":", 1)[0]
+        return f"{'127.0.0.1' if host in _WILDCARD_HOSTS else host}:{self.port}"
+
+    async def start(self) -> None:
+        if self._server is not None:
+            raise FailedPreconditionError("telemetry service is already started")
+        if self._stopped:
+            raise FailedPreconditionError("a stopped telemetry service cannot start again")
+        if isinstance(self._store, RedisTelemetryStore):
+            await self._store.ping()  # fail at start, not on the first report
+        servicer = TelemetryServicer(self._store, self._settings)
+        health_servicer = health.aio.HealthServicer()
+        register = functools.partial(
+            telemetry_pb2_grpc.add_TelemetryServiceServicer_to_server, servicer
+        )
+        started = await start_grpc_server(
+            self._settings.listen_address,
+            [register],
+            [TELEMETRY_SERVICE],
+            health_servicer=health_servicer,
+        )
+        self._servicer, self._health = servicer, health_servicer
+        self._server, self._port = started.server, started.port
+
+    async def stop(self) -> None:
+        """Stop serving (watch streams end at once); close the store if this service built it."""
+        self._stopped = True
+        server, self._server = self._server, None
+        if server is not None:
+            assert self._servicer is not None
+            self._servicer.close()
+            await stop_grpc_server(
+                server, self._settings.shutdown_grace_s, health_servicer=self._health
+            )
+            self._servicer = self._health = None
+            self._port = None
+        if self._owns_store:
+            await self._store.close()
+
+    async def __aenter__(self) -> TelemetryService:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.stop()

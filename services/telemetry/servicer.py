@@ -1,0 +1,248 @@
+"""TelemetryService gRPC handlers: validate, convert, store; snapshots and aggregates out.
+
+Bad values (negative counts, unknown phase) end the call with INVALID_ARGUMENT via the
+InvalidTelemetryError → status mapping of voltana.rpc; samples stored before the bad one stay
+stored. Samples that are well-formed but cannot be used (unregistered instance, older than the
+last one) are counted as rejected and the stream goes on, so one stray sample does not cut a
+node agent's long-lived stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import grpc.aio
+
+from voltana.services.telemetry.arrivals import ArrivalRates
+from voltana.services.telemetry.convert import (
+    completion_from_proto,
+    info_from_register_request,
+    phase_filter_from_proto,
+    snapshot_to_proto,
+    state_from_sample,
+    window_report_to_proto,
+)
+from voltana.services.telemetry.errors import InvalidTelemetryError, UnknownInstanceError
+from voltana.services.telemetry.registry import InstanceRegistry
+from voltana.services.telemetry.settings import TelemetrySettings
+from voltana.services.telemetry.snapshots import ClusterView, SnapshotCache
+from voltana.services.telemetry.store import TelemetryStore
+from voltana.services.telemetry.validate import validate_window
+from voltana.v1 import common_pb2, telemetry_pb2, telemetry_pb2_grpc
+
+Context = grpc.aio.ServicerContext[Any, Any]
+SampleT = TypeVar("SampleT")
+
+
+@dataclass
+class _Tally:
+    accepted: int = 0
+    rejected: int = 0
+    first_rejection_reason: str = ""
+
+    def reject(self, reason: str) -> None:
+        self.rejected += 1
+        self.first_rejection_reason = self.first_rejection_reason or reason
+
+    def response(self) -> telemetry_pb2.ReportSamplesResponse:
+        return telemetry_pb2.ReportSamplesResponse(
+            accepted=self.accepted,
+            rejected=self.rejected,
+            first_rejection_reason=self.first_rejection_reason,
+        )
+
+
+class TelemetryServicer(telemetry_pb2_grpc.TelemetryServiceServicer):
+    def __init__(self, store: TelemetryStore, settings: TelemetrySettings) -> None:
+        self._store = store
+        self._settings = settings
+        self._registry = InstanceRegistry(store, refresh_s=settings.registry_refresh_s)
+        self._arrivals = ArrivalRates(settings.arrival_rate_window_s)
+        self._snapshots = SnapshotCache(store)
+        # Newest sample time accepted per instance, to drop samples that arrive late.
+        self._last_load_s: dict[str, float] = {}
+        self._last_gpu_s: dict[str, float] = {}
+        self._closing = asyncio.Event()
+
+    def close(self) -> None:
+        """End every watch stream (so the server can stop without waiting for them)."""
+        self._closing.set()
+
+    # Registration.
+
+    async def RegisterInstance(
+        self, request: telemetry_pb2.RegisterInstanceRequest, context: Context
+    ) -> telemetry_pb2.RegisterInstanceResponse:
+        created = await self._registry.register(info_from_register_request(request))
+        return telemetry_pb2.RegisterInstanceResponse(created=created)
+
+    async def UnregisterInstance(
+        self, request: telemetry_pb2.UnregisterInstanceRequest, context: Context
+    ) -> telemetry_pb2.UnregisterInstanceResponse:
+        instance_id = request.instance_id
+        if not await self._registry.unregister(instance_id):
+            raise UnknownInstanceError(f"instance {instance_id!r} is not registered")
+        self._arrivals.forget(instance_id)
+        self._last_load_s.pop(instance_id, None)
+        self._last_gpu_s.pop(instance_id, None)
+        return telemetry_pb2.UnregisterInstanceResponse()
+
+    # Reports.
+
+    async def _consume(
+        self,
+        samples: AsyncIterable[SampleT],
+        accept: Callable[[SampleT], Awaitable[str | None]],
+    ) -> telemetry_pb2.ReportSamplesResponse:
+        tally = _Tally()
+        async for sample in samples:
+            try:
+                reason = await accept(sample)
+            except InvalidTelemetryError as error:
+                raise InvalidTelemetryError(
+                    f"sample {tally.accepted + tally.rejected + 1} of the stream is invalid: "
+                    f"{error} ({tally.accepted} earlier samples were stored)"
+                ) from error
+            if reason is None:
+                tally.accepted += 1
+            else:
+                tally.reject(reason)
+        return tally.response()
+
+    @staticmethod
+    def _is_late(last_s: dict[str, float], instance_id: str, ts_s: float) -> bool:
+        """Samples without a time (0) are stamped on arrival, so they are never late."""
+        return ts_s > 0 and ts_s < last_s.get(instance_id, 0.0)
+
+    async def _accept_instance_sample(self, sample: telemetry_pb2.InstanceSample) -> str | None:
+        instance_id = sample.instance_id
+        if not instance_id:
+            raise InvalidTelemetryError("instance_id must not be empty")
+        info = await self._registry.get(instance_id)
+        if info is None:
+            return f"instance {instance_id!r} is not registered"
+        if self._is_late(self._last_load_s, instance_id, sample.observed_at_s):
+            return f"sample of {instance_id!r} at {sample.observed_at_s} is older than the last"
+        derived_rate_rps = self._arrivals.rate_rps(instance_id, self._store.clock())
+        await self._store.put_instance_state(state_from_sample(sample, info, derived_rate_rps))
+        if sample.observed_at_s > 0:
+            self._last_load_s[instance_id] = sample.observed_at_s
+        return None
+
+    async def _accept_gpu_sample(self, sample: common_pb2.GpuSample) -> str | None:
+        if sample.instance_id:
+            info = await self._registry.get(sample.instance_id)
+            if info is None:
+                return f"instance {sample.instance_id!r} is not registered"
+        else:
+            info = await self._registry.on_gpu(sample.agent_address, sample.gpu_index)
+            if info is None:
+                return (
+                    f"no registered instance on GPU {sample.gpu_index} "
+                    f"of agent {sample.agent_address!r}"
+                )
+        instance_id = info.instance_id
+        if self._is_late(self._last_gpu_s, instance_id, sample.timestamp_s):
+            return f"GPU sample of {instance_id!r} at {sample.timestamp_s} is older than the last"
+        await self._store.put_gpu_sample(
+            instance_id, sample.timestamp_s, sample.sm_clock_mhz, sample.power_w, sample.energy_j
+        )
+        self._last_gpu_s[instance_id] = sample.timestamp_s
+        return None
+
+    async def ReportInstanceSamples(
+        self, request_iterator: AsyncIterable[telemetry_pb2.InstanceSample], context: Context
+    ) -> telemetry_pb2.ReportSamplesResponse:
+        return await self._consume(request_iterator, self._accept_instance_sample)
+
+    async def ReportGpuSamples(
+        self, request_iterator: AsyncIterable[common_pb2.GpuSample], context: Context
+    ) -> telemetry_pb2.ReportSamplesResponse:
+        return await self._consume(request_iterator, self._accept_gpu_sample)
+
+    async def ReportCompletion(
+        self, request: telemetry_pb2.CompletionRecord, context: Context
+    ) -> telemetry_pb2.ReportCompletionResponse:
+        completion = completion_from_proto(request)
+        await self._store.record_completion(completion)
+        if completion.arrival_s > 0:
+            self._arrivals.record(completion.instance_ids, completion.arrival_s)
+        return telemetry_pb2.ReportCompletionResponse()
+
+    # Snapshots.
+
+    async def _selected_view(self, phase: int, instance_ids: list[str]) -> ClusterView:
+        view = await self._snapshots.read()
+        return view.select(phase_filter_from_proto(phase), instance_ids)
+
+    def _to_proto(self, view: ClusterView) -> common_pb2.ClusterSnapshot:
+        return snapshot_to_proto(view.states, view.infos, self._store.clock())
+
+    async def GetSnapshot(
+        self, request: telemetry_pb2.GetSnapshotRequest, context: Context
+    ) -> common_pb2.ClusterSnapshot:
+        view = await self._selected_view(request.phase, list(request.instance_ids))
+        return self._to_proto(view)
+
+    def _watch_interval_s(self, interval_ms: int) -> float:
+        if interval_ms < 0:
+            raise InvalidTelemetryError(f"interval_ms must be >= 0, got {interval_ms}")
+        interval_ms = interval_ms or self._settings.watch_default_interval_ms
+        return max(interval_ms, self._settings.watch_min_interval_ms) / 1000.0
+
+    async def _closing_within(self, timeout_s: float) -> bool:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._closing.wait(), max(timeout_s, 0.0))
+        return self._closing.is_set()
+
+    async def _change_or_closing(self, seen_version: int, timeout_s: float) -> None:
+        change = asyncio.ensure_future(
+            self._store.changes.wait_for_change(seen_version, max(timeout_s, 0.0))
+        )
+        closing = asyncio.ensure_future(self._closing.wait())
+        try:
+            await asyncio.wait({change, closing}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            change.cancel()
+            closing.cancel()
+
+    async def WatchSnapshots(
+        self, request: telemetry_pb2.WatchSnapshotsRequest, context: Context
+    ) -> AsyncIterator[common_pb2.ClusterSnapshot]:
+        """A snapshot now; then one after each change, at most every interval and at least
+        every ``watch_idle_resend_s`` (so ``now_s`` keeps moving on a quiet cluster)."""
+        interval_s = self._watch_interval_s(request.interval_ms)
+        idle_resend_s = self._settings.watch_idle_resend_s
+        instance_ids = list(request.instance_ids)
+        loop = asyncio.get_running_loop()
+        last_sent: list[common_pb2.InstanceState] | None = None
+        last_sent_at = 0.0
+        while not self._closing.is_set():
+            version = self._store.changes.version
+            snapshot = self._to_proto(await self._selected_view(request.phase, instance_ids))
+            instances = list(snapshot.instances)
+            resend_due = loop.time() - last_sent_at >= idle_resend_s
+            if last_sent is None or instances != last_sent or resend_due:
+                yield snapshot
+                last_sent, last_sent_at = instances, loop.time()
+                if await self._closing_within(interval_s):
+                    return
+            await self._change_or_closing(version, idle_resend_s - (loop.time() - last_sent_at))
+
+    # Aggregates.
+
+    async def GetAggregates(
+        self, request: telemetry_pb2.GetAggregatesRequest, context: Context
+    ) -> telemetry_pb2.GetAggregatesResponse:
+        window_s = request.window_s or self._settings.window_s
+        validate_window(window_s)
+        report = await self._store.window_report(
+            list(request.instance_ids) or None, window_s, self._settings.slo
+        )
+        view = await self._snapshots.read()
+        phases = {instance_id: state.phase for instance_id, state in view.states.items()}
+        return window_report_to_proto(report, phases)

@@ -1,0 +1,62 @@
+"""Settings of the telemetry service (one per cluster)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from voltana.errors import ConfigError
+from voltana.policy.state import SloTarget
+from voltana.services.telemetry.redis_store import DEFAULT_KEY_PREFIX
+from voltana.services.telemetry.store import DEFAULT_COMPLETIONS_CAP, DEFAULT_SERIES_CAP
+
+
+@dataclass(frozen=True)
+class TelemetrySettings:
+    # "host:port"; port 0 = any free port (TelemetryService.address tells which).
+    listen_address: str = "127.0.0.1:0"
+    # redis://host:port/db; None = keep everything in process memory.
+    redis_url: str | None = None
+    redis_key_prefix: str = DEFAULT_KEY_PREFIX
+    # Points kept per (instance, metric) series, and completions kept in all.
+    series_cap: int = DEFAULT_SERIES_CAP
+    completions_cap: int = DEFAULT_COMPLETIONS_CAP
+    # Window of GetAggregates when the request asks for 0 seconds.
+    window_s: float = 60.0
+    # SLO of requests whose completion carries none.
+    slo: SloTarget = field(default_factory=SloTarget)
+    # Window over which arrival rates are derived for samples that do not carry one.
+    arrival_rate_window_s: float = 10.0
+    # WatchSnapshots: period used when the client asks for 0, the shortest period a client
+    # may ask for, and how long an unchanged cluster waits before a snapshot is resent.
+    watch_default_interval_ms: int = 500
+    watch_min_interval_ms: int = 50
+    watch_idle_resend_s: float = 5.0
+    # A sample for an instance this process does not know rereads registrations from the
+    # store at most this often (another telemetry process may have registered it).
+    registry_refresh_s: float = 1.0
+    shutdown_grace_s: float = 1.0
+
+    def __post_init__(self) -> None:
+        for name in ("series_cap", "completions_cap", "watch_min_interval_ms"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"telemetry {name} must be >= 1, got {getattr(self, name)}")
+        if self.watch_default_interval_ms < self.watch_min_interval_ms:
+            raise ConfigError(
+                "telemetry watch_default_interval_ms must be >= watch_min_interval_ms, got "
+                f"{self.watch_default_interval_ms} < {self.watch_min_interval_ms}"
+            )
+        for name in ("window_s", "arrival_rate_window_s", "watch_idle_resend_s"):
+            value = getattr(self, name)
+            if not math.isfinite(value) or value <= 0:
+                raise ConfigError(f"telemetry {name} must be a finite number > 0, got {value}")
+        for name in ("registry_refresh_s", "shutdown_grace_s"):
+            value = getattr(self, name)
+            if not math.isfinite(value) or value < 0:
+                raise ConfigError(f"telemetry {name} must be a finite number >= 0, got {value}")
+        if self.slo.ttft_ms <= 0 or self.slo.itl_ms <= 0:
+            raise ConfigError(f"telemetry slo targets must be > 0, got {self.slo}")
+        if ":" not in self.listen_address:
+            raise ConfigError(
+                f"telemetry listen_address must be host:port, got {self.listen_address!r}"
+            )

@@ -1,0 +1,93 @@
+"""Checks every report passes before a store accepts it (so bad data never reaches policies)."""
+
+from __future__ import annotations
+
+import math
+
+from voltana.policy.state import InstanceState, SloTarget
+from voltana.services.telemetry.errors import InvalidTelemetryError
+from voltana.services.telemetry.records import Completion, GpuReading, InstanceInfo
+
+_NON_NEGATIVE_STATE_FIELDS: tuple[str, ...] = (
+    "sm_clock_mhz",
+    "queue_len",
+    "queued_tokens",
+    "oldest_wait_ms",
+    "running_prefill_tokens",
+    "running_batch",
+    "kv_tokens_used",
+    "kv_tokens_capacity",
+    "max_running_requests",
+    "arrival_rate_rps",
+    "power_w",
+    "energy_j",
+    "remaining_output_tokens",
+    "observed_at_s",
+    "last_activity_s",
+)
+
+
+def _check_id(kind: str, value: str) -> None:
+    if not value:
+        raise InvalidTelemetryError(f"{kind} must not be empty")
+
+
+def _check_non_negative(owner: str, name: str, value: float | None) -> None:
+    if value is None:
+        return
+    if not math.isfinite(value) or value < 0:
+        raise InvalidTelemetryError(f"{owner}: {name} must be a finite number >= 0, got {value}")
+
+
+def validate_instance_state(state: InstanceState) -> None:
+    _check_id("instance_id", state.instance_id)
+    owner = f"instance {state.instance_id!r}"
+    for name in _NON_NEGATIVE_STATE_FIELDS:
+        _check_non_negative(owner, name, getattr(state, name))
+    _check_non_negative(owner, "recent_ttft_ms", state.recent_ttft_ms)
+    _check_non_negative(owner, "recent_itl_ms", state.recent_itl_ms)
+
+
+def validate_instance_info(info: InstanceInfo) -> None:
+    _check_id("instance_id", info.instance_id)
+    owner = f"instance {info.instance_id!r}"
+    if not 0 <= info.bootstrap_port <= 65535:
+        raise InvalidTelemetryError(f"{owner}: bootstrap_port {info.bootstrap_port} out of range")
+    for name in ("gpu_index", "kv_tokens_capacity", "max_running_requests"):
+        _check_non_negative(owner, name, getattr(info, name))
+
+
+def validate_gpu_sample(sample: GpuReading) -> None:
+    _check_id("instance_id", sample.instance_id)
+    owner = f"GPU sample of {sample.instance_id!r}"
+    for name in ("ts_s", "sm_clock_mhz", "power_w", "energy_j"):
+        _check_non_negative(owner, name, getattr(sample, name))
+
+
+def validate_completion(completion: Completion) -> None:
+    _check_id("request_id", completion.request_id)
+    if not completion.prefill_id and not completion.decode_id:
+        raise InvalidTelemetryError(f"request {completion.request_id!r}: no instance id")
+    owner = f"request {completion.request_id!r}"
+    for name in (
+        "input_tokens",
+        "output_tokens",
+        "ttft_ms",
+        "mean_itl_ms",
+        "finished_at_s",
+        "arrival_s",
+    ):
+        _check_non_negative(owner, name, getattr(completion, name))
+    if completion.slo is not None:
+        validate_slo(completion.slo, owner)
+
+
+def validate_slo(slo: SloTarget, owner: str = "SLO") -> None:
+    for name, value in (("ttft_ms", slo.ttft_ms), ("itl_ms", slo.itl_ms)):
+        if not math.isfinite(value) or value <= 0:
+            raise InvalidTelemetryError(f"{owner}: SLO {name} must be > 0, got {value}")
+
+
+def validate_window(window_s: float) -> None:
+    if not math.isfinite(window_s) or window_s <= 0:
+        raise InvalidTelemetryError(f"window_s must be a finite number > 0, got {window_s}")
