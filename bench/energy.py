@@ -7,7 +7,7 @@ idles most of the time) use a fraction of the static-max cluster's prefill capac
 bottleneck for these prompt-heavy traces): light 30%, moderate 60%, near saturation 90%. The rate
 multiplier each implies is printed.
 
-    python bench/energy.py [--quick] [--duration-s 300] [--json OUT.json] [--jobs 2]
+    python bench/energy.py [--quick] [--max-requests 2500] [--json OUT.json] [--jobs 2]
 """
 
 from __future__ import annotations
@@ -57,7 +57,12 @@ def run_config(job: dict[str, Any]) -> dict[str, Any]:
         perf, config.chunked_prefill_tokens
     )
     rate_scale = job["load_fraction"] * capacity / token_rate
-    requests = load_workload(job["trace"], rate_scale=rate_scale, duration_s=job["duration_s"])
+    requests = load_workload(
+        job["trace"],
+        rate_scale=rate_scale,
+        duration_s=job["duration_s"],
+        max_requests=job["max_requests"],
+    )
     started = time.perf_counter()
     _, rows = compare_policies(POLICIES, requests, config, perf, seed=job["seed"])
     return {
@@ -95,7 +100,10 @@ def format_rows(configs: list[dict[str, Any]]) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--traces", default=str(TRACES), help="folder with the Azure traces")
-    parser.add_argument("--duration-s", type=float, default=300.0, help="replay length per run")
+    parser.add_argument(
+        "--max-requests", type=int, default=2500, help="requests replayed per run (from the start)"
+    )
+    parser.add_argument("--duration-s", type=float, help="cap on the replay length per run")
     parser.add_argument("--quick", action="store_true", help="A100, Llama-3.1-8B only")
     parser.add_argument("--jobs", type=int, default=2, help="worker processes")
     parser.add_argument("--seed", type=int, default=0)
@@ -116,6 +124,7 @@ def main() -> int:
             "load": load,
             "load_fraction": fraction,
             "duration_s": args.duration_s,
+            "max_requests": args.max_requests,
             "seed": args.seed,
         }
         for trace, gpu, (model, tp), (load, fraction) in itertools.product(

@@ -72,12 +72,39 @@ class VoltanaPrefill:
     margin: float = 0.10
     max_utilisation: float = 0.75
     typical_prompt_tokens: float = 1024.0
-    park_mhz: int = 0
+    # Parking: an idle instance waits at the lowest clock that still prefills a large prompt
+    # (the p95 of prompts seen, learned online) within `park_ttft_fraction` of the TTFT target,
+    # because the first prompt after idling starts before the controller can raise the clock.
+    park_ttft_fraction: float = 0.5
+    park_quantile: float = 0.8
+    initial_large_prompt_tokens: int = 2048
     downshift_ticks: int = 3
     name: str = "voltana-prefill"
     is_static: bool = False
     _hysteresis: _Hysteresis = field(init=False)
     _guard: dict[str, float] = field(default_factory=dict, init=False)
+    _prompt_tokens: deque[int] = field(default_factory=lambda: deque(maxlen=256), init=False)
+    _last_running_tokens: dict[str, int] = field(default_factory=dict, init=False)
+
+    def _observe_prompts(self, state: InstanceState) -> None:
+        """Learn prompt sizes: a lone running prompt is one request's (first) chunk."""
+        running = state.running_prefill_tokens
+        if (
+            running
+            and state.queue_len == 0
+            and running != self._last_running_tokens.get(state.instance_id)
+        ):
+            self._prompt_tokens.append(running)
+        self._last_running_tokens[state.instance_id] = running
+
+    def park_clock_mhz(self, slo: SloTarget) -> int:
+        if self._prompt_tokens:
+            large = float(np.quantile(np.fromiter(self._prompt_tokens, float), self.park_quantile))
+        else:
+            large = float(self.initial_large_prompt_tokens)
+        feasible = self.predictor.prefill_latency_ms(large) <= self.park_ttft_fraction * slo.ttft_ms
+        clocks = self.predictor.clocks_mhz
+        return int(clocks[int(np.argmax(feasible))]) if feasible.any() else int(clocks[-1])
 
     def __post_init__(self) -> None:
         self._hysteresis = _Hysteresis(self.downshift_ticks)
@@ -98,9 +125,10 @@ class VoltanaPrefill:
         predictor = self.predictor
         clocks = predictor.clocks_mhz
         scale = self._budget_scale(state, slo)
+        self._observe_prompts(state)
         backlog = state.running_prefill_tokens + state.queued_tokens
         if backlog == 0:
-            wanted = self.park_mhz or int(clocks[0])
+            wanted = self.park_clock_mhz(slo)
             return ClockDecision(self._hysteresis.apply(state.instance_id, wanted), "idle: park")
         if state.queue_len:
             self.typical_prompt_tokens += 0.1 * (
@@ -272,13 +300,9 @@ class VoltanaRouter:
 def build_voltana_suite(context: PolicyContext, router: RoutingPolicy | None) -> PolicySuite:
     clocks = full_range_clocks_mhz(context.gpu)
     predictor = fit_predictor(context.perf, clocks, token_breakpoints=(512, 2048, 8192))
-    # Park prefill where a typical 2k-token prompt still takes under half the TTFT target: the
-    # first prompt after idling runs at the parked clock before the controller can react.
-    park_feasible = predictor.prefill_latency_ms(2048) <= 0.5 * context.slo.ttft_ms
-    park_index = int(np.argmax(park_feasible)) if park_feasible.any() else len(clocks) - 1
     return PolicySuite(
         "voltana",
-        VoltanaPrefill(predictor, park_mhz=int(predictor.clocks_mhz[park_index])),
+        VoltanaPrefill(predictor),
         VoltanaDecode(predictor),
         router or VoltanaRouter(predictor),
     )
