@@ -8,12 +8,17 @@ go.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import pytest
 
 from voltana.hardware import ModelSpec, get_gpu, get_model
-from voltana.perf.analytical import AnalyticalPerformanceModel
+from voltana.perf.analytical import (
+    DEFAULT_CALIBRATIONS,
+    SPLITWISE_2023_TP_LAYER_OVERHEAD_MS,
+    AnalyticalPerformanceModel,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -155,7 +160,12 @@ def _params(rows: list[tuple[str, int, float, str | None]], what: str, cause: st
 
 
 def llama_2_70b_tp8(gpu_key: str) -> AnalyticalPerformanceModel:
-    return AnalyticalPerformanceModel.for_hardware(get_gpu(gpu_key), LLAMA_2_70B_TP8)
+    """The model as calibrated for Splitwise's 2023 serving stack (its per-layer TP overhead)."""
+    calibration = replace(
+        DEFAULT_CALIBRATIONS[gpu_key],
+        tp_layer_overhead_ms=SPLITWISE_2023_TP_LAYER_OVERHEAD_MS[gpu_key],
+    )
+    return AnalyticalPerformanceModel(get_gpu(gpu_key), LLAMA_2_70B_TP8, calibration)
 
 
 def test_llama_2_70b_spec_has_its_published_size() -> None:

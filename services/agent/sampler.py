@@ -1,0 +1,56 @@
+"""Periodic GPU sampling: read every GPU, hand the round to a sink, sleep, repeat."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+
+from voltana.gpu import GpuDevice, GpuError, GpuSample, read_gpu_sample
+from voltana.services.agent.clock import AgentClock
+from voltana.services.agent.sinks import GpuSampleSink
+
+_LOG = logging.getLogger(__name__)
+
+
+class GpuSampler:
+    def __init__(
+        self,
+        devices: Sequence[GpuDevice],
+        sink: GpuSampleSink,
+        clock: AgentClock,
+        interval_s: float,
+    ) -> None:
+        self._devices = list(devices)
+        self._sink = sink
+        self._clock = clock
+        self._interval_s = interval_s
+        # GPUs whose last read failed, so a broken GPU logs once, not every round.
+        self._failing: set[int] = set()
+
+    async def sample_once(self) -> list[GpuSample]:
+        """One sample per readable GPU (unreadable ones are skipped and logged)."""
+        samples: list[GpuSample] = []
+        for device in self._devices:
+            timestamp_s = self._clock.unix_s(self._clock.now_s())
+            try:
+                sample = await asyncio.to_thread(read_gpu_sample, device, timestamp_s)
+            except GpuError as error:
+                if device.index not in self._failing:
+                    _LOG.warning("cannot sample GPU %d: %s", device.index, error)
+                self._failing.add(device.index)
+                continue
+            self._failing.discard(device.index)
+            samples.append(sample)
+        return samples
+
+    async def run(self) -> None:
+        """Sample every ``interval_s`` until cancelled; a failing sink never stops the loop."""
+        while True:
+            started_s = self._clock.now_s()
+            samples = await self.sample_once()
+            try:
+                await self._sink.send(samples)
+            except Exception:  # a sink bug must not end sampling; log it with its traceback
+                _LOG.exception("GPU sample sink failed")
+            await self._clock.sleep_until(started_s + self._interval_s)

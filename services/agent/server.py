@@ -1,0 +1,237 @@
+"""AgentService: the node agent as a start/stop-able in-process server."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+from collections.abc import Sequence
+from types import TracebackType
+from typing import Any
+
+import grpc.aio
+from grpc_health.v1 import health
+
+from voltana.errors import ConfigError
+from voltana.gpu import GpuDevice, NvmlLibrary, SimulatedGpu
+from voltana.hardware import GPU_CATALOG, get_gpu
+from voltana.rpc import start_grpc_server, stop_grpc_server
+from voltana.rpc.names import NODE_AGENT_SERVICE
+from voltana.services.agent.clock import AgentClock, SystemClock
+from voltana.services.agent.clock_manager import ClockManager
+from voltana.services.agent.errors import AGENT_STATUS_CODES
+from voltana.services.agent.sampler import GpuSampler
+from voltana.services.agent.servicer import NodeAgentServicer
+from voltana.services.agent.settings import AgentSettings
+from voltana.services.agent.sinks import GpuSampleSink, GrpcGpuSampleSink
+from voltana.v1 import agent_pb2_grpc
+
+_LOG = logging.getLogger(__name__)
+_WILDCARD_HOSTS = {"", "0.0.0.0", "[::]", "::"}
+
+
+def gpu_key_for(device: GpuDevice, configured_key: str = "") -> str:
+    """Catalog key of a device: the simulated spec's, the configured one, or a name match."""
+    if isinstance(device, SimulatedGpu):
+        return device.spec.key
+    if configured_key:
+        return configured_key
+    for spec in GPU_CATALOG.values():
+        if spec.display_name == device.name:
+            return spec.key
+    return ""
+
+
+class AgentService:
+    """Serves NodeAgentService for the GPUs in ``settings`` (or the ``devices`` given).
+
+    ``start`` resets every GPU to default clocks (a crashed predecessor may have left them
+    locked), binds the port and starts the lease watchdog and, with a telemetry address or a
+    ``sink``, the sampler. ``stop`` stops serving first, then resets every GPU.
+    """
+
+    def __init__(
+        self,
+        settings: AgentSettings,
+        *,
+        devices: Sequence[GpuDevice] | None = None,
+        clock: AgentClock | None = None,
+        sink: GpuSampleSink | None = None,
+        nvml: Any = None,
+    ) -> None:
+        self._settings = settings
+        self._given_devices = list(devices) if devices is not None else None
+        self._clock: AgentClock = clock or SystemClock()
+        self._given_sink = sink
+        self._nvml_module = nvml
+        self._nvml: NvmlLibrary | None = None
+        self._devices: list[GpuDevice] = []
+        self._clocks: ClockManager | None = None
+        self._server: grpc.aio.Server | None = None
+        self._health = health.aio.HealthServicer()
+        self._port: int | None = None
+        self._sink: GpuSampleSink | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+
+    @property
+    def settings(self) -> AgentSettings:
+        return self._settings
+
+    @property
+    def port(self) -> int:
+        if self._port is None:
+            raise ConfigError("the agent is not started")
+        return self._port
+
+    @property
+    def address(self) -> str:
+        """host:port to reach the running agent at (loopback when bound to all interfaces)."""
+        host = self._settings.listen_address.rpartition(":")[0]
+        return f"{'127.0.0.1' if host in _WILDCARD_HOSTS else host}:{self.port}"
+
+    @property
+    def advertised_address(self) -> str:
+        return self._settings.advertise_address or self.address
+
+    @property
+    def devices(self) -> list[GpuDevice]:
+        return list(self._devices)
+
+    def _open_devices(self) -> list[GpuDevice]:
+        settings = self._settings
+        if settings.backend == "sim":
+            spec = get_gpu(settings.sim_gpu_key)
+            indices = settings.gpu_indices or (0,)
+            return [SimulatedGpu(spec, index, now_s=self._clock.now_s) for index in indices]
+        self._nvml = NvmlLibrary(self._nvml_module)
+        self._nvml.open()
+        return list(self._nvml.devices(settings.gpu_indices or None))
+
+    def _instance_ids_by_gpu(self) -> dict[int, str]:
+        # Several instances on one GPU are unusual; samples name the first, alphabetically.
+        by_gpu: dict[int, str] = {}
+        for instance_id, gpu_index in sorted(self._settings.instance_gpu_indices.items()):
+            by_gpu.setdefault(gpu_index, instance_id)
+        return by_gpu
+
+    async def start(self) -> None:
+        if self._server is not None:
+            raise ConfigError("the agent is already started")
+        settings = self._settings
+        try:
+            self._devices = (
+                self._given_devices if self._given_devices is not None else self._open_devices()
+            )
+            self._check_bindings()
+            self._clocks = ClockManager(
+                self._devices,
+                self._clock,
+                default_lease_ttl_s=settings.default_lease_ttl_s,
+                max_lease_ttl_s=settings.max_lease_ttl_s,
+                readback_timeout_s=settings.readback_timeout_ms / 1000.0,
+                readback_poll_s=settings.readback_poll_ms / 1000.0,
+            )
+            if settings.reset_on_start:
+                # Failures are logged; an agent without clock rights still serves readings.
+                await self._clocks.reset_all("agent starting")
+            servicer = NodeAgentServicer(
+                self._clocks,
+                self._clock,
+                gpu_keys={d.index: gpu_key_for(d, settings.gpu_key) for d in self._devices},
+                simulated_gpus=frozenset(
+                    d.index for d in self._devices if isinstance(d, SimulatedGpu)
+                ),
+                instance_gpu_indices=settings.instance_gpu_indices,
+                auth_token=settings.auth_token,
+            )
+            register = functools.partial(
+                agent_pb2_grpc.add_NodeAgentServiceServicer_to_server, servicer
+            )
+            started = await start_grpc_server(
+                settings.listen_address,
+                [register],
+                [NODE_AGENT_SERVICE],
+                health_servicer=self._health,
+                error_codes=AGENT_STATUS_CODES,
+            )
+            self._server, self._port = started.server, started.port
+            servicer.agent_address = self.advertised_address
+            self._tasks.append(asyncio.create_task(self._clocks.run_watchdog()))
+            self._start_sampler()
+        except BaseException:
+            await self._release()
+            raise
+        _LOG.info(
+            "node agent %s serving %d %s GPU(s) on %s",
+            settings.node_name or "(unnamed)",
+            len(self._devices),
+            settings.backend if self._given_devices is None else "given",
+            self.address,
+        )
+
+    def _check_bindings(self) -> None:
+        indices = {device.index for device in self._devices}
+        unbound = {
+            instance: index
+            for instance, index in self._settings.instance_gpu_indices.items()
+            if index not in indices
+        }
+        if unbound:
+            raise ConfigError(f"instances bound to GPUs this agent does not have: {unbound}")
+
+    def _start_sampler(self) -> None:
+        settings = self._settings
+        sink = self._given_sink
+        if sink is None and settings.telemetry_address:
+            sink = GrpcGpuSampleSink(
+                settings.telemetry_address,
+                agent_address=self.advertised_address,
+                instance_ids_by_gpu=self._instance_ids_by_gpu(),
+            )
+        if sink is None:
+            return
+        self._sink = sink
+        sampler = GpuSampler(self._devices, sink, self._clock, settings.sample_interval_ms / 1000.0)
+        self._tasks.append(asyncio.create_task(sampler.run()))
+
+    async def stop(self) -> None:
+        """Stop serving, then reset every GPU to default clocks and release NVML."""
+        if self._server is None:
+            return
+        await stop_grpc_server(
+            self._server, self._settings.shutdown_grace_s, health_servicer=self._health
+        )
+        self._server = None
+        await self._release()
+        _LOG.info("node agent stopped; GPUs back at default clocks")
+
+    async def _release(self) -> None:
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self._clocks is not None:
+            await self._clocks.reset_all("agent stopping")
+            self._clocks = None
+        if self._sink is not None:
+            await self._sink.close()
+            self._sink = None
+        if self._nvml is not None:
+            self._nvml.close()
+            self._nvml = None
+        self._port = None
+
+    async def __aenter__(self) -> AgentService:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.stop()

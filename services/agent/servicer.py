@@ -1,0 +1,209 @@
+"""NodeAgentService over a ClockManager: proto in, typed call, proto out.
+
+Errors are raised as typed VoltanaErrors; voltana.rpc's interceptor turns them into status
+codes (InvalidClockError → INVALID_ARGUMENT, GpuNotFoundError → NOT_FOUND, GpuPermissionError →
+PERMISSION_DENIED, lease conflicts → FAILED_PRECONDITION), so a bad request never takes the
+server down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+from collections.abc import Mapping
+from typing import Any, TypeAlias
+
+import grpc.aio
+
+from voltana.errors import InvalidArgumentError
+from voltana.gpu import GpuDevice, GpuError, GpuNotFoundError, read_gpu_sample
+from voltana.services.agent.clock import AgentClock
+from voltana.services.agent.clock_manager import ClockManager, GpuClockStatus
+from voltana.services.agent.errors import AgentUnauthenticatedError
+from voltana.services.agent.sinks import gpu_sample_to_proto
+from voltana.v1 import agent_pb2, agent_pb2_grpc
+
+AUTH_METADATA_KEY = "x-voltana-agent-token"
+ANONYMOUS_HOLDER = "anonymous"
+
+_Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
+
+
+class NodeAgentServicer(agent_pb2_grpc.NodeAgentServiceServicer):
+    def __init__(
+        self,
+        clocks: ClockManager,
+        clock: AgentClock,
+        *,
+        gpu_keys: Mapping[int, str],
+        simulated_gpus: frozenset[int],
+        instance_gpu_indices: Mapping[str, int],
+        auth_token: str | None = None,
+    ) -> None:
+        self._clocks = clocks
+        self._clock = clock
+        self._gpu_keys = dict(gpu_keys)
+        self._simulated_gpus = simulated_gpus
+        self._instance_gpu_indices = dict(instance_gpu_indices)
+        self._auth_token = auth_token
+        # host:port reported to callers; the service sets it once the port is bound.
+        self.agent_address = ""
+
+    # --- helpers -------------------------------------------------------------------------
+
+    def _check_token(self, context: _Context) -> None:
+        if self._auth_token is None:
+            return
+        presented = ""
+        for key, value in context.invocation_metadata() or ():
+            if key == AUTH_METADATA_KEY:
+                presented = value if isinstance(value, str) else value.decode()
+        if not hmac.compare_digest(presented.encode(), self._auth_token.encode()):
+            raise AgentUnauthenticatedError(
+                f"clock changes need the agent token in metadata {AUTH_METADATA_KEY!r}"
+            )
+
+    def _selection(self, request: Any) -> list[int] | None:
+        """GPU indices a request's ``gpu`` selector names; None when it names none."""
+        target = request.gpu.WhichOneof("target") if request.HasField("gpu") else None
+        if target is None:
+            return None
+        if target == "instance_id":
+            instance_id = request.gpu.instance_id
+            try:
+                gpu_index = self._instance_gpu_indices[instance_id]
+            except KeyError:
+                known = sorted(self._instance_gpu_indices)
+                raise GpuNotFoundError(
+                    f"no instance {instance_id!r} is bound to a GPU of this agent; known: {known}"
+                ) from None
+        else:
+            gpu_index = request.gpu.gpu_index
+        self._clocks.device(gpu_index)  # NOT_FOUND for GPUs this agent does not control
+        return [gpu_index]
+
+    def _selected_or_all(self, request: Any) -> list[int]:
+        selection = self._selection(request)
+        return list(self._clocks.devices) if selection is None else selection
+
+    def _instances_on(self, gpu_index: int) -> list[str]:
+        return sorted(
+            instance for instance, index in self._instance_gpu_indices.items() if index == gpu_index
+        )
+
+    def _clock_state(self, status: GpuClockStatus) -> agent_pb2.GpuClockState:
+        lease = status.lease
+        return agent_pb2.GpuClockState(
+            gpu_index=status.gpu_index,
+            current_sm_clock_mhz=status.current_sm_clock_mhz,
+            locked=status.locked_sm_clock_mhz is not None,
+            locked_sm_clock_mhz=status.locked_sm_clock_mhz or 0,
+            lease_holder=lease.holder if lease else "",
+            lease_expires_at_s=self._clock.unix_s(lease.expires_at_s) if lease else 0.0,
+        )
+
+    @staticmethod
+    def _lease_ttl_s(ttl_ms: int) -> float | None:
+        if ttl_ms < 0:
+            raise InvalidArgumentError(f"lease TTL must be >= 0 ms, got {ttl_ms}")
+        return ttl_ms / 1000.0 if ttl_ms else None
+
+    async def _gpu_info(self, device: GpuDevice) -> agent_pb2.GpuInfo:
+        supported = device.supported_sm_clocks_mhz()
+        try:
+            power_limit_w = await asyncio.to_thread(device.power_limit_w)
+        except GpuError:
+            power_limit_w = 0.0  # unknown; the proto says so with 0
+        return agent_pb2.GpuInfo(
+            gpu_index=device.index,
+            uuid=device.uuid,
+            name=device.name,
+            gpu_key=self._gpu_keys.get(device.index, ""),
+            supported_sm_clocks_mhz=supported,
+            min_sm_clock_mhz=supported[0],
+            max_sm_clock_mhz=supported[-1],
+            power_limit_w=power_limit_w,
+            instance_ids=self._instances_on(device.index),
+            simulated=device.index in self._simulated_gpus,
+        )
+
+    # --- RPCs ----------------------------------------------------------------------------
+
+    async def ListGpus(
+        self, request: agent_pb2.ListGpusRequest, context: _Context
+    ) -> agent_pb2.ListGpusResponse:
+        gpus = [await self._gpu_info(device) for device in self._clocks.devices.values()]
+        return agent_pb2.ListGpusResponse(gpus=gpus, agent_address=self.agent_address)
+
+    async def GetClocks(
+        self, request: agent_pb2.GetClocksRequest, context: _Context
+    ) -> agent_pb2.GetClocksResponse:
+        statuses = [await self._clocks.status(index) for index in self._selected_or_all(request)]
+        return agent_pb2.GetClocksResponse(clocks=[self._clock_state(s) for s in statuses])
+
+    async def SetClocks(
+        self, request: agent_pb2.SetClocksRequest, context: _Context
+    ) -> agent_pb2.SetClocksResponse:
+        self._check_token(context)
+        selection = self._selection(request)
+        if selection is None:
+            raise InvalidArgumentError("a GPU selector (gpu_index or instance_id) is required")
+        (gpu_index,) = selection
+        change = await self._clocks.set_clock(
+            gpu_index,
+            request.sm_clock_mhz,
+            holder=request.requested_by or ANONYMOUS_HOLDER,
+            ttl_s=self._lease_ttl_s(request.lease_ttl_ms),
+            reason=request.reason,
+        )
+        return agent_pb2.SetClocksResponse(
+            gpu_index=change.gpu_index,
+            requested_sm_clock_mhz=request.sm_clock_mhz,
+            applied_sm_clock_mhz=change.applied_sm_clock_mhz,
+            clamped=change.clamped,
+            measured_sm_clock_mhz=change.measured_sm_clock_mhz,
+            lease_expires_at_s=self._clock.unix_s(change.lease.expires_at_s),
+        )
+
+    async def ResetClocks(
+        self, request: agent_pb2.ResetClocksRequest, context: _Context
+    ) -> agent_pb2.ResetClocksResponse:
+        self._check_token(context)
+        holder = request.requested_by or ANONYMOUS_HOLDER
+        reason = f"requested by {holder}" + (f": {request.reason}" if request.reason else "")
+        statuses = [
+            await self._clocks.reset(index, reason) for index in self._selected_or_all(request)
+        ]
+        return agent_pb2.ResetClocksResponse(clocks=[self._clock_state(s) for s in statuses])
+
+    async def RenewLease(
+        self, request: agent_pb2.RenewLeaseRequest, context: _Context
+    ) -> agent_pb2.RenewLeaseResponse:
+        self._check_token(context)
+        renewed, expires_at_s = await self._clocks.renew(
+            self._selection(request),
+            holder=request.requested_by or ANONYMOUS_HOLDER,
+            ttl_s=self._lease_ttl_s(request.ttl_ms),
+        )
+        return agent_pb2.RenewLeaseResponse(
+            gpu_indices=renewed,
+            lease_expires_at_s=self._clock.unix_s(expires_at_s) if expires_at_s else 0.0,
+        )
+
+    async def GetGpuSample(
+        self, request: agent_pb2.GetGpuSampleRequest, context: _Context
+    ) -> agent_pb2.GetGpuSampleResponse:
+        samples = []
+        for gpu_index in self._selected_or_all(request):
+            device = self._clocks.device(gpu_index)
+            timestamp_s = self._clock.unix_s(self._clock.now_s())
+            sample = await asyncio.to_thread(read_gpu_sample, device, timestamp_s)
+            instances = self._instances_on(gpu_index)
+            samples.append(
+                gpu_sample_to_proto(
+                    sample,
+                    instance_id=instances[0] if instances else "",
+                    agent_address=self.agent_address,
+                )
+            )
+        return agent_pb2.GetGpuSampleResponse(samples=samples)

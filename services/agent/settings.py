@@ -1,0 +1,86 @@
+"""Settings of one node agent (one per GPU host)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+from voltana.errors import ConfigError
+
+AgentBackend = Literal["nvml", "sim"]
+
+
+@dataclass(frozen=True)
+class AgentSettings:
+    # Loopback by default: the agent changes clocks, so exposing it is a deliberate choice.
+    listen_address: str = "127.0.0.1:0"
+    # host:port the agent reports in ListGpus and samples; empty = 127.0.0.1:<bound port>.
+    advertise_address: str = ""
+    backend: AgentBackend = "sim"
+    # GPUs this agent controls; empty = every GPU NVML sees (nvml) or one GPU, index 0 (sim).
+    gpu_indices: tuple[int, ...] = ()
+    # Catalog key (voltana.hardware) of the simulated GPUs; also reported as gpu_key.
+    sim_gpu_key: str = "a100-80g"
+    # Catalog key to report for NVML GPUs; empty = match NVML's device name against the catalog.
+    gpu_key: str = ""
+    # Serving instance → GPU index, so selectors and samples can name instances.
+    instance_gpu_indices: Mapping[str, int] = field(default_factory=dict)
+    node_name: str = ""
+    # A SetClocks lease lasts this long unless the caller asks otherwise; requests are capped
+    # at max_lease_ttl_ms so a forgotten lease cannot pin a clock for hours.
+    default_lease_ttl_ms: int = 10_000
+    max_lease_ttl_ms: int = 300_000
+    # After a clock change, poll the device until it reports the new clock, for at most this.
+    readback_timeout_ms: float = 200.0
+    readback_poll_ms: float = 10.0
+    # Put every GPU back to default clocks at start (a previous agent may have crashed).
+    reset_on_start: bool = True
+    # Telemetry service to stream GPU samples to (host:port); None = no streaming.
+    telemetry_address: str | None = None
+    sample_interval_ms: int = 500
+    # When set, SetClocks/ResetClocks/RenewLease need metadata ``x-voltana-agent-token``.
+    auth_token: str | None = None
+    shutdown_grace_s: float = 2.0
+
+    def __post_init__(self) -> None:
+        if self.backend not in ("nvml", "sim"):
+            raise ConfigError(f"agent backend must be 'nvml' or 'sim', got {self.backend!r}")
+        if any(index < 0 for index in self.gpu_indices):
+            raise ConfigError(f"GPU indices must be >= 0, got {self.gpu_indices}")
+        if len(set(self.gpu_indices)) != len(self.gpu_indices):
+            raise ConfigError(f"GPU indices repeat: {self.gpu_indices}")
+        if self.default_lease_ttl_ms <= 0 or self.max_lease_ttl_ms < self.default_lease_ttl_ms:
+            raise ConfigError(
+                "need 0 < default_lease_ttl_ms <= max_lease_ttl_ms, got "
+                f"{self.default_lease_ttl_ms} and {self.max_lease_ttl_ms}"
+            )
+        for label, value in (
+            ("readback_timeout_ms", self.readback_timeout_ms),
+            ("readback_poll_ms", self.readback_poll_ms),
+            ("shutdown_grace_s", self.shutdown_grace_s),
+        ):
+            if not (math.isfinite(value) and value >= 0):
+                raise ConfigError(f"{label} must be a finite number >= 0, got {value}")
+        if self.readback_poll_ms <= 0 < self.readback_timeout_ms:
+            raise ConfigError("readback_poll_ms must be > 0 when readback_timeout_ms is")
+        if self.sample_interval_ms <= 0:
+            raise ConfigError(f"sample_interval_ms must be > 0, got {self.sample_interval_ms}")
+        if self.auth_token == "":
+            raise ConfigError("auth_token must be non-empty when set (use None to disable)")
+        unknown = {
+            instance: index
+            for instance, index in self.instance_gpu_indices.items()
+            if self.gpu_indices and index not in self.gpu_indices
+        }
+        if unknown:
+            raise ConfigError(f"instances bound to GPUs this agent does not control: {unknown}")
+
+    @property
+    def default_lease_ttl_s(self) -> float:
+        return self.default_lease_ttl_ms / 1000.0
+
+    @property
+    def max_lease_ttl_s(self) -> float:
+        return self.max_lease_ttl_ms / 1000.0

@@ -1,0 +1,166 @@
+"""GPU samples from the agent to a telemetry gRPC server (a fake TelemetryService servicer)."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any
+
+import pytest
+
+from voltana.gpu import GpuError, GpuSample, SimulatedGpu
+from voltana.hardware import get_gpu
+from voltana.rpc import start_grpc_server, stop_grpc_server
+from voltana.rpc.names import TELEMETRY_SERVICE
+from voltana.services.agent import (
+    AgentService,
+    AgentSettings,
+    GpuSampler,
+    GrpcGpuSampleSink,
+    ManualClock,
+)
+from voltana.v1 import common_pb2, telemetry_pb2, telemetry_pb2_grpc
+
+pytestmark = pytest.mark.integration
+
+A100 = get_gpu("a100-80g")
+
+
+async def eventually(condition: Callable[[], bool], timeout_s: float = 3.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.005)
+
+
+class FakeTelemetry(telemetry_pb2_grpc.TelemetryServiceServicer):
+    """Records GPU samples and how many report streams ended."""
+
+    def __init__(self) -> None:
+        self.samples: list[common_pb2.GpuSample] = []
+        self.finished_streams = 0
+
+    async def ReportGpuSamples(
+        self, request_iterator: AsyncIterator[common_pb2.GpuSample], context: Any
+    ) -> telemetry_pb2.ReportSamplesResponse:
+        accepted = 0
+        async for sample in request_iterator:
+            self.samples.append(sample)
+            accepted += 1
+        self.finished_streams += 1
+        return telemetry_pb2.ReportSamplesResponse(accepted=accepted)
+
+
+async def start_fake_telemetry(address: str = "127.0.0.1:0") -> tuple[Any, int, FakeTelemetry]:
+    telemetry = FakeTelemetry()
+    register = functools.partial(
+        telemetry_pb2_grpc.add_TelemetryServiceServicer_to_server, telemetry
+    )
+    server, port = await start_grpc_server(address, [register], [TELEMETRY_SERVICE])
+    return server, port, telemetry
+
+
+async def test_agent_streams_samples_to_telemetry() -> None:
+    server, port, telemetry = await start_fake_telemetry()
+    try:
+        settings = AgentSettings(
+            backend="sim",
+            gpu_indices=(0, 1),
+            instance_gpu_indices={"prefill-0": 0},
+            telemetry_address=f"127.0.0.1:{port}",
+            sample_interval_ms=20,
+            advertise_address="node-a:50070",
+        )
+        async with AgentService(settings):
+            await eventually(lambda: len(telemetry.samples) >= 6)
+        # Stopping the agent ends the stream cleanly (done_writing, then the reply).
+        await eventually(lambda: telemetry.finished_streams == 1)
+    finally:
+        await stop_grpc_server(server, 0)
+    by_gpu = {sample.gpu_index: sample for sample in telemetry.samples}
+    assert set(by_gpu) == {0, 1}
+    assert by_gpu[0].instance_id == "prefill-0"
+    assert by_gpu[1].instance_id == ""
+    assert all(sample.agent_address == "node-a:50070" for sample in telemetry.samples)
+    assert by_gpu[0].sm_clock_mhz == 1410
+    assert by_gpu[0].power_w == A100.idle_w
+    energies = [s.energy_j for s in telemetry.samples if s.gpu_index == 0]
+    assert energies == sorted(energies) and energies[-1] > 0
+    assert abs(by_gpu[0].timestamp_s - time.time()) < 5
+
+
+async def test_sink_drops_while_telemetry_is_down_and_reconnects() -> None:
+    server, port, _ = await start_fake_telemetry()
+    await stop_grpc_server(server, 0)  # a port nobody listens on (for now)
+    address = f"127.0.0.1:{port}"
+    sink = GrpcGpuSampleSink(address, agent_address="a:1", instance_ids_by_gpu={})
+    sample = GpuSample(gpu_index=0, timestamp_s=1.0, sm_clock_mhz=1410, power_w=60.0, energy_j=1.0)
+    await sink.send([sample])
+    await sink.send([sample])
+    assert sink.dropped_samples >= 1
+    server, _, telemetry = await start_fake_telemetry(address)
+    try:
+        # The channel reconnects with backoff; keep sending as the sampler would.
+        deadline = time.monotonic() + 5
+        while not telemetry.samples and time.monotonic() < deadline:
+            await sink.send([sample])
+            await asyncio.sleep(0.05)
+        assert telemetry.samples
+        assert sink.sent_samples >= 1
+    finally:
+        await sink.close()
+        await stop_grpc_server(server, 0)
+
+
+class RecordingSink:
+    def __init__(self, fail_first: int = 0) -> None:
+        self.rounds: list[list[GpuSample]] = []
+        self._fail_first = fail_first
+
+    async def send(self, samples: Sequence[GpuSample]) -> None:
+        if self._fail_first:
+            self._fail_first -= 1
+            raise RuntimeError("sink broke (test)")
+        self.rounds.append(list(samples))
+
+    async def close(self) -> None:
+        pass
+
+
+class BrokenGpu(SimulatedGpu):
+    def power_w(self) -> float:
+        raise GpuError("power sensor gone (test)")
+
+
+async def test_sampler_skips_broken_gpus_and_survives_a_failing_sink() -> None:
+    clock = ManualClock()
+    gpus = [SimulatedGpu(A100, 0, now_s=clock.now_s), BrokenGpu(A100, 1, now_s=clock.now_s)]
+    sink = RecordingSink(fail_first=1)
+    task = asyncio.create_task(GpuSampler(gpus, sink, clock, interval_s=1.0).run())
+    try:
+        for _ in range(3):
+            await eventually(lambda: clock.pending_sleepers == 1)
+            clock.advance(1.0)
+        await eventually(lambda: len(sink.rounds) >= 2)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    assert all([s.gpu_index for s in round_] == [0] for round_ in sink.rounds)
+    assert [round_[0].energy_j for round_ in sink.rounds[:2]] == pytest.approx(
+        [A100.idle_w * 1.0, A100.idle_w * 2.0]
+    )
+
+
+async def test_agent_uses_an_injected_sink() -> None:
+    clock = ManualClock()
+    sim = SimulatedGpu(A100, 0, now_s=clock.now_s, clock_change_delay_ms=0)
+    sink = RecordingSink()
+    async with AgentService(
+        AgentSettings(sample_interval_ms=100), devices=[sim], clock=clock, sink=sink
+    ):
+        await eventually(lambda: len(sink.rounds) == 1)
+        clock.advance(0.1)
+        await eventually(lambda: len(sink.rounds) == 2)

@@ -1,0 +1,34 @@
+"""GPU device abstraction: one interface (``GpuDevice``), an NVML backend and a simulated one."""
+
+from voltana.gpu.clocks import check_locked_range_mhz, resolve_sm_clock_mhz
+from voltana.gpu.device import GpuDevice
+from voltana.gpu.errors import (
+    GpuError,
+    GpuNotFoundError,
+    GpuNotSupportedError,
+    GpuPermissionError,
+    InvalidClockError,
+    NvmlUnavailableError,
+)
+from voltana.gpu.nvml import NvmlGpu, NvmlLibrary, translate_nvml_error
+from voltana.gpu.sample import GpuSample, read_gpu_sample
+from voltana.gpu.sim import PowerSource, SimulatedGpu
+
+__all__ = [
+    "GpuDevice",
+    "GpuError",
+    "GpuNotFoundError",
+    "GpuNotSupportedError",
+    "GpuPermissionError",
+    "GpuSample",
+    "InvalidClockError",
+    "NvmlGpu",
+    "NvmlLibrary",
+    "NvmlUnavailableError",
+    "PowerSource",
+    "SimulatedGpu",
+    "check_locked_range_mhz",
+    "read_gpu_sample",
+    "resolve_sm_clock_mhz",
+    "translate_nvml_error",
+]
