@@ -8,6 +8,8 @@ import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
+import grpc
+import grpc.aio
 import pytest
 
 from voltana.gpu import GpuError, GpuSample, SimulatedGpu
@@ -164,3 +166,143 @@ async def test_agent_uses_an_injected_sink() -> None:
         await eventually(lambda: len(sink.rounds) == 1)
         clock.advance(0.1)
         await eventually(lambda: len(sink.rounds) == 2)
+
+
+class StalledTelemetry(telemetry_pb2_grpc.TelemetryServiceServicer):
+    """Accepts a report stream but never reads it, so the agent's writes back up."""
+
+    def __init__(self) -> None:
+        self.opened_streams = 0
+        self.release = asyncio.Event()
+
+    async def ReportGpuSamples(
+        self, request_iterator: AsyncIterator[common_pb2.GpuSample], context: Any
+    ) -> telemetry_pb2.ReportSamplesResponse:
+        self.opened_streams += 1
+        await self.release.wait()
+        return telemetry_pb2.ReportSamplesResponse()
+
+
+async def test_sink_closes_quietly_after_a_write_was_cancelled_mid_stream() -> None:
+    telemetry = StalledTelemetry()
+    register = functools.partial(
+        telemetry_pb2_grpc.add_TelemetryServiceServicer_to_server, telemetry
+    )
+    server, port = await start_grpc_server("127.0.0.1:0", [register], [TELEMETRY_SERVICE])
+    sink = GrpcGpuSampleSink(f"127.0.0.1:{port}", agent_address="a:1", instance_ids_by_gpu={})
+    sample = GpuSample(gpu_index=0, timestamp_s=1.0, sm_clock_mhz=1410, power_w=60.0, energy_j=1.0)
+    try:
+        # More samples than telemetry will ever take: the sender is inside a write when the
+        # sampler (here: this task) is cancelled, and gRPC cancels the call with it.
+        sending = asyncio.create_task(sink.send([sample] * 100_000))
+        await eventually(lambda: telemetry.opened_streams == 1)
+        await asyncio.sleep(0.05)
+        assert not sending.done()
+        sending.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await sending
+        started_s = time.monotonic()
+        await sink.close()  # used to raise the call's CancelledError
+        assert time.monotonic() - started_s < 1.0  # nothing left to flush, no write timeout
+    finally:
+        telemetry.release.set()
+        await stop_grpc_server(server, 0)
+
+
+class FailingCloseSink(RecordingSink):
+    """A sink whose teardown fails the way a cancelled or broken gRPC stream does."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__()
+        self.error = error
+        self.close_calls = 0
+
+    async def close(self) -> None:
+        self.close_calls += 1
+        raise self.error
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        asyncio.CancelledError(),
+        grpc.aio.AioRpcError(
+            grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata(), "gone (test)"
+        ),
+        RuntimeError("sink bug (test)"),
+    ],
+    ids=["cancelled", "rpc-error", "bug"],
+)
+async def test_stop_never_raises_from_sink_teardown(error: BaseException) -> None:
+    clock = ManualClock()
+    sim = SimulatedGpu(A100, 0, now_s=clock.now_s, clock_change_delay_ms=0)
+    sink = FailingCloseSink(error)
+    service = AgentService(AgentSettings(), devices=[sim], clock=clock, sink=sink)
+    await service.start()
+    await eventually(lambda: len(sink.rounds) == 1)
+    sim.set_locked_sm_clock_mhz(1005, 1005)
+    await service.stop()
+    assert sink.close_calls == 1
+    assert sim.locked_range_mhz is None  # the GPU reset still happened
+
+
+class BlockingCloseSink(RecordingSink):
+    def __init__(self) -> None:
+        super().__init__()
+        self.closing = asyncio.Event()
+        self.closed = False
+
+    async def close(self) -> None:
+        self.closing.set()
+        await asyncio.Event().wait()  # until cancelled
+        self.closed = True
+
+
+async def test_cancelling_stop_itself_still_propagates() -> None:
+    clock = ManualClock()
+    sim = SimulatedGpu(A100, 0, now_s=clock.now_s, clock_change_delay_ms=0)
+    sink = BlockingCloseSink()
+    service = AgentService(AgentSettings(), devices=[sim], clock=clock, sink=sink)
+    await service.start()
+    stopping = asyncio.create_task(service.stop())
+    await asyncio.wait_for(sink.closing.wait(), 2.0)
+    stopping.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await stopping
+    assert stopping.cancelled() and not sink.closed
+
+
+class ClosingSink(RecordingSink):
+    def __init__(self) -> None:
+        super().__init__()
+        self.closed = False
+
+    async def close(self) -> None:
+        await asyncio.sleep(0)
+        self.closed = True
+
+
+async def test_stop_as_cleanup_of_a_cancelled_task_still_finishes() -> None:
+    # A cancel() the task received before stop() began is not a cancellation of stop().
+    clock = ManualClock()
+    sim = SimulatedGpu(A100, 0, now_s=clock.now_s, clock_change_delay_ms=0)
+    sink = ClosingSink()
+    service = AgentService(AgentSettings(), devices=[sim], clock=clock, sink=sink)
+    serving = asyncio.Event()
+
+    async def serve_until_cancelled() -> None:
+        await service.start()
+        try:
+            serving.set()
+            await asyncio.Event().wait()
+        finally:
+            sim.set_locked_sm_clock_mhz(1005, 1005)
+            await service.stop()
+
+    task = asyncio.create_task(serve_until_cancelled())
+    await asyncio.wait_for(serving.wait(), 2.0)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert sink.closed
+    assert sim.locked_range_mhz is None

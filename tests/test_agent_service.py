@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -13,16 +14,21 @@ import grpc.aio
 import pynvml
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from voltana.gpu import NvmlUnavailableError, SimulatedGpu
 from voltana.hardware import get_gpu
-from voltana.rpc import create_channel
+from voltana.rpc import create_channel, start_grpc_server, stop_grpc_server
 from voltana.rpc.names import NODE_AGENT_SERVICE
 from voltana.services.agent import (
     AUTH_METADATA_KEY,
     AgentService,
     AgentSettings,
+    ClockManager,
     ManualClock,
+    NodeAgentServicer,
 )
 from voltana.v1 import agent_pb2, agent_pb2_grpc
 
@@ -288,6 +294,62 @@ async def test_auth_token_guards_clock_changes() -> None:
         assert sim.locked_range_mhz == (1005, 1005)
         # Reading needs no token.
         await stub.GetClocks(agent_pb2.GetClocksRequest())
+
+
+async def test_clock_rpcs_continue_the_callers_trace_from_metadata() -> None:
+    # The servicer over a ClockManager with its own tracer (AgentService uses the global one).
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    clock = ManualClock()
+    sim = SimulatedGpu(A100, 0, now_s=clock.now_s, clock_change_delay_ms=0)
+    clocks = ClockManager(
+        [sim],
+        clock,
+        default_lease_ttl_s=1.0,
+        max_lease_ttl_s=5.0,
+        tracer=provider.get_tracer("test"),
+    )
+    servicer = NodeAgentServicer(
+        clocks,
+        clock,
+        gpu_keys={0: "a100-80g"},
+        simulated_gpus=frozenset({0}),
+        instance_gpu_indices={},
+    )
+    register = functools.partial(agent_pb2_grpc.add_NodeAgentServiceServicer_to_server, servicer)
+    started = await start_grpc_server("127.0.0.1:0", [register], [NODE_AGENT_SERVICE])
+    caller_trace_id, caller_span_id = 0x0AF7651916CD43DD8448EB211C80319C, 0xB7AD6B7169203331
+    traceparent = f"00-{caller_trace_id:032x}-{caller_span_id:016x}-01"
+    try:
+        async with create_channel(f"127.0.0.1:{started.port}") as channel:
+            stub = agent_pb2_grpc.NodeAgentServiceStub(channel)
+            metadata = (("traceparent", traceparent),)
+            await stub.SetClocks(
+                agent_pb2.SetClocksRequest(gpu=gpu(0), sm_clock_mhz=1005, requested_by="ctl"),
+                metadata=metadata,
+            )
+            await stub.RenewLease(
+                agent_pb2.RenewLeaseRequest(gpu=gpu(0), requested_by="ctl"), metadata=metadata
+            )
+            await stub.ResetClocks(agent_pb2.ResetClocksRequest(gpu=gpu(0)), metadata=metadata)
+            # Without trace headers a clock change starts a trace of its own.
+            await stub.SetClocks(agent_pb2.SetClocksRequest(gpu=gpu(0), sm_clock_mhz=1005))
+    finally:
+        await stop_grpc_server(started.server, 0)
+    spans = exporter.get_finished_spans()
+    names = [span.name for span in spans]
+    assert names == [
+        "voltana.agent.set_clocks",
+        "voltana.agent.renew_lease",
+        "voltana.agent.reset_clocks",
+        "voltana.agent.set_clocks",
+    ]
+    for span in spans[:3]:
+        assert span.context.trace_id == caller_trace_id, span.name
+        assert span.parent is not None and span.parent.span_id == caller_span_id, span.name
+        assert span.parent.is_remote
+    assert spans[3].context.trace_id != caller_trace_id and spans[3].parent is None
 
 
 def nvml_without_permission() -> Any:

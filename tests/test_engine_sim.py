@@ -329,6 +329,28 @@ async def test_client_disconnect_cancels_the_job(
         assert single.instance_state().kv_tokens_used == 0
 
 
+async def test_cancelling_mid_iteration_never_reports_negative_kv(
+    client: SglangHttpClient,
+) -> None:
+    request = {"input_ids": [1000] * 100, "sampling_params": {"max_new_tokens": 100_000}}
+    async with _engine(_settings("null")) as single:
+        task = asyncio.create_task(client.generate(single.url, request))
+        try:
+            decode = single.core.decode
+            assert decode is not None
+            await _until(lambda: decode.batch_size == 1, what="the request to decode")
+            await _until(lambda: decode.is_busy, what="a decode iteration to run")
+            # Telemetry may read the state right after the cancel, before the iteration ends.
+            assert single.core.abort_all("test") == 1
+            assert single.instance_state().kv_tokens_used == 0
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    # Stopped in the middle of an iteration that will never finish: still nothing held.
+    assert single.instance_state().kv_tokens_used == 0
+
+
 async def test_decode_times_out_when_no_prefill_sends_the_kv(client: SglangHttpClient) -> None:
     async with (
         _engine(_settings("prefill")) as prefill,

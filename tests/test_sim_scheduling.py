@@ -347,3 +347,37 @@ def test_decode_refuses_two_running_iterations_and_finishing_none() -> None:
     scheduler.start_iteration(0.0, 1410)
     with pytest.raises(RuntimeError):
         scheduler.start_iteration(0.0, 1410)
+
+
+def test_decode_cancel_during_an_iteration_never_reports_negative_kv() -> None:
+    # The engine's exact sequence: a lone request's iteration is running when its client goes
+    # away; the engine's state (read by telemetry at any moment) must not dip to -1 before the
+    # iteration ends, nor stay there when the iteration never ends (engine stopped).
+    scheduler = decode()
+    scheduler.enqueue(DecodeJob("a", 100, 10, enqueued_s=0.0))
+    scheduler.start_iteration(0.0, 1410)
+    scheduler.finish_iteration()
+    assert scheduler.kv_tokens_used == 102
+    scheduler.start_iteration(0.0, 1410)
+    assert scheduler.cancel("a")
+    assert scheduler.kv_tokens_used == 0  # was -1 until the iteration finished
+    assert scheduler.finish_iteration() == []
+    assert scheduler.kv_tokens_used == 0
+    assert scheduler.start_iteration(0.0, 1410) is None
+
+
+def test_decode_cancel_mid_iteration_leaves_exactly_the_other_jobs_kv() -> None:
+    scheduler = decode()
+    scheduler.enqueue(DecodeJob("a", 100, 10, enqueued_s=0.0))
+    scheduler.enqueue(DecodeJob("b", 50, 10, enqueued_s=0.0))
+    scheduler.start_iteration(0.0, 1410)
+    scheduler.finish_iteration()  # a: 100 + 1 + 1, b: 50 + 1 + 1
+    scheduler.start_iteration(0.0, 1410)
+    assert scheduler.cancel("a")
+    assert scheduler.kv_tokens_used == 52  # b's; its token of this iteration is not done yet
+    assert not scheduler.cancel("a")  # a second cancel changes nothing
+    assert scheduler.kv_tokens_used == 52
+    scheduler.finish_iteration()
+    assert scheduler.kv_tokens_used == 53
+    assert list(run_to_completion(scheduler)) == ["b"]
+    assert scheduler.kv_tokens_used == 0

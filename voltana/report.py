@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,7 +20,7 @@ class RunOutcome:
     ttft_ms: Sequence[float]  # per completed request
     mean_itl_ms: Sequence[float]  # per completed request (0 for single-token outputs)
     output_tokens: int  # of completed requests
-    energy_j: float
+    energy_j: float | None  # None: not measured (e.g. `voltana bench` without --telemetry)
     duration_s: float
     num_gpus: int
     rejected: dict[str, int] = field(default_factory=dict)
@@ -65,17 +65,22 @@ def summarize(outcome: RunOutcome, slo: SloTarget) -> dict[str, Any]:
     token_values = outcome.token_itl_ms if len(outcome.token_itl_ms) else outcome.mean_itl_ms
     token_weights = outcome.token_itl_weights if len(outcome.token_itl_ms) else None
     gpu_seconds = outcome.duration_s * outcome.num_gpus
+    energy_j = outcome.energy_j
+    energy_per_output_token_j: float | None = None
+    avg_power_w: float | None = None
+    if energy_j is not None:  # unknown energy leaves every figure derived from it unknown
+        if outcome.output_tokens:
+            energy_per_output_token_j = energy_j / outcome.output_tokens
+        avg_power_w = energy_j / gpu_seconds if gpu_seconds > 0 else 0.0
     return {
         "policy": outcome.policy,
         "requests": outcome.requests,
         "completed": completed,
         "rejected": sum(outcome.rejected.values()),
         "rejected_by_reason": dict(outcome.rejected),
-        "energy_j": outcome.energy_j,
-        "energy_per_output_token_j": outcome.energy_j / outcome.output_tokens
-        if outcome.output_tokens
-        else None,
-        "avg_power_w": outcome.energy_j / gpu_seconds if gpu_seconds > 0 else 0.0,
+        "energy_j": energy_j,
+        "energy_per_output_token_j": energy_per_output_token_j,
+        "avg_power_w": avg_power_w,
         "duration_s": outcome.duration_s,
         "ttft_ms": _pcts(outcome.ttft_ms),
         "itl_ms": _pcts(token_values, token_weights),
@@ -88,34 +93,40 @@ def summarize(outcome: RunOutcome, slo: SloTarget) -> dict[str, Any]:
 
 
 def add_savings(results: list[dict[str, Any]]) -> None:
-    """Fill `energy_savings_vs_first` (fraction of the first policy's energy saved)."""
+    """Fill `energy_savings_vs_first` (fraction of the first policy's energy saved).
+
+    None where either energy is unknown (None) or the first policy used none.
+    """
     if not results:
         return
     baseline = results[0]["energy_j"]
     for row in results:
-        row["energy_savings_vs_first"] = 1.0 - row["energy_j"] / baseline if baseline else None
+        energy_j = row["energy_j"]
+        known = baseline and energy_j is not None
+        row["energy_savings_vs_first"] = 1.0 - energy_j / baseline if known else None
 
 
-def _fmt(value: Any, spec: str) -> str:
-    return "-" if value is None else format(value, spec)
+def _fmt(value: Any, spec: str, suffix: str = "") -> str:
+    """``value`` formatted, or "-" (without the suffix) when it is unknown (None)."""
+    return "-" if value is None else format(value, spec) + suffix
 
 
 def format_table(results: list[dict[str, Any]]) -> str:
-    """Policies side by side, one column each."""
-    rows: list[tuple[str, Any]] = [
-        ("requests", lambda r: str(r["requests"])),
-        ("completed", lambda r: str(r["completed"])),
-        ("rejected", lambda r: str(r["rejected"])),
-        ("energy (kJ)", lambda r: _fmt(r["energy_j"] / 1e3, ".1f")),
-        ("savings vs first", lambda r: _fmt(_pct(r["energy_savings_vs_first"]), "+.1f") + "%"),
+    """Policies side by side, one column each; an unknown (None) figure shows as "-"."""
+    rows: list[tuple[str, Callable[[dict[str, Any]], str]]] = [
+        ("requests", lambda r: _fmt(r["requests"], "d")),
+        ("completed", lambda r: _fmt(r["completed"], "d")),
+        ("rejected", lambda r: _fmt(r["rejected"], "d")),
+        ("energy (kJ)", lambda r: _fmt(_scaled(r["energy_j"], 1e-3), ".1f")),
+        ("savings vs first", lambda r: _fmt(_pct(r["energy_savings_vs_first"]), "+.1f", "%")),
         ("J / output token", lambda r: _fmt(r["energy_per_output_token_j"], ".3f")),
         ("avg power / GPU (W)", lambda r: _fmt(r["avg_power_w"], ".0f")),
         ("duration (s)", lambda r: _fmt(r["duration_s"], ".1f")),
         ("TTFT p50/p90/p99 (ms)", lambda r: _triple(r["ttft_ms"], ".0f")),
         ("ITL p50/p90/p99 (ms)", lambda r: _triple(r["itl_ms"], ".1f")),
-        ("TTFT attainment", lambda r: _fmt(_pct(r["ttft_attainment"]), ".2f") + "%"),
-        ("ITL attainment", lambda r: _fmt(_pct(r["itl_attainment"]), ".2f") + "%"),
-        ("SLO attainment", lambda r: _fmt(_pct(r["slo_attainment"]), ".2f") + "%"),
+        ("TTFT attainment", lambda r: _fmt(_pct(r["ttft_attainment"]), ".2f", "%")),
+        ("ITL attainment", lambda r: _fmt(_pct(r["itl_attainment"]), ".2f", "%")),
+        ("SLO attainment", lambda r: _fmt(_pct(r["slo_attainment"]), ".2f", "%")),
     ]
     header = ["", *[r["policy"] for r in results]]
     table = [header] + [[label, *[fn(r) for r in results]] for label, fn in rows]
@@ -131,9 +142,15 @@ def format_table(results: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _scaled(value: float | None, factor: float) -> float | None:
+    return None if value is None else value * factor
+
+
 def _pct(value: float | None) -> float | None:
-    return None if value is None else 100.0 * value
+    return _scaled(value, 100.0)
 
 
-def _triple(values: dict[str, Any], spec: str) -> str:
-    return "/".join(_fmt(values[k], spec) for k in ("p50", "p90", "p99"))
+def _triple(values: dict[str, Any] | None, spec: str) -> str:
+    if values is None:
+        return "-"
+    return "/".join(_fmt(values.get(k), spec) for k in ("p50", "p90", "p99"))

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from opentelemetry import trace
+from opentelemetry.context import Context
 
 from voltana.errors import InvalidArgumentError
 from voltana.gpu import GpuDevice, GpuError, GpuNotFoundError, resolve_sm_clock_mhz
@@ -122,11 +123,18 @@ class ClockManager:
         holder: str,
         ttl_s: float | None = None,
         reason: str = "",
+        trace_context: Context | None = None,
     ) -> ClockChange:
-        """Lock the GPU at the nearest supported clock >= the request and lease it to holder."""
+        """Lock the GPU at the nearest supported clock >= the request and lease it to holder.
+
+        ``trace_context`` is the caller's (e.g. extracted from gRPC metadata): the span joins
+        the caller's trace instead of starting a new one. None: the current context.
+        """
         device = self.device(gpu_index)
         lease_ttl_s = self.lease_ttl_s(ttl_s)
-        with self._tracer.start_as_current_span("voltana.agent.set_clocks") as span:
+        with self._tracer.start_as_current_span(
+            "voltana.agent.set_clocks", context=trace_context
+        ) as span:
             span.set_attributes(
                 {
                     "voltana.gpu.index": gpu_index,
@@ -195,39 +203,60 @@ class ClockManager:
         return measured_mhz
 
     async def renew(
-        self, gpu_indices: Sequence[int] | None, holder: str, ttl_s: float | None = None
+        self,
+        gpu_indices: Sequence[int] | None,
+        holder: str,
+        ttl_s: float | None = None,
+        trace_context: Context | None = None,
     ) -> tuple[list[int], float | None]:
         """Extend holder's leases (all of them when ``gpu_indices`` is None).
 
         Returns the renewed GPUs and their new expiry (None when nothing was renewed).
+        ``trace_context``: the caller's trace context, as for ``set_clock``.
         """
         lease_ttl_s = self.lease_ttl_s(ttl_s)
-        if gpu_indices is None:
-            gpu_indices = self._leases.held_by(holder, self._clock.now_s())
-        for gpu_index in gpu_indices:
-            self.device(gpu_index)
-        renewed: list[int] = []
-        expires_at_s: float | None = None
-        for gpu_index in gpu_indices:
-            async with self._gpu_locks[gpu_index]:
-                now_s = self._clock.now_s()
-                lease = self._leases.renew(gpu_index, holder, lease_ttl_s, now_s)
-            renewed.append(gpu_index)
-            expires_at_s = lease.expires_at_s
-        if renewed:
-            self._leases_changed.set()
+        with self._tracer.start_as_current_span(
+            "voltana.agent.renew_lease", context=trace_context
+        ) as span:
+            span.set_attributes(
+                {"voltana.lease.holder": holder, "voltana.lease.ttl_s": lease_ttl_s}
+            )
+            if gpu_indices is None:
+                gpu_indices = self._leases.held_by(holder, self._clock.now_s())
+            for gpu_index in gpu_indices:
+                self.device(gpu_index)
+            renewed: list[int] = []
+            expires_at_s: float | None = None
+            for gpu_index in gpu_indices:
+                async with self._gpu_locks[gpu_index]:
+                    now_s = self._clock.now_s()
+                    lease = self._leases.renew(gpu_index, holder, lease_ttl_s, now_s)
+                renewed.append(gpu_index)
+                expires_at_s = lease.expires_at_s
+            if renewed:
+                self._leases_changed.set()
+            span.set_attribute("voltana.lease.renewed_gpu_indices", renewed)
         return renewed, expires_at_s
 
-    async def reset(self, gpu_index: int, reason: str) -> GpuClockStatus:
-        """Unlock the GPU's clock (back to default) and drop its lease."""
+    async def reset(
+        self, gpu_index: int, reason: str, trace_context: Context | None = None
+    ) -> GpuClockStatus:
+        """Unlock the GPU's clock (back to default) and drop its lease.
+
+        ``trace_context``: the caller's trace context, as for ``set_clock``.
+        """
         device = self.device(gpu_index)
         async with self._gpu_locks[gpu_index]:
-            await self._reset_locked(device, reason)
+            await self._reset_locked(device, reason, trace_context)
         return await self.status(gpu_index)
 
-    async def _reset_locked(self, device: GpuDevice, reason: str) -> None:
+    async def _reset_locked(
+        self, device: GpuDevice, reason: str, trace_context: Context | None = None
+    ) -> None:
         # Caller holds the GPU's lock.
-        with self._tracer.start_as_current_span("voltana.agent.reset_clocks") as span:
+        with self._tracer.start_as_current_span(
+            "voltana.agent.reset_clocks", context=trace_context
+        ) as span:
             span.set_attributes({"voltana.gpu.index": device.index, "voltana.reason": reason})
             lease = self._leases.release(device.index)
             self._leases_changed.set()

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 from collections.abc import Sequence
 from types import TracebackType
 from typing import Any
 
+import grpc
 import grpc.aio
 from grpc_health.v1 import health
 
@@ -41,6 +41,31 @@ def gpu_key_for(device: GpuDevice, configured_key: str = "") -> str:
         if spec.display_name == device.name:
             return spec.key
     return ""
+
+
+def _cancel_requests() -> int:
+    """How many cancel() requests of the running task are pending (see Task.cancelling)."""
+    current = asyncio.current_task()
+    return current.cancelling() if current is not None else 0
+
+
+async def _close_sink(sink: GpuSampleSink, cancel_requests_before: int) -> None:
+    """Close the sample sink; teardown failures are logged, never raised out of stop().
+
+    ``cancel_requests_before``: the running task's pending cancel() requests when stop()
+    began. More than that means stop()'s caller cancelled it, and that must propagate.
+    """
+    try:
+        await sink.close()
+    except asyncio.CancelledError:
+        if _cancel_requests() > cancel_requests_before:
+            raise
+        # The sink's own, e.g. its stream's call was cancelled with a write in flight.
+        _LOG.debug("closing the GPU sample sink was cancelled under us", exc_info=True)
+    except grpc.RpcError:
+        _LOG.debug("closing the GPU sample sink failed", exc_info=True)
+    except Exception:  # a sink bug must not keep stop() from finishing; show its traceback
+        _LOG.warning("closing the GPU sample sink failed", exc_info=True)
 
 
 class AgentService:
@@ -207,18 +232,25 @@ class AgentService:
         _LOG.info("node agent stopped; GPUs back at default clocks")
 
     async def _release(self) -> None:
+        # Compared with later counts, not just "> 0": stop() may run as the cleanup of a task
+        # that was itself cancelled earlier, and that old request must not abort the cleanup.
+        cancel_requests_before = _cancel_requests()
         tasks, self._tasks = self._tasks, []
         for task in tasks:
             task.cancel()
         for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
+            try:
                 await task
+            except asyncio.CancelledError:
+                # We cancelled the task; swallow that, but not a cancellation of stop() itself.
+                if _cancel_requests() > cancel_requests_before:
+                    raise
         if self._clocks is not None:
             await self._clocks.reset_all("agent stopping")
             self._clocks = None
-        if self._sink is not None:
-            await self._sink.close()
-            self._sink = None
+        sink, self._sink = self._sink, None
+        if sink is not None:
+            await _close_sink(sink, cancel_requests_before)
         if self._nvml is not None:
             self._nvml.close()
             self._nvml = None

@@ -14,6 +14,8 @@ from collections.abc import Mapping
 from typing import Any, TypeAlias
 
 import grpc.aio
+from opentelemetry import propagate
+from opentelemetry.context import Context
 
 from voltana.errors import InvalidArgumentError
 from voltana.gpu import GpuDevice, GpuError, GpuNotFoundError, read_gpu_sample
@@ -62,6 +64,19 @@ class NodeAgentServicer(agent_pb2_grpc.NodeAgentServiceServicer):
             raise AgentUnauthenticatedError(
                 f"clock changes need the agent token in metadata {AUTH_METADATA_KEY!r}"
             )
+
+    @staticmethod
+    def _trace_context(context: _Context) -> Context:
+        """The caller's trace context from the W3C headers (``traceparent``) in its metadata.
+
+        Clock-change spans start in it, so a controller's decision and the agent's change are
+        one trace. Without those headers this is an empty context: the span starts a new trace.
+        """
+        carrier: dict[str, str] = {}
+        for key, value in context.invocation_metadata() or ():
+            if isinstance(value, str):  # binary ("-bin") headers carry no text context
+                carrier[key.lower()] = value
+        return propagate.extract(carrier)
 
     def _selection(self, request: Any) -> list[int] | None:
         """GPU indices a request's ``gpu`` selector names; None when it names none."""
@@ -155,6 +170,7 @@ class NodeAgentServicer(agent_pb2_grpc.NodeAgentServiceServicer):
             holder=request.requested_by or ANONYMOUS_HOLDER,
             ttl_s=self._lease_ttl_s(request.lease_ttl_ms),
             reason=request.reason,
+            trace_context=self._trace_context(context),
         )
         return agent_pb2.SetClocksResponse(
             gpu_index=change.gpu_index,
@@ -171,8 +187,10 @@ class NodeAgentServicer(agent_pb2_grpc.NodeAgentServiceServicer):
         self._check_token(context)
         holder = request.requested_by or ANONYMOUS_HOLDER
         reason = f"requested by {holder}" + (f": {request.reason}" if request.reason else "")
+        trace_context = self._trace_context(context)
         statuses = [
-            await self._clocks.reset(index, reason) for index in self._selected_or_all(request)
+            await self._clocks.reset(index, reason, trace_context)
+            for index in self._selected_or_all(request)
         ]
         return agent_pb2.ResetClocksResponse(clocks=[self._clock_state(s) for s in statuses])
 
@@ -184,6 +202,7 @@ class NodeAgentServicer(agent_pb2_grpc.NodeAgentServiceServicer):
             self._selection(request),
             holder=request.requested_by or ANONYMOUS_HOLDER,
             ttl_s=self._lease_ttl_s(request.ttl_ms),
+            trace_context=self._trace_context(context),
         )
         return agent_pb2.RenewLeaseResponse(
             gpu_indices=renewed,

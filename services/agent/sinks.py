@@ -86,7 +86,10 @@ class GrpcGpuSampleSink:
                     agent_address=self._agent_address,
                 )
                 # A peer that accepts the connection but never reads must not stall sampling.
-                await asyncio.wait_for(call.write(message), self._write_timeout_s)
+                # asyncio.timeout, not wait_for: Python 3.11's wait_for can swallow a cancel
+                # that races with a finishing write, and the sampler would then never stop.
+                async with asyncio.timeout(self._write_timeout_s):
+                    await call.write(message)
         except (grpc.aio.AioRpcError, asyncio.InvalidStateError, TimeoutError) as error:
             self.dropped_samples += len(samples)
             self._call = None
@@ -101,24 +104,35 @@ class GrpcGpuSampleSink:
 
     async def close(self) -> None:
         call, self._call = self._call, None
-        if call is not None:
-            try:
-                await asyncio.wait_for(call.done_writing(), self._write_timeout_s)
-                response: telemetry_pb2.ReportSamplesResponse = await asyncio.wait_for(
-                    call, self._write_timeout_s
+        try:
+            if call is not None and call.cancelled():
+                # A write was cancelled mid-stream (the sampler stopped): gRPC cancelled the
+                # call with it, nothing is left to flush, and awaiting it would only raise
+                # CancelledError.
+                _LOG.debug("GPU sample stream was cancelled mid-write; nothing to flush")
+            elif call is not None:
+                await self._finish(call)
+        finally:
+            if self._channel is not None:
+                await self._channel.close()
+                self._channel = None
+
+    async def _finish(self, call: Any) -> None:
+        """Half-close the stream and wait for telemetry's reply."""
+        try:
+            async with asyncio.timeout(self._write_timeout_s):
+                await call.done_writing()
+            async with asyncio.timeout(self._write_timeout_s):
+                response: telemetry_pb2.ReportSamplesResponse = await call
+            if response.rejected:
+                _LOG.warning(
+                    "telemetry rejected %d GPU samples; first: %s",
+                    response.rejected,
+                    response.first_rejection_reason,
                 )
-                if response.rejected:
-                    _LOG.warning(
-                        "telemetry rejected %d GPU samples; first: %s",
-                        response.rejected,
-                        response.first_rejection_reason,
-                    )
-            except (grpc.aio.AioRpcError, asyncio.InvalidStateError, TimeoutError) as error:
-                call.cancel()
-                _LOG.warning("closing the GPU sample stream failed: %s", _describe(error))
-        if self._channel is not None:
-            await self._channel.close()
-            self._channel = None
+        except (grpc.aio.AioRpcError, asyncio.InvalidStateError, TimeoutError) as error:
+            call.cancel()
+            _LOG.warning("closing the GPU sample stream failed: %s", _describe(error))
 
 
 def _describe(error: BaseException) -> str:

@@ -285,7 +285,9 @@ class DecodeScheduler(Generic[KeyT]):
         if iteration is None:
             raise RuntimeError("no decode iteration running")
         self.running_iteration = None
-        self.kv_tokens_used += iteration.batch_size
+        # One token for each job still running: the batch minus any job cancelled meanwhile
+        # (jobs are only admitted in start_iteration, so nothing joined since it started).
+        self.kv_tokens_used += len(self._running)
         finished = self._finishing.pop(self.iterations_done, [])
         for job in finished:
             del self._running[job.key]
@@ -307,8 +309,8 @@ class DecodeScheduler(Generic[KeyT]):
         job = job_or_none
         self._finishing[job.finish_iteration].remove(job)
         self._reserved_kv_tokens -= job.reserved_kv_tokens
+        # Tokens of finished iterations only: the token a running iteration is computing for
+        # this job was never counted, and finish_iteration counts only jobs still running.
         generated = self.iterations_done - job.admitted_iteration
-        # A running iteration will still add one token per job it started with.
-        in_flight = 1 if self.running_iteration is not None else 0
-        self.kv_tokens_used -= job.input_tokens + 1 + generated + in_flight
+        self.kv_tokens_used -= job.input_tokens + 1 + generated
         return True

@@ -1,0 +1,135 @@
+"""Calls to node agents: one reused channel per agent address, trace context in metadata."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import grpc
+import grpc.aio
+from opentelemetry import propagate
+
+from voltana.rpc import create_channel, error_from_rpc
+from voltana.v1 import agent_pb2, agent_pb2_grpc
+
+if TYPE_CHECKING:
+    from voltana.v1.agent_pb2_grpc import NodeAgentServiceAsyncStub
+
+# Metadata key agents check when they require a token (voltana.services.agent.AUTH_METADATA_KEY;
+# repeated here so the controller does not import the agent's server code).
+AGENT_TOKEN_METADATA_KEY = "x-voltana-agent-token"
+
+ChannelFactory = Callable[[str], grpc.aio.Channel]
+
+
+@dataclass(frozen=True, slots=True)
+class AppliedClock:
+    """What the agent reports after a SetClocks."""
+
+    requested_sm_clock_mhz: int
+    applied_sm_clock_mhz: int
+    measured_sm_clock_mhz: int
+    clamped: bool
+    lease_expires_at_s: float
+
+
+class AgentClients:
+    """Clock calls on node agents as ``holder``. Failed calls raise the matching VoltanaError
+    (UnavailableError when the agent is down, FailedPreconditionError for lease conflicts...).
+    """
+
+    def __init__(
+        self,
+        *,
+        holder: str,
+        timeout_s: float,
+        auth_token: str | None = None,
+        channel_factory: ChannelFactory = create_channel,
+    ) -> None:
+        self._holder = holder
+        self._timeout_s = timeout_s
+        self._auth_token = auth_token
+        self._channel_factory = channel_factory
+        self._channels: dict[str, grpc.aio.Channel] = {}
+        self._stubs: dict[str, NodeAgentServiceAsyncStub] = {}
+
+    @property
+    def addresses(self) -> list[str]:
+        """Agents a channel is open to."""
+        return sorted(self._channels)
+
+    def _stub(self, address: str) -> NodeAgentServiceAsyncStub:
+        stub = self._stubs.get(address)
+        if stub is None:
+            channel = self._channel_factory(address)
+            self._channels[address] = channel
+            stub = self._stubs[address] = agent_pb2_grpc.NodeAgentServiceStub(channel)
+        return stub
+
+    def _metadata(self) -> tuple[tuple[str, str | bytes], ...]:
+        # The current span's context (if any) travels as W3C traceparent/baggage headers.
+        carrier: dict[str, str] = {}
+        propagate.inject(carrier)
+        if self._auth_token is not None:
+            carrier[AGENT_TOKEN_METADATA_KEY] = self._auth_token
+        return tuple(carrier.items())
+
+    async def set_clocks(
+        self, address: str, gpu_index: int, sm_clock_mhz: int, lease_ttl_ms: int, reason: str
+    ) -> AppliedClock:
+        request = agent_pb2.SetClocksRequest(
+            gpu=agent_pb2.GpuSelector(gpu_index=gpu_index),
+            sm_clock_mhz=sm_clock_mhz,
+            lease_ttl_ms=lease_ttl_ms,
+            requested_by=self._holder,
+            reason=reason,
+        )
+        try:
+            response = await self._stub(address).SetClocks(
+                request, timeout=self._timeout_s, metadata=self._metadata()
+            )
+        except grpc.RpcError as error:
+            raise error_from_rpc(error) from error
+        return AppliedClock(
+            requested_sm_clock_mhz=response.requested_sm_clock_mhz,
+            applied_sm_clock_mhz=response.applied_sm_clock_mhz,
+            measured_sm_clock_mhz=response.measured_sm_clock_mhz,
+            clamped=response.clamped,
+            lease_expires_at_s=response.lease_expires_at_s,
+        )
+
+    async def renew_lease(self, address: str, gpu_index: int, ttl_ms: int) -> float:
+        """Extend our lease on one GPU; returns its new expiry (agent's Unix time).
+
+        FailedPreconditionError when we hold no live lease there (expired or taken).
+        """
+        request = agent_pb2.RenewLeaseRequest(
+            gpu=agent_pb2.GpuSelector(gpu_index=gpu_index), ttl_ms=ttl_ms, requested_by=self._holder
+        )
+        try:
+            response = await self._stub(address).RenewLease(
+                request, timeout=self._timeout_s, metadata=self._metadata()
+            )
+        except grpc.RpcError as error:
+            raise error_from_rpc(error) from error
+        return float(response.lease_expires_at_s)
+
+    async def reset_clocks(self, address: str, gpu_index: int, reason: str) -> None:
+        request = agent_pb2.ResetClocksRequest(
+            gpu=agent_pb2.GpuSelector(gpu_index=gpu_index),
+            requested_by=self._holder,
+            reason=reason,
+        )
+        try:
+            await self._stub(address).ResetClocks(
+                request, timeout=self._timeout_s, metadata=self._metadata()
+            )
+        except grpc.RpcError as error:
+            raise error_from_rpc(error) from error
+
+    async def close(self) -> None:
+        channels, self._channels = self._channels, {}
+        self._stubs = {}
+        for channel in channels.values():
+            await channel.close()

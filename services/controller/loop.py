@@ -1,0 +1,380 @@
+"""The control loop: latest cluster state in, policy decisions out, clocks pushed to agents.
+
+Thin shell around the pure policies: per tick, every instance's state goes to its phase's
+policy; a decision that differs from the clock the agent confirmed becomes one SetClocks
+(in its own task, so a slow agent delays nobody else). Leases are renewed every ttl/3; a lost
+lease makes the next tick apply the decision again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from collections.abc import Callable, Mapping
+
+from opentelemetry import trace
+from opentelemetry.trace import Status, StatusCode
+
+from voltana.errors import FailedPreconditionError, NotFoundError, VoltanaError
+from voltana.policy.state import ClockDecision, InstanceState
+from voltana.services.controller.agents import AgentClients
+from voltana.services.controller.feed import ClusterView, SnapshotFeed
+from voltana.services.controller.policies import PolicyBook
+from voltana.services.controller.records import DecisionRecord, InstanceControl
+from voltana.services.controller.settings import ControllerSettings
+from voltana.services.telemetry.records import InstanceInfo
+
+_LOG = logging.getLogger(__name__)
+
+Clock = Callable[[], float]
+
+
+class ControlLoop:
+    def __init__(
+        self,
+        settings: ControllerSettings,
+        policies: PolicyBook,
+        feed: SnapshotFeed,
+        agents: AgentClients,
+        *,
+        clock: Clock,
+        tracer: trace.Tracer | None = None,
+    ) -> None:
+        self._settings = settings
+        self._policies = policies
+        self._feed = feed
+        self._agents = agents
+        self._clock = clock
+        self._tracer = tracer or trace.get_tracer(__name__)
+        self._controls: dict[str, InstanceControl] = {}
+        self._wake = asyncio.Event()
+        self._blind = False
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def controls(self) -> Mapping[str, InstanceControl]:
+        """Instances seen in the latest snapshot, by id (sorted)."""
+        return dict(sorted(self._controls.items()))
+
+    def wake(self) -> None:
+        """Run a tick now (a new policy or SLO, a lost lease) instead of at the next interval."""
+        self._wake.set()
+
+    # --- deciding ------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Tick every control interval (and on wake-ups), until cancelled.
+
+        Ticks are regular rather than per snapshot: policies count ticks (hysteresis), and the
+        watch stream delivers at the same interval anyway.
+        """
+        while True:
+            try:
+                self.tick(self._clock())
+            except Exception:  # a bug in one tick must not end control (leases would lapse)
+                _LOG.exception("control tick failed")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self._settings.control_interval_s)
+            self._wake.clear()
+
+    def tick(self, now_s: float) -> None:
+        """Decide for every instance of the latest snapshot; start the SetClocks that differ."""
+        if self._feed.is_stale(now_s, self._settings.telemetry_stale_after_ms / 1000.0):
+            self._go_blind()
+            return
+        view = self._feed.latest
+        if view is None:
+            return
+        if self._blind:
+            self._blind = False
+            _LOG.info("telemetry is back; resuming clock control")
+        self._sync_instances(view)
+        for state in [*view.snapshot.prefill.values(), *view.snapshot.decode.values()]:
+            control = self._controls[state.instance_id]
+            if state.sm_clock_mhz > 0:
+                control.current_sm_clock_mhz = state.sm_clock_mhz
+            if control.controllable and control.applying is None:
+                self._decide(control, state, now_s)
+
+    def _go_blind(self) -> None:
+        # Without state the policies would steer blind: stop, let leases lapse (agents go
+        # back to default clocks), and apply afresh once telemetry answers again.
+        if not self._blind:
+            _LOG.warning(
+                "telemetry unreachable for %d ms; pausing clock control (leases will lapse)",
+                self._settings.telemetry_stale_after_ms,
+            )
+            self._blind = True
+        for control in self._controls.values():
+            control.lease_held = False
+            control.confirmed_sm_clock_mhz = None
+
+    def _sync_instances(self, view: ClusterView) -> None:
+        """Track new instances, drop vanished ones, follow endpoint changes."""
+        snapshot = view.snapshot
+        states: dict[str, InstanceState] = {**snapshot.prefill, **snapshot.decode}
+        for instance_id in list(self._controls):
+            if instance_id not in states:
+                _LOG.info("instance %s left; no longer controlling it", instance_id)
+                del self._controls[instance_id]
+        for instance_id, state in states.items():
+            info = view.endpoints.get(instance_id)
+            agent_address = info.agent_address if info is not None else ""
+            gpu_index = info.gpu_index if info is not None else 0
+            control = self._controls.get(instance_id)
+            if control is not None and (
+                control.agent_address,
+                control.gpu_index,
+                control.phase,
+            ) == (agent_address, gpu_index, state.phase):
+                control.gpu_key = state.gpu_key
+                continue
+            self._controls[instance_id] = self._new_control(state, info)
+
+    def _new_control(self, state: InstanceState, info: InstanceInfo | None) -> InstanceControl:
+        control = InstanceControl(
+            instance_id=state.instance_id,
+            phase=state.phase,
+            gpu_key=state.gpu_key,
+            agent_address=info.agent_address if info is not None else "",
+            gpu_index=info.gpu_index if info is not None else 0,
+            decisions=deque(maxlen=self._settings.decision_history),
+        )
+        if control.controllable:
+            _LOG.info(
+                "controlling %s %s on agent %s GPU %d",
+                control.phase.value,
+                control.instance_id,
+                control.agent_address,
+                control.gpu_index,
+            )
+        else:
+            _LOG.warning(
+                "instance %s has no node agent registered; cannot control its clock",
+                state.instance_id,
+            )
+        return control
+
+    def _decide(self, control: InstanceControl, state: InstanceState, now_s: float) -> None:
+        try:
+            policy = self._policies.policy_for(control.phase, control.gpu_key)
+            decision = policy.decide(state, self._policies.slo, now_s)
+        except Exception as error:  # one instance's policy failure must not stop the others
+            message = f"{type(error).__name__}: {error}"
+            if message != control.policy_error:
+                _LOG.error("policy failed for %s: %s", control.instance_id, message)
+                control.policy_error = message
+            return
+        control.policy_error = ""
+        unchanged = control.confirmed_sm_clock_mhz == decision.sm_clock_mhz
+        if (unchanged and control.lease_held) or now_s < control.retry_at_s:
+            return
+        previous_mhz = (
+            control.confirmed_sm_clock_mhz
+            if control.confirmed_sm_clock_mhz is not None
+            else control.current_sm_clock_mhz
+        )
+        control.target_sm_clock_mhz = decision.sm_clock_mhz
+        task = asyncio.create_task(self._apply(control, decision, previous_mhz, now_s))
+        control.applying = task
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # --- applying ------------------------------------------------------------------------
+
+    async def _apply(
+        self,
+        control: InstanceControl,
+        decision: ClockDecision,
+        previous_mhz: int,
+        decided_at_s: float,
+    ) -> None:
+        settings = self._settings
+        attributes = {
+            "voltana.instance.id": control.instance_id,
+            "voltana.instance.phase": control.phase.value,
+            "voltana.policy": self._policies.policy_name(control.phase),
+            "voltana.gpu.sm_clock.previous_mhz": previous_mhz,
+            "voltana.gpu.sm_clock.target_mhz": decision.sm_clock_mhz,
+            "voltana.reason": decision.reason,
+            "voltana.agent.address": control.agent_address,
+            "voltana.gpu.index": control.gpu_index,
+        }
+        try:
+            with self._tracer.start_as_current_span(
+                "voltana.controller.clock_change", attributes=attributes
+            ) as span:
+                try:
+                    applied = await self._agents.set_clocks(
+                        control.agent_address,
+                        control.gpu_index,
+                        decision.sm_clock_mhz,
+                        settings.lease_ttl_ms,
+                        decision.reason,
+                    )
+                except VoltanaError as error:
+                    span.set_status(Status(StatusCode.ERROR, str(error)))
+                    span.record_exception(error)
+                    self._record_failure(control, decision, previous_mhz, decided_at_s, error)
+                    return
+                span.set_attributes(
+                    {
+                        "voltana.gpu.sm_clock.applied_mhz": applied.applied_sm_clock_mhz,
+                        "voltana.gpu.sm_clock.measured_mhz": applied.measured_sm_clock_mhz,
+                        "voltana.gpu.sm_clock.clamped": applied.clamped,
+                    }
+                )
+            if control.failures:
+                _LOG.info("agent %s answers again", control.agent_address)
+            control.failures = 0
+            control.retry_at_s = 0.0
+            control.confirmed_sm_clock_mhz = decision.sm_clock_mhz
+            control.lease_held = True
+            control.lease_renewed_at_s = self._clock()
+            control.current_sm_clock_mhz = (
+                applied.measured_sm_clock_mhz or applied.applied_sm_clock_mhz
+            )
+            control.decisions.append(
+                DecisionRecord(
+                    decided_at_s=decided_at_s,
+                    sm_clock_mhz=decision.sm_clock_mhz,
+                    previous_sm_clock_mhz=previous_mhz,
+                    reason=decision.reason,
+                    applied=True,
+                    applied_sm_clock_mhz=applied.applied_sm_clock_mhz,
+                    measured_sm_clock_mhz=applied.measured_sm_clock_mhz,
+                )
+            )
+            if applied.measured_sm_clock_mhz not in (0, applied.applied_sm_clock_mhz):
+                _LOG.warning(
+                    "%s: agent locked %d MHz but reads back %d MHz",
+                    control.instance_id,
+                    applied.applied_sm_clock_mhz,
+                    applied.measured_sm_clock_mhz,
+                )
+            _LOG.info(
+                "%s: %d -> %d MHz (%s)",
+                control.instance_id,
+                previous_mhz,
+                applied.applied_sm_clock_mhz,
+                decision.reason,
+            )
+        finally:
+            control.applying = None
+
+    def _record_failure(
+        self,
+        control: InstanceControl,
+        decision: ClockDecision,
+        previous_mhz: int,
+        decided_at_s: float,
+        error: VoltanaError,
+    ) -> None:
+        settings = self._settings
+        control.failures += 1
+        # Next tick first, then doubling pauses: a dead agent is not hammered every 50 ms.
+        backoff_s = min(
+            settings.control_interval_s * 2 ** (control.failures - 1),
+            settings.retry_backoff_max_ms / 1000.0,
+        )
+        control.retry_at_s = self._clock() + backoff_s
+        control.confirmed_sm_clock_mhz = None
+        if isinstance(error, FailedPreconditionError):
+            control.lease_held = False  # someone else holds this GPU
+        control.decisions.append(
+            DecisionRecord(
+                decided_at_s=decided_at_s,
+                sm_clock_mhz=decision.sm_clock_mhz,
+                previous_sm_clock_mhz=previous_mhz,
+                reason=decision.reason,
+                applied=False,
+                error=str(error) or type(error).__name__,
+            )
+        )
+        log = _LOG.warning if control.failures == 1 else _LOG.debug
+        log(
+            "%s: SetClocks %d MHz on %s failed (attempt %d; retry in %.2f s): %s",
+            control.instance_id,
+            decision.sm_clock_mhz,
+            control.agent_address,
+            control.failures,
+            backoff_s,
+            error,
+        )
+
+    # --- leases --------------------------------------------------------------------------
+
+    async def run_lease_renewals(self) -> None:
+        """Renew every held lease each ttl/3, until cancelled."""
+        while True:
+            await asyncio.sleep(self._settings.lease_renew_interval_s)
+            try:
+                await self.renew_leases()
+            except Exception:  # keep renewing whatever happened in one round
+                _LOG.exception("lease renewal round failed")
+
+    async def renew_leases(self) -> None:
+        now_s = self._clock()
+        if self._feed.is_stale(now_s, self._settings.telemetry_stale_after_ms / 1000.0):
+            return  # blind: let the leases lapse on purpose
+        held = [c for c in self._controls.values() if c.lease_held and c.applying is None]
+        await asyncio.gather(*(self._renew(control) for control in held))
+
+    async def _renew(self, control: InstanceControl) -> None:
+        settings = self._settings
+        try:
+            await self._agents.renew_lease(
+                control.agent_address, control.gpu_index, settings.lease_ttl_ms
+            )
+        except (FailedPreconditionError, NotFoundError) as error:
+            _LOG.warning("%s: lease lost (%s); applying again", control.instance_id, error)
+            self._lose_lease(control)
+        except VoltanaError as error:
+            expired = self._clock() - control.lease_renewed_at_s >= settings.lease_ttl_ms / 1000.0
+            _LOG.warning(
+                "%s: cannot renew lease on %s: %s%s",
+                control.instance_id,
+                control.agent_address,
+                error,
+                " (lease has expired)" if expired else "",
+            )
+            if expired:
+                self._lose_lease(control)
+        else:
+            control.lease_renewed_at_s = self._clock()
+
+    def _lose_lease(self, control: InstanceControl) -> None:
+        control.lease_held = False
+        control.confirmed_sm_clock_mhz = None
+        self.wake()
+
+    # --- stopping ------------------------------------------------------------------------
+
+    async def release(self, *, reset_clocks: bool) -> None:
+        """Cancel pending SetClocks; with ``reset_clocks``, ask agents to reset held GPUs."""
+        tasks, self._tasks = list(self._tasks), set()
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if not reset_clocks:
+            return
+        held = [c for c in self._controls.values() if c.lease_held]
+        results = await asyncio.gather(
+            *(
+                self._agents.reset_clocks(c.agent_address, c.gpu_index, "controller stopping")
+                for c in held
+            ),
+            return_exceptions=True,
+        )
+        for control, result in zip(held, results, strict=True):
+            control.lease_held = False
+            if isinstance(result, BaseException):
+                _LOG.info(
+                    "%s: courtesy clock reset failed (the lease will lapse): %s",
+                    control.instance_id,
+                    result,
+                )

@@ -1,0 +1,179 @@
+"""ControllerService: the frequency controller as a start/stop-able in-process server."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import time
+from types import TracebackType
+
+import grpc.aio
+from grpc_health.v1 import health
+from opentelemetry import trace
+
+from voltana.rpc import start_grpc_server, stop_grpc_server
+from voltana.rpc.names import CONTROLLER_SERVICE
+from voltana.services.controller.agents import AgentClients
+from voltana.services.controller.errors import ControllerNotRunningError
+from voltana.services.controller.feed import SnapshotFeed
+from voltana.services.controller.loop import Clock, ControlLoop
+from voltana.services.controller.policies import PolicyBook
+from voltana.services.controller.servicer import ControllerServicer
+from voltana.services.controller.settings import ControllerSettings
+from voltana.services.telemetry.client import TelemetryClient
+from voltana.v1 import controller_pb2_grpc
+
+_LOG = logging.getLogger(__name__)
+_WILDCARD_HOSTS = {"", "0.0.0.0", "[::]", "::"}
+
+
+class ControllerService:
+    """Runs the control loop against telemetry and node agents, and serves ControllerService.
+
+    ``clock`` is the time policies and decision records see: Unix seconds live (telemetry
+    stamps states with Unix time), virtual time in simulations. ``tracer`` defaults to the
+    global one (a no-op until an OpenTelemetry SDK is configured).
+    """
+
+    def __init__(
+        self,
+        settings: ControllerSettings,
+        *,
+        clock: Clock = time.time,
+        tracer: trace.Tracer | None = None,
+    ) -> None:
+        self._settings = settings
+        self._clock = clock
+        self._tracer = tracer
+        self._health = health.aio.HealthServicer()
+        self._server: grpc.aio.Server | None = None
+        self._port: int | None = None
+        self._telemetry: TelemetryClient | None = None
+        self._agents: AgentClients | None = None
+        self._loop: ControlLoop | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+
+    @property
+    def settings(self) -> ControllerSettings:
+        return self._settings
+
+    @property
+    def port(self) -> int:
+        if self._port is None:
+            raise ControllerNotRunningError("the controller is not started")
+        return self._port
+
+    @property
+    def address(self) -> str:
+        """host:port to reach the running controller at (loopback when bound to all)."""
+        host = self._settings.listen_address.rpartition(":")[0]
+        return f"{'127.0.0.1' if host in _WILDCARD_HOSTS else host}:{self.port}"
+
+    @property
+    def loop(self) -> ControlLoop:
+        if self._loop is None:
+            raise ControllerNotRunningError("the controller is not started")
+        return self._loop
+
+    async def start(self) -> None:
+        if self._server is not None:
+            raise ControllerNotRunningError("the controller is already started")
+        settings = self._settings
+        # Fails (ConfigError) on an unknown policy before anything is bound.
+        policies = PolicyBook(
+            policy_name=settings.policy,
+            slo=settings.slo,
+            gpu_key=settings.gpu_key,
+            model_key=settings.model_key,
+            tensor_parallel=settings.tensor_parallel,
+        )
+        try:
+            self._telemetry = TelemetryClient(
+                settings.telemetry_address, timeout_s=settings.rpc_timeout_s
+            )
+            self._agents = AgentClients(
+                holder=settings.holder,
+                timeout_s=settings.rpc_timeout_s,
+                auth_token=settings.agent_auth_token,
+            )
+            feed = SnapshotFeed(
+                self._telemetry,
+                mode=settings.snapshot_mode,
+                interval_ms=settings.control_interval_ms,
+                clock=self._clock,
+            )
+            loop = ControlLoop(
+                settings, policies, feed, self._agents, clock=self._clock, tracer=self._tracer
+            )
+            self._loop = loop
+            servicer = ControllerServicer(
+                loop, policies, clock=self._clock, status_decisions=settings.status_decisions
+            )
+            register = functools.partial(
+                controller_pb2_grpc.add_ControllerServiceServicer_to_server, servicer
+            )
+            started = await start_grpc_server(
+                settings.listen_address,
+                [register],
+                [CONTROLLER_SERVICE],
+                health_servicer=self._health,
+            )
+            self._server, self._port = started.server, started.port
+            self._tasks = [
+                asyncio.create_task(feed.run(), name="controller-feed"),
+                asyncio.create_task(loop.run(), name="controller-loop"),
+                asyncio.create_task(loop.run_lease_renewals(), name="controller-leases"),
+            ]
+        except BaseException:
+            await self._release()
+            raise
+        _LOG.info(
+            "controller %s serving on %s; policy %s; telemetry %s",
+            settings.holder,
+            self.address,
+            settings.policy,
+            settings.telemetry_address,
+        )
+
+    async def stop(self) -> None:
+        """Stop serving and deciding; reset held clocks when the settings ask for it."""
+        if self._server is None:
+            return
+        server, self._server = self._server, None
+        await stop_grpc_server(
+            server, self._settings.shutdown_grace_s, health_servicer=self._health
+        )
+        await self._release()
+        _LOG.info("controller stopped")
+
+    async def _release(self) -> None:
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self._loop is not None:
+            await self._loop.release(reset_clocks=self._settings.reset_clocks_on_stop)
+            self._loop = None
+        if self._agents is not None:
+            await self._agents.close()
+            self._agents = None
+        if self._telemetry is not None:
+            await self._telemetry.close()
+            self._telemetry = None
+        self._port = None
+
+    async def __aenter__(self) -> ControllerService:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.stop()

@@ -1,0 +1,111 @@
+"""ControllerService RPCs: a thin translation layer over the control loop and policy book.
+
+Errors are raised as VoltanaErrors; the shared interceptor (voltana.rpc) turns them into
+status codes (unknown policy names and bad SLOs are INVALID_ARGUMENT).
+"""
+
+from __future__ import annotations
+
+from typing import Any, TypeAlias
+
+import grpc.aio
+
+from voltana.errors import InvalidArgumentError, NotFoundError
+from voltana.policy.state import Phase
+from voltana.services.controller.convert import (
+    control_to_proto,
+    policy_info_to_proto,
+    slo_from_proto,
+    slo_to_proto,
+)
+from voltana.services.controller.errors import InvalidSloError
+from voltana.services.controller.loop import Clock, ControlLoop
+from voltana.services.controller.policies import PolicyBook
+from voltana.services.controller.settings import slo_problem
+from voltana.v1 import common_pb2, controller_pb2, controller_pb2_grpc
+
+_Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
+
+_PHASES_FROM_PROTO: dict[int, Phase | None] = {
+    common_pb2.PHASE_UNSPECIFIED: None,
+    common_pb2.PHASE_PREFILL: Phase.PREFILL,
+    common_pb2.PHASE_DECODE: Phase.DECODE,
+}
+
+
+class ControllerServicer(controller_pb2_grpc.ControllerServiceServicer):
+    def __init__(
+        self, loop: ControlLoop, policies: PolicyBook, *, clock: Clock, status_decisions: int
+    ) -> None:
+        self._loop = loop
+        self._policies = policies
+        self._clock = clock
+        self._status_decisions = status_decisions
+
+    async def GetStatus(
+        self, request: controller_pb2.GetStatusRequest, context: _Context
+    ) -> controller_pb2.GetStatusResponse:
+        if request.max_decisions < 0:
+            raise InvalidArgumentError(f"max_decisions must be >= 0, got {request.max_decisions}")
+        max_decisions = request.max_decisions or self._status_decisions
+        controls = self._loop.controls
+        unknown = sorted(set(request.instance_ids) - set(controls))
+        if unknown:
+            raise NotFoundError(
+                f"the controller has not seen instance(s) {unknown}; known: {sorted(controls)}"
+            )
+        wanted = set(request.instance_ids) or set(controls)
+        policies = self._policies
+        return controller_pb2.GetStatusResponse(
+            now_s=self._clock(),
+            slo=slo_to_proto(policies.slo),
+            prefill_policy_name=policies.policy_name(Phase.PREFILL),
+            decode_policy_name=policies.policy_name(Phase.DECODE),
+            instances=[
+                control_to_proto(
+                    control,
+                    policy_name=policies.policy_name(control.phase),
+                    slo=policies.slo,
+                    max_decisions=max_decisions,
+                )
+                for instance_id, control in controls.items()
+                if instance_id in wanted
+            ],
+        )
+
+    async def SetSlo(
+        self, request: controller_pb2.SetSloRequest, context: _Context
+    ) -> controller_pb2.SetSloResponse:
+        if not request.HasField("slo"):
+            raise InvalidSloError("SetSlo needs an slo with ttft_ms and itl_ms")
+        slo = slo_from_proto(request.slo)
+        problem = slo_problem(slo)
+        if problem is not None:
+            raise InvalidSloError(f"invalid SLO: {problem}")
+        previous = await self._policies.set_slo(slo)
+        self._loop.wake()
+        return controller_pb2.SetSloResponse(previous_slo=slo_to_proto(previous), slo=request.slo)
+
+    async def SetPolicy(
+        self, request: controller_pb2.SetPolicyRequest, context: _Context
+    ) -> controller_pb2.SetPolicyResponse:
+        try:
+            phase = _PHASES_FROM_PROTO[request.phase]
+        except KeyError:
+            raise InvalidArgumentError(f"unknown phase {request.phase}") from None
+        # UnknownNameError (INVALID_ARGUMENT) lists the valid names.
+        await self._policies.set_policy(request.policy_name, phase)
+        self._loop.wake()
+        return controller_pb2.SetPolicyResponse(
+            prefill_policy_name=self._policies.policy_name(Phase.PREFILL),
+            decode_policy_name=self._policies.policy_name(Phase.DECODE),
+        )
+
+    async def ListPolicies(
+        self, request: controller_pb2.ListPoliciesRequest, context: _Context
+    ) -> controller_pb2.ListPoliciesResponse:
+        return controller_pb2.ListPoliciesResponse(
+            policies=[policy_info_to_proto(info) for info in await self._policies.known_policies()],
+            prefill_policy_name=self._policies.policy_name(Phase.PREFILL),
+            decode_policy_name=self._policies.policy_name(Phase.DECODE),
+        )

@@ -1,0 +1,122 @@
+"""Settings of the frequency controller (one per cluster)."""
+
+from __future__ import annotations
+
+import math
+import socket
+from dataclasses import dataclass, field
+from typing import Literal
+
+from voltana.errors import ConfigError
+from voltana.hardware import get_gpu, get_model
+from voltana.policy.state import SloTarget
+
+# "watch": one WatchSnapshots stream (telemetry pushes changes); "poll": GetSnapshot per tick.
+SnapshotMode = Literal["watch", "poll"]
+
+
+def default_controller_id() -> str:
+    """Lease holder name agents record, e.g. "controller@gpu-host-1"."""
+    return f"controller@{socket.gethostname()}"
+
+
+@dataclass(frozen=True)
+class ControllerSettings:
+    # TelemetryService to read instance states and endpoints from (host:port).
+    telemetry_address: str
+    # "host:port" of the ControllerService; port 0 = any free port (ControllerService.address).
+    listen_address: str = "127.0.0.1:0"
+    # Policy for both phases at start: any name voltana.policy.registry.build_suite accepts.
+    policy: str = "static-max"
+    slo: SloTarget = field(default_factory=SloTarget)
+    # The hardware and model policies predict for (voltana.hardware catalog keys). Instances
+    # reporting another catalogued GPU get a policy built for their own GPU.
+    gpu_key: str = "a100-80g"
+    model_key: str = "llama-3.1-8b"
+    tensor_parallel: int = 1
+    # Decide at least this often (and whenever a new snapshot arrives).
+    control_interval_ms: int = 50
+    snapshot_mode: SnapshotMode = "watch"
+    # Lease asked for on every SetClocks; renewed every ttl/3, so a controller that dies
+    # leaves its clocks locked for at most this long before agents reset them.
+    lease_ttl_ms: int = 3000
+    # Deadline of each agent/telemetry unary call.
+    rpc_timeout_ms: int = 1000
+    # A failed SetClocks is retried on the next tick, then with doubling pauses up to this.
+    retry_backoff_max_ms: int = 2000
+    # With telemetry unreachable this long the controller stops deciding and stops renewing
+    # leases, so agents fall back to default clocks (the latency-safe state).
+    telemetry_stale_after_ms: int = 5000
+    # Decisions kept per instance, and how many GetStatus returns when asked for 0.
+    decision_history: int = 100
+    status_decisions: int = 10
+    # Lease holder identity sent to agents; empty = "controller@<hostname>".
+    controller_id: str = ""
+    # Metadata token for agents that require one (AgentSettings.auth_token).
+    agent_auth_token: str | None = None
+    # On stop, ask agents to reset the clocks this controller holds (best effort; agents reset
+    # on lease expiry anyway).
+    reset_clocks_on_stop: bool = True
+    shutdown_grace_s: float = 1.0
+
+    def __post_init__(self) -> None:
+        for name in ("listen_address", "telemetry_address"):
+            if ":" not in getattr(self, name):
+                raise ConfigError(
+                    f"controller {name} must be host:port, got {getattr(self, name)!r}"
+                )
+        if self.snapshot_mode not in ("watch", "poll"):
+            raise ConfigError(
+                f"controller snapshot_mode must be 'watch' or 'poll', got {self.snapshot_mode!r}"
+            )
+        problem = slo_problem(self.slo)
+        if problem is not None:
+            raise ConfigError(f"controller slo: {problem}")
+        get_gpu(self.gpu_key)  # UnknownNameError (a ConfigError) lists the valid keys
+        get_model(self.model_key)
+        for name in (
+            "tensor_parallel",
+            "control_interval_ms",
+            "lease_ttl_ms",
+            "rpc_timeout_ms",
+            "retry_backoff_max_ms",
+            "telemetry_stale_after_ms",
+            "decision_history",
+            "status_decisions",
+        ):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"controller {name} must be >= 1, got {getattr(self, name)}")
+        if self.lease_ttl_ms < 3 * self.control_interval_ms:
+            raise ConfigError(
+                "controller lease_ttl_ms must be >= 3 * control_interval_ms, got "
+                f"{self.lease_ttl_ms} < 3 * {self.control_interval_ms}"
+            )
+        if self.agent_auth_token == "":
+            raise ConfigError("agent_auth_token must be non-empty when set (None disables it)")
+        if not (math.isfinite(self.shutdown_grace_s) and self.shutdown_grace_s >= 0):
+            raise ConfigError(f"shutdown_grace_s must be >= 0, got {self.shutdown_grace_s}")
+
+    @property
+    def holder(self) -> str:
+        return self.controller_id or default_controller_id()
+
+    @property
+    def control_interval_s(self) -> float:
+        return self.control_interval_ms / 1000.0
+
+    @property
+    def lease_renew_interval_s(self) -> float:
+        return self.lease_ttl_ms / 3000.0
+
+    @property
+    def rpc_timeout_s(self) -> float:
+        return self.rpc_timeout_ms / 1000.0
+
+
+def slo_problem(slo: SloTarget) -> str | None:
+    """Why ``slo`` is unusable (a target that is not a finite positive number), or None."""
+    for name in ("ttft_ms", "itl_ms"):
+        value = getattr(slo, name)
+        if not (math.isfinite(value) and value > 0):
+            return f"{name} must be a finite number > 0, got {value}"
+    return None

@@ -1,0 +1,223 @@
+"""Sending a placed request to its prefill+decode pair and reading the decode's stream.
+
+SGLang PD semantics: the same ``/generate`` body goes to both instances with the prefill's
+bootstrap host/port and one random 63-bit room (``SglangHttpClient.generate_pd``). Engine
+chunks are turned into token deltas, whether the engine streams cumulative text/ids (SGLang's
+default) or increments (``--incremental-streaming-output``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from collections.abc import AsyncGenerator, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+from voltana.engine import (
+    EngineError,
+    EngineRequestError,
+    EngineTimeoutError,
+    EngineUnavailableError,
+    SglangHttpClient,
+)
+from voltana.services.router.errors import (
+    EngineDeadlineError,
+    EngineFailedError,
+    EngineRejectedError,
+    EngineUnreachableError,
+    RouterError,
+)
+from voltana.services.router.validation import ValidatedRequest
+from voltana.services.telemetry.records import InstanceInfo
+
+# SGLang's --disaggregation-bootstrap-port default, for prefill instances registered without one.
+DEFAULT_BOOTSTRAP_PORT = 8998
+MAX_BOOTSTRAP_ROOM_BITS = 63
+
+
+@dataclass(frozen=True, slots=True)
+class PdTarget:
+    """Where one PD request goes."""
+
+    prefill_url: str
+    decode_url: str
+    bootstrap_host: str
+    bootstrap_port: int
+    bootstrap_room: int
+
+    @classmethod
+    def for_instances(cls, prefill: InstanceInfo, decode: InstanceInfo) -> PdTarget:
+        """The prefill's bootstrap endpoint (its engine host and SGLang's default port when it
+        registered none) and a fresh random room."""
+        host = prefill.bootstrap_host or urlsplit(prefill.engine_url).hostname or ""
+        return cls(
+            prefill_url=prefill.engine_url,
+            decode_url=decode.engine_url,
+            bootstrap_host=host,
+            bootstrap_port=prefill.bootstrap_port or DEFAULT_BOOTSTRAP_PORT,
+            bootstrap_room=secrets.randbits(MAX_BOOTSTRAP_ROOM_BITS),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class TokenDelta:
+    """Tokens new in one engine chunk. ``at_s`` is when the chunk arrived (monotonic)."""
+
+    text: str
+    token_ids: tuple[int, ...]
+    index: int
+    count: int
+    at_s: float
+
+
+@dataclass
+class StreamTotals:
+    """What the stream said about the whole request, filled in as chunks arrive."""
+
+    prompt_tokens: int | None = None
+    completion_tokens: int = 0
+    finish_reason: str = ""
+    abort_message: str = ""
+
+
+def sglang_payload(request: ValidatedRequest) -> dict[str, Any]:
+    """The ``/generate`` body (without the PD and stream fields generate_pd adds)."""
+    sampling: dict[str, Any] = {
+        "max_new_tokens": request.max_new_tokens,
+        "ignore_eos": request.ignore_eos,
+    }
+    if request.temperature is not None:
+        sampling["temperature"] = request.temperature
+    if request.top_p is not None:
+        sampling["top_p"] = request.top_p
+    if request.stop:
+        sampling["stop"] = list(request.stop)
+    payload: dict[str, Any] = {"sampling_params": sampling, "rid": request.request_id}
+    if request.text is not None:
+        payload["text"] = request.text
+    else:
+        assert request.input_ids is not None
+        payload["input_ids"] = list(request.input_ids)
+    return payload
+
+
+def _finish_reason(value: Any) -> tuple[str, str]:
+    """SGLang's finish_reason ({"type": "length", ...} or a plain string) as (type, message)."""
+    if isinstance(value, Mapping):
+        return str(value.get("type", "")), str(value.get("message", ""))
+    if isinstance(value, str):
+        return value, ""
+    return "", ""
+
+
+class ChunkReader:
+    """Turns successive SGLang stream chunks into token deltas.
+
+    Whether the engine streams cumulative or incremental output is told apart on the first
+    chunk that follows some tokens: cumulative ``output_ids`` hold every token so far.
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._text = ""
+        self._count = 0
+        self._cumulative: bool | None = None
+        self.totals = StreamTotals()
+
+    def read(self, chunk: Mapping[str, Any]) -> TokenDelta | None:
+        """The new tokens of ``chunk`` (None when it brings none)."""
+        at_s = self._clock()
+        meta = chunk.get("meta_info")
+        meta = meta if isinstance(meta, Mapping) else {}
+        text = chunk.get("text")
+        text = text if isinstance(text, str) else ""
+        raw_ids = chunk.get("output_ids")
+        ids = [int(i) for i in raw_ids] if isinstance(raw_ids, list) else None
+        reported_total = meta.get("completion_tokens")
+        if isinstance(meta.get("prompt_tokens"), int):
+            self.totals.prompt_tokens = meta["prompt_tokens"]
+        if meta.get("finish_reason") is not None:
+            reason, message = _finish_reason(meta["finish_reason"])
+            self.totals.finish_reason, self.totals.abort_message = reason, message
+        if self._cumulative is None and self._count > 0:
+            if ids is not None and isinstance(reported_total, int):
+                self._cumulative = len(ids) == reported_total
+            elif text:
+                self._cumulative = text.startswith(self._text)
+        if self._cumulative:
+            new_text = text[len(self._text) :]
+            new_ids = tuple(ids[self._count :]) if ids is not None else ()
+        else:
+            new_text = text
+            new_ids = tuple(ids) if ids is not None else ()
+        if isinstance(reported_total, int):
+            new_count = max(0, reported_total - self._count)
+        else:
+            new_count = len(new_ids) if ids is not None else int(bool(new_text))
+        self.totals.completion_tokens = self._count + new_count
+        if new_count == 0 and not new_text:
+            return None
+        delta = TokenDelta(new_text, new_ids, self._count, new_count, at_s)
+        self._text += new_text
+        self._count += new_count
+        return delta
+
+
+def router_error_for(error: EngineError) -> RouterError:
+    """The router error (and so gRPC status) an engine failure stands for."""
+    message = f"engine failed: {error}"
+    if isinstance(error, EngineRequestError):
+        return EngineRejectedError(f"the engine refused the request: {error}")
+    if isinstance(error, EngineUnavailableError):
+        return EngineUnreachableError(f"engine unavailable: {error}")
+    if isinstance(error, EngineTimeoutError):
+        return EngineDeadlineError(f"engine timed out: {error}")
+    return EngineFailedError(message)
+
+
+async def stream_tokens(
+    engine: SglangHttpClient,
+    target: PdTarget,
+    request: ValidatedRequest,
+    reader: ChunkReader,
+    *,
+    deadline_s: float,
+) -> AsyncGenerator[TokenDelta, None]:
+    """Token deltas of ``request`` on ``target``; engine errors become router errors.
+
+    ``deadline_s`` is on the event loop's clock. Closing the iterator (or cancelling its
+    consumer) closes both engine requests, which makes the engines abort them.
+    """
+    chunks = engine.generate_pd(
+        target.prefill_url,
+        target.decode_url,
+        target.bootstrap_host,
+        target.bootstrap_port,
+        sglang_payload(request),
+        bootstrap_room=target.bootstrap_room,
+    )
+    try:
+        while True:
+            try:
+                # The deadline wraps each read, never a yield (a timeout must not fire while
+                # the consumer holds the generator).
+                async with asyncio.timeout_at(deadline_s):
+                    chunk = await anext(chunks)
+            except StopAsyncIteration:
+                return
+            except TimeoutError:
+                raise EngineDeadlineError(
+                    f"the engines did not finish request {request.request_id} in time "
+                    f"({reader.totals.completion_tokens} of {request.max_new_tokens} tokens "
+                    "received)"
+                ) from None
+            except EngineError as error:
+                raise router_error_for(error) from error
+            delta = reader.read(chunk)
+            if delta is not None:
+                yield delta
+    finally:
+        await chunks.aclose()

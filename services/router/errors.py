@@ -1,0 +1,50 @@
+"""Errors the router raises on purpose, each deriving from the cross-service kind
+(voltana.errors) that gives its gRPC status."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import grpc
+
+from voltana.errors import (
+    DeadlineExceededError,
+    InvalidArgumentError,
+    UnavailableError,
+    VoltanaError,
+)
+
+
+class RouterError(VoltanaError):
+    """Base class of router errors."""
+
+
+class InvalidGenerateRequestError(RouterError, InvalidArgumentError):
+    """The request is malformed or over a limit (INVALID_ARGUMENT)."""
+
+
+class NoInstanceAvailableError(RouterError, UnavailableError):
+    """No routable prefill or decode instance, or no snapshot from telemetry yet (UNAVAILABLE)."""
+
+
+class EngineRejectedError(RouterError, InvalidArgumentError):
+    """The engine refused the request as invalid (HTTP 4xx)."""
+
+
+class EngineUnreachableError(RouterError, UnavailableError):
+    """The chosen engine cannot be reached or dropped the request."""
+
+
+class EngineDeadlineError(RouterError, DeadlineExceededError):
+    """The engine did not finish within the request's deadline."""
+
+
+class EngineFailedError(RouterError):
+    """The engine failed in a way no other class describes (HTTP 5xx, a broken stream)."""
+
+
+# Extra status mappings for start_grpc_server: an engine's own failure is "an error from
+# another address space" (UNKNOWN), not a bug of the router (INTERNAL).
+ROUTER_STATUS_CODES: Mapping[type[BaseException], grpc.StatusCode] = {
+    EngineFailedError: grpc.StatusCode.UNKNOWN,
+}

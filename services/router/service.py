@@ -1,0 +1,249 @@
+"""RouterService: the router as a start/stop-able in-process server."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+from types import TracebackType
+
+import grpc.aio
+from grpc_health.v1 import health
+from opentelemetry import trace
+
+from voltana.engine import SglangHttpClient
+from voltana.errors import FailedPreconditionError
+from voltana.policy.base import RoutingPolicy
+from voltana.policy.registry import build_router, build_suite
+from voltana.rpc import start_grpc_server, stop_grpc_server
+from voltana.rpc.names import ROUTER_SERVICE
+from voltana.services.router.cluster import LiveCluster
+from voltana.services.router.errors import ROUTER_STATUS_CODES
+from voltana.services.router.reporting import CompletionReporter
+from voltana.services.router.servicer import RouterServicer
+from voltana.services.router.settings import RouterSettings
+from voltana.services.router.tracing import TRACER_NAME
+from voltana.services.telemetry.client import TelemetryClient
+from voltana.v1 import router_pb2_grpc
+
+_LOG = logging.getLogger(__name__)
+_WILDCARD_HOSTS = ("0.0.0.0", "[::]", "::", "")
+# A broken watch is retried after watch_retry_s, doubling up to this many times that.
+_WATCH_BACKOFF_FACTOR = 10.0
+
+
+def build_routing_policy(settings: RouterSettings) -> tuple[str, RoutingPolicy]:
+    """The suite name and its router (or the explicitly named router), as the simulator builds
+    them."""
+    context = settings.policy_context()
+    override = build_router(settings.router, context) if settings.router else None
+    suite = build_suite(settings.policy, context, override)
+    return suite.name, suite.router
+
+
+class RouterService:
+    """Serves RouterService on ``settings.listen_address``.
+
+    ``start`` opens the telemetry watch (waiting up to ``initial_snapshot_timeout_s`` for the
+    first snapshot), then binds the port. ``stop`` stops accepting calls, lets running ones
+    finish for ``shutdown_grace_s``, then flushes pending completion reports.
+
+    ``policy`` replaces the one named in settings (tests, custom policies); ``telemetry`` and
+    ``engine`` clients may be shared with the caller (they are then not closed on stop).
+    """
+
+    def __init__(
+        self,
+        settings: RouterSettings,
+        *,
+        policy: RoutingPolicy | None = None,
+        telemetry: TelemetryClient | None = None,
+        engine: SglangHttpClient | None = None,
+        tracer_provider: trace.TracerProvider | None = None,
+    ) -> None:
+        self._settings = settings
+        if policy is None:
+            self._policy_name, self._policy = build_routing_policy(settings)
+        else:
+            self._policy_name, self._policy = policy.name, policy
+        self._given_telemetry = telemetry
+        self._given_engine = engine
+        self._tracer = trace.get_tracer(TRACER_NAME, tracer_provider=tracer_provider)
+        self._cluster = LiveCluster(
+            optimistic_ttl_s=settings.optimistic_ttl_s,
+            stale_after_s=settings.instance_stale_after_s,
+        )
+        self._telemetry: TelemetryClient | None = None
+        self._engine: SglangHttpClient | None = None
+        self._reporter: CompletionReporter | None = None
+        self._watch_task: asyncio.Task[None] | None = None
+        self._first_snapshot = asyncio.Event()
+        self._server: grpc.aio.Server | None = None
+        self._health: health.aio.HealthServicer | None = None
+        self._port: int | None = None
+
+    @property
+    def settings(self) -> RouterSettings:
+        return self._settings
+
+    @property
+    def policy(self) -> RoutingPolicy:
+        return self._policy
+
+    @property
+    def cluster(self) -> LiveCluster:
+        """The live cluster view (for inspection and tests)."""
+        return self._cluster
+
+    @property
+    def reporter(self) -> CompletionReporter | None:
+        return self._reporter
+
+    @property
+    def port(self) -> int:
+        if self._port is None:
+            raise FailedPreconditionError("router service is not started")
+        return self._port
+
+    @property
+    def address(self) -> str:
+        """``host:port`` clients can dial (loopback when listening on every interface)."""
+        host = self._settings.listen_address.rsplit(":", 1)[0]
+        return f"{'127.0.0.1' if host in _WILDCARD_HOSTS else host}:{self.port}"
+
+    async def start(self) -> None:
+        if self._server is not None:
+            raise FailedPreconditionError("router service is already started")
+        settings = self._settings
+        try:
+            self._telemetry = self._given_telemetry or TelemetryClient(
+                settings.telemetry_address, timeout_s=settings.telemetry_timeout_s
+            )
+            self._engine = self._given_engine or SglangHttpClient(
+                connect_timeout_s=settings.engine_connect_timeout_s
+            )
+            self._reporter = CompletionReporter(
+                self._telemetry,
+                queue_size=settings.completion_queue_size,
+                timeout_s=settings.telemetry_timeout_s,
+            )
+            self._reporter.start()
+            self._first_snapshot = asyncio.Event()
+            self._watch_task = asyncio.create_task(self._watch(), name="router-snapshot-watch")
+            await self._wait_for_first_snapshot()
+            servicer = RouterServicer(
+                settings,
+                cluster=self._cluster,
+                policy=self._policy,
+                policy_name=self._policy_name,
+                engine=self._engine,
+                reporter=self._reporter,
+                tracer=self._tracer,
+            )
+            health_servicer = health.aio.HealthServicer()
+            register = functools.partial(
+                router_pb2_grpc.add_RouterServiceServicer_to_server, servicer
+            )
+            started = await start_grpc_server(
+                settings.listen_address,
+                [register],
+                [ROUTER_SERVICE],
+                health_servicer=health_servicer,
+                error_codes=ROUTER_STATUS_CODES,
+            )
+        except BaseException:
+            await self._release()
+            raise
+        self._server, self._port, self._health = started.server, started.port, health_servicer
+        _LOG.info(
+            "router serving on %s (policy %s, router %s, telemetry %s)",
+            self.address,
+            self._policy_name,
+            self._policy.name,
+            settings.telemetry_address,
+        )
+
+    async def _wait_for_first_snapshot(self) -> None:
+        timeout_s = self._settings.initial_snapshot_timeout_s
+        if timeout_s <= 0:
+            return
+        try:
+            await asyncio.wait_for(self._first_snapshot.wait(), timeout_s)
+        except TimeoutError:
+            _LOG.warning(
+                "no snapshot from telemetry at %s after %g s; serving anyway (requests get "
+                "UNAVAILABLE until one arrives)",
+                self._settings.telemetry_address,
+                timeout_s,
+            )
+
+    async def _watch(self) -> None:
+        """Keep the cluster view current; reopen the watch while telemetry is away."""
+        assert self._telemetry is not None
+        retry_s = self._settings.watch_retry_s
+        failing = False
+        while True:
+            try:
+                stream = self._telemetry.watch_with_endpoints(self._settings.snapshot_interval_ms)
+                try:
+                    async for snapshot, infos in stream:
+                        self._cluster.update(snapshot, infos)
+                        self._first_snapshot.set()
+                        if failing:
+                            _LOG.info("telemetry watch restored")
+                        failing, retry_s = False, self._settings.watch_retry_s
+                finally:
+                    await stream.aclose()
+                _LOG.info("telemetry ended the snapshot watch; reopening")
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:  # telemetry down: keep routing on the last snapshot
+                if not failing:
+                    _LOG.warning(
+                        "telemetry watch failed (%s); routing on the last snapshot meanwhile",
+                        error,
+                    )
+                failing = True
+            await asyncio.sleep(retry_s)
+            retry_s = min(retry_s * 2, self._settings.watch_retry_s * _WATCH_BACKOFF_FACTOR)
+
+    async def stop(self) -> None:
+        """Stop accepting, let in-flight requests finish within the grace, then clean up."""
+        server, self._server = self._server, None
+        if server is not None:
+            await stop_grpc_server(
+                server, self._settings.shutdown_grace_s, health_servicer=self._health
+            )
+            self._health = None
+            _LOG.info("router stopped")
+        await self._release()
+        self._port = None
+
+    async def _release(self) -> None:
+        task, self._watch_task = self._watch_task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        reporter, self._reporter = self._reporter, None
+        if reporter is not None:
+            await reporter.stop(flush_timeout_s=self._settings.telemetry_timeout_s)
+        engine, self._engine = self._engine, None
+        if engine is not None and self._given_engine is None:
+            await engine.close()
+        telemetry, self._telemetry = self._telemetry, None
+        if telemetry is not None and self._given_telemetry is None:
+            await telemetry.close()
+
+    async def __aenter__(self) -> RouterService:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.stop()

@@ -1,0 +1,113 @@
+"""Settings of the router service (one or more per cluster; they share nothing but telemetry)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from voltana.errors import ConfigError
+from voltana.hardware import get_gpu, get_model
+from voltana.perf.analytical import AnalyticalPerformanceModel
+from voltana.policy.base import PolicyContext
+from voltana.policy.state import SloTarget
+
+
+@dataclass(frozen=True)
+class RouterSettings:
+    # "host:port"; port 0 = any free port (RouterService.address tells which).
+    listen_address: str = "127.0.0.1:0"
+    # TelemetryService to watch snapshots from and report completions to ("host:port").
+    telemetry_address: str = "127.0.0.1:50052"
+    # Operating policy (voltana.policy.registry names, e.g. "static-max"); its router places.
+    policy: str = "static-max"
+    # Router name that overrides the policy's own router (e.g. "least-loaded"); None = keep it.
+    router: str | None = None
+    # Hardware the policy reasons about (voltana.hardware catalog keys).
+    gpu_key: str = "a100-80g"
+    model_key: str = "llama-3.1-8b"
+    tp: int = 1
+    # Cluster SLO: requests without their own are held to this one.
+    slo: SloTarget = field(default_factory=SloTarget)
+    # max_new_tokens when the request leaves it out, and the most a request may ask for.
+    default_max_new_tokens: int = 128
+    max_new_tokens_limit: int = 16_384
+    # Longest prompt accepted, tokens. Text prompts are estimated at chars_per_token_estimate
+    # characters per token (the router has no tokenizer; ~4 is typical of English BPE).
+    max_prompt_tokens: int = 32_768
+    chars_per_token_estimate: float = 4.0
+    # Telemetry watch period. The router never asks telemetry per request.
+    snapshot_interval_ms: int = 100
+    # start() waits this long for the first snapshot (requests get UNAVAILABLE until one comes).
+    initial_snapshot_timeout_s: float = 5.0
+    # Pause before re-opening a broken watch stream (doubles up to 10x while telemetry is down).
+    watch_retry_s: float = 0.5
+    # Instances silent for longer than this (snapshot now_s - last_activity_s) are not routed
+    # to; 0 = route to every instance telemetry lists. Only meaningful when reporters stamp
+    # samples on telemetry's clock (sped-up simulated engines do not).
+    instance_stale_after_s: float = 0.0
+    # An optimistic load bump of a placement stays until its instances reported twice since,
+    # or at most this long (wall seconds).
+    optimistic_ttl_s: float = 2.0
+    # Engine calls: connecting, and the whole request when the client sets no shorter deadline.
+    engine_connect_timeout_s: float = 5.0
+    engine_request_timeout_s: float = 600.0
+    # Completions waiting to be reported to telemetry; more are dropped (with a log line).
+    completion_queue_size: int = 10_000
+    telemetry_timeout_s: float = 2.0
+    # stop(): in-flight requests may finish for this long before they are cancelled.
+    shutdown_grace_s: float = 5.0
+
+    def __post_init__(self) -> None:
+        if ":" not in self.listen_address:
+            raise ConfigError(
+                f"router listen_address must be host:port, got {self.listen_address!r}"
+            )
+        if ":" not in self.telemetry_address:
+            raise ConfigError(
+                f"router telemetry_address must be host:port, got {self.telemetry_address!r}"
+            )
+        if self.router is not None and not self.router:
+            raise ConfigError("router name must not be empty (None keeps the policy's router)")
+        for name in (
+            "tp",
+            "default_max_new_tokens",
+            "max_new_tokens_limit",
+            "max_prompt_tokens",
+            "snapshot_interval_ms",
+            "completion_queue_size",
+        ):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"router {name} must be >= 1, got {getattr(self, name)}")
+        if self.default_max_new_tokens > self.max_new_tokens_limit:
+            raise ConfigError(
+                "router default_max_new_tokens must be <= max_new_tokens_limit, got "
+                f"{self.default_max_new_tokens} > {self.max_new_tokens_limit}"
+            )
+        for name in (
+            "chars_per_token_estimate",
+            "watch_retry_s",
+            "optimistic_ttl_s",
+            "engine_connect_timeout_s",
+            "engine_request_timeout_s",
+            "telemetry_timeout_s",
+        ):
+            value = getattr(self, name)
+            if not math.isfinite(value) or value <= 0:
+                raise ConfigError(f"router {name} must be a finite number > 0, got {value}")
+        for name in ("initial_snapshot_timeout_s", "instance_stale_after_s", "shutdown_grace_s"):
+            value = getattr(self, name)
+            if not math.isfinite(value) or value < 0:
+                raise ConfigError(f"router {name} must be a finite number >= 0, got {value}")
+        if not (self.slo.ttft_ms > 0 and self.slo.itl_ms > 0):
+            raise ConfigError(f"router slo targets must be > 0, got {self.slo}")
+
+    def policy_context(self) -> PolicyContext:
+        """The hardware and SLO the policy is built with (same as the simulator's)."""
+        gpu = get_gpu(self.gpu_key)
+        model = get_model(self.model_key).with_tensor_parallel(self.tp)
+        perf = AnalyticalPerformanceModel.for_hardware(gpu, model)
+        if perf.kv_capacity_tokens() <= 0:
+            raise ConfigError(
+                f"{model.key} at TP {self.tp} does not fit in one {gpu.key}; raise tp"
+            )
+        return PolicyContext(gpu, perf, self.slo)

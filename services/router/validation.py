@@ -1,0 +1,156 @@
+"""Checks a GenerateRequest against the router's limits and turns it into plain values."""
+
+from __future__ import annotations
+
+import math
+import uuid
+from dataclasses import dataclass
+
+from voltana.policy.state import RequestSpec, SloTarget
+from voltana.services.router.errors import InvalidGenerateRequestError
+from voltana.services.router.settings import RouterSettings
+from voltana.v1 import router_pb2
+
+MAX_REQUEST_ID_CHARS = 256
+MAX_STOP_STRINGS = 16
+
+
+@dataclass(frozen=True, slots=True)
+class ValidatedRequest:
+    """A request the router accepted. Exactly one of ``text`` and ``input_ids`` is set."""
+
+    request_id: str
+    text: str | None
+    input_ids: tuple[int, ...] | None
+    # Exact for token ids; estimated for text (the router has no tokenizer).
+    prompt_tokens: int
+    max_new_tokens: int
+    temperature: float | None
+    top_p: float | None
+    ignore_eos: bool
+    stop: tuple[str, ...]
+    slo: SloTarget
+
+    def spec(self, arrival_s: float) -> RequestSpec:
+        """What the routing policy sees (``arrival_s`` on the snapshot's clock)."""
+        return RequestSpec(
+            input_tokens=self.prompt_tokens,
+            max_output_tokens=self.max_new_tokens,
+            slo=self.slo,
+            arrival_s=arrival_s,
+        )
+
+
+def estimate_text_tokens(text: str, chars_per_token: float) -> int:
+    """Rough token count of ``text`` (at least 1 for a non-empty prompt)."""
+    return max(1, math.ceil(len(text) / chars_per_token))
+
+
+def _prompt(
+    request: router_pb2.GenerateRequest, settings: RouterSettings
+) -> tuple[str | None, tuple[int, ...] | None, int]:
+    which = request.WhichOneof("prompt")
+    if which is None:
+        raise InvalidGenerateRequestError("the request needs a prompt: text or input_ids")
+    if which == "text":
+        text = request.text
+        if not text.strip():
+            raise InvalidGenerateRequestError("the prompt is empty")
+        tokens = estimate_text_tokens(text, settings.chars_per_token_estimate)
+        if tokens > settings.max_prompt_tokens:
+            raise InvalidGenerateRequestError(
+                f"the prompt is too long: about {tokens} tokens ({len(text)} characters), "
+                f"the limit is {settings.max_prompt_tokens} tokens"
+            )
+        return text, None, tokens
+    ids = tuple(request.input_ids.ids)
+    if not ids:
+        raise InvalidGenerateRequestError("the prompt is empty (input_ids has no token)")
+    if len(ids) > settings.max_prompt_tokens:
+        raise InvalidGenerateRequestError(
+            f"the prompt is too long: {len(ids)} tokens, the limit is "
+            f"{settings.max_prompt_tokens} tokens"
+        )
+    negative = next((token for token in ids if token < 0), None)
+    if negative is not None:
+        raise InvalidGenerateRequestError(f"input_ids holds a negative token id ({negative})")
+    return None, ids, len(ids)
+
+
+def _max_new_tokens(request: router_pb2.GenerateRequest, settings: RouterSettings) -> int:
+    if not request.HasField("max_new_tokens"):
+        return settings.default_max_new_tokens
+    value = request.max_new_tokens
+    if value <= 0:
+        raise InvalidGenerateRequestError(f"max_new_tokens must be > 0, got {value}")
+    if value > settings.max_new_tokens_limit:
+        raise InvalidGenerateRequestError(
+            f"max_new_tokens {value} is over the limit of {settings.max_new_tokens_limit}"
+        )
+    return value
+
+
+def _sampling(request: router_pb2.GenerateRequest) -> tuple[float | None, float | None]:
+    temperature = request.temperature if request.HasField("temperature") else None
+    if temperature is not None and not (math.isfinite(temperature) and temperature >= 0):
+        raise InvalidGenerateRequestError(f"temperature must be >= 0, got {temperature}")
+    top_p = request.top_p if request.HasField("top_p") else None
+    if top_p is not None and not (math.isfinite(top_p) and 0 < top_p <= 1):
+        raise InvalidGenerateRequestError(f"top_p must be in (0, 1], got {top_p}")
+    return temperature, top_p
+
+
+def _slo(request: router_pb2.GenerateRequest, cluster_slo: SloTarget) -> SloTarget:
+    """The request's own targets; a target left at 0 falls back to the cluster's."""
+    if not request.HasField("slo"):
+        return cluster_slo
+    ttft_ms, itl_ms = request.slo.ttft_ms, request.slo.itl_ms
+    for name, value in (("ttft_ms", ttft_ms), ("itl_ms", itl_ms)):
+        if not (math.isfinite(value) and value >= 0):
+            raise InvalidGenerateRequestError(f"slo.{name} must be >= 0, got {value}")
+    return SloTarget(
+        ttft_ms=ttft_ms or cluster_slo.ttft_ms,
+        itl_ms=itl_ms or cluster_slo.itl_ms,
+    )
+
+
+def _request_id(request: router_pb2.GenerateRequest) -> str:
+    request_id = request.request_id
+    if not request_id:
+        return uuid.uuid4().hex
+    if len(request_id) > MAX_REQUEST_ID_CHARS or not request_id.isprintable():
+        raise InvalidGenerateRequestError(
+            f"request_id must be at most {MAX_REQUEST_ID_CHARS} printable characters"
+        )
+    return request_id
+
+
+def _stop(request: router_pb2.GenerateRequest) -> tuple[str, ...]:
+    stop = tuple(request.stop)
+    if len(stop) > MAX_STOP_STRINGS:
+        raise InvalidGenerateRequestError(
+            f"at most {MAX_STOP_STRINGS} stop strings, got {len(stop)}"
+        )
+    if any(not item for item in stop):
+        raise InvalidGenerateRequestError("stop strings must not be empty")
+    return stop
+
+
+def validate_request(
+    request: router_pb2.GenerateRequest, settings: RouterSettings
+) -> ValidatedRequest:
+    """The accepted request; raises InvalidGenerateRequestError with a readable message."""
+    text, input_ids, prompt_tokens = _prompt(request, settings)
+    temperature, top_p = _sampling(request)
+    return ValidatedRequest(
+        request_id=_request_id(request),
+        text=text,
+        input_ids=input_ids,
+        prompt_tokens=prompt_tokens,
+        max_new_tokens=_max_new_tokens(request, settings),
+        temperature=temperature,
+        top_p=top_p,
+        ignore_eos=request.ignore_eos,
+        stop=_stop(request),
+        slo=_slo(request, settings.slo),
+    )

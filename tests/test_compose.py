@@ -1,0 +1,263 @@
+"""docker-compose.yml without a Docker engine: every Voltana command is a real `voltana`
+sub-command whose flags the parser (and the service's settings) accept, every address one
+service gives another points at a port that service listens on, and profiles line up."""
+
+from __future__ import annotations
+
+import argparse
+import re
+import shlex
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+import yaml
+
+from voltana.cli.main import build_parser
+
+pytestmark = pytest.mark.unit
+
+ROOT = Path(__file__).resolve().parent.parent
+COMPOSE_PATH = ROOT / "docker-compose.yml"
+PROFILES = ("gpu", "sim")
+# Flags whose value is another service's address: HOST:PORT or a URL.
+ADDRESS_FLAGS = ("telemetry", "agent", "engine_url", "advertise_engine_url", "redis_url")
+OWN_ADDRESS_FLAGS = ("advertise", "agent_advertise")
+_VARIABLE = re.compile(r"\$\{(?P<name>\w+)(?::?-(?P<default>[^}]*))?\}")
+
+
+def interpolate(value: Any) -> Any:
+    """Compose's ${VAR:-default} with every variable unset (the defaults the file documents)."""
+    if isinstance(value, str):
+        return _VARIABLE.sub(lambda m: m["default"] or "", value)
+    if isinstance(value, list):
+        return [interpolate(item) for item in value]
+    if isinstance(value, dict):
+        return {key: interpolate(item) for key, item in value.items()}
+    return value
+
+
+@pytest.fixture(scope="module")
+def services() -> dict[str, dict[str, Any]]:
+    document = interpolate(yaml.safe_load(COMPOSE_PATH.read_text()))
+    services: dict[str, dict[str, Any]] = document["services"]
+    return services
+
+
+def command_of(service: dict[str, Any]) -> list[str]:
+    command = service.get("command", [])
+    return shlex.split(command) if isinstance(command, str) else [str(part) for part in command]
+
+
+def voltana_services(services: dict[str, dict[str, Any]]) -> Iterator[tuple[str, list[str]]]:
+    for name, service in services.items():
+        command = command_of(service)
+        if command[:1] == ["voltana"]:
+            yield name, command
+
+
+def parse(command: list[str]) -> argparse.Namespace:
+    parser = build_parser()
+    try:
+        return parser.parse_args(command[1:])
+    except SystemExit as error:  # argparse exits on a bad flag
+        raise AssertionError(f"`{shlex.join(command)}` does not parse") from error
+
+
+def listening_ports(service: dict[str, Any]) -> set[int]:
+    ports = {int(str(port)) for port in service.get("expose", [])}
+    for mapping in service.get("ports", []):
+        ports.add(int(str(mapping).rsplit(":", 1)[-1]))
+    return ports
+
+
+def profiles_of(service: dict[str, Any]) -> set[str]:
+    return set(service.get("profiles", []))
+
+
+def runs_whenever(referrer: dict[str, Any], target: dict[str, Any]) -> bool:
+    """True when ``target`` is up in every profile selection that starts ``referrer``."""
+    target_profiles = profiles_of(target)
+    if not target_profiles:
+        return True
+    referrer_profiles = profiles_of(referrer)
+    return bool(referrer_profiles) and referrer_profiles <= target_profiles
+
+
+def split_address(value: str) -> tuple[str, int]:
+    if "://" in value:
+        parts = urlsplit(value)
+        assert parts.hostname and parts.port, f"{value!r} names no host and port"
+        return parts.hostname, parts.port
+    host, _, port = value.rpartition(":")
+    return host, int(port)
+
+
+def nvidia_devices(service: dict[str, Any]) -> list[dict[str, Any]]:
+    reservations = service.get("deploy", {}).get("resources", {}).get("reservations", {})
+    return [d for d in reservations.get("devices", []) if d.get("driver") == "nvidia"]
+
+
+def flag_value(command: list[str], flag: str) -> str:
+    return command[command.index(flag) + 1]
+
+
+# ---- the tests -------------------------------------------------------------------------------
+
+
+def test_every_voltana_command_parses_and_builds_its_service(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    commands = dict(voltana_services(services))
+    assert {"telemetry", "controller", "router", "agent"} <= set(commands)
+    for name, command in commands.items():
+        args = parse(command)
+        assert args.command == "serve", name
+        # The settings dataclass validates every value (policy names, ports, GPU keys...).
+        args.build(args)
+
+
+def test_every_service_listens_where_its_flags_say(services: dict[str, dict[str, Any]]) -> None:
+    for name, command in voltana_services(services):
+        args = parse(command)
+        ports = listening_ports(services[name])
+        for flag in ("listen", "agent_listen"):
+            value = getattr(args, flag, None)
+            if value is not None:
+                assert split_address(value)[1] in ports, f"{name}: --{flag} {value} not exposed"
+        if getattr(args, "mode", None) == "prefill" and args.service == "engine":
+            assert args.bootstrap_port in ports, f"{name}: bootstrap port not exposed"
+    for name, service in services.items():
+        command = command_of(service)
+        if "sglang.launch_server" in command:
+            assert int(flag_value(command, "--port")) in listening_ports(service), name
+            if "--disaggregation-bootstrap-port" in command:
+                port = int(flag_value(command, "--disaggregation-bootstrap-port"))
+                assert port in listening_ports(service), name
+
+
+def test_every_address_points_at_a_listening_port_of_a_running_service(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    checked = 0
+    for name, command in voltana_services(services):
+        args = parse(command)
+        references = [getattr(args, flag, None) for flag in ADDRESS_FLAGS]
+        if getattr(args, "bootstrap_host", ""):
+            references.append(f"{args.bootstrap_host}:{args.bootstrap_port}")
+        if getattr(args, "otel_endpoint", None):
+            references.append(args.otel_endpoint)
+        environment = services[name].get("environment", {})
+        if environment.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
+            references.append(environment["OTEL_EXPORTER_OTLP_ENDPOINT"])
+        for reference in filter(None, references):
+            host, port = split_address(reference)
+            assert host in services, f"{name}: {reference} names no service"
+            assert port in listening_ports(services[host]), (
+                f"{name}: {host} does not listen on {port}"
+            )
+            assert runs_whenever(services[name], services[host]), f"{name} needs {host} up"
+            checked += 1
+        for flag in OWN_ADDRESS_FLAGS:
+            value = getattr(args, flag, None)
+            if value:
+                host, port = split_address(value)
+                assert host == name and port in listening_ports(services[name]), f"{name}: {value}"
+        if getattr(args, "advertise_host", ""):
+            assert args.advertise_host == name
+    assert checked >= 10
+
+
+def test_depends_on_and_profiles_are_consistent(services: dict[str, dict[str, Any]]) -> None:
+    for name, service in services.items():
+        assert profiles_of(service) <= set(PROFILES), name
+        for dependency in service.get("depends_on", []):
+            assert dependency in services, f"{name} depends on unknown {dependency}"
+            assert runs_whenever(service, services[dependency]), f"{name} needs {dependency} up"
+        if nvidia_devices(service):
+            assert profiles_of(service) == {"gpu"}, f"{name} needs a GPU outside the gpu profile"
+    # The control plane runs in both profiles.
+    for name in ("redis", "jaeger", "telemetry", "controller", "router"):
+        assert not profiles_of(services[name]), name
+
+
+def test_each_profile_serves_prefill_and_decode_with_controllable_clocks(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    by_profile: dict[str, dict[str, list[str]]] = {
+        p: {"prefill": [], "decode": []} for p in PROFILES
+    }
+    for name, command in voltana_services(services):
+        args = parse(command)
+        if args.service not in ("engine", "instance"):
+            continue
+        (profile,) = profiles_of(services[name])
+        if args.service == "engine":
+            assert args.telemetry and args.agent_listen, f"{name} must register and host an agent"
+        else:
+            assert args.agent, f"{name} registers an instance without a node agent"
+        by_profile[profile][args.mode].append(args.instance_id)
+    for profile, instances in by_profile.items():
+        assert instances["prefill"] and instances["decode"], profile
+        every_id = instances["prefill"] + instances["decode"]
+        assert len(set(every_id)) == len(every_id), f"{profile}: repeated instance ids"
+
+
+def test_gpu_profile_binds_instances_agent_and_sglang_to_the_same_gpus(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    agent_args = parse(command_of(services["agent"]))
+    assert agent_args.backend == "nvml"
+    bindings = dict(agent_args.instance)
+    assert "SYS_ADMIN" in services["agent"]["cap_add"]
+    agent_gpus = {str(i) for d in nvidia_devices(services["agent"]) for i in d["device_ids"]}
+    for name, command in voltana_services(services):
+        args = parse(command)
+        if args.service != "instance":
+            continue
+        assert bindings[args.instance_id] == args.gpu_index, name
+        engine_host = urlsplit(args.engine_url).hostname
+        assert engine_host is not None
+        (device,) = nvidia_devices(services[engine_host])
+        assert device["device_ids"] == [str(args.gpu_index)], name
+        assert str(args.gpu_index) in agent_gpus, name
+        sglang = command_of(services[engine_host])
+        assert flag_value(sglang, "--disaggregation-mode") == args.mode
+    assert set(bindings) == {
+        parse(c).instance_id
+        for _, c in voltana_services(services)
+        if parse(c).service == "instance"
+    }
+
+
+def test_sglang_uses_the_official_image_and_pd_flags(services: dict[str, dict[str, Any]]) -> None:
+    sglang = {n: s for n, s in services.items() if "sglang.launch_server" in command_of(s)}
+    assert len(sglang) >= 2
+    modes = set()
+    for name, service in sglang.items():
+        command = command_of(service)
+        assert service["image"].startswith("lmsysorg/sglang"), name
+        assert command[:3] == ["python3", "-m", "sglang.launch_server"], name
+        assert flag_value(command, "--disaggregation-transfer-backend") == "mooncake", name
+        assert "--enable-metrics" in command, name  # the instance reporter reads /metrics
+        modes.add(flag_value(command, "--disaggregation-mode"))
+    assert modes == {"prefill", "decode"}
+
+
+def test_trace_viewer_accepts_otlp(services: dict[str, dict[str, Any]]) -> None:
+    jaeger = services["jaeger"]
+    assert jaeger["image"].startswith("jaegertracing/all-in-one")
+    assert str(jaeger["environment"]["COLLECTOR_OTLP_ENABLED"]).lower() == "true"
+    assert 4317 in listening_ports(jaeger)
+
+
+def test_dockerfile_builds_the_voltana_image() -> None:
+    dockerfile = (ROOT / "docker" / "Dockerfile").read_text()
+    assert re.search(r"^FROM python:3\.11-slim", dockerfile, re.MULTILINE)
+    assert re.search(r"^RUN pip install \.", dockerfile, re.MULTILINE)
+    document = yaml.safe_load(COMPOSE_PATH.read_text())
+    for name, service in document["services"].items():
+        if command_of(service)[:1] == ["voltana"]:
+            assert service["build"]["dockerfile"] == "docker/Dockerfile", name

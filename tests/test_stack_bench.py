@@ -1,0 +1,161 @@
+"""`voltana bench` against a running in-process stack: the simulate report and --json schema,
+energy from telemetry, and every request accounted for."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from voltana.cli.bench_cmd import energy_delta_j, error_reason, prompt_ids
+from voltana.policy.state import SloTarget
+from voltana.report import RunOutcome, summarize
+from voltana.sdk import InvalidRequestError, ServerError, UnavailableError
+from voltana.stack import SimStack, SimStackSettings
+from voltana.workloads import TraceRequest
+
+BENCH_TIMEOUT_S = 60.0
+# What `voltana simulate --json` writes per policy (voltana.report.summarize).
+RESULT_KEYS = set(summarize(RunOutcome("x", 1, [1.0], [1.0], 1, 1.0, 1.0, 1), SloTarget()).keys())
+
+
+@pytest.fixture
+async def stack() -> AsyncIterator[SimStack]:
+    settings = SimStackSettings(
+        prefill=1,
+        decode=1,
+        speedup=5.0,
+        report_interval_ms=100.0,
+        sample_interval_ms=100,
+        snapshot_interval_ms=50,
+        drain_timeout_s=0.5,
+    )
+    async with SimStack(settings) as running:
+        yield running
+
+
+def write_trace(path: Path) -> Path:
+    """Eight small requests over 0.7 s, one asking for more tokens than the router allows."""
+    lines = [
+        {"timestamp": 100 * i, "input_length": 128 + 16 * i, "output_length": 12} for i in range(8)
+    ]
+    lines[5]["output_length"] = 20_000  # above the router's max_new_tokens_limit
+    path.write_text("\n".join(json.dumps(line) for line in lines) + "\n")
+    return path
+
+
+async def run_bench(*args: str) -> tuple[int, str, str]:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "voltana.cli.main",
+        "bench",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    stdout, stderr = await asyncio.wait_for(process.communicate(), BENCH_TIMEOUT_S)
+    assert process.returncode is not None
+    return process.returncode, stdout.decode(), stderr.decode()
+
+
+@pytest.mark.e2e
+async def test_bench_prints_the_simulate_table_and_json(stack: SimStack, tmp_path: Path) -> None:
+    trace = write_trace(tmp_path / "tiny.jsonl")
+    out = tmp_path / "bench.json"
+    code, stdout, stderr = await run_bench(
+        "--target",
+        stack.router_address,
+        "--telemetry",
+        stack.telemetry_address,
+        "--trace",
+        str(trace),
+        "--policy-label",
+        "static-max",
+        "--json",
+        str(out),
+    )
+    assert code == 0, stderr
+    table = stdout.splitlines()
+    assert table[0].split() == ["static-max"]
+    labels = [line.split("  ")[0].strip() for line in table[2:]]
+    assert labels[:4] == ["requests", "completed", "rejected", "energy (kJ)"]
+    assert "SLO attainment" in labels
+    assert "invalid_request: 1" in stderr  # the failed request is named on stderr
+
+    document = json.loads(out.read_text())
+    assert set(document) == {"config", "results"}
+    assert document["config"]["target"] == stack.router_address
+    (row,) = document["results"]
+    assert set(row) == RESULT_KEYS
+    assert row["policy"] == "static-max"
+    assert row["requests"] == 8
+    assert row["completed"] == 7
+    assert row["rejected"] == 1 and row["rejected_by_reason"] == {"invalid_request": 1}
+    assert row["energy_j"] > 0
+    assert row["avg_power_w"] > 0
+    assert row["energy_per_output_token_j"] == pytest.approx(row["energy_j"] / (7 * 12))
+    assert row["ttft_ms"]["p50"] > 0 and row["itl_ms"]["p50"] > 0
+    assert 0.0 <= row["slo_attainment"] <= 7 / 8
+
+
+@pytest.mark.e2e
+async def test_bench_without_telemetry_reports_unknown_energy(
+    stack: SimStack, tmp_path: Path
+) -> None:
+    trace = tmp_path / "two.jsonl"
+    trace.write_text(
+        '{"timestamp": 0, "input_length": 64, "output_length": 4}\n'
+        '{"timestamp": 50, "input_length": 64, "output_length": 4}\n'
+    )
+    out = tmp_path / "bench.json"
+    code, stdout, stderr = await run_bench(
+        "--target", stack.router_address, "--trace", str(trace), "--json", str(out), "--quiet"
+    )
+    assert code == 0, stderr
+    (row,) = json.loads(out.read_text())["results"]
+    assert row["completed"] == 2 and row["rejected"] == 0
+    assert row["energy_j"] is None and row["avg_power_w"] is None
+    assert row["energy_per_output_token_j"] is None and row["energy_savings_vs_first"] is None
+    lines = stdout.splitlines()
+    for label in ("energy (kJ)", "savings vs first", "J / output token", "avg power / GPU (W)"):
+        line = next(line for line in lines if line.startswith(label))
+        assert line.split()[-1] == "-", line
+    assert "nan" not in stdout
+
+
+@pytest.mark.e2e
+async def test_bench_against_nothing_fails_in_one_line(tmp_path: Path) -> None:
+    trace = tmp_path / "one.jsonl"
+    trace.write_text('{"timestamp": 0, "input_length": 8, "output_length": 2}\n')
+    code, _, stderr = await run_bench(
+        "--target", "127.0.0.1:1", "--trace", str(trace), "--quiet", "--connect-timeout-s", "0.5"
+    )
+    assert code == 2
+    assert stderr.strip().splitlines()[-1].startswith("voltana bench: error:")
+
+
+@pytest.mark.unit
+def test_prompt_ids_have_the_trace_length_and_valid_ids() -> None:
+    ids = prompt_ids(TraceRequest(request_id=3, arrival_s=0.0, input_tokens=300, output_tokens=1))
+    assert len(ids) == 300 and min(ids) >= 1000 and max(ids) < 21_000
+    assert ids == prompt_ids(TraceRequest(3, 5.0, 300, 9))  # deterministic
+
+
+@pytest.mark.unit
+def test_energy_counts_instances_seen_twice_and_never_goes_negative() -> None:
+    before = {"a": 100.0, "b": 50.0, "gone": 10.0}
+    after = {"a": 160.0, "b": 40.0, "new": 5.0}
+    assert energy_delta_j(before, after) == (60.0, 2)
+
+
+@pytest.mark.unit
+def test_error_reasons() -> None:
+    assert error_reason(InvalidRequestError("x")) == "invalid_request"
+    assert error_reason(UnavailableError("x")) == "unavailable"
+    assert error_reason(ServerError("x")) == "server_error"
+    assert error_reason(ValueError("x")) == "client_error"

@@ -1,0 +1,406 @@
+"""`voltana bench`: replay a workload in real time through a running router with the SDK.
+
+Each request is sent at its trace arrival time as ``input_ids`` of its input length with
+``max_new_tokens`` = its output length and ``ignore_eos``; TTFT and ITL are measured here, on
+the client. Energy is the increase of every instance's GPU energy counter in telemetry between
+the start and the end of the run (``--telemetry``; without it energy is reported as unknown).
+The report and the ``--json`` schema are those of ``voltana simulate``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from voltana.cli.options import add_slo_args, positive_float, positive_int, slo_from_args
+from voltana.cli.progress import ProgressBar
+from voltana.cli.serve_cmd import host_port
+from voltana.errors import ConfigError, VoltanaError
+from voltana.report import RunOutcome, add_savings, format_table, summarize
+from voltana.sdk import (
+    DeadlineExceededError,
+    GenerationSummary,
+    InvalidRequestError,
+    RequestCancelledError,
+    ServerError,
+    UnavailableError,
+    VoltanaClient,
+    VoltanaClientError,
+)
+from voltana.workloads import TraceRequest, load_workload, summarize_workload
+
+EPILOG = """\
+examples:
+  voltana bench --target 127.0.0.1:50051 --telemetry 127.0.0.1:50052 \\
+      --trace synthetic:poisson:rate=5,duration=60,input=512,output=128 --json out.json
+  voltana bench --target router:50051 --trace azure_llm_2023_conv.csv --duration-s 120 \\
+      --rate-scale 0.5 --max-concurrency 256 --policy-label voltana
+
+Latencies are wall-clock times measured by this client. Against `voltana up --sim --speedup X`
+with X > 1 the engines run X times faster than real hardware would, so compare runs at one
+speedup (1 for figures that mean milliseconds on the simulated GPU).
+"""
+
+# Why a request did not complete, as counted in `rejected_by_reason`.
+_ERROR_REASONS: tuple[tuple[type[VoltanaClientError], str], ...] = (
+    (InvalidRequestError, "invalid_request"),
+    (UnavailableError, "unavailable"),
+    (DeadlineExceededError, "deadline_exceeded"),
+    (RequestCancelledError, "cancelled"),
+    (ServerError, "server_error"),
+)
+_COMPLETED_FINISH_REASONS = ("length", "stop")
+# Token ids of the synthetic prompts: well inside every common vocabulary, away from specials.
+_PROMPT_TOKEN_BASE = 1000
+_PROMPT_TOKEN_SPAN = 20_000
+
+
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = commands.add_parser(
+        "bench",
+        help="replay a trace in real time through a running router; same report as simulate",
+        description="Replay a workload in real time through a Voltana router with the client "
+        "SDK, measure TTFT and ITL on the client and energy from telemetry, and report them "
+        "like `voltana simulate`.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--target", type=host_port, required=True, metavar="HOST:PORT", help="router address"
+    )
+    parser.add_argument(
+        "--telemetry",
+        type=host_port,
+        metavar="HOST:PORT",
+        help="telemetry address, to measure GPU energy (default: energy not measured)",
+    )
+    parser.add_argument(
+        "--trace", required=True, help="workload file or synthetic spec (as for simulate)"
+    )
+    workload = parser.add_argument_group("workload shaping")
+    workload.add_argument(
+        "--rate-scale",
+        type=positive_float,
+        default=1.0,
+        help="multiply the arrival rate (compress time) by X (default: 1)",
+    )
+    workload.add_argument("--start-s", type=float, help="cut the trace from this offset (s)")
+    workload.add_argument("--duration-s", type=positive_float, help="replay at most this long (s)")
+    workload.add_argument("--max-requests", type=positive_int, help="replay at most N requests")
+    load = parser.add_argument_group("client")
+    load.add_argument(
+        "--max-concurrency",
+        type=positive_int,
+        help="requests in flight at most; later ones wait (default: unlimited)",
+    )
+    load.add_argument(
+        "--request-timeout-s",
+        type=positive_float,
+        default=600.0,
+        help="deadline of each request (default: %(default)s)",
+    )
+    load.add_argument(
+        "--connect-timeout-s",
+        type=positive_float,
+        default=10.0,
+        help="give up when the router does not answer within this (default: %(default)s)",
+    )
+    add_slo_args(parser)
+    output = parser.add_argument_group("output")
+    output.add_argument(
+        "--policy-label",
+        default="live",
+        metavar="NAME",
+        help="column name of this run in the report (default: %(default)s)",
+    )
+    output.add_argument("--json", metavar="OUT.json", help="write the results as JSON")
+    output.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    parser.set_defaults(handler=run)
+
+
+# ---- measuring one request -------------------------------------------------------------------
+
+
+@dataclass
+class RequestResult:
+    """What the client saw of one request."""
+
+    completed: bool
+    error_reason: str = ""
+    ttft_ms: float = 0.0
+    mean_itl_ms: float = 0.0
+    output_tokens: int = 0
+    # Token-level ITL: gap per token and how many tokens saw it.
+    token_itl_ms: list[float] = field(default_factory=list)
+    token_itl_weights: list[float] = field(default_factory=list)
+    finished_at_s: float = 0.0
+
+
+def prompt_ids(request: TraceRequest) -> list[int]:
+    """A deterministic prompt of exactly ``request.input_tokens`` token ids."""
+    offset = request.request_id * 7919
+    return [
+        _PROMPT_TOKEN_BASE + (offset + i) % _PROMPT_TOKEN_SPAN for i in range(request.input_tokens)
+    ]
+
+
+def error_reason(error: BaseException) -> str:
+    for error_class, reason in _ERROR_REASONS:
+        if isinstance(error, error_class):
+            return reason
+    return "client_error"
+
+
+async def send_one(
+    client: VoltanaClient,
+    request: TraceRequest,
+    timeout_s: float,
+    clock: Callable[[], float] = time.monotonic,
+) -> RequestResult:
+    """Send one request and time its token stream; never raises for a failed request."""
+    sent_s = clock()
+    first_s: float | None = None
+    last_s = sent_s
+    tokens = 0
+    result = RequestResult(completed=False)
+    summary: GenerationSummary | None = None
+    stream = client.generate(
+        input_ids=prompt_ids(request),
+        max_new_tokens=request.output_tokens,
+        ignore_eos=True,
+        timeout_s=timeout_s,
+    )
+    try:
+        async for event in stream:
+            now_s = clock()
+            if isinstance(event, GenerationSummary):
+                summary = event
+                break
+            count = max(1, len(event.token_ids))
+            if first_s is None:
+                first_s = now_s
+                if count > 1:  # tokens that arrived together with the first one
+                    result.token_itl_ms.append(0.0)
+                    result.token_itl_weights.append(count - 1)
+            else:
+                result.token_itl_ms.append((now_s - last_s) * 1000.0 / count)
+                result.token_itl_weights.append(count)
+            tokens += count
+            last_s = now_s
+    except VoltanaError as error:
+        result.error_reason = error_reason(error)
+    finally:
+        await stream.aclose()
+    result.finished_at_s = clock()
+    if result.error_reason:
+        return result
+    if summary is None:
+        result.error_reason = "incomplete"
+    elif summary.finish_reason not in _COMPLETED_FINISH_REASONS:
+        result.error_reason = f"finish_{summary.finish_reason or 'unknown'}"
+    elif first_s is None:
+        result.error_reason = "no_tokens"
+    if result.error_reason:
+        return result
+    assert summary is not None and first_s is not None
+    tokens = max(tokens, summary.completion_tokens)
+    result.completed = True
+    result.output_tokens = tokens
+    result.ttft_ms = (first_s - sent_s) * 1000.0
+    result.mean_itl_ms = (last_s - first_s) * 1000.0 / (tokens - 1) if tokens > 1 else 0.0
+    return result
+
+
+# ---- replaying a workload --------------------------------------------------------------------
+
+
+@dataclass
+class ReplayResult:
+    results: list[RequestResult]
+    started_s: float
+    finished_s: float
+
+    @property
+    def duration_s(self) -> float:
+        return max(0.0, self.finished_s - self.started_s)
+
+
+async def replay(
+    client: VoltanaClient,
+    requests: Sequence[TraceRequest],
+    *,
+    max_concurrency: int | None = None,
+    timeout_s: float = 600.0,
+    on_done: Callable[[int], None] | None = None,
+) -> ReplayResult:
+    """Send every request at its arrival time (relative to now); wait for all of them."""
+    loop = asyncio.get_running_loop()
+    limit = asyncio.Semaphore(max_concurrency) if max_concurrency else None
+    done = 0
+
+    async def run_one(request: TraceRequest) -> RequestResult:
+        nonlocal done
+        try:
+            if limit is None:
+                return await send_one(client, request, timeout_s)
+            async with limit:
+                return await send_one(client, request, timeout_s)
+        finally:
+            done += 1
+            if on_done is not None:
+                on_done(done)
+
+    started_s = time.monotonic()
+    start_loop_s = loop.time()
+    tasks: list[asyncio.Task[RequestResult]] = []
+    try:
+        for request in requests:
+            delay_s = start_loop_s + request.arrival_s - loop.time()
+            if delay_s > 0:
+                await asyncio.sleep(delay_s)
+            tasks.append(asyncio.create_task(run_one(request)))
+        results = list(await asyncio.gather(*tasks))
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
+    finished_s = max((r.finished_at_s for r in results), default=started_s)
+    return ReplayResult(results, started_s, finished_s)
+
+
+# ---- energy from telemetry -------------------------------------------------------------------
+
+
+async def read_energy_j(telemetry_address: str) -> dict[str, float]:
+    """Every instance's GPU energy counter (J) as telemetry last received it."""
+    from voltana.services.telemetry import TelemetryClient
+
+    async with TelemetryClient(telemetry_address) as client:
+        snapshot = await client.snapshot()
+    return {
+        state.instance_id: state.energy_j
+        for state in (*snapshot.prefill.values(), *snapshot.decode.values())
+    }
+
+
+def energy_delta_j(before: dict[str, float], after: dict[str, float]) -> tuple[float, int]:
+    """Energy drawn by the instances present at both readings, and how many they are."""
+    common = sorted(set(before) & set(after))
+    # A counter that went backwards (an engine restarted) adds nothing rather than subtracting.
+    return sum(max(0.0, after[i] - before[i]) for i in common), len(common)
+
+
+# ---- the command -----------------------------------------------------------------------------
+
+
+def outcome_of(
+    replay_result: ReplayResult,
+    requests: int,
+    label: str,
+    energy_j: float | None,
+    num_gpus: int,
+) -> RunOutcome:
+    completed = [r for r in replay_result.results if r.completed]
+    errors = Counter(r.error_reason for r in replay_result.results if not r.completed)
+    return RunOutcome(
+        policy=label,
+        requests=requests,
+        ttft_ms=[r.ttft_ms for r in completed],
+        mean_itl_ms=[r.mean_itl_ms for r in completed],
+        output_tokens=sum(r.output_tokens for r in completed),
+        energy_j=energy_j,
+        duration_s=replay_result.duration_s,
+        num_gpus=num_gpus,
+        rejected=dict(sorted(errors.items())),
+        token_itl_ms=[gap for r in completed for gap in r.token_itl_ms],
+        token_itl_weights=[w for r in completed for w in r.token_itl_weights],
+    )
+
+
+def result_row(outcome: RunOutcome, args: argparse.Namespace) -> dict[str, Any]:
+    # Unknown energy (no --telemetry) stays None in every energy figure; the table shows "-".
+    rows = [summarize(outcome, slo_from_args(args))]
+    add_savings(rows)
+    return rows[0]
+
+
+async def bench(args: argparse.Namespace, requests: list[TraceRequest]) -> dict[str, Any]:
+    async with VoltanaClient(args.target) as client:
+        await client.wait_until_ready(args.connect_timeout_s)
+        energy_before = await read_energy_j(args.telemetry) if args.telemetry else None
+        progress = None if args.quiet else ProgressBar(f"{args.policy_label:>16}")
+        total = len(requests)
+        replayed = await replay(
+            client,
+            requests,
+            max_concurrency=args.max_concurrency,
+            timeout_s=args.request_timeout_s,
+            on_done=None if progress is None else (lambda done: progress.update(done / total)),
+        )
+        energy_j: float | None = None
+        num_gpus = 0
+        if energy_before is not None:
+            energy_after = await read_energy_j(args.telemetry)
+            energy_j, num_gpus = energy_delta_j(energy_before, energy_after)
+    outcome = outcome_of(replayed, total, args.policy_label, energy_j, num_gpus)
+    return result_row(outcome, args)
+
+
+def run(args: argparse.Namespace) -> int:
+    slo = slo_from_args(args)
+    requests = load_workload(
+        args.trace,
+        rate_scale=args.rate_scale,
+        start_s=args.start_s,
+        duration_s=args.duration_s,
+        max_requests=args.max_requests,
+    )
+    workload = summarize_workload(requests)
+    print(f"workload: {args.trace} x{args.rate_scale:g} - {workload.describe()}", file=sys.stderr)
+    print(
+        f"target: router {args.target}, telemetry {args.telemetry or '- (energy not measured)'}; "
+        f"SLO TTFT {slo.ttft_ms:g} ms, ITL {slo.itl_ms:g} ms",
+        file=sys.stderr,
+    )
+    row = asyncio.run(bench(args, requests))
+    if row["rejected"]:
+        reasons = ", ".join(f"{k}: {v}" for k, v in row["rejected_by_reason"].items())
+        print(f"requests that did not complete: {reasons}", file=sys.stderr)
+    print(format_table([row]))
+    if args.json:
+        document = {
+            "config": {
+                "target": args.target,
+                "telemetry": args.telemetry,
+                "trace": args.trace,
+                "rate_scale": args.rate_scale,
+                "start_s": args.start_s,
+                "duration_s": args.duration_s,
+                "max_requests": args.max_requests,
+                "max_concurrency": args.max_concurrency,
+                "request_timeout_s": args.request_timeout_s,
+                "ttft_slo_ms": slo.ttft_ms,
+                "itl_slo_ms": slo.itl_ms,
+                "policy_label": args.policy_label,
+                "workload": workload.to_dict(),
+            },
+            "results": [row],
+        }
+        _write(Path(args.json), json.dumps(document, indent=2))
+    return 0
+
+
+def _write(path: Path, text: str) -> None:
+    try:
+        path.write_text(text + "\n")
+    except OSError as exc:
+        raise ConfigError(f"cannot write {path}: {exc.strerror}") from None

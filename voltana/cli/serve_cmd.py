@@ -1,0 +1,677 @@
+"""`voltana serve SERVICE`: run one Voltana service until SIGINT/SIGTERM (what compose runs).
+
+Every flag mirrors a field of the service's settings dataclass; defaults bind every interface on
+the service's well-known port (router 50051, telemetry 50052, controller 50053, agent 50054,
+simulated engine 30000 with KV bootstrap 8998 — SGLang's defaults).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+from collections.abc import Callable
+from typing import Protocol
+
+from voltana.cli.options import add_slo_args, positive_float, positive_int, slo_from_args
+from voltana.engine import EngineMode, SimEngineSettings
+from voltana.hardware import GPU_CATALOG, MODEL_CATALOG
+from voltana.observability import add_observability_args, observability_from_args
+from voltana.policy.registry import policy_names, router_names
+
+_LOG = logging.getLogger("voltana.serve")
+
+ROUTER_PORT = 50051
+TELEMETRY_PORT = 50052
+CONTROLLER_PORT = 50053
+AGENT_PORT = 50054
+ENGINE_PORT = 30000
+BOOTSTRAP_PORT = 8998
+# Shared secret of agents and the controller; from the environment so it stays out of `ps`.
+AGENT_TOKEN_ENV = "VOLTANA_AGENT_TOKEN"
+
+EPILOG = """\
+examples:
+  voltana serve telemetry --redis-url redis://redis:6379/0
+  voltana serve controller --telemetry telemetry:50052 --policy voltana
+  voltana serve router --telemetry telemetry:50052 --policy voltana
+  voltana serve agent --backend nvml --instance prefill-0=0 --instance decode-0=1 \\
+      --telemetry telemetry:50052 --advertise agent:50054
+  voltana serve engine --mode prefill --instance-id prefill-0 --advertise-host engine-prefill-0 \\
+      --telemetry telemetry:50052 --agent-listen 0.0.0.0:50054
+"""
+
+
+class Service(Protocol):
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = commands.add_parser(
+        "serve",
+        help="run one service (telemetry, controller, router, agent, engine, instance)",
+        description="Run one Voltana service in the foreground until SIGINT/SIGTERM, then stop "
+        "it gracefully. docker-compose.yml runs one of these per container.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    services = parser.add_subparsers(dest="service", metavar="SERVICE", required=True)
+    for add in (
+        _add_telemetry,
+        _add_controller,
+        _add_router,
+        _add_agent,
+        _add_engine,
+        _add_instance,
+    ):
+        service_parser = add(services)
+        add_observability_args(service_parser)
+
+
+def _listen_arg(parser: argparse.ArgumentParser, port: int) -> None:
+    parser.add_argument(
+        "--listen",
+        type=host_port,
+        default=f"0.0.0.0:{port}",
+        metavar="HOST:PORT",
+        help="address to serve on; port 0 = any free port (default: %(default)s)",
+    )
+
+
+def _telemetry_arg(parser: argparse.ArgumentParser, *, required_help: str) -> None:
+    parser.add_argument(
+        "--telemetry",
+        type=host_port,
+        default=f"127.0.0.1:{TELEMETRY_PORT}",
+        metavar="HOST:PORT",
+        help=f"telemetry service {required_help} (default: %(default)s)",
+    )
+
+
+def _hardware_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--gpu",
+        default="a100-80g",
+        help=f"GPU type: {', '.join(GPU_CATALOG)} (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--model",
+        default="llama-3.1-8b",
+        help=f"model: {', '.join(MODEL_CATALOG)} (default: %(default)s)",
+    )
+    parser.add_argument("--tp", type=positive_int, default=1, help="GPUs per instance")
+
+
+def _policy_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--policy",
+        default="static-max",
+        help=f"operating policy: {', '.join(policy_names())} (default: %(default)s)",
+    )
+
+
+# ---- telemetry -------------------------------------------------------------------------------
+
+
+def _add_telemetry(
+    services: argparse._SubParsersAction[argparse.ArgumentParser],
+) -> argparse.ArgumentParser:
+    parser = services.add_parser(
+        "telemetry", help="instance state, GPU samples and completions (memory or Redis)"
+    )
+    _listen_arg(parser, TELEMETRY_PORT)
+    parser.add_argument("--redis-url", help="redis://host:port/db (default: in process memory)")
+    parser.add_argument(
+        "--redis-key-prefix",
+        default="voltana:",
+        help="prefix of every Redis key (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--window-s",
+        type=positive_float,
+        default=60.0,
+        help="default window of aggregates (default: %(default)s)",
+    )
+    add_slo_args(parser)
+    parser.set_defaults(handler=run, build=_build_telemetry, service_name="voltana-telemetry")
+    return parser
+
+
+def _build_telemetry(args: argparse.Namespace) -> Service:
+    from voltana.services.telemetry import TelemetryService, TelemetrySettings
+
+    return TelemetryService(
+        TelemetrySettings(
+            listen_address=args.listen,
+            redis_url=args.redis_url,
+            redis_key_prefix=args.redis_key_prefix,
+            window_s=args.window_s,
+            slo=slo_from_args(args),
+        )
+    )
+
+
+# ---- controller ------------------------------------------------------------------------------
+
+
+def _add_controller(
+    services: argparse._SubParsersAction[argparse.ArgumentParser],
+) -> argparse.ArgumentParser:
+    parser = services.add_parser(
+        "controller", help="frequency controller: policies → clocks on node agents"
+    )
+    _listen_arg(parser, CONTROLLER_PORT)
+    _telemetry_arg(parser, required_help="to read instance states from")
+    _policy_args(parser)
+    _hardware_args(parser)
+    add_slo_args(parser)
+    parser.add_argument(
+        "--control-interval-ms",
+        type=positive_int,
+        default=50,
+        help="decide at least this often (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--lease-ttl-ms",
+        type=positive_int,
+        default=3000,
+        help="clock lease asked of agents; a dead controller's clocks reset after it "
+        "(default: %(default)s)",
+    )
+    parser.add_argument(
+        "--snapshot-mode",
+        choices=("watch", "poll"),
+        default="watch",
+        help="follow telemetry by watch stream or by polling (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--controller-id", default="", help="lease holder name (default: controller@HOST)"
+    )
+    parser.add_argument(
+        "--keep-clocks-on-stop",
+        action="store_true",
+        help="do not ask agents to reset clocks on stop (leases still lapse)",
+    )
+    parser.set_defaults(handler=run, build=_build_controller, service_name="voltana-controller")
+    return parser
+
+
+def _build_controller(args: argparse.Namespace) -> Service:
+    from voltana.services.controller import ControllerService, ControllerSettings
+
+    return ControllerService(
+        ControllerSettings(
+            telemetry_address=args.telemetry,
+            listen_address=args.listen,
+            policy=args.policy,
+            slo=slo_from_args(args),
+            gpu_key=args.gpu,
+            model_key=args.model,
+            tensor_parallel=args.tp,
+            control_interval_ms=args.control_interval_ms,
+            lease_ttl_ms=args.lease_ttl_ms,
+            snapshot_mode=args.snapshot_mode,
+            controller_id=args.controller_id,
+            agent_auth_token=os.environ.get(AGENT_TOKEN_ENV) or None,
+            reset_clocks_on_stop=not args.keep_clocks_on_stop,
+        )
+    )
+
+
+# ---- router ----------------------------------------------------------------------------------
+
+
+def _add_router(
+    services: argparse._SubParsersAction[argparse.ArgumentParser],
+) -> argparse.ArgumentParser:
+    parser = services.add_parser("router", help="places requests on prefill/decode instances")
+    _listen_arg(parser, ROUTER_PORT)
+    _telemetry_arg(parser, required_help="to watch snapshots from and report completions to")
+    _policy_args(parser)
+    parser.add_argument(
+        "--router", help=f"override the policy's router: {', '.join(router_names())}"
+    )
+    _hardware_args(parser)
+    add_slo_args(parser)
+    parser.add_argument(
+        "--snapshot-interval-ms",
+        type=positive_int,
+        default=100,
+        help="telemetry watch period (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--default-max-new-tokens",
+        type=positive_int,
+        default=128,
+        help="max_new_tokens of requests that set none (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--max-new-tokens-limit",
+        type=positive_int,
+        default=16_384,
+        help="most tokens a request may ask for (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--max-prompt-tokens",
+        type=positive_int,
+        default=32_768,
+        help="longest prompt accepted (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--instance-stale-after-s",
+        type=float,
+        default=0.0,
+        help="skip instances silent this long; 0 = never (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--engine-request-timeout-s",
+        type=positive_float,
+        default=600.0,
+        help="longest engine call when the client sets no deadline (default: %(default)s)",
+    )
+    parser.set_defaults(handler=run, build=_build_router, service_name="voltana-router")
+    return parser
+
+
+def _build_router(args: argparse.Namespace) -> Service:
+    from voltana.services.router import RouterService, RouterSettings
+
+    return RouterService(
+        RouterSettings(
+            listen_address=args.listen,
+            telemetry_address=args.telemetry,
+            policy=args.policy,
+            router=args.router,
+            gpu_key=args.gpu,
+            model_key=args.model,
+            tp=args.tp,
+            slo=slo_from_args(args),
+            snapshot_interval_ms=args.snapshot_interval_ms,
+            default_max_new_tokens=args.default_max_new_tokens,
+            max_new_tokens_limit=args.max_new_tokens_limit,
+            max_prompt_tokens=args.max_prompt_tokens,
+            instance_stale_after_s=args.instance_stale_after_s,
+            engine_request_timeout_s=args.engine_request_timeout_s,
+        )
+    )
+
+
+# ---- node agent ------------------------------------------------------------------------------
+
+
+def _add_agent(
+    services: argparse._SubParsersAction[argparse.ArgumentParser],
+) -> argparse.ArgumentParser:
+    parser = services.add_parser(
+        "agent", help="node agent: applies clocks through NVML (privileged), samples power"
+    )
+    _listen_arg(parser, AGENT_PORT)
+    parser.add_argument(
+        "--advertise",
+        type=host_port,
+        metavar="HOST:PORT",
+        help="address the controller dials, reported in samples (default: the bound address)",
+    )
+    parser.add_argument(
+        "--backend",
+        choices=("nvml", "sim"),
+        default="nvml",
+        help="GPU backend (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--gpu-index",
+        type=non_negative_int,
+        action="append",
+        default=[],
+        metavar="N",
+        help="GPU to control, repeatable (default: every GPU; sim: GPU 0)",
+    )
+    parser.add_argument(
+        "--sim-gpu", default="a100-80g", help="GPU type of the sim backend (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--gpu-key", default="", help="catalog GPU type to report (default: from NVML's name)"
+    )
+    parser.add_argument(
+        "--instance",
+        type=instance_binding,
+        action="append",
+        default=[],
+        metavar="ID=GPU",
+        help="serving instance ID runs on GPU index GPU, repeatable",
+    )
+    parser.add_argument(
+        "--telemetry",
+        type=host_port,
+        metavar="HOST:PORT",
+        help="telemetry to stream GPU samples to (default: none)",
+    )
+    parser.add_argument(
+        "--sample-interval-ms",
+        type=positive_int,
+        default=500,
+        help="GPU sampling period (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--default-lease-ttl-ms", type=positive_int, default=10_000, help="default clock lease"
+    )
+    parser.add_argument(
+        "--max-lease-ttl-ms", type=positive_int, default=300_000, help="longest clock lease"
+    )
+    parser.add_argument("--node-name", default="", help="name of this host in logs")
+    parser.add_argument(
+        "--no-reset-on-start",
+        action="store_true",
+        help="do not reset every GPU to default clocks at start",
+    )
+    parser.set_defaults(handler=run, build=_build_agent, service_name="voltana-agent")
+    return parser
+
+
+def _build_agent(args: argparse.Namespace) -> Service:
+    from voltana.services.agent import AgentService, AgentSettings
+
+    return AgentService(
+        AgentSettings(
+            listen_address=args.listen,
+            advertise_address=args.advertise or "",
+            backend=args.backend,
+            gpu_indices=tuple(args.gpu_index),
+            sim_gpu_key=args.sim_gpu,
+            gpu_key=args.gpu_key,
+            instance_gpu_indices=dict(args.instance),
+            node_name=args.node_name,
+            default_lease_ttl_ms=args.default_lease_ttl_ms,
+            max_lease_ttl_ms=args.max_lease_ttl_ms,
+            reset_on_start=not args.no_reset_on_start,
+            telemetry_address=args.telemetry,
+            sample_interval_ms=args.sample_interval_ms,
+            auth_token=os.environ.get(AGENT_TOKEN_ENV) or None,
+        )
+    )
+
+
+# ---- simulated engine ------------------------------------------------------------------------
+
+
+def _add_engine(
+    services: argparse._SubParsersAction[argparse.ArgumentParser],
+) -> argparse.ArgumentParser:
+    parser = services.add_parser(
+        "engine",
+        help="a simulated SGLang server (real GPUs run the official SGLang image instead)",
+    )
+    _listen_arg(parser, ENGINE_PORT)
+    parser.add_argument(
+        "--mode",
+        choices=[mode.value for mode in EngineMode],
+        default="null",
+        help="SGLang --disaggregation-mode (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--bootstrap-port",
+        type=port_number,
+        default=BOOTSTRAP_PORT,
+        help="prefill: KV bootstrap port (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--instance-id", default="", help="id in telemetry (default: MODE@HOST:PORT)"
+    )
+    parser.add_argument(
+        "--advertise-host",
+        default="",
+        help="host other services reach this engine by (default: the listen host)",
+    )
+    _hardware_args(parser)
+    parser.add_argument(
+        "--speedup",
+        type=positive_float,
+        default=1.0,
+        help="simulated time runs X times faster (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--max-running-requests", type=positive_int, default=256, help="decode batch limit"
+    )
+    parser.add_argument(
+        "--chunked-prefill-size", type=positive_int, default=8192, help="prefill tokens per batch"
+    )
+    parser.add_argument(
+        "--max-total-num-tokens",
+        type=non_negative_int,
+        default=0,
+        help="KV capacity in tokens; 0 = what fits in GPU memory",
+    )
+    parser.add_argument(
+        "--telemetry",
+        type=host_port,
+        metavar="HOST:PORT",
+        help="register with this telemetry and report load to it (default: standalone)",
+    )
+    parser.add_argument(
+        "--report-interval-ms",
+        type=positive_float,
+        default=250.0,
+        help="load report period (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--agent-listen",
+        type=host_port,
+        metavar="HOST:PORT",
+        help="also serve a node agent (sim backend) on this engine's simulated GPU",
+    )
+    parser.add_argument(
+        "--agent-advertise",
+        type=host_port,
+        metavar="HOST:PORT",
+        help="address the controller dials for that agent (default: ADVERTISE_HOST:PORT)",
+    )
+    parser.add_argument("--gpu-index", type=non_negative_int, default=0, help="GPU index")
+    parser.add_argument(
+        "--sample-interval-ms",
+        type=positive_int,
+        default=250,
+        help="GPU sampling period of the co-hosted agent (default: %(default)s)",
+    )
+    parser.set_defaults(handler=run, build=_build_engine, service_name="voltana-engine")
+    return parser
+
+
+def _build_engine(args: argparse.Namespace) -> Service:
+    from voltana.stack import EngineNode, EngineNodeSettings
+
+    host, _, port = args.listen.rpartition(":")
+    return EngineNode(
+        EngineNodeSettings(
+            engine=SimEngineSettings(
+                host=host.strip("[]"),
+                port=int(port),
+                mode=args.mode,
+                gpu_key=args.gpu,
+                model_key=args.model,
+                tp=args.tp,
+                speedup=args.speedup,
+                bootstrap_port=args.bootstrap_port if args.mode == "prefill" else 0,
+                max_running_requests=args.max_running_requests,
+                chunked_prefill_size=args.chunked_prefill_size,
+                max_total_num_tokens=args.max_total_num_tokens,
+                instance_id=args.instance_id,
+                report_interval_ms=args.report_interval_ms,
+            ),
+            advertise_host=args.advertise_host,
+            telemetry_address=args.telemetry,
+            agent_listen_address=args.agent_listen,
+            agent_advertise_address=args.agent_advertise or "",
+            gpu_index=args.gpu_index,
+            sample_interval_ms=args.sample_interval_ms,
+        )
+    )
+
+
+# ---- SGLang instance reporter ----------------------------------------------------------------
+
+
+def _add_instance(
+    services: argparse._SubParsersAction[argparse.ArgumentParser],
+) -> argparse.ArgumentParser:
+    parser = services.add_parser(
+        "instance",
+        help="register a real SGLang server with telemetry and report its load from /metrics",
+    )
+    parser.add_argument(
+        "--engine-url",
+        required=True,
+        metavar="URL",
+        help="the SGLang server, e.g. http://sglang-prefill:30000",
+    )
+    parser.add_argument(
+        "--advertise-engine-url",
+        default="",
+        metavar="URL",
+        help="URL the router should use (default: --engine-url)",
+    )
+    parser.add_argument("--instance-id", required=True, help="id of the instance in telemetry")
+    parser.add_argument(
+        "--mode", choices=("prefill", "decode"), required=True, help="its --disaggregation-mode"
+    )
+    parser.add_argument(
+        "--bootstrap-host", default="", help="prefill: host of its KV bootstrap server"
+    )
+    parser.add_argument(
+        "--bootstrap-port",
+        type=port_number,
+        default=0,
+        help=f"prefill: its --disaggregation-bootstrap-port (SGLang's default: {BOOTSTRAP_PORT})",
+    )
+    parser.add_argument(
+        "--agent",
+        type=host_port,
+        metavar="HOST:PORT",
+        help="node agent controlling its GPU (default: its clock is not controlled)",
+    )
+    parser.add_argument(
+        "--gpu-index", type=non_negative_int, default=0, help="its GPU on that agent"
+    )
+    parser.add_argument(
+        "--gpu",
+        default="a100-80g",
+        help=f"GPU type: {', '.join(GPU_CATALOG)} (default: %(default)s)",
+    )
+    _telemetry_arg(parser, required_help="to register with and report to")
+    parser.add_argument(
+        "--interval-ms", type=positive_int, default=250, help="scrape period (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--startup-timeout-s",
+        type=positive_float,
+        default=1800.0,
+        help="wait this long for the server to become healthy (default: %(default)s)",
+    )
+    parser.set_defaults(handler=run, build=_build_instance, service_name="voltana-instance")
+    return parser
+
+
+def _build_instance(args: argparse.Namespace) -> Service:
+    from voltana.policy.state import Phase
+    from voltana.stack.sglang_reporter import SglangInstanceReporter, SglangInstanceSettings
+
+    return SglangInstanceReporter(
+        SglangInstanceSettings(
+            telemetry_address=args.telemetry,
+            instance_id=args.instance_id,
+            phase=Phase(args.mode),
+            engine_url=args.engine_url,
+            advertised_engine_url=args.advertise_engine_url,
+            gpu_key=args.gpu,
+            bootstrap_host=args.bootstrap_host,
+            bootstrap_port=args.bootstrap_port,
+            agent_address=args.agent or "",
+            gpu_index=args.gpu_index,
+            interval_ms=args.interval_ms,
+            startup_timeout_s=args.startup_timeout_s,
+        )
+    )
+
+
+# ---- running ---------------------------------------------------------------------------------
+
+
+def run(args: argparse.Namespace) -> int:
+    build: Callable[[argparse.Namespace], Service] = args.build
+    observability = observability_from_args(args, args.service_name)
+    observability.check()
+    service = build(args)  # bad settings fail here, before logging or tracing start
+    tracing = observability.apply()
+    try:
+        asyncio.run(serve_until_signal(service, args.service))
+    finally:
+        tracing.shutdown()
+    return 0
+
+
+async def serve_until_signal(service: Service, name: str) -> None:
+    """Start ``service``, wait for SIGINT/SIGTERM, stop it (also when start is interrupted)."""
+    loop = asyncio.get_running_loop()
+    stop_requested = asyncio.Event()
+    signals = (signal.SIGINT, signal.SIGTERM)
+    for sig in signals:
+        loop.add_signal_handler(sig, stop_requested.set)
+    try:
+        start = asyncio.ensure_future(service.start())
+        stop_waiter = asyncio.ensure_future(stop_requested.wait())
+        await asyncio.wait({start, stop_waiter}, return_when=asyncio.FIRST_COMPLETED)
+        if not start.done():
+            start.cancel()
+            await asyncio.gather(start, return_exceptions=True)
+            return
+        start.result()
+        _LOG.info("%s running; SIGINT or SIGTERM stops it", name)
+        await stop_waiter
+        _LOG.info("%s stopping", name)
+    finally:
+        for sig in signals:
+            loop.remove_signal_handler(sig)
+        await service.stop()
+
+
+# ---- argument types --------------------------------------------------------------------------
+
+
+def host_port(text: str) -> str:
+    """``host:port`` (IPv6 hosts in brackets); the port must be a number in 0..65535."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not host:
+        raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT")
+    port_number(port)
+    return text
+
+
+def port_number(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"port {text!r} is not in 0..65535")
+    return port
+
+
+def non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be >= 0")
+    return value
+
+
+def instance_binding(text: str) -> tuple[str, int]:
+    """``ID=GPU_INDEX`` → (ID, index)."""
+    instance_id, sep, index = text.rpartition("=")
+    if not sep or not instance_id:
+        raise argparse.ArgumentTypeError(f"{text!r} is not ID=GPU_INDEX")
+    return instance_id, non_negative_int(index)

@@ -1,0 +1,166 @@
+"""`voltana up --sim`: the whole stack in one process on loopback, until Ctrl-C or SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+from typing import TextIO
+
+from voltana.cli.options import add_slo_args, positive_float, positive_int, slo_from_args
+from voltana.cli.serve_cmd import port_number
+from voltana.errors import ConfigError
+from voltana.hardware import GPU_CATALOG, MODEL_CATALOG
+from voltana.observability import add_observability_args, observability_from_args
+from voltana.policy.registry import policy_names, router_names
+from voltana.stack import SimStack, SimStackSettings
+
+EPILOG = """\
+examples:
+  voltana up --sim
+  voltana up --sim --prefill 2 --decode 2 --policy voltana --router-port 50051
+  voltana up --sim --redis-url redis://127.0.0.1:6379/0 --speedup 10 --otel-exporter console
+
+The router address (first line of the output) is what clients connect to, e.g.
+  python examples/generate.py 127.0.0.1:50051 "Hello"
+  voltana bench --target 127.0.0.1:50051 --telemetry <telemetry address> --trace ...
+Without --sim there is nothing to start in one process: real GPUs run the services with
+`docker compose up` (see docker-compose.yml) or one `voltana serve SERVICE` per service.
+"""
+
+
+def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = commands.add_parser(
+        "up",
+        help="start the whole stack (simulated GPUs and engines) on loopback",
+        description="Start telemetry, the controller, the router, and per instance a simulated "
+        "GPU, SGLang engine and node agent, all in this process; print their addresses and run "
+        "until Ctrl-C or SIGTERM, then stop everything with every GPU back at its default clock.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--sim", action="store_true", help="simulated GPUs and engines (the only in-process mode)"
+    )
+    cluster = parser.add_argument_group("cluster")
+    cluster.add_argument("--prefill", type=positive_int, default=2, help="prefill instances")
+    cluster.add_argument("--decode", type=positive_int, default=2, help="decode instances")
+    cluster.add_argument(
+        "--gpu",
+        default="a100-80g",
+        help=f"GPU type: {', '.join(GPU_CATALOG)} (default: %(default)s)",
+    )
+    cluster.add_argument(
+        "--model",
+        default="llama-3.1-8b",
+        help=f"model: {', '.join(MODEL_CATALOG)} (default: %(default)s)",
+    )
+    cluster.add_argument("--tp", type=positive_int, default=1, help="GPUs per instance")
+    cluster.add_argument(
+        "--speedup",
+        type=positive_float,
+        default=1.0,
+        help="simulated time runs X times faster than wall time (default: 1; latencies the "
+        "router and clients measure are wall time)",
+    )
+    cluster.add_argument(
+        "--max-running-requests",
+        type=positive_int,
+        default=256,
+        help="decode batch limit per instance (default: %(default)s)",
+    )
+    control = parser.add_argument_group("control")
+    control.add_argument(
+        "--policy",
+        default="static-max",
+        help=f"operating policy: {', '.join(policy_names())} (default: %(default)s)",
+    )
+    control.add_argument(
+        "--router", help=f"override the policy's router: {', '.join(router_names())}"
+    )
+    add_slo_args(parser)
+    network = parser.add_argument_group("network")
+    network.add_argument("--host", default="127.0.0.1", help="address every server binds")
+    network.add_argument(
+        "--router-port", type=port_number, default=0, help="router port (default: any free port)"
+    )
+    network.add_argument(
+        "--telemetry-port", type=port_number, default=0, help="telemetry port (default: any free)"
+    )
+    network.add_argument(
+        "--redis-url", help="keep telemetry in Redis (redis://host:port/db) instead of memory"
+    )
+    add_observability_args(parser)
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    if not args.sim:
+        raise ConfigError(
+            "only the simulated stack runs in one process: add --sim, or run the real-GPU "
+            "stack with `docker compose up` (docker-compose.yml) or `voltana serve SERVICE`"
+        )
+    settings = SimStackSettings(
+        prefill=args.prefill,
+        decode=args.decode,
+        gpu_key=args.gpu,
+        model_key=args.model,
+        tp=args.tp,
+        policy=args.policy,
+        router=args.router,
+        slo=slo_from_args(args),
+        speedup=args.speedup,
+        redis_url=args.redis_url,
+        host=args.host,
+        router_port=args.router_port,
+        telemetry_port=args.telemetry_port,
+        max_running_requests=args.max_running_requests,
+    )
+    observability = observability_from_args(args, "voltana-up")
+    observability.check()
+    tracing = observability.apply()
+    try:
+        asyncio.run(serve(settings))
+    finally:
+        tracing.shutdown()
+    return 0
+
+
+async def serve(settings: SimStackSettings, out: TextIO | None = None) -> None:
+    """Start the stack, print its addresses, and stop it on SIGINT/SIGTERM."""
+    loop = asyncio.get_running_loop()
+    stop_requested = asyncio.Event()
+    signals = (signal.SIGINT, signal.SIGTERM)
+    for sig in signals:
+        loop.add_signal_handler(sig, stop_requested.set)
+    stack = SimStack(settings)
+    try:
+        start = asyncio.ensure_future(stack.start())
+        stop_waiter = asyncio.ensure_future(stop_requested.wait())
+        await asyncio.wait({start, stop_waiter}, return_when=asyncio.FIRST_COMPLETED)
+        if not start.done():  # interrupted while starting: start() cleans up when cancelled
+            start.cancel()
+            await asyncio.gather(start, return_exceptions=True)
+            return
+        start.result()  # raise a failed start
+        print_addresses(stack, out or sys.stdout)
+        await stop_waiter
+    finally:
+        for sig in signals:
+            loop.remove_signal_handler(sig)
+        await stack.stop()
+
+
+def print_addresses(stack: SimStack, out: TextIO) -> None:
+    addresses = stack.addresses
+    width = max(len(name) for name in addresses)
+    for name, address in addresses.items():
+        out.write(f"{name.ljust(width)}  {address}\n")
+    settings = stack.settings
+    out.write(
+        f"# {settings.prefill}P{settings.decode}D {settings.gpu_key} {settings.model_key}, "
+        f"policy {settings.policy}, speedup {settings.speedup:g}; connect to the router at "
+        f"{addresses['router']}; Ctrl-C stops\n"
+    )
+    out.flush()

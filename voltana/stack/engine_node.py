@@ -1,0 +1,176 @@
+"""One simulated SGLang engine as its own process (`voltana serve engine`, the compose sim profile).
+
+Optionally registers itself with telemetry (engine URL, bootstrap endpoint, agent address) and
+reports its load there, and co-hosts a node agent (sim backend) on the engine's own simulated
+GPU, so clocks the controller sets through that agent change the engine's speed and power. A
+separate agent process could not do that: it would hold a different simulated GPU.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from dataclasses import dataclass, field
+
+from voltana.engine import ScaledClock, SimEngine, SimEngineSettings
+from voltana.errors import ConfigError, NotFoundError, VoltanaError
+from voltana.gpu import SimulatedGpu
+from voltana.hardware import get_gpu, get_model
+from voltana.perf.analytical import AnalyticalPerformanceModel
+from voltana.policy.state import Phase
+from voltana.services.agent import AgentService, AgentSettings
+from voltana.services.telemetry import InstanceInfo, TelemetryClient
+from voltana.stack.sinks import TelemetryInstanceSink
+
+_LOG = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EngineNodeSettings:
+    engine: SimEngineSettings = field(default_factory=SimEngineSettings)
+    # Host other containers reach this engine by (compose service name); "" = the engine's own.
+    advertise_host: str = ""
+    # Telemetry to register with and report to (host:port); None = standalone engine.
+    telemetry_address: str | None = None
+    # Co-hosted node agent on this engine's GPU (host:port); None = no agent.
+    agent_listen_address: str | None = None
+    # host:port the controller dials for that agent; "" = advertise_host:<agent port>.
+    agent_advertise_address: str = ""
+    gpu_index: int = 0
+    sample_interval_ms: int = 250
+    # start() waits this long for telemetry (containers start in any order).
+    telemetry_wait_s: float = 60.0
+
+    def __post_init__(self) -> None:
+        if self.gpu_index < 0:
+            raise ConfigError(f"gpu_index must be >= 0, got {self.gpu_index}")
+        if self.agent_listen_address is not None and self.telemetry_address is None:
+            raise ConfigError("a co-hosted agent needs a telemetry address to be found by")
+
+
+class EngineNode:
+    """``await start()`` serves the engine (and agent), then registers; ``stop()`` reverses."""
+
+    def __init__(self, settings: EngineNodeSettings) -> None:
+        self.settings = settings
+        engine_settings = settings.engine
+        self.clock = ScaledClock(engine_settings.speedup)
+        model = get_model(engine_settings.model_key).with_tensor_parallel(engine_settings.tp)
+        self.perf = AnalyticalPerformanceModel.for_hardware(get_gpu(engine_settings.gpu_key), model)
+        self.gpu = SimulatedGpu(
+            self.perf.gpu,
+            settings.gpu_index,
+            now_s=self.clock,
+            power_source=self.perf.idle_power_w,
+        )
+        self._client: TelemetryClient | None = None
+        self.engine: SimEngine | None = None
+        self.agent: AgentService | None = None
+        self._registered = False
+
+    @property
+    def phase(self) -> Phase:
+        # A null-mode (prefill and decode in one) engine reports as decode.
+        return (
+            Phase.PREFILL if self.settings.engine.engine_mode.value == "prefill" else Phase.DECODE
+        )
+
+    def _advertised_host(self, engine: SimEngine) -> str:
+        return self.settings.advertise_host or engine.advertised_host
+
+    def info(self) -> InstanceInfo:
+        engine = self.engine
+        if engine is None:
+            raise ConfigError("the engine is not started")
+        host = self._advertised_host(engine)
+        url_host = f"[{host}]" if ":" in host else host
+        is_prefill = self.phase is Phase.PREFILL
+        return InstanceInfo(
+            instance_id=engine.instance_id,
+            phase=self.phase,
+            gpu_key=self.gpu.spec.key,
+            engine_url=f"http://{url_host}:{engine.port}",
+            bootstrap_host=host if is_prefill else "",
+            bootstrap_port=engine.bootstrap_port if is_prefill else 0,
+            agent_address=self._agent_address(),
+            gpu_index=self.gpu.index,
+            kv_tokens_capacity=engine.core.kv_capacity_tokens,
+            max_running_requests=engine.settings.max_running_requests,
+        )
+
+    def _agent_address(self) -> str:
+        if self.agent is None:
+            return ""
+        if self.settings.agent_advertise_address:
+            return self.settings.agent_advertise_address
+        if self.settings.advertise_host:
+            return f"{self.settings.advertise_host}:{self.agent.port}"
+        return self.agent.address
+
+    async def start(self) -> None:
+        try:
+            await self._start()
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def _start(self) -> None:
+        settings = self.settings
+        sink = None
+        if settings.telemetry_address is not None:
+            self._client = TelemetryClient(settings.telemetry_address)
+            sink = TelemetryInstanceSink(
+                self._client, engine_clock=self.clock, speedup=settings.engine.speedup
+            )
+        engine = SimEngine(
+            settings.engine, gpu=self.gpu, perf=self.perf, clock=self.clock, sample_sink=sink
+        )
+        await engine.start()
+        self.engine = engine
+        if self._client is None:
+            return
+        await self._client.wait_until_ready(settings.telemetry_wait_s)
+        # First without the agent, so the agent's first samples name a registered instance.
+        await self._client.register_instance(self.info())
+        self._registered = True
+        if settings.agent_listen_address is not None:
+            agent = AgentService(
+                AgentSettings(
+                    listen_address=settings.agent_listen_address,
+                    advertise_address=settings.agent_advertise_address,
+                    backend="sim",
+                    gpu_indices=(self.gpu.index,),
+                    sim_gpu_key=self.gpu.spec.key,
+                    instance_gpu_indices={engine.instance_id: self.gpu.index},
+                    node_name=engine.instance_id,
+                    telemetry_address=settings.telemetry_address,
+                    sample_interval_ms=settings.sample_interval_ms,
+                ),
+                devices=[self.gpu],
+            )
+            await agent.start()
+            self.agent = agent
+            await self._client.register_instance(self.info())
+        _LOG.info(
+            "registered %s with telemetry at %s", engine.instance_id, settings.telemetry_address
+        )
+
+    async def stop(self) -> None:
+        """Unregister (so routers stop sending work), stop the agent, drain the engine."""
+        engine = self.engine
+        if self._client is not None and self._registered and engine is not None:
+            with contextlib.suppress(NotFoundError):
+                try:
+                    await self._client.unregister_instance(engine.instance_id)
+                except VoltanaError as error:
+                    _LOG.warning("could not unregister %s: %s", engine.instance_id, error)
+            self._registered = False
+        if self.agent is not None:
+            await self.agent.stop()
+            self.agent = None
+        if engine is not None:
+            await engine.stop()
+            self.engine = None
+        if self._client is not None:
+            await self._client.close()
+            self._client = None

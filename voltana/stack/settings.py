@@ -1,0 +1,85 @@
+"""Settings of a whole simulated Voltana stack run in one process (`voltana up --sim`)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from voltana.errors import ConfigError
+from voltana.hardware import get_gpu, get_model
+from voltana.policy.state import SloTarget
+from voltana.services.telemetry.redis_store import DEFAULT_KEY_PREFIX
+
+
+@dataclass(frozen=True)
+class SimStackSettings:
+    prefill: int = 2
+    decode: int = 2
+    gpu_key: str = "a100-80g"
+    model_key: str = "llama-3.1-8b"
+    tp: int = 1
+    # Operating policy for the controller and the router (voltana.policy.registry names).
+    policy: str = "static-max"
+    # Router name overriding the policy's own router; None keeps it.
+    router: str | None = None
+    slo: SloTarget = field(default_factory=SloTarget)
+    # Simulated time runs this many times faster than wall time (engines and GPUs only).
+    speedup: float = 1.0
+    # redis://host:port/db for telemetry; None keeps telemetry in process memory.
+    redis_url: str | None = None
+    redis_key_prefix: str = DEFAULT_KEY_PREFIX
+    # Every server listens on this host; ports 0 pick free ones.
+    host: str = "127.0.0.1"
+    router_port: int = 0
+    telemetry_port: int = 0
+    controller_port: int = 0
+    # Engine load reports, GPU samples, controller ticks and router snapshots (wall ms).
+    report_interval_ms: float = 250.0
+    sample_interval_ms: int = 250
+    control_interval_ms: int = 50
+    snapshot_interval_ms: int = 100
+    lease_ttl_ms: int = 3000
+    # Delay before a clock change takes effect (simulated ms); None = the GPU catalog's.
+    clock_change_delay_ms: float | None = None
+    max_running_requests: int = 256
+    # stop(): how long engines let in-flight requests finish before aborting them (wall s).
+    drain_timeout_s: float = 2.0
+    # start() fails when the router does not see every instance within this (wall s).
+    ready_timeout_s: float = 15.0
+
+    def __post_init__(self) -> None:
+        for name in (
+            "prefill",
+            "decode",
+            "tp",
+            "sample_interval_ms",
+            "control_interval_ms",
+            "snapshot_interval_ms",
+            "lease_ttl_ms",
+            "max_running_requests",
+        ):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("router_port", "telemetry_port", "controller_port"):
+            if not 0 <= getattr(self, name) <= 65535:
+                raise ConfigError(f"{name} must be in 0..65535, got {getattr(self, name)}")
+        for name in ("speedup", "report_interval_ms", "ready_timeout_s"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise ConfigError(f"{name} must be a finite number > 0, got {value}")
+        if not (math.isfinite(self.drain_timeout_s) and self.drain_timeout_s >= 0):
+            raise ConfigError(f"drain_timeout_s must be >= 0, got {self.drain_timeout_s}")
+        if self.clock_change_delay_ms is not None and not self.clock_change_delay_ms >= 0:
+            raise ConfigError(
+                f"clock_change_delay_ms must be >= 0, got {self.clock_change_delay_ms}"
+            )
+        if not (self.slo.ttft_ms > 0 and self.slo.itl_ms > 0):
+            raise ConfigError(f"SLO targets must be > 0, got {self.slo}")
+        if not self.host:
+            raise ConfigError("host must not be empty")
+        get_gpu(self.gpu_key)  # UnknownNameError lists the valid keys
+        get_model(self.model_key)
+
+    def address(self, port: int) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{port}"

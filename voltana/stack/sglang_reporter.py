@@ -1,0 +1,241 @@
+"""Bring a real SGLang server into Voltana: register it with telemetry and report its load.
+
+SGLang does not talk to telemetry, so one reporter per server (`voltana serve instance`, one
+container per SGLang container in compose) registers the instance (engine URL, KV bootstrap
+endpoint, node agent and GPU) and turns its Prometheus ``/metrics`` into load reports.
+
+What SGLang's metrics give, and what is estimated:
+- queue length, running requests and KV tokens in use are read directly;
+- KV capacity and the batch limit come from ``/get_server_info``;
+- recent TTFT/ITL are the mean of the histogram increments since the last scrape;
+- a prefill server's running prompt tokens are estimated as running requests x the mean prompt
+  length of recent requests (SGLang exposes no gauge of them).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from voltana.engine import SglangHttpClient
+from voltana.engine.errors import EngineError
+from voltana.errors import ConfigError, NotFoundError, UnavailableError, VoltanaError
+from voltana.hardware import get_gpu
+from voltana.policy.state import InstanceState, Phase
+from voltana.services.telemetry import InstanceInfo, TelemetryClient
+
+_LOG = logging.getLogger(__name__)
+DEFAULT_PROMPT_TOKENS = 1024
+
+
+@dataclass(frozen=True)
+class SglangInstanceSettings:
+    telemetry_address: str
+    instance_id: str
+    phase: Phase
+    # Where this reporter reads the server, and where the router should send requests (the
+    # same unless the reporter reaches it by another name).
+    engine_url: str
+    advertised_engine_url: str = ""
+    gpu_key: str = "a100-80g"
+    bootstrap_host: str = ""
+    bootstrap_port: int = 0
+    agent_address: str = ""
+    gpu_index: int = 0
+    interval_ms: int = 250
+    # start() waits this long for the server's /health (model loading takes minutes) and for
+    # telemetry.
+    startup_timeout_s: float = 1800.0
+
+    def __post_init__(self) -> None:
+        if not self.instance_id:
+            raise ConfigError("instance_id must not be empty")
+        if not self.engine_url.startswith(("http://", "https://")):
+            raise ConfigError(f"engine_url must be an http(s) URL, got {self.engine_url!r}")
+        if self.interval_ms < 1:
+            raise ConfigError(f"interval_ms must be >= 1, got {self.interval_ms}")
+        if self.phase is Phase.PREFILL and not self.bootstrap_port:
+            raise ConfigError("a prefill instance needs its KV bootstrap port")
+        get_gpu(self.gpu_key)
+
+
+class _Increments:
+    """Increase of cumulative counters between two scrapes."""
+
+    def __init__(self) -> None:
+        self._last: dict[str, float] = {}
+
+    def delta(self, metrics: Mapping[str, float], name: str) -> float:
+        value = metrics.get(name)
+        if value is None:
+            return 0.0
+        previous = self._last.get(name)
+        self._last[name] = value
+        # First scrape, or a counter reset (server restart): no increment known.
+        return 0.0 if previous is None or value < previous else value - previous
+
+
+def _mean_ms(increments: _Increments, metrics: Mapping[str, float], histogram: str) -> float | None:
+    total_s = increments.delta(metrics, f"{histogram}_sum")
+    count = increments.delta(metrics, f"{histogram}_count")
+    return total_s / count * 1000.0 if count > 0 else None
+
+
+class SglangInstanceReporter:
+    """``await start()`` waits for the server, registers it and starts reporting."""
+
+    def __init__(
+        self,
+        settings: SglangInstanceSettings,
+        *,
+        clock: Callable[[], float] = time.time,
+        engine: SglangHttpClient | None = None,
+    ) -> None:
+        self.settings = settings
+        self._clock = clock
+        self._engine = engine or SglangHttpClient()
+        self._owns_engine = engine is None
+        self._telemetry: TelemetryClient | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._increments = _Increments()
+        self._kv_capacity_tokens = 0
+        self._max_running_requests = 0
+        self._mean_prompt_tokens = float(DEFAULT_PROMPT_TOKENS)
+        self._last_activity_s = 0.0
+        self._registered = False
+        self.reports = 0
+
+    def info(self) -> InstanceInfo:
+        settings = self.settings
+        return InstanceInfo(
+            instance_id=settings.instance_id,
+            phase=settings.phase,
+            gpu_key=settings.gpu_key,
+            engine_url=settings.advertised_engine_url or settings.engine_url,
+            bootstrap_host=settings.bootstrap_host,
+            bootstrap_port=settings.bootstrap_port,
+            agent_address=settings.agent_address,
+            gpu_index=settings.gpu_index,
+            kv_tokens_capacity=self._kv_capacity_tokens,
+            max_running_requests=self._max_running_requests,
+        )
+
+    async def start(self) -> None:
+        settings = self.settings
+        await self._wait_for_server()
+        server_info = await self._engine.server_info(settings.engine_url)
+        self._kv_capacity_tokens = int(server_info.get("max_total_num_tokens") or 0)
+        self._max_running_requests = int(server_info.get("max_running_requests") or 0)
+        self._telemetry = TelemetryClient(settings.telemetry_address)
+        await self._telemetry.wait_until_ready(settings.startup_timeout_s)
+        await self._telemetry.register_instance(self.info())
+        self._registered = True
+        self._last_activity_s = self._clock()
+        self._task = asyncio.create_task(
+            self._run(), name=f"sglang-reporter-{settings.instance_id}"
+        )
+        _LOG.info(
+            "reporting %s %s (%s) to telemetry at %s",
+            settings.phase.value,
+            settings.instance_id,
+            settings.engine_url,
+            settings.telemetry_address,
+        )
+
+    async def _wait_for_server(self) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.startup_timeout_s
+        waiting_logged = False
+        while not await self._engine.health(self.settings.engine_url):
+            if loop.time() > deadline:
+                raise UnavailableError(
+                    f"SGLang at {self.settings.engine_url} not healthy after "
+                    f"{self.settings.startup_timeout_s:g} s"
+                )
+            if not waiting_logged:
+                _LOG.info("waiting for SGLang at %s to become healthy", self.settings.engine_url)
+                waiting_logged = True
+            await asyncio.sleep(1.0)
+
+    def state_from_metrics(self, metrics: Mapping[str, float]) -> InstanceState:
+        """One load report from one scrape (updates the counters' baselines)."""
+        settings = self.settings
+        now_s = self._clock()
+        increments = self._increments
+        queue_len = int(metrics.get("sglang:num_queue_reqs", 0))
+        running = int(metrics.get("sglang:num_running_reqs", 0))
+        finished = increments.delta(metrics, "sglang:num_requests_total")
+        prompt_tokens = increments.delta(metrics, "sglang:prompt_tokens_total")
+        generated = increments.delta(metrics, "sglang:generation_tokens_total")
+        if finished > 0 and prompt_tokens > 0:
+            # Smoothed, so one odd request does not swing the estimate.
+            self._mean_prompt_tokens += 0.2 * (prompt_tokens / finished - self._mean_prompt_tokens)
+        if queue_len or running or finished or generated:
+            self._last_activity_s = now_s
+        is_prefill = settings.phase is Phase.PREFILL
+        return InstanceState(
+            instance_id=settings.instance_id,
+            phase=settings.phase,
+            gpu_key=settings.gpu_key,
+            sm_clock_mhz=0,  # clocks come from the node agent's GPU samples
+            queue_len=queue_len,
+            queued_tokens=int(queue_len * self._mean_prompt_tokens) if is_prefill else 0,
+            running_prefill_tokens=int(running * self._mean_prompt_tokens) if is_prefill else 0,
+            running_batch=0 if is_prefill else running,
+            kv_tokens_used=int(metrics.get("sglang:num_used_tokens", 0)),
+            kv_tokens_capacity=self._kv_capacity_tokens,
+            max_running_requests=self._max_running_requests,
+            recent_ttft_ms=_mean_ms(increments, metrics, "sglang:time_to_first_token_seconds"),
+            recent_itl_ms=_mean_ms(increments, metrics, "sglang:inter_token_latency_seconds"),
+            observed_at_s=now_s,
+            last_activity_s=self._last_activity_s,
+        )
+
+    async def report_once(self) -> None:
+        assert self._telemetry is not None
+        metrics = await self._engine.metrics(self.settings.engine_url)
+        result = await self._telemetry.report_instance_samples([self.state_from_metrics(metrics)])
+        if result.rejected:
+            _LOG.warning("telemetry rejected a report: %s", result.first_rejection_reason)
+        self.reports += 1
+
+    async def _run(self) -> None:
+        interval_s = self.settings.interval_ms / 1000.0
+        failing = False
+        while True:
+            try:
+                await self.report_once()
+                if failing:
+                    _LOG.info("reporting %s works again", self.settings.instance_id)
+                failing = False
+            except (EngineError, VoltanaError) as error:
+                if not failing:
+                    _LOG.warning("cannot report %s: %s", self.settings.instance_id, error)
+                failing = True
+            await asyncio.sleep(interval_s)
+
+    async def stop(self) -> None:
+        """Stop reporting and unregister the instance (routers stop sending it work)."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self._telemetry is not None:
+            if self._registered:
+                with contextlib.suppress(NotFoundError):
+                    try:
+                        await self._telemetry.unregister_instance(self.settings.instance_id)
+                    except VoltanaError as error:
+                        _LOG.warning(
+                            "could not unregister %s: %s", self.settings.instance_id, error
+                        )
+                self._registered = False
+            await self._telemetry.close()
+            self._telemetry = None
+        if self._owns_engine:
+            await self._engine.close()

@@ -1,0 +1,346 @@
+"""The whole Voltana stack in one process on loopback, over simulated GPUs and engines.
+
+Per instance: a ``SimulatedGpu``, a simulated SGLang engine driving it, and a node agent
+(sim backend) holding the *same* GPU object, so a clock the controller pushes through the agent
+changes how fast the engine runs and how much power it draws. Around them: telemetry (memory or
+Redis), the frequency controller and the router. Every server is the real gRPC/HTTP server the
+deployment runs, started in process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from types import TracebackType
+from typing import TypeVar
+
+from opentelemetry import trace
+
+from voltana.engine import ScaledClock, SimEngine, SimEngineSettings
+from voltana.errors import FailedPreconditionError, UnavailableError
+from voltana.gpu import SimulatedGpu
+from voltana.hardware import get_gpu, get_model
+from voltana.perf.analytical import AnalyticalPerformanceModel
+from voltana.policy.state import Phase
+from voltana.services.agent import AgentService, AgentSettings
+from voltana.services.controller import ControllerService, ControllerSettings
+from voltana.services.router import (
+    NoInstanceAvailableError,
+    RouterService,
+    RouterSettings,
+    build_routing_policy,
+)
+from voltana.services.telemetry import (
+    InstanceInfo,
+    TelemetryClient,
+    TelemetryService,
+    TelemetrySettings,
+)
+from voltana.stack.settings import SimStackSettings
+from voltana.stack.sinks import TelemetryInstanceSink
+
+_LOG = logging.getLogger(__name__)
+_ServiceT = TypeVar("_ServiceT")
+_READY_POLL_S = 0.02
+CONTROLLER_ID = "controller@voltana-up"
+
+
+@dataclass
+class StackInstance:
+    """One serving instance of the stack: its GPU, engine and node agent."""
+
+    instance_id: str
+    phase: Phase
+    gpu: SimulatedGpu
+    engine: SimEngine
+    agent: AgentService | None = None
+
+    def info(self) -> InstanceInfo:
+        """What telemetry (and through it the router and controller) knows of this instance."""
+        engine = self.engine
+        is_prefill = self.phase is Phase.PREFILL
+        return InstanceInfo(
+            instance_id=self.instance_id,
+            phase=self.phase,
+            gpu_key=self.gpu.spec.key,
+            engine_url=engine.url,
+            bootstrap_host=engine.bootstrap_host if is_prefill else "",
+            bootstrap_port=engine.bootstrap_port if is_prefill else 0,
+            agent_address=self.agent.advertised_address if self.agent is not None else "",
+            gpu_index=self.gpu.index,
+            kv_tokens_capacity=engine.core.kv_capacity_tokens,
+            max_running_requests=engine.settings.max_running_requests,
+        )
+
+
+class SimStack:
+    """``await start()`` brings everything up (and waits until the router sees every instance);
+    ``await stop()`` takes it down in reverse order, leaving every GPU at its default clock.
+
+    ``tracer_provider`` gives the router and controller their tracer (default: the global one;
+    node agents always use the global one).
+    """
+
+    def __init__(
+        self,
+        settings: SimStackSettings,
+        *,
+        tracer_provider: trace.TracerProvider | None = None,
+    ) -> None:
+        self.settings = settings
+        self._tracer_provider = tracer_provider
+        self.clock = ScaledClock(settings.speedup)
+        model = get_model(settings.model_key).with_tensor_parallel(settings.tp)
+        self.perf = AnalyticalPerformanceModel.for_hardware(get_gpu(settings.gpu_key), model)
+        self.telemetry: TelemetryService | None = None
+        self.controller: ControllerService | None = None
+        self.router: RouterService | None = None
+        # Kept after stop(), so callers can check the GPUs went back to default clocks.
+        self.instances: list[StackInstance] = []
+        self._telemetry_client: TelemetryClient | None = None
+        # Stop actions of what started, run last-in first-out.
+        self._stoppers: list[tuple[str, Callable[[], Awaitable[None]]]] = []
+
+    # ---- addresses ---------------------------------------------------------------------------
+
+    @property
+    def router_address(self) -> str:
+        return self._started(self.router, "router").address
+
+    @property
+    def telemetry_address(self) -> str:
+        return self._started(self.telemetry, "telemetry").address
+
+    @property
+    def controller_address(self) -> str:
+        return self._started(self.controller, "controller").address
+
+    @property
+    def addresses(self) -> dict[str, str]:
+        """Every address, router first (what clients connect to), then the control plane,
+        then per instance its engine URL, KV bootstrap endpoint (prefill) and node agent."""
+        result = {
+            "router": self.router_address,
+            "telemetry": self.telemetry_address,
+            "controller": self.controller_address,
+        }
+        for instance in self.instances:
+            info = instance.info()
+            result[f"{instance.instance_id}.engine"] = info.engine_url
+            if info.bootstrap_port:
+                result[f"{instance.instance_id}.bootstrap"] = (
+                    f"{info.bootstrap_host}:{info.bootstrap_port}"
+                )
+            result[f"{instance.instance_id}.agent"] = info.agent_address
+        return result
+
+    @staticmethod
+    def _started(service: _ServiceT | None, name: str) -> _ServiceT:
+        if service is None:
+            raise FailedPreconditionError(f"the stack's {name} is not started")
+        return service
+
+    # ---- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self._stoppers:
+            raise FailedPreconditionError("the stack is already started")
+        self.instances = []
+        try:
+            await self._start()
+        except BaseException:
+            await self.stop()
+            raise
+        _LOG.info(
+            "stack up: %dP%dD %s %s, policy %s, router on %s",
+            self.settings.prefill,
+            self.settings.decode,
+            self.settings.gpu_key,
+            self.settings.model_key,
+            self.settings.policy,
+            self.router_address,
+        )
+
+    async def _start(self) -> None:
+        settings = self.settings
+        router_settings = self._router_settings("127.0.0.1:1")
+        build_routing_policy(router_settings)  # an unknown policy fails before anything binds
+        telemetry = TelemetryService(
+            TelemetrySettings(
+                listen_address=settings.address(settings.telemetry_port),
+                redis_url=settings.redis_url,
+                redis_key_prefix=settings.redis_key_prefix,
+                slo=settings.slo,
+                watch_min_interval_ms=min(
+                    50, settings.control_interval_ms, settings.snapshot_interval_ms
+                ),
+            )
+        )
+        await telemetry.start()
+        self.telemetry = telemetry
+        self._stoppers.append(("telemetry", telemetry.stop))
+        client = TelemetryClient(telemetry.address)
+        self._telemetry_client = client
+        self._stoppers.append(("telemetry client", client.close))
+
+        phases = [Phase.PREFILL] * settings.prefill + [Phase.DECODE] * settings.decode
+        counters = {Phase.PREFILL: 0, Phase.DECODE: 0}
+        for gpu_index, phase in enumerate(phases):
+            instance_id = f"{phase.value}-{counters[phase]}"
+            counters[phase] += 1
+            await self._start_instance(instance_id, phase, gpu_index, client)
+
+        controller = ControllerService(
+            ControllerSettings(
+                telemetry_address=telemetry.address,
+                listen_address=settings.address(settings.controller_port),
+                policy=settings.policy,
+                slo=settings.slo,
+                gpu_key=settings.gpu_key,
+                model_key=settings.model_key,
+                tensor_parallel=settings.tp,
+                control_interval_ms=settings.control_interval_ms,
+                lease_ttl_ms=settings.lease_ttl_ms,
+                controller_id=CONTROLLER_ID,
+            ),
+            tracer=(
+                self._tracer_provider.get_tracer("voltana.services.controller")
+                if self._tracer_provider is not None
+                else None
+            ),
+        )
+        await controller.start()
+        self.controller = controller
+        self._stoppers.append(("controller", controller.stop))
+
+        router = RouterService(
+            self._router_settings(telemetry.address), tracer_provider=self._tracer_provider
+        )
+        await router.start()
+        self.router = router
+        self._stoppers.append(("router", router.stop))
+        await self._wait_until_routable(router)
+
+    def _router_settings(self, telemetry_address: str) -> RouterSettings:
+        settings = self.settings
+        return RouterSettings(
+            listen_address=settings.address(settings.router_port),
+            telemetry_address=telemetry_address,
+            policy=settings.policy,
+            router=settings.router,
+            gpu_key=settings.gpu_key,
+            model_key=settings.model_key,
+            tp=settings.tp,
+            slo=settings.slo,
+            snapshot_interval_ms=settings.snapshot_interval_ms,
+        )
+
+    async def _start_instance(
+        self, instance_id: str, phase: Phase, gpu_index: int, client: TelemetryClient
+    ) -> None:
+        settings = self.settings
+        gpu = SimulatedGpu(
+            self.perf.gpu,
+            gpu_index,
+            now_s=self.clock,
+            power_source=self.perf.idle_power_w,
+            clock_change_delay_ms=settings.clock_change_delay_ms,
+        )
+        engine = SimEngine(
+            SimEngineSettings(
+                host=settings.host,
+                mode=phase.value,
+                gpu_key=settings.gpu_key,
+                model_key=settings.model_key,
+                tp=settings.tp,
+                speedup=settings.speedup,
+                max_running_requests=settings.max_running_requests,
+                instance_id=instance_id,
+                report_interval_ms=settings.report_interval_ms,
+                drain_timeout_s=settings.drain_timeout_s,
+            ),
+            gpu=gpu,
+            perf=self.perf,
+            clock=self.clock,
+            sample_sink=TelemetryInstanceSink(
+                client, engine_clock=self.clock, speedup=settings.speedup
+            ),
+        )
+        await engine.start()
+        instance = StackInstance(instance_id, phase, gpu, engine)
+        self.instances.append(instance)
+        self._stoppers.append((f"engine {instance_id}", engine.stop))
+        # Registered before its agent starts, so the agent's first GPU samples are accepted;
+        # registered again with the agent's address once it is bound.
+        await client.register_instance(instance.info())
+        agent = AgentService(
+            AgentSettings(
+                listen_address=settings.address(0),
+                backend="sim",
+                gpu_indices=(gpu_index,),
+                sim_gpu_key=settings.gpu_key,
+                instance_gpu_indices={instance_id: gpu_index},
+                node_name=instance_id,
+                telemetry_address=self.telemetry_address,
+                sample_interval_ms=settings.sample_interval_ms,
+            ),
+            devices=[gpu],
+        )
+        await agent.start()
+        instance.agent = agent
+        self._stoppers.append((f"agent {instance_id}", agent.stop))
+        await client.register_instance(instance.info())
+
+    async def _wait_until_routable(self, router: RouterService) -> None:
+        """Until the router's snapshot lists every instance with its engine and GPU clock."""
+        expected = {instance.instance_id: instance.engine.url for instance in self.instances}
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.ready_timeout_s
+        while not self._router_sees(router, expected):
+            if loop.time() > deadline:
+                raise UnavailableError(
+                    f"the router did not see all {len(expected)} instances within "
+                    f"{self.settings.ready_timeout_s:g} s"
+                )
+            await asyncio.sleep(_READY_POLL_S)
+
+    @staticmethod
+    def _router_sees(router: RouterService, expected: dict[str, str]) -> bool:
+        snapshot = router.cluster.latest
+        if snapshot is None:
+            return False
+        for instance_id, url in expected.items():
+            state = snapshot.instance(instance_id)
+            if state is None or state.sm_clock_mhz <= 0:
+                return False
+            try:
+                if router.cluster.endpoint(instance_id).engine_url != url:
+                    return False
+            except NoInstanceAvailableError:  # no endpoint yet
+                return False
+        return True
+
+    async def stop(self) -> None:
+        """Stop what runs, newest first; one part failing to stop does not keep the rest up."""
+        stoppers, self._stoppers = self._stoppers, []
+        for name, stop in reversed(stoppers):
+            try:
+                await stop()
+            except Exception:
+                _LOG.exception("stopping the %s failed", name)
+        self.router = self.controller = self.telemetry = None
+        self._telemetry_client = None
+
+    async def __aenter__(self) -> SimStack:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.stop()
