@@ -120,6 +120,19 @@ class LatencyPredictor:
         coef = self.decode_power[:, self._segment(batch_size)]
         return coef[:, 0] * batch_size + coef[:, 1] * kv_tokens + coef[:, 2]
 
+    def _segments(self, batches: np.ndarray) -> np.ndarray:
+        indices = np.searchsorted(np.asarray(self.batch_segments), batches, side="left")
+        return np.minimum(indices, len(self.batch_segments) - 1)
+
+    def decode_latency_ms_many(self, batches: np.ndarray, kv_tokens: np.ndarray) -> np.ndarray:
+        """Predicted ITL, shape (clocks, len(batches)): one column per (batch, kv) pair."""
+        coef = self.decode_latency[:, self._segments(batches)]
+        return coef[..., 0] * batches + coef[..., 1] * kv_tokens + coef[..., 2]
+
+    def decode_power_w_many(self, batches: np.ndarray, kv_tokens: np.ndarray) -> np.ndarray:
+        coef = self.decode_power[:, self._segments(batches)]
+        return coef[..., 0] * batches + coef[..., 1] * kv_tokens + coef[..., 2]
+
     def _token_segment(self, tokens: float) -> int:
         return min(bisect.bisect_left(self.token_segments, tokens), len(self.token_segments) - 1)
 
