@@ -67,7 +67,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     cluster.add_argument(
         "--max-running-requests",
         type=positive_int,
-        default=256,
+        default=1024,
         help="decode batch limit per instance (default: %(default)s)",
     )
     control = parser.add_argument_group("control")

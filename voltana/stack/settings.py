@@ -34,7 +34,7 @@ class SimStackSettings:
     telemetry_port: int = 0
     controller_port: int = 0
     # Engine load reports, GPU samples, controller ticks and router snapshots (wall ms).
-    report_interval_ms: float = 250.0
+    report_interval_ms: float = 50.0  # engines report load this often (loopback: cheap)
     sample_interval_ms: int = 250
     control_interval_ms: int = 50
     snapshot_interval_ms: int = 100
