@@ -6,7 +6,6 @@ import asyncio
 import functools
 import logging
 from collections.abc import Sequence
-from types import TracebackType
 from typing import Any
 
 import grpc
@@ -16,7 +15,8 @@ from grpc_health.v1 import health
 from voltana.errors import ConfigError
 from voltana.gpu import GpuDevice, NvmlLibrary, SimulatedGpu
 from voltana.hardware import GPU_CATALOG, get_gpu
-from voltana.rpc import start_grpc_server, stop_grpc_server
+from voltana.lifecycle import AsyncService
+from voltana.rpc import dialable_address, start_grpc_server, stop_grpc_server
 from voltana.rpc.names import NODE_AGENT_SERVICE
 from voltana.services.agent.clock import AgentClock, SystemClock
 from voltana.services.agent.clock_manager import ClockManager
@@ -28,7 +28,6 @@ from voltana.services.agent.sinks import GpuSampleSink, GrpcGpuSampleSink
 from voltana.v1 import agent_pb2_grpc
 
 _LOG = logging.getLogger(__name__)
-_WILDCARD_HOSTS = {"", "0.0.0.0", "[::]", "::"}
 
 
 def gpu_key_for(device: GpuDevice, configured_key: str = "") -> str:
@@ -68,7 +67,7 @@ async def _close_sink(sink: GpuSampleSink, cancel_requests_before: int) -> None:
         _LOG.warning("closing the GPU sample sink failed", exc_info=True)
 
 
-class AgentService:
+class AgentService(AsyncService):
     """Serves NodeAgentService for the GPUs in ``settings`` (or the ``devices`` given).
 
     ``start`` resets every GPU to default clocks (a crashed predecessor may have left them
@@ -112,8 +111,7 @@ class AgentService:
     @property
     def address(self) -> str:
         """host:port to reach the running agent at (loopback when bound to all interfaces)."""
-        host = self._settings.listen_address.rpartition(":")[0]
-        return f"{'127.0.0.1' if host in _WILDCARD_HOSTS else host}:{self.port}"
+        return dialable_address(self._settings.listen_address, self.port)
 
     @property
     def advertised_address(self) -> str:
@@ -255,15 +253,3 @@ class AgentService:
             self._nvml.close()
             self._nvml = None
         self._port = None
-
-    async def __aenter__(self) -> AgentService:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        await self.stop()

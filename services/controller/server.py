@@ -7,13 +7,13 @@ import contextlib
 import functools
 import logging
 import time
-from types import TracebackType
 
 import grpc.aio
 from grpc_health.v1 import health
 from opentelemetry import trace
 
-from voltana.rpc import start_grpc_server, stop_grpc_server
+from voltana.lifecycle import AsyncService
+from voltana.rpc import dialable_address, start_grpc_server, stop_grpc_server
 from voltana.rpc.names import CONTROLLER_SERVICE
 from voltana.services.controller.agents import AgentClients
 from voltana.services.controller.errors import ControllerNotRunningError
@@ -26,10 +26,9 @@ from voltana.services.telemetry.client import TelemetryClient
 from voltana.v1 import controller_pb2_grpc
 
 _LOG = logging.getLogger(__name__)
-_WILDCARD_HOSTS = {"", "0.0.0.0", "[::]", "::"}
 
 
-class ControllerService:
+class ControllerService(AsyncService):
     """Runs the control loop against telemetry and node agents, and serves ControllerService.
 
     ``clock`` is the time policies and decision records see: Unix seconds live (telemetry
@@ -68,8 +67,7 @@ class ControllerService:
     @property
     def address(self) -> str:
         """host:port to reach the running controller at (loopback when bound to all)."""
-        host = self._settings.listen_address.rpartition(":")[0]
-        return f"{'127.0.0.1' if host in _WILDCARD_HOSTS else host}:{self.port}"
+        return dialable_address(self._settings.listen_address, self.port)
 
     @property
     def loop(self) -> ControlLoop:
@@ -165,15 +163,3 @@ class ControllerService:
             await self._telemetry.close()
             self._telemetry = None
         self._port = None
-
-    async def __aenter__(self) -> ControllerService:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        await self.stop()

@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import functools
 import logging
-from types import TracebackType
 
 import grpc.aio
 from grpc_health.v1 import health
@@ -14,9 +13,10 @@ from opentelemetry import trace
 
 from voltana.engine import SglangHttpClient
 from voltana.errors import FailedPreconditionError
+from voltana.lifecycle import AsyncService
 from voltana.policy.base import RoutingPolicy
 from voltana.policy.registry import build_router, build_suite
-from voltana.rpc import start_grpc_server, stop_grpc_server
+from voltana.rpc import dialable_address, start_grpc_server, stop_grpc_server
 from voltana.rpc.names import ROUTER_SERVICE
 from voltana.services.router.cluster import LiveCluster
 from voltana.services.router.errors import ROUTER_STATUS_CODES
@@ -28,7 +28,6 @@ from voltana.services.telemetry.client import TelemetryClient
 from voltana.v1 import router_pb2_grpc
 
 _LOG = logging.getLogger(__name__)
-_WILDCARD_HOSTS = ("0.0.0.0", "[::]", "::", "")
 # A broken watch is retried after watch_retry_s, doubling up to this many times that.
 _WATCH_BACKOFF_FACTOR = 10.0
 
@@ -42,7 +41,7 @@ def build_routing_policy(settings: RouterSettings) -> tuple[str, RoutingPolicy]:
     return suite.name, suite.router
 
 
-class RouterService:
+class RouterService(AsyncService):
     """Serves RouterService on ``settings.listen_address``.
 
     ``start`` opens the telemetry watch (waiting up to ``initial_snapshot_timeout_s`` for the
@@ -109,8 +108,7 @@ class RouterService:
     @property
     def address(self) -> str:
         """``host:port`` clients can dial (loopback when listening on every interface)."""
-        host = self._settings.listen_address.rsplit(":", 1)[0]
-        return f"{'127.0.0.1' if host in _WILDCARD_HOSTS else host}:{self.port}"
+        return dialable_address(self._settings.listen_address, self.port)
 
     async def start(self) -> None:
         if self._server is not None:
@@ -235,15 +233,3 @@ class RouterService:
         telemetry, self._telemetry = self._telemetry, None
         if telemetry is not None and self._given_telemetry is None:
             await telemetry.close()
-
-    async def __aenter__(self) -> RouterService:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        await self.stop()

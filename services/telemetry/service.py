@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import functools
 import time
-from types import TracebackType
 
 import grpc.aio
 from grpc_health.v1 import health
 
 from voltana.errors import FailedPreconditionError
-from voltana.rpc import start_grpc_server, stop_grpc_server
+from voltana.lifecycle import AsyncService
+from voltana.rpc import dialable_address, start_grpc_server, stop_grpc_server
 from voltana.rpc.names import TELEMETRY_SERVICE
 from voltana.services.telemetry.memory_store import MemoryTelemetryStore
 from voltana.services.telemetry.redis_store import RedisTelemetryStore
@@ -18,8 +18,6 @@ from voltana.services.telemetry.servicer import TelemetryServicer
 from voltana.services.telemetry.settings import TelemetrySettings
 from voltana.services.telemetry.store import Clock, TelemetryStore
 from voltana.v1 import telemetry_pb2_grpc
-
-_WILDCARD_HOSTS = ("0.0.0.0", "[::]", "::", "")
 
 
 def build_store(settings: TelemetrySettings, clock: Clock) -> TelemetryStore:
@@ -39,7 +37,7 @@ def build_store(settings: TelemetrySettings, clock: Clock) -> TelemetryStore:
     )
 
 
-class TelemetryService:
+class TelemetryService(AsyncService):
     """``await start()`` serves TelemetryService (plus health and reflection); ``stop()`` ends.
 
     ``clock`` stamps snapshots and windows (wall time live, virtual time in simulations).
@@ -80,8 +78,7 @@ class TelemetryService:
     @property
     def address(self) -> str:
         """``host:port`` clients can dial (loopback when listening on every interface)."""
-        host = self._settings.listen_address.rsplit(":", 1)[0]
-        return f"{'127.0.0.1' if host in _WILDCARD_HOSTS else host}:{self.port}"
+        return dialable_address(self._settings.listen_address, self.port)
 
     async def start(self) -> None:
         if self._server is not None:
@@ -118,15 +115,3 @@ class TelemetryService:
             self._port = None
         if self._owns_store:
             await self._store.close()
-
-    async def __aenter__(self) -> TelemetryService:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        await self.stop()

@@ -27,7 +27,6 @@ import asyncio
 import logging
 import socket
 from collections.abc import Callable
-from types import TracebackType
 from typing import Any
 
 import aiohttp
@@ -52,6 +51,7 @@ from voltana.gpu.device import GpuDevice
 from voltana.gpu.sim import SimulatedGpu
 from voltana.hardware.gpus import get_gpu
 from voltana.hardware.models import get_model
+from voltana.lifecycle import AsyncService
 from voltana.perf.analytical import AnalyticalPerformanceModel
 from voltana.perf.model import PerformanceModel
 from voltana.policy.state import InstanceState
@@ -80,7 +80,7 @@ def _json_error(message: str, status: int) -> web.Response:
     return web.json_response(error_body(message, status), status=status)
 
 
-class SimEngine:
+class SimEngine(AsyncService):
     """A simulated SGLang server on ``settings.host:port``; see the module docstring.
 
     ``gpu`` defaults to a ``SimulatedGpu`` of ``settings.gpu_key`` on this engine's clock; pass
@@ -246,18 +246,6 @@ class SimEngine:
         if self._session is not None:
             await self._session.close()
             self._session = None
-
-    async def __aenter__(self) -> SimEngine:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        await self.stop()
 
     def _wall_duration_s(self, simulated_s: float) -> float:
         return simulated_s / self.settings.speedup

@@ -128,3 +128,13 @@ async def serve_until_signal(
     finally:
         for sig in signals:
             loop.remove_signal_handler(sig)
+
+
+_WILDCARD_HOSTS = frozenset({"", "0.0.0.0", "[::]", "::"})
+
+
+def dialable_address(listen_address: str, port: int) -> str:
+    """``host:port`` a client can dial for a server bound to ``listen_address`` on ``port``
+    (loopback when it listens on every interface)."""
+    host = listen_address.rpartition(":")[0]
+    return f"{'127.0.0.1' if host in _WILDCARD_HOSTS else host}:{port}"

@@ -13,7 +13,6 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from types import TracebackType
 from typing import TypeVar
 
 from opentelemetry import trace
@@ -22,6 +21,7 @@ from voltana.engine import ScaledClock, SimEngine, SimEngineSettings
 from voltana.errors import FailedPreconditionError, UnavailableError
 from voltana.gpu import SimulatedGpu
 from voltana.hardware import get_gpu, get_model
+from voltana.lifecycle import AsyncService
 from voltana.perf.analytical import AnalyticalPerformanceModel
 from voltana.policy.state import Phase
 from voltana.services.agent import AgentService, AgentSettings
@@ -75,7 +75,7 @@ class StackInstance:
         )
 
 
-class SimStack:
+class SimStack(AsyncService):
     """``await start()`` brings everything up (and waits until the router sees every instance);
     ``await stop()`` takes it down in reverse order, leaving every GPU at its default clock.
 
@@ -332,15 +332,3 @@ class SimStack:
                 _LOG.exception("stopping the %s failed", name)
         self.router = self.controller = self.telemetry = None
         self._telemetry_client = None
-
-    async def __aenter__(self) -> SimStack:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        await self.stop()
