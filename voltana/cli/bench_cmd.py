@@ -20,7 +20,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from voltana.cli.options import add_slo_args, positive_float, positive_int, slo_from_args
+from voltana.cli.options import (
+    add_slo_args,
+    add_workload_shaping_args,
+    positive_float,
+    positive_int,
+    slo_from_args,
+    workload_from_args,
+)
 from voltana.cli.progress import ProgressBar
 from voltana.cli.serve_cmd import host_port
 from voltana.errors import ConfigError, VoltanaError
@@ -35,7 +42,7 @@ from voltana.sdk import (
     VoltanaClient,
     VoltanaClientError,
 )
-from voltana.workloads import TraceRequest, load_workload, summarize_workload
+from voltana.workloads import TraceRequest, summarize_workload
 
 EPILOG = """\
 examples:
@@ -85,16 +92,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     parser.add_argument(
         "--trace", required=True, help="workload file or synthetic spec (as for simulate)"
     )
-    workload = parser.add_argument_group("workload shaping")
-    workload.add_argument(
-        "--rate-scale",
-        type=positive_float,
-        default=1.0,
-        help="multiply the arrival rate (compress time) by X (default: 1)",
-    )
-    workload.add_argument("--start-s", type=float, help="cut the trace from this offset (s)")
-    workload.add_argument("--duration-s", type=positive_float, help="replay at most this long (s)")
-    workload.add_argument("--max-requests", type=positive_int, help="replay at most N requests")
+    add_workload_shaping_args(parser)
     load = parser.add_argument_group("client")
     load.add_argument(
         "--max-concurrency",
@@ -357,13 +355,7 @@ async def bench(args: argparse.Namespace, requests: list[TraceRequest]) -> dict[
 
 def run(args: argparse.Namespace) -> int:
     slo = slo_from_args(args)
-    requests = load_workload(
-        args.trace,
-        rate_scale=args.rate_scale,
-        start_s=args.start_s,
-        duration_s=args.duration_s,
-        max_requests=args.max_requests,
-    )
+    requests = workload_from_args(args)
     workload = summarize_workload(requests)
     print(f"workload: {args.trace} x{args.rate_scale:g} - {workload.describe()}", file=sys.stderr)
     print(

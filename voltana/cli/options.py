@@ -10,6 +10,8 @@ from voltana.hardware import GPU_CATALOG, MODEL_CATALOG, GpuSpec, ModelSpec, get
 from voltana.hardware.models import load_hf_config
 from voltana.perf.analytical import AnalyticalPerformanceModel
 from voltana.policy.state import SloTarget
+from voltana.workloads import load_workload
+from voltana.workloads.request import TraceRequest
 
 
 def add_hardware_args(parser: argparse.ArgumentParser, default_gpu: str = "a100-80g") -> None:
@@ -88,3 +90,27 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"{text!r} must be >= 1")
     return value
+
+
+def add_workload_shaping_args(parser: argparse.ArgumentParser) -> None:
+    workload = parser.add_argument_group("workload shaping")
+    workload.add_argument(
+        "--rate-scale",
+        type=positive_float,
+        default=1.0,
+        help="multiply the arrival rate (compress time) by X (default: 1)",
+    )
+    workload.add_argument("--start-s", type=float, help="cut the trace from this offset (s)")
+    workload.add_argument("--duration-s", type=positive_float, help="replay at most this long (s)")
+    workload.add_argument("--max-requests", type=positive_int, help="replay at most N requests")
+
+
+def workload_from_args(args: argparse.Namespace) -> list[TraceRequest]:
+    """The workload `--trace` names, shaped by the flags of `add_workload_shaping_args`."""
+    return load_workload(
+        args.trace,
+        rate_scale=args.rate_scale,
+        start_s=args.start_s,
+        duration_s=args.duration_s,
+        max_requests=args.max_requests,
+    )

@@ -11,18 +11,20 @@ from typing import Any
 from voltana.cli.options import (
     add_hardware_args,
     add_slo_args,
+    add_workload_shaping_args,
     hardware_from_args,
     positive_float,
     positive_int,
     slo_from_args,
+    workload_from_args,
 )
 from voltana.cli.progress import ProgressBar
 from voltana.errors import ConfigError
 from voltana.policy.registry import policy_names, router_names
 from voltana.report import format_table
 from voltana.sim.cluster import ClusterConfig
-from voltana.sim.compare import compare_policies, validate_policies
-from voltana.workloads import load_workload, summarize_workload
+from voltana.sim.compare import build_suites, compare_policies
+from voltana.workloads import summarize_workload
 
 EPILOG = """\
 examples:
@@ -46,16 +48,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--trace", help="workload file or synthetic spec (default: embedded)")
-    workload = parser.add_argument_group("workload shaping")
-    workload.add_argument(
-        "--rate-scale",
-        type=positive_float,
-        default=1.0,
-        help="multiply the arrival rate (compress time) by X (default: 1)",
-    )
-    workload.add_argument("--start-s", type=float, help="cut the trace from this offset (s)")
-    workload.add_argument("--duration-s", type=positive_float, help="replay at most this long (s)")
-    workload.add_argument("--max-requests", type=positive_int, help="replay at most N requests")
+    add_workload_shaping_args(parser)
     add_hardware_args(parser)
     cluster = parser.add_argument_group("cluster")
     cluster.add_argument("--prefill", type=positive_int, default=2, help="prefill instances")
@@ -110,14 +103,8 @@ def run(args: argparse.Namespace) -> int:
     if args.clock_delay_ms is not None and args.clock_delay_ms < 0:
         raise ConfigError("--clock-delay-ms must be >= 0")
     names = args.policy or ["static-max"]
-    validate_policies(names, args.router, hardware.gpu, hardware.perf, slo)
-    requests = load_workload(
-        args.trace,
-        rate_scale=args.rate_scale,
-        start_s=args.start_s,
-        duration_s=args.duration_s,
-        max_requests=args.max_requests,
-    )
+    suites = build_suites(names, args.router, hardware.gpu, hardware.perf, slo)
+    requests = workload_from_args(args)
     config = ClusterConfig(
         gpu=hardware.gpu,
         model=hardware.model,
@@ -156,6 +143,7 @@ def run(args: argparse.Namespace) -> int:
         router=args.router,
         seed=args.seed,
         progress=progress,
+        suites=suites,
     )
     print(format_table(rows))
     if args.json:

@@ -7,7 +7,7 @@ from typing import Any
 
 from voltana.hardware.gpus import GpuSpec
 from voltana.perf.model import PerformanceModel
-from voltana.policy.base import PolicyContext
+from voltana.policy.base import PolicyContext, PolicySuite
 from voltana.policy.registry import build_router, build_suite
 from voltana.policy.state import SloTarget
 from voltana.report import add_savings, summarize
@@ -34,17 +34,21 @@ def run_policy(
     return Simulation(config, perf, suite, seed=seed).run(requests, progress)
 
 
-def validate_policies(
+def build_suites(
     names: Sequence[str], router: str | None, gpu: GpuSpec, perf: PerformanceModel, slo: SloTarget
-) -> None:
-    """Build every named policy once so a bad name fails before any work starts."""
+) -> list[PolicySuite | None]:
+    """Build every named policy, so a bad name fails before any work starts. `static-best` gives
+    None: a hindsight sweep on the workload resolves it. Each suite serves one run (policies
+    keep memory), and each gets its own router."""
     from voltana.sim.static_best import STATIC_BEST
 
     context = PolicyContext(gpu, perf, slo)
-    routing = build_router(router, context) if router else None
-    for name in names:
-        if name != STATIC_BEST:
-            build_suite(name, context, routing)
+    return [
+        None
+        if name == STATIC_BEST
+        else build_suite(name, context, build_router(router, context) if router else None)
+        for name in names
+    ]
 
 
 def compare_policies(
@@ -56,26 +60,27 @@ def compare_policies(
     router: str | None = None,
     seed: int = 0,
     progress: ProgressFactory | None = None,
+    suites: Sequence[PolicySuite | None] | None = None,
 ) -> tuple[list[SimulationResult], list[dict[str, Any]]]:
     """Simulate each policy in order; returns raw results and report rows (savings vs first).
 
+    ``suites`` are the policies already built by `build_suites` (built here when absent).
     `static-best` is resolved by a hindsight sweep on the same workload (static_best.py)."""
-    from voltana.sim.static_best import STATIC_BEST, find_static_best
+    from voltana.sim.static_best import find_static_best
 
-    validate_policies(names, router, config.gpu, perf, config.slo)
+    if suites is None:
+        suites = build_suites(names, router, config.gpu, perf, config.slo)
     results: list[SimulationResult] = []
-    for name in names:
+    for name, suite in zip(names, suites, strict=True):
         callback = progress(name) if progress else None
-        if name == STATIC_BEST:
+        if suite is None:
             best = find_static_best(
                 requests, config, perf, router=router, seed=seed, progress=callback
             )
             best.result.policy = f"static-best({best.prefill_mhz}/{best.decode_mhz})"
             results.append(best.result)
             continue
-        results.append(
-            run_policy(name, requests, config, perf, router=router, seed=seed, progress=callback)
-        )
+        results.append(Simulation(config, perf, suite, seed=seed).run(requests, callback))
     rows = [summarize(result.outcome(), config.slo) for result in results]
     add_savings(rows)
     return results, rows
