@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import numpy as np
-
 from voltana.hardware.gpus import GpuSpec
 from voltana.perf.model import PerformanceModel
 from voltana.perf.profile import sweep_profile
@@ -36,10 +34,3 @@ def fit_predictor(
     """Profile ``perf`` at ``clocks_mhz`` (as a sweep on hardware would) and fit EcoPred."""
     table = sweep_profile(perf, clocks_mhz)
     return LatencyPredictor.fit(table, perf.idle_power_w, token_breakpoints=token_breakpoints)
-
-
-def lowest_feasible(clocks_mhz: np.ndarray, feasible: np.ndarray) -> int | None:
-    """Index of the lowest clock that is feasible, or None."""
-    if not feasible.any():
-        return None
-    return int(np.argmax(feasible))

@@ -167,7 +167,6 @@ class VoltanaDecode:
     is_static: bool = False
     _hysteresis: _Hysteresis = field(init=False)
     _correction: dict[str, float] = field(default_factory=dict, init=False)
-    _last_clock: dict[str, int] = field(default_factory=dict, init=False)
 
     def __post_init__(self) -> None:
         self._hysteresis = _Hysteresis(self.downshift_ticks)

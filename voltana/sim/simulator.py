@@ -97,8 +97,7 @@ class _Instance:
         self.jitter_factor = 1.0
         self.estimate_at: Callable[[int], IterationEstimate] | None = None
         self.last_activity_s = 0.0
-        window = config.observation_window_s
-        self.window_s = window
+        self.window_s = config.observation_window_s
         self.arrivals: deque[float] = deque()
         self.recent_latency_ms: deque[tuple[float, float]] = deque()
         self.series = InstanceSeries()
