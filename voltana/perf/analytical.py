@@ -58,27 +58,23 @@ class Calibration:
     max_cuda_graph_batch: int = 512
 
 
+# Hopper GPUs (H100, H200) share SMs, clocks and power behaviour; only bandwidth and memory
+# differ, and those come from the GPU catalog.
+_HOPPER_CALIBRATION = Calibration(
+    compute_efficiency=0.45,
+    decode_compute_efficiency=0.30,
+    attention_efficiency=0.25,
+    decode_overhead_ms=1.3,
+    core_dynamic_w=520.0,
+    memory_dynamic_w=150.0,
+    idle_clock_w=40.0,
+)
+
 # Constants fitted to DESIGN.md section 4 (see tests/test_perf_calibration.py for each figure).
 DEFAULT_CALIBRATIONS: dict[str, Calibration] = {
     "a100-80g": Calibration(),
-    "h100-80g": Calibration(
-        compute_efficiency=0.45,
-        decode_compute_efficiency=0.30,
-        attention_efficiency=0.25,
-        decode_overhead_ms=1.3,
-        core_dynamic_w=520.0,
-        memory_dynamic_w=150.0,
-        idle_clock_w=40.0,
-    ),
-    "h200": Calibration(
-        compute_efficiency=0.45,
-        decode_compute_efficiency=0.30,
-        attention_efficiency=0.25,
-        decode_overhead_ms=1.3,
-        core_dynamic_w=520.0,
-        memory_dynamic_w=150.0,
-        idle_clock_w=40.0,
-    ),
+    "h100-80g": _HOPPER_CALIBRATION,
+    "h200": _HOPPER_CALIBRATION,
 }
 
 
