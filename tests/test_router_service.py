@@ -362,8 +362,10 @@ async def test_invalid_requests_are_refused(arguments: dict[str, Any], message: 
         if "temperature" not in arguments:  # Place takes no sampling parameters
             with pytest.raises(InvalidRequestError, match=message):
                 await cluster.client.place(**arguments)
-        # Nothing reached an engine or telemetry.
-        assert cluster.store.completions == []
+        # Nothing reached an engine; telemetry has the refusal on record, with its status.
+        [record] = await cluster.completions(1)
+        assert (record.ok, record.status, record.instance_ids) == (False, "INVALID_ARGUMENT", ())
+        assert message in record.reason
 
 
 async def test_request_without_prompt_is_invalid(cluster: Cluster) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import time
 
@@ -9,14 +10,15 @@ import grpc.aio
 from grpc_health.v1 import health
 
 from voltana.errors import FailedPreconditionError
-from voltana.lifecycle import AsyncService
-from voltana.rpc import dialable_address, start_grpc_server, stop_grpc_server
+from voltana.lifecycle import AsyncService, cancel_and_wait
+from voltana.rpc import dialable_address, set_serving, start_grpc_server, stop_grpc_server
 from voltana.rpc.names import TELEMETRY_SERVICE
 from voltana.services.telemetry.memory_store import MemoryTelemetryStore
 from voltana.services.telemetry.redis_store import RedisTelemetryStore
 from voltana.services.telemetry.servicer import TelemetryServicer
 from voltana.services.telemetry.settings import TelemetrySettings
 from voltana.services.telemetry.store import Clock, TelemetryStore
+from voltana.services.telemetry.upkeep import TelemetryUpkeep
 from voltana.v1 import telemetry_pb2_grpc
 
 
@@ -58,6 +60,8 @@ class TelemetryService(AsyncService):
         self._servicer: TelemetryServicer | None = None
         self._server: grpc.aio.Server | None = None
         self._health: health.aio.HealthServicer | None = None
+        self._upkeep: TelemetryUpkeep | None = None
+        self._upkeep_task: asyncio.Task[None] | None = None
         self._port: int | None = None
         self._stopped = False
 
@@ -68,6 +72,11 @@ class TelemetryService(AsyncService):
     @property
     def store(self) -> TelemetryStore:
         return self._store
+
+    @property
+    def upkeep(self) -> TelemetryUpkeep | None:
+        """Store health checks and expiry of silent instances (None until started)."""
+        return self._upkeep
 
     @property
     def port(self) -> int:
@@ -100,10 +109,27 @@ class TelemetryService(AsyncService):
         )
         self._servicer, self._health = servicer, health_servicer
         self._server, self._port = started.server, started.port
+        self._upkeep = TelemetryUpkeep(
+            self._store,
+            forget=servicer.forget_instance,
+            on_health=self._set_health,
+            interval_s=self._settings.upkeep_interval_s,
+            instance_ttl_s=self._settings.instance_ttl_s,
+        )
+        self._upkeep_task = asyncio.create_task(self._upkeep.run(), name="telemetry-upkeep")
+
+    async def _set_health(self, serving: bool) -> None:
+        if self._health is not None:
+            await set_serving(self._health, [TELEMETRY_SERVICE], serving)
 
     async def stop(self) -> None:
         """Stop serving (watch streams end at once); close the store if this service built it."""
         self._stopped = True
+        task, self._upkeep_task = self._upkeep_task, None
+        if task is not None:
+            assert self._upkeep is not None
+            self._upkeep.stop()
+            await cancel_and_wait([task])
         server, self._server = self._server, None
         if server is not None:
             assert self._servicer is not None

@@ -66,7 +66,8 @@ def validate_gpu_sample(sample: GpuReading) -> None:
 
 def validate_completion(completion: Completion) -> None:
     _check_id("request_id", completion.request_id)
-    if not completion.prefill_id and not completion.decode_id:
+    if completion.ok and not completion.prefill_id and not completion.decode_id:
+        # Only failed requests may lack instances (they failed before placement).
         raise InvalidTelemetryError(f"request {completion.request_id!r}: no instance id")
     owner = f"request {completion.request_id!r}"
     for name in (

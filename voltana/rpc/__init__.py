@@ -13,6 +13,7 @@ from voltana.rpc.server import (
     StartedServer,
     dialable_address,
     serve_until_signal,
+    set_serving,
     start_grpc_server,
     stop_grpc_server,
 )
@@ -38,6 +39,7 @@ __all__ = [
     "dialable_address",
     "error_from_rpc",
     "serve_until_signal",
+    "set_serving",
     "start_grpc_server",
     "status_code_for",
     "stop_grpc_server",

@@ -38,6 +38,7 @@ from voltana.services.telemetry import (
     TelemetryService,
     TelemetrySettings,
 )
+from voltana.stack.registration import InstanceRegistration
 from voltana.stack.settings import SimStackSettings
 from voltana.stack.sinks import TelemetryInstanceSink
 
@@ -248,6 +249,7 @@ class SimStack(AsyncService):
             power_source=self.perf.idle_power_w,
             clock_change_delay_ms=settings.clock_change_delay_ms,
         )
+        sink = TelemetryInstanceSink(client, engine_clock=self.clock, speedup=settings.speedup)
         engine = SimEngine(
             SimEngineSettings(
                 host=settings.host,
@@ -264,17 +266,18 @@ class SimStack(AsyncService):
             gpu=gpu,
             perf=self.perf,
             clock=self.clock,
-            sample_sink=TelemetryInstanceSink(
-                client, engine_clock=self.clock, speedup=settings.speedup
-            ),
+            sample_sink=sink,
         )
         await engine.start()
         instance = StackInstance(instance_id, phase, gpu, engine)
         self.instances.append(instance)
         self._stoppers.append((f"engine {instance_id}", engine.stop))
         # Registered before its agent starts, so the agent's first GPU samples are accepted;
-        # registered again with the agent's address once it is bound.
-        await client.register_instance(instance.info())
+        # registered again with the agent's address once it is bound. Registered again
+        # whenever telemetry loses it (a restarted Redis); unregistered on stop.
+        registration = InstanceRegistration(client, instance.info)
+        sink.registration = registration
+        await registration.register()
         agent = AgentService(
             AgentSettings(
                 listen_address=settings.address(0),
@@ -291,7 +294,9 @@ class SimStack(AsyncService):
         await agent.start()
         instance.agent = agent
         self._stoppers.append((f"agent {instance_id}", agent.stop))
-        await client.register_instance(instance.info())
+        await registration.register()
+        registration.start()
+        self._stoppers.append((f"registration of {instance_id}", registration.stop))
 
     async def _wait_until_routable(self, router: RouterService) -> None:
         """Until the router's snapshot lists every instance with its engine and GPU clock."""
