@@ -19,6 +19,7 @@ import grpc
 import pytest
 from conftest import free_port, wait_for
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from security_helpers import SECURITY
 
 from voltana.engine import SglangHttpClient, SimEngine, SimEngineSettings
 from voltana.policy.state import InstanceState, Phase
@@ -116,15 +117,20 @@ async def running_cluster(
     async with contextlib.AsyncExitStack() as stack:
         store = RecordingStore()
         telemetry = await stack.enter_async_context(
-            TelemetryService(TelemetrySettings(watch_min_interval_ms=20), store=store)
+            TelemetryService(
+                TelemetrySettings(watch_min_interval_ms=20, security=SECURITY), store=store
+            )
         )
-        telemetry_client = await stack.enter_async_context(TelemetryClient(telemetry.address))
+        telemetry_client = await stack.enter_async_context(
+            TelemetryClient(telemetry.address, security=SECURITY)
+        )
         router_options.setdefault("health_check_interval_s", 0.0)
         router = RouterService(
             RouterSettings(
                 telemetry_address=telemetry.address,
                 snapshot_interval_ms=20,
                 initial_snapshot_timeout_s=0.0,
+                security=SECURITY,
                 **router_options,
             )
         )
@@ -275,7 +281,7 @@ async def test_router_stop_ends_requests_past_the_drain_and_records_them() -> No
 
 
 async def router_health(address: str) -> int:
-    async with create_channel(address) as channel:
+    async with create_channel(address, security=SECURITY) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         response = await stub.Check(health_pb2.HealthCheckRequest(service=ROUTER_SERVICE))
         return int(response.status)

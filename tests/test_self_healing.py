@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 import pytest
 from conftest import RestartableRedis
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from security_helpers import SECURITY
 
 from voltana.engine import SimEngineSettings
 from voltana.policy.state import InstanceState, Phase
@@ -55,7 +56,7 @@ async def wait_until_listed(client: TelemetryClient, instance_id: str, present: 
 
 
 async def telemetry_health(address: str) -> int:
-    async with create_channel(address) as channel:
+    async with create_channel(address, security=SECURITY) as channel:
         response = await health_pb2_grpc.HealthStub(channel).Check(
             health_pb2.HealthCheckRequest(service=TELEMETRY_SERVICE)
         )
@@ -77,6 +78,7 @@ async def engine_node(telemetry_address: str, instance_id: str) -> AsyncIterator
                 mode="decode", instance_id=instance_id, speedup=20.0, report_interval_ms=50.0
             ),
             telemetry_address=telemetry_address,
+            security=SECURITY,
         )
     )
     await node.start()
@@ -92,8 +94,8 @@ async def engine_node(telemetry_address: str, instance_id: str) -> AsyncIterator
 @pytest.mark.integration
 async def test_an_instance_registers_again_after_someone_unregisters_it() -> None:
     async with (
-        TelemetryService(TelemetrySettings()) as telemetry,
-        TelemetryClient(telemetry.address) as client,
+        TelemetryService(TelemetrySettings(security=SECURITY)) as telemetry,
+        TelemetryClient(telemetry.address, security=SECURITY) as client,
         engine_node(telemetry.address, "decode-0") as node,
     ):
         await wait_until_listed(client, "decode-0", True)
@@ -109,11 +111,14 @@ async def test_redis_restarted_empty_heals_registrations_and_health(
     restartable_redis: RestartableRedis,
 ) -> None:
     settings = TelemetrySettings(
-        redis_url=restartable_redis.url, upkeep_interval_s=0.1, registry_refresh_s=0.2
+        redis_url=restartable_redis.url,
+        upkeep_interval_s=0.1,
+        registry_refresh_s=0.2,
+        security=SECURITY,
     )
     async with (
         TelemetryService(settings) as telemetry,
-        TelemetryClient(telemetry.address) as client,
+        TelemetryClient(telemetry.address, security=SECURITY) as client,
         engine_node(telemetry.address, "decode-0"),
     ):
         await wait_until_listed(client, "decode-0", True)
@@ -131,14 +136,16 @@ async def test_redis_restarted_empty_heals_registrations_and_health(
 
 @pytest.mark.integration
 async def test_a_restarted_in_memory_telemetry_gets_its_instances_back() -> None:
-    async with TelemetryService(TelemetrySettings()) as first:
+    async with TelemetryService(TelemetrySettings(security=SECURITY)) as first:
         address = first.address
         port = first.port
         async with engine_node(address, "decode-0") as node:
             await first.stop()
             async with (
-                TelemetryService(TelemetrySettings(listen_address=f"127.0.0.1:{port}")) as second,
-                TelemetryClient(second.address) as client,
+                TelemetryService(
+                    TelemetrySettings(listen_address=f"127.0.0.1:{port}", security=SECURITY)
+                ) as second,
+                TelemetryClient(second.address, security=SECURITY) as client,
             ):
                 await wait_until_listed(client, "decode-0", True)
                 assert node.registration is not None
@@ -147,10 +154,10 @@ async def test_a_restarted_in_memory_telemetry_gets_its_instances_back() -> None
 
 @pytest.mark.integration
 async def test_silent_instances_expire_and_reporting_ones_stay() -> None:
-    settings = TelemetrySettings(instance_ttl_s=0.5, upkeep_interval_s=0.1)
+    settings = TelemetrySettings(instance_ttl_s=0.5, upkeep_interval_s=0.1, security=SECURITY)
     async with (
         TelemetryService(settings) as telemetry,
-        TelemetryClient(telemetry.address) as client,
+        TelemetryClient(telemetry.address, security=SECURITY) as client,
         engine_node(telemetry.address, "decode-live"),
     ):
         await client.register_instance(InstanceInfo("decode-silent", Phase.DECODE, "a100-80g"))
@@ -163,8 +170,8 @@ async def test_silent_instances_expire_and_reporting_ones_stay() -> None:
 @pytest.mark.integration
 async def test_reports_name_the_instances_telemetry_does_not_know() -> None:
     async with (
-        TelemetryService(TelemetrySettings()) as telemetry,
-        TelemetryClient(telemetry.address) as client,
+        TelemetryService(TelemetrySettings(security=SECURITY)) as telemetry,
+        TelemetryClient(telemetry.address, security=SECURITY) as client,
     ):
         await client.register_instance(InstanceInfo("known", Phase.DECODE, "a100-80g"))
         states = [
@@ -241,8 +248,8 @@ def completion(request_id: str, ok: bool, status: str, finished_at_s: float) -> 
 @pytest.mark.integration
 async def test_aggregates_separate_completed_from_failed_by_status() -> None:
     async with (
-        TelemetryService(TelemetrySettings()) as telemetry,
-        TelemetryClient(telemetry.address) as client,
+        TelemetryService(TelemetrySettings(security=SECURITY)) as telemetry,
+        TelemetryClient(telemetry.address, security=SECURITY) as client,
     ):
         await client.register_instance(InstanceInfo("decode-0", Phase.DECODE, "a100-80g"))
         now_s = time.time()
@@ -268,7 +275,7 @@ async def test_aggregates_separate_completed_from_failed_by_status() -> None:
 async def test_the_redis_store_keeps_a_retried_completion_once(
     restartable_redis: RestartableRedis,
 ) -> None:
-    settings = TelemetrySettings(redis_url=restartable_redis.url)
+    settings = TelemetrySettings(redis_url=restartable_redis.url, security=SECURITY)
     async with TelemetryService(settings) as telemetry:
         record = completion("a", True, "OK", time.time())
         await telemetry.store.record_completion(record)

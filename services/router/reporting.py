@@ -16,7 +16,9 @@ import logging
 from collections import deque
 from typing import Protocol
 
+from voltana.errors import InvalidArgumentError
 from voltana.services.telemetry.records import Completion
+from voltana.text import shorten
 
 _LOG = logging.getLogger(__name__)
 DEFAULT_BATCH_SIZE = 32
@@ -58,6 +60,8 @@ class CompletionReporter:
         self.dropped = 0
         # Reports that failed and were kept to be sent again.
         self.retried = 0
+        # Records telemetry refused as invalid (a bug: the router builds them).
+        self.rejected = 0
 
     @property
     def pending(self) -> int:
@@ -110,10 +114,21 @@ class CompletionReporter:
             )
 
     async def _send(self, completion: Completion) -> bool:
+        """True when the record is done with: taken (counted in ``sent``), or refused for good
+        (counted in ``rejected``)."""
         try:
             await asyncio.wait_for(self._sink.report_completion(completion), self._timeout_s)
         except asyncio.CancelledError:
             raise
+        except InvalidArgumentError as error:
+            # Telemetry will never take this one; retrying would block the rest behind it.
+            self.rejected += 1
+            _LOG.error(
+                "telemetry refused the record of request %s: %s",
+                shorten(completion.request_id),
+                error,
+            )
+            return True
         except Exception as error:  # telemetry down or slow: keep the record, say so once
             if not self._failing:
                 _LOG.warning(
@@ -122,6 +137,7 @@ class CompletionReporter:
                 )
             self._failing = True
             return False
+        self.sent += 1
         return True
 
     async def _run(self) -> None:
@@ -144,8 +160,7 @@ class CompletionReporter:
                 raise
             finally:
                 self._sending = 0
-            failed = [c for c, ok in zip(batch, results, strict=True) if not ok]
-            self.sent += len(batch) - len(failed)
+            failed = [c for c, done in zip(batch, results, strict=True) if not done]
             if not failed:
                 if self._failing:
                     _LOG.info("reporting completions to telemetry works again")

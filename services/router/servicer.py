@@ -15,9 +15,12 @@ import grpc.aio
 from opentelemetry import trace
 
 from voltana.engine import SglangHttpClient
+from voltana.errors import InvalidArgumentError
 from voltana.policy.base import RoutingPolicy
 from voltana.policy.routing import NoInstanceError
 from voltana.policy.state import ClusterSnapshot, Placement, RequestSpec
+from voltana.rpc.limits import MAX_TEXT_CHARS, check_id
+from voltana.rpc.names import ROUTER_SERVICE, method_names
 from voltana.rpc.status import status_code_for
 from voltana.services.router.cluster import LiveCluster
 from voltana.services.router.convert import placement_to_proto
@@ -39,12 +42,9 @@ from voltana.services.router.tracing import (
     mark_failed,
     set_placement_attributes,
 )
-from voltana.services.router.validation import (
-    MAX_REQUEST_ID_CHARS,
-    ValidatedRequest,
-    validate_request,
-)
+from voltana.services.router.validation import ValidatedRequest, validate_request
 from voltana.services.telemetry.records import Completion
+from voltana.text import truncate
 from voltana.v1 import router_pb2, router_pb2_grpc
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -54,6 +54,19 @@ _RETRYABLE = (EngineUnreachableError, EngineAbortedError)
 # After the drain, requests still running are ended; they get this long to record that.
 _ABORT_WAIT_S = 1.0
 _DRAIN_POLL_S = 0.02
+
+# Request submission: open, or API-keyed when RouterSettings.api_keys is set. The router has
+# no privileged method (its policy is changed through the controller and its own settings).
+ROUTER_KEYED_METHODS = method_names(ROUTER_SERVICE, "Generate", "Place")
+
+
+def _record_id(request: router_pb2.GenerateRequest) -> str:
+    """The id to record a refused request by: the client's when it is a valid id."""
+    try:
+        check_id(request.request_id, "request_id")
+    except InvalidArgumentError:
+        return uuid.uuid4().hex
+    return request.request_id
 
 
 def run_policy(policy: RoutingPolicy, spec: RequestSpec, snapshot: ClusterSnapshot) -> Placement:
@@ -421,8 +434,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         if validated is not None:
             request_id, prompt_tokens = validated.request_id, validated.prompt_tokens
         else:
-            request_id = request.request_id[:MAX_REQUEST_ID_CHARS] or uuid.uuid4().hex
-            prompt_tokens = 0
+            request_id, prompt_tokens = _record_id(request), 0
         tokens = totals.completion_tokens
         assert timeline.end_s is not None
         self._reporter.submit(
@@ -435,7 +447,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
                 ttft_ms=timeline.ttft_ms(),
                 mean_itl_ms=timeline.mean_itl_ms(tokens),
                 ok=ok,
-                reason=reason,
+                reason=truncate(reason, MAX_TEXT_CHARS),
                 arrival_s=arrival_wall_s,
                 finished_at_s=arrival_wall_s + (timeline.end_s - timeline.arrival_s),
                 slo=validated.slo if validated is not None else None,

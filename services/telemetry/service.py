@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import time
 
 import grpc.aio
@@ -13,13 +14,17 @@ from voltana.errors import FailedPreconditionError
 from voltana.lifecycle import AsyncService, cancel_and_wait
 from voltana.rpc import dialable_address, set_serving, start_grpc_server, stop_grpc_server
 from voltana.rpc.names import TELEMETRY_SERVICE
+from voltana.services.telemetry.errors import TELEMETRY_STATUS_CODES
 from voltana.services.telemetry.memory_store import MemoryTelemetryStore
 from voltana.services.telemetry.redis_store import RedisTelemetryStore
-from voltana.services.telemetry.servicer import TelemetryServicer
+from voltana.services.telemetry.redis_url import redact_redis_url
+from voltana.services.telemetry.servicer import TELEMETRY_PRIVILEGED_METHODS, TelemetryServicer
 from voltana.services.telemetry.settings import TelemetrySettings
 from voltana.services.telemetry.store import Clock, TelemetryStore
 from voltana.services.telemetry.upkeep import TelemetryUpkeep
 from voltana.v1 import telemetry_pb2_grpc
+
+_LOG = logging.getLogger(__name__)
 
 
 def build_store(settings: TelemetrySettings, clock: Clock) -> TelemetryStore:
@@ -36,6 +41,7 @@ def build_store(settings: TelemetrySettings, clock: Clock) -> TelemetryStore:
         key_prefix=settings.redis_key_prefix,
         series_cap=settings.series_cap,
         completions_cap=settings.completions_cap,
+        password=settings.redis_password,
     )
 
 
@@ -94,6 +100,7 @@ class TelemetryService(AsyncService):
             raise FailedPreconditionError("telemetry service is already started")
         if self._stopped:
             raise FailedPreconditionError("a stopped telemetry service cannot start again")
+        self._settings.security.require_credentials("telemetry")
         if isinstance(self._store, RedisTelemetryStore):
             await self._store.ping()  # fail at start, not on the first report
         servicer = TelemetryServicer(self._store, self._settings)
@@ -106,6 +113,9 @@ class TelemetryService(AsyncService):
             [register],
             [TELEMETRY_SERVICE],
             health_servicer=health_servicer,
+            error_codes=TELEMETRY_STATUS_CODES,
+            security=self._settings.security,
+            privileged_methods=TELEMETRY_PRIVILEGED_METHODS,
         )
         self._servicer, self._health = servicer, health_servicer
         self._server, self._port = started.server, started.port
@@ -117,6 +127,13 @@ class TelemetryService(AsyncService):
             instance_ttl_s=self._settings.instance_ttl_s,
         )
         self._upkeep_task = asyncio.create_task(self._upkeep.run(), name="telemetry-upkeep")
+
+        redis_url = self._settings.redis_url
+        _LOG.info(
+            "telemetry serving on %s (store: %s)",
+            self.address,
+            f"redis at {redact_redis_url(redis_url)}" if redis_url else "in memory",
+        )
 
     async def _set_health(self, serving: bool) -> None:
         if self._health is not None:
