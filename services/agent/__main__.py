@@ -21,11 +21,15 @@ from voltana.services.agent.settings import AgentSettings
 TOKEN_ENV_VAR = "VOLTANA_AGENT_TOKEN"
 
 
-def _instance_binding(text: str) -> tuple[str, int]:
-    instance_id, separator, index = text.partition("=")
-    if not separator or not instance_id or not index.isdigit():
-        raise argparse.ArgumentTypeError(f"expected INSTANCE=GPU_INDEX, got {text!r}")
-    return instance_id, int(index)
+def _instance_binding(text: str) -> tuple[str, int | tuple[int, ...]]:
+    instance_id, separator, indices = text.partition("=")
+    parts = indices.split(",")
+    if not separator or not instance_id or not all(part.isdigit() for part in parts):
+        raise argparse.ArgumentTypeError(
+            f"expected INSTANCE=GPU_INDEX[,GPU_INDEX...], got {text!r}"
+        )
+    parsed = tuple(int(part) for part in parts)
+    return instance_id, parsed[0] if len(parsed) == 1 else parsed
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,8 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=_instance_binding,
         action="append",
         default=[],
-        metavar="INSTANCE=GPU_INDEX",
-        help="bind a serving instance to a GPU (repeatable)",
+        metavar="INSTANCE=GPU_INDEX[,GPU_INDEX...]",
+        help="bind a serving instance to its GPU(s) (repeatable)",
     )
     parser.add_argument("--telemetry", default=None, help="telemetry host:port for samples")
     parser.add_argument("--sample-interval-ms", type=int, default=defaults.sample_interval_ms)
