@@ -24,6 +24,7 @@ from voltana.gpu.device_check import (
 from voltana.gpu.host import ClockPrivilege, clock_lock_privilege
 from voltana.hardware.gpu_names import catalog_key_for_device_name
 from voltana.rpc import create_channel
+from voltana.rpc.security import RpcSecurity
 from voltana.services.agent import AgentService, AgentSettings
 from voltana.v1 import agent_pb2, agent_pb2_grpc
 
@@ -265,10 +266,11 @@ async def test_agent_reports_clocks_energy_counter_driver_and_the_h100_key() -> 
             else (_ for _ in ()).throw(nvml_error(pynvml.NVML_ERROR_NOT_SUPPORTED))
         )
     )
-    settings = AgentSettings(backend="nvml", reset_on_start=False, instance_gpu_indices={})
+    security = RpcSecurity.generated()
+    settings = AgentSettings(backend="nvml", reset_on_start=False, security=security)
     async with (
         AgentService(settings, nvml=nvml) as agent,
-        create_channel(agent.address) as channel,
+        create_channel(agent.address, security=security) as channel,
     ):
         stub = agent_pb2_grpc.NodeAgentServiceStub(channel)
         listing = await stub.ListGpus(agent_pb2.ListGpusRequest())

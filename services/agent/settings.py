@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from voltana.errors import ConfigError
+from voltana.rpc.security import RpcSecurity
 
 AgentBackend = Literal["nvml", "sim"]
 
@@ -30,9 +31,9 @@ class AgentSettings:
     instance_gpu_indices: Mapping[str, int | Sequence[int]] = field(default_factory=dict)
     node_name: str = ""
     # A SetClocks lease lasts this long unless the caller asks otherwise; requests are capped
-    # at max_lease_ttl_ms so a forgotten lease cannot pin a clock for hours.
+    # at max_lease_ttl_ms so a forgotten (or hostile) lease cannot pin a low clock for long.
     default_lease_ttl_ms: int = 10_000
-    max_lease_ttl_ms: int = 300_000
+    max_lease_ttl_ms: int = 30_000
     # After a clock change, poll the device until it reports the new clock, for at most this.
     readback_timeout_ms: float = 200.0
     readback_poll_ms: float = 10.0
@@ -41,8 +42,9 @@ class AgentSettings:
     # Telemetry service to stream GPU samples to (host:port); None = no streaming.
     telemetry_address: str | None = None
     sample_interval_ms: int = 500
-    # When set, SetClocks/ResetClocks/RenewLease need metadata ``x-voltana-agent-token``.
-    auth_token: str | None = None
+    # Control-plane token (SetClocks/ResetClocks/RenewLease require it; GPU samples to
+    # telemetry carry it) and TLS files; voltana.rpc.security.
+    security: RpcSecurity = field(default_factory=RpcSecurity)
     shutdown_grace_s: float = 2.0
 
     def __post_init__(self) -> None:
@@ -68,8 +70,6 @@ class AgentSettings:
             raise ConfigError("readback_poll_ms must be > 0 when readback_timeout_ms is")
         if self.sample_interval_ms <= 0:
             raise ConfigError(f"sample_interval_ms must be > 0, got {self.sample_interval_ms}")
-        if self.auth_token == "":
-            raise ConfigError("auth_token must be non-empty when set (use None to disable)")
         groups = self.instance_gpu_groups
         for instance, indices in groups.items():
             if not indices or any(index < 0 for index in indices):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -10,15 +11,11 @@ import grpc
 import grpc.aio
 from opentelemetry import propagate
 
-from voltana.rpc import create_channel, error_from_rpc
+from voltana.rpc import RpcSecurity, create_channel, error_from_rpc
 from voltana.v1 import agent_pb2, agent_pb2_grpc
 
 if TYPE_CHECKING:
     from voltana.v1.agent_pb2_grpc import NodeAgentServiceAsyncStub
-
-# Metadata key agents check when they require a token (voltana.services.agent.AUTH_METADATA_KEY;
-# repeated here so the controller does not import the agent's server code).
-AGENT_TOKEN_METADATA_KEY = "x-voltana-agent-token"
 
 ChannelFactory = Callable[[str], grpc.aio.Channel]
 
@@ -37,6 +34,9 @@ class AppliedClock:
 class AgentClients:
     """Clock calls on node agents as ``holder``. Failed calls raise the matching VoltanaError
     (UnavailableError when the agent is down, FailedPreconditionError for lease conflicts...).
+
+    ``security`` gives the control-plane token the clock calls need, and TLS (used by the
+    default ``channel_factory``).
     """
 
     def __init__(
@@ -44,13 +44,14 @@ class AgentClients:
         *,
         holder: str,
         timeout_s: float,
-        auth_token: str | None = None,
-        channel_factory: ChannelFactory = create_channel,
+        security: RpcSecurity | None = None,
+        channel_factory: ChannelFactory | None = None,
     ) -> None:
         self._holder = holder
         self._timeout_s = timeout_s
-        self._auth_token = auth_token
-        self._channel_factory = channel_factory
+        self._channel_factory = channel_factory or functools.partial(
+            create_channel, security=security
+        )
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._stubs: dict[str, NodeAgentServiceAsyncStub] = {}
 
@@ -71,8 +72,6 @@ class AgentClients:
         # The current span's context (if any) travels as W3C traceparent/baggage headers.
         carrier: dict[str, str] = {}
         propagate.inject(carrier)
-        if self._auth_token is not None:
-            carrier[AGENT_TOKEN_METADATA_KEY] = self._auth_token
         return tuple(carrier.items())
 
     async def set_clocks(

@@ -20,7 +20,7 @@ from voltana.services.controller.errors import ControllerNotRunningError
 from voltana.services.controller.feed import SnapshotFeed
 from voltana.services.controller.loop import Clock, ControlLoop
 from voltana.services.controller.policies import PolicyBook
-from voltana.services.controller.servicer import ControllerServicer
+from voltana.services.controller.servicer import CONTROLLER_PRIVILEGED_METHODS, ControllerServicer
 from voltana.services.controller.settings import ControllerSettings
 from voltana.services.telemetry.client import TelemetryClient
 from voltana.v1 import controller_pb2_grpc
@@ -87,14 +87,18 @@ class ControllerService(AsyncService):
             model_key=settings.model_key,
             tensor_parallel=settings.tensor_parallel,
         )
+        # Agents take clock changes only with the token.
+        settings.security.require_credentials("controller")
         try:
             self._telemetry = TelemetryClient(
-                settings.telemetry_address, timeout_s=settings.rpc_timeout_s
+                settings.telemetry_address,
+                timeout_s=settings.rpc_timeout_s,
+                security=settings.security,
             )
             self._agents = AgentClients(
                 holder=settings.holder,
                 timeout_s=settings.rpc_timeout_s,
-                auth_token=settings.agent_auth_token,
+                security=settings.security,
             )
             feed = SnapshotFeed(
                 self._telemetry,
@@ -117,6 +121,8 @@ class ControllerService(AsyncService):
                 [register],
                 [CONTROLLER_SERVICE],
                 health_servicer=self._health,
+                security=settings.security,
+                privileged_methods=CONTROLLER_PRIVILEGED_METHODS,
             )
             self._server, self._port = started.server, started.port
             self._tasks = [

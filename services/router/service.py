@@ -21,7 +21,7 @@ from voltana.rpc.names import ROUTER_SERVICE
 from voltana.services.router.cluster import LiveCluster
 from voltana.services.router.errors import ROUTER_STATUS_CODES
 from voltana.services.router.reporting import CompletionReporter
-from voltana.services.router.servicer import RouterServicer
+from voltana.services.router.servicer import ROUTER_KEYED_METHODS, RouterServicer
 from voltana.services.router.settings import RouterSettings
 from voltana.services.router.tracing import TRACER_NAME
 from voltana.services.telemetry.client import TelemetryClient
@@ -114,9 +114,13 @@ class RouterService(AsyncService):
         if self._server is not None:
             raise FailedPreconditionError("router service is already started")
         settings = self._settings
+        # It reports completions, which telemetry only takes with the token.
+        settings.security.require_credentials("router")
         try:
             self._telemetry = self._given_telemetry or TelemetryClient(
-                settings.telemetry_address, timeout_s=settings.telemetry_timeout_s
+                settings.telemetry_address,
+                timeout_s=settings.telemetry_timeout_s,
+                security=settings.security,
             )
             self._engine = self._given_engine or SglangHttpClient(
                 connect_timeout_s=settings.engine_connect_timeout_s
@@ -149,6 +153,9 @@ class RouterService(AsyncService):
                 [ROUTER_SERVICE],
                 health_servicer=health_servicer,
                 error_codes=ROUTER_STATUS_CODES,
+                security=settings.security,
+                api_keys=settings.api_keys,
+                keyed_methods=ROUTER_KEYED_METHODS,
             )
         except BaseException:
             await self._release()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import logging
 import time
 
 import grpc.aio
@@ -12,12 +13,16 @@ from voltana.errors import FailedPreconditionError
 from voltana.lifecycle import AsyncService
 from voltana.rpc import dialable_address, start_grpc_server, stop_grpc_server
 from voltana.rpc.names import TELEMETRY_SERVICE
+from voltana.services.telemetry.errors import TELEMETRY_STATUS_CODES
 from voltana.services.telemetry.memory_store import MemoryTelemetryStore
 from voltana.services.telemetry.redis_store import RedisTelemetryStore
-from voltana.services.telemetry.servicer import TelemetryServicer
+from voltana.services.telemetry.redis_url import redact_redis_url
+from voltana.services.telemetry.servicer import TELEMETRY_PRIVILEGED_METHODS, TelemetryServicer
 from voltana.services.telemetry.settings import TelemetrySettings
 from voltana.services.telemetry.store import Clock, TelemetryStore
 from voltana.v1 import telemetry_pb2_grpc
+
+_LOG = logging.getLogger(__name__)
 
 
 def build_store(settings: TelemetrySettings, clock: Clock) -> TelemetryStore:
@@ -34,6 +39,7 @@ def build_store(settings: TelemetrySettings, clock: Clock) -> TelemetryStore:
         key_prefix=settings.redis_key_prefix,
         series_cap=settings.series_cap,
         completions_cap=settings.completions_cap,
+        password=settings.redis_password,
     )
 
 
@@ -85,6 +91,7 @@ class TelemetryService(AsyncService):
             raise FailedPreconditionError("telemetry service is already started")
         if self._stopped:
             raise FailedPreconditionError("a stopped telemetry service cannot start again")
+        self._settings.security.require_credentials("telemetry")
         if isinstance(self._store, RedisTelemetryStore):
             await self._store.ping()  # fail at start, not on the first report
         servicer = TelemetryServicer(self._store, self._settings)
@@ -97,9 +104,18 @@ class TelemetryService(AsyncService):
             [register],
             [TELEMETRY_SERVICE],
             health_servicer=health_servicer,
+            error_codes=TELEMETRY_STATUS_CODES,
+            security=self._settings.security,
+            privileged_methods=TELEMETRY_PRIVILEGED_METHODS,
         )
         self._servicer, self._health = servicer, health_servicer
         self._server, self._port = started.server, started.port
+        redis_url = self._settings.redis_url
+        _LOG.info(
+            "telemetry serving on %s (store: %s)",
+            self.address,
+            f"redis at {redact_redis_url(redis_url)}" if redis_url else "in memory",
+        )
 
     async def stop(self) -> None:
         """Stop serving (watch streams end at once); close the store if this service built it."""

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import grpc.aio
 
 from voltana.errors import UnavailableError
+
+if TYPE_CHECKING:
+    from voltana.rpc.security import RpcSecurity
 
 MAX_MESSAGE_BYTES = 32 * 1024 * 1024  # long token-id prompts and large snapshots fit
 
@@ -43,15 +46,28 @@ def create_channel(
     *,
     options: Mapping[str, Any] | None = None,
     interceptors: Sequence[grpc.aio.ClientInterceptor] | None = None,
+    security: RpcSecurity | None = None,
 ) -> grpc.aio.Channel:
-    """An insecure asyncio channel to ``address`` ("host:port").
+    """An asyncio channel to ``address`` ("host:port").
 
+    With ``security``, every call carries its control-plane token and the channel uses its TLS
+    files (plaintext without them); without, the channel is plaintext and anonymous.
     Channels connect lazily; close them with ``await channel.close()`` (or ``async with``).
     Use ``await wait_until_ready(channel, timeout_s)`` to fail fast when the peer is down.
     """
-    return grpc.aio.insecure_channel(
-        address, options=channel_options(options), interceptors=interceptors
-    )
+    tls = security.tls if security is not None else None
+    if tls is not None:
+        channel = grpc.aio.secure_channel(
+            address,
+            tls.channel_credentials(),
+            options=channel_options(options),
+            interceptors=interceptors,
+        )
+    else:
+        channel = grpc.aio.insecure_channel(
+            address, options=channel_options(options), interceptors=interceptors
+        )
+    return security.authenticate(channel) if security is not None else channel
 
 
 async def wait_until_ready(channel: grpc.aio.Channel, timeout_s: float) -> None:

@@ -18,6 +18,7 @@ from voltana.gpu import SimulatedGpu
 from voltana.hardware import get_gpu, get_model
 from voltana.perf.analytical import AnalyticalPerformanceModel
 from voltana.policy.state import Phase
+from voltana.rpc import RpcSecurity
 from voltana.services.agent import AgentService, AgentSettings
 from voltana.services.telemetry import InstanceInfo, TelemetryClient
 from voltana.stack.sinks import TelemetryInstanceSink
@@ -40,6 +41,8 @@ class EngineNodeSettings:
     sample_interval_ms: int = 250
     # start() waits this long for telemetry (containers start in any order).
     telemetry_wait_s: float = 60.0
+    # Control-plane token (registering, reporting and the co-hosted agent need it) and TLS.
+    security: RpcSecurity = field(default_factory=RpcSecurity)
 
     def __post_init__(self) -> None:
         if self.gpu_index < 0:
@@ -118,7 +121,8 @@ class EngineNode:
         settings = self.settings
         sink = None
         if settings.telemetry_address is not None:
-            self._client = TelemetryClient(settings.telemetry_address)
+            settings.security.require_credentials("engine")
+            self._client = TelemetryClient(settings.telemetry_address, security=settings.security)
             sink = TelemetryInstanceSink(
                 self._client, engine_clock=self.clock, speedup=settings.engine.speedup
             )
@@ -145,6 +149,7 @@ class EngineNode:
                     node_name=engine.instance_id,
                     telemetry_address=settings.telemetry_address,
                     sample_interval_ms=settings.sample_interval_ms,
+                    security=settings.security,
                 ),
                 devices=[self.gpu],
             )

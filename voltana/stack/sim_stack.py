@@ -171,17 +171,19 @@ class SimStack(AsyncService):
             TelemetrySettings(
                 listen_address=settings.address(settings.telemetry_port),
                 redis_url=settings.redis_url,
+                redis_password=settings.redis_password,
                 redis_key_prefix=settings.redis_key_prefix,
                 slo=settings.slo,
                 watch_min_interval_ms=min(
                     50, settings.control_interval_ms, settings.snapshot_interval_ms
                 ),
+                security=settings.security,
             )
         )
         await telemetry.start()
         self.telemetry = telemetry
         self._stoppers.append(("telemetry", telemetry.stop))
-        client = TelemetryClient(telemetry.address)
+        client = TelemetryClient(telemetry.address, security=settings.security)
         self._telemetry_client = client
         self._stoppers.append(("telemetry client", client.close))
 
@@ -204,6 +206,7 @@ class SimStack(AsyncService):
                 control_interval_ms=settings.control_interval_ms,
                 lease_ttl_ms=settings.lease_ttl_ms,
                 controller_id=CONTROLLER_ID,
+                security=settings.security,
             ),
             tracer=(
                 self._tracer_provider.get_tracer("voltana.services.controller")
@@ -235,6 +238,7 @@ class SimStack(AsyncService):
             tp=settings.tp,
             slo=settings.slo,
             snapshot_interval_ms=settings.snapshot_interval_ms,
+            security=settings.security,
         )
 
     async def _start_instance(
@@ -285,6 +289,7 @@ class SimStack(AsyncService):
                 node_name=instance_id,
                 telemetry_address=self.telemetry_address,
                 sample_interval_ms=settings.sample_interval_ms,
+                security=settings.security,
             ),
             devices=[gpu],
         )
