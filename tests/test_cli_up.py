@@ -8,6 +8,7 @@ import signal
 import sys
 from collections.abc import AsyncIterator
 
+import aiohttp
 import pytest
 
 from voltana.sdk import VoltanaClient
@@ -72,9 +73,24 @@ async def test_up_prints_addresses_serves_and_exits_0_on_sigint(
     addresses = await read_addresses(up_process)
     assert next(iter(addresses)) == "router"
     assert {"telemetry", "controller", "prefill-0.engine", "decode-0.agent"} <= set(addresses)
+    metrics = {name for name in addresses if name.endswith(".metrics")}
+    assert metrics == {
+        "router.metrics",
+        "telemetry.metrics",
+        "controller.metrics",
+        "prefill-0.agent.metrics",
+        "decode-0.agent.metrics",
+    }
     async with VoltanaClient(addresses["router"], timeout_s=20.0) as client:
         result = await client.generate("Hello from the test", max_new_tokens=5, stream=False)
     assert result.summary.completion_tokens == 5
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(addresses["router.metrics"]) as response,
+    ):
+        assert response.status == 200
+        exposition = await response.text()
+    assert 'voltana_router_requests_total{protocol="grpc",status="OK"} 1.0' in exposition
     up_process.send_signal(signal.SIGINT)
     assert await asyncio.wait_for(up_process.wait(), STOP_TIMEOUT_S) == 0
 
@@ -103,7 +119,7 @@ async def test_up_with_an_unknown_policy_fails_in_one_line() -> None:
 
 
 async def test_serve_telemetry_runs_until_sigterm() -> None:
-    process = await voltana("serve", "telemetry", "--listen", "127.0.0.1:0")
+    process = await voltana("serve", "telemetry", "--listen", "127.0.0.1:0", "--metrics-port", "0")
     try:
         assert process.stderr is not None
         while True:

@@ -43,6 +43,8 @@ class AgentSettings:
     # When set, SetClocks/ResetClocks/RenewLease need metadata ``x-voltana-agent-token``.
     auth_token: str | None = None
     shutdown_grace_s: float = 2.0
+    # Prometheus /metrics ("host:port", port 0 = any free); None = not served.
+    metrics_listen_address: str | None = None
 
     def __post_init__(self) -> None:
         if self.backend not in ("nvml", "sim"):
@@ -67,6 +69,10 @@ class AgentSettings:
             raise ConfigError("readback_poll_ms must be > 0 when readback_timeout_ms is")
         if self.sample_interval_ms <= 0:
             raise ConfigError(f"sample_interval_ms must be > 0, got {self.sample_interval_ms}")
+        if self.metrics_listen_address is not None and ":" not in self.metrics_listen_address:
+            raise ConfigError(
+                f"metrics_listen_address must be host:port, got {self.metrics_listen_address!r}"
+            )
         if self.auth_token == "":
             raise ConfigError("auth_token must be non-empty when set (use None to disable)")
         unknown = {

@@ -68,7 +68,8 @@ class GrpcGpuSampleSink:
 
     def _open_call(self) -> Any:
         if self._channel is None:
-            self._channel = create_channel(self._telemetry_address)
+            # Background stream: not traced (see create_channel).
+            self._channel = create_channel(self._telemetry_address, traced=False)
         stub = telemetry_pb2_grpc.TelemetryServiceStub(self._channel)
         return stub.ReportGpuSamples()
 

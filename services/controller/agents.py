@@ -1,4 +1,5 @@
-"""Calls to node agents: one reused channel per agent address, trace context in metadata."""
+"""Calls to node agents: one reused channel per agent address, traced (a CLIENT span per call,
+its context in the metadata, so the agent's SERVER span continues the controller's trace)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ from typing import TYPE_CHECKING
 
 import grpc
 import grpc.aio
-from opentelemetry import propagate
 
 from voltana.rpc import create_channel, error_from_rpc
 from voltana.v1 import agent_pb2, agent_pb2_grpc
@@ -68,12 +68,10 @@ class AgentClients:
         return stub
 
     def _metadata(self) -> tuple[tuple[str, str | bytes], ...]:
-        # The current span's context (if any) travels as W3C traceparent/baggage headers.
-        carrier: dict[str, str] = {}
-        propagate.inject(carrier)
-        if self._auth_token is not None:
-            carrier[AGENT_TOKEN_METADATA_KEY] = self._auth_token
-        return tuple(carrier.items())
+        # The trace context travels too: the channel's tracing interceptors add it.
+        if self._auth_token is None:
+            return ()
+        return ((AGENT_TOKEN_METADATA_KEY, self._auth_token),)
 
     async def set_clocks(
         self, address: str, gpu_index: int, sm_clock_mhz: int, lease_ttl_ms: int, reason: str

@@ -73,7 +73,8 @@ class TelemetryClient:
         channel: grpc.aio.Channel | None = None,
     ) -> None:
         self._owns_channel = channel is None
-        self._channel = channel if channel is not None else create_channel(address)
+        # Telemetry traffic is background work on timers: not traced (see create_channel).
+        self._channel = channel if channel is not None else create_channel(address, traced=False)
         self._stub = telemetry_pb2_grpc.TelemetryServiceStub(self._channel)
         self._timeout_s = timeout_s
 

@@ -8,8 +8,10 @@ from typing import Any
 
 import grpc
 import grpc.aio
+from opentelemetry import trace
 
 from voltana.errors import UnavailableError
+from voltana.rpc.tracing import client_interceptors
 
 MAX_MESSAGE_BYTES = 32 * 1024 * 1024  # long token-id prompts and large snapshots fit
 
@@ -43,14 +45,26 @@ def create_channel(
     *,
     options: Mapping[str, Any] | None = None,
     interceptors: Sequence[grpc.aio.ClientInterceptor] | None = None,
+    tracer_provider: trace.TracerProvider | None = None,
+    traced: bool = True,
 ) -> grpc.aio.Channel:
     """An insecure asyncio channel to ``address`` ("host:port").
 
+    With ``traced``, calls are traced (voltana.rpc.tracing; ``tracer_provider``, default the
+    global one) and carry the caller's trace context; ``interceptors`` run inside the tracing
+    ones. Background channels (telemetry sample streams, watches, reports) pass False: nothing
+    there is worth a trace, and intercepted client streams buffer their writes, so a cancelled
+    write would no longer cancel the call.
     Channels connect lazily; close them with ``await channel.close()`` (or ``async with``).
     Use ``await wait_until_ready(channel, timeout_s)`` to fail fast when the peer is down.
     """
     return grpc.aio.insecure_channel(
-        address, options=channel_options(options), interceptors=interceptors
+        address,
+        options=channel_options(options),
+        interceptors=[
+            *(client_interceptors(address, tracer_provider) if traced else ()),
+            *(interceptors or ()),
+        ],
     )
 
 

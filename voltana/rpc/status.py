@@ -97,8 +97,37 @@ def error_from_rpc(error: grpc.RpcError) -> VoltanaError:
 
 
 _Behavior = Callable[..., Any]
+BehaviorWrapper = Callable[[_Behavior], _Behavior]
 _Request = TypeVar("_Request")
 _Response = TypeVar("_Response")
+
+
+def rewrap_handler(
+    handler: grpc.RpcMethodHandler[_Request, _Response],
+    wrap_unary_response: BehaviorWrapper,
+    wrap_streaming_response: BehaviorWrapper,
+) -> grpc.RpcMethodHandler[_Request, _Response]:
+    """``handler`` with its behavior wrapped: by ``wrap_unary_response`` when it answers one
+    message, by ``wrap_streaming_response`` when it streams (for server interceptors)."""
+    deserializer = handler.request_deserializer
+    serializer = handler.response_serializer
+    if handler.unary_unary is not None:
+        return grpc.unary_unary_rpc_method_handler(
+            wrap_unary_response(handler.unary_unary), deserializer, serializer
+        )
+    if handler.unary_stream is not None:
+        return grpc.unary_stream_rpc_method_handler(
+            wrap_streaming_response(handler.unary_stream), deserializer, serializer
+        )
+    if handler.stream_unary is not None:
+        return grpc.stream_unary_rpc_method_handler(
+            wrap_unary_response(handler.stream_unary), deserializer, serializer
+        )
+    if handler.stream_stream is not None:
+        return grpc.stream_stream_rpc_method_handler(
+            wrap_streaming_response(handler.stream_stream), deserializer, serializer
+        )
+    return handler
 
 
 class ErrorStatusInterceptor(grpc.aio.ServerInterceptor):
@@ -128,25 +157,7 @@ class ErrorStatusInterceptor(grpc.aio.ServerInterceptor):
     def _wrap_handler(
         self, handler: grpc.RpcMethodHandler[_Request, _Response]
     ) -> grpc.RpcMethodHandler[_Request, _Response]:
-        deserializer = handler.request_deserializer
-        serializer = handler.response_serializer
-        if handler.unary_unary is not None:
-            return grpc.unary_unary_rpc_method_handler(
-                self._wrap_unary_response(handler.unary_unary), deserializer, serializer
-            )
-        if handler.unary_stream is not None:
-            return grpc.unary_stream_rpc_method_handler(
-                self._wrap_streaming_response(handler.unary_stream), deserializer, serializer
-            )
-        if handler.stream_unary is not None:
-            return grpc.stream_unary_rpc_method_handler(
-                self._wrap_unary_response(handler.stream_unary), deserializer, serializer
-            )
-        if handler.stream_stream is not None:
-            return grpc.stream_stream_rpc_method_handler(
-                self._wrap_streaming_response(handler.stream_stream), deserializer, serializer
-            )
-        return handler
+        return rewrap_handler(handler, self._wrap_unary_response, self._wrap_streaming_response)
 
     def _wrap_unary_response(self, behavior: _Behavior) -> _Behavior:
         async def call(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
