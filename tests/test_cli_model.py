@@ -83,9 +83,27 @@ def test_sweep_table_marks_exactly_one_row(capsys: pytest.CaptureFixture[str]) -
     assert code == 0
     lines = stdout.splitlines()
     assert "A100" in lines[0] and "decode batch 64" in lines[0]
-    data_lines = lines[2:]
+    data_lines = lines[2:-1]
     assert len(data_lines) == len(get_gpu("a100-80g").supported_sm_clocks_mhz)
     assert sum("energy-optimal" in line for line in data_lines) == 1
+    assert sum("voltage knee" in line for line in data_lines) == 1
+    assert lines[-1].startswith("voltage knee ~1080 MHz")
+
+
+def test_prefill_sweep_marks_the_knee_and_an_optimum_near_it(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    document = json_rows(
+        capsys, "--gpu", "a100-80g", "--phase", "prefill", "--tokens", "4096", "--sweep-clocks"
+    )
+    assert document["voltage_knee_mhz"] == 1080
+    (knee,) = [row for row in document["rows"] if row["voltage_knee"]]
+    assert knee["clock_mhz"] == 1080
+    # Compute-bound work is cheapest near the knee (Perseus: 1065-1080 MHz on A100).
+    assert 945 <= document["energy_optimal_mhz"] <= 1215
+    # At the top the A100's 400 W limit holds the clock below the locked one.
+    assert document["rows"][-1]["power_limited"] is True
+    assert document["rows"][0]["power_limited"] is False
 
 
 def test_prefill_phase_uses_the_prompt_tokens(capsys: pytest.CaptureFixture[str]) -> None:

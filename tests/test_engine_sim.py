@@ -226,7 +226,10 @@ async def test_server_info_and_health(
         ({"sampling_params": {"max_new_tokens": 4}}, "either 'text' or 'input_ids'"),
         ({"text": "a b", "input_ids": [1000]}, "not both"),
         ({"text": "   "}, "prompt is empty"),
-        ({"text": "hello", "sampling_params": {"max_new_tokens": 0}}, "max_new_tokens must be > 0"),
+        (
+            {"text": "hello", "sampling_params": {"max_new_tokens": -1}},
+            "max_new_tokens must be >= 0",
+        ),
         (
             {"text": "hello", "sampling_params": {"max_new_tokens": 200_000}},
             "maximum context length",

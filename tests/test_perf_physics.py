@@ -22,6 +22,7 @@ from voltana.perf.analytical import (
     AnalyticalPerformanceModel,
     cuda_graph_batch_sizes,
 )
+from voltana.perf.power import VoltageFrequencyCurve
 
 pytestmark = pytest.mark.unit
 
@@ -54,9 +55,18 @@ def test_lower_clock_means_longer_prefill_and_lower_power(
     estimates = [perf.prefill_iteration(tokens, clock) for clock in clocks]
     latency_s = np.array([e.latency_s for e in estimates])
     power_w = np.array([e.power_w for e in estimates])
-    # Clocks ascend, so latency must strictly fall and power strictly rise.
-    assert np.all(np.diff(latency_s) < 0), "prefill latency must grow as the clock drops"
-    assert np.all(np.diff(power_w) > 0), "prefill power must fall as the clock drops"
+    # Clocks ascend, so latency must strictly fall and power strictly rise - until the draw
+    # reaches TDP: above that clock the power limiter holds the GPU at one effective clock, so
+    # latency and power stay flat (at TDP) however high the locked clock.
+    limited = power_w >= perf.gpu.tdp_w
+    free = ~limited
+    assert np.all(np.diff(latency_s[free]) < 0), "prefill latency must grow as the clock drops"
+    assert np.all(np.diff(power_w[free]) > 0), "prefill power must fall as the clock drops"
+    if limited.any():
+        first = int(np.argmax(limited))
+        assert np.all(limited[first:]), "once power-limited, every higher clock is too"
+        assert np.allclose(latency_s[first:], latency_s[first]), "the limiter sets one pace"
+        assert np.all(latency_s[first] < latency_s[:first])
 
 
 @pytest.mark.parametrize("batch", DECODE_BATCHES)
@@ -367,3 +377,24 @@ def test_hf_loaded_model_drives_the_performance_model(tmp_path: Path) -> None:
     perf = AnalyticalPerformanceModel.for_hardware(get_gpu("a100-80g"), model)
     reference = perf_for("a100-80g", "llama-3.1-8b")
     assert perf.decode_iteration(16, 16_000, 1410) == reference.decode_iteration(16, 16_000, 1410)
+
+
+# ---- voltage/frequency curve -------------------------------------------------------------------
+
+
+def test_voltage_curve_is_flat_below_the_knee_and_continuous_at_it() -> None:
+    curve = VoltageFrequencyCurve(1410.0, 1080.0, 0.75)
+    assert curve.voltage_ratio(210) == curve.voltage_ratio(1080) == 0.75
+    assert curve.voltage_ratio(1410) == 1.0
+    assert curve.voltage_ratio(1081) == pytest.approx(0.75, abs=1e-3)
+    assert curve.relative_dynamic_power(1410) == 1.0
+    # Linear in the clock below the knee: halving the clock halves the dynamic power.
+    assert curve.relative_dynamic_power(500) == pytest.approx(2 * curve.relative_dynamic_power(250))
+
+
+@pytest.mark.parametrize(
+    ("knee", "floor"), [(0.0, 0.75), (1500.0, 0.75), (1080.0, 0.0), (1080.0, 1.2)]
+)
+def test_voltage_curve_rejects_impossible_shapes(knee: float, floor: float) -> None:
+    with pytest.raises(ConfigError):
+        VoltageFrequencyCurve(1410.0, knee, floor)

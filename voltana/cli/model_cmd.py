@@ -9,6 +9,7 @@ from typing import Any
 
 from voltana.cli.options import Hardware, add_hardware_args, hardware_from_args, positive_int
 from voltana.errors import ConfigError
+from voltana.perf.analytical import AnalyticalPerformanceModel
 from voltana.perf.model import IterationEstimate
 from voltana.policy.registry import parse_clock_mhz
 
@@ -69,6 +70,8 @@ def _row(hardware: Hardware, args: argparse.Namespace, clock_mhz: int) -> dict[s
         "latency_ms": estimate.latency_s * 1e3,
         "power_w": estimate.power_w,
         "energy_per_token_j": estimate.energy_j * tp / tokens,
+        # At TDP the GPU's power limiter runs it below the locked clock.
+        "power_limited": estimate.power_w >= hardware.gpu.tdp_w,
     }
 
 
@@ -90,8 +93,16 @@ def run(args: argparse.Namespace) -> int:
         clocks = [gpu.default_sm_clock_mhz]
     rows = [_row(hardware, args, clock) for clock in clocks]
     best = min(rows, key=lambda row: row["energy_per_token_j"])
+    perf = hardware.perf
+    # Measured profiles carry no voltage curve; the analytical model's knee is its calibration.
+    knee_mhz = (
+        gpu.clamp_sm_clock_mhz(perf.voltage_curve.knee_clock_mhz)
+        if isinstance(perf, AnalyticalPerformanceModel)
+        else None
+    )
     for row in rows:
         row["energy_optimal"] = row is best and len(rows) > 1
+        row["voltage_knee"] = row["clock_mhz"] == knee_mhz and len(rows) > 1
     workload = (
         f"decode batch {args.batch} x {args.context_tokens} ctx"
         if args.phase == "decode"
@@ -105,6 +116,8 @@ def run(args: argparse.Namespace) -> int:
         "batch": args.batch if args.phase == "decode" else None,
         "context_tokens": args.context_tokens if args.phase == "decode" else None,
         "tokens": args.tokens if args.phase == "prefill" else None,
+        "voltage_knee_mhz": knee_mhz,
+        "energy_optimal_mhz": best["clock_mhz"],
         "rows": rows,
     }
     if args.json == "-":
@@ -114,11 +127,27 @@ def run(args: argparse.Namespace) -> int:
     print(f"{gpu.display_name}, {model.key} TP{model.tensor_parallel}, {workload}")
     print(f"{'clock (MHz)':>11}  {'latency (ms)':>12}  {'power/GPU (W)':>13}  {'J/token':>9}")
     for row in rows:
-        mark = "  <- energy-optimal" if row["energy_optimal"] else ""
+        marks = [
+            label
+            for key, label in (
+                ("energy_optimal", "energy-optimal"),
+                ("voltage_knee", "voltage knee"),
+                ("power_limited", "power-limited (TDP)"),
+            )
+            if row[key]
+        ]
+        mark = f"  <- {', '.join(marks)}" if marks else ""
         print(
             f"{row['clock_mhz']:>11}  {row['latency_ms']:>12.2f}  {row['power_w']:>13.1f}  "
             f"{row['energy_per_token_j']:>9.4f}{mark}"
         )
+    if len(rows) > 1:
+        knee_text = (
+            f"voltage knee ~{knee_mhz} MHz (below it power falls only linearly with the clock); "
+            if knee_mhz is not None
+            else ""
+        )
+        print(f"{knee_text}energy-optimal clock {best['clock_mhz']} MHz")
     if args.json:
         try:
             with open(args.json, "w") as handle:

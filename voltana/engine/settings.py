@@ -45,7 +45,8 @@ class SimEngineSettings:
     tp: int = 1
     # Simulated time runs this many times faster than wall time.
     speedup: float = 1.0
-    # Prefill mode only: port of the KV bootstrap endpoint (SGLang's default is 8998).
+    # Prefill mode: port of the KV bootstrap endpoint (0 = any free port). Decode mode: the
+    # prefill bootstrap port a request without 'bootstrap_port' uses (0 = SGLang's 8998).
     bootstrap_port: int = 0
     max_running_requests: int = 256
     chunked_prefill_size: int = 8192

@@ -5,25 +5,32 @@ time, nearly clock-independent) and does its matmuls (compute time, scales with 
 overlap as a soft roofline. Decode batches are padded up to the CUDA-graph capture sizes, so
 latency steps at those boundaries.
 
-Power: idle floor + engine context + a memory part proportional to memory-busy time + a core part
-that grows super-linearly with clock (voltage rises with frequency), scaled by switching activity
-(compute-busy time); capped at TDP.
+Power: bare idle + the CUDA context's draw (partly clock-dependent) + a memory part proportional to
+memory-busy time + a core part ∝ f·V(f)² (voltage floor below the knee, power.py) scaled by
+switching activity (compute-busy time). A draw above TDP is not simply capped: the GPU's power
+limiter lowers the effective clock until the draw fits, so the iteration also takes longer.
 """
 
 from __future__ import annotations
 
 import bisect
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
 
 from voltana.hardware.gpus import GpuSpec
 from voltana.hardware.models import ModelSpec
 from voltana.perf.model import IterationEstimate
+from voltana.perf.power import VoltageFrequencyCurve
 
 # Splitwise's 2023 stack (no CUDA graphs at TP8) paid far more per layer; its measurements are
 # reproduced with these overheads (tests/test_perf_calibration.py), the default is a modern stack.
 SPLITWISE_2023_TP_LAYER_OVERHEAD_MS = {"a100-80g": 0.42, "h100-80g": 0.29}
+
+
+# Enough halvings to find the power-limited clock to well under 1 MHz.
+_THROTTLE_BISECTIONS = 14
 
 
 def cuda_graph_batch_sizes(max_batch: int = 512) -> tuple[int, ...]:
@@ -49,10 +56,15 @@ class Calibration:
     # Per-layer all-reduce + launch latency at TP8 (two all-reduces per layer under CUDA graphs).
     tp_layer_overhead_ms: float = 0.05
     # Power.
-    core_dynamic_w: float = 265.0  # SM power at max clock and full switching activity
+    core_dynamic_w: float = 330.0  # SM power at max clock and full switching activity
     memory_dynamic_w: float = 60.0  # HBM power at full bandwidth
-    idle_clock_w: float = 25.0  # extra idle draw when the clock is locked at max
-    clock_power_exponent: float = 2.8  # P_core ∝ (f/f_max)^exponent (V rises with f)
+    # Voltage/frequency curve: the knee (as a fraction of the max clock) below which the core
+    # voltage sits at its floor, and that floor relative to the voltage at the max clock.
+    voltage_knee_fraction: float = 1080 / 1410
+    floor_voltage_ratio: float = 0.75
+    # Share of the CUDA context's idle draw that follows f·V² (clock tree, leakage at V); the
+    # rest (memory clocks held in P0) does not depend on the SM clock.
+    context_clock_share: float = 0.5
     min_activity: float = 0.35  # switching activity of SMs stalled on memory
     kv_memory_fraction: float = 0.88  # fraction of GPU memory SGLang gives weights + KV
     max_cuda_graph_batch: int = 512
@@ -65,9 +77,11 @@ _HOPPER_CALIBRATION = Calibration(
     decode_compute_efficiency=0.30,
     attention_efficiency=0.25,
     decode_overhead_ms=1.3,
-    core_dynamic_w=520.0,
-    memory_dynamic_w=150.0,
-    idle_clock_w=40.0,
+    core_dynamic_w=580.0,
+    memory_dynamic_w=90.0,
+    # Hopper gates idle SMs far better: decode-only H200 runs draw 137-300 W and lose only
+    # 47-90 W from 1980 to 780 MHz (DESIGN.md §4), so SMs stalled on memory switch little.
+    min_activity=0.10,
 )
 
 # Constants fitted to DESIGN.md section 4 (see tests/test_perf_calibration.py for each figure).
@@ -106,6 +120,15 @@ class AnalyticalPerformanceModel:
         return self.model.linear_flops_per_token / self.model.tensor_parallel
 
     @cached_property
+    def voltage_curve(self) -> VoltageFrequencyCurve:
+        max_mhz = float(self.gpu.max_sm_clock_mhz)
+        return VoltageFrequencyCurve(
+            max_mhz,
+            max_mhz * self.calibration.voltage_knee_fraction,
+            self.calibration.floor_voltage_ratio,
+        )
+
+    @cached_property
     def _graph_sizes(self) -> tuple[int, ...]:
         return cuda_graph_batch_sizes(self.calibration.max_cuda_graph_batch)
 
@@ -140,16 +163,41 @@ class AnalyticalPerformanceModel:
         return float((memory_s**k + compute_s**k) ** (1.0 / k))
 
     def _power_w(self, sm_clock_mhz: float, memory_busy: float, compute_busy: float) -> float:
+        """Draw at ``sm_clock_mhz`` before the power limiter (may exceed TDP)."""
         cal = self.calibration
-        clock_ratio = sm_clock_mhz / self.gpu.max_sm_clock_mhz
         activity = cal.min_activity + (1.0 - cal.min_activity) * min(1.0, compute_busy)
-        power = (
-            self.gpu.idle_w
-            + self.gpu.context_w
+        return (
+            self.idle_power_w(sm_clock_mhz)
             + cal.memory_dynamic_w * min(1.0, memory_busy)
-            + cal.core_dynamic_w * clock_ratio**cal.clock_power_exponent * activity
+            + cal.core_dynamic_w
+            * self.voltage_curve.relative_dynamic_power(sm_clock_mhz)
+            * activity
         )
-        return min(power, self.gpu.tdp_w)
+
+    def _estimate(
+        self, timing: Callable[[float], tuple[float, float, float]], sm_clock_mhz: float
+    ) -> IterationEstimate:
+        """Latency and draw of an iteration whose (latency, memory, compute) seconds at a clock
+        ``timing`` gives; above TDP the power limiter slows the clock until the draw fits."""
+
+        def at(clock_mhz: float) -> tuple[float, float]:
+            latency_s, memory_s, compute_s = timing(clock_mhz)
+            return latency_s, self._power_w(clock_mhz, memory_s / latency_s, compute_s / latency_s)
+
+        latency_s, power_w = at(sm_clock_mhz)
+        tdp_w = self.gpu.tdp_w
+        if power_w <= tdp_w:
+            return IterationEstimate(latency_s, power_w)
+        # The limiter settles at the highest clock whose draw fits, whatever clock was locked
+        # above it (draw rises monotonically with clock), so bisect over the whole range.
+        low_mhz, high_mhz = 1.0, float(self.gpu.max_sm_clock_mhz)
+        for _ in range(_THROTTLE_BISECTIONS):
+            middle_mhz = 0.5 * (low_mhz + high_mhz)
+            if at(middle_mhz)[1] <= tdp_w:
+                low_mhz = middle_mhz
+            else:
+                high_mhz = middle_mhz
+        return IterationEstimate(at(min(low_mhz, sm_clock_mhz))[0], tdp_w)
 
     # ---- PerformanceModel ------------------------------------------------------------------
     def prefill_iteration(
@@ -157,28 +205,22 @@ class AnalyticalPerformanceModel:
     ) -> IterationEstimate:
         cal = self.calibration
         tokens = max(1, new_tokens)
-        if attention_pairs is None:
-            attention_pairs = tokens * tokens / 2.0
+        pairs = tokens * tokens / 2.0 if attention_pairs is None else attention_pairs
         row_efficiency = cal.compute_efficiency * tokens / (tokens + cal.compute_half_rows)
-        linear_s = (
-            self._linear_flops_per_token_per_gpu
-            * tokens
-            / (self._peak_flops(sm_clock_mhz) * row_efficiency)
-        )
-        attention_flops = (
-            self.model.attention_flops(1, 1) * attention_pairs / self.model.tensor_parallel
-        )
-        attention_s = attention_flops / (self._peak_flops(sm_clock_mhz) * cal.attention_efficiency)
+        attention_flops = self.model.attention_flops(1, 1) * pairs / self.model.tensor_parallel
         kv_write_s = tokens * self.model.kv_bytes_per_token_per_gpu / self._memory_bytes_per_s
         memory_s = self._weights_time_s + kv_write_s
-        compute_s = linear_s + attention_s
-        busy_s = self._combine(memory_s, compute_s)
         fixed_s = (
             cal.prefill_overhead_ms / 1000.0 + self._allreduce_time_s(tokens) + self._tp_overhead_s
         )
-        latency_s = busy_s + fixed_s
-        power_w = self._power_w(sm_clock_mhz, memory_s / latency_s, compute_s / latency_s)
-        return IterationEstimate(latency_s, power_w)
+
+        def timing(clock_mhz: float) -> tuple[float, float, float]:
+            peak = self._peak_flops(clock_mhz)
+            linear_s = self._linear_flops_per_token_per_gpu * tokens / (peak * row_efficiency)
+            compute_s = linear_s + attention_flops / (peak * cal.attention_efficiency)
+            return self._combine(memory_s, compute_s) + fixed_s, memory_s, compute_s
+
+        return self._estimate(timing, sm_clock_mhz)
 
     def decode_iteration(
         self, batch_size: int, kv_tokens: int, sm_clock_mhz: float
@@ -187,34 +229,31 @@ class AnalyticalPerformanceModel:
         if batch_size <= 0:
             return IterationEstimate(0.0, self.idle_power_w(sm_clock_mhz))
         rows = self.padded_batch(batch_size)
-        peak = self._peak_flops(sm_clock_mhz)
-        linear_s = (
-            self._linear_flops_per_token_per_gpu * rows / (peak * cal.decode_compute_efficiency)
-        )
         attention_flops = self.model.attention_flops(1, 1) * kv_tokens / self.model.tensor_parallel
-        attention_s = attention_flops / (peak * cal.attention_efficiency)
         kv_read_s = kv_tokens * self.model.kv_bytes_per_token_per_gpu / self._memory_bytes_per_s
         memory_s = self._weights_time_s + kv_read_s
-        compute_s = linear_s + attention_s
-        busy_s = self._combine(memory_s, compute_s)
         fixed_s = (
             cal.decode_overhead_ms / 1000.0
             + cal.decode_per_request_overhead_ms * batch_size / 1000.0
             + self._allreduce_time_s(rows)
             + self._tp_overhead_s
         )
-        latency_s = busy_s + fixed_s
-        power_w = self._power_w(sm_clock_mhz, memory_s / latency_s, compute_s / latency_s)
-        return IterationEstimate(latency_s, power_w)
+
+        def timing(clock_mhz: float) -> tuple[float, float, float]:
+            peak = self._peak_flops(clock_mhz)
+            linear_s = (
+                self._linear_flops_per_token_per_gpu * rows / (peak * cal.decode_compute_efficiency)
+            )
+            compute_s = linear_s + attention_flops / (peak * cal.attention_efficiency)
+            return self._combine(memory_s, compute_s) + fixed_s, memory_s, compute_s
+
+        return self._estimate(timing, sm_clock_mhz)
 
     def idle_power_w(self, sm_clock_mhz: float) -> float:
-        clock_ratio = sm_clock_mhz / self.gpu.max_sm_clock_mhz
-        cal = self.calibration
-        return (
-            self.gpu.idle_w
-            + self.gpu.context_w
-            + cal.idle_clock_w * clock_ratio**cal.clock_power_exponent
-        )
+        """Bare idle plus the CUDA context, whose clock-dependent share follows f·V²."""
+        share = self.calibration.context_clock_share
+        relative = self.voltage_curve.relative_dynamic_power(sm_clock_mhz)
+        return self.gpu.idle_w + self.gpu.context_w * ((1.0 - share) + share * relative)
 
     def kv_capacity_tokens(self) -> int:
         usable = self.gpu.memory_gib * 2**30 * self.calibration.kv_memory_fraction
