@@ -27,23 +27,43 @@ SERVING_PROFILES = ("gpu", "sim")
 # Flags whose value is another service's address: HOST:PORT or a URL.
 ADDRESS_FLAGS = ("telemetry", "agent", "engine_url", "advertise_engine_url", "redis_url")
 OWN_ADDRESS_FLAGS = ("advertise", "agent_advertise")
-_VARIABLE = re.compile(r"\$\{(?P<name>\w+)(?::?-(?P<default>[^}]*))?\}")
+# ${VAR}, ${VAR:-default} / ${VAR-default}, ${VAR:?error} / ${VAR?error}.
+_VARIABLE = re.compile(r"\$\{(?P<name>\w+)(?:(?P<op>:?[-?])(?P<word>[^}]*))?\}")
+# The secrets `voltana token --env-file .env` writes; compose must refuse to run without them.
+SECRETS = {
+    "VOLTANA_CONTROL_TOKEN": "compose-test-control-token-0123456789",
+    "VOLTANA_REDIS_PASSWORD": "compose-test-redis-password-0123456789",
+}
 
 
-def interpolate(value: Any) -> Any:
-    """Compose's ${VAR:-default} with every variable unset (the defaults the file documents)."""
+class MissingVariable(Exception):
+    pass
+
+
+def interpolate(value: Any, environment: dict[str, str] | None = None) -> Any:
+    """Compose's interpolation with only ``environment`` set: ${VAR:-default} takes the default
+    the file documents, ${VAR:?error} fails like compose when VAR is unset or empty."""
+    environment = environment or {}
+
+    def substitute(match: re.Match[str]) -> str:
+        name, op, word = match["name"], match["op"] or "", match["word"] or ""
+        value = environment.get(name)
+        if op.endswith("?") and not value:
+            raise MissingVariable(f"required variable {name} is missing a value: {word}")
+        return value if value else (word if op.endswith("-") else "")
+
     if isinstance(value, str):
-        return _VARIABLE.sub(lambda m: m["default"] or "", value)
+        return _VARIABLE.sub(substitute, value)
     if isinstance(value, list):
-        return [interpolate(item) for item in value]
+        return [interpolate(item, environment) for item in value]
     if isinstance(value, dict):
-        return {key: interpolate(item) for key, item in value.items()}
+        return {key: interpolate(item, environment) for key, item in value.items()}
     return value
 
 
 @pytest.fixture(scope="module")
 def services() -> dict[str, dict[str, Any]]:
-    document = interpolate(yaml.safe_load(COMPOSE_PATH.read_text()))
+    document = interpolate(yaml.safe_load(COMPOSE_PATH.read_text()), SECRETS)
     services: dict[str, dict[str, Any]] = document["services"]
     return services
 
@@ -110,15 +130,24 @@ def flag_value(command: list[str], flag: str) -> str:
 
 
 def test_every_voltana_command_parses_and_builds_its_service(
-    services: dict[str, dict[str, Any]],
+    services: dict[str, dict[str, Any]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     commands = dict(voltana_services(services))
     assert {"telemetry", "controller", "router", "agent"} <= set(commands)
     for name, command in commands.items():
         args = parse(command)
         assert args.command == "serve", name
-        # The settings dataclass validates every value (policy names, ports, GPU keys...).
-        args.build(args)
+        # Built in the container's environment: the token (and Redis password) come from it.
+        with monkeypatch.context() as patch:
+            for key in SECRETS:
+                patch.delenv(key, raising=False)
+            for key, value in services[name].get("environment", {}).items():
+                patch.setenv(key, str(value))
+            # The settings dataclass validates every value (policy names, ports, GPU keys...).
+            service = args.build(args)
+        settings = service.settings  # type: ignore[attr-defined]
+        assert settings.security.token == SECRETS["VOLTANA_CONTROL_TOKEN"], name
+        assert not settings.security.insecure_no_auth, name
 
 
 def test_every_service_listens_where_its_flags_say(services: dict[str, dict[str, Any]]) -> None:
@@ -170,6 +199,31 @@ def test_every_address_points_at_a_listening_port_of_a_running_service(
         if getattr(args, "advertise_host", ""):
             assert args.advertise_host == name
     assert checked >= 10
+
+
+def test_compose_refuses_to_start_without_the_secrets() -> None:
+    document = yaml.safe_load(COMPOSE_PATH.read_text())
+    for missing in SECRETS:
+        present = {key: value for key, value in SECRETS.items() if key != missing}
+        with pytest.raises(MissingVariable, match=f"{missing} .*voltana token --env-file"):
+            interpolate(document, present)
+
+
+def test_secrets_reach_every_service_that_needs_them(services: dict[str, dict[str, Any]]) -> None:
+    for name, command in voltana_services(services):
+        environment = services[name].get("environment", {})
+        assert environment.get("VOLTANA_CONTROL_TOKEN") == SECRETS["VOLTANA_CONTROL_TOKEN"], name
+        assert "--insecure-no-auth" not in command, name
+        # Services bind loopback unless told otherwise; in compose they serve other containers.
+        for flag in ("--listen", "--agent-listen"):
+            if flag in command:
+                assert flag_value(command, flag).startswith("0.0.0.0:"), name
+    redis_command = command_of(services["redis"])
+    assert flag_value(redis_command, "--requirepass") == SECRETS["VOLTANA_REDIS_PASSWORD"]
+    telemetry = services["telemetry"]
+    assert telemetry["environment"]["VOLTANA_REDIS_PASSWORD"] == SECRETS["VOLTANA_REDIS_PASSWORD"]
+    redis_url = flag_value(command_of(telemetry), "--redis-url")
+    assert urlsplit(redis_url).password is None  # the password stays out of ps
 
 
 def test_depends_on_and_profiles_are_consistent(services: dict[str, dict[str, Any]]) -> None:

@@ -19,6 +19,7 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
+from security_helpers import SECURITY
 
 from voltana.engine import SimEngine, SimEngineSettings
 from voltana.policy.state import InstanceState, Phase
@@ -154,9 +155,13 @@ async def running_cluster(
     async with contextlib.AsyncExitStack() as stack:
         store = RecordingStore()
         telemetry = await stack.enter_async_context(
-            TelemetryService(TelemetrySettings(watch_min_interval_ms=20), store=store)
+            TelemetryService(
+                TelemetrySettings(watch_min_interval_ms=20, security=SECURITY), store=store
+            )
         )
-        telemetry_client = await stack.enter_async_context(TelemetryClient(telemetry.address))
+        telemetry_client = await stack.enter_async_context(
+            TelemetryClient(telemetry.address, security=SECURITY)
+        )
         prefill_engines = [
             await start_engine(
                 stack, telemetry_client, Phase.PREFILL, i, speedup, report_interval_ms
@@ -173,6 +178,7 @@ async def running_cluster(
             telemetry_address=telemetry.address,
             snapshot_interval_ms=20,
             **router_options,
+            security=SECURITY,
         )
         router = RouterService(settings, tracer_provider=tracer_provider)
         await stack.enter_async_context(router)
@@ -259,7 +265,9 @@ async def test_generate_reports_the_completion_to_telemetry(cluster: Cluster) ->
     assert (record.input_tokens, record.output_tokens) == (3, 5)
     assert record.ttft_ms == pytest.approx(result.summary.ttft_ms)
     assert record.slo is not None and record.slo.ttft_ms == 500.0
-    assert record.slo.itl_ms == RouterSettings().slo.itl_ms  # left to the cluster's target
+    assert (
+        record.slo.itl_ms == RouterSettings(security=SECURITY).slo.itl_ms
+    )  # left to the cluster's target
     assert record.arrival_s < record.finished_at_s
 
 
@@ -350,7 +358,23 @@ async def test_dynamic_policy_routes_and_explains_itself() -> None:
         ({"prompt": "hi", "max_new_tokens": 0}, "max_new_tokens must be > 0"),
         ({"prompt": "hi", "max_new_tokens": 65}, "over the limit of 64"),
         ({"prompt": "hi", "max_new_tokens": 8, "temperature": -1.0}, "temperature must be >= 0"),
-        ({"prompt": "hi", "max_new_tokens": 8, "ttft_slo_ms": -5.0}, "slo.ttft_ms must be >= 0"),
+        ({"prompt": "hi", "max_new_tokens": 8, "ttft_slo_ms": -5.0}, r"slo.ttft_ms must be .*-5"),
+        (
+            {"prompt": "hi", "max_new_tokens": 8, "itl_slo_ms": 1e308},
+            r"slo.itl_ms must be .*1e\+308",
+        ),
+        (
+            {"prompt": "hi", "max_new_tokens": 8, "request_id": "r" * 300},
+            "request_id is 300 characters long",
+        ),
+        (
+            {"prompt": "hi", "max_new_tokens": 8, "request_id": "a\nb"},
+            r"request_id 'a\\nb' must be printable",
+        ),
+        (
+            {"prompt": "hi", "max_new_tokens": 8, "stop": ["s" * 300]},
+            "a stop string is 300 characters long",
+        ),
     ],
 )
 async def test_invalid_requests_are_refused(arguments: dict[str, Any], message: str) -> None:
@@ -360,7 +384,7 @@ async def test_invalid_requests_are_refused(arguments: dict[str, Any], message: 
         with pytest.raises(InvalidRequestError, match=message) as raised:
             await cluster.client.generate(**arguments, stream=False)
         assert raised.value.code == grpc.StatusCode.INVALID_ARGUMENT
-        if "temperature" not in arguments:  # Place takes no sampling parameters
+        if not {"temperature", "request_id", "stop"} & set(arguments):  # not Place's arguments
             with pytest.raises(InvalidRequestError, match=message):
                 await cluster.client.place(**arguments)
         # Nothing reached an engine or telemetry.
@@ -369,7 +393,7 @@ async def test_invalid_requests_are_refused(arguments: dict[str, Any], message: 
 
 async def test_request_without_prompt_is_invalid(cluster: Cluster) -> None:
     # Below the SDK (which refuses it itself): the router's own check.
-    async with create_channel(cluster.router.address) as channel:
+    async with create_channel(cluster.router.address, security=SECURITY) as channel:
         stub = router_pb2_grpc.RouterServiceStub(channel)
         with pytest.raises(grpc.aio.AioRpcError) as raised:
             async for _ in stub.Generate(router_pb2.GenerateRequest(max_new_tokens=4)):
@@ -404,7 +428,9 @@ async def test_missing_decode_side_is_unavailable() -> None:
 
 async def test_without_telemetry_requests_are_unavailable() -> None:
     settings = RouterSettings(
-        telemetry_address=f"127.0.0.1:{free_port()}", initial_snapshot_timeout_s=0.0
+        telemetry_address=f"127.0.0.1:{free_port()}",
+        initial_snapshot_timeout_s=0.0,
+        security=SECURITY,
     )
     async with RouterService(settings) as router, VoltanaClient(router.address) as client:
         with pytest.raises(UnavailableError, match="no cluster snapshot from telemetry"):
@@ -590,9 +616,12 @@ def test_settings_reject_nonsense() -> None:
     from voltana.errors import ConfigError
 
     with pytest.raises(ConfigError, match="max_new_tokens_limit"):
-        RouterSettings(default_max_new_tokens=10, max_new_tokens_limit=5)
+        RouterSettings(default_max_new_tokens=10, max_new_tokens_limit=5, security=SECURITY)
     with pytest.raises(ConfigError, match="telemetry_address"):
-        RouterSettings(telemetry_address="nowhere")
+        RouterSettings(telemetry_address="nowhere", security=SECURITY)
     with pytest.raises(ConfigError, match="unknown policy"):
-        RouterService(RouterSettings(policy="no-such-policy"))
-    assert dataclasses.replace(RouterSettings(), router="least-loaded").router == "least-loaded"
+        RouterService(RouterSettings(policy="no-such-policy", security=SECURITY))
+    assert (
+        dataclasses.replace(RouterSettings(security=SECURITY), router="least-loaded").router
+        == "least-loaded"
+    )

@@ -22,6 +22,7 @@ from voltana.errors import InvalidArgumentError
 from voltana.gpu import GpuDevice, GpuError, GpuNotFoundError, resolve_sm_clock_mhz
 from voltana.services.agent.clock import AgentClock
 from voltana.services.agent.leases import Lease, LeaseTable
+from voltana.text import shorten
 
 _LOG = logging.getLogger(__name__)
 _T = TypeVar("_T")
@@ -125,8 +126,10 @@ class ClockManager:
         ttl_s: float | None = None,
         reason: str = "",
         trace_context: Context | None = None,
+        principal: str = "",
     ) -> ClockChange:
-        """Lock the GPU at the nearest supported clock >= the request and lease it to holder.
+        """Lock the GPU at the nearest supported clock >= the request and lease it to holder
+        (as authenticated by ``principal``; see leases.py).
 
         ``trace_context`` is the caller's (e.g. extracted from gRPC metadata): the span joins
         the caller's trace instead of starting a new one. None: the current context.
@@ -141,6 +144,7 @@ class ClockManager:
                     "voltana.gpu.index": gpu_index,
                     "voltana.gpu.sm_clock.requested_mhz": float(requested_sm_clock_mhz),
                     "voltana.lease.holder": holder,
+                    "voltana.lease.principal": principal,
                     "voltana.lease.ttl_s": lease_ttl_s,
                     "voltana.reason": reason,
                 }
@@ -150,10 +154,12 @@ class ClockManager:
             )
             span.set_attribute("voltana.gpu.sm_clock.applied_mhz", applied_mhz)
             async with self._gpu_locks[gpu_index]:
-                self._leases.check_grantable(gpu_index, holder, self._clock.now_s())
+                self._leases.check_grantable(gpu_index, holder, self._clock.now_s(), principal)
                 await self._device_call(device.set_locked_sm_clock_mhz, applied_mhz, applied_mhz)
                 # The lease starts once the clock is locked, so no locked clock is unleased.
-                lease = self._leases.grant(gpu_index, holder, lease_ttl_s, self._clock.now_s())
+                lease = self._leases.grant(
+                    gpu_index, holder, lease_ttl_s, self._clock.now_s(), principal
+                )
                 self._locked_mhz[gpu_index] = applied_mhz
                 self._leases_changed.set()
                 measured_mhz = await self._read_back(device, applied_mhz)
@@ -180,9 +186,9 @@ class ClockManager:
             gpu_index,
             applied_mhz,
             requested_sm_clock_mhz,
-            holder,
+            lease.describe(),
             lease_ttl_s,
-            reason,
+            shorten(reason, 200),
         )
         return change
 
@@ -209,6 +215,7 @@ class ClockManager:
         holder: str,
         ttl_s: float | None = None,
         trace_context: Context | None = None,
+        principal: str = "",
     ) -> tuple[list[int], float | None]:
         """Extend holder's leases (all of them when ``gpu_indices`` is None).
 
@@ -227,7 +234,7 @@ class ClockManager:
                 {"voltana.lease.holder": holder, "voltana.lease.ttl_s": lease_ttl_s}
             )
             if gpu_indices is None:
-                gpu_indices = self._leases.held_by(holder, self._clock.now_s())
+                gpu_indices = self._leases.held_by(holder, self._clock.now_s(), principal)
             for gpu_index in gpu_indices:
                 self.device(gpu_index)
             renewed: list[int] = []
@@ -235,7 +242,7 @@ class ClockManager:
             for gpu_index in gpu_indices:
                 async with self._gpu_locks[gpu_index]:
                     now_s = self._clock.now_s()
-                    lease = self._leases.renew(gpu_index, holder, lease_ttl_s, now_s)
+                    lease = self._leases.renew(gpu_index, holder, lease_ttl_s, now_s, principal)
                 renewed.append(gpu_index)
                 expires_at_s = lease.expires_at_s
             if renewed:
@@ -244,16 +251,30 @@ class ClockManager:
         return renewed, expires_at_s
 
     async def reset(
-        self, gpu_index: int, reason: str, trace_context: Context | None = None
+        self,
+        gpu_index: int,
+        reason: str,
+        trace_context: Context | None = None,
+        requester: tuple[str, str] | None = None,
     ) -> GpuClockStatus:
         """Unlock the GPU's clock (back to default) and drop its lease.
 
+        ``requester`` (holder, principal) is a caller's: LeaseNotHeldError when another holder
+        has a live lease on the GPU. None: the agent's own reset (start, stop, expiry).
         ``trace_context``: the caller's trace context, as for ``set_clock``.
         """
         device = self.device(gpu_index)
         async with self._gpu_locks[gpu_index]:
+            if requester is not None:
+                holder, principal = requester
+                self._leases.check_releasable(gpu_index, holder, self._clock.now_s(), principal)
             await self._reset_locked(device, reason, trace_context)
         return await self.status(gpu_index)
+
+    def check_releasable(self, gpu_indices: Sequence[int], holder: str, principal: str) -> None:
+        """LeaseNotHeldError when another holder has a live lease on one of the GPUs."""
+        for gpu_index in gpu_indices:
+            self._leases.check_releasable(gpu_index, holder, self._clock.now_s(), principal)
 
     async def _reset_locked(
         self, device: GpuDevice, reason: str, trace_context: Context | None = None
@@ -269,7 +290,7 @@ class ClockManager:
             if lease is not None:
                 span.set_attribute("voltana.lease.holder", lease.holder)
             await self._device_call(device.reset_sm_clocks)
-        _LOG.info("GPU %d back to default clocks: %s", device.index, reason)
+        _LOG.info("GPU %d back to default clocks: %s", device.index, shorten(reason, 300))
 
     async def reset_all(self, reason: str) -> list[GpuError]:
         """Reset every GPU, carrying on past failures; returns the failures."""

@@ -23,10 +23,9 @@ from voltana.rpc import dialable_address, start_grpc_server, stop_grpc_server
 from voltana.rpc.names import NODE_AGENT_SERVICE
 from voltana.services.agent.clock import AgentClock, SystemClock
 from voltana.services.agent.clock_manager import ClockManager
-from voltana.services.agent.errors import AGENT_STATUS_CODES
 from voltana.services.agent.metrics import AgentCollector
 from voltana.services.agent.sampler import GpuSampler
-from voltana.services.agent.servicer import NodeAgentServicer
+from voltana.services.agent.servicer import AGENT_PRIVILEGED_METHODS, NodeAgentServicer
 from voltana.services.agent.settings import AgentSettings
 from voltana.services.agent.sinks import GpuSampleSink, GrpcGpuSampleSink
 from voltana.v1 import agent_pb2_grpc
@@ -203,7 +202,6 @@ class AgentService(AsyncService):
                     d.index for d in self._devices if isinstance(d, SimulatedGpu)
                 ),
                 instance_gpu_indices=settings.instance_gpu_indices,
-                auth_token=settings.auth_token,
             )
             register = functools.partial(
                 agent_pb2_grpc.add_NodeAgentServiceServicer_to_server, servicer
@@ -213,7 +211,8 @@ class AgentService(AsyncService):
                 [register],
                 [NODE_AGENT_SERVICE],
                 health_servicer=self._health,
-                error_codes=AGENT_STATUS_CODES,
+                security=settings.security,
+                privileged_methods=AGENT_PRIVILEGED_METHODS,
                 tracer_provider=self._tracer_provider,
             )
             self._server, self._port = started.server, started.port
@@ -255,6 +254,7 @@ class AgentService(AsyncService):
                 settings.telemetry_address,
                 agent_address=self.advertised_address,
                 instance_ids_by_gpu=self._instance_ids_by_gpu(),
+                security=settings.security,
             )
         self._sink = sink
         # Runs without a sink too: /metrics shows its latest readings.

@@ -3,13 +3,14 @@
 Errors are raised as typed VoltanaErrors; voltana.rpc's interceptor turns them into status
 codes (InvalidClockError → INVALID_ARGUMENT, GpuNotFoundError → NOT_FOUND, GpuPermissionError →
 PERMISSION_DENIED, lease conflicts → FAILED_PRECONDITION), so a bad request never takes the
-server down.
+server down. The clock-changing methods (AGENT_PRIVILEGED_METHODS) need the control-plane
+token (voltana.rpc.auth, checked before any of this runs); leases belong to the caller's
+holder id and authenticated principal.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hmac
 from collections.abc import Mapping
 from typing import Any, TypeAlias
 
@@ -20,13 +21,18 @@ from opentelemetry.context import Context
 
 from voltana.errors import InvalidArgumentError
 from voltana.gpu import GpuDevice, GpuError, GpuNotFoundError, read_gpu_sample
+from voltana.rpc.auth import current_principal
+from voltana.rpc.limits import check_id, check_text
+from voltana.rpc.names import NODE_AGENT_SERVICE, method_names
 from voltana.services.agent.clock import AgentClock
 from voltana.services.agent.clock_manager import ClockManager, GpuClockStatus
-from voltana.services.agent.errors import AgentUnauthenticatedError
 from voltana.services.agent.sinks import gpu_sample_to_proto
 from voltana.v1 import agent_pb2, agent_pb2_grpc
 
-AUTH_METADATA_KEY = "x-voltana-agent-token"
+# Methods that change clocks or leases: they need the control-plane token.
+AGENT_PRIVILEGED_METHODS = method_names(
+    NODE_AGENT_SERVICE, "SetClocks", "ResetClocks", "RenewLease"
+)
 ANONYMOUS_HOLDER = "anonymous"
 
 _Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
@@ -41,30 +47,23 @@ class NodeAgentServicer(agent_pb2_grpc.NodeAgentServiceServicer):
         gpu_keys: Mapping[int, str],
         simulated_gpus: frozenset[int],
         instance_gpu_indices: Mapping[str, int],
-        auth_token: str | None = None,
     ) -> None:
         self._clocks = clocks
         self._clock = clock
         self._gpu_keys = dict(gpu_keys)
         self._simulated_gpus = simulated_gpus
         self._instance_gpu_indices = dict(instance_gpu_indices)
-        self._auth_token = auth_token
         # host:port reported to callers; the service sets it once the port is bound.
         self.agent_address = ""
 
     # --- helpers -------------------------------------------------------------------------
 
-    def _check_token(self, context: _Context) -> None:
-        if self._auth_token is None:
-            return
-        presented = ""
-        for key, value in context.invocation_metadata() or ():
-            if key == AUTH_METADATA_KEY:
-                presented = value if isinstance(value, str) else value.decode()
-        if not hmac.compare_digest(presented.encode(), self._auth_token.encode()):
-            raise AgentUnauthenticatedError(
-                f"clock changes need the agent token in metadata {AUTH_METADATA_KEY!r}"
-            )
+    @staticmethod
+    def _holder(requested_by: str, reason: str = "") -> str:
+        """The caller's holder id (checked), ANONYMOUS_HOLDER when it names none."""
+        check_id(requested_by, "requested_by", required=False)
+        check_text(reason, "reason")
+        return requested_by or ANONYMOUS_HOLDER
 
     @staticmethod
     def _trace_context(context: _Context) -> Context:
@@ -91,6 +90,7 @@ class NodeAgentServicer(agent_pb2_grpc.NodeAgentServiceServicer):
             return None
         if target == "instance_id":
             instance_id = request.gpu.instance_id
+            check_id(instance_id, "gpu.instance_id")
             try:
                 gpu_index = self._instance_gpu_indices[instance_id]
             except KeyError:
@@ -165,7 +165,7 @@ class NodeAgentServicer(agent_pb2_grpc.NodeAgentServiceServicer):
     async def SetClocks(
         self, request: agent_pb2.SetClocksRequest, context: _Context
     ) -> agent_pb2.SetClocksResponse:
-        self._check_token(context)
+        holder = self._holder(request.requested_by, request.reason)
         selection = self._selection(request)
         if selection is None:
             raise InvalidArgumentError("a GPU selector (gpu_index or instance_id) is required")
@@ -173,10 +173,11 @@ class NodeAgentServicer(agent_pb2_grpc.NodeAgentServiceServicer):
         change = await self._clocks.set_clock(
             gpu_index,
             request.sm_clock_mhz,
-            holder=request.requested_by or ANONYMOUS_HOLDER,
+            holder=holder,
             ttl_s=self._lease_ttl_s(request.lease_ttl_ms),
             reason=request.reason,
             trace_context=self._trace_context(context),
+            principal=current_principal(),
         )
         return agent_pb2.SetClocksResponse(
             gpu_index=change.gpu_index,
@@ -190,25 +191,28 @@ class NodeAgentServicer(agent_pb2_grpc.NodeAgentServiceServicer):
     async def ResetClocks(
         self, request: agent_pb2.ResetClocksRequest, context: _Context
     ) -> agent_pb2.ResetClocksResponse:
-        self._check_token(context)
-        holder = request.requested_by or ANONYMOUS_HOLDER
+        holder = self._holder(request.requested_by, request.reason)
+        principal = current_principal()
         reason = f"requested by {holder}" + (f": {request.reason}" if request.reason else "")
         trace_context = self._trace_context(context)
+        selected = self._selected_or_all(request)
+        # All or nothing: refuse before resetting any when one is someone else's.
+        self._clocks.check_releasable(selected, holder, principal)
         statuses = [
-            await self._clocks.reset(index, reason, trace_context)
-            for index in self._selected_or_all(request)
+            await self._clocks.reset(index, reason, trace_context, (holder, principal))
+            for index in selected
         ]
         return agent_pb2.ResetClocksResponse(clocks=[self._clock_state(s) for s in statuses])
 
     async def RenewLease(
         self, request: agent_pb2.RenewLeaseRequest, context: _Context
     ) -> agent_pb2.RenewLeaseResponse:
-        self._check_token(context)
         renewed, expires_at_s = await self._clocks.renew(
             self._selection(request),
-            holder=request.requested_by or ANONYMOUS_HOLDER,
+            holder=self._holder(request.requested_by),
             ttl_s=self._lease_ttl_s(request.ttl_ms),
             trace_context=self._trace_context(context),
+            principal=current_principal(),
         )
         return agent_pb2.RenewLeaseResponse(
             gpu_indices=renewed,

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from voltana.errors import ConfigError
+from voltana.rpc.security import RpcSecurity
 
 AgentBackend = Literal["nvml", "sim"]
 
@@ -29,9 +30,9 @@ class AgentSettings:
     instance_gpu_indices: Mapping[str, int] = field(default_factory=dict)
     node_name: str = ""
     # A SetClocks lease lasts this long unless the caller asks otherwise; requests are capped
-    # at max_lease_ttl_ms so a forgotten lease cannot pin a clock for hours.
+    # at max_lease_ttl_ms so a forgotten (or hostile) lease cannot pin a low clock for long.
     default_lease_ttl_ms: int = 10_000
-    max_lease_ttl_ms: int = 300_000
+    max_lease_ttl_ms: int = 30_000
     # After a clock change, poll the device until it reports the new clock, for at most this.
     readback_timeout_ms: float = 200.0
     readback_poll_ms: float = 10.0
@@ -40,8 +41,9 @@ class AgentSettings:
     # Telemetry service to stream GPU samples to (host:port); None = no streaming.
     telemetry_address: str | None = None
     sample_interval_ms: int = 500
-    # When set, SetClocks/ResetClocks/RenewLease need metadata ``x-voltana-agent-token``.
-    auth_token: str | None = None
+    # Control-plane token (SetClocks/ResetClocks/RenewLease require it; GPU samples to
+    # telemetry carry it) and TLS files; voltana.rpc.security.
+    security: RpcSecurity = field(default_factory=RpcSecurity)
     shutdown_grace_s: float = 2.0
     # Prometheus /metrics ("host:port", port 0 = any free); None = not served.
     metrics_listen_address: str | None = None
@@ -73,8 +75,6 @@ class AgentSettings:
             raise ConfigError(
                 f"metrics_listen_address must be host:port, got {self.metrics_listen_address!r}"
             )
-        if self.auth_token == "":
-            raise ConfigError("auth_token must be non-empty when set (use None to disable)")
         unknown = {
             instance: index
             for instance, index in self.instance_gpu_indices.items()

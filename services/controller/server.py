@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry
 from voltana.lifecycle import AsyncService
 from voltana.observability.prometheus import MetricsServer, start_metrics_server
 from voltana.policy.state import Phase
-from voltana.rpc import create_channel, dialable_address, start_grpc_server, stop_grpc_server
+from voltana.rpc import dialable_address, start_grpc_server, stop_grpc_server
 from voltana.rpc.names import CONTROLLER_SERVICE
 from voltana.services.controller.agents import AgentClients
 from voltana.services.controller.errors import ControllerNotRunningError
@@ -24,7 +24,7 @@ from voltana.services.controller.feed import SnapshotFeed
 from voltana.services.controller.loop import Clock, ControlLoop
 from voltana.services.controller.metrics import ControllerMetrics
 from voltana.services.controller.policies import PolicyBook
-from voltana.services.controller.servicer import ControllerServicer
+from voltana.services.controller.servicer import CONTROLLER_PRIVILEGED_METHODS, ControllerServicer
 from voltana.services.controller.settings import ControllerSettings
 from voltana.services.telemetry.client import TelemetryClient
 from voltana.v1 import controller_pb2_grpc
@@ -113,17 +113,19 @@ class ControllerService(AsyncService):
             tensor_parallel=settings.tensor_parallel,
         )
         self._policies = policies
+        # Agents take clock changes only with the token.
+        settings.security.require_credentials("controller")
         try:
             self._telemetry = TelemetryClient(
-                settings.telemetry_address, timeout_s=settings.rpc_timeout_s
+                settings.telemetry_address,
+                timeout_s=settings.rpc_timeout_s,
+                security=settings.security,
             )
             self._agents = AgentClients(
                 holder=settings.holder,
                 timeout_s=settings.rpc_timeout_s,
-                auth_token=settings.agent_auth_token,
-                channel_factory=functools.partial(
-                    create_channel, tracer_provider=self._tracer_provider
-                ),
+                security=settings.security,
+                tracer_provider=self._tracer_provider,
             )
             feed = SnapshotFeed(
                 self._telemetry,
@@ -152,6 +154,8 @@ class ControllerService(AsyncService):
                 [register],
                 [CONTROLLER_SERVICE],
                 health_servicer=self._health,
+                security=settings.security,
+                privileged_methods=CONTROLLER_PRIVILEGED_METHODS,
                 tracer_provider=self._tracer_provider,
             )
             self._server, self._port = started.server, started.port

@@ -25,7 +25,7 @@ from voltana.services.router.cluster import LiveCluster
 from voltana.services.router.errors import ROUTER_STATUS_CODES
 from voltana.services.router.metrics import RouterMetrics
 from voltana.services.router.reporting import CompletionReporter
-from voltana.services.router.servicer import RouterServicer
+from voltana.services.router.servicer import ROUTER_KEYED_METHODS, RouterServicer
 from voltana.services.router.settings import RouterSettings
 from voltana.services.router.tracing import TRACER_NAME
 from voltana.services.telemetry.client import TelemetryClient
@@ -134,9 +134,13 @@ class RouterService(AsyncService):
         if self._server is not None:
             raise FailedPreconditionError("router service is already started")
         settings = self._settings
+        # It reports completions, which telemetry only takes with the token.
+        settings.security.require_credentials("router")
         try:
             self._telemetry = self._given_telemetry or TelemetryClient(
-                settings.telemetry_address, timeout_s=settings.telemetry_timeout_s
+                settings.telemetry_address,
+                timeout_s=settings.telemetry_timeout_s,
+                security=settings.security,
             )
             self._engine = self._given_engine or SglangHttpClient(
                 connect_timeout_s=settings.engine_connect_timeout_s,
@@ -172,6 +176,9 @@ class RouterService(AsyncService):
                 health_servicer=health_servicer,
                 error_codes=ROUTER_STATUS_CODES,
                 tracer_provider=self._tracer_provider,
+                security=settings.security,
+                api_keys=settings.api_keys,
+                keyed_methods=ROUTER_KEYED_METHODS,
             )
             self._server, self._port, self._health = started.server, started.port, health_servicer
             self._metrics_server = await start_metrics_server(

@@ -18,6 +18,7 @@ from voltana.policy.base import RoutingPolicy
 from voltana.policy.routing import NoInstanceError
 from voltana.policy.state import ClusterSnapshot, Placement, RequestSpec
 from voltana.rpc import status_code_for
+from voltana.rpc.names import ROUTER_SERVICE, method_names
 from voltana.services.router.cluster import LiveCluster
 from voltana.services.router.convert import placement_to_proto
 from voltana.services.router.dispatch import ChunkReader, PdTarget, stream_tokens
@@ -39,6 +40,10 @@ from voltana.services.telemetry.records import Completion
 from voltana.v1 import router_pb2, router_pb2_grpc
 
 Context = grpc.aio.ServicerContext[Any, Any]
+
+# Request submission: open, or API-keyed when RouterSettings.api_keys is set. The router has
+# no privileged method (its policy is changed through the controller and its own settings).
+ROUTER_KEYED_METHODS = method_names(ROUTER_SERVICE, "Generate", "Place")
 
 
 def run_policy(policy: RoutingPolicy, spec: RequestSpec, snapshot: ClusterSnapshot) -> Placement:

@@ -10,6 +10,8 @@ from voltana.hardware import get_gpu, get_model
 from voltana.perf.analytical import AnalyticalPerformanceModel
 from voltana.policy.base import PolicyContext
 from voltana.policy.state import SloTarget
+from voltana.rpc.auth import check_token
+from voltana.rpc.security import RpcSecurity
 
 
 @dataclass(frozen=True)
@@ -58,6 +60,11 @@ class RouterSettings:
     shutdown_grace_s: float = 5.0
     # Prometheus /metrics ("host:port", port 0 = any free); None = not served.
     metrics_listen_address: str | None = None
+    # Control-plane token (completion reports to telemetry need it) and TLS.
+    security: RpcSecurity = field(default_factory=RpcSecurity)
+    # When not empty, Generate and Place need one of these keys (or the control-plane token)
+    # as "authorization: Bearer <key>" metadata; empty = request submission is open.
+    api_keys: frozenset[str] = field(default_factory=frozenset, repr=False)
 
     def __post_init__(self) -> None:
         if ":" not in self.listen_address:
@@ -107,6 +114,8 @@ class RouterSettings:
                 raise ConfigError(f"router {name} must be a finite number >= 0, got {value}")
         if not (self.slo.ttft_ms > 0 and self.slo.itl_ms > 0):
             raise ConfigError(f"router slo targets must be > 0, got {self.slo}")
+        for key in self.api_keys:
+            check_token(key, "an API key")
 
     def policy_context(self) -> PolicyContext:
         """The hardware and SLO the policy is built with (same as the simulator's)."""

@@ -112,9 +112,17 @@ class RedisTelemetryStore:
         key_prefix: str = DEFAULT_KEY_PREFIX,
         series_cap: int = DEFAULT_SERIES_CAP,
         completions_cap: int = DEFAULT_COMPLETIONS_CAP,
+        password: str | None = None,
     ) -> RedisTelemetryStore:
-        """A store with its own connection pool (closed by ``close()``); connects lazily."""
-        client = aioredis.Redis.from_url(url, decode_responses=True)
+        """A store with its own connection pool (closed by ``close()``); connects lazily.
+
+        ``password``: when the URL carries none (redis_url.py has the accepted forms).
+        """
+        client = (
+            aioredis.Redis.from_url(url, decode_responses=True)
+            if password is None
+            else aioredis.Redis.from_url(url, decode_responses=True, password=password)
+        )
         return cls(
             client,
             clock=clock,

@@ -32,6 +32,14 @@ class InstanceRegistry:
         self._forget_cached(instance_id)
         return registered
 
+    async def count_without(self, instance_id: str) -> int:
+        """How many instances other than ``instance_id`` are registered: from the store, unless
+        this one is known here (re-registering an instance never adds one)."""
+        if instance_id in self._infos:
+            return len(self._infos) - 1
+        infos = await self._store.instance_infos()
+        return len(infos) - (instance_id in infos)
+
     async def get(self, instance_id: str) -> InstanceInfo | None:
         info = self._infos.get(instance_id)
         if info is None and await self._reload_if_due():

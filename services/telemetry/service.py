@@ -16,10 +16,12 @@ from voltana.lifecycle import AsyncService
 from voltana.observability.prometheus import MetricsServer, start_metrics_server
 from voltana.rpc import dialable_address, start_grpc_server, stop_grpc_server
 from voltana.rpc.names import TELEMETRY_SERVICE
+from voltana.services.telemetry.errors import TELEMETRY_STATUS_CODES
 from voltana.services.telemetry.memory_store import MemoryTelemetryStore
 from voltana.services.telemetry.metrics import TelemetryMetrics, instrumented
 from voltana.services.telemetry.redis_store import RedisTelemetryStore
-from voltana.services.telemetry.servicer import TelemetryServicer
+from voltana.services.telemetry.redis_url import redact_redis_url
+from voltana.services.telemetry.servicer import TELEMETRY_PRIVILEGED_METHODS, TelemetryServicer
 from voltana.services.telemetry.settings import TelemetrySettings
 from voltana.services.telemetry.store import Clock, TelemetryStore
 from voltana.v1 import telemetry_pb2_grpc
@@ -41,6 +43,7 @@ def build_store(settings: TelemetrySettings, clock: Clock) -> TelemetryStore:
         key_prefix=settings.redis_key_prefix,
         series_cap=settings.series_cap,
         completions_cap=settings.completions_cap,
+        password=settings.redis_password,
     )
 
 
@@ -106,6 +109,7 @@ class TelemetryService(AsyncService):
             raise FailedPreconditionError("telemetry service is already started")
         if self._stopped:
             raise FailedPreconditionError("a stopped telemetry service cannot start again")
+        self._settings.security.require_credentials("telemetry")
         if isinstance(self._store, RedisTelemetryStore):
             await self._store.ping()  # fail at start, not on the first report
         servicer = TelemetryServicer(instrumented(self._store, self._metrics), self._settings)
@@ -118,6 +122,9 @@ class TelemetryService(AsyncService):
             [register],
             [TELEMETRY_SERVICE],
             health_servicer=health_servicer,
+            error_codes=TELEMETRY_STATUS_CODES,
+            security=self._settings.security,
+            privileged_methods=TELEMETRY_PRIVILEGED_METHODS,
             tracer_provider=self._tracer_provider,
         )
         self._servicer, self._health = servicer, health_servicer
@@ -129,12 +136,11 @@ class TelemetryService(AsyncService):
         except BaseException:
             await self.stop()
             raise
+        redis_url = self._settings.redis_url
         _LOG.info(
             "telemetry serving on %s (store: %s)",
             self.address,
-            "redis " + _redacted(self._settings.redis_url)
-            if self._settings.redis_url
-            else "memory",
+            f"redis at {redact_redis_url(redis_url)}" if redis_url else "in memory",
         )
 
     async def stop(self) -> None:
@@ -154,13 +160,3 @@ class TelemetryService(AsyncService):
             self._port = None
         if self._owns_store:
             await self._store.close()
-
-
-def _redacted(url: str) -> str:
-    """``url`` without a password (redis://:secret@host → redis://:***@host)."""
-    scheme, sep, rest = url.partition("://")
-    credentials, at, location = rest.rpartition("@")
-    if not at or ":" not in credentials:
-        return url
-    user = credentials.partition(":")[0]
-    return f"{scheme}{sep}{user}:***@{location}"

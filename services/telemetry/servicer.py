@@ -3,8 +3,13 @@
 Bad values (negative counts, unknown phase) end the call with INVALID_ARGUMENT via the
 InvalidTelemetryError → status mapping of voltana.rpc; samples stored before the bad one stay
 stored. Samples that are well-formed but cannot be used (unregistered instance, older than the
-last one) are counted as rejected and the stream goes on, so one stray sample does not cut a
-node agent's long-lived stream.
+last one, stamped in the future) are counted as rejected and the stream goes on, so one
+stray sample does not cut a node agent's long-lived stream.
+
+Every write (registration and all reports) is privileged (TELEMETRY_PRIVILEGED_METHODS: the
+control-plane token is checked by voltana.rpc before a handler runs): policies steer on this
+state, so a stranger must not be able to register an engine (and receive prompts), drop one,
+or feed made-up load. Reads stay open.
 """
 
 from __future__ import annotations
@@ -17,6 +22,8 @@ from typing import Any, TypeVar
 
 import grpc.aio
 
+from voltana.rpc.limits import check_address, check_id, check_ids
+from voltana.rpc.names import TELEMETRY_SERVICE, method_names
 from voltana.services.telemetry.arrivals import ArrivalRates
 from voltana.services.telemetry.convert import (
     completion_from_proto,
@@ -26,16 +33,30 @@ from voltana.services.telemetry.convert import (
     state_from_sample,
     window_report_to_proto,
 )
-from voltana.services.telemetry.errors import InvalidTelemetryError, UnknownInstanceError
+from voltana.services.telemetry.errors import (
+    InvalidTelemetryError,
+    TooManyInstancesError,
+    UnknownInstanceError,
+)
 from voltana.services.telemetry.registry import InstanceRegistry
 from voltana.services.telemetry.settings import TelemetrySettings
 from voltana.services.telemetry.snapshots import ClusterView, SnapshotCache
 from voltana.services.telemetry.store import TelemetryStore
-from voltana.services.telemetry.validate import validate_window
+from voltana.services.telemetry.validate import validate_instance_info, validate_window
 from voltana.v1 import common_pb2, telemetry_pb2, telemetry_pb2_grpc
 
 Context = grpc.aio.ServicerContext[Any, Any]
 SampleT = TypeVar("SampleT")
+
+# Writes: they need the control-plane token.
+TELEMETRY_PRIVILEGED_METHODS = method_names(
+    TELEMETRY_SERVICE,
+    "RegisterInstance",
+    "UnregisterInstance",
+    "ReportInstanceSamples",
+    "ReportGpuSamples",
+    "ReportCompletion",
+)
 
 
 @dataclass
@@ -77,13 +98,23 @@ class TelemetryServicer(telemetry_pb2_grpc.TelemetryServiceServicer):
     async def RegisterInstance(
         self, request: telemetry_pb2.RegisterInstanceRequest, context: Context
     ) -> telemetry_pb2.RegisterInstanceResponse:
-        created = await self._registry.register(info_from_register_request(request))
+        check_id(request.instance_id, "instance_id", error=InvalidTelemetryError)
+        info = info_from_register_request(request)
+        validate_instance_info(info)  # before the count, which may read the store
+        max_instances = self._settings.max_instances
+        if await self._registry.count_without(info.instance_id) >= max_instances:
+            raise TooManyInstancesError(
+                f"telemetry already holds {max_instances} instances, its maximum "
+                "(max_instances); unregister one first"
+            )
+        created = await self._registry.register(info)
         return telemetry_pb2.RegisterInstanceResponse(created=created)
 
     async def UnregisterInstance(
         self, request: telemetry_pb2.UnregisterInstanceRequest, context: Context
     ) -> telemetry_pb2.UnregisterInstanceResponse:
         instance_id = request.instance_id
+        check_id(instance_id, "instance_id", error=InvalidTelemetryError)
         if not await self._registry.unregister(instance_id):
             raise UnknownInstanceError(f"instance {instance_id!r} is not registered")
         self._arrivals.forget(instance_id)
@@ -118,13 +149,25 @@ class TelemetryServicer(telemetry_pb2_grpc.TelemetryServiceServicer):
         """Samples without a time (0) are stamped on arrival, so they are never late."""
         return ts_s > 0 and ts_s < last_s.get(instance_id, 0.0)
 
+    def _future_problem(self, what: str, ts_s: float) -> str | None:
+        """Why ``ts_s`` is too far ahead of telemetry's clock to accept, or None."""
+        ahead_s = ts_s - self._store.clock()
+        if ahead_s > self._settings.max_future_skew_s:
+            return (
+                f"{what} is stamped {ahead_s:.3g} s ahead of telemetry's clock (at most "
+                f"{self._settings.max_future_skew_s:g} s allowed); check the reporter's clock"
+            )
+        return None
+
     async def _accept_instance_sample(self, sample: telemetry_pb2.InstanceSample) -> str | None:
         instance_id = sample.instance_id
-        if not instance_id:
-            raise InvalidTelemetryError("instance_id must not be empty")
+        check_id(instance_id, "instance_id", error=InvalidTelemetryError)
         info = await self._registry.get(instance_id)
         if info is None:
             return f"instance {instance_id!r} is not registered"
+        future = self._future_problem(f"sample of {instance_id!r}", sample.observed_at_s)
+        if future is not None:
+            return future
         if self._is_late(self._last_load_s, instance_id, sample.observed_at_s):
             return f"sample of {instance_id!r} at {sample.observed_at_s} is older than the last"
         derived_rate_rps = self._arrivals.rate_rps(instance_id, self._store.clock())
@@ -134,6 +177,8 @@ class TelemetryServicer(telemetry_pb2_grpc.TelemetryServiceServicer):
         return None
 
     async def _accept_gpu_sample(self, sample: common_pb2.GpuSample) -> str | None:
+        check_id(sample.instance_id, "instance_id", error=InvalidTelemetryError, required=False)
+        check_address(sample.agent_address, "agent_address", error=InvalidTelemetryError)
         if sample.instance_id:
             info = await self._registry.get(sample.instance_id)
             if info is None:
@@ -146,6 +191,9 @@ class TelemetryServicer(telemetry_pb2_grpc.TelemetryServiceServicer):
                     f"of agent {sample.agent_address!r}"
                 )
         instance_id = info.instance_id
+        future = self._future_problem(f"GPU sample of {instance_id!r}", sample.timestamp_s)
+        if future is not None:
+            return future
         if self._is_late(self._last_gpu_s, instance_id, sample.timestamp_s):
             return f"GPU sample of {instance_id!r} at {sample.timestamp_s} is older than the last"
         await self._store.put_gpu_sample(
@@ -168,6 +216,13 @@ class TelemetryServicer(telemetry_pb2_grpc.TelemetryServiceServicer):
         self, request: telemetry_pb2.CompletionRecord, context: Context
     ) -> telemetry_pb2.ReportCompletionResponse:
         completion = completion_from_proto(request)
+        for what, ts_s in (
+            ("arrival_s", completion.arrival_s),
+            ("finished_at_s", completion.finished_at_s),
+        ):
+            future = self._future_problem(f"the completion's {what}", ts_s)
+            if future is not None:
+                raise InvalidTelemetryError(future)
         await self._store.record_completion(completion)
         if completion.arrival_s > 0:
             self._arrivals.record(completion.instance_ids, completion.arrival_s)
@@ -176,6 +231,7 @@ class TelemetryServicer(telemetry_pb2_grpc.TelemetryServiceServicer):
     # Snapshots.
 
     async def _selected_view(self, phase: int, instance_ids: list[str]) -> ClusterView:
+        check_ids(instance_ids, "instance_ids", error=InvalidTelemetryError)
         view = await self._snapshots.read()
         return view.select(phase_filter_from_proto(phase), instance_ids)
 
@@ -240,6 +296,7 @@ class TelemetryServicer(telemetry_pb2_grpc.TelemetryServiceServicer):
     ) -> telemetry_pb2.GetAggregatesResponse:
         window_s = request.window_s or self._settings.window_s
         validate_window(window_s)
+        check_ids(request.instance_ids, "instance_ids", error=InvalidTelemetryError)
         report = await self._store.window_report(
             list(request.instance_ids) or None, window_s, self._settings.slo
         )

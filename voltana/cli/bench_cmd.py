@@ -29,10 +29,18 @@ from voltana.cli.options import (
     workload_from_args,
 )
 from voltana.cli.progress import ProgressBar
+from voltana.cli.security_opts import (
+    add_api_key_args,
+    add_security_args,
+    api_key_from_args,
+    security_from_args,
+)
 from voltana.cli.serve_cmd import host_port
 from voltana.errors import ConfigError, VoltanaError
 from voltana.report import RunOutcome, add_savings, format_table, summarize
+from voltana.rpc import RpcSecurity
 from voltana.sdk import (
+    AuthenticationError,
     DeadlineExceededError,
     GenerationSummary,
     InvalidRequestError,
@@ -62,6 +70,7 @@ _ERROR_REASONS: tuple[tuple[type[VoltanaClientError], str], ...] = (
     (UnavailableError, "unavailable"),
     (DeadlineExceededError, "deadline_exceeded"),
     (RequestCancelledError, "cancelled"),
+    (AuthenticationError, "unauthenticated"),
     (ServerError, "server_error"),
 )
 _COMPLETED_FINISH_REASONS = ("length", "stop")
@@ -112,6 +121,8 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         help="give up when the router does not answer within this (default: %(default)s)",
     )
     add_slo_args(parser)
+    add_security_args(parser, client_only=True)
+    add_api_key_args(parser, server=False)
     output = parser.add_argument_group("output")
     output.add_argument(
         "--policy-label",
@@ -278,11 +289,13 @@ async def replay(
 # ---- energy from telemetry -------------------------------------------------------------------
 
 
-async def read_energy_j(telemetry_address: str) -> dict[str, float]:
+async def read_energy_j(
+    telemetry_address: str, security: RpcSecurity | None = None
+) -> dict[str, float]:
     """Every instance's GPU energy counter (J) as telemetry last received it."""
     from voltana.services.telemetry import TelemetryClient
 
-    async with TelemetryClient(telemetry_address) as client:
+    async with TelemetryClient(telemetry_address, security=security) as client:
         snapshot = await client.snapshot()
     return {
         state.instance_id: state.energy_j
@@ -331,10 +344,16 @@ def result_row(outcome: RunOutcome, args: argparse.Namespace) -> dict[str, Any]:
     return rows[0]
 
 
-async def bench(args: argparse.Namespace, requests: list[TraceRequest]) -> dict[str, Any]:
-    async with VoltanaClient(args.target) as client:
+async def bench(
+    args: argparse.Namespace,
+    requests: list[TraceRequest],
+    security: RpcSecurity,
+    api_key: str | None = None,
+) -> dict[str, Any]:
+    client = VoltanaClient(args.target, api_key=api_key, tls=security.tls)
+    async with client:
         await client.wait_until_ready(args.connect_timeout_s)
-        energy_before = await read_energy_j(args.telemetry) if args.telemetry else None
+        energy_before = await read_energy_j(args.telemetry, security) if args.telemetry else None
         progress = None if args.quiet else ProgressBar(f"{args.policy_label:>16}")
         total = len(requests)
         replayed = await replay(
@@ -347,7 +366,7 @@ async def bench(args: argparse.Namespace, requests: list[TraceRequest]) -> dict[
         energy_j: float | None = None
         num_gpus = 0
         if energy_before is not None:
-            energy_after = await read_energy_j(args.telemetry)
+            energy_after = await read_energy_j(args.telemetry, security)
             energy_j, num_gpus = energy_delta_j(energy_before, energy_after)
     outcome = outcome_of(replayed, total, args.policy_label, energy_j, num_gpus)
     return result_row(outcome, args)
@@ -363,7 +382,9 @@ def run(args: argparse.Namespace) -> int:
         f"SLO TTFT {slo.ttft_ms:g} ms, ITL {slo.itl_ms:g} ms",
         file=sys.stderr,
     )
-    row = asyncio.run(bench(args, requests))
+    # Reading telemetry needs no token; TLS (and a token, when given) apply to every call.
+    security = security_from_args(args, required=False)
+    row = asyncio.run(bench(args, requests, security, api_key_from_args(args)))
     if row["rejected"]:
         reasons = ", ".join(f"{k}: {v}" for k, v in row["rejected_by_reason"].items())
         print(f"requests that did not complete: {reasons}", file=sys.stderr)

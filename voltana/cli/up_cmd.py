@@ -9,6 +9,12 @@ import sys
 from typing import TextIO
 
 from voltana.cli.options import add_slo_args, positive_float, positive_int, slo_from_args
+from voltana.cli.security_opts import (
+    add_redis_password_arg,
+    add_security_args,
+    redis_password_from_args,
+    security_from_args,
+)
 from voltana.cli.serve_cmd import port_number
 from voltana.errors import ConfigError
 from voltana.hardware import GPU_CATALOG, MODEL_CATALOG
@@ -22,6 +28,11 @@ examples:
   voltana up --sim
   voltana up --sim --prefill 2 --decode 2 --policy voltana --router-port 50051
   voltana up --sim --redis-url redis://127.0.0.1:6379/0 --speedup 10 --otel-exporter console
+
+Every service requires the control-plane token on privileged calls: a fresh random one, unless
+$VOLTANA_CONTROL_TOKEN or --token-file names one (use that to call SetPolicy/SetSlo yourself).
+--tls-cert/--tls-key/--tls-ca put every gRPC server and client on (m)TLS; the certificate must
+name the --host (e.g. IP SAN 127.0.0.1).
 
 The router address (first line of the output) is what clients connect to, e.g.
   python examples/generate.py 127.0.0.1:50051 "Hello"
@@ -90,7 +101,9 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         "--telemetry-port", type=port_number, default=0, help="telemetry port (default: any free)"
     )
     network.add_argument(
-        "--redis-url", help="keep telemetry in Redis (redis://host:port/db) instead of memory"
+        "--redis-url",
+        help="keep telemetry in Redis (redis://[:PASSWORD@]host:port/db, rediss://...) instead "
+        "of memory",
     )
     network.add_argument(
         "--metrics-port",
@@ -100,6 +113,8 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         "instance's node agent; 0 = any free ports (default); printed as <service>.metrics",
     )
     network.add_argument("--no-metrics", action="store_true", help="serve no /metrics")
+    add_redis_password_arg(network)
+    add_security_args(parser)
     add_observability_args(parser)
     parser.set_defaults(handler=run)
 
@@ -121,11 +136,13 @@ def run(args: argparse.Namespace) -> int:
         slo=slo_from_args(args),
         speedup=args.speedup,
         redis_url=args.redis_url,
+        redis_password=redis_password_from_args(args) if args.redis_url else None,
         host=args.host,
         router_port=args.router_port,
         telemetry_port=args.telemetry_port,
         max_running_requests=args.max_running_requests,
         metrics_port=None if args.no_metrics else args.metrics_port,
+        security=security_from_args(args, generate=True),
     )
     observability = observability_from_args(args, "voltana-up")
     observability.check()
@@ -174,9 +191,12 @@ def print_addresses(stack: SimStack, out: TextIO) -> None:
     for name, address in addresses.items():
         out.write(f"{name.ljust(width)}  {address}\n")
     settings = stack.settings
+    security = settings.security
+    auth = "OFF (--insecure-no-auth)" if security.insecure_no_auth else "on"
     out.write(
         f"# {settings.prefill}P{settings.decode}D {settings.gpu_key} {settings.model_key}, "
         f"policy {settings.policy}, speedup {settings.speedup:g}; connect to the router at "
-        f"{addresses['router']}; Ctrl-C stops\n"
+        f"{addresses['router']}; control-plane auth {auth}, "
+        f"{'TLS' if security.tls is not None else 'plaintext'}; Ctrl-C stops\n"
     )
     out.flush()

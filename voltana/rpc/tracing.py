@@ -15,8 +15,7 @@ would bury the request and clock-change traces (a lease renewal per GPU every se
 
 from __future__ import annotations
 
-import inspect
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import grpc
@@ -24,8 +23,8 @@ import grpc.aio
 from opentelemetry import trace
 from opentelemetry.instrumentation.grpc import aio_client_interceptors, aio_server_interceptor
 
+from voltana.rpc.handlers import wrap_handler
 from voltana.rpc.names import NODE_AGENT_SERVICE, TELEMETRY_SERVICE
-from voltana.rpc.status import rewrap_handler
 
 # Never traced: health and reflection (also their streaming handlers write through the
 # context, which the instrumentation's streaming wrapper cannot drive).
@@ -129,32 +128,12 @@ class _ServerSpanEnricher(grpc.aio.ServerInterceptor):
         method = _method_name(handler_call_details.method)
         if handler is None or _untraced(method):
             return handler
-        return rewrap_handler(
-            handler,
-            lambda behavior: self._unary(method, behavior),
-            lambda behavior: self._streaming(method, behavior),
-        )
 
-    def _unary(self, method: str, behavior: _Behavior) -> _Behavior:
-        async def call(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        async def enrich(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             self._enrich(method, context)
-            result = behavior(request, context)
-            return await result if inspect.isawaitable(result) else result
+            return request
 
-        return call
-
-    def _streaming(self, method: str, behavior: _Behavior) -> _Behavior:
-        if not inspect.isasyncgenfunction(behavior):
-            return self._unary(method, behavior)
-
-        async def stream(
-            request: Any, context: grpc.aio.ServicerContext[Any, Any]
-        ) -> AsyncIterator[Any]:
-            self._enrich(method, context)
-            async for response in behavior(request, context):
-                yield response
-
-        return stream
+        return wrap_handler(handler, before=enrich)
 
 
 class _ClientSpanEnricher:

@@ -11,7 +11,8 @@ import grpc.aio
 from opentelemetry import trace
 
 from voltana import errors
-from voltana.rpc import create_channel, wait_until_ready
+from voltana.rpc import RpcSecurity, TlsFiles, create_channel, wait_until_ready
+from voltana.rpc.auth import bearer_metadata
 from voltana.sdk.errors import UnavailableError, VoltanaClientError, client_error_from_rpc
 from voltana.sdk.messages import build_request, placement_from_proto
 from voltana.sdk.stream import GenerationStream
@@ -25,7 +26,9 @@ class VoltanaClient:
     """Talks to a router at ``target`` ("host:port") over one reused gRPC channel.
 
     ``timeout_s`` is the default deadline of each call (None = none); ``metadata`` is sent with
-    every call. Use ``async with VoltanaClient(...) as client`` or ``await client.close()``.
+    every call. ``api_key``: the key a router started with API keys requires (sent as
+    ``authorization: Bearer <key>``); ``tls``: CA (and client certificate) for a TLS router. Use
+    ``async with VoltanaClient(...) as client`` or ``await client.close()``.
     Calls are traced with opentelemetry-instrumentation-grpc (a CLIENT span per call, the W3C
     ``traceparent`` in its metadata) under an SDK span (``voltana.client.generate``) that
     carries the request's outcome, in the caller's trace when a span is current.
@@ -43,14 +46,19 @@ class VoltanaClient:
         metadata: Sequence[tuple[str, str]] = (),
         channel_options: Mapping[str, Any] | None = None,
         tracer_provider: trace.TracerProvider | None = None,
+        api_key: str | None = None,
+        tls: TlsFiles | None = None,
     ) -> None:
         if timeout_s is not None and not timeout_s > 0:
             raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
         self._target = target
         self._timeout_s = timeout_s
         self._metadata = list(metadata)
+        if api_key is not None:
+            self._metadata.append(bearer_metadata(api_key))
         self._channel_options = channel_options
         self._tracer_provider = tracer_provider
+        self._security = RpcSecurity(tls=tls) if tls is not None else None
         self._tracer = trace.get_tracer(TRACER_NAME, tracer_provider=tracer_provider)
         self._channel: grpc.aio.Channel | None = None
         self._stub: router_pb2_grpc.RouterServiceAsyncStub | None = None
@@ -66,7 +74,10 @@ class VoltanaClient:
             raise VoltanaClientError("the client is closed")
         if self._stub is None:
             self._channel = create_channel(
-                self._target, options=self._channel_options, tracer_provider=self._tracer_provider
+                self._target,
+                options=self._channel_options,
+                security=self._security,
+                tracer_provider=self._tracer_provider,
             )
             self._stub = router_pb2_grpc.RouterServiceStub(self._channel)
         assert self._stub is not None

@@ -18,6 +18,7 @@ from voltana.gpu import SimulatedGpu
 from voltana.hardware import get_gpu, get_model
 from voltana.perf.analytical import AnalyticalPerformanceModel
 from voltana.policy.state import Phase
+from voltana.rpc import RpcSecurity
 from voltana.services.agent import AgentService, AgentSettings
 from voltana.services.telemetry import InstanceInfo, TelemetryClient
 from voltana.stack.sinks import TelemetryInstanceSink
@@ -43,6 +44,8 @@ class EngineNodeSettings:
     agent_metrics_listen_address: str | None = None
     # start() waits this long for telemetry (containers start in any order).
     telemetry_wait_s: float = 60.0
+    # Control-plane token (registering, reporting and the co-hosted agent need it) and TLS.
+    security: RpcSecurity = field(default_factory=RpcSecurity)
 
     def __post_init__(self) -> None:
         if self.gpu_index < 0:
@@ -121,7 +124,8 @@ class EngineNode:
         settings = self.settings
         sink = None
         if settings.telemetry_address is not None:
-            self._client = TelemetryClient(settings.telemetry_address)
+            settings.security.require_credentials("engine")
+            self._client = TelemetryClient(settings.telemetry_address, security=settings.security)
             sink = TelemetryInstanceSink(
                 self._client, engine_clock=self.clock, speedup=settings.engine.speedup
             )
@@ -149,6 +153,7 @@ class EngineNode:
                     telemetry_address=settings.telemetry_address,
                     sample_interval_ms=settings.sample_interval_ms,
                     metrics_listen_address=settings.agent_metrics_listen_address,
+                    security=settings.security,
                 ),
                 devices=[self.gpu],
             )

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from voltana.errors import ConfigError
 from voltana.hardware import get_gpu, get_model
 from voltana.policy.state import SloTarget
+from voltana.rpc import RpcSecurity
 from voltana.services.telemetry.redis_store import DEFAULT_KEY_PREFIX
 
 # Metrics ports in order: router, telemetry, controller, then one per instance's agent.
@@ -28,8 +29,10 @@ class SimStackSettings:
     slo: SloTarget = field(default_factory=SloTarget)
     # Simulated time runs this many times faster than wall time (engines and GPUs only).
     speedup: float = 1.0
-    # redis://host:port/db for telemetry; None keeps telemetry in process memory.
-    redis_url: str | None = None
+    # redis://host:port/db for telemetry; None keeps telemetry in process memory. Not in repr:
+    # it may hold a password.
+    redis_url: str | None = field(default=None, repr=False)
+    redis_password: str | None = field(default=None, repr=False)
     redis_key_prefix: str = DEFAULT_KEY_PREFIX
     # Every server listens on this host; ports 0 pick free ones.
     host: str = "127.0.0.1"
@@ -52,6 +55,9 @@ class SimStackSettings:
     drain_timeout_s: float = 2.0
     # start() fails when the router does not see every instance within this (wall s).
     ready_timeout_s: float = 15.0
+    # What every service of the stack uses: by default a fresh random control-plane token
+    # (so authentication is on) and no TLS.
+    security: RpcSecurity = field(default_factory=RpcSecurity.generated)
 
     def __post_init__(self) -> None:
         for name in (

@@ -19,13 +19,14 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from voltana.engine import SglangHttpClient
 from voltana.engine.errors import EngineError
 from voltana.errors import ConfigError, NotFoundError, UnavailableError, VoltanaError
 from voltana.hardware import get_gpu
 from voltana.policy.state import InstanceState, Phase
+from voltana.rpc import RpcSecurity
 from voltana.services.telemetry import InstanceInfo, TelemetryClient
 
 _LOG = logging.getLogger(__name__)
@@ -50,6 +51,8 @@ class SglangInstanceSettings:
     # start() waits this long for the server's /health (model loading takes minutes) and for
     # telemetry.
     startup_timeout_s: float = 1800.0
+    # Control-plane token (registering and reporting need it) and TLS.
+    security: RpcSecurity = field(default_factory=RpcSecurity)
 
     def __post_init__(self) -> None:
         if not self.instance_id:
@@ -126,11 +129,12 @@ class SglangInstanceReporter:
 
     async def start(self) -> None:
         settings = self.settings
+        settings.security.require_credentials("instance reporter")
         await self._wait_for_server()
         server_info = await self._engine.server_info(settings.engine_url)
         self._kv_capacity_tokens = int(server_info.get("max_total_num_tokens") or 0)
         self._max_running_requests = int(server_info.get("max_running_requests") or 0)
-        self._telemetry = TelemetryClient(settings.telemetry_address)
+        self._telemetry = TelemetryClient(settings.telemetry_address, security=settings.security)
         await self._telemetry.wait_until_ready(settings.startup_timeout_s)
         await self._telemetry.register_instance(self.info())
         self._registered = True

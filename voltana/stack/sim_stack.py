@@ -199,19 +199,21 @@ class SimStack(AsyncService):
             TelemetrySettings(
                 listen_address=settings.address(settings.telemetry_port),
                 redis_url=settings.redis_url,
+                redis_password=settings.redis_password,
                 redis_key_prefix=settings.redis_key_prefix,
                 slo=settings.slo,
                 watch_min_interval_ms=min(
                     50, settings.control_interval_ms, settings.snapshot_interval_ms
                 ),
                 metrics_listen_address=settings.metrics_address(1),
+                security=settings.security,
             ),
             tracer_provider=self._provider("voltana-telemetry"),
         )
         await telemetry.start()
         self.telemetry = telemetry
         self._stoppers.append(("telemetry", telemetry.stop))
-        client = TelemetryClient(telemetry.address)
+        client = TelemetryClient(telemetry.address, security=settings.security)
         self._telemetry_client = client
         self._stoppers.append(("telemetry client", client.close))
 
@@ -235,6 +237,7 @@ class SimStack(AsyncService):
                 lease_ttl_ms=settings.lease_ttl_ms,
                 controller_id=CONTROLLER_ID,
                 metrics_listen_address=settings.metrics_address(2),
+                security=settings.security,
             ),
             tracer_provider=self._provider("voltana-controller"),
         )
@@ -264,6 +267,7 @@ class SimStack(AsyncService):
             slo=settings.slo,
             snapshot_interval_ms=settings.snapshot_interval_ms,
             metrics_listen_address=settings.metrics_address(0),
+            security=settings.security,
         )
 
     async def _start_instance(
@@ -318,6 +322,7 @@ class SimStack(AsyncService):
                 metrics_listen_address=settings.metrics_address(
                     METRICS_PORTS_BEFORE_AGENTS + gpu_index
                 ),
+                security=settings.security,
             ),
             devices=[gpu],
             tracer_provider=self._provider("voltana-agent", instance_id),
