@@ -15,7 +15,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any, TypeAlias
 
 import grpc.aio
-from opentelemetry import propagate
+from opentelemetry import context as otel_context
+from opentelemetry import propagate, trace
 from opentelemetry.context import Context
 
 from voltana.errors import InvalidArgumentError
@@ -73,11 +74,16 @@ class NodeAgentServicer(agent_pb2_grpc.NodeAgentServiceServicer):
 
     @staticmethod
     def _trace_context(context: _Context) -> Context:
-        """The caller's trace context from the W3C headers (``traceparent``) in its metadata.
+        """The trace context clock-change spans start in.
 
-        Clock-change spans start in it, so a controller's decision and the agent's change are
-        one trace. Without those headers this is an empty context: the span starts a new trace.
+        Normally the gRPC instrumentation's server span (current while the RPC runs), itself a
+        child of the caller's span. When that span is not recorded (the global tracer provider
+        is a no-op but the clock manager has a tracer of its own), the caller's context from
+        the W3C headers (``traceparent``) in the metadata. Without either, an empty context:
+        the span starts a new trace.
         """
+        if trace.get_current_span().get_span_context().is_valid:
+            return otel_context.get_current()
         carrier: dict[str, str] = {}
         for key, value in context.invocation_metadata() or ():
             if isinstance(value, str):  # binary ("-bin") headers carry no text context

@@ -46,6 +46,8 @@ class AgentSettings:
     # telemetry carry it) and TLS files; voltana.rpc.security.
     security: RpcSecurity = field(default_factory=RpcSecurity)
     shutdown_grace_s: float = 2.0
+    # Prometheus /metrics ("host:port", port 0 = any free); None = not served.
+    metrics_listen_address: str | None = None
 
     def __post_init__(self) -> None:
         if self.backend not in ("nvml", "sim"):
@@ -70,6 +72,10 @@ class AgentSettings:
             raise ConfigError("readback_poll_ms must be > 0 when readback_timeout_ms is")
         if self.sample_interval_ms <= 0:
             raise ConfigError(f"sample_interval_ms must be > 0, got {self.sample_interval_ms}")
+        if self.metrics_listen_address is not None and ":" not in self.metrics_listen_address:
+            raise ConfigError(
+                f"metrics_listen_address must be host:port, got {self.metrics_listen_address!r}"
+            )
         groups = self.instance_gpu_groups
         for instance, indices in groups.items():
             if not indices or any(index < 0 for index in indices):
