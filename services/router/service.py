@@ -9,10 +9,13 @@ import logging
 import grpc.aio
 from grpc_health.v1 import health
 from opentelemetry import trace
+from prometheus_client import CollectorRegistry
 
 from voltana.engine import SglangHttpClient
 from voltana.errors import FailedPreconditionError
 from voltana.lifecycle import AsyncService, cancel_and_wait
+from voltana.observability.http_tracing import client_trace_configs
+from voltana.observability.prometheus import MetricsServer, start_metrics_server
 from voltana.policy.base import RoutingPolicy
 from voltana.policy.registry import build_router, build_suite
 from voltana.rpc import dialable_address, set_serving, start_grpc_server, stop_grpc_server
@@ -20,6 +23,7 @@ from voltana.rpc.names import ROUTER_SERVICE
 from voltana.services.router.cluster import LiveCluster
 from voltana.services.router.errors import ROUTER_STATUS_CODES
 from voltana.services.router.health import EngineHealth
+from voltana.services.router.metrics import RouterMetrics
 from voltana.services.router.reporting import CompletionReporter
 from voltana.services.router.servicer import ROUTER_KEYED_METHODS, RouterServicer
 from voltana.services.router.settings import RouterSettings
@@ -71,7 +75,14 @@ class RouterService(AsyncService):
             self._policy_name, self._policy = policy.name, policy
         self._given_telemetry = telemetry
         self._given_engine = engine
+        self._tracer_provider = tracer_provider
         self._tracer = trace.get_tracer(TRACER_NAME, tracer_provider=tracer_provider)
+        # This router's own registry (never prometheus_client's global one).
+        self.metrics_registry = CollectorRegistry(auto_describe=True)
+        self._metrics = RouterMetrics(
+            self.metrics_registry, policy=self._policy_name, router=self._policy.name
+        )
+        self._metrics_server: MetricsServer | None = None
         self._cluster = LiveCluster(
             optimistic_ttl_s=settings.optimistic_ttl_s,
             stale_after_s=settings.instance_stale_after_s,
@@ -82,6 +93,7 @@ class RouterService(AsyncService):
         self._watch_task: asyncio.Task[None] | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._engine_health: EngineHealth | None = None
+        self._prober: SglangHttpClient | None = None
         self._servicer: RouterServicer | None = None
         self._first_snapshot = asyncio.Event()
         self._server: grpc.aio.Server | None = None
@@ -115,6 +127,15 @@ class RouterService(AsyncService):
         return self._servicer
 
     @property
+    def metrics(self) -> RouterMetrics:
+        return self._metrics
+
+    @property
+    def metrics_url(self) -> str | None:
+        """``http://host:port/metrics`` while metrics are served, else None."""
+        return self._metrics_server.url if self._metrics_server is not None else None
+
+    @property
     def port(self) -> int:
         if self._port is None:
             raise FailedPreconditionError("router service is not started")
@@ -139,8 +160,8 @@ class RouterService(AsyncService):
             )
             self._engine = self._given_engine or SglangHttpClient(
                 connect_timeout_s=settings.engine_connect_timeout_s,
-                health_timeout_s=settings.health_check_timeout_s,
                 max_connections=settings.max_engine_connections,
+                trace_configs=client_trace_configs(self._tracer_provider),
             )
             self._reporter = CompletionReporter(
                 self._telemetry,
@@ -148,9 +169,11 @@ class RouterService(AsyncService):
                 timeout_s=settings.telemetry_timeout_s,
             )
             self._reporter.start()
+            # Probes get their own untraced client: they are polls, not requests.
+            self._prober = SglangHttpClient(health_timeout_s=settings.health_check_timeout_s)
             self._engine_health = EngineHealth(
                 self._cluster,
-                self._engine.health,
+                self._prober.health,
                 interval_s=settings.health_check_interval_s,
                 unhealthy_after=settings.unhealthy_after,
                 healthy_after=settings.healthy_after,
@@ -167,6 +190,7 @@ class RouterService(AsyncService):
                 reporter=self._reporter,
                 tracer=self._tracer,
                 health=self._engine_health,
+                metrics=self._metrics,
             )
             self._servicer = servicer
             health_servicer = health.aio.HealthServicer()
@@ -179,14 +203,22 @@ class RouterService(AsyncService):
                 [ROUTER_SERVICE],
                 health_servicer=health_servicer,
                 error_codes=ROUTER_STATUS_CODES,
+                tracer_provider=self._tracer_provider,
                 security=settings.security,
                 api_keys=settings.api_keys,
                 keyed_methods=ROUTER_KEYED_METHODS,
             )
+            self._server, self._port, self._health = started.server, started.port, health_servicer
+            self._metrics_server = await start_metrics_server(
+                self.metrics_registry, settings.metrics_listen_address
+            )
         except BaseException:
+            if self._server is not None:
+                await stop_grpc_server(self._server, 0)
+                self._server = self._health = None
+                self._port = None
             await self._release()
             raise
-        self._server, self._port, self._health = started.server, started.port, health_servicer
         await self._refresh_health(None)
         if settings.health_check_interval_s > 0:
             self._tasks.append(
@@ -291,6 +323,9 @@ class RouterService(AsyncService):
         self._port = None
 
     async def _release(self) -> None:
+        metrics_server, self._metrics_server = self._metrics_server, None
+        if metrics_server is not None:
+            await metrics_server.stop()
         tasks, self._tasks = self._tasks, []
         if self._watch_task is not None:
             tasks.append(self._watch_task)
@@ -303,6 +338,9 @@ class RouterService(AsyncService):
         engine, self._engine = self._engine, None
         if engine is not None and self._given_engine is None:
             await engine.close()
+        prober, self._prober = self._prober, None
+        if prober is not None:
+            await prober.close()
         telemetry, self._telemetry = self._telemetry, None
         if telemetry is not None and self._given_telemetry is None:
             await telemetry.close()

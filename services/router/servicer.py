@@ -19,9 +19,9 @@ from voltana.errors import InvalidArgumentError
 from voltana.policy.base import RoutingPolicy
 from voltana.policy.routing import NoInstanceError
 from voltana.policy.state import ClusterSnapshot, Placement, RequestSpec
+from voltana.rpc import status_code_for
 from voltana.rpc.limits import MAX_TEXT_CHARS, check_id
 from voltana.rpc.names import ROUTER_SERVICE, method_names
-from voltana.rpc.status import status_code_for
 from voltana.services.router.cluster import LiveCluster
 from voltana.services.router.convert import placement_to_proto
 from voltana.services.router.dispatch import ChunkReader, PdTarget, stream_tokens
@@ -34,11 +34,11 @@ from voltana.services.router.errors import (
     RouterShuttingDownError,
 )
 from voltana.services.router.health import EngineHealth
+from voltana.services.router.metrics import OK_STATUS, RequestMetrics, RouterMetrics
 from voltana.services.router.reporting import CompletionReporter
 from voltana.services.router.settings import RouterSettings
 from voltana.services.router.tracing import (
     child_of,
-    incoming_context,
     mark_failed,
     set_placement_attributes,
 )
@@ -121,6 +121,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         reporter: CompletionReporter,
         tracer: trace.Tracer,
         health: EngineHealth | None = None,
+        metrics: RouterMetrics | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
@@ -131,6 +132,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         self._engine = engine
         self._reporter = reporter
         self._tracer = tracer
+        self._metrics = metrics
         self._health = health
         self._clock = clock
         self._wall_clock = wall_clock
@@ -165,11 +167,8 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
     async def Place(
         self, request: router_pb2.GenerateRequest, context: Context
     ) -> router_pb2.Placement:
-        span = self._tracer.start_span(
-            "router.place",
-            context=incoming_context(context.invocation_metadata()),
-            kind=trace.SpanKind.SERVER,
-        )
+        # The server span of the gRPC instrumentation (voltana.v1.RouterService/Place).
+        span = trace.get_current_span()
         try:
             validated = validate_request(request, self._settings)
             snapshot = self._cluster.routable()
@@ -181,8 +180,6 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         except BaseException as error:
             mark_failed(span, error)
             raise
-        finally:
-            span.end()
 
     def _place(self, validated: ValidatedRequest, parent: trace.Span) -> tuple[Placement, PdTarget]:
         """Decide, bump the chosen instances' load, and resolve their endpoints."""
@@ -221,11 +218,9 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
     ) -> AsyncIterator[router_pb2.GenerateResponse]:
         timeline = _Timeline(arrival_s=self._clock())
         arrival_wall_s = self._wall_clock()
-        span = self._tracer.start_span(
-            "router.generate",
-            context=incoming_context(context.invocation_metadata()),
-            kind=trace.SpanKind.SERVER,
-        )
+        # The server span of the gRPC instrumentation (voltana.v1.RouterService/Generate).
+        span = trace.get_current_span()
+        observed = self._metrics.request("grpc") if self._metrics is not None else None
         task = asyncio.current_task()
         if task is not None:
             self._in_flight.add(task)
@@ -247,8 +242,12 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
                 attempt = 1
                 while True:
                     placement, target = self._place(validated, span)
+                    if observed is not None:
+                        observed.on_placed(placement, self._policy.name, validated.prompt_tokens)
                     reader = ChunkReader(self._clock)
-                    relay = self._relay(validated, target, reader, timeline, span, deadline_s)
+                    relay = self._relay(
+                        validated, target, reader, timeline, span, deadline_s, observed
+                    )
                     try:
                         async with contextlib.aclosing(relay):
                             async for response in relay:
@@ -297,7 +296,8 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             self._report(
                 request, validated, placement, reader, timeline, arrival_wall_s, failure, context
             )
-            span.end()
+            if observed is not None:
+                self._observe_end(observed, validated, reader, timeline, failure, context)
 
     async def _relay(
         self,
@@ -307,6 +307,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         timeline: _Timeline,
         span: trace.Span,
         deadline_s: float,
+        observed: RequestMetrics | None,
     ) -> AsyncGenerator[router_pb2.GenerateResponse, None]:
         """One attempt: the engines' tokens as response chunks."""
         dispatch_span = self._tracer.start_span(
@@ -318,7 +319,14 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
                 "voltana.bootstrap_room": target.bootstrap_room,
             },
         )
-        tokens = stream_tokens(self._engine, target, validated, reader, deadline_s=deadline_s)
+        tokens = stream_tokens(
+            self._engine,
+            target,
+            validated,
+            reader,
+            deadline_s=deadline_s,
+            trace_context=child_of(dispatch_span),
+        )
         # aclosing: the engine requests end with this handler, also when it is closed
         # while suspended at a yield (the client went away).
         try:
@@ -329,6 +337,13 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
                         event = {"voltana.ttft_ms": timeline.ttft_ms() or 0.0}
                         span.add_event("first_token", event)
                         dispatch_span.add_event("first_token", event)
+                    if observed is not None:
+                        ttft_ms = timeline.ttft_ms()
+                        observed.on_tokens(
+                            delta.count,
+                            delta.at_s,
+                            ttft_ms / 1000.0 if ttft_ms is not None else None,
+                        )
                     timeline.last_token_s = delta.at_s
                     yield router_pb2.GenerateResponse(
                         chunk=router_pb2.TokenChunk(
@@ -387,6 +402,26 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             request_id=request.request_id,
             bootstrap_room=target.bootstrap_room,
             e2e_latency_ms=timeline.e2e_ms(),
+        )
+
+    def _observe_end(
+        self,
+        observed: RequestMetrics,
+        request: ValidatedRequest | None,
+        reader: ChunkReader,
+        timeline: _Timeline,
+        failure: BaseException | None,
+        context: Context,
+    ) -> None:
+        tokens = reader.totals.completion_tokens
+        if timeline.end_s is None:
+            timeline.end_s = self._clock()
+        observed.finish(
+            self._failure_status(failure, context) if failure is not None else OK_STATUS,
+            slo=request.slo if request is not None else self._settings.slo,
+            ttft_ms=timeline.ttft_ms(),
+            mean_itl_ms=timeline.mean_itl_ms(tokens),
+            e2e_s=timeline.e2e_ms() / 1000.0,
         )
 
     def _failure_reason(self, error: BaseException, context: Context) -> str:

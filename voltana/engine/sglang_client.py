@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -119,7 +119,10 @@ class SglangHttpClient:
         health_timeout_s: float = 2.0,
         max_connections: int = 0,
         session: aiohttp.ClientSession | None = None,
+        trace_configs: Sequence[aiohttp.TraceConfig] = (),
     ) -> None:
+        """``trace_configs`` (e.g. voltana.observability.client_trace_configs) trace each
+        request and send the current trace context along (W3C ``traceparent``)."""
         if max_connections < 0:
             raise ValueError(f"max_connections must be >= 0, got {max_connections}")
         # Only the socket connect is bounded: time spent waiting for a pooled connection
@@ -131,6 +134,7 @@ class SglangHttpClient:
         self._max_connections = max_connections
         self._session = session
         self._owns_session = session is None
+        self._trace_configs = list(trace_configs)
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
@@ -140,6 +144,7 @@ class SglangHttpClient:
                 connector=aiohttp.TCPConnector(
                     limit=self._max_connections, limit_per_host=self._max_connections
                 ),
+                trace_configs=self._trace_configs or None,
             )
             self._owns_session = True
         return self._session
