@@ -127,3 +127,104 @@ def start_redis_server(tmp_path: Path) -> Iterator[Callable[..., RedisServer]]:
     finally:
         for process in processes:
             _stop(process)
+
+
+# ---- an OTLP trace receiver ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ReceivedSpan:
+    """One span as an OTLP collector received it, with its resource's service identity."""
+
+    service_name: str
+    service_instance_id: str
+    name: str
+    kind: int  # opentelemetry.proto.trace.v1 Span.SpanKind: 2 server, 3 client, 1 internal
+    trace_id: str
+    span_id: str
+    parent_span_id: str
+    attributes: dict[str, object]
+    status_code: int  # 0 unset, 1 ok, 2 error
+
+
+class OtlpSink:
+    """A real OTLP/gRPC trace receiver (TraceService.Export) on a loopback port.
+
+    A plain threaded gRPC server, not asyncio: exporters call it from their own threads, and a
+    test's event loop may be blocked in ``force_flush`` meanwhile.
+    """
+
+    def __init__(self) -> None:
+        import threading
+        from concurrent import futures
+
+        import grpc
+        from opentelemetry.proto.collector.trace.v1 import (
+            trace_service_pb2,
+            trace_service_pb2_grpc,
+        )
+
+        sink = self
+        self._lock = threading.Lock()
+        self._spans: list[ReceivedSpan] = []
+
+        class Servicer(trace_service_pb2_grpc.TraceServiceServicer):  # type: ignore[misc]
+            def Export(self, request: object, context: object) -> object:
+                sink._receive(request)
+                return trace_service_pb2.ExportTraceServiceResponse()
+
+        self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+        trace_service_pb2_grpc.add_TraceServiceServicer_to_server(Servicer(), self._server)
+        self.port = self._server.add_insecure_port("127.0.0.1:0")
+        self._server.start()
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def _receive(self, request: object) -> None:
+        def value(any_value: object) -> object:
+            field = any_value.WhichOneof("value")  # type: ignore[attr-defined]
+            return getattr(any_value, field) if field else None
+
+        received = []
+        for resource_spans in request.resource_spans:  # type: ignore[attr-defined]
+            resource = {kv.key: value(kv.value) for kv in resource_spans.resource.attributes}
+            for scope_spans in resource_spans.scope_spans:
+                for span in scope_spans.spans:
+                    received.append(
+                        ReceivedSpan(
+                            service_name=str(resource.get("service.name", "")),
+                            service_instance_id=str(resource.get("service.instance.id", "")),
+                            name=span.name,
+                            kind=span.kind,
+                            trace_id=span.trace_id.hex(),
+                            span_id=span.span_id.hex(),
+                            parent_span_id=span.parent_span_id.hex(),
+                            attributes={kv.key: value(kv.value) for kv in span.attributes},
+                            status_code=span.status.code,
+                        )
+                    )
+        with self._lock:
+            self._spans.extend(received)
+
+    @property
+    def spans(self) -> list[ReceivedSpan]:
+        with self._lock:
+            return list(self._spans)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._spans.clear()
+
+    def stop(self) -> None:
+        self._server.stop(grace=None)
+
+
+@pytest.fixture(scope="module")
+def otlp_sink() -> Iterator[OtlpSink]:
+    sink = OtlpSink()
+    try:
+        yield sink
+    finally:
+        sink.stop()

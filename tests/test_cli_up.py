@@ -9,6 +9,7 @@ import signal
 import sys
 from collections.abc import AsyncIterator
 
+import aiohttp
 import grpc
 import grpc.aio
 import pytest
@@ -86,9 +87,24 @@ async def test_up_prints_addresses_serves_and_exits_0_on_sigint(
     addresses = await read_addresses(up_process)
     assert next(iter(addresses)) == "router"
     assert {"telemetry", "controller", "prefill-0.engine", "decode-0.agent"} <= set(addresses)
+    metrics = {name for name in addresses if name.endswith(".metrics")}
+    assert metrics == {
+        "router.metrics",
+        "telemetry.metrics",
+        "controller.metrics",
+        "prefill-0.agent.metrics",
+        "decode-0.agent.metrics",
+    }
     async with VoltanaClient(addresses["router"], timeout_s=20.0) as client:
         result = await client.generate("Hello from the test", max_new_tokens=5, stream=False)
     assert result.summary.completion_tokens == 5
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(addresses["router.metrics"]) as response,
+    ):
+        assert response.status == 200
+        exposition = await response.text()
+    assert 'voltana_router_requests_total{protocol="grpc",status="OK"} 1.0' in exposition
     # Authentication is on although nobody asked for it: `up` made a token of its own.
     request = controller_pb2.SetPolicyRequest(policy_name="static:210")
     for security, code in [
@@ -131,7 +147,14 @@ async def test_serve_telemetry_runs_until_sigterm(insecure: bool) -> None:
     """With the token, or with authentication turned off on purpose (and a loud warning)."""
     flags = ["--insecure-no-auth"] if insecure else []
     process = await voltana(
-        "serve", "telemetry", "--listen", "127.0.0.1:0", *flags, token=None if insecure else TOKEN
+        "serve",
+        "telemetry",
+        "--listen",
+        "127.0.0.1:0",
+        "--metrics-port",
+        "0",
+        *flags,
+        token=None if insecure else TOKEN,
     )
     try:
         assert process.stderr is not None

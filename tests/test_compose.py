@@ -5,6 +5,7 @@ service gives another points at a port that service listens on, and profiles lin
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import shlex
 from collections.abc import Iterator
@@ -21,7 +22,8 @@ pytestmark = pytest.mark.unit
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_PATH = ROOT / "docker-compose.yml"
-PROFILES = ("gpu", "sim")
+PROFILES = ("gpu", "sim", "observability")
+SERVING_PROFILES = ("gpu", "sim")
 # Flags whose value is another service's address: HOST:PORT or a URL.
 ADDRESS_FLAGS = ("telemetry", "agent", "engine_url", "advertise_engine_url", "redis_url")
 OWN_ADDRESS_FLAGS = ("advertise", "agent_advertise")
@@ -241,7 +243,7 @@ def test_each_profile_serves_prefill_and_decode_with_controllable_clocks(
     services: dict[str, dict[str, Any]],
 ) -> None:
     by_profile: dict[str, dict[str, list[str]]] = {
-        p: {"prefill": [], "decode": []} for p in PROFILES
+        p: {"prefill": [], "decode": []} for p in SERVING_PROFILES
     }
     for name, command in voltana_services(services):
         args = parse(command)
@@ -315,3 +317,63 @@ def test_dockerfile_builds_the_voltana_image() -> None:
     for name, service in document["services"].items():
         if command_of(service)[:1] == ["voltana"]:
             assert service["build"]["dockerfile"] == "docker/Dockerfile", name
+
+
+def test_prometheus_scrapes_every_services_metrics_port(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    prometheus = services["prometheus"]
+    assert profiles_of(prometheus) == {"observability"}
+    (mount,) = [
+        v for v in prometheus["volumes"] if v.endswith(":/etc/prometheus/prometheus.yml:ro")
+    ]
+    config = yaml.safe_load((ROOT / mount.split(":")[0]).read_text())
+    targets = {
+        target
+        for job in config["scrape_configs"]
+        for group in job["static_configs"]
+        for target in group["targets"]
+    }
+    scraped = set()
+    for target in targets:
+        host, port = split_address(target)
+        assert host in services and port in listening_ports(services[host]), target
+        scraped.add(target)
+    # Every Voltana service that serves /metrics (and every SGLang server) is a target.
+    expected = set()
+    for name, command in voltana_services(services):
+        args = parse(command)
+        serves_metrics = hasattr(args, "metrics_port") and not args.no_metrics
+        if serves_metrics and (args.service != "engine" or args.agent_listen):
+            assert args.metrics_port in listening_ports(services[name]), name
+            expected.add(f"{name}:{args.metrics_port}")
+        if args.service == "engine":
+            expected.add(f"{name}:{split_address(args.listen)[1]}")
+    for name, service in services.items():
+        if "sglang.launch_server" in command_of(service):
+            expected.add(f"{name}:{flag_value(command_of(service), '--port')}")
+    assert expected <= scraped, expected - scraped
+
+
+def test_grafana_provisions_the_prometheus_datasource_and_the_dashboard(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    grafana = services["grafana"]
+    assert profiles_of(grafana) == {"observability"}
+    mounts = dict(volume.rsplit(":", 1)[0].split(":", 1) for volume in grafana["volumes"])
+    provisioning = ROOT / next(h for h, c in mounts.items() if c == "/etc/grafana/provisioning")
+    (datasource,) = yaml.safe_load((provisioning / "datasources" / "prometheus.yml").read_text())[
+        "datasources"
+    ]
+    host, port = split_address(datasource["url"])
+    assert host == "prometheus" and port in listening_ports(services["prometheus"])
+    (provider,) = yaml.safe_load((provisioning / "dashboards" / "voltana.yml").read_text())[
+        "providers"
+    ]
+    dashboards = ROOT / next(h for h, c in mounts.items() if c == provider["options"]["path"])
+    dashboard = json.loads((dashboards / "voltana.json").read_text())
+    assert dashboard["uid"] == "voltana-overview"
+    for panel in dashboard["panels"]:
+        assert panel["datasource"]["uid"] == datasource["uid"], panel["title"]
+        for target in panel["targets"]:
+            assert target["datasource"]["uid"] == datasource["uid"], panel["title"]

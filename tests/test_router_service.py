@@ -15,9 +15,10 @@ from typing import Any
 
 import grpc
 import pytest
-from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind
 from security_helpers import SECURITY
 
 from voltana.engine import SimEngine, SimEngineSettings
@@ -526,6 +527,13 @@ async def test_stop_lets_running_requests_finish_and_refuses_new_ones() -> None:
 # ---- tracing ---------------------------------------------------------------------------------
 
 
+GENERATE = "voltana.v1.RouterService/Generate"
+
+
+def spans_by_kind(exporter: InMemorySpanExporter) -> dict[tuple[str, SpanKind], ReadableSpan]:
+    return {(span.name, span.kind): span for span in exporter.get_finished_spans()}
+
+
 async def test_spans_link_the_client_and_the_router() -> None:
     exporter = InMemorySpanExporter()
     provider = TracerProvider()
@@ -535,27 +543,50 @@ async def test_spans_link_the_client_and_the_router() -> None:
             await cluster.client.generate("trace me", max_new_tokens=4, stream=False)
         ).summary
         # The server span ends just after the completion went out.
-        await wait_for(lambda: len(exporter.get_finished_spans()) == 4, "every span to end")
-        spans = {span.name: span for span in exporter.get_finished_spans()}
+        await wait_for(
+            lambda: (GENERATE, SpanKind.SERVER) in spans_by_kind(exporter), "the server span"
+        )
+        spans = spans_by_kind(exporter)
 
-    client_span = spans["voltana.client.generate"]
-    server_span = spans["router.generate"]
+    sdk_span = spans["voltana.client.generate", SpanKind.INTERNAL]
+    client_span = spans[GENERATE, SpanKind.CLIENT]
+    server_span = spans[GENERATE, SpanKind.SERVER]
+    assert client_span.parent is not None and sdk_span.context is not None
+    assert client_span.parent.span_id == sdk_span.context.span_id
     assert client_span.context is not None and server_span.context is not None
     assert server_span.parent is not None
     assert server_span.parent.span_id == client_span.context.span_id
     assert server_span.context.trace_id == client_span.context.trace_id
     for child in ("placement", "dispatch"):
-        parent = spans[child].parent
+        parent = spans[child, SpanKind.INTERNAL].parent
         assert parent is not None and parent.span_id == server_span.context.span_id
+    # The router's engine calls are the dispatch span's HTTP CLIENT children.
+    dispatch = spans["dispatch", SpanKind.INTERNAL]
+    engine_calls = [
+        span
+        for span in exporter.get_finished_spans()
+        if span.kind is SpanKind.CLIENT and span.name == "POST"
+    ]
+    assert len(engine_calls) == 2
+    for call in engine_calls:
+        assert call.parent is not None and dispatch.context is not None
+        assert call.parent.span_id == dispatch.context.span_id
     assert [event.name for event in server_span.events] == ["first_token"]
     attributes = dict(server_span.attributes or {})
+    assert attributes["rpc.system"] == "grpc"
+    assert attributes["rpc.service"] == "voltana.v1.RouterService"
+    assert attributes["rpc.method"] == "Generate"
+    assert attributes["rpc.grpc.status_code"] == 0
+    assert attributes["server.address"] == "127.0.0.1"
     assert attributes["voltana.request_id"] == summary.request_id
     assert attributes["voltana.prefill_instance"] == "prefill-0"
     assert attributes["voltana.decode_instance"] == "decode-0"
     assert attributes["voltana.bootstrap_room"] == summary.bootstrap_room
     assert attributes["voltana.completion_tokens"] == 4
     assert attributes["voltana.finish_reason"] == "length"
-    assert dict(spans["placement"].attributes or {})["voltana.policy"] == "static-max"
+    assert dict(spans["placement", SpanKind.INTERNAL].attributes or {})["voltana.policy"] == (
+        "static-max"
+    )
 
 
 async def test_failed_request_marks_its_span() -> None:
@@ -565,12 +596,20 @@ async def test_failed_request_marks_its_span() -> None:
     async with running_cluster(prefills=0, decodes=0, tracer_provider=provider) as cluster:
         with pytest.raises(UnavailableError):
             await cluster.client.generate("hello", stream=False)
-        await wait_for(lambda: len(exporter.get_finished_spans()) == 3, "every span to end")
-        spans = {span.name: span for span in exporter.get_finished_spans()}
+        await wait_for(
+            lambda: (GENERATE, SpanKind.SERVER) in spans_by_kind(exporter), "the server span"
+        )
+        spans = spans_by_kind(exporter)
 
-    assert not spans["router.generate"].status.is_ok
-    assert not spans["placement"].status.is_ok
-    assert "dispatch" not in spans
+    server_span = spans[GENERATE, SpanKind.SERVER]
+    assert not server_span.status.is_ok
+    assert (
+        dict(server_span.attributes or {})["rpc.grpc.status_code"]
+        == (grpc.StatusCode.UNAVAILABLE.value[0])
+    )
+    assert not spans[GENERATE, SpanKind.CLIENT].status.is_ok
+    assert not spans["placement", SpanKind.INTERNAL].status.is_ok
+    assert ("dispatch", SpanKind.INTERNAL) not in spans
 
 
 def test_settings_reject_nonsense() -> None:

@@ -8,6 +8,7 @@ puts the GPU back to its default clocks (the safe state for latency) when the le
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
@@ -222,8 +223,12 @@ class ClockManager:
         ``trace_context``: the caller's trace context, as for ``set_clock``.
         """
         lease_ttl_s = self.lease_ttl_s(ttl_s)
-        with self._tracer.start_as_current_span(
-            "voltana.agent.renew_lease", context=trace_context
+        # Renewals come every ttl/3 per GPU: a span only inside a caller's trace, never a root.
+        parent_valid = trace.get_current_span(trace_context).get_span_context().is_valid
+        with (
+            self._tracer.start_as_current_span("voltana.agent.renew_lease", context=trace_context)
+            if parent_valid
+            else contextlib.nullcontext(trace.INVALID_SPAN)
         ) as span:
             span.set_attributes(
                 {"voltana.lease.holder": holder, "voltana.lease.ttl_s": lease_ttl_s}
@@ -297,6 +302,10 @@ class ClockManager:
                 _LOG.error("cannot reset GPU %d (%s): %s", gpu_index, reason, error)
                 failures.append(error)
         return failures
+
+    def lease_state(self, gpu_index: int) -> tuple[Lease | None, int | None]:
+        """The GPU's lease and locked clock (None at default clocks), without device I/O."""
+        return self._leases.get(gpu_index), self._locked_mhz.get(gpu_index)
 
     async def status(self, gpu_index: int) -> GpuClockStatus:
         device = self.device(gpu_index)

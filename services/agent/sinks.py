@@ -70,7 +70,10 @@ class GrpcGpuSampleSink:
 
     def _open_call(self) -> Any:
         if self._channel is None:
-            self._channel = create_channel(self._telemetry_address, security=self._security)
+            # Background stream: not traced (see create_channel).
+            self._channel = create_channel(
+                self._telemetry_address, security=self._security, traced=False
+            )
         stub = telemetry_pb2_grpc.TelemetryServiceStub(self._channel)
         return stub.ReportGpuSamples()
 

@@ -60,6 +60,8 @@ class ControllerSettings:
     # on lease expiry anyway).
     reset_clocks_on_stop: bool = True
     shutdown_grace_s: float = 1.0
+    # Prometheus /metrics ("host:port", port 0 = any free); None = not served.
+    metrics_listen_address: str | None = None
 
     def __post_init__(self) -> None:
         for name in ("listen_address", "telemetry_address"):
@@ -67,6 +69,11 @@ class ControllerSettings:
                 raise ConfigError(
                     f"controller {name} must be host:port, got {getattr(self, name)!r}"
                 )
+        if self.metrics_listen_address is not None and ":" not in self.metrics_listen_address:
+            raise ConfigError(
+                "controller metrics_listen_address must be host:port, got "
+                f"{self.metrics_listen_address!r}"
+            )
         if self.snapshot_mode not in ("watch", "poll"):
             raise ConfigError(
                 f"controller snapshot_mode must be 'watch' or 'poll', got {self.snapshot_mode!r}"

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+from opentelemetry import context as otel_context
+
 from voltana.engine import (
     EngineError,
     EngineRequestError,
@@ -185,11 +187,14 @@ async def stream_tokens(
     reader: ChunkReader,
     *,
     deadline_s: float,
+    trace_context: otel_context.Context | None = None,
 ) -> AsyncGenerator[TokenDelta, None]:
     """Token deltas of ``request`` on ``target``; engine errors become router errors.
 
     ``deadline_s`` is on the event loop's clock. Closing the iterator (or cancelling its
     consumer) closes both engine requests, which makes the engines abort them.
+    ``trace_context`` is current while the engine calls run (never across a yield), so their
+    HTTP client spans, and the ``traceparent`` they send, continue the request's trace.
     """
     chunks = engine.generate_pd(
         target.prefill_url,
@@ -205,7 +210,12 @@ async def stream_tokens(
                 # The deadline wraps each read, never a yield (a timeout must not fire while
                 # the consumer holds the generator).
                 async with asyncio.timeout_at(deadline_s):
-                    chunk = await anext(chunks)
+                    token = otel_context.attach(trace_context) if trace_context else None
+                    try:
+                        chunk = await anext(chunks)
+                    finally:
+                        if token is not None:
+                            otel_context.detach(token)
             except StopAsyncIteration:
                 return
             except TimeoutError:

@@ -10,16 +10,20 @@ import logging
 import grpc.aio
 from grpc_health.v1 import health
 from opentelemetry import trace
+from prometheus_client import CollectorRegistry
 
 from voltana.engine import SglangHttpClient
 from voltana.errors import FailedPreconditionError
 from voltana.lifecycle import AsyncService
+from voltana.observability.http_tracing import client_trace_configs
+from voltana.observability.prometheus import MetricsServer, start_metrics_server
 from voltana.policy.base import RoutingPolicy
 from voltana.policy.registry import build_router, build_suite
 from voltana.rpc import dialable_address, start_grpc_server, stop_grpc_server
 from voltana.rpc.names import ROUTER_SERVICE
 from voltana.services.router.cluster import LiveCluster
 from voltana.services.router.errors import ROUTER_STATUS_CODES
+from voltana.services.router.metrics import RouterMetrics
 from voltana.services.router.reporting import CompletionReporter
 from voltana.services.router.servicer import ROUTER_KEYED_METHODS, RouterServicer
 from voltana.services.router.settings import RouterSettings
@@ -68,7 +72,14 @@ class RouterService(AsyncService):
             self._policy_name, self._policy = policy.name, policy
         self._given_telemetry = telemetry
         self._given_engine = engine
+        self._tracer_provider = tracer_provider
         self._tracer = trace.get_tracer(TRACER_NAME, tracer_provider=tracer_provider)
+        # This router's own registry (never prometheus_client's global one).
+        self.metrics_registry = CollectorRegistry(auto_describe=True)
+        self._metrics = RouterMetrics(
+            self.metrics_registry, policy=self._policy_name, router=self._policy.name
+        )
+        self._metrics_server: MetricsServer | None = None
         self._cluster = LiveCluster(
             optimistic_ttl_s=settings.optimistic_ttl_s,
             stale_after_s=settings.instance_stale_after_s,
@@ -100,6 +111,15 @@ class RouterService(AsyncService):
         return self._reporter
 
     @property
+    def metrics(self) -> RouterMetrics:
+        return self._metrics
+
+    @property
+    def metrics_url(self) -> str | None:
+        """``http://host:port/metrics`` while metrics are served, else None."""
+        return self._metrics_server.url if self._metrics_server is not None else None
+
+    @property
     def port(self) -> int:
         if self._port is None:
             raise FailedPreconditionError("router service is not started")
@@ -123,7 +143,8 @@ class RouterService(AsyncService):
                 security=settings.security,
             )
             self._engine = self._given_engine or SglangHttpClient(
-                connect_timeout_s=settings.engine_connect_timeout_s
+                connect_timeout_s=settings.engine_connect_timeout_s,
+                trace_configs=client_trace_configs(self._tracer_provider),
             )
             self._reporter = CompletionReporter(
                 self._telemetry,
@@ -142,6 +163,7 @@ class RouterService(AsyncService):
                 engine=self._engine,
                 reporter=self._reporter,
                 tracer=self._tracer,
+                metrics=self._metrics,
             )
             health_servicer = health.aio.HealthServicer()
             register = functools.partial(
@@ -153,14 +175,22 @@ class RouterService(AsyncService):
                 [ROUTER_SERVICE],
                 health_servicer=health_servicer,
                 error_codes=ROUTER_STATUS_CODES,
+                tracer_provider=self._tracer_provider,
                 security=settings.security,
                 api_keys=settings.api_keys,
                 keyed_methods=ROUTER_KEYED_METHODS,
             )
+            self._server, self._port, self._health = started.server, started.port, health_servicer
+            self._metrics_server = await start_metrics_server(
+                self.metrics_registry, settings.metrics_listen_address
+            )
         except BaseException:
+            if self._server is not None:
+                await stop_grpc_server(self._server, 0)
+                self._server = self._health = None
+                self._port = None
             await self._release()
             raise
-        self._server, self._port, self._health = started.server, started.port, health_servicer
         _LOG.info(
             "router serving on %s (policy %s, router %s, telemetry %s)",
             self.address,
@@ -226,6 +256,9 @@ class RouterService(AsyncService):
         self._port = None
 
     async def _release(self) -> None:
+        metrics_server, self._metrics_server = self._metrics_server, None
+        if metrics_server is not None:
+            await metrics_server.stop()
         task, self._watch_task = self._watch_task, None
         if task is not None:
             task.cancel()

@@ -17,16 +17,21 @@ from voltana.engine import SglangHttpClient
 from voltana.policy.base import RoutingPolicy
 from voltana.policy.routing import NoInstanceError
 from voltana.policy.state import ClusterSnapshot, Placement, RequestSpec
+from voltana.rpc import status_code_for
 from voltana.rpc.names import ROUTER_SERVICE, method_names
 from voltana.services.router.cluster import LiveCluster
 from voltana.services.router.convert import placement_to_proto
 from voltana.services.router.dispatch import ChunkReader, PdTarget, stream_tokens
-from voltana.services.router.errors import NoInstanceAvailableError, RouterError
+from voltana.services.router.errors import (
+    ROUTER_STATUS_CODES,
+    NoInstanceAvailableError,
+    RouterError,
+)
+from voltana.services.router.metrics import OK_STATUS, RequestMetrics, RouterMetrics
 from voltana.services.router.reporting import CompletionReporter
 from voltana.services.router.settings import RouterSettings
 from voltana.services.router.tracing import (
     child_of,
-    incoming_context,
     mark_failed,
     set_placement_attributes,
 )
@@ -92,6 +97,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         engine: SglangHttpClient,
         reporter: CompletionReporter,
         tracer: trace.Tracer,
+        metrics: RouterMetrics | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
@@ -102,17 +108,15 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         self._engine = engine
         self._reporter = reporter
         self._tracer = tracer
+        self._metrics = metrics
         self._clock = clock
         self._wall_clock = wall_clock
 
     async def Place(
         self, request: router_pb2.GenerateRequest, context: Context
     ) -> router_pb2.Placement:
-        span = self._tracer.start_span(
-            "router.place",
-            context=incoming_context(context.invocation_metadata()),
-            kind=trace.SpanKind.SERVER,
-        )
+        # The server span of the gRPC instrumentation (voltana.v1.RouterService/Place).
+        span = trace.get_current_span()
         try:
             validated = validate_request(request, self._settings)
             snapshot = self._cluster.routable()
@@ -124,8 +128,6 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         except BaseException as error:
             mark_failed(span, error)
             raise
-        finally:
-            span.end()
 
     def _place(self, validated: ValidatedRequest, parent: trace.Span) -> tuple[Placement, PdTarget]:
         """Decide, bump the chosen instances' load, and resolve their endpoints."""
@@ -164,11 +166,9 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
     ) -> AsyncIterator[router_pb2.GenerateResponse]:
         timeline = _Timeline(arrival_s=self._clock())
         arrival_wall_s = self._wall_clock()
-        span = self._tracer.start_span(
-            "router.generate",
-            context=incoming_context(context.invocation_metadata()),
-            kind=trace.SpanKind.SERVER,
-        )
+        # The server span of the gRPC instrumentation (voltana.v1.RouterService/Generate).
+        span = trace.get_current_span()
+        observed = self._metrics.request("grpc") if self._metrics is not None else None
         validated: ValidatedRequest | None = None
         placement: Placement | None = None
         reader = ChunkReader(self._clock)
@@ -179,6 +179,8 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             span.set_attribute("voltana.prompt_tokens", validated.prompt_tokens)
             span.set_attribute("voltana.max_new_tokens", validated.max_new_tokens)
             placement, target = self._place(validated, span)
+            if observed is not None:
+                observed.on_placed(placement, self._policy.name, validated.prompt_tokens)
             dispatch_span = self._tracer.start_span(
                 "dispatch",
                 context=child_of(span),
@@ -194,6 +196,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
                 validated,
                 reader,
                 deadline_s=self._engine_deadline_s(context),
+                trace_context=child_of(dispatch_span),
             )
             # aclosing: the engine requests end with this handler, also when it is closed
             # while suspended at a yield (the client went away).
@@ -205,6 +208,13 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
                             event = {"voltana.ttft_ms": timeline.ttft_ms() or 0.0}
                             span.add_event("first_token", event)
                             dispatch_span.add_event("first_token", event)
+                        if observed is not None:
+                            ttft_ms = timeline.ttft_ms()
+                            observed.on_tokens(
+                                delta.count,
+                                delta.at_s,
+                                ttft_ms / 1000.0 if ttft_ms is not None else None,
+                            )
                         timeline.last_token_s = delta.at_s
                         yield router_pb2.GenerateResponse(
                             chunk=router_pb2.TokenChunk(
@@ -235,7 +245,8 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
                 self._report(
                     validated, placement, reader, timeline, arrival_wall_s, failure, context
                 )
-            span.end()
+            if observed is not None:
+                self._observe_end(observed, validated, reader, timeline, failure, context)
 
     def _completion(
         self,
@@ -262,6 +273,38 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             bootstrap_room=target.bootstrap_room,
             e2e_latency_ms=timeline.e2e_ms(),
         )
+
+    def _observe_end(
+        self,
+        observed: RequestMetrics,
+        request: ValidatedRequest | None,
+        reader: ChunkReader,
+        timeline: _Timeline,
+        failure: BaseException | None,
+        context: Context,
+    ) -> None:
+        tokens = reader.totals.completion_tokens
+        if timeline.end_s is None:
+            timeline.end_s = self._clock()
+        observed.finish(
+            self._status_name(failure, reader.totals.finish_reason == "abort", context),
+            slo=request.slo if request is not None else self._settings.slo,
+            ttft_ms=timeline.ttft_ms(),
+            mean_itl_ms=timeline.mean_itl_ms(tokens),
+            e2e_s=timeline.e2e_ms() / 1000.0,
+        )
+
+    @staticmethod
+    def _status_name(failure: BaseException | None, aborted: bool, context: Context) -> str:
+        """The gRPC status code name a request ended with ("ABORTED": the engine aborted it)."""
+        if failure is None:
+            return "ABORTED" if aborted else OK_STATUS
+        if isinstance(failure, asyncio.CancelledError | GeneratorExit):
+            remaining_s = context.time_remaining()
+            expired = remaining_s is not None and remaining_s <= 0
+            return "DEADLINE_EXCEEDED" if expired else "CANCELLED"
+        code = status_code_for(failure, ROUTER_STATUS_CODES)
+        return code.name if code is not None else "UNKNOWN"
 
     @staticmethod
     def _failure_reason(error: BaseException, context: Context) -> str:

@@ -58,6 +58,8 @@ class RouterSettings:
     telemetry_timeout_s: float = 2.0
     # stop(): in-flight requests may finish for this long before they are cancelled.
     shutdown_grace_s: float = 5.0
+    # Prometheus /metrics ("host:port", port 0 = any free); None = not served.
+    metrics_listen_address: str | None = None
     # Control-plane token (completion reports to telemetry need it) and TLS.
     security: RpcSecurity = field(default_factory=RpcSecurity)
     # When not empty, Generate and Place need one of these keys (or the control-plane token)
@@ -72,6 +74,11 @@ class RouterSettings:
         if ":" not in self.telemetry_address:
             raise ConfigError(
                 f"router telemetry_address must be host:port, got {self.telemetry_address!r}"
+            )
+        if self.metrics_listen_address is not None and ":" not in self.metrics_listen_address:
+            raise ConfigError(
+                "router metrics_listen_address must be host:port, got "
+                f"{self.metrics_listen_address!r}"
             )
         if self.router is not None and not self.router:
             raise ConfigError("router name must not be empty (None keeps the policy's router)")

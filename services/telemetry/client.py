@@ -76,8 +76,11 @@ class TelemetryClient:
         security: RpcSecurity | None = None,
     ) -> None:
         self._owns_channel = channel is None
+        # Telemetry traffic is background work on timers: not traced (see create_channel).
         self._channel = (
-            channel if channel is not None else create_channel(address, security=security)
+            channel
+            if channel is not None
+            else create_channel(address, security=security, traced=False)
         )
         self._stub = telemetry_pb2_grpc.TelemetryServiceStub(self._channel)
         self._timeout_s = timeout_s

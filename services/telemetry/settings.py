@@ -41,6 +41,8 @@ class TelemetrySettings:
     # store at most this often (another telemetry process may have registered it).
     registry_refresh_s: float = 1.0
     shutdown_grace_s: float = 1.0
+    # Prometheus /metrics ("host:port", port 0 = any free); None = not served.
+    metrics_listen_address: str | None = None
     # Most instances registered at once: bounds every snapshot well below the gRPC message
     # limit (voltana.rpc.limits bounds each field).
     max_instances: int = 1024
@@ -76,4 +78,9 @@ class TelemetrySettings:
         if ":" not in self.listen_address:
             raise ConfigError(
                 f"telemetry listen_address must be host:port, got {self.listen_address!r}"
+            )
+        if self.metrics_listen_address is not None and ":" not in self.metrics_listen_address:
+            raise ConfigError(
+                "telemetry metrics_listen_address must be host:port, got "
+                f"{self.metrics_listen_address!r}"
             )

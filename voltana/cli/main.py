@@ -14,7 +14,7 @@ Handler = Callable[[argparse.Namespace], int]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from voltana.cli import model_cmd, simulate_cmd
+    from voltana.cli import doctor_cmd, model_cmd, simulate_cmd
 
     parser = argparse.ArgumentParser(
         prog="voltana",
@@ -22,7 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"voltana {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in (simulate_cmd, model_cmd, *_service_commands()):
+    for module in (simulate_cmd, model_cmd, doctor_cmd, *_service_commands()):
         module.register(commands)
     return parser
 

@@ -40,6 +40,11 @@ AGENT_PORT = 50054
 ENGINE_PORT = 30000
 BOOTSTRAP_PORT = 8998
 REDIS_URL_ENV = "VOLTANA_REDIS_URL"
+# Prometheus /metrics of each service (simulated engines serve SGLang's on their own port).
+ROUTER_METRICS_PORT = 9401
+TELEMETRY_METRICS_PORT = 9402
+CONTROLLER_METRICS_PORT = 9403
+AGENT_METRICS_PORT = 9404
 
 EPILOG = """\
 Every service reads the control-plane token from $VOLTANA_CONTROL_TOKEN (or --token-file);
@@ -94,6 +99,26 @@ def _listen_arg(parser: argparse.ArgumentParser, port: int) -> None:
         help="address to serve on (0.0.0.0:PORT serves other hosts); port 0 = any free port "
         "(default: %(default)s)",
     )
+
+
+def _metrics_args(parser: argparse.ArgumentParser, port: int, what: str = "") -> None:
+    group = parser.add_argument_group("Prometheus metrics")
+    group.add_argument(
+        "--metrics-port",
+        type=port_number,
+        default=port,
+        help=f"serve{what} /metrics on this port of the --listen host; 0 = any free port "
+        "(default: %(default)s)",
+    )
+    group.add_argument("--no-metrics", action="store_true", help="do not serve /metrics")
+
+
+def metrics_address(args: argparse.Namespace, listen: str | None = None) -> str | None:
+    """``HOST:PORT`` of the /metrics server (``listen``'s host), or None with --no-metrics."""
+    if args.no_metrics:
+        return None
+    host = (listen or args.listen).rpartition(":")[0]
+    return f"{host}:{args.metrics_port}"
 
 
 def _telemetry_arg(parser: argparse.ArgumentParser, *, required_help: str) -> None:
@@ -157,6 +182,7 @@ def _add_telemetry(
         help="default window of aggregates (default: %(default)s)",
     )
     add_slo_args(parser)
+    _metrics_args(parser, TELEMETRY_METRICS_PORT)
     parser.set_defaults(handler=run, build=_build_telemetry, service_name="voltana-telemetry")
     return parser
 
@@ -172,6 +198,7 @@ def _build_telemetry(args: argparse.Namespace) -> Service:
             redis_key_prefix=args.redis_key_prefix,
             window_s=args.window_s,
             slo=slo_from_args(args),
+            metrics_listen_address=metrics_address(args),
             security=security_from_args(args),
         )
     )
@@ -218,6 +245,7 @@ def _add_controller(
         action="store_true",
         help="do not ask agents to reset clocks on stop (leases still lapse)",
     )
+    _metrics_args(parser, CONTROLLER_METRICS_PORT)
     parser.set_defaults(handler=run, build=_build_controller, service_name="voltana-controller")
     return parser
 
@@ -240,6 +268,7 @@ def _build_controller(args: argparse.Namespace) -> Service:
             controller_id=args.controller_id,
             security=security_from_args(args),
             reset_clocks_on_stop=not args.keep_clocks_on_stop,
+            metrics_listen_address=metrics_address(args),
         )
     )
 
@@ -295,6 +324,7 @@ def _add_router(
         default=600.0,
         help="longest engine call when the client sets no deadline (default: %(default)s)",
     )
+    _metrics_args(parser, ROUTER_METRICS_PORT)
     add_api_key_args(parser, server=True)
     parser.set_defaults(handler=run, build=_build_router, service_name="voltana-router")
     return parser
@@ -319,6 +349,7 @@ def _build_router(args: argparse.Namespace) -> Service:
             max_prompt_tokens=args.max_prompt_tokens,
             instance_stale_after_s=args.instance_stale_after_s,
             engine_request_timeout_s=args.engine_request_timeout_s,
+            metrics_listen_address=metrics_address(args),
             security=security_from_args(args),
             api_keys=api_keys_from_args(args),
         )
@@ -366,8 +397,9 @@ def _add_agent(
         type=instance_binding,
         action="append",
         default=[],
-        metavar="ID=GPU",
-        help="serving instance ID runs on GPU index GPU, repeatable",
+        metavar="ID=GPU[,GPU...]",
+        help="serving instance ID runs on GPU index GPU (a tensor-parallel one on several), "
+        "repeatable",
     )
     parser.add_argument(
         "--telemetry",
@@ -396,6 +428,7 @@ def _add_agent(
         action="store_true",
         help="do not reset every GPU to default clocks at start",
     )
+    _metrics_args(parser, AGENT_METRICS_PORT)
     parser.set_defaults(handler=run, build=_build_agent, service_name="voltana-agent")
     return parser
 
@@ -419,6 +452,7 @@ def _build_agent(args: argparse.Namespace) -> Service:
             telemetry_address=args.telemetry,
             sample_interval_ms=args.sample_interval_ms,
             security=security_from_args(args),
+            metrics_listen_address=metrics_address(args),
         )
     )
 
@@ -504,6 +538,7 @@ def _add_engine(
         default=250,
         help="GPU sampling period of the co-hosted agent (default: %(default)s)",
     )
+    _metrics_args(parser, AGENT_METRICS_PORT, " the co-hosted agent's (--agent-listen)")
     parser.set_defaults(handler=run, build=_build_engine, service_name="voltana-engine")
     return parser
 
@@ -535,6 +570,9 @@ def _build_engine(args: argparse.Namespace) -> Service:
             agent_advertise_address=args.agent_advertise or "",
             gpu_index=args.gpu_index,
             sample_interval_ms=args.sample_interval_ms,
+            agent_metrics_listen_address=(
+                metrics_address(args, args.agent_listen) if args.agent_listen else None
+            ),
             # A standalone engine (no telemetry) serves no gRPC and needs no token.
             security=security_from_args(args, required=args.telemetry is not None),
         )
@@ -700,9 +738,10 @@ def non_negative_int(text: str) -> int:
     return value
 
 
-def instance_binding(text: str) -> tuple[str, int]:
-    """``ID=GPU_INDEX`` → (ID, index)."""
-    instance_id, sep, index = text.rpartition("=")
-    if not sep or not instance_id:
-        raise argparse.ArgumentTypeError(f"{text!r} is not ID=GPU_INDEX")
-    return instance_id, non_negative_int(index)
+def instance_binding(text: str) -> tuple[str, int | tuple[int, ...]]:
+    """``ID=GPU_INDEX`` → (ID, index); ``ID=0,1`` (a tensor-parallel instance) → (ID, (0, 1))."""
+    instance_id, sep, indices = text.rpartition("=")
+    if not sep or not instance_id or not indices:
+        raise argparse.ArgumentTypeError(f"{text!r} is not ID=GPU_INDEX or ID=GPU,GPU,...")
+    parsed = tuple(non_negative_int(index) for index in indices.split(","))
+    return instance_id, parsed[0] if len(parsed) == 1 else parsed

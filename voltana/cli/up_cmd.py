@@ -21,6 +21,7 @@ from voltana.hardware import GPU_CATALOG, MODEL_CATALOG
 from voltana.observability import add_observability_args, observability_from_args
 from voltana.policy.registry import policy_names, router_names
 from voltana.stack import SimStack, SimStackSettings
+from voltana.stack.sim_stack import TracerProviders
 
 EPILOG = """\
 examples:
@@ -104,6 +105,14 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         help="keep telemetry in Redis (redis://[:PASSWORD@]host:port/db, rediss://...) instead "
         "of memory",
     )
+    network.add_argument(
+        "--metrics-port",
+        type=port_number,
+        default=0,
+        help="Prometheus /metrics: router on this port, telemetry +1, controller +2, then each "
+        "instance's node agent; 0 = any free ports (default); printed as <service>.metrics",
+    )
+    network.add_argument("--no-metrics", action="store_true", help="serve no /metrics")
     add_redis_password_arg(network)
     add_security_args(parser)
     add_observability_args(parser)
@@ -132,26 +141,33 @@ def run(args: argparse.Namespace) -> int:
         router_port=args.router_port,
         telemetry_port=args.telemetry_port,
         max_running_requests=args.max_running_requests,
+        metrics_port=None if args.no_metrics else args.metrics_port,
         security=security_from_args(args, generate=True),
     )
     observability = observability_from_args(args, "voltana-up")
     observability.check()
-    tracing = observability.apply()
+    # One provider per service (service.name voltana-router, ...), none installed globally.
+    tracing = observability.apply(set_global=False)
     try:
-        asyncio.run(serve(settings))
+        asyncio.run(serve(settings, tracer_providers=tracing.provider_for))
     finally:
         tracing.shutdown()
     return 0
 
 
-async def serve(settings: SimStackSettings, out: TextIO | None = None) -> None:
+async def serve(
+    settings: SimStackSettings,
+    out: TextIO | None = None,
+    *,
+    tracer_providers: TracerProviders | None = None,
+) -> None:
     """Start the stack, print its addresses, and stop it on SIGINT/SIGTERM."""
     loop = asyncio.get_running_loop()
     stop_requested = asyncio.Event()
     signals = (signal.SIGINT, signal.SIGTERM)
     for sig in signals:
         loop.add_signal_handler(sig, stop_requested.set)
-    stack = SimStack(settings)
+    stack = SimStack(settings, tracer_providers=tracer_providers)
     try:
         start = asyncio.ensure_future(stack.start())
         stop_waiter = asyncio.ensure_future(stop_requested.wait())

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -109,18 +109,24 @@ class SglangHttpClient:
         request_timeout_s: float | None = None,
         health_timeout_s: float = 2.0,
         session: aiohttp.ClientSession | None = None,
+        trace_configs: Sequence[aiohttp.TraceConfig] = (),
     ) -> None:
+        """``trace_configs`` (e.g. voltana.observability.client_trace_configs) trace each
+        request and send the current trace context along (W3C ``traceparent``)."""
         self._timeout = aiohttp.ClientTimeout(
             total=request_timeout_s, connect=connect_timeout_s, sock_connect=connect_timeout_s
         )
         self._health_timeout = aiohttp.ClientTimeout(total=health_timeout_s)
         self._session = session
         self._owns_session = session is None
+        self._trace_configs = list(trace_configs)
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(
-                timeout=self._timeout, read_bufsize=_READ_BUFFER_BYTES
+                timeout=self._timeout,
+                read_bufsize=_READ_BUFFER_BYTES,
+                trace_configs=self._trace_configs or None,
             )
             self._owns_session = True
         return self._session

@@ -36,6 +36,7 @@ from typing import Any, Protocol
 
 import aiohttp
 from aiohttp import web
+from opentelemetry import trace
 
 from voltana.engine.clock import ScaledClock
 from voltana.engine.core import EngineCore, Progress, RequestState
@@ -67,6 +68,7 @@ from voltana.gpu.sim import SimulatedGpu
 from voltana.hardware.gpus import get_gpu
 from voltana.hardware.models import get_model
 from voltana.lifecycle import AsyncService
+from voltana.observability.http_tracing import client_trace_configs, server_middlewares
 from voltana.perf.analytical import AnalyticalPerformanceModel
 from voltana.perf.model import PerformanceModel
 from voltana.policy.state import InstanceState
@@ -74,6 +76,12 @@ from voltana.policy.state import InstanceState
 logger = logging.getLogger(__name__)
 
 _SHUTDOWN_MESSAGE = "the engine is shutting down"
+# The span of the work a request gets on an engine of each mode.
+_STAGE_SPANS = {
+    EngineMode.PREFILL: "sglang.prefill",
+    EngineMode.DECODE: "sglang.decode",
+    EngineMode.NULL: "sglang.generate",
+}
 # After aborting, how long stop() lets handlers write their last chunk (wall seconds).
 _FLUSH_TIMEOUT_S = 1.0
 _POLL_S = 0.01
@@ -101,6 +109,12 @@ class SimEngine(AsyncService):
     ``gpu`` defaults to a ``SimulatedGpu`` of ``settings.gpu_key`` on this engine's clock; pass
     your own to share it with a node agent (give it the same ``clock``, or energy integrates on
     another time base). ``perf`` defaults to the analytical model of the GPU and model.
+
+    Tracing (``tracer_provider``, default the global one): its HTTP servers continue the
+    caller's W3C ``traceparent`` (opentelemetry-instrumentation-aiohttp-server), the decode's
+    KV fetch from the prefill is a traced HTTP call, and each request gets a span per stage it
+    goes through here: ``sglang.kv_transfer`` (decode), then ``sglang.prefill``,
+    ``sglang.decode`` or ``sglang.generate`` (null mode).
     """
 
     def __init__(
@@ -111,8 +125,11 @@ class SimEngine(AsyncService):
         perf: PerformanceModel | None = None,
         clock: Callable[[], float] | None = None,
         sample_sink: InstanceSampleSink | None = None,
+        tracer_provider: trace.TracerProvider | None = None,
     ) -> None:
         self.settings = settings
+        self._tracer_provider = tracer_provider
+        self._tracer = trace.get_tracer("voltana.engine", tracer_provider=tracer_provider)
         self.mode = settings.engine_mode
         if perf is None:
             model = get_model(settings.model_key).with_tensor_parallel(settings.tp)
@@ -210,7 +227,11 @@ class SimEngine(AsyncService):
         await web.SockSite(self._runner, sock).start()
         if self._mailbox is not None:
             self._mailbox.reopen()
-            bootstrap_app = build_bootstrap_app(self._mailbox, self._wall_duration_s)
+            bootstrap_app = build_bootstrap_app(
+                self._mailbox,
+                self._wall_duration_s,
+                middlewares=server_middlewares(self._tracer_provider),
+            )
             self._bootstrap_runner = web.AppRunner(
                 bootstrap_app, handler_cancellation=True, access_log=None, shutdown_timeout=1.0
             )
@@ -219,7 +240,9 @@ class SimEngine(AsyncService):
             self._bootstrap_port = int(bootstrap_sock.getsockname()[1])
             await web.SockSite(self._bootstrap_runner, bootstrap_sock).start()
         if self.mode is EngineMode.DECODE:
-            self._session = aiohttp.ClientSession()
+            self._session = aiohttp.ClientSession(
+                trace_configs=client_trace_configs(self._tracer_provider)
+            )
         if self._sample_sink is not None:
             self._reporter = asyncio.create_task(
                 report_periodically(
@@ -349,7 +372,7 @@ class SimEngine(AsyncService):
 
     # ---- HTTP ------------------------------------------------------------------------------
     def _build_app(self) -> web.Application:
-        app = web.Application()
+        app = web.Application(middlewares=server_middlewares(self._tracer_provider))
         app.router.add_post("/generate", self._handle_generate)
         app.router.add_get("/health", self._handle_health)
         app.router.add_get("/health_generate", self._handle_health)
@@ -465,16 +488,55 @@ class SimEngine(AsyncService):
         self, request: web.Request, state: RequestState, fmt: _ResponseFormat
     ) -> web.StreamResponse:
         """Wait for the KV cache (decode), then answer in one body or as an SSE stream."""
+        attributes = self._span_attributes(state)
         try:
             if self.mode is EngineMode.DECODE:
-                error = await self._wait_for_kv(state)
-                if error is not None:
-                    return fmt.error(error.message, error.status or 502)
-            if state.request.stream:
-                return await self._stream(request, state, fmt)
-            return await self._respond(state, fmt)
+                with self._tracer.start_as_current_span(
+                    "sglang.kv_transfer", attributes=attributes
+                ) as span:
+                    error = await self._wait_for_kv(state)
+                    if error is not None:
+                        span.set_status(trace.StatusCode.ERROR, error.message)
+                        return fmt.error(error.message, error.status or 502)
+            with self._tracer.start_as_current_span(
+                _STAGE_SPANS[self.mode], attributes=attributes
+            ) as span:
+                response = (
+                    await self._stream(request, state, fmt)
+                    if state.request.stream
+                    else await self._respond(state, fmt)
+                )
+                self._end_stage_span(span, state)
+                return response
         finally:
             self.core.release(state)
+
+    def _span_attributes(self, state: RequestState) -> dict[str, str | int]:
+        request = state.request
+        attributes: dict[str, str | int] = {
+            "sglang.rid": request.rid,
+            "sglang.disaggregation_mode": self.mode.value,
+            "voltana.instance.id": self.instance_id,
+            "gen_ai.usage.input_tokens": request.prompt_tokens,
+            "gen_ai.request.max_tokens": request.max_new_tokens,
+        }
+        if request.bootstrap is not None:
+            attributes["voltana.bootstrap_room"] = request.bootstrap.room
+        return attributes
+
+    @staticmethod
+    def _end_stage_span(span: trace.Span, state: RequestState) -> None:
+        if not span.is_recording():
+            return
+        span.set_attribute("gen_ai.usage.output_tokens", len(state.output_ids))
+        reason = state.finish_reason
+        if reason is not None:
+            span.set_attribute("sglang.finish_reason", str(reason.get("type", "")))
+            if reason.get("type") == "abort":
+                span.set_status(trace.StatusCode.ERROR, str(reason.get("message", "")))
+        if state.first_token_s is not None:
+            # Simulated seconds (wall seconds x speedup), as the engine reports latencies.
+            span.set_attribute("voltana.sim.ttft_s", state.first_token_s - state.arrival_s)
 
     async def _wait_for_kv(self, state: RequestState) -> EngineError | None:
         """Decode mode: fetch the KV cache, then start decoding. Returns the failure, if any."""

@@ -10,13 +10,15 @@ from typing import Any, NamedTuple
 import grpc
 import grpc.aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from opentelemetry import trace
 
 from voltana.errors import ConfigError
 from voltana.rpc.auth import AuthInterceptor
 from voltana.rpc.channel import MAX_MESSAGE_BYTES
+from voltana.rpc.reflection import enable_reflection
 from voltana.rpc.security import RpcSecurity
 from voltana.rpc.status import ErrorStatusInterceptor
+from voltana.rpc.tracing import ServerTracing
 
 # Registers one servicer, e.g. functools.partial(add_FooServicer_to_server, servicer).
 RegisterServicer = Callable[[grpc.aio.Server], None]
@@ -59,11 +61,14 @@ async def start_grpc_server(
     privileged_methods: Collection[str] = (),
     api_keys: Collection[str] = (),
     keyed_methods: Collection[str] = (),
+    tracer_provider: trace.TracerProvider | None = None,
 ) -> StartedServer:
     """Start an asyncio gRPC server on ``address`` ("host:port"; port 0 = any free).
 
     Besides the given servicers it serves grpc.health.v1 (overall status "" and every name in
-    ``service_names`` set to SERVING) and server reflection for those services. VoltanaErrors
+    ``service_names`` set to SERVING) and server reflection (v1 and v1alpha) for those services.
+    Every call is traced (opentelemetry-instrumentation-grpc; ``tracer_provider``, default the
+    global one; see voltana.rpc.tracing). VoltanaErrors
     raised by servicers become status codes (see voltana.rpc.status; ``error_codes`` adds or
     overrides mappings). Pass your own ``health_servicer`` to flip statuses later (e.g.
     NOT_SERVING while a dependency is down). ``service_names`` are full names such as
@@ -88,17 +93,23 @@ async def start_grpc_server(
         keyed_methods=keyed_methods,
     )
     health_servicer = health_servicer or health.aio.HealthServicer()
+    tracing = ServerTracing(address, tracer_provider)
     server = grpc.aio.server(
         # Authentication first: a stranger learns nothing, not even whether their bytes parse.
-        interceptors=[auth, ErrorStatusInterceptor(error_codes), *interceptors],
+        # Tracing next: the status the error mapping sets lands on the server span.
+        interceptors=[
+            auth,
+            tracing.outer,
+            ErrorStatusInterceptor(error_codes),
+            *interceptors,
+            tracing.inner,
+        ],
         options=list({**DEFAULT_SERVER_OPTIONS, **(options or {})}.items()),
     )
     for register in servicers:
         register(server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        [*service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], server
-    )
+    enable_reflection(server, [*service_names, health.SERVICE_NAME])
     tls = security.tls if security is not None else None
     try:
         if tls is not None:
@@ -107,6 +118,7 @@ async def start_grpc_server(
             port = server.add_insecure_port(address)
     except RuntimeError as error:  # grpc raises RuntimeError("Failed to bind ...")
         raise ConfigError(f"cannot bind gRPC server to {address!r}: {error}") from error
+    tracing.bound(port)
     await server.start()
     if security is not None and privileged_methods:
         security.warn_if_open(service_names[0], dialable_address(address, port))

@@ -39,6 +39,9 @@ class EngineNodeSettings:
     agent_advertise_address: str = ""
     gpu_index: int = 0
     sample_interval_ms: int = 250
+    # Prometheus /metrics of the co-hosted agent ("host:port"); None = not served. (The
+    # engine's own SGLang metrics are on its port, at /metrics.)
+    agent_metrics_listen_address: str | None = None
     # start() waits this long for telemetry (containers start in any order).
     telemetry_wait_s: float = 60.0
     # Control-plane token (registering, reporting and the co-hosted agent need it) and TLS.
@@ -149,6 +152,7 @@ class EngineNode:
                     node_name=engine.instance_id,
                     telemetry_address=settings.telemetry_address,
                     sample_interval_ms=settings.sample_interval_ms,
+                    metrics_listen_address=settings.agent_metrics_listen_address,
                     security=settings.security,
                 ),
                 devices=[self.gpu],

@@ -11,6 +11,9 @@ from voltana.policy.state import SloTarget
 from voltana.rpc import RpcSecurity
 from voltana.services.telemetry.redis_store import DEFAULT_KEY_PREFIX
 
+# Metrics ports in order: router, telemetry, controller, then one per instance's agent.
+METRICS_PORTS_BEFORE_AGENTS = 3
+
 
 @dataclass(frozen=True)
 class SimStackSettings:
@@ -36,6 +39,9 @@ class SimStackSettings:
     router_port: int = 0
     telemetry_port: int = 0
     controller_port: int = 0
+    # Prometheus /metrics of each service on this host: None = not served; 0 = free ports;
+    # N = router on N, telemetry N+1, controller N+2, then each instance's node agent.
+    metrics_port: int | None = None
     # Engine load reports, GPU samples, controller ticks and router snapshots (wall ms).
     report_interval_ms: float = 50.0  # engines report load this often (loopback: cheap)
     sample_interval_ms: int = 250
@@ -69,6 +75,13 @@ class SimStackSettings:
         for name in ("router_port", "telemetry_port", "controller_port"):
             if not 0 <= getattr(self, name) <= 65535:
                 raise ConfigError(f"{name} must be in 0..65535, got {getattr(self, name)}")
+        if self.metrics_port is not None:
+            last_port = self.metrics_port + METRICS_PORTS_BEFORE_AGENTS + self.prefill + self.decode
+            if self.metrics_port < 0 or (self.metrics_port and last_port - 1 > 65535):
+                raise ConfigError(
+                    f"metrics_port must leave room for {last_port - self.metrics_port} ports "
+                    f"below 65536, got {self.metrics_port}"
+                )
         for name in ("speedup", "report_interval_ms", "ready_timeout_s"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
@@ -85,6 +98,12 @@ class SimStackSettings:
             raise ConfigError("host must not be empty")
         get_gpu(self.gpu_key)  # UnknownNameError lists the valid keys
         get_model(self.model_key)
+
+    def metrics_address(self, offset: int) -> str | None:
+        """Where the ``offset``-th service serves /metrics (None when metrics are off)."""
+        if self.metrics_port is None:
+            return None
+        return self.address(self.metrics_port + offset if self.metrics_port else 0)
 
     def address(self, port: int) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
