@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import grpc.aio
 
-from voltana.rpc.limits import check_address, check_id, check_ids
+from voltana.rpc.limits import MAX_TEXT_CHARS, check_address, check_id, check_ids
 from voltana.rpc.names import TELEMETRY_SERVICE, method_names
 from voltana.services.telemetry.arrivals import ArrivalRates
 from voltana.services.telemetry.convert import (
@@ -43,6 +44,7 @@ from voltana.services.telemetry.settings import TelemetrySettings
 from voltana.services.telemetry.snapshots import ClusterView, SnapshotCache
 from voltana.services.telemetry.store import TelemetryStore
 from voltana.services.telemetry.validate import validate_instance_info, validate_window
+from voltana.text import truncate
 from voltana.v1 import common_pb2, telemetry_pb2, telemetry_pb2_grpc
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -248,6 +250,11 @@ class TelemetryServicer(telemetry_pb2_grpc.TelemetryServiceServicer):
         self, request: telemetry_pb2.CompletionRecord, context: Context
     ) -> telemetry_pb2.ReportCompletionResponse:
         completion = completion_from_proto(request)
+        # The reason is free text (often an engine's error): cut, not refused, so the record
+        # still counts.
+        completion = dataclasses.replace(
+            completion, reason=truncate(completion.reason, MAX_TEXT_CHARS)
+        )
         for what, ts_s in (
             ("arrival_s", completion.arrival_s),
             ("finished_at_s", completion.finished_at_s),
@@ -263,7 +270,6 @@ class TelemetryServicer(telemetry_pb2_grpc.TelemetryServiceServicer):
     # Snapshots.
 
     async def _selected_view(self, phase: int, instance_ids: list[str]) -> ClusterView:
-        check_ids(instance_ids, "instance_ids", error=InvalidTelemetryError)
         view = await self._snapshots.read()
         return view.select(phase_filter_from_proto(phase), instance_ids)
 
@@ -273,6 +279,7 @@ class TelemetryServicer(telemetry_pb2_grpc.TelemetryServiceServicer):
     async def GetSnapshot(
         self, request: telemetry_pb2.GetSnapshotRequest, context: Context
     ) -> common_pb2.ClusterSnapshot:
+        check_ids(request.instance_ids, "instance_ids", error=InvalidTelemetryError)
         view = await self._selected_view(request.phase, list(request.instance_ids))
         return self._to_proto(view)
 
@@ -304,6 +311,7 @@ class TelemetryServicer(telemetry_pb2_grpc.TelemetryServiceServicer):
         """A snapshot now; then one after each change, at most every interval and at least
         every ``watch_idle_resend_s`` (so ``now_s`` keeps moving on a quiet cluster)."""
         interval_s = self._watch_interval_s(request.interval_ms)
+        check_ids(request.instance_ids, "instance_ids", error=InvalidTelemetryError)
         idle_resend_s = self._settings.watch_idle_resend_s
         instance_ids = list(request.instance_ids)
         loop = asyncio.get_running_loop()
