@@ -7,7 +7,7 @@ import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,7 +38,8 @@ def _redis_answers_ping(host: str, port: int) -> bool:
     try:
         with socket.create_connection((host, port), timeout=0.5) as sock:
             sock.sendall(b"PING\r\n")
-            return sock.recv(64).startswith(b"+PONG")
+            # NOAUTH: up, and asking for its password.
+            return sock.recv(64).startswith((b"+PONG", b"-NOAUTH"))
     except OSError:
         return False
 
@@ -55,7 +56,9 @@ def _redis_binary() -> str:
     return binary
 
 
-def _start_redis(binary: str, workdir: Path) -> tuple[subprocess.Popen[bytes], RedisServer]:
+def _start_redis(
+    binary: str, workdir: Path, extra_args: Sequence[str] = ()
+) -> tuple[subprocess.Popen[bytes], RedisServer]:
     """Start redis-server on a free loopback port; retry when another process takes the port."""
     log_path = workdir / "redis.log"
     for _ in range(_REDIS_START_ATTEMPTS):
@@ -70,6 +73,7 @@ def _start_redis(binary: str, workdir: Path) -> tuple[subprocess.Popen[bytes], R
                     "--save", "",
                     "--appendonly", "no",
                     "--dir", str(workdir),
+                    *extra_args,
                 ],
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -85,6 +89,15 @@ def _start_redis(binary: str, workdir: Path) -> tuple[subprocess.Popen[bytes], R
     pytest.fail(f"redis-server did not answer PING; its log:\n{log_tail}", pytrace=False)
 
 
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
     """A real, throwaway redis-server (no persistence) for the whole test session.
@@ -95,12 +108,25 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
     try:
         yield server
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        _stop(process)
+
+
+@pytest.fixture
+def start_redis_server(tmp_path: Path) -> Iterator[Callable[..., RedisServer]]:
+    """Starts a throwaway redis-server with extra arguments (e.g. ``--requirepass``); each one
+    is stopped after the test."""
+    processes: list[subprocess.Popen[bytes]] = []
+
+    def start(*extra_args: str) -> RedisServer:
+        process, server = _start_redis(_redis_binary(), tmp_path, extra_args)
+        processes.append(process)
+        return server
+
+    try:
+        yield start
+    finally:
+        for process in processes:
+            _stop(process)
 
 
 # ---- an OTLP trace receiver ------------------------------------------------------------------

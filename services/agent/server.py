@@ -15,8 +15,15 @@ from opentelemetry import trace
 from prometheus_client import CollectorRegistry
 
 from voltana.errors import ConfigError
-from voltana.gpu import GpuDevice, NvmlLibrary, SimulatedGpu
-from voltana.hardware import GPU_CATALOG, get_gpu
+from voltana.gpu import (
+    GpuDevice,
+    GpuError,
+    NvmlLibrary,
+    SimulatedGpu,
+    energy_counter_supported,
+)
+from voltana.hardware import get_gpu
+from voltana.hardware.gpu_names import catalog_key_for_device_name
 from voltana.lifecycle import AsyncService
 from voltana.observability.prometheus import MetricsServer, start_metrics_server
 from voltana.rpc import dialable_address, start_grpc_server, stop_grpc_server
@@ -34,15 +41,13 @@ _LOG = logging.getLogger(__name__)
 
 
 def gpu_key_for(device: GpuDevice, configured_key: str = "") -> str:
-    """Catalog key of a device: the simulated spec's, the configured one, or a name match."""
+    """Catalog key of a device: the simulated spec's, the configured one, or its NVML name's
+    (H100/H200 name variants included); "" for a GPU outside the catalog."""
     if isinstance(device, SimulatedGpu):
         return device.spec.key
     if configured_key:
         return configured_key
-    for spec in GPU_CATALOG.values():
-        if spec.display_name == device.name:
-            return spec.key
-    return ""
+    return catalog_key_for_device_name(device.name)
 
 
 def _cancel_requests() -> int:
@@ -166,9 +171,31 @@ class AgentService(AsyncService):
     def _instance_ids_by_gpu(self) -> dict[int, str]:
         # Several instances on one GPU are unusual; samples name the first, alphabetically.
         by_gpu: dict[int, str] = {}
-        for instance_id, gpu_index in sorted(self._settings.instance_gpu_indices.items()):
-            by_gpu.setdefault(gpu_index, instance_id)
+        for instance_id, gpu_indices in sorted(self._settings.instance_gpu_groups.items()):
+            for gpu_index in gpu_indices:
+                by_gpu.setdefault(gpu_index, instance_id)
         return by_gpu
+
+    def _energy_counters(self) -> frozenset[int]:
+        """GPUs with a working total-energy counter."""
+        indices = set()
+        for device in self._devices:
+            try:
+                if energy_counter_supported(device):
+                    indices.add(device.index)
+            except GpuError as error:
+                _LOG.warning("cannot read the energy counter of GPU %d: %s", device.index, error)
+        return frozenset(indices)
+
+    def _driver_version(self) -> str:
+        if self._nvml is None:
+            simulated = all(isinstance(device, SimulatedGpu) for device in self._devices)
+            return "simulated" if simulated else ""
+        try:
+            return self._nvml.driver_version()
+        except GpuError as error:
+            _LOG.warning("cannot read the driver version: %s", error)
+            return ""
 
     async def start(self) -> None:
         if self._server is not None:
@@ -202,6 +229,8 @@ class AgentService(AsyncService):
                     d.index for d in self._devices if isinstance(d, SimulatedGpu)
                 ),
                 instance_gpu_indices=settings.instance_gpu_indices,
+                energy_counters=self._energy_counters(),
+                driver_version=self._driver_version(),
             )
             register = functools.partial(
                 agent_pb2_grpc.add_NodeAgentServiceServicer_to_server, servicer
@@ -239,9 +268,9 @@ class AgentService(AsyncService):
     def _check_bindings(self) -> None:
         indices = {device.index for device in self._devices}
         unbound = {
-            instance: index
-            for instance, index in self._settings.instance_gpu_indices.items()
-            if index not in indices
+            instance: group
+            for instance, group in self._settings.instance_gpu_groups.items()
+            if not set(group) <= indices
         }
         if unbound:
             raise ConfigError(f"instances bound to GPUs this agent does not have: {unbound}")

@@ -11,7 +11,7 @@ holder id and authenticated principal.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, TypeAlias
 
 import grpc.aio
@@ -26,6 +26,7 @@ from voltana.rpc.limits import check_id, check_text
 from voltana.rpc.names import NODE_AGENT_SERVICE, method_names
 from voltana.services.agent.clock import AgentClock
 from voltana.services.agent.clock_manager import ClockManager, GpuClockStatus
+from voltana.services.agent.settings import gpu_groups
 from voltana.services.agent.sinks import gpu_sample_to_proto
 from voltana.v1 import agent_pb2, agent_pb2_grpc
 
@@ -46,13 +47,19 @@ class NodeAgentServicer(agent_pb2_grpc.NodeAgentServiceServicer):
         *,
         gpu_keys: Mapping[int, str],
         simulated_gpus: frozenset[int],
-        instance_gpu_indices: Mapping[str, int],
+        instance_gpu_indices: Mapping[str, int | Sequence[int]],
+        energy_counters: frozenset[int] = frozenset(),
+        driver_version: str = "",
     ) -> None:
         self._clocks = clocks
         self._clock = clock
         self._gpu_keys = dict(gpu_keys)
         self._simulated_gpus = simulated_gpus
-        self._instance_gpu_indices = dict(instance_gpu_indices)
+        # Instance → its GPU indices (several for a tensor-parallel instance).
+        self._instance_gpus = gpu_groups(instance_gpu_indices)
+        # GPUs with a total-energy counter (read once at start: it does not change).
+        self._energy_counters = energy_counters
+        self._driver_version = driver_version
         # host:port reported to callers; the service sets it once the port is bound.
         self.agent_address = ""
 
@@ -92,16 +99,17 @@ class NodeAgentServicer(agent_pb2_grpc.NodeAgentServiceServicer):
             instance_id = request.gpu.instance_id
             check_id(instance_id, "gpu.instance_id")
             try:
-                gpu_index = self._instance_gpu_indices[instance_id]
+                gpu_indices = list(self._instance_gpus[instance_id])
             except KeyError:
-                known = sorted(self._instance_gpu_indices)
+                known = sorted(self._instance_gpus)
                 raise GpuNotFoundError(
                     f"no instance {instance_id!r} is bound to a GPU of this agent; known: {known}"
                 ) from None
         else:
-            gpu_index = request.gpu.gpu_index
-        self._clocks.device(gpu_index)  # NOT_FOUND for GPUs this agent does not control
-        return [gpu_index]
+            gpu_indices = [request.gpu.gpu_index]
+        for gpu_index in gpu_indices:
+            self._clocks.device(gpu_index)  # NOT_FOUND for GPUs this agent does not control
+        return gpu_indices
 
     def _selected_or_all(self, request: Any) -> list[int]:
         selection = self._selection(request)
@@ -109,7 +117,7 @@ class NodeAgentServicer(agent_pb2_grpc.NodeAgentServiceServicer):
 
     def _instances_on(self, gpu_index: int) -> list[str]:
         return sorted(
-            instance for instance, index in self._instance_gpu_indices.items() if index == gpu_index
+            instance for instance, indices in self._instance_gpus.items() if gpu_index in indices
         )
 
     def _clock_state(self, status: GpuClockStatus) -> agent_pb2.GpuClockState:
@@ -146,6 +154,8 @@ class NodeAgentServicer(agent_pb2_grpc.NodeAgentServiceServicer):
             power_limit_w=power_limit_w,
             instance_ids=self._instances_on(device.index),
             simulated=device.index in self._simulated_gpus,
+            energy_counter_supported=device.index in self._energy_counters,
+            default_sm_clock_mhz=device.default_sm_clock_mhz,
         )
 
     # --- RPCs ----------------------------------------------------------------------------
@@ -154,7 +164,9 @@ class NodeAgentServicer(agent_pb2_grpc.NodeAgentServiceServicer):
         self, request: agent_pb2.ListGpusRequest, context: _Context
     ) -> agent_pb2.ListGpusResponse:
         gpus = [await self._gpu_info(device) for device in self._clocks.devices.values()]
-        return agent_pb2.ListGpusResponse(gpus=gpus, agent_address=self.agent_address)
+        return agent_pb2.ListGpusResponse(
+            gpus=gpus, agent_address=self.agent_address, driver_version=self._driver_version
+        )
 
     async def GetClocks(
         self, request: agent_pb2.GetClocksRequest, context: _Context
@@ -169,16 +181,20 @@ class NodeAgentServicer(agent_pb2_grpc.NodeAgentServiceServicer):
         selection = self._selection(request)
         if selection is None:
             raise InvalidArgumentError("a GPU selector (gpu_index or instance_id) is required")
-        (gpu_index,) = selection
-        change = await self._clocks.set_clock(
-            gpu_index,
-            request.sm_clock_mhz,
-            holder=holder,
-            ttl_s=self._lease_ttl_s(request.lease_ttl_ms),
-            reason=request.reason,
-            trace_context=self._trace_context(context),
-            principal=current_principal(),
-        )
+        # A tensor-parallel instance runs at the pace of its slowest GPU: lock them all.
+        changes = [
+            await self._clocks.set_clock(
+                gpu_index,
+                request.sm_clock_mhz,
+                holder=holder,
+                ttl_s=self._lease_ttl_s(request.lease_ttl_ms),
+                reason=request.reason,
+                trace_context=self._trace_context(context),
+                principal=current_principal(),
+            )
+            for gpu_index in selection
+        ]
+        change = changes[0]
         return agent_pb2.SetClocksResponse(
             gpu_index=change.gpu_index,
             requested_sm_clock_mhz=request.sm_clock_mhz,
@@ -186,6 +202,7 @@ class NodeAgentServicer(agent_pb2_grpc.NodeAgentServiceServicer):
             clamped=change.clamped,
             measured_sm_clock_mhz=change.measured_sm_clock_mhz,
             lease_expires_at_s=self._clock.unix_s(change.lease.expires_at_s),
+            gpu_indices=[each.gpu_index for each in changes],
         )
 
     async def ResetClocks(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -26,8 +26,9 @@ class AgentSettings:
     sim_gpu_key: str = "a100-80g"
     # Catalog key to report for NVML GPUs; empty = match NVML's device name against the catalog.
     gpu_key: str = ""
-    # Serving instance → GPU index, so selectors and samples can name instances.
-    instance_gpu_indices: Mapping[str, int] = field(default_factory=dict)
+    # Serving instance → its GPU index, or the indices of a tensor-parallel instance's GPUs,
+    # so selectors and samples can name instances (see ``instance_gpu_groups``).
+    instance_gpu_indices: Mapping[str, int | Sequence[int]] = field(default_factory=dict)
     node_name: str = ""
     # A SetClocks lease lasts this long unless the caller asks otherwise; requests are capped
     # at max_lease_ttl_ms so a forgotten (or hostile) lease cannot pin a low clock for long.
@@ -75,13 +76,24 @@ class AgentSettings:
             raise ConfigError(
                 f"metrics_listen_address must be host:port, got {self.metrics_listen_address!r}"
             )
+        groups = self.instance_gpu_groups
+        for instance, indices in groups.items():
+            if not indices or any(index < 0 for index in indices):
+                raise ConfigError(f"instance {instance!r} needs GPU indices >= 0, got {indices}")
+            if len(set(indices)) != len(indices):
+                raise ConfigError(f"instance {instance!r} names a GPU twice: {indices}")
         unknown = {
-            instance: index
-            for instance, index in self.instance_gpu_indices.items()
-            if self.gpu_indices and index not in self.gpu_indices
+            instance: indices
+            for instance, indices in groups.items()
+            if self.gpu_indices and not set(indices) <= set(self.gpu_indices)
         }
         if unknown:
             raise ConfigError(f"instances bound to GPUs this agent does not control: {unknown}")
+
+    @property
+    def instance_gpu_groups(self) -> dict[str, tuple[int, ...]]:
+        """Every instance's GPU indices (one for a single-GPU instance), in binding order."""
+        return gpu_groups(self.instance_gpu_indices)
 
     @property
     def default_lease_ttl_s(self) -> float:
@@ -90,3 +102,11 @@ class AgentSettings:
     @property
     def max_lease_ttl_s(self) -> float:
         return self.max_lease_ttl_ms / 1000.0
+
+
+def gpu_groups(bindings: Mapping[str, int | Sequence[int]]) -> dict[str, tuple[int, ...]]:
+    """Instance → GPU indices, with a single index written as a group of one."""
+    return {
+        instance: (indices,) if isinstance(indices, int) else tuple(indices)
+        for instance, indices in bindings.items()
+    }

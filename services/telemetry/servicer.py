@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import grpc.aio
 
-from voltana.rpc.limits import check_address, check_id, check_ids
+from voltana.rpc.limits import MAX_TEXT_CHARS, check_address, check_id, check_ids
 from voltana.rpc.names import TELEMETRY_SERVICE, method_names
 from voltana.services.telemetry.arrivals import ArrivalRates
 from voltana.services.telemetry.convert import (
@@ -43,6 +44,7 @@ from voltana.services.telemetry.settings import TelemetrySettings
 from voltana.services.telemetry.snapshots import ClusterView, SnapshotCache
 from voltana.services.telemetry.store import TelemetryStore
 from voltana.services.telemetry.validate import validate_instance_info, validate_window
+from voltana.text import truncate
 from voltana.v1 import common_pb2, telemetry_pb2, telemetry_pb2_grpc
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -216,6 +218,11 @@ class TelemetryServicer(telemetry_pb2_grpc.TelemetryServiceServicer):
         self, request: telemetry_pb2.CompletionRecord, context: Context
     ) -> telemetry_pb2.ReportCompletionResponse:
         completion = completion_from_proto(request)
+        # The reason is free text (often an engine's error): cut, not refused, so the record
+        # still counts.
+        completion = dataclasses.replace(
+            completion, reason=truncate(completion.reason, MAX_TEXT_CHARS)
+        )
         for what, ts_s in (
             ("arrival_s", completion.arrival_s),
             ("finished_at_s", completion.finished_at_s),

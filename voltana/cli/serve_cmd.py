@@ -397,8 +397,9 @@ def _add_agent(
         type=instance_binding,
         action="append",
         default=[],
-        metavar="ID=GPU",
-        help="serving instance ID runs on GPU index GPU, repeatable",
+        metavar="ID=GPU[,GPU...]",
+        help="serving instance ID runs on GPU index GPU (a tensor-parallel one on several), "
+        "repeatable",
     )
     parser.add_argument(
         "--telemetry",
@@ -737,9 +738,10 @@ def non_negative_int(text: str) -> int:
     return value
 
 
-def instance_binding(text: str) -> tuple[str, int]:
-    """``ID=GPU_INDEX`` → (ID, index)."""
-    instance_id, sep, index = text.rpartition("=")
-    if not sep or not instance_id:
-        raise argparse.ArgumentTypeError(f"{text!r} is not ID=GPU_INDEX")
-    return instance_id, non_negative_int(index)
+def instance_binding(text: str) -> tuple[str, int | tuple[int, ...]]:
+    """``ID=GPU_INDEX`` → (ID, index); ``ID=0,1`` (a tensor-parallel instance) → (ID, (0, 1))."""
+    instance_id, sep, indices = text.rpartition("=")
+    if not sep or not instance_id or not indices:
+        raise argparse.ArgumentTypeError(f"{text!r} is not ID=GPU_INDEX or ID=GPU,GPU,...")
+    parsed = tuple(non_negative_int(index) for index in indices.split(","))
+    return instance_id, parsed[0] if len(parsed) == 1 else parsed
