@@ -238,7 +238,6 @@ class TelemetryServicer(telemetry_pb2_grpc.TelemetryServiceServicer):
     # Snapshots.
 
     async def _selected_view(self, phase: int, instance_ids: list[str]) -> ClusterView:
-        check_ids(instance_ids, "instance_ids", error=InvalidTelemetryError)
         view = await self._snapshots.read()
         return view.select(phase_filter_from_proto(phase), instance_ids)
 
@@ -248,6 +247,7 @@ class TelemetryServicer(telemetry_pb2_grpc.TelemetryServiceServicer):
     async def GetSnapshot(
         self, request: telemetry_pb2.GetSnapshotRequest, context: Context
     ) -> common_pb2.ClusterSnapshot:
+        check_ids(request.instance_ids, "instance_ids", error=InvalidTelemetryError)
         view = await self._selected_view(request.phase, list(request.instance_ids))
         return self._to_proto(view)
 
@@ -279,6 +279,7 @@ class TelemetryServicer(telemetry_pb2_grpc.TelemetryServiceServicer):
         """A snapshot now; then one after each change, at most every interval and at least
         every ``watch_idle_resend_s`` (so ``now_s`` keeps moving on a quiet cluster)."""
         interval_s = self._watch_interval_s(request.interval_ms)
+        check_ids(request.instance_ids, "instance_ids", error=InvalidTelemetryError)
         idle_resend_s = self._settings.watch_idle_resend_s
         instance_ids = list(request.instance_ids)
         loop = asyncio.get_running_loop()
