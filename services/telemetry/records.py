@@ -121,7 +121,7 @@ class Aggregates:
     """Rolling-window view over ``(now_s - window_s, now_s]`` of one instance or the cluster.
 
     Latency percentiles cover successful requests; attainment counts failed requests as
-    missing their SLOs (DESIGN.md section 5) and judges each request by its own SLO when it
+    missing their SLOs (docs/definitions.md) and judges each request by its own SLO when it
     carries one. ITL figures use each request's mean ITL. A request counts for both its
     prefill and its decode instance.
     """

@@ -29,7 +29,7 @@ from voltana.cli.security_opts import (
 from voltana.engine import EngineMode, SimEngineSettings
 from voltana.hardware import GPU_CATALOG, MODEL_CATALOG
 from voltana.observability import add_observability_args, observability_from_args
-from voltana.policy.registry import policy_names, router_names
+from voltana.policy.registry import live_policy_names, router_names
 
 _LOG = logging.getLogger("voltana.serve")
 
@@ -149,7 +149,7 @@ def _policy_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--policy",
         default="static-max",
-        help=f"operating policy: {', '.join(policy_names())} (default: %(default)s)",
+        help=f"operating policy: {', '.join(live_policy_names())} (default: %(default)s)",
     )
 
 

@@ -19,7 +19,7 @@ from voltana.cli.serve_cmd import port_number
 from voltana.errors import ConfigError
 from voltana.hardware import GPU_CATALOG, MODEL_CATALOG
 from voltana.observability import add_observability_args, observability_from_args
-from voltana.policy.registry import policy_names, router_names
+from voltana.policy.registry import live_policy_names, router_names
 from voltana.stack import SimStack, SimStackSettings
 from voltana.stack.sim_stack import TracerProviders
 
@@ -86,7 +86,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     control.add_argument(
         "--policy",
         default="static-max",
-        help=f"operating policy: {', '.join(policy_names())} (default: %(default)s)",
+        help=f"operating policy: {', '.join(live_policy_names())} (default: %(default)s)",
     )
     control.add_argument(
         "--router", help=f"override the policy's router: {', '.join(router_names())}"

@@ -24,6 +24,17 @@ _NAMED_SUITES: dict[str, SuiteFactory] = {}
 STATIC_FORMS = ("static-max", "static:<MHz>", "static:<prefill MHz>/<decode MHz>")
 
 
+class SimulatorOnlyPolicyError(UnknownNameError):
+    """A policy only the offline simulator resolves (static-best), asked of a live stack."""
+
+    def __init__(self, name: str, live: list[str]) -> None:
+        super().__init__("policy", name, live)
+        self.args = (
+            f"{name} is a hindsight sweep over a whole recorded workload, so only "
+            f"`voltana simulate` runs it; live policies: {', '.join(live)}",
+        )
+
+
 def register_policy(name: str, factory: SuiteFactory) -> None:
     _NAMED_SUITES[name] = factory
 
@@ -36,6 +47,12 @@ def policy_names() -> list[str]:
     _load_builtin_policies()
     # static-best is resolved by the simulator (a hindsight sweep), not built as a suite.
     return [*STATIC_FORMS[:1], "static-best", *sorted(_NAMED_SUITES), *STATIC_FORMS[1:]]
+
+
+def live_policy_names() -> list[str]:
+    """The policies a running controller and router can use (all but the simulator's
+    hindsight sweep, static-best)."""
+    return [name for name in policy_names() if name != "static-best"]
 
 
 def router_names() -> list[str]:
@@ -83,9 +100,11 @@ def build_suite(
         prefill = StaticClockPolicy(parse_clock_mhz(prefill_text, gpu))
         decode = StaticClockPolicy(parse_clock_mhz(decode_text or prefill_text, gpu))
         return PolicySuite(name, prefill, decode, router or RoundRobinRouter())
+    if name == "static-best":
+        raise SimulatorOnlyPolicyError(name, live_policy_names())
     factory = _NAMED_SUITES.get(name)
     if factory is None:
-        raise UnknownNameError("policy", name, policy_names())
+        raise UnknownNameError("policy", name, live_policy_names())
     return factory(context, router)
 
 
