@@ -11,6 +11,7 @@ from typing import Any
 import grpc
 import grpc.aio
 import pytest
+from security_helpers import SECURITY
 
 from voltana.gpu import GpuError, GpuSample, SimulatedGpu
 from voltana.hardware import get_gpu
@@ -75,6 +76,7 @@ async def test_agent_streams_samples_to_telemetry() -> None:
             telemetry_address=f"127.0.0.1:{port}",
             sample_interval_ms=20,
             advertise_address="node-a:50070",
+            security=SECURITY,
         )
         async with AgentService(settings):
             await eventually(lambda: len(telemetry.samples) >= 6)
@@ -98,7 +100,9 @@ async def test_sink_drops_while_telemetry_is_down_and_reconnects() -> None:
     server, port, _ = await start_fake_telemetry()
     await stop_grpc_server(server, 0)  # a port nobody listens on (for now)
     address = f"127.0.0.1:{port}"
-    sink = GrpcGpuSampleSink(address, agent_address="a:1", instance_ids_by_gpu={})
+    sink = GrpcGpuSampleSink(
+        address, agent_address="a:1", instance_ids_by_gpu={}, security=SECURITY
+    )
     sample = GpuSample(gpu_index=0, timestamp_s=1.0, sm_clock_mhz=1410, power_w=60.0, energy_j=1.0)
     await sink.send([sample])
     await sink.send([sample])
@@ -161,7 +165,10 @@ async def test_agent_uses_an_injected_sink() -> None:
     sim = SimulatedGpu(A100, 0, now_s=clock.now_s, clock_change_delay_ms=0)
     sink = RecordingSink()
     async with AgentService(
-        AgentSettings(sample_interval_ms=100), devices=[sim], clock=clock, sink=sink
+        AgentSettings(sample_interval_ms=100, security=SECURITY),
+        devices=[sim],
+        clock=clock,
+        sink=sink,
     ):
         await eventually(lambda: len(sink.rounds) == 1)
         clock.advance(0.1)
@@ -189,7 +196,9 @@ async def test_sink_closes_quietly_after_a_write_was_cancelled_mid_stream() -> N
         telemetry_pb2_grpc.add_TelemetryServiceServicer_to_server, telemetry
     )
     server, port = await start_grpc_server("127.0.0.1:0", [register], [TELEMETRY_SERVICE])
-    sink = GrpcGpuSampleSink(f"127.0.0.1:{port}", agent_address="a:1", instance_ids_by_gpu={})
+    sink = GrpcGpuSampleSink(
+        f"127.0.0.1:{port}", agent_address="a:1", instance_ids_by_gpu={}, security=SECURITY
+    )
     sample = GpuSample(gpu_index=0, timestamp_s=1.0, sm_clock_mhz=1410, power_w=60.0, energy_j=1.0)
     try:
         # More samples than telemetry will ever take: the sender is inside a write when the
@@ -237,7 +246,7 @@ async def test_stop_never_raises_from_sink_teardown(error: BaseException) -> Non
     clock = ManualClock()
     sim = SimulatedGpu(A100, 0, now_s=clock.now_s, clock_change_delay_ms=0)
     sink = FailingCloseSink(error)
-    service = AgentService(AgentSettings(), devices=[sim], clock=clock, sink=sink)
+    service = AgentService(AgentSettings(security=SECURITY), devices=[sim], clock=clock, sink=sink)
     await service.start()
     await eventually(lambda: len(sink.rounds) == 1)
     sim.set_locked_sm_clock_mhz(1005, 1005)
@@ -262,7 +271,7 @@ async def test_cancelling_stop_itself_still_propagates() -> None:
     clock = ManualClock()
     sim = SimulatedGpu(A100, 0, now_s=clock.now_s, clock_change_delay_ms=0)
     sink = BlockingCloseSink()
-    service = AgentService(AgentSettings(), devices=[sim], clock=clock, sink=sink)
+    service = AgentService(AgentSettings(security=SECURITY), devices=[sim], clock=clock, sink=sink)
     await service.start()
     stopping = asyncio.create_task(service.stop())
     await asyncio.wait_for(sink.closing.wait(), 2.0)
@@ -287,7 +296,7 @@ async def test_stop_as_cleanup_of_a_cancelled_task_still_finishes() -> None:
     clock = ManualClock()
     sim = SimulatedGpu(A100, 0, now_s=clock.now_s, clock_change_delay_ms=0)
     sink = ClosingSink()
-    service = AgentService(AgentSettings(), devices=[sim], clock=clock, sink=sink)
+    service = AgentService(AgentSettings(security=SECURITY), devices=[sim], clock=clock, sink=sink)
     serving = asyncio.Event()
 
     async def serve_until_cancelled() -> None:

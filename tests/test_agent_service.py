@@ -17,13 +17,13 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from security_helpers import SECURITY
 
 from voltana.gpu import NvmlUnavailableError, SimulatedGpu
 from voltana.hardware import get_gpu
 from voltana.rpc import create_channel, start_grpc_server, stop_grpc_server
 from voltana.rpc.names import NODE_AGENT_SERVICE
 from voltana.services.agent import (
-    AUTH_METADATA_KEY,
     AgentService,
     AgentSettings,
     ClockManager,
@@ -72,11 +72,14 @@ async def agent() -> AsyncIterator[Agent]:
     clock = ManualClock(start_s=50.0)
     gpus = [SimulatedGpu(A100, i, now_s=clock.now_s, clock_change_delay_ms=0) for i in (0, 1)]
     settings = AgentSettings(
-        instance_gpu_indices={"decode-0": 1}, default_lease_ttl_ms=1_000, node_name="test"
+        instance_gpu_indices={"decode-0": 1},
+        default_lease_ttl_ms=1_000,
+        node_name="test",
+        security=SECURITY,
     )
     service = AgentService(settings, devices=gpus, clock=clock)
     await service.start()
-    channel = create_channel(service.address)
+    channel = create_channel(service.address, security=SECURITY)
     try:
         yield Agent(service, agent_pb2_grpc.NodeAgentServiceStub(channel), gpus, clock, channel)
     finally:
@@ -219,7 +222,9 @@ async def test_renew_lease_keeps_clocks(agent: Agent) -> None:
 
 async def test_reset_clocks_resets_all(agent: Agent) -> None:
     for index in (0, 1):
-        await agent.stub.SetClocks(agent_pb2.SetClocksRequest(gpu=gpu(index), sm_clock_mhz=1005))
+        await agent.stub.SetClocks(
+            agent_pb2.SetClocksRequest(gpu=gpu(index), sm_clock_mhz=1005, requested_by="ops")
+        )
     reply = await agent.stub.ResetClocks(agent_pb2.ResetClocksRequest(requested_by="ops"))
     assert [(s.gpu_index, s.locked, s.current_sm_clock_mhz) for s in reply.clocks] == [
         (0, False, 1410),
@@ -244,11 +249,11 @@ async def test_start_and_stop_reset_clocks() -> None:
     clock = ManualClock()
     sim = SimulatedGpu(A100, 0, now_s=clock.now_s, clock_change_delay_ms=0)
     sim.set_locked_sm_clock_mhz(1005, 1005)  # left locked by a crashed predecessor
-    service = AgentService(AgentSettings(), devices=[sim], clock=clock)
+    service = AgentService(AgentSettings(security=SECURITY), devices=[sim], clock=clock)
     await service.start()
     try:
         assert sim.locked_range_mhz is None
-        async with create_channel(service.address) as channel:
+        async with create_channel(service.address, security=SECURITY) as channel:
             stub = agent_pb2_grpc.NodeAgentServiceStub(channel)
             await stub.SetClocks(agent_pb2.SetClocksRequest(gpu=gpu(0), sm_clock_mhz=1200))
         assert sim.sm_clock_mhz() == 1200
@@ -260,8 +265,13 @@ async def test_start_and_stop_reset_clocks() -> None:
 
 
 async def test_sim_backend_from_settings_with_the_system_clock() -> None:
-    settings = AgentSettings(backend="sim", gpu_indices=(0, 2), sim_gpu_key="h100-80g")
-    async with AgentService(settings) as service, create_channel(service.address) as channel:
+    settings = AgentSettings(
+        backend="sim", gpu_indices=(0, 2), sim_gpu_key="h100-80g", security=SECURITY
+    )
+    async with (
+        AgentService(settings) as service,
+        create_channel(service.address, security=SECURITY) as channel,
+    ):
         stub = agent_pb2_grpc.NodeAgentServiceStub(channel)
         listing = await stub.ListGpus(agent_pb2.ListGpusRequest())
         assert [(g.gpu_index, g.gpu_key) for g in listing.gpus] == [
@@ -273,27 +283,6 @@ async def test_sim_backend_from_settings_with_the_system_clock() -> None:
         assert reply.applied_sm_clock_mhz == 990
         assert reply.measured_sm_clock_mhz == 990
         assert not reply.clamped
-
-
-async def test_auth_token_guards_clock_changes() -> None:
-    clock = ManualClock()
-    sim = SimulatedGpu(A100, 0, now_s=clock.now_s, clock_change_delay_ms=0)
-    settings = AgentSettings(auth_token="s3cret")
-    async with (
-        AgentService(settings, devices=[sim], clock=clock) as service,
-        create_channel(service.address) as channel,
-    ):
-        stub = agent_pb2_grpc.NodeAgentServiceStub(channel)
-        request = agent_pb2.SetClocksRequest(gpu=gpu(0), sm_clock_mhz=1005)
-        for metadata in [(), ((AUTH_METADATA_KEY, "wrong"),)]:
-            with pytest.raises(grpc.aio.AioRpcError) as caught:
-                await stub.SetClocks(request, metadata=metadata)
-            assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
-        assert sim.locked_range_mhz is None
-        await stub.SetClocks(request, metadata=((AUTH_METADATA_KEY, "s3cret"),))
-        assert sim.locked_range_mhz == (1005, 1005)
-        # Reading needs no token.
-        await stub.GetClocks(agent_pb2.GetClocksRequest())
 
 
 async def test_clock_rpcs_continue_the_callers_trace_from_metadata() -> None:
@@ -322,7 +311,7 @@ async def test_clock_rpcs_continue_the_callers_trace_from_metadata() -> None:
     caller_trace_id, caller_span_id = 0x0AF7651916CD43DD8448EB211C80319C, 0xB7AD6B7169203331
     traceparent = f"00-{caller_trace_id:032x}-{caller_span_id:016x}-01"
     try:
-        async with create_channel(f"127.0.0.1:{started.port}") as channel:
+        async with create_channel(f"127.0.0.1:{started.port}", security=SECURITY) as channel:
             stub = agent_pb2_grpc.NodeAgentServiceStub(channel)
             metadata = (("traceparent", traceparent),)
             await stub.SetClocks(
@@ -332,7 +321,9 @@ async def test_clock_rpcs_continue_the_callers_trace_from_metadata() -> None:
             await stub.RenewLease(
                 agent_pb2.RenewLeaseRequest(gpu=gpu(0), requested_by="ctl"), metadata=metadata
             )
-            await stub.ResetClocks(agent_pb2.ResetClocksRequest(gpu=gpu(0)), metadata=metadata)
+            await stub.ResetClocks(
+                agent_pb2.ResetClocksRequest(gpu=gpu(0), requested_by="ctl"), metadata=metadata
+            )
             # Without trace headers a clock change starts a trace of its own.
             await stub.SetClocks(agent_pb2.SetClocksRequest(gpu=gpu(0), sm_clock_mhz=1005))
     finally:
@@ -373,11 +364,11 @@ def nvml_without_permission() -> Any:
 
 async def test_nvml_backend_without_root_is_permission_denied() -> None:
     nvml = nvml_without_permission()
-    settings = AgentSettings(backend="nvml", gpu_indices=(0,))
+    settings = AgentSettings(backend="nvml", gpu_indices=(0,), security=SECURITY)
     # The reset at start fails too; the agent still starts and serves readings.
     async with (
         AgentService(settings, nvml=nvml) as service,
-        create_channel(service.address) as channel,
+        create_channel(service.address, security=SECURITY) as channel,
     ):
         stub = agent_pb2_grpc.NodeAgentServiceStub(channel)
         with pytest.raises(grpc.aio.AioRpcError) as caught:
@@ -399,6 +390,6 @@ async def test_nvml_backend_without_root_is_permission_denied() -> None:
 async def test_nvml_backend_without_a_driver_fails_to_start() -> None:
     nvml = mock.create_autospec(pynvml)
     nvml.nvmlInit.side_effect = pynvml.NVMLError(pynvml.NVML_ERROR_LIBRARY_NOT_FOUND)
-    service = AgentService(AgentSettings(backend="nvml"), nvml=nvml)
+    service = AgentService(AgentSettings(backend="nvml", security=SECURITY), nvml=nvml)
     with pytest.raises(NvmlUnavailableError):
         await service.start()

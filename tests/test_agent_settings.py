@@ -1,8 +1,9 @@
 import pytest
 
+from voltana.cli.main import build_parser
 from voltana.errors import ConfigError
-from voltana.services.agent import AgentSettings
-from voltana.services.agent.__main__ import TOKEN_ENV_VAR, settings_from_args
+from voltana.rpc.auth import TOKEN_ENV
+from voltana.services.agent import AgentService, AgentSettings
 
 pytestmark = pytest.mark.unit
 
@@ -11,7 +12,9 @@ def test_defaults_are_valid_and_loopback() -> None:
     settings = AgentSettings()
     assert settings.listen_address.startswith("127.0.0.1:")
     assert settings.default_lease_ttl_s == 10.0
-    assert settings.auth_token is None
+    # A lease cannot pin a (low) clock for long; see test_security for the RPC side.
+    assert settings.max_lease_ttl_s == 30.0
+    assert settings.security.token is None and not settings.security.insecure_no_auth
 
 
 @pytest.mark.parametrize(
@@ -24,7 +27,6 @@ def test_defaults_are_valid_and_loopback() -> None:
         {"default_lease_ttl_ms": 10_000, "max_lease_ttl_ms": 5_000},
         {"sample_interval_ms": 0},
         {"readback_timeout_ms": float("nan")},
-        {"auth_token": ""},
         {"gpu_indices": (0,), "instance_gpu_indices": {"decode-0": 3}},
     ],
 )
@@ -33,27 +35,32 @@ def test_invalid_settings_are_refused(overrides: dict[str, object]) -> None:
         AgentSettings(**overrides)  # type: ignore[arg-type]
 
 
-def test_command_line_and_token_from_environment() -> None:
-    settings = settings_from_args(
+def test_command_line_and_token_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(TOKEN_ENV, "s3cret-token-from-the-environment")
+    args = build_parser().parse_args(
         [
+            "serve", "agent",
             "--backend", "sim",
-            "--gpu", "0", "--gpu", "1",
+            "--gpu-index", "0", "--gpu-index", "1",
             "--instance", "prefill-0=0", "--instance", "decode-0=1",
             "--telemetry", "telemetry:50060",
-            "--lease-ttl-ms", "3000",
+            "--default-lease-ttl-ms", "3000",
             "--node-name", "node-a",
-        ],
-        environ={TOKEN_ENV_VAR: "s3cret"},
+        ]
     )  # fmt: skip
+    service = args.build(args)
+    assert isinstance(service, AgentService)
+    settings = service.settings
     assert settings.backend == "sim"
     assert settings.gpu_indices == (0, 1)
     assert dict(settings.instance_gpu_indices) == {"prefill-0": 0, "decode-0": 1}
     assert settings.telemetry_address == "telemetry:50060"
     assert settings.default_lease_ttl_ms == 3000
     assert settings.node_name == "node-a"
-    assert settings.auth_token == "s3cret"
+    assert settings.listen_address == "127.0.0.1:50054"  # loopback unless told otherwise
+    assert settings.security.token == "s3cret-token-from-the-environment"
 
 
 def test_bad_instance_binding_is_a_usage_error() -> None:
     with pytest.raises(SystemExit):
-        settings_from_args(["--instance", "decode-0"], environ={})
+        build_parser().parse_args(["serve", "agent", "--instance", "decode-0"])

@@ -4,13 +4,21 @@ SIGINT/SIGTERM, one-line errors."""
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import sys
 from collections.abc import AsyncIterator
+from pathlib import Path
 
+import aiohttp
+import grpc
+import grpc.aio
 import pytest
 
+from voltana.rpc import RpcSecurity, create_channel
+from voltana.rpc.auth import LEGACY_TOKEN_ENV, TOKEN_ENV
 from voltana.sdk import VoltanaClient
+from voltana.v1 import controller_pb2, controller_pb2_grpc
 
 pytestmark = pytest.mark.e2e
 
@@ -18,7 +26,14 @@ START_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 20.0
 
 
-async def voltana(*args: str) -> asyncio.subprocess.Process:
+TOKEN = "cli-test-control-token-0123456789"
+
+
+async def voltana(*args: str, token: str | None = None) -> asyncio.subprocess.Process:
+    """``voltana ARGS`` with $VOLTANA_CONTROL_TOKEN set to ``token`` (unset when None)."""
+    env = {k: v for k, v in os.environ.items() if k not in (TOKEN_ENV, LEGACY_TOKEN_ENV)}
+    if token is not None:
+        env[TOKEN_ENV] = token
     return await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -26,6 +41,7 @@ async def voltana(*args: str) -> asyncio.subprocess.Process:
         *args,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
+        env=env,
     )
 
 
@@ -72,17 +88,61 @@ async def test_up_prints_addresses_serves_and_exits_0_on_sigint(
     addresses = await read_addresses(up_process)
     assert next(iter(addresses)) == "router"
     assert {"telemetry", "controller", "prefill-0.engine", "decode-0.agent"} <= set(addresses)
+    metrics = {name for name in addresses if name.endswith(".metrics")}
+    assert metrics == {
+        "router.metrics",
+        "telemetry.metrics",
+        "controller.metrics",
+        "prefill-0.agent.metrics",
+        "decode-0.agent.metrics",
+    }
     async with VoltanaClient(addresses["router"], timeout_s=20.0) as client:
         result = await client.generate("Hello from the test", max_new_tokens=5, stream=False)
     assert result.summary.completion_tokens == 5
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(addresses["router.metrics"]) as response,
+    ):
+        assert response.status == 200
+        exposition = await response.text()
+    assert 'voltana_router_requests_total{protocol="grpc",status="OK"} 1.0' in exposition
+    # Authentication is on although nobody asked for it: `up` made a token of its own.
+    request = controller_pb2.SetPolicyRequest(policy_name="static:210")
+    for security, code in [
+        (None, grpc.StatusCode.UNAUTHENTICATED),
+        (RpcSecurity(token=TOKEN), grpc.StatusCode.PERMISSION_DENIED),
+    ]:
+        async with create_channel(addresses["controller"], security=security) as channel:
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await controller_pb2_grpc.ControllerServiceStub(channel).SetPolicy(request)
+            assert refused.value.code() == code
     up_process.send_signal(signal.SIGINT)
     assert await asyncio.wait_for(up_process.wait(), STOP_TIMEOUT_S) == 0
 
 
-async def test_up_exits_0_on_sigterm(up_process: asyncio.subprocess.Process) -> None:
-    await read_addresses(up_process)
-    up_process.send_signal(signal.SIGTERM)
-    assert await asyncio.wait_for(up_process.wait(), STOP_TIMEOUT_S) == 0
+async def test_up_takes_a_given_token_and_exits_0_on_sigterm(tmp_path: Path) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN + "\n")
+    process = await voltana(
+        "up", "--sim", "--prefill", "1", "--decode", "1", "--speedup", "10",
+        "--log-level", "WARNING", "--token-file", str(token_file),
+    )  # fmt: skip
+    try:
+        addresses = await read_addresses(process)
+        # The operator's token opens the privileged calls.
+        async with create_channel(
+            addresses["controller"], security=RpcSecurity(token=TOKEN)
+        ) as channel:
+            reply = await controller_pb2_grpc.ControllerServiceStub(channel).SetPolicy(
+                controller_pb2.SetPolicyRequest(policy_name="static:1005")
+            )
+        assert reply.decode_policy_name == "static:1005"
+        process.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(process.wait(), STOP_TIMEOUT_S) == 0
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
 
 
 async def test_up_without_sim_explains_in_one_line() -> None:
@@ -102,16 +162,30 @@ async def test_up_with_an_unknown_policy_fails_in_one_line() -> None:
     assert len(lines) == 1 and "fastest" in lines[0]
 
 
-async def test_serve_telemetry_runs_until_sigterm() -> None:
-    process = await voltana("serve", "telemetry", "--listen", "127.0.0.1:0")
+@pytest.mark.parametrize("insecure", [False, True], ids=["token", "insecure-no-auth"])
+async def test_serve_telemetry_runs_until_sigterm(insecure: bool) -> None:
+    """With the token, or with authentication turned off on purpose (and a loud warning)."""
+    flags = ["--insecure-no-auth"] if insecure else []
+    process = await voltana(
+        "serve",
+        "telemetry",
+        "--listen",
+        "127.0.0.1:0",
+        "--metrics-port",
+        "0",
+        *flags,
+        token=None if insecure else TOKEN,
+    )
     try:
         assert process.stderr is not None
-        while True:
+        seen: list[str] = []
+        while not seen or "running" not in seen[-1]:
             line = (await asyncio.wait_for(process.stderr.readline(), START_TIMEOUT_S)).decode()
             assert line, "voltana serve telemetry ended early"
-            if "running" in line:
-                break
-        assert " INFO voltana.serve: telemetry running" in line
+            seen.append(line)
+        assert " INFO voltana.serve: telemetry running" in seen[-1]
+        warned = any(" WARNING " in line and "authentication is OFF" in line for line in seen)
+        assert warned == insecure
         process.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(process.wait(), STOP_TIMEOUT_S) == 0
     finally:
@@ -120,9 +194,18 @@ async def test_serve_telemetry_runs_until_sigterm() -> None:
             await process.wait()
 
 
+async def test_serve_needs_a_token_or_an_explicit_opt_out() -> None:
+    process = await voltana("serve", "telemetry", "--listen", "127.0.0.1:0")
+    stdout, stderr = await asyncio.wait_for(process.communicate(), START_TIMEOUT_S)
+    assert process.returncode == 2
+    lines = stderr.decode().strip().splitlines()
+    assert len(lines) == 1 and TOKEN_ENV in lines[0] and "--insecure-no-auth" in lines[0]
+    assert stdout == b""
+
+
 async def test_serve_rejects_bad_settings_in_one_line() -> None:
     process = await voltana(
-        "serve", "controller", "--telemetry", "127.0.0.1:1", "--lease-ttl-ms", "10"
+        "serve", "controller", "--telemetry", "127.0.0.1:1", "--lease-ttl-ms", "10", token=TOKEN
     )
     _, stderr = await asyncio.wait_for(process.communicate(), START_TIMEOUT_S)
     assert process.returncode == 2

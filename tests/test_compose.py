@@ -5,6 +5,7 @@ service gives another points at a port that service listens on, and profiles lin
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import shlex
 from collections.abc import Iterator
@@ -21,27 +22,48 @@ pytestmark = pytest.mark.unit
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_PATH = ROOT / "docker-compose.yml"
-PROFILES = ("gpu", "sim")
+PROFILES = ("gpu", "sim", "observability")
+SERVING_PROFILES = ("gpu", "sim")
 # Flags whose value is another service's address: HOST:PORT or a URL.
 ADDRESS_FLAGS = ("telemetry", "agent", "engine_url", "advertise_engine_url", "redis_url")
 OWN_ADDRESS_FLAGS = ("advertise", "agent_advertise")
-_VARIABLE = re.compile(r"\$\{(?P<name>\w+)(?::?-(?P<default>[^}]*))?\}")
+# ${VAR}, ${VAR:-default} / ${VAR-default}, ${VAR:?error} / ${VAR?error}.
+_VARIABLE = re.compile(r"\$\{(?P<name>\w+)(?:(?P<op>:?[-?])(?P<word>[^}]*))?\}")
+# The secrets `voltana token --env-file .env` writes; compose must refuse to run without them.
+SECRETS = {
+    "VOLTANA_CONTROL_TOKEN": "compose-test-control-token-0123456789",
+    "VOLTANA_REDIS_PASSWORD": "compose-test-redis-password-0123456789",
+}
 
 
-def interpolate(value: Any) -> Any:
-    """Compose's ${VAR:-default} with every variable unset (the defaults the file documents)."""
+class MissingVariable(Exception):
+    pass
+
+
+def interpolate(value: Any, environment: dict[str, str] | None = None) -> Any:
+    """Compose's interpolation with only ``environment`` set: ${VAR:-default} takes the default
+    the file documents, ${VAR:?error} fails like compose when VAR is unset or empty."""
+    environment = environment or {}
+
+    def substitute(match: re.Match[str]) -> str:
+        name, op, word = match["name"], match["op"] or "", match["word"] or ""
+        value = environment.get(name)
+        if op.endswith("?") and not value:
+            raise MissingVariable(f"required variable {name} is missing a value: {word}")
+        return value if value else (word if op.endswith("-") else "")
+
     if isinstance(value, str):
-        return _VARIABLE.sub(lambda m: m["default"] or "", value)
+        return _VARIABLE.sub(substitute, value)
     if isinstance(value, list):
-        return [interpolate(item) for item in value]
+        return [interpolate(item, environment) for item in value]
     if isinstance(value, dict):
-        return {key: interpolate(item) for key, item in value.items()}
+        return {key: interpolate(item, environment) for key, item in value.items()}
     return value
 
 
 @pytest.fixture(scope="module")
 def services() -> dict[str, dict[str, Any]]:
-    document = interpolate(yaml.safe_load(COMPOSE_PATH.read_text()))
+    document = interpolate(yaml.safe_load(COMPOSE_PATH.read_text()), SECRETS)
     services: dict[str, dict[str, Any]] = document["services"]
     return services
 
@@ -108,15 +130,24 @@ def flag_value(command: list[str], flag: str) -> str:
 
 
 def test_every_voltana_command_parses_and_builds_its_service(
-    services: dict[str, dict[str, Any]],
+    services: dict[str, dict[str, Any]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     commands = dict(voltana_services(services))
     assert {"telemetry", "controller", "router", "agent"} <= set(commands)
     for name, command in commands.items():
         args = parse(command)
         assert args.command == "serve", name
-        # The settings dataclass validates every value (policy names, ports, GPU keys...).
-        args.build(args)
+        # Built in the container's environment: the token (and Redis password) come from it.
+        with monkeypatch.context() as patch:
+            for key in SECRETS:
+                patch.delenv(key, raising=False)
+            for key, value in services[name].get("environment", {}).items():
+                patch.setenv(key, str(value))
+            # The settings dataclass validates every value (policy names, ports, GPU keys...).
+            service = args.build(args)
+        settings = service.settings  # type: ignore[attr-defined]
+        assert settings.security.token == SECRETS["VOLTANA_CONTROL_TOKEN"], name
+        assert not settings.security.insecure_no_auth, name
 
 
 def test_every_service_listens_where_its_flags_say(services: dict[str, dict[str, Any]]) -> None:
@@ -170,6 +201,31 @@ def test_every_address_points_at_a_listening_port_of_a_running_service(
     assert checked >= 10
 
 
+def test_compose_refuses_to_start_without_the_secrets() -> None:
+    document = yaml.safe_load(COMPOSE_PATH.read_text())
+    for missing in SECRETS:
+        present = {key: value for key, value in SECRETS.items() if key != missing}
+        with pytest.raises(MissingVariable, match=f"{missing} .*voltana token --env-file"):
+            interpolate(document, present)
+
+
+def test_secrets_reach_every_service_that_needs_them(services: dict[str, dict[str, Any]]) -> None:
+    for name, command in voltana_services(services):
+        environment = services[name].get("environment", {})
+        assert environment.get("VOLTANA_CONTROL_TOKEN") == SECRETS["VOLTANA_CONTROL_TOKEN"], name
+        assert "--insecure-no-auth" not in command, name
+        # Services bind loopback unless told otherwise; in compose they serve other containers.
+        for flag in ("--listen", "--agent-listen"):
+            if flag in command:
+                assert flag_value(command, flag).startswith("0.0.0.0:"), name
+    redis_command = command_of(services["redis"])
+    assert flag_value(redis_command, "--requirepass") == SECRETS["VOLTANA_REDIS_PASSWORD"]
+    telemetry = services["telemetry"]
+    assert telemetry["environment"]["VOLTANA_REDIS_PASSWORD"] == SECRETS["VOLTANA_REDIS_PASSWORD"]
+    redis_url = flag_value(command_of(telemetry), "--redis-url")
+    assert urlsplit(redis_url).password is None  # the password stays out of ps
+
+
 def test_depends_on_and_profiles_are_consistent(services: dict[str, dict[str, Any]]) -> None:
     for name, service in services.items():
         assert profiles_of(service) <= set(PROFILES), name
@@ -187,7 +243,7 @@ def test_each_profile_serves_prefill_and_decode_with_controllable_clocks(
     services: dict[str, dict[str, Any]],
 ) -> None:
     by_profile: dict[str, dict[str, list[str]]] = {
-        p: {"prefill": [], "decode": []} for p in PROFILES
+        p: {"prefill": [], "decode": []} for p in SERVING_PROFILES
     }
     for name, command in voltana_services(services):
         args = parse(command)
@@ -261,3 +317,63 @@ def test_dockerfile_builds_the_voltana_image() -> None:
     for name, service in document["services"].items():
         if command_of(service)[:1] == ["voltana"]:
             assert service["build"]["dockerfile"] == "docker/Dockerfile", name
+
+
+def test_prometheus_scrapes_every_services_metrics_port(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    prometheus = services["prometheus"]
+    assert profiles_of(prometheus) == {"observability"}
+    (mount,) = [
+        v for v in prometheus["volumes"] if v.endswith(":/etc/prometheus/prometheus.yml:ro")
+    ]
+    config = yaml.safe_load((ROOT / mount.split(":")[0]).read_text())
+    targets = {
+        target
+        for job in config["scrape_configs"]
+        for group in job["static_configs"]
+        for target in group["targets"]
+    }
+    scraped = set()
+    for target in targets:
+        host, port = split_address(target)
+        assert host in services and port in listening_ports(services[host]), target
+        scraped.add(target)
+    # Every Voltana service that serves /metrics (and every SGLang server) is a target.
+    expected = set()
+    for name, command in voltana_services(services):
+        args = parse(command)
+        serves_metrics = hasattr(args, "metrics_port") and not args.no_metrics
+        if serves_metrics and (args.service != "engine" or args.agent_listen):
+            assert args.metrics_port in listening_ports(services[name]), name
+            expected.add(f"{name}:{args.metrics_port}")
+        if args.service == "engine":
+            expected.add(f"{name}:{split_address(args.listen)[1]}")
+    for name, service in services.items():
+        if "sglang.launch_server" in command_of(service):
+            expected.add(f"{name}:{flag_value(command_of(service), '--port')}")
+    assert expected <= scraped, expected - scraped
+
+
+def test_grafana_provisions_the_prometheus_datasource_and_the_dashboard(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    grafana = services["grafana"]
+    assert profiles_of(grafana) == {"observability"}
+    mounts = dict(volume.rsplit(":", 1)[0].split(":", 1) for volume in grafana["volumes"])
+    provisioning = ROOT / next(h for h, c in mounts.items() if c == "/etc/grafana/provisioning")
+    (datasource,) = yaml.safe_load((provisioning / "datasources" / "prometheus.yml").read_text())[
+        "datasources"
+    ]
+    host, port = split_address(datasource["url"])
+    assert host == "prometheus" and port in listening_ports(services["prometheus"])
+    (provider,) = yaml.safe_load((provisioning / "dashboards" / "voltana.yml").read_text())[
+        "providers"
+    ]
+    dashboards = ROOT / next(h for h, c in mounts.items() if c == provider["options"]["path"])
+    dashboard = json.loads((dashboards / "voltana.json").read_text())
+    assert dashboard["uid"] == "voltana-overview"
+    for panel in dashboard["panels"]:
+        assert panel["datasource"]["uid"] == datasource["uid"], panel["title"]
+        for target in panel["targets"]:
+            assert target["datasource"]["uid"] == datasource["uid"], panel["title"]

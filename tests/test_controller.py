@@ -18,6 +18,7 @@ import pytest
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from security_helpers import SECURITY
 
 from voltana.gpu import SimulatedGpu
 from voltana.hardware import get_gpu
@@ -136,8 +137,8 @@ class Cluster:
         self.telemetry = telemetry
         self.agent = agent
         self.gpus = gpus
-        self.client = TelemetryClient(telemetry.address)
-        self.agent_channel = create_channel(agent.address)
+        self.client = TelemetryClient(telemetry.address, security=SECURITY)
+        self.agent_channel = create_channel(agent.address, security=SECURITY)
         self.agent_stub: Any = agent_pb2_grpc.NodeAgentServiceStub(self.agent_channel)
         self.controllers: list[ControllerService] = []
         self._channels: list[grpc.aio.Channel] = []
@@ -162,12 +163,15 @@ class Cluster:
     async def controller(self, **overrides: Any) -> tuple[ControllerService, Any]:
         tracer = overrides.pop("tracer", None)
         settings = ControllerSettings(
-            telemetry_address=self.telemetry.address, controller_id=HOLDER, **overrides
+            telemetry_address=self.telemetry.address,
+            controller_id=HOLDER,
+            **overrides,
+            security=SECURITY,
         )
         service = ControllerService(settings, tracer=tracer)
         await service.start()
         self.controllers.append(service)
-        channel = create_channel(service.address)
+        channel = create_channel(service.address, security=SECURITY)
         self._channels.append(channel)
         return service, controller_pb2_grpc.ControllerServiceStub(channel)
 
@@ -188,13 +192,17 @@ class Cluster:
 
 @pytest.fixture
 async def cluster() -> AsyncIterator[Cluster]:
-    telemetry = TelemetryService(TelemetrySettings(watch_min_interval_ms=20))
+    telemetry = TelemetryService(TelemetrySettings(watch_min_interval_ms=20, security=SECURITY))
     await telemetry.start()
     gpus = [CountingGpu(0), CountingGpu(1)]
     # The agent streams no GPU samples: the controller needs only load reports and
     # endpoints, and without samples the clock before a first decision is known to be 0.
     agent = AgentService(
-        AgentSettings(instance_gpu_indices={"prefill-0": 0, "decode-0": 1}, readback_timeout_ms=50),
+        AgentSettings(
+            instance_gpu_indices={"prefill-0": 0, "decode-0": 1},
+            readback_timeout_ms=50,
+            security=SECURITY,
+        ),
         devices=gpus,
     )
     await agent.start()
@@ -384,9 +392,10 @@ async def test_a_lost_lease_is_taken_again(cluster: Cluster) -> None:
     await cluster.controller(policy="static:1005", lease_ttl_ms=300)
     await eventually(lambda: cluster.gpus[0].sm_clock_mhz() == 1005)
 
-    # Someone resets the GPU behind the controller's back (dropping its lease).
+    # The GPU is reset behind the control loop's back (dropping its lease), e.g. by an
+    # operator acting as the controller: only the lease's holder may do that.
     await cluster.agent_stub.ResetClocks(
-        agent_pb2.ResetClocksRequest(gpu=agent_pb2.GpuSelector(gpu_index=0), requested_by="ops")
+        agent_pb2.ResetClocksRequest(gpu=agent_pb2.GpuSelector(gpu_index=0), requested_by=HOLDER)
     )
     assert cluster.gpus[0].sm_clock_mhz() == A100.default_sm_clock_mhz
     # The next renewal fails, and the controller locks the clock again.

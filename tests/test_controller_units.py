@@ -37,7 +37,7 @@ def idle(phase: Phase, gpu_key: str = "a100-80g") -> InstanceState:
         {"lease_ttl_ms": 100, "control_interval_ms": 50},  # renewals could not keep up
         {"decision_history": 0},
         {"snapshot_mode": "push"},
-        {"agent_auth_token": ""},
+        {"slo": SloTarget(ttft_ms=1e308, itl_ms=50.0)},  # no SLO, a typo or an attack
     ],
 )
 def test_settings_reject_invalid_values(overrides: dict[str, object]) -> None:

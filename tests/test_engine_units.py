@@ -83,7 +83,7 @@ def test_parse_generate_request_reads_sglang_fields() -> None:
         ({"input_ids": [[1000]]}, "batched"),
         ({"input_ids": [1000, "x"]}, "list of integers"),
         ({"input_ids": [VOCAB]}, "outside the vocabulary"),
-        ({"text": "a", "sampling_params": {"max_new_tokens": 0}}, "max_new_tokens must be > 0"),
+        ({"text": "a", "sampling_params": {"max_new_tokens": -1}}, "max_new_tokens must be >= 0"),
         ({"text": "a", "sampling_params": {"max_new_tokens": 1.5}}, "must be an integer"),
         ({"text": "a", "sampling_params": []}, "'sampling_params' must be an object"),
         ({"text": "a", "stream": "yes"}, "'stream' must be a boolean"),

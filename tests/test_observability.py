@@ -8,17 +8,18 @@ import json
 import logging
 import re
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import pytest
+from conftest import OtlpSink, ReceivedSpan
 from opentelemetry import trace
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import ConsoleSpanExporter
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from voltana.errors import ConfigError
 from voltana.observability import (
     ObservabilityOptions,
-    TracingHandle,
     configure_logging,
     configure_tracing,
     resolve_exporter_name,
@@ -124,26 +125,41 @@ def test_in_memory_exporter_records_spans_without_touching_the_global_provider()
     handle.shutdown()
 
 
-# ---- traces across the stack -----------------------------------------------------------------
+# ---- traces across the stack, as an OTLP collector receives them -------------------------------
+
+SERVER, CLIENT, INTERNAL = 2, 3, 1  # OTLP span kinds
+GENERATE = "voltana.v1.RouterService/Generate"
+
+
+@dataclass
+class TracedRun:
+    spans: list[ReceivedSpan]
+    request_trace_id: str
+
+    def named(self, name: str, kind: int | None = None) -> list[ReceivedSpan]:
+        return [s for s in self.spans if s.name == name and (kind is None or s.kind == kind)]
+
+    def one(self, name: str, kind: int | None = None, **where: str) -> ReceivedSpan:
+        found = [
+            s
+            for s in self.named(name, kind)
+            if all(getattr(s, key) == value for key, value in where.items())
+        ]
+        assert len(found) == 1, (name, kind, where, found)
+        return found[0]
+
+    def trace(self, trace_id: str) -> list[ReceivedSpan]:
+        return [s for s in self.spans if s.trace_id == trace_id]
+
+    def children(self, parent: ReceivedSpan) -> list[ReceivedSpan]:
+        return [s for s in self.spans if s.parent_span_id == parent.span_id]
 
 
 @pytest.fixture(scope="module")
-def global_spans() -> Iterator[tuple[TracingHandle, InMemorySpanExporter]]:
-    """The process-wide provider (the node agents only use the global one), set up once."""
-    exporter = InMemorySpanExporter()
-    handle = configure_tracing(
-        span_exporter=exporter, batch=False, service_name="voltana-test", set_global=True
-    )
-    yield handle, exporter
-    handle.shutdown()  # later tests' spans go nowhere
-
-
-def _by_name(spans: tuple[ReadableSpan, ...], name: str) -> list[ReadableSpan]:
-    return [span for span in spans if span.name == name]
-
-
-async def _traced_stack_run(exporter: InMemorySpanExporter) -> tuple[ReadableSpan, ...]:
-    exporter.clear()
+def traced_run(otlp_sink: OtlpSink) -> Iterator[TracedRun]:
+    """One request through the SDK into a whole stack whose every service exports over OTLP
+    with its own service.name; clock changes and lease renewals happen meanwhile."""
+    handle = configure_tracing("otlp", endpoint=otlp_sink.endpoint, set_global=False)
     settings = SimStackSettings(
         prefill=1,
         decode=1,
@@ -153,72 +169,150 @@ async def _traced_stack_run(exporter: InMemorySpanExporter) -> tuple[ReadableSpa
         sample_interval_ms=100,
         snapshot_interval_ms=50,
         drain_timeout_s=0.5,
+        lease_ttl_ms=600,  # renewals every 200 ms: several during the run
     )
-    async with SimStack(settings) as stack:
-        tracer = trace.get_tracer("tests")
-        with tracer.start_as_current_span("test.request"):
-            async with VoltanaClient(stack.router_address) as client:
-                result = await client.generate(
-                    input_ids=list(range(200, 264)), max_new_tokens=8, stream=False
-                )
-        assert result.summary.completion_tokens == 8
-        # voltana-paper lowers the idle clocks soon after start.
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + 5.0
-        while not _by_name(exporter.get_finished_spans(), "voltana.agent.set_clocks"):
-            assert loop.time() < deadline, "no clock change span"
-            await asyncio.sleep(0.02)
-    return exporter.get_finished_spans()
+    client_provider = handle.provider_for("test-client")
+
+    async def run() -> str:
+        async with SimStack(settings, tracer_providers=handle.provider_for) as stack:
+            tracer = client_provider.get_tracer("tests")
+            with tracer.start_as_current_span("test.request") as root:
+                async with VoltanaClient(
+                    stack.router_address, tracer_provider=client_provider
+                ) as client:
+                    result = await client.generate(
+                        input_ids=list(range(200, 264)), max_new_tokens=8, stream=False
+                    )
+            assert result.summary.completion_tokens == 8
+            await asyncio.sleep(1.0)  # clock changes and lease renewals
+        return format(root.get_span_context().trace_id, "032x")
+
+    try:
+        trace_id = asyncio.run(run())
+        assert handle.force_flush(10_000)
+        yield TracedRun(otlp_sink.spans, trace_id)
+    finally:
+        handle.shutdown()
 
 
 @pytest.mark.e2e
-async def test_a_routed_request_is_one_trace_from_sdk_to_router(
-    global_spans: tuple[TracingHandle, InMemorySpanExporter],
+def test_an_sdk_request_is_one_trace_from_client_through_router_to_both_engines(
+    traced_run: TracedRun,
 ) -> None:
-    _, exporter = global_spans
-    spans = await _traced_stack_run(exporter)
-    (root,) = _by_name(spans, "test.request")
-    (client_span,) = _by_name(spans, "voltana.client.generate")
-    (generate,) = _by_name(spans, "router.generate")
-    (placement,) = _by_name(spans, "placement")
-    (dispatch,) = _by_name(spans, "dispatch")
-    trace_id = root.context.trace_id
-    for span in (client_span, generate, placement, dispatch):
-        assert span.context.trace_id == trace_id, span.name
-    # Parentage: SDK call → router (across gRPC) → placement and dispatch.
-    assert generate.parent is not None and generate.parent.span_id == client_span.context.span_id
-    assert placement.parent is not None and placement.parent.span_id == generate.context.span_id
-    assert dispatch.parent is not None and dispatch.parent.span_id == generate.context.span_id
-    # Completion: the router span carries how the request ended.
-    assert generate.attributes is not None
-    assert generate.attributes["voltana.finish_reason"] == "length"
-    assert generate.attributes["voltana.completion_tokens"] == 8
-    assert placement.attributes is not None and "voltana.decode_instance" in placement.attributes
-
-
-@pytest.mark.e2e
-async def test_controller_and_agent_record_clock_changes(
-    global_spans: tuple[TracingHandle, InMemorySpanExporter],
-) -> None:
-    _, exporter = global_spans
-    spans = await _traced_stack_run(exporter)
-    changes = _by_name(spans, "voltana.controller.clock_change")
-    applied = _by_name(spans, "voltana.agent.set_clocks")
-    assert changes and applied
-    targets = [
-        dict(span.attributes or {}).get("voltana.gpu.sm_clock.target_mhz") for span in changes
-    ]
-    assert all(isinstance(mhz, int) and mhz > 0 for mhz in targets), targets
-
-
-@pytest.mark.e2e
-async def test_clock_change_trace_continues_from_controller_into_agent(
-    global_spans: tuple[TracingHandle, InMemorySpanExporter],
-) -> None:
-    _, exporter = global_spans
-    spans = await _traced_stack_run(exporter)
-    controller_traces = {
-        span.context.trace_id for span in _by_name(spans, "voltana.controller.clock_change")
+    run = traced_run
+    trace_id = run.request_trace_id
+    in_trace = run.trace(trace_id)
+    assert {"test-client", "voltana-router", "voltana-engine"} <= {s.service_name for s in in_trace}
+    engines = {s.service_instance_id for s in in_trace if s.service_name == "voltana-engine"}
+    assert engines == {"prefill-0", "decode-0"}
+    root = run.one("test.request")
+    sdk = run.one("voltana.client.generate")
+    call = run.one(GENERATE, CLIENT)
+    served = run.one(GENERATE, SERVER)
+    for span in (root, sdk, call, served):
+        assert span.trace_id == trace_id, span.name
+    assert sdk.parent_span_id == root.span_id
+    assert call.parent_span_id == sdk.span_id and call.service_name == "test-client"
+    assert served.parent_span_id == call.span_id and served.service_name == "voltana-router"
+    dispatch = run.one("dispatch")
+    assert run.one("placement").parent_span_id == served.span_id
+    assert dispatch.parent_span_id == served.span_id
+    # The router's two engine calls, each continued by its engine's server span.
+    engine_calls = [s for s in run.children(dispatch) if s.kind == CLIENT]
+    assert len(engine_calls) == 2
+    engine_servers = {
+        s.service_instance_id: s
+        for call_span in engine_calls
+        for s in run.children(call_span)
+        if s.kind == SERVER
     }
-    agent_traces = {span.context.trace_id for span in _by_name(spans, "voltana.agent.set_clocks")}
-    assert agent_traces and agent_traces <= controller_traces
+    assert set(engine_servers) == {"prefill-0", "decode-0"}
+    for server_span in engine_servers.values():
+        assert server_span.name == "POST /generate" and server_span.trace_id == trace_id
+    # Each engine's own spans, inside the request's server span there.
+    prefill_stage = run.one("sglang.prefill")
+    assert prefill_stage.parent_span_id == engine_servers["prefill-0"].span_id
+    decode_stages = {s.name for s in run.children(engine_servers["decode-0"])}
+    assert {"sglang.kv_transfer", "sglang.decode"} <= decode_stages
+    # The decode's KV fetch from the prefill's bootstrap server is traced too.
+    kv_wait = run.one("sglang.kv_transfer")
+    (kv_fetch,) = [s for s in run.children(kv_wait) if s.kind == CLIENT]
+    (bootstrap,) = run.children(kv_fetch)
+    assert bootstrap.service_instance_id == "prefill-0" and bootstrap.trace_id == trace_id
+    assert dict(prefill_stage.attributes)["gen_ai.usage.input_tokens"] == 64
+    assert dict(run.one("sglang.decode").attributes)["gen_ai.usage.output_tokens"] == 8
+
+
+@pytest.mark.e2e
+def test_every_rpc_and_http_span_has_semantic_convention_attributes(
+    traced_run: TracedRun,
+) -> None:
+    remote = [s for s in traced_run.spans if s.kind in (SERVER, CLIENT)]
+    assert remote
+    for span in remote:
+        attributes = span.attributes
+        assert "server.address" in attributes, span
+        if attributes.get("rpc.system") == "grpc":
+            service, method = span.name.split("/")
+            assert not span.name.startswith("/")
+            assert attributes["rpc.service"] == service and attributes["rpc.method"] == method
+            assert attributes["rpc.grpc.status_code"] == 0, span
+        else:
+            assert "http.request.method" in attributes and "http.method" in attributes, span
+            assert attributes.get("http.status_code", attributes.get("http.response.status_code"))
+    served = traced_run.one(GENERATE, SERVER)
+    assert served.attributes["server.port"] and served.attributes["client.address"] == "127.0.0.1"
+    router_call = next(
+        s for s in traced_run.children(traced_run.one("dispatch")) if s.kind == CLIENT
+    )
+    assert router_call.attributes["http.request.method"] == "POST"
+    assert str(router_call.attributes["url.full"]).endswith("/generate")
+
+
+@pytest.mark.e2e
+def test_clock_changes_are_a_controller_client_and_agent_server_pair(
+    traced_run: TracedRun,
+) -> None:
+    run = traced_run
+    changes = run.named("voltana.controller.clock_change")
+    assert changes
+    for change in changes:
+        assert change.service_name == "voltana-controller" and change.parent_span_id == ""
+        (call,) = run.children(change)
+        assert call.name == "voltana.v1.NodeAgentService/SetClocks" and call.kind == CLIENT
+        assert call.service_name == "voltana-controller"
+        (served,) = run.children(call)
+        assert served.kind == SERVER and served.service_name == "voltana-agent"
+        assert served.name == call.name
+        (applied,) = run.children(served)
+        assert applied.name == "voltana.agent.set_clocks"
+        assert (
+            applied.attributes["voltana.gpu.sm_clock.applied_mhz"]
+            == (change.attributes["voltana.gpu.sm_clock.target_mhz"])
+        )
+
+
+@pytest.mark.e2e
+def test_background_calls_start_no_traces_and_services_have_their_own_names(
+    traced_run: TracedRun,
+) -> None:
+    run = traced_run
+    roots = {s.name for s in run.spans if s.parent_span_id == ""}
+    # Requests, clock changes and the clock resets at start and stop; nothing periodic.
+    assert {"test.request", "voltana.controller.clock_change"} <= roots
+    assert roots <= {
+        "test.request",
+        "voltana.controller.clock_change",
+        "voltana.v1.NodeAgentService/ResetClocks",
+        "voltana.agent.reset_clocks",
+    }
+    # Lease renewals happened (every 200 ms) but left no span at all.
+    assert not [s for s in run.spans if "RenewLease" in s.name or "renew_lease" in s.name]
+    assert not [s for s in run.spans if s.name.startswith("voltana.v1.TelemetryService/")]
+    assert {s.service_name for s in run.spans} == {
+        "test-client",
+        "voltana-router",
+        "voltana-controller",
+        "voltana-agent",
+        "voltana-engine",
+    }

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import re
 import socket
 import time
 from collections import Counter
@@ -15,9 +16,11 @@ from typing import Any
 
 import grpc
 import pytest
-from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind
+from security_helpers import SECURITY
 
 from voltana.engine import SimEngine, SimEngineSettings
 from voltana.policy.state import InstanceState, Phase
@@ -153,9 +156,13 @@ async def running_cluster(
     async with contextlib.AsyncExitStack() as stack:
         store = RecordingStore()
         telemetry = await stack.enter_async_context(
-            TelemetryService(TelemetrySettings(watch_min_interval_ms=20), store=store)
+            TelemetryService(
+                TelemetrySettings(watch_min_interval_ms=20, security=SECURITY), store=store
+            )
         )
-        telemetry_client = await stack.enter_async_context(TelemetryClient(telemetry.address))
+        telemetry_client = await stack.enter_async_context(
+            TelemetryClient(telemetry.address, security=SECURITY)
+        )
         prefill_engines = [
             await start_engine(
                 stack, telemetry_client, Phase.PREFILL, i, speedup, report_interval_ms
@@ -172,6 +179,7 @@ async def running_cluster(
             telemetry_address=telemetry.address,
             snapshot_interval_ms=20,
             **router_options,
+            security=SECURITY,
         )
         router = RouterService(settings, tracer_provider=tracer_provider)
         await stack.enter_async_context(router)
@@ -258,7 +266,9 @@ async def test_generate_reports_the_completion_to_telemetry(cluster: Cluster) ->
     assert (record.input_tokens, record.output_tokens) == (3, 5)
     assert record.ttft_ms == pytest.approx(result.summary.ttft_ms)
     assert record.slo is not None and record.slo.ttft_ms == 500.0
-    assert record.slo.itl_ms == RouterSettings().slo.itl_ms  # left to the cluster's target
+    assert (
+        record.slo.itl_ms == RouterSettings(security=SECURITY).slo.itl_ms
+    )  # left to the cluster's target
     assert record.arrival_s < record.finished_at_s
 
 
@@ -349,7 +359,23 @@ async def test_dynamic_policy_routes_and_explains_itself() -> None:
         ({"prompt": "hi", "max_new_tokens": 0}, "max_new_tokens must be > 0"),
         ({"prompt": "hi", "max_new_tokens": 65}, "over the limit of 64"),
         ({"prompt": "hi", "max_new_tokens": 8, "temperature": -1.0}, "temperature must be >= 0"),
-        ({"prompt": "hi", "max_new_tokens": 8, "ttft_slo_ms": -5.0}, "slo.ttft_ms must be >= 0"),
+        ({"prompt": "hi", "max_new_tokens": 8, "ttft_slo_ms": -5.0}, r"slo.ttft_ms must be .*-5"),
+        (
+            {"prompt": "hi", "max_new_tokens": 8, "itl_slo_ms": 1e308},
+            r"slo.itl_ms must be .*1e\+308",
+        ),
+        (
+            {"prompt": "hi", "max_new_tokens": 8, "request_id": "r" * 300},
+            "request_id is 300 characters long",
+        ),
+        (
+            {"prompt": "hi", "max_new_tokens": 8, "request_id": "a\nb"},
+            r"request_id 'a\\nb' must be printable",
+        ),
+        (
+            {"prompt": "hi", "max_new_tokens": 8, "stop": ["s" * 300]},
+            "a stop string is 300 characters long",
+        ),
     ],
 )
 async def test_invalid_requests_are_refused(arguments: dict[str, Any], message: str) -> None:
@@ -359,16 +385,18 @@ async def test_invalid_requests_are_refused(arguments: dict[str, Any], message: 
         with pytest.raises(InvalidRequestError, match=message) as raised:
             await cluster.client.generate(**arguments, stream=False)
         assert raised.value.code == grpc.StatusCode.INVALID_ARGUMENT
-        if "temperature" not in arguments:  # Place takes no sampling parameters
+        if not {"temperature", "request_id", "stop"} & set(arguments):  # not Place's arguments
             with pytest.raises(InvalidRequestError, match=message):
                 await cluster.client.place(**arguments)
-        # Nothing reached an engine or telemetry.
-        assert cluster.store.completions == []
+        # Nothing reached an engine; telemetry has the refusal on record, with its status.
+        [record] = await cluster.completions(1)
+        assert (record.ok, record.status, record.instance_ids) == (False, "INVALID_ARGUMENT", ())
+        assert re.search(message, record.reason)
 
 
 async def test_request_without_prompt_is_invalid(cluster: Cluster) -> None:
     # Below the SDK (which refuses it itself): the router's own check.
-    async with create_channel(cluster.router.address) as channel:
+    async with create_channel(cluster.router.address, security=SECURITY) as channel:
         stub = router_pb2_grpc.RouterServiceStub(channel)
         with pytest.raises(grpc.aio.AioRpcError) as raised:
             async for _ in stub.Generate(router_pb2.GenerateRequest(max_new_tokens=4)):
@@ -403,7 +431,9 @@ async def test_missing_decode_side_is_unavailable() -> None:
 
 async def test_without_telemetry_requests_are_unavailable() -> None:
     settings = RouterSettings(
-        telemetry_address=f"127.0.0.1:{free_port()}", initial_snapshot_timeout_s=0.0
+        telemetry_address=f"127.0.0.1:{free_port()}",
+        initial_snapshot_timeout_s=0.0,
+        security=SECURITY,
     )
     async with RouterService(settings) as router, VoltanaClient(router.address) as client:
         with pytest.raises(UnavailableError, match="no cluster snapshot from telemetry"):
@@ -500,6 +530,13 @@ async def test_stop_lets_running_requests_finish_and_refuses_new_ones() -> None:
 # ---- tracing ---------------------------------------------------------------------------------
 
 
+GENERATE = "voltana.v1.RouterService/Generate"
+
+
+def spans_by_kind(exporter: InMemorySpanExporter) -> dict[tuple[str, SpanKind], ReadableSpan]:
+    return {(span.name, span.kind): span for span in exporter.get_finished_spans()}
+
+
 async def test_spans_link_the_client_and_the_router() -> None:
     exporter = InMemorySpanExporter()
     provider = TracerProvider()
@@ -509,27 +546,50 @@ async def test_spans_link_the_client_and_the_router() -> None:
             await cluster.client.generate("trace me", max_new_tokens=4, stream=False)
         ).summary
         # The server span ends just after the completion went out.
-        await wait_for(lambda: len(exporter.get_finished_spans()) == 4, "every span to end")
-        spans = {span.name: span for span in exporter.get_finished_spans()}
+        await wait_for(
+            lambda: (GENERATE, SpanKind.SERVER) in spans_by_kind(exporter), "the server span"
+        )
+        spans = spans_by_kind(exporter)
 
-    client_span = spans["voltana.client.generate"]
-    server_span = spans["router.generate"]
+    sdk_span = spans["voltana.client.generate", SpanKind.INTERNAL]
+    client_span = spans[GENERATE, SpanKind.CLIENT]
+    server_span = spans[GENERATE, SpanKind.SERVER]
+    assert client_span.parent is not None and sdk_span.context is not None
+    assert client_span.parent.span_id == sdk_span.context.span_id
     assert client_span.context is not None and server_span.context is not None
     assert server_span.parent is not None
     assert server_span.parent.span_id == client_span.context.span_id
     assert server_span.context.trace_id == client_span.context.trace_id
     for child in ("placement", "dispatch"):
-        parent = spans[child].parent
+        parent = spans[child, SpanKind.INTERNAL].parent
         assert parent is not None and parent.span_id == server_span.context.span_id
+    # The router's engine calls are the dispatch span's HTTP CLIENT children.
+    dispatch = spans["dispatch", SpanKind.INTERNAL]
+    engine_calls = [
+        span
+        for span in exporter.get_finished_spans()
+        if span.kind is SpanKind.CLIENT and span.name == "POST"
+    ]
+    assert len(engine_calls) == 2
+    for call in engine_calls:
+        assert call.parent is not None and dispatch.context is not None
+        assert call.parent.span_id == dispatch.context.span_id
     assert [event.name for event in server_span.events] == ["first_token"]
     attributes = dict(server_span.attributes or {})
+    assert attributes["rpc.system"] == "grpc"
+    assert attributes["rpc.service"] == "voltana.v1.RouterService"
+    assert attributes["rpc.method"] == "Generate"
+    assert attributes["rpc.grpc.status_code"] == 0
+    assert attributes["server.address"] == "127.0.0.1"
     assert attributes["voltana.request_id"] == summary.request_id
     assert attributes["voltana.prefill_instance"] == "prefill-0"
     assert attributes["voltana.decode_instance"] == "decode-0"
     assert attributes["voltana.bootstrap_room"] == summary.bootstrap_room
     assert attributes["voltana.completion_tokens"] == 4
     assert attributes["voltana.finish_reason"] == "length"
-    assert dict(spans["placement"].attributes or {})["voltana.policy"] == "static-max"
+    assert dict(spans["placement", SpanKind.INTERNAL].attributes or {})["voltana.policy"] == (
+        "static-max"
+    )
 
 
 async def test_failed_request_marks_its_span() -> None:
@@ -539,21 +599,32 @@ async def test_failed_request_marks_its_span() -> None:
     async with running_cluster(prefills=0, decodes=0, tracer_provider=provider) as cluster:
         with pytest.raises(UnavailableError):
             await cluster.client.generate("hello", stream=False)
-        await wait_for(lambda: len(exporter.get_finished_spans()) == 3, "every span to end")
-        spans = {span.name: span for span in exporter.get_finished_spans()}
+        await wait_for(
+            lambda: (GENERATE, SpanKind.SERVER) in spans_by_kind(exporter), "the server span"
+        )
+        spans = spans_by_kind(exporter)
 
-    assert not spans["router.generate"].status.is_ok
-    assert not spans["placement"].status.is_ok
-    assert "dispatch" not in spans
+    server_span = spans[GENERATE, SpanKind.SERVER]
+    assert not server_span.status.is_ok
+    assert (
+        dict(server_span.attributes or {})["rpc.grpc.status_code"]
+        == (grpc.StatusCode.UNAVAILABLE.value[0])
+    )
+    assert not spans[GENERATE, SpanKind.CLIENT].status.is_ok
+    assert not spans["placement", SpanKind.INTERNAL].status.is_ok
+    assert ("dispatch", SpanKind.INTERNAL) not in spans
 
 
 def test_settings_reject_nonsense() -> None:
     from voltana.errors import ConfigError
 
     with pytest.raises(ConfigError, match="max_new_tokens_limit"):
-        RouterSettings(default_max_new_tokens=10, max_new_tokens_limit=5)
+        RouterSettings(default_max_new_tokens=10, max_new_tokens_limit=5, security=SECURITY)
     with pytest.raises(ConfigError, match="telemetry_address"):
-        RouterSettings(telemetry_address="nowhere")
+        RouterSettings(telemetry_address="nowhere", security=SECURITY)
     with pytest.raises(ConfigError, match="unknown policy"):
-        RouterService(RouterSettings(policy="no-such-policy"))
-    assert dataclasses.replace(RouterSettings(), router="least-loaded").router == "least-loaded"
+        RouterService(RouterSettings(policy="no-such-policy", security=SECURITY))
+    assert (
+        dataclasses.replace(RouterSettings(security=SECURITY), router="least-loaded").router
+        == "least-loaded"
+    )

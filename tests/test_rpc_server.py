@@ -261,3 +261,38 @@ def test_status_codes_follow_the_class_hierarchy() -> None:
         status_code_for(GpuGoneError("x"), {GpuGoneError: grpc.StatusCode.UNAVAILABLE})
         == grpc.StatusCode.UNAVAILABLE
     )
+
+
+V1_REFLECTION = "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo"
+
+
+async def _reflect_v1(
+    channel: grpc.aio.Channel, request: reflection_pb2.ServerReflectionRequest
+) -> reflection_pb2.ServerReflectionResponse:
+    # grpc.reflection.v1 has v1alpha's messages under a new package name: same wire format.
+    method = channel.stream_stream(
+        V1_REFLECTION,
+        request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+        response_deserializer=reflection_pb2.ServerReflectionResponse.FromString,
+    )
+    replies = [reply async for reply in method(iter([request]), timeout=5)]
+    assert len(replies) == 1
+    return replies[0]
+
+
+async def test_reflection_v1_lists_and_describes_services(channel: grpc.aio.Channel) -> None:
+    listed = await _reflect_v1(channel, reflection_pb2.ServerReflectionRequest(list_services=""))
+    names = {service.name for service in listed.list_services_response.service}
+    assert {
+        CONTROLLER_SERVICE,
+        ROUTER_SERVICE,
+        "grpc.reflection.v1.ServerReflection",
+        "grpc.reflection.v1alpha.ServerReflection",
+    } <= names
+
+    for symbol in (ROUTER_SERVICE, "grpc.reflection.v1.ServerReflection"):
+        described = await _reflect_v1(
+            channel, reflection_pb2.ServerReflectionRequest(file_containing_symbol=symbol)
+        )
+        assert described.WhichOneof("message_response") == "file_descriptor_response", symbol
+        assert described.file_descriptor_response.file_descriptor_proto

@@ -16,6 +16,7 @@ import pytest
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind
 
 from voltana import errors
 from voltana.rpc import start_grpc_server, stop_grpc_server
@@ -314,14 +315,26 @@ async def test_trace_context_and_metadata_travel_with_the_call(
     ) as sdk_client:
         result = await sdk_client.generate("tokens:2", stream=False)
 
-    (span,) = exporter.get_finished_spans()
-    assert span.name == "voltana.client.generate" and span.context is not None
+    # The SDK's span carries the outcome; the gRPC instrumentation's CLIENT span (its child)
+    # is the one whose context travels in the metadata.
+    spans = {span.name: span for span in exporter.get_finished_spans()}
+    assert set(spans) == {"voltana.client.generate", "voltana.v1.RouterService/Generate"}
+    sdk_span, call_span = (
+        spans["voltana.client.generate"],
+        spans["voltana.v1.RouterService/Generate"],
+    )
+    assert call_span.kind is SpanKind.CLIENT and call_span.context is not None
+    assert call_span.parent is not None and sdk_span.context is not None
+    assert call_span.parent.span_id == sdk_span.context.span_id
     metadata = fake_router[0].metadata[0]
     assert metadata["x-tenant"] == "blue"
     trace_id, span_id = metadata["traceparent"].split("-")[1:3]
-    assert int(trace_id, 16) == span.context.trace_id
-    assert int(span_id, 16) == span.context.span_id
-    assert dict(span.attributes or {})["voltana.request_id"] == result.summary.request_id
+    assert int(trace_id, 16) == sdk_span.context.trace_id
+    assert int(span_id, 16) == call_span.context.span_id
+    attributes = dict(call_span.attributes or {})
+    assert attributes["rpc.system"] == "grpc" and attributes["rpc.method"] == "Generate"
+    assert attributes["server.address"] == "127.0.0.1"
+    assert dict(sdk_span.attributes or {})["voltana.request_id"] == result.summary.request_id
 
 
 # ---- sync client -----------------------------------------------------------------------------

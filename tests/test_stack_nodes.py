@@ -8,6 +8,7 @@ import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
+from security_helpers import SECURITY
 
 from voltana.engine import SglangHttpClient, SimEngine, SimEngineSettings
 from voltana.errors import ConfigError
@@ -34,8 +35,8 @@ async def eventually(check: Callable[[], Awaitable[bool]], what: str) -> None:
 @pytest.fixture
 async def telemetry() -> AsyncIterator[tuple[TelemetryService, TelemetryClient]]:
     async with (
-        TelemetryService(TelemetrySettings()) as service,
-        TelemetryClient(service.address) as client,
+        TelemetryService(TelemetrySettings(security=SECURITY)) as service,
+        TelemetryClient(service.address, security=SECURITY) as client,
     ):
         yield service, client
 
@@ -54,6 +55,7 @@ async def test_engine_node_registers_engine_and_agent_and_unregisters_on_stop(
             agent_listen_address="127.0.0.1:0",
             gpu_index=3,
             sample_interval_ms=50,
+            security=SECURITY,
         )
     )
     await node.start()
@@ -86,7 +88,7 @@ async def test_engine_node_registers_engine_and_agent_and_unregisters_on_stop(
 
 def test_engine_node_agent_needs_telemetry() -> None:
     with pytest.raises(ConfigError):
-        EngineNodeSettings(agent_listen_address="127.0.0.1:0")
+        EngineNodeSettings(agent_listen_address="127.0.0.1:0", security=SECURITY)
 
 
 async def test_sglang_reporter_registers_and_reports_scraped_load(
@@ -106,6 +108,7 @@ async def test_sglang_reporter_registers_and_reports_scraped_load(
                 agent_address="agent:50054",
                 gpu_index=1,
                 interval_ms=50,
+                security=SECURITY,
             )
         )
         await reporter.start()
@@ -136,5 +139,9 @@ async def test_sglang_reporter_registers_and_reports_scraped_load(
 def test_sglang_settings_need_a_bootstrap_port_for_prefill() -> None:
     with pytest.raises(ConfigError, match="bootstrap"):
         SglangInstanceSettings(
-            telemetry_address="t:1", instance_id="p", phase=Phase.PREFILL, engine_url="http://p:1"
+            telemetry_address="t:1",
+            instance_id="p",
+            phase=Phase.PREFILL,
+            engine_url="http://p:1",
+            security=SECURITY,
         )

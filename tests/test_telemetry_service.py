@@ -13,6 +13,7 @@ import grpc.aio
 import pytest
 import redis.asyncio as aioredis
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from security_helpers import SECURITY
 
 from voltana.errors import ConfigError, InvalidArgumentError, NotFoundError, UnavailableError
 from voltana.gpu import GpuSample
@@ -66,6 +67,7 @@ async def service(
         watch_min_interval_ms=10,
         watch_idle_resend_s=30.0,
         registry_refresh_s=0.0,
+        security=SECURITY,
     )
     async with TelemetryService(settings, clock=clock) as started:
         yield started
@@ -73,7 +75,7 @@ async def service(
 
 @pytest.fixture
 async def client(service: TelemetryService) -> AsyncIterator[TelemetryClient]:
-    async with TelemetryClient(service.address) as telemetry:
+    async with TelemetryClient(service.address, security=SECURITY) as telemetry:
         yield telemetry
 
 
@@ -240,11 +242,14 @@ async def test_stopping_the_service_ends_watch_streams(
     redis_server: Any, key_prefix: str, clock: FakeClock
 ) -> None:
     settings = TelemetrySettings(
-        redis_url=redis_server.url, redis_key_prefix=key_prefix, shutdown_grace_s=10.0
+        redis_url=redis_server.url,
+        redis_key_prefix=key_prefix,
+        shutdown_grace_s=10.0,
+        security=SECURITY,
     )
     service = TelemetryService(settings, clock=clock)
     await service.start()
-    async with TelemetryClient(service.address) as client:
+    async with TelemetryClient(service.address, security=SECURITY) as client:
         stream = client.watch()
         await next_snapshot(stream)
         loop = asyncio.get_running_loop()
@@ -267,7 +272,7 @@ async def test_invalid_sample_ends_the_stream_and_keeps_earlier_ones(
 
 
 async def test_invalid_input_is_invalid_argument_on_the_wire(service: TelemetryService) -> None:
-    async with create_channel(service.address) as channel:
+    async with create_channel(service.address, security=SECURITY) as channel:
         stub = telemetry_pb2_grpc.TelemetryServiceStub(channel)
         with pytest.raises(grpc.aio.AioRpcError) as raised:
             await stub.RegisterInstance(
@@ -387,7 +392,7 @@ async def test_unregister_removes_the_instance(
 
 
 async def test_health_reports_the_telemetry_service_serving(service: TelemetryService) -> None:
-    async with create_channel(service.address) as channel:
+    async with create_channel(service.address, security=SECURITY) as channel:
         reply = await health_pb2_grpc.HealthStub(channel).Check(
             health_pb2.HealthCheckRequest(service=TELEMETRY_SERVICE)
         )
@@ -396,8 +401,8 @@ async def test_health_reports_the_telemetry_service_serving(service: TelemetrySe
 
 async def test_memory_store_is_the_default(clock: FakeClock) -> None:
     async with (
-        TelemetryService(TelemetrySettings(), clock=clock) as service,
-        TelemetryClient(service.address) as client,
+        TelemetryService(TelemetrySettings(security=SECURITY), clock=clock) as service,
+        TelemetryClient(service.address, security=SECURITY) as client,
     ):
         await register_pd(client)
         assert list((await client.snapshot()).prefill) == ["p0"]
@@ -409,7 +414,7 @@ async def test_unreachable_redis_fails_at_start(clock: FakeClock) -> None:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     service = TelemetryService(
-        TelemetrySettings(redis_url=f"redis://127.0.0.1:{port}/0"), clock=clock
+        TelemetrySettings(redis_url=f"redis://127.0.0.1:{port}/0", security=SECURITY), clock=clock
     )
     with pytest.raises(TelemetryStoreError, match="redis failed"):
         await service.start()
@@ -418,11 +423,11 @@ async def test_unreachable_redis_fails_at_start(clock: FakeClock) -> None:
 
 def test_settings_are_checked() -> None:
     with pytest.raises(ConfigError, match="series_cap"):
-        TelemetrySettings(series_cap=0)
+        TelemetrySettings(series_cap=0, security=SECURITY)
     with pytest.raises(ConfigError, match="watch_default_interval_ms"):
-        TelemetrySettings(watch_default_interval_ms=5, watch_min_interval_ms=10)
+        TelemetrySettings(watch_default_interval_ms=5, watch_min_interval_ms=10, security=SECURITY)
     with pytest.raises(ConfigError, match="window_s"):
-        TelemetrySettings(window_s=float("inf"))
+        TelemetrySettings(window_s=float("inf"), security=SECURITY)
 
 
 class CountingStore(MemoryTelemetryStore):
@@ -439,10 +444,12 @@ class CountingStore(MemoryTelemetryStore):
 
 async def test_watchers_share_one_store_read_per_change(clock: FakeClock) -> None:
     store = CountingStore(clock)
-    settings = TelemetrySettings(watch_min_interval_ms=10, watch_idle_resend_s=30.0)
+    settings = TelemetrySettings(
+        watch_min_interval_ms=10, watch_idle_resend_s=30.0, security=SECURITY
+    )
     async with (
         TelemetryService(settings, clock=clock, store=store) as service,
-        TelemetryClient(service.address) as client,
+        TelemetryClient(service.address, security=SECURITY) as client,
     ):
         await register_pd(client)
         streams = [client.watch(interval_ms=10) for _ in range(5)]
@@ -460,10 +467,12 @@ async def test_watchers_share_one_store_read_per_change(clock: FakeClock) -> Non
 
 
 async def test_quiet_cluster_is_resent_so_time_moves(clock: FakeClock) -> None:
-    settings = TelemetrySettings(watch_min_interval_ms=10, watch_idle_resend_s=0.2)
+    settings = TelemetrySettings(
+        watch_min_interval_ms=10, watch_idle_resend_s=0.2, security=SECURITY
+    )
     async with (
         TelemetryService(settings, clock=clock) as service,
-        TelemetryClient(service.address) as client,
+        TelemetryClient(service.address, security=SECURITY) as client,
     ):
         await register_pd(client)
         stream = client.watch(interval_ms=10)

@@ -48,6 +48,10 @@ class PermissionDeniedError(VoltanaError):
     """The caller or this process lacks the right to do it (e.g. setting clocks without root)."""
 
 
+class UnauthenticatedError(VoltanaError):
+    """The call carries no credential where one is required (a wrong one: PermissionDenied)."""
+
+
 class UnavailableError(VoltanaError):
     """A dependency (engine, agent, telemetry, Redis) cannot be reached, or nothing can serve."""
 

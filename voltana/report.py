@@ -1,4 +1,4 @@
-"""Run reports shared by `voltana simulate`, `voltana bench` and the benchmarks (DESIGN.md §5)."""
+"""Run reports shared by `voltana simulate`, `voltana bench` and the benchmarks (definitions: docs/definitions.md)."""
 
 from __future__ import annotations
 

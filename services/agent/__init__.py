@@ -9,25 +9,23 @@ from voltana.services.agent.clock import AgentClock, ManualClock, SystemClock
 from voltana.services.agent.clock_manager import ClockChange, ClockManager, GpuClockStatus
 from voltana.services.agent.errors import (
     AgentError,
-    AgentUnauthenticatedError,
     LeaseConflictError,
     LeaseNotHeldError,
 )
 from voltana.services.agent.leases import Lease, LeaseTable
 from voltana.services.agent.sampler import GpuSampler
 from voltana.services.agent.server import AgentService, gpu_key_for
-from voltana.services.agent.servicer import AUTH_METADATA_KEY, NodeAgentServicer
+from voltana.services.agent.servicer import AGENT_PRIVILEGED_METHODS, NodeAgentServicer
 from voltana.services.agent.settings import AgentBackend, AgentSettings
 from voltana.services.agent.sinks import GpuSampleSink, GrpcGpuSampleSink, gpu_sample_to_proto
 
 __all__ = [
-    "AUTH_METADATA_KEY",
+    "AGENT_PRIVILEGED_METHODS",
     "AgentBackend",
     "AgentClock",
     "AgentError",
     "AgentService",
     "AgentSettings",
-    "AgentUnauthenticatedError",
     "ClockChange",
     "ClockManager",
     "GpuClockStatus",

@@ -8,6 +8,7 @@ puts the GPU back to its default clocks (the safe state for latency) when the le
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
@@ -21,6 +22,7 @@ from voltana.errors import InvalidArgumentError
 from voltana.gpu import GpuDevice, GpuError, GpuNotFoundError, resolve_sm_clock_mhz
 from voltana.services.agent.clock import AgentClock
 from voltana.services.agent.leases import Lease, LeaseTable
+from voltana.text import shorten
 
 _LOG = logging.getLogger(__name__)
 _T = TypeVar("_T")
@@ -124,8 +126,10 @@ class ClockManager:
         ttl_s: float | None = None,
         reason: str = "",
         trace_context: Context | None = None,
+        principal: str = "",
     ) -> ClockChange:
-        """Lock the GPU at the nearest supported clock >= the request and lease it to holder.
+        """Lock the GPU at the nearest supported clock >= the request and lease it to holder
+        (as authenticated by ``principal``; see leases.py).
 
         ``trace_context`` is the caller's (e.g. extracted from gRPC metadata): the span joins
         the caller's trace instead of starting a new one. None: the current context.
@@ -140,6 +144,7 @@ class ClockManager:
                     "voltana.gpu.index": gpu_index,
                     "voltana.gpu.sm_clock.requested_mhz": float(requested_sm_clock_mhz),
                     "voltana.lease.holder": holder,
+                    "voltana.lease.principal": principal,
                     "voltana.lease.ttl_s": lease_ttl_s,
                     "voltana.reason": reason,
                 }
@@ -149,10 +154,12 @@ class ClockManager:
             )
             span.set_attribute("voltana.gpu.sm_clock.applied_mhz", applied_mhz)
             async with self._gpu_locks[gpu_index]:
-                self._leases.check_grantable(gpu_index, holder, self._clock.now_s())
+                self._leases.check_grantable(gpu_index, holder, self._clock.now_s(), principal)
                 await self._device_call(device.set_locked_sm_clock_mhz, applied_mhz, applied_mhz)
                 # The lease starts once the clock is locked, so no locked clock is unleased.
-                lease = self._leases.grant(gpu_index, holder, lease_ttl_s, self._clock.now_s())
+                lease = self._leases.grant(
+                    gpu_index, holder, lease_ttl_s, self._clock.now_s(), principal
+                )
                 self._locked_mhz[gpu_index] = applied_mhz
                 self._leases_changed.set()
                 measured_mhz = await self._read_back(device, applied_mhz)
@@ -179,9 +186,9 @@ class ClockManager:
             gpu_index,
             applied_mhz,
             requested_sm_clock_mhz,
-            holder,
+            lease.describe(),
             lease_ttl_s,
-            reason,
+            shorten(reason, 200),
         )
         return change
 
@@ -208,6 +215,7 @@ class ClockManager:
         holder: str,
         ttl_s: float | None = None,
         trace_context: Context | None = None,
+        principal: str = "",
     ) -> tuple[list[int], float | None]:
         """Extend holder's leases (all of them when ``gpu_indices`` is None).
 
@@ -215,14 +223,18 @@ class ClockManager:
         ``trace_context``: the caller's trace context, as for ``set_clock``.
         """
         lease_ttl_s = self.lease_ttl_s(ttl_s)
-        with self._tracer.start_as_current_span(
-            "voltana.agent.renew_lease", context=trace_context
+        # Renewals come every ttl/3 per GPU: a span only inside a caller's trace, never a root.
+        parent_valid = trace.get_current_span(trace_context).get_span_context().is_valid
+        with (
+            self._tracer.start_as_current_span("voltana.agent.renew_lease", context=trace_context)
+            if parent_valid
+            else contextlib.nullcontext(trace.INVALID_SPAN)
         ) as span:
             span.set_attributes(
                 {"voltana.lease.holder": holder, "voltana.lease.ttl_s": lease_ttl_s}
             )
             if gpu_indices is None:
-                gpu_indices = self._leases.held_by(holder, self._clock.now_s())
+                gpu_indices = self._leases.held_by(holder, self._clock.now_s(), principal)
             for gpu_index in gpu_indices:
                 self.device(gpu_index)
             renewed: list[int] = []
@@ -230,7 +242,7 @@ class ClockManager:
             for gpu_index in gpu_indices:
                 async with self._gpu_locks[gpu_index]:
                     now_s = self._clock.now_s()
-                    lease = self._leases.renew(gpu_index, holder, lease_ttl_s, now_s)
+                    lease = self._leases.renew(gpu_index, holder, lease_ttl_s, now_s, principal)
                 renewed.append(gpu_index)
                 expires_at_s = lease.expires_at_s
             if renewed:
@@ -239,16 +251,30 @@ class ClockManager:
         return renewed, expires_at_s
 
     async def reset(
-        self, gpu_index: int, reason: str, trace_context: Context | None = None
+        self,
+        gpu_index: int,
+        reason: str,
+        trace_context: Context | None = None,
+        requester: tuple[str, str] | None = None,
     ) -> GpuClockStatus:
         """Unlock the GPU's clock (back to default) and drop its lease.
 
+        ``requester`` (holder, principal) is a caller's: LeaseNotHeldError when another holder
+        has a live lease on the GPU. None: the agent's own reset (start, stop, expiry).
         ``trace_context``: the caller's trace context, as for ``set_clock``.
         """
         device = self.device(gpu_index)
         async with self._gpu_locks[gpu_index]:
+            if requester is not None:
+                holder, principal = requester
+                self._leases.check_releasable(gpu_index, holder, self._clock.now_s(), principal)
             await self._reset_locked(device, reason, trace_context)
         return await self.status(gpu_index)
+
+    def check_releasable(self, gpu_indices: Sequence[int], holder: str, principal: str) -> None:
+        """LeaseNotHeldError when another holder has a live lease on one of the GPUs."""
+        for gpu_index in gpu_indices:
+            self._leases.check_releasable(gpu_index, holder, self._clock.now_s(), principal)
 
     async def _reset_locked(
         self, device: GpuDevice, reason: str, trace_context: Context | None = None
@@ -264,7 +290,7 @@ class ClockManager:
             if lease is not None:
                 span.set_attribute("voltana.lease.holder", lease.holder)
             await self._device_call(device.reset_sm_clocks)
-        _LOG.info("GPU %d back to default clocks: %s", device.index, reason)
+        _LOG.info("GPU %d back to default clocks: %s", device.index, shorten(reason, 300))
 
     async def reset_all(self, reason: str) -> list[GpuError]:
         """Reset every GPU, carrying on past failures; returns the failures."""
@@ -276,6 +302,10 @@ class ClockManager:
                 _LOG.error("cannot reset GPU %d (%s): %s", gpu_index, reason, error)
                 failures.append(error)
         return failures
+
+    def lease_state(self, gpu_index: int) -> tuple[Lease | None, int | None]:
+        """The GPU's lease and locked clock (None at default clocks), without device I/O."""
+        return self._leases.get(gpu_index), self._locked_mhz.get(gpu_index)
 
     async def status(self, gpu_index: int) -> GpuClockStatus:
         device = self.device(gpu_index)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import grpc
-
 from voltana.errors import FailedPreconditionError, VoltanaError
 
 
@@ -16,14 +14,5 @@ class LeaseConflictError(AgentError, FailedPreconditionError):
 
 
 class LeaseNotHeldError(AgentError, FailedPreconditionError):
-    """The caller renews a lease it does not hold (none, expired, or someone else's)."""
-
-
-class AgentUnauthenticatedError(AgentError):
-    """A clock-changing call came without the agent's token."""
-
-
-# Codes the shared table (voltana.rpc.status) has no kind for.
-AGENT_STATUS_CODES: dict[type[BaseException], grpc.StatusCode] = {
-    AgentUnauthenticatedError: grpc.StatusCode.UNAUTHENTICATED,
-}
+    """The caller renews or resets a lease it does not hold (none, expired, or someone
+    else's)."""

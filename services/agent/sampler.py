@@ -1,4 +1,5 @@
-"""Periodic GPU sampling: read every GPU, hand the round to a sink, sleep, repeat."""
+"""Periodic GPU sampling: read every GPU, keep the latest reading, hand the round to a sink
+(when there is one), sleep, repeat."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ class GpuSampler:
     def __init__(
         self,
         devices: Sequence[GpuDevice],
-        sink: GpuSampleSink,
+        sink: GpuSampleSink | None,
         clock: AgentClock,
         interval_s: float,
     ) -> None:
@@ -27,6 +28,8 @@ class GpuSampler:
         self._interval_s = interval_s
         # GPUs whose last read failed, so a broken GPU logs once, not every round.
         self._failing: set[int] = set()
+        # The latest reading of each GPU (what /metrics shows).
+        self.latest: dict[int, GpuSample] = {}
 
     async def sample_once(self) -> list[GpuSample]:
         """One sample per readable GPU (unreadable ones are skipped and logged)."""
@@ -42,6 +45,7 @@ class GpuSampler:
                 continue
             self._failing.discard(device.index)
             samples.append(sample)
+            self.latest[device.index] = sample
         return samples
 
     async def run(self) -> None:
@@ -50,7 +54,8 @@ class GpuSampler:
             started_s = self._clock.now_s()
             samples = await self.sample_once()
             try:
-                await self._sink.send(samples)
+                if self._sink is not None:
+                    await self._sink.send(samples)
             except Exception:  # a sink bug must not end sampling; log it with its traceback
                 _LOG.exception("GPU sample sink failed")
             await self._clock.sleep_until(started_s + self._interval_s)

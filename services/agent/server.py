@@ -11,18 +11,28 @@ from typing import Any
 import grpc
 import grpc.aio
 from grpc_health.v1 import health
+from opentelemetry import trace
+from prometheus_client import CollectorRegistry
 
 from voltana.errors import ConfigError
-from voltana.gpu import GpuDevice, NvmlLibrary, SimulatedGpu
-from voltana.hardware import GPU_CATALOG, get_gpu
+from voltana.gpu import (
+    GpuDevice,
+    GpuError,
+    NvmlLibrary,
+    SimulatedGpu,
+    energy_counter_supported,
+)
+from voltana.hardware import get_gpu
+from voltana.hardware.gpu_names import catalog_key_for_device_name
 from voltana.lifecycle import AsyncService
+from voltana.observability.prometheus import MetricsServer, start_metrics_server
 from voltana.rpc import dialable_address, start_grpc_server, stop_grpc_server
 from voltana.rpc.names import NODE_AGENT_SERVICE
 from voltana.services.agent.clock import AgentClock, SystemClock
 from voltana.services.agent.clock_manager import ClockManager
-from voltana.services.agent.errors import AGENT_STATUS_CODES
+from voltana.services.agent.metrics import AgentCollector
 from voltana.services.agent.sampler import GpuSampler
-from voltana.services.agent.servicer import NodeAgentServicer
+from voltana.services.agent.servicer import AGENT_PRIVILEGED_METHODS, NodeAgentServicer
 from voltana.services.agent.settings import AgentSettings
 from voltana.services.agent.sinks import GpuSampleSink, GrpcGpuSampleSink
 from voltana.v1 import agent_pb2_grpc
@@ -31,15 +41,13 @@ _LOG = logging.getLogger(__name__)
 
 
 def gpu_key_for(device: GpuDevice, configured_key: str = "") -> str:
-    """Catalog key of a device: the simulated spec's, the configured one, or a name match."""
+    """Catalog key of a device: the simulated spec's, the configured one, or its NVML name's
+    (H100/H200 name variants included); "" for a GPU outside the catalog."""
     if isinstance(device, SimulatedGpu):
         return device.spec.key
     if configured_key:
         return configured_key
-    for spec in GPU_CATALOG.values():
-        if spec.display_name == device.name:
-            return spec.key
-    return ""
+    return catalog_key_for_device_name(device.name)
 
 
 def _cancel_requests() -> int:
@@ -71,8 +79,10 @@ class AgentService(AsyncService):
     """Serves NodeAgentService for the GPUs in ``settings`` (or the ``devices`` given).
 
     ``start`` resets every GPU to default clocks (a crashed predecessor may have left them
-    locked), binds the port and starts the lease watchdog and, with a telemetry address or a
-    ``sink``, the sampler. ``stop`` stops serving first, then resets every GPU.
+    locked), binds the port and starts the lease watchdog and the sampler (which streams to
+    telemetry with a telemetry address or a ``sink``). ``stop`` stops serving first, then
+    resets every GPU. ``tracer_provider`` (default: the global one) traces its RPCs and clock
+    changes; ``settings.metrics_listen_address`` serves Prometheus metrics.
     """
 
     def __init__(
@@ -83,6 +93,7 @@ class AgentService(AsyncService):
         clock: AgentClock | None = None,
         sink: GpuSampleSink | None = None,
         nvml: Any = None,
+        tracer_provider: trace.TracerProvider | None = None,
     ) -> None:
         self._settings = settings
         self._given_devices = list(devices) if devices is not None else None
@@ -97,6 +108,22 @@ class AgentService(AsyncService):
         self._port: int | None = None
         self._sink: GpuSampleSink | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._tracer_provider = tracer_provider
+        self._sampler: GpuSampler | None = None
+        self._gpu_keys: dict[int, str] = {}
+        self.metrics_registry = CollectorRegistry(auto_describe=True)
+        self.metrics_registry.register(
+            AgentCollector(
+                latest_samples=lambda: self._sampler.latest if self._sampler else {},
+                lease_state=self._lease_state,
+                gpu_indices=lambda: sorted(device.index for device in self._devices),
+                instance_ids_by_gpu=self._instance_ids_by_gpu(),
+                gpu_keys=lambda: self._gpu_keys,
+                now_s=self._clock.now_s,
+                unix_s=self._clock.unix_s,
+            )
+        )
+        self._metrics_server: MetricsServer | None = None
 
     @property
     def settings(self) -> AgentSettings:
@@ -118,6 +145,16 @@ class AgentService(AsyncService):
         return self._settings.advertise_address or self.address
 
     @property
+    def metrics_url(self) -> str | None:
+        """``http://host:port/metrics`` while metrics are served, else None."""
+        return self._metrics_server.url if self._metrics_server is not None else None
+
+    def _lease_state(self, gpu_index: int) -> tuple[Any, int | None]:
+        if self._clocks is None:
+            return None, None
+        return self._clocks.lease_state(gpu_index)
+
+    @property
     def devices(self) -> list[GpuDevice]:
         return list(self._devices)
 
@@ -134,9 +171,31 @@ class AgentService(AsyncService):
     def _instance_ids_by_gpu(self) -> dict[int, str]:
         # Several instances on one GPU are unusual; samples name the first, alphabetically.
         by_gpu: dict[int, str] = {}
-        for instance_id, gpu_index in sorted(self._settings.instance_gpu_indices.items()):
-            by_gpu.setdefault(gpu_index, instance_id)
+        for instance_id, gpu_indices in sorted(self._settings.instance_gpu_groups.items()):
+            for gpu_index in gpu_indices:
+                by_gpu.setdefault(gpu_index, instance_id)
         return by_gpu
+
+    def _energy_counters(self) -> frozenset[int]:
+        """GPUs with a working total-energy counter."""
+        indices = set()
+        for device in self._devices:
+            try:
+                if energy_counter_supported(device):
+                    indices.add(device.index)
+            except GpuError as error:
+                _LOG.warning("cannot read the energy counter of GPU %d: %s", device.index, error)
+        return frozenset(indices)
+
+    def _driver_version(self) -> str:
+        if self._nvml is None:
+            simulated = all(isinstance(device, SimulatedGpu) for device in self._devices)
+            return "simulated" if simulated else ""
+        try:
+            return self._nvml.driver_version()
+        except GpuError as error:
+            _LOG.warning("cannot read the driver version: %s", error)
+            return ""
 
     async def start(self) -> None:
         if self._server is not None:
@@ -154,19 +213,24 @@ class AgentService(AsyncService):
                 max_lease_ttl_s=settings.max_lease_ttl_s,
                 readback_timeout_s=settings.readback_timeout_ms / 1000.0,
                 readback_poll_s=settings.readback_poll_ms / 1000.0,
+                tracer=trace.get_tracer(
+                    "voltana.services.agent", tracer_provider=self._tracer_provider
+                ),
             )
             if settings.reset_on_start:
                 # Failures are logged; an agent without clock rights still serves readings.
                 await self._clocks.reset_all("agent starting")
+            self._gpu_keys = {d.index: gpu_key_for(d, settings.gpu_key) for d in self._devices}
             servicer = NodeAgentServicer(
                 self._clocks,
                 self._clock,
-                gpu_keys={d.index: gpu_key_for(d, settings.gpu_key) for d in self._devices},
+                gpu_keys=self._gpu_keys,
                 simulated_gpus=frozenset(
                     d.index for d in self._devices if isinstance(d, SimulatedGpu)
                 ),
                 instance_gpu_indices=settings.instance_gpu_indices,
-                auth_token=settings.auth_token,
+                energy_counters=self._energy_counters(),
+                driver_version=self._driver_version(),
             )
             register = functools.partial(
                 agent_pb2_grpc.add_NodeAgentServiceServicer_to_server, servicer
@@ -176,13 +240,21 @@ class AgentService(AsyncService):
                 [register],
                 [NODE_AGENT_SERVICE],
                 health_servicer=self._health,
-                error_codes=AGENT_STATUS_CODES,
+                security=settings.security,
+                privileged_methods=AGENT_PRIVILEGED_METHODS,
+                tracer_provider=self._tracer_provider,
             )
             self._server, self._port = started.server, started.port
             servicer.agent_address = self.advertised_address
             self._tasks.append(asyncio.create_task(self._clocks.run_watchdog()))
             self._start_sampler()
+            self._metrics_server = await start_metrics_server(
+                self.metrics_registry, settings.metrics_listen_address
+            )
         except BaseException:
+            if self._server is not None:
+                await stop_grpc_server(self._server, 0)
+                self._server = None
             await self._release()
             raise
         _LOG.info(
@@ -196,9 +268,9 @@ class AgentService(AsyncService):
     def _check_bindings(self) -> None:
         indices = {device.index for device in self._devices}
         unbound = {
-            instance: index
-            for instance, index in self._settings.instance_gpu_indices.items()
-            if index not in indices
+            instance: group
+            for instance, group in self._settings.instance_gpu_groups.items()
+            if not set(group) <= indices
         }
         if unbound:
             raise ConfigError(f"instances bound to GPUs this agent does not have: {unbound}")
@@ -211,11 +283,12 @@ class AgentService(AsyncService):
                 settings.telemetry_address,
                 agent_address=self.advertised_address,
                 instance_ids_by_gpu=self._instance_ids_by_gpu(),
+                security=settings.security,
             )
-        if sink is None:
-            return
         self._sink = sink
+        # Runs without a sink too: /metrics shows its latest readings.
         sampler = GpuSampler(self._devices, sink, self._clock, settings.sample_interval_ms / 1000.0)
+        self._sampler = sampler
         self._tasks.append(asyncio.create_task(sampler.run()))
 
     async def stop(self) -> None:
@@ -233,6 +306,9 @@ class AgentService(AsyncService):
         # Compared with later counts, not just "> 0": stop() may run as the cleanup of a task
         # that was itself cancelled earlier, and that old request must not abort the cleanup.
         cancel_requests_before = _cancel_requests()
+        metrics_server, self._metrics_server = self._metrics_server, None
+        if metrics_server is not None:
+            await metrics_server.stop()
         tasks, self._tasks = self._tasks, []
         for task in tasks:
             task.cancel()

@@ -3,29 +3,37 @@
 Errors are raised as typed VoltanaErrors; voltana.rpc's interceptor turns them into status
 codes (InvalidClockError → INVALID_ARGUMENT, GpuNotFoundError → NOT_FOUND, GpuPermissionError →
 PERMISSION_DENIED, lease conflicts → FAILED_PRECONDITION), so a bad request never takes the
-server down.
+server down. The clock-changing methods (AGENT_PRIVILEGED_METHODS) need the control-plane
+token (voltana.rpc.auth, checked before any of this runs); leases belong to the caller's
+holder id and authenticated principal.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hmac
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, TypeAlias
 
 import grpc.aio
-from opentelemetry import propagate
+from opentelemetry import context as otel_context
+from opentelemetry import propagate, trace
 from opentelemetry.context import Context
 
 from voltana.errors import InvalidArgumentError
 from voltana.gpu import GpuDevice, GpuError, GpuNotFoundError, read_gpu_sample
+from voltana.rpc.auth import current_principal
+from voltana.rpc.limits import check_id, check_text
+from voltana.rpc.names import NODE_AGENT_SERVICE, method_names
 from voltana.services.agent.clock import AgentClock
 from voltana.services.agent.clock_manager import ClockManager, GpuClockStatus
-from voltana.services.agent.errors import AgentUnauthenticatedError
+from voltana.services.agent.settings import gpu_groups
 from voltana.services.agent.sinks import gpu_sample_to_proto
 from voltana.v1 import agent_pb2, agent_pb2_grpc
 
-AUTH_METADATA_KEY = "x-voltana-agent-token"
+# Methods that change clocks or leases: they need the control-plane token.
+AGENT_PRIVILEGED_METHODS = method_names(
+    NODE_AGENT_SERVICE, "SetClocks", "ResetClocks", "RenewLease"
+)
 ANONYMOUS_HOLDER = "anonymous"
 
 _Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
@@ -39,39 +47,43 @@ class NodeAgentServicer(agent_pb2_grpc.NodeAgentServiceServicer):
         *,
         gpu_keys: Mapping[int, str],
         simulated_gpus: frozenset[int],
-        instance_gpu_indices: Mapping[str, int],
-        auth_token: str | None = None,
+        instance_gpu_indices: Mapping[str, int | Sequence[int]],
+        energy_counters: frozenset[int] = frozenset(),
+        driver_version: str = "",
     ) -> None:
         self._clocks = clocks
         self._clock = clock
         self._gpu_keys = dict(gpu_keys)
         self._simulated_gpus = simulated_gpus
-        self._instance_gpu_indices = dict(instance_gpu_indices)
-        self._auth_token = auth_token
+        # Instance → its GPU indices (several for a tensor-parallel instance).
+        self._instance_gpus = gpu_groups(instance_gpu_indices)
+        # GPUs with a total-energy counter (read once at start: it does not change).
+        self._energy_counters = energy_counters
+        self._driver_version = driver_version
         # host:port reported to callers; the service sets it once the port is bound.
         self.agent_address = ""
 
     # --- helpers -------------------------------------------------------------------------
 
-    def _check_token(self, context: _Context) -> None:
-        if self._auth_token is None:
-            return
-        presented = ""
-        for key, value in context.invocation_metadata() or ():
-            if key == AUTH_METADATA_KEY:
-                presented = value if isinstance(value, str) else value.decode()
-        if not hmac.compare_digest(presented.encode(), self._auth_token.encode()):
-            raise AgentUnauthenticatedError(
-                f"clock changes need the agent token in metadata {AUTH_METADATA_KEY!r}"
-            )
+    @staticmethod
+    def _holder(requested_by: str, reason: str = "") -> str:
+        """The caller's holder id (checked), ANONYMOUS_HOLDER when it names none."""
+        check_id(requested_by, "requested_by", required=False)
+        check_text(reason, "reason")
+        return requested_by or ANONYMOUS_HOLDER
 
     @staticmethod
     def _trace_context(context: _Context) -> Context:
-        """The caller's trace context from the W3C headers (``traceparent``) in its metadata.
+        """The trace context clock-change spans start in.
 
-        Clock-change spans start in it, so a controller's decision and the agent's change are
-        one trace. Without those headers this is an empty context: the span starts a new trace.
+        Normally the gRPC instrumentation's server span (current while the RPC runs), itself a
+        child of the caller's span. When that span is not recorded (the global tracer provider
+        is a no-op but the clock manager has a tracer of its own), the caller's context from
+        the W3C headers (``traceparent``) in the metadata. Without either, an empty context:
+        the span starts a new trace.
         """
+        if trace.get_current_span().get_span_context().is_valid:
+            return otel_context.get_current()
         carrier: dict[str, str] = {}
         for key, value in context.invocation_metadata() or ():
             if isinstance(value, str):  # binary ("-bin") headers carry no text context
@@ -85,17 +97,19 @@ class NodeAgentServicer(agent_pb2_grpc.NodeAgentServiceServicer):
             return None
         if target == "instance_id":
             instance_id = request.gpu.instance_id
+            check_id(instance_id, "gpu.instance_id")
             try:
-                gpu_index = self._instance_gpu_indices[instance_id]
+                gpu_indices = list(self._instance_gpus[instance_id])
             except KeyError:
-                known = sorted(self._instance_gpu_indices)
+                known = sorted(self._instance_gpus)
                 raise GpuNotFoundError(
                     f"no instance {instance_id!r} is bound to a GPU of this agent; known: {known}"
                 ) from None
         else:
-            gpu_index = request.gpu.gpu_index
-        self._clocks.device(gpu_index)  # NOT_FOUND for GPUs this agent does not control
-        return [gpu_index]
+            gpu_indices = [request.gpu.gpu_index]
+        for gpu_index in gpu_indices:
+            self._clocks.device(gpu_index)  # NOT_FOUND for GPUs this agent does not control
+        return gpu_indices
 
     def _selected_or_all(self, request: Any) -> list[int]:
         selection = self._selection(request)
@@ -103,7 +117,7 @@ class NodeAgentServicer(agent_pb2_grpc.NodeAgentServiceServicer):
 
     def _instances_on(self, gpu_index: int) -> list[str]:
         return sorted(
-            instance for instance, index in self._instance_gpu_indices.items() if index == gpu_index
+            instance for instance, indices in self._instance_gpus.items() if gpu_index in indices
         )
 
     def _clock_state(self, status: GpuClockStatus) -> agent_pb2.GpuClockState:
@@ -140,6 +154,8 @@ class NodeAgentServicer(agent_pb2_grpc.NodeAgentServiceServicer):
             power_limit_w=power_limit_w,
             instance_ids=self._instances_on(device.index),
             simulated=device.index in self._simulated_gpus,
+            energy_counter_supported=device.index in self._energy_counters,
+            default_sm_clock_mhz=device.default_sm_clock_mhz,
         )
 
     # --- RPCs ----------------------------------------------------------------------------
@@ -148,7 +164,9 @@ class NodeAgentServicer(agent_pb2_grpc.NodeAgentServiceServicer):
         self, request: agent_pb2.ListGpusRequest, context: _Context
     ) -> agent_pb2.ListGpusResponse:
         gpus = [await self._gpu_info(device) for device in self._clocks.devices.values()]
-        return agent_pb2.ListGpusResponse(gpus=gpus, agent_address=self.agent_address)
+        return agent_pb2.ListGpusResponse(
+            gpus=gpus, agent_address=self.agent_address, driver_version=self._driver_version
+        )
 
     async def GetClocks(
         self, request: agent_pb2.GetClocksRequest, context: _Context
@@ -159,19 +177,24 @@ class NodeAgentServicer(agent_pb2_grpc.NodeAgentServiceServicer):
     async def SetClocks(
         self, request: agent_pb2.SetClocksRequest, context: _Context
     ) -> agent_pb2.SetClocksResponse:
-        self._check_token(context)
+        holder = self._holder(request.requested_by, request.reason)
         selection = self._selection(request)
         if selection is None:
             raise InvalidArgumentError("a GPU selector (gpu_index or instance_id) is required")
-        (gpu_index,) = selection
-        change = await self._clocks.set_clock(
-            gpu_index,
-            request.sm_clock_mhz,
-            holder=request.requested_by or ANONYMOUS_HOLDER,
-            ttl_s=self._lease_ttl_s(request.lease_ttl_ms),
-            reason=request.reason,
-            trace_context=self._trace_context(context),
-        )
+        # A tensor-parallel instance runs at the pace of its slowest GPU: lock them all.
+        changes = [
+            await self._clocks.set_clock(
+                gpu_index,
+                request.sm_clock_mhz,
+                holder=holder,
+                ttl_s=self._lease_ttl_s(request.lease_ttl_ms),
+                reason=request.reason,
+                trace_context=self._trace_context(context),
+                principal=current_principal(),
+            )
+            for gpu_index in selection
+        ]
+        change = changes[0]
         return agent_pb2.SetClocksResponse(
             gpu_index=change.gpu_index,
             requested_sm_clock_mhz=request.sm_clock_mhz,
@@ -179,30 +202,34 @@ class NodeAgentServicer(agent_pb2_grpc.NodeAgentServiceServicer):
             clamped=change.clamped,
             measured_sm_clock_mhz=change.measured_sm_clock_mhz,
             lease_expires_at_s=self._clock.unix_s(change.lease.expires_at_s),
+            gpu_indices=[each.gpu_index for each in changes],
         )
 
     async def ResetClocks(
         self, request: agent_pb2.ResetClocksRequest, context: _Context
     ) -> agent_pb2.ResetClocksResponse:
-        self._check_token(context)
-        holder = request.requested_by or ANONYMOUS_HOLDER
+        holder = self._holder(request.requested_by, request.reason)
+        principal = current_principal()
         reason = f"requested by {holder}" + (f": {request.reason}" if request.reason else "")
         trace_context = self._trace_context(context)
+        selected = self._selected_or_all(request)
+        # All or nothing: refuse before resetting any when one is someone else's.
+        self._clocks.check_releasable(selected, holder, principal)
         statuses = [
-            await self._clocks.reset(index, reason, trace_context)
-            for index in self._selected_or_all(request)
+            await self._clocks.reset(index, reason, trace_context, (holder, principal))
+            for index in selected
         ]
         return agent_pb2.ResetClocksResponse(clocks=[self._clock_state(s) for s in statuses])
 
     async def RenewLease(
         self, request: agent_pb2.RenewLeaseRequest, context: _Context
     ) -> agent_pb2.RenewLeaseResponse:
-        self._check_token(context)
         renewed, expires_at_s = await self._clocks.renew(
             self._selection(request),
-            holder=request.requested_by or ANONYMOUS_HOLDER,
+            holder=self._holder(request.requested_by),
             ttl_s=self._lease_ttl_s(request.ttl_ms),
             trace_context=self._trace_context(context),
+            principal=current_principal(),
         )
         return agent_pb2.RenewLeaseResponse(
             gpu_indices=renewed,

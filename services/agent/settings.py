@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
 from voltana.errors import ConfigError
+from voltana.rpc.security import RpcSecurity
 
 AgentBackend = Literal["nvml", "sim"]
 
@@ -25,13 +26,14 @@ class AgentSettings:
     sim_gpu_key: str = "a100-80g"
     # Catalog key to report for NVML GPUs; empty = match NVML's device name against the catalog.
     gpu_key: str = ""
-    # Serving instance → GPU index, so selectors and samples can name instances.
-    instance_gpu_indices: Mapping[str, int] = field(default_factory=dict)
+    # Serving instance → its GPU index, or the indices of a tensor-parallel instance's GPUs,
+    # so selectors and samples can name instances (see ``instance_gpu_groups``).
+    instance_gpu_indices: Mapping[str, int | Sequence[int]] = field(default_factory=dict)
     node_name: str = ""
     # A SetClocks lease lasts this long unless the caller asks otherwise; requests are capped
-    # at max_lease_ttl_ms so a forgotten lease cannot pin a clock for hours.
+    # at max_lease_ttl_ms so a forgotten (or hostile) lease cannot pin a low clock for long.
     default_lease_ttl_ms: int = 10_000
-    max_lease_ttl_ms: int = 300_000
+    max_lease_ttl_ms: int = 30_000
     # After a clock change, poll the device until it reports the new clock, for at most this.
     readback_timeout_ms: float = 200.0
     readback_poll_ms: float = 10.0
@@ -40,9 +42,12 @@ class AgentSettings:
     # Telemetry service to stream GPU samples to (host:port); None = no streaming.
     telemetry_address: str | None = None
     sample_interval_ms: int = 500
-    # When set, SetClocks/ResetClocks/RenewLease need metadata ``x-voltana-agent-token``.
-    auth_token: str | None = None
+    # Control-plane token (SetClocks/ResetClocks/RenewLease require it; GPU samples to
+    # telemetry carry it) and TLS files; voltana.rpc.security.
+    security: RpcSecurity = field(default_factory=RpcSecurity)
     shutdown_grace_s: float = 2.0
+    # Prometheus /metrics ("host:port", port 0 = any free); None = not served.
+    metrics_listen_address: str | None = None
 
     def __post_init__(self) -> None:
         if self.backend not in ("nvml", "sim"):
@@ -67,15 +72,28 @@ class AgentSettings:
             raise ConfigError("readback_poll_ms must be > 0 when readback_timeout_ms is")
         if self.sample_interval_ms <= 0:
             raise ConfigError(f"sample_interval_ms must be > 0, got {self.sample_interval_ms}")
-        if self.auth_token == "":
-            raise ConfigError("auth_token must be non-empty when set (use None to disable)")
+        if self.metrics_listen_address is not None and ":" not in self.metrics_listen_address:
+            raise ConfigError(
+                f"metrics_listen_address must be host:port, got {self.metrics_listen_address!r}"
+            )
+        groups = self.instance_gpu_groups
+        for instance, indices in groups.items():
+            if not indices or any(index < 0 for index in indices):
+                raise ConfigError(f"instance {instance!r} needs GPU indices >= 0, got {indices}")
+            if len(set(indices)) != len(indices):
+                raise ConfigError(f"instance {instance!r} names a GPU twice: {indices}")
         unknown = {
-            instance: index
-            for instance, index in self.instance_gpu_indices.items()
-            if self.gpu_indices and index not in self.gpu_indices
+            instance: indices
+            for instance, indices in groups.items()
+            if self.gpu_indices and not set(indices) <= set(self.gpu_indices)
         }
         if unknown:
             raise ConfigError(f"instances bound to GPUs this agent does not control: {unknown}")
+
+    @property
+    def instance_gpu_groups(self) -> dict[str, tuple[int, ...]]:
+        """Every instance's GPU indices (one for a single-GPU instance), in binding order."""
+        return gpu_groups(self.instance_gpu_indices)
 
     @property
     def default_lease_ttl_s(self) -> float:
@@ -84,3 +102,11 @@ class AgentSettings:
     @property
     def max_lease_ttl_s(self) -> float:
         return self.max_lease_ttl_ms / 1000.0
+
+
+def gpu_groups(bindings: Mapping[str, int | Sequence[int]]) -> dict[str, tuple[int, ...]]:
+    """Instance → GPU indices, with a single index written as a group of one."""
+    return {
+        instance: (indices,) if isinstance(indices, int) else tuple(indices)
+        for instance, indices in bindings.items()
+    }

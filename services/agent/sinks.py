@@ -11,7 +11,7 @@ import grpc
 import grpc.aio
 
 from voltana.gpu import GpuSample
-from voltana.rpc import create_channel
+from voltana.rpc import RpcSecurity, create_channel
 from voltana.v1 import common_pb2, telemetry_pb2, telemetry_pb2_grpc
 
 _LOG = logging.getLogger(__name__)
@@ -56,7 +56,9 @@ class GrpcGpuSampleSink:
         agent_address: str,
         instance_ids_by_gpu: Mapping[int, str],
         write_timeout_s: float = 5.0,
+        security: RpcSecurity | None = None,
     ) -> None:
+        self._security = security
         self._write_timeout_s = write_timeout_s
         self._telemetry_address = telemetry_address
         self._agent_address = agent_address
@@ -68,7 +70,10 @@ class GrpcGpuSampleSink:
 
     def _open_call(self) -> Any:
         if self._channel is None:
-            self._channel = create_channel(self._telemetry_address)
+            # Background stream: not traced (see create_channel).
+            self._channel = create_channel(
+                self._telemetry_address, security=self._security, traced=False
+            )
         stub = telemetry_pb2_grpc.TelemetryServiceStub(self._channel)
         return stub.ReportGpuSamples()
 

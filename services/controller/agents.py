@@ -1,24 +1,22 @@
-"""Calls to node agents: one reused channel per agent address, trace context in metadata."""
+"""Calls to node agents: one reused channel per agent address, traced (a CLIENT span per call,
+its context in the metadata, so the agent's SERVER span continues the controller's trace)."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import grpc
 import grpc.aio
-from opentelemetry import propagate
+from opentelemetry import trace
 
-from voltana.rpc import create_channel, error_from_rpc
+from voltana.rpc import RpcSecurity, create_channel, error_from_rpc
 from voltana.v1 import agent_pb2, agent_pb2_grpc
 
 if TYPE_CHECKING:
     from voltana.v1.agent_pb2_grpc import NodeAgentServiceAsyncStub
-
-# Metadata key agents check when they require a token (voltana.services.agent.AUTH_METADATA_KEY;
-# repeated here so the controller does not import the agent's server code).
-AGENT_TOKEN_METADATA_KEY = "x-voltana-agent-token"
 
 ChannelFactory = Callable[[str], grpc.aio.Channel]
 
@@ -37,6 +35,10 @@ class AppliedClock:
 class AgentClients:
     """Clock calls on node agents as ``holder``. Failed calls raise the matching VoltanaError
     (UnavailableError when the agent is down, FailedPreconditionError for lease conflicts...).
+
+    ``security`` gives the control-plane token the clock calls need, and TLS; the default
+    ``channel_factory`` traces the calls with ``tracer_provider`` (their trace context travels
+    in the metadata).
     """
 
     def __init__(
@@ -44,13 +46,15 @@ class AgentClients:
         *,
         holder: str,
         timeout_s: float,
-        auth_token: str | None = None,
-        channel_factory: ChannelFactory = create_channel,
+        security: RpcSecurity | None = None,
+        channel_factory: ChannelFactory | None = None,
+        tracer_provider: trace.TracerProvider | None = None,
     ) -> None:
         self._holder = holder
         self._timeout_s = timeout_s
-        self._auth_token = auth_token
-        self._channel_factory = channel_factory
+        self._channel_factory = channel_factory or functools.partial(
+            create_channel, security=security, tracer_provider=tracer_provider
+        )
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._stubs: dict[str, NodeAgentServiceAsyncStub] = {}
 
@@ -67,14 +71,6 @@ class AgentClients:
             stub = self._stubs[address] = agent_pb2_grpc.NodeAgentServiceStub(channel)
         return stub
 
-    def _metadata(self) -> tuple[tuple[str, str | bytes], ...]:
-        # The current span's context (if any) travels as W3C traceparent/baggage headers.
-        carrier: dict[str, str] = {}
-        propagate.inject(carrier)
-        if self._auth_token is not None:
-            carrier[AGENT_TOKEN_METADATA_KEY] = self._auth_token
-        return tuple(carrier.items())
-
     async def set_clocks(
         self, address: str, gpu_index: int, sm_clock_mhz: int, lease_ttl_ms: int, reason: str
     ) -> AppliedClock:
@@ -86,9 +82,7 @@ class AgentClients:
             reason=reason,
         )
         try:
-            response = await self._stub(address).SetClocks(
-                request, timeout=self._timeout_s, metadata=self._metadata()
-            )
+            response = await self._stub(address).SetClocks(request, timeout=self._timeout_s)
         except grpc.RpcError as error:
             raise error_from_rpc(error) from error
         return AppliedClock(
@@ -108,9 +102,7 @@ class AgentClients:
             gpu=agent_pb2.GpuSelector(gpu_index=gpu_index), ttl_ms=ttl_ms, requested_by=self._holder
         )
         try:
-            response = await self._stub(address).RenewLease(
-                request, timeout=self._timeout_s, metadata=self._metadata()
-            )
+            response = await self._stub(address).RenewLease(request, timeout=self._timeout_s)
         except grpc.RpcError as error:
             raise error_from_rpc(error) from error
         return float(response.lease_expires_at_s)
@@ -122,9 +114,7 @@ class AgentClients:
             reason=reason,
         )
         try:
-            await self._stub(address).ResetClocks(
-                request, timeout=self._timeout_s, metadata=self._metadata()
-            )
+            await self._stub(address).ResetClocks(request, timeout=self._timeout_s)
         except grpc.RpcError as error:
             raise error_from_rpc(error) from error
 

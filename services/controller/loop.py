@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import deque
 from collections.abc import Callable, Mapping
 
@@ -21,6 +22,7 @@ from voltana.errors import FailedPreconditionError, NotFoundError, VoltanaError
 from voltana.policy.state import ClockDecision, InstanceState
 from voltana.services.controller.agents import AgentClients
 from voltana.services.controller.feed import ClusterView, SnapshotFeed
+from voltana.services.controller.metrics import ControllerMetrics
 from voltana.services.controller.policies import PolicyBook
 from voltana.services.controller.records import DecisionRecord, InstanceControl
 from voltana.services.controller.settings import ControllerSettings
@@ -41,6 +43,7 @@ class ControlLoop:
         *,
         clock: Clock,
         tracer: trace.Tracer | None = None,
+        metrics: ControllerMetrics | None = None,
     ) -> None:
         self._settings = settings
         self._policies = policies
@@ -48,6 +51,7 @@ class ControlLoop:
         self._agents = agents
         self._clock = clock
         self._tracer = tracer or trace.get_tracer(__name__)
+        self._metrics = metrics
         self._controls: dict[str, InstanceControl] = {}
         self._wake = asyncio.Event()
         self._blind = False
@@ -118,7 +122,9 @@ class ControlLoop:
         for instance_id in list(self._controls):
             if instance_id not in states:
                 _LOG.info("instance %s left; no longer controlling it", instance_id)
-                del self._controls[instance_id]
+                gone = self._controls.pop(instance_id)
+                if self._metrics is not None:
+                    self._metrics.forget(instance_id, gone.phase)
         for instance_id, state in states.items():
             info = view.endpoints.get(instance_id)
             agent_address = info.agent_address if info is not None else ""
@@ -168,6 +174,8 @@ class ControlLoop:
                 control.policy_error = message
             return
         control.policy_error = ""
+        if self._metrics is not None:
+            self._metrics.on_decision(control.instance_id, control.phase, decision)
         unchanged = control.confirmed_sm_clock_mhz == decision.sm_clock_mhz
         if (unchanged and control.lease_held) or now_s < control.retry_at_s:
             return
@@ -202,6 +210,7 @@ class ControlLoop:
             "voltana.agent.address": control.agent_address,
             "voltana.gpu.index": control.gpu_index,
         }
+        started_s = time.perf_counter()
         try:
             with self._tracer.start_as_current_span(
                 "voltana.controller.clock_change", attributes=attributes
@@ -218,6 +227,14 @@ class ControlLoop:
                     span.set_status(Status(StatusCode.ERROR, str(error)))
                     span.record_exception(error)
                     self._record_failure(control, decision, previous_mhz, decided_at_s, error)
+                    if self._metrics is not None:
+                        self._metrics.on_clock_change(
+                            control.instance_id,
+                            control.phase,
+                            decision,
+                            applied_mhz=None,
+                            duration_s=time.perf_counter() - started_s,
+                        )
                     return
                 span.set_attributes(
                     {
@@ -225,6 +242,14 @@ class ControlLoop:
                         "voltana.gpu.sm_clock.measured_mhz": applied.measured_sm_clock_mhz,
                         "voltana.gpu.sm_clock.clamped": applied.clamped,
                     }
+                )
+            if self._metrics is not None:
+                self._metrics.on_clock_change(
+                    control.instance_id,
+                    control.phase,
+                    decision,
+                    applied_mhz=applied.applied_sm_clock_mhz,
+                    duration_s=time.perf_counter() - started_s,
                 )
             if control.failures:
                 _LOG.info("agent %s answers again", control.agent_address)
@@ -330,6 +355,7 @@ class ControlLoop:
             )
         except (FailedPreconditionError, NotFoundError) as error:
             _LOG.warning("%s: lease lost (%s); applying again", control.instance_id, error)
+            self._count_renewal("lost")
             self._lose_lease(control)
         except VoltanaError as error:
             expired = self._clock() - control.lease_renewed_at_s >= settings.lease_ttl_ms / 1000.0
@@ -340,10 +366,16 @@ class ControlLoop:
                 error,
                 " (lease has expired)" if expired else "",
             )
+            self._count_renewal("failed")
             if expired:
                 self._lose_lease(control)
         else:
+            self._count_renewal("renewed")
             control.lease_renewed_at_s = self._clock()
+
+    def _count_renewal(self, result: str) -> None:
+        if self._metrics is not None:
+            self._metrics.on_renewal(result)
 
     def _lose_lease(self, control: InstanceControl) -> None:
         control.lease_held = False

@@ -11,16 +11,20 @@ import time
 import grpc.aio
 from grpc_health.v1 import health
 from opentelemetry import trace
+from prometheus_client import CollectorRegistry
 
 from voltana.lifecycle import AsyncService
+from voltana.observability.prometheus import MetricsServer, start_metrics_server
+from voltana.policy.state import Phase
 from voltana.rpc import dialable_address, start_grpc_server, stop_grpc_server
 from voltana.rpc.names import CONTROLLER_SERVICE
 from voltana.services.controller.agents import AgentClients
 from voltana.services.controller.errors import ControllerNotRunningError
 from voltana.services.controller.feed import SnapshotFeed
 from voltana.services.controller.loop import Clock, ControlLoop
+from voltana.services.controller.metrics import ControllerMetrics
 from voltana.services.controller.policies import PolicyBook
-from voltana.services.controller.servicer import ControllerServicer
+from voltana.services.controller.servicer import CONTROLLER_PRIVILEGED_METHODS, ControllerServicer
 from voltana.services.controller.settings import ControllerSettings
 from voltana.services.telemetry.client import TelemetryClient
 from voltana.v1 import controller_pb2_grpc
@@ -32,8 +36,10 @@ class ControllerService(AsyncService):
     """Runs the control loop against telemetry and node agents, and serves ControllerService.
 
     ``clock`` is the time policies and decision records see: Unix seconds live (telemetry
-    stamps states with Unix time), virtual time in simulations. ``tracer`` defaults to the
-    global one (a no-op until an OpenTelemetry SDK is configured).
+    stamps states with Unix time), virtual time in simulations. ``tracer_provider`` (default:
+    the global one, a no-op until an OpenTelemetry SDK is configured) traces its gRPC calls and
+    clock changes; ``tracer`` overrides the tracer of the clock-change spans.
+    Prometheus metrics are served on ``settings.metrics_listen_address`` when set.
     """
 
     def __init__(
@@ -42,10 +48,18 @@ class ControllerService(AsyncService):
         *,
         clock: Clock = time.time,
         tracer: trace.Tracer | None = None,
+        tracer_provider: trace.TracerProvider | None = None,
     ) -> None:
         self._settings = settings
         self._clock = clock
-        self._tracer = tracer
+        self._tracer_provider = tracer_provider
+        self._tracer = tracer or trace.get_tracer(
+            "voltana.services.controller", tracer_provider=tracer_provider
+        )
+        self.metrics_registry = CollectorRegistry(auto_describe=True)
+        self._policies: PolicyBook | None = None
+        self._metrics = ControllerMetrics(self.metrics_registry, self._policy_names)
+        self._metrics_server: MetricsServer | None = None
         self._health = health.aio.HealthServicer()
         self._server: grpc.aio.Server | None = None
         self._port: int | None = None
@@ -70,6 +84,17 @@ class ControllerService(AsyncService):
         return dialable_address(self._settings.listen_address, self.port)
 
     @property
+    def metrics_url(self) -> str | None:
+        """``http://host:port/metrics`` while metrics are served, else None."""
+        return self._metrics_server.url if self._metrics_server is not None else None
+
+    def _policy_names(self) -> dict[Phase, str]:
+        policies = self._policies
+        if policies is None:
+            return {}
+        return {phase: policies.policy_name(phase) for phase in (Phase.PREFILL, Phase.DECODE)}
+
+    @property
     def loop(self) -> ControlLoop:
         if self._loop is None:
             raise ControllerNotRunningError("the controller is not started")
@@ -87,14 +112,20 @@ class ControllerService(AsyncService):
             model_key=settings.model_key,
             tensor_parallel=settings.tensor_parallel,
         )
+        self._policies = policies
+        # Agents take clock changes only with the token.
+        settings.security.require_credentials("controller")
         try:
             self._telemetry = TelemetryClient(
-                settings.telemetry_address, timeout_s=settings.rpc_timeout_s
+                settings.telemetry_address,
+                timeout_s=settings.rpc_timeout_s,
+                security=settings.security,
             )
             self._agents = AgentClients(
                 holder=settings.holder,
                 timeout_s=settings.rpc_timeout_s,
-                auth_token=settings.agent_auth_token,
+                security=settings.security,
+                tracer_provider=self._tracer_provider,
             )
             feed = SnapshotFeed(
                 self._telemetry,
@@ -103,7 +134,13 @@ class ControllerService(AsyncService):
                 clock=self._clock,
             )
             loop = ControlLoop(
-                settings, policies, feed, self._agents, clock=self._clock, tracer=self._tracer
+                settings,
+                policies,
+                feed,
+                self._agents,
+                clock=self._clock,
+                tracer=self._tracer,
+                metrics=self._metrics,
             )
             self._loop = loop
             servicer = ControllerServicer(
@@ -117,8 +154,14 @@ class ControllerService(AsyncService):
                 [register],
                 [CONTROLLER_SERVICE],
                 health_servicer=self._health,
+                security=settings.security,
+                privileged_methods=CONTROLLER_PRIVILEGED_METHODS,
+                tracer_provider=self._tracer_provider,
             )
             self._server, self._port = started.server, started.port
+            self._metrics_server = await start_metrics_server(
+                self.metrics_registry, settings.metrics_listen_address
+            )
             self._tasks = [
                 asyncio.create_task(feed.run(), name="controller-feed"),
                 asyncio.create_task(loop.run(), name="controller-loop"),
@@ -147,6 +190,9 @@ class ControllerService(AsyncService):
         _LOG.info("controller stopped")
 
     async def _release(self) -> None:
+        metrics_server, self._metrics_server = self._metrics_server, None
+        if metrics_server is not None:
+            await metrics_server.stop()
         tasks, self._tasks = self._tasks, []
         for task in tasks:
             task.cancel()

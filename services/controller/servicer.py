@@ -12,6 +12,8 @@ import grpc.aio
 
 from voltana.errors import InvalidArgumentError, NotFoundError
 from voltana.policy.state import Phase
+from voltana.rpc.limits import check_ids, check_name
+from voltana.rpc.names import CONTROLLER_SERVICE, method_names
 from voltana.services.controller.convert import (
     control_to_proto,
     policy_info_to_proto,
@@ -25,6 +27,9 @@ from voltana.services.controller.settings import slo_problem
 from voltana.v1 import common_pb2, controller_pb2, controller_pb2_grpc
 
 _Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
+
+# Runtime knobs that change every GPU's clock: they need the control-plane token.
+CONTROLLER_PRIVILEGED_METHODS = method_names(CONTROLLER_SERVICE, "SetSlo", "SetPolicy")
 
 _PHASES_FROM_PROTO: dict[int, Phase | None] = {
     common_pb2.PHASE_UNSPECIFIED: None,
@@ -48,6 +53,7 @@ class ControllerServicer(controller_pb2_grpc.ControllerServiceServicer):
         if request.max_decisions < 0:
             raise InvalidArgumentError(f"max_decisions must be >= 0, got {request.max_decisions}")
         max_decisions = request.max_decisions or self._status_decisions
+        check_ids(request.instance_ids, "instance_ids")
         controls = self._loop.controls
         unknown = sorted(set(request.instance_ids) - set(controls))
         if unknown:
@@ -93,6 +99,7 @@ class ControllerServicer(controller_pb2_grpc.ControllerServiceServicer):
             phase = _PHASES_FROM_PROTO[request.phase]
         except KeyError:
             raise InvalidArgumentError(f"unknown phase {request.phase}") from None
+        check_name(request.policy_name, "policy_name")
         # UnknownNameError (INVALID_ARGUMENT) lists the valid names.
         await self._policies.set_policy(request.policy_name, phase)
         self._loop.wake()

@@ -10,6 +10,8 @@ from typing import Literal
 from voltana.errors import ConfigError
 from voltana.hardware import get_gpu, get_model
 from voltana.policy.state import SloTarget
+from voltana.rpc.limits import slo_target_problem
+from voltana.rpc.security import RpcSecurity
 
 # "watch": one WatchSnapshots stream (telemetry pushes changes); "poll": GetSnapshot per tick.
 SnapshotMode = Literal["watch", "poll"]
@@ -52,12 +54,14 @@ class ControllerSettings:
     status_decisions: int = 10
     # Lease holder identity sent to agents; empty = "controller@<hostname>".
     controller_id: str = ""
-    # Metadata token for agents that require one (AgentSettings.auth_token).
-    agent_auth_token: str | None = None
+    # Control-plane token (SetSlo/SetPolicy need it; sent to agents and telemetry) and TLS.
+    security: RpcSecurity = field(default_factory=RpcSecurity)
     # On stop, ask agents to reset the clocks this controller holds (best effort; agents reset
     # on lease expiry anyway).
     reset_clocks_on_stop: bool = True
     shutdown_grace_s: float = 1.0
+    # Prometheus /metrics ("host:port", port 0 = any free); None = not served.
+    metrics_listen_address: str | None = None
 
     def __post_init__(self) -> None:
         for name in ("listen_address", "telemetry_address"):
@@ -65,6 +69,11 @@ class ControllerSettings:
                 raise ConfigError(
                     f"controller {name} must be host:port, got {getattr(self, name)!r}"
                 )
+        if self.metrics_listen_address is not None and ":" not in self.metrics_listen_address:
+            raise ConfigError(
+                "controller metrics_listen_address must be host:port, got "
+                f"{self.metrics_listen_address!r}"
+            )
         if self.snapshot_mode not in ("watch", "poll"):
             raise ConfigError(
                 f"controller snapshot_mode must be 'watch' or 'poll', got {self.snapshot_mode!r}"
@@ -91,8 +100,6 @@ class ControllerSettings:
                 "controller lease_ttl_ms must be >= 3 * control_interval_ms, got "
                 f"{self.lease_ttl_ms} < 3 * {self.control_interval_ms}"
             )
-        if self.agent_auth_token == "":
-            raise ConfigError("agent_auth_token must be non-empty when set (None disables it)")
         if not (math.isfinite(self.shutdown_grace_s) and self.shutdown_grace_s >= 0):
             raise ConfigError(f"shutdown_grace_s must be >= 0, got {self.shutdown_grace_s}")
 
@@ -114,9 +121,10 @@ class ControllerSettings:
 
 
 def slo_problem(slo: SloTarget) -> str | None:
-    """Why ``slo`` is unusable (a target that is not a finite positive number), or None."""
+    """Why ``slo`` is unusable (a target that is not a finite positive number of at most
+    voltana.rpc.limits.MAX_SLO_MS), or None."""
     for name in ("ttft_ms", "itl_ms"):
-        value = getattr(slo, name)
-        if not (math.isfinite(value) and value > 0):
-            return f"{name} must be a finite number > 0, got {value}"
+        problem = slo_target_problem(name, getattr(slo, name))
+        if problem is not None:
+            return problem
     return None

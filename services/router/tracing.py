@@ -1,30 +1,19 @@
 """OpenTelemetry helpers of the router (API only: exporters are the deployment's choice).
 
-Spans are started with explicit parents instead of being made "current": a Generate handler
-is an async generator, and a context attached before a ``yield`` may be detached elsewhere.
+The server span of each call is the gRPC (or HTTP) instrumentation's; the router adds its
+``placement`` and ``dispatch`` children. They are started with explicit parents instead of
+being made "current": a Generate handler is an async generator, and a context attached before
+a ``yield`` may be detached elsewhere.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import Any
-
 from opentelemetry import context as otel_context
-from opentelemetry import propagate, trace
+from opentelemetry import trace
 
 from voltana.policy.state import Placement
 
 TRACER_NAME = "voltana.services.router"
-
-
-def incoming_context(metadata: Iterable[Any] | None) -> otel_context.Context:
-    """The caller's trace context from gRPC metadata (W3C ``traceparent`` by default)."""
-    carrier: dict[str, str] = {}
-    for item in metadata or ():
-        key, value = item[0], item[1]
-        if isinstance(value, str):  # binary ("-bin") headers carry no text context
-            carrier[key.lower()] = value
-    return propagate.extract(carrier)
 
 
 def child_of(span: trace.Span) -> otel_context.Context:

@@ -7,12 +7,14 @@ import uuid
 from dataclasses import dataclass
 
 from voltana.policy.state import RequestSpec, SloTarget
+from voltana.rpc.limits import MAX_ID_CHARS, check_id, check_text, slo_target_problem
 from voltana.services.router.errors import InvalidGenerateRequestError
 from voltana.services.router.settings import RouterSettings
 from voltana.v1 import router_pb2
 
-MAX_REQUEST_ID_CHARS = 256
+MAX_REQUEST_ID_CHARS = MAX_ID_CHARS
 MAX_STOP_STRINGS = 16
+MAX_STOP_CHARS = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,8 +108,10 @@ def _slo(request: router_pb2.GenerateRequest, cluster_slo: SloTarget) -> SloTarg
         return cluster_slo
     ttft_ms, itl_ms = request.slo.ttft_ms, request.slo.itl_ms
     for name, value in (("ttft_ms", ttft_ms), ("itl_ms", itl_ms)):
-        if not (math.isfinite(value) and value >= 0):
-            raise InvalidGenerateRequestError(f"slo.{name} must be >= 0, got {value}")
+        # 0 keeps the cluster's target.
+        problem = slo_target_problem(f"slo.{name}", value) if value != 0 else None
+        if problem is not None:
+            raise InvalidGenerateRequestError(problem)
     return SloTarget(
         ttft_ms=ttft_ms or cluster_slo.ttft_ms,
         itl_ms=itl_ms or cluster_slo.itl_ms,
@@ -118,10 +122,7 @@ def _request_id(request: router_pb2.GenerateRequest) -> str:
     request_id = request.request_id
     if not request_id:
         return uuid.uuid4().hex
-    if len(request_id) > MAX_REQUEST_ID_CHARS or not request_id.isprintable():
-        raise InvalidGenerateRequestError(
-            f"request_id must be at most {MAX_REQUEST_ID_CHARS} printable characters"
-        )
+    check_id(request_id, "request_id", error=InvalidGenerateRequestError)
     return request_id
 
 
@@ -133,6 +134,10 @@ def _stop(request: router_pb2.GenerateRequest) -> tuple[str, ...]:
         )
     if any(not item for item in stop):
         raise InvalidGenerateRequestError("stop strings must not be empty")
+    for item in stop:
+        check_text(
+            item, "a stop string", max_chars=MAX_STOP_CHARS, error=InvalidGenerateRequestError
+        )
     return stop
 
 

@@ -22,7 +22,7 @@ import grpc.aio
 
 from voltana.gpu import GpuSample
 from voltana.policy.state import ClusterSnapshot, InstanceState, Phase
-from voltana.rpc import create_channel, error_from_rpc, wait_until_ready
+from voltana.rpc import RpcSecurity, create_channel, error_from_rpc, wait_until_ready
 from voltana.services.telemetry.convert import (
     completion_to_proto,
     gpu_sample_to_proto,
@@ -63,6 +63,8 @@ class TelemetryClient:
     """One channel to telemetry at ``address`` ("host:port"); close it (or use ``async with``).
 
     Unary calls time out after ``timeout_s``; report and watch streams have no deadline.
+    ``security`` gives the control-plane token that registration and reports need, and TLS;
+    without it only reads (snapshots, watches, aggregates) are allowed.
     """
 
     def __init__(
@@ -71,9 +73,15 @@ class TelemetryClient:
         *,
         timeout_s: float = DEFAULT_TIMEOUT_S,
         channel: grpc.aio.Channel | None = None,
+        security: RpcSecurity | None = None,
     ) -> None:
         self._owns_channel = channel is None
-        self._channel = channel if channel is not None else create_channel(address)
+        # Telemetry traffic is background work on timers: not traced (see create_channel).
+        self._channel = (
+            channel
+            if channel is not None
+            else create_channel(address, security=security, traced=False)
+        )
         self._stub = telemetry_pb2_grpc.TelemetryServiceStub(self._channel)
         self._timeout_s = timeout_s
 

@@ -5,6 +5,8 @@ Each also derives from the cross-service kind (voltana.errors) that gives its gR
 
 from __future__ import annotations
 
+import grpc
+
 from voltana.errors import InvalidArgumentError, NotFoundError, UnavailableError, VoltanaError
 
 
@@ -26,3 +28,13 @@ class TelemetryStoreError(TelemetryError, UnavailableError):
 
 class CorruptTelemetryError(TelemetryError):
     """The backing store holds data this version cannot read (maps to INTERNAL)."""
+
+
+class TooManyInstancesError(TelemetryError):
+    """Registering one more instance would pass TelemetrySettings.max_instances."""
+
+
+# Codes the shared table (voltana.rpc.status) has no kind for.
+TELEMETRY_STATUS_CODES: dict[type[BaseException], grpc.StatusCode] = {
+    TooManyInstancesError: grpc.StatusCode.RESOURCE_EXHAUSTED,
+}

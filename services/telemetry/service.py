@@ -2,22 +2,33 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
+import logging
 import time
 
 import grpc.aio
 from grpc_health.v1 import health
+from opentelemetry import trace
+from prometheus_client import CollectorRegistry
 
 from voltana.errors import FailedPreconditionError
-from voltana.lifecycle import AsyncService
-from voltana.rpc import dialable_address, start_grpc_server, stop_grpc_server
+from voltana.lifecycle import AsyncService, cancel_and_wait
+from voltana.observability.prometheus import MetricsServer, start_metrics_server
+from voltana.rpc import dialable_address, set_serving, start_grpc_server, stop_grpc_server
 from voltana.rpc.names import TELEMETRY_SERVICE
+from voltana.services.telemetry.errors import TELEMETRY_STATUS_CODES
 from voltana.services.telemetry.memory_store import MemoryTelemetryStore
+from voltana.services.telemetry.metrics import TelemetryMetrics, instrumented
 from voltana.services.telemetry.redis_store import RedisTelemetryStore
-from voltana.services.telemetry.servicer import TelemetryServicer
+from voltana.services.telemetry.redis_url import redact_redis_url
+from voltana.services.telemetry.servicer import TELEMETRY_PRIVILEGED_METHODS, TelemetryServicer
 from voltana.services.telemetry.settings import TelemetrySettings
 from voltana.services.telemetry.store import Clock, TelemetryStore
+from voltana.services.telemetry.upkeep import TelemetryUpkeep
 from voltana.v1 import telemetry_pb2_grpc
+
+_LOG = logging.getLogger(__name__)
 
 
 def build_store(settings: TelemetrySettings, clock: Clock) -> TelemetryStore:
@@ -34,6 +45,7 @@ def build_store(settings: TelemetrySettings, clock: Clock) -> TelemetryStore:
         key_prefix=settings.redis_key_prefix,
         series_cap=settings.series_cap,
         completions_cap=settings.completions_cap,
+        password=settings.redis_password,
     )
 
 
@@ -42,7 +54,9 @@ class TelemetryService(AsyncService):
 
     ``clock`` stamps snapshots and windows (wall time live, virtual time in simulations).
     Pass ``store`` to share one with in-process code; otherwise one is built from settings
-    and closed on stop.
+    and closed on stop. The servicer's store calls are timed into Prometheus metrics (served on
+    ``settings.metrics_listen_address`` when set); ``tracer_provider`` (default: the global
+    one) traces the RPCs.
     """
 
     def __init__(
@@ -51,13 +65,22 @@ class TelemetryService(AsyncService):
         *,
         clock: Clock = time.time,
         store: TelemetryStore | None = None,
+        tracer_provider: trace.TracerProvider | None = None,
     ) -> None:
         self._settings = settings
         self._owns_store = store is None
         self._store = store if store is not None else build_store(settings, clock)
+        self._tracer_provider = tracer_provider
+        self.metrics_registry = CollectorRegistry(auto_describe=True)
+        self._metrics = TelemetryMetrics(
+            self.metrics_registry, "redis" if settings.redis_url is not None else "memory"
+        )
+        self._metrics_server: MetricsServer | None = None
         self._servicer: TelemetryServicer | None = None
         self._server: grpc.aio.Server | None = None
         self._health: health.aio.HealthServicer | None = None
+        self._upkeep: TelemetryUpkeep | None = None
+        self._upkeep_task: asyncio.Task[None] | None = None
         self._port: int | None = None
         self._stopped = False
 
@@ -68,6 +91,16 @@ class TelemetryService(AsyncService):
     @property
     def store(self) -> TelemetryStore:
         return self._store
+
+    @property
+    def upkeep(self) -> TelemetryUpkeep | None:
+        """Store health checks and expiry of silent instances (None until started)."""
+        return self._upkeep
+
+    @property
+    def metrics_url(self) -> str | None:
+        """``http://host:port/metrics`` while metrics are served, else None."""
+        return self._metrics_server.url if self._metrics_server is not None else None
 
     @property
     def port(self) -> int:
@@ -85,9 +118,10 @@ class TelemetryService(AsyncService):
             raise FailedPreconditionError("telemetry service is already started")
         if self._stopped:
             raise FailedPreconditionError("a stopped telemetry service cannot start again")
+        self._settings.security.require_credentials("telemetry")
         if isinstance(self._store, RedisTelemetryStore):
             await self._store.ping()  # fail at start, not on the first report
-        servicer = TelemetryServicer(self._store, self._settings)
+        servicer = TelemetryServicer(instrumented(self._store, self._metrics), self._settings)
         health_servicer = health.aio.HealthServicer()
         register = functools.partial(
             telemetry_pb2_grpc.add_TelemetryServiceServicer_to_server, servicer
@@ -97,13 +131,50 @@ class TelemetryService(AsyncService):
             [register],
             [TELEMETRY_SERVICE],
             health_servicer=health_servicer,
+            error_codes=TELEMETRY_STATUS_CODES,
+            security=self._settings.security,
+            privileged_methods=TELEMETRY_PRIVILEGED_METHODS,
+            tracer_provider=self._tracer_provider,
         )
         self._servicer, self._health = servicer, health_servicer
         self._server, self._port = started.server, started.port
+        self._upkeep = TelemetryUpkeep(
+            self._store,
+            forget=servicer.forget_instance,
+            on_health=self._set_health,
+            interval_s=self._settings.upkeep_interval_s,
+            instance_ttl_s=self._settings.instance_ttl_s,
+        )
+        self._upkeep_task = asyncio.create_task(self._upkeep.run(), name="telemetry-upkeep")
+        try:
+            self._metrics_server = await start_metrics_server(
+                self.metrics_registry, self._settings.metrics_listen_address
+            )
+        except BaseException:
+            await self.stop()
+            raise
+        redis_url = self._settings.redis_url
+        _LOG.info(
+            "telemetry serving on %s (store: %s)",
+            self.address,
+            f"redis at {redact_redis_url(redis_url)}" if redis_url else "in memory",
+        )
+
+    async def _set_health(self, serving: bool) -> None:
+        if self._health is not None:
+            await set_serving(self._health, [TELEMETRY_SERVICE], serving)
 
     async def stop(self) -> None:
         """Stop serving (watch streams end at once); close the store if this service built it."""
         self._stopped = True
+        task, self._upkeep_task = self._upkeep_task, None
+        if task is not None:
+            assert self._upkeep is not None
+            self._upkeep.stop()
+            await cancel_and_wait([task])
+        metrics_server, self._metrics_server = self._metrics_server, None
+        if metrics_server is not None:
+            await metrics_server.stop()
         server, self._server = self._server, None
         if server is not None:
             assert self._servicer is not None

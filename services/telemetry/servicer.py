@@ -3,20 +3,28 @@
 Bad values (negative counts, unknown phase) end the call with INVALID_ARGUMENT via the
 InvalidTelemetryError → status mapping of voltana.rpc; samples stored before the bad one stay
 stored. Samples that are well-formed but cannot be used (unregistered instance, older than the
-last one) are counted as rejected and the stream goes on, so one stray sample does not cut a
-node agent's long-lived stream.
+last one, stamped in the future) are counted as rejected and the stream goes on, so one
+stray sample does not cut a node agent's long-lived stream.
+
+Every write (registration and all reports) is privileged (TELEMETRY_PRIVILEGED_METHODS: the
+control-plane token is checked by voltana.rpc before a handler runs): policies steer on this
+state, so a stranger must not be able to register an engine (and receive prompts), drop one,
+or feed made-up load. Reads stay open.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import grpc.aio
 
+from voltana.rpc.limits import MAX_TEXT_CHARS, check_address, check_id, check_ids
+from voltana.rpc.names import TELEMETRY_SERVICE, method_names
 from voltana.services.telemetry.arrivals import ArrivalRates
 from voltana.services.telemetry.convert import (
     completion_from_proto,
@@ -26,16 +34,39 @@ from voltana.services.telemetry.convert import (
     state_from_sample,
     window_report_to_proto,
 )
-from voltana.services.telemetry.errors import InvalidTelemetryError, UnknownInstanceError
+from voltana.services.telemetry.errors import (
+    InvalidTelemetryError,
+    TooManyInstancesError,
+    UnknownInstanceError,
+)
 from voltana.services.telemetry.registry import InstanceRegistry
 from voltana.services.telemetry.settings import TelemetrySettings
 from voltana.services.telemetry.snapshots import ClusterView, SnapshotCache
 from voltana.services.telemetry.store import TelemetryStore
-from voltana.services.telemetry.validate import validate_window
+from voltana.services.telemetry.validate import validate_instance_info, validate_window
+from voltana.text import truncate
 from voltana.v1 import common_pb2, telemetry_pb2, telemetry_pb2_grpc
 
 Context = grpc.aio.ServicerContext[Any, Any]
 SampleT = TypeVar("SampleT")
+
+# Writes: they need the control-plane token.
+TELEMETRY_PRIVILEGED_METHODS = method_names(
+    TELEMETRY_SERVICE,
+    "RegisterInstance",
+    "UnregisterInstance",
+    "ReportInstanceSamples",
+    "ReportGpuSamples",
+    "ReportCompletion",
+)
+
+
+@dataclass
+class _Rejection:
+    """Why a sample was not stored; ``unknown_instance`` names an instance to re-register."""
+
+    reason: str
+    unknown_instance: str = ""
 
 
 @dataclass
@@ -43,17 +74,25 @@ class _Tally:
     accepted: int = 0
     rejected: int = 0
     first_rejection_reason: str = ""
+    unknown_instance_ids: dict[str, None] = field(default_factory=dict)
 
-    def reject(self, reason: str) -> None:
+    def reject(self, rejection: _Rejection) -> None:
         self.rejected += 1
-        self.first_rejection_reason = self.first_rejection_reason or reason
+        self.first_rejection_reason = self.first_rejection_reason or rejection.reason
+        if rejection.unknown_instance:
+            self.unknown_instance_ids[rejection.unknown_instance] = None
 
     def response(self) -> telemetry_pb2.ReportSamplesResponse:
         return telemetry_pb2.ReportSamplesResponse(
             accepted=self.accepted,
             rejected=self.rejected,
             first_rejection_reason=self.first_rejection_reason,
+            unknown_instance_ids=list(self.unknown_instance_ids),
         )
+
+
+def _unknown(instance_id: str) -> _Rejection:
+    return _Rejection(f"instance {instance_id!r} is not registered", instance_id)
 
 
 class TelemetryServicer(telemetry_pb2_grpc.TelemetryServiceServicer):
@@ -77,26 +116,46 @@ class TelemetryServicer(telemetry_pb2_grpc.TelemetryServiceServicer):
     async def RegisterInstance(
         self, request: telemetry_pb2.RegisterInstanceRequest, context: Context
     ) -> telemetry_pb2.RegisterInstanceResponse:
-        created = await self._registry.register(info_from_register_request(request))
+        check_id(request.instance_id, "instance_id", error=InvalidTelemetryError)
+        info = info_from_register_request(request)
+        validate_instance_info(info)  # before the count, which may read the store
+        max_instances = self._settings.max_instances
+        if await self._registry.count_without(info.instance_id) >= max_instances:
+            raise TooManyInstancesError(
+                f"telemetry already holds {max_instances} instances, its maximum "
+                "(max_instances); unregister one first"
+            )
+        created = await self._registry.register(info)
+        if created:
+            # A new process behind the id (restarted engine) may stamp from another origin.
+            self._last_load_s.pop(request.instance_id, None)
+            self._last_gpu_s.pop(request.instance_id, None)
         return telemetry_pb2.RegisterInstanceResponse(created=created)
 
     async def UnregisterInstance(
         self, request: telemetry_pb2.UnregisterInstanceRequest, context: Context
     ) -> telemetry_pb2.UnregisterInstanceResponse:
         instance_id = request.instance_id
-        if not await self._registry.unregister(instance_id):
+        check_id(instance_id, "instance_id", error=InvalidTelemetryError)
+        if not await self.forget_instance(instance_id):
             raise UnknownInstanceError(f"instance {instance_id!r} is not registered")
+        return telemetry_pb2.UnregisterInstanceResponse()
+
+    async def forget_instance(self, instance_id: str) -> bool:
+        """Unregister an instance and drop what this process remembers of it (also used when
+        a silent instance expires); False when it was not registered."""
+        registered = await self._registry.unregister(instance_id)
         self._arrivals.forget(instance_id)
         self._last_load_s.pop(instance_id, None)
         self._last_gpu_s.pop(instance_id, None)
-        return telemetry_pb2.UnregisterInstanceResponse()
+        return registered
 
     # Reports.
 
     async def _consume(
         self,
         samples: AsyncIterable[SampleT],
-        accept: Callable[[SampleT], Awaitable[str | None]],
+        accept: Callable[[SampleT], Awaitable[_Rejection | None]],
     ) -> telemetry_pb2.ReportSamplesResponse:
         tally = _Tally()
         async for sample in samples:
@@ -118,36 +177,59 @@ class TelemetryServicer(telemetry_pb2_grpc.TelemetryServiceServicer):
         """Samples without a time (0) are stamped on arrival, so they are never late."""
         return ts_s > 0 and ts_s < last_s.get(instance_id, 0.0)
 
-    async def _accept_instance_sample(self, sample: telemetry_pb2.InstanceSample) -> str | None:
+    def _future_problem(self, what: str, ts_s: float) -> _Rejection | None:
+        """Why ``ts_s`` is too far ahead of telemetry's clock to accept, or None."""
+        ahead_s = ts_s - self._store.clock()
+        if ahead_s > self._settings.max_future_skew_s:
+            return _Rejection(
+                f"{what} is stamped {ahead_s:.3g} s ahead of telemetry's clock (at most "
+                f"{self._settings.max_future_skew_s:g} s allowed); check the reporter's clock"
+            )
+        return None
+
+    async def _accept_instance_sample(
+        self, sample: telemetry_pb2.InstanceSample
+    ) -> _Rejection | None:
         instance_id = sample.instance_id
-        if not instance_id:
-            raise InvalidTelemetryError("instance_id must not be empty")
+        check_id(instance_id, "instance_id", error=InvalidTelemetryError)
         info = await self._registry.get(instance_id)
         if info is None:
-            return f"instance {instance_id!r} is not registered"
+            return _unknown(instance_id)
+        future = self._future_problem(f"sample of {instance_id!r}", sample.observed_at_s)
+        if future is not None:
+            return future
         if self._is_late(self._last_load_s, instance_id, sample.observed_at_s):
-            return f"sample of {instance_id!r} at {sample.observed_at_s} is older than the last"
+            return _Rejection(
+                f"sample of {instance_id!r} at {sample.observed_at_s} is older than the last"
+            )
         derived_rate_rps = self._arrivals.rate_rps(instance_id, self._store.clock())
         await self._store.put_instance_state(state_from_sample(sample, info, derived_rate_rps))
         if sample.observed_at_s > 0:
             self._last_load_s[instance_id] = sample.observed_at_s
         return None
 
-    async def _accept_gpu_sample(self, sample: common_pb2.GpuSample) -> str | None:
+    async def _accept_gpu_sample(self, sample: common_pb2.GpuSample) -> _Rejection | None:
+        check_id(sample.instance_id, "instance_id", error=InvalidTelemetryError, required=False)
+        check_address(sample.agent_address, "agent_address", error=InvalidTelemetryError)
         if sample.instance_id:
             info = await self._registry.get(sample.instance_id)
             if info is None:
-                return f"instance {sample.instance_id!r} is not registered"
+                return _unknown(sample.instance_id)
         else:
             info = await self._registry.on_gpu(sample.agent_address, sample.gpu_index)
             if info is None:
-                return (
+                return _Rejection(
                     f"no registered instance on GPU {sample.gpu_index} "
                     f"of agent {sample.agent_address!r}"
                 )
         instance_id = info.instance_id
+        future = self._future_problem(f"GPU sample of {instance_id!r}", sample.timestamp_s)
+        if future is not None:
+            return future
         if self._is_late(self._last_gpu_s, instance_id, sample.timestamp_s):
-            return f"GPU sample of {instance_id!r} at {sample.timestamp_s} is older than the last"
+            return _Rejection(
+                f"GPU sample of {instance_id!r} at {sample.timestamp_s} is older than the last"
+            )
         await self._store.put_gpu_sample(
             instance_id, sample.timestamp_s, sample.sm_clock_mhz, sample.power_w, sample.energy_j
         )
@@ -168,6 +250,18 @@ class TelemetryServicer(telemetry_pb2_grpc.TelemetryServiceServicer):
         self, request: telemetry_pb2.CompletionRecord, context: Context
     ) -> telemetry_pb2.ReportCompletionResponse:
         completion = completion_from_proto(request)
+        # The reason is free text (often an engine's error): cut, not refused, so the record
+        # still counts.
+        completion = dataclasses.replace(
+            completion, reason=truncate(completion.reason, MAX_TEXT_CHARS)
+        )
+        for what, ts_s in (
+            ("arrival_s", completion.arrival_s),
+            ("finished_at_s", completion.finished_at_s),
+        ):
+            future = self._future_problem(f"the completion's {what}", ts_s)
+            if future is not None:
+                raise InvalidTelemetryError(future)
         await self._store.record_completion(completion)
         if completion.arrival_s > 0:
             self._arrivals.record(completion.instance_ids, completion.arrival_s)
@@ -185,6 +279,7 @@ class TelemetryServicer(telemetry_pb2_grpc.TelemetryServiceServicer):
     async def GetSnapshot(
         self, request: telemetry_pb2.GetSnapshotRequest, context: Context
     ) -> common_pb2.ClusterSnapshot:
+        check_ids(request.instance_ids, "instance_ids", error=InvalidTelemetryError)
         view = await self._selected_view(request.phase, list(request.instance_ids))
         return self._to_proto(view)
 
@@ -216,6 +311,7 @@ class TelemetryServicer(telemetry_pb2_grpc.TelemetryServiceServicer):
         """A snapshot now; then one after each change, at most every interval and at least
         every ``watch_idle_resend_s`` (so ``now_s`` keeps moving on a quiet cluster)."""
         interval_s = self._watch_interval_s(request.interval_ms)
+        check_ids(request.instance_ids, "instance_ids", error=InvalidTelemetryError)
         idle_resend_s = self._settings.watch_idle_resend_s
         instance_ids = list(request.instance_ids)
         loop = asyncio.get_running_loop()
@@ -240,6 +336,7 @@ class TelemetryServicer(telemetry_pb2_grpc.TelemetryServiceServicer):
     ) -> telemetry_pb2.GetAggregatesResponse:
         window_s = request.window_s or self._settings.window_s
         validate_window(window_s)
+        check_ids(request.instance_ids, "instance_ids", error=InvalidTelemetryError)
         report = await self._store.window_report(
             list(request.instance_ids) or None, window_s, self._settings.slo
         )

@@ -1,10 +1,15 @@
-"""Checks every report passes before a store accepts it (so bad data never reaches policies)."""
+"""Checks every report passes before a store accepts it (so bad data never reaches policies).
+
+Strings are bounded too (voltana.rpc.limits), so no record, snapshot or message grows without
+limit and no error message echoes more than a short prefix of what was sent.
+"""
 
 from __future__ import annotations
 
 import math
 
 from voltana.policy.state import InstanceState, SloTarget
+from voltana.rpc.limits import check_address, check_id, check_name, check_text, slo_target_problem
 from voltana.services.telemetry.errors import InvalidTelemetryError
 from voltana.services.telemetry.records import Completion, GpuReading, InstanceInfo
 
@@ -27,9 +32,8 @@ _NON_NEGATIVE_STATE_FIELDS: tuple[str, ...] = (
 )
 
 
-def _check_id(kind: str, value: str) -> None:
-    if not value:
-        raise InvalidTelemetryError(f"{kind} must not be empty")
+def _check_id(kind: str, value: str, *, required: bool = True) -> None:
+    check_id(value, kind, error=InvalidTelemetryError, required=required)
 
 
 def _check_non_negative(owner: str, name: str, value: float | None) -> None:
@@ -51,6 +55,9 @@ def validate_instance_state(state: InstanceState) -> None:
 def validate_instance_info(info: InstanceInfo) -> None:
     _check_id("instance_id", info.instance_id)
     owner = f"instance {info.instance_id!r}"
+    check_name(info.gpu_key, f"{owner}: gpu_key", error=InvalidTelemetryError)
+    for name in ("engine_url", "bootstrap_host", "agent_address"):
+        check_address(getattr(info, name), f"{owner}: {name}", error=InvalidTelemetryError)
     if not 0 <= info.bootstrap_port <= 65535:
         raise InvalidTelemetryError(f"{owner}: bootstrap_port {info.bootstrap_port} out of range")
     for name in ("gpu_index", "kv_tokens_capacity", "max_running_requests"):
@@ -66,7 +73,11 @@ def validate_gpu_sample(sample: GpuReading) -> None:
 
 def validate_completion(completion: Completion) -> None:
     _check_id("request_id", completion.request_id)
-    if not completion.prefill_id and not completion.decode_id:
+    _check_id("prefill_instance_id", completion.prefill_id, required=False)
+    _check_id("decode_instance_id", completion.decode_id, required=False)
+    check_text(completion.reason, "reason", error=InvalidTelemetryError)
+    if completion.ok and not completion.prefill_id and not completion.decode_id:
+        # Only failed requests may lack instances (they failed before placement).
         raise InvalidTelemetryError(f"request {completion.request_id!r}: no instance id")
     owner = f"request {completion.request_id!r}"
     for name in (
@@ -84,8 +95,9 @@ def validate_completion(completion: Completion) -> None:
 
 def validate_slo(slo: SloTarget, owner: str = "SLO") -> None:
     for name, value in (("ttft_ms", slo.ttft_ms), ("itl_ms", slo.itl_ms)):
-        if not math.isfinite(value) or value <= 0:
-            raise InvalidTelemetryError(f"{owner}: SLO {name} must be > 0, got {value}")
+        problem = slo_target_problem(name, value)
+        if problem is not None:
+            raise InvalidTelemetryError(f"{owner}: SLO {problem}")
 
 
 def validate_window(window_s: float) -> None:

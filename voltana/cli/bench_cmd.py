@@ -17,7 +17,6 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from voltana.cli.options import (
@@ -28,11 +27,20 @@ from voltana.cli.options import (
     slo_from_args,
     workload_from_args,
 )
+from voltana.cli.outputs import check_output_path, report_stream, write_text
 from voltana.cli.progress import ProgressBar
+from voltana.cli.security_opts import (
+    add_api_key_args,
+    add_security_args,
+    api_key_from_args,
+    security_from_args,
+)
 from voltana.cli.serve_cmd import host_port
 from voltana.errors import ConfigError, VoltanaError
 from voltana.report import RunOutcome, add_savings, format_table, summarize
+from voltana.rpc import RpcSecurity
 from voltana.sdk import (
+    AuthenticationError,
     DeadlineExceededError,
     GenerationSummary,
     InvalidRequestError,
@@ -48,7 +56,7 @@ EPILOG = """\
 examples:
   voltana bench --target 127.0.0.1:50051 --telemetry 127.0.0.1:50052 \\
       --trace synthetic:poisson:rate=5,duration=60,input=512,output=128 --json out.json
-  voltana bench --target router:50051 --trace azure_llm_2023_conv.csv --duration-s 120 \\
+  voltana bench --target router:50051 --trace azure-conv --duration-s 120 \\
       --rate-scale 0.5 --max-concurrency 256 --policy-label voltana
 
 Latencies are wall-clock times measured by this client. Against `voltana up --sim --speedup X`
@@ -62,6 +70,7 @@ _ERROR_REASONS: tuple[tuple[type[VoltanaClientError], str], ...] = (
     (UnavailableError, "unavailable"),
     (DeadlineExceededError, "deadline_exceeded"),
     (RequestCancelledError, "cancelled"),
+    (AuthenticationError, "unauthenticated"),
     (ServerError, "server_error"),
 )
 _COMPLETED_FINISH_REASONS = ("length", "stop")
@@ -90,7 +99,10 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         help="telemetry address, to measure GPU energy (default: energy not measured)",
     )
     parser.add_argument(
-        "--trace", required=True, help="workload file or synthetic spec (as for simulate)"
+        "--trace",
+        required=True,
+        help="trace file, shipped trace name (azure-conv, azure-code) or synthetic:... "
+        "(as for simulate)",
     )
     add_workload_shaping_args(parser)
     load = parser.add_argument_group("client")
@@ -112,6 +124,8 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         help="give up when the router does not answer within this (default: %(default)s)",
     )
     add_slo_args(parser)
+    add_security_args(parser, client_only=True)
+    add_api_key_args(parser, server=False)
     output = parser.add_argument_group("output")
     output.add_argument(
         "--policy-label",
@@ -119,7 +133,11 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         metavar="NAME",
         help="column name of this run in the report (default: %(default)s)",
     )
-    output.add_argument("--json", metavar="OUT.json", help="write the results as JSON")
+    output.add_argument(
+        "--json",
+        metavar="OUT.json",
+        help="write the results as JSON ('-' = stdout; the table then goes to stderr)",
+    )
     output.add_argument("--quiet", action="store_true", help="no progress on stderr")
     parser.set_defaults(handler=run)
 
@@ -278,23 +296,61 @@ async def replay(
 # ---- energy from telemetry -------------------------------------------------------------------
 
 
-async def read_energy_j(telemetry_address: str) -> dict[str, float]:
-    """Every instance's GPU energy counter (J) as telemetry last received it."""
+@dataclass(frozen=True)
+class EnergyReading:
+    """Every instance's GPU energy counter (J) as telemetry last received it, and the engine
+    URL each instance registered."""
+
+    energy_j: dict[str, float]
+    engine_urls: dict[str, str]
+
+
+async def read_energy(telemetry_address: str, security: RpcSecurity | None = None) -> EnergyReading:
     from voltana.services.telemetry import TelemetryClient
 
-    async with TelemetryClient(telemetry_address) as client:
-        snapshot = await client.snapshot()
-    return {
-        state.instance_id: state.energy_j
-        for state in (*snapshot.prefill.values(), *snapshot.decode.values())
-    }
+    async with TelemetryClient(telemetry_address, security=security) as client:
+        snapshot, infos = await client.snapshot_with_endpoints()
+    return EnergyReading(
+        energy_j={
+            state.instance_id: state.energy_j
+            for state in (*snapshot.prefill.values(), *snapshot.decode.values())
+        },
+        engine_urls={i: info.engine_url for i, info in infos.items() if info.engine_url},
+    )
 
 
-def energy_delta_j(before: dict[str, float], after: dict[str, float]) -> tuple[float, int]:
-    """Energy drawn by the instances present at both readings, and how many they are."""
-    common = sorted(set(before) & set(after))
+def energy_delta_j(before: dict[str, float], after: dict[str, float]) -> tuple[float | None, int]:
+    """Energy drawn by the instances present at both readings whose counter runs, and how
+    many they are; (None, 0) when no instance measured any energy (no GPU readings)."""
+    measured = sorted(i for i in set(before) & set(after) if after[i] > 0)
+    if not measured:
+        return None, 0
     # A counter that went backwards (an engine restarted) adds nothing rather than subtracting.
-    return sum(max(0.0, after[i] - before[i]) for i in common), len(common)
+    return sum(max(0.0, after[i] - before[i]) for i in measured), len(measured)
+
+
+async def engine_speedup(engine_urls: dict[str, str]) -> float:
+    """How much faster than wall time the engines run: simulated engines report their
+    speedup in /get_server_info (``voltana_sim.speedup``); real SGLang servers, and engines
+    this host cannot reach, count as 1. ConfigError when the engines disagree."""
+    from voltana.engine import EngineError, SglangHttpClient
+
+    speedups: set[float] = set()
+    async with SglangHttpClient(connect_timeout_s=2.0) as http:
+        for url in sorted(set(engine_urls.values())):
+            try:
+                info = await asyncio.wait_for(http.server_info(url), 5.0)
+            except (EngineError, TimeoutError):
+                continue
+            sim = info.get("voltana_sim")
+            speedup = sim.get("speedup") if isinstance(sim, dict) else None
+            speedups.add(float(speedup) if isinstance(speedup, int | float) else 1.0)
+    if len(speedups) > 1:
+        raise ConfigError(
+            f"the engines run at different speedups ({sorted(speedups)}); energy per wall second "
+            "would mix time bases - benchmark one speedup at a time"
+        )
+    return speedups.pop() if speedups else 1.0
 
 
 # ---- the command -----------------------------------------------------------------------------
@@ -306,7 +362,11 @@ def outcome_of(
     label: str,
     energy_j: float | None,
     num_gpus: int,
+    speedup: float = 1.0,
 ) -> RunOutcome:
+    """The run's figures. With engines ``speedup`` times faster than wall time, the GPUs'
+    energy covers that many more (simulated) seconds, so duration and power are on the
+    engines' time base too (latencies stay wall time, as the client measured them)."""
     completed = [r for r in replay_result.results if r.completed]
     errors = Counter(r.error_reason for r in replay_result.results if not r.completed)
     return RunOutcome(
@@ -316,7 +376,7 @@ def outcome_of(
         mean_itl_ms=[r.mean_itl_ms for r in completed],
         output_tokens=sum(r.output_tokens for r in completed),
         energy_j=energy_j,
-        duration_s=replay_result.duration_s,
+        duration_s=replay_result.duration_s * speedup,
         num_gpus=num_gpus,
         rejected=dict(sorted(errors.items())),
         token_itl_ms=[gap for r in completed for gap in r.token_itl_ms],
@@ -331,10 +391,17 @@ def result_row(outcome: RunOutcome, args: argparse.Namespace) -> dict[str, Any]:
     return rows[0]
 
 
-async def bench(args: argparse.Namespace, requests: list[TraceRequest]) -> dict[str, Any]:
-    async with VoltanaClient(args.target) as client:
+async def bench(
+    args: argparse.Namespace,
+    requests: list[TraceRequest],
+    security: RpcSecurity,
+    api_key: str | None = None,
+) -> tuple[dict[str, Any], float]:
+    """The result row, and how much faster than wall time the engines ran."""
+    client = VoltanaClient(args.target, api_key=api_key, tls=security.tls)
+    async with client:
         await client.wait_until_ready(args.connect_timeout_s)
-        energy_before = await read_energy_j(args.telemetry) if args.telemetry else None
+        energy_before = await read_energy(args.telemetry, security) if args.telemetry else None
         progress = None if args.quiet else ProgressBar(f"{args.policy_label:>16}")
         total = len(requests)
         replayed = await replay(
@@ -346,14 +413,26 @@ async def bench(args: argparse.Namespace, requests: list[TraceRequest]) -> dict[
         )
         energy_j: float | None = None
         num_gpus = 0
+        speedup = 1.0
         if energy_before is not None:
-            energy_after = await read_energy_j(args.telemetry)
-            energy_j, num_gpus = energy_delta_j(energy_before, energy_after)
-    outcome = outcome_of(replayed, total, args.policy_label, energy_j, num_gpus)
-    return result_row(outcome, args)
+            energy_after = await read_energy(args.telemetry, security)
+            energy_j, num_gpus = energy_delta_j(energy_before.energy_j, energy_after.energy_j)
+            speedup = await engine_speedup(energy_after.engine_urls)
+            if energy_j is None:
+                print("no instance reported GPU energy: energy is not measured", file=sys.stderr)
+            if speedup != 1.0:
+                print(
+                    f"the engines run {speedup:g}x faster than wall time: energy, power and "
+                    "duration are on their (simulated) time base, latencies are wall time",
+                    file=sys.stderr,
+                )
+    outcome = outcome_of(replayed, total, args.policy_label, energy_j, num_gpus, speedup)
+    return result_row(outcome, args), speedup
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.json:
+        check_output_path(args.json, "--json")
     slo = slo_from_args(args)
     requests = workload_from_args(args)
     workload = summarize_workload(requests)
@@ -363,11 +442,13 @@ def run(args: argparse.Namespace) -> int:
         f"SLO TTFT {slo.ttft_ms:g} ms, ITL {slo.itl_ms:g} ms",
         file=sys.stderr,
     )
-    row = asyncio.run(bench(args, requests))
+    # Reading telemetry needs no token; TLS (and a token, when given) apply to every call.
+    security = security_from_args(args, required=False)
+    row, speedup = asyncio.run(bench(args, requests, security, api_key_from_args(args)))
     if row["rejected"]:
         reasons = ", ".join(f"{k}: {v}" for k, v in row["rejected_by_reason"].items())
         print(f"requests that did not complete: {reasons}", file=sys.stderr)
-    print(format_table([row]))
+    print(format_table([row]), file=report_stream(args.json))
     if args.json:
         document = {
             "config": {
@@ -383,16 +464,12 @@ def run(args: argparse.Namespace) -> int:
                 "ttft_slo_ms": slo.ttft_ms,
                 "itl_slo_ms": slo.itl_ms,
                 "policy_label": args.policy_label,
+                # Engines this much faster than wall time: duration and power are on their
+                # (simulated) time base, latencies are wall time.
+                "engine_speedup": speedup,
                 "workload": workload.to_dict(),
             },
             "results": [row],
         }
-        _write(Path(args.json), json.dumps(document, indent=2))
+        write_text(args.json, json.dumps(document, indent=2), "--json")
     return 0
-
-
-def _write(path: Path, text: str) -> None:
-    try:
-        path.write_text(text + "\n")
-    except OSError as exc:
-        raise ConfigError(f"cannot write {path}: {exc.strerror}") from None

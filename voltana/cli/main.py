@@ -6,6 +6,7 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 from types import ModuleType
+from typing import NoReturn
 
 from voltana import __version__
 from voltana.errors import VoltanaError
@@ -13,16 +14,26 @@ from voltana.errors import VoltanaError
 Handler = Callable[[argparse.Namespace], int]
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from voltana.cli import model_cmd, simulate_cmd
+class OneLineErrorParser(argparse.ArgumentParser):
+    """An ArgumentParser whose usage errors are one line (no usage block) and exit 2.
 
-    parser = argparse.ArgumentParser(
+    Sub-command parsers inherit it (argparse builds them with the parent's class).
+    """
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from voltana.cli import doctor_cmd, model_cmd, simulate_cmd
+
+    parser = OneLineErrorParser(
         prog="voltana",
         description="SLO-aware, energy-efficient control plane for PD-disaggregated LLM serving.",
     )
     parser.add_argument("--version", action="version", version=f"voltana {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in (simulate_cmd, model_cmd, *_service_commands()):
+    for module in (simulate_cmd, model_cmd, doctor_cmd, *_service_commands()):
         module.register(commands)
     return parser
 
@@ -30,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _service_commands() -> list[ModuleType]:
     """Commands that need the gRPC stack; absent pieces are simply not offered."""
     modules = []
-    for name in ("up_cmd", "bench_cmd", "serve_cmd"):
+    for name in ("up_cmd", "bench_cmd", "serve_cmd", "token_cmd"):
         try:
             modules.append(__import__(f"voltana.cli.{name}", fromlist=["register"]))
         except ModuleNotFoundError as exc:

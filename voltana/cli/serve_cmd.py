@@ -1,8 +1,10 @@
 """`voltana serve SERVICE`: run one Voltana service until SIGINT/SIGTERM (what compose runs).
 
-Every flag mirrors a field of the service's settings dataclass; defaults bind every interface on
-the service's well-known port (router 50051, telemetry 50052, controller 50053, agent 50054,
-simulated engine 30000 with KV bootstrap 8998 — SGLang's defaults).
+Every flag mirrors a field of the service's settings dataclass; defaults bind loopback on the
+service's well-known port (router 50051, telemetry 50052, controller 50053, agent 50054,
+simulated engine 30000 with KV bootstrap 8998 — SGLang's defaults): serving other hosts is a
+deliberate --listen 0.0.0.0:PORT. Every service needs the control-plane token
+($VOLTANA_CONTROL_TOKEN or --token-file) unless --insecure-no-auth (see security_opts).
 """
 
 from __future__ import annotations
@@ -16,10 +18,18 @@ from collections.abc import Callable
 from typing import Protocol
 
 from voltana.cli.options import add_slo_args, positive_float, positive_int, slo_from_args
+from voltana.cli.security_opts import (
+    add_api_key_args,
+    add_redis_password_arg,
+    add_security_args,
+    api_keys_from_args,
+    redis_password_from_args,
+    security_from_args,
+)
 from voltana.engine import EngineMode, SimEngineSettings
 from voltana.hardware import GPU_CATALOG, MODEL_CATALOG
 from voltana.observability import add_observability_args, observability_from_args
-from voltana.policy.registry import policy_names, router_names
+from voltana.policy.registry import live_policy_names, router_names
 
 _LOG = logging.getLogger("voltana.serve")
 
@@ -29,10 +39,17 @@ CONTROLLER_PORT = 50053
 AGENT_PORT = 50054
 ENGINE_PORT = 30000
 BOOTSTRAP_PORT = 8998
-# Shared secret of agents and the controller; from the environment so it stays out of `ps`.
-AGENT_TOKEN_ENV = "VOLTANA_AGENT_TOKEN"
+REDIS_URL_ENV = "VOLTANA_REDIS_URL"
+# Prometheus /metrics of each service (simulated engines serve SGLang's on their own port).
+ROUTER_METRICS_PORT = 9401
+TELEMETRY_METRICS_PORT = 9402
+CONTROLLER_METRICS_PORT = 9403
+AGENT_METRICS_PORT = 9404
 
 EPILOG = """\
+Every service reads the control-plane token from $VOLTANA_CONTROL_TOKEN (or --token-file);
+`voltana token` makes one. Services listen on 127.0.0.1 unless --listen says otherwise.
+
 examples:
   voltana serve telemetry --redis-url redis://redis:6379/0
   voltana serve controller --telemetry telemetry:50052 --policy voltana
@@ -69,6 +86,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         _add_instance,
     ):
         service_parser = add(services)
+        add_security_args(service_parser)
         add_observability_args(service_parser)
 
 
@@ -76,10 +94,31 @@ def _listen_arg(parser: argparse.ArgumentParser, port: int) -> None:
     parser.add_argument(
         "--listen",
         type=host_port,
-        default=f"0.0.0.0:{port}",
+        default=f"127.0.0.1:{port}",
         metavar="HOST:PORT",
-        help="address to serve on; port 0 = any free port (default: %(default)s)",
+        help="address to serve on (0.0.0.0:PORT serves other hosts); port 0 = any free port "
+        "(default: %(default)s)",
     )
+
+
+def _metrics_args(parser: argparse.ArgumentParser, port: int, what: str = "") -> None:
+    group = parser.add_argument_group("Prometheus metrics")
+    group.add_argument(
+        "--metrics-port",
+        type=port_number,
+        default=port,
+        help=f"serve{what} /metrics on this port of the --listen host; 0 = any free port "
+        "(default: %(default)s)",
+    )
+    group.add_argument("--no-metrics", action="store_true", help="do not serve /metrics")
+
+
+def metrics_address(args: argparse.Namespace, listen: str | None = None) -> str | None:
+    """``HOST:PORT`` of the /metrics server (``listen``'s host), or None with --no-metrics."""
+    if args.no_metrics:
+        return None
+    host = (listen or args.listen).rpartition(":")[0]
+    return f"{host}:{args.metrics_port}"
 
 
 def _telemetry_arg(parser: argparse.ArgumentParser, *, required_help: str) -> None:
@@ -110,7 +149,7 @@ def _policy_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--policy",
         default="static-max",
-        help=f"operating policy: {', '.join(policy_names())} (default: %(default)s)",
+        help=f"operating policy: {', '.join(live_policy_names())} (default: %(default)s)",
     )
 
 
@@ -124,7 +163,13 @@ def _add_telemetry(
         "telemetry", help="instance state, GPU samples and completions (memory or Redis)"
     )
     _listen_arg(parser, TELEMETRY_PORT)
-    parser.add_argument("--redis-url", help="redis://host:port/db (default: in process memory)")
+    parser.add_argument(
+        "--redis-url",
+        default=os.environ.get(REDIS_URL_ENV) or None,
+        help=f"redis://[:PASSWORD@]host:port/db, rediss://... (TLS) or unix://PATH (default: "
+        f"${REDIS_URL_ENV}, else in process memory)",
+    )
+    add_redis_password_arg(parser)
     parser.add_argument(
         "--redis-key-prefix",
         default="voltana:",
@@ -137,6 +182,7 @@ def _add_telemetry(
         help="default window of aggregates (default: %(default)s)",
     )
     add_slo_args(parser)
+    _metrics_args(parser, TELEMETRY_METRICS_PORT)
     parser.set_defaults(handler=run, build=_build_telemetry, service_name="voltana-telemetry")
     return parser
 
@@ -148,9 +194,12 @@ def _build_telemetry(args: argparse.Namespace) -> Service:
         TelemetrySettings(
             listen_address=args.listen,
             redis_url=args.redis_url,
+            redis_password=redis_password_from_args(args),
             redis_key_prefix=args.redis_key_prefix,
             window_s=args.window_s,
             slo=slo_from_args(args),
+            metrics_listen_address=metrics_address(args),
+            security=security_from_args(args),
         )
     )
 
@@ -196,6 +245,7 @@ def _add_controller(
         action="store_true",
         help="do not ask agents to reset clocks on stop (leases still lapse)",
     )
+    _metrics_args(parser, CONTROLLER_METRICS_PORT)
     parser.set_defaults(handler=run, build=_build_controller, service_name="voltana-controller")
     return parser
 
@@ -216,8 +266,9 @@ def _build_controller(args: argparse.Namespace) -> Service:
             lease_ttl_ms=args.lease_ttl_ms,
             snapshot_mode=args.snapshot_mode,
             controller_id=args.controller_id,
-            agent_auth_token=os.environ.get(AGENT_TOKEN_ENV) or None,
+            security=security_from_args(args),
             reset_clocks_on_stop=not args.keep_clocks_on_stop,
+            metrics_listen_address=metrics_address(args),
         )
     )
 
@@ -273,6 +324,8 @@ def _add_router(
         default=600.0,
         help="longest engine call when the client sets no deadline (default: %(default)s)",
     )
+    _metrics_args(parser, ROUTER_METRICS_PORT)
+    add_api_key_args(parser, server=True)
     parser.set_defaults(handler=run, build=_build_router, service_name="voltana-router")
     return parser
 
@@ -296,6 +349,9 @@ def _build_router(args: argparse.Namespace) -> Service:
             max_prompt_tokens=args.max_prompt_tokens,
             instance_stale_after_s=args.instance_stale_after_s,
             engine_request_timeout_s=args.engine_request_timeout_s,
+            metrics_listen_address=metrics_address(args),
+            security=security_from_args(args),
+            api_keys=api_keys_from_args(args),
         )
     )
 
@@ -341,8 +397,9 @@ def _add_agent(
         type=instance_binding,
         action="append",
         default=[],
-        metavar="ID=GPU",
-        help="serving instance ID runs on GPU index GPU, repeatable",
+        metavar="ID=GPU[,GPU...]",
+        help="serving instance ID runs on GPU index GPU (a tensor-parallel one on several), "
+        "repeatable",
     )
     parser.add_argument(
         "--telemetry",
@@ -360,7 +417,10 @@ def _add_agent(
         "--default-lease-ttl-ms", type=positive_int, default=10_000, help="default clock lease"
     )
     parser.add_argument(
-        "--max-lease-ttl-ms", type=positive_int, default=300_000, help="longest clock lease"
+        "--max-lease-ttl-ms",
+        type=positive_int,
+        default=30_000,
+        help="longest clock lease; longer requests are cut to it (default: %(default)s)",
     )
     parser.add_argument("--node-name", default="", help="name of this host in logs")
     parser.add_argument(
@@ -368,6 +428,7 @@ def _add_agent(
         action="store_true",
         help="do not reset every GPU to default clocks at start",
     )
+    _metrics_args(parser, AGENT_METRICS_PORT)
     parser.set_defaults(handler=run, build=_build_agent, service_name="voltana-agent")
     return parser
 
@@ -390,7 +451,8 @@ def _build_agent(args: argparse.Namespace) -> Service:
             reset_on_start=not args.no_reset_on_start,
             telemetry_address=args.telemetry,
             sample_interval_ms=args.sample_interval_ms,
-            auth_token=os.environ.get(AGENT_TOKEN_ENV) or None,
+            security=security_from_args(args),
+            metrics_listen_address=metrics_address(args),
         )
     )
 
@@ -476,6 +538,7 @@ def _add_engine(
         default=250,
         help="GPU sampling period of the co-hosted agent (default: %(default)s)",
     )
+    _metrics_args(parser, AGENT_METRICS_PORT, " the co-hosted agent's (--agent-listen)")
     parser.set_defaults(handler=run, build=_build_engine, service_name="voltana-engine")
     return parser
 
@@ -507,6 +570,11 @@ def _build_engine(args: argparse.Namespace) -> Service:
             agent_advertise_address=args.agent_advertise or "",
             gpu_index=args.gpu_index,
             sample_interval_ms=args.sample_interval_ms,
+            agent_metrics_listen_address=(
+                metrics_address(args, args.agent_listen) if args.agent_listen else None
+            ),
+            # A standalone engine (no telemetry) serves no gRPC and needs no token.
+            security=security_from_args(args, required=args.telemetry is not None),
         )
     )
 
@@ -592,6 +660,7 @@ def _build_instance(args: argparse.Namespace) -> Service:
             gpu_index=args.gpu_index,
             interval_ms=args.interval_ms,
             startup_timeout_s=args.startup_timeout_s,
+            security=security_from_args(args),
         )
     )
 
@@ -669,9 +738,10 @@ def non_negative_int(text: str) -> int:
     return value
 
 
-def instance_binding(text: str) -> tuple[str, int]:
-    """``ID=GPU_INDEX`` → (ID, index)."""
-    instance_id, sep, index = text.rpartition("=")
-    if not sep or not instance_id:
-        raise argparse.ArgumentTypeError(f"{text!r} is not ID=GPU_INDEX")
-    return instance_id, non_negative_int(index)
+def instance_binding(text: str) -> tuple[str, int | tuple[int, ...]]:
+    """``ID=GPU_INDEX`` → (ID, index); ``ID=0,1`` (a tensor-parallel instance) → (ID, (0, 1))."""
+    instance_id, sep, indices = text.rpartition("=")
+    if not sep or not instance_id or not indices:
+        raise argparse.ArgumentTypeError(f"{text!r} is not ID=GPU_INDEX or ID=GPU,GPU,...")
+    parsed = tuple(non_negative_int(index) for index in indices.split(","))
+    return instance_id, parsed[0] if len(parsed) == 1 else parsed

@@ -9,18 +9,30 @@ import sys
 from typing import TextIO
 
 from voltana.cli.options import add_slo_args, positive_float, positive_int, slo_from_args
+from voltana.cli.security_opts import (
+    add_redis_password_arg,
+    add_security_args,
+    redis_password_from_args,
+    security_from_args,
+)
 from voltana.cli.serve_cmd import port_number
 from voltana.errors import ConfigError
 from voltana.hardware import GPU_CATALOG, MODEL_CATALOG
 from voltana.observability import add_observability_args, observability_from_args
-from voltana.policy.registry import policy_names, router_names
+from voltana.policy.registry import live_policy_names, router_names
 from voltana.stack import SimStack, SimStackSettings
+from voltana.stack.sim_stack import TracerProviders
 
 EPILOG = """\
 examples:
   voltana up --sim
   voltana up --sim --prefill 2 --decode 2 --policy voltana --router-port 50051
   voltana up --sim --redis-url redis://127.0.0.1:6379/0 --speedup 10 --otel-exporter console
+
+Every service requires the control-plane token on privileged calls: a fresh random one, unless
+$VOLTANA_CONTROL_TOKEN or --token-file names one (use that to call SetPolicy/SetSlo yourself).
+--tls-cert/--tls-key/--tls-ca put every gRPC server and client on (m)TLS; the certificate must
+name the --host (e.g. IP SAN 127.0.0.1).
 
 The router address (first line of the output) is what clients connect to, e.g.
   python examples/generate.py 127.0.0.1:50051 "Hello"
@@ -74,7 +86,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     control.add_argument(
         "--policy",
         default="static-max",
-        help=f"operating policy: {', '.join(policy_names())} (default: %(default)s)",
+        help=f"operating policy: {', '.join(live_policy_names())} (default: %(default)s)",
     )
     control.add_argument(
         "--router", help=f"override the policy's router: {', '.join(router_names())}"
@@ -89,8 +101,20 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         "--telemetry-port", type=port_number, default=0, help="telemetry port (default: any free)"
     )
     network.add_argument(
-        "--redis-url", help="keep telemetry in Redis (redis://host:port/db) instead of memory"
+        "--redis-url",
+        help="keep telemetry in Redis (redis://[:PASSWORD@]host:port/db, rediss://...) instead "
+        "of memory",
     )
+    network.add_argument(
+        "--metrics-port",
+        type=port_number,
+        default=0,
+        help="Prometheus /metrics: router on this port, telemetry +1, controller +2, then each "
+        "instance's node agent; 0 = any free ports (default); printed as <service>.metrics",
+    )
+    network.add_argument("--no-metrics", action="store_true", help="serve no /metrics")
+    add_redis_password_arg(network)
+    add_security_args(parser)
     add_observability_args(parser)
     parser.set_defaults(handler=run)
 
@@ -112,29 +136,38 @@ def run(args: argparse.Namespace) -> int:
         slo=slo_from_args(args),
         speedup=args.speedup,
         redis_url=args.redis_url,
+        redis_password=redis_password_from_args(args) if args.redis_url else None,
         host=args.host,
         router_port=args.router_port,
         telemetry_port=args.telemetry_port,
         max_running_requests=args.max_running_requests,
+        metrics_port=None if args.no_metrics else args.metrics_port,
+        security=security_from_args(args, generate=True),
     )
     observability = observability_from_args(args, "voltana-up")
     observability.check()
-    tracing = observability.apply()
+    # One provider per service (service.name voltana-router, ...), none installed globally.
+    tracing = observability.apply(set_global=False)
     try:
-        asyncio.run(serve(settings))
+        asyncio.run(serve(settings, tracer_providers=tracing.provider_for))
     finally:
         tracing.shutdown()
     return 0
 
 
-async def serve(settings: SimStackSettings, out: TextIO | None = None) -> None:
+async def serve(
+    settings: SimStackSettings,
+    out: TextIO | None = None,
+    *,
+    tracer_providers: TracerProviders | None = None,
+) -> None:
     """Start the stack, print its addresses, and stop it on SIGINT/SIGTERM."""
     loop = asyncio.get_running_loop()
     stop_requested = asyncio.Event()
     signals = (signal.SIGINT, signal.SIGTERM)
     for sig in signals:
         loop.add_signal_handler(sig, stop_requested.set)
-    stack = SimStack(settings)
+    stack = SimStack(settings, tracer_providers=tracer_providers)
     try:
         start = asyncio.ensure_future(stack.start())
         stop_waiter = asyncio.ensure_future(stop_requested.wait())
@@ -158,9 +191,12 @@ def print_addresses(stack: SimStack, out: TextIO) -> None:
     for name, address in addresses.items():
         out.write(f"{name.ljust(width)}  {address}\n")
     settings = stack.settings
+    security = settings.security
+    auth = "OFF (--insecure-no-auth)" if security.insecure_no_auth else "on"
     out.write(
         f"# {settings.prefill}P{settings.decode}D {settings.gpu_key} {settings.model_key}, "
         f"policy {settings.policy}, speedup {settings.speedup:g}; connect to the router at "
-        f"{addresses['router']}; Ctrl-C stops\n"
+        f"{addresses['router']}; control-plane auth {auth}, "
+        f"{'TLS' if security.tls is not None else 'plaintext'}; Ctrl-C stops\n"
     )
     out.flush()

@@ -197,11 +197,10 @@ class EngineCore:
         bootstrap = request.bootstrap
         if self.mode is EngineMode.PREFILL and bootstrap is None:
             raise EngineRequestError("a prefill instance needs 'bootstrap_room'")
-        if self.mode is EngineMode.DECODE and (
-            bootstrap is None or bootstrap.host is None or bootstrap.port is None
-        ):
+        # Without 'bootstrap_port' a decode instance uses SGLang's default bootstrap port.
+        if self.mode is EngineMode.DECODE and (bootstrap is None or bootstrap.host is None):
             raise EngineRequestError(
-                "a decode instance needs 'bootstrap_host', 'bootstrap_port' and 'bootstrap_room'"
+                "a decode instance needs 'bootstrap_host' and 'bootstrap_room'"
             )
 
     def admit(self, request: GenerateRequest) -> RequestState:
@@ -231,6 +230,9 @@ class EngineCore:
         if state.done:
             return
         now_s = self._clock()
+        if state.request.max_new_tokens == 0:
+            self._finish(state, length_finish(0), now_s, ())
+            return
         self._emit_first_token(state, first_token_id, now_s)
         self._after_first_token(state, now_s)
 
@@ -383,10 +385,14 @@ class EngineCore:
                 continue
             state.prefill_job = None
             first_token_id = self.tokenizer.output_token_id(state.seed, 0)
-            self._emit_first_token(state, first_token_id, end_s)
             if self.mode is EngineMode.PREFILL:
                 assert self.kv_outbox is not None and state.request.bootstrap is not None
                 self.kv_outbox.publish(self._handoff(state, first_token_id))
+            if state.request.max_new_tokens == 0:  # prefill only: the KV cache, no token
+                self._finish(state, length_finish(0), end_s, ())
+                continue
+            self._emit_first_token(state, first_token_id, end_s)
+            if self.mode is EngineMode.PREFILL:
                 self._finish(state, length_finish(1), end_s, (first_token_id,))
             else:
                 self._after_first_token(state, end_s)

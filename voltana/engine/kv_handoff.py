@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -164,9 +164,12 @@ class KvMailbox:
 
 
 def build_bootstrap_app(
-    mailbox: KvMailbox, wall_duration_s: Callable[[float], float]
+    mailbox: KvMailbox,
+    wall_duration_s: Callable[[float], float],
+    middlewares: Sequence[Any] = (),
 ) -> web.Application:
-    """The bootstrap server of a prefill engine. ``wall_duration_s`` maps simulated to wall s."""
+    """The bootstrap server of a prefill engine. ``wall_duration_s`` maps simulated to wall s;
+    ``middlewares`` (e.g. tracing) wrap its handlers."""
 
     async def get_kv(request: web.Request) -> web.Response:
         try:
@@ -188,7 +191,7 @@ def build_bootstrap_app(
     async def health(_request: web.Request) -> web.Response:
         return web.Response(text="ok")
 
-    app = web.Application()
+    app = web.Application(middlewares=list(middlewares))
     app.router.add_get("/kv/{room}", get_kv)
     app.router.add_get("/health", health)
     return app

@@ -2,6 +2,7 @@
 
 Only what the simulated engine needs; sampling parameters other than ``max_new_tokens`` are
 accepted and ignored (generation always runs to ``max_new_tokens``, as with ``ignore_eos``).
+``return_logprob`` is honoured with made-up but well-formed logprobs (``voltana.engine.logprobs``).
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from voltana.engine.tokenizer import ToyTokenizer
 
 # SGLang's default when sampling_params has no max_new_tokens.
 DEFAULT_MAX_NEW_TOKENS = 128
+# SGLang's --disaggregation-bootstrap-port default.
+DEFAULT_BOOTSTRAP_PORT = 8998
 MAX_BOOTSTRAP_ROOM = 2**63 - 1
 SSE_DONE = b"data: [DONE]\n\n"
 
@@ -33,12 +36,26 @@ class BootstrapTarget:
 
 
 @dataclass(frozen=True, slots=True)
+class LogprobOptions:
+    """What ``return_logprob`` asks for, in SGLang's terms."""
+
+    # First prompt position with input logprobs; -1 (SGLang's default) = none of the prompt.
+    start_len: int = -1
+    # Alternatives per position (``top_logprobs_num``); 0 = only the chosen token's.
+    top_num: int = 0
+    # Include each token's text (``return_text_in_logprobs``); else its text is null.
+    with_text: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class GenerateRequest:
     rid: str
     input_ids: tuple[int, ...]
     max_new_tokens: int
     stream: bool
     bootstrap: BootstrapTarget | None
+    # None unless ``return_logprob`` is true.
+    logprobs: LogprobOptions | None = None
 
     @property
     def prompt_tokens(self) -> int:
@@ -91,9 +108,41 @@ def _max_new_tokens(body: Mapping[str, Any]) -> int:
         return DEFAULT_MAX_NEW_TOKENS
     if not _is_int(value):
         raise EngineRequestError(f"max_new_tokens must be an integer, got {value!r}")
-    if value <= 0:
-        raise EngineRequestError(f"max_new_tokens must be > 0, got {value}")
+    if value < 0:  # 0 is valid: prefill only, no output token (SGLang accepts it too)
+        raise EngineRequestError(f"max_new_tokens must be >= 0, got {value}")
     return int(value)
+
+
+def _non_negative_int(body: Mapping[str, Any], name: str, default: int) -> int:
+    value = body.get(name)
+    if value is None:
+        return default
+    if not _is_int(value) or value < 0:
+        raise EngineRequestError(f"{name!r} must be an integer >= 0, got {value!r}")
+    return int(value)
+
+
+def _logprob_options(body: Mapping[str, Any]) -> LogprobOptions | None:
+    flag = body.get("return_logprob", False)
+    if flag is None:
+        flag = False
+    if not isinstance(flag, bool):
+        raise EngineRequestError("'return_logprob' must be a boolean")
+    if not flag:
+        return None
+    start = body.get("logprob_start_len", -1)
+    if start is None:
+        start = -1
+    if not _is_int(start) or start < -1:
+        raise EngineRequestError(f"'logprob_start_len' must be an integer >= -1, got {start!r}")
+    with_text = body.get("return_text_in_logprobs", False)
+    if not isinstance(with_text, bool):
+        raise EngineRequestError("'return_text_in_logprobs' must be a boolean")
+    return LogprobOptions(
+        start_len=int(start),
+        top_num=_non_negative_int(body, "top_logprobs_num", 0),
+        with_text=with_text,
+    )
 
 
 def _bootstrap(body: Mapping[str, Any]) -> BootstrapTarget | None:
@@ -131,6 +180,7 @@ def parse_generate_request(body: object, tokenizer: ToyTokenizer) -> GenerateReq
         max_new_tokens=_max_new_tokens(body),
         stream=stream,
         bootstrap=_bootstrap(body),
+        logprobs=_logprob_options(body),
     )
 
 
@@ -148,7 +198,9 @@ def meta_info(
     completion_tokens: int,
     finish_reason: FinishReason | None,
     e2e_latency_s: float | None = None,
+    logprobs: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
+    """``meta_info`` of a response or stream chunk; ``logprobs`` adds SGLang's logprob keys."""
     meta: dict[str, Any] = {
         "id": rid,
         "finish_reason": finish_reason,
@@ -158,6 +210,8 @@ def meta_info(
     }
     if e2e_latency_s is not None:
         meta["e2e_latency"] = e2e_latency_s
+    if logprobs:
+        meta.update(logprobs)
     return meta
 
 

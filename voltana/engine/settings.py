@@ -45,7 +45,8 @@ class SimEngineSettings:
     tp: int = 1
     # Simulated time runs this many times faster than wall time.
     speedup: float = 1.0
-    # Prefill mode only: port of the KV bootstrap endpoint (SGLang's default is 8998).
+    # Prefill mode: port of the KV bootstrap endpoint (0 = any free port). Decode mode: the
+    # prefill bootstrap port a request without 'bootstrap_port' uses (0 = SGLang's 8998).
     bootstrap_port: int = 0
     max_running_requests: int = 256
     chunked_prefill_size: int = 8192
@@ -65,8 +66,10 @@ class SimEngineSettings:
     report_interval_ms: float = 250.0
     # Window of the recent TTFT/ITL medians and rates in InstanceState (simulated seconds).
     recent_window_s: float = 5.0
-    # SGLang's --incremental-streaming-output: stream deltas instead of cumulative text/ids.
-    incremental_streaming_output: bool = False
+    # SGLang's --incremental-streaming-output: stream deltas instead of cumulative text/ids
+    # (SGLang's default, which resends the whole output in every chunk: quadratic in its
+    # length for the engine and every reader).
+    incremental_streaming_output: bool = True
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "mode", EngineMode.parse(self.mode))

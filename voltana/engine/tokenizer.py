@@ -21,7 +21,7 @@ _SYLLABLES = (
 _MASK_64 = (1 << 64) - 1
 
 
-def _mix64(value: int) -> int:
+def mix64(value: int) -> int:
     """SplitMix64 finaliser: spreads consecutive integers over 64 bits."""
     value = (value + 0x9E3779B97F4A7C15) & _MASK_64
     value = ((value ^ (value >> 30)) * 0xBF58476D1CE4E5B9) & _MASK_64
@@ -64,4 +64,4 @@ class ToyTokenizer:
 
     def output_token_id(self, seed: int, position: int) -> int:
         """The ``position``-th (0-based) output token of a prompt with ``seed``."""
-        return FIRST_ORDINARY_ID + _mix64(seed * 1_000_003 + position) % self._ordinary_ids
+        return FIRST_ORDINARY_ID + mix64(seed * 1_000_003 + position) % self._ordinary_ids

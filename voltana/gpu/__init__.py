@@ -1,5 +1,6 @@
 """GPU device abstraction: one interface (``GpuDevice``), an NVML backend and a simulated one."""
 
+from voltana.gpu.capabilities import energy_counter_supported
 from voltana.gpu.clocks import check_locked_range_mhz, resolve_sm_clock_mhz
 from voltana.gpu.device import GpuDevice
 from voltana.gpu.errors import (
@@ -28,6 +29,7 @@ __all__ = [
     "PowerSource",
     "SimulatedGpu",
     "check_locked_range_mhz",
+    "energy_counter_supported",
     "read_gpu_sample",
     "resolve_sm_clock_mhz",
     "translate_nvml_error",

@@ -172,6 +172,12 @@ class NvmlGpu:
             energy_mj = self._nvml.nvmlDeviceGetTotalEnergyConsumption(self._handle)
         return float(energy_mj) / 1000.0
 
+    def persistence_mode_enabled(self) -> bool:
+        """Whether the driver stays loaded with no client (``nvidia-smi -pm 1``)."""
+        with _translated(f"reading the persistence mode of GPU {self._index}"):
+            mode = self._nvml.nvmlDeviceGetPersistenceMode(self._handle)
+        return int(mode) == pynvml.NVML_FEATURE_ENABLED
+
     def __repr__(self) -> str:
         return f"NvmlGpu(index={self._index}, name={self._name!r})"
 
@@ -220,6 +226,12 @@ class NvmlLibrary:
     def _require_open(self) -> None:
         if not self._is_open:
             raise NvmlUnavailableError("NVML is not initialised; call NvmlLibrary.open() first")
+
+    def driver_version(self) -> str:
+        """The NVIDIA driver's version, e.g. "550.54.15"."""
+        self._require_open()
+        with _translated("reading the driver version"):
+            return _text(self._nvml.nvmlSystemGetDriverVersion())
 
     def device_count(self) -> int:
         self._require_open()

@@ -29,11 +29,17 @@ class ObservabilityOptions:
         parse_level(self.log_level)
         resolve_exporter_name(self.otel_exporter)
 
-    def apply(self) -> TracingHandle:
-        """Configure logging and (global) tracing for this process; shut the handle down at exit."""
+    def apply(self, *, set_global: bool = True) -> TracingHandle:
+        """Configure logging and tracing for this process; shut the handle down at exit.
+
+        ``set_global=False`` installs no global tracer provider: the caller hands out
+        per-service ones (``TracingHandle.provider_for``).
+        """
         self.check()
         configure_logging(self.log_level, json=self.log_json)
-        return configure_tracing(self.otel_exporter, self.otel_endpoint, self.service_name)
+        return configure_tracing(
+            self.otel_exporter, self.otel_endpoint, self.service_name, set_global=set_global
+        )
 
 
 def add_observability_args(parser: argparse.ArgumentParser) -> None:

@@ -4,6 +4,10 @@
 as JSON on stderr (stdout stays for command output), ``otlp`` ships them over OTLP/gRPC to a
 collector or Jaeger (``endpoint``, or the standard ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`` /
 ``OTEL_EXPORTER_OTLP_ENDPOINT`` variables, or localhost:4317). The default exporter name comes from ``OTEL_TRACES_EXPORTER``.
+
+Several services in one process (``voltana up``) each get their own TracerProvider from
+``TracingHandle.provider_for`` so their spans carry their own ``service.name``; the providers
+share one span processor, so there is still one exporter (one batch thread, one connection).
 """
 
 from __future__ import annotations
@@ -11,10 +15,10 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from opentelemetry import trace
-from opentelemetry.sdk.resources import SERVICE_NAME, Resource
+from opentelemetry.sdk.resources import SERVICE_INSTANCE_ID, SERVICE_NAME, Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import (
     BatchSpanProcessor,
@@ -48,6 +52,9 @@ class TracingHandle:
     exporter: str
     provider: TracerProvider | None
     installed_globally: bool
+    # The processor every provider of this handle exports through (None when tracing is off).
+    processor: SpanProcessor | None = None
+    _service_providers: list[TracerProvider] = field(default_factory=list, repr=False)
 
     def tracer(self, name: str) -> trace.Tracer:
         """A tracer from this provider (a no-op tracer when tracing is off)."""
@@ -55,10 +62,34 @@ class TracingHandle:
             return trace.NoOpTracer()
         return self.provider.get_tracer(name)
 
+    def provider_for(
+        self, service_name: str, instance_id: str | None = None
+    ) -> trace.TracerProvider:
+        """A provider for one in-process service: its spans carry ``service.name`` (and
+        ``service.instance.id``) of their own and go out through this handle's exporter.
+
+        A no-op provider when tracing is off.
+        """
+        if self.processor is None:
+            return trace.NoOpTracerProvider()
+        attributes = {SERVICE_NAME: service_name}
+        if instance_id:
+            attributes[SERVICE_INSTANCE_ID] = instance_id
+        provider = TracerProvider(resource=Resource.create(attributes))
+        provider.add_span_processor(self.processor)
+        self._service_providers.append(provider)
+        return provider
+
+    def force_flush(self, timeout_ms: int = 30_000) -> bool:
+        """Export every finished span now; False when the exporter did not finish in time."""
+        return self.processor.force_flush(timeout_ms) if self.processor is not None else True
+
     def shutdown(self) -> None:
         """Export what is still buffered, then stop the exporter (call once, at exit)."""
         if self.provider is not None:
-            self.provider.shutdown()
+            self.provider.shutdown()  # shuts the shared processor down once
+        elif self.processor is not None:
+            self.processor.shutdown()
 
 
 def _otlp_exporter(endpoint: str | None) -> SpanExporter:
@@ -103,4 +134,4 @@ def configure_tracing(
             provider.shutdown()
             raise ConfigError("OpenTelemetry tracing is already configured in this process")
         trace.set_tracer_provider(provider)
-    return TracingHandle(name, provider, installed_globally=set_global)
+    return TracingHandle(name, provider, installed_globally=set_global, processor=processor)

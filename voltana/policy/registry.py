@@ -38,6 +38,17 @@ STATIC_FORMS = ("static-max", "static:<MHz>", "static:<prefill MHz>/<decode MHz>
 ABLATION_FORM = "<policy>+full-range|+paper-clocks|+<router>-router"
 
 
+class SimulatorOnlyPolicyError(UnknownNameError):
+    """A policy only the offline simulator resolves (static-best), asked of a live stack."""
+
+    def __init__(self, name: str, live: list[str]) -> None:
+        super().__init__("policy", name, live)
+        self.args = (
+            f"{name} is a hindsight sweep over a whole recorded workload, so only "
+            f"`voltana simulate` runs it; live policies: {', '.join(live)}",
+        )
+
+
 def register_policy(name: str, factory: SuiteFactory) -> None:
     _NAMED_SUITES[name] = factory
 
@@ -56,6 +67,12 @@ def policy_names() -> list[str]:
         *STATIC_FORMS[1:],
         ABLATION_FORM,
     ]
+
+
+def live_policy_names() -> list[str]:
+    """The policies a running controller and router can use (all but the simulator's
+    hindsight sweep, static-best)."""
+    return [name for name in policy_names() if name != "static-best"]
 
 
 def router_names() -> list[str]:
@@ -103,10 +120,12 @@ def build_suite(
         prefill = StaticClockPolicy(parse_clock_mhz(prefill_text, gpu))
         decode = StaticClockPolicy(parse_clock_mhz(decode_text or prefill_text, gpu))
         return PolicySuite(name, prefill, decode, router or RoundRobinRouter())
+    if name == "static-best":
+        raise SimulatorOnlyPolicyError(name, live_policy_names())
     base, *modifiers = name.split("+")
     factory = _NAMED_SUITES.get(base)
     if factory is None:
-        raise UnknownNameError("policy", base, policy_names())
+        raise UnknownNameError("policy", base, live_policy_names())
     clocks: tuple[int, ...] | None = None
     for modifier in modifiers:
         if modifier in CLOCK_SET_MODIFIERS:

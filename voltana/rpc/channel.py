@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import grpc.aio
+from opentelemetry import trace
 
 from voltana.errors import UnavailableError
+from voltana.rpc.tracing import client_interceptors
+
+if TYPE_CHECKING:
+    from voltana.rpc.security import RpcSecurity
 
 MAX_MESSAGE_BYTES = 32 * 1024 * 1024  # long token-id prompts and large snapshots fit
 
@@ -43,15 +48,39 @@ def create_channel(
     *,
     options: Mapping[str, Any] | None = None,
     interceptors: Sequence[grpc.aio.ClientInterceptor] | None = None,
+    tracer_provider: trace.TracerProvider | None = None,
+    traced: bool = True,
+    security: RpcSecurity | None = None,
 ) -> grpc.aio.Channel:
-    """An insecure asyncio channel to ``address`` ("host:port").
+    """An asyncio channel to ``address`` ("host:port").
 
+    With ``security``, every call carries its control-plane token and the channel uses its TLS
+    files (plaintext without them); without, the channel is plaintext and anonymous.
+    With ``traced``, calls are traced (voltana.rpc.tracing; ``tracer_provider``, default the
+    global one) and carry the caller's trace context; ``interceptors`` run inside the tracing
+    ones. Background channels (telemetry sample streams, watches, reports) pass False: nothing
+    there is worth a trace, and intercepted client streams buffer their writes, so a cancelled
+    write would no longer cancel the call.
     Channels connect lazily; close them with ``await channel.close()`` (or ``async with``).
     Use ``await wait_until_ready(channel, timeout_s)`` to fail fast when the peer is down.
     """
-    return grpc.aio.insecure_channel(
-        address, options=channel_options(options), interceptors=interceptors
-    )
+    all_interceptors = [
+        *(client_interceptors(address, tracer_provider) if traced else ()),
+        *(interceptors or ()),
+    ]
+    tls = security.tls if security is not None else None
+    if tls is not None:
+        channel = grpc.aio.secure_channel(
+            address,
+            tls.channel_credentials(),
+            options=channel_options(options),
+            interceptors=all_interceptors,
+        )
+    else:
+        channel = grpc.aio.insecure_channel(
+            address, options=channel_options(options), interceptors=all_interceptors
+        )
+    return security.authenticate(channel) if security is not None else channel
 
 
 async def wait_until_ready(channel: grpc.aio.Channel, timeout_s: float) -> None:

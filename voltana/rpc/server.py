@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import grpc
 import grpc.aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from opentelemetry import trace
 
 from voltana.errors import ConfigError
+from voltana.rpc.auth import AuthInterceptor
 from voltana.rpc.channel import MAX_MESSAGE_BYTES
+from voltana.rpc.reflection import enable_reflection
+from voltana.rpc.security import RpcSecurity
 from voltana.rpc.status import ErrorStatusInterceptor
+from voltana.rpc.tracing import ServerTracing
 
 # Registers one servicer, e.g. functools.partial(add_FooServicer_to_server, servicer).
 RegisterServicer = Callable[[grpc.aio.Server], None]
@@ -53,37 +57,87 @@ async def start_grpc_server(
     error_codes: Mapping[type[BaseException], grpc.StatusCode] | None = None,
     interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
     options: Mapping[str, Any] | None = None,
+    security: RpcSecurity | None = None,
+    privileged_methods: Collection[str] = (),
+    api_keys: Collection[str] = (),
+    keyed_methods: Collection[str] = (),
+    tracer_provider: trace.TracerProvider | None = None,
 ) -> StartedServer:
-    """Start an insecure asyncio gRPC server on ``address`` ("host:port"; port 0 = any free).
+    """Start an asyncio gRPC server on ``address`` ("host:port"; port 0 = any free).
 
     Besides the given servicers it serves grpc.health.v1 (overall status "" and every name in
-    ``service_names`` set to SERVING) and server reflection for those services. VoltanaErrors
+    ``service_names`` set to SERVING) and server reflection (v1 and v1alpha) for those services.
+    Every call is traced (opentelemetry-instrumentation-grpc; ``tracer_provider``, default the
+    global one; see voltana.rpc.tracing). VoltanaErrors
     raised by servicers become status codes (see voltana.rpc.status; ``error_codes`` adds or
     overrides mappings). Pass your own ``health_servicer`` to flip statuses later (e.g.
     NOT_SERVING while a dependency is down). ``service_names`` are full names such as
     voltana.rpc.names.TELEMETRY_SERVICE. Raises ConfigError when the address cannot be bound.
+
+    ``security`` (None = plaintext, no authentication) gives the TLS files and the token that
+    ``privileged_methods`` (full method names) require; ``keyed_methods`` need one of
+    ``api_keys`` when any is given (voltana.rpc.auth). Privileged methods without a token are
+    a ConfigError unless ``security.insecure_no_auth`` says so.
     """
     if not service_names:
         raise ConfigError("start_grpc_server needs at least one service name")
+    if privileged_methods and security is None:
+        raise ConfigError("privileged methods need a security setting (token or insecure_no_auth)")
+    if security is not None and privileged_methods:
+        security.require_credentials(service_names[0])
+    auth = AuthInterceptor(
+        token=security.token if security is not None else None,
+        privileged_methods=privileged_methods,
+        enabled=security is not None and security.auth_enabled,
+        api_keys=api_keys,
+        keyed_methods=keyed_methods,
+    )
     health_servicer = health_servicer or health.aio.HealthServicer()
+    tracing = ServerTracing(address, tracer_provider)
     server = grpc.aio.server(
-        interceptors=[ErrorStatusInterceptor(error_codes), *interceptors],
+        # Authentication first: a stranger learns nothing, not even whether their bytes parse.
+        # Tracing next: the status the error mapping sets lands on the server span.
+        interceptors=[
+            auth,
+            tracing.outer,
+            ErrorStatusInterceptor(error_codes),
+            *interceptors,
+            tracing.inner,
+        ],
         options=list({**DEFAULT_SERVER_OPTIONS, **(options or {})}.items()),
     )
     for register in servicers:
         register(server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        [*service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], server
-    )
+    enable_reflection(server, [*service_names, health.SERVICE_NAME])
+    tls = security.tls if security is not None else None
     try:
-        port = server.add_insecure_port(address)
+        if tls is not None:
+            port = server.add_secure_port(address, tls.server_credentials())
+        else:
+            port = server.add_insecure_port(address)
     except RuntimeError as error:  # grpc raises RuntimeError("Failed to bind ...")
         raise ConfigError(f"cannot bind gRPC server to {address!r}: {error}") from error
+    tracing.bound(port)
     await server.start()
+    if security is not None and privileged_methods:
+        security.warn_if_open(service_names[0], dialable_address(address, port))
     for name in ["", *service_names]:
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     return StartedServer(server, port)
+
+
+async def set_serving(
+    health_servicer: health.aio.HealthServicer, service_names: Sequence[str], serving: bool
+) -> None:
+    """Report the server (overall status "") and ``service_names`` SERVING or NOT_SERVING."""
+    status = (
+        health_pb2.HealthCheckResponse.SERVING
+        if serving
+        else health_pb2.HealthCheckResponse.NOT_SERVING
+    )
+    for name in ["", *service_names]:
+        await health_servicer.set(name, status)
 
 
 async def stop_grpc_server(

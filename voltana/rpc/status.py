@@ -3,12 +3,14 @@
 Servers: raise a VoltanaError subclass in a servicer; ErrorStatusInterceptor (installed by
 start_grpc_server) turns it into the matching status code with the error's message.
 Clients: ``error_from_rpc`` turns a failed call back into the matching VoltanaError.
+Status messages are cut at MAX_STATUS_DETAILS_CHARS.
 """
 
 from __future__ import annotations
 
-import inspect
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from typing import Any, NoReturn, TypeVar
 
 import grpc
@@ -23,9 +25,15 @@ from voltana.errors import (
     NotFoundError,
     PermissionDeniedError,
     RemoteError,
+    UnauthenticatedError,
     UnavailableError,
     VoltanaError,
 )
+from voltana.rpc.handlers import ServicerContext, wrap_handler
+from voltana.text import truncate
+
+_Request = TypeVar("_Request")
+_Response = TypeVar("_Response")
 
 # Looked up along the error's MRO, so subclasses inherit their base's code.
 DEFAULT_STATUS_CODES: Mapping[type[BaseException], grpc.StatusCode] = {
@@ -35,6 +43,7 @@ DEFAULT_STATUS_CODES: Mapping[type[BaseException], grpc.StatusCode] = {
     AlreadyExistsError: grpc.StatusCode.ALREADY_EXISTS,
     FailedPreconditionError: grpc.StatusCode.FAILED_PRECONDITION,
     PermissionDeniedError: grpc.StatusCode.PERMISSION_DENIED,
+    UnauthenticatedError: grpc.StatusCode.UNAUTHENTICATED,
     UnavailableError: grpc.StatusCode.UNAVAILABLE,
     DeadlineExceededError: grpc.StatusCode.DEADLINE_EXCEEDED,
     # A downstream failure we cannot classify: "error from another address space".
@@ -49,6 +58,7 @@ _ERRORS_BY_CODE: Mapping[grpc.StatusCode, Callable[[str], VoltanaError]] = {
     grpc.StatusCode.ALREADY_EXISTS: AlreadyExistsError,
     grpc.StatusCode.FAILED_PRECONDITION: FailedPreconditionError,
     grpc.StatusCode.PERMISSION_DENIED: PermissionDeniedError,
+    grpc.StatusCode.UNAUTHENTICATED: UnauthenticatedError,
     grpc.StatusCode.UNAVAILABLE: UnavailableError,
     grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceededError,
 }
@@ -78,7 +88,8 @@ async def abort_with_error(
 ) -> NoReturn:
     """End the RPC with the status code and message of ``error`` (never returns)."""
     code = status_code_for(error, extra_codes) or grpc.StatusCode.INTERNAL
-    await context.abort(code, str(error) or type(error).__name__)
+    details = truncate(str(error) or type(error).__name__, MAX_STATUS_DETAILS_CHARS)
+    await context.abort(code, details)
     raise AssertionError("context.abort returned")  # abort always raises
 
 
@@ -96,13 +107,58 @@ def error_from_rpc(error: grpc.RpcError) -> VoltanaError:
     return RemoteError(code.name, details)
 
 
-_Behavior = Callable[..., Any]
-_Request = TypeVar("_Request")
-_Response = TypeVar("_Response")
+_LOG = logging.getLogger(__name__)
+# Longest status message sent back; longer ones are cut (they may quote what a caller sent).
+MAX_STATUS_DETAILS_CHARS = 2000
+
+
+class UndecodableRequestError(InvalidArgumentError):
+    """The request bytes are not a valid message of the method's request type."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Undecodable:
+    """Stands in for a request whose bytes did not parse (so grpc never sees the exception)."""
+
+    error: str
+    size: int
+
+
+def _safe_deserializer(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any]:
+    def deserialize(data: bytes) -> Any:
+        if deserializer is None:
+            return data
+        try:
+            return deserializer(data)
+        except Exception as error:  # DecodeError and whatever a custom deserializer raises
+            return _Undecodable(f"{type(error).__name__}: {error}", len(data))
+
+    return deserialize
+
+
+def _refuse_undecodable(request: _Undecodable, context: ServicerContext) -> NoReturn:
+    # One line, no traceback: garbage on the wire is the caller's problem, not ours.
+    _LOG.warning(
+        "refused an undecodable request (%d bytes) from %s: %s",
+        request.size,
+        context.peer(),
+        truncate(request.error, 200),
+    )
+    raise UndecodableRequestError(f"the request does not decode: {truncate(request.error, 200)}")
+
+
+async def _checked_stream(
+    requests: AsyncIterator[Any], context: ServicerContext
+) -> AsyncIterator[Any]:
+    async for request in requests:
+        if isinstance(request, _Undecodable):
+            _refuse_undecodable(request, context)
+        yield request
 
 
 class ErrorStatusInterceptor(grpc.aio.ServerInterceptor):
-    """Turns VoltanaErrors escaping a servicer method into gRPC status codes.
+    """Turns VoltanaErrors escaping a servicer method into gRPC status codes, and requests
+    whose bytes do not decode into INVALID_ARGUMENT (one warning line, no traceback).
 
     Other exceptions pass through unchanged (grpc reports them as UNKNOWN and logs them).
     """
@@ -123,53 +179,21 @@ class ErrorStatusInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None:  # unknown method: let grpc answer UNIMPLEMENTED
             return None
-        return self._wrap_handler(handler)
+        return wrap_handler(
+            handler,
+            before=self._check_request,
+            on_error=self._abort_on_voltana_error,
+            request_deserializer=_safe_deserializer(handler.request_deserializer),
+        )
 
-    def _wrap_handler(
-        self, handler: grpc.RpcMethodHandler[_Request, _Response]
-    ) -> grpc.RpcMethodHandler[_Request, _Response]:
-        deserializer = handler.request_deserializer
-        serializer = handler.response_serializer
-        if handler.unary_unary is not None:
-            return grpc.unary_unary_rpc_method_handler(
-                self._wrap_unary_response(handler.unary_unary), deserializer, serializer
-            )
-        if handler.unary_stream is not None:
-            return grpc.unary_stream_rpc_method_handler(
-                self._wrap_streaming_response(handler.unary_stream), deserializer, serializer
-            )
-        if handler.stream_unary is not None:
-            return grpc.stream_unary_rpc_method_handler(
-                self._wrap_unary_response(handler.stream_unary), deserializer, serializer
-            )
-        if handler.stream_stream is not None:
-            return grpc.stream_stream_rpc_method_handler(
-                self._wrap_streaming_response(handler.stream_stream), deserializer, serializer
-            )
-        return handler
+    @staticmethod
+    async def _check_request(request: Any, context: ServicerContext) -> Any:
+        if isinstance(request, _Undecodable):
+            _refuse_undecodable(request, context)
+        if hasattr(request, "__aiter__"):  # client-streaming: check each message as it comes
+            return _checked_stream(request, context)
+        return request
 
-    def _wrap_unary_response(self, behavior: _Behavior) -> _Behavior:
-        async def call(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-            try:
-                result = behavior(request, context)
-                return await result if inspect.isawaitable(result) else result
-            except VoltanaError as error:
-                await abort_with_error(context, error, self._extra_codes)
-
-        return call
-
-    def _wrap_streaming_response(self, behavior: _Behavior) -> _Behavior:
-        if not inspect.isasyncgenfunction(behavior):
-            # Coroutine handlers that stream through context.write().
-            return self._wrap_unary_response(behavior)
-
-        async def stream(
-            request: Any, context: grpc.aio.ServicerContext[Any, Any]
-        ) -> AsyncIterator[Any]:
-            try:
-                async for response in behavior(request, context):
-                    yield response
-            except VoltanaError as error:
-                await abort_with_error(context, error, self._extra_codes)
-
-        return stream
+    async def _abort_on_voltana_error(self, error: BaseException, context: ServicerContext) -> None:
+        if isinstance(error, VoltanaError):
+            await abort_with_error(context, error, self._extra_codes)

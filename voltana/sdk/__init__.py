@@ -11,6 +11,7 @@
 
 from voltana.sdk.client import VoltanaClient
 from voltana.sdk.errors import (
+    AuthenticationError,
     DeadlineExceededError,
     InvalidRequestError,
     RequestCancelledError,
@@ -29,6 +30,7 @@ from voltana.sdk.types import (
 )
 
 __all__ = [
+    "AuthenticationError",
     "CandidateInfo",
     "DeadlineExceededError",
     "GenerationResult",

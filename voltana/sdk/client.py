@@ -8,10 +8,11 @@ from typing import Any, Literal, overload
 
 import grpc
 import grpc.aio
-from opentelemetry import propagate, trace
+from opentelemetry import trace
 
 from voltana import errors
-from voltana.rpc import create_channel, wait_until_ready
+from voltana.rpc import RpcSecurity, TlsFiles, create_channel, wait_until_ready
+from voltana.rpc.auth import bearer_metadata
 from voltana.sdk.errors import UnavailableError, VoltanaClientError, client_error_from_rpc
 from voltana.sdk.messages import build_request, placement_from_proto
 from voltana.sdk.stream import GenerationStream
@@ -25,9 +26,12 @@ class VoltanaClient:
     """Talks to a router at ``target`` ("host:port") over one reused gRPC channel.
 
     ``timeout_s`` is the default deadline of each call (None = none); ``metadata`` is sent with
-    every call. Use ``async with VoltanaClient(...) as client`` or ``await client.close()``.
-    The trace context of the current span (or of the SDK's own client span) travels in the call
-    metadata, so the router's spans join the caller's trace.
+    every call. ``api_key``: the key a router started with API keys requires (sent as
+    ``authorization: Bearer <key>``); ``tls``: CA (and client certificate) for a TLS router. Use
+    ``async with VoltanaClient(...) as client`` or ``await client.close()``.
+    Calls are traced with opentelemetry-instrumentation-grpc (a CLIENT span per call, the W3C
+    ``traceparent`` in its metadata) under an SDK span (``voltana.client.generate``) that
+    carries the request's outcome, in the caller's trace when a span is current.
 
         async with VoltanaClient("127.0.0.1:50051") as client:
             async for event in client.generate("Hello", max_new_tokens=32):
@@ -42,13 +46,19 @@ class VoltanaClient:
         metadata: Sequence[tuple[str, str]] = (),
         channel_options: Mapping[str, Any] | None = None,
         tracer_provider: trace.TracerProvider | None = None,
+        api_key: str | None = None,
+        tls: TlsFiles | None = None,
     ) -> None:
         if timeout_s is not None and not timeout_s > 0:
             raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
         self._target = target
         self._timeout_s = timeout_s
         self._metadata = list(metadata)
+        if api_key is not None:
+            self._metadata.append(bearer_metadata(api_key))
         self._channel_options = channel_options
+        self._tracer_provider = tracer_provider
+        self._security = RpcSecurity(tls=tls) if tls is not None else None
         self._tracer = trace.get_tracer(TRACER_NAME, tracer_provider=tracer_provider)
         self._channel: grpc.aio.Channel | None = None
         self._stub: router_pb2_grpc.RouterServiceAsyncStub | None = None
@@ -63,7 +73,12 @@ class VoltanaClient:
         if self._closed:
             raise VoltanaClientError("the client is closed")
         if self._stub is None:
-            self._channel = create_channel(self._target, options=self._channel_options)
+            self._channel = create_channel(
+                self._target,
+                options=self._channel_options,
+                security=self._security,
+                tracer_provider=self._tracer_provider,
+            )
             self._stub = router_pb2_grpc.RouterServiceStub(self._channel)
         assert self._stub is not None
         return self._stub
@@ -144,12 +159,10 @@ class VoltanaClient:
         )
         deadline_s = self._deadline_s(timeout_s)
 
-        def start_call(
-            trace_metadata: list[tuple[str, str]],
-        ) -> grpc.aio.UnaryStreamCall[router_pb2.GenerateRequest, router_pb2.GenerateResponse]:
-            return self._router().Generate(
-                request, timeout=deadline_s, metadata=[*self._metadata, *trace_metadata]
-            )
+        def start_call() -> grpc.aio.UnaryStreamCall[
+            router_pb2.GenerateRequest, router_pb2.GenerateResponse
+        ]:
+            return self._router().Generate(request, timeout=deadline_s, metadata=self._metadata)
 
         generation = GenerationStream(start_call, self._tracer, request.request_id)
         if stream:
@@ -179,14 +192,10 @@ class VoltanaClient:
             itl_slo_ms=itl_slo_ms,
             request_id=None,
         )
-        with self._tracer.start_as_current_span("voltana.client.place", kind=trace.SpanKind.CLIENT):
-            carrier: dict[str, str] = {}
-            propagate.inject(carrier)
+        with self._tracer.start_as_current_span("voltana.client.place"):
             try:
                 message = await self._router().Place(
-                    request,
-                    timeout=self._deadline_s(timeout_s),
-                    metadata=[*self._metadata, *sorted(carrier.items())],
+                    request, timeout=self._deadline_s(timeout_s), metadata=self._metadata
                 )
             except grpc.RpcError as error:
                 raise client_error_from_rpc(error) from error

@@ -29,6 +29,11 @@ class DeadlineExceededError(VoltanaClientError, errors.DeadlineExceededError):
     """The request did not finish within its timeout."""
 
 
+class AuthenticationError(VoltanaClientError, errors.PermissionDeniedError):
+    """The router requires an API key and none (UNAUTHENTICATED) or a wrong one
+    (PERMISSION_DENIED) was sent."""
+
+
 class RequestCancelledError(VoltanaClientError):
     """The call was cancelled (by this client or the server shutting down)."""
 
@@ -41,6 +46,8 @@ _BY_KIND: tuple[tuple[type[errors.VoltanaError], type[VoltanaClientError]], ...]
     (errors.InvalidArgumentError, InvalidRequestError),
     (errors.UnavailableError, UnavailableError),
     (errors.DeadlineExceededError, DeadlineExceededError),
+    (errors.UnauthenticatedError, AuthenticationError),
+    (errors.PermissionDeniedError, AuthenticationError),
 )
 
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable
 from types import TracebackType
 
 import grpc
 import grpc.aio
-from opentelemetry import propagate, trace
+from opentelemetry import context as otel_context
+from opentelemetry import trace
 
 from voltana.sdk.errors import VoltanaClientError, client_error_from_rpc
 from voltana.sdk.messages import summary_from_proto, token_event_from_proto
@@ -16,8 +18,7 @@ from voltana.sdk.types import GenerationResult, GenerationSummary, TokenEvent
 from voltana.v1 import router_pb2
 
 StartCall = Callable[
-    [list[tuple[str, str]]],
-    grpc.aio.UnaryStreamCall[router_pb2.GenerateRequest, router_pb2.GenerateResponse],
+    [], grpc.aio.UnaryStreamCall[router_pb2.GenerateRequest, router_pb2.GenerateResponse]
 ]
 
 
@@ -59,14 +60,16 @@ class GenerationStream:
         self,
     ) -> grpc.aio.UnaryStreamCall[router_pb2.GenerateRequest, router_pb2.GenerateResponse]:
         if self._call is None:
-            self._span = self._tracer.start_span(
-                "voltana.client.generate", kind=trace.SpanKind.CLIENT
-            )
+            self._span = self._tracer.start_span("voltana.client.generate")
             if self._request_id:
                 self._span.set_attribute("voltana.request_id", self._request_id)
-            carrier: dict[str, str] = {}
-            propagate.inject(carrier, context=trace.set_span_in_context(self._span))
-            self._call = self._start_call(sorted(carrier.items()))
+            # Current only while the call starts: the instrumentation's CLIENT span (made in
+            # the call's interceptor task, which copies this context) becomes its child.
+            token = otel_context.attach(trace.set_span_in_context(self._span))
+            try:
+                self._call = self._start_call()
+            finally:
+                otel_context.detach(token)
         return self._call
 
     async def __anext__(self) -> TokenEvent | GenerationSummary:
@@ -91,11 +94,21 @@ class GenerationStream:
         if response.WhichOneof("event") == "completion":
             self._summary = summary_from_proto(response.completion)
             self._end()
+            await self._drain(call)
             return self._summary
         event = token_event_from_proto(response.chunk)
         self._texts.append(event.text)
         self._token_ids.extend(event.token_ids)
         return event
+
+    @staticmethod
+    async def _drain(
+        call: grpc.aio.UnaryStreamCall[router_pb2.GenerateRequest, router_pb2.GenerateResponse],
+    ) -> None:
+        """Read the end of the stream after the completion (the last message), so the call
+        finishes, and with it its tracing span."""
+        with contextlib.suppress(grpc.RpcError):
+            await call.read()
 
     async def collect(self) -> GenerationResult:
         """Read the stream to its end and return the whole generation."""

@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 
 from opentelemetry import trace
 
+from voltana.rpc import TlsFiles
 from voltana.sdk.client import VoltanaClient
 from voltana.sdk.types import GenerationResult, GenerationSummary, PlacementInfo, TokenEvent
 
@@ -34,6 +35,8 @@ class SyncVoltanaClient:
         metadata: Sequence[tuple[str, str]] = (),
         channel_options: Mapping[str, Any] | None = None,
         tracer_provider: trace.TracerProvider | None = None,
+        api_key: str | None = None,
+        tls: TlsFiles | None = None,
     ) -> None:
         self._client = VoltanaClient(
             target,
@@ -41,6 +44,8 @@ class SyncVoltanaClient:
             metadata=metadata,
             channel_options=channel_options,
             tracer_provider=tracer_provider,
+            api_key=api_key,
+            tls=tls,
         )
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(

@@ -8,7 +8,11 @@ from dataclasses import dataclass, field
 from voltana.errors import ConfigError
 from voltana.hardware import get_gpu, get_model
 from voltana.policy.state import SloTarget
+from voltana.rpc import RpcSecurity
 from voltana.services.telemetry.redis_store import DEFAULT_KEY_PREFIX
+
+# Metrics ports in order: router, telemetry, controller, then one per instance's agent.
+METRICS_PORTS_BEFORE_AGENTS = 3
 
 
 @dataclass(frozen=True)
@@ -25,14 +29,19 @@ class SimStackSettings:
     slo: SloTarget = field(default_factory=SloTarget)
     # Simulated time runs this many times faster than wall time (engines and GPUs only).
     speedup: float = 1.0
-    # redis://host:port/db for telemetry; None keeps telemetry in process memory.
-    redis_url: str | None = None
+    # redis://host:port/db for telemetry; None keeps telemetry in process memory. Not in repr:
+    # it may hold a password.
+    redis_url: str | None = field(default=None, repr=False)
+    redis_password: str | None = field(default=None, repr=False)
     redis_key_prefix: str = DEFAULT_KEY_PREFIX
     # Every server listens on this host; ports 0 pick free ones.
     host: str = "127.0.0.1"
     router_port: int = 0
     telemetry_port: int = 0
     controller_port: int = 0
+    # Prometheus /metrics of each service on this host: None = not served; 0 = free ports;
+    # N = router on N, telemetry N+1, controller N+2, then each instance's node agent.
+    metrics_port: int | None = None
     # Engine load reports, GPU samples, controller ticks and router snapshots (wall ms).
     report_interval_ms: float = 50.0  # engines report load this often (loopback: cheap)
     sample_interval_ms: int = 250
@@ -46,6 +55,9 @@ class SimStackSettings:
     drain_timeout_s: float = 2.0
     # start() fails when the router does not see every instance within this (wall s).
     ready_timeout_s: float = 15.0
+    # What every service of the stack uses: by default a fresh random control-plane token
+    # (so authentication is on) and no TLS.
+    security: RpcSecurity = field(default_factory=RpcSecurity.generated)
 
     def __post_init__(self) -> None:
         for name in (
@@ -63,6 +75,13 @@ class SimStackSettings:
         for name in ("router_port", "telemetry_port", "controller_port"):
             if not 0 <= getattr(self, name) <= 65535:
                 raise ConfigError(f"{name} must be in 0..65535, got {getattr(self, name)}")
+        if self.metrics_port is not None:
+            last_port = self.metrics_port + METRICS_PORTS_BEFORE_AGENTS + self.prefill + self.decode
+            if self.metrics_port < 0 or (self.metrics_port and last_port - 1 > 65535):
+                raise ConfigError(
+                    f"metrics_port must leave room for {last_port - self.metrics_port} ports "
+                    f"below 65536, got {self.metrics_port}"
+                )
         for name in ("speedup", "report_interval_ms", "ready_timeout_s"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
@@ -79,6 +98,12 @@ class SimStackSettings:
             raise ConfigError("host must not be empty")
         get_gpu(self.gpu_key)  # UnknownNameError lists the valid keys
         get_model(self.model_key)
+
+    def metrics_address(self, offset: int) -> str | None:
+        """Where the ``offset``-th service serves /metrics (None when metrics are off)."""
+        if self.metrics_port is None:
+            return None
+        return self.address(self.metrics_port + offset if self.metrics_port else 0)
 
     def address(self, port: int) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host

@@ -38,10 +38,13 @@ from voltana.services.telemetry import (
     TelemetryService,
     TelemetrySettings,
 )
-from voltana.stack.settings import SimStackSettings
+from voltana.stack.registration import InstanceRegistration
+from voltana.stack.settings import METRICS_PORTS_BEFORE_AGENTS, SimStackSettings
 from voltana.stack.sinks import TelemetryInstanceSink
 
 _LOG = logging.getLogger(__name__)
+# Builds the tracer provider of one in-process service: (service.name, service.instance.id).
+TracerProviders = Callable[[str, str | None], trace.TracerProvider | None]
 _ServiceT = TypeVar("_ServiceT")
 _READY_POLL_S = 0.02
 CONTROLLER_ID = "controller@voltana-up"
@@ -79,8 +82,11 @@ class SimStack(AsyncService):
     """``await start()`` brings everything up (and waits until the router sees every instance);
     ``await stop()`` takes it down in reverse order, leaving every GPU at its default clock.
 
-    ``tracer_provider`` gives the router and controller their tracer (default: the global one;
-    node agents always use the global one).
+    Tracing: ``tracer_providers(service_name, instance_id)`` gives each service its own
+    provider, so its spans carry its own ``service.name`` (``voltana-router``,
+    ``voltana-telemetry``, ``voltana-controller``, ``voltana-agent`` and ``voltana-engine`` per
+    instance; see TracingHandle.provider_for); ``tracer_provider`` is one for every service;
+    with neither, services use the global provider.
     """
 
     def __init__(
@@ -88,9 +94,11 @@ class SimStack(AsyncService):
         settings: SimStackSettings,
         *,
         tracer_provider: trace.TracerProvider | None = None,
+        tracer_providers: TracerProviders | None = None,
     ) -> None:
         self.settings = settings
         self._tracer_provider = tracer_provider
+        self._tracer_providers = tracer_providers
         self.clock = ScaledClock(settings.speedup)
         model = get_model(settings.model_key).with_tensor_parallel(settings.tp)
         self.perf = AnalyticalPerformanceModel.for_hardware(get_gpu(settings.gpu_key), model)
@@ -120,12 +128,17 @@ class SimStack(AsyncService):
     @property
     def addresses(self) -> dict[str, str]:
         """Every address, router first (what clients connect to), then the control plane,
-        then per instance its engine URL, KV bootstrap endpoint (prefill) and node agent."""
-        result = {
-            "router": self.router_address,
-            "telemetry": self.telemetry_address,
-            "controller": self.controller_address,
-        }
+        then per instance its engine URL, KV bootstrap endpoint (prefill) and node agent;
+        each service's Prometheus endpoint (``<service>.metrics``) follows the service."""
+        router = self._started(self.router, "router")
+        telemetry = self._started(self.telemetry, "telemetry")
+        controller = self._started(self.controller, "controller")
+        result = {"router": router.address}
+        self._add_metrics(result, "router", router.metrics_url)
+        result["telemetry"] = telemetry.address
+        self._add_metrics(result, "telemetry", telemetry.metrics_url)
+        result["controller"] = controller.address
+        self._add_metrics(result, "controller", controller.metrics_url)
         for instance in self.instances:
             info = instance.info()
             result[f"{instance.instance_id}.engine"] = info.engine_url
@@ -134,7 +147,23 @@ class SimStack(AsyncService):
                     f"{info.bootstrap_host}:{info.bootstrap_port}"
                 )
             result[f"{instance.instance_id}.agent"] = info.agent_address
+            if instance.agent is not None:
+                self._add_metrics(
+                    result, f"{instance.instance_id}.agent", instance.agent.metrics_url
+                )
         return result
+
+    @staticmethod
+    def _add_metrics(addresses: dict[str, str], service: str, url: str | None) -> None:
+        if url is not None:
+            addresses[f"{service}.metrics"] = url
+
+    def _provider(
+        self, service: str, instance_id: str | None = None
+    ) -> trace.TracerProvider | None:
+        if self._tracer_providers is not None:
+            return self._tracer_providers(service, instance_id)
+        return self._tracer_provider
 
     @staticmethod
     def _started(service: _ServiceT | None, name: str) -> _ServiceT:
@@ -171,17 +200,21 @@ class SimStack(AsyncService):
             TelemetrySettings(
                 listen_address=settings.address(settings.telemetry_port),
                 redis_url=settings.redis_url,
+                redis_password=settings.redis_password,
                 redis_key_prefix=settings.redis_key_prefix,
                 slo=settings.slo,
                 watch_min_interval_ms=min(
                     50, settings.control_interval_ms, settings.snapshot_interval_ms
                 ),
-            )
+                metrics_listen_address=settings.metrics_address(1),
+                security=settings.security,
+            ),
+            tracer_provider=self._provider("voltana-telemetry"),
         )
         await telemetry.start()
         self.telemetry = telemetry
         self._stoppers.append(("telemetry", telemetry.stop))
-        client = TelemetryClient(telemetry.address)
+        client = TelemetryClient(telemetry.address, security=settings.security)
         self._telemetry_client = client
         self._stoppers.append(("telemetry client", client.close))
 
@@ -204,19 +237,18 @@ class SimStack(AsyncService):
                 control_interval_ms=settings.control_interval_ms,
                 lease_ttl_ms=settings.lease_ttl_ms,
                 controller_id=CONTROLLER_ID,
+                metrics_listen_address=settings.metrics_address(2),
+                security=settings.security,
             ),
-            tracer=(
-                self._tracer_provider.get_tracer("voltana.services.controller")
-                if self._tracer_provider is not None
-                else None
-            ),
+            tracer_provider=self._provider("voltana-controller"),
         )
         await controller.start()
         self.controller = controller
         self._stoppers.append(("controller", controller.stop))
 
         router = RouterService(
-            self._router_settings(telemetry.address), tracer_provider=self._tracer_provider
+            self._router_settings(telemetry.address),
+            tracer_provider=self._provider("voltana-router"),
         )
         await router.start()
         self.router = router
@@ -235,6 +267,8 @@ class SimStack(AsyncService):
             tp=settings.tp,
             slo=settings.slo,
             snapshot_interval_ms=settings.snapshot_interval_ms,
+            metrics_listen_address=settings.metrics_address(0),
+            security=settings.security,
         )
 
     async def _start_instance(
@@ -248,6 +282,7 @@ class SimStack(AsyncService):
             power_source=self.perf.idle_power_w,
             clock_change_delay_ms=settings.clock_change_delay_ms,
         )
+        sink = TelemetryInstanceSink(client, engine_clock=self.clock, speedup=settings.speedup)
         engine = SimEngine(
             SimEngineSettings(
                 host=settings.host,
@@ -264,17 +299,19 @@ class SimStack(AsyncService):
             gpu=gpu,
             perf=self.perf,
             clock=self.clock,
-            sample_sink=TelemetryInstanceSink(
-                client, engine_clock=self.clock, speedup=settings.speedup
-            ),
+            sample_sink=sink,
+            tracer_provider=self._provider("voltana-engine", instance_id),
         )
         await engine.start()
         instance = StackInstance(instance_id, phase, gpu, engine)
         self.instances.append(instance)
         self._stoppers.append((f"engine {instance_id}", engine.stop))
         # Registered before its agent starts, so the agent's first GPU samples are accepted;
-        # registered again with the agent's address once it is bound.
-        await client.register_instance(instance.info())
+        # registered again with the agent's address once it is bound. Registered again
+        # whenever telemetry loses it (a restarted Redis); unregistered on stop.
+        registration = InstanceRegistration(client, instance.info)
+        sink.registration = registration
+        await registration.register()
         agent = AgentService(
             AgentSettings(
                 listen_address=settings.address(0),
@@ -285,13 +322,20 @@ class SimStack(AsyncService):
                 node_name=instance_id,
                 telemetry_address=self.telemetry_address,
                 sample_interval_ms=settings.sample_interval_ms,
+                metrics_listen_address=settings.metrics_address(
+                    METRICS_PORTS_BEFORE_AGENTS + gpu_index
+                ),
+                security=settings.security,
             ),
             devices=[gpu],
+            tracer_provider=self._provider("voltana-agent", instance_id),
         )
         await agent.start()
         instance.agent = agent
         self._stoppers.append((f"agent {instance_id}", agent.stop))
-        await client.register_instance(instance.info())
+        await registration.register()
+        registration.start()
+        self._stoppers.append((f"registration of {instance_id}", registration.stop))
 
     async def _wait_until_routable(self, router: RouterService) -> None:
         """Until the router's snapshot lists every instance with its engine and GPU clock."""

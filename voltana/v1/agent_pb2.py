@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from voltana.v1 import common_pb2 as voltana_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16voltana/v1/agent.proto\x12\nvoltana.v1\x1a\x17voltana/v1/common.proto\"C\n\x0bGpuSelector\x12\x13\n\tgpu_index\x18\x01 \x01(\x05H\x00\x12\x15\n\x0binstance_id\x18\x02 \x01(\tH\x00\x42\x08\n\x06target\"\xde\x01\n\x07GpuInfo\x12\x11\n\tgpu_index\x18\x01 \x01(\x05\x12\x0c\n\x04uuid\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x0f\n\x07gpu_key\x18\x04 \x01(\t\x12\x1f\n\x17supported_sm_clocks_mhz\x18\x05 \x03(\x05\x12\x18\n\x10min_sm_clock_mhz\x18\x06 \x01(\x05\x12\x18\n\x10max_sm_clock_mhz\x18\x07 \x01(\x05\x12\x15\n\rpower_limit_w\x18\x08 \x01(\x01\x12\x14\n\x0cinstance_ids\x18\t \x03(\t\x12\x11\n\tsimulated\x18\n \x01(\x08\"\x9f\x01\n\rGpuClockState\x12\x11\n\tgpu_index\x18\x01 \x01(\x05\x12\x1c\n\x14\x63urrent_sm_clock_mhz\x18\x02 \x01(\x05\x12\x0e\n\x06locked\x18\x03 \x01(\x08\x12\x1b\n\x13locked_sm_clock_mhz\x18\x04 \x01(\x05\x12\x14\n\x0clease_holder\x18\x05 \x01(\t\x12\x1a\n\x12lease_expires_at_s\x18\x06 \x01(\x01\"\x11\n\x0fListGpusRequest\"L\n\x10ListGpusResponse\x12!\n\x04gpus\x18\x01 \x03(\x0b\x32\x13.voltana.v1.GpuInfo\x12\x15\n\ragent_address\x18\x02 \x01(\t\"8\n\x10GetClocksRequest\x12$\n\x03gpu\x18\x01 \x01(\x0b\x32\x17.voltana.v1.GpuSelector\">\n\x11GetClocksResponse\x12)\n\x06\x63locks\x18\x01 \x03(\x0b\x32\x19.voltana.v1.GpuClockState\"\x8a\x01\n\x10SetClocksRequest\x12$\n\x03gpu\x18\x01 \x01(\x0b\x32\x17.voltana.v1.GpuSelector\x12\x14\n\x0csm_clock_mhz\x18\x02 \x01(\x05\x12\x14\n\x0clease_ttl_ms\x18\x03 \x01(\x05\x12\x14\n\x0crequested_by\x18\x04 \x01(\t\x12\x0e\n\x06reason\x18\x05 \x01(\t\"\xb0\x01\n\x11SetClocksResponse\x12\x11\n\tgpu_index\x18\x01 \x01(\x05\x12\x1e\n\x16requested_sm_clock_mhz\x18\x02 \x01(\x05\x12\x1c\n\x14\x61pplied_sm_clock_mhz\x18\x03 \x01(\x05\x12\x0f\n\x07\x63lamped\x18\x04 \x01(\x08\x12\x1d\n\x15measured_sm_clock_mhz\x18\x05 \x01(\x05\x12\x1a\n\x12lease_expires_at_s\x18\x06 \x01(\x01\"`\n\x12ResetClocksRequest\x12$\n\x03gpu\x18\x01 \x01(\x0b\x32\x17.voltana.v1.GpuSelector\x12\x14\n\x0crequested_by\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"@\n\x13ResetClocksResponse\x12)\n\x06\x63locks\x18\x01 \x03(\x0b\x32\x19.voltana.v1.GpuClockState\"_\n\x11RenewLeaseRequest\x12$\n\x03gpu\x18\x01 \x01(\x0b\x32\x17.voltana.v1.GpuSelector\x12\x0e\n\x06ttl_ms\x18\x02 \x01(\x05\x12\x14\n\x0crequested_by\x18\x03 \x01(\t\"E\n\x12RenewLeaseResponse\x12\x13\n\x0bgpu_indices\x18\x01 \x03(\x05\x12\x1a\n\x12lease_expires_at_s\x18\x02 \x01(\x01\";\n\x13GetGpuSampleRequest\x12$\n\x03gpu\x18\x01 \x01(\x0b\x32\x17.voltana.v1.GpuSelector\">\n\x14GetGpuSampleResponse\x12&\n\x07samples\x18\x01 \x03(\x0b\x32\x15.voltana.v1.GpuSample2\xdd\x03\n\x10NodeAgentService\x12\x45\n\x08ListGpus\x12\x1b.voltana.v1.ListGpusRequest\x1a\x1c.voltana.v1.ListGpusResponse\x12H\n\tGetClocks\x12\x1c.voltana.v1.GetClocksRequest\x1a\x1d.voltana.v1.GetClocksResponse\x12H\n\tSetClocks\x12\x1c.voltana.v1.SetClocksRequest\x1a\x1d.voltana.v1.SetClocksResponse\x12N\n\x0bResetClocks\x12\x1e.voltana.v1.ResetClocksRequest\x1a\x1f.voltana.v1.ResetClocksResponse\x12K\n\nRenewLease\x12\x1d.voltana.v1.RenewLeaseRequest\x1a\x1e.voltana.v1.RenewLeaseResponse\x12Q\n\x0cGetGpuSample\x12\x1f.voltana.v1.GetGpuSampleRequest\x1a .voltana.v1.GetGpuSampleResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16voltana/v1/agent.proto\x12\nvoltana.v1\x1a\x17voltana/v1/common.proto\"C\n\x0bGpuSelector\x12\x13\n\tgpu_index\x18\x01 \x01(\x05H\x00\x12\x15\n\x0binstance_id\x18\x02 \x01(\tH\x00\x42\x08\n\x06target\"\x9e\x02\n\x07GpuInfo\x12\x11\n\tgpu_index\x18\x01 \x01(\x05\x12\x0c\n\x04uuid\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x0f\n\x07gpu_key\x18\x04 \x01(\t\x12\x1f\n\x17supported_sm_clocks_mhz\x18\x05 \x03(\x05\x12\x18\n\x10min_sm_clock_mhz\x18\x06 \x01(\x05\x12\x18\n\x10max_sm_clock_mhz\x18\x07 \x01(\x05\x12\x15\n\rpower_limit_w\x18\x08 \x01(\x01\x12\x14\n\x0cinstance_ids\x18\t \x03(\t\x12\x11\n\tsimulated\x18\n \x01(\x08\x12 \n\x18\x65nergy_counter_supported\x18\x0b \x01(\x08\x12\x1c\n\x14\x64\x65\x66\x61ult_sm_clock_mhz\x18\x0c \x01(\x05\"\x9f\x01\n\rGpuClockState\x12\x11\n\tgpu_index\x18\x01 \x01(\x05\x12\x1c\n\x14\x63urrent_sm_clock_mhz\x18\x02 \x01(\x05\x12\x0e\n\x06locked\x18\x03 \x01(\x08\x12\x1b\n\x13locked_sm_clock_mhz\x18\x04 \x01(\x05\x12\x14\n\x0clease_holder\x18\x05 \x01(\t\x12\x1a\n\x12lease_expires_at_s\x18\x06 \x01(\x01\"\x11\n\x0fListGpusRequest\"d\n\x10ListGpusResponse\x12!\n\x04gpus\x18\x01 \x03(\x0b\x32\x13.voltana.v1.GpuInfo\x12\x15\n\ragent_address\x18\x02 \x01(\t\x12\x16\n\x0e\x64river_version\x18\x03 \x01(\t\"8\n\x10GetClocksRequest\x12$\n\x03gpu\x18\x01 \x01(\x0b\x32\x17.voltana.v1.GpuSelector\">\n\x11GetClocksResponse\x12)\n\x06\x63locks\x18\x01 \x03(\x0b\x32\x19.voltana.v1.GpuClockState\"\x8a\x01\n\x10SetClocksRequest\x12$\n\x03gpu\x18\x01 \x01(\x0b\x32\x17.voltana.v1.GpuSelector\x12\x14\n\x0csm_clock_mhz\x18\x02 \x01(\x05\x12\x14\n\x0clease_ttl_ms\x18\x03 \x01(\x05\x12\x14\n\x0crequested_by\x18\x04 \x01(\t\x12\x0e\n\x06reason\x18\x05 \x01(\t\"\xc5\x01\n\x11SetClocksResponse\x12\x11\n\tgpu_index\x18\x01 \x01(\x05\x12\x1e\n\x16requested_sm_clock_mhz\x18\x02 \x01(\x05\x12\x1c\n\x14\x61pplied_sm_clock_mhz\x18\x03 \x01(\x05\x12\x0f\n\x07\x63lamped\x18\x04 \x01(\x08\x12\x1d\n\x15measured_sm_clock_mhz\x18\x05 \x01(\x05\x12\x1a\n\x12lease_expires_at_s\x18\x06 \x01(\x01\x12\x13\n\x0bgpu_indices\x18\x07 \x03(\x05\"`\n\x12ResetClocksRequest\x12$\n\x03gpu\x18\x01 \x01(\x0b\x32\x17.voltana.v1.GpuSelector\x12\x14\n\x0crequested_by\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"@\n\x13ResetClocksResponse\x12)\n\x06\x63locks\x18\x01 \x03(\x0b\x32\x19.voltana.v1.GpuClockState\"_\n\x11RenewLeaseRequest\x12$\n\x03gpu\x18\x01 \x01(\x0b\x32\x17.voltana.v1.GpuSelector\x12\x0e\n\x06ttl_ms\x18\x02 \x01(\x05\x12\x14\n\x0crequested_by\x18\x03 \x01(\t\"E\n\x12RenewLeaseResponse\x12\x13\n\x0bgpu_indices\x18\x01 \x03(\x05\x12\x1a\n\x12lease_expires_at_s\x18\x02 \x01(\x01\";\n\x13GetGpuSampleRequest\x12$\n\x03gpu\x18\x01 \x01(\x0b\x32\x17.voltana.v1.GpuSelector\">\n\x14GetGpuSampleResponse\x12&\n\x07samples\x18\x01 \x03(\x0b\x32\x15.voltana.v1.GpuSample2\xdd\x03\n\x10NodeAgentService\x12\x45\n\x08ListGpus\x12\x1b.voltana.v1.ListGpusRequest\x1a\x1c.voltana.v1.ListGpusResponse\x12H\n\tGetClocks\x12\x1c.voltana.v1.GetClocksRequest\x1a\x1d.voltana.v1.GetClocksResponse\x12H\n\tSetClocks\x12\x1c.voltana.v1.SetClocksRequest\x1a\x1d.voltana.v1.SetClocksResponse\x12N\n\x0bResetClocks\x12\x1e.voltana.v1.ResetClocksRequest\x1a\x1f.voltana.v1.ResetClocksResponse\x12K\n\nRenewLease\x12\x1d.voltana.v1.RenewLeaseRequest\x1a\x1e.voltana.v1.RenewLeaseResponse\x12Q\n\x0cGetGpuSample\x12\x1f.voltana.v1.GetGpuSampleRequest\x1a .voltana.v1.GetGpuSampleResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,33 +35,33 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GPUSELECTOR']._serialized_start=63
   _globals['_GPUSELECTOR']._serialized_end=130
   _globals['_GPUINFO']._serialized_start=133
-  _globals['_GPUINFO']._serialized_end=355
-  _globals['_GPUCLOCKSTATE']._serialized_start=358
-  _globals['_GPUCLOCKSTATE']._serialized_end=517
-  _globals['_LISTGPUSREQUEST']._serialized_start=519
-  _globals['_LISTGPUSREQUEST']._serialized_end=536
-  _globals['_LISTGPUSRESPONSE']._serialized_start=538
-  _globals['_LISTGPUSRESPONSE']._serialized_end=614
-  _globals['_GETCLOCKSREQUEST']._serialized_start=616
-  _globals['_GETCLOCKSREQUEST']._serialized_end=672
-  _globals['_GETCLOCKSRESPONSE']._serialized_start=674
-  _globals['_GETCLOCKSRESPONSE']._serialized_end=736
-  _globals['_SETCLOCKSREQUEST']._serialized_start=739
-  _globals['_SETCLOCKSREQUEST']._serialized_end=877
-  _globals['_SETCLOCKSRESPONSE']._serialized_start=880
-  _globals['_SETCLOCKSRESPONSE']._serialized_end=1056
-  _globals['_RESETCLOCKSREQUEST']._serialized_start=1058
-  _globals['_RESETCLOCKSREQUEST']._serialized_end=1154
-  _globals['_RESETCLOCKSRESPONSE']._serialized_start=1156
-  _globals['_RESETCLOCKSRESPONSE']._serialized_end=1220
-  _globals['_RENEWLEASEREQUEST']._serialized_start=1222
-  _globals['_RENEWLEASEREQUEST']._serialized_end=1317
-  _globals['_RENEWLEASERESPONSE']._serialized_start=1319
-  _globals['_RENEWLEASERESPONSE']._serialized_end=1388
-  _globals['_GETGPUSAMPLEREQUEST']._serialized_start=1390
-  _globals['_GETGPUSAMPLEREQUEST']._serialized_end=1449
-  _globals['_GETGPUSAMPLERESPONSE']._serialized_start=1451
-  _globals['_GETGPUSAMPLERESPONSE']._serialized_end=1513
-  _globals['_NODEAGENTSERVICE']._serialized_start=1516
-  _globals['_NODEAGENTSERVICE']._serialized_end=1993
+  _globals['_GPUINFO']._serialized_end=419
+  _globals['_GPUCLOCKSTATE']._serialized_start=422
+  _globals['_GPUCLOCKSTATE']._serialized_end=581
+  _globals['_LISTGPUSREQUEST']._serialized_start=583
+  _globals['_LISTGPUSREQUEST']._serialized_end=600
+  _globals['_LISTGPUSRESPONSE']._serialized_start=602
+  _globals['_LISTGPUSRESPONSE']._serialized_end=702
+  _globals['_GETCLOCKSREQUEST']._serialized_start=704
+  _globals['_GETCLOCKSREQUEST']._serialized_end=760
+  _globals['_GETCLOCKSRESPONSE']._serialized_start=762
+  _globals['_GETCLOCKSRESPONSE']._serialized_end=824
+  _globals['_SETCLOCKSREQUEST']._serialized_start=827
+  _globals['_SETCLOCKSREQUEST']._serialized_end=965
+  _globals['_SETCLOCKSRESPONSE']._serialized_start=968
+  _globals['_SETCLOCKSRESPONSE']._serialized_end=1165
+  _globals['_RESETCLOCKSREQUEST']._serialized_start=1167
+  _globals['_RESETCLOCKSREQUEST']._serialized_end=1263
+  _globals['_RESETCLOCKSRESPONSE']._serialized_start=1265
+  _globals['_RESETCLOCKSRESPONSE']._serialized_end=1329
+  _globals['_RENEWLEASEREQUEST']._serialized_start=1331
+  _globals['_RENEWLEASEREQUEST']._serialized_end=1426
+  _globals['_RENEWLEASERESPONSE']._serialized_start=1428
+  _globals['_RENEWLEASERESPONSE']._serialized_end=1497
+  _globals['_GETGPUSAMPLEREQUEST']._serialized_start=1499
+  _globals['_GETGPUSAMPLEREQUEST']._serialized_end=1558
+  _globals['_GETGPUSAMPLERESPONSE']._serialized_start=1560
+  _globals['_GETGPUSAMPLERESPONSE']._serialized_end=1622
+  _globals['_NODEAGENTSERVICE']._serialized_start=1625
+  _globals['_NODEAGENTSERVICE']._serialized_end=2102
 # @@protoc_insertion_point(module_scope)

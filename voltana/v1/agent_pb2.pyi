@@ -26,7 +26,7 @@ DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
 class GpuSelector(_message.Message):
-    """Picks one GPU on the node, by index or by the instance bound to it."""
+    """Picks GPUs on the node: one by index, or the GPU(s) an instance is bound to."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -35,7 +35,7 @@ class GpuSelector(_message.Message):
     gpu_index: _builtins.int
     """GPU index on this node."""
     instance_id: _builtins.str
-    """Instance whose GPU is meant (the agent knows the binding from its settings)."""
+    """Instance whose GPU(s) are meant (the agent knows the binding from its settings)."""
     def __init__(
         self,
         *,
@@ -68,6 +68,8 @@ class GpuInfo(_message.Message):
     POWER_LIMIT_W_FIELD_NUMBER: _builtins.int
     INSTANCE_IDS_FIELD_NUMBER: _builtins.int
     SIMULATED_FIELD_NUMBER: _builtins.int
+    ENERGY_COUNTER_SUPPORTED_FIELD_NUMBER: _builtins.int
+    DEFAULT_SM_CLOCK_MHZ_FIELD_NUMBER: _builtins.int
     gpu_index: _builtins.int
     """Index of the GPU on this node."""
     uuid: _builtins.str
@@ -84,6 +86,12 @@ class GpuInfo(_message.Message):
     """Enforced power limit, watts (0 when unknown)."""
     simulated: _builtins.bool
     """True when the GPU is simulated rather than read through NVML."""
+    energy_counter_supported: _builtins.bool
+    """True when the GPU has a total-energy counter (NVML: Volta and newer); without one the
+    agent's energy_j is integrated from power samples.
+    """
+    default_sm_clock_mhz: _builtins.int
+    """SM clock the GPU runs at when no clock is locked, MHz."""
     @_builtins.property
     def supported_sm_clocks_mhz(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
         """SM clocks the GPU accepts, MHz, ascending."""
@@ -105,10 +113,12 @@ class GpuInfo(_message.Message):
         power_limit_w: _builtins.float = ...,
         instance_ids: _abc.Iterable[_builtins.str] | None = ...,
         simulated: _builtins.bool = ...,
+        energy_counter_supported: _builtins.bool = ...,
+        default_sm_clock_mhz: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["gpu_index", b"gpu_index", "gpu_key", b"gpu_key", "instance_ids", b"instance_ids", "max_sm_clock_mhz", b"max_sm_clock_mhz", "min_sm_clock_mhz", b"min_sm_clock_mhz", "name", b"name", "power_limit_w", b"power_limit_w", "simulated", b"simulated", "supported_sm_clocks_mhz", b"supported_sm_clocks_mhz", "uuid", b"uuid"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["default_sm_clock_mhz", b"default_sm_clock_mhz", "energy_counter_supported", b"energy_counter_supported", "gpu_index", b"gpu_index", "gpu_key", b"gpu_key", "instance_ids", b"instance_ids", "max_sm_clock_mhz", b"max_sm_clock_mhz", "min_sm_clock_mhz", b"min_sm_clock_mhz", "name", b"name", "power_limit_w", b"power_limit_w", "simulated", b"simulated", "supported_sm_clocks_mhz", b"supported_sm_clocks_mhz", "uuid", b"uuid"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -177,8 +187,11 @@ class ListGpusResponse(_message.Message):
 
     GPUS_FIELD_NUMBER: _builtins.int
     AGENT_ADDRESS_FIELD_NUMBER: _builtins.int
+    DRIVER_VERSION_FIELD_NUMBER: _builtins.int
     agent_address: _builtins.str
     """host:port this agent serves on, as it advertises itself."""
+    driver_version: _builtins.str
+    """NVIDIA driver version of the node ("simulated" for the sim backend; empty when unknown)."""
     @_builtins.property
     def gpus(self) -> _containers.RepeatedCompositeFieldContainer[Global___GpuInfo]:
         """Every GPU on the node, by index."""
@@ -188,10 +201,11 @@ class ListGpusResponse(_message.Message):
         *,
         gpus: _abc.Iterable[Global___GpuInfo] | None = ...,
         agent_address: _builtins.str = ...,
+        driver_version: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_address", b"agent_address", "gpus", b"gpus"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_address", b"agent_address", "driver_version", b"driver_version", "gpus", b"gpus"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -291,6 +305,7 @@ class SetClocksResponse(_message.Message):
     CLAMPED_FIELD_NUMBER: _builtins.int
     MEASURED_SM_CLOCK_MHZ_FIELD_NUMBER: _builtins.int
     LEASE_EXPIRES_AT_S_FIELD_NUMBER: _builtins.int
+    GPU_INDICES_FIELD_NUMBER: _builtins.int
     gpu_index: _builtins.int
     """GPU that was set."""
     requested_sm_clock_mhz: _builtins.int
@@ -303,6 +318,12 @@ class SetClocksResponse(_message.Message):
     """Clock read back from the device right after applying, MHz (may lag the lock)."""
     lease_expires_at_s: _builtins.float
     """When the lease expires, seconds (Unix time)."""
+    @_builtins.property
+    def gpu_indices(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Every GPU that was set: more than gpu_index when the selector names a tensor-parallel
+        instance (the other fields describe the first one).
+        """
+
     def __init__(
         self,
         *,
@@ -312,10 +333,11 @@ class SetClocksResponse(_message.Message):
         clamped: _builtins.bool = ...,
         measured_sm_clock_mhz: _builtins.int = ...,
         lease_expires_at_s: _builtins.float = ...,
+        gpu_indices: _abc.Iterable[_builtins.int] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["applied_sm_clock_mhz", b"applied_sm_clock_mhz", "clamped", b"clamped", "gpu_index", b"gpu_index", "lease_expires_at_s", b"lease_expires_at_s", "measured_sm_clock_mhz", b"measured_sm_clock_mhz", "requested_sm_clock_mhz", b"requested_sm_clock_mhz"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["applied_sm_clock_mhz", b"applied_sm_clock_mhz", "clamped", b"clamped", "gpu_index", b"gpu_index", "gpu_indices", b"gpu_indices", "lease_expires_at_s", b"lease_expires_at_s", "measured_sm_clock_mhz", b"measured_sm_clock_mhz", "requested_sm_clock_mhz", b"requested_sm_clock_mhz"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -86,9 +86,10 @@ class NodeAgentServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def SetClocks(self, request, context):
-        """Lock one GPU's SM clock under a lease. Unsupported clocks are clamped to the nearest
-        supported one (reported, not an error); NOT_FOUND for an unknown GPU/instance;
-        FAILED_PRECONDITION when another holder owns an unexpired lease.
+        """Lock one GPU's SM clock (every GPU of an instance selected by instance_id) under a lease.
+        Unsupported clocks are clamped to the nearest supported one (reported, not an error);
+        NOT_FOUND for an unknown GPU/instance; FAILED_PRECONDITION when another holder owns an
+        unexpired lease.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

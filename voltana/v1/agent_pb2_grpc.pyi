@@ -43,9 +43,10 @@ class NodeAgentServiceStub:
     GetClocks: _grpc.UnaryUnaryMultiCallable[_agent_pb2.GetClocksRequest, _agent_pb2.GetClocksResponse]
     """Current clock and lease of one GPU, or of all GPUs when no selector is set."""
     SetClocks: _grpc.UnaryUnaryMultiCallable[_agent_pb2.SetClocksRequest, _agent_pb2.SetClocksResponse]
-    """Lock one GPU's SM clock under a lease. Unsupported clocks are clamped to the nearest
-    supported one (reported, not an error); NOT_FOUND for an unknown GPU/instance;
-    FAILED_PRECONDITION when another holder owns an unexpired lease.
+    """Lock one GPU's SM clock (every GPU of an instance selected by instance_id) under a lease.
+    Unsupported clocks are clamped to the nearest supported one (reported, not an error);
+    NOT_FOUND for an unknown GPU/instance; FAILED_PRECONDITION when another holder owns an
+    unexpired lease.
     """
     ResetClocks: _grpc.UnaryUnaryMultiCallable[_agent_pb2.ResetClocksRequest, _agent_pb2.ResetClocksResponse]
     """Put one GPU (or all, when no selector is set) back to default clocks and drop its lease."""
@@ -64,9 +65,10 @@ class NodeAgentServiceAsyncStub(NodeAgentServiceStub):
     GetClocks: _aio.UnaryUnaryMultiCallable[_agent_pb2.GetClocksRequest, _agent_pb2.GetClocksResponse]  # type: ignore[assignment]
     """Current clock and lease of one GPU, or of all GPUs when no selector is set."""
     SetClocks: _aio.UnaryUnaryMultiCallable[_agent_pb2.SetClocksRequest, _agent_pb2.SetClocksResponse]  # type: ignore[assignment]
-    """Lock one GPU's SM clock under a lease. Unsupported clocks are clamped to the nearest
-    supported one (reported, not an error); NOT_FOUND for an unknown GPU/instance;
-    FAILED_PRECONDITION when another holder owns an unexpired lease.
+    """Lock one GPU's SM clock (every GPU of an instance selected by instance_id) under a lease.
+    Unsupported clocks are clamped to the nearest supported one (reported, not an error);
+    NOT_FOUND for an unknown GPU/instance; FAILED_PRECONDITION when another holder owns an
+    unexpired lease.
     """
     ResetClocks: _aio.UnaryUnaryMultiCallable[_agent_pb2.ResetClocksRequest, _agent_pb2.ResetClocksResponse]  # type: ignore[assignment]
     """Put one GPU (or all, when no selector is set) back to default clocks and drop its lease."""
@@ -97,9 +99,10 @@ class NodeAgentServiceServicer:
         request: _agent_pb2.SetClocksRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_agent_pb2.SetClocksResponse, _abc.Awaitable[_agent_pb2.SetClocksResponse]]:
-        """Lock one GPU's SM clock under a lease. Unsupported clocks are clamped to the nearest
-        supported one (reported, not an error); NOT_FOUND for an unknown GPU/instance;
-        FAILED_PRECONDITION when another holder owns an unexpired lease.
+        """Lock one GPU's SM clock (every GPU of an instance selected by instance_id) under a lease.
+        Unsupported clocks are clamped to the nearest supported one (reported, not an error);
+        NOT_FOUND for an unknown GPU/instance; FAILED_PRECONDITION when another holder owns an
+        unexpired lease.
         """
 
     def ResetClocks(

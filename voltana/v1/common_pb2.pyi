@@ -80,6 +80,7 @@ class InstanceEndpoint(_message.Message):
     BOOTSTRAP_PORT_FIELD_NUMBER: _builtins.int
     AGENT_ADDRESS_FIELD_NUMBER: _builtins.int
     GPU_INDEX_FIELD_NUMBER: _builtins.int
+    GPUS_FIELD_NUMBER: _builtins.int
     engine_url: _builtins.str
     """Base URL of the serving engine, e.g. "http://10.0.0.5:30000" (SGLang HTTP) or
     "grpc://10.0.0.5:30001" (SGLang scheduler gRPC).
@@ -89,9 +90,17 @@ class InstanceEndpoint(_message.Message):
     bootstrap_port: _builtins.int
     """Port of the KV-transfer bootstrap server (prefill instances only; 0 otherwise)."""
     agent_address: _builtins.str
-    """host:port of the node agent that controls this instance's GPU."""
+    """host:port of the node agent that controls this instance's GPU (its first GPU when it
+    spans several).
+    """
     gpu_index: _builtins.int
     """Index of the GPU on that node (as the node agent numbers them)."""
+    @_builtins.property
+    def gpus(self) -> _containers.RepeatedCompositeFieldContainer[Global___GpuRef]:
+        """Every GPU of a tensor-parallel instance, on one node agent or several; empty = the one
+        GPU named by agent_address and gpu_index. When set, its first entry equals those two.
+        """
+
     def __init__(
         self,
         *,
@@ -100,14 +109,41 @@ class InstanceEndpoint(_message.Message):
         bootstrap_port: _builtins.int = ...,
         agent_address: _builtins.str = ...,
         gpu_index: _builtins.int = ...,
+        gpus: _abc.Iterable[Global___GpuRef] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_address", b"agent_address", "bootstrap_host", b"bootstrap_host", "bootstrap_port", b"bootstrap_port", "engine_url", b"engine_url", "gpu_index", b"gpu_index"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_address", b"agent_address", "bootstrap_host", b"bootstrap_host", "bootstrap_port", b"bootstrap_port", "engine_url", b"engine_url", "gpu_index", b"gpu_index", "gpus", b"gpus"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___InstanceEndpoint: _TypeAlias = InstanceEndpoint  # noqa: Y015
+
+@_typing.final
+class GpuRef(_message.Message):
+    """One GPU: the node agent that controls it and its index there."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AGENT_ADDRESS_FIELD_NUMBER: _builtins.int
+    GPU_INDEX_FIELD_NUMBER: _builtins.int
+    agent_address: _builtins.str
+    """host:port of the node agent."""
+    gpu_index: _builtins.int
+    """Index of the GPU on that node."""
+    def __init__(
+        self,
+        *,
+        agent_address: _builtins.str = ...,
+        gpu_index: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_address", b"agent_address", "gpu_index", b"gpu_index"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GpuRef: _TypeAlias = GpuRef  # noqa: Y015
 
 @_typing.final
 class InstanceState(_message.Message):
