@@ -19,7 +19,7 @@ import itertools
 import logging
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from voltana.engine.errors import EngineRequestError
 from voltana.engine.kv_handoff import KvHandoff, KvMailbox
@@ -30,9 +30,17 @@ from voltana.engine.tokenizer import ToyTokenizer
 from voltana.gpu.device import GpuDevice
 from voltana.gpu.errors import GpuError
 from voltana.gpu.sim import SimulatedGpu
+from voltana.observation import EngineGauges, InstanceObserver, ObservationConfig
 from voltana.perf.model import PerformanceModel
 from voltana.policy.state import InstanceState, Phase
-from voltana.sim.scheduling import DecodeJob, DecodeScheduler, PrefillJob, PrefillScheduler
+from voltana.sim.scheduling import (
+    DecodeJob,
+    DecodeScheduler,
+    PrefillJob,
+    PrefillScheduler,
+    decode_gauges,
+    prefill_gauges,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -138,9 +146,13 @@ class EngineCore:
         if mode in (EngineMode.DECODE, EngineMode.NULL):
             self.decode = DecodeScheduler(perf, max_running_requests, self.kv_capacity_tokens)
         self.metrics = EngineMetrics()
-        self._ttft_window = WindowedSamples(recent_window_s)
-        self._itl_window = WindowedSamples(recent_window_s)
-        self._arrival_window = WindowedSamples(recent_window_s)
+        # Recent TTFT/ITL exactly as the observation contract (and the offline simulator)
+        # defines them; arrival rates are counted at placement by the router, not here.
+        self._observer = InstanceObserver(
+            Phase.PREFILL if mode is EngineMode.PREFILL else Phase.DECODE,
+            perf.gpu.key,
+            ObservationConfig(window_s=recent_window_s),
+        )
         self._generated_window = WindowedSamples(recent_window_s)
         self._requests: dict[int, RequestState] = {}
         self._keys = itertools.count()
@@ -214,7 +226,6 @@ class EngineCore:
             arrival_s=now_s,
         )
         self._requests[state.key] = state
-        self._arrival_window.add(now_s, 1.0)
         self._last_activity_s = now_s
         if self.mode is EngineMode.DECODE:
             state.stage = Stage.KV_WAIT
@@ -309,7 +320,7 @@ class EngineCore:
         state.first_token_s = state.last_token_s = at_s
         ttft_s = at_s - state.arrival_s
         self.metrics.ttft.observe(ttft_s)
-        self._ttft_window.add(at_s, ttft_s)
+        self._observer.note_first_token(at_s, ttft_s)
         self.metrics.generation_tokens_total += 1
         self._generated_window.add(at_s, 1.0)
 
@@ -430,7 +441,7 @@ class EngineCore:
                 self._push(state, (token_id,), None, end_s)
         for interval_s, count in intervals.items():
             self.metrics.itl.observe(interval_s, count)
-            self._itl_window.add(end_s, interval_s, count)
+            self._observer.note_decode_step(end_s, interval_s, count)
         self.metrics.generation_tokens_total += len(batch)
         self._generated_window.add(end_s, float(len(batch)))
 
@@ -492,42 +503,38 @@ class EngineCore:
     def _window_span_s(self, now_s: float) -> float:
         return max(1e-9, min(self._generated_window.window_s, now_s - self._started_s))
 
-    def instance_state(self, instance_id: str) -> InstanceState:
-        """This instance now, built like the offline simulator builds it (same field meanings)."""
+    def gauges(self) -> EngineGauges:
+        """The load this engine reports (SGLang's gauges), as the simulator's schedulers give
+        it; a null-mode instance (prefill and decode in one) adds its prefill side."""
         now_s = self._clock()
         prefill, decode = self.prefill, self.decode
-        oldest = [
-            prefill.oldest_waiting_enqueued_s() if prefill is not None else None,
-            decode.oldest_enqueued_s() if decode is not None else None,
-        ]
-        oldest_s = min((value for value in oldest if value is not None), default=None)
-        recent_ttft_s = self._ttft_window.median(now_s)
-        recent_itl_s = self._itl_window.median(now_s)
-        running_prefill = prefill.running if prefill is not None else None
-        return InstanceState(
-            instance_id=instance_id,
-            # A null-mode instance (prefill and decode in one) reports as decode.
-            phase=Phase.PREFILL if self.mode is EngineMode.PREFILL else Phase.DECODE,
-            gpu_key=self.perf.gpu.key,
-            sm_clock_mhz=self._read_sm_clock_mhz(),
-            queue_len=self.waiting_requests,
-            queued_tokens=prefill.waiting_tokens if prefill is not None else 0,
-            oldest_wait_ms=(now_s - oldest_s) * 1000.0 if oldest_s is not None else 0.0,
-            running_prefill_tokens=running_prefill.new_tokens if running_prefill else 0,
-            running_batch=decode.batch_size if decode is not None else 0,
+        if decode is None:
+            assert prefill is not None
+            return prefill_gauges(prefill, now_s, self.kv_capacity_tokens)
+        gauges = decode_gauges(decode, now_s)
+        if prefill is None:
+            return gauges
+        prefill_side = prefill_gauges(prefill, now_s)
+        return replace(
+            gauges,
+            queue_len=gauges.queue_len + prefill_side.queue_len,
+            queued_tokens=prefill_side.queued_tokens,
+            oldest_wait_ms=max(gauges.oldest_wait_ms, prefill_side.oldest_wait_ms),
+            running_prefill_tokens=prefill_side.running_prefill_tokens,
             kv_tokens_used=self.kv_tokens_used,
-            kv_tokens_capacity=self.kv_capacity_tokens,
-            max_running_requests=(
-                decode.max_running_requests if decode is not None else self.max_prefill_requests
-            ),
-            recent_ttft_ms=recent_ttft_s * 1000.0 if recent_ttft_s is not None else None,
-            recent_itl_ms=recent_itl_s * 1000.0 if recent_itl_s is not None else None,
-            arrival_rate_rps=self._arrival_window.total(now_s) / self._window_span_s(now_s),
+        )
+
+    def instance_state(self, instance_id: str) -> InstanceState:
+        """This instance now, through the observation contract (as the offline simulator)."""
+        now_s = self._clock()
+        return self._observer.observe(
+            instance_id,
+            now_s,
+            self.gauges(),
+            sm_clock_mhz=self._read_sm_clock_mhz(),
             # Power per GPU, energy of the whole TP group (the engine drives one GPU standing
             # for every rank), as the offline simulator reports them.
             power_w=self.gpu.power_w(),
             energy_j=self.gpu.energy_j() * self._tensor_parallel,
-            remaining_output_tokens=decode.remaining_output_tokens() if decode is not None else 0,
-            observed_at_s=now_s,
             last_activity_s=self._last_activity_s,
         )

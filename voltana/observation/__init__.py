@@ -18,11 +18,12 @@ Nothing that a real deployment cannot observe (exact output lengths, future arri
 from voltana.observation.config import DEFAULT_OBSERVATION, ObservationConfig
 from voltana.observation.latency import ITL_BUCKETS_S, TTFT_BUCKETS_S, LatencyWindow
 from voltana.observation.ledger import InflightLedger
-from voltana.observation.observer import EngineGauges, InstanceObserver
+from voltana.observation.observer import ENGINE_REPORT_FIELDS, EngineGauges, InstanceObserver
 from voltana.observation.rates import ArrivalWindow
 
 __all__ = [
     "DEFAULT_OBSERVATION",
+    "ENGINE_REPORT_FIELDS",
     "ITL_BUCKETS_S",
     "TTFT_BUCKETS_S",
     "ArrivalWindow",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 from voltana.observation.config import DEFAULT_OBSERVATION, ObservationConfig
 from voltana.observation.latency import ITL_BUCKETS_S, TTFT_BUCKETS_S, LatencyWindow
@@ -23,18 +23,28 @@ class EngineGauges:
     max_running_requests: int = 0
 
 
+# What an engine (or the reporter of a real SGLang server) reports: its load gauges, its
+# latency windows and its activity. Telemetry adds clock, power and energy from the node agent
+# and arrival rates from the router's placements.
+ENGINE_REPORT_FIELDS: tuple[str, ...] = (
+    *(f.name for f in fields(EngineGauges)),
+    "recent_ttft_ms",
+    "recent_itl_ms",
+    "observed_at_s",
+    "last_activity_s",
+)
+
+
 class InstanceObserver:
     """Recent TTFT (prefill-side: receipt to first token) and ITL of one instance, and the
     `InstanceState` built from them with the engine's gauges."""
 
     def __init__(
         self,
-        instance_id: str,
         phase: Phase,
         gpu_key: str,
         config: ObservationConfig = DEFAULT_OBSERVATION,
     ) -> None:
-        self.instance_id = instance_id
         self.phase = phase
         self.gpu_key = gpu_key
         self.config = config
@@ -50,6 +60,7 @@ class InstanceObserver:
 
     def observe(
         self,
+        instance_id: str,
         now_s: float,
         gauges: EngineGauges,
         *,
@@ -61,7 +72,7 @@ class InstanceObserver:
         arrival_tokens_per_s: float = 0.0,
     ) -> InstanceState:
         return InstanceState(
-            instance_id=self.instance_id,
+            instance_id=instance_id,
             phase=self.phase,
             gpu_key=self.gpu_key,
             sm_clock_mhz=sm_clock_mhz,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 
 class Phase(enum.Enum):
@@ -30,7 +30,10 @@ class SloTarget:
 
 @dataclass(frozen=True, slots=True)
 class InstanceState:
-    """Load and clock of one serving instance (one GPU or one TP group) at ``observed_at_s``."""
+    """Load and clock of one serving instance (one GPU or one TP group) at ``observed_at_s``:
+    everything a policy may see, and nothing a real deployment could not observe. Producers
+    build it through voltana.observation; this field list is the one every conversion (proto,
+    Redis, validation) iterates, so a field is added here and nowhere else."""
 
     instance_id: str
     phase: Phase
@@ -56,8 +59,6 @@ class InstanceState:
     arrival_tokens_per_s: float = 0.0
     power_w: float = 0.0
     energy_j: float = 0.0
-    # Remaining decode tokens of the running batch, when the source knows them (sim does).
-    remaining_output_tokens: int = 0
     observed_at_s: float = 0.0
     # When the instance last reported anything (for "no metrics for 5 s" rules).
     last_activity_s: float = 0.0
@@ -109,3 +110,8 @@ class Placement:
     predicted_itl_ms: float | None = None
     prefill_clock_mhz: int | None = None
     decode_clock_mhz: int | None = None
+
+
+def optional_state_fields() -> frozenset[str]:
+    """Fields of InstanceState that may be None (unmeasured), by their annotations."""
+    return frozenset(f.name for f in fields(InstanceState) if "None" in str(f.type))

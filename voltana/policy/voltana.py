@@ -338,7 +338,7 @@ class VoltanaRouter:
     def place(self, request: RequestSpec, snapshot: ClusterSnapshot) -> Placement:
         if not snapshot.prefill or not snapshot.decode:
             raise NoInstanceError("no prefill or no decode instance available")
-        prefill = min(snapshot.prefill.values(), key=prefill_backlog)
+        prefill = min(snapshot.prefill.values(), key=prefill_load)
         added_kv = request.input_tokens + 1
         reserve = request.input_tokens + request.max_output_tokens + 1
         states = list(snapshot.decode.values())
@@ -415,11 +415,6 @@ class VoltanaRouter:
         # The busiest instances stay active (stable order: batch, then position).
         chosen[np.lexsort((np.arange(count), -batches))[: best + 1]] = True
         return chosen
-
-
-def prefill_backlog(state: InstanceState) -> float:
-    """Prompt tokens ahead of a new request: running, waiting and placed but not yet visible."""
-    return float(prefill_load(state) + state.inflight_tokens)
 
 
 def build_voltana_suite(

@@ -49,7 +49,7 @@ class SimInstance:
             self.prefill = PrefillScheduler(perf, token_budget=config.chunked_prefill_tokens)
         else:
             self.decode = DecodeScheduler(perf, max_running_requests=config.max_running_requests)
-        self.observer = InstanceObserver(instance_id, phase, perf.gpu.key, config.observation)
+        self.observer = InstanceObserver(phase, perf.gpu.key, config.observation)
         self.sm_clock_mhz = config.gpu.default_sm_clock_mhz
         self.target_clock_mhz = self.sm_clock_mhz
         self.pending_clock: tuple[float, int] | None = None  # (effective at, MHz)
@@ -107,11 +107,12 @@ class SimInstance:
     ) -> InstanceState:
         """What the engine reports now (and telemetry adds the router's arrival counts to)."""
         if self.prefill is not None:
-            gauges = prefill_gauges(self.prefill, now_s)
+            gauges = prefill_gauges(self.prefill, now_s, self.perf.kv_capacity_tokens())
         else:
             assert self.decode is not None
             gauges = decode_gauges(self.decode, now_s)
         return self.observer.observe(
+            self.instance_id,
             now_s,
             gauges,
             sm_clock_mhz=self.sm_clock_mhz,

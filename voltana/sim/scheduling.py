@@ -197,7 +197,7 @@ class DecodeScheduler(Generic[KeyT]):
     """
 
     perf: PerformanceModel
-    max_running_requests: int = 256
+    max_running_requests: int = 1024
     kv_capacity_tokens: int = 0
     _waiting: deque[DecodeJob[KeyT]] = field(default_factory=deque)
     _finishing: dict[int, list[DecodeJob[KeyT]]] = field(default_factory=dict)
@@ -317,8 +317,11 @@ class DecodeScheduler(Generic[KeyT]):
         return True
 
 
-def prefill_gauges(scheduler: PrefillScheduler[KeyT], now_s: float) -> EngineGauges:
-    """A prefill engine's load report (SGLang's queue and running gauges)."""
+def prefill_gauges(
+    scheduler: PrefillScheduler[KeyT], now_s: float, kv_tokens_capacity: int = 0
+) -> EngineGauges:
+    """A prefill engine's load report (SGLang's queue and running gauges, its KV capacity and
+    its batch limit)."""
     oldest = scheduler.oldest_waiting_enqueued_s()
     running = scheduler.running
     return EngineGauges(
@@ -326,6 +329,8 @@ def prefill_gauges(scheduler: PrefillScheduler[KeyT], now_s: float) -> EngineGau
         queued_tokens=scheduler.waiting_tokens,
         oldest_wait_ms=(now_s - oldest) * 1e3 if oldest is not None else 0.0,
         running_prefill_tokens=running.new_tokens if running else 0,
+        kv_tokens_capacity=kv_tokens_capacity,
+        max_running_requests=scheduler.max_requests_per_batch,
     )
 
 
