@@ -3,7 +3,10 @@ shares add up to the cluster's measured energy)."""
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
+from security_helpers import SECURITY
 
 from voltana.energy import EnergyLedger, RequestEnergy, spread_unclaimed
 from voltana.hardware import get_gpu, get_model
@@ -11,8 +14,11 @@ from voltana.perf.analytical import AnalyticalPerformanceModel
 from voltana.policy.base import PolicyContext
 from voltana.policy.registry import build_suite
 from voltana.policy.state import SloTarget
+from voltana.sdk import GenerationSummary, VoltanaClient
+from voltana.services.telemetry import TelemetryClient
 from voltana.sim.cluster import ClusterConfig
 from voltana.sim.simulator import Simulation
+from voltana.stack import SimStack, SimStackSettings
 from voltana.workloads import TraceRequest, load_workload
 
 
@@ -98,3 +104,58 @@ def test_longer_requests_cost_more() -> None:
     short, long = result.request_energy
     assert long.active_j > 4 * short.active_j
     assert short.total_j + long.total_j == pytest.approx(result.energy_j, rel=1e-9)
+
+
+@pytest.mark.e2e
+async def test_live_requests_carry_their_energy_and_the_books_balance() -> None:
+    settings = SimStackSettings(
+        prefill=1,
+        decode=1,
+        speedup=10.0,
+        report_interval_ms=100.0,
+        sample_interval_ms=100,
+        snapshot_interval_ms=50,
+        drain_timeout_s=0.5,
+        security=SECURITY,
+    )
+    async with SimStack(settings) as stack:
+        engines = [instance.engine for instance in stack.instances]
+        for engine in engines:
+            engine.core._meter_energy()  # read the counters now: the books start here
+        counters_before_j = sum(engine.gpu.energy_j() for engine in engines)
+        ledgers_before_j = sum(engine.core.ledger.measured_j for engine in engines)
+        pending_before_j = sum(engine.core.ledger.pending_idle_j for engine in engines)
+        async with VoltanaClient(stack.router_address, timeout_s=30.0) as client:
+
+            async def one(n: int) -> GenerationSummary:
+                await asyncio.sleep(0.05 * n)
+                prompt = list(range(100, 100 + 200 * (n + 1)))
+                result = await client.generate(
+                    input_ids=prompt, max_new_tokens=8 * (n + 1), stream=False
+                )
+                return result.summary
+
+            summaries = await asyncio.gather(*(one(n) for n in range(6)))
+        for engine in engines:
+            engine.core._meter_energy()  # the idle tail since the last iteration
+        measured_j = sum(engine.gpu.energy_j() for engine in engines) - counters_before_j
+        ledgers_j = sum(engine.core.ledger.measured_j for engine in engines) - ledgers_before_j
+        pending_j = sum(engine.core.ledger.pending_idle_j for engine in engines)
+        await asyncio.sleep(0.3)  # completions reach telemetry off the request path
+        async with TelemetryClient(stack.telemetry_address, security=SECURITY) as telemetry:
+            report = await telemetry.window_report(600.0)
+    energies = [s.energy_j for s in summaries]
+    assert all(e is not None and e > 0 for e in energies), energies
+    assert all(
+        s.idle_energy_j is not None and 0 <= s.idle_energy_j <= s.energy_j for s in summaries
+    )
+    # Bigger requests (longer prompts, more tokens) cost more.
+    assert energies[-1] > energies[0]  # type: ignore[operator]
+    # The engines metered what the GPUs' counters say, and every joule of it (plus the idle
+    # energy waiting before the first request) is some request's or still pending idle.
+    assert ledgers_j == pytest.approx(measured_j, rel=1e-3)  # read a moment apart
+    attributed_j = sum(energies) + pending_j  # type: ignore[arg-type]
+    assert attributed_j == pytest.approx(measured_j + pending_before_j, rel=0.01)
+    # Telemetry aggregates what the router reported.
+    assert report.cluster.request_energy_j == pytest.approx(sum(energies), rel=1e-6)  # type: ignore[arg-type]
+    assert report.cluster.mean_request_energy_j == pytest.approx(sum(energies) / 6, rel=1e-6)  # type: ignore[arg-type,operator]

@@ -261,6 +261,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         finish_reason = totals.finish_reason or (
             "length" if tokens >= request.max_new_tokens else "stop"
         )
+        energy = totals.energy
         return router_pb2.Completion(
             finish_reason=finish_reason,
             prompt_tokens=totals.prompt_tokens or request.prompt_tokens,
@@ -272,6 +273,8 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             request_id=request.request_id,
             bootstrap_room=target.bootstrap_room,
             e2e_latency_ms=timeline.e2e_ms(),
+            energy_j=energy.total_j if energy is not None else None,
+            idle_energy_j=energy.idle_j if energy is not None else None,
         )
 
     def _observe_end(
@@ -286,6 +289,9 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         tokens = reader.totals.completion_tokens
         if timeline.end_s is None:
             timeline.end_s = self._clock()
+        energy = reader.totals.energy
+        if energy is not None and failure is None:
+            observed.on_energy(energy.active_j, energy.idle_j)
         observed.finish(
             self._status_name(failure, reader.totals.finish_reason == "abort", context),
             slo=request.slo if request is not None else self._settings.slo,
@@ -350,5 +356,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
                 arrival_s=arrival_wall_s,
                 finished_at_s=arrival_wall_s + (timeline.end_s - timeline.arrival_s),
                 slo=request.slo,
+                energy_j=totals.energy.total_j if totals.energy is not None else None,
+                idle_energy_j=totals.energy.idle_j if totals.energy is not None else None,
             )
         )

@@ -61,6 +61,10 @@ class Completion:
     arrival_s: float = 0.0
     # The SLO this request was held to; None = judge it by the SLO the reader asks about.
     slo: SloTarget | None = None
+    # GPU energy attributed to the request (active plus idle share) and its idle part, joules;
+    # None when the engines do not report it (docs/energy.md).
+    energy_j: float | None = None
+    idle_energy_j: float | None = None
 
     @property
     def instance_ids(self) -> tuple[str, ...]:
@@ -144,6 +148,10 @@ class Aggregates:
     mean_power_w: float
     # Mean of the SM clock samples in the window (of every selected GPU); None without samples.
     mean_sm_clock_mhz: float | None
+    # GPU energy attributed to the requests that finished in the window (those whose engines
+    # report it), and its mean per such request (None when none did).
+    request_energy_j: float = 0.0
+    mean_request_energy_j: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
