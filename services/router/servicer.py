@@ -6,9 +6,9 @@ import asyncio
 import contextlib
 import copy
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import grpc.aio
 from opentelemetry import trace
@@ -40,6 +40,14 @@ from voltana.services.telemetry.records import Completion
 from voltana.v1 import router_pb2, router_pb2_grpc
 
 Context = grpc.aio.ServicerContext[Any, Any]
+
+
+class CallContext(Protocol):
+    """What the generation pipeline asks of its caller's context (a gRPC ServicerContext, or
+    the HTTP API's stand-in): the seconds left of the caller's deadline, None for none."""
+
+    def time_remaining(self) -> float | None: ...
+
 
 # Request submission: open, or API-keyed when RouterSettings.api_keys is set. The router has
 # no privileged method (its policy is changed through the controller and its own settings).
@@ -153,7 +161,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         parent.set_attribute("voltana.bootstrap_room", target.bootstrap_room)
         return placement, target
 
-    def _engine_deadline_s(self, context: Context) -> float:
+    def _engine_deadline_s(self, context: CallContext) -> float:
         """Loop-clock deadline of the engine calls: the router's limit or the client's."""
         budget_s = self._settings.engine_request_timeout_s
         remaining_s = context.time_remaining()
@@ -164,11 +172,21 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
     async def Generate(
         self, request: router_pb2.GenerateRequest, context: Context
     ) -> AsyncIterator[router_pb2.GenerateResponse]:
+        async with contextlib.aclosing(self.generate(request, context)) as responses:
+            async for response in responses:
+                yield response
+
+    async def generate(
+        self, request: router_pb2.GenerateRequest, context: CallContext, *, protocol: str = "grpc"
+    ) -> AsyncGenerator[router_pb2.GenerateResponse, None]:
+        """The one generation pipeline (validate, place, dispatch, stream, complete, report) of
+        every front door: gRPC's Generate and the HTTP API (``protocol`` labels its metrics).
+        ``context`` needs ``time_remaining()`` only; the current span is the request's."""
         timeline = _Timeline(arrival_s=self._clock())
         arrival_wall_s = self._wall_clock()
         # The server span of the gRPC instrumentation (voltana.v1.RouterService/Generate).
         span = trace.get_current_span()
-        observed = self._metrics.request("grpc") if self._metrics is not None else None
+        observed = self._metrics.request(protocol) if self._metrics is not None else None
         validated: ValidatedRequest | None = None
         placement: Placement | None = None
         reader = ChunkReader(self._clock)
@@ -284,7 +302,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         reader: ChunkReader,
         timeline: _Timeline,
         failure: BaseException | None,
-        context: Context,
+        context: CallContext,
     ) -> None:
         tokens = reader.totals.completion_tokens
         if timeline.end_s is None:
@@ -301,7 +319,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         )
 
     @staticmethod
-    def _status_name(failure: BaseException | None, aborted: bool, context: Context) -> str:
+    def _status_name(failure: BaseException | None, aborted: bool, context: CallContext) -> str:
         """The gRPC status code name a request ended with ("ABORTED": the engine aborted it)."""
         if failure is None:
             return "ABORTED" if aborted else OK_STATUS
@@ -313,7 +331,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         return code.name if code is not None else "UNKNOWN"
 
     @staticmethod
-    def _failure_reason(error: BaseException, context: Context) -> str:
+    def _failure_reason(error: BaseException, context: CallContext) -> str:
         if isinstance(error, asyncio.CancelledError | GeneratorExit):
             remaining_s = context.time_remaining()
             if remaining_s is not None and remaining_s <= 0:
@@ -329,7 +347,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         timeline: _Timeline,
         arrival_wall_s: float,
         failure: BaseException | None,
-        context: Context,
+        context: CallContext,
     ) -> None:
         """Queue the completion for telemetry (never blocks the stream)."""
         totals = reader.totals
