@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import socket
@@ -57,12 +58,13 @@ def _redis_binary() -> str:
 
 
 def _start_redis(
-    binary: str, workdir: Path, extra_args: Sequence[str] = ()
+    binary: str, workdir: Path, extra_args: Sequence[str] = (), port: int | None = None
 ) -> tuple[subprocess.Popen[bytes], RedisServer]:
-    """Start redis-server on a free loopback port; retry when another process takes the port."""
+    """Start redis-server on ``port`` (default: a free loopback port; retried when another
+    process takes it)."""
     log_path = workdir / "redis.log"
     for _ in range(_REDIS_START_ATTEMPTS):
-        server = RedisServer("127.0.0.1", _free_port())
+        server = RedisServer("127.0.0.1", port or _free_port())
         # Logs go to a file: a full pipe could block the server.
         with log_path.open("ab") as log:
             process = subprocess.Popen(
@@ -127,6 +129,58 @@ def start_redis_server(tmp_path: Path) -> Iterator[Callable[..., RedisServer]]:
     finally:
         for process in processes:
             _stop(process)
+
+
+class RestartableRedis:
+    """A redis-server of one test that can be killed (SIGKILL) and started again, empty, on
+    the same port: what a crashed, non-persistent Redis looks like to its clients."""
+
+    def __init__(self, binary: str, workdir: Path) -> None:
+        self._binary = binary
+        self._workdir = workdir
+        self._process, self.server = _start_redis(binary, workdir)
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    def kill(self) -> None:
+        self._process.kill()
+        self._process.wait()
+
+    def restart(self) -> None:
+        self._process, self.server = _start_redis(
+            self._binary, self._workdir, port=self.server.port
+        )
+
+    def stop(self) -> None:
+        if self._process.poll() is None:
+            self.kill()
+
+
+@pytest.fixture
+def restartable_redis(tmp_path: Path) -> Iterator[RestartableRedis]:
+    """A redis-server of this test alone, to kill and restart."""
+    redis = RestartableRedis(_redis_binary(), tmp_path)
+    try:
+        yield redis
+    finally:
+        redis.stop()
+
+
+async def wait_for(condition: Callable[[], bool], what: str, timeout_s: float = 5.0) -> None:
+    """Poll ``condition`` until it holds; fail the test after ``timeout_s``."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while not condition():
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.01)
+
+
+def free_port() -> int:
+    """A loopback TCP port nobody listens on (now)."""
+    return _free_port()
 
 
 # ---- an OTLP trace receiver ------------------------------------------------------------------

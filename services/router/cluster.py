@@ -75,6 +75,8 @@ class LiveCluster:
         self._last_observed_s: dict[str, float] = {}
         self._bumps: list[_Bump] = []
         self._view: ClusterSnapshot | None = None  # routable snapshot with bumps; None = stale
+        # Instances kept out of routing because their engine failed (see health.EngineHealth).
+        self._ejected: dict[str, str] = {}
 
     @property
     def has_snapshot(self) -> bool:
@@ -115,6 +117,39 @@ class LiveCluster:
         if self._snapshot is None:
             return 0.0
         return self._snapshot.now_s + (self._clock() - self._received_s)
+
+    @property
+    def endpoints(self) -> Mapping[str, InstanceInfo]:
+        """Every instance of the last snapshot that has an endpoint."""
+        return self._infos
+
+    @property
+    def ejected(self) -> Mapping[str, str]:
+        """Instances kept out of routing, with why."""
+        return dict(self._ejected)
+
+    def eject(self, instance_id: str, reason: str) -> bool:
+        """Route nothing to the instance until ``readmit``; True when it was routable."""
+        if instance_id in self._ejected:
+            return False
+        self._ejected[instance_id] = reason
+        self._view = None
+        return True
+
+    def readmit(self, instance_id: str) -> bool:
+        """Route to the instance again; True when it was ejected."""
+        if self._ejected.pop(instance_id, None) is None:
+            return False
+        self._view = None
+        return True
+
+    def placeable(self) -> bool:
+        """Whether a request could be placed now (a routable instance of each phase)."""
+        try:
+            self.routable()
+        except NoInstanceAvailableError:
+            return False
+        return True
 
     def endpoint(self, instance_id: str) -> InstanceInfo:
         info = self._infos.get(instance_id)
@@ -179,7 +214,7 @@ class LiveCluster:
 
     def _is_routable(self, state: InstanceState, now_s: float) -> bool:
         info = self._infos.get(state.instance_id)
-        if info is None or not info.engine_url:
+        if info is None or not info.engine_url or state.instance_id in self._ejected:
             return False
         return not (self._stale_after_s > 0 and now_s - state.last_activity_s > self._stale_after_s)
 
@@ -206,4 +241,8 @@ class LiveCluster:
         states = self._snapshot.prefill if phase == "prefill" else self._snapshot.decode
         if not states:
             return "telemetry lists none"
+        ejected = sorted(i for i in states if i in self._ejected)
+        if ejected:
+            details = "; ".join(f"{i}: {self._ejected[i]}" for i in ejected)
+            return f"{len(states)} listed, {len(ejected)} failing health checks ({details})"
         return f"{len(states)} listed, none with an engine endpoint and recent activity"

@@ -3,7 +3,9 @@
 SGLang PD semantics: the same ``/generate`` body goes to both instances with the prefill's
 bootstrap host/port and one random 63-bit room (``SglangHttpClient.generate_pd``). Engine
 chunks are turned into token deltas, whether the engine streams cumulative text/ids (SGLang's
-default) or increments (``--incremental-streaming-output``).
+default) or increments (``--incremental-streaming-output``, cheaper: a cumulative stream
+resends the whole output in every chunk). A stream the engine ends with finish reason
+"abort" is an error (EngineAbortedError), not a short answer.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from voltana.engine import (
     SglangHttpClient,
 )
 from voltana.services.router.errors import (
+    EngineAbortedError,
     EngineDeadlineError,
     EngineFailedError,
     EngineRejectedError,
@@ -51,6 +54,8 @@ class PdTarget:
     bootstrap_host: str
     bootstrap_port: int
     bootstrap_room: int
+    prefill_id: str = ""
+    decode_id: str = ""
 
     @classmethod
     def for_instances(cls, prefill: InstanceInfo, decode: InstanceInfo) -> PdTarget:
@@ -63,7 +68,19 @@ class PdTarget:
             bootstrap_host=host,
             bootstrap_port=prefill.bootstrap_port or DEFAULT_BOOTSTRAP_PORT,
             bootstrap_room=secrets.randbits(MAX_BOOTSTRAP_ROOM_BITS),
+            prefill_id=prefill.instance_id,
+            decode_id=decode.instance_id,
         )
+
+    def instance_for_url(self, url: str) -> str | None:
+        """Which of the two instances an engine call to ``url`` went to (None: neither)."""
+        for base, instance_id in (
+            (self.prefill_url, self.prefill_id),
+            (self.decode_url, self.decode_id),
+        ):
+            if base and url.startswith(base.rstrip("/")):
+                return instance_id
+        return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,12 +162,14 @@ class ChunkReader:
     """Turns successive SGLang stream chunks into token deltas.
 
     Whether the engine streams cumulative or incremental output is told apart on the first
-    chunk that follows some tokens: cumulative ``output_ids`` hold every token so far.
+    chunk that follows some tokens: cumulative ``output_ids`` hold every token so far. Only the
+    length of the text so far is kept once that is decided (the first chunk's text until then).
     """
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
-        self._text = ""
+        self._first_text = ""
+        self._text_chars = 0
         self._count = 0
         self._cumulative: bool | None = None
         self.totals = StreamTotals()
@@ -181,9 +200,10 @@ class ChunkReader:
             if ids is not None and isinstance(reported_total, int):
                 self._cumulative = len(ids) == reported_total
             elif text:
-                self._cumulative = text.startswith(self._text)
+                self._cumulative = text.startswith(self._first_text)
+            self._first_text = ""
         if self._cumulative:
-            new_text = text[len(self._text) :]
+            new_text = text[self._text_chars :]
             new_ids = tuple(ids[self._count :]) if ids is not None else ()
         else:
             new_text = text
@@ -196,21 +216,26 @@ class ChunkReader:
         if new_count == 0 and not new_text:
             return None
         delta = TokenDelta(new_text, new_ids, self._count, new_count, at_s)
-        self._text += new_text
+        if self._cumulative is None:
+            self._first_text += new_text
+        self._text_chars += len(new_text)
         self._count += new_count
         return delta
 
 
 def router_error_for(error: EngineError) -> RouterError:
     """The router error (and so gRPC status) an engine failure stands for."""
-    message = f"engine failed: {error}"
+    routed: RouterError
     if isinstance(error, EngineRequestError):
-        return EngineRejectedError(f"the engine refused the request: {error}")
-    if isinstance(error, EngineUnavailableError):
-        return EngineUnreachableError(f"engine unavailable: {error}")
-    if isinstance(error, EngineTimeoutError):
-        return EngineDeadlineError(f"engine timed out: {error}")
-    return EngineFailedError(message)
+        routed = EngineRejectedError(f"the engine refused the request: {error}")
+    elif isinstance(error, EngineUnavailableError):
+        routed = EngineUnreachableError(f"engine unavailable: {error}")
+    elif isinstance(error, EngineTimeoutError):
+        routed = EngineDeadlineError(f"engine timed out: {error}")
+    else:
+        routed = EngineFailedError(f"engine failed: {error}")
+    routed.engine_url = error.url
+    return routed
 
 
 async def stream_tokens(
@@ -263,5 +288,13 @@ async def stream_tokens(
             delta = reader.read(chunk)
             if delta is not None:
                 yield delta
+            if reader.totals.finish_reason == "abort":
+                aborted = EngineAbortedError(
+                    f"the engine aborted request {request.request_id} after "
+                    f"{reader.totals.completion_tokens} of {request.max_new_tokens} tokens: "
+                    f"{reader.totals.abort_message or 'no reason given'}"
+                )
+                aborted.engine_url = target.decode_url
+                raise aborted
     finally:
         await chunks.aclose()

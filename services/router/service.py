@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 
@@ -14,15 +13,16 @@ from prometheus_client import CollectorRegistry
 
 from voltana.engine import SglangHttpClient
 from voltana.errors import FailedPreconditionError
-from voltana.lifecycle import AsyncService
+from voltana.lifecycle import AsyncService, cancel_and_wait
 from voltana.observability.http_tracing import client_trace_configs
 from voltana.observability.prometheus import MetricsServer, start_metrics_server
 from voltana.policy.base import RoutingPolicy
 from voltana.policy.registry import build_router, build_suite
-from voltana.rpc import dialable_address, start_grpc_server, stop_grpc_server
+from voltana.rpc import dialable_address, set_serving, start_grpc_server, stop_grpc_server
 from voltana.rpc.names import ROUTER_SERVICE
 from voltana.services.router.cluster import LiveCluster
 from voltana.services.router.errors import ROUTER_STATUS_CODES
+from voltana.services.router.health import EngineHealth
 from voltana.services.router.http_api import RouterHttpApi
 from voltana.services.router.metrics import RouterMetrics
 from voltana.services.router.reporting import CompletionReporter
@@ -33,8 +33,11 @@ from voltana.services.telemetry.client import TelemetryClient
 from voltana.v1 import router_pb2_grpc
 
 _LOG = logging.getLogger(__name__)
-# A broken watch is retried after watch_retry_s, doubling up to this many times that.
-_WATCH_BACKOFF_FACTOR = 10.0
+# A broken watch is retried after watch_retry_s, doubling up to this many times that (so
+# routing catches up within a few seconds of telemetry coming back).
+_WATCH_BACKOFF_FACTOR = 4.0
+# How often the health status is brought in line with whether a request could be placed.
+_HEALTH_REFRESH_S = 0.25
 
 
 def build_routing_policy(settings: RouterSettings) -> tuple[str, RoutingPolicy]:
@@ -90,6 +93,10 @@ class RouterService(AsyncService):
         self._engine: SglangHttpClient | None = None
         self._reporter: CompletionReporter | None = None
         self._watch_task: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._engine_health: EngineHealth | None = None
+        self._prober: SglangHttpClient | None = None
+        self._servicer: RouterServicer | None = None
         self._first_snapshot = asyncio.Event()
         self._server: grpc.aio.Server | None = None
         self._health: health.aio.HealthServicer | None = None
@@ -111,6 +118,15 @@ class RouterService(AsyncService):
     @property
     def reporter(self) -> CompletionReporter | None:
         return self._reporter
+
+    @property
+    def engine_health(self) -> EngineHealth | None:
+        """Passive and active engine health checks (None until started)."""
+        return self._engine_health
+
+    @property
+    def servicer(self) -> RouterServicer | None:
+        return self._servicer
 
     @property
     def metrics(self) -> RouterMetrics:
@@ -151,6 +167,7 @@ class RouterService(AsyncService):
             )
             self._engine = self._given_engine or SglangHttpClient(
                 connect_timeout_s=settings.engine_connect_timeout_s,
+                max_connections=settings.max_engine_connections,
                 trace_configs=client_trace_configs(self._tracer_provider),
             )
             self._reporter = CompletionReporter(
@@ -159,6 +176,15 @@ class RouterService(AsyncService):
                 timeout_s=settings.telemetry_timeout_s,
             )
             self._reporter.start()
+            # Probes get their own untraced client: they are polls, not requests.
+            self._prober = SglangHttpClient(health_timeout_s=settings.health_check_timeout_s)
+            self._engine_health = EngineHealth(
+                self._cluster,
+                self._prober.health,
+                interval_s=settings.health_check_interval_s,
+                unhealthy_after=settings.unhealthy_after,
+                healthy_after=settings.healthy_after,
+            )
             self._first_snapshot = asyncio.Event()
             self._watch_task = asyncio.create_task(self._watch(), name="router-snapshot-watch")
             await self._wait_for_first_snapshot()
@@ -170,8 +196,10 @@ class RouterService(AsyncService):
                 engine=self._engine,
                 reporter=self._reporter,
                 tracer=self._tracer,
+                health=self._engine_health,
                 metrics=self._metrics,
             )
+            self._servicer = servicer
             health_servicer = health.aio.HealthServicer()
             register = functools.partial(
                 router_pb2_grpc.add_RouterServiceServicer_to_server, servicer
@@ -214,6 +242,12 @@ class RouterService(AsyncService):
                 self._port = None
             await self._release()
             raise
+        await self._refresh_health(None)
+        if settings.health_check_interval_s > 0:
+            self._tasks.append(
+                asyncio.create_task(self._engine_health.run(), name="router-engine-probes")
+            )
+        self._tasks.append(asyncio.create_task(self._keep_health(), name="router-health"))
         _LOG.info(
             "router serving on %s (policy %s, router %s, telemetry %s)",
             self.address,
@@ -235,6 +269,27 @@ class RouterService(AsyncService):
                 self._settings.telemetry_address,
                 timeout_s,
             )
+
+    async def _refresh_health(self, serving: bool | None) -> bool:
+        """Set the health status to whether a request could be placed now (NOT_SERVING
+        without a placeable instance of each phase); returns it. ``serving`` is the last one
+        set (None: unknown)."""
+        placeable = self._cluster.placeable()
+        if placeable != serving and self._health is not None:
+            await set_serving(self._health, [ROUTER_SERVICE], placeable)
+            if serving is not None:
+                _LOG.log(
+                    logging.INFO if placeable else logging.WARNING,
+                    "router health: %s",
+                    "SERVING" if placeable else "NOT_SERVING (no placeable instance)",
+                )
+        return placeable
+
+    async def _keep_health(self) -> None:
+        serving = self._cluster.placeable()
+        while True:
+            await asyncio.sleep(_HEALTH_REFRESH_S)
+            serving = await self._refresh_health(serving)
 
     async def _watch(self) -> None:
         """Keep the cluster view current; reopen the watch while telemetry is away."""
@@ -267,12 +322,24 @@ class RouterService(AsyncService):
             retry_s = min(retry_s * 2, self._settings.watch_retry_s * _WATCH_BACKOFF_FACTOR)
 
     async def stop(self) -> None:
-        """Stop accepting, let in-flight requests finish within the grace, then clean up."""
+        """Stop accepting, let in-flight requests finish for the drain (``shutdown_grace_s``),
+        end the rest with UNAVAILABLE, report every outcome, then clean up."""
         server, self._server = self._server, None
+        tasks, self._tasks = self._tasks, []
+        await cancel_and_wait(tasks)
         if server is not None:
-            await stop_grpc_server(
-                server, self._settings.shutdown_grace_s, health_servicer=self._health
+            drain_s = self._settings.shutdown_grace_s
+            # Stops accepting at once; the servicer's drain ends what runs before grpc would.
+            stopping = asyncio.ensure_future(
+                stop_grpc_server(server, drain_s + 2.0, health_servicer=self._health)
             )
+            if self._servicer is not None:
+                ended = await self._servicer.drain(drain_s)
+                if ended:
+                    _LOG.warning(
+                        "ended %d request(s) still running after the %g s drain", ended, drain_s
+                    )
+            await stopping
             self._health = None
             _LOG.info("router stopped")
         await self._release()
@@ -289,17 +356,21 @@ class RouterService(AsyncService):
         metrics_server, self._metrics_server = self._metrics_server, None
         if metrics_server is not None:
             await metrics_server.stop()
-        task, self._watch_task = self._watch_task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        tasks, self._tasks = self._tasks, []
+        if self._watch_task is not None:
+            tasks.append(self._watch_task)
+            self._watch_task = None
+        await cancel_and_wait(tasks)
+        self._servicer = None
         reporter, self._reporter = self._reporter, None
         if reporter is not None:
-            await reporter.stop(flush_timeout_s=self._settings.telemetry_timeout_s)
+            await reporter.stop(flush_timeout_s=self._settings.completion_flush_timeout_s)
         engine, self._engine = self._engine, None
         if engine is not None and self._given_engine is None:
             await engine.close()
+        prober, self._prober = self._prober, None
+        if prober is not None:
+            await prober.close()
         telemetry, self._telemetry = self._telemetry, None
         if telemetry is not None and self._given_telemetry is None:
             await telemetry.close()

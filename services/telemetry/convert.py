@@ -263,6 +263,7 @@ def report_result_from_proto(message: telemetry_pb2.ReportSamplesResponse) -> Re
         accepted=message.accepted,
         rejected=message.rejected,
         first_rejection_reason=message.first_rejection_reason,
+        unknown_instance_ids=tuple(message.unknown_instance_ids),
     )
 
 
@@ -279,6 +280,7 @@ def completion_to_proto(completion: Completion) -> telemetry_pb2.CompletionRecor
         reason=completion.reason,
         arrival_s=completion.arrival_s,
         finished_at_s=completion.finished_at_s,
+        status=completion.status,
         energy_j=completion.energy_j,
         idle_energy_j=completion.idle_energy_j,
     )
@@ -309,6 +311,7 @@ def completion_from_proto(message: telemetry_pb2.CompletionRecord) -> Completion
         arrival_s=message.arrival_s,
         finished_at_s=message.finished_at_s,
         slo=slo,
+        status=message.status,
         energy_j=message.energy_j if message.HasField("energy_j") else None,
         idle_energy_j=message.idle_energy_j if message.HasField("idle_energy_j") else None,
     )
@@ -323,8 +326,9 @@ def aggregates_to_proto(
     return telemetry_pb2.InstanceAggregate(
         instance_id=aggregates.instance_id or "",
         phase=phase_to_proto(phase),
-        completed_requests=aggregates.finished,
+        completed_requests=aggregates.completed,
         failed_requests=aggregates.failed,
+        failed_by_status=dict(aggregates.failed_by_status),
         request_rate_rps=aggregates.request_rate_rps,
         output_tokens=aggregates.output_tokens,
         p50_ttft_ms=aggregates.ttft_p50_ms,
@@ -349,8 +353,9 @@ def aggregates_from_proto(
         instance_id=message.instance_id or None,
         window_s=window_s,
         now_s=now_s,
-        finished=message.completed_requests,
+        finished=message.completed_requests + message.failed_requests,
         failed=message.failed_requests,
+        failed_by_status=dict(sorted(message.failed_by_status.items())),
         request_rate_rps=message.request_rate_rps,
         output_tokens=message.output_tokens,
         ttft_p50_ms=_optional(message, "p50_ttft_ms"),

@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import dataclasses
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import grpc.aio
@@ -62,21 +62,37 @@ TELEMETRY_PRIVILEGED_METHODS = method_names(
 
 
 @dataclass
+class _Rejection:
+    """Why a sample was not stored; ``unknown_instance`` names an instance to re-register."""
+
+    reason: str
+    unknown_instance: str = ""
+
+
+@dataclass
 class _Tally:
     accepted: int = 0
     rejected: int = 0
     first_rejection_reason: str = ""
+    unknown_instance_ids: dict[str, None] = field(default_factory=dict)
 
-    def reject(self, reason: str) -> None:
+    def reject(self, rejection: _Rejection) -> None:
         self.rejected += 1
-        self.first_rejection_reason = self.first_rejection_reason or reason
+        self.first_rejection_reason = self.first_rejection_reason or rejection.reason
+        if rejection.unknown_instance:
+            self.unknown_instance_ids[rejection.unknown_instance] = None
 
     def response(self) -> telemetry_pb2.ReportSamplesResponse:
         return telemetry_pb2.ReportSamplesResponse(
             accepted=self.accepted,
             rejected=self.rejected,
             first_rejection_reason=self.first_rejection_reason,
+            unknown_instance_ids=list(self.unknown_instance_ids),
         )
+
+
+def _unknown(instance_id: str) -> _Rejection:
+    return _Rejection(f"instance {instance_id!r} is not registered", instance_id)
 
 
 class TelemetryServicer(telemetry_pb2_grpc.TelemetryServiceServicer):
@@ -110,6 +126,10 @@ class TelemetryServicer(telemetry_pb2_grpc.TelemetryServiceServicer):
                 "(max_instances); unregister one first"
             )
         created = await self._registry.register(info)
+        if created:
+            # A new process behind the id (restarted engine) may stamp from another origin.
+            self._last_load_s.pop(request.instance_id, None)
+            self._last_gpu_s.pop(request.instance_id, None)
         return telemetry_pb2.RegisterInstanceResponse(created=created)
 
     async def UnregisterInstance(
@@ -117,19 +137,25 @@ class TelemetryServicer(telemetry_pb2_grpc.TelemetryServiceServicer):
     ) -> telemetry_pb2.UnregisterInstanceResponse:
         instance_id = request.instance_id
         check_id(instance_id, "instance_id", error=InvalidTelemetryError)
-        if not await self._registry.unregister(instance_id):
+        if not await self.forget_instance(instance_id):
             raise UnknownInstanceError(f"instance {instance_id!r} is not registered")
+        return telemetry_pb2.UnregisterInstanceResponse()
+
+    async def forget_instance(self, instance_id: str) -> bool:
+        """Unregister an instance and drop what this process remembers of it (also used when
+        a silent instance expires); False when it was not registered."""
+        registered = await self._registry.unregister(instance_id)
         self._arrivals.forget(instance_id)
         self._last_load_s.pop(instance_id, None)
         self._last_gpu_s.pop(instance_id, None)
-        return telemetry_pb2.UnregisterInstanceResponse()
+        return registered
 
     # Reports.
 
     async def _consume(
         self,
         samples: AsyncIterable[SampleT],
-        accept: Callable[[SampleT], Awaitable[str | None]],
+        accept: Callable[[SampleT], Awaitable[_Rejection | None]],
     ) -> telemetry_pb2.ReportSamplesResponse:
         tally = _Tally()
         async for sample in samples:
@@ -151,44 +177,48 @@ class TelemetryServicer(telemetry_pb2_grpc.TelemetryServiceServicer):
         """Samples without a time (0) are stamped on arrival, so they are never late."""
         return ts_s > 0 and ts_s < last_s.get(instance_id, 0.0)
 
-    def _future_problem(self, what: str, ts_s: float) -> str | None:
+    def _future_problem(self, what: str, ts_s: float) -> _Rejection | None:
         """Why ``ts_s`` is too far ahead of telemetry's clock to accept, or None."""
         ahead_s = ts_s - self._store.clock()
         if ahead_s > self._settings.max_future_skew_s:
-            return (
+            return _Rejection(
                 f"{what} is stamped {ahead_s:.3g} s ahead of telemetry's clock (at most "
                 f"{self._settings.max_future_skew_s:g} s allowed); check the reporter's clock"
             )
         return None
 
-    async def _accept_instance_sample(self, sample: telemetry_pb2.InstanceSample) -> str | None:
+    async def _accept_instance_sample(
+        self, sample: telemetry_pb2.InstanceSample
+    ) -> _Rejection | None:
         instance_id = sample.instance_id
         check_id(instance_id, "instance_id", error=InvalidTelemetryError)
         info = await self._registry.get(instance_id)
         if info is None:
-            return f"instance {instance_id!r} is not registered"
+            return _unknown(instance_id)
         future = self._future_problem(f"sample of {instance_id!r}", sample.observed_at_s)
         if future is not None:
             return future
         if self._is_late(self._last_load_s, instance_id, sample.observed_at_s):
-            return f"sample of {instance_id!r} at {sample.observed_at_s} is older than the last"
+            return _Rejection(
+                f"sample of {instance_id!r} at {sample.observed_at_s} is older than the last"
+            )
         derived_rate_rps = self._arrivals.rate_rps(instance_id, self._store.clock())
         await self._store.put_instance_state(state_from_sample(sample, info, derived_rate_rps))
         if sample.observed_at_s > 0:
             self._last_load_s[instance_id] = sample.observed_at_s
         return None
 
-    async def _accept_gpu_sample(self, sample: common_pb2.GpuSample) -> str | None:
+    async def _accept_gpu_sample(self, sample: common_pb2.GpuSample) -> _Rejection | None:
         check_id(sample.instance_id, "instance_id", error=InvalidTelemetryError, required=False)
         check_address(sample.agent_address, "agent_address", error=InvalidTelemetryError)
         if sample.instance_id:
             info = await self._registry.get(sample.instance_id)
             if info is None:
-                return f"instance {sample.instance_id!r} is not registered"
+                return _unknown(sample.instance_id)
         else:
             info = await self._registry.on_gpu(sample.agent_address, sample.gpu_index)
             if info is None:
-                return (
+                return _Rejection(
                     f"no registered instance on GPU {sample.gpu_index} "
                     f"of agent {sample.agent_address!r}"
                 )
@@ -197,7 +227,9 @@ class TelemetryServicer(telemetry_pb2_grpc.TelemetryServiceServicer):
         if future is not None:
             return future
         if self._is_late(self._last_gpu_s, instance_id, sample.timestamp_s):
-            return f"GPU sample of {instance_id!r} at {sample.timestamp_s} is older than the last"
+            return _Rejection(
+                f"GPU sample of {instance_id!r} at {sample.timestamp_s} is older than the last"
+            )
         await self._store.put_gpu_sample(
             instance_id, sample.timestamp_s, sample.sm_clock_mhz, sample.power_w, sample.energy_j
         )

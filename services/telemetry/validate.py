@@ -76,7 +76,8 @@ def validate_completion(completion: Completion) -> None:
     _check_id("prefill_instance_id", completion.prefill_id, required=False)
     _check_id("decode_instance_id", completion.decode_id, required=False)
     check_text(completion.reason, "reason", error=InvalidTelemetryError)
-    if not completion.prefill_id and not completion.decode_id:
+    if completion.ok and not completion.prefill_id and not completion.decode_id:
+        # Only failed requests may lack instances (they failed before placement).
         raise InvalidTelemetryError(f"request {completion.request_id!r}: no instance id")
     owner = f"request {completion.request_id!r}"
     for name in (

@@ -66,8 +66,10 @@ class SimEngineSettings:
     report_interval_ms: float = 250.0
     # Window of the recent TTFT/ITL medians and rates in InstanceState (simulated seconds).
     recent_window_s: float = 5.0
-    # SGLang's --incremental-streaming-output: stream deltas instead of cumulative text/ids.
-    incremental_streaming_output: bool = False
+    # SGLang's --incremental-streaming-output: stream deltas instead of cumulative text/ids
+    # (SGLang's default, which resends the whole output in every chunk: quadratic in its
+    # length for the engine and every reader).
+    incremental_streaming_output: bool = True
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "mode", EngineMode.parse(self.mode))

@@ -23,11 +23,12 @@ from dataclasses import dataclass, field
 
 from voltana.engine import SglangHttpClient
 from voltana.engine.errors import EngineError
-from voltana.errors import ConfigError, NotFoundError, UnavailableError, VoltanaError
+from voltana.errors import ConfigError, UnavailableError, VoltanaError
 from voltana.hardware import get_gpu
 from voltana.policy.state import InstanceState, Phase
 from voltana.rpc import RpcSecurity
 from voltana.services.telemetry import InstanceInfo, TelemetryClient
+from voltana.stack.registration import InstanceRegistration
 
 _LOG = logging.getLogger(__name__)
 DEFAULT_PROMPT_TOKENS = 1024
@@ -109,7 +110,7 @@ class SglangInstanceReporter:
         self._max_running_requests = 0
         self._mean_prompt_tokens = float(DEFAULT_PROMPT_TOKENS)
         self._last_activity_s = 0.0
-        self._registered = False
+        self.registration: InstanceRegistration | None = None
         self.reports = 0
 
     def info(self) -> InstanceInfo:
@@ -136,8 +137,9 @@ class SglangInstanceReporter:
         self._max_running_requests = int(server_info.get("max_running_requests") or 0)
         self._telemetry = TelemetryClient(settings.telemetry_address, security=settings.security)
         await self._telemetry.wait_until_ready(settings.startup_timeout_s)
-        await self._telemetry.register_instance(self.info())
-        self._registered = True
+        self.registration = InstanceRegistration(self._telemetry, self.info)
+        await self.registration.register()
+        self.registration.start()
         self._last_activity_s = self._clock()
         self._task = asyncio.create_task(
             self._run(), name=f"sglang-reporter-{settings.instance_id}"
@@ -200,10 +202,14 @@ class SglangInstanceReporter:
         )
 
     async def report_once(self) -> None:
+        """Scrape the server and report its load (the instance's heartbeat: a server that
+        cannot be scraped sends none and expires in telemetry)."""
         assert self._telemetry is not None
         metrics = await self._engine.metrics(self.settings.engine_url)
         result = await self._telemetry.report_instance_samples([self.state_from_metrics(metrics)])
-        if result.rejected:
+        if self.registration is not None:
+            self.registration.note_report(result.unknown_instance_ids)
+        if result.rejected and not result.unknown_instance_ids:
             _LOG.warning("telemetry rejected a report: %s", result.first_rejection_reason)
         self.reports += 1
 
@@ -230,15 +236,9 @@ class SglangInstanceReporter:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         if self._telemetry is not None:
-            if self._registered:
-                with contextlib.suppress(NotFoundError):
-                    try:
-                        await self._telemetry.unregister_instance(self.settings.instance_id)
-                    except VoltanaError as error:
-                        _LOG.warning(
-                            "could not unregister %s: %s", self.settings.instance_id, error
-                        )
-                self._registered = False
+            registration, self.registration = self.registration, None
+            if registration is not None:
+                await registration.stop(unregister=True)
             await self._telemetry.close()
             self._telemetry = None
         if self._owns_engine:

@@ -38,6 +38,7 @@ from voltana.services.telemetry import (
     TelemetryService,
     TelemetrySettings,
 )
+from voltana.stack.registration import InstanceRegistration
 from voltana.stack.settings import METRICS_PORTS_BEFORE_AGENTS, SimStackSettings
 from voltana.stack.sinks import TelemetryInstanceSink
 
@@ -286,6 +287,7 @@ class SimStack(AsyncService):
             power_source=self.perf.idle_power_w,
             clock_change_delay_ms=settings.clock_change_delay_ms,
         )
+        sink = TelemetryInstanceSink(client, engine_clock=self.clock, speedup=settings.speedup)
         engine = SimEngine(
             SimEngineSettings(
                 host=settings.host,
@@ -302,9 +304,7 @@ class SimStack(AsyncService):
             gpu=gpu,
             perf=self.perf,
             clock=self.clock,
-            sample_sink=TelemetryInstanceSink(
-                client, engine_clock=self.clock, speedup=settings.speedup
-            ),
+            sample_sink=sink,
             tracer_provider=self._provider("voltana-engine", instance_id),
         )
         await engine.start()
@@ -312,8 +312,11 @@ class SimStack(AsyncService):
         self.instances.append(instance)
         self._stoppers.append((f"engine {instance_id}", engine.stop))
         # Registered before its agent starts, so the agent's first GPU samples are accepted;
-        # registered again with the agent's address once it is bound.
-        await client.register_instance(instance.info())
+        # registered again with the agent's address once it is bound. Registered again
+        # whenever telemetry loses it (a restarted Redis); unregistered on stop.
+        registration = InstanceRegistration(client, instance.info)
+        sink.registration = registration
+        await registration.register()
         agent = AgentService(
             AgentSettings(
                 listen_address=settings.address(0),
@@ -335,7 +338,9 @@ class SimStack(AsyncService):
         await agent.start()
         instance.agent = agent
         self._stoppers.append((f"agent {instance_id}", agent.stop))
-        await client.register_instance(instance.info())
+        await registration.register()
+        registration.start()
+        self._stoppers.append((f"registration of {instance_id}", registration.stop))
 
     async def _wait_until_routable(self, router: RouterService) -> None:
         """Until the router's snapshot lists every instance with its engine and GPU clock."""

@@ -213,22 +213,30 @@ class ReportSamplesResponse(_message.Message):
     ACCEPTED_FIELD_NUMBER: _builtins.int
     REJECTED_FIELD_NUMBER: _builtins.int
     FIRST_REJECTION_REASON_FIELD_NUMBER: _builtins.int
+    UNKNOWN_INSTANCE_IDS_FIELD_NUMBER: _builtins.int
     accepted: _builtins.int
     """Samples stored."""
     rejected: _builtins.int
     """Samples dropped (unknown instance, invalid values, out of order)."""
     first_rejection_reason: _builtins.str
     """Why the first rejected sample was dropped (empty when none was)."""
+    @_builtins.property
+    def unknown_instance_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Instances whose samples were rejected because telemetry does not know them (never
+        registered, unregistered, expired, or lost with a store restart): register them again.
+        """
+
     def __init__(
         self,
         *,
         accepted: _builtins.int = ...,
         rejected: _builtins.int = ...,
         first_rejection_reason: _builtins.str = ...,
+        unknown_instance_ids: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted", "first_rejection_reason", b"first_rejection_reason", "rejected", b"rejected"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted", "first_rejection_reason", b"first_rejection_reason", "rejected", b"rejected", "unknown_instance_ids", b"unknown_instance_ids"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -252,6 +260,7 @@ class CompletionRecord(_message.Message):
     ARRIVAL_S_FIELD_NUMBER: _builtins.int
     FINISHED_AT_S_FIELD_NUMBER: _builtins.int
     SLO_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
     ENERGY_J_FIELD_NUMBER: _builtins.int
     IDLE_ENERGY_J_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
@@ -276,6 +285,10 @@ class CompletionRecord(_message.Message):
     """When the request arrived at the router, seconds (Unix time; virtual time in sims)."""
     finished_at_s: _builtins.float
     """When its last token (or error) arrived, seconds."""
+    status: _builtins.str
+    """gRPC status the client got: "OK" or a code name such as "UNAVAILABLE"; empty = derive it
+    from `ok` ("OK" or "UNKNOWN"). Requests that failed before placement have no instances.
+    """
     energy_j: _builtins.float
     """GPU energy attributed to the request (active plus idle share), joules; absent when unknown."""
     idle_energy_j: _builtins.float
@@ -299,12 +312,13 @@ class CompletionRecord(_message.Message):
         arrival_s: _builtins.float = ...,
         finished_at_s: _builtins.float = ...,
         slo: _common_pb2.SloTarget | None = ...,
+        status: _builtins.str = ...,
         energy_j: _builtins.float | None = ...,
         idle_energy_j: _builtins.float | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_energy_j", b"_energy_j", "_idle_energy_j", b"_idle_energy_j", "energy_j", b"energy_j", "idle_energy_j", b"idle_energy_j", "slo", b"slo"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_energy_j", b"_energy_j", "_idle_energy_j", b"_idle_energy_j", "arrival_s", b"arrival_s", "decode_instance_id", b"decode_instance_id", "energy_j", b"energy_j", "finished_at_s", b"finished_at_s", "idle_energy_j", b"idle_energy_j", "input_tokens", b"input_tokens", "mean_itl_ms", b"mean_itl_ms", "ok", b"ok", "output_tokens", b"output_tokens", "prefill_instance_id", b"prefill_instance_id", "reason", b"reason", "request_id", b"request_id", "slo", b"slo", "ttft_ms", b"ttft_ms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_energy_j", b"_energy_j", "_idle_energy_j", b"_idle_energy_j", "arrival_s", b"arrival_s", "decode_instance_id", b"decode_instance_id", "energy_j", b"energy_j", "finished_at_s", b"finished_at_s", "idle_energy_j", b"idle_energy_j", "input_tokens", b"input_tokens", "mean_itl_ms", b"mean_itl_ms", "ok", b"ok", "output_tokens", b"output_tokens", "prefill_instance_id", b"prefill_instance_id", "reason", b"reason", "request_id", b"request_id", "slo", b"slo", "status", b"status", "ttft_ms", b"ttft_ms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__energy_j: _TypeAlias = _typing.Literal["energy_j"]  # noqa: Y015
     _WhichOneofArgType__energy_j: _TypeAlias = _typing.Literal["_energy_j", b"_energy_j"]  # noqa: Y015
@@ -422,6 +436,26 @@ class InstanceAggregate(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class FailedByStatusEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     INSTANCE_ID_FIELD_NUMBER: _builtins.int
     PHASE_FIELD_NUMBER: _builtins.int
     COMPLETED_REQUESTS_FIELD_NUMBER: _builtins.int
@@ -438,6 +472,7 @@ class InstanceAggregate(_message.Message):
     MEAN_SM_CLOCK_MHZ_FIELD_NUMBER: _builtins.int
     OUTPUT_TOKENS_FIELD_NUMBER: _builtins.int
     FAILED_REQUESTS_FIELD_NUMBER: _builtins.int
+    FAILED_BY_STATUS_FIELD_NUMBER: _builtins.int
     REQUEST_ENERGY_J_FIELD_NUMBER: _builtins.int
     MEAN_REQUEST_ENERGY_J_FIELD_NUMBER: _builtins.int
     instance_id: _builtins.str
@@ -445,9 +480,9 @@ class InstanceAggregate(_message.Message):
     phase: _common_pb2.Phase.ValueType
     """Phase of the instance; PHASE_UNSPECIFIED for the cluster-wide aggregate."""
     completed_requests: _builtins.int
-    """Requests completed in the window."""
+    """Requests that completed successfully in the window (failed ones are in failed_requests)."""
     request_rate_rps: _builtins.float
-    """Completed requests per second over the window."""
+    """Finished requests (completed or failed) per second over the window."""
     p50_ttft_ms: _builtins.float
     """Median TTFT, milliseconds; absent when no request completed."""
     p90_ttft_ms: _builtins.float
@@ -478,6 +513,10 @@ class InstanceAggregate(_message.Message):
     """
     mean_request_energy_j: _builtins.float
     """Mean of that energy per such request, joules; absent when none reported it."""
+    @_builtins.property
+    def failed_by_status(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
+        """Failed requests by the gRPC status their client got (e.g. "UNAVAILABLE": 3)."""
+
     def __init__(
         self,
         *,
@@ -497,12 +536,13 @@ class InstanceAggregate(_message.Message):
         mean_sm_clock_mhz: _builtins.float = ...,
         output_tokens: _builtins.int = ...,
         failed_requests: _builtins.int = ...,
+        failed_by_status: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
         request_energy_j: _builtins.float = ...,
         mean_request_energy_j: _builtins.float | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_itl_attainment", b"_itl_attainment", "_mean_request_energy_j", b"_mean_request_energy_j", "_p50_itl_ms", b"_p50_itl_ms", "_p50_ttft_ms", b"_p50_ttft_ms", "_p90_itl_ms", b"_p90_itl_ms", "_p90_ttft_ms", b"_p90_ttft_ms", "_slo_attainment", b"_slo_attainment", "_ttft_attainment", b"_ttft_attainment", "itl_attainment", b"itl_attainment", "mean_request_energy_j", b"mean_request_energy_j", "p50_itl_ms", b"p50_itl_ms", "p50_ttft_ms", b"p50_ttft_ms", "p90_itl_ms", b"p90_itl_ms", "p90_ttft_ms", b"p90_ttft_ms", "slo_attainment", b"slo_attainment", "ttft_attainment", b"ttft_attainment"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_itl_attainment", b"_itl_attainment", "_mean_request_energy_j", b"_mean_request_energy_j", "_p50_itl_ms", b"_p50_itl_ms", "_p50_ttft_ms", b"_p50_ttft_ms", "_p90_itl_ms", b"_p90_itl_ms", "_p90_ttft_ms", b"_p90_ttft_ms", "_slo_attainment", b"_slo_attainment", "_ttft_attainment", b"_ttft_attainment", "completed_requests", b"completed_requests", "energy_j", b"energy_j", "failed_requests", b"failed_requests", "instance_id", b"instance_id", "itl_attainment", b"itl_attainment", "mean_power_w", b"mean_power_w", "mean_request_energy_j", b"mean_request_energy_j", "mean_sm_clock_mhz", b"mean_sm_clock_mhz", "output_tokens", b"output_tokens", "p50_itl_ms", b"p50_itl_ms", "p50_ttft_ms", b"p50_ttft_ms", "p90_itl_ms", b"p90_itl_ms", "p90_ttft_ms", b"p90_ttft_ms", "phase", b"phase", "request_energy_j", b"request_energy_j", "request_rate_rps", b"request_rate_rps", "slo_attainment", b"slo_attainment", "ttft_attainment", b"ttft_attainment"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_itl_attainment", b"_itl_attainment", "_mean_request_energy_j", b"_mean_request_energy_j", "_p50_itl_ms", b"_p50_itl_ms", "_p50_ttft_ms", b"_p50_ttft_ms", "_p90_itl_ms", b"_p90_itl_ms", "_p90_ttft_ms", b"_p90_ttft_ms", "_slo_attainment", b"_slo_attainment", "_ttft_attainment", b"_ttft_attainment", "completed_requests", b"completed_requests", "energy_j", b"energy_j", "failed_by_status", b"failed_by_status", "failed_requests", b"failed_requests", "instance_id", b"instance_id", "itl_attainment", b"itl_attainment", "mean_power_w", b"mean_power_w", "mean_request_energy_j", b"mean_request_energy_j", "mean_sm_clock_mhz", b"mean_sm_clock_mhz", "output_tokens", b"output_tokens", "p50_itl_ms", b"p50_itl_ms", "p50_ttft_ms", b"p50_ttft_ms", "p90_itl_ms", b"p90_itl_ms", "p90_ttft_ms", b"p90_ttft_ms", "phase", b"phase", "request_energy_j", b"request_energy_j", "request_rate_rps", b"request_rate_rps", "slo_attainment", b"slo_attainment", "ttft_attainment", b"ttft_attainment"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__itl_attainment: _TypeAlias = _typing.Literal["itl_attainment"]  # noqa: Y015
     _WhichOneofArgType__itl_attainment: _TypeAlias = _typing.Literal["_itl_attainment", b"_itl_attainment"]  # noqa: Y015
