@@ -21,6 +21,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
+from voltana.energy import EnergyLedger, RequestEnergy
 from voltana.engine.errors import EngineRequestError
 from voltana.engine.kv_handoff import KvHandoff, KvMailbox
 from voltana.engine.protocol import FinishReason, GenerateRequest, abort_finish, length_finish
@@ -31,7 +32,7 @@ from voltana.gpu.device import GpuDevice
 from voltana.gpu.errors import GpuError
 from voltana.gpu.sim import SimulatedGpu
 from voltana.observation import EngineGauges, InstanceObserver, ObservationConfig
-from voltana.perf.model import PerformanceModel
+from voltana.perf.model import IterationEstimate, PerformanceModel
 from voltana.policy.state import InstanceState, Phase
 from voltana.sim.scheduling import (
     DecodeJob,
@@ -47,6 +48,8 @@ logger = logging.getLogger(__name__)
 # Back-to-back iterations may lag the wall clock by this much before the engine stops catching
 # up (wall seconds); beyond it the next iteration starts "now".
 _CATCH_UP_WALL_S = 0.02
+# How often a running iteration checks its GPU's clock (wall seconds), to re-pace on a change.
+_REPACE_CHECK_WALL_S = 0.01
 
 
 class Stage(enum.Enum):
@@ -93,6 +96,13 @@ class _Iteration:
     started_s: float
     latency_s: float
     power_w: float
+    # How the iteration's work splits among requests (voltana.energy): prompt tokens each
+    # computes (prefill), one slot each (decode).
+    work: dict[int, float] = field(default_factory=dict)
+    # The clock it is paced at, and its latency and power at any clock (for a clock change
+    # that lands while it runs: the remainder runs at the new pace, as on a real GPU).
+    sm_clock_mhz: int = 0
+    estimate_at: Callable[[int], IterationEstimate] | None = None
 
     @property
     def end_s(self) -> float:
@@ -164,6 +174,12 @@ class EngineCore:
         self._cancel_after_prefill: set[int] = set()
         self._sm_clock_mhz = gpu.default_sm_clock_mhz
         self._clock_error_logged = False
+        # Energy per request: the GPU's energy counter, read at every iteration boundary, is
+        # split among the requests of each iteration (idle stretches go to the next one).
+        self.ledger: EnergyLedger[int] = EnergyLedger()
+        self._work: dict[int, float] | None = None
+        self._energy_seen_j: float | None = None
+        self._energy_error_logged = False
         self._started_s = clock()
         self._last_activity_s = self._started_s
 
@@ -172,6 +188,7 @@ class EngineCore:
         if self._loop_task is None:
             self._started_s = self._clock()
             self._set_idle_power()
+            self._meter_energy()  # the counter's starting point
             self._loop_task = asyncio.create_task(self._run(), name=f"engine-loop-{self.mode}")
 
     async def stop(self) -> None:
@@ -267,6 +284,9 @@ class EngineCore:
             state.stage = Stage.DONE
             self.metrics.aborted_requests_total += 1
         self._requests.pop(state.key, None)
+        if self._work is not None:  # a running iteration's energy goes to those still in it
+            self._work.pop(state.key, None)
+        self.ledger.release(state.key)
 
     def abort_by_rid(self, rid: str, message: str) -> int:
         """Abort unfinished requests with ``rid``; returns how many."""
@@ -345,16 +365,44 @@ class EngineCore:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
+            self._meter_energy()  # the stretch since the last boundary (idle, here)
+            self._work = iteration.work
             self._running = iteration
             self._set_power_source(_constant_power(iteration.power_w))
-            wall_wait_s = (iteration.end_s - self._clock()) / self._speedup
-            await asyncio.sleep(max(0.0, wall_wait_s))
+            iteration = await self._run_iteration(iteration)
             self._running = None
             try:
                 self._finish_iteration(iteration)
             except Exception:  # a bug must not silently stop the engine without a trace
                 logger.exception("engine loop: finishing a %s iteration failed", iteration.kind)
                 raise
+
+    async def _run_iteration(self, iteration: _Iteration) -> _Iteration:
+        """Wait until the iteration ends, re-pacing its remainder whenever the GPU's clock
+        changes meanwhile (checked every few wall milliseconds), as the offline simulator does;
+        returns it as it ended."""
+        while True:
+            remaining_s = iteration.end_s - self._clock()
+            # Always yield once: what the last iteration produced goes out before the next.
+            await asyncio.sleep(max(0.0, min(remaining_s / self._speedup, _REPACE_CHECK_WALL_S)))
+            if iteration.end_s <= self._clock():
+                return iteration
+            clock_mhz = self._read_sm_clock_mhz()
+            if clock_mhz == iteration.sm_clock_mhz or iteration.estimate_at is None:
+                continue
+            now_s = self._clock()
+            before = iteration.estimate_at(iteration.sm_clock_mhz)
+            after = iteration.estimate_at(clock_mhz)
+            left_s = max(0.0, iteration.end_s - now_s) * after.latency_s / before.latency_s
+            self._meter_energy()  # what ran at the old clock, at the old power
+            iteration = replace(
+                iteration,
+                latency_s=now_s - iteration.started_s + left_s,
+                power_w=after.power_w,
+                sm_clock_mhz=clock_mhz,
+            )
+            self._running = iteration
+            self._set_power_source(_constant_power(after.power_w))
 
     def _start_iteration(self) -> _Iteration | None:
         now_s = self._clock()
@@ -367,14 +415,36 @@ class EngineCore:
         if self.prefill is not None and self.prefill.queue_len:
             prefill = self.prefill.start_iteration(start_s, clock_mhz)
             if prefill is not None:
-                return _Iteration(Phase.PREFILL, start_s, prefill.latency_s, prefill.power_w)
+                work = {job.key: float(tokens) for job, tokens in prefill.chunks}
+                tokens, pairs = prefill.new_tokens, prefill.attention_pairs
+                return _Iteration(
+                    Phase.PREFILL,
+                    start_s,
+                    prefill.latency_s,
+                    prefill.power_w,
+                    work,
+                    clock_mhz,
+                    lambda clock: self.perf.prefill_iteration(tokens, clock, pairs),
+                )
         if self.decode is not None:
             decode = self.decode.start_iteration(start_s, clock_mhz)
             if decode is not None:
-                return _Iteration(Phase.DECODE, start_s, decode.latency_s, decode.power_w)
+                work = {job.key: 1.0 for job in self.decode.running_jobs()}
+                batch, kv_tokens = decode.batch_size, decode.kv_tokens
+                return _Iteration(
+                    Phase.DECODE,
+                    start_s,
+                    decode.latency_s,
+                    decode.power_w,
+                    work,
+                    clock_mhz,
+                    lambda clock: self.perf.decode_iteration(batch, kv_tokens, clock),
+                )
         return None
 
     def _finish_iteration(self, iteration: _Iteration) -> None:
+        self._meter_energy()  # the iteration itself, before its requests may finish
+        self._work = None
         end_s = iteration.end_s
         if iteration.kind is Phase.PREFILL:
             self._finish_prefill(end_s)
@@ -444,6 +514,25 @@ class EngineCore:
             self._observer.note_decode_step(end_s, interval_s, count)
         self.metrics.generation_tokens_total += len(batch)
         self._generated_window.add(end_s, float(len(batch)))
+
+    # ---- energy per request ----------------------------------------------------------------
+    def _meter_energy(self) -> None:
+        """Charge the GPU energy used since the last reading to the work running meanwhile."""
+        try:
+            # Energy of the whole TP group (the engine drives one GPU standing for every rank).
+            energy_j = self.gpu.energy_j() * self._tensor_parallel
+        except GpuError as exc:  # no counter: nothing to attribute
+            if not self._energy_error_logged:
+                logger.warning("reading the GPU energy counter failed (%s)", exc)
+                self._energy_error_logged = True
+            return
+        if self._energy_seen_j is not None:
+            self.ledger.charge(energy_j - self._energy_seen_j, self._work)
+        self._energy_seen_j = energy_j
+
+    def request_energy(self, state: RequestState) -> RequestEnergy:
+        """The energy attributed to ``state`` on this engine so far."""
+        return self.ledger.energy_of(state.key)
 
     # ---- the GPU ---------------------------------------------------------------------------
     def _read_sm_clock_mhz(self) -> int:

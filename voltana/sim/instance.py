@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from voltana.energy import EnergyLedger
 from voltana.observation import InstanceObserver
 from voltana.perf.model import IterationEstimate, PerformanceModel
 from voltana.policy.state import InstanceState, Phase
@@ -59,6 +60,9 @@ class SimInstance:
         self.sample_energy_j = 0.0
         self.clock_changes = 0
         self.busy = False
+        # Energy per request (voltana.energy): the running iteration's work, request -> weight.
+        self.ledger: EnergyLedger[int] = EnergyLedger()
+        self.work: dict[int, float] = {}
         # The running iteration: when its current pace began, when it ends, which event ends it,
         # and how to re-estimate it at another clock (a clock change speeds up the remainder).
         self.pace_since_s = 0.0
@@ -84,7 +88,9 @@ class SimInstance:
 
     def _integrate(self, now_s: float) -> None:
         if now_s > self.power_since_s:
-            self.energy_j += self.power_w * self.gpus * (now_s - self.power_since_s)
+            energy_j = self.power_w * self.gpus * (now_s - self.power_since_s)
+            self.energy_j += energy_j
+            self.ledger.charge(energy_j, self.work if self.busy else None)
             self.power_since_s = now_s
 
     def request_clock(self, effective_s: float, clock_mhz: int) -> bool:
