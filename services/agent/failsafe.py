@@ -18,10 +18,13 @@ from collections.abc import Sequence
 
 from voltana.errors import UnavailableError
 from voltana.services.agent.clock import AgentClock
-from voltana.services.agent.failsafe_main import READY_LINE
 
 _LOG = logging.getLogger(__name__)
+# The watchdog's entry point (not imported by the agent: it runs as its own process).
 MODULE = "voltana.services.agent.failsafe_main"
+# What it prints once its GPUs are open, and the backends whose GPUs outlive the agent.
+READY_LINE = "ready"
+BACKENDS = ("nvml", "sim-shared")
 DEFAULT_READY_TIMEOUT_S = 30.0
 _EXIT_WAIT_S = 5.0
 

@@ -34,10 +34,9 @@ from collections.abc import Sequence
 
 from voltana.gpu import GpuDevice, GpuError, NvmlLibrary, SharedSimulatedGpu
 from voltana.hardware import get_gpu
+from voltana.services.agent.failsafe import BACKENDS, READY_LINE
 
 _LOG = logging.getLogger("voltana.agent.failsafe")
-READY_LINE = "ready"
-BACKENDS = ("nvml", "sim-shared")
 
 
 def open_devices(args: argparse.Namespace) -> list[GpuDevice]:
