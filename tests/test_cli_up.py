@@ -88,6 +88,7 @@ async def test_up_prints_addresses_serves_and_exits_0_on_sigint(
     addresses = await read_addresses(up_process)
     assert next(iter(addresses)) == "router"
     assert {"telemetry", "controller", "prefill-0.engine", "decode-0.agent"} <= set(addresses)
+    assert addresses["router.http"].startswith("http://127.0.0.1:")
     metrics = {name for name in addresses if name.endswith(".metrics")}
     assert metrics == {
         "router.metrics",

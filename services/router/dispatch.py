@@ -11,6 +11,7 @@ resends the whole output in every chunk). A stream the engine ends with finish r
 from __future__ import annotations
 
 import asyncio
+import math
 import secrets
 import time
 from collections.abc import AsyncGenerator, Callable, Mapping
@@ -20,6 +21,7 @@ from urllib.parse import urlsplit
 
 from opentelemetry import context as otel_context
 
+from voltana.energy import RequestEnergy
 from voltana.engine import (
     EngineError,
     EngineRequestError,
@@ -100,6 +102,30 @@ class StreamTotals:
     completion_tokens: int = 0
     finish_reason: str = ""
     abort_message: str = ""
+    # GPU energy the engines attributed to the request (simulated engines report it in their
+    # last chunk's meta_info; real SGLang does not: None).
+    prefill_energy: RequestEnergy | None = None
+    decode_energy: RequestEnergy | None = None
+
+    @property
+    def energy(self) -> RequestEnergy | None:
+        """Prefill plus decode energy, when both engines reported theirs."""
+        if self.prefill_energy is None or self.decode_energy is None:
+            return None
+        return self.prefill_energy + self.decode_energy
+
+
+def energy_from_meta(meta: Mapping[str, Any]) -> RequestEnergy | None:
+    """``meta_info["voltana_energy"]`` of a simulated engine's last chunk, when well-formed."""
+    energy = meta.get("voltana_energy")
+    if not isinstance(energy, Mapping):
+        return None
+    active_j, idle_j = energy.get("active_j"), energy.get("idle_j")
+    if not isinstance(active_j, int | float) or not isinstance(idle_j, int | float):
+        return None
+    if not (math.isfinite(active_j) and math.isfinite(idle_j)) or min(active_j, idle_j) < 0:
+        return None
+    return RequestEnergy(float(active_j), float(idle_j))
 
 
 def sglang_payload(request: ValidatedRequest) -> dict[str, Any]:
@@ -148,6 +174,12 @@ class ChunkReader:
         self._cumulative: bool | None = None
         self.totals = StreamTotals()
 
+    def read_prefill(self, chunk: Mapping[str, Any] | None) -> None:
+        """The prefill engine's last chunk: only its energy matters here."""
+        meta = chunk.get("meta_info") if chunk is not None else None
+        if isinstance(meta, Mapping):
+            self.totals.prefill_energy = energy_from_meta(meta)
+
     def read(self, chunk: Mapping[str, Any]) -> TokenDelta | None:
         """The new tokens of ``chunk`` (None when it brings none)."""
         at_s = self._clock()
@@ -163,6 +195,7 @@ class ChunkReader:
         if meta.get("finish_reason") is not None:
             reason, message = _finish_reason(meta["finish_reason"])
             self.totals.finish_reason, self.totals.abort_message = reason, message
+            self.totals.decode_energy = energy_from_meta(meta)
         if self._cumulative is None and self._count > 0:
             if ids is not None and isinstance(reported_total, int):
                 self._cumulative = len(ids) == reported_total
@@ -228,6 +261,7 @@ async def stream_tokens(
         target.bootstrap_port,
         sglang_payload(request),
         bootstrap_room=target.bootstrap_room,
+        on_prefill_done=reader.read_prefill,
     )
     try:
         while True:

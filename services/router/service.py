@@ -23,6 +23,7 @@ from voltana.rpc.names import ROUTER_SERVICE
 from voltana.services.router.cluster import LiveCluster
 from voltana.services.router.errors import ROUTER_STATUS_CODES
 from voltana.services.router.health import EngineHealth
+from voltana.services.router.http_api import RouterHttpApi
 from voltana.services.router.metrics import RouterMetrics
 from voltana.services.router.reporting import CompletionReporter
 from voltana.services.router.servicer import ROUTER_KEYED_METHODS, RouterServicer
@@ -83,6 +84,7 @@ class RouterService(AsyncService):
             self.metrics_registry, policy=self._policy_name, router=self._policy.name
         )
         self._metrics_server: MetricsServer | None = None
+        self._http: RouterHttpApi | None = None
         self._cluster = LiveCluster(
             optimistic_ttl_s=settings.optimistic_ttl_s,
             stale_after_s=settings.instance_stale_after_s,
@@ -129,6 +131,11 @@ class RouterService(AsyncService):
     @property
     def metrics(self) -> RouterMetrics:
         return self._metrics
+
+    @property
+    def http_url(self) -> str | None:
+        """``http://host:port`` of the HTTP front door while it serves, else None."""
+        return self._http.url if self._http is not None else None
 
     @property
     def metrics_url(self) -> str | None:
@@ -212,6 +219,22 @@ class RouterService(AsyncService):
             self._metrics_server = await start_metrics_server(
                 self.metrics_registry, settings.metrics_listen_address
             )
+            if settings.http_listen_address is not None:
+                http = RouterHttpApi(
+                    listen_address=settings.http_listen_address,
+                    generate=servicer.generate,
+                    served_model=settings.served_model_name or settings.model_key,
+                    # As for gRPC: open, or API keys (and the control-plane token) only.
+                    accepted_keys=(
+                        {*settings.api_keys, *filter(None, [settings.security.token])}
+                        if settings.api_keys
+                        else ()
+                    ),
+                    ready=self._routable,
+                    tracer_provider=self._tracer_provider,
+                )
+                await http.start()
+                self._http = http
         except BaseException:
             if self._server is not None:
                 await stop_grpc_server(self._server, 0)
@@ -322,7 +345,14 @@ class RouterService(AsyncService):
         await self._release()
         self._port = None
 
+    def _routable(self) -> bool:
+        snapshot = self._cluster.latest
+        return snapshot is not None and bool(snapshot.prefill) and bool(snapshot.decode)
+
     async def _release(self) -> None:
+        http, self._http = self._http, None
+        if http is not None:
+            await http.stop()
         metrics_server, self._metrics_server = self._metrics_server, None
         if metrics_server is not None:
             await metrics_server.stop()

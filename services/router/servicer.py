@@ -9,7 +9,7 @@ import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import grpc.aio
 from opentelemetry import trace
@@ -54,6 +54,14 @@ _RETRYABLE = (EngineUnreachableError, EngineAbortedError)
 # After the drain, requests still running are ended; they get this long to record that.
 _ABORT_WAIT_S = 1.0
 _DRAIN_POLL_S = 0.02
+
+
+class CallContext(Protocol):
+    """What the generation pipeline asks of its caller's context (a gRPC ServicerContext, or
+    the HTTP API's stand-in): the seconds left of the caller's deadline, None for none."""
+
+    def time_remaining(self) -> float | None: ...
+
 
 # Request submission: open, or API-keyed when RouterSettings.api_keys is set. The router has
 # no privileged method (its policy is changed through the controller and its own settings).
@@ -205,7 +213,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         parent.set_attribute("voltana.bootstrap_room", target.bootstrap_room)
         return placement, target
 
-    def _engine_deadline_s(self, context: Context) -> float:
+    def _engine_deadline_s(self, context: CallContext) -> float:
         """Loop-clock deadline of the engine calls: the router's limit or the client's."""
         budget_s = self._settings.engine_request_timeout_s
         remaining_s = context.time_remaining()
@@ -216,11 +224,21 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
     async def Generate(
         self, request: router_pb2.GenerateRequest, context: Context
     ) -> AsyncIterator[router_pb2.GenerateResponse]:
+        async with contextlib.aclosing(self.generate(request, context)) as responses:
+            async for response in responses:
+                yield response
+
+    async def generate(
+        self, request: router_pb2.GenerateRequest, context: CallContext, *, protocol: str = "grpc"
+    ) -> AsyncGenerator[router_pb2.GenerateResponse, None]:
+        """The one generation pipeline (validate, place, dispatch, stream, complete, report) of
+        every front door: gRPC's Generate and the HTTP API (``protocol`` labels its metrics).
+        ``context`` needs ``time_remaining()`` only; the current span is the request's."""
         timeline = _Timeline(arrival_s=self._clock())
         arrival_wall_s = self._wall_clock()
         # The server span of the gRPC instrumentation (voltana.v1.RouterService/Generate).
         span = trace.get_current_span()
-        observed = self._metrics.request("grpc") if self._metrics is not None else None
+        observed = self._metrics.request(protocol) if self._metrics is not None else None
         task = asyncio.current_task()
         if task is not None:
             self._in_flight.add(task)
@@ -391,6 +409,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         finish_reason = totals.finish_reason or (
             "length" if tokens >= request.max_new_tokens else "stop"
         )
+        energy = totals.energy
         return router_pb2.Completion(
             finish_reason=finish_reason,
             prompt_tokens=totals.prompt_tokens or request.prompt_tokens,
@@ -402,6 +421,8 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             request_id=request.request_id,
             bootstrap_room=target.bootstrap_room,
             e2e_latency_ms=timeline.e2e_ms(),
+            energy_j=energy.total_j if energy is not None else None,
+            idle_energy_j=energy.idle_j if energy is not None else None,
         )
 
     def _observe_end(
@@ -411,11 +432,14 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         reader: ChunkReader,
         timeline: _Timeline,
         failure: BaseException | None,
-        context: Context,
+        context: CallContext,
     ) -> None:
         tokens = reader.totals.completion_tokens
         if timeline.end_s is None:
             timeline.end_s = self._clock()
+        energy = reader.totals.energy
+        if energy is not None and failure is None:
+            observed.on_energy(energy.active_j, energy.idle_j)
         observed.finish(
             self._failure_status(failure, context) if failure is not None else OK_STATUS,
             slo=request.slo if request is not None else self._settings.slo,
@@ -424,7 +448,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             e2e_s=timeline.e2e_ms() / 1000.0,
         )
 
-    def _failure_reason(self, error: BaseException, context: Context) -> str:
+    def _failure_reason(self, error: BaseException, context: CallContext) -> str:
         if isinstance(error, asyncio.CancelledError | GeneratorExit):
             if self._aborting:
                 return "the router shut down before the request finished"
@@ -434,7 +458,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             return "cancelled by the client"
         return str(error) or type(error).__name__
 
-    def _failure_status(self, error: BaseException, context: Context) -> str:
+    def _failure_status(self, error: BaseException, context: CallContext) -> str:
         """The gRPC status (name) the client got for ``error``."""
         if isinstance(error, asyncio.CancelledError | GeneratorExit):
             if self._aborting:
@@ -456,7 +480,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         timeline: _Timeline,
         arrival_wall_s: float,
         failure: BaseException | None,
-        context: Context,
+        context: CallContext,
     ) -> None:
         """Queue the outcome for telemetry (never blocks the stream). Every request is
         recorded, also one refused before it was placed (no instance ids then)."""
@@ -487,5 +511,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
                 finished_at_s=arrival_wall_s + (timeline.end_s - timeline.arrival_s),
                 slo=validated.slo if validated is not None else None,
                 status=status,
+                energy_j=totals.energy.total_j if totals.energy is not None else None,
+                idle_energy_j=totals.energy.idle_j if totals.energy is not None else None,
             )
         )

@@ -78,6 +78,10 @@ class RouterSettings:
     completion_flush_timeout_s: float = 5.0
     # Prometheus /metrics ("host:port", port 0 = any free); None = not served.
     metrics_listen_address: str | None = None
+    # HTTP front door (OpenAI /v1/*, SGLang /generate; "host:port", port 0 = any free); None =
+    # gRPC only. It serves one model name: served_model_name ("" = model_key).
+    http_listen_address: str | None = None
+    served_model_name: str = ""
     # Control-plane token (completion reports to telemetry need it) and TLS.
     security: RpcSecurity = field(default_factory=RpcSecurity)
     # When not empty, Generate and Place need one of these keys (or the control-plane token)
@@ -92,6 +96,10 @@ class RouterSettings:
         if ":" not in self.telemetry_address:
             raise ConfigError(
                 f"router telemetry_address must be host:port, got {self.telemetry_address!r}"
+            )
+        if self.http_listen_address is not None and ":" not in self.http_listen_address:
+            raise ConfigError(
+                f"router http_listen_address must be host:port, got {self.http_listen_address!r}"
             )
         if self.metrics_listen_address is not None and ":" not in self.metrics_listen_address:
             raise ConfigError(

@@ -281,6 +281,8 @@ def completion_to_proto(completion: Completion) -> telemetry_pb2.CompletionRecor
         arrival_s=completion.arrival_s,
         finished_at_s=completion.finished_at_s,
         status=completion.status,
+        energy_j=completion.energy_j,
+        idle_energy_j=completion.idle_energy_j,
     )
     if completion.slo is not None:
         message.slo.CopyFrom(
@@ -310,6 +312,8 @@ def completion_from_proto(message: telemetry_pb2.CompletionRecord) -> Completion
         finished_at_s=message.finished_at_s,
         slo=slo,
         status=message.status,
+        energy_j=message.energy_j if message.HasField("energy_j") else None,
+        idle_energy_j=message.idle_energy_j if message.HasField("idle_energy_j") else None,
     )
 
 
@@ -337,6 +341,8 @@ def aggregates_to_proto(
         energy_j=aggregates.energy_j,
         mean_power_w=aggregates.mean_power_w,
         mean_sm_clock_mhz=aggregates.mean_sm_clock_mhz or 0.0,
+        request_energy_j=aggregates.request_energy_j,
+        mean_request_energy_j=aggregates.mean_request_energy_j,
     )
 
 
@@ -362,6 +368,8 @@ def aggregates_from_proto(
         energy_j=message.energy_j,
         mean_power_w=message.mean_power_w,
         mean_sm_clock_mhz=message.mean_sm_clock_mhz or None,
+        request_energy_j=message.request_energy_j,
+        mean_request_energy_j=_optional(message, "mean_request_energy_j"),
     )
 
 

@@ -63,6 +63,10 @@ class Completion:
     slo: SloTarget | None = None
     # gRPC status the client got ("OK", "UNAVAILABLE", ...); "" = derived from ``ok``.
     status: str = ""
+    # GPU energy attributed to the request (active plus idle share) and its idle part, joules;
+    # None when the engines do not report it (docs/energy.md).
+    energy_j: float | None = None
+    idle_energy_j: float | None = None
 
     @property
     def status_name(self) -> str:
@@ -151,6 +155,10 @@ class Aggregates:
     mean_sm_clock_mhz: float | None
     # Failed requests by the status their client got (Completion.status_name).
     failed_by_status: Mapping[str, int] = field(default_factory=dict)
+    # GPU energy attributed to the requests that finished in the window (those whose engines
+    # report it), and its mean per such request (None when none did).
+    request_energy_j: float = 0.0
+    mean_request_energy_j: float | None = None
 
     @property
     def completed(self) -> int:

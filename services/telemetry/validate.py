@@ -87,6 +87,8 @@ def validate_completion(completion: Completion) -> None:
         "mean_itl_ms",
         "finished_at_s",
         "arrival_s",
+        "energy_j",
+        "idle_energy_j",
     ):
         _check_non_negative(owner, name, getattr(completion, name))
     if completion.slo is not None:

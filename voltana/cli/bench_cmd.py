@@ -158,6 +158,8 @@ class RequestResult:
     token_itl_ms: list[float] = field(default_factory=list)
     token_itl_weights: list[float] = field(default_factory=list)
     finished_at_s: float = 0.0
+    # GPU energy the router attributed to the request (active, idle), J; None when unknown.
+    energy_j: tuple[float, float] | None = None
 
 
 def prompt_ids(request: TraceRequest) -> list[int]:
@@ -230,6 +232,9 @@ async def send_one(
     tokens = max(tokens, summary.completion_tokens)
     result.completed = True
     result.output_tokens = tokens
+    if summary.energy_j is not None:
+        idle_j = summary.idle_energy_j or 0.0
+        result.energy_j = (summary.energy_j - idle_j, idle_j)
     result.ttft_ms = (first_s - sent_s) * 1000.0
     result.mean_itl_ms = (last_s - first_s) * 1000.0 / (tokens - 1) if tokens > 1 else 0.0
     return result
@@ -369,6 +374,7 @@ def outcome_of(
     engines' time base too (latencies stay wall time, as the client measured them)."""
     completed = [r for r in replay_result.results if r.completed]
     errors = Counter(r.error_reason for r in replay_result.results if not r.completed)
+    request_energy = [r.energy_j for r in completed if r.energy_j is not None]
     return RunOutcome(
         policy=label,
         requests=requests,
@@ -381,6 +387,10 @@ def outcome_of(
         rejected=dict(sorted(errors.items())),
         token_itl_ms=[gap for r in completed for gap in r.token_itl_ms],
         token_itl_weights=[w for r in completed for w in r.token_itl_weights],
+        # Only when every completed request reports it (a partial sum would mislead).
+        request_energy_j=(
+            request_energy if completed and len(request_energy) == len(completed) else None
+        ),
     )
 
 

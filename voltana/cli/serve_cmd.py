@@ -48,6 +48,8 @@ BOOTSTRAP_PORT = 8998
 REDIS_URL_ENV = "VOLTANA_REDIS_URL"
 # Prometheus /metrics of each service (simulated engines serve SGLang's on their own port).
 ROUTER_METRICS_PORT = 9401
+# The router's HTTP front door (OpenAI /v1/*, SGLang /generate).
+ROUTER_HTTP_PORT = 8000
 TELEMETRY_METRICS_PORT = 9402
 CONTROLLER_METRICS_PORT = 9403
 AGENT_METRICS_PORT = 9404
@@ -364,6 +366,19 @@ def _add_router(
     )
     _drain_arg(parser, "requests still running after it end with UNAVAILABLE")
     _metrics_args(parser, ROUTER_METRICS_PORT)
+    http = parser.add_argument_group("HTTP front door (OpenAI-compatible and SGLang /generate)")
+    http.add_argument(
+        "--http-port",
+        type=port_number,
+        default=ROUTER_HTTP_PORT,
+        help="serve it on this port of the --listen host; 0 = any free port (default: %(default)s)",
+    )
+    http.add_argument("--no-http", action="store_true", help="gRPC only")
+    http.add_argument(
+        "--served-model-name",
+        default="",
+        help="the model name clients ask for (default: --model's key)",
+    )
     add_api_key_args(parser, server=True)
     parser.set_defaults(handler=run, build=_build_router, service_name="voltana-router")
     return parser
@@ -394,6 +409,10 @@ def _build_router(args: argparse.Namespace) -> Service:
             metrics_listen_address=metrics_address(args),
             security=security_from_args(args),
             api_keys=api_keys_from_args(args),
+            http_listen_address=(
+                None if args.no_http else f"{args.listen.rpartition(':')[0]}:{args.http_port}"
+            ),
+            served_model_name=args.served_model_name,
         )
     )
 

@@ -21,6 +21,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from voltana.energy import EnergyLedger, RequestEnergy
 from voltana.engine.errors import EngineRequestError
 from voltana.engine.kv_handoff import KvHandoff, KvMailbox
 from voltana.engine.protocol import FinishReason, GenerateRequest, abort_finish, length_finish
@@ -85,6 +86,9 @@ class _Iteration:
     started_s: float
     latency_s: float
     power_w: float
+    # How the iteration's work splits among requests (voltana.energy): prompt tokens each
+    # computes (prefill), one slot each (decode).
+    work: dict[int, float] = field(default_factory=dict)
 
     @property
     def end_s(self) -> float:
@@ -152,6 +156,12 @@ class EngineCore:
         self._cancel_after_prefill: set[int] = set()
         self._sm_clock_mhz = gpu.default_sm_clock_mhz
         self._clock_error_logged = False
+        # Energy per request: the GPU's energy counter, read at every iteration boundary, is
+        # split among the requests of each iteration (idle stretches go to the next one).
+        self.ledger: EnergyLedger[int] = EnergyLedger()
+        self._work: dict[int, float] | None = None
+        self._energy_seen_j: float | None = None
+        self._energy_error_logged = False
         self._started_s = clock()
         self._last_activity_s = self._started_s
 
@@ -160,6 +170,7 @@ class EngineCore:
         if self._loop_task is None:
             self._started_s = self._clock()
             self._set_idle_power()
+            self._meter_energy()  # the counter's starting point
             self._loop_task = asyncio.create_task(self._run(), name=f"engine-loop-{self.mode}")
 
     async def stop(self) -> None:
@@ -256,6 +267,9 @@ class EngineCore:
             state.stage = Stage.DONE
             self.metrics.aborted_requests_total += 1
         self._requests.pop(state.key, None)
+        if self._work is not None:  # a running iteration's energy goes to those still in it
+            self._work.pop(state.key, None)
+        self.ledger.release(state.key)
 
     def abort_by_rid(self, rid: str, message: str) -> int:
         """Abort unfinished requests with ``rid``; returns how many."""
@@ -334,6 +348,8 @@ class EngineCore:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
+            self._meter_energy()  # the stretch since the last boundary (idle, here)
+            self._work = iteration.work
             self._running = iteration
             self._set_power_source(_constant_power(iteration.power_w))
             wall_wait_s = (iteration.end_s - self._clock()) / self._speedup
@@ -356,14 +372,18 @@ class EngineCore:
         if self.prefill is not None and self.prefill.queue_len:
             prefill = self.prefill.start_iteration(start_s, clock_mhz)
             if prefill is not None:
-                return _Iteration(Phase.PREFILL, start_s, prefill.latency_s, prefill.power_w)
+                work = {job.key: float(tokens) for job, tokens in prefill.chunks}
+                return _Iteration(Phase.PREFILL, start_s, prefill.latency_s, prefill.power_w, work)
         if self.decode is not None:
             decode = self.decode.start_iteration(start_s, clock_mhz)
             if decode is not None:
-                return _Iteration(Phase.DECODE, start_s, decode.latency_s, decode.power_w)
+                work = {job.key: 1.0 for job in self.decode.running_jobs()}
+                return _Iteration(Phase.DECODE, start_s, decode.latency_s, decode.power_w, work)
         return None
 
     def _finish_iteration(self, iteration: _Iteration) -> None:
+        self._meter_energy()  # the iteration itself, before its requests may finish
+        self._work = None
         end_s = iteration.end_s
         if iteration.kind is Phase.PREFILL:
             self._finish_prefill(end_s)
@@ -433,6 +453,25 @@ class EngineCore:
             self._itl_window.add(end_s, interval_s, count)
         self.metrics.generation_tokens_total += len(batch)
         self._generated_window.add(end_s, float(len(batch)))
+
+    # ---- energy per request ----------------------------------------------------------------
+    def _meter_energy(self) -> None:
+        """Charge the GPU energy used since the last reading to the work running meanwhile."""
+        try:
+            # Energy of the whole TP group (the engine drives one GPU standing for every rank).
+            energy_j = self.gpu.energy_j() * self._tensor_parallel
+        except GpuError as exc:  # no counter: nothing to attribute
+            if not self._energy_error_logged:
+                logger.warning("reading the GPU energy counter failed (%s)", exc)
+                self._energy_error_logged = True
+            return
+        if self._energy_seen_j is not None:
+            self.ledger.charge(energy_j - self._energy_seen_j, self._work)
+        self._energy_seen_j = energy_j
+
+    def request_energy(self, state: RequestState) -> RequestEnergy:
+        """The energy attributed to ``state`` on this engine so far."""
+        return self.ledger.energy_of(state.key)
 
     # ---- the GPU ---------------------------------------------------------------------------
     def _read_sm_clock_mhz(self) -> int:

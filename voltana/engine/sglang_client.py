@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -246,12 +246,14 @@ class SglangHttpClient:
         request: Mapping[str, Any],
         *,
         bootstrap_room: int | None = None,
+        on_prefill_done: Callable[[dict[str, Any] | None], None] | None = None,
     ) -> AsyncGenerator[dict[str, Any], None]:
         """One PD request: the same body to prefill and decode with one random bootstrap room.
 
         Streams the decode's chunks. A prefill failure is raised as soon as it happens (the
         decode would otherwise wait for a KV cache that never comes); closing the iterator
-        cancels both HTTP requests.
+        cancels both HTTP requests. ``on_prefill_done`` gets the prefill's last chunk (its
+        ``meta_info``) once the decode stream ended.
         """
         room = secrets.randbits(63) if bootstrap_room is None else bootstrap_room
         payload = {
@@ -290,7 +292,9 @@ class SglangHttpClient:
                     raise
                 next_chunk = None
                 yield chunk
-            await prefill
+            last_prefill_chunk = await prefill
+            if on_prefill_done is not None:
+                on_prefill_done(last_prefill_chunk)
         finally:
             if next_chunk is not None and not next_chunk.done():
                 next_chunk.cancel()

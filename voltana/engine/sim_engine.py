@@ -667,7 +667,7 @@ class _NativeFormat:
             with_prompt = self._engine.mode is not EngineMode.DECODE and first_position == 0
             prompt = state.request.input_ids if with_prompt else None
             logprobs = self._logprobs.meta(prompt, output_ids[first_position:], first_position)
-        return meta_info(
+        meta = meta_info(
             state.request.rid,
             state.request.prompt_tokens,
             len(output_ids),
@@ -675,6 +675,11 @@ class _NativeFormat:
             e2e_latency_s,
             logprobs,
         )
+        if finish_reason is not None:
+            # Voltana's extension: the GPU energy attributed to this request here.
+            energy = self._engine.core.request_energy(state)
+            meta["voltana_energy"] = {"active_j": energy.active_j, "idle_j": energy.idle_j}
+        return meta
 
     def response(self, output_ids: list[int], finish_reason: FinishReason) -> web.Response:
         return web.json_response(

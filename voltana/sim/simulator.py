@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from voltana.energy import EnergyLedger, RequestEnergy, spread_unclaimed
 from voltana.errors import ConfigError
 from voltana.perf.model import IterationEstimate, PerformanceModel
 from voltana.policy.base import PolicySuite
@@ -89,6 +90,9 @@ class _Instance:
         self.sample_energy_j = 0.0
         self.clock_changes = 0
         self.busy = False
+        # Energy per request (voltana.energy): the running iteration's work, request → weight.
+        self.ledger: EnergyLedger[int] = EnergyLedger()
+        self.work: dict[int, float] = {}
         # The running iteration: when its current pace began, when it ends, which event ends it,
         # and how to re-estimate it at another clock (a clock change speeds up the remainder).
         self.pace_since_s = 0.0
@@ -117,7 +121,9 @@ class _Instance:
 
     def _integrate(self, now_s: float) -> None:
         if now_s > self.power_since_s:
-            self.energy_j += self.power_w * self.gpus * (now_s - self.power_since_s)
+            energy_j = self.power_w * self.gpus * (now_s - self.power_since_s)
+            self.energy_j += energy_j
+            self.ledger.charge(energy_j, self.work if self.busy else None)
             self.power_since_s = now_s
 
     def request_clock(self, now_s: float, clock_mhz: int, delay_s: float) -> bool:
@@ -229,6 +235,8 @@ class SimulationResult:
     clock_changes: int
     decode_iteration_latency_s: list[float]
     decode_iteration_batch: list[int]
+    # Per request (by index in ``records``): its share of the measured energy (voltana.energy).
+    request_energy: list[RequestEnergy] = field(default_factory=list)
 
     @property
     def energy_j(self) -> float:
@@ -260,6 +268,15 @@ class SimulationResult:
             rejected=rejected,
             token_itl_ms=[v * 1e3 for v in self.decode_iteration_latency_s],
             token_itl_weights=self.decode_iteration_batch,
+            request_energy_j=(
+                [
+                    (energy.active_j, energy.idle_j)
+                    for record, energy in zip(self.records, self.request_energy, strict=True)
+                    if record.completed
+                ]
+                if self.request_energy
+                else None
+            ),
             extra={"clock_changes": self.clock_changes},
         )
 
@@ -331,6 +348,7 @@ class Simulation:
             inst.set_power(now_s, self.perf.idle_power_w(inst.sm_clock_mhz))
             return
         tokens, pairs = iteration.new_tokens, iteration.attention_pairs
+        inst.work = {job.key: float(chunk) for job, chunk in iteration.chunks}
         self._start(
             inst,
             now_s,
@@ -354,6 +372,7 @@ class Simulation:
             inst.set_power(now_s, self.perf.idle_power_w(inst.sm_clock_mhz))
             return
         batch, kv_tokens = iteration.batch_size, iteration.kv_tokens
+        inst.work = {job.key: 1.0 for job in scheduler.running_jobs()}
         self._start(
             inst,
             now_s,
@@ -543,6 +562,7 @@ class Simulation:
                 break
         for inst in instances:
             inst.advance(end_s)
+            inst.ledger.settle()
         if progress is not None:
             progress(1.0)
         return SimulationResult(
@@ -557,4 +577,15 @@ class Simulation:
             clock_changes=sum(inst.clock_changes for inst in instances),
             decode_iteration_latency_s=self._decode_latency_s,
             decode_iteration_batch=self._decode_batch,
+            request_energy=self._request_energy(),
         )
+
+    def _request_energy(self) -> list[RequestEnergy]:
+        """Each request's attributed energy, summed over the instances it ran on; the idle
+        energy of instances that served nobody is spread over every request."""
+        energy = [RequestEnergy() for _ in self._records]
+        for inst in self.instances:
+            for index, share in inst.ledger.shares().items():
+                energy[index] = energy[index] + share
+        unclaimed_j = sum(inst.ledger.pending_idle_j for inst in self.instances)
+        return spread_unclaimed(energy, unclaimed_j)

@@ -134,6 +134,8 @@ class SimStack(AsyncService):
         telemetry = self._started(self.telemetry, "telemetry")
         controller = self._started(self.controller, "controller")
         result = {"router": router.address}
+        if router.http_url is not None:
+            result["router.http"] = router.http_url
         self._add_metrics(result, "router", router.metrics_url)
         result["telemetry"] = telemetry.address
         self._add_metrics(result, "telemetry", telemetry.metrics_url)
@@ -268,6 +270,9 @@ class SimStack(AsyncService):
             slo=settings.slo,
             snapshot_interval_ms=settings.snapshot_interval_ms,
             metrics_listen_address=settings.metrics_address(0),
+            http_listen_address=(
+                settings.address(settings.http_port) if settings.http_port is not None else None
+            ),
             security=settings.security,
         )
 

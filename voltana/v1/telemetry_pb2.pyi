@@ -261,6 +261,8 @@ class CompletionRecord(_message.Message):
     FINISHED_AT_S_FIELD_NUMBER: _builtins.int
     SLO_FIELD_NUMBER: _builtins.int
     STATUS_FIELD_NUMBER: _builtins.int
+    ENERGY_J_FIELD_NUMBER: _builtins.int
+    IDLE_ENERGY_J_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """Request id (router-assigned or client-chosen)."""
     prefill_instance_id: _builtins.str
@@ -287,6 +289,10 @@ class CompletionRecord(_message.Message):
     """gRPC status the client got: "OK" or a code name such as "UNAVAILABLE"; empty = derive it
     from `ok` ("OK" or "UNKNOWN"). Requests that failed before placement have no instances.
     """
+    energy_j: _builtins.float
+    """GPU energy attributed to the request (active plus idle share), joules; absent when unknown."""
+    idle_energy_j: _builtins.float
+    """The idle-time part of energy_j, joules; absent when unknown."""
     @_builtins.property
     def slo(self) -> _common_pb2.SloTarget:
         """SLO the request was held to (its override, or the cluster SLO)."""
@@ -307,12 +313,21 @@ class CompletionRecord(_message.Message):
         finished_at_s: _builtins.float = ...,
         slo: _common_pb2.SloTarget | None = ...,
         status: _builtins.str = ...,
+        energy_j: _builtins.float | None = ...,
+        idle_energy_j: _builtins.float | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["slo", b"slo"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_energy_j", b"_energy_j", "_idle_energy_j", b"_idle_energy_j", "energy_j", b"energy_j", "idle_energy_j", b"idle_energy_j", "slo", b"slo"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["arrival_s", b"arrival_s", "decode_instance_id", b"decode_instance_id", "finished_at_s", b"finished_at_s", "input_tokens", b"input_tokens", "mean_itl_ms", b"mean_itl_ms", "ok", b"ok", "output_tokens", b"output_tokens", "prefill_instance_id", b"prefill_instance_id", "reason", b"reason", "request_id", b"request_id", "slo", b"slo", "status", b"status", "ttft_ms", b"ttft_ms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_energy_j", b"_energy_j", "_idle_energy_j", b"_idle_energy_j", "arrival_s", b"arrival_s", "decode_instance_id", b"decode_instance_id", "energy_j", b"energy_j", "finished_at_s", b"finished_at_s", "idle_energy_j", b"idle_energy_j", "input_tokens", b"input_tokens", "mean_itl_ms", b"mean_itl_ms", "ok", b"ok", "output_tokens", b"output_tokens", "prefill_instance_id", b"prefill_instance_id", "reason", b"reason", "request_id", b"request_id", "slo", b"slo", "status", b"status", "ttft_ms", b"ttft_ms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__energy_j: _TypeAlias = _typing.Literal["energy_j"]  # noqa: Y015
+    _WhichOneofArgType__energy_j: _TypeAlias = _typing.Literal["_energy_j", b"_energy_j"]  # noqa: Y015
+    _WhichOneofReturnType__idle_energy_j: _TypeAlias = _typing.Literal["idle_energy_j"]  # noqa: Y015
+    _WhichOneofArgType__idle_energy_j: _TypeAlias = _typing.Literal["_idle_energy_j", b"_idle_energy_j"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__energy_j) -> _WhichOneofReturnType__energy_j | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__idle_energy_j) -> _WhichOneofReturnType__idle_energy_j | None: ...
 
 Global___CompletionRecord: _TypeAlias = CompletionRecord  # noqa: Y015
 
@@ -458,6 +473,8 @@ class InstanceAggregate(_message.Message):
     OUTPUT_TOKENS_FIELD_NUMBER: _builtins.int
     FAILED_REQUESTS_FIELD_NUMBER: _builtins.int
     FAILED_BY_STATUS_FIELD_NUMBER: _builtins.int
+    REQUEST_ENERGY_J_FIELD_NUMBER: _builtins.int
+    MEAN_REQUEST_ENERGY_J_FIELD_NUMBER: _builtins.int
     instance_id: _builtins.str
     """Instance name; "" for the cluster-wide aggregate."""
     phase: _common_pb2.Phase.ValueType
@@ -490,6 +507,12 @@ class InstanceAggregate(_message.Message):
     """Output tokens generated in the window."""
     failed_requests: _builtins.int
     """Failed requests in the window (ok = false)."""
+    request_energy_j: _builtins.float
+    """GPU energy attributed to the requests that finished in the window (those whose engines
+    report it), joules.
+    """
+    mean_request_energy_j: _builtins.float
+    """Mean of that energy per such request, joules; absent when none reported it."""
     @_builtins.property
     def failed_by_status(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
         """Failed requests by the gRPC status their client got (e.g. "UNAVAILABLE": 3)."""
@@ -514,13 +537,17 @@ class InstanceAggregate(_message.Message):
         output_tokens: _builtins.int = ...,
         failed_requests: _builtins.int = ...,
         failed_by_status: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
+        request_energy_j: _builtins.float = ...,
+        mean_request_energy_j: _builtins.float | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_itl_attainment", b"_itl_attainment", "_p50_itl_ms", b"_p50_itl_ms", "_p50_ttft_ms", b"_p50_ttft_ms", "_p90_itl_ms", b"_p90_itl_ms", "_p90_ttft_ms", b"_p90_ttft_ms", "_slo_attainment", b"_slo_attainment", "_ttft_attainment", b"_ttft_attainment", "itl_attainment", b"itl_attainment", "p50_itl_ms", b"p50_itl_ms", "p50_ttft_ms", b"p50_ttft_ms", "p90_itl_ms", b"p90_itl_ms", "p90_ttft_ms", b"p90_ttft_ms", "slo_attainment", b"slo_attainment", "ttft_attainment", b"ttft_attainment"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_itl_attainment", b"_itl_attainment", "_mean_request_energy_j", b"_mean_request_energy_j", "_p50_itl_ms", b"_p50_itl_ms", "_p50_ttft_ms", b"_p50_ttft_ms", "_p90_itl_ms", b"_p90_itl_ms", "_p90_ttft_ms", b"_p90_ttft_ms", "_slo_attainment", b"_slo_attainment", "_ttft_attainment", b"_ttft_attainment", "itl_attainment", b"itl_attainment", "mean_request_energy_j", b"mean_request_energy_j", "p50_itl_ms", b"p50_itl_ms", "p50_ttft_ms", b"p50_ttft_ms", "p90_itl_ms", b"p90_itl_ms", "p90_ttft_ms", b"p90_ttft_ms", "slo_attainment", b"slo_attainment", "ttft_attainment", b"ttft_attainment"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_itl_attainment", b"_itl_attainment", "_p50_itl_ms", b"_p50_itl_ms", "_p50_ttft_ms", b"_p50_ttft_ms", "_p90_itl_ms", b"_p90_itl_ms", "_p90_ttft_ms", b"_p90_ttft_ms", "_slo_attainment", b"_slo_attainment", "_ttft_attainment", b"_ttft_attainment", "completed_requests", b"completed_requests", "energy_j", b"energy_j", "failed_by_status", b"failed_by_status", "failed_requests", b"failed_requests", "instance_id", b"instance_id", "itl_attainment", b"itl_attainment", "mean_power_w", b"mean_power_w", "mean_sm_clock_mhz", b"mean_sm_clock_mhz", "output_tokens", b"output_tokens", "p50_itl_ms", b"p50_itl_ms", "p50_ttft_ms", b"p50_ttft_ms", "p90_itl_ms", b"p90_itl_ms", "p90_ttft_ms", b"p90_ttft_ms", "phase", b"phase", "request_rate_rps", b"request_rate_rps", "slo_attainment", b"slo_attainment", "ttft_attainment", b"ttft_attainment"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_itl_attainment", b"_itl_attainment", "_mean_request_energy_j", b"_mean_request_energy_j", "_p50_itl_ms", b"_p50_itl_ms", "_p50_ttft_ms", b"_p50_ttft_ms", "_p90_itl_ms", b"_p90_itl_ms", "_p90_ttft_ms", b"_p90_ttft_ms", "_slo_attainment", b"_slo_attainment", "_ttft_attainment", b"_ttft_attainment", "completed_requests", b"completed_requests", "energy_j", b"energy_j", "failed_by_status", b"failed_by_status", "failed_requests", b"failed_requests", "instance_id", b"instance_id", "itl_attainment", b"itl_attainment", "mean_power_w", b"mean_power_w", "mean_request_energy_j", b"mean_request_energy_j", "mean_sm_clock_mhz", b"mean_sm_clock_mhz", "output_tokens", b"output_tokens", "p50_itl_ms", b"p50_itl_ms", "p50_ttft_ms", b"p50_ttft_ms", "p90_itl_ms", b"p90_itl_ms", "p90_ttft_ms", b"p90_ttft_ms", "phase", b"phase", "request_energy_j", b"request_energy_j", "request_rate_rps", b"request_rate_rps", "slo_attainment", b"slo_attainment", "ttft_attainment", b"ttft_attainment"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__itl_attainment: _TypeAlias = _typing.Literal["itl_attainment"]  # noqa: Y015
     _WhichOneofArgType__itl_attainment: _TypeAlias = _typing.Literal["_itl_attainment", b"_itl_attainment"]  # noqa: Y015
+    _WhichOneofReturnType__mean_request_energy_j: _TypeAlias = _typing.Literal["mean_request_energy_j"]  # noqa: Y015
+    _WhichOneofArgType__mean_request_energy_j: _TypeAlias = _typing.Literal["_mean_request_energy_j", b"_mean_request_energy_j"]  # noqa: Y015
     _WhichOneofReturnType__p50_itl_ms: _TypeAlias = _typing.Literal["p50_itl_ms"]  # noqa: Y015
     _WhichOneofArgType__p50_itl_ms: _TypeAlias = _typing.Literal["_p50_itl_ms", b"_p50_itl_ms"]  # noqa: Y015
     _WhichOneofReturnType__p50_ttft_ms: _TypeAlias = _typing.Literal["p50_ttft_ms"]  # noqa: Y015
@@ -535,6 +562,8 @@ class InstanceAggregate(_message.Message):
     _WhichOneofArgType__ttft_attainment: _TypeAlias = _typing.Literal["_ttft_attainment", b"_ttft_attainment"]  # noqa: Y015
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__itl_attainment) -> _WhichOneofReturnType__itl_attainment | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__mean_request_energy_j) -> _WhichOneofReturnType__mean_request_energy_j | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__p50_itl_ms) -> _WhichOneofReturnType__p50_itl_ms | None: ...
     @_typing.overload
