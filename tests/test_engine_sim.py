@@ -215,7 +215,7 @@ async def test_server_info_and_health(
     assert info["gpu"]["key"] == "a100-80g"
     assert info["max_total_num_tokens"] == prefill.core.kv_capacity_tokens > 0
     assert info["chunked_prefill_size"] == 8192
-    assert info["max_running_requests"] == 256
+    assert info["max_running_requests"] == 1024
     assert (await client.server_info(decode.url))["disaggregation_mode"] == "decode"
     assert await client.health(decode.url) is True
     assert await client.health(f"http://127.0.0.1:{_closed_port()}") is False

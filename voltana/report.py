@@ -24,6 +24,9 @@ class RunOutcome:
     duration_s: float
     num_gpus: int
     rejected: dict[str, int] = field(default_factory=dict)
+    # Prompt tokens per completed request (aligned with ttft_ms): for TTFT targets that grow
+    # with the prompt; empty when every target is the same.
+    input_tokens: Sequence[int] = ()
     # Token-level ITL: gap values and how many tokens saw each gap.
     token_itl_ms: Sequence[float] = ()
     token_itl_weights: Sequence[float] = ()
@@ -63,7 +66,11 @@ def summarize(outcome: RunOutcome, slo: SloTarget) -> dict[str, Any]:
     itl = np.asarray(outcome.mean_itl_ms, dtype=float)
     completed = len(ttft)
     total = max(1, outcome.requests)
-    ttft_ok = ttft <= slo.ttft_ms
+    if len(outcome.input_tokens) == completed and slo.ttft_ms_per_1k_tokens:
+        targets = slo.ttft_ms + slo.ttft_ms_per_1k_tokens * np.asarray(outcome.input_tokens) / 1e3
+        ttft_ok = ttft <= targets
+    else:
+        ttft_ok = ttft <= slo.ttft_ms
     itl_ok = itl <= slo.itl_ms
     token_values = outcome.token_itl_ms if len(outcome.token_itl_ms) else outcome.mean_itl_ms
     token_weights = outcome.token_itl_weights if len(outcome.token_itl_ms) else None

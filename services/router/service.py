@@ -25,6 +25,7 @@ from voltana.services.router.errors import ROUTER_STATUS_CODES
 from voltana.services.router.health import EngineHealth
 from voltana.services.router.http_api import RouterHttpApi
 from voltana.services.router.metrics import RouterMetrics
+from voltana.services.router.placements import ControllerTrigger, PlacementReporter
 from voltana.services.router.reporting import CompletionReporter
 from voltana.services.router.servicer import ROUTER_KEYED_METHODS, RouterServicer
 from voltana.services.router.settings import RouterSettings
@@ -86,12 +87,13 @@ class RouterService(AsyncService):
         self._metrics_server: MetricsServer | None = None
         self._http: RouterHttpApi | None = None
         self._cluster = LiveCluster(
-            optimistic_ttl_s=settings.optimistic_ttl_s,
             stale_after_s=settings.instance_stale_after_s,
         )
         self._telemetry: TelemetryClient | None = None
         self._engine: SglangHttpClient | None = None
         self._reporter: CompletionReporter | None = None
+        self._placements: PlacementReporter | None = None
+        self._trigger: ControllerTrigger | None = None
         self._watch_task: asyncio.Task[None] | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._engine_health: EngineHealth | None = None
@@ -176,6 +178,16 @@ class RouterService(AsyncService):
                 timeout_s=settings.telemetry_timeout_s,
             )
             self._reporter.start()
+            self._placements = PlacementReporter(
+                self._telemetry, interval_s=settings.placement_report_interval_ms / 1000.0
+            )
+            self._placements.start()
+            if settings.controller_address:
+                self._trigger = ControllerTrigger(
+                    settings.controller_address,
+                    timeout_s=settings.placement_notice_timeout_ms / 1000.0,
+                    security=settings.security,
+                )
             # Probes get their own untraced client: they are polls, not requests.
             self._prober = SglangHttpClient(health_timeout_s=settings.health_check_timeout_s)
             self._engine_health = EngineHealth(
@@ -198,6 +210,8 @@ class RouterService(AsyncService):
                 tracer=self._tracer,
                 health=self._engine_health,
                 metrics=self._metrics,
+                placements=self._placements,
+                trigger=self._trigger,
             )
             self._servicer = servicer
             health_servicer = health.aio.HealthServicer()
@@ -249,11 +263,12 @@ class RouterService(AsyncService):
             )
         self._tasks.append(asyncio.create_task(self._keep_health(), name="router-health"))
         _LOG.info(
-            "router serving on %s (policy %s, router %s, telemetry %s)",
+            "router serving on %s (policy %s, router %s, telemetry %s, placement notices to %s)",
             self.address,
             self._policy_name,
             self._policy.name,
             settings.telemetry_address,
+            settings.controller_address or "no controller",
         )
 
     async def _wait_for_first_snapshot(self) -> None:
@@ -362,6 +377,12 @@ class RouterService(AsyncService):
             self._watch_task = None
         await cancel_and_wait(tasks)
         self._servicer = None
+        placements, self._placements = self._placements, None
+        if placements is not None:
+            await placements.stop()
+        trigger, self._trigger = self._trigger, None
+        if trigger is not None:
+            await trigger.close()
         reporter, self._reporter = self._reporter, None
         if reporter is not None:
             await reporter.stop(flush_timeout_s=self._settings.completion_flush_timeout_s)

@@ -35,6 +35,7 @@ from voltana.services.router.errors import (
 )
 from voltana.services.router.health import EngineHealth
 from voltana.services.router.metrics import OK_STATUS, RequestMetrics, RouterMetrics
+from voltana.services.router.placements import ControllerTrigger, PlacementReporter
 from voltana.services.router.reporting import CompletionReporter
 from voltana.services.router.settings import RouterSettings
 from voltana.services.router.tracing import (
@@ -43,7 +44,7 @@ from voltana.services.router.tracing import (
     set_placement_attributes,
 )
 from voltana.services.router.validation import ValidatedRequest, validate_request
-from voltana.services.telemetry.records import Completion
+from voltana.services.telemetry.records import Completion, PlacementEvent
 from voltana.text import truncate
 from voltana.v1 import router_pb2, router_pb2_grpc
 
@@ -132,8 +133,12 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         metrics: RouterMetrics | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
+        placements: PlacementReporter | None = None,
+        trigger: ControllerTrigger | None = None,
     ) -> None:
         self._settings = settings
+        self._placements = placements
+        self._trigger = trigger
         self._cluster = cluster
         self._policy = policy
         self._policy_name = policy_name
@@ -196,7 +201,8 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             raise
 
     def _place(self, validated: ValidatedRequest, parent: trace.Span) -> tuple[Placement, PdTarget]:
-        """Decide, bump the chosen instances' load, and resolve their endpoints."""
+        """Decide, count the request on the chosen instances (in-flight ledger, arrivals), and
+        resolve their endpoints."""
         span = self._tracer.start_span("placement", context=child_of(parent))
         try:
             snapshot = self._cluster.routable()
@@ -206,7 +212,19 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
                 self._cluster.endpoint(placement.prefill_id),
                 self._cluster.endpoint(placement.decode_id),
             )
-            self._cluster.record_placement(placement, spec)
+            request_id = validated.request_id
+            self._cluster.finished(request_id)  # an earlier attempt's placement is void
+            self._cluster.record_placement(request_id, placement, spec)
+            if self._placements is not None:
+                self._placements.add(
+                    PlacementEvent(
+                        request_id,
+                        placement.prefill_id,
+                        placement.decode_id,
+                        spec.input_tokens,
+                        self._cluster.now_s(),
+                    )
+                )
             set_placement_attributes(span, placement, self._policy_name)
             span.set_attribute("voltana.snapshot.prefill_instances", len(snapshot.prefill))
             span.set_attribute("voltana.snapshot.decode_instances", len(snapshot.decode))
@@ -218,6 +236,21 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         set_placement_attributes(parent, placement, self._policy_name)
         parent.set_attribute("voltana.bootstrap_room", target.bootstrap_room)
         return placement, target
+
+    async def _notify_controller(self, placement: Placement) -> None:
+        """Let the controller set the placed instances' clocks before the request starts."""
+        if self._trigger is None:
+            return
+        states = [
+            state
+            for state in (
+                self._cluster.view_of(placement.prefill_id),
+                self._cluster.view_of(placement.decode_id),
+            )
+            if state is not None
+        ]
+        if states:
+            await self._trigger.notify(states)
 
     def _engine_deadline_s(self, context: CallContext) -> float:
         """Loop-clock deadline of the engine calls: the router's limit or the client's."""
@@ -268,9 +301,19 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
                     placement, target = self._place(validated, span)
                     if observed is not None:
                         observed.on_placed(placement, self._policy.name, validated.prompt_tokens)
+                    await self._notify_controller(placement)
                     reader = ChunkReader(self._clock)
+                    # The prefill engine holds the request from its dispatch on.
+                    self._cluster.reached(validated.request_id, placement.prefill_id)
                     relay = self._relay(
-                        validated, target, reader, timeline, span, deadline_s, observed
+                        validated,
+                        target,
+                        reader,
+                        timeline,
+                        span,
+                        deadline_s,
+                        observed,
+                        placement.decode_id,
                     )
                     try:
                         async with contextlib.aclosing(relay):
@@ -320,6 +363,8 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         finally:
             if task is not None:
                 self._in_flight.discard(task)
+            if validated is not None:
+                self._cluster.finished(validated.request_id)
             if timeline.end_s is None:
                 timeline.end_s = self._clock()
             self._report(
@@ -344,6 +389,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         span: trace.Span,
         deadline_s: float,
         observed: RequestMetrics | None,
+        decode_id: str,
     ) -> AsyncGenerator[router_pb2.GenerateResponse, None]:
         """One attempt: the engines' tokens as response chunks."""
         dispatch_span = self._tracer.start_span(
@@ -370,6 +416,8 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
                 async for delta in tokens:
                     if timeline.first_token_s is None:
                         timeline.first_token_s = delta.at_s
+                        # The decode engine's batch holds the request from its first token on.
+                        self._cluster.reached(validated.request_id, decode_id)
                         event = {"voltana.ttft_ms": timeline.ttft_ms() or 0.0}
                         span.add_event("first_token", event)
                         dispatch_span.add_event("first_token", event)

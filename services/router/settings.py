@@ -20,6 +20,13 @@ class RouterSettings:
     listen_address: str = "127.0.0.1:0"
     # TelemetryService to watch snapshots from and report completions to ("host:port").
     telemetry_address: str = "127.0.0.1:50052"
+    # ControllerService to notify of each placement, so the placed instances' clocks are
+    # decided before the request is dispatched ("" = no notice: clocks follow at the next tick).
+    controller_address: str = ""
+    # Longest wait for the controller's answer before dispatching anyway.
+    placement_notice_timeout_ms: int = 50
+    # Placements are reported to telemetry (arrival rates) in batches this often.
+    placement_report_interval_ms: int = 50
     # Operating policy (voltana.policy.registry names, e.g. "static-max"); its router places.
     policy: str = "static-max"
     # Router name that overrides the policy's own router (e.g. "least-loaded"); None = keep it.
@@ -48,9 +55,6 @@ class RouterSettings:
     # samples on telemetry's clock (sped-up simulated engines do not). Telemetry itself
     # expires silent instances (its instance_ttl_s), on its own clock.
     instance_stale_after_s: float = 0.0
-    # An optimistic load bump of a placement stays until its instances reported twice since,
-    # or at most this long (wall seconds).
-    optimistic_ttl_s: float = 2.0
     # Engine calls: connecting, and the whole request when the client sets no shorter deadline.
     engine_connect_timeout_s: float = 5.0
     engine_request_timeout_s: float = 600.0
@@ -114,6 +118,8 @@ class RouterSettings:
             "max_new_tokens_limit",
             "max_prompt_tokens",
             "snapshot_interval_ms",
+            "placement_notice_timeout_ms",
+            "placement_report_interval_ms",
             "completion_queue_size",
             "max_attempts",
             "unhealthy_after",
@@ -129,7 +135,6 @@ class RouterSettings:
         for name in (
             "chars_per_token_estimate",
             "watch_retry_s",
-            "optimistic_ttl_s",
             "engine_connect_timeout_s",
             "engine_request_timeout_s",
             "telemetry_timeout_s",

@@ -186,3 +186,14 @@ class ReportResult:
     first_rejection_reason: str = ""
     # Instances telemetry does not know (samples rejected for that): register them again.
     unknown_instance_ids: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class PlacementEvent:
+    """The router placed a request (arrival rates are counted from these)."""
+
+    request_id: str
+    prefill_instance_id: str
+    decode_instance_id: str
+    input_tokens: int
+    placed_at_s: float

@@ -58,6 +58,7 @@ TELEMETRY_PRIVILEGED_METHODS = method_names(
     "ReportInstanceSamples",
     "ReportGpuSamples",
     "ReportCompletion",
+    "ReportPlacements",
 )
 
 
@@ -202,8 +203,7 @@ class TelemetryServicer(telemetry_pb2_grpc.TelemetryServiceServicer):
             return _Rejection(
                 f"sample of {instance_id!r} at {sample.observed_at_s} is older than the last"
             )
-        derived_rate_rps = self._arrivals.rate_rps(instance_id, self._store.clock())
-        await self._store.put_instance_state(state_from_sample(sample, info, derived_rate_rps))
+        await self._store.put_instance_state(state_from_sample(sample, info))
         if sample.observed_at_s > 0:
             self._last_load_s[instance_id] = sample.observed_at_s
         return None
@@ -263,9 +263,30 @@ class TelemetryServicer(telemetry_pb2_grpc.TelemetryServiceServicer):
             if future is not None:
                 raise InvalidTelemetryError(future)
         await self._store.record_completion(completion)
-        if completion.arrival_s > 0:
-            self._arrivals.record(completion.instance_ids, completion.arrival_s)
         return telemetry_pb2.ReportCompletionResponse()
+
+    async def ReportPlacements(
+        self, request: telemetry_pb2.ReportPlacementsRequest, context: Context
+    ) -> telemetry_pb2.ReportPlacementsResponse:
+        now_s = self._store.clock()
+        accepted = 0
+        for placement in request.placements:
+            for instance_id in (placement.prefill_instance_id, placement.decode_instance_id):
+                check_id(instance_id, "instance_id", error=InvalidTelemetryError)
+            future = self._future_problem("a placement", placement.placed_at_s)
+            if future is not None:
+                raise InvalidTelemetryError(future)
+            if placement.input_tokens < 0:
+                raise InvalidTelemetryError(
+                    f"input_tokens must be >= 0, got {placement.input_tokens}"
+                )
+            placed_at_s = placement.placed_at_s or now_s
+            if placed_at_s < now_s - self._settings.arrival_rate_window_s:
+                continue  # already outside every window (a batch held up somewhere)
+            for instance_id in (placement.prefill_instance_id, placement.decode_instance_id):
+                self._arrivals.record(instance_id, placed_at_s, placement.input_tokens)
+            accepted += 1
+        return telemetry_pb2.ReportPlacementsResponse(accepted=accepted)
 
     # Snapshots.
 
@@ -274,7 +295,14 @@ class TelemetryServicer(telemetry_pb2_grpc.TelemetryServiceServicer):
         return view.select(phase_filter_from_proto(phase), instance_ids)
 
     def _to_proto(self, view: ClusterView) -> common_pb2.ClusterSnapshot:
-        return snapshot_to_proto(view.states, view.infos, self._store.clock())
+        now_s = self._store.clock()
+        states = {}
+        for instance_id, state in view.states.items():
+            rate_rps, tokens_per_s = self._arrivals.rates(instance_id, now_s)
+            states[instance_id] = dataclasses.replace(
+                state, arrival_rate_rps=rate_rps, arrival_tokens_per_s=tokens_per_s
+            )
+        return snapshot_to_proto(states, view.infos, now_s)
 
     async def GetSnapshot(
         self, request: telemetry_pb2.GetSnapshotRequest, context: Context

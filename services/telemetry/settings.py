@@ -6,6 +6,7 @@ import math
 from dataclasses import dataclass, field
 
 from voltana.errors import ConfigError
+from voltana.observation import DEFAULT_OBSERVATION
 from voltana.policy.state import SloTarget
 from voltana.rpc.security import RpcSecurity
 from voltana.services.telemetry.redis_store import DEFAULT_KEY_PREFIX
@@ -30,8 +31,9 @@ class TelemetrySettings:
     window_s: float = 60.0
     # SLO of requests whose completion carries none.
     slo: SloTarget = field(default_factory=SloTarget)
-    # Window over which arrival rates are derived for samples that do not carry one.
-    arrival_rate_window_s: float = 10.0
+    # Window over which the router's placements give each instance's arrival rates (the
+    # observation contract's window).
+    arrival_rate_window_s: float = DEFAULT_OBSERVATION.window_s
     # WatchSnapshots: period used when the client asks for 0, the shortest period a client
     # may ask for, and how long an unchanged cluster waits before a snapshot is resent.
     watch_default_interval_ms: int = 500

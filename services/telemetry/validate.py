@@ -6,6 +6,7 @@ limit and no error message echoes more than a short prefix of what was sent.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 from voltana.policy.state import InstanceState, SloTarget
@@ -13,22 +14,11 @@ from voltana.rpc.limits import check_address, check_id, check_name, check_text, 
 from voltana.services.telemetry.errors import InvalidTelemetryError
 from voltana.services.telemetry.records import Completion, GpuReading, InstanceInfo
 
-_NON_NEGATIVE_STATE_FIELDS: tuple[str, ...] = (
-    "sm_clock_mhz",
-    "queue_len",
-    "queued_tokens",
-    "oldest_wait_ms",
-    "running_prefill_tokens",
-    "running_batch",
-    "kv_tokens_used",
-    "kv_tokens_capacity",
-    "max_running_requests",
-    "arrival_rate_rps",
-    "power_w",
-    "energy_j",
-    "remaining_output_tokens",
-    "observed_at_s",
-    "last_activity_s",
+# Every number a state carries is a count, a size, a rate, a time or a reading: none is negative.
+_NUMERIC_STATE_FIELDS: tuple[str, ...] = tuple(
+    f.name
+    for f in dataclasses.fields(InstanceState)
+    if str(f.type).replace(" | None", "") in ("int", "float")
 )
 
 
@@ -46,10 +36,8 @@ def _check_non_negative(owner: str, name: str, value: float | None) -> None:
 def validate_instance_state(state: InstanceState) -> None:
     _check_id("instance_id", state.instance_id)
     owner = f"instance {state.instance_id!r}"
-    for name in _NON_NEGATIVE_STATE_FIELDS:
+    for name in _NUMERIC_STATE_FIELDS:
         _check_non_negative(owner, name, getattr(state, name))
-    _check_non_negative(owner, "recent_ttft_ms", state.recent_ttft_ms)
-    _check_non_negative(owner, "recent_itl_ms", state.recent_itl_ms)
 
 
 def validate_instance_info(info: InstanceInfo) -> None:

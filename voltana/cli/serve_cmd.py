@@ -339,6 +339,13 @@ def _add_router(
         help="longest prompt accepted (default: %(default)s)",
     )
     parser.add_argument(
+        "--controller",
+        default="",
+        metavar="HOST:PORT",
+        help="controller to notify of each placement, so the placed instances' clocks are "
+        "decided before the request starts (default: none; clocks follow at its next tick)",
+    )
+    parser.add_argument(
         "--instance-stale-after-s",
         type=float,
         default=0.0,
@@ -391,6 +398,7 @@ def _build_router(args: argparse.Namespace) -> Service:
         RouterSettings(
             listen_address=args.listen,
             telemetry_address=args.telemetry,
+            controller_address=args.controller,
             policy=args.policy,
             router=args.router,
             gpu_key=args.gpu,
@@ -571,7 +579,10 @@ def _add_engine(
         help="simulated time runs X times faster (default: %(default)s)",
     )
     parser.add_argument(
-        "--max-running-requests", type=positive_int, default=256, help="decode batch limit"
+        "--max-running-requests",
+        type=positive_int,
+        default=1024,
+        help="decode batch limit (default: %(default)s)",
     )
     parser.add_argument(
         "--chunked-prefill-size", type=positive_int, default=8192, help="prefill tokens per batch"

@@ -48,7 +48,7 @@ class SimEngineSettings:
     # Prefill mode: port of the KV bootstrap endpoint (0 = any free port). Decode mode: the
     # prefill bootstrap port a request without 'bootstrap_port' uses (0 = SGLang's 8998).
     bootstrap_port: int = 0
-    max_running_requests: int = 256
+    max_running_requests: int = 1024
     chunked_prefill_size: int = 8192
     # Most requests one prefill batch takes.
     max_prefill_requests: int = 64

@@ -53,7 +53,10 @@ class SimStackSettings:
     lease_ttl_ms: int = 3000
     # Delay before a clock change takes effect (simulated ms); None = the GPU catalog's.
     clock_change_delay_ms: float | None = None
-    max_running_requests: int = 256
+    # The router asks the controller to decide the placed instances' clocks before dispatching
+    # (off: clocks follow at the next control tick, as a deployment without the notice would).
+    placement_notices: bool = True
+    max_running_requests: int = 1024
     # stop(): how long engines let in-flight requests finish before aborting them (wall s).
     drain_timeout_s: float = 2.0
     # start() fails when the router does not see every instance within this (wall s).

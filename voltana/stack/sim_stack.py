@@ -249,7 +249,9 @@ class SimStack(AsyncService):
         self._stoppers.append(("controller", controller.stop))
 
         router = RouterService(
-            self._router_settings(telemetry.address),
+            self._router_settings(
+                telemetry.address, controller.address if settings.placement_notices else ""
+            ),
             tracer_provider=self._provider("voltana-router"),
         )
         await router.start()
@@ -257,11 +259,14 @@ class SimStack(AsyncService):
         self._stoppers.append(("router", router.stop))
         await self._wait_until_routable(router)
 
-    def _router_settings(self, telemetry_address: str) -> RouterSettings:
+    def _router_settings(
+        self, telemetry_address: str, controller_address: str = ""
+    ) -> RouterSettings:
         settings = self.settings
         return RouterSettings(
             listen_address=settings.address(settings.router_port),
             telemetry_address=telemetry_address,
+            controller_address=controller_address,
             policy=settings.policy,
             router=settings.router,
             gpu_key=settings.gpu_key,

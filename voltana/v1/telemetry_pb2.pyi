@@ -22,6 +22,11 @@ if sys.version_info >= (3, 11):
 else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
+if sys.version_info >= (3, 13):
+    from warnings import deprecated as _deprecated
+else:
+    from typing_extensions import deprecated as _deprecated
+
 DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
@@ -141,6 +146,7 @@ class InstanceSample(_message.Message):
     RECENT_TTFT_MS_FIELD_NUMBER: _builtins.int
     RECENT_ITL_MS_FIELD_NUMBER: _builtins.int
     ARRIVAL_RATE_RPS_FIELD_NUMBER: _builtins.int
+    LAST_ACTIVITY_S_FIELD_NUMBER: _builtins.int
     instance_id: _builtins.str
     """Registered instance this sample belongs to."""
     observed_at_s: _builtins.float
@@ -161,14 +167,36 @@ class InstanceSample(_message.Message):
     """KV-cache capacity, tokens (0 = keep the registered value)."""
     max_running_requests: _builtins.int
     """Largest running batch the engine admits (0 = keep the registered value)."""
-    remaining_output_tokens: _builtins.int
-    """Remaining decode tokens of the running batch, when known (0 otherwise)."""
+    @_builtins.property
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
+    def remaining_output_tokens(self) -> _builtins.int:
+        """Deprecated, ignored: exact remaining output lengths are an oracle no deployment observes."""
+
+    @remaining_output_tokens.setter
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
+    def remaining_output_tokens(self, value: _builtins.int) -> None:
+        """Deprecated, ignored: exact remaining output lengths are an oracle no deployment observes."""
+
     recent_ttft_ms: _builtins.float
-    """Engine-measured TTFT over its recent window, milliseconds; absent when unmeasured."""
+    """Prefill-side TTFT over the observation window (p90 from histogram buckets), milliseconds;
+    absent when unmeasured.
+    """
     recent_itl_ms: _builtins.float
-    """Engine-measured ITL over its recent window, milliseconds; absent when unmeasured."""
-    arrival_rate_rps: _builtins.float
-    """Arrival rate, requests per second, when the reporter knows it; absent = telemetry derives it."""
+    """Mean inter-token latency over the observation window, milliseconds; absent when unmeasured."""
+    @_builtins.property
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
+    def arrival_rate_rps(self) -> _builtins.float:
+        """Deprecated, ignored: arrival rates are counted at placement (ReportPlacements)."""
+
+    @arrival_rate_rps.setter
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
+    def arrival_rate_rps(self, value: _builtins.float) -> None:
+        """Deprecated, ignored: arrival rates are counted at placement (ReportPlacements)."""
+
+    last_activity_s: _builtins.float
+    """When the engine last had anything to do (requests waiting, running or finishing), seconds
+    on the observed_at_s clock.
+    """
     def __init__(
         self,
         *,
@@ -186,10 +214,11 @@ class InstanceSample(_message.Message):
         recent_ttft_ms: _builtins.float | None = ...,
         recent_itl_ms: _builtins.float | None = ...,
         arrival_rate_rps: _builtins.float | None = ...,
+        last_activity_s: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_arrival_rate_rps", b"_arrival_rate_rps", "_recent_itl_ms", b"_recent_itl_ms", "_recent_ttft_ms", b"_recent_ttft_ms", "arrival_rate_rps", b"arrival_rate_rps", "recent_itl_ms", b"recent_itl_ms", "recent_ttft_ms", b"recent_ttft_ms"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_arrival_rate_rps", b"_arrival_rate_rps", "_recent_itl_ms", b"_recent_itl_ms", "_recent_ttft_ms", b"_recent_ttft_ms", "arrival_rate_rps", b"arrival_rate_rps", "instance_id", b"instance_id", "kv_tokens_capacity", b"kv_tokens_capacity", "kv_tokens_used", b"kv_tokens_used", "max_running_requests", b"max_running_requests", "observed_at_s", b"observed_at_s", "oldest_wait_ms", b"oldest_wait_ms", "queue_len", b"queue_len", "queued_tokens", b"queued_tokens", "recent_itl_ms", b"recent_itl_ms", "recent_ttft_ms", b"recent_ttft_ms", "remaining_output_tokens", b"remaining_output_tokens", "running_batch", b"running_batch", "running_prefill_tokens", b"running_prefill_tokens"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_arrival_rate_rps", b"_arrival_rate_rps", "_recent_itl_ms", b"_recent_itl_ms", "_recent_ttft_ms", b"_recent_ttft_ms", "arrival_rate_rps", b"arrival_rate_rps", "instance_id", b"instance_id", "kv_tokens_capacity", b"kv_tokens_capacity", "kv_tokens_used", b"kv_tokens_used", "last_activity_s", b"last_activity_s", "max_running_requests", b"max_running_requests", "observed_at_s", b"observed_at_s", "oldest_wait_ms", b"oldest_wait_ms", "queue_len", b"queue_len", "queued_tokens", b"queued_tokens", "recent_itl_ms", b"recent_itl_ms", "recent_ttft_ms", b"recent_ttft_ms", "remaining_output_tokens", b"remaining_output_tokens", "running_batch", b"running_batch", "running_prefill_tokens", b"running_prefill_tokens"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__arrival_rate_rps: _TypeAlias = _typing.Literal["arrival_rate_rps"]  # noqa: Y015
     _WhichOneofArgType__arrival_rate_rps: _TypeAlias = _typing.Literal["_arrival_rate_rps", b"_arrival_rate_rps"]  # noqa: Y015
@@ -614,3 +643,78 @@ class GetAggregatesResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetAggregatesResponse: _TypeAlias = GetAggregatesResponse  # noqa: Y015
+
+@_typing.final
+class PlacementRecord(_message.Message):
+    """One placement: a request went to this prefill and this decode instance."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    PREFILL_INSTANCE_ID_FIELD_NUMBER: _builtins.int
+    DECODE_INSTANCE_ID_FIELD_NUMBER: _builtins.int
+    INPUT_TOKENS_FIELD_NUMBER: _builtins.int
+    PLACED_AT_S_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    prefill_instance_id: _builtins.str
+    decode_instance_id: _builtins.str
+    input_tokens: _builtins.int
+    """Prompt tokens of the request."""
+    placed_at_s: _builtins.float
+    """When it was placed, seconds (Unix time; virtual time in sims)."""
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        prefill_instance_id: _builtins.str = ...,
+        decode_instance_id: _builtins.str = ...,
+        input_tokens: _builtins.int = ...,
+        placed_at_s: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["decode_instance_id", b"decode_instance_id", "input_tokens", b"input_tokens", "placed_at_s", b"placed_at_s", "prefill_instance_id", b"prefill_instance_id", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PlacementRecord: _TypeAlias = PlacementRecord  # noqa: Y015
+
+@_typing.final
+class ReportPlacementsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PLACEMENTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def placements(self) -> _containers.RepeatedCompositeFieldContainer[Global___PlacementRecord]: ...
+    def __init__(
+        self,
+        *,
+        placements: _abc.Iterable[Global___PlacementRecord] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["placements", b"placements"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReportPlacementsRequest: _TypeAlias = ReportPlacementsRequest  # noqa: Y015
+
+@_typing.final
+class ReportPlacementsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCEPTED_FIELD_NUMBER: _builtins.int
+    accepted: _builtins.int
+    """Placements counted (those naming an unknown instance are skipped)."""
+    def __init__(
+        self,
+        *,
+        accepted: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReportPlacementsResponse: _TypeAlias = ReportPlacementsResponse  # noqa: Y015
