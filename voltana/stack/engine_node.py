@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from voltana.engine import ScaledClock, SimEngine, SimEngineSettings
 from voltana.errors import ConfigError
-from voltana.gpu import SimulatedGpu
+from voltana.gpu import SharedSimulatedGpu, SimulatedGpu
 from voltana.hardware import get_gpu, get_model
 from voltana.perf.analytical import AnalyticalPerformanceModel
 from voltana.policy.state import Phase
@@ -38,6 +38,12 @@ class EngineNodeSettings:
     # host:port the controller dials for that agent; "" = advertise_host:<agent port>.
     agent_advertise_address: str = ""
     gpu_index: int = 0
+    # Keep the simulated GPU's state in this directory (voltana.gpu.shared_sim), so a node
+    # agent in another process (backend sim-shared) controls it; "" = in this process.
+    gpu_state_dir: str = ""
+    # host:port of that separate node agent, registered as the instance's agent ("" = none,
+    # or the co-hosted one).
+    agent_address: str = ""
     sample_interval_ms: int = 250
     # Prometheus /metrics of the co-hosted agent ("host:port"); None = not served. (The
     # engine's own SGLang metrics are on its port, at /metrics.)
@@ -52,6 +58,8 @@ class EngineNodeSettings:
             raise ConfigError(f"gpu_index must be >= 0, got {self.gpu_index}")
         if self.agent_listen_address is not None and self.telemetry_address is None:
             raise ConfigError("a co-hosted agent needs a telemetry address to be found by")
+        if self.agent_listen_address is not None and self.agent_address:
+            raise ConfigError("give a co-hosted agent (agent_listen_address) or a separate one")
 
 
 class EngineNode:
@@ -63,12 +71,23 @@ class EngineNode:
         self.clock = ScaledClock(engine_settings.speedup)
         model = get_model(engine_settings.model_key).with_tensor_parallel(engine_settings.tp)
         self.perf = AnalyticalPerformanceModel.for_hardware(get_gpu(engine_settings.gpu_key), model)
-        self.gpu = SimulatedGpu(
-            self.perf.gpu,
-            settings.gpu_index,
-            now_s=self.clock,
-            power_source=self.perf.idle_power_w,
-        )
+        self.gpu: SimulatedGpu
+        if settings.gpu_state_dir:
+            self.gpu = SharedSimulatedGpu(
+                self.perf.gpu,
+                settings.gpu_index,
+                state_dir=settings.gpu_state_dir,
+                now_s=self.clock,
+                power_source=self.perf.idle_power_w,
+                publishes_power=True,  # the agent in the other process reads it
+            )
+        else:
+            self.gpu = SimulatedGpu(
+                self.perf.gpu,
+                settings.gpu_index,
+                now_s=self.clock,
+                power_source=self.perf.idle_power_w,
+            )
         self._client: TelemetryClient | None = None
         self.engine: SimEngine | None = None
         self.agent: AgentService | None = None
@@ -106,7 +125,7 @@ class EngineNode:
 
     def _agent_address(self) -> str:
         if self.agent is None:
-            return ""
+            return self.settings.agent_address
         if self.settings.agent_advertise_address:
             return self.settings.agent_advertise_address
         if self.settings.advertise_host:
