@@ -112,6 +112,10 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         self._clock = clock
         self._wall_clock = wall_clock
 
+    def use_policy(self, policy: RoutingPolicy) -> None:
+        """Place later requests with ``policy`` (built for the GPU telemetry reports)."""
+        self._policy = policy
+
     async def Place(
         self, request: router_pb2.GenerateRequest, context: Context
     ) -> router_pb2.Placement:

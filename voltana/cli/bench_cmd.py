@@ -15,7 +15,7 @@ import json
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -303,11 +303,28 @@ async def read_energy_j(
     }
 
 
-def energy_delta_j(before: dict[str, float], after: dict[str, float]) -> tuple[float, int]:
-    """Energy drawn by the instances present at both readings, and how many they are."""
+async def read_gpu_counts(
+    telemetry_address: str, security: RpcSecurity | None = None
+) -> dict[str, int]:
+    """How many GPUs each instance runs on (a tensor-parallel one: several)."""
+    from voltana.services.telemetry import TelemetryClient
+
+    async with TelemetryClient(telemetry_address, security=security) as client:
+        _, infos = await client.snapshot_with_endpoints()
+    return {instance_id: max(1, len(info.gpu_refs)) for instance_id, info in infos.items()}
+
+
+def energy_delta_j(
+    before: dict[str, float],
+    after: dict[str, float],
+    gpus: Mapping[str, int] | None = None,
+) -> tuple[float, int]:
+    """Energy drawn by the instances present at both readings (telemetry sums a TP group's
+    GPUs), and how many GPUs they run on (``gpus`` per instance; 1 when unknown)."""
     common = sorted(set(before) & set(after))
     # A counter that went backwards (an engine restarted) adds nothing rather than subtracting.
-    return sum(max(0.0, after[i] - before[i]) for i in common), len(common)
+    energy_j = sum(max(0.0, after[i] - before[i]) for i in common)
+    return energy_j, sum((gpus or {}).get(i, 1) for i in common)
 
 
 # ---- the command -----------------------------------------------------------------------------
@@ -367,7 +384,8 @@ async def bench(
         num_gpus = 0
         if energy_before is not None:
             energy_after = await read_energy_j(args.telemetry, security)
-            energy_j, num_gpus = energy_delta_j(energy_before, energy_after)
+            gpus = await read_gpu_counts(args.telemetry, security)
+            energy_j, num_gpus = energy_delta_j(energy_before, energy_after, gpus)
     outcome = outcome_of(replayed, total, args.policy_label, energy_j, num_gpus)
     return result_row(outcome, args)
 
