@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,7 +39,8 @@ def _redis_answers_ping(host: str, port: int) -> bool:
     try:
         with socket.create_connection((host, port), timeout=0.5) as sock:
             sock.sendall(b"PING\r\n")
-            return sock.recv(64).startswith(b"+PONG")
+            # NOAUTH: up, and asking for its password.
+            return sock.recv(64).startswith((b"+PONG", b"-NOAUTH"))
     except OSError:
         return False
 
@@ -55,11 +57,14 @@ def _redis_binary() -> str:
     return binary
 
 
-def _start_redis(binary: str, workdir: Path) -> tuple[subprocess.Popen[bytes], RedisServer]:
-    """Start redis-server on a free loopback port; retry when another process takes the port."""
+def _start_redis(
+    binary: str, workdir: Path, extra_args: Sequence[str] = (), port: int | None = None
+) -> tuple[subprocess.Popen[bytes], RedisServer]:
+    """Start redis-server on ``port`` (default: a free loopback port; retried when another
+    process takes it)."""
     log_path = workdir / "redis.log"
     for _ in range(_REDIS_START_ATTEMPTS):
-        server = RedisServer("127.0.0.1", _free_port())
+        server = RedisServer("127.0.0.1", port or _free_port())
         # Logs go to a file: a full pipe could block the server.
         with log_path.open("ab") as log:
             process = subprocess.Popen(
@@ -70,6 +75,7 @@ def _start_redis(binary: str, workdir: Path) -> tuple[subprocess.Popen[bytes], R
                     "--save", "",
                     "--appendonly", "no",
                     "--dir", str(workdir),
+                    *extra_args,
                 ],
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -85,6 +91,15 @@ def _start_redis(binary: str, workdir: Path) -> tuple[subprocess.Popen[bytes], R
     pytest.fail(f"redis-server did not answer PING; its log:\n{log_tail}", pytrace=False)
 
 
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
     """A real, throwaway redis-server (no persistence) for the whole test session.
@@ -95,12 +110,77 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
     try:
         yield server
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        _stop(process)
+
+
+@pytest.fixture
+def start_redis_server(tmp_path: Path) -> Iterator[Callable[..., RedisServer]]:
+    """Starts a throwaway redis-server with extra arguments (e.g. ``--requirepass``); each one
+    is stopped after the test."""
+    processes: list[subprocess.Popen[bytes]] = []
+
+    def start(*extra_args: str) -> RedisServer:
+        process, server = _start_redis(_redis_binary(), tmp_path, extra_args)
+        processes.append(process)
+        return server
+
+    try:
+        yield start
+    finally:
+        for process in processes:
+            _stop(process)
+
+
+class RestartableRedis:
+    """A redis-server of one test that can be killed (SIGKILL) and started again, empty, on
+    the same port: what a crashed, non-persistent Redis looks like to its clients."""
+
+    def __init__(self, binary: str, workdir: Path) -> None:
+        self._binary = binary
+        self._workdir = workdir
+        self._process, self.server = _start_redis(binary, workdir)
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    def kill(self) -> None:
+        self._process.kill()
+        self._process.wait()
+
+    def restart(self) -> None:
+        self._process, self.server = _start_redis(
+            self._binary, self._workdir, port=self.server.port
+        )
+
+    def stop(self) -> None:
+        if self._process.poll() is None:
+            self.kill()
+
+
+@pytest.fixture
+def restartable_redis(tmp_path: Path) -> Iterator[RestartableRedis]:
+    """A redis-server of this test alone, to kill and restart."""
+    redis = RestartableRedis(_redis_binary(), tmp_path)
+    try:
+        yield redis
+    finally:
+        redis.stop()
+
+
+async def wait_for(condition: Callable[[], bool], what: str, timeout_s: float = 5.0) -> None:
+    """Poll ``condition`` until it holds; fail the test after ``timeout_s``."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while not condition():
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.01)
+
+
+def free_port() -> int:
+    """A loopback TCP port nobody listens on (now)."""
+    return _free_port()
 
 
 # ---- an OTLP trace receiver ------------------------------------------------------------------

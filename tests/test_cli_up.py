@@ -8,6 +8,7 @@ import os
 import signal
 import sys
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import aiohttp
 import grpc
@@ -87,6 +88,7 @@ async def test_up_prints_addresses_serves_and_exits_0_on_sigint(
     addresses = await read_addresses(up_process)
     assert next(iter(addresses)) == "router"
     assert {"telemetry", "controller", "prefill-0.engine", "decode-0.agent"} <= set(addresses)
+    assert addresses["router.http"].startswith("http://127.0.0.1:")
     metrics = {name for name in addresses if name.endswith(".metrics")}
     assert metrics == {
         "router.metrics",
@@ -119,10 +121,29 @@ async def test_up_prints_addresses_serves_and_exits_0_on_sigint(
     assert await asyncio.wait_for(up_process.wait(), STOP_TIMEOUT_S) == 0
 
 
-async def test_up_exits_0_on_sigterm(up_process: asyncio.subprocess.Process) -> None:
-    await read_addresses(up_process)
-    up_process.send_signal(signal.SIGTERM)
-    assert await asyncio.wait_for(up_process.wait(), STOP_TIMEOUT_S) == 0
+async def test_up_takes_a_given_token_and_exits_0_on_sigterm(tmp_path: Path) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN + "\n")
+    process = await voltana(
+        "up", "--sim", "--prefill", "1", "--decode", "1", "--speedup", "10",
+        "--log-level", "WARNING", "--token-file", str(token_file),
+    )  # fmt: skip
+    try:
+        addresses = await read_addresses(process)
+        # The operator's token opens the privileged calls.
+        async with create_channel(
+            addresses["controller"], security=RpcSecurity(token=TOKEN)
+        ) as channel:
+            reply = await controller_pb2_grpc.ControllerServiceStub(channel).SetPolicy(
+                controller_pb2.SetPolicyRequest(policy_name="static:1005")
+            )
+        assert reply.decode_policy_name == "static:1005"
+        process.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(process.wait(), STOP_TIMEOUT_S) == 0
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
 
 
 async def test_up_without_sim_explains_in_one_line() -> None:

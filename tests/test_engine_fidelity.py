@@ -215,7 +215,12 @@ async def test_return_logprob_gives_plausible_logprobs(http: aiohttp.ClientSessi
             meta = (await response.json())["meta_info"]
             tokenizer = engine.core.tokenizer
         async with http.post(engine.url + "/generate", json={**body, "stream": True}) as response:
-            stream_meta = (await _sse(response))[-2]["meta_info"]
+            # Deltas (the default, --incremental-streaming-output): each chunk has its own.
+            stream_logprobs = [
+                entry
+                for event in (await _sse(response))[:-1]
+                for entry in event["meta_info"]["output_token_logprobs"]
+            ]
     output = meta["output_token_logprobs"]
     assert len(output) == 5
     assert all(lp < 0 and text == tokenizer.decode_token(token) for lp, token, text in output)
@@ -229,7 +234,7 @@ async def test_return_logprob_gives_plausible_logprobs(http: aiohttp.ClientSessi
         assert any(entry[1] == output[position][1] for entry in top)  # the generated token
     assert meta["input_top_logprobs"][0] is None
     # Same request, same numbers, streamed or not.
-    assert stream_meta["output_token_logprobs"] == output
+    assert stream_logprobs == output
 
 
 async def test_pd_logprobs_agree_and_the_prompt_comes_from_the_prefill(

@@ -94,25 +94,26 @@ async def test_pd_stream_delivers_every_token_with_sglang_meta(
 
     assert len(chunks) == max_new_tokens  # one chunk per token, the first from prefill
     final = chunks[-1]
-    assert len(final["output_ids"]) == max_new_tokens
     meta = final["meta_info"]
     assert meta["id"] == "pd-1"
     assert meta["finish_reason"] == {"type": "length", "length": max_new_tokens}
     assert meta["prompt_tokens"] == 320
     assert meta["completion_tokens"] == max_new_tokens
     assert meta["e2e_latency"] > 0
-    # Cumulative text and ids, as SGLang streams by default; only the last chunk finishes.
+    # Deltas (SGLang's --incremental-streaming-output, the simulated engine's default): each
+    # chunk carries its new token; only the last chunk finishes.
     assert all(c["meta_info"]["finish_reason"] is None for c in chunks[:-1])
-    assert [len(c["output_ids"]) for c in chunks] == list(range(1, max_new_tokens + 1))
-    assert final["text"].startswith(chunks[0]["text"]) and len(final["text"].split()) == 24
-    # The decode's first token is the one the prefill computed.
-    assert final["output_ids"][0] == chunks[0]["output_ids"][0]
+    assert [len(c["output_ids"]) for c in chunks] == [1] * max_new_tokens
+    assert [c["meta_info"]["completion_tokens"] for c in chunks] == list(
+        range(1, max_new_tokens + 1)
+    )
+    assert len("".join(c["text"] for c in chunks).split()) == 24
 
     # The same prompt through a single (null-mode) instance gives the same tokens.
     async with _engine(_settings("null")) as single:
         alone = await client.generate(single.url, request)
-    assert alone["output_ids"] == final["output_ids"]
-    assert alone["text"] == final["text"]
+    assert alone["output_ids"] == [i for c in chunks for i in c["output_ids"]]
+    assert alone["text"] == "".join(c["text"] for c in chunks)
 
     # Measured latencies follow the performance model (times are simulated seconds).
     state = decode.instance_state()
@@ -215,7 +216,7 @@ async def test_server_info_and_health(
     assert info["gpu"]["key"] == "a100-80g"
     assert info["max_total_num_tokens"] == prefill.core.kv_capacity_tokens > 0
     assert info["chunked_prefill_size"] == 8192
-    assert info["max_running_requests"] == 256
+    assert info["max_running_requests"] == 1024
     assert (await client.server_info(decode.url))["disaggregation_mode"] == "decode"
     assert await client.health(decode.url) is True
     assert await client.health(f"http://127.0.0.1:{_closed_port()}") is False
@@ -452,11 +453,13 @@ async def test_abort_request_endpoint_ends_a_request(client: SglangHttpClient) -
         assert answer["meta_info"]["completion_tokens"] == len(answer["output_ids"]) >= 1
 
 
-async def test_incremental_streaming_sends_deltas(client: SglangHttpClient) -> None:
-    async with _engine(_settings("null", incremental_streaming_output=True)) as engine:
+async def test_cumulative_streaming_resends_the_output_so_far(client: SglangHttpClient) -> None:
+    # SGLang's default without --incremental-streaming-output.
+    async with _engine(_settings("null", incremental_streaming_output=False)) as engine:
         request = {"text": "hello", "sampling_params": {"max_new_tokens": 5}}
         chunks = [chunk async for chunk in client.generate_stream(engine.url, request)]
-    assert [len(chunk["output_ids"]) for chunk in chunks] == [1] * 5
+    assert [len(chunk["output_ids"]) for chunk in chunks] == [1, 2, 3, 4, 5]
+    assert chunks[-1]["text"].startswith(chunks[0]["text"])
     assert chunks[-1]["meta_info"]["completion_tokens"] == 5
     assert chunks[-1]["meta_info"]["finish_reason"]["type"] == "length"
 

@@ -10,9 +10,10 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import openai
 import pytest
 from conftest import OtlpSink, ReceivedSpan
-from opentelemetry import trace
+from opentelemetry import propagate, trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import ConsoleSpanExporter
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -135,6 +136,7 @@ GENERATE = "voltana.v1.RouterService/Generate"
 class TracedRun:
     spans: list[ReceivedSpan]
     request_trace_id: str
+    openai_trace_id: str
 
     def named(self, name: str, kind: int | None = None) -> list[ReceivedSpan]:
         return [s for s in self.spans if s.name == name and (kind is None or s.kind == kind)]
@@ -170,10 +172,11 @@ def traced_run(otlp_sink: OtlpSink) -> Iterator[TracedRun]:
         snapshot_interval_ms=50,
         drain_timeout_s=0.5,
         lease_ttl_ms=600,  # renewals every 200 ms: several during the run
+        http_port=0,
     )
     client_provider = handle.provider_for("test-client")
 
-    async def run() -> str:
+    async def run() -> tuple[str, str]:
         async with SimStack(settings, tracer_providers=handle.provider_for) as stack:
             tracer = client_provider.get_tracer("tests")
             with tracer.start_as_current_span("test.request") as root:
@@ -184,13 +187,31 @@ def traced_run(otlp_sink: OtlpSink) -> Iterator[TracedRun]:
                         input_ids=list(range(200, 264)), max_new_tokens=8, stream=False
                     )
             assert result.summary.completion_tokens == 8
+            # The same through the OpenAI client and the router's HTTP front door; the
+            # client's trace context travels as a W3C traceparent header.
+            with tracer.start_as_current_span("test.openai_request") as openai_root:
+                headers: dict[str, str] = {}
+                propagate.inject(headers)
+                async with openai.AsyncOpenAI(
+                    base_url=stack.addresses["router.http"] + "/v1", api_key="unused"
+                ) as openai_client:
+                    chat = await openai_client.chat.completions.create(
+                        model="llama-3.1-8b",
+                        messages=[{"role": "user", "content": "Hello"}],
+                        max_tokens=8,
+                        extra_headers=headers,
+                    )
+            assert chat.usage is not None and chat.usage.completion_tokens == 8
             await asyncio.sleep(1.0)  # clock changes and lease renewals
-        return format(root.get_span_context().trace_id, "032x")
+        return (
+            format(root.get_span_context().trace_id, "032x"),
+            format(openai_root.get_span_context().trace_id, "032x"),
+        )
 
     try:
-        trace_id = asyncio.run(run())
+        trace_id, openai_trace_id = asyncio.run(run())
         assert handle.force_flush(10_000)
-        yield TracedRun(otlp_sink.spans, trace_id)
+        yield TracedRun(otlp_sink.spans, trace_id, openai_trace_id)
     finally:
         handle.shutdown()
 
@@ -214,8 +235,8 @@ def test_an_sdk_request_is_one_trace_from_client_through_router_to_both_engines(
     assert sdk.parent_span_id == root.span_id
     assert call.parent_span_id == sdk.span_id and call.service_name == "test-client"
     assert served.parent_span_id == call.span_id and served.service_name == "voltana-router"
-    dispatch = run.one("dispatch")
-    assert run.one("placement").parent_span_id == served.span_id
+    dispatch = run.one("dispatch", trace_id=trace_id)
+    assert run.one("placement", trace_id=trace_id).parent_span_id == served.span_id
     assert dispatch.parent_span_id == served.span_id
     # The router's two engine calls, each continued by its engine's server span.
     engine_calls = [s for s in run.children(dispatch) if s.kind == CLIENT]
@@ -230,17 +251,41 @@ def test_an_sdk_request_is_one_trace_from_client_through_router_to_both_engines(
     for server_span in engine_servers.values():
         assert server_span.name == "POST /generate" and server_span.trace_id == trace_id
     # Each engine's own spans, inside the request's server span there.
-    prefill_stage = run.one("sglang.prefill")
+    prefill_stage = run.one("sglang.prefill", trace_id=trace_id)
     assert prefill_stage.parent_span_id == engine_servers["prefill-0"].span_id
     decode_stages = {s.name for s in run.children(engine_servers["decode-0"])}
     assert {"sglang.kv_transfer", "sglang.decode"} <= decode_stages
     # The decode's KV fetch from the prefill's bootstrap server is traced too.
-    kv_wait = run.one("sglang.kv_transfer")
+    kv_wait = run.one("sglang.kv_transfer", trace_id=trace_id)
     (kv_fetch,) = [s for s in run.children(kv_wait) if s.kind == CLIENT]
     (bootstrap,) = run.children(kv_fetch)
     assert bootstrap.service_instance_id == "prefill-0" and bootstrap.trace_id == trace_id
     assert dict(prefill_stage.attributes)["gen_ai.usage.input_tokens"] == 64
-    assert dict(run.one("sglang.decode").attributes)["gen_ai.usage.output_tokens"] == 8
+    assert (
+        dict(run.one("sglang.decode", trace_id=trace_id).attributes)["gen_ai.usage.output_tokens"]
+        == 8
+    )
+
+
+@pytest.mark.e2e
+def test_an_openai_client_request_is_one_trace_through_the_http_front_door(
+    traced_run: TracedRun,
+) -> None:
+    run = traced_run
+    in_trace = run.trace(run.openai_trace_id)
+    root = run.one("test.openai_request")
+    (served,) = [s for s in run.children(root) if s.kind == SERVER]
+    assert served.name == "POST /v1/chat/completions" and served.service_name == "voltana-router"
+    assert served.attributes["http.route"] == "/v1/chat/completions"
+    assert served.attributes["voltana.completion_tokens"] == 8
+    (dispatch,) = [s for s in run.children(served) if s.name == "dispatch"]
+    engine_calls = [s for s in run.children(dispatch) if s.kind == CLIENT]
+    engines = {
+        s.service_instance_id for c in engine_calls for s in run.children(c) if s.kind == SERVER
+    }
+    assert engines == {"prefill-0", "decode-0"}
+    assert {"sglang.prefill", "sglang.kv_transfer", "sglang.decode"} <= {s.name for s in in_trace}
+    assert all(s.trace_id == run.openai_trace_id for s in (served, dispatch, *engine_calls))
 
 
 @pytest.mark.e2e
@@ -263,7 +308,11 @@ def test_every_rpc_and_http_span_has_semantic_convention_attributes(
     served = traced_run.one(GENERATE, SERVER)
     assert served.attributes["server.port"] and served.attributes["client.address"] == "127.0.0.1"
     router_call = next(
-        s for s in traced_run.children(traced_run.one("dispatch")) if s.kind == CLIENT
+        s
+        for s in traced_run.children(
+            traced_run.one("dispatch", trace_id=traced_run.request_trace_id)
+        )
+        if s.kind == CLIENT
     )
     assert router_call.attributes["http.request.method"] == "POST"
     assert str(router_call.attributes["url.full"]).endswith("/generate")
@@ -302,6 +351,7 @@ def test_background_calls_start_no_traces_and_services_have_their_own_names(
     assert {"test.request", "voltana.controller.clock_change"} <= roots
     assert roots <= {
         "test.request",
+        "test.openai_request",
         "voltana.controller.clock_change",
         "voltana.v1.NodeAgentService/ResetClocks",
         "voltana.agent.reset_clocks",

@@ -63,7 +63,7 @@ def test_check_lists_files_that_drifted(repo_copy: Path) -> None:
     _edit(
         repo_copy / "protos/voltana/v1/common.proto",
         "  double itl_ms = 2;\n",
-        "  double itl_ms = 2;\n  // New field.\n  double e2e_ms = 3;\n",
+        "  double itl_ms = 2;\n  // New field.\n  double e2e_ms = 4;\n",
     )
     (repo_copy / "voltana/v1/old_pb2.py").write_text("# left over\n")
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import re
 import socket
 import time
 from collections import Counter
@@ -387,8 +388,10 @@ async def test_invalid_requests_are_refused(arguments: dict[str, Any], message: 
         if not {"temperature", "request_id", "stop"} & set(arguments):  # not Place's arguments
             with pytest.raises(InvalidRequestError, match=message):
                 await cluster.client.place(**arguments)
-        # Nothing reached an engine or telemetry.
-        assert cluster.store.completions == []
+        # Nothing reached an engine; telemetry has the refusal on record, with its status.
+        [record] = await cluster.completions(1)
+        assert (record.ok, record.status, record.instance_ids) == (False, "INVALID_ARGUMENT", ())
+        assert re.search(message, record.reason)
 
 
 async def test_request_without_prompt_is_invalid(cluster: Cluster) -> None:

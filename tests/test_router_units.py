@@ -225,7 +225,7 @@ INFOS = {"p": info("p", Phase.PREFILL), "d": info("d", Phase.DECODE)}
 
 
 def test_no_snapshot_or_no_instances_is_unavailable() -> None:
-    cluster = LiveCluster(optimistic_ttl_s=1.0)
+    cluster = LiveCluster()
     with pytest.raises(NoInstanceAvailableError, match="no cluster snapshot"):
         cluster.routable()
     cluster.update(snapshot(1.0, state("p", Phase.PREFILL)), INFOS)
@@ -234,7 +234,7 @@ def test_no_snapshot_or_no_instances_is_unavailable() -> None:
 
 
 def test_instances_without_endpoint_or_recent_activity_are_not_routable() -> None:
-    cluster = LiveCluster(optimistic_ttl_s=1.0, stale_after_s=5.0)
+    cluster = LiveCluster(stale_after_s=5.0)
     cluster.update(
         snapshot(
             20.0,
@@ -254,49 +254,47 @@ def test_instances_without_endpoint_or_recent_activity_are_not_routable() -> Non
     assert cluster.latest is not None and len(cluster.latest.decode) == 2
 
 
-def test_placements_bump_load_until_two_reports_include_them() -> None:
+def test_placed_requests_count_until_a_report_after_they_arrived_includes_them() -> None:
     clock = ManualClock()
-    cluster = LiveCluster(optimistic_ttl_s=60.0, clock=clock)
+    cluster = LiveCluster(clock=clock)
     cluster.update(snapshot(1.0, state("p", Phase.PREFILL), state("d", Phase.DECODE)), INFOS)
 
-    cluster.record_placement(Placement("p", "d"), RequestSpec(100, 20))
-    cluster.record_placement(Placement("p", "d"), RequestSpec(50, 10))
+    cluster.record_placement("r1", Placement("p", "d"), RequestSpec(100, 20))
+    cluster.record_placement("r2", Placement("p", "d"), RequestSpec(50, 10))
     view = cluster.routable()
-    assert (view.prefill["p"].queue_len, view.prefill["p"].queued_tokens) == (2, 150)
-    decode = view.decode["d"]
-    assert (decode.running_batch, decode.kv_tokens_used, decode.remaining_output_tokens) == (
-        2,
-        150,
-        30,
-    )
+    prefill, decode = view.prefill["p"], view.decode["d"]
+    # In flight, not in the (unchanged) report: counted once, by the ledger.
+    assert (prefill.queue_len, prefill.inflight_requests, prefill.inflight_tokens) == (0, 2, 150)
+    assert (decode.running_batch, decode.inflight_requests, decode.inflight_tokens) == (0, 2, 152)
+    # Counted at placement: 2 requests over the observation window.
+    assert prefill.arrival_rate_rps == pytest.approx(2 / 5.0)
+    assert prefill.arrival_tokens_per_s == pytest.approx(150 / 5.0)
 
-    # A resent snapshot (same observation) settles nothing; one new report neither.
-    cluster.update(snapshot(2.0, state("p", Phase.PREFILL), state("d", Phase.DECODE)), INFOS)
-    assert cluster.routable().prefill["p"].queue_len == 2
+    # Both reach the prefill engine at t=1.5; a report taken before that does not show them.
+    clock.now_s += 0.5
+    cluster.reached("r1", "p")
+    cluster.reached("r2", "p")
+    cluster.update(snapshot(1.6, state("p", Phase.PREFILL, 1.4), state("d", Phase.DECODE)), INFOS)
+    assert cluster.routable().prefill["p"].inflight_requests == 2
+    # A report taken after it does (its own queue shows them now): the ledger lets go.
     cluster.update(
-        snapshot(3.0, state("p", Phase.PREFILL, 2.0), state("d", Phase.DECODE, 2.0)), INFOS
-    )
-    assert cluster.routable().prefill["p"].queue_len == 2
-    # The second report surely includes the requests: the bumps end.
-    cluster.update(
-        snapshot(4.0, state("p", Phase.PREFILL, 3.0, queue_len=1), state("d", Phase.DECODE, 3.0)),
+        snapshot(1.7, state("p", Phase.PREFILL, 1.6, queue_len=2), state("d", Phase.DECODE)),
         INFOS,
     )
-    assert cluster.routable().prefill["p"].queue_len == 1
-    assert cluster.pending_bumps == 0
+    view = cluster.routable()
+    assert (view.prefill["p"].queue_len, view.prefill["p"].inflight_requests) == (2, 0)
+    # The decode side still waits for the first tokens.
+    assert view.decode["d"].inflight_requests == 2
 
 
-def test_bumps_expire_without_reports() -> None:
-    clock = ManualClock()
-    cluster = LiveCluster(optimistic_ttl_s=2.0, clock=clock)
+def test_a_finished_or_replaced_request_leaves_the_ledger() -> None:
+    cluster = LiveCluster(clock=ManualClock())
     cluster.update(snapshot(1.0, state("p", Phase.PREFILL), state("d", Phase.DECODE)), INFOS)
-    cluster.record_placement(Placement("p", "d"), RequestSpec(10, 5))
-    assert cluster.routable().decode["d"].running_batch == 1
-    clock.now_s += 1.5
-    assert cluster.now_s() == pytest.approx(2.5)  # snapshot clock + wall time since it came
-    assert cluster.routable().decode["d"].running_batch == 1
-    clock.now_s += 1.0
-    assert cluster.routable().decode["d"].running_batch == 0
+    cluster.record_placement("r1", Placement("p", "d"), RequestSpec(10, 5))
+    assert cluster.inflight == 2
+    cluster.finished("r1")
+    assert cluster.inflight == 0
+    assert cluster.routable().decode["d"].inflight_requests == 0
 
 
 # ---- Place answers ---------------------------------------------------------------------------

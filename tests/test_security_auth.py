@@ -155,6 +155,26 @@ async def report_completion(channel: grpc.aio.Channel) -> Any:
     return await telemetry_pb2_grpc.TelemetryServiceStub(channel).ReportCompletion(record)
 
 
+async def report_placements(channel: grpc.aio.Channel) -> Any:
+    placement = telemetry_pb2.PlacementRecord(
+        request_id="r-1",
+        prefill_instance_id="prefill-0",
+        decode_instance_id="decode-0",
+        input_tokens=10,
+        placed_at_s=time.time(),
+    )
+    return await telemetry_pb2_grpc.TelemetryServiceStub(channel).ReportPlacements(
+        telemetry_pb2.ReportPlacementsRequest(placements=[placement])
+    )
+
+
+async def notify_placement(channel: grpc.aio.Channel) -> Any:
+    state = common_pb2.InstanceState(instance_id="prefill-0", phase=common_pb2.PHASE_PREFILL)
+    return await controller_pb2_grpc.ControllerServiceStub(channel).NotifyPlacement(
+        controller_pb2.NotifyPlacementRequest(instances=[state])
+    )
+
+
 async def set_slo(channel: grpc.aio.Channel) -> Any:
     slo = common_pb2.SloTarget(ttft_ms=500.0, itl_ms=40.0)
     return await controller_pb2_grpc.ControllerServiceStub(channel).SetSlo(
@@ -196,9 +216,11 @@ PRIVILEGED_CALLS: list[tuple[str, str, Call]] = [
     ("telemetry", f"/{TELEMETRY_SERVICE}/ReportInstanceSamples", report_samples),
     ("telemetry", f"/{TELEMETRY_SERVICE}/ReportGpuSamples", report_gpu_samples),
     ("telemetry", f"/{TELEMETRY_SERVICE}/ReportCompletion", report_completion),
+    ("telemetry", f"/{TELEMETRY_SERVICE}/ReportPlacements", report_placements),
     ("telemetry", f"/{TELEMETRY_SERVICE}/UnregisterInstance", unregister),
     ("controller", f"/{CONTROLLER_SERVICE}/SetSlo", set_slo),
     ("controller", f"/{CONTROLLER_SERVICE}/SetPolicy", set_policy),
+    ("controller", f"/{CONTROLLER_SERVICE}/NotifyPlacement", notify_placement),
     ("agent", f"/{NODE_AGENT_SERVICE}/SetClocks", set_clocks),
     ("agent", f"/{NODE_AGENT_SERVICE}/RenewLease", renew_lease),
     ("agent", f"/{NODE_AGENT_SERVICE}/ResetClocks", reset_clocks),

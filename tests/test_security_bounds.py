@@ -9,6 +9,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 import grpc.aio
@@ -126,6 +127,24 @@ def load(instance_id: str, observed_at_s: float, running_batch: int) -> Instance
     )
 
 
+def a_completion(**overrides: Any) -> Completion:
+    now_s = time.time()
+    fields: dict[str, Any] = {
+        "request_id": "r-1",
+        "prefill_id": "prefill-0",
+        "decode_id": "decode-0",
+        "input_tokens": 1,
+        "output_tokens": 1,
+        "ttft_ms": 1.0,
+        "mean_itl_ms": None,
+        "ok": True,
+        "reason": "stop",
+        "arrival_s": now_s - 1.0,
+        "finished_at_s": now_s,
+    }
+    return Completion(**{**fields, **overrides})
+
+
 def assert_short_invalid(error: grpc.aio.AioRpcError) -> None:
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     details = error.details() or ""
@@ -159,21 +178,16 @@ async def test_gpu_samples_and_completions_from_the_future_are_refused(plane: Pl
     result = await plane.client.report_gpu_samples([future, now], agent_address="node-a:50054")
     assert (result.accepted, result.rejected) == (1, 1)
     assert (await plane.client.snapshot()).decode["decode-0"].sm_clock_mhz == 1410
-    completion = Completion(
-        request_id="r-1",
-        prefill_id="",
-        decode_id="decode-0",
-        input_tokens=1,
-        output_tokens=1,
-        ttft_ms=1.0,
-        mean_itl_ms=None,
-        ok=True,
-        reason="stop",
-        arrival_s=time.time(),
-        finished_at_s=YEAR_2096_S,
-    )
+    completion = a_completion(finished_at_s=YEAR_2096_S)
     with pytest.raises(InvalidArgumentError, match="finished_at_s is stamped"):
         await plane.client.report_completion(completion)
+
+
+async def test_a_long_failure_reason_is_cut_not_refused(plane: Plane) -> None:
+    completion = a_completion(ok=False, output_tokens=0, reason="engine said: " + HUGE)
+    await plane.client.report_completion(completion)
+    report = await plane.telemetry.store.window_report(None, 60.0)
+    assert report.cluster.failed == 1
 
 
 # ---- oversized and malformed strings ------------------------------------------------------------

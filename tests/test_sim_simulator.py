@@ -17,7 +17,7 @@ from voltana.policy.registry import build_suite
 from voltana.policy.routing import RoundRobinRouter
 from voltana.policy.state import ClockDecision, InstanceState, Phase, SloTarget
 from voltana.report import summarize
-from voltana.sim.cluster import ClusterConfig
+from voltana.sim.cluster import ClusterConfig, LoopTiming
 from voltana.sim.simulator import (
     REJECT_KV_CAPACITY,
     REJECT_PROMPT_TOO_LONG,
@@ -89,7 +89,9 @@ class SwitchClock:
 
 
 def config(**overrides: object) -> ClusterConfig:
-    base = ClusterConfig(GPU, MODEL, latency_jitter=0.0)
+    """No jitter and the ideal loop (exact state, no delays), unless a test says otherwise: the
+    physics tests compare against the model's own numbers."""
+    base = ClusterConfig(GPU, MODEL, latency_jitter=0.0, loop=LoopTiming.ideal())
     return replace(base, **overrides)  # type: ignore[arg-type]
 
 

@@ -30,6 +30,7 @@ from voltana.services.telemetry import (
     TelemetrySettings,
     TelemetryStoreError,
 )
+from voltana.services.telemetry.records import PlacementEvent
 from voltana.v1 import common_pb2, telemetry_pb2, telemetry_pb2_grpc
 
 pytestmark = pytest.mark.integration
@@ -372,10 +373,32 @@ async def test_completions_feed_aggregates_and_arrival_rates(
     only_p0 = await client.window_report(60.0, instance_ids=["p0"])
     assert list(only_p0.instances) == ["p0"]
 
-    # Engine reports without an arrival rate get one derived from the router's completions.
-    await client.report_instance_samples([load("d0", running_batch=3)])
-    derived = (await client.snapshot()).decode["d0"].arrival_rate_rps
-    assert derived == pytest.approx(3 / 10.0)
+
+async def test_arrival_rates_are_counted_at_placement(client: TelemetryClient) -> None:
+    """The observation contract: requests and prompt tokens per second placed on an instance
+    over the window (5 s), from the router's placements - not from completions."""
+    await register_pd(client)
+    await client.report_instance_samples([load("d0", running_batch=3), load("p0")])
+    placed = [
+        PlacementEvent(f"r{n}", "p0", "d0", input_tokens=100 * (n + 1), placed_at_s=997.0 + n)
+        for n in range(3)
+    ]
+    assert await client.report_placements(placed) == 3
+    snapshot = await client.snapshot()
+    for state in (snapshot.prefill["p0"], snapshot.decode["d0"]):
+        assert state.arrival_rate_rps == pytest.approx(3 / 5.0)
+        assert state.arrival_tokens_per_s == pytest.approx(600 / 5.0)
+    # Placements older than the window no longer count.
+    assert await client.report_placements([PlacementEvent("old", "p0", "d0", 50, 990.0)]) == 0
+    assert (await client.snapshot()).prefill["p0"].arrival_rate_rps == pytest.approx(3 / 5.0)
+
+
+async def test_placements_need_the_control_token_and_sane_times(
+    client: TelemetryClient,
+) -> None:
+    await register_pd(client)
+    with pytest.raises(InvalidArgumentError, match="ahead of telemetry's clock"):
+        await client.report_placements([PlacementEvent("r", "p0", "d0", 10, 5000.0)])
 
 
 async def test_unregister_removes_the_instance(

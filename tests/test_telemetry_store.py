@@ -129,7 +129,9 @@ async def test_latest_state_round_trips_every_field(store: TelemetryStore) -> No
         arrival_rate_rps=4.75,
         power_w=251.5,
         energy_j=12345.125,
-        remaining_output_tokens=9,
+        arrival_tokens_per_s=123.5,
+        inflight_requests=2,
+        inflight_tokens=777,
         observed_at_s=998.5,
         last_activity_s=997.25,
     )

@@ -1,4 +1,4 @@
-"""Run reports shared by `voltana simulate`, `voltana bench` and the benchmarks (DESIGN.md §5)."""
+"""Run reports shared by `voltana simulate`, `voltana bench` and the benchmarks (definitions: docs/definitions.md)."""
 
 from __future__ import annotations
 
@@ -24,9 +24,15 @@ class RunOutcome:
     duration_s: float
     num_gpus: int
     rejected: dict[str, int] = field(default_factory=dict)
+    # Prompt tokens per completed request (aligned with ttft_ms): for TTFT targets that grow
+    # with the prompt; empty when every target is the same.
+    input_tokens: Sequence[int] = ()
     # Token-level ITL: gap values and how many tokens saw each gap.
     token_itl_ms: Sequence[float] = ()
     token_itl_weights: Sequence[float] = ()
+    # Per completed request, its attributed (active, idle) energy in joules (docs/energy.md);
+    # None when not known.
+    request_energy_j: Sequence[tuple[float, float]] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -60,7 +66,11 @@ def summarize(outcome: RunOutcome, slo: SloTarget) -> dict[str, Any]:
     itl = np.asarray(outcome.mean_itl_ms, dtype=float)
     completed = len(ttft)
     total = max(1, outcome.requests)
-    ttft_ok = ttft <= slo.ttft_ms
+    if len(outcome.input_tokens) == completed and slo.ttft_ms_per_1k_tokens:
+        targets = slo.ttft_ms + slo.ttft_ms_per_1k_tokens * np.asarray(outcome.input_tokens) / 1e3
+        ttft_ok = ttft <= targets
+    else:
+        ttft_ok = ttft <= slo.ttft_ms
     itl_ok = itl <= slo.itl_ms
     token_values = outcome.token_itl_ms if len(outcome.token_itl_ms) else outcome.mean_itl_ms
     token_weights = outcome.token_itl_weights if len(outcome.token_itl_ms) else None
@@ -72,6 +82,13 @@ def summarize(outcome: RunOutcome, slo: SloTarget) -> dict[str, Any]:
         if outcome.output_tokens:
             energy_per_output_token_j = energy_j / outcome.output_tokens
         avg_power_w = energy_j / gpu_seconds if gpu_seconds > 0 else 0.0
+    attributed: dict[str, float] | None = None
+    energy_per_request_j: float | None = None
+    if outcome.request_energy_j:
+        active_j = sum(active for active, _ in outcome.request_energy_j)
+        idle_j = sum(idle for _, idle in outcome.request_energy_j)
+        attributed = {"active_j": active_j, "idle_j": idle_j}
+        energy_per_request_j = (active_j + idle_j) / len(outcome.request_energy_j)
     return {
         "policy": outcome.policy,
         "requests": outcome.requests,
@@ -81,6 +98,10 @@ def summarize(outcome: RunOutcome, slo: SloTarget) -> dict[str, Any]:
         "energy_j": energy_j,
         "energy_per_output_token_j": energy_per_output_token_j,
         "avg_power_w": avg_power_w,
+        # Energy attributed to the completed requests (their active and idle shares) and its
+        # mean per request; None when unknown.
+        "attributed_energy_j": attributed,
+        "energy_per_request_j": energy_per_request_j,
         "duration_s": outcome.duration_s,
         "ttft_ms": _pcts(outcome.ttft_ms),
         "itl_ms": _pcts(token_values, token_weights),
@@ -120,6 +141,7 @@ def format_table(results: list[dict[str, Any]]) -> str:
         ("energy (kJ)", lambda r: _fmt(_scaled(r["energy_j"], 1e-3), ".1f")),
         ("savings vs first", lambda r: _fmt(_pct(r["energy_savings_vs_first"]), "+.1f", "%")),
         ("J / output token", lambda r: _fmt(r["energy_per_output_token_j"], ".3f")),
+        ("J / request (idle share)", _per_request),
         ("avg power / GPU (W)", lambda r: _fmt(r["avg_power_w"], ".0f")),
         ("duration (s)", lambda r: _fmt(r["duration_s"], ".1f")),
         ("TTFT p50/p90/p99 (ms)", lambda r: _triple(r["ttft_ms"], ".0f")),
@@ -140,6 +162,15 @@ def format_table(results: list[dict[str, Any]]) -> str:
         if n == 0:
             lines.append("  ".join("-" * w for w in widths))
     return "\n".join(lines)
+
+
+def _per_request(row: dict[str, Any]) -> str:
+    mean_j, attributed = row.get("energy_per_request_j"), row.get("attributed_energy_j")
+    if mean_j is None or not attributed:
+        return "-"
+    total_j = attributed["active_j"] + attributed["idle_j"]
+    idle = attributed["idle_j"] / total_j if total_j > 0 else 0.0
+    return f"{mean_j:.1f} ({idle:.0%})"
 
 
 def _scaled(value: float | None, factor: float) -> float | None:

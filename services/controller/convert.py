@@ -5,16 +5,8 @@ from __future__ import annotations
 from voltana.policy.state import SloTarget
 from voltana.services.controller.policies import PolicyInfo
 from voltana.services.controller.records import DecisionRecord, InstanceControl
-from voltana.services.telemetry.convert import phase_to_proto
-from voltana.v1 import common_pb2, controller_pb2
-
-
-def slo_to_proto(slo: SloTarget) -> common_pb2.SloTarget:
-    return common_pb2.SloTarget(ttft_ms=slo.ttft_ms, itl_ms=slo.itl_ms)
-
-
-def slo_from_proto(message: common_pb2.SloTarget) -> SloTarget:
-    return SloTarget(ttft_ms=message.ttft_ms, itl_ms=message.itl_ms)
+from voltana.services.telemetry.convert import phase_to_proto, slo_to_proto
+from voltana.v1 import controller_pb2
 
 
 def decision_to_proto(record: DecisionRecord) -> controller_pb2.ClockDecisionRecord:

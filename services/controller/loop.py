@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 from opentelemetry import trace
 from opentelemetry.trace import Status, StatusCode
@@ -53,6 +54,8 @@ class ControlLoop:
         self._tracer = tracer or trace.get_tracer(__name__)
         self._metrics = metrics
         self._controls: dict[str, InstanceControl] = {}
+        # Instances as the router last described them with a placement.
+        self._notified: dict[str, InstanceState] = {}
         self._wake = asyncio.Event()
         self._blind = False
         self._tasks: set[asyncio.Task[None]] = set()
@@ -100,7 +103,41 @@ class ControlLoop:
             if state.sm_clock_mhz > 0:
                 control.current_sm_clock_mhz = state.sm_clock_mhz
             if control.controllable and control.applying is None:
-                self._decide(control, state, now_s)
+                self._decide(control, self._newest(state), now_s)
+
+    def _newest(self, reported: InstanceState) -> InstanceState:
+        """The router's view sent with a placement stands for the instance until a report
+        taken after it arrives (the report would not show the placed request yet)."""
+        notified = self._notified.get(reported.instance_id)
+        if notified is None:
+            return reported
+        if reported.observed_at_s >= notified.observed_at_s:
+            del self._notified[reported.instance_id]
+            return reported
+        return notified
+
+    async def on_placement(self, states: Sequence[InstanceState], now_s: float) -> list[int]:
+        """A request was just placed on these instances, as the router sees them (in-flight
+        requests included): decide their clocks now, and return once any new clock is
+        applied (the router dispatches then). Per instance: the clock now locked, MHz (0 when
+        unknown or not controllable)."""
+        return list(await asyncio.gather(*(self._placed(state, now_s) for state in states)))
+
+    async def _placed(self, state: InstanceState, now_s: float) -> int:
+        control = self._controls.get(state.instance_id)
+        if control is None or not control.controllable or self._blind:
+            return 0
+        view = dataclasses.replace(state, observed_at_s=now_s)
+        self._notified[state.instance_id] = view
+        if control.applying is not None:  # a change in flight: decide after it lands
+            with contextlib.suppress(Exception):
+                await asyncio.shield(control.applying)
+        if control.applying is None:
+            self._decide(control, view, now_s)
+        if control.applying is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(control.applying)
+        return control.confirmed_sm_clock_mhz or control.current_sm_clock_mhz
 
     def _go_blind(self) -> None:
         # Without state the policies would steer blind: stop, let leases lapse (agents go
@@ -123,6 +160,7 @@ class ControlLoop:
             if instance_id not in states:
                 _LOG.info("instance %s left; no longer controlling it", instance_id)
                 gone = self._controls.pop(instance_id)
+                self._notified.pop(instance_id, None)
                 if self._metrics is not None:
                     self._metrics.forget(instance_id, gone.phase)
         for instance_id, state in states.items():

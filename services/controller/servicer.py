@@ -10,26 +10,30 @@ from typing import Any, TypeAlias
 
 import grpc.aio
 
-from voltana.errors import InvalidArgumentError, NotFoundError
+from voltana.errors import InvalidArgumentError, NotFoundError, VoltanaError
 from voltana.policy.state import Phase
-from voltana.rpc.limits import check_ids, check_name
+from voltana.rpc.limits import check_id, check_ids, check_name
 from voltana.rpc.names import CONTROLLER_SERVICE, method_names
 from voltana.services.controller.convert import (
     control_to_proto,
     policy_info_to_proto,
-    slo_from_proto,
-    slo_to_proto,
 )
 from voltana.services.controller.errors import InvalidSloError
 from voltana.services.controller.loop import Clock, ControlLoop
 from voltana.services.controller.policies import PolicyBook
 from voltana.services.controller.settings import slo_problem
+from voltana.services.telemetry.convert import slo_from_proto, slo_to_proto, state_from_proto
 from voltana.v1 import common_pb2, controller_pb2, controller_pb2_grpc
 
 _Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
 
 # Runtime knobs that change every GPU's clock: they need the control-plane token.
-CONTROLLER_PRIVILEGED_METHODS = method_names(CONTROLLER_SERVICE, "SetSlo", "SetPolicy")
+CONTROLLER_PRIVILEGED_METHODS = method_names(
+    CONTROLLER_SERVICE, "SetSlo", "SetPolicy", "NotifyPlacement"
+)
+
+# A placement concerns one prefill and one decode instance.
+MAX_NOTIFIED_INSTANCES = 2
 
 _PHASES_FROM_PROTO: dict[int, Phase | None] = {
     common_pb2.PHASE_UNSPECIFIED: None,
@@ -78,6 +82,24 @@ class ControllerServicer(controller_pb2_grpc.ControllerServiceServicer):
                 if instance_id in wanted
             ],
         )
+
+    async def NotifyPlacement(
+        self, request: controller_pb2.NotifyPlacementRequest, context: _Context
+    ) -> controller_pb2.NotifyPlacementResponse:
+        if len(request.instances) > MAX_NOTIFIED_INSTANCES:
+            raise InvalidArgumentError(
+                f"a placement names at most {MAX_NOTIFIED_INSTANCES} instances, got "
+                f"{len(request.instances)}"
+            )
+        states = []
+        for message in request.instances:
+            check_id(message.instance_id, "instance_id", error=InvalidArgumentError)
+            try:
+                states.append(state_from_proto(message))
+            except VoltanaError as error:
+                raise InvalidArgumentError(str(error)) from None
+        clocks = await self._loop.on_placement(states, self._clock())
+        return controller_pb2.NotifyPlacementResponse(sm_clock_mhz=clocks)
 
     async def SetSlo(
         self, request: controller_pb2.SetSloRequest, context: _Context

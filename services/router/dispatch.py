@@ -3,12 +3,15 @@
 SGLang PD semantics: the same ``/generate`` body goes to both instances with the prefill's
 bootstrap host/port and one random 63-bit room (``SglangHttpClient.generate_pd``). Engine
 chunks are turned into token deltas, whether the engine streams cumulative text/ids (SGLang's
-default) or increments (``--incremental-streaming-output``).
+default) or increments (``--incremental-streaming-output``, cheaper: a cumulative stream
+resends the whole output in every chunk). A stream the engine ends with finish reason
+"abort" is an error (EngineAbortedError), not a short answer.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import secrets
 import time
 from collections.abc import AsyncGenerator, Callable, Mapping
@@ -18,6 +21,7 @@ from urllib.parse import urlsplit
 
 from opentelemetry import context as otel_context
 
+from voltana.energy import RequestEnergy
 from voltana.engine import (
     EngineError,
     EngineRequestError,
@@ -26,6 +30,7 @@ from voltana.engine import (
     SglangHttpClient,
 )
 from voltana.services.router.errors import (
+    EngineAbortedError,
     EngineDeadlineError,
     EngineFailedError,
     EngineRejectedError,
@@ -49,6 +54,8 @@ class PdTarget:
     bootstrap_host: str
     bootstrap_port: int
     bootstrap_room: int
+    prefill_id: str = ""
+    decode_id: str = ""
 
     @classmethod
     def for_instances(cls, prefill: InstanceInfo, decode: InstanceInfo) -> PdTarget:
@@ -61,7 +68,19 @@ class PdTarget:
             bootstrap_host=host,
             bootstrap_port=prefill.bootstrap_port or DEFAULT_BOOTSTRAP_PORT,
             bootstrap_room=secrets.randbits(MAX_BOOTSTRAP_ROOM_BITS),
+            prefill_id=prefill.instance_id,
+            decode_id=decode.instance_id,
         )
+
+    def instance_for_url(self, url: str) -> str | None:
+        """Which of the two instances an engine call to ``url`` went to (None: neither)."""
+        for base, instance_id in (
+            (self.prefill_url, self.prefill_id),
+            (self.decode_url, self.decode_id),
+        ):
+            if base and url.startswith(base.rstrip("/")):
+                return instance_id
+        return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +102,30 @@ class StreamTotals:
     completion_tokens: int = 0
     finish_reason: str = ""
     abort_message: str = ""
+    # GPU energy the engines attributed to the request (simulated engines report it in their
+    # last chunk's meta_info; real SGLang does not: None).
+    prefill_energy: RequestEnergy | None = None
+    decode_energy: RequestEnergy | None = None
+
+    @property
+    def energy(self) -> RequestEnergy | None:
+        """Prefill plus decode energy, when both engines reported theirs."""
+        if self.prefill_energy is None or self.decode_energy is None:
+            return None
+        return self.prefill_energy + self.decode_energy
+
+
+def energy_from_meta(meta: Mapping[str, Any]) -> RequestEnergy | None:
+    """``meta_info["voltana_energy"]`` of a simulated engine's last chunk, when well-formed."""
+    energy = meta.get("voltana_energy")
+    if not isinstance(energy, Mapping):
+        return None
+    active_j, idle_j = energy.get("active_j"), energy.get("idle_j")
+    if not isinstance(active_j, int | float) or not isinstance(idle_j, int | float):
+        return None
+    if not (math.isfinite(active_j) and math.isfinite(idle_j)) or min(active_j, idle_j) < 0:
+        return None
+    return RequestEnergy(float(active_j), float(idle_j))
 
 
 def sglang_payload(request: ValidatedRequest) -> dict[str, Any]:
@@ -119,15 +162,23 @@ class ChunkReader:
     """Turns successive SGLang stream chunks into token deltas.
 
     Whether the engine streams cumulative or incremental output is told apart on the first
-    chunk that follows some tokens: cumulative ``output_ids`` hold every token so far.
+    chunk that follows some tokens: cumulative ``output_ids`` hold every token so far. Only the
+    length of the text so far is kept once that is decided (the first chunk's text until then).
     """
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
-        self._text = ""
+        self._first_text = ""
+        self._text_chars = 0
         self._count = 0
         self._cumulative: bool | None = None
         self.totals = StreamTotals()
+
+    def read_prefill(self, chunk: Mapping[str, Any] | None) -> None:
+        """The prefill engine's last chunk: only its energy matters here."""
+        meta = chunk.get("meta_info") if chunk is not None else None
+        if isinstance(meta, Mapping):
+            self.totals.prefill_energy = energy_from_meta(meta)
 
     def read(self, chunk: Mapping[str, Any]) -> TokenDelta | None:
         """The new tokens of ``chunk`` (None when it brings none)."""
@@ -144,13 +195,15 @@ class ChunkReader:
         if meta.get("finish_reason") is not None:
             reason, message = _finish_reason(meta["finish_reason"])
             self.totals.finish_reason, self.totals.abort_message = reason, message
+            self.totals.decode_energy = energy_from_meta(meta)
         if self._cumulative is None and self._count > 0:
             if ids is not None and isinstance(reported_total, int):
                 self._cumulative = len(ids) == reported_total
             elif text:
-                self._cumulative = text.startswith(self._text)
+                self._cumulative = text.startswith(self._first_text)
+            self._first_text = ""
         if self._cumulative:
-            new_text = text[len(self._text) :]
+            new_text = text[self._text_chars :]
             new_ids = tuple(ids[self._count :]) if ids is not None else ()
         else:
             new_text = text
@@ -163,21 +216,26 @@ class ChunkReader:
         if new_count == 0 and not new_text:
             return None
         delta = TokenDelta(new_text, new_ids, self._count, new_count, at_s)
-        self._text += new_text
+        if self._cumulative is None:
+            self._first_text += new_text
+        self._text_chars += len(new_text)
         self._count += new_count
         return delta
 
 
 def router_error_for(error: EngineError) -> RouterError:
     """The router error (and so gRPC status) an engine failure stands for."""
-    message = f"engine failed: {error}"
+    routed: RouterError
     if isinstance(error, EngineRequestError):
-        return EngineRejectedError(f"the engine refused the request: {error}")
-    if isinstance(error, EngineUnavailableError):
-        return EngineUnreachableError(f"engine unavailable: {error}")
-    if isinstance(error, EngineTimeoutError):
-        return EngineDeadlineError(f"engine timed out: {error}")
-    return EngineFailedError(message)
+        routed = EngineRejectedError(f"the engine refused the request: {error}")
+    elif isinstance(error, EngineUnavailableError):
+        routed = EngineUnreachableError(f"engine unavailable: {error}")
+    elif isinstance(error, EngineTimeoutError):
+        routed = EngineDeadlineError(f"engine timed out: {error}")
+    else:
+        routed = EngineFailedError(f"engine failed: {error}")
+    routed.engine_url = error.url
+    return routed
 
 
 async def stream_tokens(
@@ -203,6 +261,7 @@ async def stream_tokens(
         target.bootstrap_port,
         sglang_payload(request),
         bootstrap_room=target.bootstrap_room,
+        on_prefill_done=reader.read_prefill,
     )
     try:
         while True:
@@ -229,5 +288,13 @@ async def stream_tokens(
             delta = reader.read(chunk)
             if delta is not None:
                 yield delta
+            if reader.totals.finish_reason == "abort":
+                aborted = EngineAbortedError(
+                    f"the engine aborted request {request.request_id} after "
+                    f"{reader.totals.completion_tokens} of {request.max_new_tokens} tokens: "
+                    f"{reader.totals.abort_message or 'no reason given'}"
+                )
+                aborted.engine_url = target.decode_url
+                raise aborted
     finally:
         await chunks.aclose()

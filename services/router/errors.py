@@ -16,7 +16,9 @@ from voltana.errors import (
 
 
 class RouterError(VoltanaError):
-    """Base class of router errors."""
+    """Base class of router errors. ``engine_url``: the engine call that failed, if any."""
+
+    engine_url: str = ""
 
 
 class InvalidGenerateRequestError(RouterError, InvalidArgumentError):
@@ -37,6 +39,16 @@ class EngineUnreachableError(RouterError, UnavailableError):
 
 class EngineDeadlineError(RouterError, DeadlineExceededError):
     """The engine did not finish within the request's deadline."""
+
+
+class EngineAbortedError(RouterError, UnavailableError):
+    """The engine ended the request without finishing it (finish reason "abort", e.g. it is
+    shutting down): an error status, never an OK stream that ends early."""
+
+
+class RouterShuttingDownError(RouterError, UnavailableError):
+    """The router is stopping: new requests are refused and those still running when the
+    drain time is over are ended."""
 
 
 class EngineFailedError(RouterError):

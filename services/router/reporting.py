@@ -1,7 +1,11 @@
-"""Best-effort delivery of request completions to telemetry, off the request's path.
+"""Delivery of request outcomes to telemetry, off the request's path, through outages.
 
-Generate only puts a record in a bounded queue; one background task sends them. A full queue or
-a telemetry outage drops records (logged once per outage) and never slows a token stream.
+Generate only appends a record to a buffer; one background task sends them, up to
+``batch_size`` at a time. A record whose report fails stays in the buffer and is sent again
+(backing off from ``retry_s`` up to ``max_retry_s``) until telemetry takes it, so a telemetry
+or Redis outage delays records but loses none. Telemetry keeps a record sent twice (a reply
+lost after the write) once. Only a buffer of ``queue_size`` records overflowing drops the
+oldest (counted and logged), and what is still unsent when the router stops is logged.
 """
 
 from __future__ import annotations
@@ -9,11 +13,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import deque
 from typing import Protocol
 
+from voltana.errors import InvalidArgumentError
 from voltana.services.telemetry.records import Completion
+from voltana.text import shorten
 
 _LOG = logging.getLogger(__name__)
+DEFAULT_BATCH_SIZE = 32
+DEFAULT_RETRY_S = 0.2
+DEFAULT_MAX_RETRY_S = 2.0
 
 
 class CompletionSink(Protocol):
@@ -23,62 +33,142 @@ class CompletionSink(Protocol):
 
 
 class CompletionReporter:
-    def __init__(self, sink: CompletionSink, *, queue_size: int, timeout_s: float) -> None:
+    def __init__(
+        self,
+        sink: CompletionSink,
+        *,
+        queue_size: int,
+        timeout_s: float,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        retry_s: float = DEFAULT_RETRY_S,
+        max_retry_s: float = DEFAULT_MAX_RETRY_S,
+    ) -> None:
         self._sink = sink
         self._timeout_s = timeout_s
-        self._queue: asyncio.Queue[Completion] = asyncio.Queue(maxsize=queue_size)
+        self._queue_size = queue_size
+        self._batch_size = batch_size
+        self._retry_s = retry_s
+        self._max_retry_s = max_retry_s
+        self._buffer: deque[Completion] = deque()
+        self._sending = 0
+        self._has_work = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
         self._task: asyncio.Task[None] | None = None
         self._failing = False
         self.sent = 0
         self.dropped = 0
+        # Reports that failed and were kept to be sent again.
+        self.retried = 0
+        # Records telemetry refused as invalid (a bug: the router builds them).
+        self.rejected = 0
+
+    @property
+    def pending(self) -> int:
+        """Records not yet taken by telemetry."""
+        return len(self._buffer) + self._sending
 
     def start(self) -> None:
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name="router-completion-reporter")
 
     def submit(self, completion: Completion) -> None:
-        """Queue one record; never blocks (drops it when the queue is full)."""
-        try:
-            self._queue.put_nowait(completion)
-        except asyncio.QueueFull:
+        """Buffer one record; never blocks."""
+        if len(self._buffer) >= self._queue_size:
+            self._buffer.popleft()
             self.dropped += 1
             if self.dropped == 1 or self.dropped % 1000 == 0:
-                _LOG.warning("completion queue full; dropped %d completion(s) so far", self.dropped)
+                _LOG.error(
+                    "completion buffer full (%d records, telemetry unreachable?); dropped the "
+                    "oldest, %d so far",
+                    self._queue_size,
+                    self.dropped,
+                )
+        self._buffer.append(completion)
+        self._idle.clear()
+        self._has_work.set()
 
     async def flush(self, timeout_s: float) -> bool:
-        """Wait until every queued record was handled (sent or dropped); False on timeout."""
+        """Wait until every buffered record was taken by telemetry; False on timeout."""
         try:
-            await asyncio.wait_for(self._queue.join(), timeout_s)
+            await asyncio.wait_for(self._idle.wait(), timeout_s)
         except TimeoutError:
             return False
         return True
 
     async def stop(self, flush_timeout_s: float) -> None:
-        """Send what is queued (for up to ``flush_timeout_s``), then stop the sender."""
+        """Send what is buffered (for up to ``flush_timeout_s``), then stop the sender."""
         if self._task is None:
             return
-        if not await self.flush(flush_timeout_s):
-            _LOG.warning("%d completion(s) not reported at shutdown", self._queue.qsize())
+        await self.flush(flush_timeout_s)
         task, self._task = self._task, None
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+        if self._buffer:
+            _LOG.error(
+                "%d completion record(s) not reported at shutdown (telemetry unreachable); "
+                "request ids: %s",
+                len(self._buffer),
+                ", ".join(c.request_id for c in list(self._buffer)[:100]),
+            )
+
+    async def _send(self, completion: Completion) -> bool:
+        """True when the record is done with: taken (counted in ``sent``), or refused for good
+        (counted in ``rejected``)."""
+        try:
+            await asyncio.wait_for(self._sink.report_completion(completion), self._timeout_s)
+        except asyncio.CancelledError:
+            raise
+        except InvalidArgumentError as error:
+            # Telemetry will never take this one; retrying would block the rest behind it.
+            self.rejected += 1
+            _LOG.error(
+                "telemetry refused the record of request %s: %s",
+                shorten(completion.request_id),
+                error,
+            )
+            return True
+        except Exception as error:  # telemetry down or slow: keep the record, say so once
+            if not self._failing:
+                _LOG.warning(
+                    "reporting completions to telemetry failed (%s); keeping them to retry",
+                    error,
+                )
+            self._failing = True
+            return False
+        self.sent += 1
+        return True
 
     async def _run(self) -> None:
+        retry_s = self._retry_s
         while True:
-            completion = await self._queue.get()
+            if not self._buffer:
+                self._has_work.clear()
+                if self._sending == 0:
+                    self._idle.set()
+                await self._has_work.wait()
+                continue
+            batch = [
+                self._buffer.popleft() for _ in range(min(self._batch_size, len(self._buffer)))
+            ]
+            self._sending = len(batch)
             try:
-                await asyncio.wait_for(self._sink.report_completion(completion), self._timeout_s)
-                self.sent += 1
+                results = await asyncio.gather(*(self._send(c) for c in batch))
+            except asyncio.CancelledError:
+                self._buffer.extendleft(reversed(batch))  # not known to be sent
+                raise
+            finally:
+                self._sending = 0
+            failed = [c for c, done in zip(batch, results, strict=True) if not done]
+            if not failed:
                 if self._failing:
                     _LOG.info("reporting completions to telemetry works again")
                 self._failing = False
-            except asyncio.CancelledError:
-                raise
-            except Exception as error:  # telemetry down or slow: drop, say so once per outage
-                self.dropped += 1
-                if not self._failing:
-                    _LOG.warning("reporting a completion to telemetry failed: %s", error)
-                self._failing = True
-            finally:
-                self._queue.task_done()
+                retry_s = self._retry_s
+                continue
+            self.retried += len(failed)
+            # Back in front, oldest first, and wait before trying again.
+            self._buffer.extendleft(reversed(failed))
+            await asyncio.sleep(retry_s)
+            retry_s = min(retry_s * 2, self._max_retry_s)

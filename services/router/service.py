@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 from collections import Counter
@@ -16,17 +15,20 @@ from prometheus_client import CollectorRegistry
 from voltana.engine import SglangHttpClient
 from voltana.errors import FailedPreconditionError
 from voltana.hardware import GPU_CATALOG
-from voltana.lifecycle import AsyncService
+from voltana.lifecycle import AsyncService, cancel_and_wait
 from voltana.observability.http_tracing import client_trace_configs
 from voltana.observability.prometheus import MetricsServer, start_metrics_server
 from voltana.policy.base import RoutingPolicy
 from voltana.policy.registry import build_router, build_suite
 from voltana.policy.state import ClusterSnapshot
-from voltana.rpc import dialable_address, start_grpc_server, stop_grpc_server
+from voltana.rpc import dialable_address, set_serving, start_grpc_server, stop_grpc_server
 from voltana.rpc.names import ROUTER_SERVICE
 from voltana.services.router.cluster import LiveCluster
 from voltana.services.router.errors import ROUTER_STATUS_CODES
+from voltana.services.router.health import EngineHealth
+from voltana.services.router.http_api import RouterHttpApi
 from voltana.services.router.metrics import RouterMetrics
+from voltana.services.router.placements import ControllerTrigger, PlacementReporter
 from voltana.services.router.reporting import CompletionReporter
 from voltana.services.router.servicer import ROUTER_KEYED_METHODS, RouterServicer
 from voltana.services.router.settings import RouterSettings
@@ -35,8 +37,11 @@ from voltana.services.telemetry.client import TelemetryClient
 from voltana.v1 import router_pb2_grpc
 
 _LOG = logging.getLogger(__name__)
-# A broken watch is retried after watch_retry_s, doubling up to this many times that.
-_WATCH_BACKOFF_FACTOR = 10.0
+# A broken watch is retried after watch_retry_s, doubling up to this many times that (so
+# routing catches up within a few seconds of telemetry coming back).
+_WATCH_BACKOFF_FACTOR = 4.0
+# How often the health status is brought in line with whether a request could be placed.
+_HEALTH_REFRESH_S = 0.25
 
 
 def build_routing_policy(
@@ -103,14 +108,19 @@ class RouterService(AsyncService):
             self.metrics_registry, policy=self._policy_name, router=self._policy.name
         )
         self._metrics_server: MetricsServer | None = None
+        self._http: RouterHttpApi | None = None
         self._cluster = LiveCluster(
-            optimistic_ttl_s=settings.optimistic_ttl_s,
             stale_after_s=settings.instance_stale_after_s,
         )
         self._telemetry: TelemetryClient | None = None
         self._engine: SglangHttpClient | None = None
         self._reporter: CompletionReporter | None = None
+        self._placements: PlacementReporter | None = None
+        self._trigger: ControllerTrigger | None = None
         self._watch_task: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._engine_health: EngineHealth | None = None
+        self._prober: SglangHttpClient | None = None
         self._first_snapshot = asyncio.Event()
         self._server: grpc.aio.Server | None = None
         self._health: health.aio.HealthServicer | None = None
@@ -134,8 +144,22 @@ class RouterService(AsyncService):
         return self._reporter
 
     @property
+    def engine_health(self) -> EngineHealth | None:
+        """Passive and active engine health checks (None until started)."""
+        return self._engine_health
+
+    @property
+    def servicer(self) -> RouterServicer | None:
+        return self._servicer
+
+    @property
     def metrics(self) -> RouterMetrics:
         return self._metrics
+
+    @property
+    def http_url(self) -> str | None:
+        """``http://host:port`` of the HTTP front door while it serves, else None."""
+        return self._http.url if self._http is not None else None
 
     @property
     def metrics_url(self) -> str | None:
@@ -167,6 +191,7 @@ class RouterService(AsyncService):
             )
             self._engine = self._given_engine or SglangHttpClient(
                 connect_timeout_s=settings.engine_connect_timeout_s,
+                max_connections=settings.max_engine_connections,
                 trace_configs=client_trace_configs(self._tracer_provider),
             )
             self._reporter = CompletionReporter(
@@ -175,6 +200,25 @@ class RouterService(AsyncService):
                 timeout_s=settings.telemetry_timeout_s,
             )
             self._reporter.start()
+            self._placements = PlacementReporter(
+                self._telemetry, interval_s=settings.placement_report_interval_ms / 1000.0
+            )
+            self._placements.start()
+            if settings.controller_address:
+                self._trigger = ControllerTrigger(
+                    settings.controller_address,
+                    timeout_s=settings.placement_notice_timeout_ms / 1000.0,
+                    security=settings.security,
+                )
+            # Probes get their own untraced client: they are polls, not requests.
+            self._prober = SglangHttpClient(health_timeout_s=settings.health_check_timeout_s)
+            self._engine_health = EngineHealth(
+                self._cluster,
+                self._prober.health,
+                interval_s=settings.health_check_interval_s,
+                unhealthy_after=settings.unhealthy_after,
+                healthy_after=settings.healthy_after,
+            )
             self._first_snapshot = asyncio.Event()
             self._watch_task = asyncio.create_task(self._watch(), name="router-snapshot-watch")
             await self._wait_for_first_snapshot()
@@ -187,7 +231,10 @@ class RouterService(AsyncService):
                 engine=self._engine,
                 reporter=self._reporter,
                 tracer=self._tracer,
+                health=self._engine_health,
                 metrics=self._metrics,
+                placements=self._placements,
+                trigger=self._trigger,
             )
             self._servicer = servicer
             health_servicer = health.aio.HealthServicer()
@@ -209,6 +256,22 @@ class RouterService(AsyncService):
             self._metrics_server = await start_metrics_server(
                 self.metrics_registry, settings.metrics_listen_address
             )
+            if settings.http_listen_address is not None:
+                http = RouterHttpApi(
+                    listen_address=settings.http_listen_address,
+                    generate=servicer.generate,
+                    served_model=settings.served_model_name or settings.model_key,
+                    # As for gRPC: open, or API keys (and the control-plane token) only.
+                    accepted_keys=(
+                        {*settings.api_keys, *filter(None, [settings.security.token])}
+                        if settings.api_keys
+                        else ()
+                    ),
+                    ready=self._routable,
+                    tracer_provider=self._tracer_provider,
+                )
+                await http.start()
+                self._http = http
         except BaseException:
             if self._server is not None:
                 await stop_grpc_server(self._server, 0)
@@ -216,12 +279,19 @@ class RouterService(AsyncService):
                 self._port = None
             await self._release()
             raise
+        await self._refresh_health(None)
+        if settings.health_check_interval_s > 0:
+            self._tasks.append(
+                asyncio.create_task(self._engine_health.run(), name="router-engine-probes")
+            )
+        self._tasks.append(asyncio.create_task(self._keep_health(), name="router-health"))
         _LOG.info(
-            "router serving on %s (policy %s, router %s, telemetry %s)",
+            "router serving on %s (policy %s, router %s, telemetry %s, placement notices to %s)",
             self.address,
             self._policy_name,
             self._policy.name,
             settings.telemetry_address,
+            settings.controller_address or "no controller",
         )
 
     async def _wait_for_first_snapshot(self) -> None:
@@ -237,6 +307,27 @@ class RouterService(AsyncService):
                 self._settings.telemetry_address,
                 timeout_s,
             )
+
+    async def _refresh_health(self, serving: bool | None) -> bool:
+        """Set the health status to whether a request could be placed now (NOT_SERVING
+        without a placeable instance of each phase); returns it. ``serving`` is the last one
+        set (None: unknown)."""
+        placeable = self._cluster.placeable()
+        if placeable != serving and self._health is not None:
+            await set_serving(self._health, [ROUTER_SERVICE], placeable)
+            if serving is not None:
+                _LOG.log(
+                    logging.INFO if placeable else logging.WARNING,
+                    "router health: %s",
+                    "SERVING" if placeable else "NOT_SERVING (no placeable instance)",
+                )
+        return placeable
+
+    async def _keep_health(self) -> None:
+        serving = self._cluster.placeable()
+        while True:
+            await asyncio.sleep(_HEALTH_REFRESH_S)
+            serving = await self._refresh_health(serving)
 
     async def _watch(self) -> None:
         """Keep the cluster view current; reopen the watch while telemetry is away."""
@@ -301,38 +392,64 @@ class RouterService(AsyncService):
             await asyncio.shield(self._rebuild)
 
     async def stop(self) -> None:
-        """Stop accepting, let in-flight requests finish within the grace, then clean up."""
+        """Stop accepting, let in-flight requests finish for the drain (``shutdown_grace_s``),
+        end the rest with UNAVAILABLE, report every outcome, then clean up."""
         server, self._server = self._server, None
+        tasks, self._tasks = self._tasks, []
+        await cancel_and_wait(tasks)
         if server is not None:
-            await stop_grpc_server(
-                server, self._settings.shutdown_grace_s, health_servicer=self._health
+            drain_s = self._settings.shutdown_grace_s
+            # Stops accepting at once; the servicer's drain ends what runs before grpc would.
+            stopping = asyncio.ensure_future(
+                stop_grpc_server(server, drain_s + 2.0, health_servicer=self._health)
             )
+            if self._servicer is not None:
+                ended = await self._servicer.drain(drain_s)
+                if ended:
+                    _LOG.warning(
+                        "ended %d request(s) still running after the %g s drain", ended, drain_s
+                    )
+            await stopping
             self._health = None
             _LOG.info("router stopped")
         await self._release()
         self._port = None
 
+    def _routable(self) -> bool:
+        snapshot = self._cluster.latest
+        return snapshot is not None and bool(snapshot.prefill) and bool(snapshot.decode)
+
     async def _release(self) -> None:
         rebuild, self._rebuild = self._rebuild, None
-        if rebuild is not None and not rebuild.done():
-            rebuild.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await rebuild
-        self._servicer = None
+        if rebuild is not None:
+            await cancel_and_wait([rebuild])
+        http, self._http = self._http, None
+        if http is not None:
+            await http.stop()
         metrics_server, self._metrics_server = self._metrics_server, None
         if metrics_server is not None:
             await metrics_server.stop()
-        task, self._watch_task = self._watch_task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        tasks, self._tasks = self._tasks, []
+        if self._watch_task is not None:
+            tasks.append(self._watch_task)
+            self._watch_task = None
+        await cancel_and_wait(tasks)
+        self._servicer = None
+        placements, self._placements = self._placements, None
+        if placements is not None:
+            await placements.stop()
+        trigger, self._trigger = self._trigger, None
+        if trigger is not None:
+            await trigger.close()
         reporter, self._reporter = self._reporter, None
         if reporter is not None:
-            await reporter.stop(flush_timeout_s=self._settings.telemetry_timeout_s)
+            await reporter.stop(flush_timeout_s=self._settings.completion_flush_timeout_s)
         engine, self._engine = self._engine, None
         if engine is not None and self._given_engine is None:
             await engine.close()
+        prober, self._prober = self._prober, None
+        if prober is not None:
+            await prober.close()
         telemetry, self._telemetry = self._telemetry, None
         if telemetry is not None and self._given_telemetry is None:
             await telemetry.close()

@@ -6,28 +6,36 @@ import asyncio
 import contextlib
 import copy
 import time
-from collections.abc import AsyncIterator, Callable
+import uuid
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import grpc.aio
 from opentelemetry import trace
 
 from voltana.engine import SglangHttpClient
+from voltana.errors import InvalidArgumentError
 from voltana.policy.base import RoutingPolicy
 from voltana.policy.routing import NoInstanceError
 from voltana.policy.state import ClusterSnapshot, Placement, RequestSpec
 from voltana.rpc import status_code_for
+from voltana.rpc.limits import MAX_TEXT_CHARS, check_id
 from voltana.rpc.names import ROUTER_SERVICE, method_names
 from voltana.services.router.cluster import LiveCluster
 from voltana.services.router.convert import placement_to_proto
 from voltana.services.router.dispatch import ChunkReader, PdTarget, stream_tokens
 from voltana.services.router.errors import (
     ROUTER_STATUS_CODES,
+    EngineAbortedError,
+    EngineUnreachableError,
     NoInstanceAvailableError,
     RouterError,
+    RouterShuttingDownError,
 )
+from voltana.services.router.health import EngineHealth
 from voltana.services.router.metrics import OK_STATUS, RequestMetrics, RouterMetrics
+from voltana.services.router.placements import ControllerTrigger, PlacementReporter
 from voltana.services.router.reporting import CompletionReporter
 from voltana.services.router.settings import RouterSettings
 from voltana.services.router.tracing import (
@@ -36,14 +44,38 @@ from voltana.services.router.tracing import (
     set_placement_attributes,
 )
 from voltana.services.router.validation import ValidatedRequest, validate_request
-from voltana.services.telemetry.records import Completion
+from voltana.services.telemetry.records import Completion, PlacementEvent
+from voltana.text import truncate
 from voltana.v1 import router_pb2, router_pb2_grpc
 
 Context = grpc.aio.ServicerContext[Any, Any]
+# Engine failures after which the request may go to other instances (nothing reached the
+# client yet): the engine could not be reached or gave the request up.
+_RETRYABLE = (EngineUnreachableError, EngineAbortedError)
+# After the drain, requests still running are ended; they get this long to record that.
+_ABORT_WAIT_S = 1.0
+_DRAIN_POLL_S = 0.02
+
+
+class CallContext(Protocol):
+    """What the generation pipeline asks of its caller's context (a gRPC ServicerContext, or
+    the HTTP API's stand-in): the seconds left of the caller's deadline, None for none."""
+
+    def time_remaining(self) -> float | None: ...
+
 
 # Request submission: open, or API-keyed when RouterSettings.api_keys is set. The router has
 # no privileged method (its policy is changed through the controller and its own settings).
 ROUTER_KEYED_METHODS = method_names(ROUTER_SERVICE, "Generate", "Place")
+
+
+def _record_id(request: router_pb2.GenerateRequest) -> str:
+    """The id to record a refused request by: the client's when it is a valid id."""
+    try:
+        check_id(request.request_id, "request_id")
+    except InvalidArgumentError:
+        return uuid.uuid4().hex
+    return request.request_id
 
 
 def run_policy(policy: RoutingPolicy, spec: RequestSpec, snapshot: ClusterSnapshot) -> Placement:
@@ -97,11 +129,16 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         engine: SglangHttpClient,
         reporter: CompletionReporter,
         tracer: trace.Tracer,
+        health: EngineHealth | None = None,
         metrics: RouterMetrics | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
+        placements: PlacementReporter | None = None,
+        trigger: ControllerTrigger | None = None,
     ) -> None:
         self._settings = settings
+        self._placements = placements
+        self._trigger = trigger
         self._cluster = cluster
         self._policy = policy
         self._policy_name = policy_name
@@ -109,8 +146,36 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         self._reporter = reporter
         self._tracer = tracer
         self._metrics = metrics
+        self._health = health
         self._clock = clock
         self._wall_clock = wall_clock
+        # Tasks of the Generate calls running now (ended by drain() when it runs out).
+        self._in_flight: set[asyncio.Task[Any]] = set()
+        self._draining = False
+        self._aborting = False
+        self.retries = 0
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._in_flight)
+
+    async def drain(self, drain_s: float) -> int:
+        """Refuse new requests, let running ones finish for up to ``drain_s``, then end the
+        rest with UNAVAILABLE (each is recorded). Returns how many had to be ended."""
+        self._draining = True
+        loop = asyncio.get_running_loop()
+        deadline_s = loop.time() + drain_s
+        while self._in_flight and loop.time() < deadline_s:
+            await asyncio.sleep(_DRAIN_POLL_S)
+        remaining = list(self._in_flight)
+        if remaining:
+            self._aborting = True
+            for task in remaining:
+                task.cancel()
+            deadline_s = loop.time() + _ABORT_WAIT_S
+            while self._in_flight and loop.time() < deadline_s:
+                await asyncio.sleep(_DRAIN_POLL_S)
+        return len(remaining)
 
     def use_policy(self, policy: RoutingPolicy) -> None:
         """Place later requests with ``policy`` (built for the GPU telemetry reports)."""
@@ -134,7 +199,8 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             raise
 
     def _place(self, validated: ValidatedRequest, parent: trace.Span) -> tuple[Placement, PdTarget]:
-        """Decide, bump the chosen instances' load, and resolve their endpoints."""
+        """Decide, count the request on the chosen instances (in-flight ledger, arrivals), and
+        resolve their endpoints."""
         span = self._tracer.start_span("placement", context=child_of(parent))
         try:
             snapshot = self._cluster.routable()
@@ -144,7 +210,19 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
                 self._cluster.endpoint(placement.prefill_id),
                 self._cluster.endpoint(placement.decode_id),
             )
-            self._cluster.record_placement(placement, spec)
+            request_id = validated.request_id
+            self._cluster.finished(request_id)  # an earlier attempt's placement is void
+            self._cluster.record_placement(request_id, placement, spec)
+            if self._placements is not None:
+                self._placements.add(
+                    PlacementEvent(
+                        request_id,
+                        placement.prefill_id,
+                        placement.decode_id,
+                        spec.input_tokens,
+                        self._cluster.now_s(),
+                    )
+                )
             set_placement_attributes(span, placement, self._policy_name)
             span.set_attribute("voltana.snapshot.prefill_instances", len(snapshot.prefill))
             span.set_attribute("voltana.snapshot.decode_instances", len(snapshot.decode))
@@ -157,7 +235,22 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         parent.set_attribute("voltana.bootstrap_room", target.bootstrap_room)
         return placement, target
 
-    def _engine_deadline_s(self, context: Context) -> float:
+    async def _notify_controller(self, placement: Placement) -> None:
+        """Let the controller set the placed instances' clocks before the request starts."""
+        if self._trigger is None:
+            return
+        states = [
+            state
+            for state in (
+                self._cluster.view_of(placement.prefill_id),
+                self._cluster.view_of(placement.decode_id),
+            )
+            if state is not None
+        ]
+        if states:
+            await self._trigger.notify(states)
+
+    def _engine_deadline_s(self, context: CallContext) -> float:
         """Loop-clock deadline of the engine calls: the router's limit or the client's."""
         budget_s = self._settings.engine_request_timeout_s
         remaining_s = context.time_remaining()
@@ -168,89 +261,192 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
     async def Generate(
         self, request: router_pb2.GenerateRequest, context: Context
     ) -> AsyncIterator[router_pb2.GenerateResponse]:
+        async with contextlib.aclosing(self.generate(request, context)) as responses:
+            async for response in responses:
+                yield response
+
+    async def generate(
+        self, request: router_pb2.GenerateRequest, context: CallContext, *, protocol: str = "grpc"
+    ) -> AsyncGenerator[router_pb2.GenerateResponse, None]:
+        """The one generation pipeline (validate, place, dispatch, stream, complete, report) of
+        every front door: gRPC's Generate and the HTTP API (``protocol`` labels its metrics).
+        ``context`` needs ``time_remaining()`` only; the current span is the request's."""
         timeline = _Timeline(arrival_s=self._clock())
         arrival_wall_s = self._wall_clock()
         # The server span of the gRPC instrumentation (voltana.v1.RouterService/Generate).
         span = trace.get_current_span()
-        observed = self._metrics.request("grpc") if self._metrics is not None else None
+        observed = self._metrics.request(protocol) if self._metrics is not None else None
+        task = asyncio.current_task()
+        if task is not None:
+            self._in_flight.add(task)
         validated: ValidatedRequest | None = None
         placement: Placement | None = None
         reader = ChunkReader(self._clock)
         failure: BaseException | None = None
         try:
-            validated = validate_request(request, self._settings)
-            span.set_attribute("voltana.request_id", validated.request_id)
-            span.set_attribute("voltana.prompt_tokens", validated.prompt_tokens)
-            span.set_attribute("voltana.max_new_tokens", validated.max_new_tokens)
-            placement, target = self._place(validated, span)
-            if observed is not None:
-                observed.on_placed(placement, self._policy.name, validated.prompt_tokens)
-            dispatch_span = self._tracer.start_span(
-                "dispatch",
-                context=child_of(span),
-                attributes={
-                    "voltana.prefill_url": target.prefill_url,
-                    "voltana.decode_url": target.decode_url,
-                    "voltana.bootstrap_room": target.bootstrap_room,
-                },
-            )
-            tokens = stream_tokens(
-                self._engine,
-                target,
-                validated,
-                reader,
-                deadline_s=self._engine_deadline_s(context),
-                trace_context=child_of(dispatch_span),
-            )
-            # aclosing: the engine requests end with this handler, also when it is closed
-            # while suspended at a yield (the client went away).
             try:
-                async with contextlib.aclosing(tokens):
-                    async for delta in tokens:
-                        if timeline.first_token_s is None:
-                            timeline.first_token_s = delta.at_s
-                            event = {"voltana.ttft_ms": timeline.ttft_ms() or 0.0}
-                            span.add_event("first_token", event)
-                            dispatch_span.add_event("first_token", event)
-                        if observed is not None:
-                            ttft_ms = timeline.ttft_ms()
-                            observed.on_tokens(
-                                delta.count,
-                                delta.at_s,
-                                ttft_ms / 1000.0 if ttft_ms is not None else None,
-                            )
-                        timeline.last_token_s = delta.at_s
-                        yield router_pb2.GenerateResponse(
-                            chunk=router_pb2.TokenChunk(
-                                text=delta.text, token_ids=delta.token_ids, index=delta.index
-                            )
-                        )
-            except BaseException as error:
-                mark_failed(dispatch_span, error)
+                if self._draining:
+                    raise RouterShuttingDownError(
+                        "the router is shutting down; send the request to another router"
+                    )
+                validated = validate_request(request, self._settings)
+                span.set_attribute("voltana.request_id", validated.request_id)
+                span.set_attribute("voltana.prompt_tokens", validated.prompt_tokens)
+                span.set_attribute("voltana.max_new_tokens", validated.max_new_tokens)
+                deadline_s = self._engine_deadline_s(context)
+                attempt = 1
+                while True:
+                    placement, target = self._place(validated, span)
+                    if observed is not None:
+                        observed.on_placed(placement, self._policy.name, validated.prompt_tokens)
+                    await self._notify_controller(placement)
+                    reader = ChunkReader(self._clock)
+                    # The prefill engine holds the request from its dispatch on.
+                    self._cluster.reached(validated.request_id, placement.prefill_id)
+                    relay = self._relay(
+                        validated,
+                        target,
+                        reader,
+                        timeline,
+                        span,
+                        deadline_s,
+                        observed,
+                        placement.decode_id,
+                    )
+                    try:
+                        async with contextlib.aclosing(relay):
+                            async for response in relay:
+                                yield response
+                        break
+                    except RouterError as error:
+                        if not self._retry_after(error, target, attempt, timeline, deadline_s):
+                            raise
+                    self.retries += 1
+                    span.add_event(
+                        "retry",
+                        {
+                            "voltana.attempt": attempt,
+                            "voltana.failed_prefill": placement.prefill_id,
+                            "voltana.failed_decode": placement.decode_id,
+                        },
+                    )
+                    attempt += 1
+                timeline.end_s = self._clock()
+                completion = self._completion(validated, placement, target, reader, timeline)
+                span.set_attribute("voltana.finish_reason", completion.finish_reason)
+                span.set_attribute("voltana.completion_tokens", completion.completion_tokens)
+                span.set_attribute("voltana.ttft_ms", completion.ttft_ms)
+                span.set_attribute("voltana.mean_itl_ms", completion.mean_itl_ms)
+                span.set_attribute("voltana.e2e_latency_ms", completion.e2e_latency_ms)
+                span.set_attribute("voltana.attempts", attempt)
+                yield router_pb2.GenerateResponse(completion=completion)
+            except asyncio.CancelledError:
+                if self._aborting and task is not None and task.cancelling():
+                    # drain() ran out: end with a status (and a record), not a cancellation.
+                    task.uncancel()
+                    raise RouterShuttingDownError(
+                        "the router shut down before the request finished "
+                        f"({reader.totals.completion_tokens} tokens sent)"
+                    ) from None
                 raise
-            finally:
-                dispatch_span.end()
-            timeline.end_s = self._clock()
-            completion = self._completion(validated, placement, target, reader, timeline)
-            span.set_attribute("voltana.finish_reason", completion.finish_reason)
-            span.set_attribute("voltana.completion_tokens", completion.completion_tokens)
-            span.set_attribute("voltana.ttft_ms", completion.ttft_ms)
-            span.set_attribute("voltana.mean_itl_ms", completion.mean_itl_ms)
-            span.set_attribute("voltana.e2e_latency_ms", completion.e2e_latency_ms)
-            yield router_pb2.GenerateResponse(completion=completion)
         except BaseException as error:  # GeneratorExit/CancelledError too: report, then re-raise
             failure = error
             mark_failed(span, error, self._failure_reason(error, context))
             raise
         finally:
-            if validated is not None and placement is not None:
-                if timeline.end_s is None:
-                    timeline.end_s = self._clock()
-                self._report(
-                    validated, placement, reader, timeline, arrival_wall_s, failure, context
-                )
+            if task is not None:
+                self._in_flight.discard(task)
+            if validated is not None:
+                self._cluster.finished(validated.request_id)
+            if timeline.end_s is None:
+                timeline.end_s = self._clock()
+            self._report(
+                request, validated, placement, reader, timeline, arrival_wall_s, failure, context
+            )
             if observed is not None:
                 self._observe_end(observed, validated, reader, timeline, failure, context)
+
+    async def _relay(
+        self,
+        validated: ValidatedRequest,
+        target: PdTarget,
+        reader: ChunkReader,
+        timeline: _Timeline,
+        span: trace.Span,
+        deadline_s: float,
+        observed: RequestMetrics | None,
+        decode_id: str,
+    ) -> AsyncGenerator[router_pb2.GenerateResponse, None]:
+        """One attempt: the engines' tokens as response chunks."""
+        dispatch_span = self._tracer.start_span(
+            "dispatch",
+            context=child_of(span),
+            attributes={
+                "voltana.prefill_url": target.prefill_url,
+                "voltana.decode_url": target.decode_url,
+                "voltana.bootstrap_room": target.bootstrap_room,
+            },
+        )
+        tokens = stream_tokens(
+            self._engine,
+            target,
+            validated,
+            reader,
+            deadline_s=deadline_s,
+            trace_context=child_of(dispatch_span),
+        )
+        # aclosing: the engine requests end with this handler, also when it is closed
+        # while suspended at a yield (the client went away).
+        try:
+            async with contextlib.aclosing(tokens):
+                async for delta in tokens:
+                    if timeline.first_token_s is None:
+                        timeline.first_token_s = delta.at_s
+                        # The decode engine's batch holds the request from its first token on.
+                        self._cluster.reached(validated.request_id, decode_id)
+                        event = {"voltana.ttft_ms": timeline.ttft_ms() or 0.0}
+                        span.add_event("first_token", event)
+                        dispatch_span.add_event("first_token", event)
+                    if observed is not None:
+                        ttft_ms = timeline.ttft_ms()
+                        observed.on_tokens(
+                            delta.count,
+                            delta.at_s,
+                            ttft_ms / 1000.0 if ttft_ms is not None else None,
+                        )
+                    timeline.last_token_s = delta.at_s
+                    yield router_pb2.GenerateResponse(
+                        chunk=router_pb2.TokenChunk(
+                            text=delta.text, token_ids=delta.token_ids, index=delta.index
+                        )
+                    )
+        except BaseException as error:
+            mark_failed(dispatch_span, error)
+            raise
+        finally:
+            dispatch_span.end()
+
+    def _retry_after(
+        self,
+        error: RouterError,
+        target: PdTarget,
+        attempt: int,
+        timeline: _Timeline,
+        deadline_s: float,
+    ) -> bool:
+        """Keep traffic away from an engine that is down; True when the request may be placed
+        again (nothing reached the client, attempts and time are left)."""
+        if not isinstance(error, _RETRYABLE):
+            return False
+        failed_id = target.instance_for_url(error.engine_url) if error.engine_url else None
+        if failed_id is not None and self._health is not None:
+            self._health.report_failure(failed_id, str(error))
+        return (
+            timeline.first_token_s is None
+            and attempt < self._settings.max_attempts
+            and not self._draining
+            and asyncio.get_running_loop().time() < deadline_s
+        )
 
     def _completion(
         self,
@@ -265,6 +461,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         finish_reason = totals.finish_reason or (
             "length" if tokens >= request.max_new_tokens else "stop"
         )
+        energy = totals.energy
         return router_pb2.Completion(
             finish_reason=finish_reason,
             prompt_tokens=totals.prompt_tokens or request.prompt_tokens,
@@ -276,6 +473,8 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             request_id=request.request_id,
             bootstrap_room=target.bootstrap_room,
             e2e_latency_ms=timeline.e2e_ms(),
+            energy_j=energy.total_j if energy is not None else None,
+            idle_energy_j=energy.idle_j if energy is not None else None,
         )
 
     def _observe_end(
@@ -285,74 +484,86 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         reader: ChunkReader,
         timeline: _Timeline,
         failure: BaseException | None,
-        context: Context,
+        context: CallContext,
     ) -> None:
         tokens = reader.totals.completion_tokens
         if timeline.end_s is None:
             timeline.end_s = self._clock()
+        energy = reader.totals.energy
+        if energy is not None and failure is None:
+            observed.on_energy(energy.active_j, energy.idle_j)
         observed.finish(
-            self._status_name(failure, reader.totals.finish_reason == "abort", context),
+            self._failure_status(failure, context) if failure is not None else OK_STATUS,
             slo=request.slo if request is not None else self._settings.slo,
             ttft_ms=timeline.ttft_ms(),
             mean_itl_ms=timeline.mean_itl_ms(tokens),
             e2e_s=timeline.e2e_ms() / 1000.0,
         )
 
-    @staticmethod
-    def _status_name(failure: BaseException | None, aborted: bool, context: Context) -> str:
-        """The gRPC status code name a request ended with ("ABORTED": the engine aborted it)."""
-        if failure is None:
-            return "ABORTED" if aborted else OK_STATUS
-        if isinstance(failure, asyncio.CancelledError | GeneratorExit):
-            remaining_s = context.time_remaining()
-            expired = remaining_s is not None and remaining_s <= 0
-            return "DEADLINE_EXCEEDED" if expired else "CANCELLED"
-        code = status_code_for(failure, ROUTER_STATUS_CODES)
-        return code.name if code is not None else "UNKNOWN"
-
-    @staticmethod
-    def _failure_reason(error: BaseException, context: Context) -> str:
+    def _failure_reason(self, error: BaseException, context: CallContext) -> str:
         if isinstance(error, asyncio.CancelledError | GeneratorExit):
+            if self._aborting:
+                return "the router shut down before the request finished"
             remaining_s = context.time_remaining()
             if remaining_s is not None and remaining_s <= 0:
                 return "deadline exceeded"
             return "cancelled by the client"
         return str(error) or type(error).__name__
 
+    def _failure_status(self, error: BaseException, context: CallContext) -> str:
+        """The gRPC status (name) the client got for ``error``."""
+        if isinstance(error, asyncio.CancelledError | GeneratorExit):
+            if self._aborting:
+                return grpc.StatusCode.UNAVAILABLE.name
+            remaining_s = context.time_remaining()
+            if remaining_s is not None and remaining_s <= 0:
+                return grpc.StatusCode.DEADLINE_EXCEEDED.name
+            return grpc.StatusCode.CANCELLED.name
+        code = status_code_for(error, ROUTER_STATUS_CODES)
+        # Anything else escapes the servicer and grpc answers UNKNOWN.
+        return (code or grpc.StatusCode.UNKNOWN).name
+
     def _report(
         self,
-        request: ValidatedRequest,
-        placement: Placement,
+        request: router_pb2.GenerateRequest,
+        validated: ValidatedRequest | None,
+        placement: Placement | None,
         reader: ChunkReader,
         timeline: _Timeline,
         arrival_wall_s: float,
         failure: BaseException | None,
-        context: Context,
+        context: CallContext,
     ) -> None:
-        """Queue the completion for telemetry (never blocks the stream)."""
+        """Queue the outcome for telemetry (never blocks the stream). Every request is
+        recorded, also one refused before it was placed (no instance ids then)."""
         totals = reader.totals
-        aborted = totals.finish_reason == "abort"
         if failure is not None:
             ok, reason = False, self._failure_reason(failure, context)
-        elif aborted:
-            ok, reason = False, f"aborted by the engine: {totals.abort_message or 'no reason'}"
+            status = self._failure_status(failure, context)
         else:
-            ok, reason = True, totals.finish_reason or "stop"
+            ok, reason, status = True, totals.finish_reason or "stop", grpc.StatusCode.OK.name
+        if validated is not None:
+            request_id, prompt_tokens = validated.request_id, validated.prompt_tokens
+        else:
+            request_id, prompt_tokens = _record_id(request), 0
         tokens = totals.completion_tokens
         assert timeline.end_s is not None
         self._reporter.submit(
             Completion(
-                request_id=request.request_id,
-                prefill_id=placement.prefill_id,
-                decode_id=placement.decode_id,
-                input_tokens=totals.prompt_tokens or request.prompt_tokens,
+                request_id=request_id,
+                prefill_id=placement.prefill_id if placement is not None else "",
+                decode_id=placement.decode_id if placement is not None else "",
+                input_tokens=totals.prompt_tokens or prompt_tokens,
                 output_tokens=tokens,
                 ttft_ms=timeline.ttft_ms(),
                 mean_itl_ms=timeline.mean_itl_ms(tokens),
                 ok=ok,
-                reason=reason,
+                reason=truncate(reason, MAX_TEXT_CHARS),
                 arrival_s=arrival_wall_s,
                 finished_at_s=arrival_wall_s + (timeline.end_s - timeline.arrival_s),
-                slo=request.slo,
+                slo=validated.slo if validated is not None else None,
+                status=status,
+                energy_j=totals.energy.total_j if totals.energy is not None else None,
+                idle_energy_j=totals.energy.idle_j if totals.energy is not None else None,
             )
         )

@@ -19,6 +19,13 @@ class RouterSettings:
     listen_address: str = "127.0.0.1:0"
     # TelemetryService to watch snapshots from and report completions to ("host:port").
     telemetry_address: str = "127.0.0.1:50052"
+    # ControllerService to notify of each placement, so the placed instances' clocks are
+    # decided before the request is dispatched ("" = no notice: clocks follow at the next tick).
+    controller_address: str = ""
+    # Longest wait for the controller's answer before dispatching anyway.
+    placement_notice_timeout_ms: int = 50
+    # Placements are reported to telemetry (arrival rates) in batches this often.
+    placement_report_interval_ms: int = 50
     # Operating policy (voltana.policy.registry names, e.g. "static-max"); its router places.
     policy: str = "static-max"
     # Router name that overrides the policy's own router (e.g. "least-loaded"); None = keep it.
@@ -50,21 +57,40 @@ class RouterSettings:
     watch_retry_s: float = 0.5
     # Instances silent for longer than this (snapshot now_s - last_activity_s) are not routed
     # to; 0 = route to every instance telemetry lists. Only meaningful when reporters stamp
-    # samples on telemetry's clock (sped-up simulated engines do not).
+    # samples on telemetry's clock (sped-up simulated engines do not). Telemetry itself
+    # expires silent instances (its instance_ttl_s), on its own clock.
     instance_stale_after_s: float = 0.0
-    # An optimistic load bump of a placement stays until its instances reported twice since,
-    # or at most this long (wall seconds).
-    optimistic_ttl_s: float = 2.0
     # Engine calls: connecting, and the whole request when the client sets no shorter deadline.
     engine_connect_timeout_s: float = 5.0
     engine_request_timeout_s: float = 600.0
-    # Completions waiting to be reported to telemetry; more are dropped (with a log line).
-    completion_queue_size: int = 10_000
+    # Most open engine connections (a PD request holds two); 0 = no limit. A limit below twice
+    # the requests in flight queues requests.
+    max_engine_connections: int = 0
+    # Placements per request: one whose engine cannot be reached or aborts it before the
+    # first token goes to other instances, up to this many tries in all.
+    max_attempts: int = 3
+    # Active health checks: GET /health of every engine this often (0 = only passive checks:
+    # a failed call ejects the instance); ejected after `unhealthy_after` failed probes in a
+    # row, readmitted after `healthy_after` passed ones.
+    health_check_interval_s: float = 0.5
+    health_check_timeout_s: float = 1.0
+    unhealthy_after: int = 2
+    healthy_after: int = 2
+    # Completions buffered for telemetry (kept and retried while it is down); beyond this
+    # many the oldest are dropped (with a log line).
+    completion_queue_size: int = 100_000
     telemetry_timeout_s: float = 2.0
-    # stop(): in-flight requests may finish for this long before they are cancelled.
+    # stop(): in-flight requests may finish for this long (the drain); the rest are ended
+    # with UNAVAILABLE and recorded.
     shutdown_grace_s: float = 5.0
+    # stop(): how long buffered completions may take to reach telemetry.
+    completion_flush_timeout_s: float = 5.0
     # Prometheus /metrics ("host:port", port 0 = any free); None = not served.
     metrics_listen_address: str | None = None
+    # HTTP front door (OpenAI /v1/*, SGLang /generate; "host:port", port 0 = any free); None =
+    # gRPC only. It serves one model name: served_model_name ("" = model_key).
+    http_listen_address: str | None = None
+    served_model_name: str = ""
     # Control-plane token (completion reports to telemetry need it) and TLS.
     security: RpcSecurity = field(default_factory=RpcSecurity)
     # When not empty, Generate and Place need one of these keys (or the control-plane token)
@@ -80,6 +106,10 @@ class RouterSettings:
             raise ConfigError(
                 f"router telemetry_address must be host:port, got {self.telemetry_address!r}"
             )
+        if self.http_listen_address is not None and ":" not in self.http_listen_address:
+            raise ConfigError(
+                f"router http_listen_address must be host:port, got {self.http_listen_address!r}"
+            )
         if self.metrics_listen_address is not None and ":" not in self.metrics_listen_address:
             raise ConfigError(
                 "router metrics_listen_address must be host:port, got "
@@ -93,7 +123,12 @@ class RouterSettings:
             "max_new_tokens_limit",
             "max_prompt_tokens",
             "snapshot_interval_ms",
+            "placement_notice_timeout_ms",
+            "placement_report_interval_ms",
             "completion_queue_size",
+            "max_attempts",
+            "unhealthy_after",
+            "healthy_after",
         ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"router {name} must be >= 1, got {getattr(self, name)}")
@@ -105,15 +140,25 @@ class RouterSettings:
         for name in (
             "chars_per_token_estimate",
             "watch_retry_s",
-            "optimistic_ttl_s",
             "engine_connect_timeout_s",
             "engine_request_timeout_s",
             "telemetry_timeout_s",
+            "health_check_timeout_s",
         ):
             value = getattr(self, name)
             if not math.isfinite(value) or value <= 0:
                 raise ConfigError(f"router {name} must be a finite number > 0, got {value}")
-        for name in ("initial_snapshot_timeout_s", "instance_stale_after_s", "shutdown_grace_s"):
+        if self.max_engine_connections < 0:
+            raise ConfigError(
+                f"router max_engine_connections must be >= 0, got {self.max_engine_connections}"
+            )
+        for name in (
+            "initial_snapshot_timeout_s",
+            "instance_stale_after_s",
+            "shutdown_grace_s",
+            "completion_flush_timeout_s",
+            "health_check_interval_s",
+        ):
             value = getattr(self, name)
             if not math.isfinite(value) or value < 0:
                 raise ConfigError(f"router {name} must be a finite number >= 0, got {value}")

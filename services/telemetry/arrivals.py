@@ -1,41 +1,32 @@
-"""Arrival rates per instance, derived from the completions the router reports.
+"""Arrival rates per instance, counted at placement (the observation contract's definition).
 
-Engines' load samples may omit their arrival rate; the router knows every request's arrival
-time, so counting completed requests by arrival time gives the rate. It lags by the requests
-still in flight, which is the price of not tracking arrivals separately.
+The router reports every placement as it happens (ReportPlacements); each instance's requests
+and prompt tokens per second over the observation window come from those, not from
+completions, which would lag by a request's lifetime.
 """
 
 from __future__ import annotations
 
-from collections import deque
-from collections.abc import Iterable
+from voltana.observation import ArrivalWindow
 
 
 class ArrivalRates:
     def __init__(self, window_s: float) -> None:
         self._window_s = window_s
-        self._arrivals_s: dict[str, deque[float]] = {}
+        self._windows: dict[str, ArrivalWindow] = {}
 
-    def record(self, instance_ids: Iterable[str], arrival_s: float) -> None:
-        for instance_id in instance_ids:
-            arrivals_s = self._arrivals_s.setdefault(instance_id, deque())
-            arrivals_s.append(arrival_s)
-            self._drop_before(arrivals_s, arrival_s - self._window_s)
+    def record(self, instance_id: str, placed_at_s: float, input_tokens: int) -> None:
+        window = self._windows.get(instance_id)
+        if window is None:
+            window = self._windows[instance_id] = ArrivalWindow(self._window_s)
+        window.add(placed_at_s, input_tokens)
 
-    def rate_rps(self, instance_id: str, now_s: float) -> float:
-        arrivals_s = self._arrivals_s.get(instance_id)
-        if not arrivals_s:
-            return 0.0
-        start_s = now_s - self._window_s
-        self._drop_before(arrivals_s, start_s)
-        recent = sum(1 for arrival_s in arrivals_s if start_s < arrival_s <= now_s)
-        return recent / self._window_s
-
-    @staticmethod
-    def _drop_before(arrivals_s: deque[float], start_s: float) -> None:
-        # Completions come roughly in arrival order, so what left the window is at the front.
-        while arrivals_s and arrivals_s[0] <= start_s:
-            arrivals_s.popleft()
+    def rates(self, instance_id: str, now_s: float) -> tuple[float, float]:
+        """(requests per second, prompt tokens per second) over the window ending at now."""
+        window = self._windows.get(instance_id)
+        if window is None:
+            return 0.0, 0.0
+        return window.requests_per_s(now_s), window.tokens_per_s(now_s)
 
     def forget(self, instance_id: str) -> None:
-        self._arrivals_s.pop(instance_id, None)
+        self._windows.pop(instance_id, None)

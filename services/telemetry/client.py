@@ -13,6 +13,7 @@ from collections.abc import (
     Callable,
     Iterable,
     Mapping,
+    Sequence,
 )
 from types import TracebackType
 from typing import Any, TypeVar
@@ -37,6 +38,7 @@ from voltana.services.telemetry.convert import (
 from voltana.services.telemetry.records import (
     Completion,
     InstanceInfo,
+    PlacementEvent,
     ReportResult,
     WindowReport,
 )
@@ -160,6 +162,25 @@ class TelemetryClient:
     async def report_completion(self, completion: Completion) -> None:
         request = completion_to_proto(completion)
         await self._call(self._stub.ReportCompletion(request, timeout=self._timeout_s))
+
+    async def report_placements(self, placements: Sequence[PlacementEvent]) -> int:
+        """Count these placements into the instances' arrival rates; returns how many."""
+        request = telemetry_pb2.ReportPlacementsRequest(
+            placements=[
+                telemetry_pb2.PlacementRecord(
+                    request_id=p.request_id,
+                    prefill_instance_id=p.prefill_instance_id,
+                    decode_instance_id=p.decode_instance_id,
+                    input_tokens=p.input_tokens,
+                    placed_at_s=p.placed_at_s,
+                )
+                for p in placements
+            ]
+        )
+        response: telemetry_pb2.ReportPlacementsResponse = await self._call(
+            self._stub.ReportPlacements(request, timeout=self._timeout_s)
+        )
+        return response.accepted
 
     # Snapshots and aggregates.
 

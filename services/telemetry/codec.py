@@ -31,8 +31,8 @@ def _decode_gpu_refs(text: str) -> tuple[GpuRef, ...]:
 
 
 def _decode_slo(text: str) -> SloTarget:
-    ttft_text, itl_text = text.split(",")
-    return SloTarget(ttft_ms=float(ttft_text), itl_ms=float(itl_text))
+    # "ttft,itl" (older records) or "ttft,itl,per-1k-tokens".
+    return SloTarget(*(float(part) for part in text.split(",")))
 
 
 def _encode_value(value: object) -> str:
@@ -41,7 +41,7 @@ def _encode_value(value: object) -> str:
     if isinstance(value, Phase):
         return value.value
     if isinstance(value, SloTarget):
-        return f"{value.ttft_ms!r},{value.itl_ms!r}"
+        return f"{value.ttft_ms!r},{value.itl_ms!r},{value.ttft_ms_per_1k_tokens!r}"
     if isinstance(value, bool):
         return "1" if value else "0"
     if isinstance(value, float):

@@ -6,10 +6,19 @@ field (HasField) or, for completions, the documented zero convention.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
+from typing import Any
 
 from voltana.gpu import GpuSample
-from voltana.policy.state import ClusterSnapshot, InstanceState, Phase, SloTarget
+from voltana.observation import ENGINE_REPORT_FIELDS
+from voltana.policy.state import (
+    ClusterSnapshot,
+    InstanceState,
+    Phase,
+    SloTarget,
+    optional_state_fields,
+)
 from voltana.services.telemetry.errors import InvalidTelemetryError
 from voltana.services.telemetry.records import (
     Aggregates,
@@ -52,6 +61,23 @@ def phase_filter_from_proto(value: int) -> Phase | None:
 
 def _optional(message: object, field: str) -> float | None:
     return getattr(message, field) if message.HasField(field) else None  # type: ignore[attr-defined]
+
+
+# SLO targets.
+
+
+def slo_to_proto(slo: SloTarget) -> common_pb2.SloTarget:
+    return common_pb2.SloTarget(
+        ttft_ms=slo.ttft_ms, itl_ms=slo.itl_ms, ttft_ms_per_1k_tokens=slo.ttft_ms_per_1k_tokens
+    )
+
+
+def slo_from_proto(message: common_pb2.SloTarget) -> SloTarget:
+    return SloTarget(
+        ttft_ms=message.ttft_ms,
+        itl_ms=message.itl_ms,
+        ttft_ms_per_1k_tokens=message.ttft_ms_per_1k_tokens,
+    )
 
 
 # Registration and endpoints.
@@ -113,59 +139,29 @@ def info_from_register_request(request: telemetry_pb2.RegisterInstanceRequest) -
 # Instance state and snapshots.
 
 
+_STATE_FIELDS = tuple(f.name for f in dataclasses.fields(InstanceState))
+_OPTIONAL_STATE_FIELDS = optional_state_fields()
+
+
 def state_to_proto(
     state: InstanceState, info: InstanceInfo | None = None
 ) -> common_pb2.InstanceState:
-    message = common_pb2.InstanceState(
-        instance_id=state.instance_id,
-        phase=phase_to_proto(state.phase),
-        gpu_key=state.gpu_key,
-        sm_clock_mhz=state.sm_clock_mhz,
-        queue_len=state.queue_len,
-        queued_tokens=state.queued_tokens,
-        oldest_wait_ms=state.oldest_wait_ms,
-        running_prefill_tokens=state.running_prefill_tokens,
-        running_batch=state.running_batch,
-        kv_tokens_used=state.kv_tokens_used,
-        kv_tokens_capacity=state.kv_tokens_capacity,
-        max_running_requests=state.max_running_requests,
-        recent_ttft_ms=state.recent_ttft_ms,
-        recent_itl_ms=state.recent_itl_ms,
-        arrival_rate_rps=state.arrival_rate_rps,
-        power_w=state.power_w,
-        energy_j=state.energy_j,
-        remaining_output_tokens=state.remaining_output_tokens,
-        observed_at_s=state.observed_at_s,
-        last_activity_s=state.last_activity_s,
-    )
+    """Every InstanceState field, by name (the proto mirrors the dataclass; a test checks it)."""
+    values = {name: getattr(state, name) for name in _STATE_FIELDS}
+    values["phase"] = phase_to_proto(state.phase)
+    message = common_pb2.InstanceState(**values)
     if info is not None:
         message.endpoint.CopyFrom(endpoint_to_proto(info))
     return message
 
 
 def state_from_proto(message: common_pb2.InstanceState) -> InstanceState:
-    return InstanceState(
-        instance_id=message.instance_id,
-        phase=phase_from_proto(message.phase, f"instance {message.instance_id!r}"),
-        gpu_key=message.gpu_key,
-        sm_clock_mhz=message.sm_clock_mhz,
-        queue_len=message.queue_len,
-        queued_tokens=message.queued_tokens,
-        oldest_wait_ms=message.oldest_wait_ms,
-        running_prefill_tokens=message.running_prefill_tokens,
-        running_batch=message.running_batch,
-        kv_tokens_used=message.kv_tokens_used,
-        kv_tokens_capacity=message.kv_tokens_capacity,
-        max_running_requests=message.max_running_requests,
-        recent_ttft_ms=_optional(message, "recent_ttft_ms"),
-        recent_itl_ms=_optional(message, "recent_itl_ms"),
-        arrival_rate_rps=message.arrival_rate_rps,
-        power_w=message.power_w,
-        energy_j=message.energy_j,
-        remaining_output_tokens=message.remaining_output_tokens,
-        observed_at_s=message.observed_at_s,
-        last_activity_s=message.last_activity_s,
-    )
+    values: dict[str, Any] = {
+        name: _optional(message, name) if name in _OPTIONAL_STATE_FIELDS else getattr(message, name)
+        for name in _STATE_FIELDS
+    }
+    values["phase"] = phase_from_proto(message.phase, f"instance {message.instance_id!r}")
+    return InstanceState(**values)
 
 
 def info_from_state_proto(message: common_pb2.InstanceState) -> InstanceInfo | None:
@@ -211,54 +207,28 @@ def infos_from_snapshot_proto(message: common_pb2.ClusterSnapshot) -> dict[str, 
 
 
 def sample_to_proto(state: InstanceState) -> telemetry_pb2.InstanceSample:
-    """The load part of a state; phase, gpu key and GPU readings come from elsewhere.
-
-    An arrival rate of 0 is sent as "unknown", so telemetry derives it from completions.
-    """
+    """What an engine reports of a state (ENGINE_REPORT_FIELDS): its load and latencies.
+    Clock, power and energy come from GPU samples, arrivals from the router's placements."""
     return telemetry_pb2.InstanceSample(
         instance_id=state.instance_id,
-        observed_at_s=state.observed_at_s,
-        queue_len=state.queue_len,
-        queued_tokens=state.queued_tokens,
-        oldest_wait_ms=state.oldest_wait_ms,
-        running_prefill_tokens=state.running_prefill_tokens,
-        running_batch=state.running_batch,
-        kv_tokens_used=state.kv_tokens_used,
-        kv_tokens_capacity=state.kv_tokens_capacity,
-        max_running_requests=state.max_running_requests,
-        remaining_output_tokens=state.remaining_output_tokens,
-        recent_ttft_ms=state.recent_ttft_ms,
-        recent_itl_ms=state.recent_itl_ms,
-        arrival_rate_rps=state.arrival_rate_rps or None,
+        **{name: getattr(state, name) for name in ENGINE_REPORT_FIELDS},
     )
 
 
-def state_from_sample(
-    sample: telemetry_pb2.InstanceSample, info: InstanceInfo, derived_arrival_rate_rps: float
-) -> InstanceState:
-    """A load report as the store takes it; clock/power/energy come from GPU samples."""
-    arrival_rate_rps = _optional(sample, "arrival_rate_rps")
+def state_from_sample(sample: telemetry_pb2.InstanceSample, info: InstanceInfo) -> InstanceState:
+    """A load report as the store takes it (the other fields are merged in by the store)."""
+    values: dict[str, Any] = {
+        name: _optional(sample, name) if name in _OPTIONAL_STATE_FIELDS else getattr(sample, name)
+        for name in ENGINE_REPORT_FIELDS
+    }
+    if not values["last_activity_s"]:  # an older reporter: every report counts as activity
+        values["last_activity_s"] = sample.observed_at_s
     return InstanceState(
         instance_id=sample.instance_id,
         phase=info.phase,
         gpu_key=info.gpu_key,
         sm_clock_mhz=0,
-        queue_len=sample.queue_len,
-        queued_tokens=sample.queued_tokens,
-        oldest_wait_ms=sample.oldest_wait_ms,
-        running_prefill_tokens=sample.running_prefill_tokens,
-        running_batch=sample.running_batch,
-        kv_tokens_used=sample.kv_tokens_used,
-        kv_tokens_capacity=sample.kv_tokens_capacity,
-        max_running_requests=sample.max_running_requests,
-        recent_ttft_ms=_optional(sample, "recent_ttft_ms"),
-        recent_itl_ms=_optional(sample, "recent_itl_ms"),
-        arrival_rate_rps=(
-            derived_arrival_rate_rps if arrival_rate_rps is None else arrival_rate_rps
-        ),
-        remaining_output_tokens=sample.remaining_output_tokens,
-        observed_at_s=sample.observed_at_s,
-        last_activity_s=sample.observed_at_s,
+        **values,
     )
 
 
@@ -281,6 +251,7 @@ def report_result_from_proto(message: telemetry_pb2.ReportSamplesResponse) -> Re
         accepted=message.accepted,
         rejected=message.rejected,
         first_rejection_reason=message.first_rejection_reason,
+        unknown_instance_ids=tuple(message.unknown_instance_ids),
     )
 
 
@@ -297,21 +268,18 @@ def completion_to_proto(completion: Completion) -> telemetry_pb2.CompletionRecor
         reason=completion.reason,
         arrival_s=completion.arrival_s,
         finished_at_s=completion.finished_at_s,
+        status=completion.status,
+        energy_j=completion.energy_j,
+        idle_energy_j=completion.idle_energy_j,
     )
     if completion.slo is not None:
-        message.slo.CopyFrom(
-            common_pb2.SloTarget(ttft_ms=completion.slo.ttft_ms, itl_ms=completion.slo.itl_ms)
-        )
+        message.slo.CopyFrom(slo_to_proto(completion.slo))
     return message
 
 
 def completion_from_proto(message: telemetry_pb2.CompletionRecord) -> Completion:
     """No output token means no TTFT; fewer than two mean no ITL (the proto sends 0 then)."""
-    slo = (
-        SloTarget(ttft_ms=message.slo.ttft_ms, itl_ms=message.slo.itl_ms)
-        if message.HasField("slo")
-        else None
-    )
+    slo = slo_from_proto(message.slo) if message.HasField("slo") else None
     return Completion(
         request_id=message.request_id,
         prefill_id=message.prefill_instance_id,
@@ -325,6 +293,9 @@ def completion_from_proto(message: telemetry_pb2.CompletionRecord) -> Completion
         arrival_s=message.arrival_s,
         finished_at_s=message.finished_at_s,
         slo=slo,
+        status=message.status,
+        energy_j=message.energy_j if message.HasField("energy_j") else None,
+        idle_energy_j=message.idle_energy_j if message.HasField("idle_energy_j") else None,
     )
 
 
@@ -337,8 +308,9 @@ def aggregates_to_proto(
     return telemetry_pb2.InstanceAggregate(
         instance_id=aggregates.instance_id or "",
         phase=phase_to_proto(phase),
-        completed_requests=aggregates.finished,
+        completed_requests=aggregates.completed,
         failed_requests=aggregates.failed,
+        failed_by_status=dict(aggregates.failed_by_status),
         request_rate_rps=aggregates.request_rate_rps,
         output_tokens=aggregates.output_tokens,
         p50_ttft_ms=aggregates.ttft_p50_ms,
@@ -351,6 +323,8 @@ def aggregates_to_proto(
         energy_j=aggregates.energy_j,
         mean_power_w=aggregates.mean_power_w,
         mean_sm_clock_mhz=aggregates.mean_sm_clock_mhz or 0.0,
+        request_energy_j=aggregates.request_energy_j,
+        mean_request_energy_j=aggregates.mean_request_energy_j,
     )
 
 
@@ -361,8 +335,9 @@ def aggregates_from_proto(
         instance_id=message.instance_id or None,
         window_s=window_s,
         now_s=now_s,
-        finished=message.completed_requests,
+        finished=message.completed_requests + message.failed_requests,
         failed=message.failed_requests,
+        failed_by_status=dict(sorted(message.failed_by_status.items())),
         request_rate_rps=message.request_rate_rps,
         output_tokens=message.output_tokens,
         ttft_p50_ms=_optional(message, "p50_ttft_ms"),
@@ -375,6 +350,8 @@ def aggregates_from_proto(
         energy_j=message.energy_j,
         mean_power_w=message.mean_power_w,
         mean_sm_clock_mhz=message.mean_sm_clock_mhz or None,
+        request_energy_j=message.request_energy_j,
+        mean_request_energy_j=_optional(message, "mean_request_energy_j"),
     )
 
 

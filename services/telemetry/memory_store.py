@@ -55,6 +55,9 @@ class MemoryTelemetryStore:
         self._gpu: dict[str, GpuReading] = {}
         self._series: dict[tuple[str, Metric], deque[SeriesPoint]] = {}
         self._completions: deque[Completion] = deque(maxlen=completions_cap)
+        # The records in _completions, so a retried report is not counted twice.
+        self._completion_set: set[Completion] = set()
+        self._seen_s: dict[str, float] = {}
 
     @property
     def changes(self) -> ChangeNotifier:
@@ -79,11 +82,13 @@ class MemoryTelemetryStore:
         validate_instance_info(info)
         created = info.instance_id not in self._infos
         self._infos[info.instance_id] = info
+        self._seen_s[info.instance_id] = self._clock()
         self._changes.changed()
         return created
 
     async def unregister_instance(self, instance_id: str) -> bool:
         registered = self._infos.pop(instance_id, None) is not None
+        self._seen_s.pop(instance_id, None)
         self._states.pop(instance_id, None)
         self._gpu.pop(instance_id, None)
         for metric in Metric:
@@ -93,8 +98,11 @@ class MemoryTelemetryStore:
 
     async def put_instance_state(self, state: InstanceState) -> None:
         validate_instance_state(state)
-        state = stamp_state(state, self._clock())
+        now_s = self._clock()
+        state = stamp_state(state, now_s)
         self._states[state.instance_id] = state
+        if state.instance_id in self._infos:
+            self._seen_s[state.instance_id] = now_s
         self._append(state.instance_id, state.observed_at_s, load_metric_values(state))
         self._changes.changed()
 
@@ -116,7 +124,18 @@ class MemoryTelemetryStore:
 
     async def record_completion(self, completion: Completion) -> None:
         validate_completion(completion)
+        if completion in self._completion_set:
+            return
+        if len(self._completions) == self._completions.maxlen:
+            self._completion_set.discard(self._completions[0])
         self._completions.append(completion)
+        self._completion_set.add(completion)
+
+    async def last_seen(self) -> dict[str, float]:
+        return dict(self._seen_s)
+
+    async def ping(self) -> None:
+        """Process memory is always there."""
 
     async def latest_states(self) -> dict[str, InstanceState]:
         states: dict[str, InstanceState] = {}

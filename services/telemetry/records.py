@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from voltana.policy.state import Phase, SloTarget
@@ -83,15 +83,24 @@ class Completion:
     arrival_s: float = 0.0
     # The SLO this request was held to; None = judge it by the SLO the reader asks about.
     slo: SloTarget | None = None
+    # gRPC status the client got ("OK", "UNAVAILABLE", ...); "" = derived from ``ok``.
+    status: str = ""
+    # GPU energy attributed to the request (active plus idle share) and its idle part, joules;
+    # None when the engines do not report it (docs/energy.md).
+    energy_j: float | None = None
+    idle_energy_j: float | None = None
+
+    @property
+    def status_name(self) -> str:
+        """``status``, or "OK" / "UNKNOWN" from ``ok`` when the reporter gave none."""
+        return self.status or ("OK" if self.ok else "UNKNOWN")
 
     @property
     def instance_ids(self) -> tuple[str, ...]:
-        """Instances that served the request (one id when prefill and decode are the same)."""
-        if self.prefill_id == self.decode_id or not self.decode_id:
-            return (self.prefill_id,)
-        if not self.prefill_id:
-            return (self.decode_id,)
-        return (self.prefill_id, self.decode_id)
+        """Instances that served the request (one id when prefill and decode are the same;
+        none when it failed before placement)."""
+        ids = tuple(dict.fromkeys(i for i in (self.prefill_id, self.decode_id) if i))
+        return ids
 
 
 class Metric(enum.StrEnum):
@@ -138,7 +147,7 @@ class Aggregates:
     """Rolling-window view over ``(now_s - window_s, now_s]`` of one instance or the cluster.
 
     Latency percentiles cover successful requests; attainment counts failed requests as
-    missing their SLOs (DESIGN.md section 5) and judges each request by its own SLO when it
+    missing their SLOs (docs/definitions.md) and judges each request by its own SLO when it
     carries one. ITL figures use each request's mean ITL. A request counts for both its
     prefill and its decode instance.
     """
@@ -166,6 +175,17 @@ class Aggregates:
     mean_power_w: float
     # Mean of the SM clock samples in the window (of every selected GPU); None without samples.
     mean_sm_clock_mhz: float | None
+    # Failed requests by the status their client got (Completion.status_name).
+    failed_by_status: Mapping[str, int] = field(default_factory=dict)
+    # GPU energy attributed to the requests that finished in the window (those whose engines
+    # report it), and its mean per such request (None when none did).
+    request_energy_j: float = 0.0
+    mean_request_energy_j: float | None = None
+
+    @property
+    def completed(self) -> int:
+        """Requests that finished successfully."""
+        return self.finished - self.failed
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,3 +206,16 @@ class ReportResult:
     rejected: int
     # Why the first rejected sample was dropped ("" when none was).
     first_rejection_reason: str = ""
+    # Instances telemetry does not know (samples rejected for that): register them again.
+    unknown_instance_ids: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class PlacementEvent:
+    """The router placed a request (arrival rates are counted from these)."""
+
+    request_id: str
+    prefill_instance_id: str
+    decode_instance_id: str
+    input_tokens: int
+    placed_at_s: float

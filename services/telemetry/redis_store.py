@@ -9,7 +9,9 @@ Key layout (``prefix`` defaults to ``voltana:``):
 - ``{prefix}gpu:{id}``                  hash, its latest GPU sample
 - ``{prefix}series:{id}:{metric}``      list of ``"<ts_s> <value>"``, capped with LTRIM
 - ``{prefix}completions``               sorted set of JSON completions scored by finish time,
-                                        capped by rank
+                                        capped by rank (a record reported twice is kept once)
+- ``{prefix}seen``                      hash, instance id → when it last registered or reported
+                                        load (store clock); silent instances expire by it
 
 Registration, load and GPU data stay in separate hashes and are merged on read (see
 ``merge.py``), so no write has to read first.
@@ -163,6 +165,9 @@ class RedisTelemetryStore:
     def completions_key(self) -> str:
         return f"{self._prefix}completions"
 
+    def seen_key(self) -> str:
+        return f"{self._prefix}seen"
+
     def _queue_points(
         self, pipe: Any, instance_id: str, ts_s: float, values: dict[Metric, float]
     ) -> None:
@@ -177,8 +182,13 @@ class RedisTelemetryStore:
         key: str,
         fields: Mapping[Any, Any],
         points: tuple[float, dict[Metric, float]] | None,
+        *,
+        seen: bool = False,
     ) -> bool:
-        """Store one hash (and series points) in one transaction; True when the hash was new."""
+        """Store one hash (and series points) in one transaction; True when the hash was new.
+
+        ``seen``: the write is a sign of life of the instance (registration, load report).
+        """
         with _store_errors(f"store {key}"):
             async with self._redis.pipeline(transaction=True) as pipe:
                 pipe.exists(key)
@@ -186,6 +196,8 @@ class RedisTelemetryStore:
                 # Replace, not merge: a field the new value lacks must not survive.
                 pipe.delete(key)
                 pipe.hset(key, mapping=fields)
+                if seen:
+                    pipe.hset(self.seen_key(), instance_id, repr(self._clock()))
                 if points is not None:
                     self._queue_points(pipe, instance_id, *points)
                 replies = await pipe.execute()
@@ -195,7 +207,7 @@ class RedisTelemetryStore:
     async def register_instance(self, info: InstanceInfo) -> bool:
         validate_instance_info(info)
         return await self._write_hash(
-            info.instance_id, self.info_key(info.instance_id), encode_fields(info), None
+            info.instance_id, self.info_key(info.instance_id), encode_fields(info), None, seen=True
         )
 
     async def unregister_instance(self, instance_id: str) -> bool:
@@ -203,6 +215,7 @@ class RedisTelemetryStore:
             async with self._redis.pipeline(transaction=True) as pipe:
                 pipe.exists(self.info_key(instance_id))
                 pipe.srem(self.instances_key(), instance_id)
+                pipe.hdel(self.seen_key(), instance_id)
                 pipe.delete(
                     self.info_key(instance_id),
                     self.state_key(instance_id),
@@ -221,6 +234,7 @@ class RedisTelemetryStore:
             self.state_key(state.instance_id),
             encode_fields(state),
             (state.observed_at_s, load_metric_values(state)),
+            seen=True,
         )
 
     async def put_gpu_sample(
@@ -335,6 +349,24 @@ class RedisTelemetryStore:
         if instance_id is None:
             return (await self.window_report(None, window_s, slo)).cluster
         return (await self.window_report([instance_id], window_s, slo)).instances[instance_id]
+
+    async def last_seen(self) -> dict[str, float]:
+        with _store_errors("read when instances were last seen"):
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.smembers(self.instances_key())
+                pipe.hgetall(self.seen_key())
+                members, seen = await pipe.execute()
+        registered = set(_texts(members))
+        result: dict[str, float] = {}
+        for instance_id, text in seen.items():
+            if instance_id in registered:
+                try:
+                    result[instance_id] = float(text)
+                except ValueError as exc:
+                    raise CorruptTelemetryError(
+                        f"cannot decode when {instance_id!r} was last seen: {text!r}"
+                    ) from exc
+        return result
 
     async def ping(self) -> None:
         """Raise TelemetryStoreError unless Redis answers (services check this at start)."""

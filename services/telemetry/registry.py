@@ -9,9 +9,10 @@ from voltana.services.telemetry.store import TelemetryStore
 class InstanceRegistry:
     """Registrations by instance id and by GPU (agent address, GPU index).
 
-    Writes go through here to the store. A lookup that misses rereads the store, at most
-    every ``refresh_s`` (by the store's clock), to pick up registrations made by another
-    process sharing the store.
+    Writes go through here to the store. Lookups reread the store at most every ``refresh_s``
+    (by the store's clock): to pick up registrations made by another process sharing the
+    store, and to notice registrations the store lost (Redis restarted empty, an expiry), so
+    that samples of such instances are rejected as unknown and their reporters register again.
     """
 
     def __init__(self, store: TelemetryStore, *, refresh_s: float) -> None:
@@ -41,16 +42,13 @@ class InstanceRegistry:
         return len(infos) - (instance_id in infos)
 
     async def get(self, instance_id: str) -> InstanceInfo | None:
-        info = self._infos.get(instance_id)
-        if info is None and await self._reload_if_due():
-            info = self._infos.get(instance_id)
-        return info
+        await self._reload_if_due()
+        return self._infos.get(instance_id)
 
     async def on_gpu(self, agent_address: str, gpu_index: int) -> InstanceInfo | None:
         """The instance registered on that GPU of that node agent, if any."""
+        await self._reload_if_due()
         instance_id = self._by_gpu.get((agent_address, gpu_index))
-        if instance_id is None and await self._reload_if_due():
-            instance_id = self._by_gpu.get((agent_address, gpu_index))
         return None if instance_id is None else self._infos.get(instance_id)
 
     async def _reload_if_due(self) -> bool:

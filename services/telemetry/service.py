@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import time
@@ -12,9 +13,9 @@ from opentelemetry import trace
 from prometheus_client import CollectorRegistry
 
 from voltana.errors import FailedPreconditionError
-from voltana.lifecycle import AsyncService
+from voltana.lifecycle import AsyncService, cancel_and_wait
 from voltana.observability.prometheus import MetricsServer, start_metrics_server
-from voltana.rpc import dialable_address, start_grpc_server, stop_grpc_server
+from voltana.rpc import dialable_address, set_serving, start_grpc_server, stop_grpc_server
 from voltana.rpc.names import TELEMETRY_SERVICE
 from voltana.services.telemetry.errors import TELEMETRY_STATUS_CODES
 from voltana.services.telemetry.memory_store import MemoryTelemetryStore
@@ -24,6 +25,7 @@ from voltana.services.telemetry.redis_url import redact_redis_url
 from voltana.services.telemetry.servicer import TELEMETRY_PRIVILEGED_METHODS, TelemetryServicer
 from voltana.services.telemetry.settings import TelemetrySettings
 from voltana.services.telemetry.store import Clock, TelemetryStore
+from voltana.services.telemetry.upkeep import TelemetryUpkeep
 from voltana.v1 import telemetry_pb2_grpc
 
 _LOG = logging.getLogger(__name__)
@@ -77,6 +79,8 @@ class TelemetryService(AsyncService):
         self._servicer: TelemetryServicer | None = None
         self._server: grpc.aio.Server | None = None
         self._health: health.aio.HealthServicer | None = None
+        self._upkeep: TelemetryUpkeep | None = None
+        self._upkeep_task: asyncio.Task[None] | None = None
         self._port: int | None = None
         self._stopped = False
 
@@ -87,6 +91,11 @@ class TelemetryService(AsyncService):
     @property
     def store(self) -> TelemetryStore:
         return self._store
+
+    @property
+    def upkeep(self) -> TelemetryUpkeep | None:
+        """Store health checks and expiry of silent instances (None until started)."""
+        return self._upkeep
 
     @property
     def metrics_url(self) -> str | None:
@@ -129,6 +138,14 @@ class TelemetryService(AsyncService):
         )
         self._servicer, self._health = servicer, health_servicer
         self._server, self._port = started.server, started.port
+        self._upkeep = TelemetryUpkeep(
+            self._store,
+            forget=servicer.forget_instance,
+            on_health=self._set_health,
+            interval_s=self._settings.upkeep_interval_s,
+            instance_ttl_s=self._settings.instance_ttl_s,
+        )
+        self._upkeep_task = asyncio.create_task(self._upkeep.run(), name="telemetry-upkeep")
         try:
             self._metrics_server = await start_metrics_server(
                 self.metrics_registry, self._settings.metrics_listen_address
@@ -143,9 +160,18 @@ class TelemetryService(AsyncService):
             f"redis at {redact_redis_url(redis_url)}" if redis_url else "in memory",
         )
 
+    async def _set_health(self, serving: bool) -> None:
+        if self._health is not None:
+            await set_serving(self._health, [TELEMETRY_SERVICE], serving)
+
     async def stop(self) -> None:
         """Stop serving (watch streams end at once); close the store if this service built it."""
         self._stopped = True
+        task, self._upkeep_task = self._upkeep_task, None
+        if task is not None:
+            assert self._upkeep is not None
+            self._upkeep.stop()
+            await cancel_and_wait([task])
         metrics_server, self._metrics_server = self._metrics_server, None
         if metrics_server is not None:
             await metrics_server.stop()

@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import grpc.aio
 
-from voltana.rpc.limits import check_address, check_id, check_ids
+from voltana.rpc.limits import MAX_TEXT_CHARS, check_address, check_id, check_ids
 from voltana.rpc.names import TELEMETRY_SERVICE, method_names
 from voltana.services.telemetry.arrivals import ArrivalRates
 from voltana.services.telemetry.convert import (
@@ -45,6 +46,7 @@ from voltana.services.telemetry.settings import TelemetrySettings
 from voltana.services.telemetry.snapshots import ClusterView, SnapshotCache
 from voltana.services.telemetry.store import TelemetryStore
 from voltana.services.telemetry.validate import validate_instance_info, validate_window
+from voltana.text import truncate
 from voltana.v1 import common_pb2, telemetry_pb2, telemetry_pb2_grpc
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -58,7 +60,16 @@ TELEMETRY_PRIVILEGED_METHODS = method_names(
     "ReportInstanceSamples",
     "ReportGpuSamples",
     "ReportCompletion",
+    "ReportPlacements",
 )
+
+
+@dataclass
+class _Rejection:
+    """Why a sample was not stored; ``unknown_instance`` names an instance to re-register."""
+
+    reason: str
+    unknown_instance: str = ""
 
 
 @dataclass
@@ -66,17 +77,25 @@ class _Tally:
     accepted: int = 0
     rejected: int = 0
     first_rejection_reason: str = ""
+    unknown_instance_ids: dict[str, None] = field(default_factory=dict)
 
-    def reject(self, reason: str) -> None:
+    def reject(self, rejection: _Rejection) -> None:
         self.rejected += 1
-        self.first_rejection_reason = self.first_rejection_reason or reason
+        self.first_rejection_reason = self.first_rejection_reason or rejection.reason
+        if rejection.unknown_instance:
+            self.unknown_instance_ids[rejection.unknown_instance] = None
 
     def response(self) -> telemetry_pb2.ReportSamplesResponse:
         return telemetry_pb2.ReportSamplesResponse(
             accepted=self.accepted,
             rejected=self.rejected,
             first_rejection_reason=self.first_rejection_reason,
+            unknown_instance_ids=list(self.unknown_instance_ids),
         )
+
+
+def _unknown(instance_id: str) -> _Rejection:
+    return _Rejection(f"instance {instance_id!r} is not registered", instance_id)
 
 
 class TelemetryServicer(telemetry_pb2_grpc.TelemetryServiceServicer):
@@ -111,6 +130,11 @@ class TelemetryServicer(telemetry_pb2_grpc.TelemetryServiceServicer):
                 "(max_instances); unregister one first"
             )
         created = await self._registry.register(info)
+        if created:
+            # A new process behind the id (restarted engine) may stamp from another origin.
+            self._last_load_s.pop(request.instance_id, None)
+            self._last_gpu_s.pop(request.instance_id, None)
+            self._gpu_groups.forget(request.instance_id)
         return telemetry_pb2.RegisterInstanceResponse(created=created)
 
     async def UnregisterInstance(
@@ -118,20 +142,26 @@ class TelemetryServicer(telemetry_pb2_grpc.TelemetryServiceServicer):
     ) -> telemetry_pb2.UnregisterInstanceResponse:
         instance_id = request.instance_id
         check_id(instance_id, "instance_id", error=InvalidTelemetryError)
-        if not await self._registry.unregister(instance_id):
+        if not await self.forget_instance(instance_id):
             raise UnknownInstanceError(f"instance {instance_id!r} is not registered")
+        return telemetry_pb2.UnregisterInstanceResponse()
+
+    async def forget_instance(self, instance_id: str) -> bool:
+        """Unregister an instance and drop what this process remembers of it (also used when
+        a silent instance expires); False when it was not registered."""
+        registered = await self._registry.unregister(instance_id)
         self._arrivals.forget(instance_id)
         self._last_load_s.pop(instance_id, None)
         self._last_gpu_s.pop(instance_id, None)
         self._gpu_groups.forget(instance_id)
-        return telemetry_pb2.UnregisterInstanceResponse()
+        return registered
 
     # Reports.
 
     async def _consume(
         self,
         samples: AsyncIterable[SampleT],
-        accept: Callable[[SampleT], Awaitable[str | None]],
+        accept: Callable[[SampleT], Awaitable[_Rejection | None]],
     ) -> telemetry_pb2.ReportSamplesResponse:
         tally = _Tally()
         async for sample in samples:
@@ -153,44 +183,47 @@ class TelemetryServicer(telemetry_pb2_grpc.TelemetryServiceServicer):
         """Samples without a time (0) are stamped on arrival, so they are never late."""
         return ts_s > 0 and ts_s < last_s.get(instance_id, 0.0)
 
-    def _future_problem(self, what: str, ts_s: float) -> str | None:
+    def _future_problem(self, what: str, ts_s: float) -> _Rejection | None:
         """Why ``ts_s`` is too far ahead of telemetry's clock to accept, or None."""
         ahead_s = ts_s - self._store.clock()
         if ahead_s > self._settings.max_future_skew_s:
-            return (
+            return _Rejection(
                 f"{what} is stamped {ahead_s:.3g} s ahead of telemetry's clock (at most "
                 f"{self._settings.max_future_skew_s:g} s allowed); check the reporter's clock"
             )
         return None
 
-    async def _accept_instance_sample(self, sample: telemetry_pb2.InstanceSample) -> str | None:
+    async def _accept_instance_sample(
+        self, sample: telemetry_pb2.InstanceSample
+    ) -> _Rejection | None:
         instance_id = sample.instance_id
         check_id(instance_id, "instance_id", error=InvalidTelemetryError)
         info = await self._registry.get(instance_id)
         if info is None:
-            return f"instance {instance_id!r} is not registered"
+            return _unknown(instance_id)
         future = self._future_problem(f"sample of {instance_id!r}", sample.observed_at_s)
         if future is not None:
             return future
         if self._is_late(self._last_load_s, instance_id, sample.observed_at_s):
-            return f"sample of {instance_id!r} at {sample.observed_at_s} is older than the last"
-        derived_rate_rps = self._arrivals.rate_rps(instance_id, self._store.clock())
-        await self._store.put_instance_state(state_from_sample(sample, info, derived_rate_rps))
+            return _Rejection(
+                f"sample of {instance_id!r} at {sample.observed_at_s} is older than the last"
+            )
+        await self._store.put_instance_state(state_from_sample(sample, info))
         if sample.observed_at_s > 0:
             self._last_load_s[instance_id] = sample.observed_at_s
         return None
 
-    async def _accept_gpu_sample(self, sample: common_pb2.GpuSample) -> str | None:
+    async def _accept_gpu_sample(self, sample: common_pb2.GpuSample) -> _Rejection | None:
         check_id(sample.instance_id, "instance_id", error=InvalidTelemetryError, required=False)
         check_address(sample.agent_address, "agent_address", error=InvalidTelemetryError)
         if sample.instance_id:
             info = await self._registry.get(sample.instance_id)
             if info is None:
-                return f"instance {sample.instance_id!r} is not registered"
+                return _unknown(sample.instance_id)
         else:
             info = await self._registry.on_gpu(sample.agent_address, sample.gpu_index)
             if info is None:
-                return (
+                return _Rejection(
                     f"no registered instance on GPU {sample.gpu_index} "
                     f"of agent {sample.agent_address!r}"
                 )
@@ -205,11 +238,13 @@ class TelemetryServicer(telemetry_pb2_grpc.TelemetryServiceServicer):
             MemberReading(sample.timestamp_s, sample.sm_clock_mhz, sample.power_w, sample.energy_j),
         )
         if isinstance(combined, str):
-            return combined
+            return _Rejection(combined)
         if combined is None:  # the group's other GPUs have not reported yet
             return None
         if self._is_late(self._last_gpu_s, instance_id, combined.ts_s):
-            return f"GPU sample of {instance_id!r} at {combined.ts_s} is older than the last"
+            return _Rejection(
+                f"GPU sample of {instance_id!r} at {combined.ts_s} is older than the last"
+            )
         await self._store.put_gpu_sample(
             instance_id, combined.ts_s, combined.sm_clock_mhz, combined.power_w, combined.energy_j
         )
@@ -230,6 +265,11 @@ class TelemetryServicer(telemetry_pb2_grpc.TelemetryServiceServicer):
         self, request: telemetry_pb2.CompletionRecord, context: Context
     ) -> telemetry_pb2.ReportCompletionResponse:
         completion = completion_from_proto(request)
+        # The reason is free text (often an engine's error): cut, not refused, so the record
+        # still counts.
+        completion = dataclasses.replace(
+            completion, reason=truncate(completion.reason, MAX_TEXT_CHARS)
+        )
         for what, ts_s in (
             ("arrival_s", completion.arrival_s),
             ("finished_at_s", completion.finished_at_s),
@@ -238,23 +278,51 @@ class TelemetryServicer(telemetry_pb2_grpc.TelemetryServiceServicer):
             if future is not None:
                 raise InvalidTelemetryError(future)
         await self._store.record_completion(completion)
-        if completion.arrival_s > 0:
-            self._arrivals.record(completion.instance_ids, completion.arrival_s)
         return telemetry_pb2.ReportCompletionResponse()
+
+    async def ReportPlacements(
+        self, request: telemetry_pb2.ReportPlacementsRequest, context: Context
+    ) -> telemetry_pb2.ReportPlacementsResponse:
+        now_s = self._store.clock()
+        accepted = 0
+        for placement in request.placements:
+            for instance_id in (placement.prefill_instance_id, placement.decode_instance_id):
+                check_id(instance_id, "instance_id", error=InvalidTelemetryError)
+            future = self._future_problem("a placement", placement.placed_at_s)
+            if future is not None:
+                raise InvalidTelemetryError(future)
+            if placement.input_tokens < 0:
+                raise InvalidTelemetryError(
+                    f"input_tokens must be >= 0, got {placement.input_tokens}"
+                )
+            placed_at_s = placement.placed_at_s or now_s
+            if placed_at_s < now_s - self._settings.arrival_rate_window_s:
+                continue  # already outside every window (a batch held up somewhere)
+            for instance_id in (placement.prefill_instance_id, placement.decode_instance_id):
+                self._arrivals.record(instance_id, placed_at_s, placement.input_tokens)
+            accepted += 1
+        return telemetry_pb2.ReportPlacementsResponse(accepted=accepted)
 
     # Snapshots.
 
     async def _selected_view(self, phase: int, instance_ids: list[str]) -> ClusterView:
-        check_ids(instance_ids, "instance_ids", error=InvalidTelemetryError)
         view = await self._snapshots.read()
         return view.select(phase_filter_from_proto(phase), instance_ids)
 
     def _to_proto(self, view: ClusterView) -> common_pb2.ClusterSnapshot:
-        return snapshot_to_proto(view.states, view.infos, self._store.clock())
+        now_s = self._store.clock()
+        states = {}
+        for instance_id, state in view.states.items():
+            rate_rps, tokens_per_s = self._arrivals.rates(instance_id, now_s)
+            states[instance_id] = dataclasses.replace(
+                state, arrival_rate_rps=rate_rps, arrival_tokens_per_s=tokens_per_s
+            )
+        return snapshot_to_proto(states, view.infos, now_s)
 
     async def GetSnapshot(
         self, request: telemetry_pb2.GetSnapshotRequest, context: Context
     ) -> common_pb2.ClusterSnapshot:
+        check_ids(request.instance_ids, "instance_ids", error=InvalidTelemetryError)
         view = await self._selected_view(request.phase, list(request.instance_ids))
         return self._to_proto(view)
 
@@ -286,6 +354,7 @@ class TelemetryServicer(telemetry_pb2_grpc.TelemetryServiceServicer):
         """A snapshot now; then one after each change, at most every interval and at least
         every ``watch_idle_resend_s`` (so ``now_s`` keeps moving on a quiet cluster)."""
         interval_s = self._watch_interval_s(request.interval_ms)
+        check_ids(request.instance_ids, "instance_ids", error=InvalidTelemetryError)
         idle_resend_s = self._settings.watch_idle_resend_s
         instance_ids = list(request.instance_ids)
         loop = asyncio.get_running_loop()

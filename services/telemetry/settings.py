@@ -6,6 +6,7 @@ import math
 from dataclasses import dataclass, field
 
 from voltana.errors import ConfigError
+from voltana.observation import DEFAULT_OBSERVATION
 from voltana.policy.state import SloTarget
 from voltana.rpc.security import RpcSecurity
 from voltana.services.telemetry.redis_store import DEFAULT_KEY_PREFIX
@@ -30,8 +31,9 @@ class TelemetrySettings:
     window_s: float = 60.0
     # SLO of requests whose completion carries none.
     slo: SloTarget = field(default_factory=SloTarget)
-    # Window over which arrival rates are derived for samples that do not carry one.
-    arrival_rate_window_s: float = 10.0
+    # Window over which the router's placements give each instance's arrival rates (the
+    # observation contract's window).
+    arrival_rate_window_s: float = DEFAULT_OBSERVATION.window_s
     # WatchSnapshots: period used when the client asks for 0, the shortest period a client
     # may ask for, and how long an unchanged cluster waits before a snapshot is resent.
     watch_default_interval_ms: int = 500
@@ -40,6 +42,12 @@ class TelemetrySettings:
     # A sample for an instance this process does not know rereads registrations from the
     # store at most this often (another telemetry process may have registered it).
     registry_refresh_s: float = 1.0
+    # An instance that neither registers nor reports load for this long is unregistered
+    # (routers stop sending it work); 0 = never expire. Reporters send load every 50-250 ms.
+    instance_ttl_s: float = 10.0
+    # How often the store is pinged (health NOT_SERVING while it fails) and silent instances
+    # are looked for.
+    upkeep_interval_s: float = 1.0
     shutdown_grace_s: float = 1.0
     # Prometheus /metrics ("host:port", port 0 = any free); None = not served.
     metrics_listen_address: str | None = None
@@ -61,11 +69,21 @@ class TelemetrySettings:
                 "telemetry watch_default_interval_ms must be >= watch_min_interval_ms, got "
                 f"{self.watch_default_interval_ms} < {self.watch_min_interval_ms}"
             )
-        for name in ("window_s", "arrival_rate_window_s", "watch_idle_resend_s"):
+        for name in (
+            "window_s",
+            "arrival_rate_window_s",
+            "watch_idle_resend_s",
+            "upkeep_interval_s",
+        ):
             value = getattr(self, name)
             if not math.isfinite(value) or value <= 0:
                 raise ConfigError(f"telemetry {name} must be a finite number > 0, got {value}")
-        for name in ("registry_refresh_s", "shutdown_grace_s", "max_future_skew_s"):
+        for name in (
+            "registry_refresh_s",
+            "shutdown_grace_s",
+            "instance_ttl_s",
+            "max_future_skew_s",
+        ):
             value = getattr(self, name)
             if not math.isfinite(value) or value < 0:
                 raise ConfigError(f"telemetry {name} must be a finite number >= 0, got {value}")

@@ -104,7 +104,19 @@ class TelemetryStore(Protocol):
         """
         ...
 
-    async def record_completion(self, completion: Completion) -> None: ...
+    async def record_completion(self, completion: Completion) -> None:
+        """Keep one request's outcome; the same record sent twice (a retried report) is kept
+        once."""
+        ...
+
+    async def last_seen(self) -> dict[str, float]:
+        """When each registered instance was last heard of (registered or reported load), on
+        the store's clock: what expiry of silent instances goes by."""
+        ...
+
+    async def ping(self) -> None:
+        """Raise TelemetryStoreError unless the store can be used now."""
+        ...
 
     async def latest_states(self) -> dict[str, InstanceState]:
         """Every instance whose phase is known, ordered by instance id."""

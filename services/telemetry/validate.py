@@ -6,6 +6,7 @@ limit and no error message echoes more than a short prefix of what was sent.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 from voltana.policy.state import InstanceState, SloTarget
@@ -18,22 +19,11 @@ from voltana.services.telemetry.records import (
     InstanceInfo,
 )
 
-_NON_NEGATIVE_STATE_FIELDS: tuple[str, ...] = (
-    "sm_clock_mhz",
-    "queue_len",
-    "queued_tokens",
-    "oldest_wait_ms",
-    "running_prefill_tokens",
-    "running_batch",
-    "kv_tokens_used",
-    "kv_tokens_capacity",
-    "max_running_requests",
-    "arrival_rate_rps",
-    "power_w",
-    "energy_j",
-    "remaining_output_tokens",
-    "observed_at_s",
-    "last_activity_s",
+# Every number a state carries is a count, a size, a rate, a time or a reading: none is negative.
+_NUMERIC_STATE_FIELDS: tuple[str, ...] = tuple(
+    f.name
+    for f in dataclasses.fields(InstanceState)
+    if str(f.type).replace(" | None", "") in ("int", "float")
 )
 
 
@@ -51,10 +41,8 @@ def _check_non_negative(owner: str, name: str, value: float | None) -> None:
 def validate_instance_state(state: InstanceState) -> None:
     _check_id("instance_id", state.instance_id)
     owner = f"instance {state.instance_id!r}"
-    for name in _NON_NEGATIVE_STATE_FIELDS:
+    for name in _NUMERIC_STATE_FIELDS:
         _check_non_negative(owner, name, getattr(state, name))
-    _check_non_negative(owner, "recent_ttft_ms", state.recent_ttft_ms)
-    _check_non_negative(owner, "recent_itl_ms", state.recent_itl_ms)
 
 
 def validate_instance_info(info: InstanceInfo) -> None:
@@ -94,7 +82,8 @@ def validate_completion(completion: Completion) -> None:
     _check_id("prefill_instance_id", completion.prefill_id, required=False)
     _check_id("decode_instance_id", completion.decode_id, required=False)
     check_text(completion.reason, "reason", error=InvalidTelemetryError)
-    if not completion.prefill_id and not completion.decode_id:
+    if completion.ok and not completion.prefill_id and not completion.decode_id:
+        # Only failed requests may lack instances (they failed before placement).
         raise InvalidTelemetryError(f"request {completion.request_id!r}: no instance id")
     owner = f"request {completion.request_id!r}"
     for name in (
@@ -104,6 +93,8 @@ def validate_completion(completion: Completion) -> None:
         "mean_itl_ms",
         "finished_at_s",
         "arrival_s",
+        "energy_j",
+        "idle_energy_j",
     ):
         _check_non_negative(owner, name, getattr(completion, name))
     if completion.slo is not None:

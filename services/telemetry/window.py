@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Collection, Iterable, Mapping, Sequence
 
 from voltana.policy.state import SloTarget
@@ -80,6 +81,7 @@ def compute_aggregates(
     clocks_mhz = [
         p.value for points in clock_series for p in points if in_window(p.ts_s, start_s, now_s)
     ]
+    request_energies_j = [c.energy_j for c in finished if c.energy_j is not None]
     return Aggregates(
         instance_id=instance_id,
         window_s=window_s,
@@ -98,6 +100,11 @@ def compute_aggregates(
         energy_j=energy_j,
         mean_power_w=energy_j / window_s,
         mean_sm_clock_mhz=sum(clocks_mhz) / len(clocks_mhz) if clocks_mhz else None,
+        failed_by_status=dict(sorted(Counter(c.status_name for c in finished if not c.ok).items())),
+        request_energy_j=sum(request_energies_j),
+        mean_request_energy_j=(
+            sum(request_energies_j) / len(request_energies_j) if request_energies_j else None
+        ),
     )
 
 

@@ -17,7 +17,6 @@ import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from voltana.cli.options import (
@@ -28,6 +27,7 @@ from voltana.cli.options import (
     slo_from_args,
     workload_from_args,
 )
+from voltana.cli.outputs import check_output_path, report_stream, write_text
 from voltana.cli.progress import ProgressBar
 from voltana.cli.security_opts import (
     add_api_key_args,
@@ -56,7 +56,7 @@ EPILOG = """\
 examples:
   voltana bench --target 127.0.0.1:50051 --telemetry 127.0.0.1:50052 \\
       --trace synthetic:poisson:rate=5,duration=60,input=512,output=128 --json out.json
-  voltana bench --target router:50051 --trace azure_llm_2023_conv.csv --duration-s 120 \\
+  voltana bench --target router:50051 --trace azure-conv --duration-s 120 \\
       --rate-scale 0.5 --max-concurrency 256 --policy-label voltana
 
 Latencies are wall-clock times measured by this client. Against `voltana up --sim --speedup X`
@@ -99,7 +99,10 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         help="telemetry address, to measure GPU energy (default: energy not measured)",
     )
     parser.add_argument(
-        "--trace", required=True, help="workload file or synthetic spec (as for simulate)"
+        "--trace",
+        required=True,
+        help="trace file, shipped trace name (azure-conv, azure-code) or synthetic:... "
+        "(as for simulate)",
     )
     add_workload_shaping_args(parser)
     load = parser.add_argument_group("client")
@@ -130,7 +133,11 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         metavar="NAME",
         help="column name of this run in the report (default: %(default)s)",
     )
-    output.add_argument("--json", metavar="OUT.json", help="write the results as JSON")
+    output.add_argument(
+        "--json",
+        metavar="OUT.json",
+        help="write the results as JSON ('-' = stdout; the table then goes to stderr)",
+    )
     output.add_argument("--quiet", action="store_true", help="no progress on stderr")
     parser.set_defaults(handler=run)
 
@@ -151,6 +158,8 @@ class RequestResult:
     token_itl_ms: list[float] = field(default_factory=list)
     token_itl_weights: list[float] = field(default_factory=list)
     finished_at_s: float = 0.0
+    # GPU energy the router attributed to the request (active, idle), J; None when unknown.
+    energy_j: tuple[float, float] | None = None
 
 
 def prompt_ids(request: TraceRequest) -> list[int]:
@@ -223,6 +232,9 @@ async def send_one(
     tokens = max(tokens, summary.completion_tokens)
     result.completed = True
     result.output_tokens = tokens
+    if summary.energy_j is not None:
+        idle_j = summary.idle_energy_j or 0.0
+        result.energy_j = (summary.energy_j - idle_j, idle_j)
     result.ttft_ms = (first_s - sent_s) * 1000.0
     result.mean_itl_ms = (last_s - first_s) * 1000.0 / (tokens - 1) if tokens > 1 else 0.0
     return result
@@ -289,42 +301,70 @@ async def replay(
 # ---- energy from telemetry -------------------------------------------------------------------
 
 
-async def read_energy_j(
-    telemetry_address: str, security: RpcSecurity | None = None
-) -> dict[str, float]:
-    """Every instance's GPU energy counter (J) as telemetry last received it."""
+@dataclass(frozen=True)
+class EnergyReading:
+    """Every instance's GPU energy counter (J) as telemetry last received it, and the engine
+    URL each instance registered."""
+
+    energy_j: dict[str, float]
+    engine_urls: dict[str, str]
+    # GPUs per instance (a tensor-parallel one runs on several).
+    gpus: dict[str, int] = field(default_factory=dict)
+
+
+async def read_energy(telemetry_address: str, security: RpcSecurity | None = None) -> EnergyReading:
     from voltana.services.telemetry import TelemetryClient
 
     async with TelemetryClient(telemetry_address, security=security) as client:
-        snapshot = await client.snapshot()
-    return {
-        state.instance_id: state.energy_j
-        for state in (*snapshot.prefill.values(), *snapshot.decode.values())
-    }
-
-
-async def read_gpu_counts(
-    telemetry_address: str, security: RpcSecurity | None = None
-) -> dict[str, int]:
-    """How many GPUs each instance runs on (a tensor-parallel one: several)."""
-    from voltana.services.telemetry import TelemetryClient
-
-    async with TelemetryClient(telemetry_address, security=security) as client:
-        _, infos = await client.snapshot_with_endpoints()
-    return {instance_id: max(1, len(info.gpu_refs)) for instance_id, info in infos.items()}
+        snapshot, infos = await client.snapshot_with_endpoints()
+    return EnergyReading(
+        energy_j={
+            state.instance_id: state.energy_j
+            for state in (*snapshot.prefill.values(), *snapshot.decode.values())
+        },
+        engine_urls={i: info.engine_url for i, info in infos.items() if info.engine_url},
+        gpus={i: max(1, len(info.gpu_refs)) for i, info in infos.items()},
+    )
 
 
 def energy_delta_j(
     before: dict[str, float],
     after: dict[str, float],
     gpus: Mapping[str, int] | None = None,
-) -> tuple[float, int]:
-    """Energy drawn by the instances present at both readings (telemetry sums a TP group's
-    GPUs), and how many GPUs they run on (``gpus`` per instance; 1 when unknown)."""
-    common = sorted(set(before) & set(after))
+) -> tuple[float | None, int]:
+    """Energy drawn by the instances present at both readings whose counter runs (telemetry
+    sums a tensor-parallel instance's GPUs), and how many GPUs they run on (``gpus`` per
+    instance, 1 when unknown); (None, 0) when no instance measured any energy."""
+    measured = sorted(i for i in set(before) & set(after) if after[i] > 0)
+    if not measured:
+        return None, 0
     # A counter that went backwards (an engine restarted) adds nothing rather than subtracting.
-    energy_j = sum(max(0.0, after[i] - before[i]) for i in common)
-    return energy_j, sum((gpus or {}).get(i, 1) for i in common)
+    energy_j = sum(max(0.0, after[i] - before[i]) for i in measured)
+    return energy_j, sum((gpus or {}).get(i, 1) for i in measured)
+
+
+async def engine_speedup(engine_urls: dict[str, str]) -> float:
+    """How much faster than wall time the engines run: simulated engines report their
+    speedup in /get_server_info (``voltana_sim.speedup``); real SGLang servers, and engines
+    this host cannot reach, count as 1. ConfigError when the engines disagree."""
+    from voltana.engine import EngineError, SglangHttpClient
+
+    speedups: set[float] = set()
+    async with SglangHttpClient(connect_timeout_s=2.0) as http:
+        for url in sorted(set(engine_urls.values())):
+            try:
+                info = await asyncio.wait_for(http.server_info(url), 5.0)
+            except (EngineError, TimeoutError):
+                continue
+            sim = info.get("voltana_sim")
+            speedup = sim.get("speedup") if isinstance(sim, dict) else None
+            speedups.add(float(speedup) if isinstance(speedup, int | float) else 1.0)
+    if len(speedups) > 1:
+        raise ConfigError(
+            f"the engines run at different speedups ({sorted(speedups)}); energy per wall second "
+            "would mix time bases - benchmark one speedup at a time"
+        )
+    return speedups.pop() if speedups else 1.0
 
 
 # ---- the command -----------------------------------------------------------------------------
@@ -336,9 +376,14 @@ def outcome_of(
     label: str,
     energy_j: float | None,
     num_gpus: int,
+    speedup: float = 1.0,
 ) -> RunOutcome:
+    """The run's figures. With engines ``speedup`` times faster than wall time, the GPUs'
+    energy covers that many more (simulated) seconds, so duration and power are on the
+    engines' time base too (latencies stay wall time, as the client measured them)."""
     completed = [r for r in replay_result.results if r.completed]
     errors = Counter(r.error_reason for r in replay_result.results if not r.completed)
+    request_energy = [r.energy_j for r in completed if r.energy_j is not None]
     return RunOutcome(
         policy=label,
         requests=requests,
@@ -346,11 +391,15 @@ def outcome_of(
         mean_itl_ms=[r.mean_itl_ms for r in completed],
         output_tokens=sum(r.output_tokens for r in completed),
         energy_j=energy_j,
-        duration_s=replay_result.duration_s,
+        duration_s=replay_result.duration_s * speedup,
         num_gpus=num_gpus,
         rejected=dict(sorted(errors.items())),
         token_itl_ms=[gap for r in completed for gap in r.token_itl_ms],
         token_itl_weights=[w for r in completed for w in r.token_itl_weights],
+        # Only when every completed request reports it (a partial sum would mislead).
+        request_energy_j=(
+            request_energy if completed and len(request_energy) == len(completed) else None
+        ),
     )
 
 
@@ -366,11 +415,12 @@ async def bench(
     requests: list[TraceRequest],
     security: RpcSecurity,
     api_key: str | None = None,
-) -> dict[str, Any]:
+) -> tuple[dict[str, Any], float]:
+    """The result row, and how much faster than wall time the engines ran."""
     client = VoltanaClient(args.target, api_key=api_key, tls=security.tls)
     async with client:
         await client.wait_until_ready(args.connect_timeout_s)
-        energy_before = await read_energy_j(args.telemetry, security) if args.telemetry else None
+        energy_before = await read_energy(args.telemetry, security) if args.telemetry else None
         progress = None if args.quiet else ProgressBar(f"{args.policy_label:>16}")
         total = len(requests)
         replayed = await replay(
@@ -382,15 +432,28 @@ async def bench(
         )
         energy_j: float | None = None
         num_gpus = 0
+        speedup = 1.0
         if energy_before is not None:
-            energy_after = await read_energy_j(args.telemetry, security)
-            gpus = await read_gpu_counts(args.telemetry, security)
-            energy_j, num_gpus = energy_delta_j(energy_before, energy_after, gpus)
-    outcome = outcome_of(replayed, total, args.policy_label, energy_j, num_gpus)
-    return result_row(outcome, args)
+            energy_after = await read_energy(args.telemetry, security)
+            energy_j, num_gpus = energy_delta_j(
+                energy_before.energy_j, energy_after.energy_j, energy_after.gpus
+            )
+            speedup = await engine_speedup(energy_after.engine_urls)
+            if energy_j is None:
+                print("no instance reported GPU energy: energy is not measured", file=sys.stderr)
+            if speedup != 1.0:
+                print(
+                    f"the engines run {speedup:g}x faster than wall time: energy, power and "
+                    "duration are on their (simulated) time base, latencies are wall time",
+                    file=sys.stderr,
+                )
+    outcome = outcome_of(replayed, total, args.policy_label, energy_j, num_gpus, speedup)
+    return result_row(outcome, args), speedup
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.json:
+        check_output_path(args.json, "--json")
     slo = slo_from_args(args)
     requests = workload_from_args(args)
     workload = summarize_workload(requests)
@@ -402,11 +465,11 @@ def run(args: argparse.Namespace) -> int:
     )
     # Reading telemetry needs no token; TLS (and a token, when given) apply to every call.
     security = security_from_args(args, required=False)
-    row = asyncio.run(bench(args, requests, security, api_key_from_args(args)))
+    row, speedup = asyncio.run(bench(args, requests, security, api_key_from_args(args)))
     if row["rejected"]:
         reasons = ", ".join(f"{k}: {v}" for k, v in row["rejected_by_reason"].items())
         print(f"requests that did not complete: {reasons}", file=sys.stderr)
-    print(format_table([row]))
+    print(format_table([row]), file=report_stream(args.json))
     if args.json:
         document = {
             "config": {
@@ -422,16 +485,12 @@ def run(args: argparse.Namespace) -> int:
                 "ttft_slo_ms": slo.ttft_ms,
                 "itl_slo_ms": slo.itl_ms,
                 "policy_label": args.policy_label,
+                # Engines this much faster than wall time: duration and power are on their
+                # (simulated) time base, latencies are wall time.
+                "engine_speedup": speedup,
                 "workload": workload.to_dict(),
             },
             "results": [row],
         }
-        _write(Path(args.json), json.dumps(document, indent=2))
+        write_text(args.json, json.dumps(document, indent=2), "--json")
     return 0
-
-
-def _write(path: Path, text: str) -> None:
-    try:
-        path.write_text(text + "\n")
-    except OSError as exc:
-        raise ConfigError(f"cannot write {path}: {exc.strerror}") from None

@@ -6,6 +6,7 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 from types import ModuleType
+from typing import NoReturn
 
 from voltana import __version__
 from voltana.errors import VoltanaError
@@ -13,10 +14,20 @@ from voltana.errors import VoltanaError
 Handler = Callable[[argparse.Namespace], int]
 
 
+class OneLineErrorParser(argparse.ArgumentParser):
+    """An ArgumentParser whose usage errors are one line (no usage block) and exit 2.
+
+    Sub-command parsers inherit it (argparse builds them with the parent's class).
+    """
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from voltana.cli import doctor_cmd, model_cmd, simulate_cmd
 
-    parser = argparse.ArgumentParser(
+    parser = OneLineErrorParser(
         prog="voltana",
         description="SLO-aware, energy-efficient control plane for PD-disaggregated LLM serving.",
     )

@@ -8,6 +8,7 @@ import sys
 from typing import Any
 
 from voltana.cli.options import Hardware, add_hardware_args, hardware_from_args, positive_int
+from voltana.cli.outputs import STDOUT, check_output_path, write_text
 from voltana.errors import ConfigError
 from voltana.perf.analytical import AnalyticalPerformanceModel
 from voltana.perf.model import IterationEstimate
@@ -76,8 +77,17 @@ def _row(hardware: Hardware, args: argparse.Namespace, clock_mhz: int) -> dict[s
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.json:
+        check_output_path(args.json, "--json")
     hardware = hardware_from_args(args)
     gpu = hardware.gpu
+    context_tokens = hardware.model.max_context_tokens
+    tokens = args.tokens if args.phase == "prefill" else args.context_tokens
+    if tokens > context_tokens:
+        flag = "--tokens" if args.phase == "prefill" else "--context-tokens"
+        raise ConfigError(
+            f"{flag} {tokens} exceeds {hardware.model.key}'s context of {context_tokens} tokens"
+        )
     if args.phase == "decode":
         capacity = hardware.perf.kv_capacity_tokens()
         if args.batch * args.context_tokens > capacity:
@@ -120,8 +130,8 @@ def run(args: argparse.Namespace) -> int:
         "energy_optimal_mhz": best["clock_mhz"],
         "rows": rows,
     }
-    if args.json == "-":
-        print(json.dumps(document, indent=2))
+    if args.json == STDOUT:
+        write_text(STDOUT, json.dumps(document, indent=2), "--json")
         return 0
     model = hardware.model
     print(f"{gpu.display_name}, {model.key} TP{model.tensor_parallel}, {workload}")
@@ -149,10 +159,6 @@ def run(args: argparse.Namespace) -> int:
         )
         print(f"{knee_text}energy-optimal clock {best['clock_mhz']} MHz")
     if args.json:
-        try:
-            with open(args.json, "w") as handle:
-                json.dump(document, handle, indent=2)
-        except OSError as exc:
-            raise ConfigError(f"cannot write {args.json}: {exc.strerror}") from None
+        write_text(args.json, json.dumps(document, indent=2), "--json")
         print(f"written to {args.json}", file=sys.stderr)
     return 0

@@ -36,7 +36,7 @@ from voltana.engine import EngineMode, SimEngineSettings
 from voltana.hardware import GPU_CATALOG, MODEL_CATALOG
 from voltana.observability import add_observability_args, observability_from_args
 from voltana.perf.selection import resolve_physics
-from voltana.policy.registry import policy_names, router_names
+from voltana.policy.registry import live_policy_names, router_names
 
 _LOG = logging.getLogger("voltana.serve")
 
@@ -49,6 +49,8 @@ BOOTSTRAP_PORT = 8998
 REDIS_URL_ENV = "VOLTANA_REDIS_URL"
 # Prometheus /metrics of each service (simulated engines serve SGLang's on their own port).
 ROUTER_METRICS_PORT = 9401
+# The router's HTTP front door (OpenAI /v1/*, SGLang /generate).
+ROUTER_HTTP_PORT = 8000
 TELEMETRY_METRICS_PORT = 9402
 CONTROLLER_METRICS_PORT = 9403
 AGENT_METRICS_PORT = 9404
@@ -162,7 +164,7 @@ def _policy_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--policy",
         default="static-max",
-        help=f"operating policy: {', '.join(policy_names())} (default: %(default)s)",
+        help=f"operating policy: {', '.join(live_policy_names())} (default: %(default)s)",
     )
 
 
@@ -328,6 +330,13 @@ def _add_router(
         help="longest prompt accepted (default: %(default)s)",
     )
     parser.add_argument(
+        "--controller",
+        default="",
+        metavar="HOST:PORT",
+        help="controller to notify of each placement, so the placed instances' clocks are "
+        "decided before the request starts (default: none; clocks follow at its next tick)",
+    )
+    parser.add_argument(
         "--instance-stale-after-s",
         type=float,
         default=0.0,
@@ -340,6 +349,19 @@ def _add_router(
         help="longest engine call when the client sets no deadline (default: %(default)s)",
     )
     _metrics_args(parser, ROUTER_METRICS_PORT)
+    http = parser.add_argument_group("HTTP front door (OpenAI-compatible and SGLang /generate)")
+    http.add_argument(
+        "--http-port",
+        type=port_number,
+        default=ROUTER_HTTP_PORT,
+        help="serve it on this port of the --listen host; 0 = any free port (default: %(default)s)",
+    )
+    http.add_argument("--no-http", action="store_true", help="gRPC only")
+    http.add_argument(
+        "--served-model-name",
+        default="",
+        help="the model name clients ask for (default: --model's key)",
+    )
     add_api_key_args(parser, server=True)
     parser.set_defaults(handler=run, build=_build_router, service_name="voltana-router")
     return parser
@@ -352,6 +374,7 @@ def _build_router(args: argparse.Namespace) -> Service:
         RouterSettings(
             listen_address=args.listen,
             telemetry_address=args.telemetry,
+            controller_address=args.controller,
             policy=args.policy,
             router=args.router,
             gpu_key=args.gpu,
@@ -369,6 +392,10 @@ def _build_router(args: argparse.Namespace) -> Service:
             metrics_listen_address=metrics_address(args),
             security=security_from_args(args),
             api_keys=api_keys_from_args(args),
+            http_listen_address=(
+                None if args.no_http else f"{args.listen.rpartition(':')[0]}:{args.http_port}"
+            ),
+            served_model_name=args.served_model_name,
         )
     )
 
@@ -513,7 +540,10 @@ def _add_engine(
         help="simulated time runs X times faster (default: %(default)s)",
     )
     parser.add_argument(
-        "--max-running-requests", type=positive_int, default=256, help="decode batch limit"
+        "--max-running-requests",
+        type=positive_int,
+        default=1024,
+        help="decode batch limit (default: %(default)s)",
     )
     parser.add_argument(
         "--chunked-prefill-size", type=positive_int, default=8192, help="prefill tokens per batch"

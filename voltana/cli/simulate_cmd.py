@@ -18,6 +18,7 @@ from voltana.cli.options import (
     slo_from_args,
     workload_from_args,
 )
+from voltana.cli.outputs import check_output_path, check_plot_path, report_stream, write_text
 from voltana.cli.progress import ProgressBar
 from voltana.errors import ConfigError
 from voltana.policy.registry import policy_names, router_names
@@ -29,12 +30,14 @@ from voltana.workloads import summarize_workload
 EPILOG = """\
 examples:
   voltana simulate --policy static-max --policy static:1005
-  voltana simulate --trace azure_llm_2023_conv.csv --rate-scale 2 --policy static-max \\
+  voltana simulate --trace azure-conv --rate-scale 2 --policy static-max \\
       --policy static:1005/1410 --json out.json --plot out.png
   voltana simulate --trace synthetic:poisson:rate=20,duration=120 --gpu h100-80g
 
-The trace may be an Azure LLM trace CSV, a Mooncake JSONL file, or synthetic:PROCESS:KEY=VALUE,...
-(see the README). Without --trace an embedded 10-minute slice of the Azure conversation trace runs.
+The trace may be an Azure LLM trace CSV, a Mooncake JSONL file (either optionally gzipped), a
+trace shipped with Voltana by name (azure-conv, azure-code: the Azure LLM inference traces 2023),
+or synthetic:PROCESS:KEY=VALUE,... (see the README). Without --trace an embedded 10-minute slice
+of the Azure conversation trace runs.
 """
 
 
@@ -47,7 +50,11 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--trace", help="workload file or synthetic spec (default: embedded)")
+    parser.add_argument(
+        "--trace",
+        help="trace file (Azure CSV or Mooncake JSONL, optionally .gz), a shipped trace by name "
+        "(azure-conv, azure-code), or synthetic:... (default: the embedded azure-conv-10min)",
+    )
     add_workload_shaping_args(parser)
     add_hardware_args(parser)
     cluster = parser.add_argument_group("cluster")
@@ -91,13 +98,26 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     )
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     output = parser.add_argument_group("output")
-    output.add_argument("--json", metavar="OUT.json", help="write the results as JSON")
-    output.add_argument("--plot", metavar="OUT.png", help="plot clock, power and queue over time")
+    output.add_argument(
+        "--json",
+        metavar="OUT.json",
+        help="write the results as JSON ('-' = stdout; the table then goes to stderr)",
+    )
+    output.add_argument(
+        "--plot",
+        metavar="OUT.png",
+        help="plot clock, power and queue over time (.png, .pdf, .svg, ...)",
+    )
     output.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    # Output paths first: a bad one must not cost a whole run.
+    if args.json:
+        check_output_path(args.json, "--json")
+    if args.plot:
+        check_plot_path(args.plot)
     hardware = hardware_from_args(args)
     slo = slo_from_args(args)
     if args.clock_delay_ms is not None and args.clock_delay_ms < 0:
@@ -145,7 +165,7 @@ def run(args: argparse.Namespace) -> int:
         progress=progress,
         suites=suites,
     )
-    print(format_table(rows))
+    print(format_table(rows), file=report_stream(args.json))
     if args.json:
         document = {
             "config": {
@@ -171,17 +191,10 @@ def run(args: argparse.Namespace) -> int:
             },
             "results": rows,
         }
-        _write(Path(args.json), json.dumps(document, indent=2))
+        write_text(args.json, json.dumps(document, indent=2), "--json")
     if args.plot:
         from voltana.sim.plot import plot_results
 
         plot_results(results, Path(args.plot))
         print(f"plot written to {args.plot}", file=sys.stderr)
     return 0
-
-
-def _write(path: Path, text: str) -> None:
-    try:
-        path.write_text(text + "\n")
-    except OSError as exc:
-        raise ConfigError(f"cannot write {path}: {exc.strerror}") from None

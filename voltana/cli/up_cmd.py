@@ -25,7 +25,7 @@ from voltana.cli.serve_cmd import port_number
 from voltana.errors import ConfigError
 from voltana.hardware import GPU_CATALOG, MODEL_CATALOG
 from voltana.observability import add_observability_args, observability_from_args
-from voltana.policy.registry import policy_names, router_names
+from voltana.policy.registry import live_policy_names, router_names
 from voltana.stack import SimStack, SimStackSettings
 from voltana.stack.sim_stack import TracerProviders
 
@@ -98,7 +98,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     control.add_argument(
         "--policy",
         default="static-max",
-        help=f"operating policy: {', '.join(policy_names())} (default: %(default)s)",
+        help=f"operating policy: {', '.join(live_policy_names())} (default: %(default)s)",
     )
     control.add_argument(
         "--router", help=f"override the policy's router: {', '.join(router_names())}"
@@ -125,6 +125,14 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         "instance's node agent; 0 = any free ports (default); printed as <service>.metrics",
     )
     network.add_argument("--no-metrics", action="store_true", help="serve no /metrics")
+    network.add_argument(
+        "--http-port",
+        type=port_number,
+        default=0,
+        help="the router's HTTP front door (OpenAI /v1/*, SGLang /generate); 0 = any free "
+        "port (default); printed as router.http",
+    )
+    network.add_argument("--no-http", action="store_true", help="the router serves gRPC only")
     add_redis_password_arg(network)
     add_security_args(parser)
     add_observability_args(parser)
@@ -156,6 +164,7 @@ def run(args: argparse.Namespace) -> int:
         telemetry_port=args.telemetry_port,
         max_running_requests=args.max_running_requests,
         metrics_port=None if args.no_metrics else args.metrics_port,
+        http_port=None if args.no_http else args.http_port,
         security=security_from_args(args, generate=True),
     )
     observability = observability_from_args(args, "voltana-up")

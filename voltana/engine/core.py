@@ -19,8 +19,9 @@ import itertools
 import logging
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
+from voltana.energy import EnergyLedger, RequestEnergy
 from voltana.engine.errors import EngineRequestError
 from voltana.engine.kv_handoff import KvHandoff, KvMailbox
 from voltana.engine.protocol import FinishReason, GenerateRequest, abort_finish, length_finish
@@ -30,15 +31,25 @@ from voltana.engine.tokenizer import ToyTokenizer
 from voltana.gpu.device import GpuDevice
 from voltana.gpu.errors import GpuError
 from voltana.gpu.sim import SimulatedGpu
-from voltana.perf.model import PerformanceModel
+from voltana.observation import EngineGauges, InstanceObserver, ObservationConfig
+from voltana.perf.model import IterationEstimate, PerformanceModel
 from voltana.policy.state import InstanceState, Phase
-from voltana.sim.scheduling import DecodeJob, DecodeScheduler, PrefillJob, PrefillScheduler
+from voltana.sim.scheduling import (
+    DecodeJob,
+    DecodeScheduler,
+    PrefillJob,
+    PrefillScheduler,
+    decode_gauges,
+    prefill_gauges,
+)
 
 logger = logging.getLogger(__name__)
 
 # Back-to-back iterations may lag the wall clock by this much before the engine stops catching
 # up (wall seconds); beyond it the next iteration starts "now".
 DEFAULT_CATCH_UP_WALL_S = 0.02
+# How often a running iteration checks its GPU's clock (wall seconds), to re-pace on a change.
+_REPACE_CHECK_WALL_S = 0.01
 
 
 class Stage(enum.Enum):
@@ -85,6 +96,13 @@ class _Iteration:
     started_s: float
     latency_s: float
     power_w: float
+    # How the iteration's work splits among requests (voltana.energy): prompt tokens each
+    # computes (prefill), one slot each (decode).
+    work: dict[int, float] = field(default_factory=dict)
+    # The clock it is paced at, and its latency and power at any clock (for a clock change
+    # that lands while it runs: the remainder runs at the new pace, as on a real GPU).
+    sm_clock_mhz: int = 0
+    estimate_at: Callable[[int], IterationEstimate] | None = None
 
     @property
     def end_s(self) -> float:
@@ -144,9 +162,13 @@ class EngineCore:
         if mode in (EngineMode.DECODE, EngineMode.NULL):
             self.decode = DecodeScheduler(perf, max_running_requests, self.kv_capacity_tokens)
         self.metrics = EngineMetrics()
-        self._ttft_window = WindowedSamples(recent_window_s)
-        self._itl_window = WindowedSamples(recent_window_s)
-        self._arrival_window = WindowedSamples(recent_window_s)
+        # Recent TTFT/ITL exactly as the observation contract (and the offline simulator)
+        # defines them; arrival rates are counted at placement by the router, not here.
+        self._observer = InstanceObserver(
+            Phase.PREFILL if mode is EngineMode.PREFILL else Phase.DECODE,
+            perf.gpu.key,
+            ObservationConfig(window_s=recent_window_s),
+        )
         self._generated_window = WindowedSamples(recent_window_s)
         self._requests: dict[int, RequestState] = {}
         self._keys = itertools.count()
@@ -160,6 +182,12 @@ class EngineCore:
         self._cancel_after_prefill: set[int] = set()
         self._sm_clock_mhz = self.gpu.default_sm_clock_mhz
         self._clock_error_logged = False
+        # Energy per request: the GPU's energy counter, read at every iteration boundary, is
+        # split among the requests of each iteration (idle stretches go to the next one).
+        self.ledger: EnergyLedger[int] = EnergyLedger()
+        self._work: dict[int, float] | None = None
+        self._energy_seen_j: float | None = None
+        self._energy_error_logged = False
         self._started_s = clock()
         self._last_activity_s = self._started_s
 
@@ -168,6 +196,7 @@ class EngineCore:
         if self._loop_task is None:
             self._started_s = self._clock()
             self._set_idle_power()
+            self._meter_energy()  # the counter's starting point
             self._loop_task = asyncio.create_task(self._run(), name=f"engine-loop-{self.mode}")
 
     async def stop(self) -> None:
@@ -222,7 +251,6 @@ class EngineCore:
             arrival_s=now_s,
         )
         self._requests[state.key] = state
-        self._arrival_window.add(now_s, 1.0)
         self._last_activity_s = now_s
         if self.mode is EngineMode.DECODE:
             state.stage = Stage.KV_WAIT
@@ -264,6 +292,9 @@ class EngineCore:
             state.stage = Stage.DONE
             self.metrics.aborted_requests_total += 1
         self._requests.pop(state.key, None)
+        if self._work is not None:  # a running iteration's energy goes to those still in it
+            self._work.pop(state.key, None)
+        self.ledger.release(state.key)
 
     def abort_by_rid(self, rid: str, message: str) -> int:
         """Abort unfinished requests with ``rid``; returns how many."""
@@ -317,7 +348,7 @@ class EngineCore:
         state.first_token_s = state.last_token_s = at_s
         ttft_s = at_s - state.arrival_s
         self.metrics.ttft.observe(ttft_s)
-        self._ttft_window.add(at_s, ttft_s)
+        self._observer.note_first_token(at_s, ttft_s)
         self.metrics.generation_tokens_total += 1
         self._generated_window.add(at_s, 1.0)
 
@@ -342,19 +373,14 @@ class EngineCore:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
+            self._meter_energy()  # the stretch since the last boundary (idle, here)
+            self._work = iteration.work
             self._running = iteration
             # The GPU draws the iteration's power over exactly its simulated span: from its
             # start (back to back with the previous one, which the loop noticed late) to its
             # end (scheduled, as the loop will notice that late too).
-            for gpu in self._simulated_gpus:
-                gpu.draw_during(
-                    _constant_power(iteration.power_w),
-                    iteration.started_s,
-                    iteration.end_s,
-                    then=self.perf.idle_power_w,
-                )
-            wall_wait_s = (iteration.end_s - self._clock()) / self._speedup
-            await asyncio.sleep(max(0.0, wall_wait_s))
+            self._draw_during(iteration.power_w, iteration.started_s, iteration.end_s)
+            iteration = await self._run_iteration(iteration)
             self._running = None
             try:
                 self._finish_iteration(iteration)
@@ -366,6 +392,32 @@ class EngineCore:
         """Wake the loop; an idle engine starts on new work the moment it arrives."""
         self._work_arrived_s = now_s
         self._wake.set()
+    async def _run_iteration(self, iteration: _Iteration) -> _Iteration:
+        """Wait until the iteration ends, re-pacing its remainder whenever the GPU's clock
+        changes meanwhile (checked every few wall milliseconds), as the offline simulator does;
+        returns it as it ended."""
+        while True:
+            remaining_s = iteration.end_s - self._clock()
+            # Always yield once: what the last iteration produced goes out before the next.
+            await asyncio.sleep(max(0.0, min(remaining_s / self._speedup, _REPACE_CHECK_WALL_S)))
+            if iteration.end_s <= self._clock():
+                return iteration
+            clock_mhz = self._read_sm_clock_mhz()
+            if clock_mhz == iteration.sm_clock_mhz or iteration.estimate_at is None:
+                continue
+            now_s = self._clock()
+            before = iteration.estimate_at(iteration.sm_clock_mhz)
+            after = iteration.estimate_at(clock_mhz)
+            left_s = max(0.0, iteration.end_s - now_s) * after.latency_s / before.latency_s
+            self._meter_energy()  # what ran at the old clock, at the old power
+            iteration = replace(
+                iteration,
+                latency_s=now_s - iteration.started_s + left_s,
+                power_w=after.power_w,
+                sm_clock_mhz=clock_mhz,
+            )
+            self._running = iteration
+            self._draw_during(after.power_w, now_s, iteration.end_s)
 
     def _start_iteration(self) -> _Iteration | None:
         now_s = self._clock()
@@ -383,14 +435,36 @@ class EngineCore:
         if self.prefill is not None and self.prefill.queue_len:
             prefill = self.prefill.start_iteration(start_s, clock_mhz)
             if prefill is not None:
-                return _Iteration(Phase.PREFILL, start_s, prefill.latency_s, prefill.power_w)
+                work = {job.key: float(tokens) for job, tokens in prefill.chunks}
+                tokens, pairs = prefill.new_tokens, prefill.attention_pairs
+                return _Iteration(
+                    Phase.PREFILL,
+                    start_s,
+                    prefill.latency_s,
+                    prefill.power_w,
+                    work,
+                    clock_mhz,
+                    lambda clock: self.perf.prefill_iteration(tokens, clock, pairs),
+                )
         if self.decode is not None:
             decode = self.decode.start_iteration(start_s, clock_mhz)
             if decode is not None:
-                return _Iteration(Phase.DECODE, start_s, decode.latency_s, decode.power_w)
+                work = {job.key: 1.0 for job in self.decode.running_jobs()}
+                batch, kv_tokens = decode.batch_size, decode.kv_tokens
+                return _Iteration(
+                    Phase.DECODE,
+                    start_s,
+                    decode.latency_s,
+                    decode.power_w,
+                    work,
+                    clock_mhz,
+                    lambda clock: self.perf.decode_iteration(batch, kv_tokens, clock),
+                )
         return None
 
     def _finish_iteration(self, iteration: _Iteration) -> None:
+        self._meter_energy()  # the iteration itself, before its requests may finish
+        self._work = None
         end_s = iteration.end_s
         if iteration.kind is Phase.PREFILL:
             self._finish_prefill(end_s)
@@ -457,9 +531,27 @@ class EngineCore:
                 self._push(state, (token_id,), None, end_s)
         for interval_s, count in intervals.items():
             self.metrics.itl.observe(interval_s, count)
-            self._itl_window.add(end_s, interval_s, count)
+            self._observer.note_decode_step(end_s, interval_s, count)
         self.metrics.generation_tokens_total += len(batch)
         self._generated_window.add(end_s, float(len(batch)))
+
+    # ---- energy per request ----------------------------------------------------------------
+    def _meter_energy(self) -> None:
+        """Charge the GPU energy used since the last reading to the work running meanwhile."""
+        try:
+            energy_j = self._group_energy_j()
+        except GpuError as exc:  # no counter: nothing to attribute
+            if not self._energy_error_logged:
+                logger.warning("reading the GPU energy counter failed (%s)", exc)
+                self._energy_error_logged = True
+            return
+        if self._energy_seen_j is not None:
+            self.ledger.charge(energy_j - self._energy_seen_j, self._work)
+        self._energy_seen_j = energy_j
+
+    def request_energy(self, state: RequestState) -> RequestEnergy:
+        """The energy attributed to ``state`` on this engine so far."""
+        return self.ledger.energy_of(state.key)
 
     # ---- the GPU ---------------------------------------------------------------------------
     def _read_sm_clock_mhz(self) -> int:
@@ -486,6 +578,17 @@ class EngineCore:
 
     def _set_idle_power(self) -> None:
         self._set_power_source(self.perf.idle_power_w)
+
+    def _draw_during(self, power_w: float, start_s: float, end_s: float) -> None:
+        """Every GPU draws ``power_w`` over [start_s, end_s] (simulated), then idles."""
+        for gpu in self._simulated_gpus:
+            gpu.draw_during(_constant_power(power_w), start_s, end_s, then=self.perf.idle_power_w)
+
+    def _group_power_w(self) -> float:
+        return sum(gpu.power_w() for gpu in self.gpus) * self._rank_scale
+
+    def _group_energy_j(self) -> float:
+        return sum(gpu.energy_j() for gpu in self.gpus) * self._rank_scale
 
     # ---- observation -----------------------------------------------------------------------
     @property
@@ -534,42 +637,38 @@ class EngineCore:
     def _window_span_s(self, now_s: float) -> float:
         return max(1e-9, min(self._generated_window.window_s, now_s - self._started_s))
 
-    def instance_state(self, instance_id: str) -> InstanceState:
-        """This instance now, built like the offline simulator builds it (same field meanings)."""
+    def gauges(self) -> EngineGauges:
+        """The load this engine reports (SGLang's gauges), as the simulator's schedulers give
+        it; a null-mode instance (prefill and decode in one) adds its prefill side."""
         now_s = self._clock()
         prefill, decode = self.prefill, self.decode
-        oldest = [
-            prefill.oldest_waiting_enqueued_s() if prefill is not None else None,
-            decode.oldest_enqueued_s() if decode is not None else None,
-        ]
-        oldest_s = min((value for value in oldest if value is not None), default=None)
-        recent_ttft_s = self._ttft_window.median(now_s)
-        recent_itl_s = self._itl_window.median(now_s)
-        running_prefill = prefill.running if prefill is not None else None
-        return InstanceState(
-            instance_id=instance_id,
-            # A null-mode instance (prefill and decode in one) reports as decode.
-            phase=Phase.PREFILL if self.mode is EngineMode.PREFILL else Phase.DECODE,
-            gpu_key=self.perf.gpu.key,
-            sm_clock_mhz=self._read_sm_clock_mhz(),
-            queue_len=self.waiting_requests,
-            queued_tokens=prefill.waiting_tokens if prefill is not None else 0,
-            oldest_wait_ms=(now_s - oldest_s) * 1000.0 if oldest_s is not None else 0.0,
-            running_prefill_tokens=running_prefill.new_tokens if running_prefill else 0,
-            running_batch=decode.batch_size if decode is not None else 0,
+        if decode is None:
+            assert prefill is not None
+            return prefill_gauges(prefill, now_s, self.kv_capacity_tokens)
+        gauges = decode_gauges(decode, now_s)
+        if prefill is None:
+            return gauges
+        prefill_side = prefill_gauges(prefill, now_s)
+        return replace(
+            gauges,
+            queue_len=gauges.queue_len + prefill_side.queue_len,
+            queued_tokens=prefill_side.queued_tokens,
+            oldest_wait_ms=max(gauges.oldest_wait_ms, prefill_side.oldest_wait_ms),
+            running_prefill_tokens=prefill_side.running_prefill_tokens,
             kv_tokens_used=self.kv_tokens_used,
-            kv_tokens_capacity=self.kv_capacity_tokens,
-            max_running_requests=(
-                decode.max_running_requests if decode is not None else self.max_prefill_requests
-            ),
-            recent_ttft_ms=recent_ttft_s * 1000.0 if recent_ttft_s is not None else None,
-            recent_itl_ms=recent_itl_s * 1000.0 if recent_itl_s is not None else None,
-            arrival_rate_rps=self._arrival_window.total(now_s) / self._window_span_s(now_s),
+        )
+
+    def instance_state(self, instance_id: str) -> InstanceState:
+        """This instance now, through the observation contract (as the offline simulator)."""
+        now_s = self._clock()
+        return self._observer.observe(
+            instance_id,
+            now_s,
+            self.gauges(),
+            sm_clock_mhz=self._read_sm_clock_mhz(),
             # Power and energy of the whole instance; with fewer GPUs than TP ranks (one
             # standing for every rank) theirs are scaled up to the group.
-            power_w=sum(gpu.power_w() for gpu in self.gpus) * self._rank_scale,
-            energy_j=sum(gpu.energy_j() for gpu in self.gpus) * self._rank_scale,
-            remaining_output_tokens=decode.remaining_output_tokens() if decode is not None else 0,
-            observed_at_s=now_s,
+            power_w=self._group_power_w(),
+            energy_j=self._group_energy_j(),
             last_activity_s=self._last_activity_s,
         )

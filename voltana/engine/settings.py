@@ -48,7 +48,7 @@ class SimEngineSettings:
     # Prefill mode: port of the KV bootstrap endpoint (0 = any free port). Decode mode: the
     # prefill bootstrap port a request without 'bootstrap_port' uses (0 = SGLang's 8998).
     bootstrap_port: int = 0
-    max_running_requests: int = 256
+    max_running_requests: int = 1024
     chunked_prefill_size: int = 8192
     # Most requests one prefill batch takes.
     max_prefill_requests: int = 64
@@ -66,8 +66,10 @@ class SimEngineSettings:
     report_interval_ms: float = 250.0
     # Window of the recent TTFT/ITL medians and rates in InstanceState (simulated seconds).
     recent_window_s: float = 5.0
-    # SGLang's --incremental-streaming-output: stream deltas instead of cumulative text/ids.
-    incremental_streaming_output: bool = False
+    # SGLang's --incremental-streaming-output: stream deltas instead of cumulative text/ids
+    # (SGLang's default, which resends the whole output in every chunk: quadratic in its
+    # length for the engine and every reader).
+    incremental_streaming_output: bool = True
     # When the event loop runs late (a busy host), iterations still follow each other back to
     # back in simulated time for up to this many wall seconds; beyond, the engine idles for
     # the lost time. Larger keeps simulated latency and energy exact under host stalls.

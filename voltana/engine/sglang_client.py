@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -59,6 +59,9 @@ def error_for_status(status: int, message: str, url: str) -> EngineError:
 
 
 def _transport_error(exc: BaseException, url: str) -> EngineError:
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+        # No connection in time: the engine is unreachable (nothing was sent), not slow.
+        return EngineUnavailableError(f"cannot connect in time ({type(exc).__name__})", url=url)
     if isinstance(exc, TimeoutError):  # before ClientConnectionError: ServerTimeoutError is both
         return EngineTimeoutError(f"no answer in time ({type(exc).__name__})", url=url)
     if isinstance(exc, aiohttp.ClientConnectorError):
@@ -100,7 +103,13 @@ def _parse_chunk(data: str, url: str) -> dict[str, Any]:
 
 
 class SglangHttpClient:
-    """Talks to SGLang's HTTP server. Use ``async with`` or call ``close()`` when done."""
+    """Talks to SGLang's HTTP server. Use ``async with`` or call ``close()`` when done.
+
+    ``connect_timeout_s`` bounds opening one TCP connection. The pool holds at most
+    ``max_connections`` (0 = no limit, the default): a limit queues requests beyond it, and a
+    PD request holds two connections for its whole stream, so the limit must be at least
+    twice the requests in flight.
+    """
 
     def __init__(
         self,
@@ -108,15 +117,21 @@ class SglangHttpClient:
         connect_timeout_s: float = 5.0,
         request_timeout_s: float | None = None,
         health_timeout_s: float = 2.0,
+        max_connections: int = 0,
         session: aiohttp.ClientSession | None = None,
         trace_configs: Sequence[aiohttp.TraceConfig] = (),
     ) -> None:
         """``trace_configs`` (e.g. voltana.observability.client_trace_configs) trace each
         request and send the current trace context along (W3C ``traceparent``)."""
+        if max_connections < 0:
+            raise ValueError(f"max_connections must be >= 0, got {max_connections}")
+        # Only the socket connect is bounded: time spent waiting for a pooled connection
+        # must not read as an unreachable engine.
         self._timeout = aiohttp.ClientTimeout(
-            total=request_timeout_s, connect=connect_timeout_s, sock_connect=connect_timeout_s
+            total=request_timeout_s, connect=None, sock_connect=connect_timeout_s
         )
         self._health_timeout = aiohttp.ClientTimeout(total=health_timeout_s)
+        self._max_connections = max_connections
         self._session = session
         self._owns_session = session is None
         self._trace_configs = list(trace_configs)
@@ -126,6 +141,9 @@ class SglangHttpClient:
             self._session = aiohttp.ClientSession(
                 timeout=self._timeout,
                 read_bufsize=_READ_BUFFER_BYTES,
+                connector=aiohttp.TCPConnector(
+                    limit=self._max_connections, limit_per_host=self._max_connections
+                ),
                 trace_configs=self._trace_configs or None,
             )
             self._owns_session = True
@@ -203,10 +221,20 @@ class SglangHttpClient:
             raise _transport_error(exc, endpoint) from exc
         raise EngineUnavailableError("the stream ended before 'data: [DONE]'", url=endpoint)
 
-    async def _last_chunk(self, url: str, payload: Mapping[str, Any]) -> dict[str, Any] | None:
+    async def _prefill(self, url: str, payload: Mapping[str, Any]) -> dict[str, Any] | None:
+        """The prefill half of a PD request: its last chunk; an abort is an error (the decode
+        half would wait for a KV cache that never comes)."""
         last: dict[str, Any] | None = None
         async for chunk in self.generate_stream(url, payload):
             last = chunk
+        meta = last.get("meta_info") if last is not None else None
+        reason = meta.get("finish_reason") if isinstance(meta, Mapping) else None
+        if isinstance(reason, Mapping) and reason.get("type") == "abort":
+            message = reason.get("message") or "no reason given"
+            raise EngineUnavailableError(
+                f"the prefill engine aborted the request: {message}",
+                url=self._endpoint(url, "/generate"),
+            )
         return last
 
     async def generate_pd(
@@ -218,12 +246,14 @@ class SglangHttpClient:
         request: Mapping[str, Any],
         *,
         bootstrap_room: int | None = None,
+        on_prefill_done: Callable[[dict[str, Any] | None], None] | None = None,
     ) -> AsyncGenerator[dict[str, Any], None]:
         """One PD request: the same body to prefill and decode with one random bootstrap room.
 
         Streams the decode's chunks. A prefill failure is raised as soon as it happens (the
         decode would otherwise wait for a KV cache that never comes); closing the iterator
-        cancels both HTTP requests.
+        cancels both HTTP requests. ``on_prefill_done`` gets the prefill's last chunk (its
+        ``meta_info``) once the decode stream ended.
         """
         room = secrets.randbits(63) if bootstrap_room is None else bootstrap_room
         payload = {
@@ -233,7 +263,7 @@ class SglangHttpClient:
             "bootstrap_room": room,
             "stream": True,
         }
-        prefill = asyncio.create_task(self._last_chunk(prefill_url, payload))
+        prefill = asyncio.create_task(self._prefill(prefill_url, payload))
         decode_stream = self.generate_stream(decode_url, payload)
         next_chunk: asyncio.Future[dict[str, Any]] | None = None
         try:
@@ -262,7 +292,9 @@ class SglangHttpClient:
                     raise
                 next_chunk = None
                 yield chunk
-            await prefill
+            last_prefill_chunk = await prefill
+            if on_prefill_done is not None:
+                on_prefill_done(last_prefill_chunk)
         finally:
             if next_chunk is not None and not next_chunk.done():
                 next_chunk.cancel()

@@ -91,10 +91,15 @@ def _bracket(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
+# Pending connections the kernel queues before accept (uvicorn's default, which SGLang uses);
+# Python's default (128) drops the SYNs of a larger burst and clients wait 1 s to retry.
+_LISTEN_BACKLOG = 2048
+
+
 def _listen(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     try:
-        return socket.create_server((host, port), family=family)
+        return socket.create_server((host, port), family=family, backlog=_LISTEN_BACKLOG)
     except OSError as exc:
         raise ConfigError(f"cannot listen on {host}:{port}: {exc}") from None
 
@@ -229,7 +234,7 @@ class SimEngine(AsyncService):
         await self._runner.setup()
         sock = _listen(self.settings.host, self.settings.port)
         self._port = int(sock.getsockname()[1])
-        await web.SockSite(self._runner, sock).start()
+        await web.SockSite(self._runner, sock, backlog=_LISTEN_BACKLOG).start()
         if self._mailbox is not None:
             self._mailbox.reopen()
             bootstrap_app = build_bootstrap_app(
@@ -243,10 +248,14 @@ class SimEngine(AsyncService):
             await self._bootstrap_runner.setup()
             bootstrap_sock = _listen(self.settings.host, self.settings.bootstrap_port)
             self._bootstrap_port = int(bootstrap_sock.getsockname()[1])
-            await web.SockSite(self._bootstrap_runner, bootstrap_sock).start()
+            await web.SockSite(
+                self._bootstrap_runner, bootstrap_sock, backlog=_LISTEN_BACKLOG
+            ).start()
         if self.mode is EngineMode.DECODE:
+            # One KV fetch per request in flight: no pool limit to queue them behind.
             self._session = aiohttp.ClientSession(
-                trace_configs=client_trace_configs(self._tracer_provider)
+                connector=aiohttp.TCPConnector(limit=0),
+                trace_configs=client_trace_configs(self._tracer_provider),
             )
         if self._sample_sink is not None:
             self._reporter = asyncio.create_task(
@@ -664,7 +673,7 @@ class _NativeFormat:
             with_prompt = self._engine.mode is not EngineMode.DECODE and first_position == 0
             prompt = state.request.input_ids if with_prompt else None
             logprobs = self._logprobs.meta(prompt, output_ids[first_position:], first_position)
-        return meta_info(
+        meta = meta_info(
             state.request.rid,
             state.request.prompt_tokens,
             len(output_ids),
@@ -672,6 +681,11 @@ class _NativeFormat:
             e2e_latency_s,
             logprobs,
         )
+        if finish_reason is not None:
+            # Voltana's extension: the GPU energy attributed to this request here.
+            energy = self._engine.core.request_energy(state)
+            meta["voltana_energy"] = {"active_j": energy.active_j, "idle_j": energy.idle_j}
+        return meta
 
     def response(self, output_ids: list[int], finish_reason: FinishReason) -> web.Response:
         return web.json_response(

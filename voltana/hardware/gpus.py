@@ -1,4 +1,4 @@
-"""GPU catalog (DESIGN.md section 4): clocks, bandwidth, compute peak, power envelope."""
+"""GPU catalog (facts: docs/calibration.md): clocks, bandwidth, compute peak, power envelope."""
 
 from __future__ import annotations
 

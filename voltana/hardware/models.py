@@ -70,7 +70,21 @@ class ModelSpec:
     def with_tensor_parallel(self, tp: int) -> ModelSpec:
         if tp < 1:
             raise ConfigError(f"tensor-parallel degree must be >= 1, got {tp}")
+        if not self.splits_over(tp):
+            valid = [n for n in range(1, self.num_attention_heads + 1) if self.splits_over(n)]
+            raise ConfigError(
+                f"{self.key} cannot run at TP {tp}: its {self.num_attention_heads} attention "
+                f"heads and {self.num_kv_heads} KV heads must split evenly over the GPUs; "
+                f"valid TP degrees: {', '.join(map(str, valid))}"
+            )
         return replace(self, tensor_parallel=tp)
+
+    def splits_over(self, tp: int) -> bool:
+        """Whether tensor parallelism over ``tp`` GPUs divides the heads as SGLang requires:
+        attention heads evenly, KV heads evenly (or replicated when there are fewer than GPUs)."""
+        heads, kv_heads = self.num_attention_heads, self.num_kv_heads
+        kv_ok = kv_heads % tp == 0 if kv_heads >= tp else tp % kv_heads == 0
+        return tp >= 1 and heads % tp == 0 and kv_ok
 
 
 MODEL_CATALOG: dict[str, ModelSpec] = {
@@ -100,6 +114,10 @@ def load_hf_config(path: str | Path, key: str | None = None) -> ModelSpec:
         raw: dict[str, Any] = json.loads(path.read_text())
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a directory, not a config.json") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a text (JSON) file") from None
     except (OSError, json.JSONDecodeError) as exc:
         raise ConfigError(f"{path}: not a readable JSON config ({exc})") from None
     if not isinstance(raw, dict):

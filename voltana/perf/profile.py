@@ -102,12 +102,24 @@ def _point_problem(point: ProfilePoint) -> str:
     return ""
 
 
-def decode_sweep_batches(max_batch: int = 512) -> list[int]:
-    """Batch sizes that cover every CUDA-graph segment: its first and last size."""
-    sizes = cuda_graph_batch_sizes(max_batch)
+def decode_batch_segments(max_cuda_graph_batch: int, max_batch: int) -> tuple[int, ...]:
+    """Upper bounds of the decode latency segments: each CUDA-graph size up to the largest graph,
+    then one eager segment (no padding, latency linear in the batch) up to ``max_batch``."""
+    sizes = [s for s in cuda_graph_batch_sizes(max_cuda_graph_batch) if s <= max_batch]
+    if not sizes or sizes[-1] < max_batch:
+        sizes.append(max_batch)
+    return tuple(sizes)
+
+
+def decode_sweep_batches(max_batch: int = 512, max_cuda_graph_batch: int = 512) -> list[int]:
+    """Batch sizes that cover every decode segment: its first and last size (and the middle of
+    the eager segment, whose fit is a line over a wide range)."""
+    segments = decode_batch_segments(max_cuda_graph_batch, max_batch)
     batches = {1}
-    for lower, upper in itertools.pairwise(sizes):
+    for lower, upper in itertools.pairwise(segments):
         batches.update({lower + 1, upper})
+        if upper - lower > 16:
+            batches.add((lower + upper) // 2)
     return sorted(batches)
 
 
@@ -115,11 +127,14 @@ def sweep_profile(
     perf: PerformanceModel,
     clocks_mhz: Sequence[int],
     *,
-    max_batch: int = 512,
+    max_batch: int = 1024,
+    max_cuda_graph_batch: int = 512,
     context_tokens: Iterable[int] = (256, 1024, 2048, 4096),
     prefill_tokens: Iterable[int] = (64, 256, 512, 1024, 2048, 4096, 8192),
 ) -> ProfileTable:
-    """What a profiling run on hardware would record, taken from ``perf``."""
+    """What a profiling run on hardware would record, taken from ``perf``: every clock, decode
+    batches up to ``max_batch`` (the engine's `max_running_requests`; predictors treat larger
+    batches as unknown) at several contexts per request, within the KV capacity."""
     capacity = perf.kv_capacity_tokens()
     contexts = tuple(context_tokens)
     points: list[ProfilePoint] = []
@@ -131,7 +146,7 @@ def sweep_profile(
                     "prefill", clock, 1, tokens, estimate.latency_s * 1e3, estimate.power_w
                 )
             )
-        for batch in decode_sweep_batches(max_batch):
+        for batch in decode_sweep_batches(max_batch, max_cuda_graph_batch):
             for context in contexts:
                 kv_tokens = min(capacity, batch * context)
                 estimate = perf.decode_iteration(batch, kv_tokens, clock)

@@ -29,6 +29,8 @@ class PolicyContext:
     gpu: GpuSpec
     perf: PerformanceModel
     slo: SloTarget
+    # The engine's batch limit: predictors are profiled up to it and know nothing beyond it.
+    max_running_requests: int = 1024
 
 
 class FrequencyPolicy(Protocol):

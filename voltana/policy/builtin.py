@@ -1,9 +1,31 @@
-"""Registers the dynamic policies shipped with Voltana (imported lazily by the registry)."""
+"""Registers the dynamic policies and predictor-based routers shipped with Voltana (imported
+lazily by the registry)."""
 
-from voltana.policy.paper import build_paper_suite
-from voltana.policy.registry import register_policy
+from voltana.policy.common import fit_predictor, full_range_clocks_mhz, paper_candidate_clocks_mhz
+from voltana.policy.paper import EcoRoute, build_paper_suite
+from voltana.policy.registry import register_policy, register_router
+from voltana.policy.voltana import VOLTANA_TOKEN_BREAKPOINTS, VoltanaRouter, build_voltana_suite
 
 register_policy("voltana-paper", build_paper_suite)
-from voltana.policy.voltana import build_voltana_suite  # noqa: E402
-
 register_policy("voltana", build_voltana_suite)
+register_router(
+    "ecoroute",
+    lambda context: EcoRoute(
+        fit_predictor(
+            context.perf,
+            paper_candidate_clocks_mhz(context.gpu),
+            max_batch=context.max_running_requests,
+        )
+    ),
+)
+register_router(
+    "voltana",
+    lambda context: VoltanaRouter(
+        fit_predictor(
+            context.perf,
+            full_range_clocks_mhz(context.gpu),
+            VOLTANA_TOKEN_BREAKPOINTS,
+            max_batch=context.max_running_requests,
+        )
+    ),
+)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+from collections.abc import Hashable, Sequence
+from typing import Any, cast
 
 from voltana.hardware.gpus import GpuSpec
 from voltana.perf.model import PerformanceModel
@@ -30,7 +32,27 @@ def fit_predictor(
     perf: PerformanceModel,
     clocks_mhz: Sequence[int],
     token_breakpoints: Sequence[float] = (),
+    *,
+    max_batch: int = 1024,
 ) -> LatencyPredictor:
-    """Profile ``perf`` at ``clocks_mhz`` (as a sweep on hardware would) and fit EcoPred."""
-    table = sweep_profile(perf, clocks_mhz)
+    """Profile ``perf`` at ``clocks_mhz`` up to decode batch ``max_batch`` (as a sweep on
+    hardware would) and fit EcoPred. Predictors are immutable, so fits of a hashable (frozen)
+    model are shared: a policy and its ablations do not profile the same model twice."""
+    key = (tuple(clocks_mhz), tuple(token_breakpoints), max_batch)
+    try:
+        return _fit_shared(cast(Hashable, perf), *key)
+    except TypeError:  # an unhashable model (e.g. a measured profile): fit it afresh
+        return _fit(perf, *key)
+
+
+def _fit(
+    perf: Any,
+    clocks_mhz: tuple[int, ...],
+    token_breakpoints: tuple[float, ...],
+    max_batch: int,
+) -> LatencyPredictor:
+    table = sweep_profile(perf, clocks_mhz, max_batch=max_batch)
     return LatencyPredictor.fit(table, perf.idle_power_w, token_breakpoints=token_breakpoints)
+
+
+_fit_shared = functools.lru_cache(maxsize=32)(_fit)

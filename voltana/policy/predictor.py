@@ -7,6 +7,10 @@ the microseconds even when it scans the GPU's whole clock range.
 
 Fits are robust: points whose residual exceeds 3 median absolute deviations are dropped and the
 fit is redone (measured profiles have outliers; the paper used RANSAC for the same reason).
+
+The predictor knows its range: a decode batch beyond the largest profiled batch predicts an
+infinite latency (and power), so every policy treats each clock as infeasible there instead of
+extrapolating flat - the profile must cover the engine's `max_running_requests`.
 """
 
 from __future__ import annotations
@@ -18,8 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from voltana.errors import ConfigError
-from voltana.perf.analytical import cuda_graph_batch_sizes
-from voltana.perf.profile import ProfilePoint, ProfileTable
+from voltana.perf.profile import ProfilePoint, ProfileTable, decode_batch_segments
 
 
 def robust_linear_fit(features: np.ndarray, targets: np.ndarray) -> np.ndarray:
@@ -45,19 +48,27 @@ class LatencyPredictor:
     prefill_power: np.ndarray  # (C, T, 2) -> W
     idle_power: np.ndarray  # (C,) W
 
+    @property
+    def max_batch(self) -> int:
+        """The largest decode batch the profile covers; beyond it nothing is predicted."""
+        return self.batch_segments[-1]
+
     @classmethod
     def fit(
         cls,
         table: ProfileTable,
         idle_power_w: Callable[[float], float],
         *,
-        max_batch: int = 512,
+        max_cuda_graph_batch: int = 512,
         token_breakpoints: Sequence[float] = (),
     ) -> LatencyPredictor:
+        """Fit ``table``; decode segments follow the CUDA-graph sizes up to
+        ``max_cuda_graph_batch`` and one eager segment beyond, up to the largest profiled batch."""
         clocks = table.clocks_mhz("decode")
         if not clocks or clocks != table.clocks_mhz("prefill"):
             raise ConfigError("profile needs prefill and decode points at the same clocks")
-        batch_segments = cuda_graph_batch_sizes(max_batch)
+        profiled_batch = max(p.batch_size for p in table.phase("decode"))
+        batch_segments = decode_batch_segments(max_cuda_graph_batch, profiled_batch)
         token_segments = (*sorted(token_breakpoints), float("inf"))
         by_clock: dict[tuple[str, int], list[ProfilePoint]] = {}
         for point in table.points:
@@ -111,14 +122,19 @@ class LatencyPredictor:
             bisect.bisect_left(self.batch_segments, batch_size), len(self.batch_segments) - 1
         )
 
+    def _out_of_range(self, values: np.ndarray, batches: np.ndarray | int) -> np.ndarray:
+        return np.where(np.asarray(batches) > self.max_batch, np.inf, values)
+
     def decode_latency_ms(self, batch_size: int, kv_tokens: float) -> np.ndarray:
-        """Predicted ITL at every profiled clock."""
+        """Predicted ITL at every profiled clock (inf beyond the profiled batch range)."""
         coef = self.decode_latency[:, self._segment(batch_size)]
-        return coef[:, 0] * batch_size + coef[:, 1] * kv_tokens + coef[:, 2]
+        latency = coef[:, 0] * batch_size + coef[:, 1] * kv_tokens + coef[:, 2]
+        return self._out_of_range(latency, batch_size)
 
     def decode_power_w(self, batch_size: int, kv_tokens: float) -> np.ndarray:
         coef = self.decode_power[:, self._segment(batch_size)]
-        return coef[:, 0] * batch_size + coef[:, 1] * kv_tokens + coef[:, 2]
+        power = coef[:, 0] * batch_size + coef[:, 1] * kv_tokens + coef[:, 2]
+        return self._out_of_range(power, batch_size)
 
     def _segments(self, batches: np.ndarray) -> np.ndarray:
         indices = np.searchsorted(np.asarray(self.batch_segments), batches, side="left")
@@ -127,11 +143,13 @@ class LatencyPredictor:
     def decode_latency_ms_many(self, batches: np.ndarray, kv_tokens: np.ndarray) -> np.ndarray:
         """Predicted ITL, shape (clocks, len(batches)): one column per (batch, kv) pair."""
         coef = self.decode_latency[:, self._segments(batches)]
-        return coef[..., 0] * batches + coef[..., 1] * kv_tokens + coef[..., 2]
+        latency = coef[..., 0] * batches + coef[..., 1] * kv_tokens + coef[..., 2]
+        return self._out_of_range(latency, batches)
 
     def decode_power_w_many(self, batches: np.ndarray, kv_tokens: np.ndarray) -> np.ndarray:
         coef = self.decode_power[:, self._segments(batches)]
-        return coef[..., 0] * batches + coef[..., 1] * kv_tokens + coef[..., 2]
+        power = coef[..., 0] * batches + coef[..., 1] * kv_tokens + coef[..., 2]
+        return self._out_of_range(power, batches)
 
     def _token_segment(self, tokens: float) -> int:
         return min(bisect.bisect_left(self.token_segments, tokens), len(self.token_segments) - 1)
@@ -144,6 +162,21 @@ class LatencyPredictor:
     def prefill_power_w(self, tokens: float) -> np.ndarray:
         coef = self.prefill_power[:, self._token_segment(tokens)]
         return coef[:, 0] * tokens + coef[:, 1]
+
+    def _prefill_at(self, table: np.ndarray, tokens_per_clock: np.ndarray) -> np.ndarray:
+        segments = np.minimum(
+            np.searchsorted(np.asarray(self.token_segments), tokens_per_clock, side="left"),
+            len(self.token_segments) - 1,
+        )
+        coef = table[np.arange(len(self.clocks_mhz)), segments]
+        return coef[:, 0] * tokens_per_clock + coef[:, 1]
+
+    def prefill_latency_ms_each(self, tokens_per_clock: np.ndarray) -> np.ndarray:
+        """Prefill time at each clock for that clock's own token count (shape (clocks,))."""
+        return self._prefill_at(self.prefill_latency, tokens_per_clock)
+
+    def prefill_power_w_each(self, tokens_per_clock: np.ndarray) -> np.ndarray:
+        return self._prefill_at(self.prefill_power, tokens_per_clock)
 
     def at_clock(self, values: np.ndarray, clock_mhz: float) -> float:
         """Interpolate a per-clock prediction at any clock."""

@@ -7,11 +7,24 @@ from collections.abc import Callable
 from voltana.errors import ConfigError, UnknownNameError
 from voltana.hardware.gpus import GpuSpec
 from voltana.policy.base import PolicyContext, PolicySuite, RoutingPolicy
+from voltana.policy.common import full_range_clocks_mhz, paper_candidate_clocks_mhz
 from voltana.policy.routing import LeastLoadedRouter, RoundRobinRouter
 from voltana.policy.static import StaticClockPolicy
 
 RouterFactory = Callable[[PolicyContext], RoutingPolicy]
-SuiteFactory = Callable[[PolicyContext, RoutingPolicy | None], PolicySuite]
+
+
+# (context, router) -> suite; for an ablation ("<name>+<modifier>") also given the keywords
+# ``clocks_mhz`` (candidate clocks replacing its own, or None) and ``name``.
+SuiteFactory = Callable[..., PolicySuite]
+
+
+# Ablations: "<policy>+<modifier>+..." - a clock set, or another router ("<router>-router").
+CLOCK_SET_MODIFIERS: dict[str, Callable[[GpuSpec], tuple[int, ...]]] = {
+    "full-range": full_range_clocks_mhz,
+    "paper-clocks": paper_candidate_clocks_mhz,
+}
+ROUTER_MODIFIER_SUFFIX = "-router"
 
 ROUTERS: dict[str, RouterFactory] = {
     "round-robin": lambda context: RoundRobinRouter(),
@@ -22,6 +35,18 @@ ROUTERS: dict[str, RouterFactory] = {
 _NAMED_SUITES: dict[str, SuiteFactory] = {}
 
 STATIC_FORMS = ("static-max", "static:<MHz>", "static:<prefill MHz>/<decode MHz>")
+ABLATION_FORM = "<policy>+full-range|+paper-clocks|+<router>-router"
+
+
+class SimulatorOnlyPolicyError(UnknownNameError):
+    """A policy only the offline simulator resolves (static-best), asked of a live stack."""
+
+    def __init__(self, name: str, live: list[str]) -> None:
+        super().__init__("policy", name, live)
+        self.args = (
+            f"{name} is a hindsight sweep over a whole recorded workload, so only "
+            f"`voltana simulate` runs it; live policies: {', '.join(live)}",
+        )
 
 
 def register_policy(name: str, factory: SuiteFactory) -> None:
@@ -35,7 +60,19 @@ def register_router(name: str, factory: RouterFactory) -> None:
 def policy_names() -> list[str]:
     _load_builtin_policies()
     # static-best is resolved by the simulator (a hindsight sweep), not built as a suite.
-    return [*STATIC_FORMS[:1], "static-best", *sorted(_NAMED_SUITES), *STATIC_FORMS[1:]]
+    return [
+        *STATIC_FORMS[:1],
+        "static-best",
+        *sorted(_NAMED_SUITES),
+        *STATIC_FORMS[1:],
+        ABLATION_FORM,
+    ]
+
+
+def live_policy_names() -> list[str]:
+    """The policies a running controller and router can use (all but the simulator's
+    hindsight sweep, static-best)."""
+    return [name for name in policy_names() if name != "static-best"]
 
 
 def router_names() -> list[str]:
@@ -83,10 +120,28 @@ def build_suite(
         prefill = StaticClockPolicy(parse_clock_mhz(prefill_text, gpu))
         decode = StaticClockPolicy(parse_clock_mhz(decode_text or prefill_text, gpu))
         return PolicySuite(name, prefill, decode, router or RoundRobinRouter())
-    factory = _NAMED_SUITES.get(name)
+    if name == "static-best":
+        raise SimulatorOnlyPolicyError(name, live_policy_names())
+    base, *modifiers = name.split("+")
+    factory = _NAMED_SUITES.get(base)
     if factory is None:
-        raise UnknownNameError("policy", name, policy_names())
-    return factory(context, router)
+        raise UnknownNameError("policy", base, live_policy_names())
+    clocks: tuple[int, ...] | None = None
+    for modifier in modifiers:
+        if modifier in CLOCK_SET_MODIFIERS:
+            clocks = CLOCK_SET_MODIFIERS[modifier](gpu)
+        elif modifier.endswith(ROUTER_MODIFIER_SUFFIX) and modifier != ROUTER_MODIFIER_SUFFIX:
+            # An explicit router (e.g. --router) still wins over the one the name asks for.
+            router = router or build_router(modifier.removesuffix(ROUTER_MODIFIER_SUFFIX), context)
+        else:
+            raise ConfigError(
+                f"policy {name!r}: unknown modifier {modifier!r} (valid: "
+                f"{', '.join(CLOCK_SET_MODIFIERS)}, <router>{ROUTER_MODIFIER_SUFFIX} with a router "
+                f"of: {', '.join(router_names())})"
+            )
+    if not modifiers:  # a plain name: any factory taking (context, router) serves
+        return factory(context, router)
+    return factory(context, router, clocks_mhz=clocks, name=name)
 
 
 def _load_builtin_policies() -> None:

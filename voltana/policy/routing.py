@@ -36,12 +36,16 @@ class RoundRobinRouter:
 
 
 def prefill_load(state: InstanceState) -> float:
-    """Tokens the instance must prefill before a new request would start."""
-    return float(state.queued_tokens + state.running_prefill_tokens)
+    """Tokens the instance must prefill before a new request would start (the requests placed
+    on it but not yet in its report included)."""
+    return float(state.queued_tokens + state.running_prefill_tokens + state.inflight_tokens)
 
 
 def decode_load(state: InstanceState) -> tuple[int, int]:
-    return (state.running_batch + state.queue_len, state.kv_tokens_used)
+    return (
+        state.running_batch + state.queue_len + state.inflight_requests,
+        state.kv_tokens_used + state.inflight_tokens,
+    )
 
 
 class LeastLoadedRouter:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 
 class Phase(enum.Enum):
@@ -20,11 +20,20 @@ class Phase(enum.Enum):
 class SloTarget:
     ttft_ms: float = 800.0
     itl_ms: float = 50.0
+    # A TTFT allowance growing with the prompt (a long prompt cannot start sooner): a request's
+    # TTFT target is ttft_ms + ttft_ms_per_1k_tokens * its input tokens / 1000.
+    ttft_ms_per_1k_tokens: float = 0.0
+
+    def ttft_target_ms(self, input_tokens: float) -> float:
+        return self.ttft_ms + self.ttft_ms_per_1k_tokens * input_tokens / 1000.0
 
 
 @dataclass(frozen=True, slots=True)
 class InstanceState:
-    """Load and clock of one serving instance (one GPU or one TP group) at ``observed_at_s``."""
+    """Load and clock of one serving instance (one GPU or one TP group) at ``observed_at_s``:
+    everything a policy may see, and nothing a real deployment could not observe. Producers
+    build it through voltana.observation; this field list is the one every conversion (proto,
+    Redis, validation) iterates, so a field is added here and nowhere else."""
 
     instance_id: str
     phase: Phase
@@ -44,15 +53,19 @@ class InstanceState:
     # Measured latencies over a recent window (None when nothing was measured).
     recent_ttft_ms: float | None = None
     recent_itl_ms: float | None = None
-    # Requests per second routed to this instance over a recent window.
+    # Requests and prompt tokens per second placed on this instance over a recent window
+    # (counted at placement by the router).
     arrival_rate_rps: float = 0.0
+    arrival_tokens_per_s: float = 0.0
     power_w: float = 0.0
     energy_j: float = 0.0
-    # Remaining decode tokens of the running batch, when the source knows them (sim does).
-    remaining_output_tokens: int = 0
     observed_at_s: float = 0.0
     # When the instance last reported anything (for "no metrics for 5 s" rules).
     last_activity_s: float = 0.0
+    # Placed on the instance but not yet visible in its report (the in-flight ledger): prefill
+    # counts their prompt tokens, decode the KV tokens they will bring.
+    inflight_requests: int = 0
+    inflight_tokens: int = 0
 
     @property
     def is_idle(self) -> bool:
@@ -97,3 +110,8 @@ class Placement:
     predicted_itl_ms: float | None = None
     prefill_clock_mhz: int | None = None
     decode_clock_mhz: int | None = None
+
+
+def optional_state_fields() -> frozenset[str]:
+    """Fields of InstanceState that may be None (unmeasured), by their annotations."""
+    return frozenset(f.name for f in fields(InstanceState) if "None" in str(f.type))

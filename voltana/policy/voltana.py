@@ -1,23 +1,32 @@
 """`voltana`: Voltana's own policy, built on what the published method leaves open.
 
+Energy, correctly counted: a GPU that is up draws its parked idle power whatever the policy does,
+so a clock is judged by the energy it adds above that floor, (P(f) - P_idle) x t(f), not by
+P(f) x t(f) - which would pretend that finishing sooner saves the idle floor. With a voltage floor
+below the knee that excess barely changes across the low clocks, so among clocks within a
+tolerance of the cheapest the fastest is taken: the same energy, more latency headroom.
+
 Frequency (per phase):
-- the GPU's whole clock range (30 MHz grid), and among the clocks that meet the target the one that
-  costs least energy (the U-curve), not simply the lowest;
-- prefill plans for its whole backlog: the oldest waiting request must finish within the TTFT
-  budget after the queue drains at the chosen clock, and the clock must keep up with the recent
-  arrival rate (look-ahead), so a queue no longer forces the maximum clock;
+- the GPU's whole clock range (30 MHz grid), and among the clocks that meet the target the one
+  adding the least energy, not simply the lowest;
+- prefill plans for its whole backlog, requests placed on it but not yet reported included: the
+  oldest waiting request must finish within the TTFT budget after the backlog drains at the
+  chosen clock, and the clock must keep up with the prompt tokens arriving (counted at
+  placement), so a queue no longer forces the maximum clock;
+- decode plans for the batch it holds plus the requests already placed on it;
 - measured latency is fed back: a per-instance correction factor (measured / predicted ITL) and a
   TTFT guard that tightens the budget when measured TTFT approaches the target and relaxes it
-  slowly — the safety margin is earned rather than guessed;
-- a lower clock is taken only after it has been chosen for `downshift_ticks` control ticks in a
-  row (hysteresis sized to the clock-change delay); raising is immediate;
+  slowly - the safety margin is earned rather than guessed;
+- a lower clock is taken only after it has been chosen for `downshift_ticks` decisions in a row
+  (hysteresis sized to the clock-change delay); raising is immediate;
 - idle instances park: decode at the lowest clock (decode barely needs the SMs), prefill at the
-  clock that still prefills a typical prompt well within the TTFT budget on wake-up.
+  clock that still prefills a large prompt well within the TTFT budget (the controller also
+  raises it the moment a request is placed on it).
 
-Routing: prefill to the instance that would finish the prompt soonest; decode to the instance where
-the request adds the least power given the clock each would then need (marginal energy). This
-consolidates light load onto fewer busy decode GPUs while the others idle at their parking clock,
-and it avoids batch-boundary crossings that would raise a clock (EcoRoute's insight, generalised).
+Routing: prefill to the instance that would finish the prompt soonest; decode to the instance
+where the request adds the least power given the clock each would then need. This consolidates
+light load onto fewer busy decode GPUs while the others idle at their parking clock, and it
+avoids batch-boundary crossings that would raise a clock (EcoRoute's insight, generalised).
 """
 
 from __future__ import annotations
@@ -39,6 +48,25 @@ from voltana.policy.state import (
     RequestSpec,
     SloTarget,
 )
+
+# Prefill latency segments (tokens): attention makes long prompts cost more per token.
+VOLTANA_TOKEN_BREAKPOINTS = (512.0, 2048.0, 8192.0)
+# Clocks whose added energy is within this fraction of the cheapest count as equally cheap; the
+# fastest of them is taken (latency headroom for free below the voltage knee).
+ENERGY_TOLERANCE = 0.03
+# The active decode set changes size only for a plan this much cheaper (no flapping).
+PLAN_HYSTERESIS = 0.05
+
+
+def cheapest_fastest(added_energy: np.ndarray, feasible: np.ndarray) -> int | None:
+    """Index of the fastest feasible clock whose added energy is within the tolerance of the
+    cheapest feasible one (None when no clock is feasible). Clocks ascend."""
+    if not feasible.any():
+        return None
+    costs = np.where(feasible, added_energy, np.inf)
+    cheapest = float(costs.min())
+    near = feasible & (costs <= cheapest + ENERGY_TOLERANCE * abs(cheapest))
+    return int(np.flatnonzero(near)[-1])
 
 
 @dataclass
@@ -71,10 +99,9 @@ class VoltanaPrefill:
     chunk_tokens: int = 8192
     margin: float = 0.10
     max_utilisation: float = 0.75
-    typical_prompt_tokens: float = 1024.0
     # Parking: an idle instance waits at the lowest clock that still prefills a large prompt
-    # (the p95 of prompts seen, learned online) within `park_ttft_fraction` of the TTFT target,
-    # because the first prompt after idling starts before the controller can raise the clock.
+    # (a high quantile of prompts seen, learned online) within `park_ttft_fraction` of the TTFT
+    # target: a prompt may start before the raised clock takes effect.
     park_ttft_fraction: float = 0.5
     park_quantile: float = 0.8
     initial_large_prompt_tokens: int = 2048
@@ -102,21 +129,22 @@ class VoltanaPrefill:
             large = float(np.quantile(np.fromiter(self._prompt_tokens, float), self.park_quantile))
         else:
             large = float(self.initial_large_prompt_tokens)
-        feasible = self.predictor.prefill_latency_ms(large) <= self.park_ttft_fraction * slo.ttft_ms
+        target_ms = slo.ttft_target_ms(large)
+        feasible = self.predictor.prefill_latency_ms(large) <= self.park_ttft_fraction * target_ms
         clocks = self.predictor.clocks_mhz
         return int(clocks[int(np.argmax(feasible))]) if feasible.any() else int(clocks[-1])
 
     def __post_init__(self) -> None:
         self._hysteresis = _Hysteresis(self.downshift_ticks)
 
-    def _budget_scale(self, state: InstanceState, slo: SloTarget) -> float:
+    def _budget_scale(self, state: InstanceState, target_ms: float) -> float:
         """TTFT guard: tighten fast when measured TTFT nears the target, relax slowly."""
         scale = self._guard.get(state.instance_id, 1.0)
         measured = state.recent_ttft_ms
         if measured is not None:
-            if measured > 0.6 * slo.ttft_ms:
+            if measured > 0.6 * target_ms:
                 scale = max(0.4, scale * 0.85)
-            elif measured < 0.35 * slo.ttft_ms:
+            elif measured < 0.35 * target_ms:
                 scale = min(1.0, scale * 1.02)
         self._guard[state.instance_id] = scale
         return scale
@@ -124,38 +152,83 @@ class VoltanaPrefill:
     def decide(self, state: InstanceState, slo: SloTarget, now_s: float) -> ClockDecision:
         predictor = self.predictor
         clocks = predictor.clocks_mhz
-        scale = self._budget_scale(state, slo)
         self._observe_prompts(state)
-        backlog = state.running_prefill_tokens + state.queued_tokens
+        backlog = state.running_prefill_tokens + state.queued_tokens + state.inflight_tokens
+        # The prompt a TTFT target applies to: the mean arriving one, else what is running.
+        if state.arrival_rate_rps > 0:
+            prompt_tokens = state.arrival_tokens_per_s / state.arrival_rate_rps
+        else:
+            prompt_tokens = float(state.running_prefill_tokens or backlog)
+        target_ms = slo.ttft_target_ms(prompt_tokens)
+        scale = self._budget_scale(state, target_ms)
         if backlog == 0:
             wanted = self.park_clock_mhz(slo)
             return ClockDecision(self._hysteresis.apply(state.instance_id, wanted), "idle: park")
-        if state.queue_len:
-            self.typical_prompt_tokens += 0.1 * (
-                state.queued_tokens / state.queue_len - self.typical_prompt_tokens
-            )
         # Drain time of the whole backlog (chunked at the iteration budget) at every clock.
         full_chunks, rest = divmod(backlog, self.chunk_tokens)
         drain_ms = full_chunks * predictor.prefill_latency_ms(self.chunk_tokens)
         if rest:
             drain_ms = drain_ms + predictor.prefill_latency_ms(rest)
-        budget_ms = slo.ttft_ms * (1.0 - self.margin) * scale - state.oldest_wait_ms
+        budget_ms = target_ms * (1.0 - self.margin) * scale - state.oldest_wait_ms
         feasible = drain_ms <= budget_ms
-        # Look-ahead: the clock must keep up with the recent arrival stream.
-        typical_ms = predictor.prefill_latency_ms(self.typical_prompt_tokens)
-        feasible &= state.arrival_rate_rps * typical_ms / 1000.0 <= self.max_utilisation
-        if not feasible.any():
+        # Energy added above the parked draw, per clock: for the stream of prompts arriving
+        # (counted at placement) when there is one - a slower clock lets more of them share
+        # an iteration - else for draining this backlog alone.
+        if state.arrival_rate_rps > 0:
+            stream = prefill_stream(predictor, state.arrival_rate_rps, max(1.0, prompt_tokens))
+            # A prompt arriving now waits for the running iteration, then runs its own.
+            feasible &= 2.0 * stream.iteration_ms <= budget_ms
+            feasible &= stream.token_load <= self.max_utilisation
+            added = stream.added_power_w
+        else:
+            excess_w = (
+                predictor.prefill_power_w(min(backlog, self.chunk_tokens)) - predictor.idle_power[0]
+            )
+            added = excess_w * drain_ms
+        index = cheapest_fastest(added, feasible)
+        if index is None:
             wanted = int(clocks[-1])
             return ClockDecision(self._hysteresis.apply(state.instance_id, wanted), "backlog: max")
-        # Energy above the parked draw for this backlog, per clock (the U-curve).
-        excess_w = (
-            predictor.prefill_power_w(min(backlog, self.chunk_tokens)) - predictor.idle_power[0]
-        )
-        energy = np.where(feasible, excess_w * drain_ms, np.inf)
-        wanted = int(clocks[int(np.argmin(energy))])
         return ClockDecision(
-            self._hysteresis.apply(state.instance_id, wanted), "energy-optimal clock meeting TTFT"
+            self._hysteresis.apply(state.instance_id, int(clocks[index])),
+            "least added energy meeting TTFT",
         )
+
+
+@dataclass(frozen=True)
+class PrefillStream:
+    """Steady state of a prefill instance fed ``rate`` prompts per second, per clock."""
+
+    batch_requests: np.ndarray  # prompts per iteration
+    iteration_ms: np.ndarray
+    # Arriving tokens over the marginal token throughput: batching absorbs any busy fraction
+    # up to 1, but at 1 the batch (and TTFT) grows without bound.
+    token_load: np.ndarray
+    added_power_w: np.ndarray  # mean draw above the parked idle power
+
+
+def prefill_stream(
+    predictor: LatencyPredictor, rate_rps: float, mean_prompt_tokens: float
+) -> PrefillStream:
+    """Batched service of a Poisson stream: an iteration takes every prompt that arrived during
+    the previous one (one, later, when none did), so the mean batch b solves
+    b = rate*L(b) + exp(-rate*L(b)); iterations run rate/b times a second."""
+    batch = np.ones(len(predictor.clocks_mhz))
+    for _ in range(6):  # the fixed point converges in a few steps (L is linear in tokens)
+        iteration_ms = predictor.prefill_latency_ms_each(batch * mean_prompt_tokens)
+        arrivals = rate_rps * iteration_ms / 1000.0
+        batch = np.maximum(1.0, arrivals + np.exp(-arrivals))
+    tokens = batch * mean_prompt_tokens
+    iteration_ms = predictor.prefill_latency_ms_each(tokens)
+    power_w = predictor.prefill_power_w_each(tokens) - predictor.idle_power[0]
+    iterations_per_s = rate_rps / batch
+    per_token_ms = predictor.prefill_latency_ms_each(tokens + 1.0) - iteration_ms
+    return PrefillStream(
+        batch,
+        iteration_ms,
+        rate_rps * mean_prompt_tokens * per_token_ms / 1000.0,
+        iterations_per_s * power_w * iteration_ms / 1000.0,
+    )
 
 
 @dataclass
@@ -197,12 +270,20 @@ class VoltanaDecode:
             return ClockDecision(
                 self._hysteresis.apply(state.instance_id, int(clocks[-1])), "admission queue: max"
             )
+        # The batch it holds plus the requests already placed on it (they join within a prefill).
+        batch = state.running_batch + state.inflight_requests
+        kv_tokens = state.kv_tokens_used + state.inflight_tokens
         index = best_decode_clock_index(
-            predictor, state.running_batch, state.kv_tokens_used, slo.itl_ms, self.margin, factor
+            predictor, batch, kv_tokens, slo.itl_ms, self.margin, factor
         )
         wanted = int(clocks[min(index, len(clocks) - 1)])
-        reason = "energy-optimal clock meeting ITL" if index < len(clocks) else "ITL at risk: max"
+        reason = "least added energy meeting ITL" if index < len(clocks) else "ITL at risk: max"
         return ClockDecision(self._hysteresis.apply(state.instance_id, wanted), reason)
+
+
+def decode_added_power_w(predictor: LatencyPredictor, power_w: np.ndarray) -> np.ndarray:
+    """Draw above the parked idle power (per clock; any column shape)."""
+    return power_w - predictor.idle_power[0]
 
 
 def best_decode_clock_index(
@@ -213,47 +294,41 @@ def best_decode_clock_index(
     margin: float,
     correction: float = 1.0,
 ) -> int:
-    """Clock index with the least energy per token meeting ITL; len(clocks) when none does."""
+    """Clock index adding the least energy per generated token above the parked draw while
+    meeting ITL; len(clocks) when none does. (Per token, not per second: a slower step grows
+    the batch the same token demand settles at, so the draw it saves is partly spent again.)"""
     latency = predictor.decode_latency_ms(batch, kv_tokens) * correction
     feasible = latency * (1.0 + margin) <= itl_ms
-    if not feasible.any():
-        return len(predictor.clocks_mhz)
-    energy = np.where(feasible, predictor.decode_power_w(batch, kv_tokens) * latency, np.inf)
-    return int(np.argmin(energy))
+    added = decode_added_power_w(predictor, predictor.decode_power_w(batch, kv_tokens)) * latency
+    index = cheapest_fastest(added, feasible)
+    return len(predictor.clocks_mhz) if index is None else index
 
 
 @dataclass
 class VoltanaRouter:
-    """Prefill: soonest finish. Decode: least added power at the clock it would then need."""
+    """Prefill: soonest finish. Decode: the load shared evenly by the number of instances that
+    carries it with the least power (the others stay parked)."""
 
     predictor: LatencyPredictor
     margin: float = 0.10
     kv_headroom: float = 0.9
-    # Expected delay from placement until the request joins its decode batch (prefill + KV).
-    inbound_horizon_s: float = 1.0
+    # Plan the active decode set for this multiple of the current load: Poisson bursts must not
+    # push a consolidated instance past its ITL target (or to its maximum clock).
+    plan_headroom: float = 1.25
     name: str = "voltana"
-    # Requests placed but not yet visible in the decode instance's state: (expires at, KV tokens).
-    _inbound: dict[str, deque[tuple[float, int]]] = field(default_factory=dict)
-
-    def _inbound_load(self, instance_id: str, now_s: float) -> tuple[int, int]:
-        pending = self._inbound.get(instance_id)
-        if not pending:
-            return 0, 0
-        while pending and pending[0][0] <= now_s:
-            pending.popleft()
-        return len(pending), sum(tokens for _, tokens in pending)
 
     def _best_power_w(
         self, batches: np.ndarray, kv_tokens: np.ndarray, itl_ms: float
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Per column: draw at the energy-optimal clock meeting ITL (inf when none does), and
-        that clock's index. Every instance is evaluated in one array expression, which keeps a
-        placement well under a millisecond at 64 instances."""
+        """Per column: draw at the lowest clock meeting ITL (inf when none does), and that
+        clock's index. A decode instance with requests steps continuously, so what a request
+        costs it is the draw it adds. Every instance is evaluated in one array expression,
+        which keeps a placement well under a millisecond at 64 instances."""
         predictor = self.predictor
         latency = predictor.decode_latency_ms_many(batches, kv_tokens)
         power = predictor.decode_power_w_many(batches, kv_tokens)
         feasible = latency * (1.0 + self.margin) <= itl_ms
-        index = np.argmin(np.where(feasible, power * latency, np.inf), axis=0)
+        index = np.argmax(feasible, axis=0)  # clocks ascend: the first feasible one
         columns = np.arange(len(batches))
         best = np.where(feasible[index, columns], power[index, columns], np.inf)
         idle = batches <= 0  # an empty instance draws its parked idle power
@@ -266,20 +341,16 @@ class VoltanaRouter:
         prefill = min(snapshot.prefill.values(), key=prefill_load)
         added_kv = request.input_tokens + 1
         reserve = request.input_tokens + request.max_output_tokens + 1
-        now_s = snapshot.now_s
         states = list(snapshot.decode.values())
-        batches = np.empty(len(states))
-        kv_tokens = np.empty(len(states))
-        fits = np.empty(len(states), dtype=bool)
-        for n, state in enumerate(states):
-            # The state trajectory: what the instance will hold once placed requests arrive.
-            # Waiting requests join at the next step unless memory is short (checked here).
-            inbound, inbound_kv = self._inbound_load(state.instance_id, now_s)
-            batches[n] = state.running_batch + state.queue_len + inbound
-            kv_tokens[n] = state.kv_tokens_used + inbound_kv
-            fits[n] = batches[n] < (state.max_running_requests or 1 << 30) and kv_tokens[
-                n
-            ] + reserve <= self.kv_headroom * (state.kv_tokens_capacity or 1 << 62)
+        # The state trajectory: what each instance will hold once the requests placed on it
+        # arrive (the ledger's in-flight counts); waiting requests join at the next step.
+        batches = np.array(
+            [s.running_batch + s.queue_len + s.inflight_requests for s in states], dtype=float
+        )
+        kv_tokens = np.array([s.kv_tokens_used + s.inflight_tokens for s in states], dtype=float)
+        limits = np.array([s.max_running_requests or 1 << 30 for s in states], dtype=float)
+        capacity = np.array([s.kv_tokens_capacity or 1 << 62 for s in states], dtype=float)
+        fits = (batches < limits) & (kv_tokens + reserve <= self.kv_headroom * capacity)
         power, index = self._best_power_w(
             np.concatenate([batches, batches + 1]),
             np.concatenate([kv_tokens, kv_tokens + added_kv]),
@@ -288,35 +359,78 @@ class VoltanaRouter:
         count = len(states)
         before, after, after_index = power[:count], power[count:], index[count:]
         valid = fits & np.isfinite(before) & np.isfinite(after)
+        active = self._active_set(batches, kv_tokens, added_kv, request.slo.itl_ms)
         added_w = np.full(count, np.inf)
         added_w[valid] = after[valid] - before[valid]
-        if np.isfinite(added_w).any():
-            # Least added power; ties go to the busier instance (keeps the others parked).
+        planned = active & np.isfinite(added_w)
+        if planned.any():
+            # The plan shares the load evenly: the least loaded active instance takes it.
+            order = np.lexsort((kv_tokens, batches, ~planned))
+            chosen = int(order[0])
+            clock_index = int(after_index[chosen])
+            reason = f"even share of {int(active.sum())} active decode instances"
+        elif np.isfinite(added_w).any():  # the active ones are full: spill
             order = np.lexsort((-batches, added_w))
             chosen = int(order[0])
             clock_index = int(after_index[chosen])
-            reason = "least added decode power"
+            reason = "active decode instances full: least added power"
         else:  # no room at any clock: last resort, least loaded
             chosen = min(range(count), key=lambda n: (batches[n], kv_tokens[n]))
             clock_index = len(self.predictor.clocks_mhz) - 1
             reason = "no decode has room at target: least loaded"
-        decode = states[chosen]
-        self._inbound.setdefault(decode.instance_id, deque()).append(
-            (now_s + self.inbound_horizon_s, added_kv)
-        )
         return Placement(
             prefill.instance_id,
-            decode.instance_id,
+            states[chosen].instance_id,
             reason,
             decode_clock_mhz=int(self.predictor.clocks_mhz[clock_index]),
         )
 
+    def _active_set(
+        self, batches: np.ndarray, kv_tokens: np.ndarray, added_kv: int, itl_ms: float
+    ) -> np.ndarray:
+        """How many decode instances should carry the load, and which: the busiest ones.
 
-def build_voltana_suite(context: PolicyContext, router: RoutingPolicy | None) -> PolicySuite:
-    clocks = full_range_clocks_mhz(context.gpu)
-    predictor = fit_predictor(context.perf, clocks, token_breakpoints=(512, 2048, 8192))
+        Adding each request where it adds the least power is myopic: a busy instance's next
+        clock step always costs less than waking a parked one, so one instance would climb to
+        the maximum clock while a second could carry half at a low one. So the whole decode
+        load (with this request) is planned at once: k instances sharing it evenly draw
+        k x (P(load/k) - idle) at their lowest clocks meeting ITL; the cheapest k wins, and
+        the current number of busy instances is kept unless another is 5% cheaper (no
+        flapping)."""
+        count = len(batches)
+        total_batch = (float(batches.sum()) + 1.0) * self.plan_headroom
+        total_kv = (float(kv_tokens.sum()) + added_kv) * self.plan_headroom
+        shares = np.arange(1, count + 1, dtype=float)
+        power, _ = self._best_power_w(total_batch / shares, total_kv / shares, itl_ms)
+        cost = shares * (power - self.predictor.idle_power[0])
+        busy = int((batches > 0).sum())
+        best = int(np.argmin(cost))
+        if (
+            busy
+            and np.isfinite(cost[busy - 1])
+            and cost[best] > (1 - PLAN_HYSTERESIS) * cost[busy - 1]
+        ):
+            best = busy - 1
+        chosen = np.zeros(count, dtype=bool)
+        # The busiest instances stay active (stable order: batch, then position).
+        chosen[np.lexsort((np.arange(count), -batches))[: best + 1]] = True
+        return chosen
+
+
+def build_voltana_suite(
+    context: PolicyContext,
+    router: RoutingPolicy | None,
+    *,
+    clocks_mhz: tuple[int, ...] | None = None,
+    name: str = "voltana",
+) -> PolicySuite:
+    """Voltana's policy; ``clocks_mhz`` replaces the full clock range (an ablation)."""
+    clocks = clocks_mhz or full_range_clocks_mhz(context.gpu)
+    predictor = fit_predictor(
+        context.perf, clocks, VOLTANA_TOKEN_BREAKPOINTS, max_batch=context.max_running_requests
+    )
     return PolicySuite(
-        "voltana",
+        name,
         VoltanaPrefill(predictor),
         VoltanaDecode(predictor),
         router or VoltanaRouter(predictor),

@@ -16,6 +16,7 @@ from voltana.rpc.server import (
     StartedServer,
     dialable_address,
     serve_until_signal,
+    set_serving,
     start_grpc_server,
     stop_grpc_server,
 )
@@ -47,6 +48,7 @@ __all__ = [
     "generate_token",
     "load_token",
     "serve_until_signal",
+    "set_serving",
     "start_grpc_server",
     "status_code_for",
     "stop_grpc_server",

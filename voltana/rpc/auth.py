@@ -133,7 +133,7 @@ def _presented_credential(metadata: Iterable[tuple[str, Any]] | None) -> str | N
     return None
 
 
-def _matches(presented: str, accepted: Collection[str]) -> bool:
+def credential_matches(presented: str, accepted: Collection[str]) -> bool:
     # Compare with every accepted credential, in constant time each.
     found = False
     for credential in accepted:
@@ -221,7 +221,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
                 f"{method} needs a credential: metadata '{AUTH_METADATA_KEY}: "
                 f"{BEARER_PREFIX}<token>' (the control-plane token, ${TOKEN_ENV})",
             )
-        elif not _matches(presented, accepted):
+        elif not credential_matches(presented, accepted):
             _LOG.warning("refused %s from %s: wrong credential", method, context.peer())
             await context.abort(
                 grpc.StatusCode.PERMISSION_DENIED, f"{method}: the credential is not valid"

@@ -127,6 +127,19 @@ async def start_grpc_server(
     return StartedServer(server, port)
 
 
+async def set_serving(
+    health_servicer: health.aio.HealthServicer, service_names: Sequence[str], serving: bool
+) -> None:
+    """Report the server (overall status "") and ``service_names`` SERVING or NOT_SERVING."""
+    status = (
+        health_pb2.HealthCheckResponse.SERVING
+        if serving
+        else health_pb2.HealthCheckResponse.NOT_SERVING
+    )
+    for name in ["", *service_names]:
+        await health_servicer.set(name, status)
+
+
 async def stop_grpc_server(
     server: grpc.aio.Server,
     grace_s: float = DEFAULT_GRACE_S,

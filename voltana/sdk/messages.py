@@ -66,6 +66,8 @@ def summary_from_proto(completion: router_pb2.Completion) -> GenerationSummary:
         prefill_instance=completion.prefill_instance,
         decode_instance=completion.decode_instance,
         bootstrap_room=completion.bootstrap_room,
+        energy_j=completion.energy_j if completion.HasField("energy_j") else None,
+        idle_energy_j=completion.idle_energy_j if completion.HasField("idle_energy_j") else None,
     )
 
 

@@ -31,6 +31,10 @@ class GenerationSummary:
     decode_instance: str
     # KV-transfer room shared by the prefill and decode instances.
     bootstrap_room: int
+    # GPU energy attributed to the request (its share of every iteration it ran in and of
+    # the GPUs' idle time) and the idle part, joules; None when the engines do not report it.
+    energy_j: float | None = None
+    idle_energy_j: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

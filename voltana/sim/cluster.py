@@ -1,4 +1,4 @@
-"""Configuration of a simulated prefill/decode-disaggregated cluster."""
+"""Configuration of a simulated prefill/decode-disaggregated cluster and of its control loop."""
 
 from __future__ import annotations
 
@@ -7,7 +7,41 @@ from dataclasses import dataclass, field
 from voltana.errors import ConfigError
 from voltana.hardware.gpus import GpuSpec
 from voltana.hardware.models import ModelSpec
+from voltana.observation import DEFAULT_OBSERVATION, ObservationConfig
 from voltana.policy.state import SloTarget
+
+
+@dataclass(frozen=True)
+class LoopTiming:
+    """Delays of the live control path, which the simulator reproduces (defaults: `voltana up`).
+
+    Policies never see an instance as it is now: an engine reports its load every
+    ``report_interval_ms``, telemetry passes reports to the controller and the router on their
+    watch intervals, every hop costs ``rpc_ms``, and a new clock takes the GPU's clock-change
+    delay. With ``placement_trigger`` the router asks the controller to decide for the instances
+    it just placed a request on (and dispatches once the controller answered), instead of
+    letting the request wait for the next tick behind a parked clock.
+    """
+
+    report_interval_ms: float = 50.0
+    controller_watch_ms: float = 50.0
+    router_watch_ms: float = 100.0
+    rpc_ms: float = 1.0
+    placement_trigger: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("report_interval_ms", "controller_watch_ms", "router_watch_ms", "rpc_ms"):
+            if not getattr(self, name) >= 0:
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+
+    @classmethod
+    def ideal(cls) -> LoopTiming:
+        """Every decision sees the exact current state, with no delay (the old offline loop)."""
+        return cls(0.0, 0.0, 0.0, 0.0, placement_trigger=False)
+
+    @property
+    def is_ideal(self) -> bool:
+        return self.report_interval_ms == 0
 
 
 @dataclass(frozen=True)
@@ -19,20 +53,30 @@ class ClusterConfig:
     slo: SloTarget = field(default_factory=SloTarget)
     chunked_prefill_tokens: int = 8192
     max_running_requests: int = 1024
-    clock_change_delay_ms: float = 20.0
+    # None: the GPU catalog's measured delay between a clock request and the new clock.
+    clock_change_delay_ms: float | None = None
     control_interval_ms: float = 50.0
     sample_interval_s: float = 1.0
     latency_jitter: float = 0.02  # relative std-dev of iteration latency noise
-    # Window over which instances report recent TTFT/ITL and arrival rate.
-    observation_window_s: float = 5.0
+    observation: ObservationConfig = DEFAULT_OBSERVATION
+    loop: LoopTiming = field(default_factory=LoopTiming)
 
     def __post_init__(self) -> None:
         if self.num_prefill < 1 or self.num_decode < 1:
             raise ConfigError("a PD cluster needs at least one prefill and one decode instance")
         if self.chunked_prefill_tokens < 1 or self.max_running_requests < 1:
             raise ConfigError("chunked prefill size and max running requests must be >= 1")
-        if self.clock_change_delay_ms < 0 or self.control_interval_ms <= 0:
+        if (
+            self.clock_change_delay_ms is not None and not self.clock_change_delay_ms >= 0
+        ) or self.control_interval_ms <= 0:
             raise ConfigError("clock change delay must be >= 0 and control interval > 0")
+
+    @property
+    def clock_delay_ms(self) -> float:
+        """The clock-change delay in effect (the catalog's unless overridden)."""
+        if self.clock_change_delay_ms is None:
+            return self.gpu.clock_change_delay_ms
+        return self.clock_change_delay_ms
 
     @property
     def gpus_per_instance(self) -> int:

@@ -28,21 +28,26 @@ def run_policy(
     seed: int = 0,
     progress: ProgressCallback | None = None,
 ) -> SimulationResult:
-    context = PolicyContext(config.gpu, perf, config.slo)
+    context = PolicyContext(config.gpu, perf, config.slo, config.max_running_requests)
     routing = build_router(router, context) if router else None
     suite = build_suite(name, context, routing)
     return Simulation(config, perf, suite, seed=seed).run(requests, progress)
 
 
 def build_suites(
-    names: Sequence[str], router: str | None, gpu: GpuSpec, perf: PerformanceModel, slo: SloTarget
+    names: Sequence[str],
+    router: str | None,
+    gpu: GpuSpec,
+    perf: PerformanceModel,
+    slo: SloTarget,
+    max_running_requests: int = 1024,
 ) -> list[PolicySuite | None]:
     """Build every named policy, so a bad name fails before any work starts. `static-best` gives
     None: a hindsight sweep on the workload resolves it. Each suite serves one run (policies
     keep memory), and each gets its own router."""
     from voltana.sim.static_best import STATIC_BEST
 
-    context = PolicyContext(gpu, perf, slo)
+    context = PolicyContext(gpu, perf, slo, max_running_requests)
     return [
         None
         if name == STATIC_BEST
@@ -69,7 +74,9 @@ def compare_policies(
     from voltana.sim.static_best import find_static_best
 
     if suites is None:
-        suites = build_suites(names, router, config.gpu, perf, config.slo)
+        suites = build_suites(
+            names, router, config.gpu, perf, config.slo, config.max_running_requests
+        )
     results: list[SimulationResult] = []
     for name, suite in zip(names, suites, strict=True):
         callback = progress(name) if progress else None

@@ -11,6 +11,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
+from voltana.observation.observer import EngineGauges
 from voltana.perf.model import PerformanceModel
 
 KeyT = TypeVar("KeyT")
@@ -196,7 +197,7 @@ class DecodeScheduler(Generic[KeyT]):
     """
 
     perf: PerformanceModel
-    max_running_requests: int = 256
+    max_running_requests: int = 1024
     kv_capacity_tokens: int = 0
     _waiting: deque[DecodeJob[KeyT]] = field(default_factory=deque)
     _finishing: dict[int, list[DecodeJob[KeyT]]] = field(default_factory=dict)
@@ -314,3 +315,33 @@ class DecodeScheduler(Generic[KeyT]):
         generated = self.iterations_done - job.admitted_iteration
         self.kv_tokens_used -= job.input_tokens + 1 + generated
         return True
+
+
+def prefill_gauges(
+    scheduler: PrefillScheduler[KeyT], now_s: float, kv_tokens_capacity: int = 0
+) -> EngineGauges:
+    """A prefill engine's load report (SGLang's queue and running gauges, its KV capacity and
+    its batch limit)."""
+    oldest = scheduler.oldest_waiting_enqueued_s()
+    running = scheduler.running
+    return EngineGauges(
+        queue_len=scheduler.waiting_len,
+        queued_tokens=scheduler.waiting_tokens,
+        oldest_wait_ms=(now_s - oldest) * 1e3 if oldest is not None else 0.0,
+        running_prefill_tokens=running.new_tokens if running else 0,
+        kv_tokens_capacity=kv_tokens_capacity,
+        max_running_requests=scheduler.max_requests_per_batch,
+    )
+
+
+def decode_gauges(scheduler: DecodeScheduler[KeyT], now_s: float) -> EngineGauges:
+    """A decode engine's load report: admission queue, running batch, KV in use and limits."""
+    oldest = scheduler.oldest_enqueued_s()
+    return EngineGauges(
+        queue_len=scheduler.queue_len,
+        oldest_wait_ms=(now_s - oldest) * 1e3 if oldest is not None else 0.0,
+        running_batch=scheduler.batch_size,
+        kv_tokens_used=scheduler.kv_tokens_used,
+        kv_tokens_capacity=scheduler.kv_capacity_tokens,
+        max_running_requests=scheduler.max_running_requests,
+    )

@@ -1,32 +1,53 @@
 """Deterministic discrete-event simulation of a PD-disaggregated cluster in virtual time.
 
-Arrivals are placed by the routing policy on a snapshot of every instance; prefill instances run
-chunked FCFS prefill, ship KV to their decode partner, and decode instances run continuous
-batching. A control tick hands each instance's state to its phase's frequency policy; a clock
-change takes effect after the configured delay. Energy integrates every GPU's power, idle time
-included, from the first arrival to the last completion.
+Arrivals are placed by the routing policy; prefill instances run chunked FCFS prefill, ship KV to
+their decode partner, and decode instances run continuous batching. Energy integrates every GPU's
+power, idle time included, from the first arrival to the last completion.
+
+The control loop is the live one (cluster.LoopTiming): engines report their load through the
+observation contract on an interval, telemetry hands the reports to the router and the
+controller on their watch intervals, the router adds its in-flight ledger and placement counts,
+the controller ticks on its interval (and, with the placement trigger, decides at once for the
+instances a request was just placed on), every hop costs an RPC, and a new clock takes the GPU's
+clock-change delay. `LoopTiming.ideal()` gives every decision the exact current state instead.
 """
 
 from __future__ import annotations
 
 import heapq
 import random
-from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, replace
 
+from voltana.energy import RequestEnergy, spread_unclaimed
 from voltana.errors import ConfigError
+from voltana.observation import ArrivalWindow, InflightLedger
 from voltana.perf.model import IterationEstimate, PerformanceModel
 from voltana.policy.base import PolicySuite
 from voltana.policy.state import ClusterSnapshot, InstanceState, Phase, RequestSpec
 from voltana.report import RunOutcome
 from voltana.sim.cluster import ClusterConfig
-from voltana.sim.scheduling import DecodeJob, DecodeScheduler, PrefillJob, PrefillScheduler
+from voltana.sim.instance import InstanceSeries, SimInstance
+from voltana.sim.scheduling import DecodeJob, PrefillJob
 from voltana.workloads.request import TraceRequest
 
 # Event kinds, ordered so simultaneous events resolve deterministically.
-_ARRIVAL, _PREFILL_DONE, _KV_ARRIVED, _DECODE_DONE, _CONTROL, _SAMPLE, _CLOCK = range(7)
+(
+    _ARRIVAL,
+    _DISPATCH,
+    _PREFILL_DONE,
+    _KV_ARRIVED,
+    _DECODE_DONE,
+    _REPORT,
+    _ROUTER_WATCH,
+    _CONTROLLER_WATCH,
+    _NOTIFY,
+    _CONTROL,
+    _SAMPLE,
+    _CLOCK,
+) = range(12)
+# Events that recur while requests are pending but are not work themselves.
+_PERIODIC = frozenset({_REPORT, _ROUTER_WATCH, _CONTROLLER_WATCH, _CONTROL, _SAMPLE})
 
 REJECT_PROMPT_TOO_LONG = "prompt_too_long"
 REJECT_KV_CAPACITY = "exceeds_kv_capacity"
@@ -47,173 +68,7 @@ class RequestRecord:
         return self.finish_s >= 0.0
 
 
-@dataclass
-class InstanceSeries:
-    """Per-instance samples for plots: one row every `sample_interval_s`."""
-
-    time_s: list[float] = field(default_factory=list)
-    sm_clock_mhz: list[int] = field(default_factory=list)
-    power_w: list[float] = field(default_factory=list)  # average since the previous sample
-    queue_len: list[int] = field(default_factory=list)
-    running_batch: list[int] = field(default_factory=list)
-
-
-class _Instance:
-    """One simulated instance: its scheduler, its clock, its power and energy accounting."""
-
-    def __init__(
-        self,
-        index: int,
-        instance_id: str,
-        phase: Phase,
-        perf: PerformanceModel,
-        config: ClusterConfig,
-    ) -> None:
-        self.index = index
-        self.instance_id = instance_id
-        self.phase = phase
-        self.perf = perf
-        self.gpus = config.gpus_per_instance
-        self.prefill: PrefillScheduler[int] | None = None
-        self.decode: DecodeScheduler[int] | None = None
-        if phase is Phase.PREFILL:
-            self.prefill = PrefillScheduler(perf, token_budget=config.chunked_prefill_tokens)
-        else:
-            self.decode = DecodeScheduler(perf, max_running_requests=config.max_running_requests)
-        self.sm_clock_mhz = config.gpu.default_sm_clock_mhz
-        self.target_clock_mhz = self.sm_clock_mhz
-        self.pending_clock: tuple[float, int] | None = None  # (effective at, MHz)
-        self.power_w = perf.idle_power_w(self.sm_clock_mhz)
-        self.power_since_s = 0.0
-        self.energy_j = 0.0
-        self.sample_energy_j = 0.0
-        self.clock_changes = 0
-        self.busy = False
-        # The running iteration: when its current pace began, when it ends, which event ends it,
-        # and how to re-estimate it at another clock (a clock change speeds up the remainder).
-        self.pace_since_s = 0.0
-        self.iteration_end_s = 0.0
-        self.completion_seq = -1
-        self.jitter_factor = 1.0
-        self.estimate_at: Callable[[int], IterationEstimate] | None = None
-        self.last_activity_s = 0.0
-        self.window_s = config.observation_window_s
-        self.arrivals: deque[float] = deque()
-        self.recent_latency_ms: deque[tuple[float, float]] = deque()
-        self.series = InstanceSeries()
-
-    # ---- energy and clocks ----------------------------------------------------------------
-    def advance(self, now_s: float) -> None:
-        """Integrate energy up to ``now_s``, applying a pending clock change on the way."""
-        pending = self.pending_clock
-        if pending is not None and pending[0] <= now_s:
-            effective_s, clock_mhz = pending
-            self._integrate(effective_s)
-            self.sm_clock_mhz = clock_mhz
-            self.pending_clock = None
-            if not self.busy:  # an idle GPU's draw follows its clock at once
-                self.power_w = self.perf.idle_power_w(clock_mhz)
-        self._integrate(now_s)
-
-    def _integrate(self, now_s: float) -> None:
-        if now_s > self.power_since_s:
-            self.energy_j += self.power_w * self.gpus * (now_s - self.power_since_s)
-            self.power_since_s = now_s
-
-    def request_clock(self, now_s: float, clock_mhz: int, delay_s: float) -> bool:
-        """Returns True when a change was requested (the caller schedules its effect)."""
-        if clock_mhz == self.target_clock_mhz:
-            return False
-        self.target_clock_mhz = clock_mhz
-        self.clock_changes += 1
-        self.pending_clock = (now_s + delay_s, clock_mhz)
-        return True
-
-    def set_power(self, now_s: float, power_w: float) -> None:
-        self._integrate(now_s)
-        self.power_w = power_w
-
-    # ---- observation ----------------------------------------------------------------------
-    def note_arrival(self, now_s: float) -> None:
-        self.arrivals.append(now_s)
-        self.last_activity_s = now_s
-
-    def note_latency(self, now_s: float, latency_ms: float) -> None:
-        self.recent_latency_ms.append((now_s, latency_ms))
-
-    def _trim(self, now_s: float) -> None:
-        horizon = now_s - self.window_s
-        while self.arrivals and self.arrivals[0] < horizon:
-            self.arrivals.popleft()
-        while self.recent_latency_ms and self.recent_latency_ms[0][0] < horizon:
-            self.recent_latency_ms.popleft()
-
-    def state(self, now_s: float) -> InstanceState:
-        self._trim(now_s)
-        recent: float | None = None
-        if self.recent_latency_ms:
-            values = [v for _, v in self.recent_latency_ms]
-            if self.phase is Phase.PREFILL:  # TTFT: the window's p90, as telemetry reports it
-                values.sort()
-                recent = values[min(len(values) - 1, int(0.9 * len(values)))]
-            else:  # ITL: the window's mean iteration time
-                recent = sum(values) / len(values)
-        rate = len(self.arrivals) / self.window_s
-        common: dict[str, Any] = {
-            "instance_id": self.instance_id,
-            "phase": self.phase,
-            "gpu_key": self.perf.gpu.key,
-            "sm_clock_mhz": self.sm_clock_mhz,
-            "arrival_rate_rps": rate,
-            "power_w": self.power_w,
-            "energy_j": self.energy_j,
-            "observed_at_s": now_s,
-            "last_activity_s": self.last_activity_s,
-        }
-        if self.prefill is not None:
-            prefill = self.prefill
-            oldest = prefill.oldest_waiting_enqueued_s()
-            running = prefill.running
-            return InstanceState(
-                queue_len=prefill.waiting_len,
-                queued_tokens=prefill.waiting_tokens,
-                oldest_wait_ms=(now_s - oldest) * 1e3 if oldest is not None else 0.0,
-                running_prefill_tokens=running.new_tokens if running else 0,
-                recent_ttft_ms=recent,
-                **common,
-            )
-        decode = self.decode
-        assert decode is not None
-        oldest = decode.oldest_enqueued_s()
-        return InstanceState(
-            queue_len=decode.queue_len,
-            oldest_wait_ms=(now_s - oldest) * 1e3 if oldest is not None else 0.0,
-            running_batch=decode.batch_size,
-            kv_tokens_used=decode.kv_tokens_used,
-            kv_tokens_capacity=decode.kv_capacity_tokens,
-            max_running_requests=decode.max_running_requests,
-            recent_itl_ms=recent,
-            remaining_output_tokens=decode.remaining_output_tokens(),
-            **common,
-        )
-
-    def sample(self, now_s: float, interval_s: float) -> None:
-        self.advance(now_s)
-        series = self.series
-        energy = self.energy_j - self.sample_energy_j
-        self.sample_energy_j = self.energy_j
-        series.time_s.append(now_s)
-        series.sm_clock_mhz.append(self.sm_clock_mhz)
-        series.power_w.append(energy / (interval_s * self.gpus) if interval_s > 0 else 0.0)
-        if self.prefill is not None:
-            series.queue_len.append(self.prefill.queue_len)
-            series.running_batch.append(
-                len(self.prefill.running.chunks) if self.prefill.running else 0
-            )
-        else:
-            assert self.decode is not None
-            series.queue_len.append(self.decode.queue_len)
-            series.running_batch.append(self.decode.batch_size)
+__all__ = ["InstanceSeries", "RequestRecord", "Simulation", "SimulationResult"]
 
 
 @dataclass
@@ -229,6 +84,8 @@ class SimulationResult:
     clock_changes: int
     decode_iteration_latency_s: list[float]
     decode_iteration_batch: list[int]
+    # Per request (by index in ``records``): its share of the measured energy (voltana.energy).
+    request_energy: list[RequestEnergy] = field(default_factory=list)
 
     @property
     def energy_j(self) -> float:
@@ -237,6 +94,7 @@ class SimulationResult:
     def outcome(self) -> RunOutcome:
         ttft_ms: list[float] = []
         itl_ms: list[float] = []
+        input_tokens: list[int] = []
         output_tokens = 0
         rejected: dict[str, int] = {}
         for record in self.records:
@@ -245,6 +103,7 @@ class SimulationResult:
                 continue
             request = record.request
             ttft_ms.append((record.first_token_s - request.arrival_s) * 1e3)
+            input_tokens.append(request.input_tokens)
             gaps = request.output_tokens - 1
             itl_ms.append((record.finish_s - record.first_token_s) * 1e3 / gaps if gaps else 0.0)
             output_tokens += request.output_tokens
@@ -258,8 +117,18 @@ class SimulationResult:
             duration_s=self.end_s - self.start_s,
             num_gpus=self.config.num_gpus,
             rejected=rejected,
+            input_tokens=input_tokens,
             token_itl_ms=[v * 1e3 for v in self.decode_iteration_latency_s],
             token_itl_weights=self.decode_iteration_batch,
+            request_energy_j=(
+                [
+                    (energy.active_j, energy.idle_j)
+                    for record, energy in zip(self.records, self.request_energy, strict=True)
+                    if record.completed
+                ]
+                if self.request_energy
+                else None
+            ),
             extra={"clock_changes": self.clock_changes},
         )
 
@@ -282,13 +151,16 @@ class Simulation:
         self.suite = suite
         self._rng = random.Random(seed)
         self._jitter = config.latency_jitter
-        self._delay_s = config.clock_change_delay_ms / 1e3
-        self.instances: list[_Instance] = []
+        loop = config.loop
+        self._ideal = loop.is_ideal
+        self._rpc_s = loop.rpc_ms / 1e3
+        self._clock_delay_s = config.clock_delay_ms / 1e3
+        self.instances: list[SimInstance] = []
         for n in range(config.num_prefill):
-            self.instances.append(_Instance(n, f"prefill-{n}", Phase.PREFILL, perf, config))
+            self.instances.append(SimInstance(n, f"prefill-{n}", Phase.PREFILL, perf, config))
         for n in range(config.num_decode):
             index = config.num_prefill + n
-            self.instances.append(_Instance(index, f"decode-{n}", Phase.DECODE, perf, config))
+            self.instances.append(SimInstance(index, f"decode-{n}", Phase.DECODE, perf, config))
         self._prefill = self.instances[: config.num_prefill]
         self._decode = self.instances[config.num_prefill :]
         self._by_id = {inst.instance_id: inst for inst in self.instances}
@@ -299,6 +171,17 @@ class Simulation:
         self._decode_batch: list[int] = []
         self._max_context = perf.model.max_context_tokens
         self._kv_capacity = perf.kv_capacity_tokens()
+        # The router's side: placements counted per instance, and the in-flight ledger.
+        window_s = config.observation.window_s
+        self._arrivals = [ArrivalWindow(window_s) for _ in self.instances]
+        self._ledger = InflightLedger()
+        # Telemetry's latest report per instance, and what the router and controller last got.
+        self._reports: list[InstanceState | None] = [None] * len(self.instances)
+        self._router_view: list[InstanceState | None] = [None] * len(self.instances)
+        self._controller_view: list[InstanceState | None] = [None] * len(self.instances)
+        # States the router sent the controller with a placement (newer than its snapshot).
+        self._notified: list[InstanceState | None] = [None] * len(self.instances)
+        self._pending_notices: dict[int, tuple[InstanceState, InstanceState]] = {}
 
     # ---- event plumbing -------------------------------------------------------------------
     def _push(self, time_s: float, kind: int, payload: int) -> int:
@@ -311,15 +194,60 @@ class Simulation:
             return latency_s
         return latency_s * max(0.5, 1.0 + self._rng.gauss(0.0, self._jitter))
 
+    # ---- what decisions see ---------------------------------------------------------------
+    def _report(self, inst: SimInstance, now_s: float) -> InstanceState:
+        """The instance's report now, with telemetry's placement counts added."""
+        inst.advance(now_s)
+        arrivals = self._arrivals[inst.index]
+        return inst.observe(now_s, arrivals.requests_per_s(now_s), arrivals.tokens_per_s(now_s))
+
+    def _router_state(self, inst: SimInstance, now_s: float) -> InstanceState | None:
+        """The router's view: its last snapshot (exact in the ideal loop) plus its ledger and
+        its own, current placement counts."""
+        if self._ideal:
+            base: InstanceState | None = self._report(inst, now_s)
+        else:
+            base = self._router_view[inst.index]
+        if base is None:
+            return None
+        return self._ledger.annotate(base)
+
     def snapshot(self, now_s: float) -> ClusterSnapshot:
-        return ClusterSnapshot(
-            now_s,
-            {inst.instance_id: inst.state(now_s) for inst in self._prefill},
-            {inst.instance_id: inst.state(now_s) for inst in self._decode},
-        )
+        """What the router places on (instances it has not heard of yet are left out)."""
+        prefill = {}
+        for inst in self._prefill:
+            state = self._router_state(inst, now_s)
+            if state is not None:
+                prefill[inst.instance_id] = state
+        decode = {}
+        for inst in self._decode:
+            state = self._router_state(inst, now_s)
+            if state is not None:
+                decode[inst.instance_id] = state
+        return ClusterSnapshot(now_s, prefill, decode)
+
+    def _controller_state(self, inst: SimInstance, now_s: float) -> InstanceState | None:
+        if self._ideal:
+            return self._report(inst, now_s)
+        base = self._controller_view[inst.index]
+        notified = self._notified[inst.index]
+        if notified is not None and (base is None or notified.observed_at_s > base.observed_at_s):
+            return notified
+        return base
+
+    def _decide(self, inst: SimInstance, state: InstanceState, now_s: float) -> bool:
+        """Run the phase's policy; a new clock reaches the agent one RPC later and takes effect
+        after the GPU's clock-change delay. True when the clock target changed."""
+        policy = self.suite.prefill if inst.phase is Phase.PREFILL else self.suite.decode
+        decision = policy.decide(state, self.config.slo, now_s)
+        effective_s = now_s + self._rpc_s + self._clock_delay_s
+        if inst.request_clock(effective_s, decision.sm_clock_mhz):
+            self._push(effective_s, _CLOCK, inst.index)
+            return True
+        return False
 
     # ---- instance drivers -------------------------------------------------------------------
-    def _kick_prefill(self, inst: _Instance, now_s: float) -> None:
+    def _kick_prefill(self, inst: SimInstance, now_s: float) -> None:
         scheduler = inst.prefill
         assert scheduler is not None
         if scheduler.is_busy:
@@ -331,6 +259,7 @@ class Simulation:
             inst.set_power(now_s, self.perf.idle_power_w(inst.sm_clock_mhz))
             return
         tokens, pairs = iteration.new_tokens, iteration.attention_pairs
+        inst.work = {job.key: float(chunk) for job, chunk in iteration.chunks}
         self._start(
             inst,
             now_s,
@@ -340,7 +269,7 @@ class Simulation:
             lambda clock: self.perf.prefill_iteration(tokens, clock, pairs),
         )
 
-    def _kick_decode(self, inst: _Instance, now_s: float) -> None:
+    def _kick_decode(self, inst: SimInstance, now_s: float) -> None:
         scheduler = inst.decode
         assert scheduler is not None
         if scheduler.is_busy:
@@ -348,12 +277,13 @@ class Simulation:
         inst.advance(now_s)
         iteration = scheduler.start_iteration(now_s, inst.sm_clock_mhz)
         for job in scheduler.last_admitted:
-            self._first_token(self._records[job.key], now_s)
+            self._first_token(self._records[job.key], job.key, now_s)
         if iteration is None:
             inst.busy = False
             inst.set_power(now_s, self.perf.idle_power_w(inst.sm_clock_mhz))
             return
         batch, kv_tokens = iteration.batch_size, iteration.kv_tokens
+        inst.work = {job.key: 1.0 for job in scheduler.running_jobs()}
         self._start(
             inst,
             now_s,
@@ -365,7 +295,7 @@ class Simulation:
 
     def _start(
         self,
-        inst: _Instance,
+        inst: SimInstance,
         now_s: float,
         latency_s: float,
         power_w: float,
@@ -380,7 +310,7 @@ class Simulation:
         inst.estimate_at = estimate_at
         inst.completion_seq = self._push(inst.iteration_end_s, kind, inst.index)
 
-    def _on_clock(self, inst: _Instance, now_s: float) -> None:
+    def _on_clock(self, inst: SimInstance, now_s: float) -> None:
         """A clock change landed: a running iteration finishes its remainder at the new pace."""
         before_mhz = inst.sm_clock_mhz
         inst.advance(now_s)
@@ -395,10 +325,10 @@ class Simulation:
         kind = _PREFILL_DONE if inst.phase is Phase.PREFILL else _DECODE_DONE
         inst.completion_seq = self._push(inst.iteration_end_s, kind, inst.index)
 
-    def _first_token(self, record: RequestRecord, now_s: float) -> None:
+    def _first_token(self, record: RequestRecord, request_index: int, now_s: float) -> None:
+        """The decode instance admitted the request: its first token reaches the client."""
         record.first_token_s = now_s
-        ttft_ms = (now_s - record.request.arrival_s) * 1e3
-        self.instances[record.prefill_index].note_latency(now_s, ttft_ms)
+        self._ledger.visible(request_index, self.instances[record.decode_index].instance_id, now_s)
 
     # ---- event handlers ----------------------------------------------------------------------
     def _on_arrival(self, request_index: int, now_s: float) -> None:
@@ -416,13 +346,44 @@ class Simulation:
         decode = self._by_id[placement.decode_id]
         record.prefill_index = prefill.index
         record.decode_index = decode.index
-        prefill.note_arrival(now_s)
-        decode.note_arrival(now_s)
+        self._ledger.place(request_index, prefill.instance_id, request.input_tokens)
+        self._ledger.place(request_index, decode.instance_id, request.input_tokens + 1)
+        self._arrivals[prefill.index].add(now_s, request.input_tokens)
+        self._arrivals[decode.index].add(now_s, request.input_tokens)
+        if self.config.loop.placement_trigger:
+            # The router sends the controller both instances as it sees them now.
+            states = (self._router_state(prefill, now_s), self._router_state(decode, now_s))
+            if states[0] is not None and states[1] is not None:
+                self._pending_notices[request_index] = (
+                    replace(states[0], observed_at_s=now_s),
+                    replace(states[1], observed_at_s=now_s),
+                )
+                self._push(now_s + self._rpc_s, _NOTIFY, request_index)
+                return
+        self._push(now_s + self._rpc_s, _DISPATCH, request_index)
+
+    def _on_notify(self, request_index: int, now_s: float) -> None:
+        """The controller decides for the placed instances at once, then answers the router,
+        which dispatches the request (a changed clock costs the SetClocks round trip first)."""
+        changed = False
+        for state in self._pending_notices.pop(request_index):
+            inst = self._by_id[state.instance_id]
+            self._notified[inst.index] = state
+            changed |= self._decide(inst, state, now_s)
+        answer_s = now_s + (2 * self._rpc_s if changed else 0.0) + self._rpc_s
+        self._push(answer_s + self._rpc_s, _DISPATCH, request_index)
+
+    def _on_dispatch(self, request_index: int, now_s: float) -> None:
+        """The request reaches its prefill engine."""
+        record = self._records[request_index]
+        prefill = self.instances[record.prefill_index]
+        self._ledger.visible(request_index, prefill.instance_id, now_s)
+        prefill.last_activity_s = now_s
         assert prefill.prefill is not None
-        prefill.prefill.enqueue(PrefillJob(request_index, request.input_tokens, now_s))
+        prefill.prefill.enqueue(PrefillJob(request_index, record.request.input_tokens, now_s))
         self._kick_prefill(prefill, now_s)
 
-    def _on_prefill_done(self, inst: _Instance, now_s: float) -> None:
+    def _on_prefill_done(self, inst: SimInstance, now_s: float) -> None:
         assert inst.prefill is not None
         inst.advance(now_s)
         inst.busy = False
@@ -433,6 +394,8 @@ class Simulation:
         for job in inst.prefill.finish_iteration():
             record = self._records[job.key]
             record.prefill_done_s = now_s
+            # Prefill-side TTFT, as the prefill engine measures it: receipt to first token.
+            inst.observer.note_first_token(now_s, now_s - job.enqueued_s)
             transfer_s = job.input_tokens * kv_bytes_per_token / link_bytes_per_s
             self._push(now_s + transfer_s, _KV_ARRIVED, job.key)
         inst.last_activity_s = now_s
@@ -443,16 +406,18 @@ class Simulation:
         request = record.request
         decode = self.instances[record.decode_index]
         if request.output_tokens <= 1:  # the prefill's token was the whole answer
-            self._first_token(record, now_s)
+            self._first_token(record, request_index, now_s)
             record.finish_s = now_s
+            self._ledger.forget(request_index)
             return
         assert decode.decode is not None
         decode.decode.enqueue(
             DecodeJob(request_index, request.input_tokens, request.output_tokens - 1, now_s)
         )
+        decode.last_activity_s = now_s
         self._kick_decode(decode, now_s)
 
-    def _on_decode_done(self, inst: _Instance, now_s: float) -> int:
+    def _on_decode_done(self, inst: SimInstance, now_s: float) -> int:
         """Returns how many requests completed."""
         assert inst.decode is not None
         inst.advance(now_s)
@@ -460,26 +425,71 @@ class Simulation:
         iteration = inst.decode.running_iteration
         assert iteration is not None
         latency_s = now_s - iteration.started_s
-        inst.note_latency(now_s, latency_s * 1e3)
+        inst.observer.note_decode_step(now_s, latency_s, iteration.batch_size)
         self._decode_latency_s.append(latency_s)
         self._decode_batch.append(iteration.batch_size)
         finished = inst.decode.finish_iteration()
         for job in finished:
             self._records[job.key].finish_s = now_s
+            self._ledger.forget(job.key)
         inst.last_activity_s = now_s
         self._kick_decode(inst, now_s)
         return len(finished)
 
-    def _on_control(self, now_s: float) -> None:
-        slo = self.config.slo
+    def _on_report(self, inst: SimInstance, now_s: float) -> None:
+        self._reports[inst.index] = self._report(inst, now_s)
+
+    def _on_router_watch(self) -> None:
         for inst in self.instances:
-            inst.advance(now_s)
-            policy = self.suite.prefill if inst.phase is Phase.PREFILL else self.suite.decode
-            decision = policy.decide(inst.state(now_s), slo, now_s)
-            if inst.request_clock(now_s, decision.sm_clock_mhz, self._delay_s):
-                self._push(now_s + self._delay_s, _CLOCK, inst.index)
+            report = self._reports[inst.index]
+            if report is not None:
+                self._router_view[inst.index] = report
+                self._ledger.settle(inst.instance_id, report.observed_at_s)
+
+    def _on_controller_watch(self) -> None:
+        self._controller_view = list(self._reports)
+
+    def _on_control(self, now_s: float) -> None:
+        for inst in self.instances:
+            state = self._controller_state(inst, now_s)
+            if state is not None:
+                self._decide(inst, state, now_s)
 
     # ---- run ---------------------------------------------------------------------------------
+    def _schedule_loop(self, start_s: float) -> None:
+        """The periodic events of the live loop: reports (staggered per instance), watches."""
+        loop = self.config.loop
+        if self._ideal:
+            return
+        interval_s = loop.report_interval_ms / 1e3
+        for inst in self.instances:
+            offset_s = interval_s * (inst.index + 1) / (len(self.instances) + 1)
+            self._push(start_s + offset_s, _REPORT, inst.index)
+        if loop.router_watch_ms > 0:
+            self._push(start_s + loop.router_watch_ms / 1e3, _ROUTER_WATCH, 0)
+        if loop.controller_watch_ms > 0:
+            self._push(start_s + loop.controller_watch_ms / 1e3, _CONTROLLER_WATCH, 0)
+
+    def _periodic(self, kind: int, payload: int, now_s: float) -> float:
+        """Handle a periodic event; returns its period (seconds)."""
+        loop = self.config.loop
+        if kind == _REPORT:
+            self._on_report(self.instances[payload], now_s)
+            return loop.report_interval_ms / 1e3
+        if kind == _ROUTER_WATCH:
+            self._on_router_watch()
+            return loop.router_watch_ms / 1e3
+        if kind == _CONTROLLER_WATCH:
+            self._on_controller_watch()
+            return loop.controller_watch_ms / 1e3
+        if kind == _CONTROL:
+            self._on_control(now_s)
+            return self.config.control_interval_ms / 1e3
+        sample_s = self.config.sample_interval_s
+        for inst in self.instances:
+            inst.sample(now_s, sample_s)
+        return sample_s
+
     def run(
         self, requests: Sequence[TraceRequest], progress: ProgressCallback | None = None
     ) -> SimulationResult:
@@ -492,20 +502,30 @@ class Simulation:
             inst.last_activity_s = start_s
         for index, request in enumerate(requests):
             self._push(request.arrival_s, _ARRIVAL, index)
-        # Initial decision at t0, so static policies set their clocks once and for all.
+        # Every instance reports once at t0 (engines register with their state), and static
+        # policies set their clocks once and for all at t0.
+        for inst in self.instances:
+            self._on_report(inst, start_s)
+        self._on_router_watch()
+        self._on_controller_watch()
         self._on_control(start_s)
+        self._schedule_loop(start_s)
         if not self.suite.is_static:
             self._push(start_s + self.config.control_interval_ms / 1e3, _CONTROL, 0)
-        sample_s = self.config.sample_interval_s
-        self._push(start_s + sample_s, _SAMPLE, 0)
+        self._push(start_s + self.config.sample_interval_s, _SAMPLE, 0)
         pending_requests = len(requests)
-        last_s = requests[-1].arrival_s if requests else start_s
+        last_s = requests[-1].arrival_s
         end_s = start_s
         next_progress_s = start_s
         events = self._events
         instances = self.instances
         while events:
             now_s, kind, seq, payload = heapq.heappop(events)
+            if kind in _PERIODIC:
+                period_s = self._periodic(kind, payload, now_s)
+                if pending_requests > 0:
+                    self._push(now_s + period_s, kind, payload)
+                continue
             if kind == _DECODE_DONE:
                 if seq != instances[payload].completion_seq:
                     continue  # superseded by a clock change
@@ -525,24 +545,19 @@ class Simulation:
                 self._on_arrival(payload, now_s)
                 if self._records[payload].rejected is not None:
                     pending_requests -= 1
-            elif kind == _CONTROL:
-                self._on_control(now_s)
-                if pending_requests > 0:
-                    self._push(now_s + self.config.control_interval_ms / 1e3, _CONTROL, 0)
-            else:  # _SAMPLE
-                for inst in instances:
-                    inst.sample(now_s, sample_s)
-                if pending_requests > 0:
-                    self._push(now_s + sample_s, _SAMPLE, 0)
-            if kind != _CONTROL and kind != _SAMPLE:
-                end_s = now_s
+            elif kind == _NOTIFY:
+                self._on_notify(payload, now_s)
+            else:  # _DISPATCH
+                self._on_dispatch(payload, now_s)
+            end_s = now_s
             if progress is not None and now_s >= next_progress_s:
                 progress(min(1.0, (now_s - start_s) / max(1e-9, last_s - start_s)))
                 next_progress_s = now_s + max(1.0, (last_s - start_s) / 200)
-            if pending_requests == 0 and kind not in (_CONTROL, _SAMPLE):
+            if pending_requests == 0:
                 break
         for inst in instances:
             inst.advance(end_s)
+            inst.ledger.settle()
         if progress is not None:
             progress(1.0)
         return SimulationResult(
@@ -557,4 +572,15 @@ class Simulation:
             clock_changes=sum(inst.clock_changes for inst in instances),
             decode_iteration_latency_s=self._decode_latency_s,
             decode_iteration_batch=self._decode_batch,
+            request_energy=self._request_energy(),
         )
+
+    def _request_energy(self) -> list[RequestEnergy]:
+        """Each request's attributed energy, summed over the instances it ran on; the idle
+        energy of instances that served nobody is spread over every request."""
+        energy = [RequestEnergy() for _ in self._records]
+        for inst in self.instances:
+            for index, share in inst.ledger.shares().items():
+                energy[index] = energy[index] + share
+        unclaimed_j = sum(inst.ledger.pending_idle_j for inst in self.instances)
+        return spread_unclaimed(energy, unclaimed_j)

@@ -8,12 +8,11 @@ separate agent process could not do that: it would hold a different simulated GP
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from dataclasses import dataclass, field
 
 from voltana.engine import ScaledClock, SimEngine, SimEngineSettings
-from voltana.errors import ConfigError, NotFoundError, VoltanaError
+from voltana.errors import ConfigError
 from voltana.gpu import SimulatedGpu
 from voltana.hardware import get_gpu, get_model
 from voltana.lifecycle import AsyncService
@@ -23,6 +22,7 @@ from voltana.policy.state import Phase
 from voltana.rpc import RpcSecurity
 from voltana.services.agent import AgentService, AgentSettings
 from voltana.services.telemetry import GpuRef, InstanceInfo, TelemetryClient
+from voltana.stack.registration import InstanceRegistration
 from voltana.stack.sinks import TelemetryInstanceSink
 
 _LOG = logging.getLogger(__name__)
@@ -92,7 +92,7 @@ class EngineNode(AsyncService):
         self._client: TelemetryClient | None = None
         self.engine: SimEngine | None = None
         self.agent: AgentService | None = None
-        self._registered = False
+        self.registration: InstanceRegistration | None = None
 
     @property
     def phase(self) -> Phase:
@@ -171,11 +171,15 @@ class EngineNode(AsyncService):
         )
         await engine.start()
         self.engine = engine
+        registration: InstanceRegistration | None = None
         if self._client is not None:
             await self._client.wait_until_ready(settings.telemetry_wait_s)
             # First without the agent, so the agent's first samples name a registered instance.
-            await self._client.register_instance(self.info())
-            self._registered = True
+            registration = InstanceRegistration(self._client, self.info)
+            await registration.register()
+            self.registration = registration
+            assert sink is not None
+            sink.registration = registration
         if settings.agent_listen_address is not None:
             agent = AgentService(
                 AgentSettings(
@@ -197,9 +201,10 @@ class EngineNode(AsyncService):
             )
             await agent.start()
             self.agent = agent
-            if self._client is not None:
-                await self._client.register_instance(self.info())
-        if self._client is not None:
+            if registration is not None:
+                await registration.register()
+        if registration is not None:
+            registration.start()
             _LOG.info(
                 "registered %s with telemetry at %s",
                 engine.instance_id,
@@ -209,13 +214,9 @@ class EngineNode(AsyncService):
     async def stop(self) -> None:
         """Unregister (so routers stop sending work), stop the agent, drain the engine."""
         engine = self.engine
-        if self._client is not None and self._registered and engine is not None:
-            with contextlib.suppress(NotFoundError):
-                try:
-                    await self._client.unregister_instance(engine.instance_id)
-                except VoltanaError as error:
-                    _LOG.warning("could not unregister %s: %s", engine.instance_id, error)
-            self._registered = False
+        registration, self.registration = self.registration, None
+        if registration is not None and engine is not None:
+            await registration.stop(unregister=True)
         if self.agent is not None:
             await self.agent.stop()
             self.agent = None

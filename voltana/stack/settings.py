@@ -47,6 +47,9 @@ class SimStackSettings:
     # Prometheus /metrics of each service on this host: None = not served; 0 = free ports;
     # N = router on N, telemetry N+1, controller N+2, then each instance's node agent.
     metrics_port: int | None = None
+    # The router's HTTP front door (OpenAI /v1/*, SGLang /generate): None = not served; 0 =
+    # a free port.
+    http_port: int | None = None
     # Engine load reports, GPU samples, controller ticks and router snapshots (wall ms).
     report_interval_ms: float = 50.0  # engines report load this often (loopback: cheap)
     sample_interval_ms: int = 250
@@ -55,7 +58,10 @@ class SimStackSettings:
     lease_ttl_ms: int = 3000
     # Delay before a clock change takes effect (simulated ms); None = the GPU catalog's.
     clock_change_delay_ms: float | None = None
-    max_running_requests: int = 256
+    # The router asks the controller to decide the placed instances' clocks before dispatching
+    # (off: clocks follow at the next control tick, as a deployment without the notice would).
+    placement_notices: bool = True
+    max_running_requests: int = 1024
     # stop(): how long engines let in-flight requests finish before aborting them (wall s).
     drain_timeout_s: float = 2.0
     # start() fails when the router does not see every instance within this (wall s).
@@ -80,6 +86,8 @@ class SimStackSettings:
         for name in ("router_port", "telemetry_port", "controller_port"):
             if not 0 <= getattr(self, name) <= 65535:
                 raise ConfigError(f"{name} must be in 0..65535, got {getattr(self, name)}")
+        if self.http_port is not None and not 0 <= self.http_port <= 65535:
+            raise ConfigError(f"http_port must be in 0..65535, got {self.http_port}")
         if self.metrics_port is not None:
             last_port = self.metrics_port + METRICS_PORTS_BEFORE_AGENTS + self.prefill + self.decode
             if self.metrics_port < 0 or (self.metrics_port and last_port - 1 > 65535):

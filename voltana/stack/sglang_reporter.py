@@ -7,7 +7,8 @@ endpoint, node agent and GPU) and turns its Prometheus ``/metrics`` into load re
 What SGLang's metrics give, and what is estimated:
 - queue length, running requests and KV tokens in use are read directly;
 - KV capacity and the batch limit come from ``/get_server_info``;
-- recent TTFT/ITL are the mean of the histogram increments since the last scrape;
+- recent TTFT/ITL follow the observation contract: the per-bucket increments of SGLang's
+  histograms go into the same sliding window as the simulator's samples (p90 TTFT, mean ITL);
 - a prefill server's running prompt tokens are estimated as running requests x the mean prompt
   length of recent requests (SGLang exposes no gauge of them).
 """
@@ -16,18 +17,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
+import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from voltana.engine import SglangHttpClient
 from voltana.engine.errors import EngineError
-from voltana.errors import ConfigError, NotFoundError, UnavailableError, VoltanaError
+from voltana.errors import ConfigError, UnavailableError, VoltanaError
 from voltana.hardware import get_gpu
+from voltana.observation import DEFAULT_OBSERVATION, EngineGauges, LatencyWindow
 from voltana.policy.state import InstanceState, Phase
 from voltana.rpc import RpcSecurity
 from voltana.services.telemetry import InstanceInfo, TelemetryClient
+from voltana.stack.registration import InstanceRegistration
 
 _LOG = logging.getLogger(__name__)
 DEFAULT_PROMPT_TOKENS = 1024
@@ -82,10 +87,50 @@ class _Increments:
         return 0.0 if previous is None or value < previous else value - previous
 
 
-def _mean_ms(increments: _Increments, metrics: Mapping[str, float], histogram: str) -> float | None:
-    total_s = increments.delta(metrics, f"{histogram}_sum")
-    count = increments.delta(metrics, f"{histogram}_count")
-    return total_s / count * 1000.0 if count > 0 else None
+class _HistogramWindow:
+    """One SGLang histogram, scrape after scrape, as the observation contract's latency window:
+    the per-bucket increments since the last scrape go into a LatencyWindow with the server's
+    own bucket bounds (read from the scrape)."""
+
+    def __init__(self, name: str, window_s: float) -> None:
+        self._name = name
+        self._window_s = window_s
+        self._bounds_s: tuple[float, ...] = ()
+        self._last: tuple[list[float], float, float] | None = None  # cumulative, sum, count
+        self.window: LatencyWindow | None = None
+
+    def _read(self, metrics: Mapping[str, float]) -> tuple[tuple[float, ...], list[float]]:
+        prefix = f'{self._name}_bucket{{le="'
+        buckets = []
+        for key, value in metrics.items():
+            if key.startswith(prefix) and key.endswith('"}'):
+                bound = float(key[len(prefix) : -2])
+                buckets.append((bound, value))
+        buckets.sort()
+        finite = tuple(bound for bound, _ in buckets if math.isfinite(bound))
+        return finite, [value for _, value in buckets]
+
+    def update(self, now_s: float, metrics: Mapping[str, float]) -> None:
+        bounds, cumulative = self._read(metrics)
+        total_s = metrics.get(f"{self._name}_sum")
+        count = metrics.get(f"{self._name}_count")
+        if not bounds or total_s is None or count is None:
+            return
+        if bounds != self._bounds_s or self.window is None:
+            self._bounds_s = bounds
+            self.window = LatencyWindow(bounds, self._window_s)
+            self._last = None
+        last, self._last = self._last, (cumulative, total_s, count)
+        # First scrape, or a counter reset (server restart): no increment known.
+        if last is None or count < last[2]:
+            return
+        per_bucket = [
+            (now - before) - (now_prev - before_prev)
+            for now, before, now_prev, before_prev in zip(
+                cumulative, [0.0, *cumulative[:-1]], last[0], [0.0, *last[0][:-1]], strict=True
+            )
+        ]
+        self.window.add_increments(now_s, per_bucket, total_s - last[1], count - last[2])
 
 
 class SglangInstanceReporter:
@@ -105,11 +150,14 @@ class SglangInstanceReporter:
         self._telemetry: TelemetryClient | None = None
         self._task: asyncio.Task[None] | None = None
         self._increments = _Increments()
+        window_s = DEFAULT_OBSERVATION.window_s
+        self._ttft = _HistogramWindow("sglang:time_to_first_token_seconds", window_s)
+        self._itl = _HistogramWindow("sglang:inter_token_latency_seconds", window_s)
         self._kv_capacity_tokens = 0
         self._max_running_requests = 0
         self._mean_prompt_tokens = float(DEFAULT_PROMPT_TOKENS)
         self._last_activity_s = 0.0
-        self._registered = False
+        self.registration: InstanceRegistration | None = None
         self.reports = 0
 
     def info(self) -> InstanceInfo:
@@ -136,8 +184,9 @@ class SglangInstanceReporter:
         self._max_running_requests = int(server_info.get("max_running_requests") or 0)
         self._telemetry = TelemetryClient(settings.telemetry_address, security=settings.security)
         await self._telemetry.wait_until_ready(settings.startup_timeout_s)
-        await self._telemetry.register_instance(self.info())
-        self._registered = True
+        self.registration = InstanceRegistration(self._telemetry, self.info)
+        await self.registration.register()
+        self.registration.start()
         self._last_activity_s = self._clock()
         self._task = asyncio.create_task(
             self._run(), name=f"sglang-reporter-{settings.instance_id}"
@@ -181,11 +230,7 @@ class SglangInstanceReporter:
         if queue_len or running or finished or generated:
             self._last_activity_s = now_s
         is_prefill = settings.phase is Phase.PREFILL
-        return InstanceState(
-            instance_id=settings.instance_id,
-            phase=settings.phase,
-            gpu_key=settings.gpu_key,
-            sm_clock_mhz=0,  # clocks come from the node agent's GPU samples
+        gauges = EngineGauges(
             queue_len=queue_len,
             queued_tokens=int(queue_len * self._mean_prompt_tokens) if is_prefill else 0,
             running_prefill_tokens=int(running * self._mean_prompt_tokens) if is_prefill else 0,
@@ -193,17 +238,34 @@ class SglangInstanceReporter:
             kv_tokens_used=int(metrics.get("sglang:num_used_tokens", 0)),
             kv_tokens_capacity=self._kv_capacity_tokens,
             max_running_requests=self._max_running_requests,
-            recent_ttft_ms=_mean_ms(increments, metrics, "sglang:time_to_first_token_seconds"),
-            recent_itl_ms=_mean_ms(increments, metrics, "sglang:inter_token_latency_seconds"),
+        )
+        self._ttft.update(now_s, metrics)
+        self._itl.update(now_s, metrics)
+        quantile = DEFAULT_OBSERVATION.ttft_quantile
+        state = InstanceState(
+            instance_id=settings.instance_id,
+            phase=settings.phase,
+            gpu_key=settings.gpu_key,
+            sm_clock_mhz=0,  # clocks come from the node agent's GPU samples
+            **dataclasses.asdict(gauges),
+            recent_ttft_ms=self._ttft.window.quantile_ms(now_s, quantile)
+            if self._ttft.window is not None
+            else None,
+            recent_itl_ms=self._itl.window.mean_ms(now_s) if self._itl.window is not None else None,
             observed_at_s=now_s,
             last_activity_s=self._last_activity_s,
         )
+        return state
 
     async def report_once(self) -> None:
+        """Scrape the server and report its load (the instance's heartbeat: a server that
+        cannot be scraped sends none and expires in telemetry)."""
         assert self._telemetry is not None
         metrics = await self._engine.metrics(self.settings.engine_url)
         result = await self._telemetry.report_instance_samples([self.state_from_metrics(metrics)])
-        if result.rejected:
+        if self.registration is not None:
+            self.registration.note_report(result.unknown_instance_ids)
+        if result.rejected and not result.unknown_instance_ids:
             _LOG.warning("telemetry rejected a report: %s", result.first_rejection_reason)
         self.reports += 1
 
@@ -230,15 +292,9 @@ class SglangInstanceReporter:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         if self._telemetry is not None:
-            if self._registered:
-                with contextlib.suppress(NotFoundError):
-                    try:
-                        await self._telemetry.unregister_instance(self.settings.instance_id)
-                    except VoltanaError as error:
-                        _LOG.warning(
-                            "could not unregister %s: %s", self.settings.instance_id, error
-                        )
-                self._registered = False
+            registration, self.registration = self.registration, None
+            if registration is not None:
+                await registration.stop(unregister=True)
             await self._telemetry.close()
             self._telemetry = None
         if self._owns_engine:

@@ -39,6 +39,7 @@ from voltana.services.telemetry import (
     TelemetryService,
     TelemetrySettings,
 )
+from voltana.stack.registration import InstanceRegistration
 from voltana.stack.settings import METRICS_PORTS_BEFORE_AGENTS, SimStackSettings
 from voltana.stack.sinks import TelemetryInstanceSink
 
@@ -153,6 +154,8 @@ class SimStack(AsyncService):
         telemetry = self._started(self.telemetry, "telemetry")
         controller = self._started(self.controller, "controller")
         result = {"router": router.address}
+        if router.http_url is not None:
+            result["router.http"] = router.http_url
         self._add_metrics(result, "router", router.metrics_url)
         result["telemetry"] = telemetry.address
         self._add_metrics(result, "telemetry", telemetry.metrics_url)
@@ -270,7 +273,9 @@ class SimStack(AsyncService):
         self._stoppers.append(("controller", controller.stop))
 
         router = RouterService(
-            self._router_settings(telemetry.address),
+            self._router_settings(
+                telemetry.address, controller.address if settings.placement_notices else ""
+            ),
             tracer_provider=self._provider("voltana-router"),
         )
         await router.start()
@@ -278,11 +283,14 @@ class SimStack(AsyncService):
         self._stoppers.append(("router", router.stop))
         await self._wait_until_routable(router)
 
-    def _router_settings(self, telemetry_address: str) -> RouterSettings:
+    def _router_settings(
+        self, telemetry_address: str, controller_address: str = ""
+    ) -> RouterSettings:
         settings = self.settings
         return RouterSettings(
             listen_address=settings.address(settings.router_port),
             telemetry_address=telemetry_address,
+            controller_address=controller_address,
             policy=settings.policy,
             router=settings.router,
             gpu_key=settings.gpu_key,
@@ -293,6 +301,9 @@ class SimStack(AsyncService):
             slo=settings.slo,
             snapshot_interval_ms=settings.snapshot_interval_ms,
             metrics_listen_address=settings.metrics_address(0),
+            http_listen_address=(
+                settings.address(settings.http_port) if settings.http_port is not None else None
+            ),
             security=settings.security,
         )
 
@@ -314,6 +325,7 @@ class SimStack(AsyncService):
             )
             for gpu_index in gpu_indices
         )
+        sink = TelemetryInstanceSink(client, engine_clock=self.clock, speedup=settings.speedup)
         engine = SimEngine(
             SimEngineSettings(
                 host=settings.host,
@@ -330,9 +342,7 @@ class SimStack(AsyncService):
             gpu=gpus,
             perf=self.perf,
             clock=self.clock,
-            sample_sink=TelemetryInstanceSink(
-                client, engine_clock=self.clock, speedup=settings.speedup
-            ),
+            sample_sink=sink,
             tracer_provider=self._provider("voltana-engine", instance_id),
         )
         await engine.start()
@@ -340,8 +350,11 @@ class SimStack(AsyncService):
         self.instances.append(instance)
         self._stoppers.append((f"engine {instance_id}", engine.stop))
         # Registered before its agent starts, so the agent's first GPU samples are accepted;
-        # registered again with the agent's address once it is bound.
-        await client.register_instance(instance.info())
+        # registered again with the agent's address once it is bound. Registered again
+        # whenever telemetry loses it (a restarted Redis); unregistered on stop.
+        registration = InstanceRegistration(client, instance.info)
+        sink.registration = registration
+        await registration.register()
         agent = AgentService(
             AgentSettings(
                 listen_address=settings.address(0),
@@ -363,7 +376,9 @@ class SimStack(AsyncService):
         await agent.start()
         instance.agent = agent
         self._stoppers.append((f"agent {instance_id}", agent.stop))
-        await client.register_instance(instance.info())
+        await registration.register()
+        registration.start()
+        self._stoppers.append((f"registration of {instance_id}", registration.stop))
 
     async def _wait_until_routable(self, router: RouterService) -> None:
         """Until the router's snapshot lists every instance with its engine and GPU clock."""

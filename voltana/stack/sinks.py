@@ -15,6 +15,7 @@ from collections.abc import Callable
 
 from voltana.policy.state import InstanceState
 from voltana.services.telemetry.client import TelemetryClient
+from voltana.stack.registration import InstanceRegistration
 
 _LOG = logging.getLogger(__name__)
 
@@ -23,7 +24,8 @@ class TelemetryInstanceSink:
     """``voltana.engine.InstanceSampleSink`` sending each state as one short report stream.
 
     ``engine_clock`` is the clock that stamped the states and ``speedup`` its rate against the
-    wall clock; ``wall_clock`` is telemetry's time base (Unix seconds).
+    wall clock; ``wall_clock`` is telemetry's time base (Unix seconds). With ``registration``,
+    a report telemetry rejects because it does not know the instance registers it again.
     """
 
     def __init__(
@@ -33,8 +35,10 @@ class TelemetryInstanceSink:
         engine_clock: Callable[[], float],
         speedup: float = 1.0,
         wall_clock: Callable[[], float] = time.time,
+        registration: InstanceRegistration | None = None,
     ) -> None:
         self._client = client
+        self.registration = registration
         self._engine_clock = engine_clock
         self._speedup = speedup
         self._wall_clock = wall_clock
@@ -55,6 +59,8 @@ class TelemetryInstanceSink:
 
     async def send(self, state: InstanceState) -> None:
         result = await self._client.report_instance_samples([self.restamp(state)])
+        if self.registration is not None:
+            self.registration.note_report(result.unknown_instance_ids)
         if result.rejected:
             # Expected until the instance is registered (its first report may race that).
             self.rejected += result.rejected

@@ -24,25 +24,27 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17voltana/v1/common.proto\x12\nvoltana.v1\",\n\tSloTarget\x12\x0f\n\x07ttft_ms\x18\x01 \x01(\x01\x12\x0e\n\x06itl_ms\x18\x02 \x01(\x01\"\xa2\x01\n\x10InstanceEndpoint\x12\x12\n\nengine_url\x18\x01 \x01(\t\x12\x16\n\x0e\x62ootstrap_host\x18\x02 \x01(\t\x12\x16\n\x0e\x62ootstrap_port\x18\x03 \x01(\x05\x12\x15\n\ragent_address\x18\x04 \x01(\t\x12\x11\n\tgpu_index\x18\x05 \x01(\x05\x12 \n\x04gpus\x18\x06 \x03(\x0b\x32\x12.voltana.v1.GpuRef\"2\n\x06GpuRef\x12\x15\n\ragent_address\x18\x01 \x01(\t\x12\x11\n\tgpu_index\x18\x02 \x01(\x05\"\xd4\x04\n\rInstanceState\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12 \n\x05phase\x18\x02 \x01(\x0e\x32\x11.voltana.v1.Phase\x12\x0f\n\x07gpu_key\x18\x03 \x01(\t\x12\x14\n\x0csm_clock_mhz\x18\x04 \x01(\x05\x12\x11\n\tqueue_len\x18\x05 \x01(\x05\x12\x15\n\rqueued_tokens\x18\x06 \x01(\x03\x12\x16\n\x0eoldest_wait_ms\x18\x07 \x01(\x01\x12\x1e\n\x16running_prefill_tokens\x18\x08 \x01(\x03\x12\x15\n\rrunning_batch\x18\t \x01(\x05\x12\x16\n\x0ekv_tokens_used\x18\n \x01(\x03\x12\x1a\n\x12kv_tokens_capacity\x18\x0b \x01(\x03\x12\x1c\n\x14max_running_requests\x18\x0c \x01(\x05\x12\x1b\n\x0erecent_ttft_ms\x18\r \x01(\x01H\x00\x88\x01\x01\x12\x1a\n\rrecent_itl_ms\x18\x0e \x01(\x01H\x01\x88\x01\x01\x12\x18\n\x10\x61rrival_rate_rps\x18\x0f \x01(\x01\x12\x0f\n\x07power_w\x18\x10 \x01(\x01\x12\x10\n\x08\x65nergy_j\x18\x11 \x01(\x01\x12\x1f\n\x17remaining_output_tokens\x18\x12 \x01(\x03\x12\x15\n\robserved_at_s\x18\x13 \x01(\x01\x12\x17\n\x0flast_activity_s\x18\x14 \x01(\x01\x12.\n\x08\x65ndpoint\x18\x15 \x01(\x0b\x32\x1c.voltana.v1.InstanceEndpointB\x11\n\x0f_recent_ttft_msB\x10\n\x0e_recent_itl_ms\"N\n\x0f\x43lusterSnapshot\x12\r\n\x05now_s\x18\x01 \x01(\x01\x12,\n\tinstances\x18\x02 \x03(\x0b\x32\x19.voltana.v1.InstanceState\"\x98\x01\n\tGpuSample\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12\x11\n\tgpu_index\x18\x02 \x01(\x05\x12\x14\n\x0csm_clock_mhz\x18\x03 \x01(\x05\x12\x0f\n\x07power_w\x18\x04 \x01(\x01\x12\x10\n\x08\x65nergy_j\x18\x05 \x01(\x01\x12\x13\n\x0btimestamp_s\x18\x06 \x01(\x01\x12\x15\n\ragent_address\x18\x07 \x01(\t*C\n\x05Phase\x12\x15\n\x11PHASE_UNSPECIFIED\x10\x00\x12\x11\n\rPHASE_PREFILL\x10\x01\x12\x10\n\x0cPHASE_DECODE\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17voltana/v1/common.proto\x12\nvoltana.v1\"K\n\tSloTarget\x12\x0f\n\x07ttft_ms\x18\x01 \x01(\x01\x12\x0e\n\x06itl_ms\x18\x02 \x01(\x01\x12\x1d\n\x15ttft_ms_per_1k_tokens\x18\x03 \x01(\x01\"\xa2\x01\n\x10InstanceEndpoint\x12\x12\n\nengine_url\x18\x01 \x01(\t\x12\x16\n\x0e\x62ootstrap_host\x18\x02 \x01(\t\x12\x16\n\x0e\x62ootstrap_port\x18\x03 \x01(\x05\x12\x15\n\ragent_address\x18\x04 \x01(\t\x12\x11\n\tgpu_index\x18\x05 \x01(\x05\x12 \n\x04gpus\x18\x06 \x03(\x0b\x32\x12.voltana.v1.GpuRef\"2\n\x06GpuRef\x12\x15\n\ragent_address\x18\x01 \x01(\t\x12\x11\n\tgpu_index\x18\x02 \x01(\x05\"\xaa\x05\n\rInstanceState\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12 \n\x05phase\x18\x02 \x01(\x0e\x32\x11.voltana.v1.Phase\x12\x0f\n\x07gpu_key\x18\x03 \x01(\t\x12\x14\n\x0csm_clock_mhz\x18\x04 \x01(\x05\x12\x11\n\tqueue_len\x18\x05 \x01(\x05\x12\x15\n\rqueued_tokens\x18\x06 \x01(\x03\x12\x16\n\x0eoldest_wait_ms\x18\x07 \x01(\x01\x12\x1e\n\x16running_prefill_tokens\x18\x08 \x01(\x03\x12\x15\n\rrunning_batch\x18\t \x01(\x05\x12\x16\n\x0ekv_tokens_used\x18\n \x01(\x03\x12\x1a\n\x12kv_tokens_capacity\x18\x0b \x01(\x03\x12\x1c\n\x14max_running_requests\x18\x0c \x01(\x05\x12\x1b\n\x0erecent_ttft_ms\x18\r \x01(\x01H\x00\x88\x01\x01\x12\x1a\n\rrecent_itl_ms\x18\x0e \x01(\x01H\x01\x88\x01\x01\x12\x18\n\x10\x61rrival_rate_rps\x18\x0f \x01(\x01\x12\x0f\n\x07power_w\x18\x10 \x01(\x01\x12\x10\n\x08\x65nergy_j\x18\x11 \x01(\x01\x12#\n\x17remaining_output_tokens\x18\x12 \x01(\x03\x42\x02\x18\x01\x12\x15\n\robserved_at_s\x18\x13 \x01(\x01\x12\x17\n\x0flast_activity_s\x18\x14 \x01(\x01\x12.\n\x08\x65ndpoint\x18\x15 \x01(\x0b\x32\x1c.voltana.v1.InstanceEndpoint\x12\x1c\n\x14\x61rrival_tokens_per_s\x18\x16 \x01(\x01\x12\x19\n\x11inflight_requests\x18\x17 \x01(\x05\x12\x17\n\x0finflight_tokens\x18\x18 \x01(\x03\x42\x11\n\x0f_recent_ttft_msB\x10\n\x0e_recent_itl_ms\"N\n\x0f\x43lusterSnapshot\x12\r\n\x05now_s\x18\x01 \x01(\x01\x12,\n\tinstances\x18\x02 \x03(\x0b\x32\x19.voltana.v1.InstanceState\"\x98\x01\n\tGpuSample\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12\x11\n\tgpu_index\x18\x02 \x01(\x05\x12\x14\n\x0csm_clock_mhz\x18\x03 \x01(\x05\x12\x0f\n\x07power_w\x18\x04 \x01(\x01\x12\x10\n\x08\x65nergy_j\x18\x05 \x01(\x01\x12\x13\n\x0btimestamp_s\x18\x06 \x01(\x01\x12\x15\n\ragent_address\x18\x07 \x01(\t*C\n\x05Phase\x12\x15\n\x11PHASE_UNSPECIFIED\x10\x00\x12\x11\n\rPHASE_PREFILL\x10\x01\x12\x10\n\x0cPHASE_DECODE\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'voltana.v1.common_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_PHASE']._serialized_start=1136
-  _globals['_PHASE']._serialized_end=1203
+  _globals['_INSTANCESTATE'].fields_by_name['remaining_output_tokens']._loaded_options = None
+  _globals['_INSTANCESTATE'].fields_by_name['remaining_output_tokens']._serialized_options = b'\030\001'
+  _globals['_PHASE']._serialized_start=1253
+  _globals['_PHASE']._serialized_end=1320
   _globals['_SLOTARGET']._serialized_start=39
-  _globals['_SLOTARGET']._serialized_end=83
-  _globals['_INSTANCEENDPOINT']._serialized_start=86
-  _globals['_INSTANCEENDPOINT']._serialized_end=248
-  _globals['_GPUREF']._serialized_start=250
-  _globals['_GPUREF']._serialized_end=300
-  _globals['_INSTANCESTATE']._serialized_start=303
-  _globals['_INSTANCESTATE']._serialized_end=899
-  _globals['_CLUSTERSNAPSHOT']._serialized_start=901
-  _globals['_CLUSTERSNAPSHOT']._serialized_end=979
-  _globals['_GPUSAMPLE']._serialized_start=982
-  _globals['_GPUSAMPLE']._serialized_end=1134
+  _globals['_SLOTARGET']._serialized_end=114
+  _globals['_INSTANCEENDPOINT']._serialized_start=117
+  _globals['_INSTANCEENDPOINT']._serialized_end=279
+  _globals['_GPUREF']._serialized_start=281
+  _globals['_GPUREF']._serialized_end=331
+  _globals['_INSTANCESTATE']._serialized_start=334
+  _globals['_INSTANCESTATE']._serialized_end=1016
+  _globals['_CLUSTERSNAPSHOT']._serialized_start=1018
+  _globals['_CLUSTERSNAPSHOT']._serialized_end=1096
+  _globals['_GPUSAMPLE']._serialized_start=1099
+  _globals['_GPUSAMPLE']._serialized_end=1251
 # @@protoc_insertion_point(module_scope)

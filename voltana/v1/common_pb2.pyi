@@ -23,6 +23,11 @@ if sys.version_info >= (3, 11):
 else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
+if sys.version_info >= (3, 13):
+    from warnings import deprecated as _deprecated
+else:
+    from typing_extensions import deprecated as _deprecated
+
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class _Phase:
@@ -51,19 +56,25 @@ class SloTarget(_message.Message):
 
     TTFT_MS_FIELD_NUMBER: _builtins.int
     ITL_MS_FIELD_NUMBER: _builtins.int
+    TTFT_MS_PER_1K_TOKENS_FIELD_NUMBER: _builtins.int
     ttft_ms: _builtins.float
     """Time to first token target, milliseconds."""
     itl_ms: _builtins.float
     """Mean inter-token latency target, milliseconds."""
+    ttft_ms_per_1k_tokens: _builtins.float
+    """TTFT allowance per 1000 prompt tokens, milliseconds: a request's TTFT target is
+    ttft_ms + ttft_ms_per_1k_tokens * input tokens / 1000 (0 = the same for every prompt).
+    """
     def __init__(
         self,
         *,
         ttft_ms: _builtins.float = ...,
         itl_ms: _builtins.float = ...,
+        ttft_ms_per_1k_tokens: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["itl_ms", b"itl_ms", "ttft_ms", b"ttft_ms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["itl_ms", b"itl_ms", "ttft_ms", b"ttft_ms", "ttft_ms_per_1k_tokens", b"ttft_ms_per_1k_tokens"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -174,6 +185,9 @@ class InstanceState(_message.Message):
     OBSERVED_AT_S_FIELD_NUMBER: _builtins.int
     LAST_ACTIVITY_S_FIELD_NUMBER: _builtins.int
     ENDPOINT_FIELD_NUMBER: _builtins.int
+    ARRIVAL_TOKENS_PER_S_FIELD_NUMBER: _builtins.int
+    INFLIGHT_REQUESTS_FIELD_NUMBER: _builtins.int
+    INFLIGHT_TOKENS_FIELD_NUMBER: _builtins.int
     instance_id: _builtins.str
     """Stable, cluster-unique instance name, e.g. "prefill-0"."""
     phase: Global___Phase.ValueType
@@ -199,21 +213,42 @@ class InstanceState(_message.Message):
     max_running_requests: _builtins.int
     """Largest running batch the engine admits (0 = unknown)."""
     recent_ttft_ms: _builtins.float
-    """Median TTFT over a recent window, milliseconds; absent when nothing was measured."""
+    """Prefill-side TTFT (receipt to first token) over the observation window, its 90th percentile
+    from SGLang's histogram buckets, milliseconds; absent when nothing was measured.
+    """
     recent_itl_ms: _builtins.float
-    """Median ITL over a recent window, milliseconds; absent when nothing was measured."""
+    """Mean inter-token latency over the observation window, milliseconds; absent when nothing was
+    measured.
+    """
     arrival_rate_rps: _builtins.float
-    """Requests per second routed to this instance over a recent window."""
+    """Requests per second placed on this instance over the observation window (counted at
+    placement by the router).
+    """
     power_w: _builtins.float
     """GPU power draw, watts."""
     energy_j: _builtins.float
     """GPU energy counter, joules (monotonic; since the agent started counting)."""
-    remaining_output_tokens: _builtins.int
-    """Remaining decode tokens of the running batch, when the source knows them (0 otherwise)."""
+    @_builtins.property
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
+    def remaining_output_tokens(self) -> _builtins.int:
+        """Deprecated, never set: exact remaining output lengths are an oracle no deployment observes."""
+
+    @remaining_output_tokens.setter
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
+    def remaining_output_tokens(self, value: _builtins.int) -> None:
+        """Deprecated, never set: exact remaining output lengths are an oracle no deployment observes."""
+
     observed_at_s: _builtins.float
     """When this state was observed, seconds (Unix time for live services, virtual time in sims)."""
     last_activity_s: _builtins.float
     """When the instance last reported anything, seconds (same clock as observed_at_s)."""
+    arrival_tokens_per_s: _builtins.float
+    """Prompt tokens per second placed on this instance over the observation window."""
+    inflight_requests: _builtins.int
+    """Requests placed on this instance that its report does not show yet (the router's
+    in-flight ledger), and their tokens (prompt tokens on prefill, KV tokens on decode).
+    """
+    inflight_tokens: _builtins.int
     @_builtins.property
     def endpoint(self) -> Global___InstanceEndpoint:
         """How to reach the instance and its GPU."""
@@ -242,10 +277,13 @@ class InstanceState(_message.Message):
         observed_at_s: _builtins.float = ...,
         last_activity_s: _builtins.float = ...,
         endpoint: Global___InstanceEndpoint | None = ...,
+        arrival_tokens_per_s: _builtins.float = ...,
+        inflight_requests: _builtins.int = ...,
+        inflight_tokens: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_recent_itl_ms", b"_recent_itl_ms", "_recent_ttft_ms", b"_recent_ttft_ms", "endpoint", b"endpoint", "recent_itl_ms", b"recent_itl_ms", "recent_ttft_ms", b"recent_ttft_ms"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_recent_itl_ms", b"_recent_itl_ms", "_recent_ttft_ms", b"_recent_ttft_ms", "arrival_rate_rps", b"arrival_rate_rps", "endpoint", b"endpoint", "energy_j", b"energy_j", "gpu_key", b"gpu_key", "instance_id", b"instance_id", "kv_tokens_capacity", b"kv_tokens_capacity", "kv_tokens_used", b"kv_tokens_used", "last_activity_s", b"last_activity_s", "max_running_requests", b"max_running_requests", "observed_at_s", b"observed_at_s", "oldest_wait_ms", b"oldest_wait_ms", "phase", b"phase", "power_w", b"power_w", "queue_len", b"queue_len", "queued_tokens", b"queued_tokens", "recent_itl_ms", b"recent_itl_ms", "recent_ttft_ms", b"recent_ttft_ms", "remaining_output_tokens", b"remaining_output_tokens", "running_batch", b"running_batch", "running_prefill_tokens", b"running_prefill_tokens", "sm_clock_mhz", b"sm_clock_mhz"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_recent_itl_ms", b"_recent_itl_ms", "_recent_ttft_ms", b"_recent_ttft_ms", "arrival_rate_rps", b"arrival_rate_rps", "arrival_tokens_per_s", b"arrival_tokens_per_s", "endpoint", b"endpoint", "energy_j", b"energy_j", "gpu_key", b"gpu_key", "inflight_requests", b"inflight_requests", "inflight_tokens", b"inflight_tokens", "instance_id", b"instance_id", "kv_tokens_capacity", b"kv_tokens_capacity", "kv_tokens_used", b"kv_tokens_used", "last_activity_s", b"last_activity_s", "max_running_requests", b"max_running_requests", "observed_at_s", b"observed_at_s", "oldest_wait_ms", b"oldest_wait_ms", "phase", b"phase", "power_w", b"power_w", "queue_len", b"queue_len", "queued_tokens", b"queued_tokens", "recent_itl_ms", b"recent_itl_ms", "recent_ttft_ms", b"recent_ttft_ms", "remaining_output_tokens", b"remaining_output_tokens", "running_batch", b"running_batch", "running_prefill_tokens", b"running_prefill_tokens", "sm_clock_mhz", b"sm_clock_mhz"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__recent_itl_ms: _TypeAlias = _typing.Literal["recent_itl_ms"]  # noqa: Y015
     _WhichOneofArgType__recent_itl_ms: _TypeAlias = _typing.Literal["_recent_itl_ms", b"_recent_itl_ms"]  # noqa: Y015

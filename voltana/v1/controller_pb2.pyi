@@ -24,6 +24,50 @@ else:
 DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
+class NotifyPlacementRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INSTANCES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def instances(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.InstanceState]: ...
+    def __init__(
+        self,
+        *,
+        instances: _abc.Iterable[_common_pb2.InstanceState] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["instances", b"instances"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___NotifyPlacementRequest: _TypeAlias = NotifyPlacementRequest  # noqa: Y015
+
+@_typing.final
+class NotifyPlacementResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SM_CLOCK_MHZ_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def sm_clock_mhz(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Per instance, in request order: the clock now applied (or unchanged), MHz; 0 when the
+        instance is unknown or not controllable.
+        """
+
+    def __init__(
+        self,
+        *,
+        sm_clock_mhz: _abc.Iterable[_builtins.int] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["sm_clock_mhz", b"sm_clock_mhz"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___NotifyPlacementResponse: _TypeAlias = NotifyPlacementResponse  # noqa: Y015
+
+@_typing.final
 class ClockDecisionRecord(_message.Message):
     """One clock decision of the controller for one instance."""
 

@@ -55,6 +55,11 @@ class ControllerServiceStub:
                 request_serializer=voltana_dot_v1_dot_controller__pb2.ListPoliciesRequest.SerializeToString,
                 response_deserializer=voltana_dot_v1_dot_controller__pb2.ListPoliciesResponse.FromString,
                 _registered_method=True)
+        self.NotifyPlacement = channel.unary_unary(
+                '/voltana.v1.ControllerService/NotifyPlacement',
+                request_serializer=voltana_dot_v1_dot_controller__pb2.NotifyPlacementRequest.SerializeToString,
+                response_deserializer=voltana_dot_v1_dot_controller__pb2.NotifyPlacementResponse.FromString,
+                _registered_method=True)
 
 
 class ControllerServiceServicer:
@@ -89,6 +94,15 @@ class ControllerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def NotifyPlacement(self, request, context):
+        """A request was just placed on these instances (as the router sees them, in-flight
+        requests included): decide their clocks now instead of at the next tick, and answer once
+        any new clock is applied, so the request does not start behind a parked clock.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ControllerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -111,6 +125,11 @@ def add_ControllerServiceServicer_to_server(servicer, server):
                     servicer.ListPolicies,
                     request_deserializer=voltana_dot_v1_dot_controller__pb2.ListPoliciesRequest.FromString,
                     response_serializer=voltana_dot_v1_dot_controller__pb2.ListPoliciesResponse.SerializeToString,
+            ),
+            'NotifyPlacement': grpc.unary_unary_rpc_method_handler(
+                    servicer.NotifyPlacement,
+                    request_deserializer=voltana_dot_v1_dot_controller__pb2.NotifyPlacementRequest.FromString,
+                    response_serializer=voltana_dot_v1_dot_controller__pb2.NotifyPlacementResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -222,6 +241,33 @@ class ControllerService:
             '/voltana.v1.ControllerService/ListPolicies',
             voltana_dot_v1_dot_controller__pb2.ListPoliciesRequest.SerializeToString,
             voltana_dot_v1_dot_controller__pb2.ListPoliciesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def NotifyPlacement(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/voltana.v1.ControllerService/NotifyPlacement',
+            voltana_dot_v1_dot_controller__pb2.NotifyPlacementRequest.SerializeToString,
+            voltana_dot_v1_dot_controller__pb2.NotifyPlacementResponse.FromString,
             options,
             channel_credentials,
             insecure,

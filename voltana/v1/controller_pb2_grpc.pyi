@@ -45,6 +45,11 @@ class ControllerServiceStub:
     """Switch the frequency policy (for one phase or both). INVALID_ARGUMENT for unknown names."""
     ListPolicies: _grpc.UnaryUnaryMultiCallable[_controller_pb2.ListPoliciesRequest, _controller_pb2.ListPoliciesResponse]
     """Policies the controller can run."""
+    NotifyPlacement: _grpc.UnaryUnaryMultiCallable[_controller_pb2.NotifyPlacementRequest, _controller_pb2.NotifyPlacementResponse]
+    """A request was just placed on these instances (as the router sees them, in-flight
+    requests included): decide their clocks now instead of at the next tick, and answer once
+    any new clock is applied, so the request does not start behind a parked clock.
+    """
 
 @_typing.type_check_only
 class ControllerServiceAsyncStub(ControllerServiceStub):
@@ -59,6 +64,11 @@ class ControllerServiceAsyncStub(ControllerServiceStub):
     """Switch the frequency policy (for one phase or both). INVALID_ARGUMENT for unknown names."""
     ListPolicies: _aio.UnaryUnaryMultiCallable[_controller_pb2.ListPoliciesRequest, _controller_pb2.ListPoliciesResponse]  # type: ignore[assignment]
     """Policies the controller can run."""
+    NotifyPlacement: _aio.UnaryUnaryMultiCallable[_controller_pb2.NotifyPlacementRequest, _controller_pb2.NotifyPlacementResponse]  # type: ignore[assignment]
+    """A request was just placed on these instances (as the router sees them, in-flight
+    requests included): decide their clocks now instead of at the next tick, and answer once
+    any new clock is applied, so the request does not start behind a parked clock.
+    """
 
 class ControllerServiceServicer:
     """Frequency controller: status and runtime knobs (SLO, policy)."""
@@ -90,5 +100,15 @@ class ControllerServiceServicer:
         context: _ServicerContext,
     ) -> _typing.Union[_controller_pb2.ListPoliciesResponse, _abc.Awaitable[_controller_pb2.ListPoliciesResponse]]:
         """Policies the controller can run."""
+
+    def NotifyPlacement(
+        self,
+        request: _controller_pb2.NotifyPlacementRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_controller_pb2.NotifyPlacementResponse, _abc.Awaitable[_controller_pb2.NotifyPlacementResponse]]:
+        """A request was just placed on these instances (as the router sees them, in-flight
+        requests included): decide their clocks now instead of at the next tick, and answer once
+        any new clock is applied, so the request does not start behind a parked clock.
+        """
 
 def add_ControllerServiceServicer_to_server(servicer: ControllerServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -172,6 +172,8 @@ class Completion(_message.Message):
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     BOOTSTRAP_ROOM_FIELD_NUMBER: _builtins.int
     E2E_LATENCY_MS_FIELD_NUMBER: _builtins.int
+    ENERGY_J_FIELD_NUMBER: _builtins.int
+    IDLE_ENERGY_J_FIELD_NUMBER: _builtins.int
     finish_reason: _builtins.str
     """"stop", "length", or "abort"."""
     prompt_tokens: _builtins.int
@@ -192,6 +194,13 @@ class Completion(_message.Message):
     """KV-transfer bootstrap room shared by the prefill and decode instances (63-bit)."""
     e2e_latency_ms: _builtins.float
     """Router arrival to last token, milliseconds."""
+    energy_j: _builtins.float
+    """GPU energy attributed to this request on its prefill and decode instances: its share of
+    every iteration it ran in plus its share of their idle time, joules (docs/energy.md).
+    Absent when the engines do not report it (real SGLang).
+    """
+    idle_energy_j: _builtins.float
+    """The idle-time part of energy_j, joules."""
     def __init__(
         self,
         *,
@@ -205,12 +214,21 @@ class Completion(_message.Message):
         request_id: _builtins.str = ...,
         bootstrap_room: _builtins.int = ...,
         e2e_latency_ms: _builtins.float = ...,
+        energy_j: _builtins.float | None = ...,
+        idle_energy_j: _builtins.float | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_energy_j", b"_energy_j", "_idle_energy_j", b"_idle_energy_j", "energy_j", b"energy_j", "idle_energy_j", b"idle_energy_j"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bootstrap_room", b"bootstrap_room", "completion_tokens", b"completion_tokens", "decode_instance", b"decode_instance", "e2e_latency_ms", b"e2e_latency_ms", "finish_reason", b"finish_reason", "mean_itl_ms", b"mean_itl_ms", "prefill_instance", b"prefill_instance", "prompt_tokens", b"prompt_tokens", "request_id", b"request_id", "ttft_ms", b"ttft_ms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_energy_j", b"_energy_j", "_idle_energy_j", b"_idle_energy_j", "bootstrap_room", b"bootstrap_room", "completion_tokens", b"completion_tokens", "decode_instance", b"decode_instance", "e2e_latency_ms", b"e2e_latency_ms", "energy_j", b"energy_j", "finish_reason", b"finish_reason", "idle_energy_j", b"idle_energy_j", "mean_itl_ms", b"mean_itl_ms", "prefill_instance", b"prefill_instance", "prompt_tokens", b"prompt_tokens", "request_id", b"request_id", "ttft_ms", b"ttft_ms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__energy_j: _TypeAlias = _typing.Literal["energy_j"]  # noqa: Y015
+    _WhichOneofArgType__energy_j: _TypeAlias = _typing.Literal["_energy_j", b"_energy_j"]  # noqa: Y015
+    _WhichOneofReturnType__idle_energy_j: _TypeAlias = _typing.Literal["idle_energy_j"]  # noqa: Y015
+    _WhichOneofArgType__idle_energy_j: _TypeAlias = _typing.Literal["_idle_energy_j", b"_idle_energy_j"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__energy_j) -> _WhichOneofReturnType__energy_j | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__idle_energy_j) -> _WhichOneofReturnType__idle_energy_j | None: ...
 
 Global___Completion: _TypeAlias = Completion  # noqa: Y015
 

@@ -22,6 +22,11 @@ if sys.version_info >= (3, 11):
 else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
+if sys.version_info >= (3, 13):
+    from warnings import deprecated as _deprecated
+else:
+    from typing_extensions import deprecated as _deprecated
+
 DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
@@ -141,6 +146,7 @@ class InstanceSample(_message.Message):
     RECENT_TTFT_MS_FIELD_NUMBER: _builtins.int
     RECENT_ITL_MS_FIELD_NUMBER: _builtins.int
     ARRIVAL_RATE_RPS_FIELD_NUMBER: _builtins.int
+    LAST_ACTIVITY_S_FIELD_NUMBER: _builtins.int
     instance_id: _builtins.str
     """Registered instance this sample belongs to."""
     observed_at_s: _builtins.float
@@ -161,14 +167,36 @@ class InstanceSample(_message.Message):
     """KV-cache capacity, tokens (0 = keep the registered value)."""
     max_running_requests: _builtins.int
     """Largest running batch the engine admits (0 = keep the registered value)."""
-    remaining_output_tokens: _builtins.int
-    """Remaining decode tokens of the running batch, when known (0 otherwise)."""
+    @_builtins.property
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
+    def remaining_output_tokens(self) -> _builtins.int:
+        """Deprecated, ignored: exact remaining output lengths are an oracle no deployment observes."""
+
+    @remaining_output_tokens.setter
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
+    def remaining_output_tokens(self, value: _builtins.int) -> None:
+        """Deprecated, ignored: exact remaining output lengths are an oracle no deployment observes."""
+
     recent_ttft_ms: _builtins.float
-    """Engine-measured TTFT over its recent window, milliseconds; absent when unmeasured."""
+    """Prefill-side TTFT over the observation window (p90 from histogram buckets), milliseconds;
+    absent when unmeasured.
+    """
     recent_itl_ms: _builtins.float
-    """Engine-measured ITL over its recent window, milliseconds; absent when unmeasured."""
-    arrival_rate_rps: _builtins.float
-    """Arrival rate, requests per second, when the reporter knows it; absent = telemetry derives it."""
+    """Mean inter-token latency over the observation window, milliseconds; absent when unmeasured."""
+    @_builtins.property
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
+    def arrival_rate_rps(self) -> _builtins.float:
+        """Deprecated, ignored: arrival rates are counted at placement (ReportPlacements)."""
+
+    @arrival_rate_rps.setter
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
+    def arrival_rate_rps(self, value: _builtins.float) -> None:
+        """Deprecated, ignored: arrival rates are counted at placement (ReportPlacements)."""
+
+    last_activity_s: _builtins.float
+    """When the engine last had anything to do (requests waiting, running or finishing), seconds
+    on the observed_at_s clock.
+    """
     def __init__(
         self,
         *,
@@ -186,10 +214,11 @@ class InstanceSample(_message.Message):
         recent_ttft_ms: _builtins.float | None = ...,
         recent_itl_ms: _builtins.float | None = ...,
         arrival_rate_rps: _builtins.float | None = ...,
+        last_activity_s: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_arrival_rate_rps", b"_arrival_rate_rps", "_recent_itl_ms", b"_recent_itl_ms", "_recent_ttft_ms", b"_recent_ttft_ms", "arrival_rate_rps", b"arrival_rate_rps", "recent_itl_ms", b"recent_itl_ms", "recent_ttft_ms", b"recent_ttft_ms"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_arrival_rate_rps", b"_arrival_rate_rps", "_recent_itl_ms", b"_recent_itl_ms", "_recent_ttft_ms", b"_recent_ttft_ms", "arrival_rate_rps", b"arrival_rate_rps", "instance_id", b"instance_id", "kv_tokens_capacity", b"kv_tokens_capacity", "kv_tokens_used", b"kv_tokens_used", "max_running_requests", b"max_running_requests", "observed_at_s", b"observed_at_s", "oldest_wait_ms", b"oldest_wait_ms", "queue_len", b"queue_len", "queued_tokens", b"queued_tokens", "recent_itl_ms", b"recent_itl_ms", "recent_ttft_ms", b"recent_ttft_ms", "remaining_output_tokens", b"remaining_output_tokens", "running_batch", b"running_batch", "running_prefill_tokens", b"running_prefill_tokens"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_arrival_rate_rps", b"_arrival_rate_rps", "_recent_itl_ms", b"_recent_itl_ms", "_recent_ttft_ms", b"_recent_ttft_ms", "arrival_rate_rps", b"arrival_rate_rps", "instance_id", b"instance_id", "kv_tokens_capacity", b"kv_tokens_capacity", "kv_tokens_used", b"kv_tokens_used", "last_activity_s", b"last_activity_s", "max_running_requests", b"max_running_requests", "observed_at_s", b"observed_at_s", "oldest_wait_ms", b"oldest_wait_ms", "queue_len", b"queue_len", "queued_tokens", b"queued_tokens", "recent_itl_ms", b"recent_itl_ms", "recent_ttft_ms", b"recent_ttft_ms", "remaining_output_tokens", b"remaining_output_tokens", "running_batch", b"running_batch", "running_prefill_tokens", b"running_prefill_tokens"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__arrival_rate_rps: _TypeAlias = _typing.Literal["arrival_rate_rps"]  # noqa: Y015
     _WhichOneofArgType__arrival_rate_rps: _TypeAlias = _typing.Literal["_arrival_rate_rps", b"_arrival_rate_rps"]  # noqa: Y015
@@ -213,22 +242,30 @@ class ReportSamplesResponse(_message.Message):
     ACCEPTED_FIELD_NUMBER: _builtins.int
     REJECTED_FIELD_NUMBER: _builtins.int
     FIRST_REJECTION_REASON_FIELD_NUMBER: _builtins.int
+    UNKNOWN_INSTANCE_IDS_FIELD_NUMBER: _builtins.int
     accepted: _builtins.int
     """Samples stored."""
     rejected: _builtins.int
     """Samples dropped (unknown instance, invalid values, out of order)."""
     first_rejection_reason: _builtins.str
     """Why the first rejected sample was dropped (empty when none was)."""
+    @_builtins.property
+    def unknown_instance_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Instances whose samples were rejected because telemetry does not know them (never
+        registered, unregistered, expired, or lost with a store restart): register them again.
+        """
+
     def __init__(
         self,
         *,
         accepted: _builtins.int = ...,
         rejected: _builtins.int = ...,
         first_rejection_reason: _builtins.str = ...,
+        unknown_instance_ids: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted", "first_rejection_reason", b"first_rejection_reason", "rejected", b"rejected"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted", "first_rejection_reason", b"first_rejection_reason", "rejected", b"rejected", "unknown_instance_ids", b"unknown_instance_ids"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -252,6 +289,9 @@ class CompletionRecord(_message.Message):
     ARRIVAL_S_FIELD_NUMBER: _builtins.int
     FINISHED_AT_S_FIELD_NUMBER: _builtins.int
     SLO_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    ENERGY_J_FIELD_NUMBER: _builtins.int
+    IDLE_ENERGY_J_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """Request id (router-assigned or client-chosen)."""
     prefill_instance_id: _builtins.str
@@ -274,6 +314,14 @@ class CompletionRecord(_message.Message):
     """When the request arrived at the router, seconds (Unix time; virtual time in sims)."""
     finished_at_s: _builtins.float
     """When its last token (or error) arrived, seconds."""
+    status: _builtins.str
+    """gRPC status the client got: "OK" or a code name such as "UNAVAILABLE"; empty = derive it
+    from `ok` ("OK" or "UNKNOWN"). Requests that failed before placement have no instances.
+    """
+    energy_j: _builtins.float
+    """GPU energy attributed to the request (active plus idle share), joules; absent when unknown."""
+    idle_energy_j: _builtins.float
+    """The idle-time part of energy_j, joules; absent when unknown."""
     @_builtins.property
     def slo(self) -> _common_pb2.SloTarget:
         """SLO the request was held to (its override, or the cluster SLO)."""
@@ -293,12 +341,22 @@ class CompletionRecord(_message.Message):
         arrival_s: _builtins.float = ...,
         finished_at_s: _builtins.float = ...,
         slo: _common_pb2.SloTarget | None = ...,
+        status: _builtins.str = ...,
+        energy_j: _builtins.float | None = ...,
+        idle_energy_j: _builtins.float | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["slo", b"slo"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_energy_j", b"_energy_j", "_idle_energy_j", b"_idle_energy_j", "energy_j", b"energy_j", "idle_energy_j", b"idle_energy_j", "slo", b"slo"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["arrival_s", b"arrival_s", "decode_instance_id", b"decode_instance_id", "finished_at_s", b"finished_at_s", "input_tokens", b"input_tokens", "mean_itl_ms", b"mean_itl_ms", "ok", b"ok", "output_tokens", b"output_tokens", "prefill_instance_id", b"prefill_instance_id", "reason", b"reason", "request_id", b"request_id", "slo", b"slo", "ttft_ms", b"ttft_ms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_energy_j", b"_energy_j", "_idle_energy_j", b"_idle_energy_j", "arrival_s", b"arrival_s", "decode_instance_id", b"decode_instance_id", "energy_j", b"energy_j", "finished_at_s", b"finished_at_s", "idle_energy_j", b"idle_energy_j", "input_tokens", b"input_tokens", "mean_itl_ms", b"mean_itl_ms", "ok", b"ok", "output_tokens", b"output_tokens", "prefill_instance_id", b"prefill_instance_id", "reason", b"reason", "request_id", b"request_id", "slo", b"slo", "status", b"status", "ttft_ms", b"ttft_ms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__energy_j: _TypeAlias = _typing.Literal["energy_j"]  # noqa: Y015
+    _WhichOneofArgType__energy_j: _TypeAlias = _typing.Literal["_energy_j", b"_energy_j"]  # noqa: Y015
+    _WhichOneofReturnType__idle_energy_j: _TypeAlias = _typing.Literal["idle_energy_j"]  # noqa: Y015
+    _WhichOneofArgType__idle_energy_j: _TypeAlias = _typing.Literal["_idle_energy_j", b"_idle_energy_j"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__energy_j) -> _WhichOneofReturnType__energy_j | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__idle_energy_j) -> _WhichOneofReturnType__idle_energy_j | None: ...
 
 Global___CompletionRecord: _TypeAlias = CompletionRecord  # noqa: Y015
 
@@ -407,6 +465,26 @@ class InstanceAggregate(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class FailedByStatusEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     INSTANCE_ID_FIELD_NUMBER: _builtins.int
     PHASE_FIELD_NUMBER: _builtins.int
     COMPLETED_REQUESTS_FIELD_NUMBER: _builtins.int
@@ -423,14 +501,17 @@ class InstanceAggregate(_message.Message):
     MEAN_SM_CLOCK_MHZ_FIELD_NUMBER: _builtins.int
     OUTPUT_TOKENS_FIELD_NUMBER: _builtins.int
     FAILED_REQUESTS_FIELD_NUMBER: _builtins.int
+    FAILED_BY_STATUS_FIELD_NUMBER: _builtins.int
+    REQUEST_ENERGY_J_FIELD_NUMBER: _builtins.int
+    MEAN_REQUEST_ENERGY_J_FIELD_NUMBER: _builtins.int
     instance_id: _builtins.str
     """Instance name; "" for the cluster-wide aggregate."""
     phase: _common_pb2.Phase.ValueType
     """Phase of the instance; PHASE_UNSPECIFIED for the cluster-wide aggregate."""
     completed_requests: _builtins.int
-    """Requests completed in the window."""
+    """Requests that completed successfully in the window (failed ones are in failed_requests)."""
     request_rate_rps: _builtins.float
-    """Completed requests per second over the window."""
+    """Finished requests (completed or failed) per second over the window."""
     p50_ttft_ms: _builtins.float
     """Median TTFT, milliseconds; absent when no request completed."""
     p90_ttft_ms: _builtins.float
@@ -455,6 +536,16 @@ class InstanceAggregate(_message.Message):
     """Output tokens generated in the window."""
     failed_requests: _builtins.int
     """Failed requests in the window (ok = false)."""
+    request_energy_j: _builtins.float
+    """GPU energy attributed to the requests that finished in the window (those whose engines
+    report it), joules.
+    """
+    mean_request_energy_j: _builtins.float
+    """Mean of that energy per such request, joules; absent when none reported it."""
+    @_builtins.property
+    def failed_by_status(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
+        """Failed requests by the gRPC status their client got (e.g. "UNAVAILABLE": 3)."""
+
     def __init__(
         self,
         *,
@@ -474,13 +565,18 @@ class InstanceAggregate(_message.Message):
         mean_sm_clock_mhz: _builtins.float = ...,
         output_tokens: _builtins.int = ...,
         failed_requests: _builtins.int = ...,
+        failed_by_status: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
+        request_energy_j: _builtins.float = ...,
+        mean_request_energy_j: _builtins.float | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_itl_attainment", b"_itl_attainment", "_p50_itl_ms", b"_p50_itl_ms", "_p50_ttft_ms", b"_p50_ttft_ms", "_p90_itl_ms", b"_p90_itl_ms", "_p90_ttft_ms", b"_p90_ttft_ms", "_slo_attainment", b"_slo_attainment", "_ttft_attainment", b"_ttft_attainment", "itl_attainment", b"itl_attainment", "p50_itl_ms", b"p50_itl_ms", "p50_ttft_ms", b"p50_ttft_ms", "p90_itl_ms", b"p90_itl_ms", "p90_ttft_ms", b"p90_ttft_ms", "slo_attainment", b"slo_attainment", "ttft_attainment", b"ttft_attainment"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_itl_attainment", b"_itl_attainment", "_mean_request_energy_j", b"_mean_request_energy_j", "_p50_itl_ms", b"_p50_itl_ms", "_p50_ttft_ms", b"_p50_ttft_ms", "_p90_itl_ms", b"_p90_itl_ms", "_p90_ttft_ms", b"_p90_ttft_ms", "_slo_attainment", b"_slo_attainment", "_ttft_attainment", b"_ttft_attainment", "itl_attainment", b"itl_attainment", "mean_request_energy_j", b"mean_request_energy_j", "p50_itl_ms", b"p50_itl_ms", "p50_ttft_ms", b"p50_ttft_ms", "p90_itl_ms", b"p90_itl_ms", "p90_ttft_ms", b"p90_ttft_ms", "slo_attainment", b"slo_attainment", "ttft_attainment", b"ttft_attainment"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_itl_attainment", b"_itl_attainment", "_p50_itl_ms", b"_p50_itl_ms", "_p50_ttft_ms", b"_p50_ttft_ms", "_p90_itl_ms", b"_p90_itl_ms", "_p90_ttft_ms", b"_p90_ttft_ms", "_slo_attainment", b"_slo_attainment", "_ttft_attainment", b"_ttft_attainment", "completed_requests", b"completed_requests", "energy_j", b"energy_j", "failed_requests", b"failed_requests", "instance_id", b"instance_id", "itl_attainment", b"itl_attainment", "mean_power_w", b"mean_power_w", "mean_sm_clock_mhz", b"mean_sm_clock_mhz", "output_tokens", b"output_tokens", "p50_itl_ms", b"p50_itl_ms", "p50_ttft_ms", b"p50_ttft_ms", "p90_itl_ms", b"p90_itl_ms", "p90_ttft_ms", b"p90_ttft_ms", "phase", b"phase", "request_rate_rps", b"request_rate_rps", "slo_attainment", b"slo_attainment", "ttft_attainment", b"ttft_attainment"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_itl_attainment", b"_itl_attainment", "_mean_request_energy_j", b"_mean_request_energy_j", "_p50_itl_ms", b"_p50_itl_ms", "_p50_ttft_ms", b"_p50_ttft_ms", "_p90_itl_ms", b"_p90_itl_ms", "_p90_ttft_ms", b"_p90_ttft_ms", "_slo_attainment", b"_slo_attainment", "_ttft_attainment", b"_ttft_attainment", "completed_requests", b"completed_requests", "energy_j", b"energy_j", "failed_by_status", b"failed_by_status", "failed_requests", b"failed_requests", "instance_id", b"instance_id", "itl_attainment", b"itl_attainment", "mean_power_w", b"mean_power_w", "mean_request_energy_j", b"mean_request_energy_j", "mean_sm_clock_mhz", b"mean_sm_clock_mhz", "output_tokens", b"output_tokens", "p50_itl_ms", b"p50_itl_ms", "p50_ttft_ms", b"p50_ttft_ms", "p90_itl_ms", b"p90_itl_ms", "p90_ttft_ms", b"p90_ttft_ms", "phase", b"phase", "request_energy_j", b"request_energy_j", "request_rate_rps", b"request_rate_rps", "slo_attainment", b"slo_attainment", "ttft_attainment", b"ttft_attainment"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__itl_attainment: _TypeAlias = _typing.Literal["itl_attainment"]  # noqa: Y015
     _WhichOneofArgType__itl_attainment: _TypeAlias = _typing.Literal["_itl_attainment", b"_itl_attainment"]  # noqa: Y015
+    _WhichOneofReturnType__mean_request_energy_j: _TypeAlias = _typing.Literal["mean_request_energy_j"]  # noqa: Y015
+    _WhichOneofArgType__mean_request_energy_j: _TypeAlias = _typing.Literal["_mean_request_energy_j", b"_mean_request_energy_j"]  # noqa: Y015
     _WhichOneofReturnType__p50_itl_ms: _TypeAlias = _typing.Literal["p50_itl_ms"]  # noqa: Y015
     _WhichOneofArgType__p50_itl_ms: _TypeAlias = _typing.Literal["_p50_itl_ms", b"_p50_itl_ms"]  # noqa: Y015
     _WhichOneofReturnType__p50_ttft_ms: _TypeAlias = _typing.Literal["p50_ttft_ms"]  # noqa: Y015
@@ -495,6 +591,8 @@ class InstanceAggregate(_message.Message):
     _WhichOneofArgType__ttft_attainment: _TypeAlias = _typing.Literal["_ttft_attainment", b"_ttft_attainment"]  # noqa: Y015
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__itl_attainment) -> _WhichOneofReturnType__itl_attainment | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__mean_request_energy_j) -> _WhichOneofReturnType__mean_request_energy_j | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__p50_itl_ms) -> _WhichOneofReturnType__p50_itl_ms | None: ...
     @_typing.overload
@@ -545,3 +643,78 @@ class GetAggregatesResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetAggregatesResponse: _TypeAlias = GetAggregatesResponse  # noqa: Y015
+
+@_typing.final
+class PlacementRecord(_message.Message):
+    """One placement: a request went to this prefill and this decode instance."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    PREFILL_INSTANCE_ID_FIELD_NUMBER: _builtins.int
+    DECODE_INSTANCE_ID_FIELD_NUMBER: _builtins.int
+    INPUT_TOKENS_FIELD_NUMBER: _builtins.int
+    PLACED_AT_S_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    prefill_instance_id: _builtins.str
+    decode_instance_id: _builtins.str
+    input_tokens: _builtins.int
+    """Prompt tokens of the request."""
+    placed_at_s: _builtins.float
+    """When it was placed, seconds (Unix time; virtual time in sims)."""
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        prefill_instance_id: _builtins.str = ...,
+        decode_instance_id: _builtins.str = ...,
+        input_tokens: _builtins.int = ...,
+        placed_at_s: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["decode_instance_id", b"decode_instance_id", "input_tokens", b"input_tokens", "placed_at_s", b"placed_at_s", "prefill_instance_id", b"prefill_instance_id", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PlacementRecord: _TypeAlias = PlacementRecord  # noqa: Y015
+
+@_typing.final
+class ReportPlacementsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PLACEMENTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def placements(self) -> _containers.RepeatedCompositeFieldContainer[Global___PlacementRecord]: ...
+    def __init__(
+        self,
+        *,
+        placements: _abc.Iterable[Global___PlacementRecord] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["placements", b"placements"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReportPlacementsRequest: _TypeAlias = ReportPlacementsRequest  # noqa: Y015
+
+@_typing.final
+class ReportPlacementsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCEPTED_FIELD_NUMBER: _builtins.int
+    accepted: _builtins.int
+    """Placements counted (those naming an unknown instance are skipped)."""
+    def __init__(
+        self,
+        *,
+        accepted: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReportPlacementsResponse: _TypeAlias = ReportPlacementsResponse  # noqa: Y015

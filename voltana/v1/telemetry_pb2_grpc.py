@@ -61,6 +61,11 @@ class TelemetryServiceStub:
                 request_serializer=voltana_dot_v1_dot_telemetry__pb2.CompletionRecord.SerializeToString,
                 response_deserializer=voltana_dot_v1_dot_telemetry__pb2.ReportCompletionResponse.FromString,
                 _registered_method=True)
+        self.ReportPlacements = channel.unary_unary(
+                '/voltana.v1.TelemetryService/ReportPlacements',
+                request_serializer=voltana_dot_v1_dot_telemetry__pb2.ReportPlacementsRequest.SerializeToString,
+                response_deserializer=voltana_dot_v1_dot_telemetry__pb2.ReportPlacementsResponse.FromString,
+                _registered_method=True)
         self.GetSnapshot = channel.unary_unary(
                 '/voltana.v1.TelemetryService/GetSnapshot',
                 request_serializer=voltana_dot_v1_dot_telemetry__pb2.GetSnapshotRequest.SerializeToString,
@@ -117,6 +122,13 @@ class TelemetryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReportPlacements(self, request, context):
+        """Requests the router just placed, so arrival rates are counted at placement.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetSnapshot(self, request, context):
         """Latest state of every (selected) instance.
         """
@@ -165,6 +177,11 @@ def add_TelemetryServiceServicer_to_server(servicer, server):
                     servicer.ReportCompletion,
                     request_deserializer=voltana_dot_v1_dot_telemetry__pb2.CompletionRecord.FromString,
                     response_serializer=voltana_dot_v1_dot_telemetry__pb2.ReportCompletionResponse.SerializeToString,
+            ),
+            'ReportPlacements': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReportPlacements,
+                    request_deserializer=voltana_dot_v1_dot_telemetry__pb2.ReportPlacementsRequest.FromString,
+                    response_serializer=voltana_dot_v1_dot_telemetry__pb2.ReportPlacementsResponse.SerializeToString,
             ),
             'GetSnapshot': grpc.unary_unary_rpc_method_handler(
                     servicer.GetSnapshot,
@@ -318,6 +335,33 @@ class TelemetryService:
             '/voltana.v1.TelemetryService/ReportCompletion',
             voltana_dot_v1_dot_telemetry__pb2.CompletionRecord.SerializeToString,
             voltana_dot_v1_dot_telemetry__pb2.ReportCompletionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReportPlacements(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/voltana.v1.TelemetryService/ReportPlacements',
+            voltana_dot_v1_dot_telemetry__pb2.ReportPlacementsRequest.SerializeToString,
+            voltana_dot_v1_dot_telemetry__pb2.ReportPlacementsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -49,6 +49,8 @@ class TelemetryServiceStub:
     """Clock/power/energy samples from node agents, streamed; one reply when the stream ends."""
     ReportCompletion: _grpc.UnaryUnaryMultiCallable[_telemetry_pb2.CompletionRecord, _telemetry_pb2.ReportCompletionResponse]
     """One finished (or failed) request, from the router."""
+    ReportPlacements: _grpc.UnaryUnaryMultiCallable[_telemetry_pb2.ReportPlacementsRequest, _telemetry_pb2.ReportPlacementsResponse]
+    """Requests the router just placed, so arrival rates are counted at placement."""
     GetSnapshot: _grpc.UnaryUnaryMultiCallable[_telemetry_pb2.GetSnapshotRequest, _common_pb2.ClusterSnapshot]
     """Latest state of every (selected) instance."""
     WatchSnapshots: _grpc.UnaryStreamMultiCallable[_telemetry_pb2.WatchSnapshotsRequest, _common_pb2.ClusterSnapshot]
@@ -71,6 +73,8 @@ class TelemetryServiceAsyncStub(TelemetryServiceStub):
     """Clock/power/energy samples from node agents, streamed; one reply when the stream ends."""
     ReportCompletion: _aio.UnaryUnaryMultiCallable[_telemetry_pb2.CompletionRecord, _telemetry_pb2.ReportCompletionResponse]  # type: ignore[assignment]
     """One finished (or failed) request, from the router."""
+    ReportPlacements: _aio.UnaryUnaryMultiCallable[_telemetry_pb2.ReportPlacementsRequest, _telemetry_pb2.ReportPlacementsResponse]  # type: ignore[assignment]
+    """Requests the router just placed, so arrival rates are counted at placement."""
     GetSnapshot: _aio.UnaryUnaryMultiCallable[_telemetry_pb2.GetSnapshotRequest, _common_pb2.ClusterSnapshot]  # type: ignore[assignment]
     """Latest state of every (selected) instance."""
     WatchSnapshots: _aio.UnaryStreamMultiCallable[_telemetry_pb2.WatchSnapshotsRequest, _common_pb2.ClusterSnapshot]  # type: ignore[assignment]
@@ -115,6 +119,13 @@ class TelemetryServiceServicer:
         context: _ServicerContext,
     ) -> _typing.Union[_telemetry_pb2.ReportCompletionResponse, _abc.Awaitable[_telemetry_pb2.ReportCompletionResponse]]:
         """One finished (or failed) request, from the router."""
+
+    def ReportPlacements(
+        self,
+        request: _telemetry_pb2.ReportPlacementsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_telemetry_pb2.ReportPlacementsResponse, _abc.Awaitable[_telemetry_pb2.ReportPlacementsResponse]]:
+        """Requests the router just placed, so arrival rates are counted at placement."""
 
     def GetSnapshot(
         self,

@@ -11,10 +11,13 @@ from voltana.errors import ConfigError
 from voltana.workloads.errors import TraceFormatError
 from voltana.workloads.loader import (
     DEFAULT_TRACE_NAME,
+    SHIPPED_TRACES,
     TRACE_FORMATS,
     TraceFormat,
     detect_format,
+    is_shipped_trace,
     load_default_trace,
+    load_shipped_trace,
     load_trace,
     parse_trace_text,
 )
@@ -44,6 +47,7 @@ from voltana.workloads.transforms import (
 __all__ = [
     "ARRIVAL_PROCESSES",
     "DEFAULT_TRACE_NAME",
+    "SHIPPED_TRACES",
     "SYNTHETIC_PREFIX",
     "TRACE_FORMATS",
     "ArrivalProcess",
@@ -59,8 +63,10 @@ __all__ = [
     "detect_format",
     "format_synthetic_spec",
     "generate_synthetic",
+    "is_shipped_trace",
     "is_synthetic_spec",
     "load_default_trace",
+    "load_shipped_trace",
     "load_trace",
     "load_workload",
     "parse_synthetic_spec",
@@ -82,7 +88,9 @@ def load_workload(
 ) -> list[TraceRequest]:
     """The requests to replay, sorted by arrival, first at 0.0 s, numbered 0..n-1.
 
-    ``path``: a trace file (format detected from its content), a ``synthetic:...`` string (see
+    ``path``: a trace file (format detected from its content, gzipped or not), the short name of
+    a trace shipped with Voltana (``azure-conv``, ``azure-code``: the whole Azure LLM inference
+    traces 2023; ``azure-conv-10min``), a ``synthetic:...`` string (see
     ``voltana.workloads.synthetic_spec``), or None for the embedded default trace.
     Steps, in this order:
     1. ``start_s``/``end_s`` keep arrivals in [start_s, end_s) of the *original* trace time;
@@ -98,6 +106,9 @@ def load_workload(
     elif isinstance(path, str) and is_synthetic_spec(path):
         source = path
         requests = generate_synthetic(parse_synthetic_spec(path))
+    elif isinstance(path, str) and is_shipped_trace(path) and not Path(path).exists():
+        source = path
+        requests = load_shipped_trace(path)
     else:
         source = str(path)
         requests = load_trace(path)

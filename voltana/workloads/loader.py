@@ -23,6 +23,13 @@ TRACE_FORMATS: tuple[str, ...] = get_args(TraceFormat)
 
 DEFAULT_TRACE_NAME = "azure_llm_2023_conv_10min.csv"
 DEFAULT_BACKWARDS_TOLERANCE_S = 1.0
+# Traces shipped in voltana/data (see its README for source, license and attribution), by the
+# short name `--trace` accepts.
+SHIPPED_TRACES: dict[str, str] = {
+    "azure-conv": "azure_llm_2023_conv.csv.gz",
+    "azure-code": "azure_llm_2023_code.csv.gz",
+    "azure-conv-10min": DEFAULT_TRACE_NAME,
+}
 
 _GZIP_MAGIC = b"\x1f\x8b"
 
@@ -49,8 +56,21 @@ def load_trace(
 
 def load_default_trace() -> list[TraceRequest]:
     """The embedded default workload: the first 10 minutes of the Azure 2023 conversation trace."""
-    resource = resources.files("voltana").joinpath("data", DEFAULT_TRACE_NAME)
-    source = f"<embedded {DEFAULT_TRACE_NAME}>"
+    return load_shipped_trace("azure-conv-10min")
+
+
+def is_shipped_trace(name: str) -> bool:
+    return name in SHIPPED_TRACES
+
+
+def load_shipped_trace(name: str) -> list[TraceRequest]:
+    """A trace shipped with Voltana, by short name (``azure-conv``, ``azure-code``, ...)."""
+    try:
+        file_name = SHIPPED_TRACES[name]
+    except KeyError:
+        raise UnknownNameError("shipped trace", name, SHIPPED_TRACES) from None
+    resource = resources.files("voltana").joinpath("data", file_name)
+    source = f"<shipped {name}: {file_name}>"
     return parse_trace_text(_decode(resource.read_bytes(), source), source)
 
 
@@ -96,7 +116,10 @@ def _read_text(path: Path, source: str) -> str:
     try:
         data = path.read_bytes()
     except FileNotFoundError:
-        raise TraceFormatError(source, None, "no such file") from None
+        shipped = ", ".join(SHIPPED_TRACES)
+        raise TraceFormatError(
+            source, None, f"no such file (traces shipped with Voltana, by name: {shipped})"
+        ) from None
     except IsADirectoryError:
         raise TraceFormatError(source, None, "is a directory, not a trace file") from None
     except OSError as error:

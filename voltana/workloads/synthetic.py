@@ -5,6 +5,8 @@ Arrival processes, all at a mean rate of ``rate_rps``:
 - ``bursty``: gamma inter-arrival times with coefficient of variation ``cv`` > 1 giving bursts
   and lulls (cv = 1 is Poisson, cv < 1 is smoother than Poisson).
 - ``constant``: exactly ``1 / rate_rps`` between requests.
+- ``ramp``: Poisson arrivals whose rate rises linearly over the duration to ``rise`` times its
+  starting rate (a load that grows through the run; ``rate_rps`` is still the mean).
 The first request arrives at 0.0 s, like every loaded trace.
 
 Token lengths are fixed, or lognormal with a given mean and median (sigma² = 2·ln(mean/median)),
@@ -24,10 +26,11 @@ import numpy.typing as npt
 from voltana.errors import ConfigError, UnknownNameError
 from voltana.workloads.request import TraceRequest
 
-ArrivalProcess = Literal["poisson", "bursty", "constant"]
+ArrivalProcess = Literal["poisson", "bursty", "constant", "ramp"]
 ARRIVAL_PROCESSES: tuple[str, ...] = get_args(ArrivalProcess)
 
 DEFAULT_BURSTY_CV = 2.0
+DEFAULT_RAMP_RISE = 4.0
 # Too many requests to hold in memory comfortably is almost surely a typo in rate or duration.
 MAX_SYNTHETIC_REQUESTS = 10_000_000
 
@@ -75,6 +78,7 @@ class SyntheticSpec:
     duration_s: float | None = None
     count: int | None = None
     cv: float | None = None  # bursty only; default DEFAULT_BURSTY_CV
+    rise: float | None = None  # ramp only: end rate / start rate; default DEFAULT_RAMP_RISE
     input_tokens: TokenLengths = field(default=AZURE_CONV_INPUT)
     output_tokens: TokenLengths = field(default=AZURE_CONV_OUTPUT)
     seed: int = 0
@@ -97,6 +101,13 @@ class SyntheticSpec:
                 raise ConfigError(f"cv applies to bursty arrivals only, not {self.process}")
             if not math.isfinite(self.cv) or self.cv <= 0:
                 raise ConfigError(f"cv must be > 0, got {self.cv:g}")
+        if self.rise is not None:
+            if self.process != "ramp":
+                raise ConfigError(f"rise applies to ramp arrivals only, not {self.process}")
+            if not math.isfinite(self.rise) or self.rise < 1:
+                raise ConfigError(f"rise must be >= 1, got {self.rise:g}")
+        if self.process == "ramp" and self.duration_s is None:
+            raise ConfigError("ramp arrivals need a duration (the rate rises over it)")
         if self.seed < 0:
             raise ConfigError(f"seed must be >= 0, got {self.seed}")
         expected = min(
@@ -142,6 +153,8 @@ def _arrival_times_s(spec: SyntheticSpec, rng: np.random.Generator) -> npt.NDArr
     """Arrival times starting at 0.0, bounded by count and/or [0, duration)."""
     max_count = spec.count if spec.count is not None else MAX_SYNTHETIC_REQUESTS
     duration_s = spec.duration_s if spec.duration_s is not None else math.inf
+    if spec.process == "ramp":
+        return _ramp_arrivals_s(spec, rng, max_count, duration_s)
     if spec.process == "constant":
         # index / rate rather than a running sum, which would drift by rounding.
         count = max_count
@@ -175,3 +188,24 @@ def _gaps_s(spec: SyntheticSpec, rng: np.random.Generator, count: int) -> npt.ND
     # Gamma with shape k = 1/cv² and scale mean/k has the wanted mean and coefficient of variation.
     shape = 1.0 / spec.effective_cv**2
     return rng.gamma(shape, mean_gap_s / shape, size=count)
+
+
+def _ramp_arrivals_s(
+    spec: SyntheticSpec, rng: np.random.Generator, max_count: int, duration_s: float
+) -> npt.NDArray[np.float64]:
+    """A Poisson process with rate r(t) rising linearly from r0 to rise*r0 over the duration,
+    mean rate ``rate_rps``: unit-rate arrivals mapped through the inverse cumulative intensity
+    (time rescaling)."""
+    rise = DEFAULT_RAMP_RISE if spec.rise is None else spec.rise
+    start_rps = 2.0 * spec.rate_rps / (1.0 + rise)
+    expected = int(spec.rate_rps * duration_s * 1.3) + 16
+    unit = np.cumsum(rng.exponential(1.0, size=min(max_count, expected)))
+    # Intensity integral: start*t + (rise-1)*start*t^2 / (2*duration) = u, solved for t.
+    slope = (rise - 1.0) * start_rps / (2.0 * duration_s)
+    if slope > 0:
+        times = (-start_rps + np.sqrt(start_rps**2 + 4.0 * slope * unit)) / (2.0 * slope)
+    else:
+        times = unit / start_rps
+    arrivals_s = np.concatenate([np.zeros(1), times])[: len(times)]
+    arrivals_s = arrivals_s[arrivals_s < duration_s]
+    return arrivals_s[:max_count]

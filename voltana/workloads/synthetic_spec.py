@@ -2,12 +2,13 @@
 
     [synthetic:]PROCESS:KEY=VALUE[,KEY=VALUE...]
 
-PROCESS is ``poisson``, ``bursty`` or ``constant``. Keys:
+PROCESS is ``poisson``, ``bursty``, ``constant`` or ``ramp``. Keys:
 
     rate=R           mean arrival rate, requests/s (required)
     duration=S       arrivals in [0, S) seconds            } at least one of the two;
     count=N          at most N requests                    } with both, the first reached wins
     cv=C             bursty only: coefficient of variation of inter-arrival gaps (default 2)
+    rise=F           ramp only: the rate rises linearly to F times its start (default 4)
     input=M          input tokens: fixed at M, or the mean of a lognormal with input_median
     input_median=D   input tokens are lognormal with mean M and median D (needs input)
     input_max=X      clip input tokens at X
@@ -40,6 +41,7 @@ _FLOAT_KEYS = (
     "rate",
     "duration",
     "cv",
+    "rise",
     "input",
     "input_median",
     "output",
@@ -71,6 +73,8 @@ def format_synthetic_spec(spec: SyntheticSpec) -> str:
         parts.append(f"count={spec.count}")
     if spec.cv is not None:
         parts.append(f"cv={spec.cv:g}")
+    if spec.rise is not None:
+        parts.append(f"rise={spec.rise:g}")
     for side, lengths in (("input", spec.input_tokens), ("output", spec.output_tokens)):
         parts.append(f"{side}={lengths.mean:g}")
         if lengths.median is not None:
@@ -101,6 +105,7 @@ def _parse(body: str) -> SyntheticSpec:
         duration_s=floats.get("duration"),
         count=count,
         cv=floats.get("cv"),
+        rise=floats.get("rise"),
         input_tokens=_lengths("input", floats, ints, AZURE_CONV_INPUT),
         output_tokens=_lengths("output", floats, ints, AZURE_CONV_OUTPUT),
         seed=seed,

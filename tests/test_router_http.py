@@ -1,0 +1,198 @@
+"""The router's HTTP front door, driven by the `openai` package and by SGLang-style requests:
+the same pipeline as gRPC (placement, SLO record, metrics), streaming and not, errors, keys."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import openai
+import pytest
+from test_router_service import Cluster, running_cluster, wait_for
+
+from voltana.services.router.http_format import HttpRequestError, parse_chat, render_chat
+
+pytestmark = pytest.mark.integration
+
+MODEL = "llama-3.1-8b"
+API_KEY = "router-api-key-0123456789abcdef"
+
+
+@pytest.fixture
+async def cluster() -> AsyncIterator[Cluster]:
+    async with running_cluster(http_listen_address="127.0.0.1:0") as running:
+        yield running
+
+
+def base_url(cluster: Cluster) -> str:
+    url = cluster.router.http_url
+    assert url is not None
+    return url
+
+
+def openai_client(cluster: Cluster, api_key: str = "unused") -> openai.AsyncOpenAI:
+    return openai.AsyncOpenAI(base_url=base_url(cluster) + "/v1", api_key=api_key, max_retries=0)
+
+
+def http_requests(cluster: Cluster, status: str = "OK") -> float:
+    value = cluster.router.metrics_registry.get_sample_value(
+        "voltana_router_requests_total", {"protocol": "http", "status": status}
+    )
+    return value or 0.0
+
+
+async def test_completions_through_the_openai_client(cluster: Cluster) -> None:
+    async with openai_client(cluster) as client:
+        models = await client.models.list()
+        assert [model.id for model in models.data] == [MODEL]
+        completion = await client.completions.create(
+            model=MODEL, prompt="Say something about GPUs", max_tokens=6
+        )
+    (choice,) = completion.choices
+    assert choice.text and choice.finish_reason == "length"
+    usage = completion.usage
+    assert usage is not None and usage.completion_tokens == 6
+    assert usage.total_tokens == usage.prompt_tokens + 6
+    extra = usage.model_extra or {}
+    assert extra["energy_j"] > 0 and 0 <= extra["idle_energy_j"] <= extra["energy_j"]
+    # The same pipeline as gRPC: a telemetry record and the router's metrics.
+    await wait_for(lambda: len(cluster.store.completions) == 1, "the completion record")
+    (record,) = cluster.store.completions
+    assert record.ok and record.output_tokens == 6 and record.energy_j == extra["energy_j"]
+    assert http_requests(cluster) == 1
+
+
+async def test_streamed_chat_completion_with_usage(cluster: Cluster) -> None:
+    async with openai_client(cluster) as client:
+        stream = await client.chat.completions.create(
+            model=MODEL,
+            messages=[{"role": "user", "content": "Hello there"}],
+            max_tokens=5,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+        chunks = [chunk async for chunk in stream]
+    assert chunks[0].choices[0].delta.role == "assistant"
+    content = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert content.strip()
+    finishes = [c.choices[0].finish_reason for c in chunks if c.choices]
+    assert finishes[-1] == "length" and set(finishes[:-1]) == {None}
+    usage = chunks[-1].usage
+    assert usage is not None and usage.completion_tokens == 5
+    assert http_requests(cluster) == 1
+
+
+async def test_chat_completion_whole(cluster: Cluster) -> None:
+    async with openai_client(cluster) as client:
+        completion = await client.chat.completions.create(
+            model=MODEL,
+            messages=[
+                {"role": "system", "content": "Be brief."},
+                {"role": "user", "content": [{"type": "text", "text": "Hi"}]},
+            ],
+            max_tokens=4,
+            extra_body={"ttft_slo_ms": 5000, "itl_slo_ms": 500},
+        )
+    message = completion.choices[0].message
+    assert message.role == "assistant" and message.content
+    await wait_for(lambda: len(cluster.store.completions) == 1, "the completion record")
+    (record,) = cluster.store.completions
+    assert record.slo is not None and record.slo.ttft_ms == 5000 and record.slo.itl_ms == 500
+
+
+async def test_sglang_native_generate_whole_and_streamed(cluster: Cluster) -> None:
+    body: dict[str, Any] = {
+        "input_ids": list(range(100, 164)),
+        "sampling_params": {"max_new_tokens": 4, "ignore_eos": True},
+        "rid": "sglang-style-1",
+    }
+    async with aiohttp.ClientSession() as session:
+        async with session.post(base_url(cluster) + "/generate", json=body) as response:
+            assert response.status == 200
+            whole = await response.json()
+        streamed: list[dict[str, Any]] = []
+        body = {**body, "rid": "sglang-style-2", "stream": True}
+        async with session.post(base_url(cluster) + "/generate", json=body) as response:
+            assert response.headers["Content-Type"].startswith("text/event-stream")
+            async for raw in response.content:
+                line = raw.decode().strip()
+                if line.startswith("data: ") and line != "data: [DONE]":
+                    streamed.append(json.loads(line.removeprefix("data: ")))
+                if line == "data: [DONE]":
+                    break
+    meta = whole["meta_info"]
+    assert meta["id"] == "sglang-style-1" and meta["finish_reason"] == {"type": "length"}
+    assert meta["completion_tokens"] == 4 and len(whole["output_ids"]) == 4
+    assert meta["voltana_energy"]["energy_j"] > 0
+    assert meta["voltana"]["prefill_instance"] == "prefill-0"
+    # Cumulative text and ids, as SGLang streams them; the last chunk carries the meta_info.
+    assert streamed[-1]["text"] and streamed[0]["text"] in streamed[-1]["text"]
+    assert len(streamed[-1]["output_ids"]) == 4
+    assert streamed[-1]["meta_info"]["finish_reason"] == {"type": "length"}
+    await wait_for(lambda: len(cluster.store.completions) == 2, "the completion records")
+    assert {c.request_id for c in cluster.store.completions} == {"sglang-style-1", "sglang-style-2"}
+
+
+async def test_bad_requests_get_openai_errors(cluster: Cluster) -> None:
+    async with openai_client(cluster) as client:
+        with pytest.raises(openai.NotFoundError, match="does not exist"):
+            await client.completions.create(model="gpt-4", prompt="x", max_tokens=2)
+        with pytest.raises(openai.BadRequestError, match="max_new_tokens"):
+            await client.completions.create(model=MODEL, prompt="x", max_tokens=10**6)
+        with pytest.raises(openai.BadRequestError, match="n = 1"):
+            await client.completions.create(model=MODEL, prompt="x", max_tokens=2, n=2)
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(base_url(cluster) + "/v1/completions", data=b"{not json") as response,
+    ):
+        assert response.status == 400
+        assert (await response.json())["error"]["message"] == "the request body is not valid JSON"
+    assert http_requests(cluster, "INVALID_ARGUMENT") == 1  # the one the pipeline refused
+    assert http_requests(cluster) == 0
+
+
+async def test_no_instance_is_503_and_health_says_so() -> None:
+    async with running_cluster(prefills=0, decodes=0, http_listen_address="127.0.0.1:0") as cluster:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(base_url(cluster) + "/health") as response,
+        ):
+            assert response.status == 503
+        async with openai_client(cluster) as client:
+            with pytest.raises(openai.InternalServerError) as raised:
+                await client.completions.create(model=MODEL, prompt="x", max_tokens=2)
+        assert raised.value.status_code == 503
+
+
+async def test_api_keys_guard_the_http_api_too() -> None:
+    async with running_cluster(
+        http_listen_address="127.0.0.1:0", api_keys=frozenset({API_KEY})
+    ) as cluster:
+        async with openai_client(cluster, api_key="wrong-key-0123456789abcdef") as client:
+            with pytest.raises(openai.AuthenticationError):
+                await client.completions.create(model=MODEL, prompt="x", max_tokens=2)
+        async with openai_client(cluster, api_key=API_KEY) as client:
+            completion = await client.completions.create(model=MODEL, prompt="x", max_tokens=2)
+        assert completion.usage is not None and completion.usage.completion_tokens == 2
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(base_url(cluster) + "/health") as response,
+        ):
+            assert response.status == 200  # probes need no key
+
+
+@pytest.mark.unit
+def test_chat_rendering_and_refusals() -> None:
+    assert render_chat([{"role": "user", "content": "Hi"}]) == "user: Hi\nassistant:"
+    for bad in (
+        [],
+        "hi",
+        [{"content": "no role"}],
+        [{"role": "user", "content": [{"type": "image_url"}]}],
+    ):
+        with pytest.raises(HttpRequestError):
+            render_chat(bad)
+    with pytest.raises(HttpRequestError, match="stream"):
+        parse_chat({"messages": [{"role": "user", "content": "x"}], "stream": "yes"}, MODEL)

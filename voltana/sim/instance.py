@@ -1,0 +1,148 @@
+"""One simulated instance: its scheduler, clock, power and energy accounting, and what it
+reports (through the observation contract, as a live engine would)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from voltana.energy import EnergyLedger
+from voltana.observation import InstanceObserver
+from voltana.perf.model import IterationEstimate, PerformanceModel
+from voltana.policy.state import InstanceState, Phase
+from voltana.sim.cluster import ClusterConfig
+from voltana.sim.scheduling import (
+    DecodeScheduler,
+    PrefillScheduler,
+    decode_gauges,
+    prefill_gauges,
+)
+
+
+@dataclass
+class InstanceSeries:
+    """Per-instance samples for plots: one row every `sample_interval_s`."""
+
+    time_s: list[float] = field(default_factory=list)
+    sm_clock_mhz: list[int] = field(default_factory=list)
+    power_w: list[float] = field(default_factory=list)  # average since the previous sample
+    queue_len: list[int] = field(default_factory=list)
+    running_batch: list[int] = field(default_factory=list)
+
+
+class SimInstance:
+    def __init__(
+        self,
+        index: int,
+        instance_id: str,
+        phase: Phase,
+        perf: PerformanceModel,
+        config: ClusterConfig,
+    ) -> None:
+        self.index = index
+        self.instance_id = instance_id
+        self.phase = phase
+        self.perf = perf
+        self.gpus = config.gpus_per_instance
+        self.prefill: PrefillScheduler[int] | None = None
+        self.decode: DecodeScheduler[int] | None = None
+        if phase is Phase.PREFILL:
+            self.prefill = PrefillScheduler(perf, token_budget=config.chunked_prefill_tokens)
+        else:
+            self.decode = DecodeScheduler(perf, max_running_requests=config.max_running_requests)
+        self.observer = InstanceObserver(phase, perf.gpu.key, config.observation)
+        self.sm_clock_mhz = config.gpu.default_sm_clock_mhz
+        self.target_clock_mhz = self.sm_clock_mhz
+        self.pending_clock: tuple[float, int] | None = None  # (effective at, MHz)
+        self.power_w = perf.idle_power_w(self.sm_clock_mhz)
+        self.power_since_s = 0.0
+        self.energy_j = 0.0
+        self.sample_energy_j = 0.0
+        self.clock_changes = 0
+        self.busy = False
+        # Energy per request (voltana.energy): the running iteration's work, request -> weight.
+        self.ledger: EnergyLedger[int] = EnergyLedger()
+        self.work: dict[int, float] = {}
+        # The running iteration: when its current pace began, when it ends, which event ends it,
+        # and how to re-estimate it at another clock (a clock change speeds up the remainder).
+        self.pace_since_s = 0.0
+        self.iteration_end_s = 0.0
+        self.completion_seq = -1
+        self.jitter_factor = 1.0
+        self.estimate_at: Callable[[int], IterationEstimate] | None = None
+        self.last_activity_s = 0.0
+        self.series = InstanceSeries()
+
+    # ---- energy and clocks ----------------------------------------------------------------
+    def advance(self, now_s: float) -> None:
+        """Integrate energy up to ``now_s``, applying a pending clock change on the way."""
+        pending = self.pending_clock
+        if pending is not None and pending[0] <= now_s:
+            effective_s, clock_mhz = pending
+            self._integrate(effective_s)
+            self.sm_clock_mhz = clock_mhz
+            self.pending_clock = None
+            if not self.busy:  # an idle GPU's draw follows its clock at once
+                self.power_w = self.perf.idle_power_w(clock_mhz)
+        self._integrate(now_s)
+
+    def _integrate(self, now_s: float) -> None:
+        if now_s > self.power_since_s:
+            energy_j = self.power_w * self.gpus * (now_s - self.power_since_s)
+            self.energy_j += energy_j
+            self.ledger.charge(energy_j, self.work if self.busy else None)
+            self.power_since_s = now_s
+
+    def request_clock(self, effective_s: float, clock_mhz: int) -> bool:
+        """Lock ``clock_mhz`` from ``effective_s`` on; True when that changes the target (the
+        caller schedules the change's effect)."""
+        if clock_mhz == self.target_clock_mhz:
+            return False
+        self.target_clock_mhz = clock_mhz
+        self.clock_changes += 1
+        self.pending_clock = (effective_s, clock_mhz)
+        return True
+
+    def set_power(self, now_s: float, power_w: float) -> None:
+        self._integrate(now_s)
+        self.power_w = power_w
+
+    # ---- observation ----------------------------------------------------------------------
+    def observe(
+        self, now_s: float, arrival_rate_rps: float = 0.0, arrival_tokens_per_s: float = 0.0
+    ) -> InstanceState:
+        """What the engine reports now (and telemetry adds the router's arrival counts to)."""
+        if self.prefill is not None:
+            gauges = prefill_gauges(self.prefill, now_s, self.perf.kv_capacity_tokens())
+        else:
+            assert self.decode is not None
+            gauges = decode_gauges(self.decode, now_s)
+        return self.observer.observe(
+            self.instance_id,
+            now_s,
+            gauges,
+            sm_clock_mhz=self.sm_clock_mhz,
+            power_w=self.power_w,
+            energy_j=self.energy_j,
+            last_activity_s=self.last_activity_s,
+            arrival_rate_rps=arrival_rate_rps,
+            arrival_tokens_per_s=arrival_tokens_per_s,
+        )
+
+    def sample(self, now_s: float, interval_s: float) -> None:
+        self.advance(now_s)
+        series = self.series
+        energy = self.energy_j - self.sample_energy_j
+        self.sample_energy_j = self.energy_j
+        series.time_s.append(now_s)
+        series.sm_clock_mhz.append(self.sm_clock_mhz)
+        series.power_w.append(energy / (interval_s * self.gpus) if interval_s > 0 else 0.0)
+        if self.prefill is not None:
+            series.queue_len.append(self.prefill.queue_len)
+            series.running_batch.append(
+                len(self.prefill.running.chunks) if self.prefill.running else 0
+            )
+        else:
+            assert self.decode is not None
+            series.queue_len.append(self.decode.queue_len)
+            series.running_batch.append(self.decode.batch_size)
