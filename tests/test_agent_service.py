@@ -364,7 +364,10 @@ def nvml_without_permission() -> Any:
 
 async def test_nvml_backend_without_root_is_permission_denied() -> None:
     nvml = nvml_without_permission()
-    settings = AgentSettings(backend="nvml", gpu_indices=(0,), security=SECURITY)
+    # The autospec'd pynvml lives in this process: no fail-safe watchdog process can use it.
+    settings = AgentSettings(
+        backend="nvml", gpu_indices=(0,), failsafe_watchdog=False, security=SECURITY
+    )
     # The reset at start fails too; the agent still starts and serves readings.
     async with (
         AgentService(settings, nvml=nvml) as service,

@@ -267,7 +267,10 @@ async def test_agent_reports_clocks_energy_counter_driver_and_the_h100_key() -> 
         )
     )
     security = RpcSecurity.generated()
-    settings = AgentSettings(backend="nvml", reset_on_start=False, security=security)
+    # The autospec'd pynvml lives in this process: no fail-safe watchdog process can use it.
+    settings = AgentSettings(
+        backend="nvml", reset_on_start=False, failsafe_watchdog=False, security=security
+    )
     async with (
         AgentService(settings, nvml=nvml) as agent,
         create_channel(agent.address, security=security) as channel,

@@ -26,6 +26,8 @@ from voltana.text import shorten
 
 _LOG = logging.getLogger(__name__)
 _T = TypeVar("_T")
+# (GPU index, lease expiry on the agent's clock, or None when the lease ended).
+LeaseListener = Callable[[int, float | None], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,7 +77,10 @@ class ClockManager:
         readback_timeout_s: float = 0.2,
         readback_poll_s: float = 0.01,
         tracer: trace.Tracer | None = None,
+        lease_listener: LeaseListener | None = None,
     ) -> None:
+        """``lease_listener`` hears of every lease change: (GPU, expiry on ``clock``) when one
+        is granted or renewed, (GPU, None) when it ends (the fail-safe watchdog listens)."""
         self._devices: dict[int, GpuDevice] = {}
         for device in devices:
             if device.index in self._devices:
@@ -91,8 +96,14 @@ class ClockManager:
         self._gpu_locks = {index: asyncio.Lock() for index in self._devices}
         # Set whenever a lease changes, so the watchdog recomputes its next deadline.
         self._leases_changed = asyncio.Event()
+        self._lease_listener = lease_listener
         # The global (no-op unless configured) tracer unless a test hands in its own.
         self._tracer = tracer or trace.get_tracer(__name__)
+
+    def _lease_changed(self, gpu_index: int, lease: Lease | None) -> None:
+        self._leases_changed.set()
+        if self._lease_listener is not None:
+            self._lease_listener(gpu_index, lease.expires_at_s if lease is not None else None)
 
     @property
     def devices(self) -> Mapping[int, GpuDevice]:
@@ -161,7 +172,7 @@ class ClockManager:
                     gpu_index, holder, lease_ttl_s, self._clock.now_s(), principal
                 )
                 self._locked_mhz[gpu_index] = applied_mhz
-                self._leases_changed.set()
+                self._lease_changed(gpu_index, lease)
                 measured_mhz = await self._read_back(device, applied_mhz)
             change = ClockChange(
                 gpu_index, requested_sm_clock_mhz, applied_mhz, measured_mhz, lease
@@ -243,10 +254,9 @@ class ClockManager:
                 async with self._gpu_locks[gpu_index]:
                     now_s = self._clock.now_s()
                     lease = self._leases.renew(gpu_index, holder, lease_ttl_s, now_s, principal)
+                    self._lease_changed(gpu_index, lease)
                 renewed.append(gpu_index)
                 expires_at_s = lease.expires_at_s
-            if renewed:
-                self._leases_changed.set()
             span.set_attribute("voltana.lease.renewed_gpu_indices", renewed)
         return renewed, expires_at_s
 
@@ -285,7 +295,7 @@ class ClockManager:
         ) as span:
             span.set_attributes({"voltana.gpu.index": device.index, "voltana.reason": reason})
             lease = self._leases.release(device.index)
-            self._leases_changed.set()
+            self._lease_changed(device.index, None)
             self._locked_mhz.pop(device.index, None)
             if lease is not None:
                 span.set_attribute("voltana.lease.holder", lease.holder)

@@ -19,6 +19,7 @@ from voltana.gpu import (
     GpuDevice,
     GpuError,
     NvmlLibrary,
+    SharedSimulatedGpu,
     SimulatedGpu,
     energy_counter_supported,
 )
@@ -30,6 +31,7 @@ from voltana.rpc import dialable_address, start_grpc_server, stop_grpc_server
 from voltana.rpc.names import NODE_AGENT_SERVICE
 from voltana.services.agent.clock import AgentClock, SystemClock
 from voltana.services.agent.clock_manager import ClockManager
+from voltana.services.agent.failsafe import FailsafeWatchdog, watchdog_command
 from voltana.services.agent.metrics import AgentCollector
 from voltana.services.agent.sampler import GpuSampler
 from voltana.services.agent.servicer import AGENT_PRIVILEGED_METHODS, NodeAgentServicer
@@ -110,6 +112,7 @@ class AgentService(AsyncService):
         self._tasks: list[asyncio.Task[None]] = []
         self._tracer_provider = tracer_provider
         self._sampler: GpuSampler | None = None
+        self._failsafe: FailsafeWatchdog | None = None
         self._gpu_keys: dict[int, str] = {}
         self.metrics_registry = CollectorRegistry(auto_describe=True)
         self.metrics_registry.register(
@@ -164,6 +167,12 @@ class AgentService(AsyncService):
             spec = get_gpu(settings.sim_gpu_key)
             indices = settings.gpu_indices or (0,)
             return [SimulatedGpu(spec, index, now_s=self._clock.now_s) for index in indices]
+        if settings.backend == "sim-shared":
+            spec = get_gpu(settings.sim_gpu_key)
+            return [
+                SharedSimulatedGpu(spec, index, state_dir=settings.sim_state_dir)
+                for index in settings.gpu_indices or (0,)
+            ]
         self._nvml = NvmlLibrary(self._nvml_module)
         self._nvml.open()
         return list(self._nvml.devices(settings.gpu_indices or None))
@@ -216,10 +225,12 @@ class AgentService(AsyncService):
                 tracer=trace.get_tracer(
                     "voltana.services.agent", tracer_provider=self._tracer_provider
                 ),
+                lease_listener=self._lease_changed,
             )
             if settings.reset_on_start:
                 # Failures are logged; an agent without clock rights still serves readings.
                 await self._clocks.reset_all("agent starting")
+            await self._start_failsafe()
             self._gpu_keys = {d.index: gpu_key_for(d, settings.gpu_key) for d in self._devices}
             servicer = NodeAgentServicer(
                 self._clocks,
@@ -264,6 +275,38 @@ class AgentService(AsyncService):
             settings.backend if self._given_devices is None else "given",
             self.address,
         )
+
+    def _lease_changed(self, gpu_index: int, expires_at_s: float | None) -> None:
+        if self._failsafe is not None:
+            self._failsafe.lease_changed(gpu_index, expires_at_s)
+
+    async def _start_failsafe(self) -> None:
+        """Start the watchdog that resets the GPUs if this process dies (GPUs that outlive it:
+        NVML or shared simulated ones opened from settings)."""
+        settings = self._settings
+        if (
+            not settings.failsafe_watchdog
+            or self._given_devices is not None
+            or settings.backend not in ("nvml", "sim-shared")
+        ):
+            return
+        failsafe = FailsafeWatchdog(
+            watchdog_command(
+                settings.backend,
+                [device.index for device in self._devices],
+                sim_gpu_key=settings.sim_gpu_key,
+                sim_state_dir=settings.sim_state_dir,
+                grace_s=settings.failsafe_grace_s,
+            ),
+            self._clock,
+        )
+        await failsafe.start()
+        self._failsafe = failsafe
+
+    @property
+    def failsafe_pid(self) -> int | None:
+        """Process id of the fail-safe watchdog (None when none runs)."""
+        return self._failsafe.pid if self._failsafe is not None else None
 
     def _check_bindings(self) -> None:
         indices = {device.index for device in self._devices}
@@ -322,6 +365,9 @@ class AgentService(AsyncService):
         if self._clocks is not None:
             await self._clocks.reset_all("agent stopping")
             self._clocks = None
+        failsafe, self._failsafe = self._failsafe, None
+        if failsafe is not None:
+            await failsafe.stop()
         sink, self._sink = self._sink, None
         if sink is not None:
             await _close_sink(sink, cancel_requests_before)

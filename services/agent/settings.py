@@ -10,7 +10,10 @@ from typing import Literal
 from voltana.errors import ConfigError
 from voltana.rpc.security import RpcSecurity
 
-AgentBackend = Literal["nvml", "sim"]
+# "sim-shared": simulated GPUs whose state lives in files under sim_state_dir, shared with
+# the simulated engines (and this agent's fail-safe watchdog) in other processes.
+AgentBackend = Literal["nvml", "sim", "sim-shared"]
+BACKENDS: tuple[AgentBackend, ...] = ("nvml", "sim", "sim-shared")
 
 
 @dataclass(frozen=True)
@@ -39,6 +42,13 @@ class AgentSettings:
     readback_poll_ms: float = 10.0
     # Put every GPU back to default clocks at start (a previous agent may have crashed).
     reset_on_start: bool = True
+    # sim-shared backend: directory of the shared GPU state files (voltana.gpu.shared_sim).
+    sim_state_dir: str = ""
+    # Run the fail-safe watchdog process (services/agent/failsafe_main.py) for GPUs that
+    # outlive the agent (nvml, sim-shared): it resets them when the agent dies, or when a
+    # lease has been over for failsafe_grace_s without the agent resetting it.
+    failsafe_watchdog: bool = True
+    failsafe_grace_s: float = 1.0
     # Telemetry service to stream GPU samples to (host:port); None = no streaming.
     telemetry_address: str | None = None
     sample_interval_ms: int = 500
@@ -50,8 +60,12 @@ class AgentSettings:
     metrics_listen_address: str | None = None
 
     def __post_init__(self) -> None:
-        if self.backend not in ("nvml", "sim"):
-            raise ConfigError(f"agent backend must be 'nvml' or 'sim', got {self.backend!r}")
+        if self.backend not in BACKENDS:
+            raise ConfigError(
+                f"agent backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}"
+            )
+        if self.backend == "sim-shared" and not self.sim_state_dir:
+            raise ConfigError("the sim-shared backend needs sim_state_dir")
         if any(index < 0 for index in self.gpu_indices):
             raise ConfigError(f"GPU indices must be >= 0, got {self.gpu_indices}")
         if len(set(self.gpu_indices)) != len(self.gpu_indices):
@@ -65,6 +79,7 @@ class AgentSettings:
             ("readback_timeout_ms", self.readback_timeout_ms),
             ("readback_poll_ms", self.readback_poll_ms),
             ("shutdown_grace_s", self.shutdown_grace_s),
+            ("failsafe_grace_s", self.failsafe_grace_s),
         ):
             if not (math.isfinite(value) and value >= 0):
                 raise ConfigError(f"{label} must be a finite number >= 0, got {value}")

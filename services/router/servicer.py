@@ -151,6 +151,8 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         self._wall_clock = wall_clock
         # Tasks of the Generate calls running now (ended by drain() when it runs out).
         self._in_flight: set[asyncio.Task[Any]] = set()
+        # Those of them suspended while their response goes out.
+        self._yielding: set[asyncio.Task[Any]] = set()
         self._draining = False
         self._aborting = False
         self.retries = 0
@@ -171,7 +173,11 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         if remaining:
             self._aborting = True
             for task in remaining:
-                task.cancel()
+                # One waiting for its engine is cancelled (and ends with UNAVAILABLE); one
+                # handing a chunk to its client ends so once the chunk is out (a cancel there
+                # would land in grpc and end the call CANCELLED).
+                if task not in self._yielding:
+                    task.cancel()
             deadline_s = loop.time() + _ABORT_WAIT_S
             while self._in_flight and loop.time() < deadline_s:
                 await asyncio.sleep(_DRAIN_POLL_S)
@@ -316,7 +322,15 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
                     try:
                         async with contextlib.aclosing(relay):
                             async for response in relay:
-                                yield response
+                                if task is not None:
+                                    self._yielding.add(task)
+                                try:
+                                    yield response
+                                finally:
+                                    if task is not None:
+                                        self._yielding.discard(task)
+                                if self._aborting:  # drain() ran out while this was sent
+                                    raise self._shut_down_error(reader)
                         break
                     except RouterError as error:
                         if not self._retry_after(error, target, attempt, timeline, deadline_s):
@@ -344,10 +358,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
                 if self._aborting and task is not None and task.cancelling():
                     # drain() ran out: end with a status (and a record), not a cancellation.
                     task.uncancel()
-                    raise RouterShuttingDownError(
-                        "the router shut down before the request finished "
-                        f"({reader.totals.completion_tokens} tokens sent)"
-                    ) from None
+                    raise self._shut_down_error(reader) from None
                 raise
         except BaseException as error:  # GeneratorExit/CancelledError too: report, then re-raise
             failure = error
@@ -365,6 +376,13 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             )
             if observed is not None:
                 self._observe_end(observed, validated, reader, timeline, failure, context)
+
+    @staticmethod
+    def _shut_down_error(reader: ChunkReader) -> RouterShuttingDownError:
+        return RouterShuttingDownError(
+            "the router shut down before the request finished "
+            f"({reader.totals.completion_tokens} tokens sent)"
+        )
 
     async def _relay(
         self,

@@ -55,8 +55,10 @@ class InstanceRegistry:
         now_s = self._store.clock()
         if self._loaded_at_s is not None and now_s - self._loaded_at_s < self._refresh_s:
             return False
-        self._loaded_at_s = now_s
+        # Stamped only once read: while the store is down every lookup tries again, so the
+        # first one after it comes back (maybe empty) sees what it holds.
         infos = await self._store.instance_infos()
+        self._loaded_at_s = now_s
         self._infos.clear()
         self._by_gpu.clear()
         for info in infos.values():

@@ -20,6 +20,7 @@ from typing import Protocol
 from voltana.cli.options import (
     add_profile_arg,
     add_slo_args,
+    non_negative_float,
     positive_float,
     positive_int,
     slo_from_args,
@@ -168,6 +169,16 @@ def _policy_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _drain_arg(parser: argparse.ArgumentParser, after: str, default: float = 5.0) -> None:
+    parser.add_argument(
+        "--drain-s",
+        type=non_negative_float,
+        default=default,
+        help=f"on SIGTERM/SIGINT, let running requests finish this long; {after} "
+        "(default: %(default)s)",
+    )
+
+
 # ---- telemetry -------------------------------------------------------------------------------
 
 
@@ -196,6 +207,13 @@ def _add_telemetry(
         default=60.0,
         help="default window of aggregates (default: %(default)s)",
     )
+    parser.add_argument(
+        "--instance-ttl-s",
+        type=non_negative_float,
+        default=10.0,
+        help="unregister instances that neither register nor report load this long; "
+        "0 = never (default: %(default)s)",
+    )
     add_slo_args(parser)
     _metrics_args(parser, TELEMETRY_METRICS_PORT)
     parser.set_defaults(handler=run, build=_build_telemetry, service_name="voltana-telemetry")
@@ -212,6 +230,7 @@ def _build_telemetry(args: argparse.Namespace) -> Service:
             redis_password=redis_password_from_args(args),
             redis_key_prefix=args.redis_key_prefix,
             window_s=args.window_s,
+            instance_ttl_s=args.instance_ttl_s,
             slo=slo_from_args(args),
             metrics_listen_address=metrics_address(args),
             security=security_from_args(args),
@@ -348,6 +367,21 @@ def _add_router(
         default=600.0,
         help="longest engine call when the client sets no deadline (default: %(default)s)",
     )
+    parser.add_argument(
+        "--max-attempts",
+        type=positive_int,
+        default=3,
+        help="placements per request when engines fail before the first token "
+        "(default: %(default)s)",
+    )
+    parser.add_argument(
+        "--health-check-interval-s",
+        type=non_negative_float,
+        default=0.5,
+        help="probe every engine's /health this often; 0 = only eject on failed calls "
+        "(default: %(default)s)",
+    )
+    _drain_arg(parser, "requests still running after it end with UNAVAILABLE")
     _metrics_args(parser, ROUTER_METRICS_PORT)
     http = parser.add_argument_group("HTTP front door (OpenAI-compatible and SGLang /generate)")
     http.add_argument(
@@ -389,6 +423,9 @@ def _build_router(args: argparse.Namespace) -> Service:
             max_prompt_tokens=args.max_prompt_tokens,
             instance_stale_after_s=args.instance_stale_after_s,
             engine_request_timeout_s=args.engine_request_timeout_s,
+            max_attempts=args.max_attempts,
+            health_check_interval_s=args.health_check_interval_s,
+            shutdown_grace_s=args.drain_s,
             metrics_listen_address=metrics_address(args),
             security=security_from_args(args),
             api_keys=api_keys_from_args(args),
@@ -418,9 +455,16 @@ def _add_agent(
     )
     parser.add_argument(
         "--backend",
-        choices=("nvml", "sim"),
+        choices=("nvml", "sim", "sim-shared"),
         default="nvml",
-        help="GPU backend (default: %(default)s)",
+        help="GPU backend; sim-shared: simulated GPUs shared with `serve engine "
+        "--gpu-state-dir` processes (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--sim-state-dir",
+        default="",
+        metavar="DIR",
+        help="sim-shared: directory of the shared GPU state files",
     )
     parser.add_argument(
         "--gpu-index",
@@ -472,6 +516,11 @@ def _add_agent(
         action="store_true",
         help="do not reset every GPU to default clocks at start",
     )
+    parser.add_argument(
+        "--no-failsafe-watchdog",
+        action="store_true",
+        help="run no watchdog process that resets the GPUs if the agent dies (nvml, sim-shared)",
+    )
     _metrics_args(parser, AGENT_METRICS_PORT)
     parser.set_defaults(handler=run, build=_build_agent, service_name="voltana-agent")
     return parser
@@ -493,6 +542,8 @@ def _build_agent(args: argparse.Namespace) -> Service:
             default_lease_ttl_ms=args.default_lease_ttl_ms,
             max_lease_ttl_ms=args.max_lease_ttl_ms,
             reset_on_start=not args.no_reset_on_start,
+            sim_state_dir=args.sim_state_dir,
+            failsafe_watchdog=not args.no_failsafe_watchdog,
             telemetry_address=args.telemetry,
             sample_interval_ms=args.sample_interval_ms,
             security=security_from_args(args),
@@ -580,11 +631,25 @@ def _add_engine(
     )
     parser.add_argument("--gpu-index", type=non_negative_int, default=0, help="GPU index")
     parser.add_argument(
+        "--agent",
+        type=host_port,
+        metavar="HOST:PORT",
+        help="a separate node agent that controls this engine's GPU (with --gpu-state-dir)",
+    )
+    parser.add_argument(
+        "--gpu-state-dir",
+        default="",
+        metavar="DIR",
+        help="keep the simulated GPU's state in DIR, shared with a separate `serve agent "
+        "--backend sim-shared --sim-state-dir DIR` (default: in this process)",
+    )
+    parser.add_argument(
         "--sample-interval-ms",
         type=positive_int,
         default=250,
         help="GPU sampling period of the co-hosted agent (default: %(default)s)",
     )
+    _drain_arg(parser, "requests still running after it end with an error", default=5.0)
     _metrics_args(parser, AGENT_METRICS_PORT, " the co-hosted agent's (--agent-listen)")
     parser.set_defaults(handler=run, build=_build_engine, service_name="voltana-engine")
     return parser
@@ -620,8 +685,11 @@ def _build_engine(args: argparse.Namespace) -> Service:
                 max_total_num_tokens=args.max_total_num_tokens,
                 instance_id=args.instance_id,
                 report_interval_ms=args.report_interval_ms,
+                drain_timeout_s=args.drain_s,
             ),
             advertise_host=args.advertise_host,
+            gpu_state_dir=args.gpu_state_dir,
+            agent_address=args.agent or "",
             telemetry_address=args.telemetry,
             agent_listen_address=args.agent_listen,
             agent_advertise_address=args.agent_advertise or "",

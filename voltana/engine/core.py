@@ -392,6 +392,7 @@ class EngineCore:
         """Wake the loop; an idle engine starts on new work the moment it arrives."""
         self._work_arrived_s = now_s
         self._wake.set()
+
     async def _run_iteration(self, iteration: _Iteration) -> _Iteration:
         """Wait until the iteration ends, re-pacing its remainder whenever the GPU's clock
         changes meanwhile (checked every few wall milliseconds), as the offline simulator does;

@@ -13,6 +13,7 @@ from voltana.gpu.errors import (
 )
 from voltana.gpu.nvml import NvmlGpu, NvmlLibrary, translate_nvml_error
 from voltana.gpu.sample import GpuSample, read_gpu_sample
+from voltana.gpu.shared_sim import SharedSimulatedGpu
 from voltana.gpu.sim import PowerSource, SimulatedGpu
 
 __all__ = [
@@ -27,6 +28,7 @@ __all__ = [
     "NvmlLibrary",
     "NvmlUnavailableError",
     "PowerSource",
+    "SharedSimulatedGpu",
     "SimulatedGpu",
     "check_locked_range_mhz",
     "energy_counter_supported",

@@ -111,6 +111,13 @@ class SimulatedGpu:
     def supported_sm_clocks_mhz(self) -> tuple[int, ...]:
         return self._spec.supported_sm_clocks_mhz
 
+    def _apply_power_swaps_until(self, until_s: float) -> None:
+        """Integrate up to each scheduled power swap due by ``until_s`` and make it."""
+        while self._pending_power and self._pending_power[0][0] <= until_s:
+            effective_at_s, source = self._pending_power.popleft()
+            self._integrate_until(effective_at_s)
+            self._power_source = source
+
     def _advance(self) -> float:
         """Integrate energy up to now, applying clock and power changes due meanwhile."""
         now = self._now_s()

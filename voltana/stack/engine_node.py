@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from voltana.engine import ScaledClock, SimEngine, SimEngineSettings
 from voltana.errors import ConfigError
-from voltana.gpu import SimulatedGpu
+from voltana.gpu import SharedSimulatedGpu, SimulatedGpu
 from voltana.hardware import get_gpu, get_model
 from voltana.lifecycle import AsyncService
 from voltana.perf.analytical import AnalyticalPerformanceModel
@@ -43,6 +43,12 @@ class EngineNodeSettings:
     # or every index of its GPUs.
     gpu_index: int = 0
     gpu_indices: tuple[int, ...] = ()
+    # Keep the simulated GPU's state in this directory (voltana.gpu.shared_sim), so a node
+    # agent in another process (backend sim-shared) controls it; "" = in this process.
+    gpu_state_dir: str = ""
+    # host:port of that separate node agent, registered as the instance's agent ("" = none,
+    # or the co-hosted one).
+    agent_address: str = ""
     sample_interval_ms: int = 250
     # Prometheus /metrics of the co-hosted agent ("host:port"); None = not served. (The
     # engine's own SGLang metrics are on its port, at /metrics.)
@@ -62,6 +68,8 @@ class EngineNodeSettings:
             )
         if len(set(self.all_gpu_indices)) != len(self.all_gpu_indices):
             raise ConfigError(f"GPU indices repeat: {self.gpu_indices}")
+        if self.agent_listen_address is not None and self.agent_address:
+            raise ConfigError("give a co-hosted agent (agent_listen_address) or a separate one")
 
     @property
     def all_gpu_indices(self) -> tuple[int, ...]:
@@ -84,15 +92,25 @@ class EngineNode(AsyncService):
             model = get_model(engine_settings.model_key).with_tensor_parallel(engine_settings.tp)
             perf = AnalyticalPerformanceModel.for_hardware(get_gpu(engine_settings.gpu_key), model)
         self.perf: PerformanceModel = perf
-        self.gpus = [
-            SimulatedGpu(perf.gpu, index, now_s=self.clock, power_source=perf.idle_power_w)
-            for index in settings.all_gpu_indices
-        ]
+        self.gpus: list[SimulatedGpu] = [self._new_gpu(index) for index in settings.all_gpu_indices]
         self.gpu = self.gpus[0]
         self._client: TelemetryClient | None = None
         self.engine: SimEngine | None = None
         self.agent: AgentService | None = None
         self.registration: InstanceRegistration | None = None
+
+    def _new_gpu(self, index: int) -> SimulatedGpu:
+        perf, state_dir = self.perf, self.settings.gpu_state_dir
+        if state_dir:
+            return SharedSimulatedGpu(
+                perf.gpu,
+                index,
+                state_dir=state_dir,
+                now_s=self.clock,
+                power_source=perf.idle_power_w,
+                publishes_power=True,  # the agent in the other process reads it
+            )
+        return SimulatedGpu(perf.gpu, index, now_s=self.clock, power_source=perf.idle_power_w)
 
     @property
     def phase(self) -> Phase:
@@ -143,7 +161,7 @@ class EngineNode(AsyncService):
 
     def _agent_address(self) -> str:
         if self.agent is None:
-            return ""
+            return self.settings.agent_address
         if self.settings.agent_advertise_address:
             return self.settings.agent_advertise_address
         if self.settings.advertise_host:
