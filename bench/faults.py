@@ -15,8 +15,9 @@ request that reached the router, recovery time and the GPUs' clock state.
 - *silently lost* = requests without a status at the client + requests that reached the router
   but that telemetry never recorded (requests refused because the router itself was down
   cannot reach telemetry; they are counted apart as ``router down``).
-- *recovery* = from the moment the faulty process is back (or the fault, when nothing has to
-  come back) until the router reports SERVING and telemetry lists every instance again.
+- *recovery* = from the moment the faulty process answers again (Redis takes connections, a
+  service answers gRPC, an engine /health) until the router reports SERVING and telemetry lists
+  every instance again, measured every 0.1 s.
 
     python bench/faults.py                       # every experiment
     python bench/faults.py --only engine-kill --only agent-kill --rate 10
@@ -228,13 +229,15 @@ class Deployment:
         self.procs[name].signal(sig)
         self.procs[name].wait(30.0)
 
-    async def restart(self, name: str) -> None:
+    async def restart(self, name: str) -> float:
+        """Start the process again; returns when it answered (monotonic), once it does."""
         proc = self.procs[name]
         if proc.alive():
             proc.signal(signal.SIGKILL)
             proc.wait(5.0)
         proc.start()
         await self.wait_ready(name)
+        return time.monotonic()
 
     async def wait_ready(self, name: str) -> None:
         proc = self.procs[name]
@@ -462,8 +465,8 @@ def kill_and_restart(process: str, sig: signal.Signals) -> Experiment:
     async def run(deployment: Deployment, options: Options, result: Result) -> None:
         deployment.kill(process, sig)
         await asyncio.sleep(options.down_s)
-        await deployment.restart(process)
-        await measure_recovery(deployment, time.monotonic(), result)
+        back = await deployment.restart(process)
+        await measure_recovery(deployment, back, result)
 
     return run
 
@@ -473,8 +476,8 @@ async def redis_kill(deployment: Deployment, options: Options, result: Result) -
     result.recorded = await deployment.recorded_since(result_started_wall[result.name])
     deployment.kill("redis", signal.SIGKILL)
     await asyncio.sleep(options.down_s)
-    await deployment.restart("redis")
-    await measure_recovery(deployment, time.monotonic(), result)
+    back = await deployment.restart("redis")
+    await measure_recovery(deployment, back, result)
     result.notes.append(f"{result.recorded} records counted before Redis died (it restarts empty)")
 
 
@@ -493,8 +496,8 @@ async def controller_kill(deployment: Deployment, options: Options, result: Resu
         f"(lease {LEASE_TTL_MS / 1000:g} s)"
     )
     await asyncio.sleep(max(0.0, options.down_s - (time.monotonic() - killed)))
-    await deployment.restart("controller")
-    await measure_recovery(deployment, time.monotonic(), result)
+    back = await deployment.restart("controller")
+    await measure_recovery(deployment, back, result)
 
 
 def agent_fault(instance_id: str, sig: signal.Signals) -> Experiment:
@@ -510,8 +513,8 @@ def agent_fault(instance_id: str, sig: signal.Signals) -> Experiment:
         took_s = await until(at_default, "the GPU back at default", LEASE_TTL_MS / 1000.0 + 5.0)
         result.clocks = f"{instance_id}: {before} -> {default} MHz {took_s:.2f} s after the kill"
         await asyncio.sleep(max(0.0, options.down_s - (time.monotonic() - killed)))
-        await deployment.restart(f"agent-{instance_id}")
-        await measure_recovery(deployment, time.monotonic(), result)
+        back = await deployment.restart(f"agent-{instance_id}")
+        await measure_recovery(deployment, back, result)
 
     return run
 
@@ -528,8 +531,8 @@ def engine_fault(instance_id: str, sig: signal.Signals) -> Experiment:
             )
         routed = report.instances[instance_id].finished if instance_id in report.instances else 0
         result.notes.append(f"requests placed on {instance_id} >= 1 s after it died: {routed}")
-        await deployment.restart(f"engine-{instance_id}")
-        await measure_recovery(deployment, time.monotonic(), result)
+        back = await deployment.restart(f"engine-{instance_id}")
+        await measure_recovery(deployment, back, result)
 
     return run
 

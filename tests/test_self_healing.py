@@ -17,7 +17,7 @@ from conftest import RestartableRedis
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from security_helpers import SECURITY
 
-from voltana.engine import SimEngineSettings
+from voltana.engine import SimEngine, SimEngineSettings
 from voltana.policy.state import InstanceState, Phase
 from voltana.rpc import create_channel
 from voltana.rpc.names import TELEMETRY_SERVICE
@@ -32,6 +32,7 @@ from voltana.services.telemetry import (
 from voltana.services.telemetry.errors import TelemetryStoreError
 from voltana.services.telemetry.upkeep import TelemetryUpkeep
 from voltana.stack import EngineNode, EngineNodeSettings
+from voltana.stack.sglang_reporter import SglangInstanceReporter, SglangInstanceSettings
 
 WAIT_TIMEOUT_S = 10.0
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -104,6 +105,34 @@ async def test_an_instance_registers_again_after_someone_unregisters_it() -> Non
         # Its next load report is rejected as unknown; it registers again at once.
         await wait_until_listed(client, "decode-0", True)
         assert node.registration is not None and node.registration.reregistrations >= 1
+
+
+@pytest.mark.integration
+async def test_the_sglang_reporter_registers_its_server_again_and_unregisters_on_stop() -> None:
+    async with (
+        TelemetryService(TelemetrySettings(security=SECURITY)) as telemetry,
+        TelemetryClient(telemetry.address, security=SECURITY) as client,
+        SimEngine(SimEngineSettings(mode="null", speedup=20.0)) as engine,
+    ):
+        reporter = SglangInstanceReporter(
+            SglangInstanceSettings(
+                telemetry_address=telemetry.address,
+                instance_id="decode-sg",
+                phase=Phase.DECODE,
+                engine_url=engine.url,
+                interval_ms=50,
+                security=SECURITY,
+            )
+        )
+        await reporter.start()
+        try:
+            await client.unregister_instance("decode-sg")
+            await wait_until_listed(client, "decode-sg", True)
+            assert reporter.registration is not None
+            assert reporter.registration.reregistrations >= 1
+        finally:
+            await reporter.stop()
+        assert "decode-sg" not in await listed(client)
 
 
 @pytest.mark.integration
