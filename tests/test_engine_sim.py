@@ -123,7 +123,8 @@ async def test_pd_stream_delivers_every_token_with_sglang_meta(
     prefill_ms = perf.prefill_iteration(320, 1410).latency_s * 1000
     prefill_state = prefill.instance_state()
     assert prefill_state.recent_ttft_ms is not None
-    assert prefill_ms <= prefill_state.recent_ttft_ms <= prefill_ms * 1.5 + 50
+    # Never faster than the model (up to rounding): an idle engine starts when work arrives.
+    assert prefill_ms - 1e-6 <= prefill_state.recent_ttft_ms <= prefill_ms * 1.5 + 50
     assert state.recent_ttft_ms is not None and state.recent_ttft_ms > 0
 
 

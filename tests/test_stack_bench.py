@@ -154,6 +154,8 @@ def test_energy_counts_instances_seen_twice_and_never_goes_negative() -> None:
     before = {"a": 100.0, "b": 50.0, "gone": 10.0}
     after = {"a": 160.0, "b": 40.0, "new": 5.0}
     assert energy_delta_j(before, after) == (60.0, 2)
+    # A tensor-parallel instance's energy is its GPUs' sum; the GPU count follows it.
+    assert energy_delta_j(before, after, {"a": 2}) == (60.0, 3)
 
 
 @pytest.mark.unit

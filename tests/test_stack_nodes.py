@@ -86,9 +86,19 @@ async def test_engine_node_registers_engine_and_agent_and_unregisters_on_stop(
     assert "prefill-7" not in snapshot.prefill
 
 
-def test_engine_node_agent_needs_telemetry() -> None:
-    with pytest.raises(ConfigError):
-        EngineNodeSettings(agent_listen_address="127.0.0.1:0", security=SECURITY)
+async def test_engine_node_serves_its_agent_without_telemetry() -> None:
+    """What `voltana profile` needs: an engine and the agent of its GPU(s), nothing else."""
+    node = EngineNode(
+        EngineNodeSettings(
+            engine=SimEngineSettings(mode="null", tp=2),
+            agent_listen_address="127.0.0.1:0",
+            security=SECURITY,
+        )
+    )
+    async with node:
+        assert node.agent is not None and node.engine is not None
+        assert [gpu.index for gpu in node.agent.devices] == [0, 1]
+        assert node.engine.gpus == tuple(node.gpus)
 
 
 async def test_sglang_reporter_registers_and_reports_scraped_load(

@@ -35,9 +35,8 @@ class GpuSampler:
         """One sample per readable GPU (unreadable ones are skipped and logged)."""
         samples: list[GpuSample] = []
         for device in self._devices:
-            timestamp_s = self._clock.unix_s(self._clock.now_s())
             try:
-                sample = await asyncio.to_thread(read_gpu_sample, device, timestamp_s)
+                sample = await asyncio.to_thread(self._read_now, device)
             except GpuError as error:
                 if device.index not in self._failing:
                     _LOG.warning("cannot sample GPU %d: %s", device.index, error)
@@ -59,3 +58,8 @@ class GpuSampler:
             except Exception:  # a sink bug must not end sampling; log it with its traceback
                 _LOG.exception("GPU sample sink failed")
             await self._clock.sleep_until(started_s + self._interval_s)
+
+    def _read_now(self, device: GpuDevice) -> GpuSample:
+        # Stamped in the worker thread, just before the reads: a stamp taken before the
+        # thread hop would lag the energy reading by however long the hop took.
+        return read_gpu_sample(device, self._clock.unix_s(self._clock.now_s()))

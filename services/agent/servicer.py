@@ -20,7 +20,7 @@ from opentelemetry import propagate, trace
 from opentelemetry.context import Context
 
 from voltana.errors import InvalidArgumentError
-from voltana.gpu import GpuDevice, GpuError, GpuNotFoundError, read_gpu_sample
+from voltana.gpu import GpuDevice, GpuError, GpuNotFoundError, GpuSample, read_gpu_sample
 from voltana.rpc.auth import current_principal
 from voltana.rpc.limits import check_id, check_text
 from voltana.rpc.names import NODE_AGENT_SERVICE, method_names
@@ -242,8 +242,7 @@ class NodeAgentServicer(agent_pb2_grpc.NodeAgentServiceServicer):
         samples = []
         for gpu_index in self._selected_or_all(request):
             device = self._clocks.device(gpu_index)
-            timestamp_s = self._clock.unix_s(self._clock.now_s())
-            sample = await asyncio.to_thread(read_gpu_sample, device, timestamp_s)
+            sample = await asyncio.to_thread(self._read_now, device)
             instances = self._instances_on(gpu_index)
             samples.append(
                 gpu_sample_to_proto(
@@ -253,3 +252,8 @@ class NodeAgentServicer(agent_pb2_grpc.NodeAgentServiceServicer):
                 )
             )
         return agent_pb2.GetGpuSampleResponse(samples=samples)
+
+    def _read_now(self, device: GpuDevice) -> GpuSample:
+        # Stamped in the worker thread, just before the reads: a stamp taken before the
+        # thread hop would lag the energy reading by however long the hop took.
+        return read_gpu_sample(device, self._clock.unix_s(self._clock.now_s()))

@@ -3,8 +3,9 @@ its context in the metadata, so the agent's SERVER span continues the controller
 
 from __future__ import annotations
 
+import asyncio
 import functools
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -13,6 +14,7 @@ import grpc.aio
 from opentelemetry import trace
 
 from voltana.rpc import RpcSecurity, create_channel, error_from_rpc
+from voltana.services.telemetry.records import GpuRef
 from voltana.v1 import agent_pb2, agent_pb2_grpc
 
 if TYPE_CHECKING:
@@ -123,3 +125,39 @@ class AgentClients:
         self._stubs = {}
         for channel in channels.values():
             await channel.close()
+
+    # --- an instance's GPUs (several for a tensor-parallel instance) -----------------------
+
+    async def set_group_clocks(
+        self, gpus: Sequence[GpuRef], sm_clock_mhz: int, lease_ttl_ms: int, reason: str
+    ) -> AppliedClock:
+        """Lock every GPU of an instance (they run at the pace of the slowest); what the first
+        reports. The first failure is raised (the others' leases lapse unless renewed)."""
+        results = await asyncio.gather(
+            *(
+                self.set_clocks(
+                    gpu.agent_address, gpu.gpu_index, sm_clock_mhz, lease_ttl_ms, reason
+                )
+                for gpu in gpus
+            ),
+            return_exceptions=True,
+        )
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+        first = results[0]
+        assert isinstance(first, AppliedClock)
+        return first
+
+    async def renew_group_lease(self, gpus: Sequence[GpuRef], ttl_ms: int) -> None:
+        await _all(self.renew_lease(gpu.agent_address, gpu.gpu_index, ttl_ms) for gpu in gpus)
+
+    async def reset_group_clocks(self, gpus: Sequence[GpuRef], reason: str) -> None:
+        await _all(self.reset_clocks(gpu.agent_address, gpu.gpu_index, reason) for gpu in gpus)
+
+
+async def _all(calls: Iterable[Awaitable[object]]) -> None:
+    """Every call, concurrently; then the first failure, if any."""
+    for result in await asyncio.gather(*calls, return_exceptions=True):
+        if isinstance(result, BaseException):
+            raise result

@@ -167,12 +167,14 @@ class ControlLoop:
             info = view.endpoints.get(instance_id)
             agent_address = info.agent_address if info is not None else ""
             gpu_index = info.gpu_index if info is not None else 0
+            gpus = info.gpus if info is not None else ()
             control = self._controls.get(instance_id)
             if control is not None and (
                 control.agent_address,
                 control.gpu_index,
+                control.gpus,
                 control.phase,
-            ) == (agent_address, gpu_index, state.phase):
+            ) == (agent_address, gpu_index, gpus, state.phase):
                 control.gpu_key = state.gpu_key
                 continue
             self._controls[instance_id] = self._new_control(state, info)
@@ -185,14 +187,14 @@ class ControlLoop:
             agent_address=info.agent_address if info is not None else "",
             gpu_index=info.gpu_index if info is not None else 0,
             decisions=deque(maxlen=self._settings.decision_history),
+            gpus=info.gpus if info is not None else (),
         )
         if control.controllable:
             _LOG.info(
-                "controlling %s %s on agent %s GPU %d",
+                "controlling %s %s on %s",
                 control.phase.value,
                 control.instance_id,
-                control.agent_address,
-                control.gpu_index,
+                ", ".join(f"agent {g.agent_address} GPU {g.gpu_index}" for g in control.gpu_refs),
             )
         else:
             _LOG.warning(
@@ -254,9 +256,8 @@ class ControlLoop:
                 "voltana.controller.clock_change", attributes=attributes
             ) as span:
                 try:
-                    applied = await self._agents.set_clocks(
-                        control.agent_address,
-                        control.gpu_index,
+                    applied = await self._agents.set_group_clocks(
+                        control.gpu_refs,
                         decision.sm_clock_mhz,
                         settings.lease_ttl_ms,
                         decision.reason,
@@ -388,9 +389,7 @@ class ControlLoop:
     async def _renew(self, control: InstanceControl) -> None:
         settings = self._settings
         try:
-            await self._agents.renew_lease(
-                control.agent_address, control.gpu_index, settings.lease_ttl_ms
-            )
+            await self._agents.renew_group_lease(control.gpu_refs, settings.lease_ttl_ms)
         except (FailedPreconditionError, NotFoundError) as error:
             _LOG.warning("%s: lease lost (%s); applying again", control.instance_id, error)
             self._count_renewal("lost")
@@ -434,10 +433,7 @@ class ControlLoop:
             return
         held = [c for c in self._controls.values() if c.lease_held]
         results = await asyncio.gather(
-            *(
-                self._agents.reset_clocks(c.agent_address, c.gpu_index, "controller stopping")
-                for c in held
-            ),
+            *(self._agents.reset_group_clocks(c.gpu_refs, "controller stopping") for c in held),
             return_exceptions=True,
         )
         for control, result in zip(held, results, strict=True):

@@ -11,8 +11,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from voltana.errors import UnknownNameError, VoltanaError
-from voltana.hardware import GPU_CATALOG, GpuSpec, ModelSpec, get_gpu, get_model
+from voltana.hardware import GPU_CATALOG, GpuSpec, ModelSpec, get_gpu
 from voltana.perf.analytical import AnalyticalPerformanceModel
+from voltana.perf.model import PerformanceModel
+from voltana.perf.selection import resolve_physics
 from voltana.policy.base import FrequencyPolicy, PolicyContext, PolicySuite
 from voltana.policy.registry import STATIC_FORMS, build_suite, policy_names
 from voltana.policy.state import Phase, SloTarget
@@ -34,10 +36,17 @@ class PolicyInfo:
     phases: tuple[Phase, ...] = (Phase.PREFILL, Phase.DECODE)
 
 
-def build_policy_suite(name: str, gpu: GpuSpec, model: ModelSpec, slo: SloTarget) -> PolicySuite:
+def build_policy_suite(
+    name: str,
+    gpu: GpuSpec,
+    model: ModelSpec,
+    slo: SloTarget,
+    perf: PerformanceModel | None = None,
+) -> PolicySuite:
     """The suite ``name`` for ``model`` on ``gpu`` steering to ``slo`` (no shared state, so it
-    may run in a worker thread: dynamic policies fit predictors, which takes a while)."""
-    perf = AnalyticalPerformanceModel.for_hardware(gpu, model)
+    may run in a worker thread: dynamic policies fit predictors, which takes a while).
+    ``perf``: a measured profile's model; None = the analytical model of ``gpu`` and ``model``."""
+    perf = perf or AnalyticalPerformanceModel.for_hardware(gpu, model)
     return build_suite(name, PolicyContext(gpu=gpu, perf=perf, slo=slo))
 
 
@@ -58,9 +67,20 @@ class PolicyBook:
         gpu_key: str,
         model_key: str,
         tensor_parallel: int,
+        model_config_path: str | None = None,
+        profile_path: str | None = None,
     ) -> None:
-        self._default_gpu = get_gpu(gpu_key)
-        self._model = get_model(model_key).with_tensor_parallel(tensor_parallel)
+        physics = resolve_physics(
+            gpu_key=gpu_key,
+            model_key=model_key,
+            tensor_parallel=tensor_parallel,
+            model_config_path=model_config_path,
+            profile_path=profile_path,
+        )
+        self._default_gpu = physics.gpu
+        self._model = physics.model
+        # Instances on the profiled GPU are steered with the measured profile.
+        self._profiled = physics.perf if physics.profile is not None else None
         self._slo = slo
         self._names = {Phase.PREFILL: policy_name, Phase.DECODE: policy_name}
         self._suites: dict[_SuiteKey, PolicySuite] = {}
@@ -77,7 +97,18 @@ class PolicyBook:
         return self._names[phase]
 
     def gpu_for(self, gpu_key: str) -> GpuSpec:
-        return GPU_CATALOG.get(gpu_key.lower(), self._default_gpu)
+        """The GPU an instance reporting ``gpu_key`` runs on: the configured (or profiled)
+        one for its own key or an unknown one, else the catalog's."""
+        key = gpu_key.lower()
+        if key == self._default_gpu.key:
+            return self._default_gpu
+        return GPU_CATALOG.get(key, self._default_gpu)
+
+    def _gpu_by_key(self, gpu_key: str) -> GpuSpec:
+        return self._default_gpu if gpu_key == self._default_gpu.key else get_gpu(gpu_key)
+
+    def _perf_for(self, gpu: GpuSpec) -> PerformanceModel | None:
+        return self._profiled if gpu.key == self._default_gpu.key else None
 
     def policy_for(self, phase: Phase, gpu_key: str) -> FrequencyPolicy:
         """The policy deciding for an instance of ``phase`` on a ``gpu_key`` GPU.
@@ -90,7 +121,7 @@ class PolicyBook:
     def _suite(self, name: str, gpu: GpuSpec) -> PolicySuite:
         suite = self._suites.get((name, gpu.key))
         if suite is None:
-            suite = build_policy_suite(name, gpu, self._model, self._slo)
+            suite = build_policy_suite(name, gpu, self._model, self._slo, self._perf_for(gpu))
             self._suites[name, gpu.key] = suite
         return suite
 
@@ -98,10 +129,13 @@ class PolicyBook:
         self, keys: Iterable[_SuiteKey], slo: SloTarget
     ) -> dict[_SuiteKey, PolicySuite]:
         def build_all() -> dict[_SuiteKey, PolicySuite]:
-            return {
-                (name, gpu_key): build_policy_suite(name, get_gpu(gpu_key), self._model, slo)
-                for name, gpu_key in keys
-            }
+            built = {}
+            for name, gpu_key in keys:
+                gpu = self._gpu_by_key(gpu_key)
+                built[name, gpu_key] = build_policy_suite(
+                    name, gpu, self._model, slo, self._perf_for(gpu)
+                )
+            return built
 
         return await asyncio.to_thread(build_all)
 
@@ -146,7 +180,13 @@ class PolicyBook:
                 known.append(PolicyInfo(name, _STATIC_DESCRIPTIONS.get(name, "fixed SM clocks")))
                 continue
             try:
-                suite = build_policy_suite(name, self._default_gpu, self._model, self._slo)
+                suite = build_policy_suite(
+                    name,
+                    self._default_gpu,
+                    self._model,
+                    self._slo,
+                    self._perf_for(self._default_gpu),
+                )
             except VoltanaError:
                 continue  # e.g. "static-best", a hindsight sweep only the simulator resolves
             description = f"prefill: {suite.prefill.name}; decode: {suite.decode.name}"

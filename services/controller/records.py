@@ -7,6 +7,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from voltana.policy.state import Phase
+from voltana.services.telemetry.records import GpuRef
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +36,8 @@ class InstanceControl:
     agent_address: str
     gpu_index: int
     decisions: deque[DecisionRecord]
+    # Every GPU of the instance (several for tensor parallelism); empty = the one above.
+    gpus: tuple[GpuRef, ...] = ()
     # Clock the GPU runs at (last telemetry sample or agent read-back), MHz.
     current_sm_clock_mhz: int = 0
     # Clock last asked for (0 before the first decision).
@@ -54,6 +57,11 @@ class InstanceControl:
     @property
     def controllable(self) -> bool:
         return bool(self.agent_address)
+
+    @property
+    def gpu_refs(self) -> tuple[GpuRef, ...]:
+        """The GPUs whose clocks the controller sets for this instance."""
+        return self.gpus or (GpuRef(self.agent_address, self.gpu_index),)
 
     def recent_decisions(self, limit: int) -> list[DecisionRecord]:
         """Up to ``limit`` decisions, newest first."""

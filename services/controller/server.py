@@ -111,6 +111,8 @@ class ControllerService(AsyncService):
             gpu_key=settings.gpu_key,
             model_key=settings.model_key,
             tensor_parallel=settings.tensor_parallel,
+            model_config_path=settings.model_config_path,
+            profile_path=settings.profile_path,
         )
         self._policies = policies
         # Agents take clock changes only with the token.

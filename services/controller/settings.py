@@ -36,6 +36,11 @@ class ControllerSettings:
     gpu_key: str = "a100-80g"
     model_key: str = "llama-3.1-8b"
     tensor_parallel: int = 1
+    # A Hugging Face config.json for a model outside the catalog (replaces model_key), and a
+    # measured profile (voltana profile; replaces gpu_key, model_key and tensor_parallel for
+    # instances on the profiled GPU).
+    model_config_path: str | None = None
+    profile_path: str | None = None
     # Decide at least this often (and whenever a new snapshot arrives).
     control_interval_ms: int = 50
     snapshot_mode: SnapshotMode = "watch"
@@ -81,8 +86,10 @@ class ControllerSettings:
         problem = slo_problem(self.slo)
         if problem is not None:
             raise ConfigError(f"controller slo: {problem}")
-        get_gpu(self.gpu_key)  # UnknownNameError (a ConfigError) lists the valid keys
-        get_model(self.model_key)
+        if not self.profile_path:
+            get_gpu(self.gpu_key)  # UnknownNameError (a ConfigError) lists the valid keys
+            if not self.model_config_path:
+                get_model(self.model_key)
         for name in (
             "tensor_parallel",
             "control_interval_ms",

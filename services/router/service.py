@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+from collections import Counter
 
 import grpc.aio
 from grpc_health.v1 import health
@@ -13,11 +14,13 @@ from prometheus_client import CollectorRegistry
 
 from voltana.engine import SglangHttpClient
 from voltana.errors import FailedPreconditionError
+from voltana.hardware import GPU_CATALOG
 from voltana.lifecycle import AsyncService, cancel_and_wait
 from voltana.observability.http_tracing import client_trace_configs
 from voltana.observability.prometheus import MetricsServer, start_metrics_server
 from voltana.policy.base import RoutingPolicy
 from voltana.policy.registry import build_router, build_suite
+from voltana.policy.state import ClusterSnapshot
 from voltana.rpc import dialable_address, set_serving, start_grpc_server, stop_grpc_server
 from voltana.rpc.names import ROUTER_SERVICE
 from voltana.services.router.cluster import LiveCluster
@@ -41,13 +44,25 @@ _WATCH_BACKOFF_FACTOR = 4.0
 _HEALTH_REFRESH_S = 0.25
 
 
-def build_routing_policy(settings: RouterSettings) -> tuple[str, RoutingPolicy]:
+def build_routing_policy(
+    settings: RouterSettings, gpu_key: str | None = None
+) -> tuple[str, RoutingPolicy]:
     """The suite name and its router (or the explicitly named router), as the simulator builds
-    them."""
-    context = settings.policy_context()
+    them, for the ``gpu_key`` GPU (default: the settings')."""
+    context = settings.policy_context(gpu_key)
     override = build_router(settings.router, context) if settings.router else None
     suite = build_suite(settings.policy, context, override)
     return suite.name, suite.router
+
+
+def reported_gpu_key(snapshot: ClusterSnapshot) -> str | None:
+    """The catalogued GPU most decode instances report (node agents detect it), or None."""
+    keys = Counter(
+        state.gpu_key.lower()
+        for state in (*snapshot.decode.values(), *snapshot.prefill.values())
+        if state.gpu_key.lower() in GPU_CATALOG
+    )
+    return keys.most_common(1)[0][0] if keys else None
 
 
 class RouterService(AsyncService):
@@ -71,10 +86,18 @@ class RouterService(AsyncService):
         tracer_provider: trace.TracerProvider | None = None,
     ) -> None:
         self._settings = settings
+        # The GPU the policy is built for; it follows what telemetry reports unless the policy
+        # was given or comes from a measured profile.
+        self._policy_gpu_key: str | None = settings.gpu_key
         if policy is None:
             self._policy_name, self._policy = build_routing_policy(settings)
         else:
             self._policy_name, self._policy = policy.name, policy
+            self._policy_gpu_key = None
+        if settings.profile_path:
+            self._policy_gpu_key = None
+        self._servicer: RouterServicer | None = None
+        self._rebuild: asyncio.Task[None] | None = None
         self._given_telemetry = telemetry
         self._given_engine = engine
         self._tracer_provider = tracer_provider
@@ -98,7 +121,6 @@ class RouterService(AsyncService):
         self._tasks: list[asyncio.Task[None]] = []
         self._engine_health: EngineHealth | None = None
         self._prober: SglangHttpClient | None = None
-        self._servicer: RouterServicer | None = None
         self._first_snapshot = asyncio.Event()
         self._server: grpc.aio.Server | None = None
         self._health: health.aio.HealthServicer | None = None
@@ -200,6 +222,7 @@ class RouterService(AsyncService):
             self._first_snapshot = asyncio.Event()
             self._watch_task = asyncio.create_task(self._watch(), name="router-snapshot-watch")
             await self._wait_for_first_snapshot()
+            await self.wait_for_policy()  # built for the GPU the first snapshot reports
             servicer = RouterServicer(
                 settings,
                 cluster=self._cluster,
@@ -317,6 +340,7 @@ class RouterService(AsyncService):
                 try:
                     async for snapshot, infos in stream:
                         self._cluster.update(snapshot, infos)
+                        self._follow_reported_gpu(snapshot)
                         self._first_snapshot.set()
                         if failing:
                             _LOG.info("telemetry watch restored")
@@ -335,6 +359,37 @@ class RouterService(AsyncService):
                 failing = True
             await asyncio.sleep(retry_s)
             retry_s = min(retry_s * 2, self._settings.watch_retry_s * _WATCH_BACKOFF_FACTOR)
+
+    def _follow_reported_gpu(self, snapshot: ClusterSnapshot) -> None:
+        """Rebuild the policy for the GPU the instances report, when it is another one."""
+        reported = reported_gpu_key(snapshot)
+        current = self._policy_gpu_key
+        if current is None or reported is None or reported == current:
+            return
+        if self._rebuild is not None and not self._rebuild.done():
+            return
+        self._rebuild = asyncio.create_task(self._rebuild_policy(reported))
+
+    async def _rebuild_policy(self, gpu_key: str) -> None:
+        try:
+            name, policy = await asyncio.to_thread(build_routing_policy, self._settings, gpu_key)
+        except Exception as error:  # keep routing with the policy we have
+            _LOG.error("cannot build the routing policy for %s: %s", gpu_key, error)
+            self._policy_gpu_key = None
+            return
+        _LOG.info(
+            "instances report %s GPUs (was %s): routing policy rebuilt for them",
+            gpu_key,
+            self._policy_gpu_key,
+        )
+        self._policy_gpu_key, self._policy_name, self._policy = gpu_key, name, policy
+        if self._servicer is not None:
+            self._servicer.use_policy(policy)
+
+    async def wait_for_policy(self) -> None:
+        """Until a rebuild for a newly reported GPU (if one runs) is done."""
+        if self._rebuild is not None:
+            await asyncio.shield(self._rebuild)
 
     async def stop(self) -> None:
         """Stop accepting, let in-flight requests finish for the drain (``shutdown_grace_s``),
@@ -365,6 +420,9 @@ class RouterService(AsyncService):
         return snapshot is not None and bool(snapshot.prefill) and bool(snapshot.decode)
 
     async def _release(self) -> None:
+        rebuild, self._rebuild = self._rebuild, None
+        if rebuild is not None:
+            await cancel_and_wait([rebuild])
         http, self._http = self._http, None
         if http is not None:
             await http.stop()

@@ -183,6 +183,10 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
                 await asyncio.sleep(_DRAIN_POLL_S)
         return len(remaining)
 
+    def use_policy(self, policy: RoutingPolicy) -> None:
+        """Place later requests with ``policy`` (built for the GPU telemetry reports)."""
+        self._policy = policy
+
     async def Place(
         self, request: router_pb2.GenerateRequest, context: Context
     ) -> router_pb2.Placement:

@@ -6,8 +6,7 @@ import math
 from dataclasses import dataclass, field
 
 from voltana.errors import ConfigError
-from voltana.hardware import get_gpu, get_model
-from voltana.perf.analytical import AnalyticalPerformanceModel
+from voltana.perf.selection import resolve_physics
 from voltana.policy.base import PolicyContext
 from voltana.policy.state import SloTarget
 from voltana.rpc.auth import check_token
@@ -31,10 +30,16 @@ class RouterSettings:
     policy: str = "static-max"
     # Router name that overrides the policy's own router (e.g. "least-loaded"); None = keep it.
     router: str | None = None
-    # Hardware the policy reasons about (voltana.hardware catalog keys).
+    # Hardware the policy reasons about (voltana.hardware catalog keys). The GPU is the one
+    # the instances' node agents detect and report through telemetry; gpu_key only stands in
+    # until an instance reports a catalogued GPU.
     gpu_key: str = "a100-80g"
     model_key: str = "llama-3.1-8b"
     tp: int = 1
+    # A Hugging Face config.json for a model outside the catalog (replaces model_key), and a
+    # measured profile (voltana profile; replaces the GPU, model and tp).
+    model_config_path: str | None = None
+    profile_path: str | None = None
     # Cluster SLO: requests without their own are held to this one.
     slo: SloTarget = field(default_factory=SloTarget)
     # max_new_tokens when the request leaves it out, and the most a request may ask for.
@@ -162,13 +167,14 @@ class RouterSettings:
         for key in self.api_keys:
             check_token(key, "an API key")
 
-    def policy_context(self) -> PolicyContext:
-        """The hardware and SLO the policy is built with (same as the simulator's)."""
-        gpu = get_gpu(self.gpu_key)
-        model = get_model(self.model_key).with_tensor_parallel(self.tp)
-        perf = AnalyticalPerformanceModel.for_hardware(gpu, model)
-        if perf.kv_capacity_tokens() <= 0:
-            raise ConfigError(
-                f"{model.key} at TP {self.tp} does not fit in one {gpu.key}; raise tp"
-            )
-        return PolicyContext(gpu, perf, self.slo)
+    def policy_context(self, gpu_key: str | None = None) -> PolicyContext:
+        """The hardware and SLO the policy is built with (same as the simulator's), on the
+        ``gpu_key`` GPU (default: ``self.gpu_key``; a profile brings its own)."""
+        physics = resolve_physics(
+            gpu_key=gpu_key or self.gpu_key,
+            model_key=self.model_key,
+            tensor_parallel=self.tp,
+            model_config_path=self.model_config_path,
+            profile_path=self.profile_path,
+        )
+        return PolicyContext(physics.gpu, physics.perf, self.slo)

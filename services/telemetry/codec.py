@@ -9,6 +9,7 @@ from typing import Any, TypeVar
 
 from voltana.policy.state import Phase, SloTarget
 from voltana.services.telemetry.errors import CorruptTelemetryError
+from voltana.services.telemetry.records import GpuRef
 
 T = TypeVar("T")
 
@@ -21,7 +22,12 @@ _DECODERS: dict[str, Callable[[str], Any]] = {
     "Phase": Phase,
     "float | None": lambda text: None if text == "" else float(text),
     "SloTarget | None": lambda text: None if text == "" else _decode_slo(text),
+    "tuple[GpuRef, ...]": lambda text: _decode_gpu_refs(text),
 }
+
+
+def _decode_gpu_refs(text: str) -> tuple[GpuRef, ...]:
+    return tuple(GpuRef(str(address), int(index)) for address, index in json.loads(text or "[]"))
 
 
 def _decode_slo(text: str) -> SloTarget:
@@ -40,6 +46,8 @@ def _encode_value(value: object) -> str:
         return "1" if value else "0"
     if isinstance(value, float):
         return repr(value)
+    if isinstance(value, tuple):  # GPU references of a tensor-parallel instance
+        return json.dumps([list(item) for item in value], separators=(",", ":"))
     return str(value)
 
 

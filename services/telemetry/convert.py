@@ -23,6 +23,7 @@ from voltana.services.telemetry.errors import InvalidTelemetryError
 from voltana.services.telemetry.records import (
     Aggregates,
     Completion,
+    GpuRef,
     InstanceInfo,
     ReportResult,
     WindowReport,
@@ -89,7 +90,22 @@ def endpoint_to_proto(info: InstanceInfo) -> common_pb2.InstanceEndpoint:
         bootstrap_port=info.bootstrap_port,
         agent_address=info.agent_address,
         gpu_index=info.gpu_index,
+        gpus=[
+            common_pb2.GpuRef(agent_address=ref.agent_address, gpu_index=ref.gpu_index)
+            for ref in info.gpus
+        ],
     )
+
+
+def gpu_refs_from_endpoint(endpoint: common_pb2.InstanceEndpoint) -> tuple[GpuRef, ...]:
+    return tuple(GpuRef(ref.agent_address, ref.gpu_index) for ref in endpoint.gpus)
+
+
+def _endpoint_agent(endpoint: common_pb2.InstanceEndpoint) -> tuple[str, int]:
+    """The first GPU's agent and index (the GPU list's when only that is given)."""
+    if not endpoint.agent_address and endpoint.gpus:
+        return endpoint.gpus[0].agent_address, endpoint.gpus[0].gpu_index
+    return endpoint.agent_address, endpoint.gpu_index
 
 
 def register_request_to_proto(info: InstanceInfo) -> telemetry_pb2.RegisterInstanceRequest:
@@ -112,10 +128,11 @@ def info_from_register_request(request: telemetry_pb2.RegisterInstanceRequest) -
         engine_url=endpoint.engine_url,
         bootstrap_host=endpoint.bootstrap_host,
         bootstrap_port=endpoint.bootstrap_port,
-        agent_address=endpoint.agent_address,
-        gpu_index=endpoint.gpu_index,
+        agent_address=_endpoint_agent(endpoint)[0],
+        gpu_index=_endpoint_agent(endpoint)[1],
         kv_tokens_capacity=request.kv_tokens_capacity,
         max_running_requests=request.max_running_requests,
+        gpus=gpu_refs_from_endpoint(endpoint),
     )
 
 
@@ -159,10 +176,11 @@ def info_from_state_proto(message: common_pb2.InstanceState) -> InstanceInfo | N
         engine_url=endpoint.engine_url,
         bootstrap_host=endpoint.bootstrap_host,
         bootstrap_port=endpoint.bootstrap_port,
-        agent_address=endpoint.agent_address,
-        gpu_index=endpoint.gpu_index,
+        agent_address=_endpoint_agent(endpoint)[0],
+        gpu_index=_endpoint_agent(endpoint)[1],
         kv_tokens_capacity=message.kv_tokens_capacity,
         max_running_requests=message.max_running_requests,
+        gpus=gpu_refs_from_endpoint(endpoint),
     )
 
 

@@ -5,8 +5,20 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from voltana.policy.state import Phase, SloTarget
+
+
+class GpuRef(NamedTuple):
+    """One GPU: the node agent that controls it and its index there."""
+
+    agent_address: str
+    gpu_index: int
+
+
+# Most GPUs one instance may name (a TP/EP group spanning nodes included).
+MAX_INSTANCE_GPUS = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,6 +38,16 @@ class InstanceInfo:
     # Engine limits, when known (0 = unknown); load reports that leave them 0 inherit these.
     kv_tokens_capacity: int = 0
     max_running_requests: int = 0
+    # Every GPU of a tensor-parallel instance, on one node agent or several (its first entry is
+    # agent_address/gpu_index); empty = the one GPU named by agent_address and gpu_index.
+    gpus: tuple[GpuRef, ...] = ()
+
+    @property
+    def gpu_refs(self) -> tuple[GpuRef, ...]:
+        """The instance's GPUs (none without a node agent)."""
+        if self.gpus:
+            return self.gpus
+        return (GpuRef(self.agent_address, self.gpu_index),) if self.agent_address else ()
 
 
 @dataclass(frozen=True, slots=True)

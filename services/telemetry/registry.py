@@ -67,10 +67,13 @@ class InstanceRegistry:
 
     def _remember(self, info: InstanceInfo) -> None:
         self._infos[info.instance_id] = info
-        if info.agent_address:
-            self._by_gpu[info.agent_address, info.gpu_index] = info.instance_id
+        for ref in info.gpu_refs:  # every GPU of a tensor-parallel instance
+            self._by_gpu[ref.agent_address, ref.gpu_index] = info.instance_id
 
     def _forget_cached(self, instance_id: str) -> None:
         old = self._infos.pop(instance_id, None)
-        if old is not None and self._by_gpu.get((old.agent_address, old.gpu_index)) == instance_id:
-            del self._by_gpu[old.agent_address, old.gpu_index]
+        if old is None:
+            return
+        for ref in old.gpu_refs:
+            if self._by_gpu.get((ref.agent_address, ref.gpu_index)) == instance_id:
+                del self._by_gpu[ref.agent_address, ref.gpu_index]

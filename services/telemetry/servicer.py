@@ -39,6 +39,8 @@ from voltana.services.telemetry.errors import (
     TooManyInstancesError,
     UnknownInstanceError,
 )
+from voltana.services.telemetry.gpu_groups import GpuGroups, MemberReading
+from voltana.services.telemetry.records import GpuRef
 from voltana.services.telemetry.registry import InstanceRegistry
 from voltana.services.telemetry.settings import TelemetrySettings
 from voltana.services.telemetry.snapshots import ClusterView, SnapshotCache
@@ -106,6 +108,7 @@ class TelemetryServicer(telemetry_pb2_grpc.TelemetryServiceServicer):
         # Newest sample time accepted per instance, to drop samples that arrive late.
         self._last_load_s: dict[str, float] = {}
         self._last_gpu_s: dict[str, float] = {}
+        self._gpu_groups = GpuGroups()
         self._closing = asyncio.Event()
 
     def close(self) -> None:
@@ -131,6 +134,7 @@ class TelemetryServicer(telemetry_pb2_grpc.TelemetryServiceServicer):
             # A new process behind the id (restarted engine) may stamp from another origin.
             self._last_load_s.pop(request.instance_id, None)
             self._last_gpu_s.pop(request.instance_id, None)
+            self._gpu_groups.forget(request.instance_id)
         return telemetry_pb2.RegisterInstanceResponse(created=created)
 
     async def UnregisterInstance(
@@ -149,6 +153,7 @@ class TelemetryServicer(telemetry_pb2_grpc.TelemetryServiceServicer):
         self._arrivals.forget(instance_id)
         self._last_load_s.pop(instance_id, None)
         self._last_gpu_s.pop(instance_id, None)
+        self._gpu_groups.forget(instance_id)
         return registered
 
     # Reports.
@@ -226,14 +231,24 @@ class TelemetryServicer(telemetry_pb2_grpc.TelemetryServiceServicer):
         future = self._future_problem(f"GPU sample of {instance_id!r}", sample.timestamp_s)
         if future is not None:
             return future
-        if self._is_late(self._last_gpu_s, instance_id, sample.timestamp_s):
+        # A tensor-parallel instance's GPUs report one by one: one summed reading for it.
+        combined = self._gpu_groups.combine(
+            info,
+            GpuRef(sample.agent_address, sample.gpu_index),
+            MemberReading(sample.timestamp_s, sample.sm_clock_mhz, sample.power_w, sample.energy_j),
+        )
+        if isinstance(combined, str):
+            return _Rejection(combined)
+        if combined is None:  # the group's other GPUs have not reported yet
+            return None
+        if self._is_late(self._last_gpu_s, instance_id, combined.ts_s):
             return _Rejection(
-                f"GPU sample of {instance_id!r} at {sample.timestamp_s} is older than the last"
+                f"GPU sample of {instance_id!r} at {combined.ts_s} is older than the last"
             )
         await self._store.put_gpu_sample(
-            instance_id, sample.timestamp_s, sample.sm_clock_mhz, sample.power_w, sample.energy_j
+            instance_id, combined.ts_s, combined.sm_clock_mhz, combined.power_w, combined.energy_j
         )
-        self._last_gpu_s[instance_id] = sample.timestamp_s
+        self._last_gpu_s[instance_id] = combined.ts_s
         return None
 
     async def ReportInstanceSamples(

@@ -12,7 +12,12 @@ import math
 from voltana.policy.state import InstanceState, SloTarget
 from voltana.rpc.limits import check_address, check_id, check_name, check_text, slo_target_problem
 from voltana.services.telemetry.errors import InvalidTelemetryError
-from voltana.services.telemetry.records import Completion, GpuReading, InstanceInfo
+from voltana.services.telemetry.records import (
+    MAX_INSTANCE_GPUS,
+    Completion,
+    GpuReading,
+    InstanceInfo,
+)
 
 # Every number a state carries is a count, a size, a rate, a time or a reading: none is negative.
 _NUMERIC_STATE_FIELDS: tuple[str, ...] = tuple(
@@ -50,6 +55,19 @@ def validate_instance_info(info: InstanceInfo) -> None:
         raise InvalidTelemetryError(f"{owner}: bootstrap_port {info.bootstrap_port} out of range")
     for name in ("gpu_index", "kv_tokens_capacity", "max_running_requests"):
         _check_non_negative(owner, name, getattr(info, name))
+    if len(info.gpus) > MAX_INSTANCE_GPUS:
+        raise InvalidTelemetryError(f"{owner}: more than {MAX_INSTANCE_GPUS} GPUs")
+    for ref in info.gpus:
+        check_address(ref.agent_address, f"{owner}: gpus", error=InvalidTelemetryError)
+        if not ref.agent_address or ref.gpu_index < 0:
+            raise InvalidTelemetryError(f"{owner}: every GPU needs an agent and an index >= 0")
+    if len(set(info.gpus)) != len(info.gpus):
+        raise InvalidTelemetryError(f"{owner}: a GPU is named twice")
+    if info.gpus and info.gpus[0] != (info.agent_address, info.gpu_index):
+        raise InvalidTelemetryError(
+            f"{owner}: the first of its GPUs must be agent_address/gpu_index "
+            f"({info.agent_address}, {info.gpu_index})"
+        )
 
 
 def validate_gpu_sample(sample: GpuReading) -> None:

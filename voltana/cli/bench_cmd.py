@@ -15,7 +15,7 @@ import json
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -308,6 +308,8 @@ class EnergyReading:
 
     energy_j: dict[str, float]
     engine_urls: dict[str, str]
+    # GPUs per instance (a tensor-parallel one runs on several).
+    gpus: dict[str, int] = field(default_factory=dict)
 
 
 async def read_energy(telemetry_address: str, security: RpcSecurity | None = None) -> EnergyReading:
@@ -321,17 +323,24 @@ async def read_energy(telemetry_address: str, security: RpcSecurity | None = Non
             for state in (*snapshot.prefill.values(), *snapshot.decode.values())
         },
         engine_urls={i: info.engine_url for i, info in infos.items() if info.engine_url},
+        gpus={i: max(1, len(info.gpu_refs)) for i, info in infos.items()},
     )
 
 
-def energy_delta_j(before: dict[str, float], after: dict[str, float]) -> tuple[float | None, int]:
-    """Energy drawn by the instances present at both readings whose counter runs, and how
-    many they are; (None, 0) when no instance measured any energy (no GPU readings)."""
+def energy_delta_j(
+    before: dict[str, float],
+    after: dict[str, float],
+    gpus: Mapping[str, int] | None = None,
+) -> tuple[float | None, int]:
+    """Energy drawn by the instances present at both readings whose counter runs (telemetry
+    sums a tensor-parallel instance's GPUs), and how many GPUs they run on (``gpus`` per
+    instance, 1 when unknown); (None, 0) when no instance measured any energy."""
     measured = sorted(i for i in set(before) & set(after) if after[i] > 0)
     if not measured:
         return None, 0
     # A counter that went backwards (an engine restarted) adds nothing rather than subtracting.
-    return sum(max(0.0, after[i] - before[i]) for i in measured), len(measured)
+    energy_j = sum(max(0.0, after[i] - before[i]) for i in measured)
+    return energy_j, sum((gpus or {}).get(i, 1) for i in measured)
 
 
 async def engine_speedup(engine_urls: dict[str, str]) -> float:
@@ -426,7 +435,9 @@ async def bench(
         speedup = 1.0
         if energy_before is not None:
             energy_after = await read_energy(args.telemetry, security)
-            energy_j, num_gpus = energy_delta_j(energy_before.energy_j, energy_after.energy_j)
+            energy_j, num_gpus = energy_delta_j(
+                energy_before.energy_j, energy_after.energy_j, energy_after.gpus
+            )
             speedup = await engine_speedup(energy_after.engine_urls)
             if energy_j is None:
                 print("no instance reported GPU energy: energy is not measured", file=sys.stderr)

@@ -7,9 +7,9 @@ import math
 from dataclasses import dataclass
 
 from voltana.errors import ConfigError
-from voltana.hardware import GPU_CATALOG, MODEL_CATALOG, GpuSpec, ModelSpec, get_gpu, get_model
-from voltana.hardware.models import load_hf_config
-from voltana.perf.analytical import AnalyticalPerformanceModel
+from voltana.hardware import GPU_CATALOG, MODEL_CATALOG, GpuSpec, ModelSpec
+from voltana.perf.model import PerformanceModel
+from voltana.perf.selection import resolve_physics
 from voltana.policy.state import SloTarget
 from voltana.workloads import load_workload
 from voltana.workloads.request import TraceRequest
@@ -35,6 +35,16 @@ def add_hardware_args(parser: argparse.ArgumentParser, default_gpu: str = "a100-
     group.add_argument(
         "--tp", type=positive_int, default=1, help="tensor-parallel GPUs per instance (default: 1)"
     )
+    add_profile_arg(group)
+
+
+def add_profile_arg(parser: argparse._ActionsContainer) -> None:
+    parser.add_argument(
+        "--profile",
+        metavar="PROFILE.csv",
+        help="a measured profile (voltana profile): its GPU, model, TP and measurements "
+        "replace --gpu, --model, --model-config and --tp",
+    )
 
 
 def add_slo_args(parser: argparse.ArgumentParser) -> None:
@@ -58,20 +68,18 @@ def add_slo_args(parser: argparse.ArgumentParser) -> None:
 class Hardware:
     gpu: GpuSpec
     model: ModelSpec
-    perf: AnalyticalPerformanceModel
+    perf: PerformanceModel
 
 
 def hardware_from_args(args: argparse.Namespace) -> Hardware:
-    gpu = get_gpu(args.gpu)
-    model = load_hf_config(args.model_config) if args.model_config else get_model(args.model)
-    model = model.with_tensor_parallel(args.tp)
-    perf = AnalyticalPerformanceModel.for_hardware(gpu, model)
-    if perf.kv_capacity_tokens() <= 0:
-        raise ConfigError(
-            f"{model.key} at TP {args.tp} does not fit in one {gpu.key} "
-            f"({gpu.memory_gib:.0f} GiB); raise --tp"
-        )
-    return Hardware(gpu, model, perf)
+    physics = resolve_physics(
+        gpu_key=args.gpu,
+        model_key=args.model,
+        tensor_parallel=args.tp,
+        model_config_path=args.model_config,
+        profile_path=getattr(args, "profile", None),
+    )
+    return Hardware(physics.gpu, physics.model, physics.perf)
 
 
 def slo_from_args(args: argparse.Namespace) -> SloTarget:

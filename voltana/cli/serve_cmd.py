@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from voltana.cli.options import (
+    add_profile_arg,
     add_slo_args,
     non_negative_float,
     positive_float,
@@ -35,6 +36,7 @@ from voltana.cli.security_opts import (
 from voltana.engine import EngineMode, SimEngineSettings
 from voltana.hardware import GPU_CATALOG, MODEL_CATALOG
 from voltana.observability import add_observability_args, observability_from_args
+from voltana.perf.selection import resolve_physics
 from voltana.policy.registry import live_policy_names, router_names
 
 _LOG = logging.getLogger("voltana.serve")
@@ -151,6 +153,12 @@ def _hardware_args(parser: argparse.ArgumentParser) -> None:
         help=f"model: {', '.join(MODEL_CATALOG)} (default: %(default)s)",
     )
     parser.add_argument("--tp", type=positive_int, default=1, help="GPUs per instance")
+    parser.add_argument(
+        "--model-config",
+        metavar="CONFIG_JSON",
+        help="Hugging Face config.json of a model outside the catalog (replaces --model)",
+    )
+    add_profile_arg(parser)
 
 
 def _policy_args(parser: argparse.ArgumentParser) -> None:
@@ -288,6 +296,8 @@ def _build_controller(args: argparse.Namespace) -> Service:
             gpu_key=args.gpu,
             model_key=args.model,
             tensor_parallel=args.tp,
+            model_config_path=args.model_config,
+            profile_path=args.profile,
             control_interval_ms=args.control_interval_ms,
             lease_ttl_ms=args.lease_ttl_ms,
             snapshot_mode=args.snapshot_mode,
@@ -404,6 +414,8 @@ def _build_router(args: argparse.Namespace) -> Service:
             gpu_key=args.gpu,
             model_key=args.model,
             tp=args.tp,
+            model_config_path=args.model_config,
+            profile_path=args.profile,
             slo=slo_from_args(args),
             snapshot_interval_ms=args.snapshot_interval_ms,
             default_max_new_tokens=args.default_max_new_tokens,
@@ -647,17 +659,27 @@ def _build_engine(args: argparse.Namespace) -> Service:
     from voltana.stack import EngineNode, EngineNodeSettings
 
     host, _, port = args.listen.rpartition(":")
+    # The simulated GPU's physics: a measured profile, a custom model, or the catalog's.
+    physics = resolve_physics(
+        gpu_key=args.gpu,
+        model_key=args.model,
+        tensor_parallel=args.tp,
+        model_config_path=args.model_config,
+        profile_path=args.profile,
+    )
     return EngineNode(
         EngineNodeSettings(
             engine=SimEngineSettings(
                 host=host.strip("[]"),
                 port=int(port),
                 mode=args.mode,
-                gpu_key=args.gpu,
-                model_key=args.model,
-                tp=args.tp,
+                gpu_key=physics.gpu.key,
+                model_key=physics.model.key,
+                tp=physics.model.tensor_parallel,
                 speedup=args.speedup,
-                bootstrap_port=args.bootstrap_port if args.mode == "prefill" else 0,
+                # Prefill: where its KV bootstrap listens; decode: the prefill port requests
+                # that name none use.
+                bootstrap_port=args.bootstrap_port,
                 max_running_requests=args.max_running_requests,
                 chunked_prefill_size=args.chunked_prefill_size,
                 max_total_num_tokens=args.max_total_num_tokens,
@@ -676,9 +698,12 @@ def _build_engine(args: argparse.Namespace) -> Service:
             agent_metrics_listen_address=(
                 metrics_address(args, args.agent_listen) if args.agent_listen else None
             ),
-            # A standalone engine (no telemetry) serves no gRPC and needs no token.
-            security=security_from_args(args, required=args.telemetry is not None),
-        )
+            # A standalone engine (no telemetry, no agent) serves no gRPC and needs no token.
+            security=security_from_args(
+                args, required=args.telemetry is not None or args.agent_listen is not None
+            ),
+        ),
+        perf=physics.perf,
     )
 
 

@@ -8,7 +8,13 @@ import signal
 import sys
 from typing import TextIO
 
-from voltana.cli.options import add_slo_args, positive_float, positive_int, slo_from_args
+from voltana.cli.options import (
+    add_profile_arg,
+    add_slo_args,
+    positive_float,
+    positive_int,
+    slo_from_args,
+)
 from voltana.cli.security_opts import (
     add_redis_password_arg,
     add_security_args,
@@ -69,6 +75,12 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         help=f"model: {', '.join(MODEL_CATALOG)} (default: %(default)s)",
     )
     cluster.add_argument("--tp", type=positive_int, default=1, help="GPUs per instance")
+    cluster.add_argument(
+        "--model-config",
+        metavar="CONFIG_JSON",
+        help="Hugging Face config.json of a model outside the catalog (replaces --model)",
+    )
+    add_profile_arg(cluster)
     cluster.add_argument(
         "--speedup",
         type=positive_float,
@@ -139,6 +151,8 @@ def run(args: argparse.Namespace) -> int:
         gpu_key=args.gpu,
         model_key=args.model,
         tp=args.tp,
+        model_config_path=args.model_config,
+        profile_path=args.profile,
         policy=args.policy,
         router=args.router,
         slo=slo_from_args(args),
@@ -202,8 +216,11 @@ def print_addresses(stack: SimStack, out: TextIO) -> None:
     settings = stack.settings
     security = settings.security
     auth = "OFF (--insecure-no-auth)" if security.insecure_no_auth else "on"
+    physics = stack.physics
+    source = " (measured profile)" if physics.profile is not None else ""
     out.write(
-        f"# {settings.prefill}P{settings.decode}D {settings.gpu_key} {settings.model_key}, "
+        f"# {settings.prefill}P{settings.decode}D {physics.gpu.key} {physics.model.key} "
+        f"TP{physics.model.tensor_parallel}{source}, "
         f"policy {settings.policy}, speedup {settings.speedup:g}; connect to the router at "
         f"{addresses['router']}; control-plane auth {auth}, "
         f"{'TLS' if security.tls is not None else 'plaintext'}; Ctrl-C stops\n"

@@ -18,7 +18,7 @@ import enum
 import itertools
 import logging
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
 from voltana.energy import EnergyLedger, RequestEnergy
@@ -47,7 +47,7 @@ logger = logging.getLogger(__name__)
 
 # Back-to-back iterations may lag the wall clock by this much before the engine stops catching
 # up (wall seconds); beyond it the next iteration starts "now".
-_CATCH_UP_WALL_S = 0.02
+DEFAULT_CATCH_UP_WALL_S = 0.02
 # How often a running iteration checks its GPU's clock (wall seconds), to re-pace on a change.
 _REPACE_CHECK_WALL_S = 0.01
 
@@ -126,7 +126,7 @@ class EngineCore:
         *,
         mode: EngineMode,
         perf: PerformanceModel,
-        gpu: GpuDevice,
+        gpu: GpuDevice | Sequence[GpuDevice],
         clock: Callable[[], float],
         speedup: float,
         max_running_requests: int,
@@ -136,16 +136,22 @@ class EngineCore:
         recent_window_s: float = 5.0,
         tensor_parallel: int = 1,
         kv_outbox: KvMailbox | None = None,
+        catch_up_wall_s: float = DEFAULT_CATCH_UP_WALL_S,
     ) -> None:
         if mode is EngineMode.PREFILL and kv_outbox is None:
             raise ValueError("a prefill engine needs a KV mailbox")
         self.mode = mode
         self.perf = perf
-        self.gpu = gpu
+        # One GPU per tensor-parallel rank (or one standing for every rank).
+        self.gpus: tuple[GpuDevice, ...] = (gpu,) if isinstance(gpu, GpuDevice) else tuple(gpu)
+        if not self.gpus:
+            raise ValueError("an engine needs at least one GPU")
+        self.gpu = self.gpus[0]
         self.tokenizer = ToyTokenizer(perf.model.vocab_size)
         self.kv_outbox = kv_outbox
         self._clock = clock
         self._speedup = speedup
+        self._catch_up_wall_s = catch_up_wall_s
         self._tensor_parallel = tensor_parallel
         self.kv_capacity_tokens = kv_capacity_tokens or perf.kv_capacity_tokens()
         self.max_prefill_requests = max_prefill_requests
@@ -170,9 +176,11 @@ class EngineCore:
         self._loop_task: asyncio.Task[None] | None = None
         self._running: _Iteration | None = None
         self._last_end_s: float | None = None
+        # When work last arrived at an idle engine (None once an iteration took it).
+        self._work_arrived_s: float | None = None
         # Prefill jobs cancelled while inside the running iteration; dropped once it ends.
         self._cancel_after_prefill: set[int] = set()
-        self._sm_clock_mhz = gpu.default_sm_clock_mhz
+        self._sm_clock_mhz = self.gpu.default_sm_clock_mhz
         self._clock_error_logged = False
         # Energy per request: the GPU's energy counter, read at every iteration boundary, is
         # split among the requests of each iteration (idle stretches go to the next one).
@@ -250,7 +258,7 @@ class EngineCore:
             assert self.prefill is not None
             state.prefill_job = PrefillJob(state.key, request.prompt_tokens, now_s)
             self.prefill.enqueue(state.prefill_job)
-            self._wake.set()
+            self._work_arrived(now_s)
         return state
 
     def start_decode(self, state: RequestState, first_token_id: int) -> None:
@@ -275,7 +283,7 @@ class EngineCore:
         self.decode.enqueue(
             DecodeJob(state.key, state.request.prompt_tokens, remaining_tokens, now_s)
         )
-        self._wake.set()
+        self._work_arrived(now_s)
 
     def release(self, state: RequestState) -> None:
         """The HTTP side is done with ``state``; an unfinished request is cancelled."""
@@ -368,7 +376,10 @@ class EngineCore:
             self._meter_energy()  # the stretch since the last boundary (idle, here)
             self._work = iteration.work
             self._running = iteration
-            self._set_power_source(_constant_power(iteration.power_w))
+            # The GPU draws the iteration's power over exactly its simulated span: from its
+            # start (back to back with the previous one, which the loop noticed late) to its
+            # end (scheduled, as the loop will notice that late too).
+            self._draw_during(iteration.power_w, iteration.started_s, iteration.end_s)
             iteration = await self._run_iteration(iteration)
             self._running = None
             try:
@@ -376,6 +387,11 @@ class EngineCore:
             except Exception:  # a bug must not silently stop the engine without a trace
                 logger.exception("engine loop: finishing a %s iteration failed", iteration.kind)
                 raise
+
+    def _work_arrived(self, now_s: float) -> None:
+        """Wake the loop; an idle engine starts on new work the moment it arrives."""
+        self._work_arrived_s = now_s
+        self._wake.set()
 
     async def _run_iteration(self, iteration: _Iteration) -> _Iteration:
         """Wait until the iteration ends, re-pacing its remainder whenever the GPU's clock
@@ -402,14 +418,19 @@ class EngineCore:
                 sm_clock_mhz=clock_mhz,
             )
             self._running = iteration
-            self._set_power_source(_constant_power(after.power_w))
+            self._draw_during(after.power_w, now_s, iteration.end_s)
 
     def _start_iteration(self) -> _Iteration | None:
         now_s = self._clock()
         start_s = now_s
-        catch_up_s = _CATCH_UP_WALL_S * self._speedup
+        catch_up_s = self._catch_up_wall_s * self._speedup
+        # The loop runs a little after the simulated moment it should (wake-up latency x
+        # speedup): back to back with the previous iteration, or from the work's arrival.
         if self._last_end_s is not None and now_s - self._last_end_s <= catch_up_s:
             start_s = self._last_end_s
+        elif self._work_arrived_s is not None and now_s - self._work_arrived_s <= catch_up_s:
+            start_s = self._work_arrived_s
+        self._work_arrived_s = None
         clock_mhz = self._read_sm_clock_mhz()
         # Prefill first, as SGLang's scheduler does when both have work.
         if self.prefill is not None and self.prefill.queue_len:
@@ -519,8 +540,7 @@ class EngineCore:
     def _meter_energy(self) -> None:
         """Charge the GPU energy used since the last reading to the work running meanwhile."""
         try:
-            # Energy of the whole TP group (the engine drives one GPU standing for every rank).
-            energy_j = self.gpu.energy_j() * self._tensor_parallel
+            energy_j = self._group_energy_j()
         except GpuError as exc:  # no counter: nothing to attribute
             if not self._energy_error_logged:
                 logger.warning("reading the GPU energy counter failed (%s)", exc)
@@ -536,8 +556,9 @@ class EngineCore:
 
     # ---- the GPU ---------------------------------------------------------------------------
     def _read_sm_clock_mhz(self) -> int:
+        """The clock the instance runs at: its slowest GPU's (TP ranks wait for each other)."""
         try:
-            self._sm_clock_mhz = self.gpu.sm_clock_mhz()
+            self._sm_clock_mhz = min(gpu.sm_clock_mhz() for gpu in self.gpus)
         except GpuError as exc:  # keep running at the last known clock
             if not self._clock_error_logged:
                 logger.warning(
@@ -546,15 +567,40 @@ class EngineCore:
                 self._clock_error_logged = True
         return self._sm_clock_mhz
 
+    @property
+    def _simulated_gpus(self) -> list[SimulatedGpu]:
+        # Only a simulated GPU's draw follows the engine; a real one measures itself. Every
+        # rank of a TP group does the same work, so each draws the per-GPU power.
+        return [gpu for gpu in self.gpus if isinstance(gpu, SimulatedGpu)]
+
     def _set_power_source(self, power_source: Callable[[int], float]) -> None:
-        # Only a simulated GPU's draw follows the engine; a real one measures itself.
-        if isinstance(self.gpu, SimulatedGpu):
-            self.gpu.set_power_source(power_source)
+        for gpu in self._simulated_gpus:
+            gpu.set_power_source(power_source)
 
     def _set_idle_power(self) -> None:
         self._set_power_source(self.perf.idle_power_w)
 
+    def _draw_during(self, power_w: float, start_s: float, end_s: float) -> None:
+        """Every GPU draws ``power_w`` over [start_s, end_s] (simulated), then idles."""
+        for gpu in self._simulated_gpus:
+            gpu.draw_during(_constant_power(power_w), start_s, end_s, then=self.perf.idle_power_w)
+
+    def _group_power_w(self) -> float:
+        return sum(gpu.power_w() for gpu in self.gpus) * self._rank_scale
+
+    def _group_energy_j(self) -> float:
+        return sum(gpu.energy_j() for gpu in self.gpus) * self._rank_scale
+
     # ---- observation -----------------------------------------------------------------------
+    @property
+    def sm_clock_mhz(self) -> int:
+        """The instance's SM clock now (its slowest GPU's)."""
+        return self._read_sm_clock_mhz()
+
+    @property
+    def _rank_scale(self) -> float:
+        return max(1.0, self._tensor_parallel / len(self.gpus))
+
     @property
     def running_prefill_requests(self) -> int:
         running = self.prefill.running if self.prefill is not None else None
@@ -621,9 +667,9 @@ class EngineCore:
             now_s,
             self.gauges(),
             sm_clock_mhz=self._read_sm_clock_mhz(),
-            # Power per GPU, energy of the whole TP group (the engine drives one GPU standing
-            # for every rank), as the offline simulator reports them.
-            power_w=self.gpu.power_w(),
-            energy_j=self.gpu.energy_j() * self._tensor_parallel,
+            # Power and energy of the whole instance; with fewer GPUs than TP ranks (one
+            # standing for every rank) theirs are scaled up to the group.
+            power_w=self._group_power_w(),
+            energy_j=self._group_energy_j(),
             last_activity_s=self._last_activity_s,
         )

@@ -70,6 +70,10 @@ class SimEngineSettings:
     # (SGLang's default, which resends the whole output in every chunk: quadratic in its
     # length for the engine and every reader).
     incremental_streaming_output: bool = True
+    # When the event loop runs late (a busy host), iterations still follow each other back to
+    # back in simulated time for up to this many wall seconds; beyond, the engine idles for
+    # the lost time. Larger keeps simulated latency and energy exact under host stalls.
+    catch_up_wall_s: float = 0.02
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "mode", EngineMode.parse(self.mode))
@@ -92,6 +96,7 @@ class SimEngineSettings:
             "kv_wait_timeout_s",
             "report_interval_ms",
             "recent_window_s",
+            "catch_up_wall_s",
         ):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}")

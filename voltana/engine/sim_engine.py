@@ -31,7 +31,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 import aiohttp
@@ -126,7 +126,7 @@ class SimEngine(AsyncService):
         self,
         settings: SimEngineSettings,
         *,
-        gpu: GpuDevice | None = None,
+        gpu: GpuDevice | Sequence[GpuDevice] | None = None,
         perf: PerformanceModel | None = None,
         clock: Callable[[], float] | None = None,
         sample_sink: InstanceSampleSink | None = None,
@@ -141,16 +141,20 @@ class SimEngine(AsyncService):
             perf = AnalyticalPerformanceModel.for_hardware(get_gpu(settings.gpu_key), model)
         self.perf = perf
         self.clock: Callable[[], float] = clock or ScaledClock(settings.speedup)
-        self.gpu: GpuDevice = gpu or SimulatedGpu(
-            perf.gpu, now_s=self.clock, power_source=perf.idle_power_w
-        )
+        if gpu is None:  # one simulated GPU per tensor-parallel rank
+            gpu = [
+                SimulatedGpu(perf.gpu, index, now_s=self.clock, power_source=perf.idle_power_w)
+                for index in range(settings.tp)
+            ]
+        self.gpus: tuple[GpuDevice, ...] = (gpu,) if isinstance(gpu, GpuDevice) else tuple(gpu)
+        self.gpu: GpuDevice = self.gpus[0]
         self._mailbox = (
             KvMailbox(settings.kv_wait_timeout_s) if self.mode is EngineMode.PREFILL else None
         )
         self.core = EngineCore(
             mode=self.mode,
             perf=perf,
-            gpu=self.gpu,
+            gpu=self.gpus,
             clock=self.clock,
             speedup=settings.speedup,
             max_running_requests=settings.max_running_requests,
@@ -160,6 +164,7 @@ class SimEngine(AsyncService):
             recent_window_s=settings.recent_window_s,
             tensor_parallel=settings.tp,
             kv_outbox=self._mailbox,
+            catch_up_wall_s=settings.catch_up_wall_s,
         )
         self._sample_sink = sample_sink
         self._runner: web.AppRunner | None = None
@@ -367,7 +372,8 @@ class SimEngine(AsyncService):
             "gpu": {
                 "key": self.perf.gpu.key,
                 "name": self.gpu.name,
-                "sm_clock_mhz": self.gpu.sm_clock_mhz(),
+                "count": len(self.gpus),
+                "sm_clock_mhz": self.core.sm_clock_mhz,
             },
             "version": "voltana-sim",
             "voltana_sim": {

@@ -166,6 +166,7 @@ class SharedSimulatedGpu(SimulatedGpu):
         """Integrate energy up to now at the clock the shared state says the GPU runs at."""
         now = self._now_s()
         clock_mhz = self._shared_clock_mhz(self._read())
+        self._apply_power_swaps_until(now)  # e.g. idle from the end of an engine iteration
         self._integrate_until(now)
         self._clock_mhz = clock_mhz
         return now
@@ -213,6 +214,13 @@ class SharedSimulatedGpu(SimulatedGpu):
 
     def set_power_source(self, power_source: PowerSource) -> None:
         super().set_power_source(power_source)
+        if self._publishes_power:
+            self._publish()
+
+    def draw_during(
+        self, power_source: PowerSource, start_s: float, end_s: float, then: PowerSource
+    ) -> None:
+        super().draw_during(power_source, start_s, end_s, then)
         if self._publishes_power:
             self._publish()
 

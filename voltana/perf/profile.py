@@ -10,6 +10,7 @@ from __future__ import annotations
 import bisect
 import csv
 import itertools
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -43,8 +44,11 @@ class ProfileTable:
     def clocks_mhz(self, phase: str) -> list[int]:
         return sorted({p.sm_clock_mhz for p in self.points if p.phase == phase})
 
-    def write_csv(self, path: Path) -> None:
+    def write_csv(self, path: Path, comments: Sequence[str] = ()) -> None:
+        """The table as CSV, after ``comments`` (each written as a ``# `` line)."""
         with path.open("w", newline="") as handle:
+            for comment in comments:
+                handle.write(f"# {comment}\n")
             writer = csv.DictWriter(handle, [f.name for f in fields(ProfilePoint)])
             writer.writeheader()
             for point in self.points:
@@ -52,26 +56,50 @@ class ProfileTable:
 
     @classmethod
     def read_csv(cls, path: Path) -> ProfileTable:
+        """Rows of a profile CSV; ``#`` lines (a measured profile's metadata) are skipped."""
         points = []
         try:
             with path.open(newline="") as handle:
-                for line, row in enumerate(csv.DictReader(handle), start=2):
-                    try:
-                        points.append(
-                            ProfilePoint(
-                                phase=row["phase"],
-                                sm_clock_mhz=int(row["sm_clock_mhz"]),
-                                batch_size=int(row["batch_size"]),
-                                tokens=int(row["tokens"]),
-                                latency_ms=float(row["latency_ms"]),
-                                power_w=float(row["power_w"]),
-                            )
-                        )
-                    except (KeyError, TypeError, ValueError) as exc:
-                        raise ConfigError(f"{path}:{line}: bad profile row ({exc})") from None
+                numbered = [
+                    (number, text)
+                    for number, text in enumerate(handle, start=1)
+                    if not text.startswith("#")
+                ]
         except OSError as exc:
             raise ConfigError(f"{path}: {exc.strerror}") from None
+        reader = csv.DictReader(text for _, text in numbered)
+        for (line, _), row in zip(numbered[1:], reader, strict=False):
+            try:
+                point = ProfilePoint(
+                    phase=row["phase"],
+                    sm_clock_mhz=int(row["sm_clock_mhz"]),
+                    batch_size=int(row["batch_size"]),
+                    tokens=int(row["tokens"]),
+                    latency_ms=float(row["latency_ms"]),
+                    power_w=float(row["power_w"]),
+                )
+            except (KeyError, TypeError, ValueError) as exc:
+                raise ConfigError(f"{path}:{line}: bad profile row ({exc})") from None
+            problem = _point_problem(point)
+            if problem:
+                raise ConfigError(f"{path}:{line}: bad profile row ({problem})")
+            points.append(point)
         return cls(tuple(points))
+
+
+PROFILE_PHASES = ("prefill", "decode", "idle")
+
+
+def _point_problem(point: ProfilePoint) -> str:
+    if point.phase not in PROFILE_PHASES:
+        return f"phase {point.phase!r} is not one of {', '.join(PROFILE_PHASES)}"
+    if point.sm_clock_mhz <= 0 or point.batch_size < 0 or point.tokens < 0:
+        return "clock must be > 0, batch size and tokens >= 0"
+    if not (math.isfinite(point.latency_ms) and point.latency_ms >= 0):
+        return f"latency_ms must be a finite number >= 0, got {point.latency_ms}"
+    if not (math.isfinite(point.power_w) and point.power_w >= 0):
+        return f"power_w must be a finite number >= 0, got {point.power_w}"
+    return ""
 
 
 def decode_batch_segments(max_cuda_graph_batch: int, max_batch: int) -> tuple[int, ...]:

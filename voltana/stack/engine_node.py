@@ -15,11 +15,13 @@ from voltana.engine import ScaledClock, SimEngine, SimEngineSettings
 from voltana.errors import ConfigError
 from voltana.gpu import SharedSimulatedGpu, SimulatedGpu
 from voltana.hardware import get_gpu, get_model
+from voltana.lifecycle import AsyncService
 from voltana.perf.analytical import AnalyticalPerformanceModel
+from voltana.perf.model import PerformanceModel
 from voltana.policy.state import Phase
 from voltana.rpc import RpcSecurity
 from voltana.services.agent import AgentService, AgentSettings
-from voltana.services.telemetry import InstanceInfo, TelemetryClient
+from voltana.services.telemetry import GpuRef, InstanceInfo, TelemetryClient
 from voltana.stack.registration import InstanceRegistration
 from voltana.stack.sinks import TelemetryInstanceSink
 
@@ -37,7 +39,10 @@ class EngineNodeSettings:
     agent_listen_address: str | None = None
     # host:port the controller dials for that agent; "" = advertise_host:<agent port>.
     agent_advertise_address: str = ""
+    # The engine's GPU index (its first, with tensor parallelism: the next tp - 1 follow),
+    # or every index of its GPUs.
     gpu_index: int = 0
+    gpu_indices: tuple[int, ...] = ()
     # Keep the simulated GPU's state in this directory (voltana.gpu.shared_sim), so a node
     # agent in another process (backend sim-shared) controls it; "" = in this process.
     gpu_state_dir: str = ""
@@ -54,44 +59,58 @@ class EngineNodeSettings:
     security: RpcSecurity = field(default_factory=RpcSecurity)
 
     def __post_init__(self) -> None:
-        if self.gpu_index < 0:
-            raise ConfigError(f"gpu_index must be >= 0, got {self.gpu_index}")
-        if self.agent_listen_address is not None and self.telemetry_address is None:
-            raise ConfigError("a co-hosted agent needs a telemetry address to be found by")
+        if self.gpu_index < 0 or any(index < 0 for index in self.gpu_indices):
+            raise ConfigError(f"GPU indices must be >= 0, got {self.all_gpu_indices}")
+        if self.gpu_indices and len(self.gpu_indices) != self.engine.tp:
+            raise ConfigError(
+                f"a TP{self.engine.tp} engine needs {self.engine.tp} GPU indices, "
+                f"got {self.gpu_indices}"
+            )
+        if len(set(self.all_gpu_indices)) != len(self.all_gpu_indices):
+            raise ConfigError(f"GPU indices repeat: {self.gpu_indices}")
         if self.agent_listen_address is not None and self.agent_address:
             raise ConfigError("give a co-hosted agent (agent_listen_address) or a separate one")
 
+    @property
+    def all_gpu_indices(self) -> tuple[int, ...]:
+        """One GPU per tensor-parallel rank."""
+        return self.gpu_indices or tuple(range(self.gpu_index, self.gpu_index + self.engine.tp))
 
-class EngineNode:
+
+class EngineNode(AsyncService):
     """``await start()`` serves the engine (and agent), then registers; ``stop()`` reverses."""
 
-    def __init__(self, settings: EngineNodeSettings) -> None:
+    def __init__(
+        self, settings: EngineNodeSettings, *, perf: PerformanceModel | None = None
+    ) -> None:
+        """``perf``: the simulated GPU's physics (default: the analytical model of the
+        engine's GPU and model; a measured profile or a custom model otherwise)."""
         self.settings = settings
         engine_settings = settings.engine
         self.clock = ScaledClock(engine_settings.speedup)
-        model = get_model(engine_settings.model_key).with_tensor_parallel(engine_settings.tp)
-        self.perf = AnalyticalPerformanceModel.for_hardware(get_gpu(engine_settings.gpu_key), model)
-        self.gpu: SimulatedGpu
-        if settings.gpu_state_dir:
-            self.gpu = SharedSimulatedGpu(
-                self.perf.gpu,
-                settings.gpu_index,
-                state_dir=settings.gpu_state_dir,
-                now_s=self.clock,
-                power_source=self.perf.idle_power_w,
-                publishes_power=True,  # the agent in the other process reads it
-            )
-        else:
-            self.gpu = SimulatedGpu(
-                self.perf.gpu,
-                settings.gpu_index,
-                now_s=self.clock,
-                power_source=self.perf.idle_power_w,
-            )
+        if perf is None:
+            model = get_model(engine_settings.model_key).with_tensor_parallel(engine_settings.tp)
+            perf = AnalyticalPerformanceModel.for_hardware(get_gpu(engine_settings.gpu_key), model)
+        self.perf: PerformanceModel = perf
+        self.gpus: list[SimulatedGpu] = [self._new_gpu(index) for index in settings.all_gpu_indices]
+        self.gpu = self.gpus[0]
         self._client: TelemetryClient | None = None
         self.engine: SimEngine | None = None
         self.agent: AgentService | None = None
         self.registration: InstanceRegistration | None = None
+
+    def _new_gpu(self, index: int) -> SimulatedGpu:
+        perf, state_dir = self.perf, self.settings.gpu_state_dir
+        if state_dir:
+            return SharedSimulatedGpu(
+                perf.gpu,
+                index,
+                state_dir=state_dir,
+                now_s=self.clock,
+                power_source=perf.idle_power_w,
+                publishes_power=True,  # the agent in the other process reads it
+            )
+        return SimulatedGpu(perf.gpu, index, now_s=self.clock, power_source=perf.idle_power_w)
 
     @property
     def phase(self) -> Phase:
@@ -121,7 +140,24 @@ class EngineNode:
             gpu_index=self.gpu.index,
             kv_tokens_capacity=engine.core.kv_capacity_tokens,
             max_running_requests=engine.settings.max_running_requests,
+            gpus=self._gpu_refs(),
         )
+
+    def _gpu_refs(self) -> tuple[GpuRef, ...]:
+        address = self._agent_address()
+        if not address or len(self.gpus) == 1:
+            return ()
+        return tuple(GpuRef(address, gpu.index) for gpu in self.gpus)
+
+    def _agent_advertise_address(self) -> str:
+        """What the agent calls itself in its samples: the address the registration names."""
+        settings = self.settings
+        if settings.agent_advertise_address:
+            return settings.agent_advertise_address
+        port = (settings.agent_listen_address or "").rpartition(":")[2]
+        if settings.advertise_host and port not in ("", "0"):
+            return f"{settings.advertise_host}:{port}"
+        return ""
 
     def _agent_address(self) -> str:
         if self.agent is None:
@@ -149,43 +185,49 @@ class EngineNode:
                 self._client, engine_clock=self.clock, speedup=settings.engine.speedup
             )
         engine = SimEngine(
-            settings.engine, gpu=self.gpu, perf=self.perf, clock=self.clock, sample_sink=sink
+            settings.engine, gpu=self.gpus, perf=self.perf, clock=self.clock, sample_sink=sink
         )
         await engine.start()
         self.engine = engine
-        if self._client is None:
-            return
-        await self._client.wait_until_ready(settings.telemetry_wait_s)
-        # First without the agent, so the agent's first samples name a registered instance.
-        registration = InstanceRegistration(self._client, self.info)
-        await registration.register()
-        self.registration = registration
-        assert sink is not None
-        sink.registration = registration
+        registration: InstanceRegistration | None = None
+        if self._client is not None:
+            await self._client.wait_until_ready(settings.telemetry_wait_s)
+            # First without the agent, so the agent's first samples name a registered instance.
+            registration = InstanceRegistration(self._client, self.info)
+            await registration.register()
+            self.registration = registration
+            assert sink is not None
+            sink.registration = registration
         if settings.agent_listen_address is not None:
             agent = AgentService(
                 AgentSettings(
                     listen_address=settings.agent_listen_address,
-                    advertise_address=settings.agent_advertise_address,
+                    advertise_address=self._agent_advertise_address(),
                     backend="sim",
-                    gpu_indices=(self.gpu.index,),
+                    gpu_indices=tuple(gpu.index for gpu in self.gpus),
                     sim_gpu_key=self.gpu.spec.key,
-                    instance_gpu_indices={engine.instance_id: self.gpu.index},
+                    instance_gpu_indices={
+                        engine.instance_id: tuple(gpu.index for gpu in self.gpus)
+                    },
                     node_name=engine.instance_id,
                     telemetry_address=settings.telemetry_address,
                     sample_interval_ms=settings.sample_interval_ms,
                     metrics_listen_address=settings.agent_metrics_listen_address,
                     security=settings.security,
                 ),
-                devices=[self.gpu],
+                devices=list(self.gpus),
             )
             await agent.start()
             self.agent = agent
-            await registration.register()
-        registration.start()
-        _LOG.info(
-            "registered %s with telemetry at %s", engine.instance_id, settings.telemetry_address
-        )
+            if registration is not None:
+                await registration.register()
+        if registration is not None:
+            registration.start()
+            _LOG.info(
+                "registered %s with telemetry at %s",
+                engine.instance_id,
+                settings.telemetry_address,
+            )
 
     async def stop(self) -> None:
         """Unregister (so routers stop sending work), stop the agent, drain the engine."""

@@ -22,6 +22,11 @@ class SimStackSettings:
     gpu_key: str = "a100-80g"
     model_key: str = "llama-3.1-8b"
     tp: int = 1
+    # A Hugging Face config.json for a model outside the catalog (replaces model_key), and a
+    # measured profile (voltana profile): the simulated GPUs follow it and the policies use it
+    # (its GPU, model and TP replace gpu_key, model_key and tp).
+    model_config_path: str | None = None
+    profile_path: str | None = None
     # Operating policy for the controller and the router (voltana.policy.registry names).
     policy: str = "static-max"
     # Router name overriding the policy's own router; None keeps it.
@@ -104,8 +109,10 @@ class SimStackSettings:
             raise ConfigError(f"SLO targets must be > 0, got {self.slo}")
         if not self.host:
             raise ConfigError("host must not be empty")
-        get_gpu(self.gpu_key)  # UnknownNameError lists the valid keys
-        get_model(self.model_key)
+        if not self.profile_path:
+            get_gpu(self.gpu_key)  # UnknownNameError lists the valid keys
+            if not self.model_config_path:
+                get_model(self.model_key)
 
     def metrics_address(self, offset: int) -> str | None:
         """Where the ``offset``-th service serves /metrics (None when metrics are off)."""

@@ -20,9 +20,9 @@ from opentelemetry import trace
 from voltana.engine import ScaledClock, SimEngine, SimEngineSettings
 from voltana.errors import FailedPreconditionError, UnavailableError
 from voltana.gpu import SimulatedGpu
-from voltana.hardware import get_gpu, get_model
 from voltana.lifecycle import AsyncService
-from voltana.perf.analytical import AnalyticalPerformanceModel
+from voltana.perf.model import PerformanceModel
+from voltana.perf.selection import resolve_physics
 from voltana.policy.state import Phase
 from voltana.services.agent import AgentService, AgentSettings
 from voltana.services.controller import ControllerService, ControllerSettings
@@ -33,6 +33,7 @@ from voltana.services.router import (
     build_routing_policy,
 )
 from voltana.services.telemetry import (
+    GpuRef,
     InstanceInfo,
     TelemetryClient,
     TelemetryService,
@@ -52,18 +53,24 @@ CONTROLLER_ID = "controller@voltana-up"
 
 @dataclass
 class StackInstance:
-    """One serving instance of the stack: its GPU, engine and node agent."""
+    """One serving instance of the stack: its GPU(s) (one per TP rank), engine and node agent."""
 
     instance_id: str
     phase: Phase
-    gpu: SimulatedGpu
+    gpus: tuple[SimulatedGpu, ...]
     engine: SimEngine
     agent: AgentService | None = None
+
+    @property
+    def gpu(self) -> SimulatedGpu:
+        """Its first GPU."""
+        return self.gpus[0]
 
     def info(self) -> InstanceInfo:
         """What telemetry (and through it the router and controller) knows of this instance."""
         engine = self.engine
         is_prefill = self.phase is Phase.PREFILL
+        agent_address = self.agent.advertised_address if self.agent is not None else ""
         return InstanceInfo(
             instance_id=self.instance_id,
             phase=self.phase,
@@ -71,10 +78,15 @@ class StackInstance:
             engine_url=engine.url,
             bootstrap_host=engine.bootstrap_host if is_prefill else "",
             bootstrap_port=engine.bootstrap_port if is_prefill else 0,
-            agent_address=self.agent.advertised_address if self.agent is not None else "",
+            agent_address=agent_address,
             gpu_index=self.gpu.index,
             kv_tokens_capacity=engine.core.kv_capacity_tokens,
             max_running_requests=engine.settings.max_running_requests,
+            gpus=(
+                tuple(GpuRef(agent_address, gpu.index) for gpu in self.gpus)
+                if agent_address and len(self.gpus) > 1
+                else ()
+            ),
         )
 
 
@@ -100,8 +112,16 @@ class SimStack(AsyncService):
         self._tracer_provider = tracer_provider
         self._tracer_providers = tracer_providers
         self.clock = ScaledClock(settings.speedup)
-        model = get_model(settings.model_key).with_tensor_parallel(settings.tp)
-        self.perf = AnalyticalPerformanceModel.for_hardware(get_gpu(settings.gpu_key), model)
+        # The simulated GPUs' physics, which the policies also use: the analytical model, or a
+        # measured profile (its GPU, model and TP then replace the settings').
+        self.physics = resolve_physics(
+            gpu_key=settings.gpu_key,
+            model_key=settings.model_key,
+            tensor_parallel=settings.tp,
+            model_config_path=settings.model_config_path,
+            profile_path=settings.profile_path,
+        )
+        self.perf: PerformanceModel = self.physics.perf
         self.telemetry: TelemetryService | None = None
         self.controller: ControllerService | None = None
         self.router: RouterService | None = None
@@ -222,10 +242,12 @@ class SimStack(AsyncService):
 
         phases = [Phase.PREFILL] * settings.prefill + [Phase.DECODE] * settings.decode
         counters = {Phase.PREFILL: 0, Phase.DECODE: 0}
-        for gpu_index, phase in enumerate(phases):
+        tp = self.physics.model.tensor_parallel
+        for position, phase in enumerate(phases):
             instance_id = f"{phase.value}-{counters[phase]}"
             counters[phase] += 1
-            await self._start_instance(instance_id, phase, gpu_index, client)
+            gpu_indices = tuple(range(position * tp, (position + 1) * tp))
+            await self._start_instance(instance_id, phase, gpu_indices, client)
 
         controller = ControllerService(
             ControllerSettings(
@@ -236,6 +258,8 @@ class SimStack(AsyncService):
                 gpu_key=settings.gpu_key,
                 model_key=settings.model_key,
                 tensor_parallel=settings.tp,
+                model_config_path=settings.model_config_path,
+                profile_path=settings.profile_path,
                 control_interval_ms=settings.control_interval_ms,
                 lease_ttl_ms=settings.lease_ttl_ms,
                 controller_id=CONTROLLER_ID,
@@ -272,6 +296,8 @@ class SimStack(AsyncService):
             gpu_key=settings.gpu_key,
             model_key=settings.model_key,
             tp=settings.tp,
+            model_config_path=settings.model_config_path,
+            profile_path=settings.profile_path,
             slo=settings.slo,
             snapshot_interval_ms=settings.snapshot_interval_ms,
             metrics_listen_address=settings.metrics_address(0),
@@ -282,15 +308,22 @@ class SimStack(AsyncService):
         )
 
     async def _start_instance(
-        self, instance_id: str, phase: Phase, gpu_index: int, client: TelemetryClient
+        self,
+        instance_id: str,
+        phase: Phase,
+        gpu_indices: tuple[int, ...],
+        client: TelemetryClient,
     ) -> None:
         settings = self.settings
-        gpu = SimulatedGpu(
-            self.perf.gpu,
-            gpu_index,
-            now_s=self.clock,
-            power_source=self.perf.idle_power_w,
-            clock_change_delay_ms=settings.clock_change_delay_ms,
+        gpus = tuple(
+            SimulatedGpu(
+                self.perf.gpu,
+                gpu_index,
+                now_s=self.clock,
+                power_source=self.perf.idle_power_w,
+                clock_change_delay_ms=settings.clock_change_delay_ms,
+            )
+            for gpu_index in gpu_indices
         )
         sink = TelemetryInstanceSink(client, engine_clock=self.clock, speedup=settings.speedup)
         engine = SimEngine(
@@ -299,21 +332,21 @@ class SimStack(AsyncService):
                 mode=phase.value,
                 gpu_key=settings.gpu_key,
                 model_key=settings.model_key,
-                tp=settings.tp,
+                tp=len(gpus),
                 speedup=settings.speedup,
                 max_running_requests=settings.max_running_requests,
                 instance_id=instance_id,
                 report_interval_ms=settings.report_interval_ms,
                 drain_timeout_s=settings.drain_timeout_s,
             ),
-            gpu=gpu,
+            gpu=gpus,
             perf=self.perf,
             clock=self.clock,
             sample_sink=sink,
             tracer_provider=self._provider("voltana-engine", instance_id),
         )
         await engine.start()
-        instance = StackInstance(instance_id, phase, gpu, engine)
+        instance = StackInstance(instance_id, phase, gpus, engine)
         self.instances.append(instance)
         self._stoppers.append((f"engine {instance_id}", engine.stop))
         # Registered before its agent starts, so the agent's first GPU samples are accepted;
@@ -326,18 +359,18 @@ class SimStack(AsyncService):
             AgentSettings(
                 listen_address=settings.address(0),
                 backend="sim",
-                gpu_indices=(gpu_index,),
-                sim_gpu_key=settings.gpu_key,
-                instance_gpu_indices={instance_id: gpu_index},
+                gpu_indices=gpu_indices,
+                sim_gpu_key=self.perf.gpu.key,
+                instance_gpu_indices={instance_id: gpu_indices},
                 node_name=instance_id,
                 telemetry_address=self.telemetry_address,
                 sample_interval_ms=settings.sample_interval_ms,
                 metrics_listen_address=settings.metrics_address(
-                    METRICS_PORTS_BEFORE_AGENTS + gpu_index
+                    METRICS_PORTS_BEFORE_AGENTS + gpu_indices[0] // len(gpu_indices)
                 ),
                 security=settings.security,
             ),
-            devices=[gpu],
+            devices=list(gpus),
             tracer_provider=self._provider("voltana-agent", instance_id),
         )
         await agent.start()
