@@ -1,6 +1,9 @@
-"""docker-compose.yml without a Docker engine: every Voltana command is a real `voltana`
-sub-command whose flags the parser (and the service's settings) accept, every address one
-service gives another points at a port that service listens on, and profiles line up."""
+"""docker-compose.yml without a Docker engine: it is `voltana compose`'s default output; it and
+other layouts validate against the compose-spec schema (pinned copy) and parse with the
+compose-spec parser; every Voltana command is a real `voltana` sub-command whose flags the parser
+(and the service's settings) accept, every address one service gives another points at a port
+that service listens on, every service waits for what it needs to be healthy, and profiles line
+up."""
 
 from __future__ import annotations
 
@@ -16,12 +19,24 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
-from voltana.cli.main import build_parser
+from voltana.cli.main import build_parser, main
+from voltana.deploy.compose import ComposeLayout, render_compose, render_prometheus
+from voltana.errors import ConfigError
 
 pytestmark = pytest.mark.unit
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_PATH = ROOT / "docker-compose.yml"
+PROMETHEUS_PATH = ROOT / "docker" / "prometheus" / "prometheus.yml"
+SCHEMA_PATH = ROOT / "deploy" / "compose-spec" / "compose-spec.json"
+# The checked-in file, and layouts the generator must get right too.
+LAYOUTS = {
+    "checked-in": None,
+    "tp2-nixl": ComposeLayout(prefill=1, decode=1, tp=2, transfer_backend="nixl"),
+    "2p2d-rdma": ComposeLayout(
+        prefill=2, decode=2, gpu_indices=(4, 5, 6, 7), ib_device="mlx5_0", sim_prefill=1
+    ),
+}
 PROFILES = ("gpu", "sim", "observability")
 SERVING_PROFILES = ("gpu", "sim")
 # Flags whose value is another service's address: HOST:PORT or a URL.
@@ -61,9 +76,19 @@ def interpolate(value: Any, environment: dict[str, str] | None = None) -> Any:
     return value
 
 
+def compose_text(layout: str) -> str:
+    chosen = LAYOUTS[layout]
+    return COMPOSE_PATH.read_text() if chosen is None else render_compose(chosen)
+
+
+@pytest.fixture(scope="module", params=list(LAYOUTS))
+def layout(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
 @pytest.fixture(scope="module")
-def services() -> dict[str, dict[str, Any]]:
-    document = interpolate(yaml.safe_load(COMPOSE_PATH.read_text()), SECRETS)
+def services(layout: str) -> dict[str, dict[str, Any]]:
+    document = interpolate(yaml.safe_load(compose_text(layout)), SECRETS)
     services: dict[str, dict[str, Any]] = document["services"]
     return services
 
@@ -201,6 +226,120 @@ def test_every_address_points_at_a_listening_port_of_a_running_service(
     assert checked >= 10
 
 
+def test_the_checked_in_files_are_the_generators_default_output() -> None:
+    assert COMPOSE_PATH.read_text() == render_compose(ComposeLayout()), (
+        "docker-compose.yml differs from `voltana compose`'s output: change the generator "
+        "(voltana/deploy/compose.py) and run `voltana compose --out docker-compose.yml "
+        "--prometheus-out docker/prometheus/prometheus.yml`"
+    )
+    assert PROMETHEUS_PATH.read_text() == render_prometheus(ComposeLayout())
+
+
+def test_every_layout_validates_against_the_compose_spec_schema(layout: str) -> None:
+    import jsonschema
+
+    # The spec's schema is draft 7 (its "$schema" URL lacks the "#" jsonschema looks up).
+    validator = jsonschema.Draft7Validator(json.loads(SCHEMA_PATH.read_text()))
+    document = interpolate(yaml.safe_load(compose_text(layout)), SECRETS)
+    validator.validate(document)
+    # The schema catches what a hand edit could break (here: a bad depends_on condition).
+    broken = json.loads(json.dumps(document))
+    broken["services"]["router"]["depends_on"]["telemetry"]["condition"] = "service_ready"
+    with pytest.raises(jsonschema.ValidationError):
+        validator.validate(broken)
+
+
+def test_every_layout_parses_with_a_compose_spec_parser(layout: str) -> None:
+    from compose_spec import PyCompose
+
+    # Variables interpolated first, as compose does before it parses.
+    document = interpolate(yaml.safe_load(compose_text(layout)), SECRETS)
+    compose = PyCompose.from_yaml(yaml.safe_dump(document))
+    compose.validate()
+    assert set(compose.service_names()) == set(document["services"])
+    # It refuses what compose would (a malformed healthcheck).
+    with pytest.raises(ValueError, match="healthcheck"):
+        PyCompose.from_yaml("services:\n  a:\n    image: x\n    healthcheck: {test: 5}\n")
+
+
+def test_everything_waits_for_what_it_needs_to_be_healthy(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    for name, service in services.items():
+        for dependency, condition in service.get("depends_on", {}).items():
+            wanted = condition["condition"]
+            assert wanted in ("service_healthy", "service_started"), name
+            if wanted == "service_healthy":
+                assert "healthcheck" in services[dependency], f"{name} waits on {dependency}"
+            elif dependency != "jaeger":  # a scratch image, nothing to check it with
+                assert "healthcheck" not in services[dependency], f"{name}: {dependency}"
+        if "healthcheck" in service:
+            test = service["healthcheck"]["test"]
+            if test[0] == "CMD-SHELL" and test[1].startswith("voltana health"):
+                parse(shlex.split(test[1]))  # a real command, valid flags
+    # The serving path waits for the control plane, the reporters for their server and agent.
+    for name, service in services.items():
+        command = command_of(service)
+        if command[:3] == ["voltana", "serve", "instance"]:
+            args = parse(command)
+            engine = urlsplit(args.engine_url).hostname
+            assert service["depends_on"][engine]["condition"] == "service_healthy", name
+            assert service["depends_on"]["agent"]["condition"] == "service_healthy", name
+
+
+def test_telemetry_is_published_on_the_hosts_loopback_for_bench(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    assert services["telemetry"]["ports"] == ["127.0.0.1:50052:50052"]
+
+
+def test_the_gpu_type_has_one_source_the_agent(services: dict[str, dict[str, Any]]) -> None:
+    for name, command in voltana_services(services):
+        args = parse(command)
+        if args.service in ("controller", "router"):
+            assert "--gpu" not in command, name  # they follow what telemetry reports
+        if args.service == "instance":
+            assert args.gpu == "" and args.agent, name  # the reporter asks its agent
+        if args.service == "agent":
+            assert args.gpu_key == "" and args.backend == "nvml", name  # detected (NVML)
+
+
+def test_compose_command_writes_a_layout(tmp_path: Path) -> None:
+    out, prometheus = tmp_path / "compose.yml", tmp_path / "prometheus.yml"
+    code = main(
+        [
+            "compose", "--prefill", "1", "--decode", "2", "--tp", "2",
+            "--gpus", "6,7,2,3,4,5", "--transfer-backend", "nixl",
+            "--out", str(out), "--prometheus-out", str(prometheus),
+        ]
+    )  # fmt: skip
+    assert code == 0
+    text = out.read_text()
+    assert text.startswith(
+        "# GENERATED by `voltana compose --decode 2 --tp 2 --transfer-backend nixl "
+        "--gpus 6,7,2,3,4,5`"
+    )
+    document = yaml.safe_load(text)
+    agent = parse(command_of(document["services"]["agent"]))
+    assert dict(agent.instance) == {"prefill-0": (6, 7), "decode-0": (2, 3), "decode-1": (4, 5)}
+    assert "sglang-decode-1:30000" in prometheus.read_text()
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"tp": 2, "gpu_indices": (0, 1, 2)}, "needs 4 GPU indices"),
+        ({"gpu_indices": (0, 0)}, "distinct"),
+        ({"transfer_backend": "fake"}, "mooncake, nixl"),
+        ({"ib_device": "mlx5_0; rm -rf /"}, "not an RDMA device"),
+        ({"prefill": 0}, "prefill must be >= 1"),
+    ],
+)
+def test_bad_layouts_are_refused(options: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        ComposeLayout(**options)
+
+
 def test_compose_refuses_to_start_without_the_secrets() -> None:
     document = yaml.safe_load(COMPOSE_PATH.read_text())
     for missing in SECRETS:
@@ -229,7 +368,7 @@ def test_secrets_reach_every_service_that_needs_them(services: dict[str, dict[st
 def test_depends_on_and_profiles_are_consistent(services: dict[str, dict[str, Any]]) -> None:
     for name, service in services.items():
         assert profiles_of(service) <= set(PROFILES), name
-        for dependency in service.get("depends_on", []):
+        for dependency in service.get("depends_on", {}):
             assert dependency in services, f"{name} depends on unknown {dependency}"
             assert runs_whenever(service, services[dependency]), f"{name} needs {dependency} up"
         if nvidia_devices(service):
@@ -266,21 +405,27 @@ def test_gpu_profile_binds_instances_agent_and_sglang_to_the_same_gpus(
 ) -> None:
     agent_args = parse(command_of(services["agent"]))
     assert agent_args.backend == "nvml"
-    bindings = dict(agent_args.instance)
+    bindings = {
+        instance: (gpus,) if isinstance(gpus, int) else gpus
+        for instance, gpus in agent_args.instance
+    }
     assert "SYS_ADMIN" in services["agent"]["cap_add"]
     agent_gpus = {str(i) for d in nvidia_devices(services["agent"]) for i in d["device_ids"]}
+    assert agent_gpus == {str(i) for i in agent_args.gpu_index}
     for name, command in voltana_services(services):
         args = parse(command)
         if args.service != "instance":
             continue
-        assert bindings[args.instance_id] == args.gpu_index, name
+        gpus = tuple(index for _, index in args.gpu_index)
+        assert bindings[args.instance_id] == gpus, name
         engine_host = urlsplit(args.engine_url).hostname
         assert engine_host is not None
         (device,) = nvidia_devices(services[engine_host])
-        assert device["device_ids"] == [str(args.gpu_index)], name
-        assert str(args.gpu_index) in agent_gpus, name
+        assert device["device_ids"] == [str(g) for g in gpus], name
+        assert {str(g) for g in gpus} <= agent_gpus, name
         sglang = command_of(services[engine_host])
         assert flag_value(sglang, "--disaggregation-mode") == args.mode
+        assert int(flag_value(sglang, "--tp-size")) == len(gpus), name
     assert set(bindings) == {
         parse(c).instance_id
         for _, c in voltana_services(services)
@@ -296,9 +441,15 @@ def test_sglang_uses_the_official_image_and_pd_flags(services: dict[str, dict[st
         command = command_of(service)
         assert service["image"].startswith("lmsysorg/sglang"), name
         assert command[:3] == ["python3", "-m", "sglang.launch_server"], name
-        assert flag_value(command, "--disaggregation-transfer-backend") == "mooncake", name
+        assert re.fullmatch(r"lmsysorg/sglang:v[0-9.]+\S*", service["image"]), name  # pinned
+        assert flag_value(command, "--disaggregation-transfer-backend") in ("mooncake", "nixl")
         assert "--enable-metrics" in command, name  # the instance reporter reads /metrics
         modes.add(flag_value(command, "--disaggregation-mode"))
+        # RDMA wiring comes all together or not at all.
+        rdma = "--disaggregation-ib-device" in command
+        assert rdma == ("/dev/infiniband:/dev/infiniband" in service.get("devices", [])), name
+        assert rdma == ("IPC_LOCK" in service.get("cap_add", [])), name
+        assert rdma == (service.get("ulimits", {}).get("memlock") == -1), name
     assert modes == {"prefill", "decode"}
 
 
@@ -320,14 +471,16 @@ def test_dockerfile_builds_the_voltana_image() -> None:
 
 
 def test_prometheus_scrapes_every_services_metrics_port(
-    services: dict[str, dict[str, Any]],
+    services: dict[str, dict[str, Any]], layout: str
 ) -> None:
     prometheus = services["prometheus"]
     assert profiles_of(prometheus) == {"observability"}
     (mount,) = [
         v for v in prometheus["volumes"] if v.endswith(":/etc/prometheus/prometheus.yml:ro")
     ]
-    config = yaml.safe_load((ROOT / mount.split(":")[0]).read_text())
+    chosen = LAYOUTS[layout]
+    text = (ROOT / mount.split(":")[0]).read_text() if chosen is None else render_prometheus(chosen)
+    config = yaml.safe_load(text)
     targets = {
         target
         for job in config["scrape_configs"]

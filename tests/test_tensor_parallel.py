@@ -212,3 +212,60 @@ async def test_stack_runs_a_model_from_its_hugging_face_config(tmp_path: Path) -
         assert stack.router is not None and stack.controller is not None
         info = engine.server_info()
         assert info["context_length"] == 32768
+
+
+# ---- a real SGLang server's reporter: GPU type and GPUs from the node agent -----------------
+
+
+@pytest.mark.integration
+async def test_reporter_takes_the_gpu_type_and_its_gpus_from_the_node_agent(
+    tmp_path: Path,
+) -> None:
+    from voltana.engine import SimEngine, SimEngineSettings
+    from voltana.stack.sglang_reporter import SglangInstanceReporter, SglangInstanceSettings
+
+    telemetry = TelemetryService(TelemetrySettings(listen_address="127.0.0.1:0", security=SECURITY))
+    await telemetry.start()
+    agent = AgentService(
+        AgentSettings(
+            backend="sim", gpu_indices=(0, 1, 2, 3), sim_gpu_key="h200", security=SECURITY
+        )
+    )
+    await agent.start()
+    try:
+        uuids = tmp_path / "gpus"
+        # As a device plugin hands them out: NVIDIA_VISIBLE_DEVICES of the server's container.
+        uuids.write_text("GPU-sim-h200-3,GPU-sim-h200-2\n")
+        async with SimEngine(SimEngineSettings(mode="decode", tp=2)) as engine:
+            reporters = [
+                SglangInstanceReporter(
+                    SglangInstanceSettings(
+                        telemetry_address=telemetry.address,
+                        instance_id=instance_id,
+                        phase=Phase.DECODE,
+                        engine_url=engine.url,
+                        agent_address=agent.address,
+                        interval_ms=50,
+                        security=SECURITY,
+                        **options,  # type: ignore[arg-type]
+                    )
+                )
+                for instance_id, options in (
+                    ("by-index", {"gpu_index": 0}),
+                    ("by-uuid", {"gpu_uuids_file": str(uuids)}),
+                )
+            ]
+            for reporter in reporters:
+                await reporter.start()
+            try:
+                async with TelemetryClient(telemetry.address, security=SECURITY) as client:
+                    _, infos = await client.snapshot_with_endpoints()
+            finally:
+                for reporter in reporters:
+                    await reporter.stop()
+        assert infos["by-index"].gpu_key == "h200"  # detected by the agent, told by nobody
+        assert infos["by-index"].gpu_refs == (GpuRef(agent.address, 0),)
+        assert infos["by-uuid"].gpu_refs == (GpuRef(agent.address, 3), GpuRef(agent.address, 2))
+    finally:
+        await agent.stop()
+        await telemetry.stop()

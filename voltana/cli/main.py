@@ -41,7 +41,15 @@ def build_parser() -> argparse.ArgumentParser:
 def _service_commands() -> list[ModuleType]:
     """Commands that need the gRPC stack; absent pieces are simply not offered."""
     modules = []
-    for name in ("up_cmd", "bench_cmd", "serve_cmd", "token_cmd", "profile_cmd"):
+    for name in (
+        "up_cmd",
+        "bench_cmd",
+        "serve_cmd",
+        "token_cmd",
+        "profile_cmd",
+        "health_cmd",
+        "compose_cmd",
+    ):
         try:
             modules.append(__import__(f"voltana.cli.{name}", fromlist=["register"]))
         except ModuleNotFoundError as exc:

@@ -33,7 +33,21 @@ from voltana.cli.security_opts import (
     redis_password_from_args,
     security_from_args,
 )
+from voltana.deploy.ports import (
+    AGENT_METRICS_PORT,
+    AGENT_PORT,
+    BOOTSTRAP_PORT,
+    CONTROLLER_METRICS_PORT,
+    CONTROLLER_PORT,
+    ENGINE_PORT,
+    ROUTER_HTTP_PORT,
+    ROUTER_METRICS_PORT,
+    ROUTER_PORT,
+    TELEMETRY_METRICS_PORT,
+    TELEMETRY_PORT,
+)
 from voltana.engine import EngineMode, SimEngineSettings
+from voltana.errors import ConfigError
 from voltana.hardware import GPU_CATALOG, MODEL_CATALOG
 from voltana.observability import add_observability_args, observability_from_args
 from voltana.perf.selection import resolve_physics
@@ -41,20 +55,7 @@ from voltana.policy.registry import live_policy_names, router_names
 
 _LOG = logging.getLogger("voltana.serve")
 
-ROUTER_PORT = 50051
-TELEMETRY_PORT = 50052
-CONTROLLER_PORT = 50053
-AGENT_PORT = 50054
-ENGINE_PORT = 30000
-BOOTSTRAP_PORT = 8998
 REDIS_URL_ENV = "VOLTANA_REDIS_URL"
-# Prometheus /metrics of each service (simulated engines serve SGLang's on their own port).
-ROUTER_METRICS_PORT = 9401
-# The router's HTTP front door (OpenAI /v1/*, SGLang /generate).
-ROUTER_HTTP_PORT = 8000
-TELEMETRY_METRICS_PORT = 9402
-CONTROLLER_METRICS_PORT = 9403
-AGENT_METRICS_PORT = 9404
 
 EPILOG = """\
 Every service reads the control-plane token from $VOLTANA_CONTROL_TOKEN (or --token-file);
@@ -749,12 +750,24 @@ def _add_instance(
         help="node agent controlling its GPU (default: its clock is not controlled)",
     )
     parser.add_argument(
-        "--gpu-index", type=non_negative_int, default=0, help="its GPU on that agent"
+        "--gpu-index",
+        type=gpu_ref,
+        action="append",
+        metavar="N|HOST:PORT/N",
+        help="its GPU on --agent (default: 0), repeatable for a tensor-parallel server; "
+        "HOST:PORT/N names a GPU of another node agent",
     )
     parser.add_argument(
         "--gpu",
-        default="a100-80g",
-        help=f"GPU type: {', '.join(GPU_CATALOG)} (default: %(default)s)",
+        default="",
+        help=f"GPU type: {', '.join(GPU_CATALOG)} (default: what its node agent detects)",
+    )
+    parser.add_argument(
+        "--gpu-uuids-file",
+        default="",
+        metavar="PATH",
+        help="file with the server's GPU UUIDs, comma-separated (its NVIDIA_VISIBLE_DEVICES); "
+        "replaces --gpu-index: the agent says which GPUs those are",
     )
     _telemetry_arg(parser, required_help="to register with and report to")
     parser.add_argument(
@@ -772,7 +785,18 @@ def _add_instance(
 
 def _build_instance(args: argparse.Namespace) -> Service:
     from voltana.policy.state import Phase
+    from voltana.services.telemetry import GpuRef
     from voltana.stack.sglang_reporter import SglangInstanceReporter, SglangInstanceSettings
+
+    agent = args.agent or ""
+    refs = [GpuRef(address or agent, index) for address, index in (args.gpu_index or [("", 0)])]
+    if len(refs) > 1 and any(not ref.agent_address for ref in refs):
+        raise ConfigError("--gpu-index N needs --agent; or name the agent: HOST:PORT/N")
+    if not agent:
+        agent = refs[0].agent_address
+    elif refs[0].agent_address != agent:
+        raise ConfigError("the first --gpu-index must be a GPU of --agent")
+    gpus = tuple(refs) if len(refs) > 1 else ()
 
     return SglangInstanceReporter(
         SglangInstanceSettings(
@@ -784,8 +808,10 @@ def _build_instance(args: argparse.Namespace) -> Service:
             gpu_key=args.gpu,
             bootstrap_host=args.bootstrap_host,
             bootstrap_port=args.bootstrap_port,
-            agent_address=args.agent or "",
-            gpu_index=args.gpu_index,
+            agent_address=agent,
+            gpu_index=refs[0].gpu_index,
+            gpus=gpus,
+            gpu_uuids_file=args.gpu_uuids_file,
             interval_ms=args.interval_ms,
             startup_timeout_s=args.startup_timeout_s,
             security=security_from_args(args),
@@ -864,6 +890,14 @@ def non_negative_int(text: str) -> int:
     if value < 0:
         raise argparse.ArgumentTypeError(f"{text!r} must be >= 0")
     return value
+
+
+def gpu_ref(text: str) -> tuple[str, int]:
+    """``N`` (a GPU of --agent) or ``HOST:PORT/N`` (of another node agent) → (address, N)."""
+    address, slash, index = text.rpartition("/")
+    if slash:
+        host_port(address)
+    return address, non_negative_int(index)
 
 
 def instance_binding(text: str) -> tuple[str, int | tuple[int, ...]]:

@@ -23,6 +23,9 @@ import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
 
 from voltana.engine import SglangHttpClient
 from voltana.engine.errors import EngineError
@@ -30,12 +33,15 @@ from voltana.errors import ConfigError, UnavailableError, VoltanaError
 from voltana.hardware import get_gpu
 from voltana.observation import DEFAULT_OBSERVATION, EngineGauges, LatencyWindow
 from voltana.policy.state import InstanceState, Phase
-from voltana.rpc import RpcSecurity
-from voltana.services.telemetry import InstanceInfo, TelemetryClient
+from voltana.rpc import RpcSecurity, create_channel, error_from_rpc
+from voltana.services.telemetry import GpuRef, InstanceInfo, TelemetryClient
 from voltana.stack.registration import InstanceRegistration
+from voltana.v1 import agent_pb2, agent_pb2_grpc
 
 _LOG = logging.getLogger(__name__)
 DEFAULT_PROMPT_TOKENS = 1024
+# While the node agent cannot say what GPU this is, ask again this often (wall seconds).
+_GPU_KEY_RETRY_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -47,11 +53,20 @@ class SglangInstanceSettings:
     # same unless the reporter reaches it by another name).
     engine_url: str
     advertised_engine_url: str = ""
-    gpu_key: str = "a100-80g"
+    # Catalog key of its GPU; "" = what its node agent detected (ListGpus), so the GPU type has
+    # one source of truth, the agent.
+    gpu_key: str = ""
     bootstrap_host: str = ""
     bootstrap_port: int = 0
     agent_address: str = ""
     gpu_index: int = 0
+    # Every GPU of a tensor-parallel server (first = agent_address/gpu_index), on one node
+    # agent or several; empty = the one GPU above.
+    gpus: tuple[GpuRef, ...] = ()
+    # A file holding the server's GPU UUIDs, comma-separated (its container's
+    # NVIDIA_VISIBLE_DEVICES, on Kubernetes): they replace gpu_index/gpus, as the agent numbers
+    # them.
+    gpu_uuids_file: str = ""
     interval_ms: int = 250
     # start() waits this long for the server's /health (model loading takes minutes) and for
     # telemetry.
@@ -68,7 +83,12 @@ class SglangInstanceSettings:
             raise ConfigError(f"interval_ms must be >= 1, got {self.interval_ms}")
         if self.phase is Phase.PREFILL and not self.bootstrap_port:
             raise ConfigError("a prefill instance needs its KV bootstrap port")
-        get_gpu(self.gpu_key)
+        if self.gpu_key:
+            get_gpu(self.gpu_key)
+        if self.gpus and self.gpus[0] != (self.agent_address, self.gpu_index):
+            raise ConfigError("the first of gpus must be agent_address/gpu_index")
+        if self.gpu_uuids_file and not self.agent_address:
+            raise ConfigError("finding GPUs by UUID needs the node agent's address")
 
 
 class _Increments:
@@ -157,6 +177,14 @@ class SglangInstanceReporter:
         self._max_running_requests = 0
         self._mean_prompt_tokens = float(DEFAULT_PROMPT_TOKENS)
         self._last_activity_s = 0.0
+        self.gpu_key = settings.gpu_key
+        # The server's GPUs: from the settings, or found by UUID on the agent (gpu_uuids_file).
+        self.gpu_index = settings.gpu_index
+        self.gpus = settings.gpus
+        self._gpu_key_known = (
+            bool(settings.gpu_key) and not settings.gpu_uuids_file
+        ) or not settings.agent_address
+        self._gpu_key_warned = False
         self.registration: InstanceRegistration | None = None
         self.reports = 0
 
@@ -165,15 +193,97 @@ class SglangInstanceReporter:
         return InstanceInfo(
             instance_id=settings.instance_id,
             phase=settings.phase,
-            gpu_key=settings.gpu_key,
+            gpu_key=self.gpu_key,
             engine_url=settings.advertised_engine_url or settings.engine_url,
             bootstrap_host=settings.bootstrap_host,
             bootstrap_port=settings.bootstrap_port,
             agent_address=settings.agent_address,
-            gpu_index=settings.gpu_index,
+            gpu_index=self.gpu_index,
             kv_tokens_capacity=self._kv_capacity_tokens,
             max_running_requests=self._max_running_requests,
+            gpus=self.gpus,
         )
+
+    async def _try_detect_gpu_key(self) -> bool:
+        """Ask the agent for the GPU type (True once known); an agent not up yet is asked
+        again while reporting, and the registration then follows."""
+        try:
+            self.gpu_key = await self._detect_gpu_key()
+        except VoltanaError as error:
+            if not self._gpu_key_warned:
+                _LOG.warning(
+                    "cannot ask the node agent at %s for the GPU type yet (%s); will retry",
+                    self.settings.agent_address,
+                    error,
+                )
+                self._gpu_key_warned = True
+            return False
+        self._gpu_key_known = True
+        return True
+
+    async def _detect_gpu_key(self) -> str:
+        """The catalog key the node agent reports for this server's (first) GPU; with
+        ``gpu_uuids_file``, its GPUs are first found on the agent by their UUIDs."""
+        settings = self.settings
+        if settings.gpu_key and not settings.gpu_uuids_file:
+            return settings.gpu_key
+        if not settings.agent_address:
+            return settings.gpu_key
+        channel = create_channel(settings.agent_address, security=settings.security)
+        try:
+            stub = agent_pb2_grpc.NodeAgentServiceStub(channel)
+            listing = await stub.ListGpus(agent_pb2.ListGpusRequest(), timeout=10.0)
+        except grpc.RpcError as error:
+            raise error_from_rpc(error) from error
+        finally:
+            await channel.close()
+        if settings.gpu_uuids_file:
+            self._resolve_uuids(list(listing.gpus))
+        for gpu in listing.gpus:
+            if gpu.gpu_index == self.gpu_index:
+                if not gpu.gpu_key:
+                    _LOG.warning(
+                        "the node agent does not know GPU %d (%s) from the catalog; policies "
+                        "use the controller's and router's configured GPU (or their --profile)",
+                        gpu.gpu_index,
+                        gpu.name,
+                    )
+                return settings.gpu_key or gpu.gpu_key
+        raise ConfigError(
+            f"the node agent at {settings.agent_address} controls no GPU {self.gpu_index}"
+        )
+
+    async def _until_gpus_known(self) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.startup_timeout_s
+        while not await self._try_detect_gpu_key():
+            if loop.time() > deadline:
+                raise UnavailableError(
+                    f"could not find this server's GPUs on the node agent at "
+                    f"{self.settings.agent_address} within {self.settings.startup_timeout_s:g} s"
+                )
+            await asyncio.sleep(2.0)
+
+    def _resolve_uuids(self, gpus: list[agent_pb2.GpuInfo]) -> None:
+        """This server's GPUs by the UUIDs its container was given (NVIDIA_VISIBLE_DEVICES,
+        as a device plugin hands them out), as the agent numbers them."""
+        path = self.settings.gpu_uuids_file
+        try:
+            text = Path(path).read_text().strip()
+        except OSError as error:
+            raise UnavailableError(f"cannot read the GPU UUIDs from {path}: {error}") from None
+        uuids = [uuid.strip() for uuid in text.replace("\n", ",").split(",") if uuid.strip()]
+        by_uuid = {gpu.uuid: gpu.gpu_index for gpu in gpus}
+        missing = [uuid for uuid in uuids if uuid not in by_uuid]
+        if not uuids or missing:
+            raise ConfigError(
+                f"GPU UUIDs {missing or text!r} from {path} are not GPUs of the node agent at "
+                f"{self.settings.agent_address}"
+            )
+        indices = [by_uuid[uuid] for uuid in uuids]
+        address = self.settings.agent_address
+        self.gpu_index = indices[0]
+        self.gpus = tuple(GpuRef(address, index) for index in indices) if len(indices) > 1 else ()
 
     async def start(self) -> None:
         settings = self.settings
@@ -182,6 +292,11 @@ class SglangInstanceReporter:
         server_info = await self._engine.server_info(settings.engine_url)
         self._kv_capacity_tokens = int(server_info.get("max_total_num_tokens") or 0)
         self._max_running_requests = int(server_info.get("max_running_requests") or 0)
+        if settings.gpu_uuids_file:
+            # Which GPUs the server has is only known through the agent: wait for it.
+            await self._until_gpus_known()
+        else:
+            await self._try_detect_gpu_key()
         self._telemetry = TelemetryClient(settings.telemetry_address, security=settings.security)
         await self._telemetry.wait_until_ready(settings.startup_timeout_s)
         self.registration = InstanceRegistration(self._telemetry, self.info)
@@ -245,7 +360,7 @@ class SglangInstanceReporter:
         state = InstanceState(
             instance_id=settings.instance_id,
             phase=settings.phase,
-            gpu_key=settings.gpu_key,
+            gpu_key=self.gpu_key,
             sm_clock_mhz=0,  # clocks come from the node agent's GPU samples
             **dataclasses.asdict(gauges),
             recent_ttft_ms=self._ttft.window.quantile_ms(now_s, quantile)
@@ -272,7 +387,12 @@ class SglangInstanceReporter:
     async def _run(self) -> None:
         interval_s = self.settings.interval_ms / 1000.0
         failing = False
+        asked_s = time.monotonic()
         while True:
+            if not self._gpu_key_known and time.monotonic() - asked_s >= _GPU_KEY_RETRY_S:
+                asked_s = time.monotonic()
+                if await self._try_detect_gpu_key() and self.registration is not None:
+                    await self.registration.register()  # now with the agent's GPU type
             try:
                 await self.report_once()
                 if failing:

@@ -1,0 +1,2 @@
+"""Deployment files generated from a layout: Docker Compose (`voltana compose`) and the
+Kubernetes manifests' checks."""
