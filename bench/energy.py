@@ -1,152 +1,315 @@
-"""Policy comparison: static-max, static-best, voltana-paper and voltana side by side.
+"""The evaluation matrix: every policy, offline and live, on a matrix of workloads and loads.
 
-On both Azure traces, at three load levels, on A100 and H100, for 2P2D Llama-3.1-8B (TP1) and
-Qwen3-32B (TP2). Load levels are set per configuration so that the trace's busy periods (the 90th
-percentile of prompt tokens per second over 10 s windows; both traces are bursty, the code trace
-idles most of the time) use a fraction of the static-max cluster's prefill capacity (the
-bottleneck for these prompt-heavy traces): light 30%, moderate 60%, near saturation 90%. The rate
-multiplier each implies is printed.
+Offline (default): workloads {azure-conv, azure-code, lmsys-like, sharegpt-like, bursty, ramp} x
+loads {light, moderate, heavy} x hardware {A100 Llama-3.1-8B, H100 Llama-3.1-8B, A100 Qwen3-32B
+TP2}, 2 prefill + 2 decode instances, through the simulator of the live control loop. A load is a
+fraction (30/60/90%) of the workload's SLO capacity on that hardware: the largest rate
+multiplier at which static-max still attains 99% of the joint SLO. Each row compares static-max,
+static-best (the cheapest fixed prefill/decode clock pair in hindsight), the published method and
+its ablations, and Voltana; a row where static-max itself misses 99% is called infeasible.
+Each workload's SLO is printed with it (the code trace's TTFT target grows with the prompt).
 
-    python bench/energy.py [--quick] [--max-requests 2500] [--json OUT.json] [--jobs 2]
+    python bench/energy.py [--quick] [--jobs 2] [--json OUT.json]
+    python bench/energy.py --workloads lmsys-like --hardware 0 --loads moderate
+
+Live (--live): a slice of three workloads at moderate load on 2P2D A100 Llama-3.1-8B, replayed
+in real time through `voltana up --sim` (speedup 1) with `voltana bench`, next to the simulator
+on the very same requests, for static-max, voltana-paper and voltana: SLO attainment, TTFT
+p90/p99 and energy, live beside offline. --busy runs a CPU-bound process beside the stack.
+
+    python bench/energy.py --live [--live-duration-s 60] [--busy] [--json OUT.json]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import json
+import os
+import signal
+import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from voltana.hardware import get_gpu, get_model
-from voltana.perf.analytical import AnalyticalPerformanceModel
 from voltana.sim.cluster import ClusterConfig
 from voltana.sim.compare import compare_policies
-from voltana.workloads import load_workload
+from voltana.sim.evaluate import (
+    HARDWARE,
+    LOADS,
+    POLICIES,
+    Row,
+    format_matrix,
+    run_row,
+    slo_capacity,
+    workloads,
+)
+from voltana.workloads.request import TraceRequest
 
-TRACES = Path(__file__).resolve().parents[1].parent / "shared/data/traces"
-POLICIES = ("static-max", "static-best", "voltana-paper", "voltana")
-LOADS = {"light": 0.30, "moderate": 0.60, "near-saturation": 0.90}
-WINDOW_S = 10.0
-MODELS = {"llama-3.1-8b": 1, "qwen3-32b": 2}  # model -> tensor-parallel degree
-GPUS = ("a100-80g", "h100-80g")
+LIVE_WORKLOADS = ("azure-conv", "lmsys-like", "bursty")
+LIVE_POLICIES = ("static-max", "voltana-paper", "voltana")
 
 
-def prefill_capacity_tokens_per_s(perf: AnalyticalPerformanceModel, chunk_tokens: int) -> float:
-    clock = perf.gpu.default_sm_clock_mhz
-    return chunk_tokens / perf.prefill_iteration(chunk_tokens, clock).latency_s
+# ---- offline -------------------------------------------------------------------------------
 
 
-def run_config(job: dict[str, Any]) -> dict[str, Any]:
-    gpu = get_gpu(job["gpu"])
-    model = get_model(job["model"]).with_tensor_parallel(job["tp"])
-    perf = AnalyticalPerformanceModel.for_hardware(gpu, model)
-    config = ClusterConfig(gpu, model)
-    trace = load_workload(job["trace"])
-    windows = np.bincount(
-        np.array([int(r.arrival_s // WINDOW_S) for r in trace]),
-        weights=np.array([r.input_tokens for r in trace], dtype=float),
-    )
-    token_rate = float(np.quantile(windows, 0.9)) / WINDOW_S
-    capacity = config.num_prefill * prefill_capacity_tokens_per_s(
-        perf, config.chunked_prefill_tokens
-    )
-    rate_scale = job["load_fraction"] * capacity / token_rate
-    requests = load_workload(
-        job["trace"],
-        rate_scale=rate_scale,
-        duration_s=job["duration_s"],
-        max_requests=job["max_requests"],
-    )
+def capacity_job(job: tuple[str, int]) -> tuple[str, int, float, float]:
+    name, hardware_index = job
     started = time.perf_counter()
-    _, rows = compare_policies(POLICIES, requests, config, perf, seed=job["seed"])
+    workload, hardware = workloads()[name], HARDWARE[hardware_index]
+    capacity = slo_capacity(workload, hardware.cluster(workload.slo), hardware.perf())
+    return name, hardware_index, capacity, time.perf_counter() - started
+
+
+def row_job(job: tuple[str, int, str, float]) -> tuple[Row, float]:
+    name, hardware_index, load, multiplier = job
+    started = time.perf_counter()
+    row = run_row(workloads()[name], HARDWARE[hardware_index], load, multiplier, POLICIES)
+    return row, time.perf_counter() - started
+
+
+def verdict_lines(rows: Sequence[Row]) -> list[str]:
+    lines = []
+    for row in rows:
+        if not row.feasible:
+            lines.append(f"{row.workload:<14} {row.hardware:<24} {row.load:<9} infeasible")
+            continue
+        verdict = row.verdict()
+        voltana = row.result("voltana")
+        slo = row.slo
+        target = (
+            ""
+            if slo is None
+            else f" [TTFT {slo.ttft_ms:.0f}"
+            + (f"+{slo.ttft_ms_per_1k_tokens:.0f}/1k" if slo.ttft_ms_per_1k_tokens else "")
+            + f" ms, ITL {slo.itl_ms:.0f} ms]"
+        )
+        lines.append(
+            f"{row.workload:<14} {row.hardware:<24} {row.load:<9}{target} voltana "
+            f"{100 * voltana['energy_savings_vs_first']:5.1f}% at "
+            f"{100 * voltana['slo_attainment']:6.2f}% SLO: "
+            f"{'SLO ok' if verdict['slo_ok'] else 'SLO MISSED'}, "
+            f"{'<= static-best' if verdict['beats_static_best'] else '> static-best'}, "
+            + (
+                f"{verdict['lead_points']:+.1f} pt vs {verdict['strongest_ablation']}"
+                if verdict["lead_points"] is not None
+                else "no paper ablation meets the SLO bar"
+            )
+        )
+    return lines
+
+
+def run_offline(args: argparse.Namespace) -> dict[str, Any]:
+    names = args.workloads.split(",") if args.workloads else list(workloads())
+    indices = [int(i) for i in args.hardware.split(",")] if args.hardware else range(len(HARDWARE))
+    if args.quick:
+        indices = [0]
+    loads = args.loads.split(",") if args.loads else list(LOADS)
+    for name, spec in workloads().items():
+        if name in names:
+            print(
+                f"{name}: {spec.description}; SLO TTFT {spec.slo.ttft_ms:g} ms"
+                + (
+                    f" + {spec.slo.ttft_ms_per_1k_tokens:g} ms per 1k prompt tokens"
+                    if spec.slo.ttft_ms_per_1k_tokens
+                    else ""
+                )
+                + f", ITL {spec.slo.itl_ms:g} ms",
+                file=sys.stderr,
+            )
+    started = time.perf_counter()
+    capacities: dict[tuple[str, int], float] = {}
+    with ProcessPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+        jobs = list(itertools.product(names, indices))
+        for name, index, capacity, wall_s in pool.map(capacity_job, jobs):
+            capacities[name, index] = capacity
+            print(
+                f"capacity {name} on {HARDWARE[index].label}: x{capacity:.3g} ({wall_s:.0f} s)",
+                file=sys.stderr,
+            )
+        row_jobs = [
+            (name, index, load, capacities[name, index] * LOADS[load])
+            for name, index, load in itertools.product(names, indices, loads)
+            if capacities[name, index] > 0
+        ]
+        rows: list[Row] = []
+        for n, (row, wall_s) in enumerate(pool.map(row_job, row_jobs), start=1):
+            rows.append(row)
+            print(
+                f"[{n}/{len(row_jobs)}] {row.workload} {row.hardware} {row.load} ({wall_s:.0f} s)",
+                file=sys.stderr,
+            )
+    print(format_matrix(rows))
+    print()
+    print("\n".join(verdict_lines(rows)))
+    print(f"\n{len(rows)} rows in {time.perf_counter() - started:.0f} s", file=sys.stderr)
     return {
-        **{k: v for k, v in job.items() if k != "trace"},
-        "trace": Path(job["trace"]).stem,
-        "rate_scale": rate_scale,
-        "requests": len(requests),
-        "wall_s": time.perf_counter() - started,
-        "results": rows,
+        "capacities": {f"{n}|{HARDWARE[i].label}": c for (n, i), c in capacities.items()},
+        "rows": [row.as_dict() for row in rows],
     }
 
 
-def format_rows(configs: list[dict[str, Any]]) -> str:
+# ---- live ----------------------------------------------------------------------------------
+
+
+def write_jsonl(requests: Sequence[TraceRequest], path: Path) -> None:
+    """The requests as a Mooncake-format trace (what `voltana bench --trace` replays)."""
+    with path.open("w") as handle:
+        for request in requests:
+            record = {
+                "timestamp": round(request.arrival_s * 1000.0, 3),
+                "input_length": request.input_tokens,
+                "output_length": request.output_tokens,
+            }
+            handle.write(json.dumps(record) + "\n")
+
+
+@contextlib.contextmanager
+def cpu_hog(enabled: bool) -> Iterator[None]:
+    """A CPU-bound process beside the stack (the machine is not ours alone)."""
+    if not enabled:
+        yield
+        return
+    hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        yield
+    finally:
+        hog.kill()
+        hog.wait()
+
+
+def live_run(policy: str, trace: Path, slo_ms: tuple[float, float], busy: bool) -> dict[str, Any]:
+    """`voltana up --sim` with the policy, `voltana bench` replaying the trace through it."""
+    ttft_ms, itl_ms = slo_ms
+    slo_flags = ["--ttft-slo-ms", f"{ttft_ms:g}", "--itl-slo-ms", f"{itl_ms:g}"]
+    up = subprocess.Popen(
+        ["voltana", "up", "--sim", "--prefill", "2", "--decode", "2", "--policy", policy,
+         "--gpu", "a100-80g", "--model", "llama-3.1-8b", *slo_flags],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )  # fmt: skip
+    try:
+        addresses: dict[str, str] = {}
+        assert up.stdout is not None
+        for line in up.stdout:
+            if line.startswith("#"):
+                break
+            name, _, address = line.strip().partition("  ")
+            addresses[name.strip()] = address.strip()
+        if "router" not in addresses:
+            raise RuntimeError(f"voltana up did not start (exit {up.poll()})")
+        with tempfile.TemporaryDirectory() as folder, cpu_hog(busy):
+            out = Path(folder) / "bench.json"
+            subprocess.run(
+                ["voltana", "bench", "--target", addresses["router"],
+                 "--telemetry", addresses["telemetry"], "--trace", str(trace),
+                 "--policy-label", policy, "--json", str(out), "--quiet", *slo_flags],
+                check=True,
+                stdout=subprocess.DEVNULL,
+            )  # fmt: skip
+            document = json.loads(out.read_text())
+        return dict(document["results"][0])
+    finally:
+        up.send_signal(signal.SIGTERM)
+        try:
+            up.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            up.kill()
+
+
+def run_live(args: argparse.Namespace) -> dict[str, Any]:
+    hardware = HARDWARE[0]
+    perf = hardware.perf()
+    table: list[dict[str, Any]] = []
+    for name in LIVE_WORKLOADS:
+        workload = workloads()[name]
+        config: ClusterConfig = hardware.cluster(workload.slo)
+        capacity = slo_capacity(workload, config, perf)
+        multiplier = capacity * LOADS["moderate"]
+        requests = [r for r in workload.build(multiplier) if r.arrival_s < args.live_duration_s]
+        _, offline = compare_policies(LIVE_POLICIES, requests, config, perf)
+        with tempfile.TemporaryDirectory() as folder:
+            trace = Path(folder) / f"{name}.jsonl"
+            write_jsonl(requests, trace)
+            for policy, offline_row in zip(LIVE_POLICIES, offline, strict=True):
+                print(f"live: {name} x{multiplier:.3g} {policy} ...", file=sys.stderr)
+                live_row = live_run(
+                    policy, trace, (workload.slo.ttft_ms, workload.slo.itl_ms), args.busy
+                )
+                table.append(
+                    {
+                        "workload": name,
+                        "multiplier": multiplier,
+                        "requests": len(requests),
+                        "policy": policy,
+                        "offline": offline_row,
+                        "live": live_row,
+                    }
+                )
     header = (
-        f"{'trace':<22} {'gpu':<9} {'model':<13} {'load':<16} {'x rate':>6}  {'policy':<22}"
-        f" {'energy kJ':>9} {'saving':>7} {'TTFT att':>8} {'ITL att':>8} {'SLO att':>8}"
+        f"{'workload':<12} {'policy':<14} {'SLO off/live':>16} {'TTFT p90 off/live':>18} "
+        f"{'TTFT p99 off/live':>18} {'kJ off/live':>16} {'energy Δ':>8}"
     )
     lines = [header, "-" * len(header)]
-    for config in configs:
-        for n, row in enumerate(config["results"]):
-            prefix = (
-                f"{config['trace']:<22} {config['gpu']:<9} {config['model']:<13} "
-                f"{config['load']:<16} {config['rate_scale']:>6.2f}"
-                if n == 0
-                else " " * 70
-            )
-            lines.append(
-                f"{prefix}  {row['policy']:<22} {row['energy_j'] / 1e3:>9.1f} "
-                f"{100 * row['energy_savings_vs_first']:>6.1f}% {100 * row['ttft_attainment']:>7.2f}%"
-                f" {100 * row['itl_attainment']:>7.2f}% {100 * row['slo_attainment']:>7.2f}%"
-            )
-    return "\n".join(lines)
+    for entry in table:
+        offline_row, live_row = entry["offline"], entry["live"]
+
+        def pair(
+            key: str,
+            scale: float = 1.0,
+            fmt: str = ".1f",
+            rows: tuple[dict[str, Any], dict[str, Any]] = (offline_row, live_row),
+        ) -> str:
+            values = (row.get(key) for row in rows)
+            return "/".join("-" if v is None else format(v * scale, fmt) for v in values)
+
+        def p(row: dict[str, Any], q: str) -> str:
+            value = (row.get("ttft_ms") or {}).get(q)
+            return "-" if value is None else f"{value:.0f}"
+
+        energy_off, energy_live = offline_row["energy_j"], live_row.get("energy_j")
+        delta = (
+            f"{100 * (energy_live / energy_off - 1):+.1f}%" if energy_live and energy_off else "-"
+        )
+        lines.append(
+            f"{entry['workload']:<12} {entry['policy']:<14} "
+            f"{pair('slo_attainment', 100, '.2f'):>16} "
+            f"{p(offline_row, 'p90') + '/' + p(live_row, 'p90'):>18} "
+            f"{p(offline_row, 'p99') + '/' + p(live_row, 'p99'):>18} "
+            f"{pair('energy_j', 1e-3):>16} {delta:>8}"
+        )
+    print("\n".join(lines))
+    return {"busy": args.busy, "duration_s": args.live_duration_s, "rows": table}
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--traces", default=str(TRACES), help="folder with the Azure traces")
+    parser.add_argument("--quick", action="store_true", help="A100 Llama-3.1-8B only")
+    parser.add_argument("--workloads", help=f"comma-separated, of {', '.join(workloads())}")
     parser.add_argument(
-        "--max-requests", type=int, default=2500, help="requests replayed per run (from the start)"
+        "--hardware", help=f"comma-separated indices of {[h.label for h in HARDWARE]}"
     )
-    parser.add_argument("--duration-s", type=float, help="cap on the replay length per run")
-    parser.add_argument("--quick", action="store_true", help="A100, Llama-3.1-8B only")
-    parser.add_argument("--jobs", type=int, default=2, help="worker processes")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--loads", help=f"comma-separated, of {', '.join(LOADS)}")
+    parser.add_argument("--jobs", type=int, default=2, help="worker processes (default: 2)")
+    parser.add_argument("--live", action="store_true", help="live beside offline (see above)")
+    parser.add_argument("--live-duration-s", type=float, default=60.0)
+    parser.add_argument("--busy", action="store_true", help="live: a CPU hog beside the stack")
     parser.add_argument("--json", metavar="OUT.json")
     args = parser.parse_args()
-    traces = sorted(Path(args.traces).glob("azure_llm_2023_*.csv"))
-    if not traces:
-        print(f"no azure_llm_2023_*.csv traces in {args.traces}", file=sys.stderr)
-        return 2
-    gpus = GPUS[:1] if args.quick else GPUS
-    models = dict(list(MODELS.items())[:1]) if args.quick else MODELS
-    jobs = [
-        {
-            "trace": str(trace),
-            "gpu": gpu,
-            "model": model,
-            "tp": tp,
-            "load": load,
-            "load_fraction": fraction,
-            "duration_s": args.duration_s,
-            "max_requests": args.max_requests,
-            "seed": args.seed,
-        }
-        for trace, gpu, (model, tp), (load, fraction) in itertools.product(
-            traces, gpus, models.items(), LOADS.items()
-        )
-    ]
-    started = time.perf_counter()
-    with ProcessPoolExecutor(max_workers=max(1, args.jobs)) as pool:
-        configs = []
-        for n, config in enumerate(pool.map(run_config, jobs), start=1):
-            configs.append(config)
-            print(
-                f"[{n}/{len(jobs)}] {config['trace']} {config['gpu']} {config['model']} "
-                f"{config['load']} done in {config['wall_s']:.0f} s",
-                file=sys.stderr,
-            )
-    print(format_rows(configs))
-    print(f"\n{len(jobs)} configurations in {time.perf_counter() - started:.0f} s", file=sys.stderr)
     if args.json:
-        Path(args.json).write_text(json.dumps({"configs": configs}, indent=2) + "\n")
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    document = run_live(args) if args.live else run_offline(args)
+    if args.json:
+        Path(args.json).write_text(json.dumps(document, indent=2) + "\n")
     return 0
 
 
 if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
     sys.exit(main())

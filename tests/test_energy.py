@@ -149,8 +149,11 @@ async def test_live_requests_carry_their_energy_and_the_books_balance() -> None:
     assert all(
         s.idle_energy_j is not None and 0 <= s.idle_energy_j <= s.energy_j for s in summaries
     )
-    # Bigger requests (longer prompts, more tokens) cost more.
-    assert energies[-1] > energies[0]  # type: ignore[operator]
+    # Bigger requests (longer prompts, more tokens) cost more active energy. (Idle shares go to
+    # whoever ran next after a pause, so on a busy machine, where the client took long to
+    # connect, the first request may carry more idle than the last carries work.)
+    active = [s.energy_j - s.idle_energy_j for s in summaries]  # type: ignore[operator]
+    assert active[-1] > active[0]
     # The engines metered what the GPUs' counters say, and every joule of it (plus the idle
     # energy waiting before the first request) is some request's or still pending idle.
     assert ledgers_j == pytest.approx(measured_j, rel=1e-3)  # read a moment apart

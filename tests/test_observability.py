@@ -326,7 +326,12 @@ def test_clock_changes_are_a_controller_client_and_agent_server_pair(
     changes = run.named("voltana.controller.clock_change")
     assert changes
     for change in changes:
-        assert change.service_name == "voltana-controller" and change.parent_span_id == ""
+        assert change.service_name == "voltana-controller"
+        if change.parent_span_id:
+            # A change a placement notice asked for belongs to that request's trace.
+            (notice,) = [s for s in run.spans if s.span_id == change.parent_span_id]
+            assert notice.name == "voltana.v1.ControllerService/NotifyPlacement"
+            assert notice.kind == SERVER and notice.service_name == "voltana-controller"
         (call,) = run.children(change)
         assert call.name == "voltana.v1.NodeAgentService/SetClocks" and call.kind == CLIENT
         assert call.service_name == "voltana-controller"

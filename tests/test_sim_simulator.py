@@ -437,3 +437,101 @@ def test_instance_phases_and_ids(perf: AnalyticalPerformanceModel) -> None:
     assert all(
         state.kv_tokens_capacity == perf.kv_capacity_tokens() for state in snapshot.decode.values()
     )
+
+
+# ---- the live control loop --------------------------------------------------------------------
+
+LIVE_PERF = AnalyticalPerformanceModel.for_hardware(GPU, MODEL)
+
+
+@dataclass
+class Spy:
+    """Records the states it decides on (age and in-flight counts); holds one clock."""
+
+    clock_mhz: int
+    name: str = "spy"
+    is_static: bool = False
+    seen: list[tuple[float, InstanceState]] = field(default_factory=list)
+
+    def decide(self, state: InstanceState, slo: SloTarget, now_s: float) -> ClockDecision:
+        self.seen.append((now_s, state))
+        return ClockDecision(self.clock_mhz)
+
+
+def spy_suite() -> tuple[PolicySuite, Spy]:
+    spy = Spy(GPU.max_sm_clock_mhz)
+    return PolicySuite("spy", spy, spy, RoundRobinRouter()), spy
+
+
+def test_live_loop_decisions_see_reports_no_older_than_report_plus_watch_intervals() -> None:
+    suite, spy = spy_suite()
+    loop = LoopTiming()
+    requests = synthetic("poisson:rate=20,duration=5,input=500,output=50,seed=4")
+    simulate(requests, LIVE_PERF, config(loop=loop), suite)
+    ages_s = [now_s - state.observed_at_s for now_s, state in spy.seen]
+    oldest_s = (loop.report_interval_ms + loop.controller_watch_ms) / 1e3
+    assert min(ages_s) >= 0.0
+    assert max(ages_s) <= oldest_s + 1e-9
+    assert sum(ages_s) / len(ages_s) > 0.01  # decisions really do run on reports, late
+
+
+def test_ideal_loop_decisions_see_the_exact_state() -> None:
+    suite, spy = spy_suite()
+    requests = synthetic("poisson:rate=20,duration=2,input=500,output=50,seed=4")
+    simulate(requests, LIVE_PERF, config(loop=LoopTiming.ideal()), suite)
+    assert all(now_s == state.observed_at_s for now_s, state in spy.seen)
+
+
+@dataclass
+class ParkedPrefill:
+    """Prefill at the lowest clock with nothing to do, at the highest otherwise (requests
+    placed but not yet reported count)."""
+
+    name: str = "parked-prefill"
+    is_static: bool = False
+
+    def decide(self, state: InstanceState, slo: SloTarget, now_s: float) -> ClockDecision:
+        backlog = state.running_prefill_tokens + state.queued_tokens + state.inflight_tokens
+        busy = backlog or state.phase is Phase.DECODE
+        return ClockDecision(GPU.max_sm_clock_mhz if busy else GPU.min_sm_clock_mhz)
+
+
+def test_a_placement_notice_raises_a_parked_prefill_before_its_prompt_starts() -> None:
+    policy = ParkedPrefill()
+    at_max_s = LIVE_PERF.prefill_iteration(8000, GPU.max_sm_clock_mhz).latency_s
+
+    def prefill_s(notices: bool) -> float:
+        suite = PolicySuite("parked", policy, policy, RoundRobinRouter())
+        loop = replace(LoopTiming(), placement_trigger=notices)
+        # One long prompt long after start: the prefill instance has parked.
+        cluster = config(num_prefill=1, num_decode=1, loop=loop, clock_change_delay_ms=20.0)
+        record = simulate(requests_of((10.0, 8000, 2)), LIVE_PERF, cluster, suite).records[0]
+        return record.prefill_done_s - record.request.arrival_s
+
+    # With the notice: a few RPCs, then SetClocks lands 20 ms later while the prompt already
+    # runs (re-paced from there): barely slower than at the maximum clock throughout.
+    with_notice = prefill_s(True)
+    assert with_notice < at_max_s + 0.025
+    # Without: the prompt runs at the parked pace until a report and a tick (~50-150 ms).
+    assert prefill_s(False) > with_notice + 0.02
+
+
+def test_requests_placed_since_the_last_report_are_counted_once() -> None:
+    """The router's view: in-flight requests on top of the report, never double-counted."""
+    suite, _ = spy_suite()
+    seen: list[InstanceState] = []
+    original = suite.router.place
+
+    def place(request, snapshot):  # type: ignore[no-untyped-def]
+        seen.extend(snapshot.prefill.values())
+        return original(request, snapshot)
+
+    suite.router.place = place  # type: ignore[method-assign]
+    requests = synthetic("constant:rate=200,duration=0.2,input=4000,output=2,seed=1")
+    simulate(requests, LIVE_PERF, config(num_prefill=1, num_decode=1), suite)
+    totals = [
+        s.queue_len + (1 if s.running_prefill_tokens else 0) + s.inflight_requests for s in seen
+    ]
+    # Each placement sees every earlier request exactly once (constant arrivals, long prompts
+    # that are all still queued or running): 0, 1, 2, ...
+    assert totals == list(range(len(totals)))

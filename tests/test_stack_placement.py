@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import pytest
 
+from voltana.engine import SglangHttpClient
 from voltana.hardware import get_gpu, get_model
 from voltana.perf.analytical import AnalyticalPerformanceModel
 from voltana.policy.base import PolicyContext, PolicySuite, RoutingPolicy
@@ -57,7 +58,9 @@ def registered() -> None:
     register_policy(POLICY, _suite)
 
 
-async def ttft_ms_of_a_long_prompt(placement_notices: bool) -> float:
+async def prefill_ttft_ms_of_a_long_prompt(placement_notices: bool) -> float:
+    """The prefill engine's own TTFT of one long prompt (receipt to first token, simulated
+    milliseconds, from its /metrics histogram): free of the client's and the router's time."""
     settings = SimStackSettings(
         prefill=1,
         decode=1,
@@ -81,21 +84,24 @@ async def ttft_ms_of_a_long_prompt(placement_notices: bool) -> float:
                     input_ids=list(range(PROMPT_TOKENS)), max_new_tokens=2, ignore_eos=True
                 )
             ]
-    summary = events[-1]
-    assert isinstance(summary, GenerationSummary)
-    return summary.ttft_ms * SPEEDUP  # simulated milliseconds
+        assert isinstance(events[-1], GenerationSummary)
+        prefill = next(i.engine for i in stack.instances if i.instance_id == "prefill-0")
+        async with SglangHttpClient() as engine:
+            metrics = await engine.metrics(prefill.url)
+    assert metrics["sglang:time_to_first_token_seconds_count"] == 1
+    return metrics["sglang:time_to_first_token_seconds_sum"] * 1e3
 
 
 async def test_a_placed_request_finds_its_prefill_clock_raised_before_it_starts() -> None:
     perf = AnalyticalPerformanceModel.for_hardware(get_gpu("a100-80g"), get_model("llama-3.1-8b"))
     at_max_ms = perf.prefill_iteration(PROMPT_TOKENS, 1410).latency_s * 1e3
     at_parked_ms = perf.prefill_iteration(PROMPT_TOKENS, 210).latency_s * 1e3
-    with_notice = await ttft_ms_of_a_long_prompt(placement_notices=True)
-    without_notice = await ttft_ms_of_a_long_prompt(placement_notices=False)
+    with_notice = await prefill_ttft_ms_of_a_long_prompt(placement_notices=True)
+    without_notice = await prefill_ttft_ms_of_a_long_prompt(placement_notices=False)
     assert at_parked_ms > 4 * at_max_ms
-    # With the notice the prompt runs at the raised clock from its first chunk: its TTFT is
-    # the max-clock prefill plus KV transfer and loopback hops (the hops and any event-loop
-    # lag of a busy machine are stretched by the speedup) - far from the parked pace.
-    assert with_notice < 0.5 * at_parked_ms, (with_notice, at_max_ms, at_parked_ms)
-    # Without it the prompt starts at the parked clock until a tick sees the report.
-    assert without_notice > 1.3 * with_notice, (without_notice, with_notice)
+    # With the notice the prompt runs at the raised clock from its first chunk: the engine
+    # prefills it at the maximum clock's pace.
+    assert with_notice == pytest.approx(at_max_ms, rel=0.05), (with_notice, at_max_ms)
+    # Without it the prompt starts at the parked clock until a report, a watch and a tick
+    # (~100-150 ms of wall time, ten times that at this speedup) raise it.
+    assert without_notice > with_notice + 200.0, (without_notice, with_notice)

@@ -25,7 +25,7 @@ class OneLineErrorParser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from voltana.cli import doctor_cmd, model_cmd, simulate_cmd
+    from voltana.cli import doctor_cmd, evaluate_cmd, model_cmd, simulate_cmd
 
     parser = OneLineErrorParser(
         prog="voltana",
@@ -33,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"voltana {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in (simulate_cmd, model_cmd, doctor_cmd, *_service_commands()):
+    for module in (simulate_cmd, evaluate_cmd, model_cmd, doctor_cmd, *_service_commands()):
         module.register(commands)
     return parser
 

@@ -55,6 +55,13 @@ def add_slo_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--itl-slo-ms", type=float, default=50.0, help="mean ITL target (default: %(default)s)"
     )
+    group.add_argument(
+        "--ttft-slo-per-1k-ms",
+        type=float,
+        default=0.0,
+        help="TTFT allowance per 1000 prompt tokens, for traces with long prompts: a request's "
+        "TTFT target is --ttft-slo-ms plus this per 1k of its tokens (default: %(default)s)",
+    )
 
 
 @dataclass(frozen=True)
@@ -78,7 +85,12 @@ def hardware_from_args(args: argparse.Namespace) -> Hardware:
 def slo_from_args(args: argparse.Namespace) -> SloTarget:
     if args.ttft_slo_ms <= 0 or args.itl_slo_ms <= 0:
         raise ConfigError("SLO targets must be positive")
-    return SloTarget(ttft_ms=args.ttft_slo_ms, itl_ms=args.itl_slo_ms)
+    per_1k_ms = getattr(args, "ttft_slo_per_1k_ms", 0.0)
+    if per_1k_ms < 0:
+        raise ConfigError("--ttft-slo-per-1k-ms must be >= 0")
+    return SloTarget(
+        ttft_ms=args.ttft_slo_ms, itl_ms=args.itl_slo_ms, ttft_ms_per_1k_tokens=per_1k_ms
+    )
 
 
 def positive_float(text: str) -> float:

@@ -23,7 +23,7 @@ from voltana.cli.progress import ProgressBar
 from voltana.errors import ConfigError
 from voltana.policy.registry import policy_names, router_names
 from voltana.report import format_table
-from voltana.sim.cluster import ClusterConfig
+from voltana.sim.cluster import ClusterConfig, LoopTiming
 from voltana.sim.compare import build_suites, compare_policies
 from voltana.workloads import summarize_workload
 
@@ -83,6 +83,12 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         default=50.0,
         help="how often frequency policies decide (default: %(default)s)",
     )
+    cluster.add_argument(
+        "--ideal-loop",
+        action="store_true",
+        help="give every decision the exact current state with no delay, instead of the live "
+        "loop's reports, watches, RPCs and placement notices (for comparison only)",
+    )
     add_slo_args(parser)
     policies = parser.add_argument_group("policies")
     policies.add_argument(
@@ -123,7 +129,9 @@ def run(args: argparse.Namespace) -> int:
     if args.clock_delay_ms is not None and args.clock_delay_ms < 0:
         raise ConfigError("--clock-delay-ms must be >= 0")
     names = args.policy or ["static-max"]
-    suites = build_suites(names, args.router, hardware.gpu, hardware.perf, slo)
+    suites = build_suites(
+        names, args.router, hardware.gpu, hardware.perf, slo, args.max_running_requests
+    )
     requests = workload_from_args(args)
     config = ClusterConfig(
         gpu=hardware.gpu,
@@ -133,12 +141,9 @@ def run(args: argparse.Namespace) -> int:
         slo=slo,
         chunked_prefill_tokens=args.chunked_prefill_tokens,
         max_running_requests=args.max_running_requests,
-        clock_change_delay_ms=(
-            args.clock_delay_ms
-            if args.clock_delay_ms is not None
-            else hardware.gpu.clock_change_delay_ms
-        ),
+        clock_change_delay_ms=args.clock_delay_ms,
         control_interval_ms=args.control_interval_ms,
+        loop=LoopTiming.ideal() if args.ideal_loop else LoopTiming(),
     )
     workload = summarize_workload(requests)
     print(
@@ -185,7 +190,9 @@ def run(args: argparse.Namespace) -> int:
                 "seed": args.seed,
                 "max_running_requests": args.max_running_requests,
                 "chunked_prefill_tokens": args.chunked_prefill_tokens,
-                "clock_delay_ms": config.clock_change_delay_ms,
+                "clock_delay_ms": config.clock_delay_ms,
+                "ttft_slo_per_1k_ms": slo.ttft_ms_per_1k_tokens,
+                "loop": "ideal" if args.ideal_loop else "live",
                 "control_interval_ms": args.control_interval_ms,
                 "workload": workload.to_dict(),
             },
