@@ -23,7 +23,7 @@ class RouterSettings:
     # decided before the request is dispatched ("" = no notice: clocks follow at the next tick).
     controller_address: str = ""
     # Longest wait for the controller's answer before dispatching anyway.
-    placement_notice_timeout_ms: int = 50
+    placement_notice_timeout_ms: int = 100
     # Placements are reported to telemetry (arrival rates) in batches this often.
     placement_report_interval_ms: int = 50
     # Operating policy (voltana.policy.registry names, e.g. "static-max"); its router places.

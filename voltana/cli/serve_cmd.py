@@ -357,6 +357,13 @@ def _add_router(
         "decided before the request starts (default: none; clocks follow at its next tick)",
     )
     parser.add_argument(
+        "--placement-notice-timeout-ms",
+        type=positive_int,
+        default=100,
+        help="longest wait for the controller's answer before dispatching anyway "
+        "(default: %(default)s)",
+    )
+    parser.add_argument(
         "--instance-stale-after-s",
         type=float,
         default=0.0,
@@ -410,6 +417,7 @@ def _build_router(args: argparse.Namespace) -> Service:
             listen_address=args.listen,
             telemetry_address=args.telemetry,
             controller_address=args.controller,
+            placement_notice_timeout_ms=args.placement_notice_timeout_ms,
             policy=args.policy,
             router=args.router,
             gpu_key=args.gpu,

@@ -61,6 +61,8 @@ class SimStackSettings:
     # The router asks the controller to decide the placed instances' clocks before dispatching
     # (off: clocks follow at the next control tick, as a deployment without the notice would).
     placement_notices: bool = True
+    # Longest the router waits for the controller's answer before dispatching anyway.
+    placement_notice_timeout_ms: int = 100
     max_running_requests: int = 1024
     # stop(): how long engines let in-flight requests finish before aborting them (wall s).
     drain_timeout_s: float = 2.0

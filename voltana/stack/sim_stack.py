@@ -291,6 +291,7 @@ class SimStack(AsyncService):
             listen_address=settings.address(settings.router_port),
             telemetry_address=telemetry_address,
             controller_address=controller_address,
+            placement_notice_timeout_ms=settings.placement_notice_timeout_ms,
             policy=settings.policy,
             router=settings.router,
             gpu_key=settings.gpu_key,
