@@ -6,16 +6,10 @@ from collections import deque
 from collections.abc import Mapping
 
 from voltana.engine.prometheus import Histogram, render_counter, render_gauge
+from voltana.observation.latency import ITL_BUCKETS_S, TTFT_BUCKETS_S
 
-# Bucket bounds (seconds) in the spirit of SGLang's defaults.
-TTFT_BUCKETS_S = (
-    0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0, 10.0, 20.0,
-    40.0, 60.0, 120.0,
-)  # fmt: skip
-ITL_BUCKETS_S = (
-    0.002, 0.004, 0.006, 0.008, 0.010, 0.015, 0.020, 0.025, 0.030, 0.035, 0.040, 0.050, 0.060,
-    0.080, 0.100, 0.150, 0.200, 0.300, 0.400, 0.600, 0.800, 1.0, 2.0,
-)  # fmt: skip
+# TTFT/ITL bucket bounds are the observation contract's (SGLang's defaults), so the recent
+# latencies a reporter computes from this engine's histograms match the engine's own.
 E2E_BUCKETS_S = (
     0.1, 0.2, 0.4, 0.6, 0.8, 1.0, 2.0, 4.0, 6.0, 8.0, 10.0, 20.0, 40.0, 60.0, 80.0, 100.0,
     150.0, 200.0, 300.0, 600.0,
