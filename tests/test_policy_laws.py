@@ -62,8 +62,17 @@ def decide_repeatedly(policy: object, state: InstanceState, times: int = 5) -> i
 
 def test_paper_prefill_queue_means_max_clock() -> None:
     suite = build_paper_suite(CONTEXT, None)
-    state = prefill_state(queue_len=3, queued_tokens=3000, running_prefill_tokens=2000)
+    # More waits than the next batch (8192 tokens) takes: the published "waiting requests".
+    state = prefill_state(queue_len=3, queued_tokens=9000, running_prefill_tokens=2000)
     assert suite.prefill.decide(state, SLO, 100.0).sm_clock_mhz == GPU.max_sm_clock_mhz
+
+
+def test_prompts_that_arrived_during_the_running_batch_are_no_backlog() -> None:
+    """A report taken mid-iteration counts prompts the next batch will simply take; the
+    published scheduler measured its queue right after forming a batch, where they are not."""
+    suite = build_paper_suite(CONTEXT, None)
+    state = prefill_state(queue_len=2, queued_tokens=200, running_prefill_tokens=100)
+    assert suite.prefill.decide(state, SLO, 100.0).sm_clock_mhz < GPU.max_sm_clock_mhz
 
 
 def test_voltana_prefill_deep_backlog_means_max_clock() -> None:
@@ -121,8 +130,14 @@ def test_paper_loosens_the_target_by_the_margin() -> None:
 
 
 def test_decode_admission_queue_means_max_clock(suite: PolicySuite) -> None:
-    state = decode_state(running_batch=200, kv_tokens_used=200_000, queue_len=5)
+    # Waiting longer than a step: not admitted (memory or the batch limit) - a real backlog.
+    state = decode_state(
+        running_batch=200, kv_tokens_used=200_000, queue_len=5, oldest_wait_ms=120.0
+    )
     assert suite.decode.decide(state, SLO, 100.0).sm_clock_mhz == GPU.max_sm_clock_mhz
+    # Just arrived during the running step: they join the next one.
+    fresh = decode_state("decode-1", running_batch=200, kv_tokens_used=200_000, queue_len=5)
+    assert decide_repeatedly(suite.decode, fresh) < GPU.max_sm_clock_mhz
 
 
 def test_decode_clock_rises_with_batch(suite: PolicySuite) -> None:

@@ -20,7 +20,11 @@ disaggregation/echo_lb_new.py and its demo scripts):
 
 Remaining deviations (the framework, not the method): decisions run on each control tick (50 ms)
 from the latest observed state instead of every scheduler iteration from medians of per-iteration
-metrics; the prefill "queueing delay" is the age of the oldest waiting request; EcoRoute's
+metrics; "waiting requests" means what the published scheduler measured right after forming a
+batch - prompts the next batch cannot take (beyond the chunked-prefill budget), decode requests
+that are not admitted at the next step (the batch is full, or they waited longer than one) -
+since a report taken mid-iteration also counts requests that merely arrived during it; the
+prefill "queueing delay" is the age of the oldest waiting request; EcoRoute's
 in-flight count per decode instance is running + waiting + placed-but-not-yet-visible requests
 (the authors' router counted requests from dispatch to completion), and its "load" is the KV
 tokens in use plus those placed requests' prompts.
@@ -71,6 +75,8 @@ class EcoFreqPrefill:
     margin: float = MARGIN
     # Requests per second (per instance) above which the clock goes to the maximum; None = off.
     arrival_rate_threshold_rps: float | None = None
+    # The engine's chunked-prefill budget: prompts beyond it wait for more than one batch.
+    batch_tokens: int = 8192
     name: str = "ecofreq-prefill"
     is_static: bool = False
 
@@ -79,7 +85,7 @@ class EcoFreqPrefill:
         threshold = self.arrival_rate_threshold_rps
         if threshold is not None and state.arrival_rate_rps > threshold:
             return ClockDecision(int(clocks[-1]), "arrival rate above threshold: max clock")
-        if state.queue_len > 0:
+        if state.prefill_backlog(self.batch_tokens):
             return ClockDecision(int(clocks[-1]), "waiting requests: max clock")
         tokens = state.running_prefill_tokens
         if tokens <= 0:
@@ -100,7 +106,7 @@ class EcoFreqDecode:
 
     def decide(self, state: InstanceState, slo: SloTarget, now_s: float) -> ClockDecision:
         clocks = self.predictor.clocks_mhz
-        if state.queue_len > 0:
+        if state.decode_backlog(slo.itl_ms):
             return ClockDecision(int(clocks[-1]), "waiting requests: max clock")
         if state.running_batch <= 0:
             return _idle_decision(clocks, state, now_s)

@@ -67,6 +67,24 @@ class InstanceState:
     inflight_requests: int = 0
     inflight_tokens: int = 0
 
+    def prefill_backlog(self, batch_tokens: int) -> bool:
+        """Prompts wait that the next batch (``batch_tokens``, the chunked-prefill budget)
+        cannot take. A report taken mid-iteration counts the prompts that arrived since the
+        batch was formed; they join the next one and are no backlog - SGLang's own queue
+        gauge, set as it forms a batch, would not show them."""
+        return self.queue_len > 0 and (
+            self.queued_tokens + self.running_prefill_tokens > batch_tokens
+        )
+
+    def decode_backlog(self, step_ms: float) -> bool:
+        """Requests wait to join the decode batch beyond the next step: it is full, or the
+        oldest has already waited longer than a step (``step_ms``) - not merely arrived
+        during the running one."""
+        return self.queue_len > 0 and (
+            self.running_batch + self.queue_len > (self.max_running_requests or 1 << 30)
+            or self.oldest_wait_ms > step_ms
+        )
+
     @property
     def is_idle(self) -> bool:
         return self.queue_len == 0 and self.running_batch == 0 and self.running_prefill_tokens == 0

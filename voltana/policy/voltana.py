@@ -266,7 +266,7 @@ class VoltanaDecode:
             return ClockDecision(
                 self._hysteresis.apply(state.instance_id, int(clocks[0])), "idle: park"
             )
-        if state.queue_len > 0:
+        if state.decode_backlog(slo.itl_ms):
             return ClockDecision(
                 self._hysteresis.apply(state.instance_id, int(clocks[-1])), "admission queue: max"
             )
