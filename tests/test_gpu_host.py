@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import io
 import itertools
+import re
+import shlex
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -14,7 +16,7 @@ import pynvml
 import pytest
 
 from voltana.cli.doctor_cmd import diagnose
-from voltana.cli.main import main
+from voltana.cli.main import build_parser, main
 from voltana.gpu.device_check import (
     Comparison,
     parse_smi_gpus,
@@ -283,3 +285,27 @@ async def test_agent_reports_clocks_energy_counter_driver_and_the_h100_key() -> 
     assert list(first.supported_sm_clocks_mhz) == sorted(H100_CLOCKS_DESCENDING_MHZ)
     assert first.default_sm_clock_mhz == 1980
     assert first.energy_counter_supported and not second.energy_counter_supported
+
+
+def test_every_voltana_command_in_the_gpu_host_guide_parses() -> None:
+    """docs/gpu-host.md's commands are real: each `voltana ...` line of its code blocks (with
+    its continuation lines) parses with the CLI's own parser."""
+    text = (Path(__file__).resolve().parent.parent / "docs" / "gpu-host.md").read_text()
+    blocks = re.findall(r"```bash\n(.*?)```", text, flags=re.DOTALL)
+    commands = []
+    for block in blocks:
+        joined = block.replace("\\\n", " ")
+        for line in joined.splitlines():
+            for part in re.split(r"&&|\|\||[|;&]", line):
+                words = shlex.split(part, comments=True)
+                # What runs before voltana (sudo, env settings, docker run IMAGE) is not voltana's.
+                while words and (words[0] != "voltana" or words[1:2] == ["voltana"]):
+                    words.pop(0)
+                if words and "..." not in words:
+                    commands.append(words[1:])
+    assert len(commands) >= 12
+    for words in commands:
+        try:
+            build_parser().parse_args(words)
+        except SystemExit as error:
+            raise AssertionError(f"voltana {shlex.join(words)} does not parse") from error
