@@ -28,6 +28,28 @@ class RedisServer:
         return f"redis://{self.host}:{self.port}/0"
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Refuse to test another checkout's services. ``voltana.services`` is setup.py's mapping of
+    services/, so it comes from wherever voltana was installed (``pip install -e .``); a second
+    checkout on PYTHONPATH would otherwise test its own voltana/ against the first's services/."""
+    import voltana
+    import voltana.services
+
+    root = Path(__file__).resolve().parent.parent
+    found = {
+        "voltana": Path(next(iter(voltana.__path__))).resolve(),
+        "voltana.services": Path(next(iter(voltana.services.__path__))).resolve(),
+    }
+    expected = {"voltana": root / "voltana", "voltana.services": root / "services"}
+    if found != expected:
+        pytest.exit(
+            f"voltana imports from {found['voltana']} and voltana.services from "
+            f"{found['voltana.services']}, not from this checkout ({root}): "
+            f"run `python3 -m pip install -e '.[dev]'` here",
+            returncode=4,
+        )
+
+
 def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 from pathlib import Path
 
 import pytest
@@ -64,6 +65,18 @@ def test_a_plot_path_matplotlib_cannot_write_fails_before_the_run(
     code, out, err = run_cli(capsys, "simulate", "--plot", str(tmp_path / "out.txt"))
     assert_one_line_error(code, err, "--plot", "out.txt", ".png")
     assert out == ""  # nothing ran: no workload line, no table
+
+
+def test_plot_without_matplotlib_names_the_extra_before_the_run(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # matplotlib is the optional `plot` extra; None in sys.modules is how Python spells
+    # "not installed" to the import system.
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    code, out, err = run_cli(capsys, "simulate", "--plot", str(tmp_path / "out.png"))
+    assert_one_line_error(code, err, "--plot", "matplotlib", "voltana[plot]")
+    assert out == ""
+    assert not (tmp_path / "out.png").exists()
 
 
 @pytest.mark.parametrize("flag", ["--json", "--plot"])

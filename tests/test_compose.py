@@ -463,7 +463,9 @@ def test_trace_viewer_accepts_otlp(services: dict[str, dict[str, Any]]) -> None:
 def test_dockerfile_builds_the_voltana_image() -> None:
     dockerfile = (ROOT / "docker" / "Dockerfile").read_text()
     assert re.search(r"^FROM python:3\.11-slim", dockerfile, re.MULTILINE)
-    assert re.search(r"^RUN pip install \.", dockerfile, re.MULTILINE)
+    # Built from a wheel (tests/test_packaging.py builds that wheel the same way).
+    assert re.search(r"^RUN pip wheel --no-deps --wheel-dir /dist \.$", dockerfile, re.MULTILINE)
+    assert re.search(r"^RUN pip install /dist/voltana-\*\.whl", dockerfile, re.MULTILINE)
     document = yaml.safe_load(COMPOSE_PATH.read_text())
     for name, service in document["services"].items():
         if command_of(service)[:1] == ["voltana"]:

@@ -7,6 +7,7 @@ ends the command with one line at once instead of after a long run.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
 from pathlib import Path
@@ -54,8 +55,13 @@ def check_output_path(path: str, flag: str, *, allow_stdout: bool = True) -> Non
 
 
 def check_plot_path(path: str, flag: str = "--plot") -> None:
-    """Like ``check_output_path`` (no stdout), and the extension must name an image format."""
+    """Like ``check_output_path`` (no stdout), the extension must name an image format, and
+    matplotlib (the optional ``plot`` extra) must be installed."""
     check_output_path(path, flag, allow_stdout=False)
+    if importlib.util.find_spec("matplotlib") is None:
+        raise ConfigError(
+            f"{flag} needs matplotlib, which is optional: pip install 'voltana[plot]'"
+        )
     suffix = Path(path).suffix.lower().lstrip(".")
     if suffix not in PLOT_FORMATS:
         raise ConfigError(
