@@ -32,9 +32,10 @@ class AsyncService(ABC):
         await self.stop()
 
 
-async def cancel_and_wait(tasks: Iterable[asyncio.Task[Any]]) -> None:
-    """Cancel background tasks and wait until each has ended (their cancellation swallowed)."""
-    pending = list(tasks)
+async def cancel_and_wait(tasks: Iterable[asyncio.Task[Any] | None]) -> None:
+    """Cancel background tasks and wait until each has ended (their cancellation swallowed);
+    None stands for a task that was never started."""
+    pending = [task for task in tasks if task is not None]
     for task in pending:
         task.cancel()
     for task in pending:

@@ -20,6 +20,7 @@ from opentelemetry import trace
 from opentelemetry.trace import Status, StatusCode
 
 from voltana.errors import FailedPreconditionError, NotFoundError, VoltanaError
+from voltana.lifecycle import cancel_and_wait
 from voltana.policy.state import ClockDecision, InstanceState
 from voltana.services.controller.agents import AgentClients
 from voltana.services.controller.feed import ClusterView, SnapshotFeed
@@ -424,11 +425,7 @@ class ControlLoop:
     async def release(self, *, reset_clocks: bool) -> None:
         """Cancel pending SetClocks; with ``reset_clocks``, ask agents to reset held GPUs."""
         tasks, self._tasks = list(self._tasks), set()
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(tasks)
         if not reset_clocks:
             return
         held = [c for c in self._controls.values() if c.lease_held]

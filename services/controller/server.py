@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 import time
@@ -13,7 +12,7 @@ from grpc_health.v1 import health
 from opentelemetry import trace
 from prometheus_client import CollectorRegistry
 
-from voltana.lifecycle import AsyncService
+from voltana.lifecycle import AsyncService, cancel_and_wait
 from voltana.observability.prometheus import MetricsServer, start_metrics_server
 from voltana.policy.state import Phase
 from voltana.rpc import dialable_address, start_grpc_server, stop_grpc_server
@@ -196,11 +195,7 @@ class ControllerService(AsyncService):
         if metrics_server is not None:
             await metrics_server.stop()
         tasks, self._tasks = self._tasks, []
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(tasks)
         if self._loop is not None:
             await self._loop.release(reset_clocks=self._settings.reset_clocks_on_stop)
             self._loop = None

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 
 import grpc
 
+from voltana.lifecycle import cancel_and_wait
 from voltana.policy.state import InstanceState
 from voltana.rpc.channel import create_channel
 from voltana.rpc.security import RpcSecurity
@@ -113,9 +114,6 @@ class PlacementReporter:
 
     async def stop(self) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait([task])
         with contextlib.suppress(Exception):
             await self.flush()

@@ -11,12 +11,12 @@ oldest (counted and logged), and what is still unsent when the router stops is l
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections import deque
 from typing import Protocol
 
 from voltana.errors import InvalidArgumentError
+from voltana.lifecycle import cancel_and_wait
 from voltana.services.telemetry.records import Completion
 from voltana.text import shorten
 
@@ -102,9 +102,7 @@ class CompletionReporter:
             return
         await self.flush(flush_timeout_s)
         task, self._task = self._task, None
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await cancel_and_wait([task])
         if self._buffer:
             _LOG.error(
                 "%d completion record(s) not reported at shutdown (telemetry unreachable); "

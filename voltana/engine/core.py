@@ -13,7 +13,6 @@ previous one ended, so event-loop jitter does not leak into the latencies the en
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import enum
 import itertools
 import logging
@@ -31,6 +30,7 @@ from voltana.engine.tokenizer import ToyTokenizer
 from voltana.gpu.device import GpuDevice
 from voltana.gpu.errors import GpuError
 from voltana.gpu.sim import SimulatedGpu
+from voltana.lifecycle import cancel_and_wait
 from voltana.observation import EngineGauges, InstanceObserver, ObservationConfig
 from voltana.perf.model import IterationEstimate, PerformanceModel
 from voltana.policy.state import InstanceState, Phase
@@ -201,10 +201,7 @@ class EngineCore:
 
     async def stop(self) -> None:
         task, self._loop_task = self._loop_task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait([task])
         self._set_power_source(_constant_power(self.perf.gpu.idle_w))  # no CUDA context left
 
     # ---- requests --------------------------------------------------------------------------

@@ -7,7 +7,6 @@ ResetClocks at the end), so a profiler that dies leaves the GPUs to the agent's 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -16,6 +15,7 @@ import grpc
 import grpc.aio
 
 from voltana.errors import ConfigError, FailedPreconditionError, NotFoundError
+from voltana.lifecycle import cancel_and_wait
 from voltana.rpc import RpcSecurity, create_channel, error_from_rpc
 from voltana.v1 import agent_pb2, agent_pb2_grpc, common_pb2
 
@@ -141,10 +141,7 @@ class AgentClockControl:
     async def restore(self) -> None:
         """Stop renewing and put every GPU of the group back to default clocks."""
         task, self._renewal = self._renewal, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait([task])
         if not self._locked or self._stub is None:
             return
         for gpu_index in self.gpu_indices:

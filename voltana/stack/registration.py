@@ -15,6 +15,7 @@ import logging
 from collections.abc import Callable
 
 from voltana.errors import NotFoundError, VoltanaError
+from voltana.lifecycle import cancel_and_wait
 from voltana.services.telemetry import InstanceInfo, TelemetryClient
 
 _LOG = logging.getLogger(__name__)
@@ -86,10 +87,7 @@ class InstanceRegistration:
 
     async def stop(self, *, unregister: bool = True) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait([task])
         if unregister and self.registered:
             instance_id = self.instance_id
             with contextlib.suppress(NotFoundError):

@@ -16,7 +16,6 @@ What SGLang's metrics give, and what is estimated:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import logging
 import math
@@ -31,6 +30,7 @@ from voltana.engine import SglangHttpClient
 from voltana.engine.errors import EngineError
 from voltana.errors import ConfigError, UnavailableError, VoltanaError
 from voltana.hardware import get_gpu
+from voltana.lifecycle import cancel_and_wait
 from voltana.observation import DEFAULT_OBSERVATION, EngineGauges, LatencyWindow
 from voltana.policy.state import InstanceState, Phase
 from voltana.rpc import RpcSecurity, create_channel, error_from_rpc
@@ -407,10 +407,7 @@ class SglangInstanceReporter:
     async def stop(self) -> None:
         """Stop reporting and unregister the instance (routers stop sending it work)."""
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait([task])
         if self._telemetry is not None:
             registration, self.registration = self.registration, None
             if registration is not None:
