@@ -144,11 +144,21 @@ def run_offline(args: argparse.Namespace) -> dict[str, Any]:
                 f"[{n}/{len(row_jobs)}] {row.workload} {row.hardware} {row.load} ({wall_s:.0f} s)",
                 file=sys.stderr,
             )
+            if args.json:  # a long run interrupted keeps the rows it finished
+                partial = offline_document(capacities, rows, complete=n == len(row_jobs))
+                Path(args.json).write_text(json.dumps(partial, indent=2) + "\n")
     print(format_matrix(rows))
     print()
     print("\n".join(verdict_lines(rows)))
     print(f"\n{len(rows)} rows in {time.perf_counter() - started:.0f} s", file=sys.stderr)
+    return offline_document(capacities, rows, complete=True)
+
+
+def offline_document(
+    capacities: dict[tuple[str, int], float], rows: Sequence[Row], *, complete: bool
+) -> dict[str, Any]:
     return {
+        "complete": complete,
         "capacities": {f"{n}|{HARDWARE[i].label}": c for (n, i), c in capacities.items()},
         "rows": [row.as_dict() for row in rows],
     }

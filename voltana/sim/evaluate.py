@@ -102,10 +102,14 @@ def workloads(duration_s: float = 120.0, max_requests: int = 2500) -> dict[str, 
             ),
             Workload(
                 "azure-code",
-                "Azure LLM 2023 code trace (long prompts, short answers)",
-                # Prompts reach 7k tokens (~0.8 s of prefill at max clock on an A100).
-                SloTarget(ttft_ms=500.0, itl_ms=50.0, ttft_ms_per_1k_tokens=250.0),
-                _trace("code", max_requests),
+                "Azure LLM 2023 code trace (first 1000 requests; long prompts, short answers)",
+                # Prompts reach 7.4k tokens (~0.8 s of prefill at max clock on an A100), and the
+                # trace stamps 400k prompt tokens within 10 s (~19 s of prefill for two A100s):
+                # with a 500 ms base even a near-idle static-max misses 1-3 % of requests, so
+                # the base is 1 s. 1000 requests keep the light-load replay (long, once
+                # time-stretched below the bursts' capacity) affordable.
+                SloTarget(ttft_ms=1000.0, itl_ms=50.0, ttft_ms_per_1k_tokens=250.0),
+                _trace("code", min(max_requests, 1000)),
             ),
             Workload(
                 "lmsys-like",
