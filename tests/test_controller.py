@@ -36,6 +36,7 @@ from voltana.services.telemetry import (
     TelemetryService,
     TelemetrySettings,
 )
+from voltana.services.telemetry.convert import state_to_proto
 from voltana.v1 import agent_pb2, agent_pb2_grpc, common_pb2, controller_pb2, controller_pb2_grpc
 
 pytestmark = pytest.mark.integration
@@ -449,6 +450,45 @@ async def test_telemetry_loss_lets_leases_lapse_to_default_clocks(cluster: Clust
     # Blind: no renewals, so within stale time + one lease the agent is back at default.
     await eventually(lambda: cluster.gpus[0].sm_clock_mhz() == A100.default_sm_clock_mhz, 2.0)
     assert cluster.gpus[0].locks_mhz == [1005]
+
+
+async def test_a_placement_notice_holds_until_a_report_shows_the_work(cluster: Cluster) -> None:
+    """A report taken after the notice but before the request reached the engine shows an
+    idle instance; it must not park the clock the notice raised (the placed prompt would run
+    at the parked clock). A report that shows work, or one taken after the hold, takes over."""
+    hold_s = 1.5
+    await cluster.register("prefill-0", Phase.PREFILL, 0)
+    await cluster.report(load("prefill-0", Phase.PREFILL))
+    _, stub = await cluster.controller(policy=QUEUE_POLICY, placement_hold_ms=int(hold_s * 1e3))
+    gpu = cluster.gpus[0]
+    await eventually(lambda: gpu.sm_clock_mhz() == A100.min_sm_clock_mhz)
+
+    async def notify() -> float:
+        view = load("prefill-0", Phase.PREFILL, queue_len=1)
+        response = await stub.NotifyPlacement(
+            controller_pb2.NotifyPlacementRequest(instances=[state_to_proto(view)])
+        )
+        assert list(response.sm_clock_mhz) == [A100.max_sm_clock_mhz]
+        return time.monotonic()
+
+    # An idle report right after the notice does not undo it.
+    await notify()
+    await cluster.report(load("prefill-0", Phase.PREFILL))
+    await asyncio.sleep(0.2)
+    assert gpu.sm_clock_mhz() == A100.max_sm_clock_mhz
+    # The engine's report of the work takes over; the next idle one parks.
+    await cluster.report(load("prefill-0", Phase.PREFILL, queue_len=1))
+    await cluster.report(load("prefill-0", Phase.PREFILL))
+    await eventually(lambda: gpu.sm_clock_mhz() == A100.min_sm_clock_mhz)
+
+    # A request that came and went between two reports: the hold ends the notice.
+    noticed_s = await notify()
+    while gpu.sm_clock_mhz() != A100.min_sm_clock_mhz:
+        assert time.monotonic() - noticed_s < hold_s + 3.0, "the notice never ended"
+        await cluster.report(load("prefill-0", Phase.PREFILL))
+        await asyncio.sleep(0.05)
+    assert time.monotonic() - noticed_s >= hold_s
+    assert gpu.locks_mhz == [210, 1410, 210, 1410, 210]
 
 
 # --- trace propagation, seen on the wire through a recording fake agent ----------------------

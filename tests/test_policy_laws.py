@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -249,6 +251,26 @@ def test_voltana_router_spills_over_when_the_busy_instance_is_full() -> None:
         100.0, {"prefill-0": prefill_state()}, {"decode-0": full, "decode-1": idle}
     )
     assert suite.router.place(RequestSpec(1000, 100, SLO), snapshot).decode_id == "decode-1"
+
+
+def test_voltana_router_spills_over_when_the_engine_stops_admitting() -> None:
+    """The engine reserves KV for whole outputs, so it can stop admitting while the tokens in
+    use look roomy: a request waiting for admission longer than two decode steps says so."""
+    suite = build_voltana_suite(CONTEXT, None)
+    blocked = decode_state(
+        "decode-0", running_batch=60, kv_tokens_used=60_000, queue_len=5, oldest_wait_ms=200.0
+    )
+    idle = decode_state("decode-1")
+    snapshot = ClusterSnapshot(
+        100.0, {"prefill-0": prefill_state()}, {"decode-0": blocked, "decode-1": idle}
+    )
+    assert suite.router.place(RequestSpec(1000, 100, SLO), snapshot).decode_id == "decode-1"
+    # Requests that merely arrived during the running step do not count as blocked.
+    joining = dataclasses.replace(blocked, oldest_wait_ms=10.0)
+    snapshot = ClusterSnapshot(
+        100.0, {"prefill-0": prefill_state()}, {"decode-0": joining, "decode-1": idle}
+    )
+    assert suite.router.place(RequestSpec(1000, 100, SLO), snapshot).decode_id == "decode-0"
 
 
 def test_voltana_router_counts_requests_still_in_prefill() -> None:

@@ -108,11 +108,17 @@ class ControlLoop:
 
     def _newest(self, reported: InstanceState) -> InstanceState:
         """The router's view sent with a placement stands for the instance until a report
-        taken after it arrives (the report would not show the placed request yet)."""
+        taken after it shows work there, or until the placement hold has passed. A report
+        taken after the notice but before the request reached the engine (the router
+        dispatches only once the clock is applied) shows an idle instance: taking it at its
+        word would park the clock the notice just raised, under the placed prompt."""
         notified = self._notified.get(reported.instance_id)
         if notified is None:
             return reported
-        if reported.observed_at_s >= notified.observed_at_s:
+        hold_s = self._settings.placement_hold_ms / 1000.0
+        if reported.observed_at_s >= notified.observed_at_s and (
+            not reported.is_idle or reported.observed_at_s >= notified.observed_at_s + hold_s
+        ):
             del self._notified[reported.instance_id]
             return reported
         return notified

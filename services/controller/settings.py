@@ -43,6 +43,11 @@ class ControllerSettings:
     profile_path: str | None = None
     # Decide at least this often (and whenever a new snapshot arrives).
     control_interval_ms: int = 50
+    # The router's view sent with a placement stands until a later report shows work on the
+    # instance, or for at most this long: a report taken between the notice and the
+    # request's arrival at the engine shows an idle instance, and must not park the clock
+    # the notice just raised.
+    placement_hold_ms: int = 250
     snapshot_mode: SnapshotMode = "watch"
     # Lease asked for on every SetClocks; renewed every ttl/3, so a controller that dies
     # leaves its clocks locked for at most this long before agents reset them.
@@ -93,6 +98,7 @@ class ControllerSettings:
         for name in (
             "tensor_parallel",
             "control_interval_ms",
+            "placement_hold_ms",
             "lease_ttl_ms",
             "rpc_timeout_ms",
             "retry_backoff_max_ms",

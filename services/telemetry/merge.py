@@ -50,7 +50,11 @@ def merge_state(
             sm_clock_mhz=gpu.sm_clock_mhz,
             power_w=gpu.power_w,
             energy_j=gpu.energy_j,
-            observed_at_s=max(state.observed_at_s, gpu.ts_s),
+            # The load fields are as of the engine's report, not the GPU sample: a later
+            # sample must not make an old report look fresh (the router's in-flight ledger
+            # would settle requests the report never saw). Until the engine reports, the
+            # sample's time is all there is.
+            observed_at_s=state.observed_at_s or gpu.ts_s,
         )
     return state
 

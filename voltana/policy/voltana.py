@@ -350,7 +350,16 @@ class VoltanaRouter:
         kv_tokens = np.array([s.kv_tokens_used + s.inflight_tokens for s in states], dtype=float)
         limits = np.array([s.max_running_requests or 1 << 30 for s in states], dtype=float)
         capacity = np.array([s.kv_tokens_capacity or 1 << 62 for s in states], dtype=float)
-        fits = (batches < limits) & (kv_tokens + reserve <= self.kv_headroom * capacity)
+        # A request waiting this long for admission means the engine is full by its own count
+        # (it reserves KV for whole outputs, more than the tokens in use): nothing more there.
+        admission_blocked = np.array(
+            [s.queue_len > 0 and s.oldest_wait_ms > 2.0 * request.slo.itl_ms for s in states]
+        )
+        fits = (
+            (batches < limits)
+            & (kv_tokens + reserve <= self.kv_headroom * capacity)
+            & ~admission_blocked
+        )
         power, index = self._best_power_w(
             np.concatenate([batches, batches + 1]),
             np.concatenate([kv_tokens, kv_tokens + added_kv]),
