@@ -15,7 +15,8 @@ Each workload's SLO is printed with it (the code trace's TTFT target grows with 
 Live (--live): a slice of three workloads at moderate load on 2P2D A100 Llama-3.1-8B, replayed
 in real time through `voltana up --sim` (speedup 1) with `voltana bench`, next to the simulator
 on the very same requests, for static-max, voltana-paper and voltana: SLO attainment, TTFT
-p90/p99 and energy, live beside offline. --busy runs a CPU-bound process beside the stack.
+p90/p99 and energy, live beside offline, and the simulated seconds the live engines lost to a
+host too busy for them ("stall s"). --busy runs a CPU-bound process beside the stack.
 
     python bench/energy.py --live [--live-duration-s 60] [--busy] [--json OUT.json]
 """
@@ -264,7 +265,7 @@ def run_live(args: argparse.Namespace) -> dict[str, Any]:
                 )
     header = (
         f"{'workload':<12} {'policy':<14} {'SLO off/live':>16} {'TTFT p90 off/live':>18} "
-        f"{'TTFT p99 off/live':>18} {'kJ off/live':>16} {'energy Δ':>8}"
+        f"{'TTFT p99 off/live':>18} {'kJ off/live':>16} {'energy Δ':>8} {'stall s':>8}"
     )
     lines = [header, "-" * len(header)]
     for entry in table:
@@ -287,12 +288,15 @@ def run_live(args: argparse.Namespace) -> dict[str, Any]:
         delta = (
             f"{100 * (energy_live / energy_off - 1):+.1f}%" if energy_live and energy_off else "-"
         )
+        # Simulated seconds the live engines' GPUs idled with work waiting on a late host.
+        stalled_s = live_row.get("sim_host_stall_s")
+        stall = "-" if stalled_s is None else f"{stalled_s:.2f}"
         lines.append(
             f"{entry['workload']:<12} {entry['policy']:<14} "
             f"{pair('slo_attainment', 100, '.2f'):>16} "
             f"{p(offline_row, 'p90') + '/' + p(live_row, 'p90'):>18} "
             f"{p(offline_row, 'p99') + '/' + p(live_row, 'p99'):>18} "
-            f"{pair('energy_j', 1e-3):>16} {delta:>8}"
+            f"{pair('energy_j', 1e-3):>16} {delta:>8} {stall:>8}"
         )
     print("\n".join(lines))
     return {"busy": args.busy, "duration_s": args.live_duration_s, "rows": table}

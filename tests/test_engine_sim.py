@@ -305,6 +305,28 @@ async def test_gpu_power_follows_the_work_and_energy_integrates(client: SglangHt
     assert gpu.power_w() == get_gpu("a100-80g").idle_w
 
 
+@pytest.mark.parametrize("catch_up_wall_s", [0.02, 2.0])
+async def test_a_stalled_host_is_reported_not_passed_off_as_gpu_time(
+    client: SglangHttpClient, catch_up_wall_s: float
+) -> None:
+    """An event loop that wakes late either catches up (iterations stay back to back in
+    simulated time) or, beyond the catch-up window, counts the simulated time its GPU sat
+    idle with work waiting, on /metrics."""
+    settings = _settings("null", catch_up_wall_s=catch_up_wall_s)
+    async with _engine(settings) as engine:
+        request = {"input_ids": [1000] * 100, "sampling_params": {"max_new_tokens": 300}}
+        task = asyncio.create_task(client.generate(engine.url, request))
+        await _until(lambda: engine.core.running_requests > 0, what="a running batch")
+        time.sleep(0.3)  # the host stalls: nothing on this loop runs
+        await task
+        samples = await client.metric_samples(engine.url)
+    (stalled_s,) = [s.value for s in samples if s.name == "voltana:sim_host_stall_seconds_total"]
+    if catch_up_wall_s > 0.3:
+        assert stalled_s == 0.0
+    else:  # about the stall past the window, in simulated seconds
+        assert 0.5 * 0.28 * SPEEDUP < stalled_s < 2.0 * 0.3 * SPEEDUP
+
+
 async def test_client_disconnect_cancels_the_job(
     pd_pair: tuple[SimEngine, SimEngine], client: SglangHttpClient
 ) -> None:

@@ -91,12 +91,15 @@ async def test_bench_prints_the_simulate_table_and_json(stack: SimStack, tmp_pat
     assert set(document) == {"config", "results"}
     assert document["config"]["target"] == stack.router_address
     (row,) = document["results"]
-    assert set(row) == RESULT_KEYS
+    assert set(row) == RESULT_KEYS | {"sim_host_stall_s"}
     assert row["policy"] == "static-max"
     assert row["requests"] == 8
     assert row["completed"] == 7
     assert row["rejected"] == 1 and row["rejected_by_reason"] == {"invalid_request": 1}
     assert row["energy_j"] > 0
+    # What the simulated engines lost to a late host is measured (0 on an idle machine, but
+    # never unknown: they report it).
+    assert row["sim_host_stall_s"] is not None and row["sim_host_stall_s"] >= 0
     # The engines run 5x faster than wall time, so their GPUs' energy covers 5x the wall
     # duration: power per GPU stays an A100's (idle ~60 W, TDP 400 W), not 5x that.
     assert document["config"]["engine_speedup"] == 5.0
@@ -123,6 +126,7 @@ async def test_bench_without_telemetry_reports_unknown_energy(
     (row,) = json.loads(out.read_text())["results"]
     assert row["completed"] == 2 and row["rejected"] == 0
     assert row["energy_j"] is None and row["avg_power_w"] is None
+    assert row["sim_host_stall_s"] is None  # engines found through telemetry only
     assert row["energy_per_output_token_j"] is None and row["energy_savings_vs_first"] is None
     lines = stdout.splitlines()
     for label in ("energy (kJ)", "savings vs first", "J / output token", "avg power / GPU (W)"):

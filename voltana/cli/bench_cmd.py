@@ -367,6 +367,25 @@ async def engine_speedup(engine_urls: dict[str, str]) -> float:
     return speedups.pop() if speedups else 1.0
 
 
+async def host_stall_s(engine_urls: dict[str, str]) -> float | None:
+    """Simulated seconds the simulated engines' GPUs sat idle with work waiting because their
+    host ran late (summed over engines; None when no engine reports it: real SGLang)."""
+    from voltana.engine import EngineError, SglangHttpClient
+    from voltana.engine.stats import HOST_STALL_METRIC
+
+    total_s: float | None = None
+    async with SglangHttpClient(connect_timeout_s=2.0) as http:
+        for url in sorted(set(engine_urls.values())):
+            try:
+                samples = await asyncio.wait_for(http.metric_samples(url), 5.0)
+            except (EngineError, TimeoutError):
+                continue
+            for sample in samples:
+                if sample.name == HOST_STALL_METRIC:
+                    total_s = (total_s or 0.0) + sample.value
+    return total_s
+
+
 # ---- the command -----------------------------------------------------------------------------
 
 
@@ -421,6 +440,9 @@ async def bench(
     async with client:
         await client.wait_until_ready(args.connect_timeout_s)
         energy_before = await read_energy(args.telemetry, security) if args.telemetry else None
+        stall_before_s = (
+            await host_stall_s(energy_before.engine_urls) if energy_before is not None else None
+        )
         progress = None if args.quiet else ProgressBar(f"{args.policy_label:>16}")
         total = len(requests)
         replayed = await replay(
@@ -431,10 +453,20 @@ async def bench(
             on_done=None if progress is None else (lambda done: progress.update(done / total)),
         )
         energy_j: float | None = None
+        stalled_s: float | None = None
         num_gpus = 0
         speedup = 1.0
         if energy_before is not None:
             energy_after = await read_energy(args.telemetry, security)
+            stall_after_s = await host_stall_s(energy_after.engine_urls)
+            if stall_after_s is not None:
+                stalled_s = max(0.0, stall_after_s - (stall_before_s or 0.0))
+            if stalled_s:
+                print(
+                    f"the simulated engines lost {stalled_s:.2f} s (simulated) to a host too "
+                    "busy for them (GPUs idle with work waiting): the latencies include it",
+                    file=sys.stderr,
+                )
             energy_j, num_gpus = energy_delta_j(
                 energy_before.energy_j, energy_after.energy_j, energy_after.gpus
             )
@@ -448,7 +480,9 @@ async def bench(
                     file=sys.stderr,
                 )
     outcome = outcome_of(replayed, total, args.policy_label, energy_j, num_gpus, speedup)
-    return result_row(outcome, args), speedup
+    row = result_row(outcome, args)
+    row["sim_host_stall_s"] = stalled_s
+    return row, speedup
 
 
 def run(args: argparse.Namespace) -> int:

@@ -418,16 +418,27 @@ class EngineCore:
             self._draw_during(after.power_w, now_s, iteration.end_s)
 
     def _start_iteration(self) -> _Iteration | None:
-        now_s = self._clock()
-        start_s = now_s
+        start_s, stalled_s = self._start_time_s(self._clock())
+        self._work_arrived_s = None
+        iteration = self._iteration_at(start_s)
+        if iteration is not None:
+            self.metrics.host_stall_s_total += stalled_s
+        return iteration
+
+    def _start_time_s(self, now_s: float) -> tuple[float, float]:
+        """When the next iteration starts (simulated s), and how long the GPU sat idle with
+        work waiting because the loop woke later than it may catch up (a stalled host)."""
         catch_up_s = self._catch_up_wall_s * self._speedup
         # The loop runs a little after the simulated moment it should (wake-up latency x
         # speedup): back to back with the previous iteration, or from the work's arrival.
         if self._last_end_s is not None and now_s - self._last_end_s <= catch_up_s:
-            start_s = self._last_end_s
-        elif self._work_arrived_s is not None and now_s - self._work_arrived_s <= catch_up_s:
-            start_s = self._work_arrived_s
-        self._work_arrived_s = None
+            return self._last_end_s, 0.0
+        if self._work_arrived_s is not None and now_s - self._work_arrived_s <= catch_up_s:
+            return self._work_arrived_s, 0.0
+        due_s = self._last_end_s if self._last_end_s is not None else self._work_arrived_s
+        return now_s, 0.0 if due_s is None else now_s - due_s
+
+    def _iteration_at(self, start_s: float) -> _Iteration | None:
         clock_mhz = self._read_sm_clock_mhz()
         # Prefill first, as SGLang's scheduler does when both have work.
         if self.prefill is not None and self.prefill.queue_len:

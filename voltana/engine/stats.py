@@ -52,6 +52,10 @@ class WindowedSamples:
         return sum(value * weight for _, value, weight in self._entries)
 
 
+# Voltana's own (SGLang has no such counter): time a simulated engine lost to its host.
+HOST_STALL_METRIC = "voltana:sim_host_stall_seconds_total"
+
+
 class EngineMetrics:
     """SGLang-named counters and histograms of one engine; gauges are passed in at render time."""
 
@@ -75,6 +79,10 @@ class EngineMetrics:
         self.generation_tokens_total = 0
         self.requests_total = 0
         self.aborted_requests_total = 0
+        # Simulated seconds the GPU sat idle with work waiting because the engine's event loop
+        # woke too late to catch up (a host too busy for its speedup): latency a real GPU
+        # would not have added.
+        self.host_stall_s_total = 0.0
 
     def render(self, labels: Mapping[str, str], gauges: Mapping[str, tuple[str, float]]) -> str:
         """Exposition text; ``gauges`` maps metric name to (help text, value)."""
@@ -101,6 +109,13 @@ class EngineMetrics:
         )
         for name, help_text, counter_value in counters:
             lines += render_counter(f"sglang:{name}", help_text, counter_value, labels)
+        lines += render_counter(
+            HOST_STALL_METRIC,
+            "Simulated seconds the GPU sat idle with work waiting because the simulated "
+            "engine's host ran late (not GPU time; a real engine would not lose it).",
+            self.host_stall_s_total,
+            labels,
+        )
         for histogram in (self.ttft, self.itl, self.e2e):
             lines += histogram.render(labels)
         return "\n".join(lines) + "\n"
