@@ -15,6 +15,7 @@ from typing import Any
 import grpc
 import grpc.aio
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -27,7 +28,7 @@ from voltana.policy.registry import register_policy
 from voltana.policy.routing import RoundRobinRouter
 from voltana.policy.state import ClockDecision, InstanceState, Phase, SloTarget
 from voltana.rpc import create_channel, start_grpc_server, stop_grpc_server
-from voltana.rpc.names import NODE_AGENT_SERVICE
+from voltana.rpc.names import CONTROLLER_SERVICE, NODE_AGENT_SERVICE
 from voltana.services.agent import AgentService, AgentSettings
 from voltana.services.controller import ControllerService, ControllerSettings
 from voltana.services.telemetry import (
@@ -443,13 +444,33 @@ async def _at_least(count: Awaitable[int], minimum: int) -> bool:
 
 async def test_telemetry_loss_lets_leases_lapse_to_default_clocks(cluster: Cluster) -> None:
     await cluster.register("prefill-0", Phase.PREFILL, 0)
-    await cluster.controller(policy="static:1005", lease_ttl_ms=300, telemetry_stale_after_ms=200)
+    service, _ = await cluster.controller(
+        policy="static:1005", lease_ttl_ms=300, telemetry_stale_after_ms=200
+    )
     await eventually(lambda: cluster.gpus[0].sm_clock_mhz() == 1005)
+    channel = create_channel(service.address, security=SECURITY)
+    health = health_pb2_grpc.HealthStub(channel)
 
-    await cluster.telemetry.stop()
-    # Blind: no renewals, so within stale time + one lease the agent is back at default.
-    await eventually(lambda: cluster.gpus[0].sm_clock_mhz() == A100.default_sm_clock_mhz, 2.0)
-    assert cluster.gpus[0].locks_mhz == [1005]
+    async def health_status() -> int:
+        reply = await health.Check(health_pb2.HealthCheckRequest(service=CONTROLLER_SERVICE))
+        return int(reply.status)
+
+    try:
+        assert await health_status() == health_pb2.HealthCheckResponse.SERVING
+        await cluster.telemetry.stop()
+        # Blind: no renewals, so within stale time + one lease the agent is back at default.
+        await eventually(lambda: cluster.gpus[0].sm_clock_mhz() == A100.default_sm_clock_mhz, 2.0)
+        assert cluster.gpus[0].locks_mhz == [1005]
+        # And the controller says it cannot steer.
+        await eventually(
+            lambda: _is(health_status(), health_pb2.HealthCheckResponse.NOT_SERVING), 2.0
+        )
+    finally:
+        await channel.close()
+
+
+async def _is(value: Awaitable[int], expected: int) -> bool:
+    return await value == expected
 
 
 async def test_a_placement_notice_holds_until_a_report_shows_the_work(cluster: Cluster) -> None:

@@ -62,6 +62,11 @@ class ControlLoop:
         self._tasks: set[asyncio.Task[None]] = set()
 
     @property
+    def blind(self) -> bool:
+        """Telemetry has been unreachable too long: clock control is paused."""
+        return self._blind
+
+    @property
     def controls(self) -> Mapping[str, InstanceControl]:
         """Instances seen in the latest snapshot, by id (sorted)."""
         return dict(sorted(self._controls.items()))

@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry
 from voltana.lifecycle import AsyncService, cancel_and_wait
 from voltana.observability.prometheus import MetricsServer, start_metrics_server
 from voltana.policy.state import Phase
-from voltana.rpc import dialable_address, start_grpc_server, stop_grpc_server
+from voltana.rpc import dialable_address, set_serving, start_grpc_server, stop_grpc_server
 from voltana.rpc.names import CONTROLLER_SERVICE
 from voltana.services.controller.agents import AgentClients
 from voltana.services.controller.errors import ControllerNotRunningError
@@ -29,6 +29,8 @@ from voltana.services.telemetry.client import TelemetryClient
 from voltana.v1 import controller_pb2_grpc
 
 _LOG = logging.getLogger(__name__)
+# How often the health status is brought in line with whether telemetry is reachable.
+HEALTH_CHECK_INTERVAL_S = 0.25
 
 
 class ControllerService(AsyncService):
@@ -167,6 +169,7 @@ class ControllerService(AsyncService):
                 asyncio.create_task(feed.run(), name="controller-feed"),
                 asyncio.create_task(loop.run(), name="controller-loop"),
                 asyncio.create_task(loop.run_lease_renewals(), name="controller-leases"),
+                asyncio.create_task(self._keep_health(loop), name="controller-health"),
             ]
         except BaseException:
             await self._release()
@@ -178,6 +181,16 @@ class ControllerService(AsyncService):
             settings.policy,
             settings.telemetry_address,
         )
+
+    async def _keep_health(self, loop: ControlLoop) -> None:
+        """NOT_SERVING while telemetry is lost (clock control paused), SERVING otherwise: an
+        orchestrator or `voltana health` sees a controller that cannot steer."""
+        serving = True
+        while True:
+            await asyncio.sleep(HEALTH_CHECK_INTERVAL_S)
+            if loop.blind == serving:
+                serving = not loop.blind
+                await set_serving(self._health, [CONTROLLER_SERVICE], serving)
 
     async def stop(self) -> None:
         """Stop serving and deciding; reset held clocks when the settings ask for it."""
