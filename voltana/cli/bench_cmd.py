@@ -15,9 +15,9 @@ import json
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from voltana.cli.options import (
     add_slo_args,
@@ -51,6 +51,11 @@ from voltana.sdk import (
     VoltanaClientError,
 )
 from voltana.workloads import TraceRequest, summarize_workload
+
+if TYPE_CHECKING:  # the engine client is imported where used: `voltana bench --help` stays fast
+    from voltana.engine import SglangHttpClient
+
+T = TypeVar("T")
 
 EPILOG = """\
 examples:
@@ -343,22 +348,31 @@ def energy_delta_j(
     return energy_j, sum((gpus or {}).get(i, 1) for i in measured)
 
 
+async def ask_engines(
+    engine_urls: dict[str, str], ask: Callable[[SglangHttpClient, str], Awaitable[T]]
+) -> list[T]:
+    """``ask`` every distinct engine URL; engines this host cannot reach are left out."""
+    from voltana.engine import EngineError, SglangHttpClient
+
+    answers: list[T] = []
+    async with SglangHttpClient(connect_timeout_s=2.0) as http:
+        for url in sorted(set(engine_urls.values())):
+            try:
+                answers.append(await asyncio.wait_for(ask(http, url), 5.0))
+            except (EngineError, TimeoutError):
+                continue
+    return answers
+
+
 async def engine_speedup(engine_urls: dict[str, str]) -> float:
     """How much faster than wall time the engines run: simulated engines report their
     speedup in /get_server_info (``voltana_sim.speedup``); real SGLang servers, and engines
     this host cannot reach, count as 1. ConfigError when the engines disagree."""
-    from voltana.engine import EngineError, SglangHttpClient
-
     speedups: set[float] = set()
-    async with SglangHttpClient(connect_timeout_s=2.0) as http:
-        for url in sorted(set(engine_urls.values())):
-            try:
-                info = await asyncio.wait_for(http.server_info(url), 5.0)
-            except (EngineError, TimeoutError):
-                continue
-            sim = info.get("voltana_sim")
-            speedup = sim.get("speedup") if isinstance(sim, dict) else None
-            speedups.add(float(speedup) if isinstance(speedup, int | float) else 1.0)
+    for info in await ask_engines(engine_urls, lambda http, url: http.server_info(url)):
+        sim = info.get("voltana_sim")
+        speedup = sim.get("speedup") if isinstance(sim, dict) else None
+        speedups.add(float(speedup) if isinstance(speedup, int | float) else 1.0)
     if len(speedups) > 1:
         raise ConfigError(
             f"the engines run at different speedups ({sorted(speedups)}); energy per wall second "
@@ -370,20 +384,15 @@ async def engine_speedup(engine_urls: dict[str, str]) -> float:
 async def host_stall_s(engine_urls: dict[str, str]) -> float | None:
     """Simulated seconds the simulated engines' GPUs sat idle with work waiting because their
     host ran late (summed over engines; None when no engine reports it: real SGLang)."""
-    from voltana.engine import EngineError, SglangHttpClient
     from voltana.engine.stats import HOST_STALL_METRIC
 
-    total_s: float | None = None
-    async with SglangHttpClient(connect_timeout_s=2.0) as http:
-        for url in sorted(set(engine_urls.values())):
-            try:
-                samples = await asyncio.wait_for(http.metric_samples(url), 5.0)
-            except (EngineError, TimeoutError):
-                continue
-            for sample in samples:
-                if sample.name == HOST_STALL_METRIC:
-                    total_s = (total_s or 0.0) + sample.value
-    return total_s
+    stalls = [
+        sample.value
+        for samples in await ask_engines(engine_urls, lambda http, url: http.metric_samples(url))
+        for sample in samples
+        if sample.name == HOST_STALL_METRIC
+    ]
+    return sum(stalls) if stalls else None
 
 
 # ---- the command -----------------------------------------------------------------------------
