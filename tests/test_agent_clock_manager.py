@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import AsyncIterator, Callable
 
 import pytest
+from gpu_fakes import SlowLockingGpu
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -71,6 +72,28 @@ async def manager(gpus: list[SimulatedGpu], clock: ManualClock) -> AsyncIterator
     yield clocks
     watchdog.cancel()
     await asyncio.gather(watchdog, return_exceptions=True)
+
+
+async def test_a_caller_giving_up_mid_lock_leaves_the_clock_leased(clock: ManualClock) -> None:
+    # A gRPC deadline or Ctrl-C cancels the handler while NVML is still locking the clock in
+    # its thread; the lock lands anyway, and without its lease no watchdog would undo it.
+    gpu = SlowLockingGpu(A100, 0, now_s=clock.now_s, clock_change_delay_ms=0)
+    manager = make_manager([gpu], clock)  # type: ignore[list-item]
+    setting = asyncio.create_task(manager.set_clock(0, 1005, holder="ctl", ttl_s=2.0))
+    await settle(lambda: gpu.locked_range_mhz is not None)
+    assert gpu.locked_range_mhz == (1005, 1005)
+    setting.cancel()
+    await settle(rounds=5)
+    assert not setting.done()  # the lock and its lease finish first
+    gpu.release.set()
+    with pytest.raises(asyncio.CancelledError):
+        await setting
+    status = await manager.status(0)
+    assert status.locked_sm_clock_mhz == 1005
+    assert status.lease is not None and status.lease.holder == "ctl"
+    clock.advance(2.5)
+    assert await manager.expire_leases() == [0]
+    assert gpu.locked_range_mhz is None
 
 
 async def test_set_clock_rounds_up_and_leases(

@@ -54,8 +54,10 @@ async def client() -> AsyncIterator[SglangHttpClient]:
 @pytest.fixture
 async def pd_pair() -> AsyncIterator[tuple[SimEngine, SimEngine]]:
     async with (
-        _engine(_settings("prefill")) as prefill,
-        _engine(_settings("decode", drain_timeout_s=0.0)) as decode,
+        # A window of 600 simulated seconds (30 s wall): a slow CI host must not age the
+        # recent TTFT/ITL samples out before a test reads them.
+        _engine(_settings("prefill", recent_window_s=600.0)) as prefill,
+        _engine(_settings("decode", drain_timeout_s=0.0, recent_window_s=600.0)) as decode,
     ):
         yield prefill, decode
 
@@ -109,12 +111,6 @@ async def test_pd_stream_delivers_every_token_with_sglang_meta(
     )
     assert len("".join(c["text"] for c in chunks).split()) == 24
 
-    # The same prompt through a single (null-mode) instance gives the same tokens.
-    async with _engine(_settings("null")) as single:
-        alone = await client.generate(single.url, request)
-    assert alone["output_ids"] == [i for c in chunks for i in c["output_ids"]]
-    assert alone["text"] == "".join(c["text"] for c in chunks)
-
     # Measured latencies follow the performance model (times are simulated seconds).
     state = decode.instance_state()
     perf = decode.perf
@@ -126,6 +122,12 @@ async def test_pd_stream_delivers_every_token_with_sglang_meta(
     # Never faster than the model (up to rounding): an idle engine starts when work arrives.
     assert prefill_ms - 1e-6 <= prefill_state.recent_ttft_ms <= prefill_ms * 1.5 + 50
     assert state.recent_ttft_ms is not None and state.recent_ttft_ms > 0
+
+    # The same prompt through a single (null-mode) instance gives the same tokens.
+    async with _engine(_settings("null")) as single:
+        alone = await client.generate(single.url, request)
+    assert alone["output_ids"] == [i for c in chunks for i in c["output_ids"]]
+    assert alone["text"] == "".join(c["text"] for c in chunks)
 
 
 async def test_prefill_engine_answers_once_its_prompt_is_done(client: SglangHttpClient) -> None:

@@ -15,6 +15,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from gpu_fakes import SlowLockingGpu
 from security_helpers import SECURITY, TEST_TOKEN
 
 from voltana.cli.main import main
@@ -24,9 +25,11 @@ from voltana.hardware import get_gpu, get_model
 from voltana.perf.measured import MeasuredProfile, ProfiledGpu, ProfileMetadata
 from voltana.perf.profile import ProfiledPerformanceModel, ProfilePoint, ProfileTable
 from voltana.profiler import Profiler, ProfileSettings
+from voltana.profiler.agent_clocks import AgentClockControl
 from voltana.profiler.roundtrip import roundtrip_errors
 from voltana.profiler.runner import choose_clocks
 from voltana.rpc import create_channel
+from voltana.services.agent import AgentService, AgentSettings
 from voltana.services.controller.policies import PolicyBook
 from voltana.services.router import RouterSettings
 from voltana.stack import EngineNode, EngineNodeSettings
@@ -233,6 +236,26 @@ async def test_profiling_the_simulated_gpu_reproduces_its_model() -> None:
     assert {e.phase for e in errors} == {"idle", "prefill", "decode"} and len(errors) == 2 * 5
     worst = max(errors, key=lambda e: max(e.latency_error, e.power_error))
     assert max(worst.latency_error, worst.power_error) <= 0.03, worst
+
+
+@pytest.mark.integration
+async def test_a_clock_set_cut_short_is_still_put_back() -> None:
+    # Ctrl-C while SetClocks is in flight: the agent may have locked the GPU already, so the
+    # profiler must reset it although it never saw the reply.
+    gpu = SlowLockingGpu(get_gpu("a100-80g"), 0, clock_change_delay_ms=0)
+    async with AgentService(AgentSettings(security=SECURITY), devices=[gpu]) as agent:
+        async with AgentClockControl(
+            agent.address, [0], security=SECURITY, holder="profile-test"
+        ) as control:
+            setting = asyncio.create_task(control.set_clock(1005, "test"))
+            deadline = time.monotonic() + 10.0
+            while gpu.locked_range_mhz is None:
+                assert time.monotonic() < deadline, "the agent never locked the clock"
+                await asyncio.sleep(0.005)
+            setting.cancel()
+            await asyncio.gather(setting, return_exceptions=True)
+            gpu.release.set()
+        assert gpu.locked_range_mhz is None
 
 
 # ---- the command ---------------------------------------------------------------------------

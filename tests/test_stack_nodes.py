@@ -12,7 +12,7 @@ from security_helpers import SECURITY
 
 from voltana.engine import SglangHttpClient, SimEngine, SimEngineSettings
 from voltana.errors import ConfigError
-from voltana.policy.state import Phase
+from voltana.policy.state import InstanceState, Phase
 from voltana.services.agent import AgentService
 from voltana.services.telemetry import TelemetryClient, TelemetryService, TelemetrySettings
 from voltana.stack import EngineNode, EngineNodeSettings
@@ -132,12 +132,18 @@ async def test_sglang_reporter_registers_and_reports_scraped_load(
                 {"input_ids": list(range(300)), "sampling_params": {"max_new_tokens": 20}},
             )
 
+            reported: list[InstanceState] = []
+
             async def latencies_reported() -> bool:
+                # Kept from the snapshot that showed it: a later one may find the window aged out.
                 state = (await client.snapshot()).decode.get("decode-sg")
-                return state is not None and state.recent_ttft_ms is not None
+                if state is None or state.recent_ttft_ms is None:
+                    return False
+                reported.append(state)
+                return True
 
             await eventually(latencies_reported, "TTFT from the scraped histogram")
-            state = (await client.snapshot()).decode["decode-sg"]
+            state = reported[-1]
             assert state.recent_ttft_ms is not None and state.recent_ttft_ms > 0
             assert state.kv_tokens_capacity == info.kv_tokens_capacity
             assert reporter.reports > 0

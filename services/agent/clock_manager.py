@@ -20,6 +20,7 @@ from opentelemetry.context import Context
 
 from voltana.errors import InvalidArgumentError
 from voltana.gpu import GpuDevice, GpuError, GpuNotFoundError, resolve_sm_clock_mhz
+from voltana.lifecycle import finish_before_cancelling
 from voltana.services.agent.clock import AgentClock
 from voltana.services.agent.leases import Lease, LeaseTable
 from voltana.text import shorten
@@ -166,13 +167,12 @@ class ClockManager:
             span.set_attribute("voltana.gpu.sm_clock.applied_mhz", applied_mhz)
             async with self._gpu_locks[gpu_index]:
                 self._leases.check_grantable(gpu_index, holder, self._clock.now_s(), principal)
-                await self._device_call(device.set_locked_sm_clock_mhz, applied_mhz, applied_mhz)
-                # The lease starts once the clock is locked, so no locked clock is unleased.
-                lease = self._leases.grant(
-                    gpu_index, holder, lease_ttl_s, self._clock.now_s(), principal
+                # Finished even when the caller gives up (deadline, Ctrl-C): the device call
+                # runs on in its thread, and a clock locked without its lease would never be
+                # put back by the watchdog.
+                lease = await finish_before_cancelling(
+                    self._lock_and_lease(device, applied_mhz, holder, lease_ttl_s, principal)
                 )
-                self._locked_mhz[gpu_index] = applied_mhz
-                self._lease_changed(gpu_index, lease)
                 measured_mhz = await self._read_back(device, applied_mhz)
             change = ClockChange(
                 gpu_index, requested_sm_clock_mhz, applied_mhz, measured_mhz, lease
@@ -202,6 +202,17 @@ class ClockManager:
             shorten(reason, 200),
         )
         return change
+
+    async def _lock_and_lease(
+        self, device: GpuDevice, applied_mhz: int, holder: str, ttl_s: float, principal: str
+    ) -> Lease:
+        # Caller holds the GPU's lock.
+        await self._device_call(device.set_locked_sm_clock_mhz, applied_mhz, applied_mhz)
+        # The lease starts once the clock is locked, so no locked clock is unleased.
+        lease = self._leases.grant(device.index, holder, ttl_s, self._clock.now_s(), principal)
+        self._locked_mhz[device.index] = applied_mhz
+        self._lease_changed(device.index, lease)
+        return lease
 
     async def _read_back(self, device: GpuDevice, expected_mhz: int) -> int:
         """Poll the clock until it shows ``expected_mhz`` or the read-back timeout passes.

@@ -107,6 +107,9 @@ class AgentClockControl:
     async def set_clock(self, sm_clock_mhz: int, reason: str) -> int:
         """Lock every GPU of the group at ``sm_clock_mhz``; returns the clock applied."""
         applied = 0
+        # Set before the call: a SetClocks cut short (Ctrl-C, a lost reply) may still have
+        # locked the GPU on the agent's side, and restore() must put it back.
+        self._locked = True
         for gpu_index in self.gpu_indices:
             request = agent_pb2.SetClocksRequest(
                 gpu=agent_pb2.GpuSelector(gpu_index=gpu_index),
@@ -124,7 +127,6 @@ class AgentClockControl:
                 ) from None
             assert isinstance(response, agent_pb2.SetClocksResponse)
             applied = response.applied_sm_clock_mhz
-        self._locked = True
         if self._renewal is None:
             self._renewal = asyncio.create_task(self._renew(), name="profile-lease-renewal")
         return applied
