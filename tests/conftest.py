@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import shutil
 import socket
@@ -48,6 +49,19 @@ def pytest_configure(config: pytest.Config) -> None:
             f"run `python3 -m pip install -e '.[dev]'` here",
             returncode=4,
         )
+
+
+@pytest.fixture(autouse=True)
+def _drop_cli_log_handlers() -> Iterator[None]:
+    """A CLI run in-process installs its log handler on the test's captured stderr; drop it
+    afterwards, or later tests log into that closed stream ("Logging error")."""
+    from voltana.observability.logs import LogFormatter
+
+    yield
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if isinstance(handler.formatter, LogFormatter):
+            root.removeHandler(handler)
 
 
 def _free_port() -> int:

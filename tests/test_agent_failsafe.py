@@ -202,7 +202,7 @@ async def test_a_hung_agent_gets_its_lapsed_lease_reset_by_the_watchdog(
     finally:
         agent_process.process.send_signal(signal.SIGCONT)
     # The 1 s lease plus the watchdog's 1 s grace (the agent's own reset would come first).
-    assert 0.5 < took_s < 4.0
+    assert 0.5 < took_s < 8.0
 
 
 @pytest.mark.e2e

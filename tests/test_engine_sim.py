@@ -396,7 +396,7 @@ async def test_decode_times_out_when_no_prefill_sends_the_kv(client: SglangHttpC
             async for _ in client.generate_stream(decode.url, request):
                 pass
         assert caught.value.status == 504
-        assert 0.3 <= time.monotonic() - started_s < 2.0
+        assert 0.3 <= time.monotonic() - started_s < 10.0  # not the default 30 s
         # An unreachable bootstrap server times out the same way, naming the last error.
         unreachable = {**request, "bootstrap_port": _closed_port()}
         with pytest.raises(EngineTimeoutError, match="last error"):
@@ -419,7 +419,7 @@ async def test_generate_pd_raises_the_prefill_error_without_waiting(
             ):
                 pass
         assert caught.value.status == 400 and prefill.url in caught.value.url
-        assert time.monotonic() - started_s < 2.0  # not the decode's 30 s KV timeout
+        assert time.monotonic() - started_s < 10.0  # not the decode's 30 s KV timeout
         await _until(lambda: not decode.core.requests(), what="decode to drop the request")
 
 

@@ -22,6 +22,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from security_helpers import SECURITY
 
 from voltana.engine import SglangHttpClient, SimEngine, SimEngineSettings
+from voltana.lifecycle import cancel_and_wait
 from voltana.policy.state import InstanceState, Phase
 from voltana.rpc import create_channel
 from voltana.rpc.names import ROUTER_SERVICE
@@ -312,20 +313,27 @@ async def test_router_health_is_not_serving_while_nothing_can_be_placed() -> Non
 
 
 async def test_the_engine_client_does_not_queue_streams_behind_a_pool_limit() -> None:
-    # 150 streams of ~2 s each, all open at once, with a 1 s connect timeout. A pool capped
-    # at 100 connections (aiohttp's default) queued 50 of them, and the wait counted against
-    # the connect timeout: they failed as timeouts although the engine had room.
-    payload = {"input_ids": [1, 2, 3], "sampling_params": {"max_new_tokens": 100}}
+    # 150 streams open at once. A pool capped at 100 connections (aiohttp's default) held 50
+    # of them back until others ended, and that wait counted against the connect timeout:
+    # they failed as timeouts although the engine had room. Here no stream ends by itself, so
+    # a cap shows as fewer than 150 requests reaching the engine (however slow the host).
+    payload = {"input_ids": [1, 2, 3], "sampling_params": {"max_new_tokens": 100_000}}
     async with (
-        SimEngine(SimEngineSettings(mode="null", speedup=1.0)) as engine,
-        SglangHttpClient(connect_timeout_s=1.0) as client,
+        SimEngine(SimEngineSettings(mode="null", speedup=1.0, drain_timeout_s=0.0)) as engine,
+        SglangHttpClient(connect_timeout_s=30.0) as client,
     ):
 
-        async def stream() -> int:
-            chunks = 0
+        async def stream() -> None:
             async for _ in client.generate_stream(engine.url, payload):
-                chunks += 1
-            return chunks
+                pass
 
-        results = await asyncio.gather(*(stream() for _ in range(150)), return_exceptions=True)
-    assert [r for r in results if isinstance(r, BaseException)] == []
+        streams = [asyncio.create_task(stream()) for _ in range(150)]
+        try:
+            deadline = time.monotonic() + 30.0
+            while (reached := len(engine.core.requests())) < 150:
+                ended = [task for task in streams if task.done()]
+                assert not ended, f"a stream ended early: {ended[0].exception()!r}"
+                assert time.monotonic() < deadline, f"only {reached} of 150 streams reached it"
+                await asyncio.sleep(0.05)
+        finally:
+            await cancel_and_wait(streams)

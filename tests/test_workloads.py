@@ -7,7 +7,6 @@ import itertools
 import json
 import pickle
 import statistics
-import time
 from pathlib import Path
 
 import numpy as np
@@ -93,13 +92,6 @@ def test_code_trace_parses_with_readme_statistics() -> None:
     assert summary.input_tokens_median == 1469
     assert summary.output_tokens_mean == pytest.approx(28, abs=1)
     assert summary.output_tokens_median == 13
-
-
-@needs_shared_traces
-def test_conv_trace_loads_fast() -> None:
-    started = time.perf_counter()
-    load_trace(CONV_TRACE)
-    assert time.perf_counter() - started < 1.0
 
 
 @needs_shared_traces

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 from voltana.gpu import GpuDevice, GpuError, GpuSample, read_gpu_sample
 from voltana.services.agent.clock import AgentClock
@@ -21,11 +21,15 @@ class GpuSampler:
         sink: GpuSampleSink | None,
         clock: AgentClock,
         interval_s: float,
+        unreadable_listener: Callable[[frozenset[int]], Awaitable[None]] | None = None,
     ) -> None:
+        """``unreadable_listener`` hears the set of GPUs that cannot be read whenever it
+        changes (the agent turns it into its health status)."""
         self._devices = list(devices)
         self._sink = sink
         self._clock = clock
         self._interval_s = interval_s
+        self._unreadable_listener = unreadable_listener
         # GPUs whose last read failed, so a broken GPU logs once, not every round.
         self._failing: set[int] = set()
         # The latest reading of each GPU (what /metrics shows).
@@ -34,17 +38,20 @@ class GpuSampler:
     async def sample_once(self) -> list[GpuSample]:
         """One sample per readable GPU (unreadable ones are skipped and logged)."""
         samples: list[GpuSample] = []
+        failing_before = frozenset(self._failing)
         for device in self._devices:
             try:
                 sample = await asyncio.to_thread(self._read_now, device)
             except GpuError as error:
                 if device.index not in self._failing:
-                    _LOG.warning("cannot sample GPU %d: %s", device.index, error)
+                    _LOG.error("cannot sample GPU %d: %s", device.index, error)
                 self._failing.add(device.index)
                 continue
             self._failing.discard(device.index)
             samples.append(sample)
             self.latest[device.index] = sample
+        if self._unreadable_listener is not None and self._failing != failing_before:
+            await self._unreadable_listener(frozenset(self._failing))
         return samples
 
     async def run(self) -> None:

@@ -27,7 +27,7 @@ from voltana.hardware import get_gpu
 from voltana.hardware.gpu_names import catalog_key_for_device_name
 from voltana.lifecycle import AsyncService
 from voltana.observability.prometheus import MetricsServer, start_metrics_server
-from voltana.rpc import dialable_address, start_grpc_server, stop_grpc_server
+from voltana.rpc import dialable_address, set_serving, start_grpc_server, stop_grpc_server
 from voltana.rpc.names import NODE_AGENT_SERVICE
 from voltana.services.agent.clock import AgentClock, SystemClock
 from voltana.services.agent.clock_manager import ClockManager
@@ -330,9 +330,27 @@ class AgentService(AsyncService):
             )
         self._sink = sink
         # Runs without a sink too: /metrics shows its latest readings.
-        sampler = GpuSampler(self._devices, sink, self._clock, settings.sample_interval_ms / 1000.0)
+        sampler = GpuSampler(
+            self._devices,
+            sink,
+            self._clock,
+            settings.sample_interval_ms / 1000.0,
+            unreadable_listener=self._unreadable_changed,
+        )
         self._sampler = sampler
         self._tasks.append(asyncio.create_task(sampler.run()))
+
+    async def _unreadable_changed(self, unreadable: frozenset[int]) -> None:
+        # NOT_SERVING while a GPU cannot be read (fallen off the bus, driver gone): an
+        # orchestrator or `voltana health` sees an agent that cannot vouch for its GPUs.
+        if unreadable:
+            _LOG.error(
+                "GPU(s) %s unreadable: health NOT_SERVING until they read", sorted(unreadable)
+            )
+        else:
+            _LOG.info("every GPU reads again: health SERVING")
+        if self._server is not None:
+            await set_serving(self._health, [NODE_AGENT_SERVICE], not unreadable)
 
     async def stop(self) -> None:
         """Stop serving, then reset every GPU to default clocks and release NVML."""
