@@ -106,12 +106,15 @@ class StreamTotals:
     # last chunk's meta_info; real SGLang does not: None).
     prefill_energy: RequestEnergy | None = None
     decode_energy: RequestEnergy | None = None
+    # The router's own estimate (energy_estimates.py), for engines that report none.
+    estimated_energy: RequestEnergy | None = None
 
     @property
     def energy(self) -> RequestEnergy | None:
-        """Prefill plus decode energy, when both engines reported theirs."""
+        """Prefill plus decode energy when both engines reported theirs, else the router's
+        estimate (None when there is neither)."""
         if self.prefill_energy is None or self.decode_energy is None:
-            return None
+            return self.estimated_energy
         return self.prefill_energy + self.decode_energy
 
 

@@ -24,6 +24,7 @@ from voltana.policy.state import ClusterSnapshot
 from voltana.rpc import dialable_address, set_serving, start_grpc_server, stop_grpc_server
 from voltana.rpc.names import ROUTER_SERVICE
 from voltana.services.router.cluster import LiveCluster
+from voltana.services.router.energy_estimates import EnergyEstimates
 from voltana.services.router.errors import ROUTER_STATUS_CODES
 from voltana.services.router.health import EngineHealth
 from voltana.services.router.http_api import RouterHttpApi
@@ -112,6 +113,7 @@ class RouterService(AsyncService):
         self._cluster = LiveCluster(
             stale_after_s=settings.instance_stale_after_s,
         )
+        self._energy_estimates = EnergyEstimates()
         self._telemetry: TelemetryClient | None = None
         self._engine: SglangHttpClient | None = None
         self._reporter: CompletionReporter | None = None
@@ -235,6 +237,7 @@ class RouterService(AsyncService):
                 metrics=self._metrics,
                 placements=self._placements,
                 trigger=self._trigger,
+                energy_estimates=self._energy_estimates,
             )
             self._servicer = servicer
             health_servicer = health.aio.HealthServicer()
@@ -340,6 +343,7 @@ class RouterService(AsyncService):
                 try:
                     async for snapshot, infos in stream:
                         self._cluster.update(snapshot, infos)
+                        self._energy_estimates.update(snapshot)
                         self._follow_reported_gpu(snapshot)
                         self._first_snapshot.set()
                         if failing:

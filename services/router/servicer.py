@@ -25,6 +25,7 @@ from voltana.rpc.names import ROUTER_SERVICE, method_names
 from voltana.services.router.cluster import LiveCluster
 from voltana.services.router.convert import placement_to_proto
 from voltana.services.router.dispatch import ChunkReader, PdTarget, stream_tokens
+from voltana.services.router.energy_estimates import EnergyEstimates
 from voltana.services.router.errors import (
     ROUTER_STATUS_CODES,
     EngineAbortedError,
@@ -135,8 +136,12 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         wall_clock: Callable[[], float] = time.time,
         placements: PlacementReporter | None = None,
         trigger: ControllerTrigger | None = None,
+        energy_estimates: EnergyEstimates | None = None,
     ) -> None:
+        """``energy_estimates``: fed the snapshots by the caller; estimates each request's
+        energy where the engines report none (real SGLang)."""
         self._settings = settings
+        self._estimates = energy_estimates or EnergyEstimates(clock)
         self._placements = placements
         self._trigger = trigger
         self._cluster = cluster
@@ -289,6 +294,8 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         placement: Placement | None = None
         reader = ChunkReader(self._clock)
         failure: BaseException | None = None
+        # Every instance an attempt ran on: the request's energy includes failed attempts'.
+        ran_on: list[str] = []
         try:
             try:
                 if self._draining:
@@ -309,6 +316,10 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
                     reader = ChunkReader(self._clock)
                     # The prefill engine holds the request from its dispatch on.
                     self._cluster.reached(validated.request_id, placement.prefill_id)
+                    ran_on += (placement.prefill_id, placement.decode_id)
+                    self._estimates.dispatched(
+                        validated.request_id, placement.prefill_id, validated.prompt_tokens
+                    )
                     relay = self._relay(
                         validated,
                         target,
@@ -346,6 +357,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
                     )
                     attempt += 1
                 timeline.end_s = self._clock()
+                self._settle_estimate(validated, reader, ran_on)
                 completion = self._completion(validated, placement, target, reader, timeline)
                 span.set_attribute("voltana.finish_reason", completion.finish_reason)
                 span.set_attribute("voltana.completion_tokens", completion.completion_tokens)
@@ -369,6 +381,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
                 self._in_flight.discard(task)
             if validated is not None:
                 self._cluster.finished(validated.request_id)
+                self._settle_estimate(validated, reader, ran_on)
             if timeline.end_s is None:
                 timeline.end_s = self._clock()
             self._report(
@@ -376,6 +389,15 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             )
             if observed is not None:
                 self._observe_end(observed, validated, reader, timeline, failure, context)
+
+    def _settle_estimate(
+        self, validated: ValidatedRequest, reader: ChunkReader, ran_on: list[str]
+    ) -> None:
+        """The router's energy estimate of the request, once (its instances forget it)."""
+        if ran_on:
+            estimate = self._estimates.finished(validated.request_id, tuple(ran_on))
+            reader.totals.estimated_energy = estimate
+            ran_on.clear()
 
     @staticmethod
     def _shut_down_error(reader: ChunkReader) -> RouterShuttingDownError:
@@ -422,9 +444,13 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
                         timeline.first_token_s = delta.at_s
                         # The decode engine's batch holds the request from its first token on.
                         self._cluster.reached(validated.request_id, decode_id)
+                        self._estimates.first_token(validated.request_id, target.prefill_id)
                         event = {"voltana.ttft_ms": timeline.ttft_ms() or 0.0}
                         span.add_event("first_token", event)
                         dispatch_span.add_event("first_token", event)
+                    # The first token comes from prefill; the rest are decode steps.
+                    decoded = delta.count - (1 if delta.index == 0 else 0)
+                    self._estimates.tokens(validated.request_id, decode_id, decoded)
                     if observed is not None:
                         ttft_ms = timeline.ttft_ms()
                         observed.on_tokens(

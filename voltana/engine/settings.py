@@ -74,6 +74,10 @@ class SimEngineSettings:
     # back in simulated time for up to this many wall seconds; beyond, the engine idles for
     # the lost time. Larger keeps simulated latency and energy exact under host stalls.
     catch_up_wall_s: float = 0.02
+    # Voltana's extension: the last chunk's meta_info carries the GPU energy attributed to the
+    # request (voltana_energy). Off: like real SGLang, which reports none (the router
+    # estimates it then).
+    report_request_energy: bool = True
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "mode", EngineMode.parse(self.mode))

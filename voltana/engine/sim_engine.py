@@ -681,7 +681,7 @@ class _NativeFormat:
             e2e_latency_s,
             logprobs,
         )
-        if finish_reason is not None:
+        if finish_reason is not None and self._engine.settings.report_request_energy:
             # Voltana's extension: the GPU energy attributed to this request here.
             energy = self._engine.core.request_energy(state)
             meta["voltana_energy"] = {"active_j": energy.active_j, "idle_j": energy.idle_j}

@@ -64,6 +64,9 @@ class SimStackSettings:
     # Longest the router waits for the controller's answer before dispatching anyway.
     placement_notice_timeout_ms: int = 100
     max_running_requests: int = 1024
+    # Engines report each request's energy (Voltana's extension); off: like real SGLang, and
+    # the router estimates it from the GPUs' energy counters.
+    engines_report_energy: bool = True
     # stop(): how long engines let in-flight requests finish before aborting them (wall s).
     drain_timeout_s: float = 2.0
     # start() fails when the router does not see every instance within this (wall s).

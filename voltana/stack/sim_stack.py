@@ -339,6 +339,7 @@ class SimStack(AsyncService):
                 instance_id=instance_id,
                 report_interval_ms=settings.report_interval_ms,
                 drain_timeout_s=settings.drain_timeout_s,
+                report_request_energy=settings.engines_report_energy,
             ),
             gpu=gpus,
             perf=self.perf,
