@@ -164,8 +164,10 @@ async def test_live_requests_carry_their_energy_and_the_books_balance() -> None:
     assert report.cluster.mean_request_energy_j == pytest.approx(sum(energies) / 6, rel=1e-6)  # type: ignore[arg-type,operator]
 
 
-async def _run_sized_requests(engines_report_energy: bool) -> list[GenerationSummary]:
-    """Six requests of growing size, one after another, through a 1P1D simulated stack."""
+@pytest.mark.e2e
+async def test_the_router_estimates_energy_where_engines_report_none() -> None:
+    # Real SGLang reports no energy per request: the router estimates it from the GPUs'
+    # counters and what it saw of each request. Here the simulated engines leave it out too.
     settings = SimStackSettings(
         prefill=1,
         decode=1,
@@ -174,14 +176,17 @@ async def _run_sized_requests(engines_report_energy: bool) -> list[GenerationSum
         sample_interval_ms=20,
         snapshot_interval_ms=20,
         drain_timeout_s=0.5,
-        engines_report_energy=engines_report_energy,
+        engines_report_energy=False,
         security=SECURITY,
     )
     async with (
         SimStack(settings) as stack,
         VoltanaClient(stack.router_address, timeout_s=30.0) as client,
     ):
+        gpus = [instance.engine.gpu for instance in stack.instances]
+        started_j = sum(gpu.energy_j() for gpu in gpus)
         await asyncio.sleep(0.2)  # a few counter readings before the first request
+        first_request_j = sum(gpu.energy_j() for gpu in gpus)
         summaries = []
         for n in range(6):
             prompt = list(range(100, 100 + 400 * (n + 1)))
@@ -189,26 +194,21 @@ async def _run_sized_requests(engines_report_energy: bool) -> list[GenerationSum
                 input_ids=prompt, max_new_tokens=20 * (n + 1), stream=False
             )
             summaries.append(result.summary)
-    return summaries
-
-
-@pytest.mark.e2e
-async def test_the_router_estimates_energy_where_engines_report_none() -> None:
-    # Real SGLang reports no energy per request: the router estimates it from the GPUs'
-    # counters and what it saw of each request. Against the engines' own exact attribution
-    # of the same requests, the estimate must tell big from small and add up to about as much.
-    estimated = await _run_sized_requests(engines_report_energy=False)
-    exact = await _run_sized_requests(engines_report_energy=True)
-    estimated_j = [s.energy_j for s in estimated]
-    exact_j = [s.energy_j for s in exact]
-    assert all(e is not None and e > 0 for e in estimated_j), estimated_j
+        done_j = sum(gpu.energy_j() for gpu in gpus)
+    energies = [s.energy_j for s in summaries]
+    assert all(e is not None and e > 0 for e in energies), energies
     assert all(
-        s.idle_energy_j is not None and 0 <= s.idle_energy_j <= s.energy_j for s in estimated
+        s.idle_energy_j is not None and 0 <= s.idle_energy_j <= s.energy_j for s in summaries
     )
     # (The first request also carries the idle energy since the stack started.)
-    active = [s.energy_j - s.idle_energy_j for s in estimated]  # type: ignore[operator]
+    active = [s.energy_j - s.idle_energy_j for s in summaries]  # type: ignore[operator]
     assert active[-1] > 2 * active[0], active
-    active_est = sum(active)
-    active_exact = sum(s.energy_j - s.idle_energy_j for s in exact)  # type: ignore[operator]
-    assert active_est == pytest.approx(active_exact, rel=0.25)
-    assert sum(estimated_j) == pytest.approx(sum(exact_j), rel=0.25)  # type: ignore[arg-type]
+    # The books: what the requests got is what the counters measured while they ran (plus
+    # some idle from before the first one; the last stretch is an estimate). Accuracy against
+    # the engines' exact attribution is what bench/energy_estimate.py measures.
+    attributed_j = sum(energies)  # type: ignore[arg-type]
+    assert 0.8 * (done_j - first_request_j) < attributed_j < 1.05 * (done_j - started_j), (
+        attributed_j,
+        done_j - first_request_j,
+        done_j - started_j,
+    )
