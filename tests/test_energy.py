@@ -188,10 +188,10 @@ async def test_the_router_estimates_energy_where_engines_report_none() -> None:
         await asyncio.sleep(0.2)  # a few counter readings before the first request
         first_request_j = sum(gpu.energy_j() for gpu in gpus)
         summaries = []
-        for n in range(6):
-            prompt = list(range(100, 100 + 400 * (n + 1)))
+        for n in range(7):  # the first takes the idle energy since the stack started
+            prompt = list(range(100, 100 + 400 * max(n, 1)))
             result = await client.generate(
-                input_ids=prompt, max_new_tokens=20 * (n + 1), stream=False
+                input_ids=prompt, max_new_tokens=20 * max(n, 1), stream=False
             )
             summaries.append(result.summary)
         done_j = sum(gpu.energy_j() for gpu in gpus)
@@ -200,9 +200,10 @@ async def test_the_router_estimates_energy_where_engines_report_none() -> None:
     assert all(
         s.idle_energy_j is not None and 0 <= s.idle_energy_j <= s.energy_j for s in summaries
     )
-    # (The first request also carries the idle energy since the stack started.)
-    active = [s.energy_j - s.idle_energy_j for s in summaries]  # type: ignore[operator]
-    assert active[-1] > 2 * active[0], active
+    # Requests 1..6 grow 1x..6x; a reading that spans a request and idle around it makes any
+    # one request's figure rough, so the bigger half against the smaller half.
+    active = [s.energy_j - s.idle_energy_j for s in summaries[1:]]  # type: ignore[operator]
+    assert sum(active[3:]) > 1.3 * sum(active[:3]), active
     # The books: what the requests got is what the counters measured while they ran (plus
     # some idle from before the first one; the last stretch is an estimate). Accuracy against
     # the engines' exact attribution is what bench/energy_estimate.py measures.
