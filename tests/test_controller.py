@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import socket
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -112,10 +113,14 @@ class CountingGpu(SimulatedGpu):
     def __init__(self, index: int) -> None:
         super().__init__(A100, index, clock_change_delay_ms=0)
         self.locks_mhz: list[int] = []
+        # Cleared: a lock takes effect at once but its call returns only once this is set.
+        self.answer = threading.Event()
+        self.answer.set()
 
     def set_locked_sm_clock_mhz(self, min_mhz: int, max_mhz: int) -> None:
         self.locks_mhz.append(max_mhz)
         super().set_locked_sm_clock_mhz(min_mhz, max_mhz)
+        self.answer.wait(timeout=10.0)
 
 
 def load(instance_id: str, phase: Phase, *, queue_len: int = 0) -> InstanceState:
@@ -415,6 +420,22 @@ async def test_stop_resets_held_clocks_as_a_courtesy(cluster: Cluster) -> None:
     assert not state.locked
     assert state.lease_holder == ""
     assert cluster.gpus[0].sm_clock_mhz() == A100.default_sm_clock_mhz
+
+
+async def test_stop_resets_a_clock_whose_setting_was_still_in_flight(cluster: Cluster) -> None:
+    # The agent has locked the GPU but not answered yet when the controller stops: the
+    # controller does not know it holds the lease, and must reset the GPU all the same.
+    await cluster.register("prefill-0", Phase.PREFILL, 0)
+    cluster.gpus[0].answer.clear()
+    service, _ = await cluster.controller(policy="static:1005")
+    await eventually(lambda: cluster.gpus[0].sm_clock_mhz() == 1005)
+    stopping = asyncio.create_task(service.stop())
+    await asyncio.sleep(0.05)
+    cluster.gpus[0].answer.set()
+    await stopping
+    state = await cluster.agent_clock(0)
+    assert not state.locked
+    assert state.lease_holder == ""
 
 
 async def test_an_unreachable_agent_does_not_stop_the_loop(cluster: Cluster) -> None:

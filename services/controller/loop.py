@@ -435,11 +435,14 @@ class ControlLoop:
 
     async def release(self, *, reset_clocks: bool) -> None:
         """Cancel pending SetClocks; with ``reset_clocks``, ask agents to reset held GPUs."""
+        # A SetClocks cut short here may have locked its GPUs already (the agent finishes
+        # what it started): reset those too, though no reply said the lease was ours.
+        in_flight = {c.instance_id for c in self._controls.values() if c.applying is not None}
         tasks, self._tasks = list(self._tasks), set()
         await cancel_and_wait(tasks)
         if not reset_clocks:
             return
-        held = [c for c in self._controls.values() if c.lease_held]
+        held = [c for c in self._controls.values() if c.lease_held or c.instance_id in in_flight]
         results = await asyncio.gather(
             *(self._agents.reset_group_clocks(c.gpu_refs, "controller stopping") for c in held),
             return_exceptions=True,
