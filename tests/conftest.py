@@ -30,23 +30,16 @@ class RedisServer:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """Refuse to test another checkout's services. ``voltana.services`` is setup.py's mapping of
-    services/, so it comes from wherever voltana was installed (``pip install -e .``); a second
-    checkout on PYTHONPATH would otherwise test its own voltana/ against the first's services/."""
+    """Refuse to test another checkout's code: an editable install elsewhere (or a stale wheel)
+    would otherwise be imported instead of the sources next to these tests."""
     import voltana
-    import voltana.services
 
     root = Path(__file__).resolve().parent.parent
-    found = {
-        "voltana": Path(next(iter(voltana.__path__))).resolve(),
-        "voltana.services": Path(next(iter(voltana.services.__path__))).resolve(),
-    }
-    expected = {"voltana": root / "voltana", "voltana.services": root / "services"}
-    if found != expected:
+    found = Path(next(iter(voltana.__path__))).resolve()
+    if found != root / "voltana":
         pytest.exit(
-            f"voltana imports from {found['voltana']} and voltana.services from "
-            f"{found['voltana.services']}, not from this checkout ({root}): "
-            f"run `python3 -m pip install -e '.[dev]'` here",
+            f"voltana imports from {found}, not from this checkout ({root}): "
+            f"run `python3 -m pip install -e '.[dev]'` here (or set PYTHONPATH={root})",
             returncode=4,
         )
 

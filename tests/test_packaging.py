@@ -1,7 +1,7 @@
 """The package as it ships: the wheel built the way docker/Dockerfile builds it, from exactly the
-files the Dockerfile copies. services/ must install as voltana.services (setup.py's package
-mapping, no symlink), with the typed-package markers and data, and matplotlib only as the
-optional ``plot`` extra."""
+files the Dockerfile copies. The services install from their real folders under
+voltana/services (no package mapping, no symlink), with the typed-package markers and data, and
+matplotlib only as the optional ``plot`` extra."""
 
 from __future__ import annotations
 
@@ -72,13 +72,11 @@ def source_modules(folder: Path, installed_as: str) -> set[str]:
 def test_services_install_as_voltana_services(wheel: Path) -> None:
     names = set(zipfile.ZipFile(wheel).namelist())
     modules = {name for name in names if name.endswith(".py")}
-    expected = source_modules(ROOT / "voltana", "voltana") | source_modules(
-        ROOT / "services", "voltana/services"
-    )
-    assert modules == expected
+    assert modules == source_modules(ROOT / "voltana", "voltana")
     for service in SERVICES:
         assert f"voltana/services/{service}/__init__.py" in names
     assert not any(name.startswith("services/") for name in names)
+    assert not (ROOT / "setup.py").exists() and not (ROOT / "services").exists()
 
 
 def test_wheel_carries_type_information_and_data(wheel: Path) -> None:
