@@ -1,31 +1,41 @@
-"""Registers the dynamic policies and predictor-based routers shipped with Voltana (imported
-lazily by the registry)."""
+"""The dynamic policies and predictor-based routers shipped with Voltana, as tables the registry
+loads lazily (this module imports nothing of the registry, so the two form no circle)."""
 
+from collections.abc import Callable
+
+from voltana.policy.base import PolicyContext, PolicySuite, RoutingPolicy
 from voltana.policy.common import fit_predictor, full_range_clocks_mhz, paper_candidate_clocks_mhz
 from voltana.policy.paper import EcoRoute, build_paper_suite
-from voltana.policy.registry import register_policy, register_router
 from voltana.policy.voltana import VOLTANA_TOKEN_BREAKPOINTS, VoltanaRouter, build_voltana_suite
 
-register_policy("voltana-paper", build_paper_suite)
-register_policy("voltana", build_voltana_suite)
-register_router(
-    "ecoroute",
-    lambda context: EcoRoute(
+BUILTIN_POLICIES: dict[str, Callable[..., PolicySuite]] = {
+    "voltana-paper": build_paper_suite,
+    "voltana": build_voltana_suite,
+}
+
+
+def _ecoroute(context: PolicyContext) -> RoutingPolicy:
+    return EcoRoute(
         fit_predictor(
             context.perf,
             paper_candidate_clocks_mhz(context.gpu),
             max_batch=context.max_running_requests,
         )
-    ),
-)
-register_router(
-    "voltana",
-    lambda context: VoltanaRouter(
+    )
+
+
+def _voltana_router(context: PolicyContext) -> RoutingPolicy:
+    return VoltanaRouter(
         fit_predictor(
             context.perf,
             full_range_clocks_mhz(context.gpu),
             VOLTANA_TOKEN_BREAKPOINTS,
             max_batch=context.max_running_requests,
         )
-    ),
-)
+    )
+
+
+BUILTIN_ROUTERS: dict[str, Callable[[PolicyContext], RoutingPolicy]] = {
+    "ecoroute": _ecoroute,
+    "voltana": _voltana_router,
+}

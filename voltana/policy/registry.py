@@ -145,5 +145,11 @@ def build_suite(
 
 
 def _load_builtin_policies() -> None:
-    """Import the modules that register dynamic policies (deferred: no work at import time)."""
-    import voltana.policy.builtin  # noqa: F401
+    """Add the shipped dynamic policies and routers (deferred: no work at import time); a name
+    registered before keeps its factory."""
+    from voltana.policy.builtin import BUILTIN_POLICIES, BUILTIN_ROUTERS
+
+    for name, factory in BUILTIN_POLICIES.items():
+        _NAMED_SUITES.setdefault(name, factory)
+    for name, router_factory in BUILTIN_ROUTERS.items():
+        ROUTERS.setdefault(name, router_factory)

@@ -12,26 +12,14 @@ from voltana.policy.registry import build_router, build_suite
 from voltana.policy.state import SloTarget
 from voltana.report import add_savings, summarize
 from voltana.sim.cluster import ClusterConfig
+from voltana.sim.run import run_policy
 from voltana.sim.simulator import ProgressCallback, Simulation, SimulationResult
+from voltana.sim.static_best import STATIC_BEST, find_static_best
 from voltana.workloads.request import TraceRequest
 
 ProgressFactory = Callable[[str], ProgressCallback | None]
 
-
-def run_policy(
-    name: str,
-    requests: Sequence[TraceRequest],
-    config: ClusterConfig,
-    perf: PerformanceModel,
-    *,
-    router: str | None = None,
-    seed: int = 0,
-    progress: ProgressCallback | None = None,
-) -> SimulationResult:
-    context = PolicyContext(config.gpu, perf, config.slo, config.max_running_requests)
-    routing = build_router(router, context) if router else None
-    suite = build_suite(name, context, routing)
-    return Simulation(config, perf, suite, seed=seed).run(requests, progress)
+__all__ = ["build_suites", "compare_policies", "run_policy"]
 
 
 def build_suites(
@@ -45,8 +33,6 @@ def build_suites(
     """Build every named policy, so a bad name fails before any work starts. `static-best` gives
     None: a hindsight sweep on the workload resolves it. Each suite serves one run (policies
     keep memory), and each gets its own router."""
-    from voltana.sim.static_best import STATIC_BEST
-
     context = PolicyContext(gpu, perf, slo, max_running_requests)
     return [
         None
@@ -71,8 +57,6 @@ def compare_policies(
 
     ``suites`` are the policies already built by `build_suites` (built here when absent).
     `static-best` is resolved by a hindsight sweep on the same workload (static_best.py)."""
-    from voltana.sim.static_best import find_static_best
-
     if suites is None:
         suites = build_suites(
             names, router, config.gpu, perf, config.slo, config.max_running_requests

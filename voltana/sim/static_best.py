@@ -15,7 +15,7 @@ from voltana.perf.model import PerformanceModel
 from voltana.policy.state import SloTarget
 from voltana.report import summarize
 from voltana.sim.cluster import ClusterConfig
-from voltana.sim.compare import run_policy
+from voltana.sim.run import run_policy
 from voltana.sim.simulator import ProgressCallback, SimulationResult
 from voltana.workloads.request import TraceRequest
 
