@@ -12,6 +12,13 @@ Each workload's SLO is printed with it (the code trace's TTFT target grows with 
     python bench/energy.py [--quick] [--jobs 2] [--json OUT.json]
     python bench/energy.py --workloads lmsys-like --hardware 0 --loads moderate
 
+That matrix is the *development* split: constants are tuned there and only there. The *test*
+split (--split test) is drawn afresh from --seed (voltana/sim/heldout.py: random workload family
+and parameters, SLO pair, load, hardware and a model mismatch of up to 15 % per phase) and run
+once, until --rows feasible rows are done; never choose a constant by looking at its results.
+
+    python bench/energy.py --split test --seed $RANDOM --rows 60 [--jobs 2] [--json OUT.json]
+
 Live (--live): a slice of three workloads at moderate load on 2P2D A100 Llama-3.1-8B, replayed
 in real time through `voltana up --sim` (speedup 1) with `voltana bench`, next to the simulator
 on the very same requests, for static-max, voltana-paper and voltana: SLO attainment, TTFT
@@ -35,10 +42,11 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
+from voltana.errors import UnknownNameError
 from voltana.sim.cluster import ClusterConfig
 from voltana.sim.compare import compare_policies
 from voltana.sim.evaluate import (
@@ -51,6 +59,7 @@ from voltana.sim.evaluate import (
     slo_capacity,
     workloads,
 )
+from voltana.sim.heldout import CaseResult, draw_case, run_case, split_summary
 from voltana.workloads.request import TraceRequest
 
 LIVE_WORKLOADS = ("azure-conv", "lmsys-like", "bursty")
@@ -168,6 +177,145 @@ def offline_document(
         "capacities": {f"{n}|{HARDWARE[i].label}": c for (n, i), c in capacities.items()},
         "rows": [row.as_dict() for row in rows],
     }
+
+
+# ---- test split ----------------------------------------------------------------------------
+
+# The test split's policies: the baseline, the fixed clocks with voltana's own router (the rival
+# that isolates the value of dynamic control), the published method's variants, and voltana.
+TEST_POLICIES = (
+    "static-max",
+    "static-best",
+    "voltana-paper",
+    "voltana-paper+voltana-router",
+    "voltana",
+)
+TEST_FIXED_RIVAL = "static-best"
+TEST_ROUTER_OF_VOLTANA = "voltana"
+
+
+def test_case_job(job: tuple[int, int]) -> tuple[CaseResult, float]:
+    seed, index = job
+    started = time.perf_counter()
+    result = run_case(draw_case(seed, index), TEST_POLICIES)
+    return result, time.perf_counter() - started
+
+
+def fixed_rival(row: Row) -> dict[str, Any] | None:
+    """static-best with voltana's router, where the row has it."""
+    try:
+        return row.result(TEST_FIXED_RIVAL)
+    except UnknownNameError:
+        return None
+
+
+def run_test_split(args: argparse.Namespace) -> dict[str, Any]:
+    seed = args.seed
+    wanted = args.rows
+    most = args.max_draws or 3 * wanted
+    print(
+        f"test split: seed {seed}, until {wanted} feasible rows (at most {most} drawn), "
+        f"{args.jobs} workers",
+        file=sys.stderr,
+    )
+    started = time.perf_counter()
+    results: list[CaseResult] = []
+    document: dict[str, Any] = {}
+    with ProcessPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+        drawn = 0
+        pending: set[Future[tuple[CaseResult, float]]] = set()
+        while True:
+            feasible = sum(1 for r in results if r.feasible)
+            # Keep every worker busy while the feasible rows may still fall short.
+            while drawn < most and len(pending) < args.jobs and feasible + len(pending) < wanted:
+                pending.add(pool.submit(test_case_job, (seed, drawn)))
+                drawn += 1
+            if not pending:
+                break
+            done, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for future in done:
+                result, wall_s = future.result()
+                results.append(result)
+                feasible = sum(1 for r in results if r.feasible)
+                elapsed_s = time.perf_counter() - started
+                eta = elapsed_s / max(1, feasible) * max(0, wanted - feasible)
+                print(
+                    f"[{feasible}/{wanted} feasible, {len(results)} drawn] "
+                    f"{result.case.name} {result.case.hardware_label}: "
+                    + ("feasible" if result.feasible else "infeasible")
+                    + f" ({wall_s:.0f} s; ~{eta / 60:.0f} min left)",
+                    file=sys.stderr,
+                )
+            results.sort(key=lambda r: r.case.index)
+            document = test_document(seed, results, complete=False)
+            if args.json:  # an interrupted run keeps the rows it finished
+                Path(args.json).write_text(json.dumps(document, indent=2) + "\n")
+    document = test_document(seed, results, complete=True)
+    rows = [r.row for r in results if r.row is not None]
+    print(format_matrix(rows))
+    print()
+    print(format_test_summary(document["summary"]))
+    print(f"\n{len(results)} rows drawn in {time.perf_counter() - started:.0f} s", file=sys.stderr)
+    return document
+
+
+def test_document(seed: int, results: Sequence[CaseResult], *, complete: bool) -> dict[str, Any]:
+    return {
+        "split": "test",
+        "seed": seed,
+        "complete": complete,
+        "policies": list(TEST_POLICIES),
+        "summary": split_summary(results, fixed_rival=fixed_rival),
+        "rows": [result.as_dict() for result in results],
+    }
+
+
+def format_test_summary(summary: dict[str, Any]) -> str:
+    def dist(value: dict[str, float] | None, unit: str = " pt") -> str:
+        if not value:
+            return "-"
+        return (
+            f"min {value['min']:+.1f}{unit}, p10 {value['p10']:+.1f}, median "
+            f"{value['median']:+.1f}, p90 {value['p90']:+.1f}, max {value['max']:+.1f} "
+            f"({value['count']} rows)"
+        )
+
+    share = summary["meets_bar_share"]
+    lines = [
+        f"feasible rows: {summary['feasible_rows']} of {summary['rows']} drawn",
+        "voltana meets the bar on "
+        + ("-" if share is None else f"{summary['meets_bar']} ({100 * share:.1f} %)")
+        + " of them; worst row "
+        + (
+            "-"
+            if summary["worst_points_under_bar"] is None
+            else f"{summary['worst_points_under_bar']:+.2f} pt vs the bar"
+        ),
+        f"gain over {TEST_FIXED_RIVAL} (same router), stationary rows: "
+        + dist(summary["gain_vs_fixed_points"]["stationary"]),
+        f"gain over {TEST_FIXED_RIVAL} (same router), non-stationary rows: "
+        + dist(summary["gain_vs_fixed_points"]["non_stationary"]),
+        "lead over the strongest qualified paper ablation: "
+        + dist(summary["lead_vs_paper_points"])
+        + (
+            ""
+            if summary["lead_vs_paper_at_least_3pt_share"] is None
+            else f"; >= 3 pt on {100 * summary['lead_vs_paper_at_least_3pt_share']:.0f} %"
+        ),
+        "voltana's clock changes per GPU per minute: "
+        + dist(summary["clock_changes_per_gpu_minute"], ""),
+        "worst SLO rows: "
+        + ", ".join(
+            f"{r['row']} ({r['hardware']}) {r['points_vs_bar']:+.2f} pt"
+            for r in summary["worst_slo_rows"]
+        ),
+        "worst gain rows: "
+        + ", ".join(
+            f"{r['row']} ({r['hardware']}) {r['gain_points']:+.1f} pt"
+            for r in summary["worst_gain_rows"]
+        ),
+    ]
+    return "\n".join(lines)
 
 
 # ---- live ----------------------------------------------------------------------------------
@@ -332,6 +480,19 @@ def run_live(args: argparse.Namespace) -> dict[str, Any]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--split",
+        choices=("dev", "test"),
+        default="dev",
+        help="dev: the fixed matrix (tune here); test: rows drawn afresh from --seed (report)",
+    )
+    parser.add_argument("--seed", type=int, help="test split: the seed it is drawn from")
+    parser.add_argument(
+        "--rows", type=int, default=60, help="test split: feasible rows to run (default: 60)"
+    )
+    parser.add_argument(
+        "--max-draws", type=int, help="test split: rows to draw at most (default: 3 x --rows)"
+    )
     parser.add_argument("--quick", action="store_true", help="A100 Llama-3.1-8B only")
     parser.add_argument("--workloads", help=f"comma-separated, of {', '.join(workloads())}")
     parser.add_argument(
@@ -351,9 +512,16 @@ def main() -> int:
     parser.add_argument("--busy", action="store_true", help="live: a CPU hog beside the stack")
     parser.add_argument("--json", metavar="OUT.json")
     args = parser.parse_args()
+    if args.split == "test" and args.seed is None:
+        parser.error("--split test needs --seed (draw it afresh: --seed $RANDOM)")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    document = run_live(args) if args.live else run_offline(args)
+    if args.live:
+        document = run_live(args)
+    elif args.split == "test":
+        document = run_test_split(args)
+    else:
+        document = run_offline(args)
     if args.json:
         Path(args.json).write_text(json.dumps(document, indent=2) + "\n")
     return 0

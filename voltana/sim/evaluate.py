@@ -197,18 +197,21 @@ def slo_capacity(
     perf: PerformanceModel,
     *,
     steps: int = 7,
+    min_multiplier: float = 1 / 64,
+    max_multiplier: float = 1024.0,
 ) -> float:
     """The largest rate multiplier (within ~5%) at which static-max attains 99% of the SLO;
-    0 when even the lightest tried load misses it (the workload is infeasible there)."""
+    0 when even the lightest tried load (about ``min_multiplier``) misses it (the workload is
+    infeasible there)."""
     low, high = 0.0, 1.0
     # Grow until a miss brackets the capacity (or shrink until a hit).
     while attainment(workload.build(high), config, perf) >= FEASIBLE_ATTAINMENT:
         low, high = high, high * 2.0
-        if high > 1024:
+        if high > max_multiplier:
             return low
     if low == 0.0:
         probe = high
-        while probe > 1 / 64:
+        while probe > min_multiplier:
             probe /= 2.0
             if attainment(workload.build(probe), config, perf) >= FEASIBLE_ATTAINMENT:
                 low, high = probe, probe * 2.0

@@ -7,6 +7,9 @@ Arrival processes, all at a mean rate of ``rate_rps``:
 - ``constant``: exactly ``1 / rate_rps`` between requests.
 - ``ramp``: Poisson arrivals whose rate rises linearly over the duration to ``rise`` times its
   starting rate (a load that grows through the run; ``rate_rps`` is still the mean).
+- ``diurnal``: Poisson arrivals whose rate follows a sine of period ``period_s`` (default: the
+  duration, one day compressed into the run) and relative ``depth`` (default 0.8: the trough is
+  0.2 times the mean, the peak 1.8 times it), starting at the trough; ``rate_rps`` is the mean.
 The first request arrives at 0.0 s, like every loaded trace.
 
 Token lengths are fixed, or lognormal with a given mean and median (sigma² = 2·ln(mean/median)),
@@ -26,11 +29,12 @@ import numpy.typing as npt
 from voltana.errors import ConfigError, UnknownNameError
 from voltana.workloads.request import TraceRequest
 
-ArrivalProcess = Literal["poisson", "bursty", "constant", "ramp"]
+ArrivalProcess = Literal["poisson", "bursty", "constant", "ramp", "diurnal"]
 ARRIVAL_PROCESSES: tuple[str, ...] = get_args(ArrivalProcess)
 
 DEFAULT_BURSTY_CV = 2.0
 DEFAULT_RAMP_RISE = 4.0
+DEFAULT_DIURNAL_DEPTH = 0.8
 # Too many requests to hold in memory comfortably is almost surely a typo in rate or duration.
 MAX_SYNTHETIC_REQUESTS = 10_000_000
 
@@ -79,6 +83,8 @@ class SyntheticSpec:
     count: int | None = None
     cv: float | None = None  # bursty only; default DEFAULT_BURSTY_CV
     rise: float | None = None  # ramp only: end rate / start rate; default DEFAULT_RAMP_RISE
+    period_s: float | None = None  # diurnal only: default the duration
+    depth: float | None = None  # diurnal only: relative swing in [0, 1]; DEFAULT_DIURNAL_DEPTH
     input_tokens: TokenLengths = field(default=AZURE_CONV_INPUT)
     output_tokens: TokenLengths = field(default=AZURE_CONV_OUTPUT)
     seed: int = 0
@@ -108,6 +114,16 @@ class SyntheticSpec:
                 raise ConfigError(f"rise must be >= 1, got {self.rise:g}")
         if self.process == "ramp" and self.duration_s is None:
             raise ConfigError("ramp arrivals need a duration (the rate rises over it)")
+        if (self.period_s is not None or self.depth is not None) and self.process != "diurnal":
+            raise ConfigError(
+                f"period and depth apply to diurnal arrivals only, not {self.process}"
+            )
+        if self.period_s is not None and not (math.isfinite(self.period_s) and self.period_s > 0):
+            raise ConfigError(f"period must be > 0 s, got {self.period_s:g}")
+        if self.depth is not None and not 0 <= self.depth <= 1:
+            raise ConfigError(f"depth must be in [0, 1], got {self.depth:g}")
+        if self.process == "diurnal" and self.duration_s is None and self.period_s is None:
+            raise ConfigError("diurnal arrivals need a duration or a period")
         if self.seed < 0:
             raise ConfigError(f"seed must be >= 0, got {self.seed}")
         expected = min(
@@ -155,6 +171,8 @@ def _arrival_times_s(spec: SyntheticSpec, rng: np.random.Generator) -> npt.NDArr
     duration_s = spec.duration_s if spec.duration_s is not None else math.inf
     if spec.process == "ramp":
         return _ramp_arrivals_s(spec, rng, max_count, duration_s)
+    if spec.process == "diurnal":
+        return _diurnal_arrivals_s(spec, rng, max_count, duration_s)
     if spec.process == "constant":
         # index / rate rather than a running sum, which would drift by rounding.
         count = max_count
@@ -208,4 +226,22 @@ def _ramp_arrivals_s(
         times = unit / start_rps
     arrivals_s = np.concatenate([np.zeros(1), times])[: len(times)]
     arrivals_s = arrivals_s[arrivals_s < duration_s]
+    return arrivals_s[:max_count]
+
+
+def _diurnal_arrivals_s(
+    spec: SyntheticSpec, rng: np.random.Generator, max_count: int, duration_s: float
+) -> npt.NDArray[np.float64]:
+    """A Poisson process with rate r(t) = mean * (1 - depth * cos(2 pi t / period)), by thinning:
+    candidates at the peak rate, each kept with probability r(t) / peak."""
+    period_s = spec.period_s if spec.period_s is not None else duration_s
+    depth = DEFAULT_DIURNAL_DEPTH if spec.depth is None else spec.depth
+    peak_rps = spec.rate_rps * (1.0 + depth)
+    horizon_s = duration_s if math.isfinite(duration_s) else max_count / spec.rate_rps * 2.0
+    expected = int(peak_rps * horizon_s * 1.2) + 16
+    candidates_s = np.cumsum(rng.exponential(1.0 / peak_rps, size=expected))
+    rate_rps = spec.rate_rps * (1.0 - depth * np.cos(2.0 * math.pi * candidates_s / period_s))
+    kept_s = candidates_s[rng.random(expected) * peak_rps < rate_rps]
+    arrivals_s = np.concatenate([np.zeros(1), kept_s])
+    arrivals_s = arrivals_s[arrivals_s < horizon_s]
     return arrivals_s[:max_count]

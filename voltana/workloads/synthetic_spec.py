@@ -2,13 +2,15 @@
 
     [synthetic:]PROCESS:KEY=VALUE[,KEY=VALUE...]
 
-PROCESS is ``poisson``, ``bursty``, ``constant`` or ``ramp``. Keys:
+PROCESS is ``poisson``, ``bursty``, ``constant``, ``ramp`` or ``diurnal``. Keys:
 
     rate=R           mean arrival rate, requests/s (required)
     duration=S       arrivals in [0, S) seconds            } at least one of the two;
     count=N          at most N requests                    } with both, the first reached wins
     cv=C             bursty only: coefficient of variation of inter-arrival gaps (default 2)
     rise=F           ramp only: the rate rises linearly to F times its start (default 4)
+    period=S         diurnal only: period of the sine-shaped rate (default: the duration)
+    depth=D          diurnal only: relative swing of the rate, 0..1 (default 0.8)
     input=M          input tokens: fixed at M, or the mean of a lognormal with input_median
     input_median=D   input tokens are lognormal with mean M and median D (needs input)
     input_max=X      clip input tokens at X
@@ -42,6 +44,8 @@ _FLOAT_KEYS = (
     "duration",
     "cv",
     "rise",
+    "period",
+    "depth",
     "input",
     "input_median",
     "output",
@@ -75,6 +79,10 @@ def format_synthetic_spec(spec: SyntheticSpec) -> str:
         parts.append(f"cv={spec.cv:g}")
     if spec.rise is not None:
         parts.append(f"rise={spec.rise:g}")
+    if spec.period_s is not None:
+        parts.append(f"period={spec.period_s:g}")
+    if spec.depth is not None:
+        parts.append(f"depth={spec.depth:g}")
     for side, lengths in (("input", spec.input_tokens), ("output", spec.output_tokens)):
         parts.append(f"{side}={lengths.mean:g}")
         if lengths.median is not None:
@@ -106,6 +114,8 @@ def _parse(body: str) -> SyntheticSpec:
         count=count,
         cv=floats.get("cv"),
         rise=floats.get("rise"),
+        period_s=floats.get("period"),
+        depth=floats.get("depth"),
         input_tokens=_lengths("input", floats, ints, AZURE_CONV_INPUT),
         output_tokens=_lengths("output", floats, ints, AZURE_CONV_OUTPUT),
         seed=seed,
