@@ -59,7 +59,13 @@ from voltana.sim.evaluate import (
     slo_capacity,
     workloads,
 )
-from voltana.sim.heldout import CaseResult, draw_case, run_case, split_summary
+from voltana.sim.heldout import (
+    CaseResult,
+    draw_case,
+    format_split_summary,
+    run_case,
+    split_summary,
+)
 from voltana.workloads.request import TraceRequest
 
 LIVE_WORKLOADS = ("azure-conv", "lmsys-like", "bursty")
@@ -254,7 +260,7 @@ def run_test_split(args: argparse.Namespace) -> dict[str, Any]:
     rows = [r.row for r in results if r.row is not None]
     print(format_matrix(rows))
     print()
-    print(format_test_summary(document["summary"]))
+    print(format_split_summary(document["summary"], TEST_FIXED_RIVAL))
     print(f"\n{len(results)} rows drawn in {time.perf_counter() - started:.0f} s", file=sys.stderr)
     return document
 
@@ -268,54 +274,6 @@ def test_document(seed: int, results: Sequence[CaseResult], *, complete: bool) -
         "summary": split_summary(results, fixed_rival=fixed_rival),
         "rows": [result.as_dict() for result in results],
     }
-
-
-def format_test_summary(summary: dict[str, Any]) -> str:
-    def dist(value: dict[str, float] | None, unit: str = " pt") -> str:
-        if not value:
-            return "-"
-        return (
-            f"min {value['min']:+.1f}{unit}, p10 {value['p10']:+.1f}, median "
-            f"{value['median']:+.1f}, p90 {value['p90']:+.1f}, max {value['max']:+.1f} "
-            f"({value['count']} rows)"
-        )
-
-    share = summary["meets_bar_share"]
-    lines = [
-        f"feasible rows: {summary['feasible_rows']} of {summary['rows']} drawn",
-        "voltana meets the bar on "
-        + ("-" if share is None else f"{summary['meets_bar']} ({100 * share:.1f} %)")
-        + " of them; worst row "
-        + (
-            "-"
-            if summary["worst_points_under_bar"] is None
-            else f"{summary['worst_points_under_bar']:+.2f} pt vs the bar"
-        ),
-        f"gain over {TEST_FIXED_RIVAL} (same router), stationary rows: "
-        + dist(summary["gain_vs_fixed_points"]["stationary"]),
-        f"gain over {TEST_FIXED_RIVAL} (same router), non-stationary rows: "
-        + dist(summary["gain_vs_fixed_points"]["non_stationary"]),
-        "lead over the strongest qualified paper ablation: "
-        + dist(summary["lead_vs_paper_points"])
-        + (
-            ""
-            if summary["lead_vs_paper_at_least_3pt_share"] is None
-            else f"; >= 3 pt on {100 * summary['lead_vs_paper_at_least_3pt_share']:.0f} %"
-        ),
-        "voltana's clock changes per GPU per minute: "
-        + dist(summary["clock_changes_per_gpu_minute"], ""),
-        "worst SLO rows: "
-        + ", ".join(
-            f"{r['row']} ({r['hardware']}) {r['points_vs_bar']:+.2f} pt"
-            for r in summary["worst_slo_rows"]
-        ),
-        "worst gain rows: "
-        + ", ".join(
-            f"{r['row']} ({r['hardware']}) {r['gain_points']:+.1f} pt"
-            for r in summary["worst_gain_rows"]
-        ),
-    ]
-    return "\n".join(lines)
 
 
 # ---- live ----------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""The analytical model against every measured figure of DESIGN.md section 4.
+"""The analytical model against every measured figure of docs/calibration.md.
 
 Tolerance: +-25 % of the measured value (``TOLERANCE``) unless a test states otherwise. Figures
 the model misses by more are marked ``xfail(strict=True)`` with the error measured when this file
@@ -335,7 +335,7 @@ def test_splitwise_h100_is_faster_than_a100() -> None:
     )
 
 
-# ---- A100 power envelope of the paper's figure (DESIGN.md: ~320 W at 1410, ~200 W at 1005) --
+# ---- A100 power envelope of the paper's figure (docs/calibration.md: ~320 W at 1410, ~200 W at 1005) --
 
 
 def test_a100_busy_decode_power_near_the_paper_averages() -> None:

@@ -1,4 +1,4 @@
-"""Physical properties of the analytical performance model (DESIGN.md sections 1 and 4).
+"""Physical properties of the analytical performance model (docs/calibration.md).
 
 Each property is one the policies rely on: prefill is compute-bound (scales with the clock),
 decode is memory-bound (barely does), decode latency steps at CUDA-graph sizes, power falls with
@@ -97,7 +97,7 @@ def test_decode_is_far_less_clock_sensitive_than_prefill(perf: AnalyticalPerform
     )
     # Prefill is compute-bound: dropping to the lowest clock costs several times its latency.
     assert prefill_slowdown > 2.0
-    # Decode at small batch is memory-bound (DESIGN.md: +1-6% for a ~16x clock drop).
+    # Decode at small batch is memory-bound (docs/calibration.md: +1-6% for a ~16x clock drop).
     assert decode_slowdown < prefill_slowdown / 3
     assert decode_slowdown < 0.10
 
@@ -171,7 +171,7 @@ def test_idle_power_rises_with_clock_and_stays_near_datasheet_idle(
     gpu = perf.gpu
     idle_w = np.array([perf.idle_power_w(clock) for clock in gpu.supported_sm_clocks_mhz])
     assert np.all(np.diff(idle_w) > 0)
-    # Floor: bare idle plus an open CUDA context (DESIGN.md: +26-50 W); never a busy GPU's draw.
+    # Floor: bare idle plus an open CUDA context (docs/calibration.md: +26-50 W); never a busy GPU's draw.
     assert idle_w[0] >= gpu.idle_w
     assert idle_w[-1] < 0.3 * gpu.tdp_w
 

@@ -14,7 +14,7 @@ from voltana.policy.base import PolicyContext, PolicySuite
 from voltana.policy.common import fit_predictor, full_range_clocks_mhz, paper_candidate_clocks_mhz
 from voltana.policy.paper import build_paper_suite
 from voltana.policy.state import ClusterSnapshot, InstanceState, Phase, RequestSpec, SloTarget
-from voltana.policy.voltana import build_voltana_suite
+from voltana.policy.voltana import build_voltana_suite, settled_index
 
 pytestmark = pytest.mark.unit
 
@@ -335,3 +335,48 @@ def test_profiled_model_reproduces_the_profile_it_was_built_from() -> None:
     assert profiled.prefill_iteration(2048, 1410).latency_s == pytest.approx(
         PERF.prefill_iteration(2048, 1410).latency_s, rel=1e-6
     )
+
+
+def test_a_clock_change_for_energy_alone_must_save_enough() -> None:
+    clocks = np.array([900, 1005, 1110, 1200])
+    added = np.array([10.0, 9.0, 9.2, 12.0])
+    feasible = np.array([False, True, True, True])
+    # The cheapest is 1005; an instance already at 1110 (2 % dearer) stays there.
+    assert settled_index(added, feasible, 1, 1110, clocks, 0.05) == 2
+    # 1200 adds a third more: leave it.
+    assert settled_index(added, feasible, 1, 1200, clocks, 0.05) == 1
+    # A clock that no longer meets the target is left whatever it costs.
+    assert settled_index(added, feasible, 1, 900, clocks, 0.05) == 1
+    # No band: always the chosen clock; an unknown current clock: the chosen one.
+    assert settled_index(added, feasible, 1, 1110, clocks, 0.0) == 1
+    assert settled_index(added, feasible, 1, 1000, clocks, 0.05) == 1
+    assert settled_index(added, feasible, None, 1110, clocks, 0.05) is None
+
+
+def test_voltana_decode_holds_its_clock_through_a_small_change_of_load() -> None:
+    suite = build_voltana_suite(CONTEXT, None)
+    clock = decide_repeatedly(suite.decode, decode_state(running_batch=64, kv_tokens_used=65_536))
+    # One request more or less barely moves the energy of any clock: no change.
+    for batch in (63, 65, 64, 66):
+        state = decode_state(running_batch=batch, kv_tokens_used=batch * 1024)
+        assert decide_repeatedly(suite.decode, state, times=1) == clock
+    # A load it cannot carry at that clock raises it at once.
+    heavy = decode_state(running_batch=600, kv_tokens_used=600 * 1024)
+    assert decide_repeatedly(suite.decode, heavy, times=1) > clock
+
+
+def test_an_idle_prefill_parks_only_when_the_gap_pays_for_two_clock_changes() -> None:
+    busy = prefill_state(
+        queue_len=2, queued_tokens=4000, arrival_rate_rps=20.0, arrival_tokens_per_s=40_000.0
+    )
+    for rate_rps, expect_park in ((20.0, False), (0.0, True), (0.01, True)):
+        suite = build_voltana_suite(CONTEXT, None)
+        prefill = suite.prefill
+        active = decide_repeatedly(prefill, busy)
+        park = prefill.park_clock_mhz(SLO)  # type: ignore[attr-defined]
+        assert active > park
+        idle = prefill_state(arrival_rate_rps=rate_rps)
+        clock = decide_repeatedly(prefill, idle, times=6)
+        # Prompts every 50 ms: the idle draw saved until the next one is worth less than the
+        # two transitions; none for a long while: park.
+        assert clock == (park if expect_park else active), rate_rps

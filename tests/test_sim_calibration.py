@@ -1,4 +1,4 @@
-"""The simulated 2P2D A100 cluster reproduces the shapes of the paper's figure (DESIGN.md §4).
+"""The simulated 2P2D A100 cluster reproduces the shapes of the paper's figure (docs/calibration.md).
 
 Setup as in VoltanaLLM's scripts: 2 prefill + 2 decode A100-80G, Llama-3.1-8B, Poisson arrivals
 for 120 s, LMSYS-like lengths (lognormal, input mean 100, output mean 215 tokens), fixed 1410 MHz

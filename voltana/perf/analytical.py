@@ -80,11 +80,11 @@ _HOPPER_CALIBRATION = Calibration(
     core_dynamic_w=580.0,
     memory_dynamic_w=90.0,
     # Hopper gates idle SMs far better: decode-only H200 runs draw 137-300 W and lose only
-    # 47-90 W from 1980 to 780 MHz (DESIGN.md §4), so SMs stalled on memory switch little.
+    # 47-90 W from 1980 to 780 MHz (docs/calibration.md), so SMs stalled on memory switch little.
     min_activity=0.10,
 )
 
-# Constants fitted to DESIGN.md section 4 (see tests/test_perf_calibration.py for each figure).
+# Constants fitted to docs/calibration.md (see tests/test_perf_calibration.py for each figure).
 DEFAULT_CALIBRATIONS: dict[str, Calibration] = {
     "a100-80g": Calibration(),
     "h100-80g": _HOPPER_CALIBRATION,

@@ -2,7 +2,7 @@
 
 A GPU's DVFS table raises the core voltage with the clock only above a knee; below it the voltage
 sits at its floor and dynamic power falls merely linearly with the clock. Measured on A100-SXM4
-(Perseus clock sweep, DESIGN.md §4): ~0.65 W/MHz above ~1080 MHz, ~0.2 W/MHz below, so the energy
+(Perseus clock sweep, docs/calibration.md): ~0.65 W/MHz above ~1080 MHz, ~0.2 W/MHz below, so the energy
 of compute-bound work is lowest near the knee, not at the lowest clock.
 
 V(f) is modelled as linear in f from the floor at the knee to 1 at the maximum clock (relative

@@ -56,6 +56,12 @@ VOLTANA_TOKEN_BREAKPOINTS = (512.0, 2048.0, 8192.0)
 ENERGY_TOLERANCE = 0.03
 # The active decode set changes size only for a plan this much cheaper (no flapping).
 PLAN_HYSTERESIS = 0.05
+# A clock change made for energy alone must save at least this fraction of the energy the
+# current clock adds; one that keeps a target is always made. A change is not free (an NVML
+# lock call, a transition of tens of ms during which the GPU runs at neither clock), and two
+# adjacent clocks' predicted energies differ by less than the predictor's own error, so
+# chasing them only turns prediction noise into clock changes.
+CHANGE_MIN_SAVING = 0.05
 
 
 def cheapest_fastest(added_energy: np.ndarray, feasible: np.ndarray) -> int | None:
@@ -67,6 +73,27 @@ def cheapest_fastest(added_energy: np.ndarray, feasible: np.ndarray) -> int | No
     cheapest = float(costs.min())
     near = feasible & (costs <= cheapest + ENERGY_TOLERANCE * abs(cheapest))
     return int(np.flatnonzero(near)[-1])
+
+
+def settled_index(
+    added_energy: np.ndarray,
+    feasible: np.ndarray,
+    chosen: int | None,
+    current_mhz: int | None,
+    clocks_mhz: np.ndarray,
+    min_saving: float = CHANGE_MIN_SAVING,
+) -> int | None:
+    """``chosen``, or the clock the instance is already at when that one still meets the
+    target and adds at most ``min_saving`` more energy than the cheapest feasible clock."""
+    if chosen is None or current_mhz is None:
+        return chosen
+    current = int(np.searchsorted(clocks_mhz, current_mhz))
+    if current >= len(clocks_mhz) or clocks_mhz[current] != current_mhz or not feasible[current]:
+        return chosen
+    cheapest = float(np.where(feasible, added_energy, np.inf).min())
+    if added_energy[current] <= cheapest + min_saving * abs(cheapest):
+        return current
+    return chosen
 
 
 @dataclass
@@ -106,6 +133,11 @@ class VoltanaPrefill:
     park_quantile: float = 0.8
     initial_large_prompt_tokens: int = 2048
     downshift_ticks: int = 3
+    change_min_saving: float = CHANGE_MIN_SAVING
+    # What one clock change costs (J): None = the GPU's transition, its clock-change delay at
+    # the idle draw (the GPU does no useful work meanwhile); an operator may set a budget.
+    change_cost_j: float | None = None
+    clock_change_delay_ms: float = 20.0
     name: str = "voltana-prefill"
     is_static: bool = False
     _hysteresis: _Hysteresis = field(init=False)
@@ -137,6 +169,24 @@ class VoltanaPrefill:
     def __post_init__(self) -> None:
         self._hysteresis = _Hysteresis(self.downshift_ticks)
 
+    def _idle_power_w(self, clock_mhz: int) -> float:
+        clocks = self.predictor.clocks_mhz
+        index = min(int(np.searchsorted(clocks, clock_mhz)), len(clocks) - 1)
+        return float(self.predictor.idle_power[index])
+
+    def _parking_pays(self, state: InstanceState, current_mhz: int, park_mhz: int) -> bool:
+        """Parking until the next prompt saves the idle draw's difference over the expected gap
+        (1 / the instance's arrival rate) and costs two clock changes (down now, up with the
+        next prompt)."""
+        if state.arrival_rate_rps <= 0:
+            return True
+        gap_s = 1.0 / state.arrival_rate_rps
+        saving_j = (self._idle_power_w(current_mhz) - self._idle_power_w(park_mhz)) * gap_s
+        cost_j = self.change_cost_j
+        if cost_j is None:
+            cost_j = self.clock_change_delay_ms / 1000.0 * self._idle_power_w(current_mhz)
+        return saving_j > 2.0 * cost_j
+
     def _budget_scale(self, state: InstanceState, target_ms: float) -> float:
         """TTFT guard: tighten fast when measured TTFT nears the target, relax slowly."""
         scale = self._guard.get(state.instance_id, 1.0)
@@ -163,6 +213,16 @@ class VoltanaPrefill:
         scale = self._budget_scale(state, target_ms)
         if backlog == 0:
             wanted = self.park_clock_mhz(slo)
+            current = self._hysteresis.current.get(state.instance_id)
+            if (
+                current is not None
+                and current > wanted
+                and not self._parking_pays(state, current, wanted)
+            ):
+                return ClockDecision(
+                    self._hysteresis.apply(state.instance_id, current),
+                    "idle: hold (parking saves less than its two clock changes cost)",
+                )
             return ClockDecision(self._hysteresis.apply(state.instance_id, wanted), "idle: park")
         # Drain time of the whole backlog (chunked at the iteration budget) at every clock.
         full_chunks, rest = divmod(backlog, self.chunk_tokens)
@@ -185,7 +245,14 @@ class VoltanaPrefill:
                 predictor.prefill_power_w(min(backlog, self.chunk_tokens)) - predictor.idle_power[0]
             )
             added = excess_w * drain_ms
-        index = cheapest_fastest(added, feasible)
+        index = settled_index(
+            added,
+            feasible,
+            cheapest_fastest(added, feasible),
+            self._hysteresis.current.get(state.instance_id),
+            clocks,
+            self.change_min_saving,
+        )
         if index is None:
             wanted = int(clocks[-1])
             return ClockDecision(self._hysteresis.apply(state.instance_id, wanted), "backlog: max")
@@ -236,6 +303,7 @@ class VoltanaDecode:
     predictor: LatencyPredictor
     margin: float = 0.10
     downshift_ticks: int = 3
+    change_min_saving: float = CHANGE_MIN_SAVING
     name: str = "voltana-decode"
     is_static: bool = False
     _hysteresis: _Hysteresis = field(init=False)
@@ -273,9 +341,18 @@ class VoltanaDecode:
         # The batch it holds plus the requests already placed on it (they join within a prefill).
         batch = state.running_batch + state.inflight_requests
         kv_tokens = state.kv_tokens_used + state.inflight_tokens
-        index = best_decode_clock_index(
+        added, feasible = decode_clock_costs(
             predictor, batch, kv_tokens, slo.itl_ms, self.margin, factor
         )
+        settled = settled_index(
+            added,
+            feasible,
+            cheapest_fastest(added, feasible),
+            self._hysteresis.current.get(state.instance_id),
+            clocks,
+            self.change_min_saving,
+        )
+        index = len(clocks) if settled is None else settled
         wanted = int(clocks[min(index, len(clocks) - 1)])
         reason = "least added energy meeting ITL" if index < len(clocks) else "ITL at risk: max"
         return ClockDecision(self._hysteresis.apply(state.instance_id, wanted), reason)
@@ -286,22 +363,21 @@ def decode_added_power_w(predictor: LatencyPredictor, power_w: np.ndarray) -> np
     return power_w - predictor.idle_power[0]
 
 
-def best_decode_clock_index(
+def decode_clock_costs(
     predictor: LatencyPredictor,
     batch: int,
     kv_tokens: float,
     itl_ms: float,
     margin: float,
     correction: float = 1.0,
-) -> int:
-    """Clock index adding the least energy per generated token above the parked draw while
-    meeting ITL; len(clocks) when none does. (Per token, not per second: a slower step grows
-    the batch the same token demand settles at, so the draw it saves is partly spent again.)"""
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per clock: the energy per generated token above the parked draw, and whether the clock
+    meets ITL. (Per token, not per second: a slower step grows the batch the same token demand
+    settles at, so the draw it saves is partly spent again.)"""
     latency = predictor.decode_latency_ms(batch, kv_tokens) * correction
     feasible = latency * (1.0 + margin) <= itl_ms
     added = decode_added_power_w(predictor, predictor.decode_power_w(batch, kv_tokens)) * latency
-    index = cheapest_fastest(added, feasible)
-    return len(predictor.clocks_mhz) if index is None else index
+    return added, feasible
 
 
 @dataclass
@@ -440,7 +516,7 @@ def build_voltana_suite(
     )
     return PolicySuite(
         name,
-        VoltanaPrefill(predictor),
+        VoltanaPrefill(predictor, clock_change_delay_ms=context.gpu.clock_change_delay_ms),
         VoltanaDecode(predictor),
         router or VoltanaRouter(predictor),
     )

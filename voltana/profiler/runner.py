@@ -81,7 +81,7 @@ def choose_clocks(supported_mhz: Sequence[int], default_mhz: int, count: int) ->
     """``count`` supported clocks spread evenly from half the default clock to the default.
 
     Below half the default, prefill gets slow and the energy per token rises again on every GPU
-    we know of (DESIGN.md section 4), so a profile rarely needs it; ask with --clocks.
+    we know of (docs/calibration.md), so a profile rarely needs it; ask with --clocks.
     """
     candidates = sorted(c for c in supported_mhz if default_mhz / 2 <= c <= default_mhz)
     if not candidates:

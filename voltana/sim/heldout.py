@@ -389,3 +389,53 @@ def split_summary(
             for g, r in worst_gain
         ],
     }
+
+
+def format_split_summary(summary: dict[str, Any], rival: str) -> str:
+    """The summary of `split_summary` as lines of text (bench output and docs)."""
+
+    def dist(value: dict[str, float] | None, unit: str = " pt") -> str:
+        if not value:
+            return "-"
+        return (
+            f"min {value['min']:+.1f}{unit}, p10 {value['p10']:+.1f}, median "
+            f"{value['median']:+.1f}, p90 {value['p90']:+.1f}, max {value['max']:+.1f} "
+            f"({value['count']} rows)"
+        )
+
+    share = summary["meets_bar_share"]
+    lines = [
+        f"feasible rows: {summary['feasible_rows']} of {summary['rows']} drawn",
+        "voltana meets the bar on "
+        + ("-" if share is None else f"{summary['meets_bar']} ({100 * share:.1f} %)")
+        + " of them; worst row "
+        + (
+            "-"
+            if summary["worst_points_under_bar"] is None
+            else f"{summary['worst_points_under_bar']:+.2f} pt vs the bar"
+        ),
+        f"gain over {rival} (same router), stationary rows: "
+        + dist(summary["gain_vs_fixed_points"]["stationary"]),
+        f"gain over {rival} (same router), non-stationary rows: "
+        + dist(summary["gain_vs_fixed_points"]["non_stationary"]),
+        "lead over the strongest qualified paper ablation: "
+        + dist(summary["lead_vs_paper_points"])
+        + (
+            ""
+            if summary["lead_vs_paper_at_least_3pt_share"] is None
+            else f"; >= 3 pt on {100 * summary['lead_vs_paper_at_least_3pt_share']:.0f} %"
+        ),
+        "voltana's clock changes per GPU per minute: "
+        + dist(summary["clock_changes_per_gpu_minute"], ""),
+        "worst SLO rows: "
+        + ", ".join(
+            f"{r['row']} ({r['hardware']}) {r['points_vs_bar']:+.2f} pt"
+            for r in summary["worst_slo_rows"]
+        ),
+        "worst gain rows: "
+        + ", ".join(
+            f"{r['row']} ({r['hardware']}) {r['gain_points']:+.1f} pt"
+            for r in summary["worst_gain_rows"]
+        ),
+    ]
+    return "\n".join(lines)
