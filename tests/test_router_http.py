@@ -12,7 +12,8 @@ import openai
 import pytest
 from test_router_service import Cluster, running_cluster, wait_for
 
-from voltana.services.router.http_format import HttpRequestError, parse_chat, render_chat
+from voltana.services.router.http_fields import HttpRequestError
+from voltana.services.router.http_format import parse_chat, render_chat
 
 pytestmark = pytest.mark.integration
 
@@ -123,14 +124,15 @@ async def test_sglang_native_generate_whole_and_streamed(cluster: Cluster) -> No
                 if line == "data: [DONE]":
                     break
     meta = whole["meta_info"]
-    assert meta["id"] == "sglang-style-1" and meta["finish_reason"] == {"type": "length"}
+    assert meta["id"] == "sglang-style-1"
+    assert meta["finish_reason"] == {"type": "length", "length": 4}
     assert meta["completion_tokens"] == 4 and len(whole["output_ids"]) == 4
     assert meta["voltana_energy"]["energy_j"] > 0
     assert meta["voltana"]["prefill_instance"] == "prefill-0"
     # Cumulative text and ids, as SGLang streams them; the last chunk carries the meta_info.
     assert streamed[-1]["text"] and streamed[0]["text"] in streamed[-1]["text"]
     assert len(streamed[-1]["output_ids"]) == 4
-    assert streamed[-1]["meta_info"]["finish_reason"] == {"type": "length"}
+    assert streamed[-1]["meta_info"]["finish_reason"] == {"type": "length", "length": 4}
     await wait_for(lambda: len(cluster.store.completions) == 2, "the completion records")
     assert {c.request_id for c in cluster.store.completions} == {"sglang-style-1", "sglang-style-2"}
 
@@ -141,14 +143,15 @@ async def test_bad_requests_get_openai_errors(cluster: Cluster) -> None:
             await client.completions.create(model="gpt-4", prompt="x", max_tokens=2)
         with pytest.raises(openai.BadRequestError, match="max_new_tokens"):
             await client.completions.create(model=MODEL, prompt="x", max_tokens=10**6)
-        with pytest.raises(openai.BadRequestError, match="n = 1"):
+        with pytest.raises(openai.BadRequestError, match="'n' is not supported"):
             await client.completions.create(model=MODEL, prompt="x", max_tokens=2, n=2)
     async with (
         aiohttp.ClientSession() as session,
         session.post(base_url(cluster) + "/v1/completions", data=b"{not json") as response,
     ):
         assert response.status == 400
-        assert (await response.json())["error"]["message"] == "the request body is not valid JSON"
+        message = (await response.json())["error"]["message"]
+        assert message.startswith("the request body is not valid JSON")
     assert http_requests(cluster, "INVALID_ARGUMENT") == 1  # the one the pipeline refused
     assert http_requests(cluster) == 0
 

@@ -15,7 +15,7 @@ import logging
 import os
 import signal
 from collections.abc import Callable
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from voltana.cli.options import (
     add_profile_arg,
@@ -52,6 +52,9 @@ from voltana.hardware import GPU_CATALOG, MODEL_CATALOG
 from voltana.observability import add_observability_args, observability_from_args
 from voltana.perf.selection import resolve_physics
 from voltana.policy.registry import live_policy_names, router_names
+
+if TYPE_CHECKING:
+    from voltana.services.router.http_limits import HttpLimits
 
 _LOG = logging.getLogger("voltana.serve")
 
@@ -404,9 +407,50 @@ def _add_router(
         default="",
         help="the model name clients ask for (default: --model's key)",
     )
+    _http_limit_args(http)
     add_api_key_args(parser, server=True)
     parser.set_defaults(handler=run, build=_build_router, service_name="voltana-router")
     return parser
+
+
+def _http_limit_args(group: argparse._ArgumentGroup) -> None:
+    from voltana.services.router.http_limits import HttpLimits
+
+    defaults = HttpLimits()
+    group.add_argument(
+        "--http-max-body-bytes", type=positive_int, default=defaults.max_body_bytes,
+        help="largest request body, bytes (default: %(default)s)",
+    )  # fmt: skip
+    group.add_argument(
+        "--http-header-timeout-s", type=positive_float, default=defaults.header_timeout_s,
+        help="a request's headers must arrive within this (default: %(default)s)",
+    )  # fmt: skip
+    group.add_argument(
+        "--http-body-timeout-s", type=positive_float, default=defaults.body_timeout_s,
+        help="its body within this after the headers; else 408 (default: %(default)s)",
+    )  # fmt: skip
+    group.add_argument(
+        "--http-keepalive-timeout-s", type=positive_float, default=defaults.keepalive_timeout_s,
+        help="idle connections are closed after this (default: %(default)s)",
+    )  # fmt: skip
+    group.add_argument(
+        "--http-max-connections-per-client", type=non_negative_int,
+        default=defaults.max_connections_per_client,
+        help="open connections per remote address, more get 429; 0 = no cap "
+        "(default: %(default)s)",
+    )  # fmt: skip
+
+
+def _http_limits(args: argparse.Namespace) -> HttpLimits:
+    from voltana.services.router.http_limits import HttpLimits
+
+    return HttpLimits(
+        max_body_bytes=args.http_max_body_bytes,
+        header_timeout_s=args.http_header_timeout_s,
+        body_timeout_s=args.http_body_timeout_s,
+        keepalive_timeout_s=args.http_keepalive_timeout_s,
+        max_connections_per_client=args.http_max_connections_per_client,
+    )
 
 
 def _build_router(args: argparse.Namespace) -> Service:
@@ -442,6 +486,7 @@ def _build_router(args: argparse.Namespace) -> Service:
                 None if args.no_http else f"{args.listen.rpartition(':')[0]}:{args.http_port}"
             ),
             served_model_name=args.served_model_name,
+            http_limits=_http_limits(args),
         )
     )
 

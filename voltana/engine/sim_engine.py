@@ -8,8 +8,10 @@ of the ``SimulatedGpu`` changes the engine's speed), and the GPU's power draw fo
 What is simulated, and how it differs from SGLang:
 
 - Tokens: ``ToyTokenizer`` (about 4 characters per token; outputs are deterministic
-  pseudo-words). Generation always runs to ``max_new_tokens`` (finish reason ``length``; 0 runs
-  the prefill only); ``temperature``, ``stop``, ``ignore_eos`` ... are accepted and ignored;
+  pseudo-words). Generation runs to ``max_new_tokens`` (finish reason ``length``; 0 runs the
+  prefill only) unless a ``stop`` string or one of ``stop_token_ids`` ends it first (finish
+  reason ``{"type": "stop", "matched": ...}``, as SGLang's; ``voltana.engine.stopping``);
+  ``temperature``, ``seed``, penalties ... are accepted and ignored (the tokens are fixed);
   ``return_logprob`` gives made-up, well-formed logprobs.
 - Endpoints: ``/generate``, the OpenAI ``/v1/completions``, ``/v1/chat/completions`` and
   ``/v1/models`` (PD fields pass through, as SGLang's router sends them), ``/model_info``,
@@ -62,6 +64,7 @@ from voltana.engine.protocol import (
 )
 from voltana.engine.reporter import InstanceSampleSink, report_periodically
 from voltana.engine.settings import EngineMode, SimEngineSettings
+from voltana.engine.stopping import visible_text
 from voltana.errors import ConfigError
 from voltana.gpu.device import GpuDevice
 from voltana.gpu.sim import SimulatedGpu
@@ -690,7 +693,7 @@ class _NativeFormat:
     def response(self, output_ids: list[int], finish_reason: FinishReason) -> web.Response:
         return web.json_response(
             {
-                "text": self._tokenizer.decode(output_ids),
+                "text": visible_text(self._tokenizer, output_ids, finish_reason),
                 "output_ids": output_ids,
                 "meta_info": self._meta(output_ids, 0, finish_reason),
             }
@@ -706,7 +709,7 @@ class _NativeFormat:
         shown = output_ids[shown_from:]
         return [
             {
-                "text": self._tokenizer.decode(shown),
+                "text": visible_text(self._tokenizer, output_ids, finish_reason, shown_from),
                 "output_ids": list(shown),
                 "meta_info": self._meta(output_ids, shown_from, finish_reason),
             }
@@ -736,8 +739,7 @@ class _OpenAiFormat:
         if finish_reason is not None and finish_reason.get("type") == "abort":
             message = str(finish_reason.get("message", "aborted"))
             return [{"error": openai_error(message, 503)}]
-        new_ids = output_ids[first_position:]
-        return self._formatter.chunks(new_ids, first_position, finish_reason, len(output_ids))
+        return self._formatter.chunks(output_ids, first_position, finish_reason)
 
 
 def _openai_error(message: str, status: int) -> web.Response:

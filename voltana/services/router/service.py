@@ -272,6 +272,7 @@ class RouterService(AsyncService):
                     ),
                     ready=self._routable,
                     tracer_provider=self._tracer_provider,
+                    limits=settings.http_limits,
                 )
                 await http.start()
                 self._http = http
