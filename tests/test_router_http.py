@@ -199,3 +199,115 @@ def test_chat_rendering_and_refusals() -> None:
             render_chat(bad)
     with pytest.raises(HttpRequestError, match="stream"):
         parse_chat({"messages": [{"role": "user", "content": "x"}], "stream": "yes"}, MODEL)
+
+
+async def test_a_stop_string_ends_the_completion_with_finish_reason_stop(cluster: Cluster) -> None:
+    prompt = "Tell me about stop strings"
+    async with openai_client(cluster) as client:
+        free = await client.completions.create(model=MODEL, prompt=prompt, max_tokens=8)
+        full_text = free.choices[0].text
+        stop = full_text.split()[3]  # the simulated tokens depend only on the prompt
+        stopped = await client.completions.create(
+            model=MODEL, prompt=prompt, max_tokens=8, stop=[stop]
+        )
+        stream = await client.completions.create(
+            model=MODEL, prompt=prompt, max_tokens=8, stop=stop, stream=True
+        )
+        chunks = [chunk async for chunk in stream]
+    assert free.choices[0].finish_reason == "length"
+    (choice,) = stopped.choices
+    assert choice.finish_reason == "stop"
+    assert choice.text == full_text[: full_text.find(stop)] and stop not in choice.text
+    assert (choice.model_extra or {})["matched_stop"] == stop
+    assert stopped.usage is not None and stopped.usage.completion_tokens < 8
+    # Streamed: the same text, cut before the stop string, and "stop" on the last chunk.
+    assert "".join(c.choices[0].text for c in chunks if c.choices) == choice.text
+    finishes = [c.choices[0].finish_reason for c in chunks if c.choices]
+    assert finishes[-1] == "stop" and set(finishes[:-1]) <= {None}
+    await wait_for(lambda: len(cluster.store.completions) == 3, "the completion records")
+    assert sorted(c.reason for c in cluster.store.completions) == ["length", "stop", "stop"]
+
+
+async def test_stop_token_ids_end_an_sglang_request(cluster: Cluster) -> None:
+    body: dict[str, Any] = {"input_ids": list(range(100, 132)), "sampling_params": {}}
+    async with aiohttp.ClientSession() as session:
+        body["sampling_params"] = {"max_new_tokens": 6}
+        async with session.post(base_url(cluster) + "/generate", json=body) as response:
+            free = await response.json()
+        stop_id = free["output_ids"][2]
+        body["sampling_params"] = {"max_new_tokens": 6, "stop_token_ids": [stop_id]}
+        async with session.post(base_url(cluster) + "/generate", json=body) as response:
+            stopped = await response.json()
+    assert free["meta_info"]["finish_reason"] == {"type": "length", "length": 6}
+    assert stopped["meta_info"]["finish_reason"] == {"type": "stop", "matched": stop_id}
+    assert stopped["output_ids"] == free["output_ids"][:3]
+
+
+HOSTILE_BODIES: list[tuple[str, bytes, str | None]] = [
+    ("/v1/completions", b'{"prompt": "x", "max_tokens": 1e30}', "max_tokens"),
+    ("/v1/completions", b'{"prompt": "x", "max_tokens": 1' + b"0" * 30 + b"}", "max_tokens"),
+    ("/v1/completions", b'{"prompt": "x", "max_tokens": "5"}', "max_tokens"),
+    ("/v1/completions", b'{"prompt": [1' + b"0" * 30 + b"]}", "prompt"),
+    ("/v1/completions", b'{"prompt": "x", "temperature": 1e300}', "temperature"),
+    ("/v1/completions", b'{"prompt": "x", "temperature": 1e999}', "temperature"),
+    ("/v1/completions", b'{"prompt": "x", "seed": 1' + b"0" * 25 + b"}", "seed"),
+    ("/v1/completions", b'{"prompt": "x", "presence_penalty": 9}', None),
+    ("/v1/completions", b'{"prompt": "x", "ttft_slo_ms": 1e308}', None),
+    ("/v1/completions", b'{"prompt": "\\ud800"}', "prompt"),
+    ("/v1/completions", b'{"prompt": "x", "stop": 5}', "stop"),
+    ("/v1/completions", b'{"prompt": "x", "stop": ["\\udfff"]}', "stop"),
+    ("/v1/completions", b'{"prompt": "x", "stream_options": 5}', "stream_options"),
+    ("/v1/completions", b'{"prompt": "x", "best_of": 3}', "best_of"),
+    ("/v1/completions", b'{"prompt": "x", "frobnicate": true}', "frobnicate"),
+    ("/v1/completions", b'{"prompt": {"a": 1}}', "prompt"),
+    ("/v1/completions", b"[" * 100_000 + b"]" * 100_000, None),
+    ("/v1/completions", b'{"prompt": "\xff\xfe\xfd"}', None),
+    ("/v1/completions", b'"just a string"', None),
+    ("/v1/completions", b"", None),
+    ("/v1/chat/completions", b'{"messages": [{"role": "user", "content": "x"}], '
+     b'"tools": [{"type": "function", "function": {"name": "f"}}]}', "tools"),
+    ("/v1/chat/completions", b'{"messages": [{"role": "user", "content": "x"}], '
+     b'"response_format": {"type": "json_object"}}', "response_format"),
+    ("/v1/chat/completions", b'{"messages": [{"role": 5, "content": "x"}]}', "messages[0]"),
+    ("/v1/chat/completions", b'{"messages": [{"role": "user", "content": {"x": 1}}]}',
+     "messages[0].content"),
+    ("/generate", b'{"text": "x", "sampling_params": {"top_k": 5}}', "sampling_params.top_k"),
+    ("/generate", b'{"text": "x", "sampling_params": {"max_new_tokens": 1e30}}',
+     "sampling_params.max_new_tokens"),
+    ("/generate", b'{"input_ids": [[1, 2], [3]]}', "input_ids"),
+]  # fmt: skip
+
+
+async def test_hostile_bodies_get_4xx_openai_errors_and_the_router_keeps_serving(
+    cluster: Cluster,
+) -> None:
+    async with aiohttp.ClientSession() as session:
+        for path, raw, param in HOSTILE_BODIES:
+            async with session.post(base_url(cluster) + path, data=raw) as response:
+                answer = await response.json(content_type=None)
+                assert 400 <= response.status < 500, (raw[:80], response.status, answer)
+                error = answer["error"]
+                assert set(error) == {"message", "type", "param", "code"}, raw[:80]
+                assert error["param"] == param, (raw[:80], error)
+        async with session.post(base_url(cluster) + "/v1/completions") as response:
+            assert response.status == 400  # no body at all
+        async with session.delete(base_url(cluster) + "/v1/completions") as response:
+            assert response.status == 405 and (await response.json())["error"]["code"] == 405
+        async with session.get(base_url(cluster) + "/v1/models/" + MODEL) as response:
+            assert (await response.json())["id"] == MODEL
+    # Honoured, not refused: seed and penalties go to SGLang's sampling params.
+    async with openai_client(cluster) as client:
+        completion = await client.completions.create(
+            model=MODEL,
+            prompt="still serving",
+            max_tokens=2,
+            seed=7,
+            presence_penalty=0.5,
+            frequency_penalty=0.5,
+            user="someone",
+        )
+        model = await client.models.retrieve(MODEL)
+        with pytest.raises(openai.NotFoundError):
+            await client.models.retrieve("gpt-4")
+    assert completion.choices[0].finish_reason == "length" and model.id == MODEL
+    assert http_requests(cluster) == 1
