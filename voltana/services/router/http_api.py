@@ -296,8 +296,14 @@ class RouterHttpApi(AsyncService):
             parsed = parse(await self._read_json(request), self._served_model)
         except HttpRequestError as error:
             response = _json_error(error.message, error.status, error.param)
-            if error.status in (408, 413):
-                response.force_close()  # the rest of the body is not worth waiting for
+            if error.status == 408:
+                # A body this slow is not drained (aiohttp would linger for more of it):
+                # the answer goes out and the connection is closed now.
+                await response.prepare(request)
+                await response.write_eof()
+                request.protocol.force_close()
+            elif error.status == 413:
+                response.force_close()  # the rest is drained for at most the body timeout
             return response
         responses = self._generate(parsed.request, _NoDeadline(), protocol="http")
         async with contextlib.aclosing(responses):
