@@ -772,7 +772,7 @@ class _Held:
     kind: str
     opened_s: float
     answer: bytes = b""
-    closed_after_s: float | None = None  # since the last byte it sent
+    closed_after_s: float | None = None  # since it began to connect
 
 
 async def _hold(url: str, source: str, kind: str, until_s: float) -> _Held:
@@ -780,6 +780,9 @@ async def _hold(url: str, source: str, kind: str, until_s: float) -> _Held:
     until the router closes it (or ``until_s``, monotonic)."""
     host, _, port = url.removeprefix("http://").rpartition(":")
     held = _Held(kind, time.monotonic())
+    # From before the connect: the server's clocks start at its accept (idle: the keep-alive
+    # timeout) or at the first byte (the header timeout), whichever ends first.
+    started_s = time.monotonic()
     try:
         reader, writer = await asyncio.open_connection(host, int(port), local_addr=(source, 0))
     except OSError as error:
@@ -792,16 +795,15 @@ async def _hold(url: str, source: str, kind: str, until_s: float) -> _Held:
             b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
             b'Content-Length: 1000\r\n\r\n{"prompt": "'
         )
-    sent_s = time.monotonic()
     try:
         while time.monotonic() < until_s:
             chunk = await asyncio.wait_for(reader.read(4096), until_s - time.monotonic())
             if not chunk:
-                held.closed_after_s = time.monotonic() - sent_s
+                held.closed_after_s = time.monotonic() - started_s
                 break
             held.answer += chunk
     except ConnectionError:
-        held.closed_after_s = time.monotonic() - sent_s
+        held.closed_after_s = time.monotonic() - started_s
     except TimeoutError:
         pass
     writer.close()
@@ -867,8 +869,8 @@ async def http_slowloris(deployment: Deployment, options: Options, result: Resul
             h.answer.split(b" ", 2)[1].decode() for h in mine if h.answer[:5] == b"HTTP/"
         )
         result.notes.append(
-            f"{kind}: {len(closed)}/{len(mine)} shed, after {min(closed, default=0):.2f}-"
-            f"{max(closed, default=0):.2f} s (timeout {timeout_s:g} s)"
+            f"{kind}: {len(closed)}/{len(mine)} shed, {min(closed, default=0):.2f}-"
+            f"{max(closed, default=0):.2f} s after connecting (timeout {timeout_s:g} s)"
             + (f", answered {dict(answered)}" if answered else "")
         )
         if len(closed) < len(mine) or max(closed, default=0) > timeout_s + 5.0:

@@ -413,44 +413,38 @@ def _add_router(
     return parser
 
 
+def _http_limit_flags() -> tuple[tuple[str, Callable[[str], float], str], ...]:
+    """HttpLimits fields set by ``--http-<field with dashes>``, and what each flag means."""
+    return (
+        ("max_body_bytes", positive_int, "largest request body, bytes"),
+        ("header_timeout_s", positive_float, "a request's headers must arrive within this"),
+        ("body_timeout_s", positive_float, "its body within this after the headers, else 408"),
+        ("keepalive_timeout_s", positive_float, "idle connections are closed after this"),
+        (
+            "max_connections_per_client",
+            non_negative_int,
+            "open connections per remote address, more get 429; 0 = no cap",
+        ),
+    )
+
+
 def _http_limit_args(group: argparse._ArgumentGroup) -> None:
     from voltana.services.router.http_limits import HttpLimits
 
     defaults = HttpLimits()
-    group.add_argument(
-        "--http-max-body-bytes", type=positive_int, default=defaults.max_body_bytes,
-        help="largest request body, bytes (default: %(default)s)",
-    )  # fmt: skip
-    group.add_argument(
-        "--http-header-timeout-s", type=positive_float, default=defaults.header_timeout_s,
-        help="a request's headers must arrive within this (default: %(default)s)",
-    )  # fmt: skip
-    group.add_argument(
-        "--http-body-timeout-s", type=positive_float, default=defaults.body_timeout_s,
-        help="its body within this after the headers; else 408 (default: %(default)s)",
-    )  # fmt: skip
-    group.add_argument(
-        "--http-keepalive-timeout-s", type=positive_float, default=defaults.keepalive_timeout_s,
-        help="idle connections are closed after this (default: %(default)s)",
-    )  # fmt: skip
-    group.add_argument(
-        "--http-max-connections-per-client", type=non_negative_int,
-        default=defaults.max_connections_per_client,
-        help="open connections per remote address, more get 429; 0 = no cap "
-        "(default: %(default)s)",
-    )  # fmt: skip
+    for name, kind, meaning in _http_limit_flags():
+        group.add_argument(
+            "--http-" + name.replace("_", "-"),
+            type=kind,
+            default=getattr(defaults, name),
+            help=meaning + " (default: %(default)s)",
+        )
 
 
 def _http_limits(args: argparse.Namespace) -> HttpLimits:
     from voltana.services.router.http_limits import HttpLimits
 
-    return HttpLimits(
-        max_body_bytes=args.http_max_body_bytes,
-        header_timeout_s=args.http_header_timeout_s,
-        body_timeout_s=args.http_body_timeout_s,
-        keepalive_timeout_s=args.http_keepalive_timeout_s,
-        max_connections_per_client=args.http_max_connections_per_client,
-    )
+    return HttpLimits(**{name: getattr(args, "http_" + name) for name, _, _ in _http_limit_flags()})
 
 
 def _build_router(args: argparse.Namespace) -> Service:

@@ -168,21 +168,21 @@ def parse_openai_request(
     )
 
 
+def model_card(served_model: str, context_length: int) -> dict[str, Any]:
+    """``GET /v1/models/{id}`` of the served model."""
+    return {
+        "id": served_model,
+        "object": "model",
+        "created": int(time.time()),
+        "owned_by": "sglang",
+        "root": served_model,
+        "max_model_len": context_length,
+    }
+
+
 def model_list(served_model: str, context_length: int) -> dict[str, Any]:
     """``GET /v1/models``."""
-    return {
-        "object": "list",
-        "data": [
-            {
-                "id": served_model,
-                "object": "model",
-                "created": int(time.time()),
-                "owned_by": "sglang",
-                "root": served_model,
-                "max_model_len": context_length,
-            }
-        ],
-    }
+    return {"object": "list", "data": [model_card(served_model, context_length)]}
 
 
 def finish_reason_name(finish_reason: FinishReason | None) -> str | None:

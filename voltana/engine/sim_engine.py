@@ -13,9 +13,9 @@ What is simulated, and how it differs from SGLang:
   reason ``{"type": "stop", "matched": ...}``, as SGLang's; ``voltana.engine.stopping``);
   ``temperature``, ``seed``, penalties ... are accepted and ignored (the tokens are fixed);
   ``return_logprob`` gives made-up, well-formed logprobs.
-- Endpoints: ``/generate``, the OpenAI ``/v1/completions``, ``/v1/chat/completions`` and
-  ``/v1/models`` (PD fields pass through, as SGLang's router sends them), ``/model_info``,
-  ``/get_server_info``, ``/get_load``, ``/metrics``, ``/health``, ``/abort_request``.
+- Endpoints: ``/generate``, the OpenAI ``/v1/completions``, ``/v1/chat/completions``,
+  ``/v1/models`` and ``/v1/models/{id}`` (PD fields pass through, as SGLang's router sends
+  them), ``/model_info``, ``/get_server_info``, ``/get_load``, ``/metrics``, ``/health``, ``/abort_request``.
 - PD: the router sends the same request to a prefill and a decode engine with the prefill's
   bootstrap host/port and one room. The prefill engine computes the prompt and the first token,
   then answers its request; the decode engine fetches the KV cache from the prefill's bootstrap
@@ -49,6 +49,7 @@ from voltana.engine.logprobs import LogprobSource
 from voltana.engine.openai_api import (
     OpenAiFormatter,
     OpenAiKind,
+    model_card,
     model_list,
     openai_error,
     parse_openai_request,
@@ -399,6 +400,7 @@ class SimEngine(AsyncService):
         app.router.add_get("/get_model_info", self._handle_model_info)
         app.router.add_get("/model_info", self._handle_model_info)
         app.router.add_get("/v1/models", self._handle_models)
+        app.router.add_get("/v1/models/{model_id:.+}", self._handle_model)
         app.router.add_post("/v1/completions", self._handle_completions)
         app.router.add_post("/v1/chat/completions", self._handle_chat_completions)
         app.router.add_get("/get_load", self._handle_load)
@@ -501,6 +503,12 @@ class SimEngine(AsyncService):
     async def _handle_models(self, _request: web.Request) -> web.Response:
         context_length = self.perf.model.max_context_tokens
         return web.json_response(model_list(self.settings.served_model_path, context_length))
+
+    async def _handle_model(self, request: web.Request) -> web.Response:
+        served = self.settings.served_model_path
+        if request.match_info["model_id"] != served:
+            return _openai_error(f"The model does not exist; this engine serves {served!r}", 404)
+        return web.json_response(model_card(served, self.perf.model.max_context_tokens))
 
     async def _serve(
         self, request: web.Request, state: RequestState, fmt: _ResponseFormat
