@@ -8,7 +8,8 @@ state lives in a file (so the agent, its fail-safe watchdog and this script see 
 Every process gets the control-plane token from the environment.
 
 Each experiment runs Poisson load through the SDK, injects one fault (SIGKILL or SIGTERM of a
-process, poisoned telemetry, an unauthenticated client), brings the process back, and prints:
+process, poisoned telemetry, an unauthenticated client, hostile HTTP bodies or slowloris
+connections at the router's HTTP door), brings the process back, and prints:
 requests sent / completed / failed by status / silently lost, whether telemetry recorded every
 request that reached the router, recovery time and the GPUs' clock state.
 
@@ -22,6 +23,7 @@ request that reached the router, recovery time and the GPUs' clock state.
     python bench/faults.py                       # every experiment
     python bench/faults.py --only engine-kill --only agent-kill --rate 10
     python bench/faults.py --only burst --burst 1000 --speedup 50    # 1,000 concurrent streams
+    python bench/faults.py --only http-hostile --only http-slowloris --slowloris 600
     python bench/faults.py --json faults.json
 
 Needs ``redis-server`` on PATH (or $VOLTANA_REDIS_SERVER). Leaves nothing running.
