@@ -673,6 +673,7 @@ HOSTILE_HTTP: list[tuple[str, str, str, bytes]] = [
     ("JSON null", "POST", "/v1/completions", b"null"),
     ("huge body (5 MB)", "POST", "/v1/completions",
      b'{"prompt": "' + b"x" * (5 * 2**20) + b'"}'),
+    ("2 MB of tiny arrays", "POST", "/v1/completions", b"[" + b"[[[[[[[[]]]]]]]]," * 120_000 + b"0]"),
     ("prompt over the token limit", "POST", "/v1/completions",
      json.dumps({"prompt": "word " * 40_000}).encode()),
     ("tools", "POST", "/v1/chat/completions",

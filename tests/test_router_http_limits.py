@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import random
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
@@ -19,7 +20,12 @@ import pytest
 from voltana.errors import ConfigError
 from voltana.services.router.http_api import RouterHttpApi
 from voltana.services.router.http_fields import HttpRequestError
-from voltana.services.router.http_limits import HttpLimits, nesting_exceeds, parse_json_body
+from voltana.services.router.http_limits import (
+    HttpLimits,
+    json_depth,
+    nesting_exceeds,
+    parse_json_body,
+)
 from voltana.v1 import router_pb2
 
 MODEL = "llama-3.1-8b"
@@ -98,6 +104,35 @@ def test_nesting_is_measured_without_recursion() -> None:
     assert nesting_exceeds(b"[" * 100_000 + b"]" * 100_000, 32)
     assert nesting_exceeds(b"[" * 100_000, 32)  # unbalanced: refused all the same
     assert not nesting_exceeds(b"[" + b"[]," * 50_000 + b"[]]", 2)  # wide, not deep
+
+
+def _depth(value: Any) -> int:
+    if isinstance(value, list):
+        return 1 + max((_depth(item) for item in value), default=0)
+    if isinstance(value, dict):
+        return 1 + max((_depth(item) for item in value.values()), default=0)
+    return 0
+
+
+def _random_value(rng: random.Random, depth: int) -> Any:
+    tricky = ["[", "]", "{", "}", '"', "\\", '\\"', "[[\\", "x", "é"]
+    if depth == 0 or rng.random() < 0.3:
+        return rng.choice(["".join(rng.choices(tricky, k=rng.randint(0, 6))), 1, None, 2.5])
+    if rng.random() < 0.5:
+        return [_random_value(rng, depth - 1) for _ in range(rng.randint(0, 3))]
+    return {
+        "".join(rng.choices(tricky, k=3)): _random_value(rng, depth - 1)
+        for _ in range(rng.randint(0, 3))
+    }
+
+
+@pytest.mark.unit
+def test_json_depth_is_exact_with_brackets_quotes_and_backslashes_in_strings() -> None:
+    rng = random.Random(5)
+    for _ in range(300):
+        value = _random_value(rng, rng.randint(0, 8))
+        raw = json.dumps(value, ensure_ascii=rng.random() < 0.5).encode()
+        assert json_depth(raw) == _depth(value), raw
 
 
 @pytest.mark.unit
