@@ -233,6 +233,8 @@ class RouterHttpApi(AsyncService):
             if error.status < 400:
                 raise
             return _http_exception_error(request, error)
+        except ConnectionError:  # the client went away: nobody to answer
+            raise
         except Exception:  # a bug: still an OpenAI error, and a traceback in the log
             _LOG.exception("the HTTP API failed on %s %s", request.method, request.path)
             return _json_error("internal error of the router", 500)
