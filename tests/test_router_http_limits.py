@@ -38,6 +38,7 @@ class RecordingGenerate:
 
     def __init__(self) -> None:
         self.requests: list[router_pb2.GenerateRequest] = []
+        self.shed: list[str] = []  # what the door's on_shed heard
 
     async def __call__(
         self, request: router_pb2.GenerateRequest, context: Any, *, protocol: str = "grpc"
@@ -55,7 +56,11 @@ class RecordingGenerate:
 async def door(limits: HttpLimits) -> AsyncIterator[tuple[RouterHttpApi, RecordingGenerate]]:
     generate = RecordingGenerate()
     api = RouterHttpApi(
-        listen_address="127.0.0.1:0", generate=generate, served_model=MODEL, limits=limits
+        listen_address="127.0.0.1:0",
+        generate=generate,
+        served_model=MODEL,
+        limits=limits,
+        on_shed=generate.shed.append,
     )
     await api.start()
     try:
@@ -208,7 +213,7 @@ async def test_unknown_paths_wrong_methods_and_big_bodies_get_openai_errors() ->
 @pytest.mark.integration
 async def test_idle_partial_header_and_partial_body_connections_are_shed() -> None:
     limits = HttpLimits(header_timeout_s=0.5, body_timeout_s=0.5, keepalive_timeout_s=1.0)
-    async with door(limits) as (api, _):
+    async with door(limits) as (api, generate):
         host, port = host_port(api)
         idle = await asyncio.open_connection(host, port)
         partial_header = await asyncio.open_connection(host, port)
@@ -229,7 +234,8 @@ async def test_idle_partial_header_and_partial_body_connections_are_shed() -> No
         assert b'"timeout_error"' in answered and b"0.5 s" in answered
         # Each waited at least its own timeout (never shed early).
         assert time.monotonic() - started >= 0.5
-        assert api.guard is not None and api.guard.shed_total == 2
+        assert api.guard is not None and api.guard.shed_total == 3
+        assert sorted(generate.shed) == ["idle", "slow_body", "slow_headers"]
         for _, writer in (idle, partial_header, partial_body):
             writer.close()
 
@@ -255,7 +261,7 @@ async def test_a_slow_but_steady_client_within_the_timeouts_is_served() -> None:
 
 @pytest.mark.integration
 async def test_connections_per_client_are_capped() -> None:
-    async with door(HttpLimits(max_connections_per_client=3)) as (api, _):
+    async with door(HttpLimits(max_connections_per_client=3)) as (api, generate):
         assert api.guard is not None
         host, port = host_port(api)
         held = [await asyncio.open_connection(host, port) for _ in range(3)]
@@ -273,6 +279,6 @@ async def test_connections_per_client_are_capped() -> None:
             await asyncio.sleep(0.01)
         status, _ = await post(api.url, b'{"prompt": "hello", "max_tokens": 2}')
         assert status == 200
-        assert api.guard.refused_total == 1
+        assert api.guard.refused_total == 1 and generate.shed == ["over_cap"]
         for _, held_writer in held[1:]:
             held_writer.close()

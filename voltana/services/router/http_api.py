@@ -127,7 +127,9 @@ class RouterHttpApi(AsyncService):
         ready: Callable[[], bool] = lambda: True,
         tracer_provider: trace.TracerProvider | None = None,
         limits: HttpLimits | None = None,
+        on_shed: Callable[[str], None] = lambda _reason: None,
     ) -> None:
+        """``on_shed(reason)``: a connection the limits closed (ConnectionGuard's reasons)."""
         limits = limits or HttpLimits()
         host, _, port = listen_address.rpartition(":")
         if not port.isdigit():
@@ -140,6 +142,7 @@ class RouterHttpApi(AsyncService):
         self._ready = ready
         self._tracer_provider = tracer_provider
         self._limits = limits
+        self._on_shed = on_shed
         self._runner: web.AppRunner | None = None
         self._server: asyncio.Server | None = None
         self._port: int | None = None
@@ -187,7 +190,7 @@ class RouterHttpApi(AsyncService):
             ) from None
         aiohttp_server = runner.server
         assert aiohttp_server is not None
-        self.guard = ConnectionGuard(limits, aiohttp_server)
+        self.guard = ConnectionGuard(limits, aiohttp_server, on_shed=self._on_shed)
         # Our own listening server (not a web.SockSite): each connection goes through the guard.
         self._server = await asyncio.get_running_loop().create_server(
             self.guard, sock=sock, backlog=1024
@@ -301,6 +304,8 @@ class RouterHttpApi(AsyncService):
             if error.status == 408:
                 # A body this slow is not drained (aiohttp would linger for more of it):
                 # the answer goes out and the connection is closed now.
+                if self.guard is not None:
+                    self.guard.note_shed("slow_body")
                 await response.prepare(request)
                 await response.write_eof()
                 request.protocol.force_close()

@@ -119,18 +119,26 @@ class _GuardedConnection(asyncio.Protocol):
     def _expire(self) -> None:
         self._timer = None
         if self._admitted and self._phase != "request":
-            self._guard.shed_total += 1
-            what = "sent nothing" if self._phase == "idle" else "did not finish its headers"
-            _LOG.debug("closing an HTTP connection from %s: it %s in time", self._client, what)
+            reason = "idle" if self._phase == "idle" else "slow_headers"
+            self._guard.note_shed(reason)
+            _LOG.debug("closing an HTTP connection from %s (%s)", self._client, reason)
             self._handler.force_close()
 
 
 class ConnectionGuard:
     """Counts connections per client and makes guarded protocols for ``loop.create_server``."""
 
-    def __init__(self, limits: HttpLimits, make_handler: Callable[[], RequestHandler]) -> None:
+    def __init__(
+        self,
+        limits: HttpLimits,
+        make_handler: Callable[[], RequestHandler],
+        on_shed: Callable[[str], None] = lambda _reason: None,
+    ) -> None:
+        """``on_shed(reason)`` hears of every connection shed: ``idle``, ``slow_headers``,
+        ``over_cap`` (and ``slow_body`` from the handler, through ``note_shed``)."""
         self.limits = limits
         self._make_handler = make_handler
+        self._on_shed = on_shed
         self._per_client: Counter[str] = Counter()
         self._connections: dict[RequestHandler, _GuardedConnection] = {}
         # Connections closed for a slow or missing request, and refused over the cap.
@@ -140,10 +148,15 @@ class ConnectionGuard:
     def __call__(self) -> _GuardedConnection:
         return _GuardedConnection(self, self._make_handler())
 
+    def note_shed(self, reason: str) -> None:
+        self.shed_total += 1
+        self._on_shed(reason)
+
     def admit(self, client: str) -> bool:
         cap = self.limits.max_connections_per_client
         if cap and self._per_client[client] >= cap:
             self.refused_total += 1
+            self._on_shed("over_cap")
             return False
         self._per_client[client] += 1
         return True
