@@ -212,7 +212,7 @@ async def test_unknown_paths_wrong_methods_and_big_bodies_get_openai_errors() ->
 
 @pytest.mark.integration
 async def test_idle_partial_header_and_partial_body_connections_are_shed() -> None:
-    limits = HttpLimits(header_timeout_s=0.5, body_timeout_s=0.5, keepalive_timeout_s=1.0)
+    limits = HttpLimits(header_timeout_s=1.0, body_timeout_s=1.0, keepalive_timeout_s=1.5)
     async with door(limits) as (api, generate):
         host, port = host_port(api)
         idle = await asyncio.open_connection(host, port)
@@ -231,9 +231,9 @@ async def test_idle_partial_header_and_partial_body_connections_are_shed() -> No
         assert await closed_within(partial_header[0], CLOSE_DEADLINE_S) == b""
         answered = await closed_within(partial_body[0], CLOSE_DEADLINE_S)
         assert answered.startswith(b"HTTP/1.1 408")
-        assert b'"timeout_error"' in answered and b"0.5 s" in answered
+        assert b'"timeout_error"' in answered and b"within 1 s" in answered
         # Each waited at least its own timeout (never shed early).
-        assert time.monotonic() - started >= 0.5
+        assert time.monotonic() - started >= 1.0
         assert api.guard is not None and api.guard.shed_total == 3
         assert sorted(generate.shed) == ["idle", "slow_body", "slow_headers"]
         for _, writer in (idle, partial_header, partial_body):

@@ -64,10 +64,11 @@ class _GuardedConnection(asyncio.Protocol):
             return
         self._admitted = True
         self._guard.track(self._handler, self)
-        self._handler.connection_made(transport)
         # Between requests aiohttp's keep-alive timeout closes an idle connection; this one
-        # covers a connection that never sends a byte, whatever aiohttp's version does.
+        # covers a connection that never sends a byte, whatever aiohttp's version does (armed
+        # first, it fires before aiohttp's own timer of the same length, and counts).
         self._arm(self._guard.limits.keepalive_timeout_s)
+        self._handler.connection_made(transport)
 
     def data_received(self, data: bytes) -> None:
         if not self._admitted:
@@ -118,7 +119,15 @@ class _GuardedConnection(asyncio.Protocol):
 
     def _expire(self) -> None:
         self._timer = None
-        if self._admitted and self._phase != "request":
+        if self._phase == "headers":
+            # Judged one loop turn later: a request whose headers were parsed just before a
+            # host stall starts (request_started) before it can be taken for a slow one.
+            asyncio.get_running_loop().call_soon(self._shed_unless_started)
+        else:
+            self._shed_unless_started()
+
+    def _shed_unless_started(self) -> None:
+        if self._admitted and self._phase != "request" and self._timer is None:
             reason = "idle" if self._phase == "idle" else "slow_headers"
             self._guard.note_shed(reason)
             _LOG.debug("closing an HTTP connection from %s (%s)", self._client, reason)
