@@ -862,7 +862,7 @@ async def http_slowloris(deployment: Deployment, options: Options, result: Resul
         asyncio.create_task(_hold(deployment.http_url, "127.0.0.5", "over-cap", until_s))
         for _ in range(300)
     ]
-    under_attack = await _probe(deployment.http_url, timeout_s + 2.0)
+    under_attack = await _probe(deployment.http_url, timeout_s + 3.0)
     held = await asyncio.gather(*holds)
     over = await asyncio.gather(*capped)
     for kind, _ in kinds:

@@ -23,6 +23,7 @@ from voltana.services.router.http_fields import HttpRequestError
 from voltana.services.router.http_limits import (
     HttpLimits,
     json_depth,
+    json_shape,
     nesting_exceeds,
     parse_json_body,
 )
@@ -109,6 +110,8 @@ def test_nesting_is_measured_without_recursion() -> None:
     assert nesting_exceeds(b"[" * 100_000 + b"]" * 100_000, 32)
     assert nesting_exceeds(b"[" * 100_000, 32)  # unbalanced: refused all the same
     assert not nesting_exceeds(b"[" + b"[]," * 50_000 + b"[]]", 2)  # wide, not deep
+    # Brackets in strings are not containers either.
+    assert json_shape(b'[{"a": "[[{{"}, [], "]]"]') == (2, 3)
 
 
 def _depth(value: Any) -> int:
@@ -145,6 +148,7 @@ def test_json_depth_is_exact_with_brackets_quotes_and_backslashes_in_strings() -
     ("raw", "message"),
     [
         (b"[" * 100_000 + b"]" * 100_000, "nests deeper than 32"),
+        (b"[" + b"[]," * 60_000 + b"[]]", "holds 60002 arrays and objects, the limit is 50000"),
         (b'{"prompt": "\xff\xfe"}', "not valid UTF-8"),
         (b'{"max_tokens": NaN}', "not valid JSON"),
         (b'{"max_tokens": Infinity}', "not valid JSON"),

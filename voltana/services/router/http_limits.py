@@ -1,11 +1,12 @@
 """Limits of the router's HTTP front door, and the safe reading of a JSON body (no I/O).
 
-A body is refused before ``json.loads`` sees it when it nests deeper than ``max_json_depth``
-(measured at C speed with numpy: quotes not escaped by an odd run of backslashes open and close
-strings, brackets outside strings count), and after it when it is not UTF-8 or holds
-NaN/Infinity, which JSON does not have. Python's own nesting guard stays behind as a last net.
-The parse itself costs up to about a second of CPU for the largest body of the worst shape
-(millions of tiny arrays): ``max_body_bytes`` is what bounds it.
+A body is refused before ``json.loads`` sees it when it nests deeper than ``max_json_depth`` or
+holds more than ``max_json_containers`` arrays and objects (measured at C speed with numpy:
+quotes not escaped by an odd run of backslashes open and close strings, brackets outside
+strings count), and after it when it is not UTF-8 or holds NaN/Infinity, which JSON does not
+have. Python's own nesting guard stays behind as a last net. With both limits the costliest
+body left to parse is about a million numbers in one array (2 MiB), not millions of tiny
+arrays, which cost json.loads several times as much.
 """
 
 from __future__ import annotations
@@ -31,8 +32,10 @@ class HttpLimits:
     # Largest request body: a prompt at the router's default limit of 32k tokens fits (ids
     # ~200 KB; text ~130 KB, 6 bytes a character if all escaped); parsing is what it bounds.
     max_body_bytes: int = 2 * 2**20
-    # Deepest JSON nesting (an OpenAI chat body needs 4).
+    # Deepest JSON nesting (an OpenAI chat body needs 4), and most arrays and objects in one
+    # body (a chat of 10k messages of one text part each has 20k).
     max_json_depth: int = 32
+    max_json_containers: int = 50_000
     # From a request's first byte to the end of its headers; the connection is closed after.
     header_timeout_s: float = 10.0
     # From the end of the headers to the end of the body; 408 and the connection is closed.
@@ -44,7 +47,7 @@ class HttpLimits:
     max_connections_per_client: int = 256
 
     def __post_init__(self) -> None:
-        for name in ("max_body_bytes", "max_json_depth"):
+        for name in ("max_body_bytes", "max_json_depth", "max_json_containers"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"HTTP {name} must be >= 1, got {getattr(self, name)}")
         for name in ("header_timeout_s", "body_timeout_s", "keepalive_timeout_s"):
@@ -58,29 +61,55 @@ class HttpLimits:
             )
 
 
-def json_depth(raw: bytes) -> int:
-    """How deep the JSON text ``raw`` nests arrays and objects (exact for valid JSON)."""
+def json_shape(raw: bytes) -> tuple[int, int]:
+    """How deep the JSON text ``raw`` nests arrays and objects, and how many it holds (exact
+    for valid JSON: brackets inside strings do not count)."""
     data = np.frombuffer(raw, dtype=np.uint8)
     if data.size == 0:
-        return 0
+        return 0, 0
     # A quote is escaped when an odd run of backslashes precedes it.
-    positions = np.arange(data.size, dtype=np.int64)
-    last_other = np.maximum.accumulate(np.where(data == _BACKSLASH, -1, positions))
     quotes = np.flatnonzero(data == _QUOTE)
-    before = quotes - 1
-    run = np.where(before >= 0, before - last_other[np.maximum(before, 0)], 0)
+    backslashes = data == _BACKSLASH
+    if backslashes.any():
+        positions = np.arange(data.size, dtype=np.int32)
+        last_other = np.maximum.accumulate(np.where(backslashes, np.int32(-1), positions))
+        before = quotes - 1
+        run = np.where(before >= 0, before - last_other[np.maximum(before, 0)], 0)
+        quotes = quotes[run % 2 == 0]
     toggles = np.zeros(data.size, dtype=np.int8)
-    toggles[quotes[run % 2 == 0]] = 1
-    inside_string = np.cumsum(toggles, dtype=np.int64) % 2 == 1
-    step = np.isin(data, _OPENERS).astype(np.int64) - np.isin(data, _CLOSERS)
-    step[inside_string] = 0
-    return int(np.cumsum(step).max())
+    toggles[quotes] = 1
+    outside_strings = (np.cumsum(toggles, dtype=np.int32) & 1) == 0
+    opens = ((data == _OPENERS[0]) | (data == _OPENERS[1])) & outside_strings
+    closes = ((data == _CLOSERS[0]) | (data == _CLOSERS[1])) & outside_strings
+    step = opens.astype(np.int32) - closes.astype(np.int32)
+    return int(np.cumsum(step, dtype=np.int32).max()), int(np.count_nonzero(opens))
+
+
+def json_depth(raw: bytes) -> int:
+    return json_shape(raw)[0]
+
+
+def check_json_shape(raw: bytes, limits: HttpLimits) -> None:
+    """HttpRequestError when ``raw`` nests deeper than ``max_json_depth`` or holds more than
+    ``max_json_containers`` arrays and objects (millions of tiny arrays cost json.loads
+    seconds of CPU in a body well within the size limit)."""
+    brackets = raw.count(b"[") + raw.count(b"{")
+    if brackets <= min(limits.max_json_depth, limits.max_json_containers):
+        return  # too few brackets to go over either limit: the common case, decided at once
+    depth, containers = json_shape(raw)
+    if depth > limits.max_json_depth:
+        raise HttpRequestError(f"the JSON body nests deeper than {limits.max_json_depth} levels")
+    if containers > limits.max_json_containers:
+        raise HttpRequestError(
+            f"the JSON body holds {containers} arrays and objects, the limit is "
+            f"{limits.max_json_containers}"
+        )
 
 
 def nesting_exceeds(raw: bytes, max_depth: int) -> bool:
     """Whether the JSON text ``raw`` nests arrays/objects deeper than ``max_depth``."""
     if raw.count(b"[") + raw.count(b"{") <= max_depth:
-        return False  # too few brackets to nest that deep: the common case, decided at once
+        return False
     return json_depth(raw) > max_depth
 
 
@@ -90,8 +119,7 @@ def _no_constant(name: str) -> Any:
 
 def parse_json_body(raw: bytes, limits: HttpLimits) -> Any:
     """The body's JSON value; HttpRequestError (400) for anything else."""
-    if nesting_exceeds(raw, limits.max_json_depth):
-        raise HttpRequestError(f"the JSON body nests deeper than {limits.max_json_depth} levels")
+    check_json_shape(raw, limits)
     try:
         body_text = raw.decode("utf-8")
     except UnicodeDecodeError as error:
