@@ -107,7 +107,8 @@ def _common(
     seed_name: str = "seed",
     prefix: str = "",
 ) -> None:
-    """Sampling parameters, SLO and request id shared by every API."""
+    """Sampling parameters and the SLO, shared by every API (``prefix``: where they sit, for
+    error messages)."""
     max_new_tokens = integer(body, max_tokens_name, prefix=prefix)
     if max_new_tokens is not None:
         request.max_new_tokens = max_new_tokens
