@@ -8,7 +8,8 @@ state lives in a file (so the agent, its fail-safe watchdog and this script see 
 Every process gets the control-plane token from the environment.
 
 Each experiment runs Poisson load through the SDK, injects one fault (SIGKILL or SIGTERM of a
-process, poisoned telemetry, an unauthenticated client), brings the process back, and prints:
+process, poisoned telemetry, an unauthenticated client, hostile HTTP bodies or slowloris
+connections at the router's HTTP door), brings the process back, and prints:
 requests sent / completed / failed by status / silently lost, whether telemetry recorded every
 request that reached the router, recovery time and the GPUs' clock state.
 
@@ -22,6 +23,7 @@ request that reached the router, recovery time and the GPUs' clock state.
     python bench/faults.py                       # every experiment
     python bench/faults.py --only engine-kill --only agent-kill --rate 10
     python bench/faults.py --only burst --burst 1000 --speedup 50    # 1,000 concurrent streams
+    python bench/faults.py --only http-hostile --only http-slowloris --slowloris 600
     python bench/faults.py --json faults.json
 
 Needs ``redis-server`` on PATH (or $VOLTANA_REDIS_SERVER). Leaves nothing running.
@@ -132,16 +134,21 @@ class Proc:
 class Deployment:
     """Every process of the deployment, on free loopback ports chosen once (restarts reuse them)."""
 
-    def __init__(self, workdir: Path, *, speedup: float, drain_s: float) -> None:
+    def __init__(
+        self, workdir: Path, *, speedup: float, drain_s: float, http_timeout_s: float
+    ) -> None:
         self.workdir = workdir
         self.speedup = speedup
         self.token = secrets.token_urlsafe(32)
         self.security = RpcSecurity(token=self.token)
         redis_password = secrets.token_urlsafe(16)
         env = {**os.environ, TOKEN_ENV: self.token, REDIS_PASSWORD_ENV: redis_password}
-        self.ports = {name: free_port() for name in ("redis", "telemetry", "controller", "router")}
+        names = ("redis", "telemetry", "controller", "router", "router_http")
+        self.ports = {name: free_port() for name in names}
         self.telemetry_address = f"127.0.0.1:{self.ports['telemetry']}"
         self.router_address = f"127.0.0.1:{self.ports['router']}"
+        self.http_url = f"http://127.0.0.1:{self.ports['router_http']}"
+        self.http_timeout_s = http_timeout_s
         voltana = [sys.executable, "-m", "voltana.cli.main", "serve"]
         metrics = ["--metrics-port", "0"]  # one /metrics per process, on any free port
         redis_binary = os.environ.get("VOLTANA_REDIS_SERVER") or shutil.which("redis-server")
@@ -192,6 +199,10 @@ class Deployment:
             *voltana, "router", "--listen", self.router_address,
             "--telemetry", self.telemetry_address, "--policy", LOW_CLOCK_POLICY,
             "--gpu", GPU_KEY, "--drain-s", str(drain_s), *metrics,
+            "--http-port", str(self.ports["router_http"]),
+            "--http-header-timeout-s", str(http_timeout_s),
+            "--http-body-timeout-s", str(http_timeout_s),
+            "--http-keepalive-timeout-s", str(http_timeout_s),
         ])
         # fmt: on
 
@@ -450,6 +461,8 @@ class Options:
     timeout_s: float
     burst: int
     burst_timeout_s: float
+    slowloris: int = 600
+    probe_s: float = 8.0
 
 
 Experiment = Callable[[Deployment, Options, Result], Awaitable[None]]
@@ -617,6 +630,270 @@ async def unauthenticated(deployment: Deployment, options: Options, result: Resu
     )
 
 
+# ---- the HTTP door ------------------------------------------------------------------------------
+
+HTTP_MODEL = "llama-3.1-8b"
+# (label, method, path, body): bodies the door must refuse with a 4xx, never a 5xx.
+_DEEP = b"[" * 100_000 + b"]" * 100_000
+HOSTILE_HTTP: list[tuple[str, str, str, bytes]] = [
+    ("max_tokens 1e30", "POST", "/v1/completions", b'{"prompt": "x", "max_tokens": 1e30}'),
+    ("max_tokens 10^30", "POST", "/v1/completions", b'{"prompt":"x","max_tokens":1' + b"0" * 30 + b"}"),
+    ("max_tokens 4301 digits", "POST", "/v1/completions", b'{"max_tokens":' + b"9" * 4301 + b"}"),
+    ("max_tokens -1", "POST", "/v1/completions", b'{"prompt": "x", "max_tokens": -1}'),
+    ("max_tokens string", "POST", "/v1/completions", b'{"prompt": "x", "max_tokens": "5"}'),
+    ("max_tokens list", "POST", "/v1/completions", b'{"prompt": "x", "max_tokens": [5]}'),
+    ("temperature 1e300", "POST", "/v1/completions", b'{"prompt": "x", "temperature": 1e300}'),
+    ("temperature 1e999 (inf)", "POST", "/v1/completions", b'{"prompt":"x","temperature":1e999}'),
+    ("temperature NaN", "POST", "/v1/completions", b'{"prompt": "x", "temperature": NaN}'),
+    ("top_p -Infinity", "POST", "/v1/completions", b'{"prompt": "x", "top_p": -Infinity}'),
+    ("seed 10^25", "POST", "/v1/completions", b'{"prompt": "x", "seed": 1' + b"0" * 25 + b"}"),
+    ("presence_penalty 9", "POST", "/v1/completions", b'{"prompt": "x", "presence_penalty": 9}'),
+    ("ttft_slo_ms 1e308", "POST", "/v1/completions", b'{"prompt": "x", "ttft_slo_ms": 1e308}'),
+    ("token id 10^30", "POST", "/v1/completions", b'{"prompt": [1' + b"0" * 30 + b"]}"),
+    ("negative token id", "POST", "/v1/completions", b'{"prompt": [5, -1]}'),
+    ("prompt object", "POST", "/v1/completions", b'{"prompt": {"a": 1}}'),
+    ("prompt unpaired surrogate", "POST", "/v1/completions", b'{"prompt": "\\ud800"}'),
+    ("stop number", "POST", "/v1/completions", b'{"prompt": "x", "stop": 5}'),
+    ("stop surrogate", "POST", "/v1/completions", b'{"prompt": "x", "stop": ["\\udfff"]}'),
+    ("200 stop strings", "POST", "/v1/completions",
+     json.dumps({"prompt": "x", "stop": ["s"] * 200}).encode()),
+    ("stop_token_ids strings", "POST", "/v1/completions",
+     b'{"prompt": "x", "stop_token_ids": ["a"]}'),
+    ("n 2", "POST", "/v1/completions", b'{"prompt": "x", "n": 2}'),
+    ("unknown parameter", "POST", "/v1/completions", b'{"prompt": "x", "frobnicate": 1}'),
+    ("deep JSON (100k)", "POST", "/v1/completions", _DEEP),
+    ("deep JSON in a field", "POST", "/v1/completions",
+     b'{"prompt": "x", "metadata": ' + _DEEP + b"}"),
+    ("unbalanced 100k [", "POST", "/v1/completions", b"[" * 100_000),
+    ("invalid UTF-8", "POST", "/v1/completions", b'{"prompt": "\xff\xfe\xfd"}'),
+    ("UTF-16 body", "POST", "/v1/completions", '{"prompt": "x"}'.encode("utf-16")),
+    ("not JSON", "POST", "/v1/completions", b"{not json"),
+    ("empty body", "POST", "/v1/completions", b""),
+    ("JSON string", "POST", "/v1/completions", b'"hello"'),
+    ("JSON null", "POST", "/v1/completions", b"null"),
+    ("huge body (5 MB)", "POST", "/v1/completions",
+     b'{"prompt": "' + b"x" * (5 * 2**20) + b'"}'),
+    ("2 MB of tiny arrays", "POST", "/v1/completions", b"[" + b"[[[[[[[[]]]]]]]]," * 120_000 + b"0]"),
+    ("prompt over the token limit", "POST", "/v1/completions",
+     json.dumps({"prompt": "word " * 40_000}).encode()),
+    ("tools", "POST", "/v1/chat/completions",
+     b'{"messages": [{"role": "user", "content": "x"}], "tools": [{"type": "function"}]}'),
+    ("response_format json", "POST", "/v1/chat/completions",
+     b'{"messages": [{"role":"user","content":"x"}], "response_format": {"type": "json_object"}}'),
+    ("messages not a list", "POST", "/v1/chat/completions", b'{"messages": "hi"}'),
+    ("message role number", "POST", "/v1/chat/completions", b'{"messages": [{"role": 5}]}'),
+    ("image content part", "POST", "/v1/chat/completions",
+     b'{"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}'),
+    ("model unknown", "POST", "/v1/chat/completions",
+     b'{"model": "gpt-4", "messages": [{"role": "user", "content": "x"}]}'),
+    ("sglang top_k", "POST", "/generate", b'{"text": "x", "sampling_params": {"top_k": 5}}'),
+    ("sglang both prompts", "POST", "/generate", b'{"text": "x", "input_ids": [1]}'),
+    ("sglang batch", "POST", "/generate", b'{"input_ids": [[1, 2], [3]]}'),
+    ("sglang sampling list", "POST", "/generate", b'{"text": "x", "sampling_params": [1]}'),
+    ("unknown path", "POST", "/v1/embeddings", b'{"input": "x"}'),
+    ("unknown path GET", "GET", "/admin", b""),
+    ("path traversal", "GET", "/../../etc/passwd", b""),
+    ("model id unknown", "GET", "/v1/models/gpt-4", b""),
+    ("wrong method GET", "GET", "/v1/completions", b""),
+    ("wrong method DELETE", "DELETE", "/generate", b""),
+    ("wrong method PUT", "PUT", "/v1/models", b"{}"),
+]  # fmt: skip
+# Raw bytes on a connection: what aiohttp's own parser refuses before the app sees it.
+HOSTILE_RAW: list[tuple[str, bytes]] = [
+    ("garbage request line", b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n"),
+    ("header line of 100 KB", b"GET /health HTTP/1.1\r\nX-Big: " + b"a" * 100_000 + b"\r\n\r\n"),
+    ("Content-Length 10^15", b"POST /v1/completions HTTP/1.1\r\nHost: x\r\n"
+     b"Content-Length: 1000000000000000\r\n\r\n{}"),
+    ("Content-Length twice", b"POST /v1/completions HTTP/1.1\r\nHost: x\r\n"
+     b"Content-Length: 2\r\nContent-Length: 3\r\n\r\n{}"),
+    ("bad chunk size", b"POST /v1/completions HTTP/1.1\r\nHost: x\r\n"
+     b"Transfer-Encoding: chunked\r\n\r\nzz\r\n{}\r\n0\r\n\r\n"),
+]  # fmt: skip
+
+
+async def _raw_exchange(url: str, raw: bytes, timeout_s: float = 15.0) -> int:
+    """Send ``raw`` on a new connection; the answer's HTTP status (0 = none before close)."""
+    host, _, port = url.removeprefix("http://").rpartition(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        writer.write(raw)
+        with contextlib.suppress(ConnectionError):
+            await writer.drain()
+        line = await asyncio.wait_for(reader.readline(), timeout_s)
+    except (ConnectionError, TimeoutError):
+        return 0
+    finally:
+        writer.close()
+    parts = line.split()
+    return int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0
+
+
+async def hostile_http(deployment: Deployment, options: Options, result: Result) -> None:
+    """Every hostile body/path/method of HOSTILE_HTTP and HOSTILE_RAW: 0 answers 5xx; each
+    answer of the app is OpenAI's error object; the door then still serves a real request."""
+    statuses: Counter[str] = Counter()
+    bad: list[str] = []
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30.0)) as session:
+        for label, method, path, body in HOSTILE_HTTP:
+            try:
+                async with session.request(method, deployment.http_url + path, data=body) as r:
+                    answer = await r.json(content_type=None)
+                    status = r.status
+            except (aiohttp.ClientError, ValueError, TimeoutError) as error:
+                bad.append(f"{label}: {type(error).__name__}")
+                continue
+            statuses[f"{status // 100}xx"] += 1
+            error_object = answer.get("error") if isinstance(answer, dict) else None
+            shaped = isinstance(error_object, dict) and set(error_object) == {
+                "message", "type", "param", "code",
+            }  # fmt: skip
+            if not 400 <= status < 500 or not shaped:
+                bad.append(f"{label}: {status} {str(answer)[:80]}")
+        for label, raw in HOSTILE_RAW:
+            status = await _raw_exchange(deployment.http_url, raw)
+            statuses[f"{status // 100}xx" if status else "closed"] += 1
+            if status >= 500:
+                bad.append(f"{label}: {status}")
+        good = {"model": HTTP_MODEL, "prompt": "still serving", "max_tokens": 4}
+        async with session.post(deployment.http_url + "/v1/completions", json=good) as r:
+            still = r.status
+    total = len(HOSTILE_HTTP) + len(HOSTILE_RAW)
+    fivexx = statuses.get("5xx", 0)
+    result.notes.append(
+        f"{total} hostile requests: "
+        + ", ".join(f"{n} {k}" for k, n in sorted(statuses.items()))
+        + f"; 5xx: {fivexx}; a real request after: HTTP {still}"
+    )
+    if bad:
+        result.notes.append("NOT AS EXPECTED: " + "; ".join(bad))
+    if fivexx or bad or still != 200:
+        result.failed["HTTP_DOOR"] = len(bad) + fivexx + (still != 200)
+
+
+@dataclass
+class _Held:
+    kind: str
+    opened_s: float
+    answer: bytes = b""
+    closed_after_s: float | None = None  # since it began to connect
+
+
+async def _hold(url: str, source: str, kind: str, until_s: float) -> _Held:
+    """One attack connection from ``source``: idle, partial headers or a partial body, held
+    until the router closes it (or ``until_s``, monotonic)."""
+    host, _, port = url.removeprefix("http://").rpartition(":")
+    held = _Held(kind, time.monotonic())
+    # From before the connect: the server's clocks start at its accept (idle: the keep-alive
+    # timeout) or at the first byte (the header timeout), whichever ends first.
+    started_s = time.monotonic()
+    try:
+        reader, writer = await asyncio.open_connection(host, int(port), local_addr=(source, 0))
+    except OSError as error:
+        held.answer = f"connect failed: {error}".encode()
+        return held
+    if kind == "partial-header":
+        writer.write(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nX-Slow: a")
+    elif kind == "partial-body":
+        writer.write(
+            b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b'Content-Length: 1000\r\n\r\n{"prompt": "'
+        )
+    try:
+        while time.monotonic() < until_s:
+            chunk = await asyncio.wait_for(reader.read(4096), until_s - time.monotonic())
+            if not chunk:
+                held.closed_after_s = time.monotonic() - started_s
+                break
+            held.answer += chunk
+    except ConnectionError:
+        held.closed_after_s = time.monotonic() - started_s
+    except TimeoutError:
+        pass
+    writer.close()
+    return held
+
+
+async def _probe(url: str, seconds: float, workers: int = 4) -> list[float]:
+    """Latencies (s) of real completions, ``workers`` at a time, for ``seconds``."""
+    latencies: list[float] = []
+    failures: Counter[int] = Counter()
+    end_s = time.monotonic() + seconds
+    body = {"model": HTTP_MODEL, "prompt": "a real request", "max_tokens": 8, "ignore_eos": True}
+
+    async def worker(session: aiohttp.ClientSession) -> None:
+        while time.monotonic() < end_s:
+            started = time.monotonic()
+            async with session.post(url + "/v1/completions", json=body) as response:
+                await response.read()
+                if response.status != 200:
+                    failures[response.status] += 1
+                    continue
+            latencies.append(time.monotonic() - started)
+
+    timeout = aiohttp.ClientTimeout(total=60.0)
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+        await asyncio.gather(*(worker(session) for _ in range(workers)))
+    if failures:
+        raise RuntimeError(f"real requests failed: {dict(failures)}")
+    return latencies
+
+
+def _p99(values: Sequence[float]) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]
+
+
+async def http_slowloris(deployment: Deployment, options: Options, result: Result) -> None:
+    """``slowloris`` connections (a third idle, a third partial headers, a third a partial
+    body; each kind from its own loopback address) plus 300 idle ones from one more address to
+    hit the per-client cap, while real requests (from 127.0.0.1) run: every attack connection
+    is shed within its timeout and the real requests' p99 stays under 2x the baseline."""
+    timeout_s = deployment.http_timeout_s
+    baseline = await _probe(deployment.http_url, options.probe_s)
+    per_kind = max(1, options.slowloris // 3)
+    until_s = time.monotonic() + timeout_s + 30.0
+    kinds = [("idle", "127.0.0.2"), ("partial-header", "127.0.0.3"), ("partial-body", "127.0.0.4")]
+    holds = [
+        asyncio.create_task(_hold(deployment.http_url, source, kind, until_s))
+        for kind, source in kinds
+        for _ in range(per_kind)
+    ]
+    capped = [
+        asyncio.create_task(_hold(deployment.http_url, "127.0.0.5", "over-cap", until_s))
+        for _ in range(300)
+    ]
+    under_attack = await _probe(deployment.http_url, timeout_s + 3.0)
+    held = await asyncio.gather(*holds)
+    over = await asyncio.gather(*capped)
+    for kind, _ in kinds:
+        mine = [h for h in held if h.kind == kind]
+        closed = [h.closed_after_s for h in mine if h.closed_after_s is not None]
+        answered = Counter(
+            h.answer.split(b" ", 2)[1].decode() for h in mine if h.answer[:5] == b"HTTP/"
+        )
+        result.notes.append(
+            f"{kind}: {len(closed)}/{len(mine)} shed, {min(closed, default=0):.2f}-"
+            f"{max(closed, default=0):.2f} s after connecting (timeout {timeout_s:g} s)"
+            + (f", answered {dict(answered)}" if answered else "")
+        )
+        if len(closed) < len(mine) or max(closed, default=0) > timeout_s + 5.0:
+            result.failed[f"SLOW_{kind.upper()}"] = len(mine) - len(closed)
+    refused = sum(h.answer.startswith(b"HTTP/1.1 429") for h in over)
+    over_closed = [h.closed_after_s for h in over if h.closed_after_s is not None]
+    result.notes.append(
+        f"300 from one address (cap 256): {refused} refused with 429 at once, "
+        f"{len(over_closed)} closed in all (max {max(over_closed, default=0):.2f} s)"
+    )
+    base_p99, attack_p99 = _p99(baseline), _p99(under_attack)
+    result.notes.append(
+        f"real requests p99 {attack_p99 * 1000:.0f} ms under attack ({len(under_attack)} req) "
+        f"vs {base_p99 * 1000:.0f} ms baseline ({len(baseline)} req): "
+        f"{attack_p99 / base_p99:.2f}x"
+    )
+    if attack_p99 >= 2 * base_p99:
+        result.failed["P99_OVER_2X"] = 1
+
+
 async def no_fault(deployment: Deployment, options: Options, result: Result) -> None:
     await asyncio.sleep(options.down_s)
 
@@ -638,7 +915,10 @@ EXPERIMENTS: dict[str, tuple[str, Experiment]] = {
     "agent-term": ("SIGTERM agent of decode-0", agent_fault("decode-0", signal.SIGTERM)),
     "poison": ("poisoned telemetry (token holder)", poisoned_telemetry),
     "unauthenticated": ("privileged RPCs without/with a wrong token", unauthenticated),
-}
+    "http-hostile": ("hostile HTTP bodies, paths, methods and raw bytes", hostile_http),
+    "http-slowloris": ("slow and idle HTTP connections, and one address over the cap",
+                       http_slowloris),
+}  # fmt: skip
 
 
 async def run_experiment(deployment: Deployment, name: str, options: Options, seed: int) -> Result:
@@ -754,9 +1034,13 @@ async def main_async(args: argparse.Namespace) -> int:
         timeout_s=args.timeout_s,
         burst=args.burst,
         burst_timeout_s=args.burst_timeout_s,
+        slowloris=args.slowloris,
+        probe_s=args.probe_s,
     )
     workdir = Path(tempfile.mkdtemp(prefix="voltana-faults-"))
-    deployment = Deployment(workdir, speedup=args.speedup, drain_s=args.drain_s)
+    deployment = Deployment(
+        workdir, speedup=args.speedup, drain_s=args.drain_s, http_timeout_s=args.http_timeout_s
+    )
     results: list[Result] = []
     started = time.monotonic()
     try:
@@ -809,6 +1093,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--drain-s", type=float, default=5.0, help="router and engine drain")
     parser.add_argument("--burst", type=int, default=1000, help="streams of the burst experiment")
     parser.add_argument("--burst-timeout-s", type=float, default=60.0)
+    parser.add_argument(
+        "--slowloris", type=int, default=600, help="slow connections of http-slowloris"
+    )
+    parser.add_argument(
+        "--http-timeout-s", type=float, default=3.0,
+        help="the router's HTTP header, body and keep-alive timeouts",
+    )  # fmt: skip
+    parser.add_argument("--probe-s", type=float, default=8.0, help="baseline of real requests")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--json", help="also write the results here")
     parser.add_argument("--keep-logs", action="store_true", help="keep the processes' logs")

@@ -47,6 +47,8 @@ def assert_one_line_error(code: int, err: str, *needles: str) -> str:
         (("up", "--sim", "--speedup", "0"), "--speedup"),
         (("bench", "--target", "nowhere", "--trace", "azure-conv"), "--target"),
         (("serve", "router", "--metrics-port", "70000"), "--metrics-port"),
+        (("serve", "router", "--http-header-timeout-s", "0"), "--http-header-timeout-s"),
+        (("serve", "router", "--http-max-connections-per-client", "-1"), "--http-max-conn"),
         (("simulate", "--no-such-flag"), "--no-such-flag"),
     ],
 )

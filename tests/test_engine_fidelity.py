@@ -91,7 +91,12 @@ async def test_model_info_answers_on_the_current_and_the_old_path(
             assert info["is_generation"] is True
         async with http.get(engine.url + "/v1/models") as response:
             models = await response.json()
-    assert [m["id"] for m in models["data"]] == ["org/model"]
+        async with http.get(engine.url + "/v1/models/org/model") as response:
+            card = await response.json()
+        async with http.get(engine.url + "/v1/models/other") as response:
+            assert response.status == 404
+            assert (await response.json())["code"] == 404
+    assert [m["id"] for m in models["data"]] == ["org/model"] and card["id"] == "org/model"
     assert models["data"][0]["max_model_len"] == engine.perf.model.max_context_tokens
 
 

@@ -584,3 +584,25 @@ async def test_client_reads_error_chunks_and_fastapi_errors(client: SglangHttpCl
         with pytest.raises(EngineUnavailableError, match="DONE"):
             async for _ in client.generate_stream(url, {"text": "x"}):
                 pass
+
+
+async def test_a_stop_ends_the_request_early_and_frees_its_kv(client: SglangHttpClient) -> None:
+    async with _engine(_settings("null")) as engine:
+        request: dict[str, Any] = {"input_ids": [1000 + i for i in range(40)]}
+        request["sampling_params"] = {"max_new_tokens": 30}
+        free = await client.generate(engine.url, request)
+        stop_id = free["output_ids"][4]
+        request["sampling_params"] = {"max_new_tokens": 30, "stop_token_ids": [stop_id]}
+        stopped = await client.generate(engine.url, request)
+        stop_text = free["text"][len(free["text"]) // 2 :].split()[0]
+        request["sampling_params"] = {"max_new_tokens": 30, "stop": stop_text}
+        by_text = [chunk async for chunk in client.generate_stream(engine.url, request)]
+        await _until(lambda: engine.core.kv_tokens_used == 0, what="the KV to be freed")
+        assert engine.core.running_requests == 0
+    assert stopped["meta_info"]["finish_reason"] == {"type": "stop", "matched": stop_id}
+    assert stopped["output_ids"] == free["output_ids"][:5]
+    assert stopped["text"] == free["text"][: len(stopped["text"])]  # without the stop token
+    assert by_text[-1]["meta_info"]["finish_reason"] == {"type": "stop", "matched": stop_text}
+    streamed_text = "".join(chunk["text"] for chunk in by_text)
+    assert streamed_text == free["text"][: free["text"].find(stop_text)]
+    assert by_text[-1]["meta_info"]["completion_tokens"] < 30

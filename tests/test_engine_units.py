@@ -12,6 +12,7 @@ from voltana.engine.protocol import DEFAULT_MAX_NEW_TOKENS, parse_generate_reque
 from voltana.engine.settings import EngineMode, SimEngineSettings
 from voltana.engine.sglang_client import error_for_status, metrics_by_name
 from voltana.engine.stats import WindowedSamples
+from voltana.engine.stopping import StopCriteria, check_stop, visible_text
 from voltana.engine.tokenizer import FIRST_ORDINARY_ID, ToyTokenizer
 from voltana.errors import ConfigError, InvalidArgumentError
 
@@ -90,6 +91,11 @@ def test_parse_generate_request_reads_sglang_fields() -> None:
         ({"text": "a", "bootstrap_host": "h", "bootstrap_port": 1}, "'bootstrap_room' is required"),
         ({"text": "a", "bootstrap_room": -1}, "bootstrap_room"),
         ({"text": "a", "bootstrap_room": 2**63}, "bootstrap_room"),
+        ({"text": "a", "sampling_params": {"stop": ""}}, "'stop' must be a non-empty string"),
+        ({"text": "a", "sampling_params": {"stop": [1]}}, "'stop' must be"),
+        ({"text": "a", "sampling_params": {"stop_token_ids": ["x"]}}, "list of integers"),
+        ({"text": "a", "sampling_params": {"stop_token_ids": [VOCAB]}}, "outside the vocab"),
+        ({"text": "a", "sampling_params": {"ignore_eos": 1}}, "'ignore_eos' must be a boolean"),
     ],
 )
 def test_parse_generate_request_refuses_bad_input(body: object, message: str) -> None:
@@ -163,3 +169,55 @@ def test_error_for_status_maps_to_typed_errors() -> None:
     generic = error_for_status(500, "boom", "http://x/generate")
     assert type(generic).__name__ == "EngineError"
     assert generic.status == 500 and "boom" in str(generic) and "http://x" in str(generic)
+
+
+def test_stop_strings_and_token_ids_end_the_output_as_sglang_reports_it() -> None:
+    tokenizer = ToyTokenizer(VOCAB)
+    output = [tokenizer.output_token_id(7, position) for position in range(12)]
+    text = tokenizer.decode(output)
+    # A stop string across the boundary of tokens 4 and 5: found once token 5 is out.
+    boundary = len(tokenizer.decode(output[:5]))
+    stop = text[boundary - 2 : boundary + 2]
+    criteria = StopCriteria(strings=(stop,))
+    first_stop = next(n for n in range(1, 13) if check_stop(criteria, output[:n], tokenizer))
+    # Only the tail is decoded, yet the first match is the one the whole text shows.
+    assert first_stop == next(n for n in range(1, 13) if stop in tokenizer.decode(output[:n]))
+    assert first_stop <= 6
+    reason = check_stop(criteria, output[:first_stop], tokenizer)
+    assert reason == {"type": "stop", "matched": stop}
+    shown = visible_text(tokenizer, output[:first_stop], reason)
+    assert shown == text[: text.find(stop)] and stop not in shown
+    # Streamed: what was sent before is never taken back; the rest stops before the match.
+    assert shown.startswith(tokenizer.decode(output[:1]))
+    assert (
+        visible_text(tokenizer, output[:first_stop], reason, start=1)
+        == shown[len(tokenizer.decode(output[:1])) :]
+    )
+
+    by_id = StopCriteria(token_ids=frozenset({output[3]}))
+    assert [check_stop(by_id, output[:n], tokenizer) for n in (3, 4)] == [
+        None,
+        {"type": "stop", "matched": output[3]},
+    ]
+    # The stop token counts as output but not as text.
+    assert visible_text(tokenizer, output[:4], {"type": "stop", "matched": output[3]}) == (
+        tokenizer.decode(output[:3])
+    )
+    assert check_stop(StopCriteria(), output, tokenizer) is None
+
+
+def test_ignore_eos_drops_stop_token_ids_but_keeps_stop_strings() -> None:
+    tokenizer = ToyTokenizer(VOCAB)
+    request = parse_generate_request(
+        {
+            "text": "hello",
+            "sampling_params": {"stop": "ka", "stop_token_ids": [1001], "ignore_eos": True},
+        },
+        tokenizer,
+    )
+    assert request.stop == StopCriteria(strings=("ka",))
+    plain = parse_generate_request(
+        {"text": "hello", "sampling_params": {"stop": ["ka", "lo"], "stop_token_ids": [1001]}},
+        tokenizer,
+    )
+    assert plain.stop == StopCriteria(strings=("ka", "lo"), token_ids=frozenset({1001}))

@@ -85,6 +85,10 @@ def test_request_values_are_kept() -> None:
         ({"text": "hi", "stop": [""]}, "stop strings must not be empty"),
         ({"text": "hi", "request_id": "x" * 300}, "request_id"),
         ({"text": "hi", "slo": common_pb2.SloTarget(itl_ms=-1)}, "slo.itl_ms"),
+        ({"text": "hi", "presence_penalty": 2.5}, r"presence_penalty must be in \[-2, 2\]"),
+        ({"text": "hi", "frequency_penalty": float("inf")}, "frequency_penalty"),
+        ({"text": "hi", "stop_token_ids": [-1]}, "negative id"),
+        ({"text": "hi", "stop_token_ids": list(range(65))}, "at most 64 stop token ids"),
     ],
 )
 def test_invalid_requests(fields: dict[str, Any], message: str) -> None:
@@ -109,6 +113,16 @@ def test_sglang_payload_carries_only_what_was_set() -> None:
     assert payload["input_ids"] == [4, 5] and "text" not in payload
     assert payload["sampling_params"]["temperature"] == pytest.approx(0.7)
     assert payload["sampling_params"]["stop"] == ["."]
+    honoured = validate_request(
+        router_pb2.GenerateRequest(
+            text="hi", seed=-5, presence_penalty=0.5, frequency_penalty=-1.0, stop_token_ids=[9]
+        ),
+        SETTINGS,
+    )
+    sampling = sglang_payload(honoured)["sampling_params"]
+    # SGLang's names of the OpenAI parameters.
+    assert sampling["sampling_seed"] == -5 and sampling["stop_token_ids"] == [9]
+    assert (sampling["presence_penalty"], sampling["frequency_penalty"]) == (0.5, -1.0)
 
 
 # ---- stream decoding -------------------------------------------------------------------------

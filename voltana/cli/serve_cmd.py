@@ -15,7 +15,7 @@ import logging
 import os
 import signal
 from collections.abc import Callable
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from voltana.cli.options import (
     add_profile_arg,
@@ -52,6 +52,9 @@ from voltana.hardware import GPU_CATALOG, MODEL_CATALOG
 from voltana.observability import add_observability_args, observability_from_args
 from voltana.perf.selection import resolve_physics
 from voltana.policy.registry import live_policy_names, router_names
+
+if TYPE_CHECKING:
+    from voltana.services.router.http_limits import HttpLimits
 
 _LOG = logging.getLogger("voltana.serve")
 
@@ -404,9 +407,44 @@ def _add_router(
         default="",
         help="the model name clients ask for (default: --model's key)",
     )
+    _http_limit_args(http)
     add_api_key_args(parser, server=True)
     parser.set_defaults(handler=run, build=_build_router, service_name="voltana-router")
     return parser
+
+
+def _http_limit_flags() -> tuple[tuple[str, Callable[[str], float], str], ...]:
+    """HttpLimits fields set by ``--http-<field with dashes>``, and what each flag means."""
+    return (
+        ("max_body_bytes", positive_int, "largest request body, bytes"),
+        ("header_timeout_s", positive_float, "a request's headers must arrive within this"),
+        ("body_timeout_s", positive_float, "its body within this after the headers, else 408"),
+        ("keepalive_timeout_s", positive_float, "idle connections are closed after this"),
+        (
+            "max_connections_per_client",
+            non_negative_int,
+            "open connections per remote address, more get 429; 0 = no cap",
+        ),
+    )
+
+
+def _http_limit_args(group: argparse._ArgumentGroup) -> None:
+    from voltana.services.router.http_limits import HttpLimits
+
+    defaults = HttpLimits()
+    for name, kind, meaning in _http_limit_flags():
+        group.add_argument(
+            "--http-" + name.replace("_", "-"),
+            type=kind,
+            default=getattr(defaults, name),
+            help=meaning + " (default: %(default)s)",
+        )
+
+
+def _http_limits(args: argparse.Namespace) -> HttpLimits:
+    from voltana.services.router.http_limits import HttpLimits
+
+    return HttpLimits(**{name: getattr(args, "http_" + name) for name, _, _ in _http_limit_flags()})
 
 
 def _build_router(args: argparse.Namespace) -> Service:
@@ -442,6 +480,7 @@ def _build_router(args: argparse.Namespace) -> Service:
                 None if args.no_http else f"{args.listen.rpartition(':')[0]}:{args.http_port}"
             ),
             served_model_name=args.served_model_name,
+            http_limits=_http_limits(args),
         )
     )
 

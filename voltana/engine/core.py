@@ -26,6 +26,7 @@ from voltana.engine.kv_handoff import KvHandoff, KvMailbox
 from voltana.engine.protocol import FinishReason, GenerateRequest, abort_finish, length_finish
 from voltana.engine.settings import EngineMode
 from voltana.engine.stats import EngineMetrics, WindowedSamples
+from voltana.engine.stopping import check_stop
 from voltana.engine.tokenizer import ToyTokenizer
 from voltana.gpu.device import GpuDevice
 from voltana.gpu.errors import GpuError
@@ -271,8 +272,9 @@ class EngineCore:
 
     def _after_first_token(self, state: RequestState, now_s: float) -> None:
         remaining_tokens = state.request.max_new_tokens - 1
-        if remaining_tokens == 0:
-            self._finish(state, length_finish(1), now_s, (state.output_ids[-1],))
+        reason = self._stop_reason(state) or (length_finish(1) if remaining_tokens == 0 else None)
+        if reason is not None:
+            self._finish(state, reason, now_s, (state.output_ids[-1],))
             return
         assert self.decode is not None
         self._push(state, (state.output_ids[-1],), None, now_s)
@@ -348,6 +350,10 @@ class EngineCore:
         self._observer.note_first_token(at_s, ttft_s)
         self.metrics.generation_tokens_total += 1
         self._generated_window.add(at_s, 1.0)
+
+    def _stop_reason(self, state: RequestState) -> FinishReason | None:
+        """The stop string or token id its newest token completed, if any."""
+        return check_stop(state.request.stop, state.output_ids, self.tokenizer)
 
     def _finish(
         self, state: RequestState, reason: FinishReason, at_s: float, new_ids: tuple[int, ...]
@@ -503,7 +509,8 @@ class EngineCore:
                 continue
             self._emit_first_token(state, first_token_id, end_s)
             if self.mode is EngineMode.PREFILL:
-                self._finish(state, length_finish(1), end_s, (first_token_id,))
+                reason = self._stop_reason(state) or length_finish(1)
+                self._finish(state, reason, end_s, (first_token_id,))
             else:
                 self._after_first_token(state, end_s)
 
@@ -534,8 +541,13 @@ class EngineCore:
             intervals[end_s - previous_s] += 1
             state.output_ids.append(token_id)
             state.last_token_s = end_s
-            if job.key in finished_keys:
-                self._finish(state, length_finish(state.request.max_new_tokens), end_s, (token_id,))
+            reason = self._stop_reason(state)
+            if reason is not None and job.key not in finished_keys:
+                self.decode.cancel(job.key)  # stopped early: its KV is freed now
+            if reason is None and job.key in finished_keys:
+                reason = length_finish(state.request.max_new_tokens)
+            if reason is not None:
+                self._finish(state, reason, end_s, (token_id,))
             else:
                 self._push(state, (token_id,), None, end_s)
         for interval_s, count in intervals.items():

@@ -25,11 +25,14 @@ from voltana.engine.protocol import (
     GenerateRequest,
     parse_generate_request,
 )
+from voltana.engine.stopping import visible_text
 from voltana.engine.tokenizer import ToyTokenizer
 
 COMPLETIONS_DEFAULT_MAX_TOKENS = 16
 # Fields the native parser understands that an OpenAI body may carry as they are.
 _PASSTHROUGH = ("rid", "bootstrap_host", "bootstrap_port", "bootstrap_room")
+# OpenAI fields that are SGLang sampling parameters of the same name.
+_SAMPLING_PASSTHROUGH = ("stop", "stop_token_ids", "ignore_eos")
 
 
 class OpenAiKind(enum.Enum):
@@ -142,7 +145,10 @@ def parse_openai_request(
         else:
             raise EngineRequestError("'prompt' must be a string or a list of token ids")
         default_max = COMPLETIONS_DEFAULT_MAX_TOKENS
-    native["sampling_params"] = {"max_new_tokens": _max_tokens(body, default_max)}
+    native["sampling_params"] = {
+        "max_new_tokens": _max_tokens(body, default_max),
+        **{key: body[key] for key in _SAMPLING_PASSTHROUGH if body.get(key) is not None},
+    }
     stream = body.get("stream", False)
     native["stream"] = stream
     top = _top_logprobs(kind, body)
@@ -162,21 +168,21 @@ def parse_openai_request(
     )
 
 
+def model_card(served_model: str, context_length: int) -> dict[str, Any]:
+    """``GET /v1/models/{id}`` of the served model."""
+    return {
+        "id": served_model,
+        "object": "model",
+        "created": int(time.time()),
+        "owned_by": "sglang",
+        "root": served_model,
+        "max_model_len": context_length,
+    }
+
+
 def model_list(served_model: str, context_length: int) -> dict[str, Any]:
     """``GET /v1/models``."""
-    return {
-        "object": "list",
-        "data": [
-            {
-                "id": served_model,
-                "object": "model",
-                "created": int(time.time()),
-                "owned_by": "sglang",
-                "root": served_model,
-                "max_model_len": context_length,
-            }
-        ],
-    }
+    return {"object": "list", "data": [model_card(served_model, context_length)]}
 
 
 def finish_reason_name(finish_reason: FinishReason | None) -> str | None:
@@ -263,7 +269,7 @@ class OpenAiFormatter:
     def response(self, output_ids: Sequence[int], finish_reason: FinishReason) -> dict[str, Any]:
         """The whole answer of a non-streaming request."""
         body = self._envelope(chunk=False)
-        text = self._tokenizer.decode(output_ids)
+        text = visible_text(self._tokenizer, output_ids, finish_reason)
         finish = finish_reason_name(finish_reason)
         body["choices"] = [self._choice(text, output_ids, 0, finish, chunk=False)]
         body["usage"] = self.usage(len(output_ids))
@@ -280,14 +286,15 @@ class OpenAiFormatter:
 
     def chunks(
         self,
-        new_ids: Sequence[int],
+        output_ids: Sequence[int],
         first_position: int,
         finish_reason: FinishReason | None,
-        completion_tokens: int,
     ) -> list[dict[str, Any]]:
-        """Stream chunks for ``new_ids`` (output positions from ``first_position``)."""
+        """Stream chunks for the output from ``first_position`` on."""
+        new_ids = output_ids[first_position:]
+        completion_tokens = len(output_ids)
         body = self._envelope(chunk=True)
-        text = self._tokenizer.decode(new_ids)
+        text = visible_text(self._tokenizer, output_ids, finish_reason, first_position)
         finish = finish_reason_name(finish_reason)
         body["choices"] = [self._choice(text, new_ids, first_position, finish, chunk=True)]
         chunks = [body]

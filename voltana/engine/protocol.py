@@ -1,7 +1,8 @@
 """SGLang's HTTP ``/generate`` protocol: request parsing and response bodies (no I/O).
 
-Only what the simulated engine needs; sampling parameters other than ``max_new_tokens`` are
-accepted and ignored (generation always runs to ``max_new_tokens``, as with ``ignore_eos``).
+Only what the simulated engine needs: ``max_new_tokens``, ``stop`` and ``stop_token_ids``
+(``voltana.engine.stopping``; ``ignore_eos`` turns the token ids off, as in SGLang) shape the
+output; other sampling parameters are accepted and ignored (the simulated tokens are fixed).
 ``return_logprob`` is honoured with made-up but well-formed logprobs (``voltana.engine.logprobs``).
 """
 
@@ -10,10 +11,12 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from voltana.engine.errors import EngineRequestError
+from voltana.engine.stopping import FinishReason as FinishReason
+from voltana.engine.stopping import StopCriteria
 from voltana.engine.tokenizer import ToyTokenizer
 
 # SGLang's default when sampling_params has no max_new_tokens.
@@ -22,8 +25,9 @@ DEFAULT_MAX_NEW_TOKENS = 128
 DEFAULT_BOOTSTRAP_PORT = 8998
 MAX_BOOTSTRAP_ROOM = 2**63 - 1
 SSE_DONE = b"data: [DONE]\n\n"
-
-FinishReason = dict[str, Any]
+# SGLang caps neither; these keep one request's stop checks cheap.
+MAX_STOP_STRINGS = 64
+MAX_STOP_TOKEN_IDS = 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +60,7 @@ class GenerateRequest:
     bootstrap: BootstrapTarget | None
     # None unless ``return_logprob`` is true.
     logprobs: LogprobOptions | None = None
+    stop: StopCriteria = field(default_factory=StopCriteria)
 
     @property
     def prompt_tokens(self) -> int:
@@ -97,12 +102,16 @@ def _prompt_ids(body: Mapping[str, Any], tokenizer: ToyTokenizer) -> tuple[int, 
     return tuple(ids)
 
 
-def _max_new_tokens(body: Mapping[str, Any]) -> int:
+def _sampling_params(body: Mapping[str, Any]) -> Mapping[str, Any]:
     sampling_params = body.get("sampling_params")
     if sampling_params is None:
-        return DEFAULT_MAX_NEW_TOKENS
+        return {}
     if not isinstance(sampling_params, dict):
         raise EngineRequestError("'sampling_params' must be an object")
+    return sampling_params
+
+
+def _max_new_tokens(sampling_params: Mapping[str, Any]) -> int:
     value = sampling_params.get("max_new_tokens")
     if value is None:
         return DEFAULT_MAX_NEW_TOKENS
@@ -111,6 +120,31 @@ def _max_new_tokens(body: Mapping[str, Any]) -> int:
     if value < 0:  # 0 is valid: prefill only, no output token (SGLang accepts it too)
         raise EngineRequestError(f"max_new_tokens must be >= 0, got {value}")
     return int(value)
+
+
+def _stop_criteria(sampling_params: Mapping[str, Any], vocab_size: int) -> StopCriteria:
+    strings = sampling_params.get("stop")
+    if strings is None:
+        strings = []
+    elif isinstance(strings, str):
+        strings = [strings]
+    if not isinstance(strings, list) or not all(isinstance(s, str) and s for s in strings):
+        raise EngineRequestError("'stop' must be a non-empty string or a list of them")
+    token_ids = sampling_params.get("stop_token_ids") or []
+    if not isinstance(token_ids, list) or not all(_is_int(t) for t in token_ids):
+        raise EngineRequestError("'stop_token_ids' must be a list of integers")
+    if len(strings) > MAX_STOP_STRINGS or len(token_ids) > MAX_STOP_TOKEN_IDS:
+        raise EngineRequestError(
+            f"at most {MAX_STOP_STRINGS} stop strings and {MAX_STOP_TOKEN_IDS} stop token ids"
+        )
+    bad = [token for token in token_ids if not 0 <= token < vocab_size]
+    if bad:
+        raise EngineRequestError(f"stop token id {bad[0]} is outside the vocabulary")
+    ignore_eos = sampling_params.get("ignore_eos", False)
+    if not isinstance(ignore_eos, bool):
+        raise EngineRequestError("'ignore_eos' must be a boolean")
+    # As in SGLang: ignore_eos skips every token-based stop, stop strings still apply.
+    return StopCriteria(tuple(strings), frozenset() if ignore_eos else frozenset(token_ids))
 
 
 def _non_negative_int(body: Mapping[str, Any], name: str, default: int) -> int:
@@ -174,13 +208,15 @@ def parse_generate_request(body: object, tokenizer: ToyTokenizer) -> GenerateReq
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
         raise EngineRequestError("'stream' must be a boolean")
+    sampling_params = _sampling_params(body)
     return GenerateRequest(
         rid=rid,
         input_ids=_prompt_ids(body, tokenizer),
-        max_new_tokens=_max_new_tokens(body),
+        max_new_tokens=_max_new_tokens(sampling_params),
         stream=stream,
         bootstrap=_bootstrap(body),
         logprobs=_logprob_options(body),
+        stop=_stop_criteria(sampling_params, tokenizer.vocab_size),
     )
 
 

@@ -8,12 +8,14 @@ of the ``SimulatedGpu`` changes the engine's speed), and the GPU's power draw fo
 What is simulated, and how it differs from SGLang:
 
 - Tokens: ``ToyTokenizer`` (about 4 characters per token; outputs are deterministic
-  pseudo-words). Generation always runs to ``max_new_tokens`` (finish reason ``length``; 0 runs
-  the prefill only); ``temperature``, ``stop``, ``ignore_eos`` ... are accepted and ignored;
+  pseudo-words). Generation runs to ``max_new_tokens`` (finish reason ``length``; 0 runs the
+  prefill only) unless a ``stop`` string or one of ``stop_token_ids`` ends it first (finish
+  reason ``{"type": "stop", "matched": ...}``, as SGLang's; ``voltana.engine.stopping``);
+  ``temperature``, ``seed``, penalties ... are accepted and ignored (the tokens are fixed);
   ``return_logprob`` gives made-up, well-formed logprobs.
-- Endpoints: ``/generate``, the OpenAI ``/v1/completions``, ``/v1/chat/completions`` and
-  ``/v1/models`` (PD fields pass through, as SGLang's router sends them), ``/model_info``,
-  ``/get_server_info``, ``/get_load``, ``/metrics``, ``/health``, ``/abort_request``.
+- Endpoints: ``/generate``, the OpenAI ``/v1/completions``, ``/v1/chat/completions``,
+  ``/v1/models`` and ``/v1/models/{id}`` (PD fields pass through, as SGLang's router sends
+  them), ``/model_info``, ``/get_server_info``, ``/get_load``, ``/metrics``, ``/health``, ``/abort_request``.
 - PD: the router sends the same request to a prefill and a decode engine with the prefill's
   bootstrap host/port and one room. The prefill engine computes the prompt and the first token,
   then answers its request; the decode engine fetches the KV cache from the prefill's bootstrap
@@ -47,6 +49,7 @@ from voltana.engine.logprobs import LogprobSource
 from voltana.engine.openai_api import (
     OpenAiFormatter,
     OpenAiKind,
+    model_card,
     model_list,
     openai_error,
     parse_openai_request,
@@ -62,6 +65,7 @@ from voltana.engine.protocol import (
 )
 from voltana.engine.reporter import InstanceSampleSink, report_periodically
 from voltana.engine.settings import EngineMode, SimEngineSettings
+from voltana.engine.stopping import visible_text
 from voltana.errors import ConfigError
 from voltana.gpu.device import GpuDevice
 from voltana.gpu.sim import SimulatedGpu
@@ -396,6 +400,7 @@ class SimEngine(AsyncService):
         app.router.add_get("/get_model_info", self._handle_model_info)
         app.router.add_get("/model_info", self._handle_model_info)
         app.router.add_get("/v1/models", self._handle_models)
+        app.router.add_get("/v1/models/{model_id:.+}", self._handle_model)
         app.router.add_post("/v1/completions", self._handle_completions)
         app.router.add_post("/v1/chat/completions", self._handle_chat_completions)
         app.router.add_get("/get_load", self._handle_load)
@@ -498,6 +503,12 @@ class SimEngine(AsyncService):
     async def _handle_models(self, _request: web.Request) -> web.Response:
         context_length = self.perf.model.max_context_tokens
         return web.json_response(model_list(self.settings.served_model_path, context_length))
+
+    async def _handle_model(self, request: web.Request) -> web.Response:
+        served = self.settings.served_model_path
+        if request.match_info["model_id"] != served:
+            return _openai_error(f"The model does not exist; this engine serves {served!r}", 404)
+        return web.json_response(model_card(served, self.perf.model.max_context_tokens))
 
     async def _serve(
         self, request: web.Request, state: RequestState, fmt: _ResponseFormat
@@ -690,7 +701,7 @@ class _NativeFormat:
     def response(self, output_ids: list[int], finish_reason: FinishReason) -> web.Response:
         return web.json_response(
             {
-                "text": self._tokenizer.decode(output_ids),
+                "text": visible_text(self._tokenizer, output_ids, finish_reason),
                 "output_ids": output_ids,
                 "meta_info": self._meta(output_ids, 0, finish_reason),
             }
@@ -706,7 +717,7 @@ class _NativeFormat:
         shown = output_ids[shown_from:]
         return [
             {
-                "text": self._tokenizer.decode(shown),
+                "text": visible_text(self._tokenizer, output_ids, finish_reason, shown_from),
                 "output_ids": list(shown),
                 "meta_info": self._meta(output_ids, shown_from, finish_reason),
             }
@@ -736,8 +747,7 @@ class _OpenAiFormat:
         if finish_reason is not None and finish_reason.get("type") == "abort":
             message = str(finish_reason.get("message", "aborted"))
             return [{"error": openai_error(message, 503)}]
-        new_ids = output_ids[first_position:]
-        return self._formatter.chunks(new_ids, first_position, finish_reason, len(output_ids))
+        return self._formatter.chunks(output_ids, first_position, finish_reason)
 
 
 def _openai_error(message: str, status: int) -> web.Response:

@@ -60,6 +60,10 @@ class GenerateRequest(_message.Message):
     STOP_FIELD_NUMBER: _builtins.int
     SLO_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
+    STOP_TOKEN_IDS_FIELD_NUMBER: _builtins.int
+    SEED_FIELD_NUMBER: _builtins.int
+    PRESENCE_PENALTY_FIELD_NUMBER: _builtins.int
+    FREQUENCY_PENALTY_FIELD_NUMBER: _builtins.int
     text: _builtins.str
     """Prompt text (the engine tokenizes it)."""
     max_new_tokens: _builtins.int
@@ -72,6 +76,11 @@ class GenerateRequest(_message.Message):
     """Keep generating past the end-of-sequence token (benchmarks)."""
     request_id: _builtins.str
     """Client-chosen request id; empty = the router assigns one."""
+    seed: _builtins.int
+    """Sampling seed (SGLang's sampling_seed); absent = the engine's."""
+    presence_penalty: _builtins.float
+    """OpenAI's presence and frequency penalties, -2..2; absent = 0."""
+    frequency_penalty: _builtins.float
     @_builtins.property
     def input_ids(self) -> Global___TokenIds:
         """Pre-tokenized prompt."""
@@ -83,6 +92,10 @@ class GenerateRequest(_message.Message):
     @_builtins.property
     def slo(self) -> _common_pb2.SloTarget:
         """Per-request SLO; absent = the cluster SLO."""
+
+    @_builtins.property
+    def stop_token_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Token ids that end the generation (SGLang's stop_token_ids; ignored with ignore_eos)."""
 
     def __init__(
         self,
@@ -96,13 +109,23 @@ class GenerateRequest(_message.Message):
         stop: _abc.Iterable[_builtins.str] | None = ...,
         slo: _common_pb2.SloTarget | None = ...,
         request_id: _builtins.str = ...,
+        stop_token_ids: _abc.Iterable[_builtins.int] | None = ...,
+        seed: _builtins.int | None = ...,
+        presence_penalty: _builtins.float | None = ...,
+        frequency_penalty: _builtins.float | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_new_tokens", b"_max_new_tokens", "_slo", b"_slo", "_temperature", b"_temperature", "_top_p", b"_top_p", "input_ids", b"input_ids", "max_new_tokens", b"max_new_tokens", "prompt", b"prompt", "slo", b"slo", "temperature", b"temperature", "text", b"text", "top_p", b"top_p"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_frequency_penalty", b"_frequency_penalty", "_max_new_tokens", b"_max_new_tokens", "_presence_penalty", b"_presence_penalty", "_seed", b"_seed", "_slo", b"_slo", "_temperature", b"_temperature", "_top_p", b"_top_p", "frequency_penalty", b"frequency_penalty", "input_ids", b"input_ids", "max_new_tokens", b"max_new_tokens", "presence_penalty", b"presence_penalty", "prompt", b"prompt", "seed", b"seed", "slo", b"slo", "temperature", b"temperature", "text", b"text", "top_p", b"top_p"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_new_tokens", b"_max_new_tokens", "_slo", b"_slo", "_temperature", b"_temperature", "_top_p", b"_top_p", "ignore_eos", b"ignore_eos", "input_ids", b"input_ids", "max_new_tokens", b"max_new_tokens", "prompt", b"prompt", "request_id", b"request_id", "slo", b"slo", "stop", b"stop", "temperature", b"temperature", "text", b"text", "top_p", b"top_p"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_frequency_penalty", b"_frequency_penalty", "_max_new_tokens", b"_max_new_tokens", "_presence_penalty", b"_presence_penalty", "_seed", b"_seed", "_slo", b"_slo", "_temperature", b"_temperature", "_top_p", b"_top_p", "frequency_penalty", b"frequency_penalty", "ignore_eos", b"ignore_eos", "input_ids", b"input_ids", "max_new_tokens", b"max_new_tokens", "presence_penalty", b"presence_penalty", "prompt", b"prompt", "request_id", b"request_id", "seed", b"seed", "slo", b"slo", "stop", b"stop", "stop_token_ids", b"stop_token_ids", "temperature", b"temperature", "text", b"text", "top_p", b"top_p"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__frequency_penalty: _TypeAlias = _typing.Literal["frequency_penalty"]  # noqa: Y015
+    _WhichOneofArgType__frequency_penalty: _TypeAlias = _typing.Literal["_frequency_penalty", b"_frequency_penalty"]  # noqa: Y015
     _WhichOneofReturnType__max_new_tokens: _TypeAlias = _typing.Literal["max_new_tokens"]  # noqa: Y015
     _WhichOneofArgType__max_new_tokens: _TypeAlias = _typing.Literal["_max_new_tokens", b"_max_new_tokens"]  # noqa: Y015
+    _WhichOneofReturnType__presence_penalty: _TypeAlias = _typing.Literal["presence_penalty"]  # noqa: Y015
+    _WhichOneofArgType__presence_penalty: _TypeAlias = _typing.Literal["_presence_penalty", b"_presence_penalty"]  # noqa: Y015
+    _WhichOneofReturnType__seed: _TypeAlias = _typing.Literal["seed"]  # noqa: Y015
+    _WhichOneofArgType__seed: _TypeAlias = _typing.Literal["_seed", b"_seed"]  # noqa: Y015
     _WhichOneofReturnType__slo: _TypeAlias = _typing.Literal["slo"]  # noqa: Y015
     _WhichOneofArgType__slo: _TypeAlias = _typing.Literal["_slo", b"_slo"]  # noqa: Y015
     _WhichOneofReturnType__temperature: _TypeAlias = _typing.Literal["temperature"]  # noqa: Y015
@@ -112,7 +135,13 @@ class GenerateRequest(_message.Message):
     _WhichOneofReturnType_prompt: _TypeAlias = _typing.Literal["text", "input_ids"]  # noqa: Y015
     _WhichOneofArgType_prompt: _TypeAlias = _typing.Literal["prompt", b"prompt"]  # noqa: Y015
     @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__frequency_penalty) -> _WhichOneofReturnType__frequency_penalty | None: ...
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__max_new_tokens) -> _WhichOneofReturnType__max_new_tokens | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__presence_penalty) -> _WhichOneofReturnType__presence_penalty | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__seed) -> _WhichOneofReturnType__seed | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__slo) -> _WhichOneofReturnType__slo | None: ...
     @_typing.overload
@@ -174,6 +203,8 @@ class Completion(_message.Message):
     E2E_LATENCY_MS_FIELD_NUMBER: _builtins.int
     ENERGY_J_FIELD_NUMBER: _builtins.int
     IDLE_ENERGY_J_FIELD_NUMBER: _builtins.int
+    MATCHED_STOP_TEXT_FIELD_NUMBER: _builtins.int
+    MATCHED_STOP_TOKEN_ID_FIELD_NUMBER: _builtins.int
     finish_reason: _builtins.str
     """"stop", "length", or "abort"."""
     prompt_tokens: _builtins.int
@@ -201,6 +232,8 @@ class Completion(_message.Message):
     """
     idle_energy_j: _builtins.float
     """The idle-time part of energy_j, joules."""
+    matched_stop_text: _builtins.str
+    matched_stop_token_id: _builtins.int
     def __init__(
         self,
         *,
@@ -216,19 +249,25 @@ class Completion(_message.Message):
         e2e_latency_ms: _builtins.float = ...,
         energy_j: _builtins.float | None = ...,
         idle_energy_j: _builtins.float | None = ...,
+        matched_stop_text: _builtins.str = ...,
+        matched_stop_token_id: _builtins.int = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_energy_j", b"_energy_j", "_idle_energy_j", b"_idle_energy_j", "energy_j", b"energy_j", "idle_energy_j", b"idle_energy_j"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_energy_j", b"_energy_j", "_idle_energy_j", b"_idle_energy_j", "energy_j", b"energy_j", "idle_energy_j", b"idle_energy_j", "matched_stop", b"matched_stop", "matched_stop_text", b"matched_stop_text", "matched_stop_token_id", b"matched_stop_token_id"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_energy_j", b"_energy_j", "_idle_energy_j", b"_idle_energy_j", "bootstrap_room", b"bootstrap_room", "completion_tokens", b"completion_tokens", "decode_instance", b"decode_instance", "e2e_latency_ms", b"e2e_latency_ms", "energy_j", b"energy_j", "finish_reason", b"finish_reason", "idle_energy_j", b"idle_energy_j", "mean_itl_ms", b"mean_itl_ms", "prefill_instance", b"prefill_instance", "prompt_tokens", b"prompt_tokens", "request_id", b"request_id", "ttft_ms", b"ttft_ms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_energy_j", b"_energy_j", "_idle_energy_j", b"_idle_energy_j", "bootstrap_room", b"bootstrap_room", "completion_tokens", b"completion_tokens", "decode_instance", b"decode_instance", "e2e_latency_ms", b"e2e_latency_ms", "energy_j", b"energy_j", "finish_reason", b"finish_reason", "idle_energy_j", b"idle_energy_j", "matched_stop", b"matched_stop", "matched_stop_text", b"matched_stop_text", "matched_stop_token_id", b"matched_stop_token_id", "mean_itl_ms", b"mean_itl_ms", "prefill_instance", b"prefill_instance", "prompt_tokens", b"prompt_tokens", "request_id", b"request_id", "ttft_ms", b"ttft_ms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__energy_j: _TypeAlias = _typing.Literal["energy_j"]  # noqa: Y015
     _WhichOneofArgType__energy_j: _TypeAlias = _typing.Literal["_energy_j", b"_energy_j"]  # noqa: Y015
     _WhichOneofReturnType__idle_energy_j: _TypeAlias = _typing.Literal["idle_energy_j"]  # noqa: Y015
     _WhichOneofArgType__idle_energy_j: _TypeAlias = _typing.Literal["_idle_energy_j", b"_idle_energy_j"]  # noqa: Y015
+    _WhichOneofReturnType_matched_stop: _TypeAlias = _typing.Literal["matched_stop_text", "matched_stop_token_id"]  # noqa: Y015
+    _WhichOneofArgType_matched_stop: _TypeAlias = _typing.Literal["matched_stop", b"matched_stop"]  # noqa: Y015
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__energy_j) -> _WhichOneofReturnType__energy_j | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__idle_energy_j) -> _WhichOneofReturnType__idle_energy_j | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_matched_stop) -> _WhichOneofReturnType_matched_stop | None: ...
 
 Global___Completion: _TypeAlias = Completion  # noqa: Y015
 

@@ -102,6 +102,8 @@ class StreamTotals:
     completion_tokens: int = 0
     finish_reason: str = ""
     abort_message: str = ""
+    # What ended a "stop" finish: the stop string or token id (None: not said).
+    matched_stop: str | int | None = None
     # GPU energy the engines attributed to the request (simulated engines report it in their
     # last chunk's meta_info; real SGLang does not: None).
     prefill_energy: RequestEnergy | None = None
@@ -143,6 +145,15 @@ def sglang_payload(request: ValidatedRequest) -> dict[str, Any]:
         sampling["top_p"] = request.top_p
     if request.stop:
         sampling["stop"] = list(request.stop)
+    if request.stop_token_ids:
+        sampling["stop_token_ids"] = list(request.stop_token_ids)
+    # SGLang's names: sampling_seed, and the OpenAI penalties as they are.
+    optional = {
+        "sampling_seed": request.seed,
+        "presence_penalty": request.presence_penalty,
+        "frequency_penalty": request.frequency_penalty,
+    }
+    sampling.update({name: value for name, value in optional.items() if value is not None})
     payload: dict[str, Any] = {"sampling_params": sampling, "rid": request.request_id}
     if request.text is not None:
         payload["text"] = request.text
@@ -152,13 +163,17 @@ def sglang_payload(request: ValidatedRequest) -> dict[str, Any]:
     return payload
 
 
-def _finish_reason(value: Any) -> tuple[str, str]:
-    """SGLang's finish_reason ({"type": "length", ...} or a plain string) as (type, message)."""
+def _finish_reason(value: Any) -> tuple[str, str, str | int | None]:
+    """SGLang's finish_reason ({"type": "length", ...} or a plain string) as (type, message,
+    matched stop string or token id)."""
     if isinstance(value, Mapping):
-        return str(value.get("type", "")), str(value.get("message", ""))
+        matched = value.get("matched")
+        if isinstance(matched, bool) or not isinstance(matched, str | int):
+            matched = None
+        return str(value.get("type", "")), str(value.get("message", "")), matched
     if isinstance(value, str):
-        return value, ""
-    return "", ""
+        return value, "", None
+    return "", "", None
 
 
 class ChunkReader:
@@ -196,8 +211,9 @@ class ChunkReader:
         if isinstance(meta.get("prompt_tokens"), int):
             self.totals.prompt_tokens = meta["prompt_tokens"]
         if meta.get("finish_reason") is not None:
-            reason, message = _finish_reason(meta["finish_reason"])
+            reason, message, matched = _finish_reason(meta["finish_reason"])
             self.totals.finish_reason, self.totals.abort_message = reason, message
+            self.totals.matched_stop = matched
             self.totals.decode_energy = energy_from_meta(meta)
         if self._cumulative is None and self._count > 0:
             if ids is not None and isinstance(reported_total, int):

@@ -44,6 +44,13 @@ class RouterMetrics:
             ["protocol"],
             registry=registry,
         )
+        self.http_connections_shed = Counter(
+            "voltana_router_http_connections_shed",
+            "HTTP connections the front door's limits closed, by reason: idle (sent nothing), "
+            "slow_headers, slow_body (answered 408), over_cap (429: too many from one address).",
+            ["reason"],
+            registry=registry,
+        )
         self.placements = Counter(
             "voltana_router_placements",
             "Placement decisions, by routing policy and its reason.",
@@ -111,7 +118,12 @@ class RouterMetrics:
             self.slo_met.labels(target)
         for kind in ("active", "idle"):
             self.attributed_energy.labels(kind)
+        for reason in ("idle", "slow_headers", "slow_body", "over_cap"):
+            self.http_connections_shed.labels(reason)
         self.slo_judged.inc(0)
+
+    def on_http_connection_shed(self, reason: str) -> None:
+        self.http_connections_shed.labels(reason).inc()
 
     def request(self, protocol: str) -> RequestMetrics:
         """Start observing one request (counts it in flight until ``finish``)."""

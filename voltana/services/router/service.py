@@ -272,6 +272,8 @@ class RouterService(AsyncService):
                     ),
                     ready=self._routable,
                     tracer_provider=self._tracer_provider,
+                    limits=settings.http_limits,
+                    on_shed=self._metrics.on_http_connection_shed,
                 )
                 await http.start()
                 self._http = http

@@ -506,7 +506,8 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             "length" if tokens >= request.max_new_tokens else "stop"
         )
         energy = totals.energy
-        return router_pb2.Completion(
+        matched = totals.matched_stop
+        completion = router_pb2.Completion(
             finish_reason=finish_reason,
             prompt_tokens=totals.prompt_tokens or request.prompt_tokens,
             completion_tokens=tokens,
@@ -520,6 +521,11 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             energy_j=energy.total_j if energy is not None else None,
             idle_energy_j=energy.idle_j if energy is not None else None,
         )
+        if isinstance(matched, str):
+            completion.matched_stop_text = matched
+        elif matched is not None and 0 <= matched < 2**31:
+            completion.matched_stop_token_id = matched
+        return completion
 
     def _observe_end(
         self,

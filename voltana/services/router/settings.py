@@ -11,6 +11,7 @@ from voltana.policy.base import PolicyContext
 from voltana.policy.state import SloTarget
 from voltana.rpc.auth import check_token
 from voltana.rpc.security import RpcSecurity
+from voltana.services.router.http_limits import HttpLimits
 
 
 @dataclass(frozen=True)
@@ -91,6 +92,8 @@ class RouterSettings:
     # gRPC only. It serves one model name: served_model_name ("" = model_key).
     http_listen_address: str | None = None
     served_model_name: str = ""
+    # Its body size and JSON depth limits, read timeouts and connections per client.
+    http_limits: HttpLimits = field(default_factory=HttpLimits)
     # Control-plane token (completion reports to telemetry need it) and TLS.
     security: RpcSecurity = field(default_factory=RpcSecurity)
     # When not empty, Generate and Place need one of these keys (or the control-plane token)

@@ -15,6 +15,9 @@ from voltana.v1 import router_pb2
 MAX_REQUEST_ID_CHARS = MAX_ID_CHARS
 MAX_STOP_STRINGS = 16
 MAX_STOP_CHARS = 256
+MAX_STOP_TOKEN_IDS = 64
+# OpenAI's range of presence_penalty and frequency_penalty (SGLang's too).
+MAX_PENALTY = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +35,10 @@ class ValidatedRequest:
     ignore_eos: bool
     stop: tuple[str, ...]
     slo: SloTarget
+    stop_token_ids: tuple[int, ...] = ()
+    seed: int | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
 
     def spec(self, arrival_s: float) -> RequestSpec:
         """What the routing policy sees (``arrival_s`` on the snapshot's clock)."""
@@ -102,6 +109,29 @@ def _sampling(request: router_pb2.GenerateRequest) -> tuple[float | None, float 
     return temperature, top_p
 
 
+def _penalty(request: router_pb2.GenerateRequest, name: str) -> float | None:
+    if not request.HasField(name):  # type: ignore[arg-type]
+        return None
+    value = float(getattr(request, name))
+    if not (math.isfinite(value) and -MAX_PENALTY <= value <= MAX_PENALTY):
+        raise InvalidGenerateRequestError(
+            f"{name} must be in [-{MAX_PENALTY:g}, {MAX_PENALTY:g}], got {value}"
+        )
+    return value
+
+
+def _stop_token_ids(request: router_pb2.GenerateRequest) -> tuple[int, ...]:
+    ids = tuple(request.stop_token_ids)
+    if len(ids) > MAX_STOP_TOKEN_IDS:
+        raise InvalidGenerateRequestError(
+            f"at most {MAX_STOP_TOKEN_IDS} stop token ids, got {len(ids)}"
+        )
+    negative = next((token for token in ids if token < 0), None)
+    if negative is not None:
+        raise InvalidGenerateRequestError(f"stop_token_ids holds a negative id ({negative})")
+    return ids
+
+
 def _slo(request: router_pb2.GenerateRequest, cluster_slo: SloTarget) -> SloTarget:
     """The request's own targets; a target left at 0 falls back to the cluster's."""
     if not request.HasField("slo"):
@@ -158,4 +188,8 @@ def validate_request(
         ignore_eos=request.ignore_eos,
         stop=_stop(request),
         slo=_slo(request, settings.slo),
+        stop_token_ids=_stop_token_ids(request),
+        seed=request.seed if request.HasField("seed") else None,
+        presence_penalty=_penalty(request, "presence_penalty"),
+        frequency_penalty=_penalty(request, "frequency_penalty"),
     )
