@@ -118,6 +118,8 @@ class RouterHttpApi(AsyncService):
         self._ready = ready
         self._tracer_provider = tracer_provider
         self._runner: web.AppRunner | None = None
+        self._site: web.SockSite | None = None
+        self._draining = False
         self._port: int | None = None
 
     @property
@@ -150,11 +152,21 @@ class RouterHttpApi(AsyncService):
             raise ConfigError(
                 f"cannot serve the router's HTTP API on {self._listen_address}: {error.strerror}"
             ) from None
-        await web.SockSite(runner, sock).start()
-        self._runner, self._port = runner, int(sock.getsockname()[1])
+        site = web.SockSite(runner, sock)
+        await site.start()
+        self._runner, self._site, self._port = runner, site, int(sock.getsockname()[1])
         _LOG.info("router HTTP API (OpenAI, SGLang /generate) on %s", self.url)
 
+    async def stop_accepting(self) -> None:
+        """Close the port (the drain): requests already received go on; /health and new
+        requests on open connections answer 503."""
+        self._draining = True
+        site, self._site = self._site, None
+        if site is not None:
+            await site.stop()
+
     async def stop(self) -> None:
+        self._site = None
         runner, self._runner = self._runner, None
         if runner is not None:
             await runner.cleanup()
@@ -170,6 +182,8 @@ class RouterHttpApi(AsyncService):
         return bool(presented) and credential_matches(presented, self._accepted_keys)
 
     async def _health(self, _request: web.Request) -> web.Response:
+        if self._draining:
+            return _json_error("the router is shutting down", 503)
         if self._ready():
             return web.Response(text="OK")
         return _json_error("no prefill or no decode instance is routable yet", 503)

@@ -396,17 +396,24 @@ class RouterService(AsyncService):
             await asyncio.shield(self._rebuild)
 
     async def stop(self) -> None:
-        """Stop accepting, let in-flight requests finish for the drain (``shutdown_grace_s``),
-        end the rest with UNAVAILABLE, report every outcome, then clean up."""
+        """The drain: health turns NOT_SERVING (load balancers and SDK health watches stop
+        sending here), both doors stop taking requests (gRPC and HTTP answer UNAVAILABLE / 503,
+        which clients retry on another router), running requests finish for up to
+        ``shutdown_grace_s``; the rest end with UNAVAILABLE (a stream that sent its last token
+        is let finish); every outcome is reported, then clean up."""
         server, self._server = self._server, None
         tasks, self._tasks = self._tasks, []
-        await cancel_and_wait(tasks)
+        await cancel_and_wait(tasks)  # the health keeper must not turn SERVING again
         if server is not None:
             drain_s = self._settings.shutdown_grace_s
-            # Stops accepting at once; the servicer's drain ends what runs before grpc would.
-            stopping = asyncio.ensure_future(
-                stop_grpc_server(server, drain_s + 2.0, health_servicer=self._health)
-            )
+            if self._health is not None:
+                await self._health.enter_graceful_shutdown()
+            if self._servicer is not None:
+                self._servicer.stop_accepting()
+            if self._http is not None:
+                await self._http.stop_accepting()
+            # Refuses new calls at once; the servicer's drain ends what runs before grpc would.
+            stopping = asyncio.ensure_future(stop_grpc_server(server, drain_s + 2.0))
             if self._servicer is not None:
                 ended = await self._servicer.drain(drain_s)
                 if ended:

@@ -93,6 +93,13 @@ def run_policy(policy: RoutingPolicy, spec: RequestSpec, snapshot: ClusterSnapsh
     return placement
 
 
+def _sent_last_token(reader: ChunkReader, validated: ValidatedRequest) -> bool:
+    """Whether the client has every token of the request (only its summary is left)."""
+    totals = reader.totals
+    finished = totals.finish_reason not in ("", "abort")
+    return finished or totals.completion_tokens >= validated.max_new_tokens
+
+
 @dataclass
 class _Timeline:
     """Monotonic times of one request, seconds."""
@@ -158,6 +165,9 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         self._in_flight: set[asyncio.Task[Any]] = set()
         # Those of them suspended while their response goes out.
         self._yielding: set[asyncio.Task[Any]] = set()
+        # Those of them that sent their last token: only the summary is left, so the end of
+        # the drain lets them finish instead of failing a stream the client has in full.
+        self._finishing: set[asyncio.Task[Any]] = set()
         self._draining = False
         self._aborting = False
         self.retries = 0
@@ -166,15 +176,25 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
     def in_flight(self) -> int:
         return len(self._in_flight)
 
+    @property
+    def draining(self) -> bool:
+        return self._draining
+
+    def stop_accepting(self) -> None:
+        """Refuse new requests (UNAVAILABLE, which clients retry elsewhere); running ones go
+        on."""
+        self._draining = True
+
     async def drain(self, drain_s: float) -> int:
         """Refuse new requests, let running ones finish for up to ``drain_s``, then end the
-        rest with UNAVAILABLE (each is recorded). Returns how many had to be ended."""
-        self._draining = True
+        rest with UNAVAILABLE (each is recorded), except those that sent their last token.
+        Returns how many had to be ended."""
+        self.stop_accepting()
         loop = asyncio.get_running_loop()
         deadline_s = loop.time() + drain_s
         while self._in_flight and loop.time() < deadline_s:
             await asyncio.sleep(_DRAIN_POLL_S)
-        remaining = list(self._in_flight)
+        remaining = [task for task in self._in_flight if task not in self._finishing]
         if remaining:
             self._aborting = True
             for task in remaining:
@@ -183,6 +203,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
                 # would land in grpc and end the call CANCELLED).
                 if task not in self._yielding:
                     task.cancel()
+            # Waits for the finishing ones too: their summaries are on their way.
             deadline_s = loop.time() + _ABORT_WAIT_S
             while self._in_flight and loop.time() < deadline_s:
                 await asyncio.sleep(_DRAIN_POLL_S)
@@ -340,7 +361,9 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
                                 finally:
                                     if task is not None:
                                         self._yielding.discard(task)
-                                if self._aborting:  # drain() ran out while this was sent
+                                if task is not None and _sent_last_token(reader, validated):
+                                    self._finishing.add(task)
+                                elif self._aborting:  # drain() ran out while this was sent
                                     raise self._shut_down_error(reader)
                         break
                     except RouterError as error:
@@ -379,6 +402,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         finally:
             if task is not None:
                 self._in_flight.discard(task)
+                self._finishing.discard(task)
             if validated is not None:
                 self._cluster.finished(validated.request_id)
                 self._settle_estimate(validated, reader, ran_on)
