@@ -22,6 +22,8 @@ request that reached the router, recovery time and the GPUs' clock state.
     python bench/faults.py                       # every experiment
     python bench/faults.py --only engine-kill --only agent-kill --rate 10
     python bench/faults.py --only burst --burst 1000 --speedup 50    # 1,000 concurrent streams
+    python bench/faults.py --routers 2 --only router-kill-ha --only router-term-ha
+    python bench/faults.py --only router-restart                     # restart to serving
     python bench/faults.py --json faults.json
 
 Needs ``redis-server`` on PATH (or $VOLTANA_REDIS_SERVER). Leaves nothing running.
@@ -132,16 +134,21 @@ class Proc:
 class Deployment:
     """Every process of the deployment, on free loopback ports chosen once (restarts reuse them)."""
 
-    def __init__(self, workdir: Path, *, speedup: float, drain_s: float) -> None:
+    def __init__(self, workdir: Path, *, speedup: float, drain_s: float, routers: int = 1) -> None:
         self.workdir = workdir
         self.speedup = speedup
         self.token = secrets.token_urlsafe(32)
         self.security = RpcSecurity(token=self.token)
         redis_password = secrets.token_urlsafe(16)
         env = {**os.environ, TOKEN_ENV: self.token, REDIS_PASSWORD_ENV: redis_password}
-        self.ports = {name: free_port() for name in ("redis", "telemetry", "controller", "router")}
+        # Active-active routers: "router" (the one single-router experiments use), "router-1"...
+        self.routers = ["router", *(f"router-{i}" for i in range(1, routers))]
+        names = ("redis", "telemetry", "controller", *self.routers)
+        self.ports = {name: free_port() for name in names}
+        self.router_metrics_ports = {name: free_port() for name in self.routers}
         self.telemetry_address = f"127.0.0.1:{self.ports['telemetry']}"
         self.router_address = f"127.0.0.1:{self.ports['router']}"
+        self.router_addresses = [f"127.0.0.1:{self.ports[name]}" for name in self.routers]
         voltana = [sys.executable, "-m", "voltana.cli.main", "serve"]
         metrics = ["--metrics-port", "0"]  # one /metrics per process, on any free port
         redis_binary = os.environ.get("VOLTANA_REDIS_SERVER") or shutil.which("redis-server")
@@ -188,11 +195,13 @@ class Deployment:
                 "--gpu-state-dir", str(gpu_dir), "--agent", f"127.0.0.1:{agent_port}",
                 "--report-interval-ms", "100", "--drain-s", str(drain_s), *metrics,
             ])
-        add("router", [
-            *voltana, "router", "--listen", self.router_address,
-            "--telemetry", self.telemetry_address, "--policy", LOW_CLOCK_POLICY,
-            "--gpu", GPU_KEY, "--drain-s", str(drain_s), *metrics,
-        ])
+        for name, address in zip(self.routers, self.router_addresses, strict=True):
+            add(name, [
+                *voltana, "router", "--listen", address, "--router-id", name,
+                "--telemetry", self.telemetry_address, "--policy", LOW_CLOCK_POLICY,
+                "--gpu", GPU_KEY, "--drain-s", str(drain_s),
+                "--metrics-port", str(self.router_metrics_ports[name]), "--http-port", "0",
+            ])
         # fmt: on
 
     # ---- lifecycle ---------------------------------------------------------------------------
@@ -206,7 +215,7 @@ class Deployment:
             ["controller"],
             [name for name in self.procs if name.startswith("engine-")],
             [name for name in self.procs if name.startswith("agent-")],
-            ["router"],
+            self.routers,
         ]
         for group in groups:
             for name in group:
@@ -217,7 +226,8 @@ class Deployment:
         await until(self.clocks_low, "the controller to lower every clock", START_TIMEOUT_S)
 
     async def stop(self) -> None:
-        order = ["router", "controller", *[n for n in self.procs if n.startswith("engine-")]]
+        order = [*self.routers, "controller"]
+        order += [n for n in self.procs if n.startswith("engine-")]
         order += [n for n in self.procs if n.startswith("agent-")] + ["telemetry", "redis"]
         for name in order:
             self.procs[name].signal(signal.SIGTERM)
@@ -228,6 +238,16 @@ class Deployment:
     def kill(self, name: str, sig: signal.Signals) -> None:
         self.procs[name].signal(sig)
         self.procs[name].wait(30.0)
+
+    async def signal_and_wait(
+        self, name: str, sig: signal.Signals, timeout_s: float = 30.0
+    ) -> None:
+        """Like kill, without blocking the event loop (the load keeps going meanwhile)."""
+        proc = self.procs[name]
+        proc.signal(sig)
+        deadline = time.monotonic() + timeout_s
+        while proc.alive() and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
 
     async def restart(self, name: str) -> float:
         """Start the process again; returns when it answered (monotonic), once it does."""
@@ -265,15 +285,51 @@ class Deployment:
 
     # ---- observation -------------------------------------------------------------------------
 
-    async def router_serving(self) -> bool:
+    async def router_serving(self, name: str | None = None) -> bool:
+        """Whether router ``name`` (None: every router) reports SERVING."""
+        if name is None:
+            return all([await self.router_serving(n) for n in self.routers])
+        address = f"127.0.0.1:{self.ports[name]}"
         try:
-            async with create_channel(self.router_address, options=FAST_RECONNECT) as channel:
+            async with create_channel(address, options=FAST_RECONNECT) as channel:
                 response = await health_pb2_grpc.HealthStub(channel).Check(
                     health_pb2.HealthCheckRequest(service=ROUTER_SERVICE), timeout=0.5
                 )
         except grpc.RpcError:
             return False
         return response.status == health_pb2.HealthCheckResponse.SERVING
+
+    async def restart_to_serving(self, name: str) -> float:
+        """Start router ``name`` again; seconds from the process' start until it serves."""
+        proc = self.procs[name]
+        if proc.alive():
+            proc.signal(signal.SIGKILL)
+            proc.wait(5.0)
+        started = time.monotonic()
+        proc.start()
+        while not await self.router_serving(name):
+            if not proc.alive():
+                raise RuntimeError(f"{name} exited at start:\n{proc.log_tail()}")
+            if time.monotonic() - started > START_TIMEOUT_S:
+                raise RuntimeError(f"{name} not serving in {START_TIMEOUT_S} s")
+            await asyncio.sleep(0.05)
+        return time.monotonic() - started
+
+    async def router_in_flight(self, name: str) -> int:
+        """Requests router ``name`` serves now (its requests_in_flight gauge, every protocol)."""
+        url = f"http://127.0.0.1:{self.router_metrics_ports[name]}/metrics"
+        async with (
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2.0)) as session,
+            session.get(url) as response,
+        ):
+            text = await response.text()
+        return int(
+            sum(
+                float(line.rsplit(" ", 1)[1])
+                for line in text.splitlines()
+                if line.startswith("voltana_router_requests_in_flight{")
+            )
+        )
 
     async def listed_instances(self) -> set[str]:
         try:
@@ -381,7 +437,9 @@ async def one_request(
 
 
 class PoissonLoad:
-    def __init__(self, address: str, *, rate_rps: float, seed: int, timeout_s: float) -> None:
+    def __init__(
+        self, address: str | list[str], *, rate_rps: float, seed: int, timeout_s: float
+    ) -> None:
         self._address = address
         self._rate_rps = rate_rps
         self._random = random.Random(seed)
@@ -430,6 +488,12 @@ class Result:
     recovery_s: float | None = None
     clocks: str = ""
     notes: list[str] = field(default_factory=list)
+    # Router experiments: when the fault hit (monotonic), what the router had in flight then,
+    # and seconds from its process' restart until it served.
+    fault_at_s: float | None = None
+    inflight_at_fault: int | None = None
+    failed_after_fault: int | None = None
+    restart_s: float | None = None
 
     def account(self, outcomes: Sequence[Outcome]) -> None:
         self.sent = len(outcomes)
@@ -469,6 +533,36 @@ def kill_and_restart(process: str, sig: signal.Signals) -> Experiment:
         await measure_recovery(deployment, back, result)
 
     return run
+
+
+def router_fault(sig: signal.Signals) -> Experiment:
+    """One of two routers killed (SIGKILL) or stopped (SIGTERM: its drain) under load that the
+    SDK spreads over both; then restarted, timed from its process' start to SERVING."""
+
+    async def run(deployment: Deployment, options: Options, result: Result) -> None:
+        if len(deployment.routers) < 2:
+            raise RuntimeError("router experiments need --routers 2 (or more)")
+        result.inflight_at_fault = await deployment.router_in_flight("router")
+        result.fault_at_s = time.monotonic()
+        await deployment.signal_and_wait("router", sig)
+        result.notes.append(
+            f"router stopped {time.monotonic() - result.fault_at_s:.2f} s after the "
+            f"{sig.name} with {result.inflight_at_fault} request(s) in flight"
+        )
+        await asyncio.sleep(options.down_s)
+        result.restart_s = await deployment.restart_to_serving("router")
+        result.recovery_s = result.restart_s
+
+    return run
+
+
+async def router_restart(deployment: Deployment, options: Options, result: Result) -> None:
+    """The only router SIGTERMed and started again: seconds from its process' start until it
+    serves (the SDK reconnects on its own)."""
+    result.fault_at_s = time.monotonic()
+    await deployment.signal_and_wait("router", signal.SIGTERM)
+    result.restart_s = await deployment.restart_to_serving("router")
+    result.recovery_s = time.monotonic() - result.fault_at_s
 
 
 async def redis_kill(deployment: Deployment, options: Options, result: Result) -> None:
@@ -634,6 +728,9 @@ EXPERIMENTS: dict[str, tuple[str, Experiment]] = {
     "telemetry-term": ("SIGTERM telemetry", kill_and_restart("telemetry", signal.SIGTERM)),
     "controller-term": ("SIGTERM controller", kill_and_restart("controller", signal.SIGTERM)),
     "router-term": ("SIGTERM router", kill_and_restart("router", signal.SIGTERM)),
+    "router-restart": ("SIGTERM the router, start it at once", router_restart),
+    "router-kill-ha": ("SIGKILL one of 2 routers", router_fault(signal.SIGKILL)),
+    "router-term-ha": ("SIGTERM one of 2 routers", router_fault(signal.SIGTERM)),
     "engine-term": ("SIGTERM engine decode-0", engine_fault("decode-0", signal.SIGTERM)),
     "agent-term": ("SIGTERM agent of decode-0", agent_fault("decode-0", signal.SIGTERM)),
     "poison": ("poisoned telemetry (token holder)", poisoned_telemetry),
@@ -649,7 +746,10 @@ async def run_experiment(deployment: Deployment, name: str, options: Options, se
     started_wall = time.time()
     result_started_wall[name] = started_wall
     load = PoissonLoad(
-        deployment.router_address, rate_rps=options.rate_rps, seed=seed, timeout_s=options.timeout_s
+        deployment.router_addresses,
+        rate_rps=options.rate_rps,
+        seed=seed,
+        timeout_s=options.timeout_s,
     )
     load_task = asyncio.create_task(load.run(name))
     await asyncio.sleep(options.warmup_s)
@@ -662,8 +762,25 @@ async def run_experiment(deployment: Deployment, name: str, options: Options, se
         load.stop()
         outcomes = await load_task
     result.account(outcomes)
+    if result.fault_at_s is not None:
+        account_fault(result, outcomes, result.fault_at_s)
     await check_records(deployment, result, started_wall)
     return result
+
+
+def account_fault(result: Result, outcomes: Sequence[Outcome], fault_at_s: float) -> None:
+    """How requests sent after the fault fared: the clients' switch to the other router."""
+    after = sorted((o for o in outcomes if o.sent_at_s >= fault_at_s), key=lambda o: o.sent_at_s)
+    result.failed_after_fault = sum(o.status != "OK" for o in after)
+    if after:
+        first = after[0]
+        result.notes.append(
+            f"{len(after)} sent after the fault, {result.failed_after_fault} failed; the first "
+            f"({first.sent_at_s - fault_at_s:.2f} s after) {first.status} in "
+            f"{first.finished_at_s - first.sent_at_s:.2f} s"
+        )
+    if result.restart_s is not None:
+        result.notes.append(f"restart to serving {result.restart_s:.2f} s")
 
 
 async def check_records(deployment: Deployment, result: Result, started_wall: float) -> None:
@@ -691,7 +808,9 @@ async def run_burst(deployment: Deployment, options: Options) -> Result:
     await asyncio.sleep(1.0)
     started_wall = time.time()
     started = time.monotonic()
-    async with VoltanaClient(deployment.router_address, channel_options=FAST_RECONNECT) as client:
+    targets = deployment.router_addresses
+    result.fault = f"{result.fault} through {len(targets)} router(s)"
+    async with VoltanaClient(targets, channel_options=FAST_RECONNECT) as client:
         outcomes = await asyncio.gather(
             *(
                 one_request(client, f"burst-{i}", 64, 16, options.burst_timeout_s)
@@ -756,7 +875,9 @@ async def main_async(args: argparse.Namespace) -> int:
         burst_timeout_s=args.burst_timeout_s,
     )
     workdir = Path(tempfile.mkdtemp(prefix="voltana-faults-"))
-    deployment = Deployment(workdir, speedup=args.speedup, drain_s=args.drain_s)
+    deployment = Deployment(
+        workdir, speedup=args.speedup, drain_s=args.drain_s, routers=args.routers
+    )
     results: list[Result] = []
     started = time.monotonic()
     try:
@@ -808,6 +929,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--timeout-s", type=float, default=30.0, help="each request's deadline")
     parser.add_argument("--drain-s", type=float, default=5.0, help="router and engine drain")
     parser.add_argument("--burst", type=int, default=1000, help="streams of the burst experiment")
+    parser.add_argument(
+        "--routers",
+        type=int,
+        default=1,
+        help="active-active routers (the *-ha experiments need 2); the SDK load spreads over all",
+    )
     parser.add_argument("--burst-timeout-s", type=float, default=60.0)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--json", help="also write the results here")
