@@ -124,6 +124,17 @@ class Proc:
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
+    def cpu_s(self) -> float | None:
+        """CPU seconds (user + system) the process used so far (Linux /proc; None elsewhere):
+        what a start costs, whatever the host's load makes of it in wall time."""
+        if self.process is None:
+            return None
+        try:
+            fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return None
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def log_tail(self, chars: int = 1500) -> str:
         try:
             return self.log.read_text(errors="replace")[-chars:]
@@ -155,6 +166,7 @@ class Deployment:
         if redis_binary is None:
             raise SystemExit("redis-server not found: apt-get install redis-server")
         self.procs: dict[str, Proc] = {}
+        self.last_start_cpu_s: float | None = None
 
         def add(name: str, argv: list[str]) -> None:
             self.procs[name] = Proc(name, argv, workdir / f"{name}.log", env)
@@ -313,7 +325,9 @@ class Deployment:
             if time.monotonic() - started > START_TIMEOUT_S:
                 raise RuntimeError(f"{name} not serving in {START_TIMEOUT_S} s")
             await asyncio.sleep(0.05)
-        return time.monotonic() - started
+        took_s = time.monotonic() - started
+        self.last_start_cpu_s = proc.cpu_s()
+        return took_s
 
     async def router_in_flight(self, name: str) -> int:
         """Requests router ``name`` serves now (its requests_in_flight gauge, every protocol)."""
@@ -494,6 +508,10 @@ class Result:
     inflight_at_fault: int | None = None
     failed_after_fault: int | None = None
     restart_s: float | None = None
+    restart_cpu_s: float | None = None
+    # SIGKILL of a router: the records of its requests in flight die with it (their clients
+    # got a status); missing records beyond those are lost.
+    records_died_with: int = 0
 
     def account(self, outcomes: Sequence[Outcome]) -> None:
         self.sent = len(outcomes)
@@ -551,7 +569,10 @@ def router_fault(sig: signal.Signals) -> Experiment:
         )
         await asyncio.sleep(options.down_s)
         result.restart_s = await deployment.restart_to_serving("router")
+        result.restart_cpu_s = deployment.last_start_cpu_s
         result.recovery_s = result.restart_s
+        if sig is signal.SIGKILL:
+            result.records_died_with = result.inflight_at_fault or 0
 
     return run
 
@@ -562,6 +583,7 @@ async def router_restart(deployment: Deployment, options: Options, result: Resul
     result.fault_at_s = time.monotonic()
     await deployment.signal_and_wait("router", signal.SIGTERM)
     result.restart_s = await deployment.restart_to_serving("router")
+    result.restart_cpu_s = deployment.last_start_cpu_s
     result.recovery_s = time.monotonic() - result.fault_at_s
 
 
@@ -780,7 +802,9 @@ def account_fault(result: Result, outcomes: Sequence[Outcome], fault_at_s: float
             f"{first.finished_at_s - first.sent_at_s:.2f} s"
         )
     if result.restart_s is not None:
-        result.notes.append(f"restart to serving {result.restart_s:.2f} s")
+        cpu_s = result.restart_cpu_s
+        cpu = f" ({cpu_s:.2f} CPU s; load average {os.getloadavg()[0]:.1f})" if cpu_s else ""
+        result.notes.append(f"restart to serving {result.restart_s:.2f} s{cpu}")
 
 
 async def check_records(deployment: Deployment, result: Result, started_wall: float) -> None:
@@ -796,7 +820,12 @@ async def check_records(deployment: Deployment, result: Result, started_wall: fl
                 break
         await asyncio.sleep(0.5)
     result.recorded = recorded
-    result.silently_lost = result.no_status + max(0, expected - recorded)
+    missing = max(0, expected - recorded)
+    if result.records_died_with:
+        died = min(missing, result.records_died_with)
+        result.notes.append(f"{died} record(s) died with the killed router (clients had a status)")
+        missing -= died
+    result.silently_lost = result.no_status + missing
 
 
 async def run_burst(deployment: Deployment, options: Options) -> Result:

@@ -326,3 +326,84 @@ async def test_sdk_does_not_retry_what_a_router_took_and_failed() -> None:
                 await client.generate("hi", max_new_tokens=4, stream=False)
         assert raised.value.code == grpc.StatusCode.UNAVAILABLE
         assert requests_served(router) == 1  # one try: the router answered it
+
+
+class StallingEngine:
+    """An SGLang-like /generate of our own. Prefill: answers at once. Decode: streams
+    ``tokens`` tokens, then holds the stream (no finish reason yet) for ``stall_s``."""
+
+    def __init__(self, phase: Phase, *, tokens: int = 0, stall_s: float = 0.0) -> None:
+        self.phase = phase
+        self.tokens = tokens
+        self.stall_s = stall_s
+        self.runner: aiohttp.web.AppRunner | None = None
+        self.url = ""
+
+    async def __aenter__(self) -> StallingEngine:
+        app = aiohttp.web.Application()
+        app.router.add_post("/generate", self._generate)
+        self.runner = aiohttp.web.AppRunner(app)
+        await self.runner.setup()
+        port = free_port()
+        await aiohttp.web.TCPSite(self.runner, "127.0.0.1", port).start()
+        self.url = f"http://127.0.0.1:{port}"
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        if self.runner is not None:
+            await self.runner.cleanup()
+
+    async def _generate(self, request: aiohttp.web.Request) -> aiohttp.web.StreamResponse:
+        await request.json()
+        response = aiohttp.web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+
+        async def send(chunk: dict[str, Any]) -> None:
+            await response.write(f"data: {json.dumps(chunk)}\n\n".encode())
+
+        if self.phase is Phase.PREFILL:
+            await send({"text": "", "meta_info": {"prompt_tokens": 3}})
+        else:
+            for index in range(self.tokens):
+                await send({"text": "x", "meta_info": {"completion_tokens": index + 1}})
+            await asyncio.sleep(self.stall_s)
+            meta = {"completion_tokens": self.tokens, "finish_reason": {"type": "length"}}
+            await send({"text": "", "meta_info": meta})
+        await response.write(b"data: [DONE]\n\n")
+        return response
+
+
+async def test_the_drain_running_out_never_fails_a_stream_that_sent_its_last_token() -> None:
+    tokens = 5
+    async with (
+        contextlib.AsyncExitStack() as stack,
+        StallingEngine(Phase.PREFILL) as prefill,
+        StallingEngine(Phase.DECODE, tokens=tokens, stall_s=2.0) as decode,
+    ):
+        store = RecordingStore()
+        telemetry = await stack.enter_async_context(
+            TelemetryService(
+                TelemetrySettings(watch_min_interval_ms=20, security=SECURITY), store=store
+            )
+        )
+        client = await stack.enter_async_context(
+            TelemetryClient(telemetry.address, security=SECURITY)
+        )
+        for phase, engine in ((Phase.PREFILL, prefill), (Phase.DECODE, decode)):
+            await client.register_instance(info_for(f"{phase.value}-0", phase, engine.url, 1))
+        found = Rig(store, telemetry, client, stack)
+        found.engines = {"prefill-0": None, "decode-0": None}  # type: ignore[dict-item]
+        router = await found.started_router(shutdown_grace_s=0.2)
+        async with VoltanaClient(router.address, max_attempts=1) as sdk:
+            stream = sdk.generate("hi", max_new_tokens=tokens)
+            received = 0
+            while received < tokens:  # every token is out; the engine holds the end back
+                event = await anext(stream)
+                assert isinstance(event, TokenEvent)
+                received += len(event.token_ids) or 1
+            stopping = asyncio.create_task(router.stop())
+            summary = await read_to_end(stream)  # the drain (0.2 s) ran out meanwhile
+            await stopping
+        assert summary.completion_tokens == tokens
+        (record,) = store.completions
+        assert record.ok and record.output_tokens == tokens

@@ -195,15 +195,15 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         while self._in_flight and loop.time() < deadline_s:
             await asyncio.sleep(_DRAIN_POLL_S)
         remaining = [task for task in self._in_flight if task not in self._finishing]
-        if remaining:
+        if self._in_flight:
             self._aborting = True
-            for task in remaining:
-                # One waiting for its engine is cancelled (and ends with UNAVAILABLE); one
-                # handing a chunk to its client ends so once the chunk is out (a cancel there
-                # would land in grpc and end the call CANCELLED).
+            for task in list(self._in_flight):
+                # One waiting for its engine is cancelled: it ends with UNAVAILABLE, or, when
+                # its client has every token, with its summary. One handing a chunk to its
+                # client ends so once the chunk is out (a cancel there would land in grpc and
+                # end the call CANCELLED).
                 if task not in self._yielding:
                     task.cancel()
-            # Waits for the finishing ones too: their summaries are on their way.
             deadline_s = loop.time() + _ABORT_WAIT_S
             while self._in_flight and loop.time() < deadline_s:
                 await asyncio.sleep(_DRAIN_POLL_S)
@@ -365,6 +365,14 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
                                     self._finishing.add(task)
                                 elif self._aborting:  # drain() ran out while this was sent
                                     raise self._shut_down_error(reader)
+                        break
+                    except asyncio.CancelledError:
+                        if not (self._aborting and _sent_last_token(reader, validated)):
+                            raise
+                        # drain() ran out while the engine had yet to end a stream whose
+                        # tokens are all out: end it with its summary, not an error.
+                        if task is not None and task.cancelling():
+                            task.uncancel()
                         break
                     except RouterError as error:
                         if not self._retry_after(error, target, attempt, timeline, deadline_s):
