@@ -75,8 +75,12 @@ class RouterTargets:
         tracer_provider: trace.TracerProvider | None,
         cooldown_s: float = DEFAULT_COOLDOWN_S,
         clock: Callable[[], float] = time.monotonic,
+        watch_health: bool = True,
     ) -> None:
+        """``watch_health`` (with several routers): follow each one's gRPC health; off, only
+        failed calls (``failed_to_start``) keep a router out."""
         self.addresses = list(addresses)
+        self._watch_health_on = watch_health and len(self.addresses) > 1
         self._channel_options = {**SDK_CHANNEL_OPTIONS, **(channel_options or {})}
         self._security = security
         self._tracer_provider = tracer_provider
@@ -99,7 +103,7 @@ class RouterTargets:
                     tracer_provider=self._tracer_provider,
                 )
                 target = RouterTarget(address, channel, router_pb2_grpc.RouterServiceStub(channel))
-                if len(self.addresses) > 1:  # one router: nothing to choose
+                if self._watch_health_on:  # one router: nothing to choose
                     target.watch = asyncio.create_task(
                         self._watch_health(target), name=f"voltana-sdk-health-{address}"
                     )
@@ -132,8 +136,10 @@ class RouterTargets:
                     target.serving = serving
                     if serving:
                         target.cooling_until_s = 0.0
-            except grpc.RpcError:
-                pass
+            except grpc.RpcError as error:
+                if error.code() == grpc.StatusCode.UNIMPLEMENTED:  # no health service there
+                    target.serving = None
+                    return
             target.serving = False  # the watch ended: the router went away (or is stopping)
             await asyncio.sleep(_WATCH_RETRY_S)
 

@@ -7,6 +7,10 @@ on its instances until the instance's report includes it: a prefill request from
 was dispatched, a decode request from its first token. Arrival rates are counted here at
 placement too (and reported to telemetry, for the controller). The offline simulator keeps the
 same ledger, so policies see the same quantities live and offline.
+
+Active-active routers: each reports its ledger to telemetry under its router id; a snapshot
+carries every live router's share, and this view adds the other routers' shares to its own live
+ledger and arrivals, so each placement counts once whichever router made it.
 """
 
 from __future__ import annotations
