@@ -313,9 +313,9 @@ class ClusterSnapshot(_message.Message):
 
     @_builtins.property
     def router_shares(self) -> _containers.RepeatedCompositeFieldContainer[Global___RouterShare]:
-        """Each live router's part of the instances' in-flight counts and arrival rates (active-
-        active routers; InstanceState's inflight_* and arrival_* sum them). A router adds its own
-        live ledger to the others' parts.
+        """Each live router's placements per instance (active-active routers): its requests the
+        instance's report does not show yet, and its arrival rates (InstanceState's arrival_* sum
+        every router's). A router adds the other routers' parts to its own live ledger.
         """
 
     def __init__(

@@ -4,8 +4,9 @@ Each router reports, with its placement batches, every request it placed that th
 reports may not show yet (its in-flight ledger), under its router id; each report replaces
 that router's previous one, so nothing is counted twice, and a share not renewed within
 ``ttl_s`` is dropped (the router died; its requests died with it). Arrivals are counted per
-router too. A snapshot sums the live shares into each instance's counts and lists them, so a
-router can put its own live ledger in place of its reported part.
+router too. A snapshot lists every live router's part per instance; each router sums the
+others' parts with its own live ledger. (The instance states keep what the engines reported:
+the controller observes as it does offline.)
 """
 
 from __future__ import annotations

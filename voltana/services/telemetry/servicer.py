@@ -351,14 +351,11 @@ class TelemetryServicer(telemetry_pb2_grpc.TelemetryServiceServicer):
         shares: list[RouterShare] = []
         for instance_id, state in view.states.items():
             rate_rps, tokens_per_s = self._arrivals.rates(instance_id, now_s)
-            parts = self._router_shares.shares(instance_id, state.observed_at_s, now_s)
-            shares += parts
+            # Listed apart, not added to the state: the controller observes what engines
+            # report (as offline); routers add the shares to their own ledgers.
+            shares += self._router_shares.shares(instance_id, state.observed_at_s, now_s)
             states[instance_id] = dataclasses.replace(
-                state,
-                arrival_rate_rps=rate_rps,
-                arrival_tokens_per_s=tokens_per_s,
-                inflight_requests=sum(p.inflight_requests for p in parts),
-                inflight_tokens=sum(p.inflight_tokens for p in parts),
+                state, arrival_rate_rps=rate_rps, arrival_tokens_per_s=tokens_per_s
             )
         return snapshot_to_proto(states, view.infos, now_s, shares)
 
