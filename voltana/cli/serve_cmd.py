@@ -891,6 +891,11 @@ def host_port(text: str) -> str:
     return text
 
 
+def host_ports(text: str) -> str:
+    """One or more ``host:port`` separated by commas (several active-active routers)."""
+    return ",".join(host_port(part.strip()) for part in text.split(","))
+
+
 def port_number(text: str) -> int:
     try:
         port = int(text)
