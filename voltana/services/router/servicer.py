@@ -165,8 +165,8 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         self._in_flight: set[asyncio.Task[Any]] = set()
         # Those of them suspended while their response goes out.
         self._yielding: set[asyncio.Task[Any]] = set()
-        # Those of them that sent their last token: only the summary is left, so the end of
-        # the drain lets them finish instead of failing a stream the client has in full.
+        # Those of them that sent their last token: only the summary is left, so the drain
+        # running out ends them with it, never with an error.
         self._finishing: set[asyncio.Task[Any]] = set()
         self._draining = False
         self._aborting = False
