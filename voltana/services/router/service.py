@@ -41,8 +41,10 @@ _LOG = logging.getLogger(__name__)
 # A broken watch is retried after watch_retry_s, doubling up to this many times that (so
 # routing catches up within a few seconds of telemetry coming back).
 _WATCH_BACKOFF_FACTOR = 4.0
-# Once the drain is over, calls still open (health watches) get this long.
-_AFTER_DRAIN_GRACE_S = 0.5
+# Once the drain is over, calls still open get this long: health watches (which would hold
+# the exit for the whole grace), and a call grpc took just before the stop whose handler has
+# yet to run (it refuses the request with "retry elsewhere" once it does; a busy host delays it).
+_AFTER_DRAIN_GRACE_S = 1.0
 # How often the health status is brought in line with whether a request could be placed.
 _HEALTH_REFRESH_S = 0.25
 
