@@ -24,6 +24,8 @@ request that reached the router, recovery time and the GPUs' clock state.
     python bench/faults.py --only engine-kill --only agent-kill --rate 10
     python bench/faults.py --only burst --burst 1000 --speedup 50    # 1,000 concurrent streams
     python bench/faults.py --only http-hostile --only http-slowloris --slowloris 600
+    python bench/faults.py --routers 2 --only router-kill-ha --only router-term-ha
+    python bench/faults.py --only router-restart                     # restart to serving
     python bench/faults.py --json faults.json
 
 Needs ``redis-server`` on PATH (or $VOLTANA_REDIS_SERVER). Leaves nothing running.
@@ -81,7 +83,9 @@ INSTANCES = (
     ("decode-0", Phase.DECODE),
     ("decode-1", Phase.DECODE),
 )
-# The router's channel gives up reconnecting quickly: recovery is the server's, not backoff's.
+# The probes' channels give up reconnecting quickly: recovery is the server's, not backoff's.
+# The load's SDK clients keep the SDK's own defaults (reconnect within 0.1-1 s): what they
+# measure is what clients get.
 FAST_RECONNECT = {"grpc.max_reconnect_backoff_ms": 300, "grpc.initial_reconnect_backoff_ms": 100}
 
 
@@ -124,6 +128,17 @@ class Proc:
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
+    def cpu_s(self) -> float | None:
+        """CPU seconds (user + system) the process used so far (Linux /proc; None elsewhere):
+        what a start costs, whatever the host's load makes of it in wall time."""
+        if self.process is None:
+            return None
+        try:
+            fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return None
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def log_tail(self, chars: int = 1500) -> str:
         try:
             return self.log.read_text(errors="replace")[-chars:]
@@ -135,7 +150,13 @@ class Deployment:
     """Every process of the deployment, on free loopback ports chosen once (restarts reuse them)."""
 
     def __init__(
-        self, workdir: Path, *, speedup: float, drain_s: float, http_timeout_s: float
+        self,
+        workdir: Path,
+        *,
+        speedup: float,
+        drain_s: float,
+        http_timeout_s: float = 3.0,
+        routers: int = 1,
     ) -> None:
         self.workdir = workdir
         self.speedup = speedup
@@ -143,10 +164,15 @@ class Deployment:
         self.security = RpcSecurity(token=self.token)
         redis_password = secrets.token_urlsafe(16)
         env = {**os.environ, TOKEN_ENV: self.token, REDIS_PASSWORD_ENV: redis_password}
-        names = ("redis", "telemetry", "controller", "router", "router_http")
+        # Active-active routers: "router" (the one single-router experiments use), "router-1"...
+        self.routers = ["router", *(f"router-{i}" for i in range(1, routers))]
+        names = ("redis", "telemetry", "controller", *self.routers, "router_http")
         self.ports = {name: free_port() for name in names}
+        self.router_metrics_ports = {name: free_port() for name in self.routers}
         self.telemetry_address = f"127.0.0.1:{self.ports['telemetry']}"
         self.router_address = f"127.0.0.1:{self.ports['router']}"
+        self.router_addresses = [f"127.0.0.1:{self.ports[name]}" for name in self.routers]
+        # The HTTP door the http-* experiments attack: the first router's.
         self.http_url = f"http://127.0.0.1:{self.ports['router_http']}"
         self.http_timeout_s = http_timeout_s
         voltana = [sys.executable, "-m", "voltana.cli.main", "serve"]
@@ -155,6 +181,7 @@ class Deployment:
         if redis_binary is None:
             raise SystemExit("redis-server not found: apt-get install redis-server")
         self.procs: dict[str, Proc] = {}
+        self.last_start_cpu_s: float | None = None
 
         def add(name: str, argv: list[str]) -> None:
             self.procs[name] = Proc(name, argv, workdir / f"{name}.log", env)
@@ -195,15 +222,18 @@ class Deployment:
                 "--gpu-state-dir", str(gpu_dir), "--agent", f"127.0.0.1:{agent_port}",
                 "--report-interval-ms", "100", "--drain-s", str(drain_s), *metrics,
             ])
-        add("router", [
-            *voltana, "router", "--listen", self.router_address,
-            "--telemetry", self.telemetry_address, "--policy", LOW_CLOCK_POLICY,
-            "--gpu", GPU_KEY, "--drain-s", str(drain_s), *metrics,
-            "--http-port", str(self.ports["router_http"]),
-            "--http-header-timeout-s", str(http_timeout_s),
-            "--http-body-timeout-s", str(http_timeout_s),
-            "--http-keepalive-timeout-s", str(http_timeout_s),
-        ])
+        for name, address in zip(self.routers, self.router_addresses, strict=True):
+            http_port = self.ports["router_http"] if name == "router" else 0
+            add(name, [
+                *voltana, "router", "--listen", address, "--router-id", name,
+                "--telemetry", self.telemetry_address, "--policy", LOW_CLOCK_POLICY,
+                "--gpu", GPU_KEY, "--drain-s", str(drain_s),
+                "--metrics-port", str(self.router_metrics_ports[name]),
+                "--http-port", str(http_port),
+                "--http-header-timeout-s", str(http_timeout_s),
+                "--http-body-timeout-s", str(http_timeout_s),
+                "--http-keepalive-timeout-s", str(http_timeout_s),
+            ])
         # fmt: on
 
     # ---- lifecycle ---------------------------------------------------------------------------
@@ -217,7 +247,7 @@ class Deployment:
             ["controller"],
             [name for name in self.procs if name.startswith("engine-")],
             [name for name in self.procs if name.startswith("agent-")],
-            ["router"],
+            self.routers,
         ]
         for group in groups:
             for name in group:
@@ -228,7 +258,8 @@ class Deployment:
         await until(self.clocks_low, "the controller to lower every clock", START_TIMEOUT_S)
 
     async def stop(self) -> None:
-        order = ["router", "controller", *[n for n in self.procs if n.startswith("engine-")]]
+        order = [*self.routers, "controller"]
+        order += [n for n in self.procs if n.startswith("engine-")]
         order += [n for n in self.procs if n.startswith("agent-")] + ["telemetry", "redis"]
         for name in order:
             self.procs[name].signal(signal.SIGTERM)
@@ -239,6 +270,16 @@ class Deployment:
     def kill(self, name: str, sig: signal.Signals) -> None:
         self.procs[name].signal(sig)
         self.procs[name].wait(30.0)
+
+    async def signal_and_wait(
+        self, name: str, sig: signal.Signals, timeout_s: float = 30.0
+    ) -> None:
+        """Like kill, without blocking the event loop (the load keeps going meanwhile)."""
+        proc = self.procs[name]
+        proc.signal(sig)
+        deadline = time.monotonic() + timeout_s
+        while proc.alive() and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
 
     async def restart(self, name: str) -> float:
         """Start the process again; returns when it answered (monotonic), once it does."""
@@ -276,15 +317,53 @@ class Deployment:
 
     # ---- observation -------------------------------------------------------------------------
 
-    async def router_serving(self) -> bool:
+    async def router_serving(self, name: str | None = None) -> bool:
+        """Whether router ``name`` (None: every router) reports SERVING."""
+        if name is None:
+            return all([await self.router_serving(n) for n in self.routers])
+        address = f"127.0.0.1:{self.ports[name]}"
         try:
-            async with create_channel(self.router_address, options=FAST_RECONNECT) as channel:
+            async with create_channel(address, options=FAST_RECONNECT) as channel:
                 response = await health_pb2_grpc.HealthStub(channel).Check(
                     health_pb2.HealthCheckRequest(service=ROUTER_SERVICE), timeout=0.5
                 )
         except grpc.RpcError:
             return False
         return response.status == health_pb2.HealthCheckResponse.SERVING
+
+    async def restart_to_serving(self, name: str) -> float:
+        """Start router ``name`` again; seconds from the process' start until it serves."""
+        proc = self.procs[name]
+        if proc.alive():
+            proc.signal(signal.SIGKILL)
+            proc.wait(5.0)
+        started = time.monotonic()
+        proc.start()
+        while not await self.router_serving(name):
+            if not proc.alive():
+                raise RuntimeError(f"{name} exited at start:\n{proc.log_tail()}")
+            if time.monotonic() - started > START_TIMEOUT_S:
+                raise RuntimeError(f"{name} not serving in {START_TIMEOUT_S} s")
+            await asyncio.sleep(0.05)
+        took_s = time.monotonic() - started
+        self.last_start_cpu_s = proc.cpu_s()
+        return took_s
+
+    async def router_in_flight(self, name: str) -> int:
+        """Requests router ``name`` serves now (its requests_in_flight gauge, every protocol)."""
+        url = f"http://127.0.0.1:{self.router_metrics_ports[name]}/metrics"
+        async with (
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2.0)) as session,
+            session.get(url) as response,
+        ):
+            text = await response.text()
+        return int(
+            sum(
+                float(line.rsplit(" ", 1)[1])
+                for line in text.splitlines()
+                if line.startswith("voltana_router_requests_in_flight{")
+            )
+        )
 
     async def listed_instances(self) -> set[str]:
         try:
@@ -392,7 +471,9 @@ async def one_request(
 
 
 class PoissonLoad:
-    def __init__(self, address: str, *, rate_rps: float, seed: int, timeout_s: float) -> None:
+    def __init__(
+        self, address: str | list[str], *, rate_rps: float, seed: int, timeout_s: float
+    ) -> None:
         self._address = address
         self._rate_rps = rate_rps
         self._random = random.Random(seed)
@@ -405,7 +486,7 @@ class PoissonLoad:
 
     async def run(self, label: str) -> list[Outcome]:
         tasks: list[asyncio.Task[Outcome]] = []
-        async with VoltanaClient(self._address, channel_options=FAST_RECONNECT) as client:
+        async with VoltanaClient(self._address) as client:
             index = 0
             while not self._stop.is_set():
                 prompt = self._random.randint(128, 512)
@@ -441,6 +522,16 @@ class Result:
     recovery_s: float | None = None
     clocks: str = ""
     notes: list[str] = field(default_factory=list)
+    # Router experiments: when the fault hit (monotonic), what the router had in flight then,
+    # and seconds from its process' restart until it served.
+    fault_at_s: float | None = None
+    inflight_at_fault: int | None = None
+    failed_after_fault: int | None = None
+    restart_s: float | None = None
+    restart_cpu_s: float | None = None
+    # SIGKILL of a router: the records of its requests in flight die with it (their clients
+    # got a status); missing records beyond those are lost.
+    records_died_with: int = 0
 
     def account(self, outcomes: Sequence[Outcome]) -> None:
         self.sent = len(outcomes)
@@ -482,6 +573,40 @@ def kill_and_restart(process: str, sig: signal.Signals) -> Experiment:
         await measure_recovery(deployment, back, result)
 
     return run
+
+
+def router_fault(sig: signal.Signals) -> Experiment:
+    """One of two routers killed (SIGKILL) or stopped (SIGTERM: its drain) under load that the
+    SDK spreads over both; then restarted, timed from its process' start to SERVING."""
+
+    async def run(deployment: Deployment, options: Options, result: Result) -> None:
+        if len(deployment.routers) < 2:
+            raise RuntimeError("router experiments need --routers 2 (or more)")
+        result.inflight_at_fault = await deployment.router_in_flight("router")
+        result.fault_at_s = time.monotonic()
+        await deployment.signal_and_wait("router", sig)
+        result.notes.append(
+            f"router stopped {time.monotonic() - result.fault_at_s:.2f} s after the "
+            f"{sig.name} with {result.inflight_at_fault} request(s) in flight"
+        )
+        await asyncio.sleep(options.down_s)
+        result.restart_s = await deployment.restart_to_serving("router")
+        result.restart_cpu_s = deployment.last_start_cpu_s
+        result.recovery_s = result.restart_s
+        if sig is signal.SIGKILL:
+            result.records_died_with = result.inflight_at_fault or 0
+
+    return run
+
+
+async def router_restart(deployment: Deployment, options: Options, result: Result) -> None:
+    """The only router SIGTERMed and started again: seconds from its process' start until it
+    serves (the SDK reconnects on its own)."""
+    result.fault_at_s = time.monotonic()
+    await deployment.signal_and_wait("router", signal.SIGTERM)
+    result.restart_s = await deployment.restart_to_serving("router")
+    result.restart_cpu_s = deployment.last_start_cpu_s
+    result.recovery_s = time.monotonic() - result.fault_at_s
 
 
 async def redis_kill(deployment: Deployment, options: Options, result: Result) -> None:
@@ -911,6 +1036,9 @@ EXPERIMENTS: dict[str, tuple[str, Experiment]] = {
     "telemetry-term": ("SIGTERM telemetry", kill_and_restart("telemetry", signal.SIGTERM)),
     "controller-term": ("SIGTERM controller", kill_and_restart("controller", signal.SIGTERM)),
     "router-term": ("SIGTERM router", kill_and_restart("router", signal.SIGTERM)),
+    "router-restart": ("SIGTERM the router, start it at once", router_restart),
+    "router-kill-ha": ("SIGKILL one of 2 routers", router_fault(signal.SIGKILL)),
+    "router-term-ha": ("SIGTERM one of 2 routers", router_fault(signal.SIGTERM)),
     "engine-term": ("SIGTERM engine decode-0", engine_fault("decode-0", signal.SIGTERM)),
     "agent-term": ("SIGTERM agent of decode-0", agent_fault("decode-0", signal.SIGTERM)),
     "poison": ("poisoned telemetry (token holder)", poisoned_telemetry),
@@ -929,7 +1057,10 @@ async def run_experiment(deployment: Deployment, name: str, options: Options, se
     started_wall = time.time()
     result_started_wall[name] = started_wall
     load = PoissonLoad(
-        deployment.router_address, rate_rps=options.rate_rps, seed=seed, timeout_s=options.timeout_s
+        deployment.router_addresses,
+        rate_rps=options.rate_rps,
+        seed=seed,
+        timeout_s=options.timeout_s,
     )
     load_task = asyncio.create_task(load.run(name))
     await asyncio.sleep(options.warmup_s)
@@ -942,8 +1073,27 @@ async def run_experiment(deployment: Deployment, name: str, options: Options, se
         load.stop()
         outcomes = await load_task
     result.account(outcomes)
+    if result.fault_at_s is not None:
+        account_fault(result, outcomes, result.fault_at_s)
     await check_records(deployment, result, started_wall)
     return result
+
+
+def account_fault(result: Result, outcomes: Sequence[Outcome], fault_at_s: float) -> None:
+    """How requests sent after the fault fared: the clients' switch to the other router."""
+    after = sorted((o for o in outcomes if o.sent_at_s >= fault_at_s), key=lambda o: o.sent_at_s)
+    result.failed_after_fault = sum(o.status != "OK" for o in after)
+    if after:
+        first = after[0]
+        result.notes.append(
+            f"{len(after)} sent after the fault, {result.failed_after_fault} failed; the first "
+            f"({first.sent_at_s - fault_at_s:.2f} s after) {first.status} in "
+            f"{first.finished_at_s - first.sent_at_s:.2f} s"
+        )
+    if result.restart_s is not None:
+        cpu_s = result.restart_cpu_s
+        cpu = f" ({cpu_s:.2f} CPU s; load average {os.getloadavg()[0]:.1f})" if cpu_s else ""
+        result.notes.append(f"restart to serving {result.restart_s:.2f} s{cpu}")
 
 
 async def check_records(deployment: Deployment, result: Result, started_wall: float) -> None:
@@ -959,7 +1109,12 @@ async def check_records(deployment: Deployment, result: Result, started_wall: fl
                 break
         await asyncio.sleep(0.5)
     result.recorded = recorded
-    result.silently_lost = result.no_status + max(0, expected - recorded)
+    missing = max(0, expected - recorded)
+    if result.records_died_with:
+        died = min(missing, result.records_died_with)
+        result.notes.append(f"{died} record(s) died with the killed router (clients had a status)")
+        missing -= died
+    result.silently_lost = result.no_status + missing
 
 
 async def run_burst(deployment: Deployment, options: Options) -> Result:
@@ -971,7 +1126,9 @@ async def run_burst(deployment: Deployment, options: Options) -> Result:
     await asyncio.sleep(1.0)
     started_wall = time.time()
     started = time.monotonic()
-    async with VoltanaClient(deployment.router_address, channel_options=FAST_RECONNECT) as client:
+    targets = deployment.router_addresses
+    result.fault = f"{result.fault} through {len(targets)} router(s)"
+    async with VoltanaClient(targets) as client:
         outcomes = await asyncio.gather(
             *(
                 one_request(client, f"burst-{i}", 64, 16, options.burst_timeout_s)
@@ -1039,7 +1196,11 @@ async def main_async(args: argparse.Namespace) -> int:
     )
     workdir = Path(tempfile.mkdtemp(prefix="voltana-faults-"))
     deployment = Deployment(
-        workdir, speedup=args.speedup, drain_s=args.drain_s, http_timeout_s=args.http_timeout_s
+        workdir,
+        speedup=args.speedup,
+        drain_s=args.drain_s,
+        http_timeout_s=args.http_timeout_s,
+        routers=args.routers,
     )
     results: list[Result] = []
     started = time.monotonic()
@@ -1092,6 +1253,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--timeout-s", type=float, default=30.0, help="each request's deadline")
     parser.add_argument("--drain-s", type=float, default=5.0, help="router and engine drain")
     parser.add_argument("--burst", type=int, default=1000, help="streams of the burst experiment")
+    parser.add_argument(
+        "--routers",
+        type=int,
+        default=1,
+        help="active-active routers (the *-ha experiments need 2); the SDK load spreads over all",
+    )
     parser.add_argument("--burst-timeout-s", type=float, default=60.0)
     parser.add_argument(
         "--slowloris", type=int, default=600, help="slow connections of http-slowloris"

@@ -116,7 +116,10 @@ def parse(command: list[str]) -> argparse.Namespace:
 def listening_ports(service: dict[str, Any]) -> set[int]:
     ports = {int(str(port)) for port in service.get("expose", [])}
     for mapping in service.get("ports", []):
-        ports.add(int(str(mapping).rsplit(":", 1)[-1]))
+        if isinstance(mapping, dict):  # long syntax
+            ports.add(int(mapping["target"]))
+        else:
+            ports.add(int(str(mapping).rsplit(":", 1)[-1]))
     return ports
 
 
@@ -333,6 +336,7 @@ def test_compose_command_writes_a_layout(tmp_path: Path) -> None:
         ({"transfer_backend": "fake"}, "mooncake, nixl"),
         ({"ib_device": "mlx5_0; rm -rf /"}, "not an RDMA device"),
         ({"prefill": 0}, "prefill must be >= 1"),
+        ({"routers": 0}, "routers must be >= 1"),
     ],
 )
 def test_bad_layouts_are_refused(options: dict[str, Any], message: str) -> None:
@@ -486,8 +490,15 @@ def test_prometheus_scrapes_every_services_metrics_port(
     targets = {
         target
         for job in config["scrape_configs"]
-        for group in job["static_configs"]
+        for group in job.get("static_configs", [])
         for target in group["targets"]
+    }
+    # Replicated services are found by DNS (every replica answers for the service's name).
+    targets |= {
+        f"{name}:{group['port']}"
+        for job in config["scrape_configs"]
+        for group in job.get("dns_sd_configs", [])
+        for name in group["names"]
     }
     scraped = set()
     for target in targets:
@@ -508,6 +519,37 @@ def test_prometheus_scrapes_every_services_metrics_port(
         if "sglang.launch_server" in command_of(service):
             expected.add(f"{name}:{flag_value(command_of(service), '--port')}")
     assert expected <= scraped, expected - scraped
+
+
+def test_router_replicas_are_published_apart_and_drain_before_compose_kills_them(
+    services: dict[str, dict[str, Any]], layout: str
+) -> None:
+    router = services["router"]
+    replicas = router["deploy"]["replicas"]
+    assert replicas == (LAYOUTS[layout] or ComposeLayout()).routers
+    assert ComposeLayout().routers >= 2  # active-active by default
+    args = parse(command_of(router))
+    for mapping, port in zip(
+        router["ports"], (split_address(args.listen)[1], args.http_port), strict=True
+    ):
+        first, _, last = str(mapping["published"]).partition("-")
+        assert mapping["target"] == port
+        # One host port per replica (a single one could be bound by one replica only).
+        assert int(last or first) - int(first) + 1 == replicas
+    assert args.drain_s > 0
+    assert float(router["stop_grace_period"].removesuffix("s")) > args.drain_s
+    # No router id in the file: each replica's default (host name, process id) is its own.
+    assert not args.router_id
+
+
+def test_compose_layouts_with_one_router_publish_single_ports() -> None:
+    document = yaml.safe_load(render_compose(ComposeLayout(routers=1)))
+    router = document["services"]["router"]
+    assert [(p["target"], p["published"]) for p in router["ports"]] == [
+        (50051, "50051"),
+        (8000, "8000"),
+    ]
+    assert router["deploy"] == {"replicas": 1}
 
 
 def test_grafana_provisions_the_prometheus_datasource_and_the_dashboard(

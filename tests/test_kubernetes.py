@@ -364,6 +364,27 @@ def test_ports_are_the_cli_defaults(docs: list[dict[str, Any]]) -> None:
     }
 
 
+def test_routers_run_active_active_behind_their_service_and_drain_before_the_kill(
+    docs: list[dict[str, Any]],
+) -> None:
+    router = find(docs, "Deployment", "voltana-router")
+    assert router["spec"]["replicas"] >= 2
+    # A rollout starts the new pod before it stops an old one; evictions leave one serving.
+    assert router["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+    budget = find(docs, "PodDisruptionBudget", "voltana-router")
+    assert budget["spec"]["minAvailable"] >= 1
+    assert matches(budget["spec"]["selector"], pod_labels(router))
+    # One Service in front of every replica (the router's selector picks only its pods).
+    service = find(docs, "Service", "voltana-router")
+    assert matches({"matchLabels": service["spec"]["selector"]}, pod_labels(router))
+    (container,) = pod_spec(router)["containers"]
+    args = parse(command_line(docs, container))
+    assert args.drain_s > 0
+    assert pod_spec(router)["terminationGracePeriodSeconds"] > args.drain_s
+    # Each replica's router id is its own default (pod name, process id), not one shared.
+    assert not args.router_id
+
+
 def test_probes_use_grpc_health(docs: list[dict[str, Any]]) -> None:
     for _workload, container, command in voltana_containers(docs):
         args = parse(command)

@@ -92,3 +92,55 @@ def test_build_request_with_token_ids() -> None:
     assert list(request.input_ids.ids) == [3, 4] and request.max_new_tokens == 8
     assert request.HasField("temperature") and request.temperature == 0.0
     assert not request.HasField("slo") and request.request_id == "abc"
+
+
+# ---- several routers ---------------------------------------------------------------------
+
+
+def test_targets_parse_from_a_list_or_a_comma_separated_string() -> None:
+    from voltana.sdk.targets import parse_targets
+
+    assert parse_targets("a:1, b:2,a:1") == ["a:1", "b:2"]
+    assert parse_targets(["a:1", "b:2"]) == ["a:1", "b:2"]
+    for bad, message in ((" , ", "at least one"), ("nohost", "host:port")):
+        with pytest.raises(ValueError, match=message):
+            parse_targets(bad)
+
+
+def test_the_client_refuses_bad_retry_settings() -> None:
+    from voltana.sdk import VoltanaClient
+
+    with pytest.raises(ValueError, match="max_attempts"):
+        VoltanaClient("a:1", max_attempts=0)
+    with pytest.raises(ValueError, match="at least one"):
+        VoltanaClient([])
+
+
+async def test_picking_goes_round_robin_over_healthy_routers_and_falls_back_to_any() -> None:
+    from voltana.sdk.targets import RouterTargets
+
+    now = [0.0]
+    targets = RouterTargets(
+        ["a:1", "b:2", "c:3"],
+        channel_options=None,
+        security=None,
+        tracer_provider=None,
+        cooldown_s=1.0,
+        clock=lambda: now[0],
+        watch_health=False,  # health set by hand below
+    )
+    try:
+        picked = [targets.pick().address for _ in range(3)]
+        assert sorted(picked) == ["a:1", "b:2", "c:3"]
+        a, b, c = targets.targets
+        a.serving = False  # draining
+        targets.failed_to_start(b)  # refused a call just now
+        assert {targets.pick().address for _ in range(4)} == {"c:3"}
+        # Not the one a request already tried, while another is left.
+        assert targets.pick(tried=[c]).address in {"a:1", "b:2"}
+        now[0] = 1.5  # b's cooldown is over
+        assert {targets.pick().address for _ in range(4)} == {"b:2", "c:3"}
+        # Every one tried: any of them again.
+        assert targets.pick(tried=[a, b, c]).address in {"a:1", "b:2", "c:3"}
+    finally:
+        await targets.close()

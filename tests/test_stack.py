@@ -178,6 +178,33 @@ async def test_stack_in_memory_reports_addresses_and_stops_idempotently() -> Non
 
 
 @pytest.mark.e2e
+async def test_stack_with_two_routers_serves_through_either_and_survives_one_stopping() -> None:
+    stack = SimStack(fast_settings(prefill=1, decode=1, policy="static-max", routers=2))
+    await stack.start()
+    try:
+        addresses = stack.addresses
+        assert [addresses["router"], addresses["router-1"]] == stack.router_addresses
+        assert [router.router_id for router in stack.routers] == ["router-0", "router-1"]
+        async with VoltanaClient(stack.router_addresses, timeout_s=20.0) as client:
+            for _ in range(4):  # round-robin: both routers serve
+                result = await client.generate("hello", max_new_tokens=3, stream=False)
+                assert result.summary.completion_tokens == 3
+            served = [
+                router.metrics_registry.get_sample_value(
+                    "voltana_router_requests_total", {"protocol": "grpc", "status": "OK"}
+                )
+                for router in stack.routers
+            ]
+            assert served == [2.0, 2.0]
+            await stack.routers[0].stop()
+            for _ in range(3):  # the other takes every request at once
+                result = await client.generate("hello", max_new_tokens=3, stream=False)
+                assert result.summary.completion_tokens == 3
+    finally:
+        await stack.stop()
+
+
+@pytest.mark.e2e
 async def test_unknown_policy_fails_before_anything_starts() -> None:
     stack = SimStack(fast_settings(policy="no-such-policy"))
     with pytest.raises(ConfigError, match="no-such-policy"):
@@ -188,7 +215,14 @@ async def test_unknown_policy_fails_before_anything_starts() -> None:
 @pytest.mark.unit
 @pytest.mark.parametrize(
     ("field", "value"),
-    [("prefill", 0), ("decode", 0), ("speedup", 0.0), ("gpu_key", "gpu-9000"), ("router_port", -1)],
+    [
+        ("prefill", 0),
+        ("decode", 0),
+        ("routers", 0),
+        ("speedup", 0.0),
+        ("gpu_key", "gpu-9000"),
+        ("router_port", -1),
+    ],
 )
 def test_settings_reject_bad_values(field: str, value: object) -> None:
     with pytest.raises(ConfigError):

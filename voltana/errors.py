@@ -6,7 +6,14 @@ from collections.abc import Iterable
 
 
 class VoltanaError(Exception):
-    """Base class for every error Voltana raises on purpose."""
+    """Base class for every error Voltana raises on purpose.
+
+    ``retry_elsewhere``: the server did not take the request at all (it is stopping), so a
+    client may send it to another replica unchanged (told to clients in the status' trailing
+    metadata, see voltana.rpc.status.RETRY_ELSEWHERE_KEY).
+    """
+
+    retry_elsewhere: bool = False
 
 
 class ConfigError(VoltanaError):

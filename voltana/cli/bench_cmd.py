@@ -35,7 +35,7 @@ from voltana.cli.security_opts import (
     api_key_from_args,
     security_from_args,
 )
-from voltana.cli.serve_cmd import host_port
+from voltana.cli.serve_cmd import host_port, host_ports
 from voltana.errors import ConfigError, VoltanaError
 from voltana.report import RunOutcome, add_savings, format_table, summarize
 from voltana.rpc import RpcSecurity
@@ -95,7 +95,12 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
-        "--target", type=host_port, required=True, metavar="HOST:PORT", help="router address"
+        "--target",
+        type=host_ports,
+        required=True,
+        metavar="HOST:PORT[,HOST:PORT...]",
+        help="router address (several active-active routers: comma-separated; the SDK fails "
+        "over between them)",
     )
     parser.add_argument(
         "--telemetry",

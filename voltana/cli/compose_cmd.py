@@ -77,6 +77,12 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         metavar="ARG",
         help="extra argument for every SGLang server, repeatable (--sglang-arg=--mem-fraction-static=0.85)",
     )
+    parser.add_argument(
+        "--routers",
+        type=positive_int,
+        default=defaults.routers,
+        help="active-active router replicas, published on ports 50051+i (default: %(default)s)",
+    )
     sim = parser.add_argument_group("profile sim (simulated engines)")
     sim.add_argument("--sim-prefill", type=positive_int, default=defaults.sim_prefill)
     sim.add_argument("--sim-decode", type=positive_int, default=defaults.sim_decode)
@@ -99,6 +105,7 @@ def run(args: argparse.Namespace) -> int:
         sim_prefill=args.sim_prefill,
         sim_decode=args.sim_decode,
         extra_sglang_args=tuple(args.sglang_arg),
+        routers=args.routers,
     )
     compose = render_compose(layout)
     if args.out:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from types import ModuleType
 from typing import NoReturn
 
@@ -24,43 +25,57 @@ class OneLineErrorParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from voltana.cli import doctor_cmd, evaluate_cmd, model_cmd, simulate_cmd
+# Which module registers each command. A command line naming one imports only that module:
+# a service's process (a router restart above all) starts without the simulator, the stack and
+# the other commands' imports.
+COMMAND_MODULES = {
+    "simulate": "simulate_cmd",
+    "evaluate": "evaluate_cmd",
+    "model": "model_cmd",
+    "doctor": "doctor_cmd",
+    "up": "up_cmd",
+    "bench": "bench_cmd",
+    "serve": "serve_cmd",
+    "token": "token_cmd",
+    "profile": "profile_cmd",
+    "health": "health_cmd",
+    "compose": "compose_cmd",
+}
+# Those needing the gRPC stack; absent pieces are simply not offered.
+_OPTIONAL_MODULES = frozenset(
+    {"up_cmd", "bench_cmd", "serve_cmd", "token_cmd", "profile_cmd", "health_cmd", "compose_cmd"}
+)
 
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The CLI's parser: every command, or only ``command`` (a key of COMMAND_MODULES)."""
     parser = OneLineErrorParser(
         prog="voltana",
         description="SLO-aware, energy-efficient control plane for PD-disaggregated LLM serving.",
     )
     parser.add_argument("--version", action="version", version=f"voltana {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in (simulate_cmd, evaluate_cmd, model_cmd, doctor_cmd, *_service_commands()):
+    names = [COMMAND_MODULES[command]] if command in COMMAND_MODULES else COMMAND_MODULES.values()
+    for module in _command_modules(names):
         module.register(commands)
     return parser
 
 
-def _service_commands() -> list[ModuleType]:
-    """Commands that need the gRPC stack; absent pieces are simply not offered."""
+def _command_modules(names: Iterable[str]) -> list[ModuleType]:
     modules = []
-    for name in (
-        "up_cmd",
-        "bench_cmd",
-        "serve_cmd",
-        "token_cmd",
-        "profile_cmd",
-        "health_cmd",
-        "compose_cmd",
-    ):
+    for name in names:
         try:
-            modules.append(__import__(f"voltana.cli.{name}", fromlist=["register"]))
+            modules.append(importlib.import_module(f"voltana.cli.{name}"))
         except ModuleNotFoundError as exc:
-            if exc.name != f"voltana.cli.{name}":
+            if name not in _OPTIONAL_MODULES or exc.name != f"voltana.cli.{name}":
                 raise
     return modules
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(arguments[0] if arguments else None)
+    args = parser.parse_args(arguments)
     handler: Handler = args.handler
     try:
         return handler(args)

@@ -392,7 +392,17 @@ def _add_router(
         help="probe every engine's /health this often; 0 = only eject on failed calls "
         "(default: %(default)s)",
     )
-    _drain_arg(parser, "requests still running after it end with UNAVAILABLE")
+    parser.add_argument(
+        "--router-id",
+        default="",
+        help="this router's name among active-active routers (their in-flight shares in "
+        "telemetry are kept apart by it; default: host name, process id and a random part)",
+    )
+    _drain_arg(
+        parser,
+        "health turns NOT_SERVING at once and no new request is taken; those still running "
+        "after it end with UNAVAILABLE (a stream that sent its last token finishes)",
+    )
     _metrics_args(parser, ROUTER_METRICS_PORT)
     http = parser.add_argument_group("HTTP front door (OpenAI-compatible and SGLang /generate)")
     http.add_argument(
@@ -473,6 +483,7 @@ def _build_router(args: argparse.Namespace) -> Service:
             max_attempts=args.max_attempts,
             health_check_interval_s=args.health_check_interval_s,
             shutdown_grace_s=args.drain_s,
+            router_id=args.router_id,
             metrics_listen_address=metrics_address(args),
             security=security_from_args(args),
             api_keys=api_keys_from_args(args),
@@ -917,6 +928,11 @@ def host_port(text: str) -> str:
         raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT")
     port_number(port)
     return text
+
+
+def host_ports(text: str) -> str:
+    """One or more ``host:port`` separated by commas (several active-active routers)."""
+    return ",".join(host_port(part.strip()) for part in text.split(","))
 
 
 def port_number(text: str) -> int:

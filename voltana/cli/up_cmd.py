@@ -33,6 +33,7 @@ EPILOG = """\
 examples:
   voltana up --sim
   voltana up --sim --prefill 2 --decode 2 --policy voltana --router-port 50051
+  voltana up --sim --routers 2      # active-active routers; clients take both addresses
   voltana up --sim --redis-url redis://127.0.0.1:6379/0 --speedup 10 --otel-exporter console
 
 Every service requires the control-plane token on privileged calls: a fresh random one, unless
@@ -64,6 +65,13 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     cluster = parser.add_argument_group("cluster")
     cluster.add_argument("--prefill", type=positive_int, default=2, help="prefill instances")
     cluster.add_argument("--decode", type=positive_int, default=2, help="decode instances")
+    cluster.add_argument(
+        "--routers",
+        type=positive_int,
+        default=1,
+        help="active-active routers sharing placements through telemetry (default: 1); "
+        "router i on --router-port + i",
+    )
     cluster.add_argument(
         "--gpu",
         default="a100-80g",
@@ -148,6 +156,7 @@ def run(args: argparse.Namespace) -> int:
     settings = SimStackSettings(
         prefill=args.prefill,
         decode=args.decode,
+        routers=args.routers,
         gpu_key=args.gpu,
         model_key=args.model,
         tp=args.tp,
@@ -222,7 +231,7 @@ def print_addresses(stack: SimStack, out: TextIO) -> None:
         f"# {settings.prefill}P{settings.decode}D {physics.gpu.key} {physics.model.key} "
         f"TP{physics.model.tensor_parallel}{source}, "
         f"policy {settings.policy}, speedup {settings.speedup:g}; connect to the router at "
-        f"{addresses['router']}; control-plane auth {auth}, "
+        f"{','.join(stack.router_addresses)}; control-plane auth {auth}, "
         f"{'TLS' if security.tls is not None else 'plaintext'}; Ctrl-C stops\n"
     )
     out.flush()

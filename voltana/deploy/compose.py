@@ -54,6 +54,8 @@ METRICS_PORTS = {
 }
 
 _VOLTANA_HEALTH = "voltana health --timeout-s 3"
+# A router's drain on SIGTERM; compose waits a little longer before it kills.
+ROUTER_DRAIN_S = 10
 # SGLang loads the model first: its health only counts after this grace.
 _SGLANG_START_PERIOD = "900s"
 _RDMA_DEVICE = "/dev/infiniband:/dev/infiniband"
@@ -77,9 +79,12 @@ class ComposeLayout:
     sim_prefill: int = 2
     sim_decode: int = 2
     extra_sglang_args: tuple[str, ...] = field(default=())
+    # Active-active router replicas (every profile); replica i is published on the host's
+    # router ports + i, so SDK clients can list them all.
+    routers: int = 2
 
     def __post_init__(self) -> None:
-        for name in ("prefill", "decode", "tp", "sim_prefill", "sim_decode"):
+        for name in ("prefill", "decode", "tp", "sim_prefill", "sim_decode", "routers"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.transfer_backend not in TRANSFER_BACKENDS:
@@ -181,7 +186,7 @@ _KEY_ORDER = {
         (
             "image", "build", "profiles", "restart", "user", "cap_add", "ipc", "shm_size",
             "ulimits", "devices", "environment", "volumes", "deploy", "command", "expose",
-            "ports", "healthcheck", "depends_on",
+            "ports", "healthcheck", "depends_on", "stop_grace_period",
         )
     )
 }  # fmt: skip
@@ -192,7 +197,24 @@ def _gpu_reservation(indices: Sequence[int]) -> dict[str, Any]:
     return {"resources": {"reservations": {"devices": [device]}}}
 
 
-def _control_plane() -> dict[str, Any]:
+def _published(port: int, replicas: int) -> dict[str, Any]:
+    """A replicated service's port, published on the host at ``port + i`` for replica i (the
+    long syntax: the short one cannot map a host range onto one container port)."""
+    host = str(port) if replicas == 1 else f"{port}-{port + replicas - 1}"
+    return {"target": port, "published": host, "protocol": "tcp"}
+
+
+def router_ports_line(layout: ComposeLayout) -> str:
+    if layout.routers == 1:
+        return f"router {ROUTER_PORT} (HTTP front door {ROUTER_HTTP_PORT})"
+    last = layout.routers - 1
+    return (
+        f"routers {ROUTER_PORT}-{ROUTER_PORT + last} (HTTP front doors "
+        f"{ROUTER_HTTP_PORT}-{ROUTER_HTTP_PORT + last})"
+    )
+
+
+def _control_plane(layout: ComposeLayout) -> dict[str, Any]:
     return {
         "redis": {
             "image": "redis:7-alpine",
@@ -288,12 +310,30 @@ def _control_plane() -> dict[str, Any]:
                 str(METRICS_PORTS["router"]),
                 "--http-port",
                 str(ROUTER_HTTP_PORT),
+                "--drain-s",
+                str(ROUTER_DRAIN_S),
             ],
+            **{
+                "#deploy": Comment(
+                    "Active-active replicas: they share their placements through telemetry;"
+                    "\nclients list every published port (the SDK fails over between them)."
+                )
+            },
+            deploy={"replicas": layout.routers},
             expose=[str(ROUTER_PORT), str(METRICS_PORTS["router"]), str(ROUTER_HTTP_PORT)],
             **{"#ports": Comment("gRPC (the SDK) and HTTP (OpenAI clients, SGLang's /generate).")},
-            ports=[f"{ROUTER_PORT}:{ROUTER_PORT}", f"{ROUTER_HTTP_PORT}:{ROUTER_HTTP_PORT}"],
+            ports=[
+                _published(ROUTER_PORT, layout.routers),
+                _published(ROUTER_HTTP_PORT, layout.routers),
+            ],
             healthcheck=_grpc_health(ROUTER_PORT),
             depends_on=_healthy("telemetry", "controller", started=["jaeger"]),
+            **{
+                "#stop_grace_period": Comment(
+                    "SIGTERM drains: health NOT_SERVING, no new request, running ones finish."
+                )
+            },
+            stop_grace_period=f"{ROUTER_DRAIN_S + 5}s",
         ),
     }
 
@@ -544,7 +584,7 @@ First create the secrets (compose refuses to start without them):
 
 Every Voltana service requires the control-plane token on privileged calls (registration,
 reports, SetPolicy/SetSlo, clock changes); Redis requires its password. Clients connect to the
-router on localhost:{ROUTER_PORT} (examples/generate.py; `voltana bench --telemetry
+{_routers_line(layout)} (examples/generate.py; `voltana bench --telemetry
 127.0.0.1:{TELEMETRY_PORT}` reads energy from telemetry, published on the host's loopback).
 Traces are at http://localhost:16686 (Jaeger); with the observability profile, Grafana's
 provisioned "Voltana" dashboard is at http://localhost:3000 and Prometheus at :9090.
@@ -556,11 +596,18 @@ secrets (required, no default): VOLTANA_CONTROL_TOKEN, VOLTANA_REDIS_PASSWORD.
 KV transfer: {layout.transfer_backend}, {_rdma_line(layout)}
 (docs/gpu-host.md: both backends, RDMA).
 
-Ports: router {ROUTER_PORT} (HTTP front door {ROUTER_HTTP_PORT}), telemetry {TELEMETRY_PORT}, controller {CONTROLLER_PORT}, node agents {AGENT_PORT},
+Ports: {router_ports_line(layout)}, telemetry {TELEMETRY_PORT}, controller {CONTROLLER_PORT}, node agents {AGENT_PORT},
 SGLang / simulated engines {ENGINE_PORT} with the KV bootstrap on {BOOTSTRAP_PORT} (prefill), Redis 6379, OTLP 4317.
 Prometheus /metrics: router 9401, telemetry 9402, controller 9403, node agents 9404 (engines'
 SGLang metrics on {ENGINE_PORT}); docker/prometheus/prometheus.yml (also generated) scrapes them.
 """
+
+
+def _routers_line(layout: ComposeLayout) -> str:
+    if layout.routers == 1:
+        return f"router on localhost:{ROUTER_PORT}"
+    targets = ",".join(f"localhost:{ROUTER_PORT + i}" for i in range(layout.routers))
+    return f"{layout.routers} routers on {targets}"
 
 
 def _spaced(services: dict[str, Any]) -> dict[str, Any]:
@@ -575,7 +622,7 @@ def _spaced(services: dict[str, Any]) -> dict[str, Any]:
 def render_compose(layout: ComposeLayout) -> str:
     """The docker-compose.yml text of ``layout``."""
     services: dict[str, Any] = {"#0": Comment("---- every profile: the control plane ----")}
-    services.update(_spaced(_control_plane()))
+    services.update(_spaced(_control_plane(layout)))
     services["#2"] = Comment(
         "---- profile gpu: the NVML node agent, official SGLang containers, their reporters ----"
         "\nSGLang does not talk to telemetry: one `voltana serve instance` per server registers"
@@ -606,10 +653,16 @@ def render_prometheus(layout: ComposeLayout) -> str:
                 "static_configs": [
                     {
                         "targets": [
-                            f"{name}:{METRICS_PORTS[name]}"
-                            for name in ("router", "telemetry", "controller")
+                            f"{name}:{METRICS_PORTS[name]}" for name in ("telemetry", "controller")
                         ]
                     }
+                ],
+            },
+            {
+                "job_name": "voltana-router",
+                "#dns": Comment("Every router replica: compose's DNS lists them all."),
+                "dns_sd_configs": [
+                    {"names": ["router"], "type": "A", "port": METRICS_PORTS["router"]}
                 ],
             },
             {

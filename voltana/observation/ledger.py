@@ -66,6 +66,23 @@ class InflightLedger:
                 if not others:
                     del self._instances_of[request_id]
 
+    def entries(self) -> list[tuple[str, int, float | None]]:
+        """Every request still counted: (instance id, tokens, visible from or None), e.g. to
+        share with another router's ledger (``add``)."""
+        return [
+            (instance_id, entry.tokens, entry.visible_from_s)
+            for instance_id, entries in self._by_instance.items()
+            for entry in entries.values()
+        ]
+
+    def add(
+        self, request_id: Hashable, instance_id: str, tokens: int, visible_from_s: float | None
+    ) -> None:
+        """Count a request another router placed (``entries`` of its ledger)."""
+        self.place(request_id, instance_id, tokens)
+        if visible_from_s is not None:
+            self.visible(request_id, instance_id, visible_from_s)
+
     def pending(self, instance_id: str, reported_at_s: float) -> tuple[int, int]:
         """(requests, tokens) placed on the instance that a report observed at the given time
         does not include."""

@@ -81,6 +81,12 @@ def status_code_for(
     return None
 
 
+# Trailing metadata of every error status a Voltana server sends: "1" when the request may go
+# to another replica unchanged (error.retry_elsewhere), else "0". A failed call without it
+# never reached a Voltana handler (connection refused or lost, the server stopping).
+RETRY_ELSEWHERE_KEY = "voltana-retry-elsewhere"
+
+
 async def abort_with_error(
     context: grpc.aio.ServicerContext[Any, Any],
     error: VoltanaError,
@@ -89,7 +95,8 @@ async def abort_with_error(
     """End the RPC with the status code and message of ``error`` (never returns)."""
     code = status_code_for(error, extra_codes) or grpc.StatusCode.INTERNAL
     details = truncate(str(error) or type(error).__name__, MAX_STATUS_DETAILS_CHARS)
-    await context.abort(code, details)
+    retry = "1" if error.retry_elsewhere else "0"
+    await context.abort(code, details, trailing_metadata=((RETRY_ELSEWHERE_KEY, retry),))
     raise AssertionError("context.abort returned")  # abort always raises
 
 

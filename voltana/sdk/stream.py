@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from types import TracebackType
 
 import grpc
@@ -20,6 +20,9 @@ from voltana.v1 import router_pb2
 StartCall = Callable[
     [], grpc.aio.UnaryStreamCall[router_pb2.GenerateRequest, router_pb2.GenerateResponse]
 ]
+# Asked when a call failed before its first message: True = start it again (start_call picks
+# the router), after waiting if need be; False = the error stands.
+RetryDecision = Callable[[grpc.RpcError], Awaitable[bool]]
 
 
 class GenerationStream:
@@ -28,10 +31,20 @@ class GenerationStream:
     The call starts at the first ``__anext__``. Leaving early (``break``, an exception) should
     be followed by ``await stream.aclose()`` (or use ``async with``), which cancels the request
     on the router and the engines. ``collect()`` reads the rest into a ``GenerationResult``.
+    A call that fails before its first message (a router down or draining) is started again
+    when ``retry`` says so; one that streamed anything never is.
     """
 
-    def __init__(self, start_call: StartCall, tracer: trace.Tracer, request_id: str) -> None:
+    def __init__(
+        self,
+        start_call: StartCall,
+        tracer: trace.Tracer,
+        request_id: str,
+        retry: RetryDecision | None = None,
+    ) -> None:
         self._start_call = start_call
+        self._retry = retry
+        self._received = False
         self._tracer = tracer
         self._request_id = request_id
         self._call: (
@@ -60,9 +73,10 @@ class GenerationStream:
         self,
     ) -> grpc.aio.UnaryStreamCall[router_pb2.GenerateRequest, router_pb2.GenerateResponse]:
         if self._call is None:
-            self._span = self._tracer.start_span("voltana.client.generate")
-            if self._request_id:
-                self._span.set_attribute("voltana.request_id", self._request_id)
+            if self._span is None:
+                self._span = self._tracer.start_span("voltana.client.generate")
+                if self._request_id:
+                    self._span.set_attribute("voltana.request_id", self._request_id)
             # Current only while the call starts: the instrumentation's CLIENT span (made in
             # the call's interceptor task, which copies this context) becomes its child.
             token = otel_context.attach(trace.set_span_in_context(self._span))
@@ -75,17 +89,22 @@ class GenerationStream:
     async def __anext__(self) -> TokenEvent | GenerationSummary:
         if self._finished:
             raise StopAsyncIteration
-        call = self._ensure_started()
-        try:
-            response = await call.read()
-        except grpc.RpcError as error:
-            client_error = client_error_from_rpc(error)
-            self._end(error=client_error)
-            raise client_error from error
-        except asyncio.CancelledError:
-            call.cancel()
-            self._end(error=VoltanaClientError("cancelled by the caller"))
-            raise
+        while True:
+            call = self._ensure_started()
+            try:
+                response = await call.read()
+                break
+            except grpc.RpcError as error:
+                if not self._received and await self._may_retry(error):
+                    continue
+                client_error = client_error_from_rpc(error)
+                self._end(error=client_error)
+                raise client_error from error
+            except asyncio.CancelledError:
+                call.cancel()
+                self._end(error=VoltanaClientError("cancelled by the caller"))
+                raise
+        self._received = True
         if response is grpc.aio.EOF:
             ended = VoltanaClientError("the router ended the stream without a completion")
             self._end(error=ended)
@@ -100,6 +119,14 @@ class GenerationStream:
         self._texts.append(event.text)
         self._token_ids.extend(event.token_ids)
         return event
+
+    async def _may_retry(self, error: grpc.RpcError) -> bool:
+        if self._retry is None or not await self._retry(error):
+            return False
+        if self._span is not None:
+            self._span.add_event("retry", {"rpc.grpc.status_code": error.code().name})
+        self._call = None  # the next read starts the call again
+        return True
 
     @staticmethod
     async def _drain(

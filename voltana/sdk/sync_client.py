@@ -11,14 +11,15 @@ from typing import Any, TypeVar
 from opentelemetry import trace
 
 from voltana.rpc import TlsFiles
-from voltana.sdk.client import VoltanaClient
+from voltana.sdk.client import DEFAULT_MAX_ATTEMPTS, VoltanaClient
 from voltana.sdk.types import GenerationResult, GenerationSummary, PlacementInfo, TokenEvent
 
 ResultT = TypeVar("ResultT")
 
 
 class SyncVoltanaClient:
-    """The async client run on its own event loop in a background thread.
+    """The async client run on its own event loop in a background thread (one router, or
+    several active-active ones, as VoltanaClient).
 
     One instance may be shared by several threads; calls run concurrently on its loop. Close it
     (or use ``with``) to stop the thread.
@@ -29,7 +30,7 @@ class SyncVoltanaClient:
 
     def __init__(
         self,
-        target: str,
+        target: str | Sequence[str],
         *,
         timeout_s: float | None = None,
         metadata: Sequence[tuple[str, str]] = (),
@@ -37,6 +38,7 @@ class SyncVoltanaClient:
         tracer_provider: trace.TracerProvider | None = None,
         api_key: str | None = None,
         tls: TlsFiles | None = None,
+        max_attempts: int = DEFAULT_MAX_ATTEMPTS,
     ) -> None:
         self._client = VoltanaClient(
             target,
@@ -46,6 +48,7 @@ class SyncVoltanaClient:
             tracer_provider=tracer_provider,
             api_key=api_key,
             tls=tls,
+            max_attempts=max_attempts,
         )
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(

@@ -42,6 +42,10 @@ class SimStackSettings:
     # Every server listens on this host; ports 0 pick free ones.
     host: str = "127.0.0.1"
     router_port: int = 0
+    # Active-active routers (ids router-0, router-1, ...): router i on router_port + i (and
+    # the HTTP door on http_port + i) when those are set; extra routers' /metrics on free
+    # ports.
+    routers: int = 1
     telemetry_port: int = 0
     controller_port: int = 0
     # Prometheus /metrics of each service on this host: None = not served; 0 = free ports;
@@ -79,6 +83,7 @@ class SimStackSettings:
         for name in (
             "prefill",
             "decode",
+            "routers",
             "tp",
             "sample_interval_ms",
             "control_interval_ms",
@@ -93,6 +98,12 @@ class SimStackSettings:
                 raise ConfigError(f"{name} must be in 0..65535, got {getattr(self, name)}")
         if self.http_port is not None and not 0 <= self.http_port <= 65535:
             raise ConfigError(f"http_port must be in 0..65535, got {self.http_port}")
+        for name in ("router_port", "http_port"):
+            port = getattr(self, name)
+            if port and port + self.routers - 1 > 65535:
+                raise ConfigError(
+                    f"{name} must leave room for {self.routers} routers below 65536, got {port}"
+                )
         if self.metrics_port is not None:
             last_port = self.metrics_port + METRICS_PORTS_BEFORE_AGENTS + self.prefill + self.decode
             if self.metrics_port < 0 or (self.metrics_port and last_port - 1 > 65535):

@@ -125,6 +125,9 @@ class SimStack(AsyncService):
         self.telemetry: TelemetryService | None = None
         self.controller: ControllerService | None = None
         self.router: RouterService | None = None
+        # Every router (active-active, sharing placements through telemetry); router is the
+        # first.
+        self.routers: list[RouterService] = []
         # Kept after stop(), so callers can check the GPUs went back to default clocks.
         self.instances: list[StackInstance] = []
         self._telemetry_client: TelemetryClient | None = None
@@ -136,6 +139,12 @@ class SimStack(AsyncService):
     @property
     def router_address(self) -> str:
         return self._started(self.router, "router").address
+
+    @property
+    def router_addresses(self) -> list[str]:
+        """Every router's gRPC address (what an SDK client with several targets takes)."""
+        self._started(self.router, "router")
+        return [router.address for router in self.routers]
 
     @property
     def telemetry_address(self) -> str:
@@ -150,13 +159,16 @@ class SimStack(AsyncService):
         """Every address, router first (what clients connect to), then the control plane,
         then per instance its engine URL, KV bootstrap endpoint (prefill) and node agent;
         each service's Prometheus endpoint (``<service>.metrics``) follows the service."""
-        router = self._started(self.router, "router")
+        self._started(self.router, "router")
         telemetry = self._started(self.telemetry, "telemetry")
         controller = self._started(self.controller, "controller")
-        result = {"router": router.address}
-        if router.http_url is not None:
-            result["router.http"] = router.http_url
-        self._add_metrics(result, "router", router.metrics_url)
+        result: dict[str, str] = {}
+        for index, router in enumerate(self.routers):
+            name = "router" if index == 0 else f"router-{index}"
+            result[name] = router.address
+            if router.http_url is not None:
+                result[f"{name}.http"] = router.http_url
+            self._add_metrics(result, name, router.metrics_url)
         result["telemetry"] = telemetry.address
         self._add_metrics(result, "telemetry", telemetry.metrics_url)
         result["controller"] = controller.address
@@ -272,23 +284,38 @@ class SimStack(AsyncService):
         self.controller = controller
         self._stoppers.append(("controller", controller.stop))
 
-        router = RouterService(
-            self._router_settings(
-                telemetry.address, controller.address if settings.placement_notices else ""
-            ),
-            tracer_provider=self._provider("voltana-router"),
-        )
-        await router.start()
-        self.router = router
-        self._stoppers.append(("router", router.stop))
-        await self._wait_until_routable(router)
+        for index in range(settings.routers):
+            router = RouterService(
+                self._router_settings(
+                    telemetry.address,
+                    controller.address if settings.placement_notices else "",
+                    index,
+                ),
+                tracer_provider=self._provider("voltana-router"),
+            )
+            await router.start()
+            self.routers.append(router)
+            self.router = self.routers[0]
+            self._stoppers.append((router.router_id, router.stop))
+        for router in self.routers:
+            await self._wait_until_routable(router)
 
     def _router_settings(
-        self, telemetry_address: str, controller_address: str = ""
+        self, telemetry_address: str, controller_address: str = "", index: int = 0
     ) -> RouterSettings:
+        """Router ``index``'s settings (router i on router_port + i, HTTP on http_port + i
+        when those are set)."""
         settings = self.settings
+
+        def port(first: int) -> int:
+            return first + index if first else 0
+
+        metrics = settings.metrics_address(0)
+        if metrics is not None and index > 0:
+            metrics = settings.address(0)  # the fixed ports after it belong to other services
         return RouterSettings(
-            listen_address=settings.address(settings.router_port),
+            listen_address=settings.address(port(settings.router_port)),
+            router_id=f"router-{index}",
             telemetry_address=telemetry_address,
             controller_address=controller_address,
             placement_notice_timeout_ms=settings.placement_notice_timeout_ms,
@@ -301,9 +328,11 @@ class SimStack(AsyncService):
             profile_path=settings.profile_path,
             slo=settings.slo,
             snapshot_interval_ms=settings.snapshot_interval_ms,
-            metrics_listen_address=settings.metrics_address(0),
+            metrics_listen_address=metrics,
             http_listen_address=(
-                settings.address(settings.http_port) if settings.http_port is not None else None
+                settings.address(port(settings.http_port))
+                if settings.http_port is not None
+                else None
             ),
             security=settings.security,
         )
@@ -420,4 +449,5 @@ class SimStack(AsyncService):
             except Exception:
                 _LOG.exception("stopping the %s failed", name)
         self.router = self.controller = self.telemetry = None
+        self.routers = []
         self._telemetry_client = None

@@ -304,25 +304,72 @@ class ClusterSnapshot(_message.Message):
 
     NOW_S_FIELD_NUMBER: _builtins.int
     INSTANCES_FIELD_NUMBER: _builtins.int
+    ROUTER_SHARES_FIELD_NUMBER: _builtins.int
     now_s: _builtins.float
     """When the snapshot was taken, seconds (same clock as InstanceState.observed_at_s)."""
     @_builtins.property
     def instances(self) -> _containers.RepeatedCompositeFieldContainer[Global___InstanceState]:
         """All instances, prefill and decode, in a stable order (by instance_id)."""
 
+    @_builtins.property
+    def router_shares(self) -> _containers.RepeatedCompositeFieldContainer[Global___RouterShare]:
+        """Each live router's placements per instance (active-active routers): its requests the
+        instance's report does not show yet, and its arrival rates (InstanceState's arrival_* sum
+        every router's). A router adds the other routers' parts to its own live ledger.
+        """
+
     def __init__(
         self,
         *,
         now_s: _builtins.float = ...,
         instances: _abc.Iterable[Global___InstanceState] | None = ...,
+        router_shares: _abc.Iterable[Global___RouterShare] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["instances", b"instances", "now_s", b"now_s"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["instances", b"instances", "now_s", b"now_s", "router_shares", b"router_shares"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ClusterSnapshot: _TypeAlias = ClusterSnapshot  # noqa: Y015
+
+@_typing.final
+class RouterShare(_message.Message):
+    """What one router placed on one instance: its requests the instance's report does not show
+    yet, and its arrivals over the observation window.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROUTER_ID_FIELD_NUMBER: _builtins.int
+    INSTANCE_ID_FIELD_NUMBER: _builtins.int
+    INFLIGHT_REQUESTS_FIELD_NUMBER: _builtins.int
+    INFLIGHT_TOKENS_FIELD_NUMBER: _builtins.int
+    ARRIVAL_RATE_RPS_FIELD_NUMBER: _builtins.int
+    ARRIVAL_TOKENS_PER_S_FIELD_NUMBER: _builtins.int
+    router_id: _builtins.str
+    instance_id: _builtins.str
+    inflight_requests: _builtins.int
+    inflight_tokens: _builtins.int
+    arrival_rate_rps: _builtins.float
+    arrival_tokens_per_s: _builtins.float
+    def __init__(
+        self,
+        *,
+        router_id: _builtins.str = ...,
+        instance_id: _builtins.str = ...,
+        inflight_requests: _builtins.int = ...,
+        inflight_tokens: _builtins.int = ...,
+        arrival_rate_rps: _builtins.float = ...,
+        arrival_tokens_per_s: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["arrival_rate_rps", b"arrival_rate_rps", "arrival_tokens_per_s", b"arrival_tokens_per_s", "inflight_requests", b"inflight_requests", "inflight_tokens", b"inflight_tokens", "instance_id", b"instance_id", "router_id", b"router_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RouterShare: _TypeAlias = RouterShare  # noqa: Y015
 
 @_typing.final
 class GpuSample(_message.Message):

@@ -684,20 +684,66 @@ class ReportPlacementsRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     PLACEMENTS_FIELD_NUMBER: _builtins.int
+    ROUTER_ID_FIELD_NUMBER: _builtins.int
+    PENDING_FIELD_NUMBER: _builtins.int
+    router_id: _builtins.str
+    """The reporting router (active-active routers keep their shares apart by it; "" = a router
+    that reports no share: its placements only count into arrival rates).
+    """
     @_builtins.property
     def placements(self) -> _containers.RepeatedCompositeFieldContainer[Global___PlacementRecord]: ...
+    @_builtins.property
+    def pending(self) -> _containers.RepeatedCompositeFieldContainer[Global___PendingPlacement]:
+        """With router_id: every placement of this router its instances' reports may not show yet
+        (its whole in-flight share, replacing the previous one). Telemetry drops a share not
+        renewed within its router_share_ttl_s (the router died).
+        """
+
     def __init__(
         self,
         *,
         placements: _abc.Iterable[Global___PlacementRecord] | None = ...,
+        router_id: _builtins.str = ...,
+        pending: _abc.Iterable[Global___PendingPlacement] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["placements", b"placements"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["pending", b"pending", "placements", b"placements", "router_id", b"router_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ReportPlacementsRequest: _TypeAlias = ReportPlacementsRequest  # noqa: Y015
+
+@_typing.final
+class PendingPlacement(_message.Message):
+    """A placed request on one instance, until the instance's report includes it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INSTANCE_ID_FIELD_NUMBER: _builtins.int
+    TOKENS_FIELD_NUMBER: _builtins.int
+    VISIBLE_FROM_S_FIELD_NUMBER: _builtins.int
+    instance_id: _builtins.str
+    tokens: _builtins.int
+    """Prompt tokens on a prefill instance, KV tokens on a decode instance."""
+    visible_from_s: _builtins.float
+    """When the instance began holding it (telemetry's clock, seconds): reports observed at or
+    after this include it. 0 = not there yet.
+    """
+    def __init__(
+        self,
+        *,
+        instance_id: _builtins.str = ...,
+        tokens: _builtins.int = ...,
+        visible_from_s: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["instance_id", b"instance_id", "tokens", b"tokens", "visible_from_s", b"visible_from_s"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PendingPlacement: _TypeAlias = PendingPlacement  # noqa: Y015
 
 @_typing.final
 class ReportPlacementsResponse(_message.Message):

@@ -7,18 +7,27 @@ on its instances until the instance's report includes it: a prefill request from
 was dispatched, a decode request from its first token. Arrival rates are counted here at
 placement too (and reported to telemetry, for the controller). The offline simulator keeps the
 same ledger, so policies see the same quantities live and offline.
+
+Active-active routers: each reports its ledger to telemetry under its router id; a snapshot
+carries every live router's share, and this view adds the other routers' shares to its own live
+ledger and arrivals, so each placement counts once whichever router made it.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable, Hashable, Mapping
+from collections.abc import Callable, Hashable, Iterable, Mapping
 
 from voltana.observation import DEFAULT_OBSERVATION, ArrivalWindow, InflightLedger
 from voltana.policy.state import ClusterSnapshot, InstanceState, Placement, RequestSpec
 from voltana.services.router.errors import NoInstanceAvailableError
-from voltana.services.telemetry.records import InstanceInfo
+from voltana.services.telemetry.records import (
+    InstanceInfo,
+    PendingPlacement,
+    RouterShare,
+    add_shares,
+)
 
 
 class LiveCluster:
@@ -35,7 +44,9 @@ class LiveCluster:
         stale_after_s: float = 0.0,
         clock: Callable[[], float] = time.monotonic,
         observation_window_s: float = DEFAULT_OBSERVATION.window_s,
+        router_id: str = "",
     ) -> None:
+        self.router_id = router_id
         self._stale_after_s = stale_after_s
         self._clock = clock
         self._window_s = observation_window_s
@@ -46,6 +57,8 @@ class LiveCluster:
         self._arrivals: dict[str, ArrivalWindow] = {}
         # Instances kept out of routing because their engine failed (see health.EngineHealth).
         self._ejected: dict[str, str] = {}
+        # The other active-active routers' shares, summed per instance (from the snapshot).
+        self._others: dict[str, RouterShare] = {}
 
     @property
     def has_snapshot(self) -> bool:
@@ -66,13 +79,33 @@ class LiveCluster:
         """Placements (per instance) not yet visible in their instance's report."""
         return len(self._ledger)
 
-    def update(self, snapshot: ClusterSnapshot, infos: Mapping[str, InstanceInfo]) -> None:
-        """Take a snapshot from telemetry (with the endpoints of its instances)."""
+    def update(
+        self,
+        snapshot: ClusterSnapshot,
+        infos: Mapping[str, InstanceInfo],
+        shares: Iterable[RouterShare] = (),
+    ) -> None:
+        """Take a snapshot from telemetry (with the endpoints of its instances and each
+        router's share: the others' are added to this router's own ledger and arrivals)."""
         for state in (*snapshot.prefill.values(), *snapshot.decode.values()):
             self._ledger.settle(state.instance_id, state.observed_at_s)
         self._snapshot = snapshot
         self._infos = dict(infos)
         self._received_s = self._clock()
+        others: dict[str, RouterShare] = {}
+        for share in shares:
+            if share.router_id == self.router_id:
+                continue  # this router's own part: its live ledger stands in for it
+            seen = others.get(share.instance_id)
+            others[share.instance_id] = share if seen is None else add_shares(seen, share)
+        self._others = others
+
+    def pending_placements(self) -> list[PendingPlacement]:
+        """This router's share to report: every placement its instances may not show yet."""
+        return [
+            PendingPlacement(instance_id, tokens, visible_from_s)
+            for instance_id, tokens, visible_from_s in self._ledger.entries()
+        ]
 
     def now_s(self) -> float:
         """Now on the snapshot's clock (its now_s plus the wall time since it arrived)."""
@@ -169,14 +202,25 @@ class LiveCluster:
         return not (self._stale_after_s > 0 and now_s - state.observed_at_s > self._stale_after_s)
 
     def _annotate(self, state: InstanceState, now_s: float) -> InstanceState:
+        # The snapshot's counts sum every router's reported share; this router's live ledger
+        # replaces its own (fresher), the others' parts are added once each.
         state = self._ledger.annotate(state)
+        others = self._others.get(state.instance_id)
+        if others is not None:
+            state = dataclasses.replace(
+                state,
+                inflight_requests=state.inflight_requests + others.inflight_requests,
+                inflight_tokens=state.inflight_tokens + others.inflight_tokens,
+            )
         window = self._arrivals.get(state.instance_id)
         if window is None:
-            return state
+            return state  # the snapshot's rates: every router's
         return dataclasses.replace(
             state,
-            arrival_rate_rps=window.requests_per_s(now_s),
-            arrival_tokens_per_s=window.tokens_per_s(now_s),
+            arrival_rate_rps=window.requests_per_s(now_s)
+            + (others.arrival_rate_rps if others else 0.0),
+            arrival_tokens_per_s=window.tokens_per_s(now_s)
+            + (others.arrival_tokens_per_s if others else 0.0),
         )
 
     def _build_view(self, snapshot: ClusterSnapshot, now_s: float) -> ClusterSnapshot:

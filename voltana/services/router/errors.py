@@ -48,7 +48,10 @@ class EngineAbortedError(RouterError, UnavailableError):
 
 class RouterShuttingDownError(RouterError, UnavailableError):
     """The router is stopping: new requests are refused and those still running when the
-    drain time is over are ended."""
+    drain time is over are ended. Clients may send the request to another router (the SDK
+    does when nothing of it was streamed yet)."""
+
+    retry_elsewhere = True
 
 
 class EngineFailedError(RouterError):

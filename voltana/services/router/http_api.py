@@ -145,6 +145,7 @@ class RouterHttpApi(AsyncService):
         self._on_shed = on_shed
         self._runner: web.AppRunner | None = None
         self._server: asyncio.Server | None = None
+        self._draining = False
         self._port: int | None = None
         self.guard: ConnectionGuard | None = None
 
@@ -198,6 +199,14 @@ class RouterHttpApi(AsyncService):
         self._runner, self._port = runner, int(sock.getsockname()[1])
         _LOG.info("router HTTP API (OpenAI, SGLang /generate) on %s", self.url)
 
+    async def stop_accepting(self) -> None:
+        """Close the port (the drain): requests already received go on; /health and new
+        requests on open connections answer 503."""
+        self._draining = True
+        server, self._server = self._server, None
+        if server is not None:
+            server.close()
+
     async def stop(self) -> None:
         server, self._server = self._server, None
         if server is not None:
@@ -219,6 +228,8 @@ class RouterHttpApi(AsyncService):
         return bool(presented) and credential_matches(presented, self._accepted_keys)
 
     async def _health(self, _request: web.Request) -> web.Response:
+        if self._draining:
+            return _json_error("the router is shutting down", 503)
         if self._ready():
             return web.Response(text="OK")
         return _json_error("no prefill or no decode instance is routable yet", 503)

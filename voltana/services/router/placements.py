@@ -5,7 +5,10 @@
   applied: the router dispatches after that answer (or after ``timeout_s``, never later), so a
   prompt does not start behind a parked clock. The controller stays the only writer of clocks.
 - Telemetry counts arrival rates at placement (ReportPlacements), batched every few tens of
-  milliseconds; losing a batch only blurs a rate, so failures are logged, not retried.
+  milliseconds; losing a batch only blurs a rate, so failures are logged, not retried. Each
+  batch carries this router's in-flight share under its router id (active-active routers see
+  each other's placements in the snapshot); it goes out while the share is not empty, and once
+  more when it empties, so telemetry's copy never lags more than a batch.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import grpc
 
@@ -23,7 +26,7 @@ from voltana.rpc.channel import create_channel
 from voltana.rpc.security import RpcSecurity
 from voltana.services.telemetry.client import TelemetryClient
 from voltana.services.telemetry.convert import state_to_proto
-from voltana.services.telemetry.records import PlacementEvent
+from voltana.services.telemetry.records import PendingPlacement, PlacementEvent
 from voltana.v1 import controller_pb2, controller_pb2_grpc
 
 _LOG = logging.getLogger(__name__)
@@ -69,12 +72,22 @@ class ControllerTrigger:
 
 
 class PlacementReporter:
-    """Sends placements to telemetry in batches, every ``interval_s``."""
+    """Sends placements to telemetry in batches, every ``interval_s``, with ``share()`` (this
+    router's pending placements) under ``router_id``."""
 
     def __init__(
-        self, telemetry: TelemetryClient, *, interval_s: float, max_pending: int = 10_000
+        self,
+        telemetry: TelemetryClient,
+        *,
+        interval_s: float,
+        max_pending: int = 10_000,
+        router_id: str = "",
+        share: Callable[[], list[PendingPlacement]] = list,
     ) -> None:
         self._telemetry = telemetry
+        self._router_id = router_id
+        self._share = share
+        self._shared_any = False
         self._interval_s = interval_s
         self._max_pending = max_pending
         self._pending: list[PlacementEvent] = []
@@ -100,10 +113,14 @@ class PlacementReporter:
 
     async def flush(self) -> None:
         batch, self._pending = self._pending, []
-        if not batch:
+        share = self._share() if self._router_id else []
+        if not batch and not share and not self._shared_any:
             return
+        self._shared_any = bool(share)
         try:
-            self.sent += await self._telemetry.report_placements(batch)
+            self.sent += await self._telemetry.report_placements(
+                batch, router_id=self._router_id, pending=share
+            )
         except Exception as error:  # a blurred arrival rate, not a lost request
             self.dropped += len(batch)
             if not self._failing:

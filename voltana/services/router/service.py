@@ -32,7 +32,7 @@ from voltana.services.router.metrics import RouterMetrics
 from voltana.services.router.placements import ControllerTrigger, PlacementReporter
 from voltana.services.router.reporting import CompletionReporter
 from voltana.services.router.servicer import ROUTER_KEYED_METHODS, RouterServicer
-from voltana.services.router.settings import RouterSettings
+from voltana.services.router.settings import RouterSettings, default_router_id
 from voltana.services.router.tracing import TRACER_NAME
 from voltana.services.telemetry.client import TelemetryClient
 from voltana.v1 import router_pb2_grpc
@@ -41,6 +41,10 @@ _LOG = logging.getLogger(__name__)
 # A broken watch is retried after watch_retry_s, doubling up to this many times that (so
 # routing catches up within a few seconds of telemetry coming back).
 _WATCH_BACKOFF_FACTOR = 4.0
+# Once the drain is over, calls still open get this long: health watches (which would hold
+# the exit for the whole grace), and a call grpc took just before the stop whose handler has
+# yet to run (it refuses the request with "retry elsewhere" once it does; a busy host delays it).
+_AFTER_DRAIN_GRACE_S = 1.0
 # How often the health status is brought in line with whether a request could be placed.
 _HEALTH_REFRESH_S = 0.25
 
@@ -110,8 +114,9 @@ class RouterService(AsyncService):
         )
         self._metrics_server: MetricsServer | None = None
         self._http: RouterHttpApi | None = None
+        self.router_id = settings.router_id or default_router_id()
         self._cluster = LiveCluster(
-            stale_after_s=settings.instance_stale_after_s,
+            stale_after_s=settings.instance_stale_after_s, router_id=self.router_id
         )
         self._energy_estimates = EnergyEstimates()
         self._telemetry: TelemetryClient | None = None
@@ -203,7 +208,10 @@ class RouterService(AsyncService):
             )
             self._reporter.start()
             self._placements = PlacementReporter(
-                self._telemetry, interval_s=settings.placement_report_interval_ms / 1000.0
+                self._telemetry,
+                interval_s=settings.placement_report_interval_ms / 1000.0,
+                router_id=self.router_id,
+                share=self._cluster.pending_placements,
             )
             self._placements.start()
             if settings.controller_address:
@@ -291,7 +299,8 @@ class RouterService(AsyncService):
             )
         self._tasks.append(asyncio.create_task(self._keep_health(), name="router-health"))
         _LOG.info(
-            "router serving on %s (policy %s, router %s, telemetry %s, placement notices to %s)",
+            "router %s serving on %s (policy %s, router %s, telemetry %s, placement notices to %s)",
+            self.router_id,
             self.address,
             self._policy_name,
             self._policy.name,
@@ -341,10 +350,10 @@ class RouterService(AsyncService):
         failing = False
         while True:
             try:
-                stream = self._telemetry.watch_with_endpoints(self._settings.snapshot_interval_ms)
+                stream = self._telemetry.watch_with_shares(self._settings.snapshot_interval_ms)
                 try:
-                    async for snapshot, infos in stream:
-                        self._cluster.update(snapshot, infos)
+                    async for snapshot, infos, shares in stream:
+                        self._cluster.update(snapshot, infos, shares)
                         self._energy_estimates.update(snapshot)
                         self._follow_reported_gpu(snapshot)
                         self._first_snapshot.set()
@@ -398,23 +407,33 @@ class RouterService(AsyncService):
             await asyncio.shield(self._rebuild)
 
     async def stop(self) -> None:
-        """Stop accepting, let in-flight requests finish for the drain (``shutdown_grace_s``),
-        end the rest with UNAVAILABLE, report every outcome, then clean up."""
+        """The drain: health turns NOT_SERVING (load balancers and SDK health watches stop
+        sending here), both doors stop taking requests (gRPC and HTTP answer UNAVAILABLE / 503,
+        which clients retry on another router), running requests finish for up to
+        ``shutdown_grace_s``; the rest end with UNAVAILABLE (a stream that sent its last token
+        is let finish); every outcome is reported, then clean up."""
         server, self._server = self._server, None
         tasks, self._tasks = self._tasks, []
-        await cancel_and_wait(tasks)
+        await cancel_and_wait(tasks)  # the health keeper must not turn SERVING again
         if server is not None:
             drain_s = self._settings.shutdown_grace_s
-            # Stops accepting at once; the servicer's drain ends what runs before grpc would.
-            stopping = asyncio.ensure_future(
-                stop_grpc_server(server, drain_s + 2.0, health_servicer=self._health)
-            )
+            if self._health is not None:
+                await self._health.enter_graceful_shutdown()
+            if self._servicer is not None:
+                self._servicer.stop_accepting()
+            if self._http is not None:
+                await self._http.stop_accepting()
+            # Refuses new calls at once; the servicer's drain ends what runs before grpc would.
+            stopping = asyncio.ensure_future(stop_grpc_server(server, drain_s + 2.0))
             if self._servicer is not None:
                 ended = await self._servicer.drain(drain_s)
                 if ended:
                     _LOG.warning(
                         "ended %d request(s) still running after the %g s drain", ended, drain_s
                     )
+            # Requests are done; what is left (health watches of load balancers and clients)
+            # must not hold the exit for the rest of the grace.
+            await server.stop(_AFTER_DRAIN_GRACE_S)
             await stopping
             self._health = None
             _LOG.info("router stopped")

@@ -93,6 +93,13 @@ def run_policy(policy: RoutingPolicy, spec: RequestSpec, snapshot: ClusterSnapsh
     return placement
 
 
+def _sent_last_token(reader: ChunkReader, validated: ValidatedRequest) -> bool:
+    """Whether the client has every token of the request (only its summary is left)."""
+    totals = reader.totals
+    finished = totals.finish_reason not in ("", "abort")
+    return finished or totals.completion_tokens >= validated.max_new_tokens
+
+
 @dataclass
 class _Timeline:
     """Monotonic times of one request, seconds."""
@@ -158,6 +165,9 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         self._in_flight: set[asyncio.Task[Any]] = set()
         # Those of them suspended while their response goes out.
         self._yielding: set[asyncio.Task[Any]] = set()
+        # Those of them that sent their last token: only the summary is left, so the drain
+        # running out ends them with it, never with an error.
+        self._finishing: set[asyncio.Task[Any]] = set()
         self._draining = False
         self._aborting = False
         self.retries = 0
@@ -166,21 +176,32 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
     def in_flight(self) -> int:
         return len(self._in_flight)
 
+    @property
+    def draining(self) -> bool:
+        return self._draining
+
+    def stop_accepting(self) -> None:
+        """Refuse new requests (UNAVAILABLE, which clients retry elsewhere); running ones go
+        on."""
+        self._draining = True
+
     async def drain(self, drain_s: float) -> int:
         """Refuse new requests, let running ones finish for up to ``drain_s``, then end the
-        rest with UNAVAILABLE (each is recorded). Returns how many had to be ended."""
-        self._draining = True
+        rest with UNAVAILABLE (each is recorded), except those that sent their last token.
+        Returns how many had to be ended."""
+        self.stop_accepting()
         loop = asyncio.get_running_loop()
         deadline_s = loop.time() + drain_s
         while self._in_flight and loop.time() < deadline_s:
             await asyncio.sleep(_DRAIN_POLL_S)
-        remaining = list(self._in_flight)
-        if remaining:
+        remaining = [task for task in self._in_flight if task not in self._finishing]
+        if self._in_flight:
             self._aborting = True
-            for task in remaining:
-                # One waiting for its engine is cancelled (and ends with UNAVAILABLE); one
-                # handing a chunk to its client ends so once the chunk is out (a cancel there
-                # would land in grpc and end the call CANCELLED).
+            for task in list(self._in_flight):
+                # One waiting for its engine is cancelled: it ends with UNAVAILABLE, or, when
+                # its client has every token, with its summary. One handing a chunk to its
+                # client ends so once the chunk is out (a cancel there would land in grpc and
+                # end the call CANCELLED).
                 if task not in self._yielding:
                     task.cancel()
             deadline_s = loop.time() + _ABORT_WAIT_S
@@ -340,8 +361,18 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
                                 finally:
                                     if task is not None:
                                         self._yielding.discard(task)
-                                if self._aborting:  # drain() ran out while this was sent
+                                if task is not None and _sent_last_token(reader, validated):
+                                    self._finishing.add(task)
+                                elif self._aborting:  # drain() ran out while this was sent
                                     raise self._shut_down_error(reader)
+                        break
+                    except asyncio.CancelledError:
+                        if not (self._aborting and _sent_last_token(reader, validated)):
+                            raise
+                        # drain() ran out while the engine had yet to end a stream whose
+                        # tokens are all out: end it with its summary, not an error.
+                        if task is not None and task.cancelling():
+                            task.uncancel()
                         break
                     except RouterError as error:
                         if not self._retry_after(error, target, attempt, timeline, deadline_s):
@@ -379,6 +410,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         finally:
             if task is not None:
                 self._in_flight.discard(task)
+                self._finishing.discard(task)
             if validated is not None:
                 self._cluster.finished(validated.request_id)
                 self._settle_estimate(validated, reader, ran_on)

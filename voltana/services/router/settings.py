@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import math
+import os
+import secrets
+import socket
 from dataclasses import dataclass, field
 
 from voltana.errors import ConfigError
@@ -10,8 +13,15 @@ from voltana.perf.selection import resolve_physics
 from voltana.policy.base import PolicyContext
 from voltana.policy.state import SloTarget
 from voltana.rpc.auth import check_token
+from voltana.rpc.limits import check_id
 from voltana.rpc.security import RpcSecurity
 from voltana.services.router.http_limits import HttpLimits
+
+
+def default_router_id() -> str:
+    """A router id unique among live routers: host name, process id, and a random part (two
+    routers of one process, a restart that gets the same process id)."""
+    return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
 
 
 @dataclass(frozen=True)
@@ -25,8 +35,13 @@ class RouterSettings:
     controller_address: str = ""
     # Longest wait for the controller's answer before dispatching anyway.
     placement_notice_timeout_ms: int = 100
-    # Placements are reported to telemetry (arrival rates) in batches this often.
+    # Placements are reported to telemetry (arrival rates) in batches this often, with this
+    # router's in-flight share (active-active routers see each other's through telemetry).
     placement_report_interval_ms: int = 50
+    # This router's name among active-active routers ("" = host name and process id). Two
+    # live routers must not share one: each one's report replaces the other's share.
+    # (default_router_id gives a fresh one.)
+    router_id: str = ""
     # Operating policy (voltana.policy.registry names, e.g. "static-max"); its router places.
     policy: str = "static-max"
     # Router name that overrides the policy's own router (e.g. "least-loaded"); None = keep it.
@@ -169,6 +184,8 @@ class RouterSettings:
             raise ConfigError(f"router slo targets must be > 0, got {self.slo}")
         for key in self.api_keys:
             check_token(key, "an API key")
+        if self.router_id:
+            check_id(self.router_id, "router_id", error=ConfigError)
 
     def policy_context(self, gpu_key: str | None = None) -> PolicyContext:
         """The hardware and SLO the policy is built with (same as the simulator's), on the

@@ -5,6 +5,9 @@ Stores (``MemoryTelemetryStore``, ``RedisTelemetryStore``) implement ``Telemetry
 ``TelemetryClient`` is how other services talk to it.
 """
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from voltana.services.telemetry.client import TelemetryClient
 from voltana.services.telemetry.errors import (
     CorruptTelemetryError,
@@ -25,15 +28,36 @@ from voltana.services.telemetry.records import (
     SeriesPoint,
     WindowReport,
 )
-from voltana.services.telemetry.redis_store import RedisTelemetryStore
-from voltana.services.telemetry.service import TelemetryService, build_store
-from voltana.services.telemetry.settings import TelemetrySettings
 from voltana.services.telemetry.store import (
     ChangeNotifier,
     TelemetryStore,
     build_snapshot,
     snapshot_of,
 )
+
+# The service, its settings and the Redis store load on first use: a process that only talks to
+# telemetry (a router, an agent) starts without the Redis client and the server side.
+_LAZY = {
+    "RedisTelemetryStore": "voltana.services.telemetry.redis_store",
+    "TelemetryService": "voltana.services.telemetry.service",
+    "TelemetrySettings": "voltana.services.telemetry.settings",
+    "build_store": "voltana.services.telemetry.service",
+}
+
+if TYPE_CHECKING:
+    from voltana.services.telemetry.redis_store import RedisTelemetryStore
+    from voltana.services.telemetry.service import TelemetryService, build_store
+    from voltana.services.telemetry.settings import TelemetrySettings
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "Aggregates",

@@ -31,6 +31,7 @@ from voltana.services.telemetry.convert import (
     phase_to_proto,
     register_request_to_proto,
     report_result_from_proto,
+    router_shares_from_proto,
     sample_to_proto,
     snapshot_from_proto,
     window_report_from_proto,
@@ -38,8 +39,10 @@ from voltana.services.telemetry.convert import (
 from voltana.services.telemetry.records import (
     Completion,
     InstanceInfo,
+    PendingPlacement,
     PlacementEvent,
     ReportResult,
+    RouterShare,
     WindowReport,
 )
 from voltana.v1 import common_pb2, telemetry_pb2, telemetry_pb2_grpc
@@ -163,9 +166,26 @@ class TelemetryClient:
         request = completion_to_proto(completion)
         await self._call(self._stub.ReportCompletion(request, timeout=self._timeout_s))
 
-    async def report_placements(self, placements: Sequence[PlacementEvent]) -> int:
-        """Count these placements into the instances' arrival rates; returns how many."""
+    async def report_placements(
+        self,
+        placements: Sequence[PlacementEvent],
+        *,
+        router_id: str = "",
+        pending: Sequence[PendingPlacement] | None = None,
+    ) -> int:
+        """Count these placements into the instances' arrival rates; returns how many. With
+        ``router_id`` they are counted as that router's, and ``pending`` (when given) is its
+        whole in-flight share now."""
         request = telemetry_pb2.ReportPlacementsRequest(
+            router_id=router_id,
+            pending=[
+                telemetry_pb2.PendingPlacement(
+                    instance_id=p.instance_id,
+                    tokens=p.tokens,
+                    visible_from_s=p.visible_from_s or 0.0,
+                )
+                for p in pending or ()
+            ],
             placements=[
                 telemetry_pb2.PlacementRecord(
                     request_id=p.request_id,
@@ -175,7 +195,7 @@ class TelemetryClient:
                     placed_at_s=p.placed_at_s,
                 )
                 for p in placements
-            ]
+            ],
         )
         response: telemetry_pb2.ReportPlacementsResponse = await self._call(
             self._stub.ReportPlacements(request, timeout=self._timeout_s)
@@ -216,13 +236,32 @@ class TelemetryClient:
         instance_ids: Iterable[str] = (),
     ) -> AsyncGenerator[tuple[ClusterSnapshot, dict[str, InstanceInfo]], None]:
         """Like ``watch``, with endpoints."""
+        stream = self.watch_with_shares(interval_ms, phase=phase, instance_ids=instance_ids)
+        try:
+            async for snapshot, infos, _ in stream:
+                yield snapshot, infos
+        finally:
+            await stream.aclose()
+
+    async def watch_with_shares(
+        self,
+        interval_ms: int = 0,
+        *,
+        phase: Phase | None = None,
+        instance_ids: Iterable[str] = (),
+    ) -> AsyncGenerator[tuple[ClusterSnapshot, dict[str, InstanceInfo], list[RouterShare]], None]:
+        """Like ``watch``, with endpoints and each router's share (active-active routers)."""
         request = telemetry_pb2.WatchSnapshotsRequest(
             interval_ms=interval_ms, phase=phase_to_proto(phase), instance_ids=list(instance_ids)
         )
         call = self._stub.WatchSnapshots(request)
         try:
             async for message in call:
-                yield snapshot_from_proto(message), infos_from_snapshot_proto(message)
+                yield (
+                    snapshot_from_proto(message),
+                    infos_from_snapshot_proto(message),
+                    router_shares_from_proto(message),
+                )
         except grpc.RpcError as error:
             raise error_from_rpc(error) from error
         finally:

@@ -7,7 +7,7 @@ field (HasField) or, for completions, the documented zero convention.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from voltana.gpu import GpuSample
@@ -26,6 +26,7 @@ from voltana.services.telemetry.records import (
     GpuRef,
     InstanceInfo,
     ReportResult,
+    RouterShare,
     WindowReport,
 )
 from voltana.services.telemetry.store import build_snapshot
@@ -185,12 +186,40 @@ def info_from_state_proto(message: common_pb2.InstanceState) -> InstanceInfo | N
 
 
 def snapshot_to_proto(
-    states: Mapping[str, InstanceState], infos: Mapping[str, InstanceInfo], now_s: float
+    states: Mapping[str, InstanceState],
+    infos: Mapping[str, InstanceInfo],
+    now_s: float,
+    shares: Iterable[RouterShare] = (),
 ) -> common_pb2.ClusterSnapshot:
     return common_pb2.ClusterSnapshot(
         now_s=now_s,
         instances=[state_to_proto(state, infos.get(i)) for i, state in states.items()],
+        router_shares=[
+            common_pb2.RouterShare(
+                router_id=share.router_id,
+                instance_id=share.instance_id,
+                inflight_requests=share.inflight_requests,
+                inflight_tokens=share.inflight_tokens,
+                arrival_rate_rps=share.arrival_rate_rps,
+                arrival_tokens_per_s=share.arrival_tokens_per_s,
+            )
+            for share in shares
+        ],
     )
+
+
+def router_shares_from_proto(message: common_pb2.ClusterSnapshot) -> list[RouterShare]:
+    return [
+        RouterShare(
+            router_id=m.router_id,
+            instance_id=m.instance_id,
+            inflight_requests=m.inflight_requests,
+            inflight_tokens=m.inflight_tokens,
+            arrival_rate_rps=m.arrival_rate_rps,
+            arrival_tokens_per_s=m.arrival_tokens_per_s,
+        )
+        for m in message.router_shares
+    ]
 
 
 def snapshot_from_proto(message: common_pb2.ClusterSnapshot) -> ClusterSnapshot:

@@ -219,3 +219,38 @@ class PlacementEvent:
     decode_instance_id: str
     input_tokens: int
     placed_at_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class PendingPlacement:
+    """One router's request on one instance that the instance's report may not show yet."""
+
+    instance_id: str
+    # Prompt tokens on a prefill instance, KV tokens on a decode instance.
+    tokens: int
+    # When the instance began holding it (telemetry's clock); None = not there yet.
+    visible_from_s: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RouterShare:
+    """One router's part of one instance's in-flight counts and arrival rates."""
+
+    router_id: str
+    instance_id: str
+    inflight_requests: int = 0
+    inflight_tokens: int = 0
+    arrival_rate_rps: float = 0.0
+    arrival_tokens_per_s: float = 0.0
+
+
+def add_shares(first: RouterShare, second: RouterShare) -> RouterShare:
+    """Two shares of one instance together (under the first's router id)."""
+    return RouterShare(
+        first.router_id,
+        first.instance_id,
+        first.inflight_requests + second.inflight_requests,
+        first.inflight_tokens + second.inflight_tokens,
+        first.arrival_rate_rps + second.arrival_rate_rps,
+        first.arrival_tokens_per_s + second.arrival_tokens_per_s,
+    )

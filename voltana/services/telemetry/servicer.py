@@ -17,7 +17,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
+import math
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -40,8 +41,9 @@ from voltana.services.telemetry.errors import (
     UnknownInstanceError,
 )
 from voltana.services.telemetry.gpu_groups import GpuGroups, MemberReading
-from voltana.services.telemetry.records import GpuRef
+from voltana.services.telemetry.records import GpuRef, PendingPlacement, RouterShare
 from voltana.services.telemetry.registry import InstanceRegistry
+from voltana.services.telemetry.router_shares import RouterShares
 from voltana.services.telemetry.settings import TelemetrySettings
 from voltana.services.telemetry.snapshots import ClusterView, SnapshotCache
 from voltana.services.telemetry.store import TelemetryStore
@@ -104,6 +106,11 @@ class TelemetryServicer(telemetry_pb2_grpc.TelemetryServiceServicer):
         self._settings = settings
         self._registry = InstanceRegistry(store, refresh_s=settings.registry_refresh_s)
         self._arrivals = ArrivalRates(settings.arrival_rate_window_s)
+        self._router_shares = RouterShares(
+            ttl_s=settings.router_share_ttl_s,
+            arrival_window_s=settings.arrival_rate_window_s,
+            clock=store.clock,
+        )
         self._snapshots = SnapshotCache(store)
         # Newest sample time accepted per instance, to drop samples that arrive late.
         self._last_load_s: dict[str, float] = {}
@@ -151,6 +158,7 @@ class TelemetryServicer(telemetry_pb2_grpc.TelemetryServiceServicer):
         a silent instance expires); False when it was not registered."""
         registered = await self._registry.unregister(instance_id)
         self._arrivals.forget(instance_id)
+        self._router_shares.forget(instance_id)
         self._last_load_s.pop(instance_id, None)
         self._last_gpu_s.pop(instance_id, None)
         self._gpu_groups.forget(instance_id)
@@ -285,6 +293,12 @@ class TelemetryServicer(telemetry_pb2_grpc.TelemetryServiceServicer):
     ) -> telemetry_pb2.ReportPlacementsResponse:
         now_s = self._store.clock()
         accepted = 0
+        router_id = request.router_id
+        if router_id:
+            check_id(router_id, "router_id", error=InvalidTelemetryError)
+            self._router_shares.report(router_id, self._pending_placements(request.pending))
+        elif request.pending:
+            raise InvalidTelemetryError("pending placements need the router_id they belong to")
         for placement in request.placements:
             for instance_id in (placement.prefill_instance_id, placement.decode_instance_id):
                 check_id(instance_id, "instance_id", error=InvalidTelemetryError)
@@ -300,8 +314,30 @@ class TelemetryServicer(telemetry_pb2_grpc.TelemetryServiceServicer):
                 continue  # already outside every window (a batch held up somewhere)
             for instance_id in (placement.prefill_instance_id, placement.decode_instance_id):
                 self._arrivals.record(instance_id, placed_at_s, placement.input_tokens)
+                if router_id:
+                    self._router_shares.arrival(
+                        router_id, instance_id, placed_at_s, placement.input_tokens
+                    )
             accepted += 1
         return telemetry_pb2.ReportPlacementsResponse(accepted=accepted)
+
+    def _pending_placements(
+        self, messages: Iterable[telemetry_pb2.PendingPlacement]
+    ) -> list[PendingPlacement]:
+        pending = []
+        for message in messages:
+            check_id(message.instance_id, "instance_id", error=InvalidTelemetryError)
+            if message.tokens < 0:
+                raise InvalidTelemetryError(f"tokens must be >= 0, got {message.tokens}")
+            visible_from_s = message.visible_from_s
+            if not math.isfinite(visible_from_s) or visible_from_s < 0:
+                raise InvalidTelemetryError(
+                    f"visible_from_s must be a finite time >= 0, got {visible_from_s}"
+                )
+            pending.append(
+                PendingPlacement(message.instance_id, message.tokens, visible_from_s or None)
+            )
+        return pending
 
     # Snapshots.
 
@@ -312,12 +348,16 @@ class TelemetryServicer(telemetry_pb2_grpc.TelemetryServiceServicer):
     def _to_proto(self, view: ClusterView) -> common_pb2.ClusterSnapshot:
         now_s = self._store.clock()
         states = {}
+        shares: list[RouterShare] = []
         for instance_id, state in view.states.items():
             rate_rps, tokens_per_s = self._arrivals.rates(instance_id, now_s)
+            # Listed apart, not added to the state: the controller observes what engines
+            # report (as offline); routers add the shares to their own ledgers.
+            shares += self._router_shares.shares(instance_id, state.observed_at_s, now_s)
             states[instance_id] = dataclasses.replace(
                 state, arrival_rate_rps=rate_rps, arrival_tokens_per_s=tokens_per_s
             )
-        return snapshot_to_proto(states, view.infos, now_s)
+        return snapshot_to_proto(states, view.infos, now_s, shares)
 
     async def GetSnapshot(
         self, request: telemetry_pb2.GetSnapshotRequest, context: Context
@@ -337,16 +377,23 @@ class TelemetryServicer(telemetry_pb2_grpc.TelemetryServiceServicer):
             await asyncio.wait_for(self._closing.wait(), max(timeout_s, 0.0))
         return self._closing.is_set()
 
-    async def _change_or_closing(self, seen_version: int, timeout_s: float) -> None:
-        change = asyncio.ensure_future(
-            self._store.changes.wait_for_change(seen_version, max(timeout_s, 0.0))
-        )
-        closing = asyncio.ensure_future(self._closing.wait())
+    async def _change_or_closing(self, seen: tuple[int, int], timeout_s: float) -> None:
+        """Until the store or a router's share changes (``seen``: both versions), or the
+        service closes, or ``timeout_s``."""
+        timeout_s = max(timeout_s, 0.0)
+        waits = {
+            asyncio.ensure_future(self._store.changes.wait_for_change(seen[0], timeout_s)),
+            asyncio.ensure_future(self._router_shares.changes.wait_for_change(seen[1], timeout_s)),
+            asyncio.ensure_future(self._closing.wait()),
+        }
         try:
-            await asyncio.wait({change, closing}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            change.cancel()
-            closing.cancel()
+            for wait in waits:
+                wait.cancel()
+
+    def _versions(self) -> tuple[int, int]:
+        return self._store.changes.version, self._router_shares.changes.version
 
     async def WatchSnapshots(
         self, request: telemetry_pb2.WatchSnapshotsRequest, context: Context
@@ -358,19 +405,19 @@ class TelemetryServicer(telemetry_pb2_grpc.TelemetryServiceServicer):
         idle_resend_s = self._settings.watch_idle_resend_s
         instance_ids = list(request.instance_ids)
         loop = asyncio.get_running_loop()
-        last_sent: list[common_pb2.InstanceState] | None = None
+        last_sent: tuple[list[Any], list[Any]] | None = None
         last_sent_at = 0.0
         while not self._closing.is_set():
-            version = self._store.changes.version
+            versions = self._versions()
             snapshot = self._to_proto(await self._selected_view(request.phase, instance_ids))
-            instances = list(snapshot.instances)
+            shown = (list(snapshot.instances), list(snapshot.router_shares))
             resend_due = loop.time() - last_sent_at >= idle_resend_s
-            if last_sent is None or instances != last_sent or resend_due:
+            if last_sent is None or shown != last_sent or resend_due:
                 yield snapshot
-                last_sent, last_sent_at = instances, loop.time()
+                last_sent, last_sent_at = shown, loop.time()
                 if await self._closing_within(interval_s):
                     return
-            await self._change_or_closing(version, idle_resend_s - (loop.time() - last_sent_at))
+            await self._change_or_closing(versions, idle_resend_s - (loop.time() - last_sent_at))
 
     # Aggregates.
 

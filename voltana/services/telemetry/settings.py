@@ -34,6 +34,9 @@ class TelemetrySettings:
     # Window over which the router's placements give each instance's arrival rates (the
     # observation contract's window).
     arrival_rate_window_s: float = DEFAULT_OBSERVATION.window_s
+    # Active-active routers: a router's in-flight share not renewed for this long is dropped
+    # (the router died); routers renew theirs every few tens of milliseconds.
+    router_share_ttl_s: float = 2.0
     # WatchSnapshots: period used when the client asks for 0, the shortest period a client
     # may ask for, and how long an unchanged cluster waits before a snapshot is resent.
     watch_default_interval_ms: int = 500
@@ -72,6 +75,7 @@ class TelemetrySettings:
         for name in (
             "window_s",
             "arrival_rate_window_s",
+            "router_share_ttl_s",
             "watch_idle_resend_s",
             "upkeep_interval_s",
         ):
