@@ -61,7 +61,7 @@ from voltana.policy.state import Phase
 from voltana.rpc import RpcSecurity, create_channel, wait_until_ready
 from voltana.rpc.auth import TOKEN_ENV
 from voltana.rpc.names import ROUTER_SERVICE
-from voltana.sdk import GenerationSummary, VoltanaClient, VoltanaClientError
+from voltana.sdk import GenerationSummary, TokenEvent, VoltanaClient, VoltanaClientError
 from voltana.services.agent.servicer import AGENT_PRIVILEGED_METHODS
 from voltana.services.controller.servicer import CONTROLLER_PRIVILEGED_METHODS
 from voltana.services.telemetry import TelemetryClient
@@ -80,6 +80,8 @@ INSTANCES = (
     ("decode-1", Phase.DECODE),
 )
 # The router's channel gives up reconnecting quickly: recovery is the server's, not backoff's.
+# TTFT p99 while telemetry restarts may be at most this many times the baseline's.
+TTFT_BOUND = 2.0
 FAST_RECONNECT = {"grpc.max_reconnect_backoff_ms": 300, "grpc.initial_reconnect_backoff_ms": 100}
 
 
@@ -346,6 +348,8 @@ class Outcome:
     router_down: bool = False  # the router itself could not be reached
     decode_instance: str = ""
     finished_at_s: float = 0.0
+    # Seconds from sending to the first token at the client (None without a token).
+    ttft_s: float | None = None
 
 
 def _router_unreachable(error: VoltanaClientError) -> bool:
@@ -368,6 +372,8 @@ async def one_request(
             timeout_s=timeout_s,
         )
         async for event in stream:
+            if outcome.ttft_s is None and isinstance(event, TokenEvent):
+                outcome.ttft_s = time.monotonic() - outcome.sent_at_s
             if isinstance(event, GenerationSummary):
                 outcome.status = "OK"
                 outcome.decode_instance = event.decode_instance
@@ -430,6 +436,16 @@ class Result:
     recovery_s: float | None = None
     clocks: str = ""
     notes: list[str] = field(default_factory=list)
+    # Exact books: telemetry's own aggregates must equal the requests that reached the router
+    # (nothing counted before the fault); records counted more than once.
+    exact_books: bool = False
+    double_counted: int | None = None
+    # Client-seen TTFT p99 of every request, and of those sent from the fault on, ms.
+    ttft_p99_ms: float | None = None
+    fault_ttft_p99_ms: float | None = None
+    # Whether fault_ttft_p99_ms stayed within TTFT_BOUND x the baseline's (None: not judged).
+    judge_ttft: bool = False
+    ttft_ok: bool | None = None
 
     def account(self, outcomes: Sequence[Outcome]) -> None:
         self.sent = len(outcomes)
@@ -439,6 +455,17 @@ class Result:
         )
         self.router_down = sum(o.router_down for o in outcomes)
         self.no_status = sum(o.status == "NO_STATUS" for o in outcomes)
+
+    def account_ttft(self, outcomes: Sequence[Outcome], fault_at_s: float) -> None:
+        self.ttft_p99_ms = ttft_p99_ms(outcomes)
+        self.fault_ttft_p99_ms = ttft_p99_ms([o for o in outcomes if o.sent_at_s >= fault_at_s])
+
+
+def ttft_p99_ms(outcomes: Sequence[Outcome]) -> float | None:
+    ttfts_s = sorted(o.ttft_s for o in outcomes if o.ttft_s is not None)
+    if not ttfts_s:
+        return None
+    return 1000.0 * ttfts_s[min(len(ttfts_s) - 1, int(0.99 * len(ttfts_s)))]
 
 
 @dataclass
@@ -479,6 +506,20 @@ async def redis_kill(deployment: Deployment, options: Options, result: Result) -
     back = await deployment.restart("redis")
     await measure_recovery(deployment, back, result)
     result.notes.append(f"{result.recorded} records counted before Redis died (it restarts empty)")
+
+
+def books_fault(process: str, sig: signal.Signals, *, judge_ttft: bool = False) -> Experiment:
+    """``process`` killed with ``sig`` and brought back: telemetry's own aggregates must then
+    hold every request that reached the router exactly once (nothing is counted beforehand, so
+    records a restarted-empty Redis lost must have been replayed); ``judge_ttft``: the TTFT p99
+    of the requests sent from the fault on must stay within TTFT_BOUND x the baseline's."""
+    restart = kill_and_restart(process, sig)
+
+    async def run(deployment: Deployment, options: Options, result: Result) -> None:
+        result.exact_books, result.judge_ttft = True, judge_ttft
+        await restart(deployment, options, result)
+
+    return run
 
 
 async def controller_kill(deployment: Deployment, options: Options, result: Result) -> None:
@@ -636,6 +677,22 @@ EXPERIMENTS: dict[str, tuple[str, Experiment]] = {
     "router-term": ("SIGTERM router", kill_and_restart("router", signal.SIGTERM)),
     "engine-term": ("SIGTERM engine decode-0", engine_fault("decode-0", signal.SIGTERM)),
     "agent-term": ("SIGTERM agent of decode-0", agent_fault("decode-0", signal.SIGTERM)),
+    "books-redis-kill": (
+        "SIGKILL redis-server (restarts empty); exact books",
+        books_fault("redis", signal.SIGKILL),
+    ),
+    "books-redis-term": (
+        "SIGTERM redis-server (restarts empty); exact books",
+        books_fault("redis", signal.SIGTERM),
+    ),
+    "books-telemetry-kill": (
+        "SIGKILL telemetry; exact books, TTFT p99 vs baseline",
+        books_fault("telemetry", signal.SIGKILL, judge_ttft=True),
+    ),
+    "books-telemetry-term": (
+        "SIGTERM telemetry; exact books, TTFT p99 vs baseline",
+        books_fault("telemetry", signal.SIGTERM, judge_ttft=True),
+    ),
     "poison": ("poisoned telemetry (token holder)", poisoned_telemetry),
     "unauthenticated": ("privileged RPCs without/with a wrong token", unauthenticated),
 }
@@ -662,6 +719,7 @@ async def run_experiment(deployment: Deployment, name: str, options: Options, se
         load.stop()
         outcomes = await load_task
     result.account(outcomes)
+    result.account_ttft(outcomes, fault_at)
     await check_records(deployment, result, started_wall)
     return result
 
@@ -680,6 +738,32 @@ async def check_records(deployment: Deployment, result: Result, started_wall: fl
         await asyncio.sleep(0.5)
     result.recorded = recorded
     result.silently_lost = result.no_status + max(0, expected - recorded)
+    if result.exact_books:
+        result.double_counted = max(0, recorded - expected)
+        verdict = "exact" if recorded == expected else "NOT EXACT"
+        result.notes.append(
+            f"books {verdict}: telemetry holds {recorded} of the {expected} requests that "
+            "reached the router"
+        )
+
+
+def judge_ttft(results: Sequence[Result]) -> None:
+    """Each ``judge_ttft`` experiment's TTFT p99 from its fault on against the baseline's."""
+    baseline = next((r for r in results if r.name == "baseline"), None)
+    for r in results:
+        if not r.judge_ttft:
+            continue
+        if baseline is None or baseline.ttft_p99_ms is None or r.fault_ttft_p99_ms is None:
+            r.ttft_ok = False
+            r.notes.append("TTFT p99 not judged: no baseline or no first token")
+            continue
+        ratio = r.fault_ttft_p99_ms / baseline.ttft_p99_ms
+        r.ttft_ok = ratio <= TTFT_BOUND
+        r.notes.append(
+            f"TTFT p99 from the fault on {r.fault_ttft_p99_ms:.0f} ms vs baseline "
+            f"{baseline.ttft_p99_ms:.0f} ms: {ratio:.2f}x "
+            f"({'pass' if r.ttft_ok else 'FAIL'}, bound {TTFT_BOUND:g}x)"
+        )
 
 
 async def run_burst(deployment: Deployment, options: Options) -> Result:
@@ -731,6 +815,11 @@ def print_table(results: Sequence[Result]) -> None:
     print()
     for r in results:
         details = [r.fault]
+        if r.ttft_p99_ms is not None:
+            details.append(
+                f"TTFT p99 {r.ttft_p99_ms:.0f} ms (from the fault on "
+                f"{r.fault_ttft_p99_ms or 0:.0f} ms)"
+            )
         if r.clocks:
             details.append(f"clocks: {r.clocks}")
         details += r.notes
@@ -746,6 +835,10 @@ async def main_async(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    if "baseline" not in names and any(
+        n in EXPERIMENTS and n.startswith("books-telemetry") for n in names
+    ):
+        names = ["baseline", *names]  # what their TTFT is judged against
     options = Options(
         rate_rps=args.rate,
         warmup_s=args.warmup_s,
@@ -779,6 +872,7 @@ async def main_async(args: argparse.Namespace) -> int:
             )
     finally:
         await deployment.stop()
+    judge_ttft(results)
     print()
     print(
         f"Voltana fault injection: 2 prefill + 2 decode simulated {GPU_KEY} engines (speedup "
@@ -794,7 +888,12 @@ async def main_async(args: argparse.Namespace) -> int:
         )
     if not args.keep_logs:
         shutil.rmtree(workdir, ignore_errors=True)
-    return 0 if all((r.silently_lost or 0) == 0 for r in results) else 1
+    failed = [
+        r.name
+        for r in results
+        if (r.silently_lost or 0) > 0 or (r.double_counted or 0) > 0 or r.ttft_ok is False
+    ]
+    return 1 if failed else 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
