@@ -12,6 +12,7 @@ same ledger, so policies see the same quantities live and offline.
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from collections.abc import Callable, Hashable, Mapping
 
@@ -33,10 +34,12 @@ class LiveCluster:
         self,
         *,
         stale_after_s: float = 0.0,
+        snapshot_stale_after_s: float = math.inf,
         clock: Callable[[], float] = time.monotonic,
         observation_window_s: float = DEFAULT_OBSERVATION.window_s,
     ) -> None:
         self._stale_after_s = stale_after_s
+        self._snapshot_stale_after_s = snapshot_stale_after_s
         self._clock = clock
         self._window_s = observation_window_s
         self._snapshot: ClusterSnapshot | None = None
@@ -60,6 +63,13 @@ class LiveCluster:
     def snapshot_age_s(self) -> float | None:
         """Wall seconds since the last snapshot arrived (None before the first)."""
         return None if self._snapshot is None else self._clock() - self._received_s
+
+    @property
+    def snapshot_stale(self) -> bool:
+        """The last snapshot is older than ``snapshot_stale_after_s`` (telemetry unreachable);
+        requests are placed on it all the same."""
+        age_s = self.snapshot_age_s
+        return age_s is not None and age_s > self._snapshot_stale_after_s
 
     @property
     def inflight(self) -> int:
