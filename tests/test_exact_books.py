@@ -19,14 +19,13 @@ import pytest
 from conftest import RedisServer, RestartableRedis, free_port, wait_for
 from security_helpers import SECURITY
 
-from voltana.engine import SimEngine, SimEngineSettings
-from voltana.policy.state import InstanceState, Phase
+from voltana.engine import SimEngineSettings
+from voltana.policy.state import Phase
 from voltana.sdk import VoltanaClient
 from voltana.services.router import RouterService, RouterSettings
 from voltana.services.router.reporting import CompletionReporter
 from voltana.services.telemetry import (
     Completion,
-    InstanceInfo,
     MemoryTelemetryStore,
     RedisTelemetryStore,
     TelemetryClient,
@@ -35,6 +34,7 @@ from voltana.services.telemetry import (
 )
 from voltana.services.telemetry.books import CompletionJournal
 from voltana.services.telemetry.store import TelemetryStore
+from voltana.stack import EngineNode, EngineNodeSettings
 
 WAIT_TIMEOUT_S = 20.0
 
@@ -167,44 +167,26 @@ async def test_records_survive_a_redis_restart_and_count_once(
 # ---- telemetry restarts, through the router ----------------------------------------------------
 
 
-class SampleSink:
-    def __init__(self, client: TelemetryClient) -> None:
-        self._client = client
-
-    async def send(self, state: InstanceState) -> None:
-        await self._client.report_instance_samples([state])
-
-
 @contextlib.asynccontextmanager
-async def engines(
-    client: TelemetryClient,
-) -> AsyncIterator[None]:
-    """One prefill and one decode simulated engine, registered with telemetry (in Redis, so
-    a restarted telemetry still knows them) and reporting load to it."""
+async def engines(telemetry_address: str) -> AsyncIterator[None]:
+    """One prefill and one decode simulated engine, each registering itself with telemetry
+    (in Redis, so a restarted telemetry still knows them) and reporting load to it."""
     async with contextlib.AsyncExitStack() as stack:
         for phase in (Phase.PREFILL, Phase.DECODE):
-            instance_id = f"{phase.value}-0"
-            engine = await stack.enter_async_context(
-                SimEngine(
-                    SimEngineSettings(
+            node = EngineNode(
+                EngineNodeSettings(
+                    engine=SimEngineSettings(
                         mode=phase.value,
-                        instance_id=instance_id,
+                        instance_id=f"{phase.value}-0",
                         speedup=50.0,
                         report_interval_ms=50.0,
                     ),
-                    sample_sink=SampleSink(client),
+                    telemetry_address=telemetry_address,
+                    security=SECURITY,
                 )
             )
-            await client.register_instance(
-                InstanceInfo(
-                    instance_id,
-                    phase,
-                    "a100-80g",
-                    engine_url=engine.url,
-                    bootstrap_host="127.0.0.1" if phase is Phase.PREFILL else "",
-                    bootstrap_port=engine.bootstrap_port if phase is Phase.PREFILL else 0,
-                )
-            )
+            await node.start()
+            stack.push_async_callback(node.stop)
         yield
 
 
@@ -223,7 +205,7 @@ async def test_the_router_places_while_telemetry_restarts_and_every_record_count
     try:
         async with (
             TelemetryClient(telemetry.address, timeout_s=1.0, security=SECURITY) as client,
-            engines(client),
+            engines(telemetry.address),
         ):
             router = RouterService(
                 RouterSettings(
@@ -250,13 +232,14 @@ async def test_the_router_places_while_telemetry_restarts_and_every_record_count
 
                 await generate(5)
                 await wait_for_count(client, 5)
+                reporter = router.reporter
+                assert reporter is not None and await reporter.flush(WAIT_TIMEOUT_S)
 
                 await telemetry.stop()
                 # Telemetry is down: requests are placed on the last snapshot, at once (none
                 # waits for telemetry), and their records wait in the router.
                 await generate(6)
-                reporter = router.reporter
-                assert reporter is not None and reporter.pending == 6
+                assert reporter.pending == 6
                 await wait_for(lambda: router.cluster.snapshot_stale, "a stale snapshot", 10.0)
                 stale = router.metrics_registry.get_sample_value("voltana_router_snapshot_stale")
                 assert stale == 1.0
