@@ -13,9 +13,10 @@ import contextlib
 import dataclasses
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import pytest
+import redis.asyncio as aioredis
 from conftest import RedisServer, RestartableRedis, free_port, wait_for
 from security_helpers import SECURITY
 
@@ -106,6 +107,22 @@ async def test_a_record_id_counts_once_even_when_the_record_differs(
         await store.record_completion(dataclasses.replace(first, reason="cut"))
         await store.record_completion(dataclasses.replace(first, record_id="id-1"))
         assert (await store.aggregates(None, 60.0)).finished == 2
+    finally:
+        await store.close()
+
+
+@pytest.mark.integration
+async def test_where_info_is_not_allowed_a_marker_tells_a_redis_that_lost_everything(
+    start_redis_server: Callable[..., RedisServer],
+) -> None:
+    server = start_redis_server("--user", "default", "on", "nopass", "~*", "&*", "+@all", "-info")
+    store = RedisTelemetryStore.from_url(server.url, clock=time.time)
+    try:
+        first = await store.epoch()
+        assert first.startswith("marker:") and await store.epoch() == first
+        async with aioredis.Redis.from_url(server.url) as redis:
+            await redis.flushall()  # what a restart without persistence leaves
+        assert await store.epoch() not in ("", first)
     finally:
         await store.close()
 

@@ -15,6 +15,8 @@ Key layout (``prefix`` defaults to ``voltana:``):
                                         again (a retry, a replay) is not stored twice
 - ``{prefix}seen``                      hash, instance id → when it last registered or reported
                                         load (store clock); silent instances expire by it
+- ``{prefix}epoch``                     a random marker, only where INFO is not allowed: a
+                                        restart that lost it shows as a new epoch (``epoch``)
 
 Registration, load and GPU data stay in separate hashes and are merged on read (see
 ``merge.py``), so no write has to read first.
@@ -23,11 +25,12 @@ Registration, load and GPU data stay in separate hashes and are merged on read (
 from __future__ import annotations
 
 import contextlib
+import uuid
 from collections.abc import Collection, Iterable, Iterator, Mapping
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
 from voltana.policy.state import InstanceState, SloTarget
 from voltana.services.telemetry.codec import decode_fields, decode_json, encode_fields, encode_json
@@ -191,6 +194,9 @@ class RedisTelemetryStore:
 
     def seen_key(self) -> str:
         return f"{self._prefix}seen"
+
+    def epoch_key(self) -> str:
+        return f"{self._prefix}epoch"
 
     def _queue_points(
         self, pipe: Any, instance_id: str, ts_s: float, values: dict[Metric, float]
@@ -398,9 +404,17 @@ class RedisTelemetryStore:
 
     async def epoch(self) -> str:
         """The Redis server's run id: every restart gets a new one, whether it reloaded its
-        data (AOF, RDB: perhaps without the last writes) or came back empty."""
+        data (AOF, RDB: perhaps without the last writes) or came back empty. Where INFO is
+        not allowed (ACL), a marker key instead, which only a restart that lost it replaces."""
         with _store_errors("tell its run id"):
-            info = await self._redis.info("server")
+            try:
+                info = await self._redis.info("server")
+            except ResponseError:
+                async with self._redis.pipeline(transaction=True) as pipe:
+                    pipe.set(self.epoch_key(), uuid.uuid4().hex, nx=True)
+                    pipe.get(self.epoch_key())
+                    _, marker = await pipe.execute()
+                return f"marker:{marker}"
         return str(info.get("run_id", ""))
 
     async def ping(self) -> None:
