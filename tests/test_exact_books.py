@@ -140,11 +140,11 @@ async def test_records_survive_a_redis_restart_and_count_once(
     )
     async with (
         TelemetryService(settings) as telemetry,
-        TelemetryClient(telemetry.address, timeout_s=1.0, security=SECURITY) as client,
+        TelemetryClient(telemetry.address, timeout_s=5.0, security=SECURITY) as client,
     ):
         # The router's own delivery: buffered, retried, each record with its id.
         reporter = CompletionReporter(
-            client, queue_size=1000, timeout_s=1.0, retry_s=0.05, max_retry_s=0.2
+            client, queue_size=1000, timeout_s=5.0, retry_s=0.05, max_retry_s=0.2
         )
         reporter.start()
         now_s = time.time()
@@ -221,7 +221,7 @@ async def test_the_router_places_while_telemetry_restarts_and_every_record_count
     await telemetry.start()
     try:
         async with (
-            TelemetryClient(telemetry.address, timeout_s=1.0, security=SECURITY) as client,
+            TelemetryClient(telemetry.address, timeout_s=5.0, security=SECURITY) as client,
             engines(telemetry.address),
         ):
             router = RouterService(
@@ -229,7 +229,7 @@ async def test_the_router_places_while_telemetry_restarts_and_every_record_count
                     telemetry_address=telemetry.address,
                     snapshot_interval_ms=20,
                     snapshot_stale_after_s=0.5,
-                    telemetry_timeout_s=1.0,
+                    telemetry_timeout_s=5.0,
                     health_check_interval_s=0.0,
                     router="round-robin",
                     security=SECURITY,

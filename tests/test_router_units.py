@@ -233,6 +233,28 @@ def test_no_snapshot_or_no_instances_is_unavailable() -> None:
         cluster.routable()
 
 
+def test_an_empty_snapshot_after_a_full_one_is_set_aside_for_the_grace() -> None:
+    clock = ManualClock()
+    cluster = LiveCluster(empty_snapshot_grace_s=3.0, clock=clock)
+    full = snapshot(1.0, state("p", Phase.PREFILL), state("d", Phase.DECODE))
+    cluster.update(full, INFOS)
+    # Redis restarted empty: telemetry lists nothing until the instances register again.
+    clock.now_s += 1.0
+    cluster.update(snapshot(2.0), {})
+    assert set(cluster.routable().decode) == {"d"} and cluster.latest is full
+    clock.now_s += 1.5
+    cluster.update(snapshot(3.5), {})
+    assert cluster.placeable()
+    # They came back: the new snapshot is taken, and the grace starts over next time.
+    cluster.update(full, INFOS)
+    # Still nothing listed after the grace: the cluster really is empty.
+    cluster.update(snapshot(4.0), {})
+    clock.now_s += 3.0
+    cluster.update(snapshot(7.0), {})
+    with pytest.raises(NoInstanceAvailableError, match="lists none"):
+        cluster.routable()
+
+
 def test_instances_without_endpoint_or_recent_activity_are_not_routable() -> None:
     cluster = LiveCluster(stale_after_s=5.0)
     cluster.update(

@@ -35,11 +35,15 @@ class LiveCluster:
         *,
         stale_after_s: float = 0.0,
         snapshot_stale_after_s: float = math.inf,
+        empty_snapshot_grace_s: float = 0.0,
         clock: Callable[[], float] = time.monotonic,
         observation_window_s: float = DEFAULT_OBSERVATION.window_s,
     ) -> None:
         self._stale_after_s = stale_after_s
         self._snapshot_stale_after_s = snapshot_stale_after_s
+        self._empty_grace_s = empty_snapshot_grace_s
+        # Since when telemetry has sent snapshots listing nothing after ones listing instances.
+        self._empty_since_s: float | None = None
         self._clock = clock
         self._window_s = observation_window_s
         self._snapshot: ClusterSnapshot | None = None
@@ -77,12 +81,30 @@ class LiveCluster:
         return len(self._ledger)
 
     def update(self, snapshot: ClusterSnapshot, infos: Mapping[str, InstanceInfo]) -> None:
-        """Take a snapshot from telemetry (with the endpoints of its instances)."""
+        """Take a snapshot from telemetry (with the endpoints of its instances).
+
+        One listing no instance at all, after one that listed some, is set aside for
+        ``empty_snapshot_grace_s``: that is a store restarted empty (its instances register
+        again within a report or two), not a whole cluster gone at once; requests go on to
+        the last instances seen meanwhile (where truly gone, they fail as they would have).
+        """
+        if self._holds_over_empty(snapshot):
+            return
         for state in (*snapshot.prefill.values(), *snapshot.decode.values()):
             self._ledger.settle(state.instance_id, state.observed_at_s)
         self._snapshot = snapshot
         self._infos = dict(infos)
         self._received_s = self._clock()
+
+    def _holds_over_empty(self, snapshot: ClusterSnapshot) -> bool:
+        previous = self._snapshot
+        listed_before = previous is not None and bool(previous.prefill or previous.decode)
+        if snapshot.prefill or snapshot.decode or not listed_before:
+            self._empty_since_s = None
+            return False
+        if self._empty_since_s is None:
+            self._empty_since_s = self._clock()
+        return self._clock() - self._empty_since_s < self._empty_grace_s
 
     def now_s(self) -> float:
         """Now on the snapshot's clock (its now_s plus the wall time since it arrived)."""

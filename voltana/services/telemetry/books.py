@@ -170,6 +170,8 @@ class CompletionBooks:
                 await self.check_store()
             except TelemetryError as error:  # the store is down: upkeep reports it
                 _LOG.debug("cannot check the store's epoch: %s", error)
+            except Exception:  # whatever the client raised: the books must keep being kept
+                _LOG.exception("checking the store's epoch failed; trying again")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), self._interval_s)
 
