@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Hashable, Mapping
 
 from voltana.observation import DEFAULT_OBSERVATION, ArrivalWindow, InflightLedger
-from voltana.policy.state import ClusterSnapshot, InstanceState, Placement, RequestSpec
+from voltana.policy.state import ClusterSnapshot, InstanceState, Phase, Placement, RequestSpec
 from voltana.services.router.errors import NoInstanceAvailableError
 from voltana.services.telemetry.records import InstanceInfo
 
@@ -35,15 +35,15 @@ class LiveCluster:
         *,
         stale_after_s: float = 0.0,
         snapshot_stale_after_s: float = math.inf,
-        empty_snapshot_grace_s: float = 0.0,
+        vanished_phase_grace_s: float = 0.0,
         clock: Callable[[], float] = time.monotonic,
         observation_window_s: float = DEFAULT_OBSERVATION.window_s,
     ) -> None:
         self._stale_after_s = stale_after_s
         self._snapshot_stale_after_s = snapshot_stale_after_s
-        self._empty_grace_s = empty_snapshot_grace_s
-        # Since when telemetry has sent snapshots listing nothing after ones listing instances.
-        self._empty_since_s: float | None = None
+        self._vanished_grace_s = vanished_phase_grace_s
+        # Since when telemetry's snapshots list no instance of a phase that they listed before.
+        self._vanished_since_s: dict[Phase, float] = {}
         self._clock = clock
         self._window_s = observation_window_s
         self._snapshot: ClusterSnapshot | None = None
@@ -83,28 +83,47 @@ class LiveCluster:
     def update(self, snapshot: ClusterSnapshot, infos: Mapping[str, InstanceInfo]) -> None:
         """Take a snapshot from telemetry (with the endpoints of its instances).
 
-        One listing no instance at all, after one that listed some, is set aside for
-        ``empty_snapshot_grace_s``: that is a store restarted empty (its instances register
-        again within a report or two), not a whole cluster gone at once; requests go on to
-        the last instances seen meanwhile (where truly gone, they fail as they would have).
+        When it lists no instance of a phase that the last one listed, that phase's last
+        instances are kept for ``vanished_phase_grace_s``: that is a store restarted empty
+        (instances register again one by one within a report or two), not every instance of
+        a phase gone at once; requests go on to them meanwhile (where truly gone, they fail as
+        they would have).
         """
-        if self._holds_over_empty(snapshot):
-            return
+        snapshot, infos = self._keep_vanished_phases(snapshot, infos)
         for state in (*snapshot.prefill.values(), *snapshot.decode.values()):
             self._ledger.settle(state.instance_id, state.observed_at_s)
         self._snapshot = snapshot
         self._infos = dict(infos)
         self._received_s = self._clock()
 
-    def _holds_over_empty(self, snapshot: ClusterSnapshot) -> bool:
+    def _keep_vanished_phases(
+        self, snapshot: ClusterSnapshot, infos: Mapping[str, InstanceInfo]
+    ) -> tuple[ClusterSnapshot, Mapping[str, InstanceInfo]]:
         previous = self._snapshot
-        listed_before = previous is not None and bool(previous.prefill or previous.decode)
-        if snapshot.prefill or snapshot.decode or not listed_before:
-            self._empty_since_s = None
-            return False
-        if self._empty_since_s is None:
-            self._empty_since_s = self._clock()
-        return self._clock() - self._empty_since_s < self._empty_grace_s
+        now_s = self._clock()
+        by_phase = {Phase.PREFILL: snapshot.prefill, Phase.DECODE: snapshot.decode}
+        kept_infos = dict(infos)
+        for phase, states in list(by_phase.items()):
+            before: Mapping[str, InstanceState] = {}
+            if previous is not None:
+                before = previous.prefill if phase is Phase.PREFILL else previous.decode
+            if states or not before:
+                self._vanished_since_s.pop(phase, None)
+                continue
+            since_s = self._vanished_since_s.setdefault(phase, now_s)
+            if now_s - since_s >= self._vanished_grace_s:
+                continue
+            by_phase[phase] = before
+            kept_infos.update({i: self._infos[i] for i in before if i in self._infos})
+        if (
+            by_phase[Phase.PREFILL] is snapshot.prefill
+            and by_phase[Phase.DECODE] is snapshot.decode
+        ):
+            return snapshot, infos
+        return (
+            ClusterSnapshot(snapshot.now_s, by_phase[Phase.PREFILL], by_phase[Phase.DECODE]),
+            kept_infos,
+        )
 
     def now_s(self) -> float:
         """Now on the snapshot's clock (its now_s plus the wall time since it arrived)."""

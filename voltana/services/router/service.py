@@ -113,7 +113,7 @@ class RouterService(AsyncService):
         self._cluster = LiveCluster(
             stale_after_s=settings.instance_stale_after_s,
             snapshot_stale_after_s=settings.snapshot_stale_after_s,
-            empty_snapshot_grace_s=settings.empty_snapshot_grace_s,
+            vanished_phase_grace_s=settings.vanished_phase_grace_s,
         )
         self._energy_estimates = EnergyEstimates()
         self._telemetry: TelemetryClient | None = None

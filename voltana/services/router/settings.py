@@ -59,10 +59,10 @@ class RouterSettings:
     # line): telemetry is unreachable. Requests are still placed on it as before; telemetry's
     # watch resends at least every 5 s on a quiet cluster, so keep this above that.
     snapshot_stale_after_s: float = 10.0
-    # A snapshot listing no instance at all right after ones that listed some (Redis restarted
-    # empty; instances register again within a report or two) is set aside this long, so
-    # requests keep going to the last instances seen; 0 = take it at once.
-    empty_snapshot_grace_s: float = 3.0
+    # When snapshots stop listing any instance of a phase they listed before (Redis restarted
+    # empty; instances register again within a report or two), the last ones seen are kept
+    # this long, so requests keep going to them; 0 = drop them at once.
+    vanished_phase_grace_s: float = 3.0
     # Instances silent for longer than this (snapshot now_s - last_activity_s) are not routed
     # to; 0 = route to every instance telemetry lists. Only meaningful when reporters stamp
     # samples on telemetry's clock (sped-up simulated engines do not). Telemetry itself
@@ -164,7 +164,7 @@ class RouterSettings:
         for name in (
             "initial_snapshot_timeout_s",
             "instance_stale_after_s",
-            "empty_snapshot_grace_s",
+            "vanished_phase_grace_s",
             "shutdown_grace_s",
             "completion_flush_timeout_s",
             "health_check_interval_s",
