@@ -29,6 +29,8 @@ from voltana.services.telemetry.store import TelemetryStore
 _LOG = logging.getLogger(__name__)
 # A full journal logs its first drop, then one line per this many.
 _DROP_LOG_EVERY = 1000
+# Records written again at once (concurrent store calls) when replaying.
+_REPLAY_BATCH = 64
 
 
 class CompletionJournal:
@@ -144,7 +146,6 @@ class CompletionBooks:
         if self._epoch is None or epoch == self._epoch:
             self._epoch = epoch
             return 0
-        self._metrics.store_resets.inc()
         records = self._journal.records(self._store.clock())
         _LOG.warning(
             "the telemetry store restarted (epoch %s -> %s); writing the %d completion(s) of "
@@ -154,10 +155,12 @@ class CompletionBooks:
             len(records),
             self._journal.retention_s,
         )
-        for completion in records:
-            await self._store.record_completion(completion)
-            self._metrics.replayed.inc()
+        for start in range(0, len(records), _REPLAY_BATCH):
+            batch = records[start : start + _REPLAY_BATCH]
+            await asyncio.gather(*(self._store.record_completion(c) for c in batch))
+            self._metrics.replayed.inc(len(batch))
         # Only a whole replay moves the epoch on: one cut short runs again (idempotently).
+        self._metrics.store_resets.inc()
         self._epoch = epoch
         self.replayed += len(records)
         _LOG.info("replayed %d completion(s) into the restarted store", len(records))
