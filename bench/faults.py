@@ -65,7 +65,7 @@ from voltana.policy.state import Phase
 from voltana.rpc import RpcSecurity, create_channel, wait_until_ready
 from voltana.rpc.auth import TOKEN_ENV
 from voltana.rpc.names import ROUTER_SERVICE
-from voltana.sdk import GenerationSummary, VoltanaClient, VoltanaClientError
+from voltana.sdk import GenerationSummary, TokenEvent, VoltanaClient, VoltanaClientError
 from voltana.services.agent.servicer import AGENT_PRIVILEGED_METHODS
 from voltana.services.controller.servicer import CONTROLLER_PRIVILEGED_METHODS
 from voltana.services.telemetry import TelemetryClient
@@ -86,6 +86,11 @@ INSTANCES = (
 # The probes' channels give up reconnecting quickly: recovery is the server's, not backoff's.
 # The load's SDK clients keep the SDK's own defaults (reconnect within 0.1-1 s): what they
 # measure is what clients get.
+# TTFT p99 while telemetry restarts may be at most this many times the baseline's: the
+# requests sent before the fault in the same experiment (at least this many seconds of load,
+# so host load is alike on both sides), and the baseline experiment's, for reference.
+TTFT_BOUND = 2.0
+TTFT_PREFAULT_S = 12.0
 FAST_RECONNECT = {"grpc.max_reconnect_backoff_ms": 300, "grpc.initial_reconnect_backoff_ms": 100}
 
 
@@ -436,6 +441,8 @@ class Outcome:
     router_down: bool = False  # the router itself could not be reached
     decode_instance: str = ""
     finished_at_s: float = 0.0
+    # Seconds from sending to the first token at the client (None without a token).
+    ttft_s: float | None = None
 
 
 def _router_unreachable(error: VoltanaClientError) -> bool:
@@ -458,6 +465,8 @@ async def one_request(
             timeout_s=timeout_s,
         )
         async for event in stream:
+            if outcome.ttft_s is None and isinstance(event, TokenEvent):
+                outcome.ttft_s = time.monotonic() - outcome.sent_at_s
             if isinstance(event, GenerationSummary):
                 outcome.status = "OK"
                 outcome.decode_instance = event.decode_instance
@@ -532,6 +541,18 @@ class Result:
     # SIGKILL of a router: the records of its requests in flight die with it (their clients
     # got a status); missing records beyond those are lost.
     records_died_with: int = 0
+    # Exact books: telemetry's own aggregates must equal the requests that reached the router
+    # (nothing counted before the fault); records counted more than once.
+    exact_books: bool = False
+    double_counted: int | None = None
+    # Client-seen TTFT p99 of every request, of those sent before the fault and of those
+    # sent from the fault on, ms.
+    ttft_p99_ms: float | None = None
+    prefault_ttft_p99_ms: float | None = None
+    fault_ttft_p99_ms: float | None = None
+    # Whether fault_ttft_p99_ms stayed within TTFT_BOUND x the baseline's (None: not judged).
+    judge_ttft: bool = False
+    ttft_ok: bool | None = None
 
     def account(self, outcomes: Sequence[Outcome]) -> None:
         self.sent = len(outcomes)
@@ -541,6 +562,18 @@ class Result:
         )
         self.router_down = sum(o.router_down for o in outcomes)
         self.no_status = sum(o.status == "NO_STATUS" for o in outcomes)
+
+    def account_ttft(self, outcomes: Sequence[Outcome], fault_at_s: float) -> None:
+        self.ttft_p99_ms = ttft_p99_ms(outcomes)
+        self.prefault_ttft_p99_ms = ttft_p99_ms([o for o in outcomes if o.sent_at_s < fault_at_s])
+        self.fault_ttft_p99_ms = ttft_p99_ms([o for o in outcomes if o.sent_at_s >= fault_at_s])
+
+
+def ttft_p99_ms(outcomes: Sequence[Outcome]) -> float | None:
+    ttfts_s = sorted(o.ttft_s for o in outcomes if o.ttft_s is not None)
+    if not ttfts_s:
+        return None
+    return 1000.0 * ttfts_s[min(len(ttfts_s) - 1, int(0.99 * len(ttfts_s)))]
 
 
 @dataclass
@@ -610,13 +643,29 @@ async def router_restart(deployment: Deployment, options: Options, result: Resul
 
 
 async def redis_kill(deployment: Deployment, options: Options, result: Result) -> None:
-    # Redis restarts empty: what telemetry held so far goes with it; count it first.
-    result.recorded = await deployment.recorded_since(result_started_wall[result.name])
+    # Redis restarts empty; telemetry writes the records it had stored again (books.py), so
+    # nothing is counted beforehand.
     deployment.kill("redis", signal.SIGKILL)
     await asyncio.sleep(options.down_s)
     back = await deployment.restart("redis")
     await measure_recovery(deployment, back, result)
-    result.notes.append(f"{result.recorded} records counted before Redis died (it restarts empty)")
+
+
+def books_fault(process: str, sig: signal.Signals, *, judge_ttft: bool = False) -> Experiment:
+    """``process`` killed with ``sig`` and brought back: telemetry's own aggregates must then
+    hold every request that reached the router exactly once (nothing is counted beforehand, so
+    records a restarted-empty Redis lost must have been replayed); ``judge_ttft``: the TTFT p99
+    of the requests sent from the fault on must stay within TTFT_BOUND x the baseline's."""
+    restart = kill_and_restart(process, sig)
+
+    async def run(deployment: Deployment, options: Options, result: Result) -> None:
+        result.exact_books, result.judge_ttft = True, judge_ttft
+        if judge_ttft:  # enough requests before the fault for a p99 of the same minutes
+            await asyncio.sleep(max(0.0, TTFT_PREFAULT_S - options.warmup_s))
+        result.fault_at_s = time.monotonic()
+        await restart(deployment, options, result)
+
+    return run
 
 
 async def controller_kill(deployment: Deployment, options: Options, result: Result) -> None:
@@ -1023,12 +1072,9 @@ async def no_fault(deployment: Deployment, options: Options, result: Result) -> 
     await asyncio.sleep(options.down_s)
 
 
-# When each experiment's load began (Unix time): its telemetry window starts there.
-result_started_wall: dict[str, float] = {}
-
 EXPERIMENTS: dict[str, tuple[str, Experiment]] = {
     "baseline": ("none", no_fault),
-    "redis-kill": ("SIGKILL redis-server; restarts empty", redis_kill),
+    "redis-kill": ("SIGKILL redis-server; restarts empty, telemetry replays", redis_kill),
     "telemetry-kill": ("SIGKILL telemetry", kill_and_restart("telemetry", signal.SIGKILL)),
     "controller-kill": ("SIGKILL controller", controller_kill),
     "agent-kill": ("SIGKILL agent of decode-0", agent_fault("decode-0", signal.SIGKILL)),
@@ -1041,6 +1087,22 @@ EXPERIMENTS: dict[str, tuple[str, Experiment]] = {
     "router-term-ha": ("SIGTERM one of 2 routers", router_fault(signal.SIGTERM)),
     "engine-term": ("SIGTERM engine decode-0", engine_fault("decode-0", signal.SIGTERM)),
     "agent-term": ("SIGTERM agent of decode-0", agent_fault("decode-0", signal.SIGTERM)),
+    "books-redis-kill": (
+        "SIGKILL redis-server (restarts empty); exact books",
+        books_fault("redis", signal.SIGKILL),
+    ),
+    "books-redis-term": (
+        "SIGTERM redis-server (restarts empty); exact books",
+        books_fault("redis", signal.SIGTERM),
+    ),
+    "books-telemetry-kill": (
+        "SIGKILL telemetry; exact books, TTFT p99 vs baseline",
+        books_fault("telemetry", signal.SIGKILL, judge_ttft=True),
+    ),
+    "books-telemetry-term": (
+        "SIGTERM telemetry; exact books, TTFT p99 vs baseline",
+        books_fault("telemetry", signal.SIGTERM, judge_ttft=True),
+    ),
     "poison": ("poisoned telemetry (token holder)", poisoned_telemetry),
     "unauthenticated": ("privileged RPCs without/with a wrong token", unauthenticated),
     "http-hostile": ("hostile HTTP bodies, paths, methods and raw bytes", hostile_http),
@@ -1055,7 +1117,6 @@ async def run_experiment(deployment: Deployment, name: str, options: Options, se
     await until(deployment.serving, "the deployment to serve before the experiment", 60.0)
     await asyncio.sleep(1.0)  # no request of the previous experiment finishes in this window
     started_wall = time.time()
-    result_started_wall[name] = started_wall
     load = PoissonLoad(
         deployment.router_addresses,
         rate_rps=options.rate_rps,
@@ -1068,6 +1129,7 @@ async def run_experiment(deployment: Deployment, name: str, options: Options, se
     try:
         await inject(deployment, options, result)
     finally:
+        fault_at = result.fault_at_s or fault_at
         remaining_s = options.after_s - max(0.0, time.monotonic() - fault_at - options.down_s)
         await asyncio.sleep(max(1.0, remaining_s))
         load.stop()
@@ -1075,6 +1137,7 @@ async def run_experiment(deployment: Deployment, name: str, options: Options, se
     result.account(outcomes)
     if result.fault_at_s is not None:
         account_fault(result, outcomes, result.fault_at_s)
+    result.account_ttft(outcomes, fault_at)
     await check_records(deployment, result, started_wall)
     return result
 
@@ -1099,12 +1162,11 @@ def account_fault(result: Result, outcomes: Sequence[Outcome], fault_at_s: float
 async def check_records(deployment: Deployment, result: Result, started_wall: float) -> None:
     """Telemetry must hold a record of every request that reached the router."""
     expected = result.sent - result.router_down
-    before = result.recorded or 0  # counted before a Redis restart wiped the store
     deadline = time.monotonic() + 20.0
-    recorded = before
+    recorded = 0
     while time.monotonic() < deadline:
         with contextlib.suppress(Exception):
-            recorded = before + await deployment.recorded_since(started_wall - 0.5)
+            recorded = await deployment.recorded_since(started_wall - 0.5)
             if recorded >= expected:
                 break
         await asyncio.sleep(0.5)
@@ -1115,6 +1177,39 @@ async def check_records(deployment: Deployment, result: Result, started_wall: fl
         result.notes.append(f"{died} record(s) died with the killed router (clients had a status)")
         missing -= died
     result.silently_lost = result.no_status + missing
+    if result.exact_books:
+        result.double_counted = max(0, recorded - expected)
+        verdict = "exact" if recorded == expected else "NOT EXACT"
+        result.notes.append(
+            f"books {verdict}: telemetry holds {recorded} of the {expected} requests that "
+            "reached the router"
+        )
+
+
+def judge_ttft(results: Sequence[Result]) -> None:
+    """Each ``judge_ttft`` experiment's TTFT p99 from its fault on against the same
+    experiment's before the fault (pass or fail), and against the baseline experiment's."""
+    baseline = next((r for r in results if r.name == "baseline"), None)
+    for r in results:
+        if not r.judge_ttft:
+            continue
+        if r.prefault_ttft_p99_ms is None or r.fault_ttft_p99_ms is None:
+            r.ttft_ok = False
+            r.notes.append("TTFT p99 not judged: no first token before or after the fault")
+            continue
+        ratio = r.fault_ttft_p99_ms / r.prefault_ttft_p99_ms
+        r.ttft_ok = ratio <= TTFT_BOUND
+        note = (
+            f"TTFT p99 from the fault on {r.fault_ttft_p99_ms:.0f} ms vs before it "
+            f"{r.prefault_ttft_p99_ms:.0f} ms: {ratio:.2f}x "
+            f"({'pass' if r.ttft_ok else 'FAIL'}, bound {TTFT_BOUND:g}x)"
+        )
+        if baseline is not None and baseline.ttft_p99_ms:
+            note += (
+                f"; vs the baseline experiment's {baseline.ttft_p99_ms:.0f} ms: "
+                f"{r.fault_ttft_p99_ms / baseline.ttft_p99_ms:.2f}x"
+            )
+        r.notes.append(note)
 
 
 async def run_burst(deployment: Deployment, options: Options) -> Result:
@@ -1168,6 +1263,11 @@ def print_table(results: Sequence[Result]) -> None:
     print()
     for r in results:
         details = [r.fault]
+        if r.ttft_p99_ms is not None:
+            details.append(
+                f"TTFT p99 {r.ttft_p99_ms:.0f} ms (before the fault "
+                f"{r.prefault_ttft_p99_ms or 0:.0f} ms, from it on {r.fault_ttft_p99_ms or 0:.0f} ms)"
+            )
         if r.clocks:
             details.append(f"clocks: {r.clocks}")
         details += r.notes
@@ -1224,6 +1324,7 @@ async def main_async(args: argparse.Namespace) -> int:
             )
     finally:
         await deployment.stop()
+    judge_ttft(results)
     print()
     print(
         f"Voltana fault injection: 2 prefill + 2 decode simulated {GPU_KEY} engines (speedup "
@@ -1239,7 +1340,12 @@ async def main_async(args: argparse.Namespace) -> int:
         )
     if not args.keep_logs:
         shutil.rmtree(workdir, ignore_errors=True)
-    return 0 if all((r.silently_lost or 0) == 0 for r in results) else 1
+    failed = [
+        r.name
+        for r in results
+        if (r.silently_lost or 0) > 0 or (r.double_counted or 0) > 0 or r.ttft_ok is False
+    ]
+    return 1 if failed else 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

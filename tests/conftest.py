@@ -177,6 +177,11 @@ class RestartableRedis:
         self._process.kill()
         self._process.wait()
 
+    def terminate(self) -> None:
+        """SIGTERM: a clean shutdown, which saves nothing (no persistence configured)."""
+        self._process.terminate()
+        self._process.wait()
+
     def restart(self) -> None:
         self._process, self.server = _start_redis(
             self._binary, self._workdir, port=self.server.port

@@ -247,6 +247,30 @@ def test_no_snapshot_or_no_instances_is_unavailable() -> None:
         cluster.routable()
 
 
+def test_a_phase_that_vanishes_from_the_snapshot_is_kept_for_the_grace() -> None:
+    clock = ManualClock()
+    cluster = LiveCluster(vanished_phase_grace_s=3.0, clock=clock)
+    full = snapshot(1.0, state("p", Phase.PREFILL), state("d", Phase.DECODE))
+    cluster.update(full, INFOS)
+    # Redis restarted empty: telemetry lists nothing, then only the first instance that
+    # registered again.
+    clock.now_s += 1.0
+    cluster.update(snapshot(2.0), {})
+    assert set(cluster.routable().decode) == {"d"} and cluster.endpoint("d") == INFOS["d"]
+    clock.now_s += 1.0
+    cluster.update(snapshot(3.0, state("p", Phase.PREFILL, 3.0)), {"p": INFOS["p"]})
+    view = cluster.routable()
+    assert view.prefill["p"].observed_at_s == 3.0 and set(view.decode) == {"d"}
+    # Every one back: the grace starts over the next time a phase vanishes.
+    cluster.update(full, INFOS)
+    cluster.update(snapshot(4.0, state("p", Phase.PREFILL)), {"p": INFOS["p"]})
+    clock.now_s += 3.0
+    # Past the grace, the phase really has no instance.
+    cluster.update(snapshot(7.0, state("p", Phase.PREFILL)), {"p": INFOS["p"]})
+    with pytest.raises(NoInstanceAvailableError, match=r"no decode instance.*lists none"):
+        cluster.routable()
+
+
 def test_instances_without_endpoint_or_recent_activity_are_not_routable() -> None:
     cluster = LiveCluster(stale_after_s=5.0)
     cluster.update(

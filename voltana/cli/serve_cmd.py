@@ -218,6 +218,19 @@ def _add_telemetry(
         help="unregister instances that neither register nor report load this long; "
         "0 = never (default: %(default)s)",
     )
+    parser.add_argument(
+        "--replay-journal-cap",
+        type=positive_int,
+        default=50_000,
+        help="completions kept to write again into a Redis that restarted and lost them "
+        "(default: %(default)s)",
+    )
+    parser.add_argument(
+        "--replay-journal-s",
+        type=positive_float,
+        default=900.0,
+        help="how long (by finish time) those completions are kept (default: %(default)s)",
+    )
     add_slo_args(parser)
     _metrics_args(parser, TELEMETRY_METRICS_PORT)
     parser.set_defaults(handler=run, build=_build_telemetry, service_name="voltana-telemetry")
@@ -235,6 +248,8 @@ def _build_telemetry(args: argparse.Namespace) -> Service:
             redis_key_prefix=args.redis_key_prefix,
             window_s=args.window_s,
             instance_ttl_s=args.instance_ttl_s,
+            replay_journal_cap=args.replay_journal_cap,
+            replay_journal_s=args.replay_journal_s,
             slo=slo_from_args(args),
             metrics_listen_address=metrics_address(args),
             security=security_from_args(args),
@@ -373,6 +388,13 @@ def _add_router(
         help="skip instances silent this long; 0 = never (default: %(default)s)",
     )
     parser.add_argument(
+        "--snapshot-stale-after-s",
+        type=positive_float,
+        default=10.0,
+        help="mark the cluster snapshot stale (metric, log) when telemetry sent none this "
+        "long; requests are still placed on it (default: %(default)s)",
+    )
+    parser.add_argument(
         "--engine-request-timeout-s",
         type=positive_float,
         default=600.0,
@@ -479,6 +501,7 @@ def _build_router(args: argparse.Namespace) -> Service:
             max_new_tokens_limit=args.max_new_tokens_limit,
             max_prompt_tokens=args.max_prompt_tokens,
             instance_stale_after_s=args.instance_stale_after_s,
+            snapshot_stale_after_s=args.snapshot_stale_after_s,
             engine_request_timeout_s=args.engine_request_timeout_s,
             max_attempts=args.max_attempts,
             health_check_interval_s=args.health_check_interval_s,

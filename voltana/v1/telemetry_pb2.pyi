@@ -292,6 +292,7 @@ class CompletionRecord(_message.Message):
     STATUS_FIELD_NUMBER: _builtins.int
     ENERGY_J_FIELD_NUMBER: _builtins.int
     IDLE_ENERGY_J_FIELD_NUMBER: _builtins.int
+    RECORD_ID_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """Request id (router-assigned or client-chosen)."""
     prefill_instance_id: _builtins.str
@@ -322,6 +323,11 @@ class CompletionRecord(_message.Message):
     """GPU energy attributed to the request (active plus idle share), joules; absent when unknown."""
     idle_energy_j: _builtins.float
     """The idle-time part of energy_j, joules; absent when unknown."""
+    record_id: _builtins.str
+    """Unique id of this record, set once by its reporter and kept through retries and replays:
+    telemetry counts a record_id once however often it arrives. Empty = deduplicated by
+    content only (an identical record is kept once).
+    """
     @_builtins.property
     def slo(self) -> _common_pb2.SloTarget:
         """SLO the request was held to (its override, or the cluster SLO)."""
@@ -344,10 +350,11 @@ class CompletionRecord(_message.Message):
         status: _builtins.str = ...,
         energy_j: _builtins.float | None = ...,
         idle_energy_j: _builtins.float | None = ...,
+        record_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_energy_j", b"_energy_j", "_idle_energy_j", b"_idle_energy_j", "energy_j", b"energy_j", "idle_energy_j", b"idle_energy_j", "slo", b"slo"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_energy_j", b"_energy_j", "_idle_energy_j", b"_idle_energy_j", "arrival_s", b"arrival_s", "decode_instance_id", b"decode_instance_id", "energy_j", b"energy_j", "finished_at_s", b"finished_at_s", "idle_energy_j", b"idle_energy_j", "input_tokens", b"input_tokens", "mean_itl_ms", b"mean_itl_ms", "ok", b"ok", "output_tokens", b"output_tokens", "prefill_instance_id", b"prefill_instance_id", "reason", b"reason", "request_id", b"request_id", "slo", b"slo", "status", b"status", "ttft_ms", b"ttft_ms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_energy_j", b"_energy_j", "_idle_energy_j", b"_idle_energy_j", "arrival_s", b"arrival_s", "decode_instance_id", b"decode_instance_id", "energy_j", b"energy_j", "finished_at_s", b"finished_at_s", "idle_energy_j", b"idle_energy_j", "input_tokens", b"input_tokens", "mean_itl_ms", b"mean_itl_ms", "ok", b"ok", "output_tokens", b"output_tokens", "prefill_instance_id", b"prefill_instance_id", "reason", b"reason", "record_id", b"record_id", "request_id", b"request_id", "slo", b"slo", "status", b"status", "ttft_ms", b"ttft_ms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__energy_j: _TypeAlias = _typing.Literal["energy_j"]  # noqa: Y015
     _WhichOneofArgType__energy_j: _TypeAlias = _typing.Literal["_energy_j", b"_energy_j"]  # noqa: Y015

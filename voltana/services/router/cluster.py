@@ -16,11 +16,12 @@ ledger and arrivals, so each placement counts once whichever router made it.
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from collections.abc import Callable, Hashable, Iterable, Mapping
 
 from voltana.observation import DEFAULT_OBSERVATION, ArrivalWindow, InflightLedger
-from voltana.policy.state import ClusterSnapshot, InstanceState, Placement, RequestSpec
+from voltana.policy.state import ClusterSnapshot, InstanceState, Phase, Placement, RequestSpec
 from voltana.services.router.errors import NoInstanceAvailableError
 from voltana.services.telemetry.records import (
     InstanceInfo,
@@ -42,12 +43,18 @@ class LiveCluster:
         self,
         *,
         stale_after_s: float = 0.0,
+        snapshot_stale_after_s: float = math.inf,
+        vanished_phase_grace_s: float = 0.0,
         clock: Callable[[], float] = time.monotonic,
         observation_window_s: float = DEFAULT_OBSERVATION.window_s,
         router_id: str = "",
     ) -> None:
         self.router_id = router_id
         self._stale_after_s = stale_after_s
+        self._snapshot_stale_after_s = snapshot_stale_after_s
+        self._vanished_grace_s = vanished_phase_grace_s
+        # Since when telemetry's snapshots list no instance of a phase that they listed before.
+        self._vanished_since_s: dict[Phase, float] = {}
         self._clock = clock
         self._window_s = observation_window_s
         self._snapshot: ClusterSnapshot | None = None
@@ -75,6 +82,13 @@ class LiveCluster:
         return None if self._snapshot is None else self._clock() - self._received_s
 
     @property
+    def snapshot_stale(self) -> bool:
+        """The last snapshot is older than ``snapshot_stale_after_s`` (telemetry unreachable);
+        requests are placed on it all the same."""
+        age_s = self.snapshot_age_s
+        return age_s is not None and age_s > self._snapshot_stale_after_s
+
+    @property
     def inflight(self) -> int:
         """Placements (per instance) not yet visible in their instance's report."""
         return len(self._ledger)
@@ -86,7 +100,15 @@ class LiveCluster:
         shares: Iterable[RouterShare] = (),
     ) -> None:
         """Take a snapshot from telemetry (with the endpoints of its instances and each
-        router's share: the others' are added to this router's own ledger and arrivals)."""
+        router's share: the others' are added to this router's own ledger and arrivals).
+
+        When it lists no instance of a phase that the last one listed, that phase's last
+        instances are kept for ``vanished_phase_grace_s``: that is a store restarted empty
+        (instances register again one by one within a report or two), not every instance of
+        a phase gone at once; requests go on to them meanwhile (where truly gone, they fail as
+        they would have).
+        """
+        snapshot, infos = self._keep_vanished_phases(snapshot, infos)
         for state in (*snapshot.prefill.values(), *snapshot.decode.values()):
             self._ledger.settle(state.instance_id, state.observed_at_s)
         self._snapshot = snapshot
@@ -106,6 +128,35 @@ class LiveCluster:
             PendingPlacement(instance_id, tokens, visible_from_s)
             for instance_id, tokens, visible_from_s in self._ledger.entries()
         ]
+
+    def _keep_vanished_phases(
+        self, snapshot: ClusterSnapshot, infos: Mapping[str, InstanceInfo]
+    ) -> tuple[ClusterSnapshot, Mapping[str, InstanceInfo]]:
+        previous = self._snapshot
+        now_s = self._clock()
+        by_phase = {Phase.PREFILL: snapshot.prefill, Phase.DECODE: snapshot.decode}
+        kept_infos = dict(infos)
+        for phase, states in list(by_phase.items()):
+            before: Mapping[str, InstanceState] = {}
+            if previous is not None:
+                before = previous.prefill if phase is Phase.PREFILL else previous.decode
+            if states or not before:
+                self._vanished_since_s.pop(phase, None)
+                continue
+            since_s = self._vanished_since_s.setdefault(phase, now_s)
+            if now_s - since_s >= self._vanished_grace_s:
+                continue
+            by_phase[phase] = before
+            kept_infos.update({i: self._infos[i] for i in before if i in self._infos})
+        if (
+            by_phase[Phase.PREFILL] is snapshot.prefill
+            and by_phase[Phase.DECODE] is snapshot.decode
+        ):
+            return snapshot, infos
+        return (
+            ClusterSnapshot(snapshot.now_s, by_phase[Phase.PREFILL], by_phase[Phase.DECODE]),
+            kept_infos,
+        )
 
     def now_s(self) -> float:
         """Now on the snapshot's clock (its now_s plus the wall time since it arrived)."""

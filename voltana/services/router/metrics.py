@@ -11,10 +11,15 @@ rate(voltana_router_slo_judged_requests_total[1m])``.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
 from voltana.policy.state import Placement, SloTarget
+
+if TYPE_CHECKING:
+    from voltana.services.router.cluster import LiveCluster
+    from voltana.services.router.reporting import CompletionReporter
 
 # Buckets in seconds: TTFT spans queueing bursts, ITL is tens of ms, e2e whole generations.
 TTFT_BUCKETS_S = (0.01, 0.025, 0.05, 0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 6.4, 12.8, 30.0, 60.0)
@@ -114,6 +119,27 @@ class RouterMetrics:
             ["kind"],
             registry=registry,
         )
+        self.snapshot_age = Gauge(
+            "voltana_router_snapshot_age_seconds",
+            "Seconds since the last cluster snapshot from telemetry arrived (-1 before one).",
+            registry=registry,
+        )
+        self.snapshot_stale = Gauge(
+            "voltana_router_snapshot_stale",
+            "1 while the last snapshot is older than snapshot_stale_after_s (telemetry "
+            "unreachable; requests are placed on it all the same), else 0.",
+            registry=registry,
+        )
+        self.completion_reports_pending = Gauge(
+            "voltana_router_completion_reports_pending",
+            "Request records buffered for telemetry, not yet taken by it.",
+            registry=registry,
+        )
+        self.completion_reports_dropped = Counter(
+            "voltana_router_completion_reports_dropped",
+            "Request records a full buffer dropped before telemetry took them.",
+            registry=registry,
+        )
         for target in SLO_TARGETS:  # every series exists from the first scrape on
             self.slo_met.labels(target)
         for kind in ("active", "idle"):
@@ -124,6 +150,17 @@ class RouterMetrics:
 
     def on_http_connection_shed(self, reason: str) -> None:
         self.http_connections_shed.labels(reason).inc()
+
+    def watch_telemetry(self, cluster: LiveCluster, reporter: CompletionReporter) -> None:
+        """Read the snapshot's age and the buffered records at each scrape."""
+
+        def age_s() -> float:
+            age = cluster.snapshot_age_s
+            return -1.0 if age is None else age
+
+        self.snapshot_age.set_function(age_s)
+        self.snapshot_stale.set_function(lambda: float(cluster.snapshot_stale))
+        self.completion_reports_pending.set_function(lambda: float(reporter.pending))
 
     def request(self, protocol: str) -> RequestMetrics:
         """Start observing one request (counts it in flight until ``finish``)."""

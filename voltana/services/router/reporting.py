@@ -3,16 +3,21 @@
 Generate only appends a record to a buffer; one background task sends them, up to
 ``batch_size`` at a time. A record whose report fails stays in the buffer and is sent again
 (backing off from ``retry_s`` up to ``max_retry_s``) until telemetry takes it, so a telemetry
-or Redis outage delays records but loses none. Telemetry keeps a record sent twice (a reply
-lost after the write) once. Only a buffer of ``queue_size`` records overflowing drops the
-oldest (counted and logged), and what is still unsent when the router stops is logged.
+or Redis outage delays records but loses none. Each record gets a unique ``record_id`` when it
+is buffered and keeps it through every retry: telemetry counts an id once, so a record sent
+twice (a reply lost after the write) counts once. Only a buffer of ``queue_size`` records
+overflowing drops the oldest (counted and logged), and what is still unsent when the router
+stops is logged.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
+import uuid
 from collections import deque
+from collections.abc import Callable
 from typing import Protocol
 
 from voltana.errors import InvalidArgumentError
@@ -42,8 +47,11 @@ class CompletionReporter:
         batch_size: int = DEFAULT_BATCH_SIZE,
         retry_s: float = DEFAULT_RETRY_S,
         max_retry_s: float = DEFAULT_MAX_RETRY_S,
+        on_dropped: Callable[[], object] | None = None,
     ) -> None:
+        """``on_dropped`` is called for each record a full buffer drops (a metric)."""
         self._sink = sink
+        self._on_dropped = on_dropped
         self._timeout_s = timeout_s
         self._queue_size = queue_size
         self._batch_size = batch_size
@@ -73,10 +81,14 @@ class CompletionReporter:
             self._task = asyncio.create_task(self._run(), name="router-completion-reporter")
 
     def submit(self, completion: Completion) -> None:
-        """Buffer one record; never blocks."""
+        """Buffer one record (stamped with a record id when it has none); never blocks."""
+        if not completion.record_id:
+            completion = dataclasses.replace(completion, record_id=uuid.uuid4().hex)
         if len(self._buffer) >= self._queue_size:
             self._buffer.popleft()
             self.dropped += 1
+            if self._on_dropped is not None:
+                self._on_dropped()
             if self.dropped == 1 or self.dropped % 1000 == 0:
                 _LOG.error(
                     "completion buffer full (%d records, telemetry unreachable?); dropped the "

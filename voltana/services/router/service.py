@@ -116,7 +116,10 @@ class RouterService(AsyncService):
         self._http: RouterHttpApi | None = None
         self.router_id = settings.router_id or default_router_id()
         self._cluster = LiveCluster(
-            stale_after_s=settings.instance_stale_after_s, router_id=self.router_id
+            stale_after_s=settings.instance_stale_after_s,
+            snapshot_stale_after_s=settings.snapshot_stale_after_s,
+            vanished_phase_grace_s=settings.vanished_phase_grace_s,
+            router_id=self.router_id,
         )
         self._energy_estimates = EnergyEstimates()
         self._telemetry: TelemetryClient | None = None
@@ -205,8 +208,10 @@ class RouterService(AsyncService):
                 self._telemetry,
                 queue_size=settings.completion_queue_size,
                 timeout_s=settings.telemetry_timeout_s,
+                on_dropped=self._metrics.completion_reports_dropped.inc,
             )
             self._reporter.start()
+            self._metrics.watch_telemetry(self._cluster, self._reporter)
             self._placements = PlacementReporter(
                 self._telemetry,
                 interval_s=settings.placement_report_interval_ms / 1000.0,
@@ -339,9 +344,24 @@ class RouterService(AsyncService):
 
     async def _keep_health(self) -> None:
         serving = self._cluster.placeable()
+        stale = False
         while True:
             await asyncio.sleep(_HEALTH_REFRESH_S)
             serving = await self._refresh_health(serving)
+            stale = self._note_staleness(stale)
+
+    def _note_staleness(self, was_stale: bool) -> bool:
+        """Log when the snapshot turns stale or fresh again; returns whether it is stale."""
+        stale = self._cluster.snapshot_stale
+        if stale and not was_stale:
+            _LOG.warning(
+                "no snapshot from telemetry for %.1f s; placing requests on the last one "
+                "meanwhile (stale)",
+                self._cluster.snapshot_age_s or 0.0,
+            )
+        elif was_stale and not stale:
+            _LOG.info("snapshots from telemetry again; the cluster view is fresh")
+        return stale
 
     async def _watch(self) -> None:
         """Keep the cluster view current; reopen the watch while telemetry is away."""

@@ -69,8 +69,16 @@ class RouterSettings:
     snapshot_interval_ms: int = 100
     # start() waits this long for the first snapshot (requests get UNAVAILABLE until one comes).
     initial_snapshot_timeout_s: float = 5.0
-    # Pause before re-opening a broken watch stream (doubles up to 10x while telemetry is down).
+    # Pause before re-opening a broken watch stream (doubles up to 4x while telemetry is down).
     watch_retry_s: float = 0.5
+    # A snapshot older than this is marked stale (metric voltana_router_snapshot_stale, a log
+    # line): telemetry is unreachable. Requests are still placed on it as before; telemetry's
+    # watch resends at least every 5 s on a quiet cluster, so keep this above that.
+    snapshot_stale_after_s: float = 10.0
+    # When snapshots stop listing any instance of a phase they listed before (Redis restarted
+    # empty; instances register again within a report or two), the last ones seen are kept
+    # this long, so requests keep going to them; 0 = drop them at once.
+    vanished_phase_grace_s: float = 3.0
     # Instances silent for longer than this (snapshot now_s - last_activity_s) are not routed
     # to; 0 = route to every instance telemetry lists. Only meaningful when reporters stamp
     # samples on telemetry's clock (sped-up simulated engines do not). Telemetry itself
@@ -158,6 +166,7 @@ class RouterSettings:
         for name in (
             "chars_per_token_estimate",
             "watch_retry_s",
+            "snapshot_stale_after_s",
             "engine_connect_timeout_s",
             "engine_request_timeout_s",
             "telemetry_timeout_s",
@@ -173,6 +182,7 @@ class RouterSettings:
         for name in (
             "initial_snapshot_timeout_s",
             "instance_stale_after_s",
+            "vanished_phase_grace_s",
             "shutdown_grace_s",
             "completion_flush_timeout_s",
             "health_check_interval_s",

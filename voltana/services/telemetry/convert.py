@@ -300,6 +300,7 @@ def completion_to_proto(completion: Completion) -> telemetry_pb2.CompletionRecor
         status=completion.status,
         energy_j=completion.energy_j,
         idle_energy_j=completion.idle_energy_j,
+        record_id=completion.record_id,
     )
     if completion.slo is not None:
         message.slo.CopyFrom(slo_to_proto(completion.slo))
@@ -325,6 +326,7 @@ def completion_from_proto(message: telemetry_pb2.CompletionRecord) -> Completion
         status=message.status,
         energy_j=message.energy_j if message.HasField("energy_j") else None,
         idle_energy_j=message.idle_energy_j if message.HasField("idle_energy_j") else None,
+        record_id=message.record_id,
     )
 
 

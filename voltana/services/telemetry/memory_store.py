@@ -55,8 +55,10 @@ class MemoryTelemetryStore:
         self._gpu: dict[str, GpuReading] = {}
         self._series: dict[tuple[str, Metric], deque[SeriesPoint]] = {}
         self._completions: deque[Completion] = deque(maxlen=completions_cap)
-        # The records in _completions, so a retried report is not counted twice.
+        # The records in _completions and their record ids, so a retried report is not
+        # counted twice.
         self._completion_set: set[Completion] = set()
+        self._record_ids: set[str] = set()
         self._seen_s: dict[str, float] = {}
 
     @property
@@ -124,18 +126,26 @@ class MemoryTelemetryStore:
 
     async def record_completion(self, completion: Completion) -> None:
         validate_completion(completion)
-        if completion in self._completion_set:
+        if completion in self._completion_set or completion.record_id in self._record_ids:
             return
         if len(self._completions) == self._completions.maxlen:
-            self._completion_set.discard(self._completions[0])
+            evicted = self._completions[0]
+            self._completion_set.discard(evicted)
+            self._record_ids.discard(evicted.record_id)
         self._completions.append(completion)
         self._completion_set.add(completion)
+        if completion.record_id:
+            self._record_ids.add(completion.record_id)
 
     async def last_seen(self) -> dict[str, float]:
         return dict(self._seen_s)
 
     async def ping(self) -> None:
         """Process memory is always there."""
+
+    async def epoch(self) -> str:
+        """Constant: what this store holds lives and dies with the process that replays."""
+        return "memory"
 
     async def latest_states(self) -> dict[str, InstanceState]:
         states: dict[str, InstanceState] = {}

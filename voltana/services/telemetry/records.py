@@ -89,6 +89,9 @@ class Completion:
     # None when the engines do not report it (docs/energy.md).
     energy_j: float | None = None
     idle_energy_j: float | None = None
+    # Unique per record, kept through retries and replays: the store counts an id once
+    # ("" = deduplicated by content only).
+    record_id: str = ""
 
     @property
     def status_name(self) -> str:

@@ -10,8 +10,13 @@ Key layout (``prefix`` defaults to ``voltana:``):
 - ``{prefix}series:{id}:{metric}``      list of ``"<ts_s> <value>"``, capped with LTRIM
 - ``{prefix}completions``               sorted set of JSON completions scored by finish time,
                                         capped by rank (a record reported twice is kept once)
+- ``{prefix}completion_ids``            sorted set of the record ids stored there, same scores,
+                                        capped at twice the completions: a record id arriving
+                                        again (a retry, a replay) is not stored twice
 - ``{prefix}seen``                      hash, instance id → when it last registered or reported
                                         load (store clock); silent instances expire by it
+- ``{prefix}epoch``                     a random marker, only where INFO is not allowed: a
+                                        restart that lost it shows as a new epoch (``epoch``)
 
 Registration, load and GPU data stay in separate hashes and are merged on read (see
 ``merge.py``), so no write has to read first.
@@ -20,11 +25,12 @@ Registration, load and GPU data stay in separate hashes and are merged on read (
 from __future__ import annotations
 
 import contextlib
+import uuid
 from collections.abc import Collection, Iterable, Iterator, Mapping
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
 from voltana.policy.state import InstanceState, SloTarget
 from voltana.services.telemetry.codec import decode_fields, decode_json, encode_fields, encode_json
@@ -62,6 +68,23 @@ from voltana.services.telemetry.validate import (
 from voltana.services.telemetry.window import compute_window_report
 
 DEFAULT_KEY_PREFIX = "voltana:"
+
+# Stores a completion unless its record id (ARGV[3], "" = none) is already known; one atomic
+# step, so a retry racing a replay counts once. Ids are kept twice as long as the records (an
+# id outlives its record, so a late duplicate cannot slip back in). Returns 1 when stored.
+# KEYS: completions, completion ids; ARGV: member, score, record id, cap.
+_RECORD_COMPLETION_LUA = """
+local cap = tonumber(ARGV[4])
+if ARGV[3] ~= '' then
+  if redis.call('ZADD', KEYS[2], 'NX', ARGV[2], ARGV[3]) == 0 then
+    return 0
+  end
+  redis.call('ZREMRANGEBYRANK', KEYS[2], 0, -2 * cap - 1)
+end
+local added = redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+redis.call('ZREMRANGEBYRANK', KEYS[1], 0, -cap - 1)
+return added
+"""
 
 
 @contextlib.contextmanager
@@ -104,6 +127,7 @@ class RedisTelemetryStore:
         self._completions_cap = completions_cap
         self._owns_client = owns_client
         self._changes = ChangeNotifier()
+        self._record_completion = client.register_script(_RECORD_COMPLETION_LUA)
 
     @classmethod
     def from_url(
@@ -165,8 +189,14 @@ class RedisTelemetryStore:
     def completions_key(self) -> str:
         return f"{self._prefix}completions"
 
+    def completion_ids_key(self) -> str:
+        return f"{self._prefix}completion_ids"
+
     def seen_key(self) -> str:
         return f"{self._prefix}seen"
+
+    def epoch_key(self) -> str:
+        return f"{self._prefix}epoch"
 
     def _queue_points(
         self, pipe: Any, instance_id: str, ts_s: float, values: dict[Metric, float]
@@ -258,13 +288,17 @@ class RedisTelemetryStore:
 
     async def record_completion(self, completion: Completion) -> None:
         validate_completion(completion)
-        key = self.completions_key()
         with _store_errors("record a completion"):
-            async with self._redis.pipeline(transaction=True) as pipe:
-                pipe.zadd(key, {encode_json(completion): completion.finished_at_s})
-                # Keep the newest `completions_cap` entries (ranks ascend with finish time).
-                pipe.zremrangebyrank(key, 0, -self._completions_cap - 1)
-                await pipe.execute()
+            # Keeps the newest `completions_cap` entries (ranks ascend with finish time).
+            await self._record_completion(
+                keys=[self.completions_key(), self.completion_ids_key()],
+                args=[
+                    encode_json(completion),
+                    repr(completion.finished_at_s),
+                    completion.record_id,
+                    self._completions_cap,
+                ],
+            )
 
     async def _instance_ids(self) -> list[str]:
         with _store_errors("list instances"):
@@ -367,6 +401,21 @@ class RedisTelemetryStore:
                         f"cannot decode when {instance_id!r} was last seen: {text!r}"
                     ) from exc
         return result
+
+    async def epoch(self) -> str:
+        """The Redis server's run id: every restart gets a new one, whether it reloaded its
+        data (AOF, RDB: perhaps without the last writes) or came back empty. Where INFO is
+        not allowed (ACL), a marker key instead, which only a restart that lost it replaces."""
+        with _store_errors("tell its run id"):
+            try:
+                info = await self._redis.info("server")
+            except ResponseError:
+                async with self._redis.pipeline(transaction=True) as pipe:
+                    pipe.set(self.epoch_key(), uuid.uuid4().hex, nx=True)
+                    pipe.get(self.epoch_key())
+                    _, marker = await pipe.execute()
+                return f"marker:{marker}"
+        return str(info.get("run_id", ""))
 
     async def ping(self) -> None:
         """Raise TelemetryStoreError unless Redis answers (services check this at start)."""

@@ -17,6 +17,7 @@ from voltana.lifecycle import AsyncService, cancel_and_wait
 from voltana.observability.prometheus import MetricsServer, start_metrics_server
 from voltana.rpc import dialable_address, set_serving, start_grpc_server, stop_grpc_server
 from voltana.rpc.names import TELEMETRY_SERVICE
+from voltana.services.telemetry.books import CompletionBooks, build_books
 from voltana.services.telemetry.errors import TELEMETRY_STATUS_CODES
 from voltana.services.telemetry.memory_store import MemoryTelemetryStore
 from voltana.services.telemetry.metrics import TelemetryMetrics, instrumented
@@ -81,6 +82,10 @@ class TelemetryService(AsyncService):
         self._health: health.aio.HealthServicer | None = None
         self._upkeep: TelemetryUpkeep | None = None
         self._upkeep_task: asyncio.Task[None] | None = None
+        self._books = build_books(
+            instrumented(self._store, self._metrics), settings, self.metrics_registry
+        )
+        self._books_task: asyncio.Task[None] | None = None
         self._port: int | None = None
         self._stopped = False
 
@@ -96,6 +101,11 @@ class TelemetryService(AsyncService):
     def upkeep(self) -> TelemetryUpkeep | None:
         """Store health checks and expiry of silent instances (None until started)."""
         return self._upkeep
+
+    @property
+    def books(self) -> CompletionBooks:
+        """Where completions are stored, journaled and replayed after a store restart."""
+        return self._books
 
     @property
     def metrics_url(self) -> str | None:
@@ -121,7 +131,10 @@ class TelemetryService(AsyncService):
         self._settings.security.require_credentials("telemetry")
         if isinstance(self._store, RedisTelemetryStore):
             await self._store.ping()  # fail at start, not on the first report
-        servicer = TelemetryServicer(instrumented(self._store, self._metrics), self._settings)
+        await self._books.check_store()  # learn the epoch: a change later = a restart
+        servicer = TelemetryServicer(
+            instrumented(self._store, self._metrics), self._settings, books=self._books
+        )
         health_servicer = health.aio.HealthServicer()
         register = functools.partial(
             telemetry_pb2_grpc.add_TelemetryServiceServicer_to_server, servicer
@@ -146,6 +159,7 @@ class TelemetryService(AsyncService):
             instance_ttl_s=self._settings.instance_ttl_s,
         )
         self._upkeep_task = asyncio.create_task(self._upkeep.run(), name="telemetry-upkeep")
+        self._books_task = asyncio.create_task(self._books.run(), name="telemetry-books")
         try:
             self._metrics_server = await start_metrics_server(
                 self.metrics_registry, self._settings.metrics_listen_address
@@ -172,6 +186,10 @@ class TelemetryService(AsyncService):
             assert self._upkeep is not None
             self._upkeep.stop()
             await cancel_and_wait([task])
+        books_task, self._books_task = self._books_task, None
+        if books_task is not None:
+            self._books.stop()
+            await cancel_and_wait([books_task])
         metrics_server, self._metrics_server = self._metrics_server, None
         if metrics_server is not None:
             await metrics_server.stop()

@@ -27,6 +27,7 @@ import grpc.aio
 from voltana.rpc.limits import MAX_TEXT_CHARS, check_address, check_id, check_ids
 from voltana.rpc.names import TELEMETRY_SERVICE, method_names
 from voltana.services.telemetry.arrivals import ArrivalRates
+from voltana.services.telemetry.books import CompletionBooks, build_books
 from voltana.services.telemetry.convert import (
     completion_from_proto,
     info_from_register_request,
@@ -101,9 +102,17 @@ def _unknown(instance_id: str) -> _Rejection:
 
 
 class TelemetryServicer(telemetry_pb2_grpc.TelemetryServiceServicer):
-    def __init__(self, store: TelemetryStore, settings: TelemetrySettings) -> None:
+    def __init__(
+        self,
+        store: TelemetryStore,
+        settings: TelemetrySettings,
+        *,
+        books: CompletionBooks | None = None,
+    ) -> None:
+        """``books`` stores completions (default: on ``store``, journaled per ``settings``)."""
         self._store = store
         self._settings = settings
+        self._books = books if books is not None else build_books(store, settings)
         self._registry = InstanceRegistry(store, refresh_s=settings.registry_refresh_s)
         self._arrivals = ArrivalRates(settings.arrival_rate_window_s)
         self._router_shares = RouterShares(
@@ -285,7 +294,7 @@ class TelemetryServicer(telemetry_pb2_grpc.TelemetryServiceServicer):
             future = self._future_problem(f"the completion's {what}", ts_s)
             if future is not None:
                 raise InvalidTelemetryError(future)
-        await self._store.record_completion(completion)
+        await self._books.record(completion)
         return telemetry_pb2.ReportCompletionResponse()
 
     async def ReportPlacements(

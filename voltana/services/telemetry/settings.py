@@ -27,6 +27,11 @@ class TelemetrySettings:
     # Points kept per (instance, metric) series, and completions kept in all.
     series_cap: int = DEFAULT_SERIES_CAP
     completions_cap: int = DEFAULT_COMPLETIONS_CAP
+    # Completions this process stored are kept (at most replay_journal_cap of them, for
+    # replay_journal_s by finish time) to be written again into a store that restarted and
+    # lost them (voltana.services.telemetry.books).
+    replay_journal_cap: int = 50_000
+    replay_journal_s: float = 900.0
     # Window of GetAggregates when the request asks for 0 seconds.
     window_s: float = 60.0
     # SLO of requests whose completion carries none.
@@ -64,7 +69,13 @@ class TelemetrySettings:
     security: RpcSecurity = field(default_factory=RpcSecurity)
 
     def __post_init__(self) -> None:
-        for name in ("series_cap", "completions_cap", "watch_min_interval_ms", "max_instances"):
+        for name in (
+            "series_cap",
+            "completions_cap",
+            "watch_min_interval_ms",
+            "max_instances",
+            "replay_journal_cap",
+        ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"telemetry {name} must be >= 1, got {getattr(self, name)}")
         if self.watch_default_interval_ms < self.watch_min_interval_ms:
@@ -74,6 +85,7 @@ class TelemetrySettings:
             )
         for name in (
             "window_s",
+            "replay_journal_s",
             "arrival_rate_window_s",
             "router_share_ttl_s",
             "watch_idle_resend_s",

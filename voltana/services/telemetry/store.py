@@ -118,6 +118,12 @@ class TelemetryStore(Protocol):
         """Raise TelemetryStoreError unless the store can be used now."""
         ...
 
+    async def epoch(self) -> str:
+        """Names the store's current incarnation (TelemetryStoreError when unreachable): it
+        changes when the store may have lost writes it acknowledged (a Redis restart), so
+        telemetry writes its recent completions again (voltana.services.telemetry.books)."""
+        ...
+
     async def latest_states(self) -> dict[str, InstanceState]:
         """Every instance whose phase is known, ordered by instance id."""
         ...

@@ -81,6 +81,7 @@ def validate_completion(completion: Completion) -> None:
     _check_id("request_id", completion.request_id)
     _check_id("prefill_instance_id", completion.prefill_id, required=False)
     _check_id("decode_instance_id", completion.decode_id, required=False)
+    _check_id("record_id", completion.record_id, required=False)
     check_text(completion.reason, "reason", error=InvalidTelemetryError)
     if completion.ok and not completion.prefill_id and not completion.decode_id:
         # Only failed requests may lack instances (they failed before placement).
