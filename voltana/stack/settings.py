@@ -119,6 +119,22 @@ class SimStackSettings:
             if not self.model_config_path:
                 get_model(self.model_key)
 
+    def fixed_ports(self) -> dict[str, int]:
+        """Every port this stack was asked to take by number (name as printed -> port)."""
+        ports = {
+            "router": self.router_port,
+            "router.http": self.http_port or 0,
+            "telemetry": self.telemetry_port,
+            "controller": self.controller_port,
+        }
+        if self.metrics_port:
+            services = ["router", "telemetry", "controller"]
+            services += [f"prefill-{i}.agent" for i in range(self.prefill)]
+            services += [f"decode-{i}.agent" for i in range(self.decode)]
+            for offset, service in enumerate(services):
+                ports[f"{service}.metrics"] = self.metrics_port + offset
+        return {name: port for name, port in ports.items() if port}
+
     def metrics_address(self, offset: int) -> str | None:
         """Where the ``offset``-th service serves /metrics (None when metrics are off)."""
         if self.metrics_port is None:

@@ -39,6 +39,7 @@ from voltana.services.telemetry import (
     TelemetryService,
     TelemetrySettings,
 )
+from voltana.stack.ports import require_free_ports
 from voltana.stack.registration import InstanceRegistration
 from voltana.stack.settings import METRICS_PORTS_BEFORE_AGENTS, SimStackSettings
 from voltana.stack.sinks import TelemetryInstanceSink
@@ -218,6 +219,7 @@ class SimStack(AsyncService):
         settings = self.settings
         router_settings = self._router_settings("127.0.0.1:1")
         build_routing_policy(router_settings)  # an unknown policy fails before anything binds
+        require_free_ports(settings.host, settings.fixed_ports())  # so does a busy port
         telemetry = TelemetryService(
             TelemetrySettings(
                 listen_address=settings.address(settings.telemetry_port),
