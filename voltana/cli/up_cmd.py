@@ -26,6 +26,7 @@ from voltana.cli.serve_cmd import port_number
 from voltana.deploy.ports import CONTROLLER_PORT, ROUTER_HTTP_PORT, ROUTER_PORT, TELEMETRY_PORT
 from voltana.errors import ConfigError
 from voltana.hardware import GPU_CATALOG, MODEL_CATALOG
+from voltana.lifecycle import wait_for_stop_or_failure
 from voltana.observability import add_observability_args, observability_from_args
 from voltana.policy.registry import live_policy_names, router_names
 from voltana.stack import SimStack, SimStackSettings
@@ -243,7 +244,8 @@ async def serve(
         print_addresses(stack, out or sys.stdout)
         for note in notes:
             print(note, file=sys.stderr)
-        await stop_waiter
+        stop_waiter.cancel()
+        await wait_for_stop_or_failure(stop_requested, stack)  # e.g. Redis refused telemetry
     finally:
         for sig in signals:
             loop.remove_signal_handler(sig)

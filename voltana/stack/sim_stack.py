@@ -413,6 +413,10 @@ class SimStack(AsyncService):
                 return False
         return True
 
+    async def failure(self) -> BaseException:
+        """Wait until the stack fails for good (Redis refused telemetry's credentials)."""
+        return await self._started(self.telemetry, "telemetry").failure()
+
     async def stop(self) -> None:
         """Stop what runs, newest first; one part failing to stop does not keep the rest up."""
         stoppers, self._stoppers = self._stoppers, []
