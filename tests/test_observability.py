@@ -133,7 +133,8 @@ GENERATE = "voltana.v1.RouterService/Generate"
 # HTTP attributes of the older semantic conventions, which the stable ones replaced.
 OLD_HTTP_ATTRIBUTES = {"http.method", "http.url", "http.status_code", "http.scheme", "http.host"}
 OLD_HTTP_ATTRIBUTES |= {"http.target", "http.flavor", "http.user_agent", "http.server_name"}
-OLD_HTTP_ATTRIBUTES |= {"net.peer.name", "net.peer.port", "net.host.name", "net.host.port"}
+OLD_NET_ATTRIBUTES = {"net.peer.ip", "net.peer.name", "net.peer.port", "net.host.name"}
+OLD_HTTP_ATTRIBUTES |= OLD_NET_ATTRIBUTES | {"net.host.port"}
 
 
 @dataclass
@@ -306,6 +307,9 @@ def test_every_rpc_and_http_span_has_semantic_convention_attributes(
             assert not span.name.startswith("/")
             assert attributes["rpc.service"] == service and attributes["rpc.method"] == method
             assert attributes["rpc.grpc.status_code"] == 0, span
+            assert not set(attributes) & OLD_NET_ATTRIBUTES, span
+            if span.kind == SERVER:
+                assert attributes["client.address"] and attributes["client.port"], span
         else:
             # The stable HTTP conventions only: none of the older names beside them.
             assert "http.request.method" in attributes, span
