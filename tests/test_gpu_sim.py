@@ -150,12 +150,14 @@ def test_a_reading_while_the_engine_loop_is_late_counts_the_batch_that_goes_on()
     assert gpu.energy_j() == pytest.approx(300.0 * 1.5)
     gpu.draw_during(busy, 1.0, 2.0, then=idle, likely_after=busy)  # it starts back-dated
     assert gpu.energy_j() == pytest.approx(300.0 * 1.5)
-    clock.advance(1.0)  # 2.5: late again; then a request of the batch is cancelled
-    gpu.settle_likely()
+    clock.advance(1.0)  # 2.5: late again; then the batch's last request is cancelled
+    gpu.settle_likely(goes_on=False)
     assert gpu.energy_j() == pytest.approx(300.0 * 2.5)
-    gpu.set_power_source(idle)  # the batch stopped: idle from now, the counter never falls
+    clock.advance(0.5)  # the loop has not noticed yet: idle since the cancel, nothing likely
+    assert gpu.energy_j() == pytest.approx(300.0 * 2.5 + 60.0 * 0.5)
+    gpu.set_power_source(idle)
     clock.advance(1.0)
-    assert gpu.energy_j() == pytest.approx(300.0 * 2.5 + 60.0)
+    assert gpu.energy_j() == pytest.approx(300.0 * 2.5 + 60.0 * 1.5)
 
 
 def test_without_work_that_goes_on_the_gap_counts_idle_until_revised() -> None:

@@ -126,8 +126,11 @@ def run(args: argparse.Namespace) -> int:
 
     def probed(multiplier: float, attained: float) -> None:
         elapsed = format_duration(time.monotonic() - started_s)
-        print(f"  x{multiplier:.3g} the trace's rate: {attained:.1%} attained ({elapsed})",
-              file=sys.stderr, flush=True)  # fmt: skip
+        print(
+            f"  x{multiplier:.3g} the trace's rate: {attained:.1%} attained ({elapsed})",
+            file=sys.stderr,
+            flush=True,
+        )
 
     capacity = slo_capacity(workload, config, hardware.perf, on_probe=probed)
     if capacity <= 0:

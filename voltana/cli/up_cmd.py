@@ -119,7 +119,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     network.add_argument("--host", default="127.0.0.1", help="address every server binds")
     for service, port in DEFAULT_PORTS.items():
         network.add_argument(
-            f"--{service.replace('.', '-')}-port",
+            f"--{service}-port",
             type=port_number,
             help=f"{service} port (default: {port} when free, else any free port; 0: any free)",
         )

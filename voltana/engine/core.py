@@ -326,8 +326,9 @@ class EngineCore:
                 self.kv_outbox.abort(state.request.bootstrap.room, reason)
         elif state.stage is Stage.DECODE and self.decode is not None:
             self.decode.cancel(state.key)
+            goes_on = self._decode_batch_goes_on()
             for gpu in self._simulated_gpus:  # the batch ran on until now (a late loop)
-                gpu.settle_likely()
+                gpu.settle_likely(goes_on)
         if state.kv_wait is not None and not state.kv_wait.done():
             state.kv_wait.cancel()
         self._wake.set()
@@ -596,13 +597,14 @@ class EngineCore:
         draw is the likely one after the end (readings before the late loop starts the next
         iteration count it, see SimulatedGpu)."""
         source = _constant_power(power_w)
-        likely_after = source if self._decode_goes_on(iteration) else None
+        goes_on = iteration.kind is Phase.DECODE and self._decode_batch_goes_on()
+        likely_after = source if goes_on else None
         for gpu in self._simulated_gpus:
             gpu.draw_during(source, start_s, iteration.end_s, self.perf.idle_power_w, likely_after)
 
-    def _decode_goes_on(self, iteration: _Iteration) -> bool:
-        """Whether a request of this decode iteration's batch still decodes after it."""
-        if iteration.kind is not Phase.DECODE or self.decode is None:
+    def _decode_batch_goes_on(self) -> bool:
+        """Whether a request of the decode batch still decodes after the current iteration."""
+        if self.decode is None:
             return False
         step = self.decode.iterations_done  # the running iteration's index
         return any(job.finish_iteration > step for job in self.decode.running_jobs())

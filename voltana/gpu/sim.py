@@ -249,16 +249,19 @@ class SimulatedGpu:
             else:
                 self._power_source = then
 
-    def settle_likely(self) -> None:
+    def settle_likely(self, goes_on: bool) -> None:
         """The likely draw did run from the last span's end until now (the engine's batch went
         on, e.g. until a request of it was cancelled): count it, so no reading is left above
-        the energy counted when the batch then stops."""
+        the energy counted when the batch then stops; expect it further only if ``goes_on``."""
         with self._lock:
             now = self._advance()
-            if self._likely_after is not None and now > self._likely_after[0]:
-                end_s, likely = self._likely_after
+            if self._likely_after is None:
+                return
+            end_s, likely = self._likely_after
+            if now > end_s:
                 self._revise(end_s, now, likely)
-                self._likely_after = (now, likely)
+                end_s = now
+            self._likely_after = (end_s, likely) if goes_on else None
 
     def power_w(self) -> float:
         with self._lock:
