@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
 import pytest
 
 from voltana.cli.main import main
+from voltana.cli.progress import RowProgress
 from voltana.sim.evaluate import HARDWARE, REFERENCE, Row, workloads
 
 pytestmark = pytest.mark.e2e
@@ -97,3 +99,49 @@ def test_a_row_where_the_baseline_misses_is_infeasible_and_verdicts_compare_like
     assert verdict["slo_ok"] and verdict["beats_static_best"]
     assert verdict["strongest_ablation"] == "voltana-paper"
     assert verdict["lead_points"] == pytest.approx(15.0)
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now_s = 0.0
+
+    def __call__(self) -> float:
+        return self.now_s
+
+
+@pytest.mark.unit
+def test_row_progress_lines_are_spaced_and_carry_an_eta_from_the_last_rows_step_times() -> None:
+    clock, out = FakeClock(), io.StringIO()
+    progress = RowProgress(2, out, interval_s=5.0, clock=clock)
+    progress.start_row("light:", ["a", "b"])
+    update_a = progress.step("a")
+    clock.now_s = 10.0
+    update_a(0.5)  # a quarter of row 1 (equal shares), an eighth of the work, in 10 s
+    clock.now_s = 12.0
+    update_a(0.6)  # within 5 s of the last line: no line
+    (line,) = out.getvalue().splitlines()
+    assert "light: row 1/2, step 1/2: a 50%" in line and "10s elapsed, ETA 1m10s" in line
+    clock.now_s = 30.0
+    progress.step("b")
+    clock.now_s = 40.0
+    progress.end_row()  # a took 30 s, b 10 s
+    assert out.getvalue().splitlines()[-1].endswith("row 1/2 done; 40s elapsed, ETA 40s")
+    progress.start_row("heavy:", ["a", "b"])
+    update_a = progress.step("a")
+    clock.now_s = 55.0
+    update_a(0.5)  # 15 of row 2's expected 40 s: 1.375 of 2 rows done in 55 s
+    assert progress.row_fraction(0, 0.5) == pytest.approx(15 / 40)
+    assert out.getvalue().splitlines()[-1].endswith("55s elapsed, ETA 25s")
+
+
+def test_evaluate_reports_progress_with_an_eta_and_its_help_the_run_time(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    argv = ["evaluate", "--trace", SMALL, "--loads", "light,heavy"]
+    assert main([*argv, "--policy", "static-max", "--policy", "static:1005"]) == 0
+    err = capsys.readouterr().err
+    assert "x1 the trace's rate:" in err  # each capacity probe
+    assert "row 1/2 done;" in err and "row 2/2 done;" in err and "ETA" in err
+    with pytest.raises(SystemExit):
+        main(["evaluate", "--help"])
+    assert "minutes" in capsys.readouterr().out

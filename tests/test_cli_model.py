@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from voltana.cli.main import build_parser, main
-from voltana.hardware import get_gpu, get_model
+from voltana.hardware import GPU_CATALOG, MODEL_CATALOG, get_gpu, get_model
 from voltana.perf.analytical import AnalyticalPerformanceModel
 
 pytestmark = pytest.mark.e2e
@@ -237,3 +237,23 @@ def test_help_lists_every_flag(
 def test_help_describes_every_flag() -> None:
     undocumented = [a.option_strings for a in model_flags() if not a.help]
     assert undocumented == []
+
+
+def test_one_clock_reports_the_sweeps_energy_optimum_not_its_own(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    args = ("--gpu", "a100-80g", "--phase", "prefill", "--tokens", "2048")
+    sweep = json_rows(capsys, *args, "--sweep-clocks")
+    one = json_rows(capsys, *args, "--clock-mhz", "1005")
+    assert sweep["energy_optimal_mhz"] != 1005  # else this test could not tell them apart
+    assert one["energy_optimal_mhz"] == sweep["energy_optimal_mhz"]
+    assert one["rows"][0]["energy_optimal"] is False
+    at_optimum = json_rows(capsys, *args, "--clock-mhz", str(sweep["energy_optimal_mhz"]))
+    assert at_optimum["rows"][0]["energy_optimal"] is True
+
+
+def test_list_names_every_catalog_key(capsys: pytest.CaptureFixture[str]) -> None:
+    code, stdout, err = run_cli(capsys, "--list")
+    assert code == 0 and err == []
+    keys = {line.split()[0] for line in stdout.splitlines() if line.startswith("  ")}
+    assert keys == set(GPU_CATALOG) | set(MODEL_CATALOG)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from security_helpers import SECURITY
 
-from voltana.cli.main import main
+from voltana.cli.main import START_HERE, build_parser, main
 from voltana.cli.outputs import PLOT_FORMATS
 from voltana.services.telemetry import TelemetryService, TelemetrySettings
 from voltana.workloads import SHIPPED_TRACES, load_workload
@@ -188,3 +188,16 @@ async def test_telemetry_logs_its_address(caplog: pytest.LogCaptureFixture) -> N
     async with TelemetryService(settings) as telemetry:
         address = telemetry.address
     assert any(address in record.getMessage() for record in caplog.records)
+
+
+def test_the_top_level_help_says_where_to_start_and_its_commands_parse(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    code, out, _ = run_cli(capsys, "--help")
+    assert code == 0 and "start here" in out and "voltana up --sim" in out
+    commands = START_HERE.replace("\\\n", " ").splitlines()
+    examples = [line.split("#")[0].split()[1:] for line in commands if line.startswith("  voltana")]
+    assert len(examples) == 4
+    for argv in examples:
+        args = build_parser().parse_args(argv)  # SystemExit (exit code 2) on a stale flag
+        assert args.command == argv[0]

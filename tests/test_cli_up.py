@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
+import socket
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -15,9 +17,12 @@ import grpc
 import grpc.aio
 import pytest
 
+from voltana.cli.main import build_parser
+from voltana.cli.up_cmd import chosen_ports, settings_from_args
 from voltana.rpc import RpcSecurity, create_channel
 from voltana.rpc.auth import LEGACY_TOKEN_ENV, TOKEN_ENV
 from voltana.sdk import VoltanaClient
+from voltana.stack.ports import port_in_use
 from voltana.v1 import controller_pb2, controller_pb2_grpc
 
 pytestmark = pytest.mark.e2e
@@ -27,6 +32,9 @@ STOP_TIMEOUT_S = 20.0
 
 
 TOKEN = "cli-test-control-token-0123456789"
+# Tests run beside others: any free ports, not the well-known ones `up` prefers.
+ANY_PORTS = ("--router-port", "0", "--telemetry-port", "0", "--controller-port", "0")
+ANY_PORTS += ("--http-port", "0")
 
 
 async def voltana(*args: str, token: str | None = None) -> asyncio.subprocess.Process:
@@ -73,6 +81,7 @@ async def up_process() -> AsyncIterator[asyncio.subprocess.Process]:
         "10",
         "--log-level",
         "WARNING",
+        *ANY_PORTS,
     )
     try:
         yield process
@@ -126,7 +135,7 @@ async def test_up_takes_a_given_token_and_exits_0_on_sigterm(tmp_path: Path) -> 
     token_file.write_text(TOKEN + "\n")
     process = await voltana(
         "up", "--sim", "--prefill", "1", "--decode", "1", "--speedup", "10",
-        "--log-level", "WARNING", "--token-file", str(token_file),
+        "--log-level", "WARNING", "--token-file", str(token_file), *ANY_PORTS,
     )  # fmt: skip
     try:
         addresses = await read_addresses(process)
@@ -144,6 +153,63 @@ async def test_up_takes_a_given_token_and_exits_0_on_sigterm(tmp_path: Path) -> 
         if process.returncode is None:
             process.kill()
             await process.wait()
+
+
+def test_up_takes_the_well_known_ports_the_readme_bench_line_dials() -> None:
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    bench = re.search(r"voltana bench --target (\S+) --telemetry (\S+)", readme)
+    assert bench is not None
+    args = build_parser().parse_args(["up", "--sim"])
+    ports, notes = chosen_ports(args, is_free=lambda host, port: True)
+    assert notes == []
+    assert bench.groups() == (f"127.0.0.1:{ports['router']}", f"127.0.0.1:{ports['telemetry']}")
+    assert ports == {"router": 50051, "telemetry": 50052, "controller": 50053, "router.http": 8000}
+    no_http = build_parser().parse_args(["up", "--sim", "--no-http"])
+    assert chosen_ports(no_http, is_free=lambda host, port: True)[0]["router.http"] == 0
+
+
+def test_extra_routers_never_take_the_next_services_well_known_port() -> None:
+    args = build_parser().parse_args(["up", "--sim", "--routers", "3"])
+    ports, _ = chosen_ports(args, is_free=lambda host, port: True)
+    settings = settings_from_args(args, ports)
+    # Router 1 would be 50052 (telemetry's) and router 2 50053 (the controller's): free ports.
+    assert [settings.router_port_of(i, settings.router_port) for i in range(3)] == [50051, 0, 0]
+    assert [settings.router_port_of(i, settings.http_port or 0) for i in range(3)] == [
+        8000,
+        8001,
+        8002,
+    ]
+    assert not {50052, 50053} & {
+        port for name, port in settings.fixed_ports().items() if name.startswith("router")
+    }
+
+
+def test_a_busy_well_known_port_falls_back_to_a_free_one_and_says_so() -> None:
+    args = build_parser().parse_args(["up", "--sim", "--telemetry-port", "0"])
+    ports, notes = chosen_ports(args, is_free=lambda host, port: port != 50051)
+    assert ports == {"router": 0, "telemetry": 0, "controller": 50053, "router.http": 8000}
+    (note,) = notes
+    assert "50051" in note and "router" in note
+
+
+def test_port_in_use_tells_a_held_port_from_a_free_one() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as held:
+        port = held.getsockname()[1]
+        assert port_in_use("127.0.0.1", port) is not None
+    assert port_in_use("127.0.0.1", port) is None
+
+
+async def test_up_on_a_busy_port_fails_fast_in_one_line() -> None:
+    """Nothing starts (no engine, agent or telemetry logs) when a requested port is taken."""
+    with socket.create_server(("127.0.0.1", 0)) as held:
+        port = held.getsockname()[1]
+        process = await voltana("up", "--sim", *ANY_PORTS, "--router-port", str(port))
+        stdout, stderr = await asyncio.wait_for(process.communicate(), START_TIMEOUT_S)
+    assert process.returncode == 2
+    lines = stderr.decode().strip().splitlines()
+    assert len(lines) == 1, lines
+    assert f"router port {port}" in lines[0] and "in use" in lines[0]
+    assert stdout == b""
 
 
 async def test_up_without_sim_explains_in_one_line() -> None:

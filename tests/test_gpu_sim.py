@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 
 from voltana.errors import ConfigError
@@ -130,3 +132,38 @@ def test_invalid_clocks_are_refused_and_change_nothing() -> None:
 def test_negative_delay_is_refused() -> None:
     with pytest.raises(ConfigError):
         SimulatedGpu(A100, clock_change_delay_ms=-1)
+
+
+def _watts(power_w: float) -> Callable[[int], float]:
+    return lambda sm_clock_mhz: power_w
+
+
+def test_a_reading_while_the_engine_loop_is_late_counts_the_batch_that_goes_on() -> None:
+    """A loaded host wakes the engine's loop after an iteration's end: the next iteration
+    starts back-dated, and a reading in between must not count that gap at the idle draw (a
+    profile's power window would then fall short by however late the loop was)."""
+    clock = FakeClock(0.0)
+    idle, busy = _watts(60.0), _watts(300.0)
+    gpu = SimulatedGpu(A100, 0, now_s=clock, power_source=idle, clock_change_delay_ms=0)
+    gpu.draw_during(busy, 0.0, 1.0, then=idle, likely_after=busy)
+    clock.advance(1.5)  # the loop is 0.5 s late for the next iteration
+    assert gpu.energy_j() == pytest.approx(300.0 * 1.5)
+    gpu.draw_during(busy, 1.0, 2.0, then=idle, likely_after=busy)  # it starts back-dated
+    assert gpu.energy_j() == pytest.approx(300.0 * 1.5)
+    clock.advance(1.0)  # 2.5: late again; then the batch's last request is cancelled
+    gpu.settle_likely(goes_on=False)
+    assert gpu.energy_j() == pytest.approx(300.0 * 2.5)
+    clock.advance(0.5)  # the loop has not noticed yet: idle since the cancel, nothing likely
+    assert gpu.energy_j() == pytest.approx(300.0 * 2.5 + 60.0 * 0.5)
+    gpu.set_power_source(idle)
+    clock.advance(1.0)
+    assert gpu.energy_j() == pytest.approx(300.0 * 2.5 + 60.0 * 1.5)
+
+
+def test_without_work_that_goes_on_the_gap_counts_idle_until_revised() -> None:
+    clock = FakeClock(0.0)
+    idle, busy = _watts(60.0), _watts(300.0)
+    gpu = SimulatedGpu(A100, 0, now_s=clock, power_source=idle, clock_change_delay_ms=0)
+    gpu.draw_during(busy, 0.0, 1.0, then=idle)  # the batch ends with this iteration
+    clock.advance(1.5)
+    assert gpu.energy_j() == pytest.approx(300.0 + 60.0 * 0.5)

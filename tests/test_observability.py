@@ -130,6 +130,11 @@ def test_in_memory_exporter_records_spans_without_touching_the_global_provider()
 
 SERVER, CLIENT, INTERNAL = 2, 3, 1  # OTLP span kinds
 GENERATE = "voltana.v1.RouterService/Generate"
+# HTTP attributes of the older semantic conventions, which the stable ones replaced.
+OLD_HTTP_ATTRIBUTES = {"http.method", "http.url", "http.status_code", "http.scheme", "http.host"}
+OLD_HTTP_ATTRIBUTES |= {"http.target", "http.flavor", "http.user_agent", "http.server_name"}
+OLD_NET_ATTRIBUTES = {"net.peer.ip", "net.peer.name", "net.peer.port", "net.host.name"}
+OLD_HTTP_ATTRIBUTES |= OLD_NET_ATTRIBUTES | {"net.host.port"}
 
 
 @dataclass
@@ -302,9 +307,16 @@ def test_every_rpc_and_http_span_has_semantic_convention_attributes(
             assert not span.name.startswith("/")
             assert attributes["rpc.service"] == service and attributes["rpc.method"] == method
             assert attributes["rpc.grpc.status_code"] == 0, span
+            assert not set(attributes) & OLD_NET_ATTRIBUTES, span
+            if span.kind == SERVER:
+                assert attributes["client.address"] and attributes["client.port"], span
         else:
-            assert "http.request.method" in attributes and "http.method" in attributes, span
-            assert attributes.get("http.status_code", attributes.get("http.response.status_code"))
+            # The stable HTTP conventions only: none of the older names beside them.
+            assert "http.request.method" in attributes, span
+            assert attributes["http.response.status_code"], span
+            assert not set(attributes) & OLD_HTTP_ATTRIBUTES, span
+            route = attributes["http.route" if span.kind == SERVER else "url.template"]
+            assert span.name == f"{attributes['http.request.method']} {route}", span
     served = traced_run.one(GENERATE, SERVER)
     assert served.attributes["server.port"] and served.attributes["client.address"] == "127.0.0.1"
     router_call = next(
@@ -316,6 +328,7 @@ def test_every_rpc_and_http_span_has_semantic_convention_attributes(
     )
     assert router_call.attributes["http.request.method"] == "POST"
     assert str(router_call.attributes["url.full"]).endswith("/generate")
+    assert router_call.name == "POST /generate"
 
 
 @pytest.mark.e2e

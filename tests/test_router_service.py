@@ -568,7 +568,7 @@ async def test_spans_link_the_client_and_the_router() -> None:
     engine_calls = [
         span
         for span in exporter.get_finished_spans()
-        if span.kind is SpanKind.CLIENT and span.name == "POST"
+        if span.kind is SpanKind.CLIENT and span.name == "POST /generate"
     ]
     assert len(engine_calls) == 2
     for call in engine_calls:

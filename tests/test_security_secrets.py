@@ -3,19 +3,23 @@ redis-server with requirepass, and over TLS) and that no password reaches a log 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import socket
 import stat
 import uuid
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
+import redis.asyncio as aioredis
 from security_helpers import SECURITY, Pki
 
 from voltana.cli.main import main
-from voltana.errors import ConfigError, VoltanaError
+from voltana.cli.serve_cmd import serve_until_signal
+from voltana.errors import ConfigError, FailedPreconditionError, VoltanaError
 from voltana.policy.state import Phase
 from voltana.rpc import RpcSecurity, load_token
 from voltana.rpc.auth import LEGACY_TOKEN_ENV, TOKEN_ENV
@@ -25,6 +29,7 @@ from voltana.services.telemetry import (
     TelemetryService,
     TelemetrySettings,
 )
+from voltana.services.telemetry.errors import TelemetryStoreAuthError
 from voltana.services.telemetry.redis_url import redact_redis_url
 from voltana.stack import SimStackSettings
 
@@ -211,3 +216,33 @@ async def test_redis_over_tls_with_a_password(
     )  # fmt: skip
     url = f"rediss://{server.host}:{tls_port}/0?ssl_ca_certs={pki.ca_file}"
     await register_through(redis_settings(url, password=PASSWORD))
+
+
+async def test_a_password_that_stops_working_ends_telemetry_with_one_clear_error(
+    start_redis_server: Callable[..., Any],
+) -> None:
+    """Redis restarted with another password: retrying cannot heal that, so `voltana serve
+    telemetry` stops and exits 2 with the reason, rather than serving NOT_SERVING forever."""
+    server = start_redis_server("--requirepass", PASSWORD)
+    url = f"redis://{server.host}:{server.port}/0"
+    settings = replace(redis_settings(url, password=PASSWORD), upkeep_interval_s=0.1)
+    service = TelemetryService(settings)
+    serving = asyncio.create_task(serve_until_signal(service, "telemetry"))
+    try:
+        while service.upkeep is None or service.upkeep.healthy is not True:
+            assert not serving.done(), serving
+            await asyncio.sleep(0.05)
+        admin = aioredis.Redis(host=server.host, port=server.port, password=PASSWORD)
+        await admin.config_set("requirepass", "another-" + PASSWORD)
+        await admin.client_kill_filter(_type="normal", skipme=True)
+        await admin.aclose()
+        with pytest.raises(TelemetryStoreAuthError) as failed:
+            await asyncio.wait_for(serving, timeout=60.0)
+    finally:
+        serving.cancel()
+        await asyncio.gather(serving, return_exceptions=True)
+    message = str(failed.value)
+    assert "refused telemetry's credentials" in message and "--redis-password-file" in message
+    assert PASSWORD not in message
+    with pytest.raises(FailedPreconditionError):
+        await service.start()  # it stopped

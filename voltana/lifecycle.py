@@ -7,7 +7,7 @@ import contextlib
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Iterable
 from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import Any, Protocol, Self, TypeVar, runtime_checkable
 
 _T = TypeVar("_T")
 
@@ -32,6 +32,28 @@ class AsyncService(ABC):
         traceback: TracebackType | None,
     ) -> None:
         await self.stop()
+
+
+@runtime_checkable
+class FailsForGood(Protocol):
+    """A service that can fail in a way no retry heals (e.g. a refused password): whoever runs
+    it waits on ``failure()`` beside its stop signal, stops it and reports the error."""
+
+    async def failure(self) -> BaseException: ...
+
+
+async def wait_for_stop_or_failure(stop: asyncio.Event, service: object) -> None:
+    """Until ``stop`` is set; raises the service's failure first if it ``FailsForGood``."""
+    waiters: list[asyncio.Task[Any]] = [asyncio.create_task(stop.wait())]
+    if isinstance(service, FailsForGood):
+        waiters.append(asyncio.create_task(service.failure()))
+    try:
+        done, _ = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        await cancel_and_wait(waiters)
+    failed = waiters[1:]
+    if failed and failed[0] in done:
+        raise failed[0].result()
 
 
 async def cancel_and_wait(tasks: Iterable[asyncio.Task[Any] | None]) -> None:

@@ -14,6 +14,18 @@ from voltana.errors import VoltanaError
 
 Handler = Callable[[argparse.Namespace], int]
 
+START_HERE = """\
+start here (no GPU needed):
+  voltana simulate --policy static-max --policy static:1005   # offline, the embedded trace
+  voltana up --sim                       # the whole stack on loopback; router 127.0.0.1:50051
+  voltana bench --target 127.0.0.1:50051 --telemetry 127.0.0.1:50052 \\
+      --trace synthetic:poisson:rate=5,duration=60,input=512,output=128
+  voltana model --list                   # the GPUs and models the catalogs know
+
+Every command documents its flags: voltana COMMAND --help. Bad input ends with exit code 2
+and one line on stderr.
+"""
+
 
 class OneLineErrorParser(argparse.ArgumentParser):
     """An ArgumentParser whose usage errors are one line (no usage block) and exit 2.
@@ -52,6 +64,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     parser = OneLineErrorParser(
         prog="voltana",
         description="SLO-aware, energy-efficient control plane for PD-disaggregated LLM serving.",
+        epilog=START_HERE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"voltana {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)

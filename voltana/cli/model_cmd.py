@@ -10,6 +10,7 @@ from typing import Any
 from voltana.cli.options import Hardware, add_hardware_args, hardware_from_args, positive_int
 from voltana.cli.outputs import STDOUT, check_output_path, write_text
 from voltana.errors import ConfigError
+from voltana.hardware import GPU_CATALOG, MODEL_CATALOG
 from voltana.perf.analytical import AnalyticalPerformanceModel
 from voltana.perf.model import IterationEstimate
 from voltana.policy.registry import parse_clock_mhz
@@ -18,6 +19,10 @@ EPILOG = """\
 examples:
   voltana model --gpu h100-80g --phase decode --batch 64 --context-tokens 1024 --sweep-clocks
   voltana model --gpu a100-80g --phase prefill --tokens 2048 --clock-mhz 1005
+  voltana model --list
+
+The energy-optimal clock is always that of a sweep over every supported clock, also when
+--clock-mhz prints one row.
 """
 
 
@@ -53,7 +58,31 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     clocks.add_argument("--clock-mhz", help="SM clock (default: the GPU's default clock)")
     clocks.add_argument("--sweep-clocks", action="store_true", help="one row per supported clock")
     parser.add_argument("--json", metavar="OUT.json", help="write the rows as JSON ('-' = stdout)")
+    parser.add_argument(
+        "--list",
+        action="store_true",
+        help="list the catalog's GPU and model keys (what --gpu and --model take) and exit",
+    )
     parser.set_defaults(handler=run)
+
+
+def catalog_lines() -> list[str]:
+    """The GPU and model catalogs, one key per line, as --gpu and --model take them."""
+    lines = ["GPUs (--gpu):"]
+    for key, gpu in GPU_CATALOG.items():
+        clocks = gpu.supported_sm_clocks_mhz
+        lines.append(
+            f"  {key:<14} {gpu.display_name}, SM clocks {clocks[0]}-{clocks[-1]} MHz "
+            f"(default {gpu.default_sm_clock_mhz}), TDP {gpu.tdp_w:g} W"
+        )
+    lines.append("models (--model):")
+    for key, model in MODEL_CATALOG.items():
+        lines.append(
+            f"  {key:<14} {model.param_count / 1e9:.1f} B parameters, {model.num_layers} "
+            f"layers, context {model.max_context_tokens} tokens"
+        )
+    lines.append("others: --model-config CONFIG_JSON (Hugging Face config), --profile PROFILE.csv")
+    return lines
 
 
 def _row(hardware: Hardware, args: argparse.Namespace, clock_mhz: int) -> dict[str, Any]:
@@ -77,6 +106,9 @@ def _row(hardware: Hardware, args: argparse.Namespace, clock_mhz: int) -> dict[s
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.list:
+        print("\n".join(catalog_lines()))
+        return 0
     if args.json:
         check_output_path(args.json, "--json")
     hardware = hardware_from_args(args)
@@ -102,7 +134,13 @@ def run(args: argparse.Namespace) -> int:
     else:
         clocks = [gpu.default_sm_clock_mhz]
     rows = [_row(hardware, args, clock) for clock in clocks]
-    best = min(rows, key=lambda row: row["energy_per_token_j"])
+    # The optimum is the sweep's, whichever clocks are printed: one row is not its own optimum.
+    sweep = (
+        rows
+        if args.sweep_clocks
+        else [_row(hardware, args, c) for c in gpu.supported_sm_clocks_mhz]
+    )
+    best = min(sweep, key=lambda row: row["energy_per_token_j"])
     perf = hardware.perf
     # Measured profiles carry no voltage curve; the analytical model's knee is its calibration.
     knee_mhz = (
@@ -111,8 +149,8 @@ def run(args: argparse.Namespace) -> int:
         else None
     )
     for row in rows:
-        row["energy_optimal"] = row is best and len(rows) > 1
-        row["voltage_knee"] = row["clock_mhz"] == knee_mhz and len(rows) > 1
+        row["energy_optimal"] = row["clock_mhz"] == best["clock_mhz"]
+        row["voltage_knee"] = row["clock_mhz"] == knee_mhz
     workload = (
         f"decode batch {args.batch} x {args.context_tokens} ctx"
         if args.phase == "decode"
@@ -151,13 +189,12 @@ def run(args: argparse.Namespace) -> int:
             f"{row['clock_mhz']:>11}  {row['latency_ms']:>12.2f}  {row['power_w']:>13.1f}  "
             f"{row['energy_per_token_j']:>9.4f}{mark}"
         )
-    if len(rows) > 1:
-        knee_text = (
-            f"voltage knee ~{knee_mhz} MHz (below it power falls only linearly with the clock); "
-            if knee_mhz is not None
-            else ""
-        )
-        print(f"{knee_text}energy-optimal clock {best['clock_mhz']} MHz")
+    knee_text = (
+        f"voltage knee ~{knee_mhz} MHz (below it power falls only linearly with the clock); "
+        if knee_mhz is not None
+        else ""
+    )
+    print(f"{knee_text}energy-optimal clock {best['clock_mhz']} MHz (of the sweep)")
     if args.json:
         write_text(args.json, json.dumps(document, indent=2), "--json")
         print(f"written to {args.json}", file=sys.stderr)

@@ -49,6 +49,7 @@ from voltana.deploy.ports import (
 from voltana.engine import EngineMode, SimEngineSettings
 from voltana.errors import ConfigError
 from voltana.hardware import GPU_CATALOG, MODEL_CATALOG
+from voltana.lifecycle import wait_for_stop_or_failure
 from voltana.observability import add_observability_args, observability_from_args
 from voltana.perf.selection import resolve_physics
 from voltana.policy.registry import live_policy_names, router_names
@@ -917,7 +918,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def serve_until_signal(service: Service, name: str) -> None:
-    """Start ``service``, wait for SIGINT/SIGTERM, stop it (also when start is interrupted)."""
+    """Start ``service``, wait for SIGINT/SIGTERM, stop it (also when start is interrupted);
+    a service that fails for good (``FailsForGood``) is stopped and its error raised."""
     loop = asyncio.get_running_loop()
     stop_requested = asyncio.Event()
     signals = (signal.SIGINT, signal.SIGTERM)
@@ -933,7 +935,8 @@ async def serve_until_signal(service: Service, name: str) -> None:
             return
         start.result()
         _LOG.info("%s running; SIGINT or SIGTERM stops it", name)
-        await stop_waiter
+        stop_waiter.cancel()
+        await wait_for_stop_or_failure(stop_requested, service)  # a failure ends it, exit 2
         _LOG.info("%s stopping", name)
     finally:
         for sig in signals:

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import signal
 import sys
+from collections.abc import Callable, Sequence
 from typing import TextIO
 
 from voltana.cli.options import (
@@ -22,12 +23,18 @@ from voltana.cli.security_opts import (
     security_from_args,
 )
 from voltana.cli.serve_cmd import port_number
+from voltana.deploy.ports import CONTROLLER_PORT, ROUTER_HTTP_PORT, ROUTER_PORT, TELEMETRY_PORT
 from voltana.errors import ConfigError
 from voltana.hardware import GPU_CATALOG, MODEL_CATALOG
+from voltana.lifecycle import wait_for_stop_or_failure
 from voltana.observability import add_observability_args, observability_from_args
 from voltana.policy.registry import live_policy_names, router_names
 from voltana.stack import SimStack, SimStackSettings
+from voltana.stack.ports import port_in_use
 from voltana.stack.sim_stack import TracerProviders
+
+# The services' well-known ports (those of `voltana serve` and compose), taken when free.
+DEFAULT_PORTS = {"router": ROUTER_PORT, "telemetry": TELEMETRY_PORT, "controller": CONTROLLER_PORT}
 
 EPILOG = """\
 examples:
@@ -41,9 +48,13 @@ $VOLTANA_CONTROL_TOKEN or --token-file names one (use that to call SetPolicy/Set
 --tls-cert/--tls-key/--tls-ca put every gRPC server and client on (m)TLS; the certificate must
 name the --host (e.g. IP SAN 127.0.0.1).
 
-The router address (first line of the output) is what clients connect to, e.g.
+Ports: router 50051, telemetry 50052, controller 50053 and the HTTP door 8000 (those of
+`voltana serve`), each when free, else any free port (a note on stderr says so); a port given
+by flag must be free, or nothing starts. Every address is printed, the router's first: that is
+what clients connect to, e.g.
   python examples/generate.py 127.0.0.1:50051 "Hello"
-  voltana bench --target 127.0.0.1:50051 --telemetry <telemetry address> --trace ...
+  voltana bench --target 127.0.0.1:50051 --telemetry 127.0.0.1:50052 \\
+      --trace synthetic:poisson:rate=5,duration=60,input=512,output=128
 Without --sim there is nothing to start in one process: real GPUs run the services with
 `docker compose up` (see docker-compose.yml) or one `voltana serve SERVICE` per service.
 """
@@ -114,12 +125,12 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     add_slo_args(parser)
     network = parser.add_argument_group("network")
     network.add_argument("--host", default="127.0.0.1", help="address every server binds")
-    network.add_argument(
-        "--router-port", type=port_number, default=0, help="router port (default: any free port)"
-    )
-    network.add_argument(
-        "--telemetry-port", type=port_number, default=0, help="telemetry port (default: any free)"
-    )
+    for service, port in DEFAULT_PORTS.items():
+        network.add_argument(
+            f"--{service}-port",
+            type=port_number,
+            help=f"{service} port (default: {port} when free, else any free port; 0: any free)",
+        )
     network.add_argument(
         "--redis-url",
         help="keep telemetry in Redis (redis://[:PASSWORD@]host:port/db, rediss://...) instead "
@@ -136,9 +147,8 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     network.add_argument(
         "--http-port",
         type=port_number,
-        default=0,
-        help="the router's HTTP front door (OpenAI /v1/*, SGLang /generate); 0 = any free "
-        "port (default); printed as router.http",
+        help=f"the router's HTTP front door (OpenAI /v1/*, SGLang /generate; default: "
+        f"{ROUTER_HTTP_PORT} when free, else any free port; 0: any free); printed as router.http",
     )
     network.add_argument("--no-http", action="store_true", help="the router serves gRPC only")
     add_redis_password_arg(network)
@@ -148,12 +158,49 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 
 
 def run(args: argparse.Namespace) -> int:
+    ports, notes = chosen_ports(args)
+    settings = settings_from_args(args, ports)
+    observability = observability_from_args(args, "voltana-up")
+    observability.check()
+    # One provider per service (service.name voltana-router, ...), none installed globally.
+    tracing = observability.apply(set_global=False)
+    try:
+        asyncio.run(serve(settings, tracer_providers=tracing.provider_for, notes=notes))
+    finally:
+        tracing.shutdown()
+    return 0
+
+
+def chosen_ports(
+    args: argparse.Namespace,
+    is_free: Callable[[str, int], bool] = lambda host, port: port_in_use(host, port) is None,
+) -> tuple[dict[str, int], list[str]]:
+    """Each service's port: the flag's, else its well-known port (what `voltana bench` and the
+    README use) when free, else 0 (any free port); and a note for each such fallback."""
+    ports, notes = {}, []
+    for service, default in (*DEFAULT_PORTS.items(), ("router.http", ROUTER_HTTP_PORT)):
+        flag = "http_port" if service == "router.http" else f"{service}_port"
+        port = getattr(args, flag)
+        if service == "router.http" and args.no_http:
+            port = 0  # not served: no default port to look for
+        if port is None:
+            port = default if is_free(args.host, default) else 0
+            if not port:
+                notes.append(
+                    f"voltana up: port {default} is in use, so the {service} listens on a free "
+                    f"port: see its address above"
+                )
+        ports[service] = port
+    return ports, notes
+
+
+def settings_from_args(args: argparse.Namespace, ports: dict[str, int]) -> SimStackSettings:
     if not args.sim:
         raise ConfigError(
             "only the simulated stack runs in one process: add --sim, or run the real-GPU "
             "stack with `docker compose up` (docker-compose.yml) or `voltana serve SERVICE`"
         )
-    settings = SimStackSettings(
+    return SimStackSettings(
         prefill=args.prefill,
         decode=args.decode,
         routers=args.routers,
@@ -169,22 +216,14 @@ def run(args: argparse.Namespace) -> int:
         redis_url=args.redis_url,
         redis_password=redis_password_from_args(args) if args.redis_url else None,
         host=args.host,
-        router_port=args.router_port,
-        telemetry_port=args.telemetry_port,
+        router_port=ports["router"],
+        telemetry_port=ports["telemetry"],
+        controller_port=ports["controller"],
         max_running_requests=args.max_running_requests,
         metrics_port=None if args.no_metrics else args.metrics_port,
-        http_port=None if args.no_http else args.http_port,
+        http_port=None if args.no_http else ports["router.http"],
         security=security_from_args(args, generate=True),
     )
-    observability = observability_from_args(args, "voltana-up")
-    observability.check()
-    # One provider per service (service.name voltana-router, ...), none installed globally.
-    tracing = observability.apply(set_global=False)
-    try:
-        asyncio.run(serve(settings, tracer_providers=tracing.provider_for))
-    finally:
-        tracing.shutdown()
-    return 0
 
 
 async def serve(
@@ -192,8 +231,10 @@ async def serve(
     out: TextIO | None = None,
     *,
     tracer_providers: TracerProviders | None = None,
+    notes: Sequence[str] = (),
 ) -> None:
-    """Start the stack, print its addresses, and stop it on SIGINT/SIGTERM."""
+    """Start the stack, print its addresses (then ``notes`` on stderr), and stop it on
+    SIGINT/SIGTERM."""
     loop = asyncio.get_running_loop()
     stop_requested = asyncio.Event()
     signals = (signal.SIGINT, signal.SIGTERM)
@@ -210,7 +251,10 @@ async def serve(
             return
         start.result()  # raise a failed start
         print_addresses(stack, out or sys.stdout)
-        await stop_waiter
+        for note in notes:
+            print(note, file=sys.stderr)
+        stop_waiter.cancel()
+        await wait_for_stop_or_failure(stop_requested, stack)  # e.g. Redis refused telemetry
     finally:
         for sig in signals:
             loop.remove_signal_handler(sig)

@@ -328,6 +328,9 @@ class EngineCore:
                 self.kv_outbox.abort(state.request.bootstrap.room, reason)
         elif state.stage is Stage.DECODE and self.decode is not None:
             self.decode.cancel(state.key)
+            goes_on = self._decode_batch_goes_on()
+            for gpu in self._simulated_gpus:  # the batch ran on until now (a late loop)
+                gpu.settle_likely(goes_on)
         if state.kv_wait is not None and not state.kv_wait.done():
             state.kv_wait.cancel()
         self._wake.set()
@@ -382,7 +385,7 @@ class EngineCore:
             # The GPU draws the iteration's power over exactly its simulated span: from its
             # start (back to back with the previous one, which the loop noticed late) to its
             # end (scheduled, as the loop will notice that late too).
-            self._draw_during(iteration.power_w, iteration.started_s, iteration.end_s)
+            self._draw_during(iteration, iteration.power_w, iteration.started_s)
             iteration = await self._run_iteration(iteration)
             self._running = None
             try:
@@ -421,7 +424,7 @@ class EngineCore:
                 sm_clock_mhz=clock_mhz,
             )
             self._running = iteration
-            self._draw_during(after.power_w, now_s, iteration.end_s)
+            self._draw_during(iteration, after.power_w, now_s)
 
     def _start_iteration(self) -> _Iteration | None:
         start_s, stalled_s = self._start_time_s(self._clock())
@@ -600,10 +603,23 @@ class EngineCore:
     def _set_idle_power(self) -> None:
         self._set_power_source(self.perf.idle_power_w)
 
-    def _draw_during(self, power_w: float, start_s: float, end_s: float) -> None:
-        """Every GPU draws ``power_w`` over [start_s, end_s] (simulated), then idles."""
+    def _draw_during(self, iteration: _Iteration, power_w: float, start_s: float) -> None:
+        """Every GPU draws ``power_w`` over [start_s, the iteration's end] (simulated), then
+        idles unless the loop starts the next iteration; while a decode batch goes on, its
+        draw is the likely one after the end (readings before the late loop starts the next
+        iteration count it, see SimulatedGpu)."""
+        source = _constant_power(power_w)
+        goes_on = iteration.kind is Phase.DECODE and self._decode_batch_goes_on()
+        likely_after = source if goes_on else None
         for gpu in self._simulated_gpus:
-            gpu.draw_during(_constant_power(power_w), start_s, end_s, then=self.perf.idle_power_w)
+            gpu.draw_during(source, start_s, iteration.end_s, self.perf.idle_power_w, likely_after)
+
+    def _decode_batch_goes_on(self) -> bool:
+        """Whether a request of the decode batch still decodes after the current iteration."""
+        if self.decode is None:
+            return False
+        step = self.decode.iterations_done  # the running iteration's index
+        return any(job.finish_iteration > step for job in self.decode.running_jobs())
 
     def _group_power_w(self) -> float:
         return sum(gpu.power_w() for gpu in self.gpus) * self._rank_scale

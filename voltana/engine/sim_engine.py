@@ -120,7 +120,7 @@ class SimEngine(AsyncService):
     another time base). ``perf`` defaults to the analytical model of the GPU and model.
 
     Tracing (``tracer_provider``, default the global one): its HTTP servers continue the
-    caller's W3C ``traceparent`` (opentelemetry-instrumentation-aiohttp-server), the decode's
+    caller's W3C ``traceparent`` (voltana.observability.http_tracing), the decode's
     KV fetch from the prefill is a traced HTTP call, and each request gets a span per stage it
     goes through here: ``sglang.kv_transfer`` (decode), then ``sglang.prefill``,
     ``sglang.decode`` or ``sglang.generate`` (null mode).

@@ -8,6 +8,7 @@ receive the same request agree on every token without talking to each other.
 from __future__ import annotations
 
 import array
+import math
 import zlib
 from collections.abc import Sequence
 
@@ -27,6 +28,17 @@ def mix64(value: int) -> int:
     value = ((value ^ (value >> 30)) * 0xBF58476D1CE4E5B9) & _MASK_64
     value = ((value ^ (value >> 27)) * 0x94D049BB133111EB) & _MASK_64
     return value ^ (value >> 31)
+
+
+def count_text_tokens(text: str, chars_per_token: float = CHARS_PER_TOKEN) -> int:
+    """How many tokens ``ToyTokenizer.encode`` makes of ``text``: each whitespace-separated word
+    in pieces of ``chars_per_token`` characters.
+
+    The router estimates text prompts with this same rule (it has no tokenizer), so router and
+    simulated engines agree on every prompt; counting characters instead (spaces and newlines
+    too) would not: a chat transcript ``user: Hello\nassistant:`` is 6 by characters, 7 here.
+    """
+    return sum(math.ceil(len(word) / chars_per_token) for word in text.split())
 
 
 class ToyTokenizer:

@@ -218,9 +218,14 @@ class SharedSimulatedGpu(SimulatedGpu):
             self._publish()
 
     def draw_during(
-        self, power_source: PowerSource, start_s: float, end_s: float, then: PowerSource
+        self,
+        power_source: PowerSource,
+        start_s: float,
+        end_s: float,
+        then: PowerSource,
+        likely_after: PowerSource | None = None,
     ) -> None:
-        super().draw_during(power_source, start_s, end_s, then)
+        super().draw_during(power_source, start_s, end_s, then, likely_after)
         if self._publishes_power:
             self._publish()
 

@@ -10,6 +10,12 @@ little late (a millisecond of wall time is many simulated ones when sped up), so
 takes a span that may have begun already: the GPU draws the iteration's power over exactly
 [start, end] and its idle draw after (scheduled ahead), and what it counted meanwhile at a lower
 draw is raised. Energy is only ever raised, so the counter stays monotonic.
+
+A reading between an iteration's end and the late start of the next one would count that gap at
+the idle draw until the revision comes, so readings on a busy host (where the loop wakes later)
+would fall short by a varying amount. When the engine knows its work goes on (``likely_after``:
+a decode batch that continues), a reading counts the gap at that draw instead; the next
+iteration settles it, and the counter never reads lower than it has read before.
 """
 
 from __future__ import annotations
@@ -74,6 +80,10 @@ class SimulatedGpu:
         # with their start times (for bisection).
         self._recent: list[tuple[float, float, int, float]] = []
         self._recent_starts: list[float] = []
+        # (end of the last drawn span, the draw likely to follow it) while the engine's work
+        # goes on, and the highest energy a reading returned (readings never go back).
+        self._likely_after: tuple[float, PowerSource] | None = None
+        self._read_energy_j = 0.0
 
     def _idle_power_w(self, sm_clock_mhz: int) -> float:
         return self._spec.idle_w
@@ -212,16 +222,25 @@ class SimulatedGpu:
             self._advance()
             self._pending_power.clear()
             self._power_source = power_source
+            self._likely_after = None
 
     def draw_during(
-        self, power_source: PowerSource, start_s: float, end_s: float, then: PowerSource
+        self,
+        power_source: PowerSource,
+        start_s: float,
+        end_s: float,
+        then: PowerSource,
+        likely_after: PowerSource | None = None,
     ) -> None:
         """Draw ``power_source`` over [start_s, end_s], then ``then``; scheduled swaps are
         dropped. The span may have begun (or even ended) already: what was counted over it at a
-        lower draw is raised to this one, never lowered, so the counter stays monotonic."""
+        lower draw is raised to this one, never lowered, so the counter stays monotonic.
+        ``likely_after``: the draw that will most likely follow ``end_s`` (the engine's work goes
+        on), which readings count after it until the next call settles what really ran."""
         with self._lock:
             now = self._advance()
             self._pending_power.clear()
+            self._likely_after = (end_s, likely_after) if likely_after is not None else None
             if start_s < now:
                 self._revise(start_s, min(end_s, now), power_source)
             if end_s > now:
@@ -229,6 +248,20 @@ class SimulatedGpu:
                 self._pending_power.append((end_s, then))
             else:
                 self._power_source = then
+
+    def settle_likely(self, goes_on: bool) -> None:
+        """The likely draw did run from the last span's end until now (the engine's batch went
+        on, e.g. until a request of it was cancelled): count it, so no reading is left above
+        the energy counted when the batch then stops; expect it further only if ``goes_on``."""
+        with self._lock:
+            now = self._advance()
+            if self._likely_after is None:
+                return
+            end_s, likely = self._likely_after
+            if now > end_s:
+                self._revise(end_s, now, likely)
+                end_s = now
+            self._likely_after = (end_s, likely) if goes_on else None
 
     def power_w(self) -> float:
         with self._lock:
@@ -240,8 +273,18 @@ class SimulatedGpu:
 
     def energy_j(self) -> float:
         with self._lock:
-            self._advance()
-            return self._energy_j
+            now = self._advance()
+            self._read_energy_j = max(self._read_energy_j, self._energy_j + self._likely_j(now))
+            return self._read_energy_j
+
+    def _likely_j(self, now_s: float) -> float:
+        """What the next span will add over [end of the last drawn span, now] once the engine's
+        late loop draws it, beyond the idle draw counted there meanwhile."""
+        if self._likely_after is None or now_s <= self._likely_after[0]:
+            return 0.0
+        end_s, likely = self._likely_after
+        extra_w = likely(self._clock_mhz) - self._power_source(self._clock_mhz)
+        return max(0.0, extra_w) * (now_s - end_s)
 
     def __repr__(self) -> str:
         return f"SimulatedGpu(index={self._index}, spec={self._spec.key!r})"

@@ -6,7 +6,10 @@ W3C ``traceparent`` in the metadata and set ``rpc.system``, ``rpc.service``, ``r
 
 - name them ``voltana.v1.RouterService/Generate`` (the semantic conventions' ``$service/$method``;
   the instrumentation keeps gRPC's leading slash),
-- add ``server.address``/``server.port`` (and on server spans ``client.address``).
+- add ``server.address``/``server.port`` (and on server spans ``client.address``),
+
+and the server interceptor starts its spans with today's attribute names (``client.port`` and
+``user_agent.original``, no older ``net.peer.*``), so every span follows one convention.
 
 Background calls (telemetry sample streams and watches, completion reports, lease renewals,
 health checks) are traced only when they continue a trace: they run on timers, and as roots they
@@ -21,7 +24,8 @@ from typing import Any, TypeVar
 import grpc
 import grpc.aio
 from opentelemetry import trace
-from opentelemetry.instrumentation.grpc import aio_client_interceptors, aio_server_interceptor
+from opentelemetry.instrumentation.grpc import aio_client_interceptors
+from opentelemetry.instrumentation.grpc._aio_server import OpenTelemetryAioServerInterceptor
 
 from voltana.rpc.handlers import wrap_handler
 from voltana.rpc.names import NODE_AGENT_SERVICE, TELEMETRY_SERVICE
@@ -33,6 +37,8 @@ _UNTRACED_SERVICES = ("grpc.health.v1.Health", "grpc.reflection.")
 _BACKGROUND_SERVICES = (TELEMETRY_SERVICE,)
 _BACKGROUND_METHODS = frozenset({f"/{NODE_AGENT_SERVICE}/RenewLease"})
 TRACEPARENT = "traceparent"
+# Instrumentation scope of the gRPC spans (the instrumentation's own, also for our server start).
+_GRPC_INSTRUMENTATION = "opentelemetry.instrumentation.grpc"
 
 _Request = TypeVar("_Request")
 _Response = TypeVar("_Response")
@@ -85,17 +91,52 @@ def _split(address: str) -> tuple[str, int | None]:
     return host.strip("[]"), int(port) if port.isdigit() else None
 
 
-def _peer_host(peer: str) -> str | None:
-    """The host of a gRPC peer string such as ``ipv4:127.0.0.1:57284`` or ``ipv6:[::1]:1``."""
+def _peer_address(peer: str) -> tuple[str, int | None] | None:
+    """(host, port) of a gRPC peer string such as ``ipv4:127.0.0.1:57284`` or
+    ``ipv6:[::1]:1``; None for a Unix socket or an empty peer."""
     if not peer or peer.startswith("unix:"):
         return None
-    address = peer.split(",")[0].partition(":")[2]
-    host = _split(address)[0]
-    return host or None
+    host, port = _split(peer.split(",")[0].partition(":")[2])
+    return (host, port) if host else None
+
+
+class _StableServerInterceptor(OpenTelemetryAioServerInterceptor):
+    """The instrumentation's server interceptor, its spans started with today's semantic
+    conventions: the instrumentation names the caller ``net.peer.ip``/``net.peer.port``/
+    ``net.peer.name`` (older conventions); these carry ``client.address``/``client.port``."""
+
+    def _start_span(
+        self,
+        handler_call_details: grpc.HandlerCallDetails,
+        context: grpc.aio.ServicerContext[Any, Any],
+        set_status_on_exception: bool = False,
+    ) -> Any:
+        method = _method_name(handler_call_details.method)
+        service, _, rpc_method = method.lstrip("/").partition("/")
+        attributes: dict[str, str | int] = {
+            "rpc.system": "grpc",
+            "rpc.grpc.status_code": grpc.StatusCode.OK.value[0],
+            "rpc.service": service,
+            "rpc.method": rpc_method,
+        }
+        user_agent = dict(context.invocation_metadata() or ()).get("user-agent")
+        if isinstance(user_agent, str):
+            attributes["user_agent.original"] = user_agent
+        client = _peer_address(context.peer())
+        if client is not None:
+            attributes["client.address"] = client[0]
+            if client[1] is not None:
+                attributes["client.port"] = client[1]
+        return self._tracer.start_as_current_span(
+            name=span_name(method),
+            kind=trace.SpanKind.SERVER,
+            attributes=attributes,
+            set_status_on_exception=set_status_on_exception,
+        )
 
 
 class _ServerSpanEnricher(grpc.aio.ServerInterceptor):
-    """Renames the instrumentation's server span and adds ``server.*``/``client.address``."""
+    """Adds ``server.address``/``server.port`` to the server span (the port once bound)."""
 
     def __init__(self, host: str, port: int | None) -> None:
         self._host = host
@@ -112,9 +153,6 @@ class _ServerSpanEnricher(grpc.aio.ServerInterceptor):
         span.set_attribute("server.address", self._host)
         if self._port is not None:
             span.set_attribute("server.port", self._port)
-        client = _peer_host(context.peer())
-        if client is not None:
-            span.set_attribute("client.address", client)
 
     async def intercept_service(
         self,
@@ -204,8 +242,9 @@ class ServerTracing:
     def __init__(self, listen_address: str, tracer_provider: trace.TracerProvider | None) -> None:
         host, port = _split(listen_address)
         self._enricher = _ServerSpanEnricher(host or "0.0.0.0", port or None)
-        self.outer: grpc.aio.ServerInterceptor = aio_server_interceptor(
-            tracer_provider=tracer_provider, filter_=_server_filter
+        tracer = trace.get_tracer(_GRPC_INSTRUMENTATION, tracer_provider=tracer_provider)
+        self.outer: grpc.aio.ServerInterceptor = _StableServerInterceptor(
+            tracer, filter_=_server_filter
         )
         self.inner: grpc.aio.ServerInterceptor = self._enricher
 

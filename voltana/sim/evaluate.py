@@ -181,7 +181,7 @@ HARDWARE = (
 )
 
 
-def attainment(
+def baseline_attainment(
     requests: Sequence[TraceRequest],
     config: ClusterConfig,
     perf: PerformanceModel,
@@ -199,13 +199,22 @@ def slo_capacity(
     steps: int = 7,
     min_multiplier: float = 1 / 64,
     max_multiplier: float = 1024.0,
+    on_probe: Callable[[float, float], None] | None = None,
 ) -> float:
     """The largest rate multiplier (within ~5%) at which static-max attains 99% of the SLO;
     0 when even the lightest tried load (about ``min_multiplier``) misses it (the workload is
-    infeasible there)."""
+    infeasible there). ``on_probe(multiplier, attainment)`` hears of each replay (about a
+    dozen)."""
+
+    def attainment(multiplier: float) -> float:
+        attained = baseline_attainment(workload.build(multiplier), config, perf)
+        if on_probe is not None:
+            on_probe(multiplier, attained)
+        return attained
+
     low, high = 0.0, 1.0
     # Grow until a miss brackets the capacity (or shrink until a hit).
-    while attainment(workload.build(high), config, perf) >= FEASIBLE_ATTAINMENT:
+    while attainment(high) >= FEASIBLE_ATTAINMENT:
         low, high = high, high * 2.0
         if high > max_multiplier:
             return low
@@ -213,14 +222,14 @@ def slo_capacity(
         probe = high
         while probe > min_multiplier:
             probe /= 2.0
-            if attainment(workload.build(probe), config, perf) >= FEASIBLE_ATTAINMENT:
+            if attainment(probe) >= FEASIBLE_ATTAINMENT:
                 low, high = probe, probe * 2.0
                 break
         else:
             return 0.0
     for _ in range(steps):
         middle = math.sqrt(low * high)
-        if attainment(workload.build(middle), config, perf) >= FEASIBLE_ATTAINMENT:
+        if attainment(middle) >= FEASIBLE_ATTAINMENT:
             low = middle
         else:
             high = middle

@@ -43,8 +43,8 @@ class SimStackSettings:
     host: str = "127.0.0.1"
     router_port: int = 0
     # Active-active routers (ids router-0, router-1, ...): router i on router_port + i (and
-    # the HTTP door on http_port + i) when those are set; extra routers' /metrics on free
-    # ports.
+    # the HTTP door on http_port + i) when those are set and not another service's port
+    # (`router_port_of`); extra routers' /metrics on free ports.
     routers: int = 1
     telemetry_port: int = 0
     controller_port: int = 0
@@ -129,6 +129,35 @@ class SimStackSettings:
             get_gpu(self.gpu_key)  # UnknownNameError lists the valid keys
             if not self.model_config_path:
                 get_model(self.model_key)
+
+    def fixed_ports(self) -> dict[str, int]:
+        """Every port this stack was asked to take by number (name as printed -> port)."""
+        ports = {
+            "router": self.router_port,
+            "router.http": self.http_port or 0,
+            "telemetry": self.telemetry_port,
+            "controller": self.controller_port,
+        }
+        for index in range(1, self.routers):
+            ports[f"router-{index}"] = self.router_port_of(index, self.router_port)
+            ports[f"router-{index}.http"] = self.router_port_of(index, self.http_port or 0)
+        if self.metrics_port:
+            services = ["router", "telemetry", "controller"]
+            services += [f"prefill-{i}.agent" for i in range(self.prefill)]
+            services += [f"decode-{i}.agent" for i in range(self.decode)]
+            for offset, service in enumerate(services):
+                ports[f"{service}.metrics"] = self.metrics_port + offset
+        return {name: port for name, port in ports.items() if port}
+
+    def router_port_of(self, index: int, first: int) -> int:
+        """Router ``index``'s port counted from ``first`` (the router or HTTP port): first + index,
+        or any free port (0) when ``first`` is 0 or that port belongs to another service (the
+        well-known ports sit side by side: router 50051, telemetry 50052)."""
+        if not first:
+            return 0
+        others = {self.telemetry_port, self.controller_port} - {0}
+        candidate = first + index
+        return 0 if index and candidate in others else candidate
 
     def metrics_address(self, offset: int) -> str | None:
         """Where the ``offset``-th service serves /metrics (None when metrics are off)."""

@@ -39,6 +39,7 @@ from voltana.services.telemetry import (
     TelemetryService,
     TelemetrySettings,
 )
+from voltana.stack.ports import require_free_ports
 from voltana.stack.registration import InstanceRegistration
 from voltana.stack.settings import METRICS_PORTS_BEFORE_AGENTS, SimStackSettings
 from voltana.stack.sinks import TelemetryInstanceSink
@@ -230,6 +231,7 @@ class SimStack(AsyncService):
         settings = self.settings
         router_settings = self._router_settings("127.0.0.1:1")
         build_routing_policy(router_settings)  # an unknown policy fails before anything binds
+        require_free_ports(settings.host, settings.fixed_ports())  # so does a busy port
         telemetry = TelemetryService(
             TelemetrySettings(
                 listen_address=settings.address(settings.telemetry_port),
@@ -308,7 +310,7 @@ class SimStack(AsyncService):
         settings = self.settings
 
         def port(first: int) -> int:
-            return first + index if first else 0
+            return settings.router_port_of(index, first)
 
         metrics = settings.metrics_address(0)
         if metrics is not None and index > 0:
@@ -439,6 +441,10 @@ class SimStack(AsyncService):
             except NoInstanceAvailableError:  # no endpoint yet
                 return False
         return True
+
+    async def failure(self) -> BaseException:
+        """Wait until the stack fails for good (Redis refused telemetry's credentials)."""
+        return await self._started(self.telemetry, "telemetry").failure()
 
     async def stop(self) -> None:
         """Stop what runs, newest first; one part failing to stop does not keep the rest up."""

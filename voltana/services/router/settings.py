@@ -61,8 +61,9 @@ class RouterSettings:
     # max_new_tokens when the request leaves it out, and the most a request may ask for.
     default_max_new_tokens: int = 128
     max_new_tokens_limit: int = 16_384
-    # Longest prompt accepted, tokens. Text prompts are estimated at chars_per_token_estimate
-    # characters per token (the router has no tokenizer; ~4 is typical of English BPE).
+    # Longest prompt accepted, tokens. The router has no tokenizer: text prompts count as the
+    # simulated engines tokenize them, each word in pieces of chars_per_token_estimate
+    # characters (~4 is typical of English BPE; real tokenizers add BOS and chat templates).
     max_prompt_tokens: int = 32_768
     chars_per_token_estimate: float = 4.0
     # Telemetry watch period. The router never asks telemetry per request.

@@ -6,6 +6,7 @@ import math
 import uuid
 from dataclasses import dataclass
 
+from voltana.engine.tokenizer import count_text_tokens
 from voltana.policy.state import RequestSpec, SloTarget
 from voltana.rpc.limits import MAX_ID_CHARS, check_id, check_text, slo_target_problem
 from voltana.services.router.errors import InvalidGenerateRequestError
@@ -51,8 +52,9 @@ class ValidatedRequest:
 
 
 def estimate_text_tokens(text: str, chars_per_token: float) -> int:
-    """Rough token count of ``text`` (at least 1 for a non-empty prompt)."""
-    return max(1, math.ceil(len(text) / chars_per_token))
+    """Token count of ``text`` by the simulated engines' tokenizer rule (at least 1 for a
+    non-empty prompt): exact on them, an estimate against a real tokenizer."""
+    return max(1, count_text_tokens(text, chars_per_token))
 
 
 def _prompt(

@@ -26,6 +26,11 @@ class TelemetryStoreError(TelemetryError, UnavailableError):
     """The backing store (Redis) cannot be reached or failed a command."""
 
 
+class TelemetryStoreAuthError(TelemetryStoreError):
+    """Redis refused telemetry's credentials: no retry heals that, so telemetry stops (the
+    command exits with 2) rather than serving NOT_SERVING until someone notices."""
+
+
 class CorruptTelemetryError(TelemetryError):
     """The backing store holds data this version cannot read (maps to INTERNAL)."""
 

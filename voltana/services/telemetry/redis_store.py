@@ -30,11 +30,15 @@ from collections.abc import Collection, Iterable, Iterator, Mapping
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import AuthenticationError, RedisError, ResponseError
 
 from voltana.policy.state import InstanceState, SloTarget
 from voltana.services.telemetry.codec import decode_fields, decode_json, encode_fields, encode_json
-from voltana.services.telemetry.errors import CorruptTelemetryError, TelemetryStoreError
+from voltana.services.telemetry.errors import (
+    CorruptTelemetryError,
+    TelemetryStoreAuthError,
+    TelemetryStoreError,
+)
 from voltana.services.telemetry.merge import (
     gpu_metric_values,
     load_metric_values,
@@ -87,11 +91,30 @@ return added
 """
 
 
+# Replies of a Redis that wants other credentials (the connection's AUTH/HELLO refused, or a
+# command sent without them).
+_AUTH_REPLIES = ("NOAUTH", "WRONGPASS")
+
+
+def _is_auth_error(exc: RedisError) -> bool:
+    return isinstance(exc, AuthenticationError) or (
+        isinstance(exc, ResponseError) and str(exc).startswith(_AUTH_REPLIES)
+    )
+
+
 @contextlib.contextmanager
 def _store_errors(action: str) -> Iterator[None]:
     try:
         yield
     except RedisError as exc:
+        if _is_auth_error(exc):
+            text = str(exc)
+            # Redis 6+ answers a client without a password with a HELLO usage hint.
+            why = "it wants a password" if text.startswith(("HELLO ", "NOAUTH")) else text
+            raise TelemetryStoreAuthError(
+                f"redis refused telemetry's credentials ({why}): check the password in "
+                "--redis-url, $VOLTANA_REDIS_PASSWORD or --redis-password-file"
+            ) from exc
         raise TelemetryStoreError(f"redis failed to {action}: {exc}") from exc
 
 

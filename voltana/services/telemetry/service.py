@@ -18,7 +18,7 @@ from voltana.observability.prometheus import MetricsServer, start_metrics_server
 from voltana.rpc import dialable_address, set_serving, start_grpc_server, stop_grpc_server
 from voltana.rpc.names import TELEMETRY_SERVICE
 from voltana.services.telemetry.books import CompletionBooks, build_books
-from voltana.services.telemetry.errors import TELEMETRY_STATUS_CODES
+from voltana.services.telemetry.errors import TELEMETRY_STATUS_CODES, TelemetryError
 from voltana.services.telemetry.memory_store import MemoryTelemetryStore
 from voltana.services.telemetry.metrics import TelemetryMetrics, instrumented
 from voltana.services.telemetry.redis_store import RedisTelemetryStore
@@ -88,6 +88,9 @@ class TelemetryService(AsyncService):
         self._books_task: asyncio.Task[None] | None = None
         self._port: int | None = None
         self._stopped = False
+        # Set when telemetry failed for good (Redis refused its credentials), see failure().
+        self._failed = asyncio.Event()
+        self._failure: TelemetryError | None = None
 
     @property
     def settings(self) -> TelemetrySettings:
@@ -157,6 +160,7 @@ class TelemetryService(AsyncService):
             on_health=self._set_health,
             interval_s=self._settings.upkeep_interval_s,
             instance_ttl_s=self._settings.instance_ttl_s,
+            on_fatal=self._fail,
         )
         self._upkeep_task = asyncio.create_task(self._upkeep.run(), name="telemetry-upkeep")
         self._books_task = asyncio.create_task(self._books.run(), name="telemetry-books")
@@ -173,6 +177,17 @@ class TelemetryService(AsyncService):
             self.address,
             f"redis at {redact_redis_url(redis_url)}" if redis_url else "in memory",
         )
+
+    def _fail(self, error: TelemetryError) -> None:
+        self._failure = error
+        self._failed.set()
+
+    async def failure(self) -> TelemetryError:
+        """Wait until telemetry fails for good — Redis refused its credentials — and return
+        why; never returns while it works. Whoever runs the service should stop it then."""
+        await self._failed.wait()
+        assert self._failure is not None
+        return self._failure
 
     async def _set_health(self, serving: bool) -> None:
         if self._health is not None:

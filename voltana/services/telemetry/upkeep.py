@@ -15,7 +15,7 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
-from voltana.services.telemetry.errors import TelemetryError
+from voltana.services.telemetry.errors import TelemetryError, TelemetryStoreAuthError
 from voltana.services.telemetry.store import TelemetryStore
 
 _LOG = logging.getLogger(__name__)
@@ -24,6 +24,8 @@ _LOG = logging.getLogger(__name__)
 HealthListener = Callable[[bool], Awaitable[None]]
 # Unregisters one instance; True when it was registered.
 Forget = Callable[[str], Awaitable[bool]]
+# Hears of a failure no retry heals (Redis refused the credentials); the upkeep then ends.
+FatalListener = Callable[[TelemetryError], None]
 
 
 class TelemetryUpkeep:
@@ -35,9 +37,11 @@ class TelemetryUpkeep:
         on_health: HealthListener,
         interval_s: float,
         instance_ttl_s: float,
+        on_fatal: FatalListener | None = None,
     ) -> None:
         self._store = store
         self._forget = forget
+        self._on_fatal = on_fatal
         self._on_health = on_health
         self._interval_s = interval_s
         self._instance_ttl_s = instance_ttl_s
@@ -67,6 +71,13 @@ class TelemetryUpkeep:
     async def check_once(self) -> None:
         try:
             await self._store.ping()
+        except TelemetryStoreAuthError as error:
+            if self._on_fatal is None:
+                await self._set_healthy(False, str(error))
+                return
+            self._stopping.set()  # waiting would not bring the password back
+            self._on_fatal(error)
+            return
         except TelemetryError as error:
             await self._set_healthy(False, str(error))
             return
