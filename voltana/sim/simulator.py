@@ -19,7 +19,7 @@ import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
-from voltana.energy import RequestEnergy, spread_unclaimed
+from voltana.energy import RequestEnergy, WorkShares, spread_unclaimed
 from voltana.errors import ConfigError
 from voltana.observation import ArrivalWindow, InflightLedger
 from voltana.perf.model import IterationEstimate, PerformanceModel
@@ -258,16 +258,8 @@ class Simulation:
             inst.busy = False
             inst.set_power(now_s, self.perf.idle_power_w(inst.sm_clock_mhz))
             return
-        tokens, pairs = iteration.new_tokens, iteration.attention_pairs
-        inst.work = {job.key: float(chunk) for job, chunk in iteration.chunks}
-        self._start(
-            inst,
-            now_s,
-            iteration.latency_s,
-            iteration.power_w,
-            _PREFILL_DONE,
-            lambda clock: self.perf.prefill_iteration(tokens, clock, pairs),
-        )
+        inst.work = WorkShares({job.key: float(chunk) for job, chunk in iteration.chunks})
+        self._start(inst, now_s, iteration.latency_s, iteration.power_w, _PREFILL_DONE)
 
     def _kick_decode(self, inst: SimInstance, now_s: float) -> None:
         scheduler = inst.decode
@@ -282,42 +274,40 @@ class Simulation:
             inst.busy = False
             inst.set_power(now_s, self.perf.idle_power_w(inst.sm_clock_mhz))
             return
-        batch, kv_tokens = iteration.batch_size, iteration.kv_tokens
-        inst.work = {job.key: 1.0 for job in scheduler.running_jobs()}
-        self._start(
-            inst,
-            now_s,
-            iteration.latency_s,
-            iteration.power_w,
-            _DECODE_DONE,
-            lambda clock: self.perf.decode_iteration(batch, kv_tokens, clock),
-        )
+        inst.work = WorkShares.uniform(scheduler.running_keys())
+        self._start(inst, now_s, iteration.latency_s, iteration.power_w, _DECODE_DONE)
 
     def _start(
-        self,
-        inst: SimInstance,
-        now_s: float,
-        latency_s: float,
-        power_w: float,
-        kind: int,
-        estimate_at: Callable[[int], IterationEstimate],
+        self, inst: SimInstance, now_s: float, latency_s: float, power_w: float, kind: int
     ) -> None:
         inst.busy = True
         inst.set_power(now_s, power_w)
         inst.jitter_factor = self._jittered(1.0)
         inst.pace_since_s = now_s
         inst.iteration_end_s = now_s + latency_s * inst.jitter_factor
-        inst.estimate_at = estimate_at
         inst.completion_seq = self._push(inst.iteration_end_s, kind, inst.index)
+
+    def _estimate_running(self, inst: SimInstance, clock_mhz: int) -> IterationEstimate:
+        """The running iteration's latency and draw at another clock."""
+        if inst.prefill is not None:
+            prefill = inst.prefill.running
+            assert prefill is not None
+            return self.perf.prefill_iteration(
+                prefill.new_tokens, clock_mhz, prefill.attention_pairs
+            )
+        assert inst.decode is not None
+        decode = inst.decode.running_iteration
+        assert decode is not None
+        return self.perf.decode_iteration(decode.batch_size, decode.kv_tokens, clock_mhz)
 
     def _on_clock(self, inst: SimInstance, now_s: float) -> None:
         """A clock change landed: a running iteration finishes its remainder at the new pace."""
         before_mhz = inst.sm_clock_mhz
         inst.advance(now_s)
-        if not inst.busy or inst.sm_clock_mhz == before_mhz or inst.estimate_at is None:
+        if not inst.busy or inst.sm_clock_mhz == before_mhz:
             return
-        old = inst.estimate_at(before_mhz)
-        new = inst.estimate_at(inst.sm_clock_mhz)
+        old = self._estimate_running(inst, before_mhz)
+        new = self._estimate_running(inst, inst.sm_clock_mhz)
         remaining_s = (inst.iteration_end_s - now_s) * new.latency_s / old.latency_s
         inst.set_power(now_s, new.power_w)
         inst.pace_since_s = now_s
