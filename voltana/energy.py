@@ -46,21 +46,27 @@ class WorkShares(Generic[KeyT]):
     the same work many times (the simulator, at every energy integration of an iteration) then
     pays no re-summing or copying per charge. Immutable once built."""
 
-    __slots__ = ("fractions", "weights")
+    __slots__ = ("fraction", "fractions", "keys", "weights")
 
     def __init__(self, weights: Mapping[KeyT, float]) -> None:
         self.weights = dict(weights)
         total = sum(weight for weight in self.weights.values() if weight > 0)
-        self.fractions: tuple[tuple[KeyT, float], ...] = (
-            tuple((key, weight / total) for key, weight in self.weights.items() if weight > 0)
-            if total > 0
-            else ()
-        )
+        working = [(key, w) for key, w in self.weights.items() if w > 0] if total > 0 else []
+        self.keys: tuple[KeyT, ...] = tuple(key for key, _ in working)
+        # Each key's fraction, or one fraction that every key has (``fractions`` then None).
+        self.fractions: tuple[float, ...] | None = tuple(w / total for _, w in working)
+        self.fraction = 0.0
 
     @classmethod
     def uniform(cls, keys: Iterable[KeyT]) -> WorkShares[KeyT]:
-        """One slot each (a decode batch)."""
-        return cls(dict.fromkeys(keys, 1.0))
+        """One slot each (a decode batch): the same fraction as ``WorkShares({k: 1.0, ...})``
+        without a pass per key in Python."""
+        work = cls.__new__(cls)
+        work.keys = tuple(keys)
+        work.weights = dict.fromkeys(work.keys, 1.0)
+        work.fractions = None
+        work.fraction = 1.0 / float(len(work.keys)) if work.keys else 0.0
+        return work
 
 
 class EnergyLedger(Generic[KeyT]):
@@ -81,30 +87,39 @@ class EnergyLedger(Generic[KeyT]):
         self.measured_j += energy_j
         if work is not None and not isinstance(work, WorkShares):
             work = WorkShares(work)
-        if work is None or not work.fractions:
+        if work is None or not work.keys:
             self.pending_idle_j += energy_j
             return
         idle_j, self.pending_idle_j = self.pending_idle_j, 0.0
-        self._split(energy_j, idle_j, work.fractions)
+        self._split(energy_j, idle_j, work)
         self._last_work = work
 
-    def _split(
-        self, active_j: float, idle_j: float, fractions: tuple[tuple[KeyT, float], ...]
-    ) -> None:
+    def _split(self, active_j: float, idle_j: float, work: WorkShares[KeyT]) -> None:
         shares = self._shares
-        for key, share in fractions:
+        fractions = work.fractions
+        if fractions is None:  # one fraction for all: the same products, computed once
+            active_share, idle_share = active_j * work.fraction, idle_j * work.fraction
+            for key in work.keys:
+                energy = shares.get(key)
+                if energy is None:
+                    energy = shares[key] = RequestEnergy()
+                energy.active_j += active_share
+                if idle_j:  # adding 0.0 changes nothing; most stretches follow other work
+                    energy.idle_j += idle_share
+            return
+        for key, share in zip(work.keys, fractions, strict=True):
             energy = shares.get(key)
             if energy is None:
                 energy = shares[key] = RequestEnergy()
             energy.active_j += active_j * share
-            if idle_j:  # adding 0.0 changes nothing; most stretches follow other work
+            if idle_j:
                 energy.idle_j += idle_j * share
 
     def settle(self) -> None:
         """Hand the idle energy since the last work to that work's requests (end of a run)."""
-        if self.pending_idle_j > 0 and self._last_work.fractions:
+        if self.pending_idle_j > 0 and self._last_work.keys:
             idle_j, self.pending_idle_j = self.pending_idle_j, 0.0
-            self._split(0.0, idle_j, self._last_work.fractions)
+            self._split(0.0, idle_j, self._last_work)
 
     def energy_of(self, key: KeyT) -> RequestEnergy:
         """What ``key`` was attributed so far (zero when nothing)."""

@@ -82,7 +82,8 @@ class SimInstance:
             self.pending_clock = None
             if not self.busy:  # an idle GPU's draw follows its clock at once
                 self.power_w = self.perf.idle_power_w(clock_mhz)
-        self._integrate(now_s)
+        if now_s > self.power_since_s:  # (it is called often with nothing to add)
+            self._integrate(now_s)
 
     def _integrate(self, now_s: float) -> None:
         if now_s > self.power_since_s:

@@ -182,6 +182,11 @@ class Simulation:
         # States the router sent the controller with a placement (newer than its snapshot).
         self._notified: list[InstanceState | None] = [None] * len(self.instances)
         self._pending_notices: dict[int, tuple[InstanceState, InstanceState]] = {}
+        # When each watch next reads the reports (inf: never), and whether the controller's
+        # copy matters (a static suite never decides after t0).
+        self._next_router_watch_s = float("inf")
+        self._next_controller_watch_s = float("inf")
+        self._controller_reads = not suite.is_static
 
     # ---- event plumbing -------------------------------------------------------------------
     def _push(self, time_s: float, kind: int, payload: int) -> int:
@@ -189,10 +194,11 @@ class Simulation:
         heapq.heappush(self._events, (time_s, kind, self._seq, payload))
         return self._seq
 
-    def _jittered(self, latency_s: float) -> float:
+    def _jitter_factor(self) -> float:
+        """This iteration's latency noise: a factor on the model's latency."""
         if self._jitter <= 0:
-            return latency_s
-        return latency_s * max(0.5, 1.0 + self._rng.gauss(0.0, self._jitter))
+            return 1.0
+        return max(0.5, 1.0 + self._rng.gauss(0.0, self._jitter))
 
     # ---- what decisions see ---------------------------------------------------------------
     def _report(self, inst: SimInstance, now_s: float) -> InstanceState:
@@ -282,7 +288,7 @@ class Simulation:
     ) -> None:
         inst.busy = True
         inst.set_power(now_s, power_w)
-        inst.jitter_factor = self._jittered(1.0)
+        inst.jitter_factor = self._jitter_factor()
         inst.pace_since_s = now_s
         inst.iteration_end_s = now_s + latency_s * inst.jitter_factor
         inst.completion_seq = self._push(inst.iteration_end_s, kind, inst.index)
@@ -426,6 +432,14 @@ class Simulation:
         self._kick_decode(inst, now_s)
         return len(finished)
 
+    def _report_is_read(self, next_report_s: float) -> bool:
+        """Whether a watch passes this report on before the instance's next one replaces it
+        (a report and a watch at the same moment: the report comes first). Skipping an unread
+        report only merges two stretches of the instance's energy integration."""
+        if self._next_router_watch_s < next_report_s:
+            return True
+        return self._controller_reads and self._next_controller_watch_s < next_report_s
+
     def _on_report(self, inst: SimInstance, now_s: float) -> None:
         self._reports[inst.index] = self._report(inst, now_s)
 
@@ -456,22 +470,30 @@ class Simulation:
             offset_s = interval_s * (inst.index + 1) / (len(self.instances) + 1)
             self._push(start_s + offset_s, _REPORT, inst.index)
         if loop.router_watch_ms > 0:
-            self._push(start_s + loop.router_watch_ms / 1e3, _ROUTER_WATCH, 0)
+            self._next_router_watch_s = start_s + loop.router_watch_ms / 1e3
+            self._push(self._next_router_watch_s, _ROUTER_WATCH, 0)
         if loop.controller_watch_ms > 0:
-            self._push(start_s + loop.controller_watch_ms / 1e3, _CONTROLLER_WATCH, 0)
+            self._next_controller_watch_s = start_s + loop.controller_watch_ms / 1e3
+            self._push(self._next_controller_watch_s, _CONTROLLER_WATCH, 0)
 
     def _periodic(self, kind: int, payload: int, now_s: float) -> float:
         """Handle a periodic event; returns its period (seconds)."""
         loop = self.config.loop
         if kind == _REPORT:
-            self._on_report(self.instances[payload], now_s)
-            return loop.report_interval_ms / 1e3
+            interval_s = loop.report_interval_ms / 1e3
+            if self._report_is_read(now_s + interval_s):
+                self._on_report(self.instances[payload], now_s)
+            return interval_s
         if kind == _ROUTER_WATCH:
             self._on_router_watch()
-            return loop.router_watch_ms / 1e3
+            period_s = loop.router_watch_ms / 1e3
+            self._next_router_watch_s = now_s + period_s
+            return period_s
         if kind == _CONTROLLER_WATCH:
             self._on_controller_watch()
-            return loop.controller_watch_ms / 1e3
+            period_s = loop.controller_watch_ms / 1e3
+            self._next_controller_watch_s = now_s + period_s
+            return period_s
         if kind == _CONTROL:
             self._on_control(now_s)
             return self.config.control_interval_ms / 1e3
@@ -509,17 +531,19 @@ class Simulation:
         next_progress_s = start_s
         events = self._events
         instances = self.instances
+        pop = heapq.heappop
         while events:
-            now_s, kind, seq, payload = heapq.heappop(events)
-            if kind in _PERIODIC:
-                period_s = self._periodic(kind, payload, now_s)
-                if pending_requests > 0:
-                    self._push(now_s + period_s, kind, payload)
-                continue
+            now_s, kind, seq, payload = pop(events)
+            # The commonest event first: a decode step ends.
             if kind == _DECODE_DONE:
                 if seq != instances[payload].completion_seq:
                     continue  # superseded by a clock change
                 pending_requests -= self._on_decode_done(instances[payload], now_s)
+            elif kind in _PERIODIC:
+                period_s = self._periodic(kind, payload, now_s)
+                if pending_requests > 0:
+                    self._push(now_s + period_s, kind, payload)
+                continue
             elif kind == _PREFILL_DONE:
                 if seq != instances[payload].completion_seq:
                     continue
