@@ -87,9 +87,7 @@ def measure(
     wall_s = time.perf_counter() - wall_started
     cpu_s = time.process_time() - cpu_started
     tokens = sum(r.request.output_tokens for r in result.records if r.completed)
-    return Speed(
-        name, policy, len(requests), result.end_s - result.start_s, wall_s, cpu_s, tokens
-    )
+    return Speed(name, policy, len(requests), result.end_s - result.start_s, wall_s, cpu_s, tokens)
 
 
 def main() -> int:
