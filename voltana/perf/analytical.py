@@ -33,6 +33,8 @@ SPLITWISE_2023_TP_LAYER_OVERHEAD_MS = {"a100-80g": 0.42, "h100-80g": 0.29}
 _THROTTLE_BISECTIONS = 14
 # Clocks whose per-clock terms are memoised per model (supported clocks are far fewer).
 _CLOCK_MEMO_SIZE = 4096
+# (decode batch, clock) pairs whose KV-independent terms are memoised.
+_DECODE_MEMO_SIZE = 1 << 16
 
 
 def cuda_graph_batch_sizes(max_batch: int = 512) -> tuple[int, ...]:
@@ -210,15 +212,16 @@ class AnalyticalPerformanceModel:
         """Latency and draw of an iteration whose (latency, memory, compute) seconds at a clock
         ``timing`` gives; above TDP the power limiter slows the clock until the draw fits."""
 
-        def at(clock_mhz: float) -> tuple[float, float]:
-            latency_s, memory_s, compute_s = timing(clock_mhz)
-            return latency_s, self._power_w(clock_mhz, memory_s / latency_s, compute_s / latency_s)
-
         latency_s, memory_s, compute_s = timing(sm_clock_mhz)
         power_w = self._power_w(sm_clock_mhz, memory_s / latency_s, compute_s / latency_s)
         tdp_w = self.gpu.tdp_w
         if power_w <= tdp_w:
             return IterationEstimate(latency_s, power_w)
+
+        def at(clock_mhz: float) -> tuple[float, float]:
+            latency_s, memory_s, compute_s = timing(clock_mhz)
+            return latency_s, self._power_w(clock_mhz, memory_s / latency_s, compute_s / latency_s)
+
         # The limiter settles at the highest clock whose draw fits, whatever clock was locked
         # above it (draw rises monotonically with clock), so bisect over the whole range.
         low_mhz, high_mhz = 1.0, float(self.gpu.max_sm_clock_mhz)
@@ -256,29 +259,46 @@ class AnalyticalPerformanceModel:
     def decode_iteration(
         self, batch_size: int, kv_tokens: int, sm_clock_mhz: float
     ) -> IterationEstimate:
-        cal = self.calibration
         if batch_size <= 0:
             return IterationEstimate(0.0, self.idle_power_w(sm_clock_mhz))
-        rows = self.padded_batch(batch_size)
         attention_flops = self._attention_flops_per_pair * kv_tokens / self.model.tensor_parallel
         kv_read_s = kv_tokens * self._kv_bytes_per_token / self._memory_bytes_per_s
         memory_s = self._weights_time_s + kv_read_s
-        fixed_s = (
-            cal.decode_overhead_ms / 1000.0
-            + cal.decode_per_request_overhead_ms * batch_size / 1000.0
-            + self._allreduce_time_s(rows)
-            + self._tp_overhead_s
-        )
 
         def timing(clock_mhz: float) -> tuple[float, float, float]:
-            peak = self._peak_flops(clock_mhz)
-            linear_s = (
-                self._linear_flops_per_token_per_gpu * rows / (peak * cal.decode_compute_efficiency)
-            )
-            compute_s = linear_s + attention_flops / (peak * cal.attention_efficiency)
+            fixed_s, linear_s, attention_flops_per_s = self._decode_terms(batch_size, clock_mhz)
+            compute_s = linear_s + attention_flops / attention_flops_per_s
             return self._combine(memory_s, compute_s) + fixed_s, memory_s, compute_s
 
         return self._estimate(timing, sm_clock_mhz)
+
+    @cached_property
+    def _by_batch_and_clock(self) -> dict[tuple[int, float], tuple[float, float, float]]:
+        return {}
+
+    def _decode_terms(self, batch_size: int, sm_clock_mhz: float) -> tuple[float, float, float]:
+        """A decode step's terms that do not depend on its KV tokens: fixed seconds (overheads,
+        all-reduce), the weights' matmul seconds and the attention FLOP/s (memoised, bounded:
+        the batch and the clock repeat from step to step)."""
+        key = (batch_size, sm_clock_mhz)
+        terms = self._by_batch_and_clock.get(key)
+        if terms is None:
+            cal = self.calibration
+            rows = self.padded_batch(batch_size)
+            fixed_s = (
+                cal.decode_overhead_ms / 1000.0
+                + cal.decode_per_request_overhead_ms * batch_size / 1000.0
+                + self._allreduce_time_s(rows)
+                + self._tp_overhead_s
+            )
+            peak = self._peak_flops(sm_clock_mhz)
+            linear_s = (
+                self._linear_flops_per_token_per_gpu * rows / (peak * cal.decode_compute_efficiency)
+            )
+            terms = (fixed_s, linear_s, peak * cal.attention_efficiency)
+            if len(self._by_batch_and_clock) < _DECODE_MEMO_SIZE:
+                self._by_batch_and_clock[key] = terms
+        return terms
 
     def idle_power_w(self, sm_clock_mhz: float) -> float:
         """Bare idle plus the CUDA context, whose clock-dependent share follows f·V²."""
