@@ -8,7 +8,7 @@ import asyncio
 import pytest
 from security_helpers import SECURITY
 
-from voltana.energy import EnergyLedger, RequestEnergy, spread_unclaimed
+from voltana.energy import EnergyLedger, RequestEnergy, WorkShares, spread_unclaimed
 from voltana.hardware import get_gpu, get_model
 from voltana.perf.analytical import AnalyticalPerformanceModel
 from voltana.policy.base import PolicyContext
@@ -60,6 +60,40 @@ def test_released_requests_keep_the_books_balanced() -> None:
     ledger.charge(-3.0, {2: 1.0})  # a counter that went back attributes nothing
     total = ledger.attributed_j + ledger.released_j + ledger.pending_idle_j
     assert total == pytest.approx(ledger.measured_j) == pytest.approx(17.0)
+
+
+@pytest.mark.unit
+def test_work_shares_charge_exactly_what_the_mapping_charges() -> None:
+    """A caller may build the work once per iteration (WorkShares) instead of passing the
+    mapping at every charge: the books come out bit for bit the same, release included."""
+    by_mapping: EnergyLedger[int] = EnergyLedger()
+    by_shares: EnergyLedger[int] = EnergyLedger()
+    prefill = {1: 700.0, 2: 0.0, 3: 1300.0}  # a zero weight takes nothing
+    decode = dict.fromkeys((1, 3, 4, 5, 6, 7, 8), 1.0)
+    prefill_shares, decode_shares = WorkShares(prefill), WorkShares.uniform(decode)
+    for energy_j, mapping, shares in (
+        (3.3, None, None),
+        (0.7, prefill, prefill_shares),
+        (1.1, prefill, prefill_shares),
+        (2.9, None, None),
+        (0.37, decode, decode_shares),
+        (0.41, decode, decode_shares),
+        (0.0, decode, decode_shares),
+        (1.3, {}, WorkShares({})),
+    ):
+        by_mapping.charge(energy_j, mapping)
+        by_shares.charge(energy_j, shares)
+    by_mapping.release(4)
+    by_shares.release(4)
+    by_mapping.settle()
+    by_shares.settle()
+    assert by_shares.shares() == by_mapping.shares()
+    assert (by_shares.pending_idle_j, by_shares.released_j, by_shares.measured_j) == (
+        by_mapping.pending_idle_j,
+        by_mapping.released_j,
+        by_mapping.measured_j,
+    )
+    assert 2 not in by_shares.shares()
 
 
 @pytest.mark.unit

@@ -61,6 +61,26 @@ def test_bucket_increments_give_what_the_samples_give() -> None:
     assert increments.mean_ms(1.0) == pytest.approx(samples.mean_ms(1.0))
 
 
+def test_a_kept_quantile_is_the_one_a_fresh_window_computes() -> None:
+    """The window keeps its last quantile until its counts change (a sample in, one aged
+    out): asked at every report, it must still answer what the samples now say."""
+    rng = np.random.default_rng(1)
+    kept = LatencyWindow(TTFT_BUCKETS_S, window_s=2.0)
+    samples: list[tuple[float, float]] = []
+    for step in range(400):
+        now_s = step * 0.05
+        if rng.random() < 0.3:
+            value = float(rng.lognormal(np.log(0.3), 0.8))
+            kept.add(now_s, value)
+            samples.append((now_s, value))
+        fresh = LatencyWindow(TTFT_BUCKETS_S, window_s=2.0)
+        for at_s, value in samples:
+            if at_s >= now_s - 2.0:
+                fresh.add(at_s, value)
+        for quantile in (0.9, 0.9, 0.5):
+            assert kept.quantile_ms(now_s, quantile) == fresh.quantile_ms(now_s, quantile)
+
+
 def test_arrivals_are_requests_and_tokens_per_second_over_the_window() -> None:
     arrivals = ArrivalWindow(window_s=5.0)
     for n in range(10):

@@ -398,3 +398,25 @@ def test_voltage_curve_is_flat_below_the_knee_and_continuous_at_it() -> None:
 def test_voltage_curve_rejects_impossible_shapes(knee: float, floor: float) -> None:
     with pytest.raises(ConfigError):
         VoltageFrequencyCurve(1410.0, knee, floor)
+
+
+@pytest.mark.parametrize("hot", [False, True], ids=["below-tdp", "power-limited"])
+def test_memoised_clock_terms_give_exactly_a_fresh_models_figures(hot: bool) -> None:
+    """The model memoises its per-clock terms (the simulator asks at a handful of clocks, the
+    power limiter at fractional ones): a warm model must answer bit for bit what a fresh one
+    does."""
+    gpu = get_gpu("a100-80g")
+    calibration = DEFAULT_CALIBRATIONS[gpu.key]
+    if hot:
+        calibration = replace(calibration, core_dynamic_w=3 * gpu.tdp_w)
+    warm = AnalyticalPerformanceModel(gpu, get_model("llama-3.1-8b"), calibration)
+    for _ in range(2):  # the second pass answers from the memo
+        for clock in (gpu.min_sm_clock_mhz, 1005, 1187.5, gpu.max_sm_clock_mhz):
+            fresh = AnalyticalPerformanceModel(gpu, get_model("llama-3.1-8b"), calibration)
+            assert warm.decode_iteration(37, 41_000, clock) == fresh.decode_iteration(
+                37, 41_000, clock
+            )
+            assert warm.prefill_iteration(3000, clock, 2.2e6) == fresh.prefill_iteration(
+                3000, clock, 2.2e6
+            )
+            assert warm.idle_power_w(clock) == fresh.idle_power_w(clock)

@@ -19,14 +19,14 @@ add up to ``measured_j``. Nothing here reads a clock or a device.
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping
+from collections.abc import Hashable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 KeyT = TypeVar("KeyT", bound=Hashable)
 
 
-@dataclass
+@dataclass(slots=True)
 class RequestEnergy:
     """One request's share of one GPU's energy (or, summed, of every GPU it ran on)."""
 
@@ -41,49 +41,85 @@ class RequestEnergy:
         return RequestEnergy(self.active_j + other.active_j, self.idle_j + other.idle_j)
 
 
+class WorkShares(Generic[KeyT]):
+    """One stretch's work as each request's fraction of it, computed once: a caller that charges
+    the same work many times (the simulator, at every energy integration of an iteration) then
+    pays no re-summing or copying per charge. Immutable once built."""
+
+    __slots__ = ("fraction", "fractions", "keys", "weights")
+
+    def __init__(self, weights: Mapping[KeyT, float]) -> None:
+        self.weights = dict(weights)
+        total = sum(weight for weight in self.weights.values() if weight > 0)
+        working = [(key, w) for key, w in self.weights.items() if w > 0] if total > 0 else []
+        self.keys: tuple[KeyT, ...] = tuple(key for key, _ in working)
+        # Each key's fraction, or one fraction that every key has (``fractions`` then None).
+        self.fractions: tuple[float, ...] | None = tuple(w / total for _, w in working)
+        self.fraction = 0.0
+
+    @classmethod
+    def uniform(cls, keys: Iterable[KeyT]) -> WorkShares[KeyT]:
+        """One slot each (a decode batch): the same fraction as ``WorkShares({k: 1.0, ...})``
+        without a pass per key in Python."""
+        work = cls.__new__(cls)
+        work.keys = tuple(keys)
+        work.weights = dict.fromkeys(work.keys, 1.0)
+        work.fractions = None
+        work.fraction = 1.0 / float(len(work.keys)) if work.keys else 0.0
+        return work
+
+
 class EnergyLedger(Generic[KeyT]):
     """The attribution of one GPU (or one tensor-parallel group measured as a whole)."""
 
     def __init__(self) -> None:
         self._shares: dict[KeyT, RequestEnergy] = {}
-        self._last_work: dict[KeyT, float] = {}
+        self._last_work: WorkShares[KeyT] = WorkShares({})
         self.measured_j = 0.0
         self.pending_idle_j = 0.0
         self.released_j = 0.0
 
-    def charge(self, energy_j: float, work: Mapping[KeyT, float] | None) -> None:
+    def charge(self, energy_j: float, work: Mapping[KeyT, float] | WorkShares[KeyT] | None) -> None:
         """Energy measured over one stretch, and the work done in it (request → weight: prompt
         tokens computed for prefill, 1 per batch slot for decode); None or empty = idle."""
         if energy_j <= 0:  # counters that did not move (or went back) attribute nothing
             return
         self.measured_j += energy_j
-        total = sum(weight for weight in work.values() if weight > 0) if work else 0.0
-        if not work or total <= 0:
+        if work is not None and not isinstance(work, WorkShares):
+            work = WorkShares(work)
+        if work is None or not work.keys:
             self.pending_idle_j += energy_j
             return
         idle_j, self.pending_idle_j = self.pending_idle_j, 0.0
-        self._split(energy_j, idle_j, work, total)
-        self._last_work = dict(work)
+        self._split(energy_j, idle_j, work)
+        self._last_work = work
 
-    def _split(
-        self, active_j: float, idle_j: float, work: Mapping[KeyT, float], total: float
-    ) -> None:
-        for key, weight in work.items():
-            if weight <= 0:
-                continue
-            share = weight / total
-            energy = self._shares.get(key)
+    def _split(self, active_j: float, idle_j: float, work: WorkShares[KeyT]) -> None:
+        shares = self._shares
+        fractions = work.fractions
+        if fractions is None:  # one fraction for all: the same products, computed once
+            active_share, idle_share = active_j * work.fraction, idle_j * work.fraction
+            for key in work.keys:
+                energy = shares.get(key)
+                if energy is None:
+                    energy = shares[key] = RequestEnergy()
+                energy.active_j += active_share
+                if idle_j:  # adding 0.0 changes nothing; most stretches follow other work
+                    energy.idle_j += idle_share
+            return
+        for key, share in zip(work.keys, fractions, strict=True):
+            energy = shares.get(key)
             if energy is None:
-                energy = self._shares[key] = RequestEnergy()
+                energy = shares[key] = RequestEnergy()
             energy.active_j += active_j * share
-            energy.idle_j += idle_j * share
+            if idle_j:
+                energy.idle_j += idle_j * share
 
     def settle(self) -> None:
         """Hand the idle energy since the last work to that work's requests (end of a run)."""
-        total = sum(weight for weight in self._last_work.values() if weight > 0)
-        if self.pending_idle_j > 0 and total > 0:
+        if self.pending_idle_j > 0 and self._last_work.keys:
             idle_j, self.pending_idle_j = self.pending_idle_j, 0.0
-            self._split(0.0, idle_j, self._last_work, total)
+            self._split(0.0, idle_j, self._last_work)
 
     def energy_of(self, key: KeyT) -> RequestEnergy:
         """What ``key`` was attributed so far (zero when nothing)."""
@@ -92,7 +128,9 @@ class EnergyLedger(Generic[KeyT]):
 
     def release(self, key: KeyT) -> RequestEnergy:
         """``key``'s attribution, forgotten here (the request left this GPU)."""
-        self._last_work.pop(key, None)
+        if key in self._last_work.weights:
+            weights = self._last_work.weights
+            self._last_work = WorkShares({k: w for k, w in weights.items() if k != key})
         energy = self._shares.pop(key, None) or RequestEnergy()
         self.released_j += energy.total_j
         return energy

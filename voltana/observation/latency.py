@@ -35,16 +35,23 @@ class LatencyWindow:
     def __init__(self, buckets_s: Sequence[float], window_s: float) -> None:
         self._bounds_s = tuple(buckets_s)
         self.window_s = window_s
-        self._counts = np.zeros(len(self._bounds_s) + 1)  # the last bucket is +Inf
+        # The last bucket is +Inf. A list: one sample per decode step is added to it, and a
+        # float in a list adds several times faster than an element of an array.
+        self._counts = [0.0] * (len(self._bounds_s) + 1)
         self._sum_s = 0.0
         self._total = 0.0
         # (time, bucket index or -1 for an array of increments, counts, seconds)
         self._entries: deque[tuple[float, int, np.ndarray | float, float]] = deque()
+        # Bumped whenever the counts change; the last quantile is kept until then (reports
+        # ask several times a second, samples arrive far less often on a prefill instance).
+        self._version = 0
+        self._quantile: tuple[int, float, float | None] | None = None
 
     def add(self, at_s: float, latency_s: float, weight: float = 1.0) -> None:
         if weight <= 0:
             return
         index = bisect.bisect_left(self._bounds_s, latency_s)
+        self._version += 1
         self._counts[index] += weight
         self._sum_s += latency_s * weight
         self._total += weight
@@ -55,9 +62,12 @@ class LatencyWindow:
     ) -> None:
         """Per-bucket (non-cumulative) increments since the last scrape, with their sum."""
         counts = np.asarray(bucket_counts, dtype=float)
-        if counts.shape != self._counts.shape or count <= 0:
+        if counts.shape != (len(self._counts),) or count <= 0:
             return
-        self._counts += counts
+        self._version += 1
+        self._counts = [
+            total + added for total, added in zip(self._counts, counts.tolist(), strict=True)
+        ]
         self._sum_s += sum_s
         self._total += count
         self._entries.append((at_s, -1, counts, sum_s))
@@ -65,6 +75,9 @@ class LatencyWindow:
     def _prune(self, now_s: float) -> None:
         horizon_s = now_s - self.window_s
         entries = self._entries
+        if not entries or entries[0][0] >= horizon_s:
+            return
+        self._version += 1
         while entries and entries[0][0] < horizon_s:
             _, index, counts, seconds = entries.popleft()
             if index >= 0:
@@ -73,11 +86,13 @@ class LatencyWindow:
                 self._total -= counts
             else:
                 assert isinstance(counts, np.ndarray)
-                self._counts -= counts
+                self._counts = [
+                    total - gone for total, gone in zip(self._counts, counts.tolist(), strict=True)
+                ]
                 self._total -= float(counts.sum())
             self._sum_s -= seconds
         if not entries:  # no float drift survives an empty window
-            self._counts[:] = 0.0
+            self._counts = [0.0] * len(self._counts)
             self._sum_s = self._total = 0.0
 
     def mean_ms(self, now_s: float) -> float | None:
@@ -87,6 +102,14 @@ class LatencyWindow:
     def quantile_ms(self, now_s: float, quantile: float) -> float | None:
         """The window's ``quantile`` by linear interpolation inside its bucket (None if empty)."""
         self._prune(now_s)
+        cached = self._quantile
+        if cached is not None and cached[0] == self._version and cached[1] == quantile:
+            return cached[2]
+        value = self._quantile_ms(quantile)
+        self._quantile = (self._version, quantile, value)
+        return value
+
+    def _quantile_ms(self, quantile: float) -> float | None:
         if self._total <= 0:
             return None
         cumulative = np.cumsum(self._counts)

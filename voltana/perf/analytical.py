@@ -31,6 +31,10 @@ SPLITWISE_2023_TP_LAYER_OVERHEAD_MS = {"a100-80g": 0.42, "h100-80g": 0.29}
 
 # Enough halvings to find the power-limited clock to well under 1 MHz.
 _THROTTLE_BISECTIONS = 14
+# Clocks whose per-clock terms are memoised per model (supported clocks are far fewer).
+_CLOCK_MEMO_SIZE = 4096
+# (decode batch, clock) pairs whose KV-independent terms are memoised.
+_DECODE_MEMO_SIZE = 1 << 16
 
 
 def cuda_graph_batch_sizes(max_batch: int = 512) -> tuple[int, ...]:
@@ -142,8 +146,37 @@ class AnalyticalPerformanceModel:
             self.model.num_layers * self.calibration.tp_layer_overhead_ms * ring_steps_vs_tp8 / 1e3
         )
 
+    @cached_property
+    def _kv_bytes_per_token(self) -> float:
+        return self.model.kv_bytes_per_token_per_gpu
+
+    @cached_property
+    def _attention_flops_per_pair(self) -> float:
+        return self.model.attention_flops(1, 1)
+
+    @cached_property
+    def _by_clock(self) -> dict[float, tuple[float, float, float]]:
+        """Memo of the pure per-clock terms (peak FLOP/s, idle draw, relative f·V²): the
+        simulator evaluates thousands of iterations per second at a handful of clocks."""
+        return {}
+
+    def _clock_terms(self, sm_clock_mhz: float) -> tuple[float, float, float]:
+        terms = self._by_clock.get(sm_clock_mhz)
+        if terms is None:
+            relative = self.voltage_curve.relative_dynamic_power(sm_clock_mhz)
+            share = self.calibration.context_clock_share
+            terms = (
+                self.gpu.peak_bf16_tflops * 1e12 * (sm_clock_mhz / self.gpu.max_sm_clock_mhz),
+                self.gpu.idle_w + self.gpu.context_w * ((1.0 - share) + share * relative),
+                relative,
+            )
+            # Bounded: the power limiter's bisection visits fractional clocks.
+            if len(self._by_clock) < _CLOCK_MEMO_SIZE:
+                self._by_clock[sm_clock_mhz] = terms
+        return terms
+
     def _peak_flops(self, sm_clock_mhz: float) -> float:
-        return self.gpu.peak_bf16_tflops * 1e12 * (sm_clock_mhz / self.gpu.max_sm_clock_mhz)
+        return self._clock_terms(sm_clock_mhz)[0]
 
     def _allreduce_time_s(self, rows: int) -> float:
         tp = self.model.tensor_parallel
@@ -165,13 +198,12 @@ class AnalyticalPerformanceModel:
     def _power_w(self, sm_clock_mhz: float, memory_busy: float, compute_busy: float) -> float:
         """Draw at ``sm_clock_mhz`` before the power limiter (may exceed TDP)."""
         cal = self.calibration
+        _, idle_w, relative = self._clock_terms(sm_clock_mhz)
         activity = cal.min_activity + (1.0 - cal.min_activity) * min(1.0, compute_busy)
         return (
-            self.idle_power_w(sm_clock_mhz)
+            idle_w
             + cal.memory_dynamic_w * min(1.0, memory_busy)
-            + cal.core_dynamic_w
-            * self.voltage_curve.relative_dynamic_power(sm_clock_mhz)
-            * activity
+            + cal.core_dynamic_w * relative * activity
         )
 
     def _estimate(
@@ -180,14 +212,16 @@ class AnalyticalPerformanceModel:
         """Latency and draw of an iteration whose (latency, memory, compute) seconds at a clock
         ``timing`` gives; above TDP the power limiter slows the clock until the draw fits."""
 
+        latency_s, memory_s, compute_s = timing(sm_clock_mhz)
+        power_w = self._power_w(sm_clock_mhz, memory_s / latency_s, compute_s / latency_s)
+        tdp_w = self.gpu.tdp_w
+        if power_w <= tdp_w:
+            return IterationEstimate(latency_s, power_w)
+
         def at(clock_mhz: float) -> tuple[float, float]:
             latency_s, memory_s, compute_s = timing(clock_mhz)
             return latency_s, self._power_w(clock_mhz, memory_s / latency_s, compute_s / latency_s)
 
-        latency_s, power_w = at(sm_clock_mhz)
-        tdp_w = self.gpu.tdp_w
-        if power_w <= tdp_w:
-            return IterationEstimate(latency_s, power_w)
         # The limiter settles at the highest clock whose draw fits, whatever clock was locked
         # above it (draw rises monotonically with clock), so bisect over the whole range.
         low_mhz, high_mhz = 1.0, float(self.gpu.max_sm_clock_mhz)
@@ -207,8 +241,8 @@ class AnalyticalPerformanceModel:
         tokens = max(1, new_tokens)
         pairs = tokens * tokens / 2.0 if attention_pairs is None else attention_pairs
         row_efficiency = cal.compute_efficiency * tokens / (tokens + cal.compute_half_rows)
-        attention_flops = self.model.attention_flops(1, 1) * pairs / self.model.tensor_parallel
-        kv_write_s = tokens * self.model.kv_bytes_per_token_per_gpu / self._memory_bytes_per_s
+        attention_flops = self._attention_flops_per_pair * pairs / self.model.tensor_parallel
+        kv_write_s = tokens * self._kv_bytes_per_token / self._memory_bytes_per_s
         memory_s = self._weights_time_s + kv_write_s
         fixed_s = (
             cal.prefill_overhead_ms / 1000.0 + self._allreduce_time_s(tokens) + self._tp_overhead_s
@@ -225,37 +259,56 @@ class AnalyticalPerformanceModel:
     def decode_iteration(
         self, batch_size: int, kv_tokens: int, sm_clock_mhz: float
     ) -> IterationEstimate:
-        cal = self.calibration
         if batch_size <= 0:
             return IterationEstimate(0.0, self.idle_power_w(sm_clock_mhz))
-        rows = self.padded_batch(batch_size)
-        attention_flops = self.model.attention_flops(1, 1) * kv_tokens / self.model.tensor_parallel
-        kv_read_s = kv_tokens * self.model.kv_bytes_per_token_per_gpu / self._memory_bytes_per_s
+        attention_flops = self._attention_flops_per_pair * kv_tokens / self.model.tensor_parallel
+        kv_read_s = kv_tokens * self._kv_bytes_per_token / self._memory_bytes_per_s
         memory_s = self._weights_time_s + kv_read_s
-        fixed_s = (
-            cal.decode_overhead_ms / 1000.0
-            + cal.decode_per_request_overhead_ms * batch_size / 1000.0
-            + self._allreduce_time_s(rows)
-            + self._tp_overhead_s
-        )
 
         def timing(clock_mhz: float) -> tuple[float, float, float]:
-            peak = self._peak_flops(clock_mhz)
-            linear_s = (
-                self._linear_flops_per_token_per_gpu * rows / (peak * cal.decode_compute_efficiency)
-            )
-            compute_s = linear_s + attention_flops / (peak * cal.attention_efficiency)
+            fixed_s, linear_s, attention_flops_per_s = self._decode_terms(batch_size, clock_mhz)
+            compute_s = linear_s + attention_flops / attention_flops_per_s
             return self._combine(memory_s, compute_s) + fixed_s, memory_s, compute_s
 
         return self._estimate(timing, sm_clock_mhz)
 
+    @cached_property
+    def _by_batch_and_clock(self) -> dict[tuple[int, float], tuple[float, float, float]]:
+        return {}
+
+    def _decode_terms(self, batch_size: int, sm_clock_mhz: float) -> tuple[float, float, float]:
+        """A decode step's terms that do not depend on its KV tokens: fixed seconds (overheads,
+        all-reduce), the weights' matmul seconds and the attention FLOP/s (memoised, bounded:
+        the batch and the clock repeat from step to step)."""
+        key = (batch_size, sm_clock_mhz)
+        terms = self._by_batch_and_clock.get(key)
+        if terms is None:
+            cal = self.calibration
+            rows = self.padded_batch(batch_size)
+            fixed_s = (
+                cal.decode_overhead_ms / 1000.0
+                + cal.decode_per_request_overhead_ms * batch_size / 1000.0
+                + self._allreduce_time_s(rows)
+                + self._tp_overhead_s
+            )
+            peak = self._peak_flops(sm_clock_mhz)
+            linear_s = (
+                self._linear_flops_per_token_per_gpu * rows / (peak * cal.decode_compute_efficiency)
+            )
+            terms = (fixed_s, linear_s, peak * cal.attention_efficiency)
+            if len(self._by_batch_and_clock) < _DECODE_MEMO_SIZE:
+                self._by_batch_and_clock[key] = terms
+        return terms
+
     def idle_power_w(self, sm_clock_mhz: float) -> float:
         """Bare idle plus the CUDA context, whose clock-dependent share follows f·V²."""
-        share = self.calibration.context_clock_share
-        relative = self.voltage_curve.relative_dynamic_power(sm_clock_mhz)
-        return self.gpu.idle_w + self.gpu.context_w * ((1.0 - share) + share * relative)
+        return self._clock_terms(sm_clock_mhz)[1]
 
     def kv_capacity_tokens(self) -> int:
+        return self._kv_capacity_tokens
+
+    @cached_property
+    def _kv_capacity_tokens(self) -> int:
         usable = self.gpu.memory_gib * 2**30 * self.calibration.kv_memory_fraction
         free_for_kv = usable - self.model.weight_bytes_per_gpu
         return max(0, math.floor(free_for_kv / self.model.kv_bytes_per_token_per_gpu))

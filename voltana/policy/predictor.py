@@ -79,10 +79,13 @@ class LatencyPredictor:
         prefill_latency = np.zeros((n_clocks, n_tok, 2))
         prefill_power = np.zeros((n_clocks, n_tok, 2))
         for ci, clock in enumerate(clocks):
-            decode_points = by_clock[("decode", clock)]
-            segment_of = [bisect.bisect_left(batch_segments, p.batch_size) for p in decode_points]
+            # Each segment's points in profile order (one pass, not one scan per segment).
+            by_segment: dict[int, list[ProfilePoint]] = {}
+            for point in by_clock[("decode", clock)]:
+                segment = bisect.bisect_left(batch_segments, point.batch_size)
+                by_segment.setdefault(segment, []).append(point)
             for si in range(n_seg):
-                members = [p for p, s in zip(decode_points, segment_of, strict=True) if s == si]
+                members = by_segment.get(si, [])
                 if not members:  # no data (beyond the profile): reuse the segment below
                     decode_latency[ci, si] = decode_latency[ci, si - 1]
                     decode_power[ci, si] = decode_power[ci, si - 1]

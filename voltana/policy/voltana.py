@@ -144,6 +144,10 @@ class VoltanaPrefill:
     _guard: dict[str, float] = field(default_factory=dict, init=False)
     _prompt_tokens: deque[int] = field(default_factory=lambda: deque(maxlen=256), init=False)
     _last_running_tokens: dict[str, int] = field(default_factory=dict, init=False)
+    # The parking clock is a pure function of the prompts seen and the SLO: kept until either
+    # changes (an idle instance asks for it at every tick).
+    _park: tuple[int, SloTarget, int] | None = field(default=None, init=False)
+    _prompts_seen: int = field(default=0, init=False)
 
     def _observe_prompts(self, state: InstanceState) -> None:
         """Learn prompt sizes: a lone running prompt is one request's (first) chunk."""
@@ -154,9 +158,18 @@ class VoltanaPrefill:
             and running != self._last_running_tokens.get(state.instance_id)
         ):
             self._prompt_tokens.append(running)
+            self._prompts_seen += 1
         self._last_running_tokens[state.instance_id] = running
 
     def park_clock_mhz(self, slo: SloTarget) -> int:
+        park = self._park
+        if park is not None and park[0] == self._prompts_seen and park[1] == slo:
+            return park[2]
+        clock_mhz = self._park_clock_mhz(slo)
+        self._park = (self._prompts_seen, slo, clock_mhz)
+        return clock_mhz
+
+    def _park_clock_mhz(self, slo: SloTarget) -> int:
         if self._prompt_tokens:
             large = float(np.quantile(np.fromiter(self._prompt_tokens, float), self.park_quantile))
         else:

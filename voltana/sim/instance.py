@@ -3,12 +3,11 @@ reports (through the observation contract, as a live engine would)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from voltana.energy import EnergyLedger
+from voltana.energy import EnergyLedger, WorkShares
 from voltana.observation import InstanceObserver
-from voltana.perf.model import IterationEstimate, PerformanceModel
+from voltana.perf.model import PerformanceModel
 from voltana.policy.state import InstanceState, Phase
 from voltana.sim.cluster import ClusterConfig
 from voltana.sim.scheduling import (
@@ -62,14 +61,13 @@ class SimInstance:
         self.busy = False
         # Energy per request (voltana.energy): the running iteration's work, request -> weight.
         self.ledger: EnergyLedger[int] = EnergyLedger()
-        self.work: dict[int, float] = {}
-        # The running iteration: when its current pace began, when it ends, which event ends it,
-        # and how to re-estimate it at another clock (a clock change speeds up the remainder).
+        self.work: WorkShares[int] | None = None
+        # The running iteration: when its current pace began, when it ends, which event ends it
+        # (a clock change re-estimates it from the scheduler's running iteration).
         self.pace_since_s = 0.0
         self.iteration_end_s = 0.0
         self.completion_seq = -1
         self.jitter_factor = 1.0
-        self.estimate_at: Callable[[int], IterationEstimate] | None = None
         self.last_activity_s = 0.0
         self.series = InstanceSeries()
 
@@ -84,7 +82,8 @@ class SimInstance:
             self.pending_clock = None
             if not self.busy:  # an idle GPU's draw follows its clock at once
                 self.power_w = self.perf.idle_power_w(clock_mhz)
-        self._integrate(now_s)
+        if now_s > self.power_since_s:  # (it is called often with nothing to add)
+            self._integrate(now_s)
 
     def _integrate(self, now_s: float) -> None:
         if now_s > self.power_since_s:

@@ -8,6 +8,7 @@ time; both ask ``start_iteration`` for the next batch, wait ``latency_s`` their 
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import KeysView
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
@@ -231,6 +232,10 @@ class DecodeScheduler(Generic[KeyT]):
 
     def running_jobs(self) -> list[DecodeJob[KeyT]]:
         return list(self._running.values())
+
+    def running_keys(self) -> KeysView[KeyT]:
+        """The running jobs' keys, in admission order (a live view: no copy)."""
+        return self._running.keys()
 
     def remaining_output_tokens(self) -> int:
         done = self.iterations_done

@@ -19,7 +19,7 @@ import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
-from voltana.energy import RequestEnergy, spread_unclaimed
+from voltana.energy import RequestEnergy, WorkShares, spread_unclaimed
 from voltana.errors import ConfigError
 from voltana.observation import ArrivalWindow, InflightLedger
 from voltana.perf.model import IterationEstimate, PerformanceModel
@@ -182,6 +182,11 @@ class Simulation:
         # States the router sent the controller with a placement (newer than its snapshot).
         self._notified: list[InstanceState | None] = [None] * len(self.instances)
         self._pending_notices: dict[int, tuple[InstanceState, InstanceState]] = {}
+        # When each watch next reads the reports (inf: never), and whether the controller's
+        # copy matters (a static suite never decides after t0).
+        self._next_router_watch_s = float("inf")
+        self._next_controller_watch_s = float("inf")
+        self._controller_reads = not suite.is_static
 
     # ---- event plumbing -------------------------------------------------------------------
     def _push(self, time_s: float, kind: int, payload: int) -> int:
@@ -189,10 +194,11 @@ class Simulation:
         heapq.heappush(self._events, (time_s, kind, self._seq, payload))
         return self._seq
 
-    def _jittered(self, latency_s: float) -> float:
+    def _jitter_factor(self) -> float:
+        """This iteration's latency noise: a factor on the model's latency."""
         if self._jitter <= 0:
-            return latency_s
-        return latency_s * max(0.5, 1.0 + self._rng.gauss(0.0, self._jitter))
+            return 1.0
+        return max(0.5, 1.0 + self._rng.gauss(0.0, self._jitter))
 
     # ---- what decisions see ---------------------------------------------------------------
     def _report(self, inst: SimInstance, now_s: float) -> InstanceState:
@@ -258,16 +264,8 @@ class Simulation:
             inst.busy = False
             inst.set_power(now_s, self.perf.idle_power_w(inst.sm_clock_mhz))
             return
-        tokens, pairs = iteration.new_tokens, iteration.attention_pairs
-        inst.work = {job.key: float(chunk) for job, chunk in iteration.chunks}
-        self._start(
-            inst,
-            now_s,
-            iteration.latency_s,
-            iteration.power_w,
-            _PREFILL_DONE,
-            lambda clock: self.perf.prefill_iteration(tokens, clock, pairs),
-        )
+        inst.work = WorkShares({job.key: float(chunk) for job, chunk in iteration.chunks})
+        self._start(inst, now_s, iteration.latency_s, iteration.power_w, _PREFILL_DONE)
 
     def _kick_decode(self, inst: SimInstance, now_s: float) -> None:
         scheduler = inst.decode
@@ -282,42 +280,40 @@ class Simulation:
             inst.busy = False
             inst.set_power(now_s, self.perf.idle_power_w(inst.sm_clock_mhz))
             return
-        batch, kv_tokens = iteration.batch_size, iteration.kv_tokens
-        inst.work = {job.key: 1.0 for job in scheduler.running_jobs()}
-        self._start(
-            inst,
-            now_s,
-            iteration.latency_s,
-            iteration.power_w,
-            _DECODE_DONE,
-            lambda clock: self.perf.decode_iteration(batch, kv_tokens, clock),
-        )
+        inst.work = WorkShares.uniform(scheduler.running_keys())
+        self._start(inst, now_s, iteration.latency_s, iteration.power_w, _DECODE_DONE)
 
     def _start(
-        self,
-        inst: SimInstance,
-        now_s: float,
-        latency_s: float,
-        power_w: float,
-        kind: int,
-        estimate_at: Callable[[int], IterationEstimate],
+        self, inst: SimInstance, now_s: float, latency_s: float, power_w: float, kind: int
     ) -> None:
         inst.busy = True
         inst.set_power(now_s, power_w)
-        inst.jitter_factor = self._jittered(1.0)
+        inst.jitter_factor = self._jitter_factor()
         inst.pace_since_s = now_s
         inst.iteration_end_s = now_s + latency_s * inst.jitter_factor
-        inst.estimate_at = estimate_at
         inst.completion_seq = self._push(inst.iteration_end_s, kind, inst.index)
+
+    def _estimate_running(self, inst: SimInstance, clock_mhz: int) -> IterationEstimate:
+        """The running iteration's latency and draw at another clock."""
+        if inst.prefill is not None:
+            prefill = inst.prefill.running
+            assert prefill is not None
+            return self.perf.prefill_iteration(
+                prefill.new_tokens, clock_mhz, prefill.attention_pairs
+            )
+        assert inst.decode is not None
+        decode = inst.decode.running_iteration
+        assert decode is not None
+        return self.perf.decode_iteration(decode.batch_size, decode.kv_tokens, clock_mhz)
 
     def _on_clock(self, inst: SimInstance, now_s: float) -> None:
         """A clock change landed: a running iteration finishes its remainder at the new pace."""
         before_mhz = inst.sm_clock_mhz
         inst.advance(now_s)
-        if not inst.busy or inst.sm_clock_mhz == before_mhz or inst.estimate_at is None:
+        if not inst.busy or inst.sm_clock_mhz == before_mhz:
             return
-        old = inst.estimate_at(before_mhz)
-        new = inst.estimate_at(inst.sm_clock_mhz)
+        old = self._estimate_running(inst, before_mhz)
+        new = self._estimate_running(inst, inst.sm_clock_mhz)
         remaining_s = (inst.iteration_end_s - now_s) * new.latency_s / old.latency_s
         inst.set_power(now_s, new.power_w)
         inst.pace_since_s = now_s
@@ -436,6 +432,14 @@ class Simulation:
         self._kick_decode(inst, now_s)
         return len(finished)
 
+    def _report_is_read(self, next_report_s: float) -> bool:
+        """Whether a watch passes this report on before the instance's next one replaces it
+        (a report and a watch at the same moment: the report comes first). Skipping an unread
+        report only merges two stretches of the instance's energy integration."""
+        if self._next_router_watch_s < next_report_s:
+            return True
+        return self._controller_reads and self._next_controller_watch_s < next_report_s
+
     def _on_report(self, inst: SimInstance, now_s: float) -> None:
         self._reports[inst.index] = self._report(inst, now_s)
 
@@ -466,22 +470,30 @@ class Simulation:
             offset_s = interval_s * (inst.index + 1) / (len(self.instances) + 1)
             self._push(start_s + offset_s, _REPORT, inst.index)
         if loop.router_watch_ms > 0:
-            self._push(start_s + loop.router_watch_ms / 1e3, _ROUTER_WATCH, 0)
+            self._next_router_watch_s = start_s + loop.router_watch_ms / 1e3
+            self._push(self._next_router_watch_s, _ROUTER_WATCH, 0)
         if loop.controller_watch_ms > 0:
-            self._push(start_s + loop.controller_watch_ms / 1e3, _CONTROLLER_WATCH, 0)
+            self._next_controller_watch_s = start_s + loop.controller_watch_ms / 1e3
+            self._push(self._next_controller_watch_s, _CONTROLLER_WATCH, 0)
 
     def _periodic(self, kind: int, payload: int, now_s: float) -> float:
         """Handle a periodic event; returns its period (seconds)."""
         loop = self.config.loop
         if kind == _REPORT:
-            self._on_report(self.instances[payload], now_s)
-            return loop.report_interval_ms / 1e3
+            interval_s = loop.report_interval_ms / 1e3
+            if self._report_is_read(now_s + interval_s):
+                self._on_report(self.instances[payload], now_s)
+            return interval_s
         if kind == _ROUTER_WATCH:
             self._on_router_watch()
-            return loop.router_watch_ms / 1e3
+            period_s = loop.router_watch_ms / 1e3
+            self._next_router_watch_s = now_s + period_s
+            return period_s
         if kind == _CONTROLLER_WATCH:
             self._on_controller_watch()
-            return loop.controller_watch_ms / 1e3
+            period_s = loop.controller_watch_ms / 1e3
+            self._next_controller_watch_s = now_s + period_s
+            return period_s
         if kind == _CONTROL:
             self._on_control(now_s)
             return self.config.control_interval_ms / 1e3
@@ -519,17 +531,19 @@ class Simulation:
         next_progress_s = start_s
         events = self._events
         instances = self.instances
+        pop = heapq.heappop
         while events:
-            now_s, kind, seq, payload = heapq.heappop(events)
-            if kind in _PERIODIC:
-                period_s = self._periodic(kind, payload, now_s)
-                if pending_requests > 0:
-                    self._push(now_s + period_s, kind, payload)
-                continue
+            now_s, kind, seq, payload = pop(events)
+            # The commonest event first: a decode step ends.
             if kind == _DECODE_DONE:
                 if seq != instances[payload].completion_seq:
                     continue  # superseded by a clock change
                 pending_requests -= self._on_decode_done(instances[payload], now_s)
+            elif kind in _PERIODIC:
+                period_s = self._periodic(kind, payload, now_s)
+                if pending_requests > 0:
+                    self._push(now_s + period_s, kind, payload)
+                continue
             elif kind == _PREFILL_DONE:
                 if seq != instances[payload].completion_seq:
                     continue
