@@ -189,6 +189,7 @@ def main() -> int:
         "--quick", action="store_true", help=f"rates {QUICK_RATES_RPS}, 2 s steps (~3 min)"
     )
     parser.add_argument("--no-throughput", action="store_true", help="decision times only")
+    parser.add_argument("--no-decisions", action="store_true", help="throughput only")
     parser.add_argument("--placements", type=int, default=2000, help="place() calls per cell")
     parser.add_argument("--ticks", type=int, default=200, help="control ticks per policy")
     args = parser.parse_args()
@@ -223,6 +224,8 @@ def main() -> int:
             print(f"\n-- {result.max_new_tokens} output tokens")
             print(report(result, rates[0], table))
         print()
+    if args.no_decisions:
+        return 0
 
     print(f"== placement decision time, µs per place() (p50 / p99 over {args.placements} calls)")
     rows = []
