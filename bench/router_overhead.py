@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import random
+import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -193,6 +194,8 @@ def main() -> int:
     parser.add_argument("--placements", type=int, default=2000, help="place() calls per cell")
     parser.add_argument("--ticks", type=int, default=200, help="control ticks per policy")
     args = parser.parse_args()
+    # A killed run still stops its child processes (their context managers unwind).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
     gpu = get_gpu(args.gpu)
     perf = AnalyticalPerformanceModel.for_hardware(gpu, get_model(args.model))

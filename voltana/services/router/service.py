@@ -211,7 +211,9 @@ class RouterService(AsyncService):
                     settings.controller_address,
                     timeout_s=settings.placement_notice_timeout_ms / 1000.0,
                     security=settings.security,
+                    view_of=self._cluster.view_of,
                 )
+                self._trigger.start()
             # Probes get their own untraced client: they are polls, not requests.
             self._prober = SglangHttpClient(health_timeout_s=settings.health_check_timeout_s)
             self._engine_health = EngineHealth(
