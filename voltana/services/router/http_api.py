@@ -11,13 +11,13 @@ the control-plane token) configured, requests need ``Authorization: Bearer <key>
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import socket
 from collections.abc import AsyncGenerator, Callable, Collection
 from typing import Any, Protocol
 
 import grpc
+import orjson
 from aiohttp import web
 from opentelemetry import trace
 
@@ -91,7 +91,7 @@ async def _finish(responses: AsyncGenerator[router_pb2.GenerateResponse, None]) 
 
 
 def _sse(document: dict[str, Any]) -> bytes:
-    return f"data: {json.dumps(document, separators=(',', ':'))}\n\n".encode()
+    return b"data: " + orjson.dumps(document) + b"\n\n"
 
 
 class RouterHttpApi(AsyncService):
@@ -195,8 +195,8 @@ class RouterHttpApi(AsyncService):
         if not self._authorized(request):
             return _json_error("a valid API key is required (Authorization: Bearer <key>)", 401)
         try:
-            body = await request.json()
-        except ValueError:
+            body = orjson.loads(await request.read())
+        except orjson.JSONDecodeError:
             return _json_error("the request body is not valid JSON", 400)
         try:
             parsed = parse(body, self._served_model)

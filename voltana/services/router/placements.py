@@ -21,6 +21,7 @@ import logging
 from collections.abc import Callable, Iterable, Sequence
 
 import grpc
+from opentelemetry import context as otel_context
 
 from voltana.hardware import GPU_CATALOG
 from voltana.lifecycle import cancel_and_wait
@@ -66,14 +67,14 @@ class ControllerTrigger:
         self._address = address
         self._timeout_s = timeout_s
         self._view_of = view_of
-        # Traced: a notice a request waits for is on its critical path, so it belongs in its
-        # trace. Queued notices go on an untraced channel (no request's, nothing worth a trace).
-        self._traced = create_channel(address, security=security)
-        self._background = create_channel(address, security=security, traced=False)
-        self._stub = controller_pb2_grpc.ControllerServiceStub(self._traced)
-        self._queued_stub = controller_pb2_grpc.ControllerServiceStub(self._background)
-        # Instances placed on since the last queued notice (a dict: insertion order, no repeats).
+        # Traced: a notice (and the clock change it asks for) belongs to the trace of the
+        # request it is for, the first one it covers when it covers several.
+        self._channel = create_channel(address, security=security)
+        self._stub = controller_pb2_grpc.ControllerServiceStub(self._channel)
+        # Instances placed on since the last queued notice (a dict: insertion order, no repeats)
+        # and the trace context of the first request among those placements.
         self._pending: dict[str, None] = {}
+        self._pending_trace: otel_context.Context | None = None
         self._has_work = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._failing = False
@@ -84,18 +85,22 @@ class ControllerTrigger:
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name="router-placement-notices")
 
-    def notify(self, instance_ids: Iterable[str]) -> None:
+    def notify(
+        self, instance_ids: Iterable[str], trace_context: otel_context.Context | None = None
+    ) -> None:
         """Queue a notice for these instances; never blocks."""
+        if not self._pending:
+            self._pending_trace = trace_context
         for instance_id in instance_ids:
             self._pending[instance_id] = None
         self._has_work.set()
 
     async def notify_and_wait(self, instance_ids: Sequence[str]) -> None:
-        """A notice for these instances now; returns once the controller applied any new clock
-        (or after the timeout)."""
+        """A notice for these instances now (in the caller's trace); returns once the
+        controller applied any new clock (or after the timeout)."""
         for instance_id in instance_ids:
             self._pending.pop(instance_id, None)  # this notice shows them as they are now
-        await self._send(self._stub, instance_ids)
+        await self._send(instance_ids, None)
 
     async def _run(self) -> None:
         while True:
@@ -103,10 +108,10 @@ class ControllerTrigger:
             self._has_work.clear()
             instance_ids, self._pending = list(self._pending), {}
             if instance_ids:
-                await self._send(self._queued_stub, instance_ids)
+                await self._send(instance_ids, self._pending_trace)
 
     async def _send(
-        self, stub: controller_pb2_grpc.ControllerServiceStub, instance_ids: Sequence[str]
+        self, instance_ids: Sequence[str], trace_context: otel_context.Context | None
     ) -> None:
         states = [s for s in map(self._view_of, instance_ids) if s is not None]
         if not states:
@@ -114,8 +119,15 @@ class ControllerTrigger:
         request = controller_pb2.NotifyPlacementRequest(
             instances=[state_to_proto(state) for state in states]
         )
+        # The call's interceptors run in a task that copies the context current at the call.
+        token = otel_context.attach(trace_context) if trace_context is not None else None
         try:
-            await stub.NotifyPlacement(request, timeout=self._timeout_s)
+            call = self._stub.NotifyPlacement(request, timeout=self._timeout_s)
+        finally:
+            if token is not None:
+                otel_context.detach(token)
+        try:
+            await call
         except grpc.aio.AioRpcError as error:
             self.failed += 1
             if not self._failing:  # once per outage: a slow controller must not spam logs
@@ -135,8 +147,7 @@ class ControllerTrigger:
     async def close(self) -> None:
         task, self._task = self._task, None
         await cancel_and_wait([task])
-        await self._traced.close()
-        await self._background.close()
+        await self._channel.close()
 
 
 class PlacementReporter:

@@ -256,7 +256,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         parent.set_attribute("voltana.bootstrap_room", target.bootstrap_room)
         return placement, target, may_wait
 
-    async def _notify_controller(self, placement: Placement, wait: bool) -> None:
+    async def _notify_controller(self, placement: Placement, wait: bool, span: trace.Span) -> None:
         """Tell the controller of the placement; with ``wait``, return once it has set the
         placed instances' clocks (a parked one is raised before the request starts)."""
         if self._trigger is None:
@@ -265,7 +265,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         if wait:
             await self._trigger.notify_and_wait(instance_ids)
         else:
-            self._trigger.notify(instance_ids)
+            self._trigger.notify(instance_ids, child_of(span))
 
     def _engine_deadline_s(self, context: CallContext) -> float:
         """Loop-clock deadline of the engine calls: the router's limit or the client's."""
@@ -318,7 +318,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
                     placement, target, may_wait = self._place(validated, span)
                     if observed is not None:
                         observed.on_placed(placement, self._policy.name, validated.prompt_tokens)
-                    await self._notify_controller(placement, may_wait)
+                    await self._notify_controller(placement, may_wait, span)
                     reader = ChunkReader(self._clock)
                     # The prefill engine holds the request from its dispatch on.
                     self._cluster.reached(validated.request_id, placement.prefill_id)
