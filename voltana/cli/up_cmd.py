@@ -8,7 +8,9 @@ import signal
 import sys
 from typing import TextIO
 
+from voltana import event_loop
 from voltana.cli.options import (
+    add_event_loop_arg,
     add_profile_arg,
     add_slo_args,
     positive_float,
@@ -136,6 +138,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     add_redis_password_arg(network)
     add_security_args(parser)
     add_observability_args(parser)
+    add_event_loop_arg(parser)
     parser.set_defaults(handler=run)
 
 
@@ -172,7 +175,7 @@ def run(args: argparse.Namespace) -> int:
     # One provider per service (service.name voltana-router, ...), none installed globally.
     tracing = observability.apply(set_global=False)
     try:
-        asyncio.run(serve(settings, tracer_providers=tracing.provider_for))
+        event_loop.run(serve(settings, tracer_providers=tracing.provider_for), args.event_loop)
     finally:
         tracing.shutdown()
     return 0

@@ -3,8 +3,8 @@
 - The controller decides the placed instances' clocks at once (NotifyPlacement) instead of at its
   next tick on a report that does not show the request yet. It stays the only writer of clocks.
   The notice is off the request's path: placements are queued, and one sender at a time tells
-  the controller the router's current view of every instance placed on since its last notice
-  (under load one notice covers many placements). Only a request placed on an instance that may
+  the controller the router's current view of every instance placed on since its last notice,
+  at most every ``interval_s`` (under load one notice covers many placements). Only a request placed on an instance that may
   be parked (idle, below its GPU's highest clock: ``may_be_parked``) waits for the controller's
   answer, given once the new clock is applied (or after ``timeout_s``, never later), so its
   prompt does not start behind the parked clock; a busy instance already runs at the clock its
@@ -63,9 +63,12 @@ class ControllerTrigger:
         timeout_s: float,
         security: RpcSecurity,
         view_of: Callable[[str], InstanceState | None],
+        interval_s: float = 0.0,
     ) -> None:
+        """``interval_s``: the least time between two queued notices."""
         self._address = address
         self._timeout_s = timeout_s
+        self._interval_s = interval_s
         self._view_of = view_of
         # Traced: a notice (and the clock change it asks for) belongs to the trace of the
         # request it is for, the first one it covers when it covers several.
@@ -109,6 +112,8 @@ class ControllerTrigger:
             instance_ids, self._pending = list(self._pending), {}
             if instance_ids:
                 await self._send(instance_ids, self._pending_trace)
+                # What is placed meanwhile goes in the next notice: under load, one per interval.
+                await asyncio.sleep(self._interval_s)
 
     async def _send(
         self, instance_ids: Sequence[str], trace_context: otel_context.Context | None

@@ -212,6 +212,7 @@ class RouterService(AsyncService):
                     timeout_s=settings.placement_notice_timeout_ms / 1000.0,
                     security=settings.security,
                     view_of=self._cluster.view_of,
+                    interval_s=settings.placement_notice_interval_ms / 1000.0,
                 )
                 self._trigger.start()
             # Probes get their own untraced client: they are polls, not requests.

@@ -20,10 +20,13 @@ class RouterSettings:
     # TelemetryService to watch snapshots from and report completions to ("host:port").
     telemetry_address: str = "127.0.0.1:50052"
     # ControllerService to notify of each placement, so the placed instances' clocks are
-    # decided before the request is dispatched ("" = no notice: clocks follow at the next tick).
+    # decided at once ("" = no notice: clocks follow at the next tick). A request placed on a
+    # possibly parked instance waits for the answer; other notices are queued and coalesced.
     controller_address: str = ""
-    # Longest wait for the controller's answer before dispatching anyway.
+    # Longest wait for the controller's answer (a waiting request is dispatched anyway then).
     placement_notice_timeout_ms: int = 100
+    # Queued notices go at most this often (each covers every placement since the last one).
+    placement_notice_interval_ms: int = 5
     # Placements are reported to telemetry (arrival rates) in batches this often.
     placement_report_interval_ms: int = 50
     # Operating policy (voltana.policy.registry names, e.g. "static-max"); its router places.
@@ -124,6 +127,7 @@ class RouterSettings:
             "max_prompt_tokens",
             "snapshot_interval_ms",
             "placement_notice_timeout_ms",
+            "placement_notice_interval_ms",
             "placement_report_interval_ms",
             "completion_queue_size",
             "max_attempts",
