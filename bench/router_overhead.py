@@ -35,8 +35,10 @@ from voltana.policy.state import ClusterSnapshot, InstanceState, Phase, RequestS
 INSTANCE_COUNTS = (4, 16, 64)
 FREQUENCY_INSTANCES = 64
 PROMPT_TOKENS = 256
-RATES_RPS = (10, 50, 100, 150, 200, 300, 400, 600, 800)
-QUICK_RATES_RPS = (10, 100, 200, 400, 800)
+# Request rates per output length (a 256-token request costs the simulated engines and the
+# client far more, so the host saturates at a lower rate whatever the router).
+RATES_RPS = {4: (10, 25, 50, 100, 150, 200, 300, 400, 600), 256: (5, 10, 20, 30, 40, 60, 80)}
+QUICK_RATES_RPS = {4: (10, 50, 100, 200, 400), 256: (5, 10, 20, 40)}
 
 
 def percentiles(values: Sequence[float]) -> tuple[float, float]:
@@ -173,7 +175,8 @@ def main() -> int:
     parser.add_argument("--model", default="llama-3.1-8b")
     parser.add_argument("--policy", default="static-max", help="policy of stack and router")
     parser.add_argument(
-        "--rates", help=f"request rates to step through, req/s (default: {RATES_RPS})"
+        "--rates",
+        help=f"request rates to step through, req/s (default per output length: {RATES_RPS})",
     )
     parser.add_argument("--step-s", type=float, default=4.0, help="seconds of arrivals per step")
     parser.add_argument(
@@ -202,15 +205,20 @@ def main() -> int:
     context = PolicyContext(gpu, perf, SloTarget())
 
     if not args.no_throughput:
-        rates = QUICK_RATES_RPS if args.quick else RATES_RPS
-        if args.rates:
-            rates = tuple(float(r) for r in args.rates.split(","))
+        table_of_rates = QUICK_RATES_RPS if args.quick else RATES_RPS
+        given = tuple(float(r) for r in args.rates.split(",")) if args.rates else None
+
+        def rates(tokens: int) -> tuple[float, ...]:
+            return given or table_of_rates.get(tokens, table_of_rates[4])
+
         step_s = 2.0 if args.quick else args.step_s
         output_tokens = [int(n) for n in args.output_tokens.split(",")]
         print(
             f"== throughput: {PROMPT_TOKENS}-token prompts, 1 prefill + 1 decode engine "
-            f"x{args.speedup:g}, policy {args.policy}, Poisson steps of {step_s:g} s at "
-            f"{', '.join(f'{r:g}' for r in rates)} req/s"
+            f"x{args.speedup:g}, policy {args.policy}, Poisson steps of {step_s:g} s; rates "
+            + "; ".join(
+                f"{n} tokens: {', '.join(f'{r:g}' for r in rates(n))}" for n in output_tokens
+            )
         )
         sweeps = asyncio.run(
             throughput(
@@ -225,7 +233,7 @@ def main() -> int:
         )
         for result in sweeps:
             print(f"\n-- {result.max_new_tokens} output tokens")
-            print(report(result, rates[0], table))
+            print(report(result, rates(result.max_new_tokens)[0], table))
         print()
     if args.no_decisions:
         return 0

@@ -9,7 +9,8 @@ Every part is its own process, so /proc/<pid>/stat tells whose CPU a request cos
   (placement notices on), serving gRPC and the HTTP door;
 - ``sglang-router``: SGLang's model gateway (``pip install sglang-router``) in PD mode on the
   same two engines (started by bench/sglang_router_pd.py's helper);
-- ``load``: this process, the open-loop client.
+- ``load``: this process, the open-loop client (plain aiohttp and a raw gRPC stub, so it is
+  the same code whichever checkout is measured).
 
 The code under test is whatever ``PYTHONPATH`` selects (the child processes inherit it), so the
 same script measures another checkout: ``PYTHONPATH=/path/to/main python bench/router_overhead.py``.
@@ -41,7 +42,6 @@ import grpc.aio
 import numpy as np
 from sglang_router_pd import free_port, sglang_router
 
-from voltana.engine import SglangHttpClient
 from voltana.v1 import router_pb2, router_pb2_grpc
 
 PROMPT_TOKENS = 256
@@ -238,12 +238,10 @@ async def http_stream_ttft_ms(session: aiohttp.ClientSession, url: str, body: An
 def request_paths(
     where: Deployment,
     session: aiohttp.ClientSession,
-    engine: SglangHttpClient,
     stub: router_pb2_grpc.RouterServiceStub,
     max_new_tokens: int,
 ) -> dict[str, RequestFn]:
     body = generate_body(max_new_tokens)
-    pd_body = {key: value for key, value in body.items() if key != "stream"}
     grpc_request = router_pb2.GenerateRequest(
         input_ids=router_pb2.TokenIds(ids=body["input_ids"]),
         max_new_tokens=max_new_tokens,
@@ -251,19 +249,24 @@ def request_paths(
     )
 
     async def direct() -> float:
-        started = time.perf_counter()
-        ttft_ms = float("nan")
-        stream = engine.generate_pd(
-            where.prefill_url,
-            where.decode_url,
-            where.prefill_bootstrap_host,
-            where.prefill_bootstrap_port,
-            pd_body,
-        )
-        async for chunk in stream:
-            if ttft_ms != ttft_ms and chunk.get("output_ids", chunk.get("text")):
-                ttft_ms = (time.perf_counter() - started) * 1000.0
-        return ttft_ms
+        # What a PD router does (and bench/sglang_router_pd.py's direct path): the same body
+        # to both engines with one bootstrap room; TTFT from the decode's stream.
+        pd_body = {
+            **body,
+            "bootstrap_host": where.prefill_bootstrap_host,
+            "bootstrap_port": where.prefill_bootstrap_port,
+            "bootstrap_room": random.getrandbits(63),
+        }
+
+        async def prefill() -> None:
+            async with session.post(where.prefill_url + "/generate", json=pd_body) as response:
+                await response.read()
+
+        prefill_task = asyncio.create_task(prefill())
+        try:
+            return await http_stream_ttft_ms(session, where.decode_url, pd_body)
+        finally:
+            await prefill_task
 
     async def voltana_grpc() -> float:
         started = time.perf_counter()
@@ -507,7 +510,7 @@ async def throughput(
     speedup: float,
     policy: str,
     output_tokens: Sequence[int],
-    rates_rps: Sequence[float],
+    rates_rps: Callable[[int], Sequence[float]],
     step_s: float,
     warmup: int,
     saturation_factor: float,
@@ -520,7 +523,6 @@ async def throughput(
     async with (
         deployment(speedup, policy) as where,
         aiohttp.ClientSession(connector=connector, timeout=timeout) as session,
-        SglangHttpClient() as engine,
         grpc.aio.insecure_channel(where.router_grpc) as channel,
     ):
         stub = router_pb2_grpc.RouterServiceStub(channel)
@@ -534,11 +536,17 @@ async def throughput(
         }
         await wait_for_router(stub)
         for tokens in output_tokens:
-            paths = request_paths(where, session, engine, stub, tokens)
+            paths = request_paths(where, session, stub, tokens)
             print(f"-- {tokens} output tokens", flush=True)
             results.append(
                 await sweep(
-                    paths, processes_of, rates_rps, step_s, warmup, tokens, saturation_factor
+                    paths,
+                    processes_of,
+                    rates_rps(tokens),
+                    step_s,
+                    warmup,
+                    tokens,
+                    saturation_factor,
                 )
             )
     return results
