@@ -142,30 +142,25 @@ async def report_gpu_samples(channel: grpc.aio.Channel) -> Any:
     return await telemetry_pb2_grpc.TelemetryServiceStub(channel).ReportGpuSamples(iter([sample]))
 
 
-async def report_completion(channel: grpc.aio.Channel) -> Any:
+def completion_record(request_id: str) -> telemetry_pb2.CompletionRecord:
     now_s = time.time()
-    record = telemetry_pb2.CompletionRecord(
-        request_id="r-1",
+    return telemetry_pb2.CompletionRecord(
+        request_id=request_id,
         decode_instance_id="decode-0",
         ok=True,
         reason="stop",
         arrival_s=now_s - 0.5,
         finished_at_s=now_s,
     )
+
+
+async def report_completion(channel: grpc.aio.Channel) -> Any:
+    record = completion_record("r-1")
     return await telemetry_pb2_grpc.TelemetryServiceStub(channel).ReportCompletion(record)
 
 
 async def report_completions(channel: grpc.aio.Channel) -> Any:
-    now_s = time.time()
-    record = telemetry_pb2.CompletionRecord(
-        request_id="r-2",
-        decode_instance_id="decode-0",
-        ok=True,
-        reason="stop",
-        arrival_s=now_s - 0.5,
-        finished_at_s=now_s,
-    )
-    request = telemetry_pb2.ReportCompletionsRequest(records=[record])
+    request = telemetry_pb2.ReportCompletionsRequest(records=[completion_record("r-2")])
     return await telemetry_pb2_grpc.TelemetryServiceStub(channel).ReportCompletions(request)
 
 

@@ -125,6 +125,16 @@ def _parse_chunk(data: bytes, url: str) -> dict[str, Any]:
     return chunk
 
 
+async def _each_chunk(
+    batches: AsyncGenerator[list[dict[str, Any]], None],
+) -> AsyncGenerator[dict[str, Any], None]:
+    """The chunks of successive batches, one at a time; closing it closes ``batches``."""
+    async with contextlib.aclosing(batches):
+        async for batch in batches:
+            for chunk in batch:
+                yield chunk
+
+
 def _json_text(value: Any) -> str:
     return orjson.dumps(value).decode()
 
@@ -225,7 +235,7 @@ class SglangHttpClient:
             raise EngineError("the answer is not a JSON object", url=endpoint)
         return body
 
-    async def generate_stream(
+    def generate_stream(
         self, url: str, payload: Mapping[str, Any]
     ) -> AsyncGenerator[dict[str, Any], None]:
         """Streaming ``POST /generate``: one dict per SSE chunk until ``data: [DONE]``.
@@ -233,10 +243,7 @@ class SglangHttpClient:
         Closing the iterator early (or cancelling its consumer) closes the connection, which
         makes SGLang abort the request.
         """
-        async with contextlib.aclosing(self.generate_stream_batches(url, payload)) as batches:
-            async for batch in batches:
-                for chunk in batch:
-                    yield chunk
+        return _each_chunk(self.generate_stream_batches(url, payload))
 
     async def generate_stream_batches(
         self, url: str, payload: Mapping[str, Any]
@@ -285,7 +292,7 @@ class SglangHttpClient:
             )
         return last
 
-    async def generate_pd(
+    def generate_pd(
         self,
         prefill_url: str,
         decode_url: str,
@@ -303,19 +310,17 @@ class SglangHttpClient:
         cancels both HTTP requests. ``on_prefill_done`` gets the prefill's last chunk (its
         ``meta_info``) once the decode stream ended.
         """
-        batches = self.generate_pd_batches(
-            prefill_url,
-            decode_url,
-            bootstrap_host,
-            bootstrap_port,
-            request,
-            bootstrap_room=bootstrap_room,
-            on_prefill_done=on_prefill_done,
+        return _each_chunk(
+            self.generate_pd_batches(
+                prefill_url,
+                decode_url,
+                bootstrap_host,
+                bootstrap_port,
+                request,
+                bootstrap_room=bootstrap_room,
+                on_prefill_done=on_prefill_done,
+            )
         )
-        async with contextlib.aclosing(batches):
-            async for batch in batches:
-                for chunk in batch:
-                    yield chunk
 
     async def generate_pd_batches(
         self,
