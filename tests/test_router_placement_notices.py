@@ -11,6 +11,9 @@ from typing import Any
 
 import grpc.aio
 import pytest
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 from security_helpers import SECURITY
 
 from voltana.hardware import get_gpu
@@ -47,6 +50,7 @@ class GatedController(controller_pb2_grpc.ControllerServiceServicer):
 
     def __init__(self) -> None:
         self.notices: list[list[tuple[str, int]]] = []
+        self.traceparents: list[str] = []
         self.received = asyncio.Event()
         self.open = asyncio.Event()
 
@@ -54,6 +58,8 @@ class GatedController(controller_pb2_grpc.ControllerServiceServicer):
         self, request: controller_pb2.NotifyPlacementRequest, context: Any
     ) -> controller_pb2.NotifyPlacementResponse:
         self.notices.append([(s.instance_id, s.inflight_requests) for s in request.instances])
+        metadata = dict(context.invocation_metadata() or ())
+        self.traceparents.append(str(metadata.get("traceparent", "")))
         self.received.set()
         await self.open.wait()
         return controller_pb2.NotifyPlacementResponse()
@@ -71,6 +77,13 @@ async def controller() -> AsyncIterator[tuple[GatedController, str]]:
     finally:
         fake.open.set()
         await server.stop(0)
+
+
+def request_trace(trace_id: int) -> otel_context.Context:
+    span_context = SpanContext(
+        trace_id, 0xABC, is_remote=False, trace_flags=TraceFlags(TraceFlags.SAMPLED)
+    )
+    return trace.set_span_in_context(NonRecordingSpan(span_context))
 
 
 async def until(condition: Any, timeout_s: float = 10.0) -> None:
@@ -95,11 +108,11 @@ async def test_queued_notices_coalesce_and_show_the_view_when_sent(
     trigger = ControllerTrigger(address, timeout_s=10.0, security=SECURITY, view_of=view_of)
     trigger.start()
     try:
-        trigger.notify(["p0", "d0"])  # never blocks: the sender takes it
+        trigger.notify(["p0", "d0"], request_trace(1))  # never blocks: the sender takes it
         await until(lambda: len(fake.notices) == 1)
         # While that notice is unanswered, three more placements: they wait, merged.
-        trigger.notify(["p0", "d1"])
-        trigger.notify(["p1", "d0"])
+        trigger.notify(["p0", "d1"], request_trace(2))
+        trigger.notify(["p1", "d0"], request_trace(3))
         trigger.notify(["p0", "d0"])
         inflight.update(p0=3, d0=2)
         await asyncio.sleep(0.05)
@@ -112,6 +125,8 @@ async def test_queued_notices_coalesce_and_show_the_view_when_sent(
             # One notice for all three, each instance once, as the router sees it when sent.
             [("p0", 3), ("d1", 1), ("p1", 1), ("d0", 2)],
         ]
+        # Each notice carries the trace of the first request it covers (W3C traceparent).
+        assert [t.split("-")[1] for t in fake.traceparents] == [f"{1:032x}", f"{2:032x}"]
         assert trigger.failed == 0
     finally:
         await trigger.close()

@@ -1,8 +1,8 @@
 """Delivery of request outcomes to telemetry, off the request's path, through outages.
 
 Generate only appends a record to a buffer; one background task sends them, up to
-``batch_size`` in one call (what piles up while a call is out goes in the next, so under load a
-call carries many records, at no wait when idle). A record whose report fails stays in the
+``batch_size`` in one call, at most every ``interval_s`` (what piles up meanwhile goes in the
+next, so under load a call carries many records). A record whose report fails stays in the
 buffer and is sent again
 (backing off from ``retry_s`` up to ``max_retry_s``) until telemetry takes it, so a telemetry
 or Redis outage delays records but loses none. Telemetry keeps a record sent twice (a reply
@@ -47,8 +47,11 @@ class CompletionReporter:
         batch_size: int = DEFAULT_BATCH_SIZE,
         retry_s: float = DEFAULT_RETRY_S,
         max_retry_s: float = DEFAULT_MAX_RETRY_S,
+        interval_s: float = 0.0,
     ) -> None:
+        """``interval_s``: the least time between two calls that went through."""
         self._sink = sink
+        self._interval_s = interval_s
         self._timeout_s = timeout_s
         self._queue_size = queue_size
         self._batch_size = batch_size
@@ -169,6 +172,8 @@ class CompletionReporter:
                     _LOG.info("reporting completions to telemetry works again")
                 self._failing = False
                 retry_s = self._retry_s
+                if self._interval_s > 0 and not self._buffer:
+                    await asyncio.sleep(self._interval_s)  # let the next batch gather
                 continue
             self.retried += len(batch)
             # Back in front, oldest first, and wait before trying again.

@@ -200,6 +200,7 @@ class RouterService(AsyncService):
                 self._telemetry,
                 queue_size=settings.completion_queue_size,
                 timeout_s=settings.telemetry_timeout_s,
+                interval_s=settings.completion_report_interval_ms / 1000.0,
             )
             self._reporter.start()
             self._placements = PlacementReporter(

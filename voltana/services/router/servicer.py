@@ -263,7 +263,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             return
         instance_ids = (placement.prefill_id, placement.decode_id)
         if wait:
-            await self._trigger.notify_and_wait(instance_ids)
+            await self._trigger.notify_and_wait(instance_ids, child_of(span))
         else:
             self._trigger.notify(instance_ids, child_of(span))
 

@@ -82,6 +82,9 @@ class RouterSettings:
     # Completions buffered for telemetry (kept and retried while it is down); beyond this
     # many the oldest are dropped (with a log line).
     completion_queue_size: int = 100_000
+    # Completions go to telemetry in one call at most this often (what finished meanwhile goes
+    # in the next), so a router under load makes a few calls a second, not one per request.
+    completion_report_interval_ms: int = 20
     telemetry_timeout_s: float = 2.0
     # stop(): in-flight requests may finish for this long (the drain); the rest are ended
     # with UNAVAILABLE and recorded.
@@ -130,6 +133,7 @@ class RouterSettings:
             "placement_notice_interval_ms",
             "placement_report_interval_ms",
             "completion_queue_size",
+            "completion_report_interval_ms",
             "max_attempts",
             "unhealthy_after",
             "healthy_after",
