@@ -192,6 +192,13 @@ def main() -> int:
     parser.add_argument(
         "--quick", action="store_true", help=f"rates {QUICK_RATES_RPS}, 2 s steps (~3 min)"
     )
+    parser.add_argument(
+        "--sequential",
+        type=int,
+        default=300,
+        help="requests one at a time per router for its CPU per request, at 4 output tokens "
+        "(a quarter of that at 16 or more; 0 = skip; default: %(default)s)",
+    )
     parser.add_argument("--no-throughput", action="store_true", help="decision times only")
     parser.add_argument("--no-decisions", action="store_true", help="throughput only")
     parser.add_argument("--placements", type=int, default=2000, help="place() calls per cell")
@@ -229,6 +236,9 @@ def main() -> int:
                 step_s=step_s,
                 warmup=5 if args.quick else 20,
                 saturation_factor=args.saturation_factor,
+                sequential_requests=lambda tokens: (
+                    (args.sequential // (2 if args.quick else 1)) * 4 // max(4, min(tokens, 16))
+                ),
             )
         )
         for result in sweeps:

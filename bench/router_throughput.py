@@ -380,6 +380,8 @@ class Sweep:
     steps: dict[str, list[Step]]
     idle_cpu_per_s: dict[str, float]
     ttft_limit_ms: float
+    # Router CPU per request, one request at a time (sequential_cpu_ms).
+    sequential_cpu_ms: dict[str, float] = field(default_factory=dict)
 
     def saturation_rps(self, path: str) -> float:
         sustained = [s.rate_rps for s in self.steps[path] if s.sustained(self.ttft_limit_ms)]
@@ -394,6 +396,26 @@ class Sweep:
         busy_s = sum(s.cpu_s[process] - self.idle_cpu_per_s[process] * s.duration_s for s in steps)
         requests = sum(s.completed for s in steps)
         return 1000.0 * max(0.0, busy_s) / requests if requests else float("nan")
+
+
+async def sequential_cpu_ms(
+    paths: dict[str, RequestFn], processes_of: dict[str, dict[str, int]], requests: int
+) -> dict[str, float]:
+    """CPU of each router per request with one request at a time (its idle rate taken off):
+    the steadiest figure on a shared host, since no step's noise decides it."""
+    routers = {"voltana-grpc": "router", "voltana-http": "router", "sglang-router": "sglang-router"}
+    result: dict[str, float] = {}
+    for path, process in routers.items():
+        pid = processes_of[path][process]
+        for _ in range(5):
+            await paths[path]()
+        idle_per_s = (await measure_idle({process: pid}, 1.0))[process]
+        started_s, before_s = time.monotonic(), cpu_s(pid)
+        for _ in range(requests):
+            await paths[path]()
+        busy_s = cpu_s(pid) - before_s - idle_per_s * (time.monotonic() - started_s)
+        result[path] = 1000.0 * max(0.0, busy_s) / requests
+    return result
 
 
 async def measure_idle(processes: dict[str, int], seconds: float) -> dict[str, float]:
@@ -498,6 +520,18 @@ def report(result: Sweep, low_rate_rps: float, table: Callable[..., str]) -> str
         if sglang_cpu > 0 and sglang_rps > 0
         else "   (no sglang-router figures to compare with)"
     )
+    sequential = result.sequential_cpu_ms
+    if sequential:
+        lines.append(
+            "   router CPU per request, one request at a time: "
+            + ", ".join(f"{path} {ms:.2f} ms" for path, ms in sequential.items())
+            + (
+                f" (gRPC {sequential['voltana-grpc'] / sequential['sglang-router']:.2f}x, HTTP "
+                f"{sequential['voltana-http'] / sequential['sglang-router']:.2f}x sglang-router)"
+                if sequential.get("sglang-router")
+                else ""
+            )
+        )
     lines.append(
         f"   saturated: median TTFT above {result.ttft_limit_ms:.1f} ms (x direct's at the lowest "
         "rate), an error, or requests unfinished 5 s after the last arrival"
@@ -514,6 +548,7 @@ async def throughput(
     step_s: float,
     warmup: int,
     saturation_factor: float,
+    sequential_requests: Callable[[int], int],
 ) -> list[Sweep]:
     if importlib.util.find_spec("sglang_router") is None:
         raise SystemExit("needs the SGLang router: pip install sglang-router")
@@ -538,17 +573,14 @@ async def throughput(
         for tokens in output_tokens:
             paths = request_paths(where, session, stub, tokens)
             print(f"-- {tokens} output tokens", flush=True)
-            results.append(
-                await sweep(
-                    paths,
-                    processes_of,
-                    rates_rps(tokens),
-                    step_s,
-                    warmup,
-                    tokens,
-                    saturation_factor,
-                )
+            result = await sweep(
+                paths, processes_of, rates_rps(tokens), step_s, warmup, tokens, saturation_factor
             )
+            if sequential_requests(tokens) > 0:
+                result.sequential_cpu_ms = await sequential_cpu_ms(
+                    paths, processes_of, sequential_requests(tokens)
+                )
+            results.append(result)
     return results
 
 
