@@ -380,8 +380,8 @@ class Sweep:
     steps: dict[str, list[Step]]
     idle_cpu_per_s: dict[str, float]
     ttft_limit_ms: float
-    # Router CPU per request, one request at a time (sequential_cpu_ms).
-    sequential_cpu_ms: dict[str, float] = field(default_factory=dict)
+    # Per router, one request at a time (see sequential()).
+    sequential: dict[str, Sequential] = field(default_factory=dict)
 
     def saturation_rps(self, path: str) -> float:
         sustained = [s.rate_rps for s in self.steps[path] if s.sustained(self.ttft_limit_ms)]
@@ -398,23 +398,40 @@ class Sweep:
         return 1000.0 * max(0.0, busy_s) / requests if requests else float("nan")
 
 
-async def sequential_cpu_ms(
+@dataclass(frozen=True)
+class Sequential:
+    """One router, one request at a time, each after the same request sent direct."""
+
+    cpu_ms_per_request: float
+    ttft_overhead_p50_ms: float
+    ttft_overhead_p99_ms: float
+
+
+async def sequential(
     paths: dict[str, RequestFn], processes_of: dict[str, dict[str, int]], requests: int
-) -> dict[str, float]:
-    """CPU of each router per request with one request at a time (its idle rate taken off):
-    the steadiest figure on a shared host, since no step's noise decides it."""
+) -> dict[str, Sequential]:
+    """Per router: its CPU per request with one request at a time (its idle rate taken off),
+    and the TTFT it adds over the direct path, each routed request right after a direct one so
+    that host noise hits both alike. The steadiest figures on a shared host: no queue, and no
+    step's noise decides them."""
     routers = {"voltana-grpc": "router", "voltana-http": "router", "sglang-router": "sglang-router"}
-    result: dict[str, float] = {}
+    result: dict[str, Sequential] = {}
     for path, process in routers.items():
         pid = processes_of[path][process]
         for _ in range(5):
             await paths[path]()
         idle_per_s = (await measure_idle({process: pid}, 1.0))[process]
+        direct_ms, routed_ms = [], []
         started_s, before_s = time.monotonic(), cpu_s(pid)
         for _ in range(requests):
-            await paths[path]()
+            direct_ms.append(await paths["direct"]())
+            routed_ms.append(await paths[path]())
         busy_s = cpu_s(pid) - before_s - idle_per_s * (time.monotonic() - started_s)
-        result[path] = 1000.0 * max(0.0, busy_s) / requests
+        d50, d99 = np.percentile(direct_ms, [50, 99])
+        r50, r99 = np.percentile(routed_ms, [50, 99])
+        result[path] = Sequential(
+            1000.0 * max(0.0, busy_s) / requests, float(r50 - d50), float(r99 - d99)
+        )
     return result
 
 
@@ -520,18 +537,25 @@ def report(result: Sweep, low_rate_rps: float, table: Callable[..., str]) -> str
         if sglang_cpu > 0 and sglang_rps > 0
         else "   (no sglang-router figures to compare with)"
     )
-    sequential = result.sequential_cpu_ms
-    if sequential:
-        lines.append(
-            "   router CPU per request, one request at a time: "
-            + ", ".join(f"{path} {ms:.2f} ms" for path, ms in sequential.items())
-            + (
-                f" (gRPC {sequential['voltana-grpc'] / sequential['sglang-router']:.2f}x, HTTP "
-                f"{sequential['voltana-http'] / sequential['sglang-router']:.2f}x sglang-router)"
-                if sequential.get("sglang-router")
-                else ""
+    if result.sequential:
+        rows = [
+            [
+                path,
+                f"{one.cpu_ms_per_request:.2f}",
+                f"{one.ttft_overhead_p50_ms:+.2f} / {one.ttft_overhead_p99_ms:+.2f}",
+            ]
+            for path, one in result.sequential.items()
+        ]
+        lines.append("   one request at a time:")
+        lines.append(table(["path", "router CPU ms/req", "TTFT overhead p50 / p99 (ms)"], rows))
+        sglang = result.sequential.get("sglang-router")
+        if sglang is not None and sglang.cpu_ms_per_request > 0:
+            ratios = ", ".join(
+                f"{path} {result.sequential[path].cpu_ms_per_request / sglang.cpu_ms_per_request:.2f}x"
+                for path in ("voltana-grpc", "voltana-http")
+                if path in result.sequential
             )
-        )
+            lines.append(f"   router CPU per request vs sglang-router, one at a time: {ratios}")
     lines.append(
         f"   saturated: median TTFT above {result.ttft_limit_ms:.1f} ms (x direct's at the lowest "
         "rate), an error, or requests unfinished 5 s after the last arrival"
@@ -577,7 +601,7 @@ async def throughput(
                 paths, processes_of, rates_rps(tokens), step_s, warmup, tokens, saturation_factor
             )
             if sequential_requests(tokens) > 0:
-                result.sequential_cpu_ms = await sequential_cpu_ms(
+                result.sequential = await sequential(
                     paths, processes_of, sequential_requests(tokens)
                 )
             results.append(result)
