@@ -105,7 +105,9 @@ def child(command: Sequence[str], env: dict[str, str]) -> Iterator[subprocess.Po
 
 
 def voltana_command(*args: str) -> list[str]:
-    return [sys.executable, "-m", "voltana.cli.main", *args]
+    # -P: the working directory does not go first on sys.path, so PYTHONPATH (or the installed
+    # package) decides which checkout runs, wherever the bench is started from.
+    return [sys.executable, "-P", "-m", "voltana.cli.main", *args]
 
 
 def read_addresses(process: subprocess.Popen[str]) -> dict[str, str]:
