@@ -18,8 +18,8 @@ from types import TracebackType
 from typing import Any
 
 import aiohttp
-import orjson
 
+from voltana import json_codec
 from voltana.engine.errors import (
     EngineError,
     EngineRequestError,
@@ -109,12 +109,9 @@ async def _sse_batches(content: aiohttp.StreamReader, url: str) -> AsyncIterator
 
 def _parse_chunk(data: bytes, url: str) -> dict[str, Any]:
     try:
-        chunk = orjson.loads(data)
-    except orjson.JSONDecodeError:
-        try:  # what orjson refuses and Python's json takes (NaN, Infinity)
-            chunk = json.loads(data)
-        except ValueError:
-            raise EngineError(f"malformed stream chunk {data[:200]!r}", url=url) from None
+        chunk = json_codec.loads(data)
+    except ValueError:
+        raise EngineError(f"malformed stream chunk {data[:200]!r}", url=url) from None
     if not isinstance(chunk, dict):
         raise EngineError(f"stream chunk is not an object: {data[:200]!r}", url=url)
     error = chunk.get("error")
@@ -133,10 +130,6 @@ async def _each_chunk(
         async for batch in batches:
             for chunk in batch:
                 yield chunk
-
-
-def _json_text(value: Any) -> str:
-    return orjson.dumps(value).decode()
 
 
 class SglangHttpClient:
@@ -182,7 +175,7 @@ class SglangHttpClient:
                     limit=self._max_connections, limit_per_host=self._max_connections
                 ),
                 trace_configs=self._trace_configs or None,
-                json_serialize=_json_text,
+                json_serialize=json_codec.dumps_text,
             )
             self._owns_session = True
         return self._session

@@ -17,10 +17,10 @@ from collections.abc import AsyncGenerator, Callable, Collection
 from typing import Any, Protocol
 
 import grpc
-import orjson
 from aiohttp import web
 from opentelemetry import trace
 
+from voltana import json_codec
 from voltana.errors import ConfigError, FailedPreconditionError, VoltanaError
 from voltana.lifecycle import AsyncService
 from voltana.observability.http_tracing import server_middlewares
@@ -91,7 +91,7 @@ async def _finish(responses: AsyncGenerator[router_pb2.GenerateResponse, None]) 
 
 
 def _sse(document: dict[str, Any]) -> bytes:
-    return b"data: " + orjson.dumps(document) + b"\n\n"
+    return b"data: " + json_codec.dumps(document) + b"\n\n"
 
 
 class RouterHttpApi(AsyncService):
@@ -195,8 +195,8 @@ class RouterHttpApi(AsyncService):
         if not self._authorized(request):
             return _json_error("a valid API key is required (Authorization: Bearer <key>)", 401)
         try:
-            body = orjson.loads(await request.read())
-        except orjson.JSONDecodeError:
+            body = json_codec.loads(await request.read())
+        except ValueError:
             return _json_error("the request body is not valid JSON", 400)
         try:
             parsed = parse(body, self._served_model)
