@@ -86,7 +86,6 @@ def synthetic_snapshot(
             kv_tokens_capacity=capacity,
             max_running_requests=256,
             recent_itl_ms=rng.uniform(8, 40),
-            remaining_output_tokens=batch * rng.randint(10, 300),
             observed_at_s=now_s,
             last_activity_s=now_s,
         )
