@@ -1,15 +1,16 @@
-"""Router overhead: what routing through Voltana adds to TTFT, and how long decisions take.
+"""Router overhead: throughput, CPU and TTFT of the front door, and how long decisions take.
 
-1. TTFT through the router (SDK → router → prefill+decode engines) versus the same PD request
-   sent straight to the same simulated engines with the SGLang client, one request at a time,
-   with the engines sped up so that their own work is negligible: the difference is the
-   router's cost (one gRPC hop, validation, placement, relaying the stream).
+1. Throughput (router_throughput.py): Voltana's router over gRPC and over HTTP, the same PD
+   request straight to the (sped-up) simulated engines, and SGLang's router in front of them,
+   at rising Poisson rates until each saturates, with 4 and 256 output tokens: sustained rate,
+   TTFT overhead (p50/p99) at the lowest rate, CPU per request of each process.
 2. Placement decision time (``RoutingPolicy.place``) on synthetic cluster snapshots with 4, 16
    and 64 instances (half prefill, half decode) for every router.
 3. Frequency decision time (``FrequencyPolicy.decide``) of the dynamic policies for one control
    tick over 64 instances.
 
-    python bench/router_overhead.py [--requests 200] [--speedup 1000] [--gpu a100-80g]
+    python bench/router_overhead.py [--quick] [--speedup 1000] [--rates 10,50,100,...]
+    PYTHONPATH=/path/to/other/checkout python bench/router_overhead.py   # its code, same bench
 """
 
 from __future__ import annotations
@@ -17,26 +18,27 @@ from __future__ import annotations
 import argparse
 import asyncio
 import random
-import statistics
+import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
 
 import numpy as np
+from router_throughput import report, throughput
 
-from voltana.engine import SglangHttpClient
 from voltana.hardware import get_gpu, get_model
 from voltana.perf.analytical import AnalyticalPerformanceModel
 from voltana.policy.base import FrequencyPolicy, PolicyContext, RoutingPolicy
 from voltana.policy.registry import build_router, build_suite
 from voltana.policy.state import ClusterSnapshot, InstanceState, Phase, RequestSpec, SloTarget
-from voltana.sdk import TokenEvent, VoltanaClient
-from voltana.stack import SimStack, SimStackSettings
 
 INSTANCE_COUNTS = (4, 16, 64)
 FREQUENCY_INSTANCES = 64
 PROMPT_TOKENS = 256
-MAX_NEW_TOKENS = 4
+# Request rates per output length (a 256-token request costs the simulated engines and the
+# client far more, so the host saturates at a lower rate whatever the router).
+RATES_RPS = {4: (10, 25, 50, 100, 150, 200, 300, 400, 600), 256: (5, 10, 20, 30, 40, 60, 80)}
+QUICK_RATES_RPS = {4: (10, 50, 100, 200, 400), 256: (5, 10, 20, 40)}
 
 
 def percentiles(values: Sequence[float]) -> tuple[float, float]:
@@ -44,62 +46,7 @@ def percentiles(values: Sequence[float]) -> tuple[float, float]:
     return float(p50), float(p99)
 
 
-# ---- 1. TTFT through the router versus straight to the engines -------------------------------
-
-
-async def direct_ttft_ms(http: SglangHttpClient, stack: SimStack, prompt: list[int]) -> float:
-    prefill, decode = stack.instances[0].info(), stack.instances[1].info()
-    started = time.perf_counter()
-    stream = http.generate_pd(
-        prefill.engine_url,
-        decode.engine_url,
-        prefill.bootstrap_host,
-        prefill.bootstrap_port,
-        {
-            "input_ids": prompt,
-            "sampling_params": {"max_new_tokens": MAX_NEW_TOKENS, "ignore_eos": True},
-        },
-    )
-    ttft_ms = float("nan")
-    async for chunk in stream:
-        if ttft_ms != ttft_ms and chunk.get("output_ids", chunk.get("text")):
-            ttft_ms = (time.perf_counter() - started) * 1000.0
-    return ttft_ms
-
-
-async def router_ttft_ms(client: VoltanaClient, prompt: list[int]) -> float:
-    started = time.perf_counter()
-    ttft_ms = float("nan")
-    async for event in client.generate(
-        input_ids=prompt, max_new_tokens=MAX_NEW_TOKENS, ignore_eos=True
-    ):
-        if ttft_ms != ttft_ms and isinstance(event, TokenEvent):
-            ttft_ms = (time.perf_counter() - started) * 1000.0
-    return ttft_ms
-
-
-async def measure_router_overhead(
-    requests: int, speedup: float, gpu_key: str
-) -> tuple[list[float], list[float]]:
-    settings = SimStackSettings(
-        prefill=1, decode=1, gpu_key=gpu_key, policy="static-max", speedup=speedup
-    )
-    direct: list[float] = []
-    routed: list[float] = []
-    async with (
-        SimStack(settings) as stack,
-        VoltanaClient(stack.router_address) as client,
-        SglangHttpClient() as http,
-    ):
-        prompt = list(range(1000, 1000 + PROMPT_TOKENS))
-        for _ in range(20):  # warm up connections and code paths
-            await direct_ttft_ms(http, stack, prompt)
-            await router_ttft_ms(client, prompt)
-        # Interleaved, so drift (GC, other load) hits both paths alike.
-        for _ in range(requests):
-            direct.append(await direct_ttft_ms(http, stack, prompt))
-            routed.append(await router_ttft_ms(client, prompt))
-    return direct, routed
+# ---- 1. throughput sweep: see router_throughput.py ------------------------------------------
 
 
 # ---- 2. placement decision time --------------------------------------------------------------
@@ -139,7 +86,6 @@ def synthetic_snapshot(
             kv_tokens_capacity=capacity,
             max_running_requests=256,
             recent_itl_ms=rng.uniform(8, 40),
-            remaining_output_tokens=batch * rng.randint(10, 300),
             observed_at_s=now_s,
             last_activity_s=now_s,
         )
@@ -223,36 +169,83 @@ def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--requests", type=int, default=200, help="measured requests per path")
     parser.add_argument("--speedup", type=float, default=1000.0, help="engine speedup")
     parser.add_argument("--gpu", default="a100-80g")
     parser.add_argument("--model", default="llama-3.1-8b")
+    parser.add_argument("--policy", default="static-max", help="policy of stack and router")
+    parser.add_argument(
+        "--rates",
+        help=f"request rates to step through, req/s (default per output length: {RATES_RPS})",
+    )
+    parser.add_argument("--step-s", type=float, default=4.0, help="seconds of arrivals per step")
+    parser.add_argument(
+        "--output-tokens", default="4,256", help="output lengths to sweep (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--saturation-factor",
+        type=float,
+        default=10.0,
+        help="a step saturates when its p99 TTFT exceeds this times direct's p99 at the lowest "
+        "rate (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help=f"rates {QUICK_RATES_RPS}, 2 s steps (~3 min)"
+    )
+    parser.add_argument(
+        "--sequential",
+        type=int,
+        default=300,
+        help="requests one at a time per router for its CPU per request, at 4 output tokens "
+        "(a quarter of that at 16 or more; 0 = skip; default: %(default)s)",
+    )
+    parser.add_argument("--no-throughput", action="store_true", help="decision times only")
+    parser.add_argument("--no-decisions", action="store_true", help="throughput only")
     parser.add_argument("--placements", type=int, default=2000, help="place() calls per cell")
     parser.add_argument("--ticks", type=int, default=200, help="control ticks per policy")
     args = parser.parse_args()
+    # A killed run still stops its child processes (their context managers unwind).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
     gpu = get_gpu(args.gpu)
     perf = AnalyticalPerformanceModel.for_hardware(gpu, get_model(args.model))
     context = PolicyContext(gpu, perf, SloTarget())
 
-    print(
-        f"== TTFT: router vs direct to the engines ({args.requests} sequential requests each, "
-        f"{PROMPT_TOKENS}-token prompt, {MAX_NEW_TOKENS} new tokens, engines x{args.speedup:g})"
-    )
-    direct, routed = asyncio.run(measure_router_overhead(args.requests, args.speedup, args.gpu))
-    d50, d99 = percentiles(direct)
-    r50, r99 = percentiles(routed)
-    print(
-        table(
-            ["path", "TTFT p50 (ms)", "TTFT p99 (ms)"],
-            [
-                ["direct (SGLang client, PD)", f"{d50:.2f}", f"{d99:.2f}"],
-                ["through the router (SDK)", f"{r50:.2f}", f"{r99:.2f}"],
-                ["router overhead", f"{r50 - d50:+.2f}", f"{r99 - d99:+.2f}"],
-            ],
+    if not args.no_throughput:
+        table_of_rates = QUICK_RATES_RPS if args.quick else RATES_RPS
+        given = tuple(float(r) for r in args.rates.split(",")) if args.rates else None
+
+        def rates(tokens: int) -> tuple[float, ...]:
+            return given or table_of_rates.get(tokens, table_of_rates[4])
+
+        step_s = 2.0 if args.quick else args.step_s
+        output_tokens = [int(n) for n in args.output_tokens.split(",")]
+        print(
+            f"== throughput: {PROMPT_TOKENS}-token prompts, 1 prefill + 1 decode engine "
+            f"x{args.speedup:g}, policy {args.policy}, Poisson steps of {step_s:g} s; rates "
+            + "; ".join(
+                f"{n} tokens: {', '.join(f'{r:g}' for r in rates(n))}" for n in output_tokens
+            )
         )
-    )
-    print(f"   mean overhead {statistics.fmean(routed) - statistics.fmean(direct):+.2f} ms\n")
+        sweeps = asyncio.run(
+            throughput(
+                speedup=args.speedup,
+                policy=args.policy,
+                output_tokens=output_tokens,
+                rates_rps=rates,
+                step_s=step_s,
+                warmup=5 if args.quick else 20,
+                saturation_factor=args.saturation_factor,
+                sequential_requests=lambda tokens: (
+                    (args.sequential // (2 if args.quick else 1)) * 4 // max(4, min(tokens, 16))
+                ),
+            )
+        )
+        for result in sweeps:
+            print(f"\n-- {result.max_new_tokens} output tokens")
+            print(report(result, rates(result.max_new_tokens)[0], table))
+        print()
+    if args.no_decisions:
+        return 0
 
     print(f"== placement decision time, µs per place() (p50 / p99 over {args.placements} calls)")
     rows = []

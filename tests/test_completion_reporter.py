@@ -4,6 +4,7 @@ CompletionSink protocol that fails on demand)."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 
 import pytest
 
@@ -36,12 +37,13 @@ class OutageSink:
         self.received: list[str] = []
         self.refused = 0
 
-    async def report_completion(self, completion: Completion) -> None:
+    async def report_completions(self, completions: Sequence[Completion]) -> dict[int, str]:
         await asyncio.sleep(0)
         if not self.up:
-            self.refused += 1
+            self.refused += len(completions)
             raise UnavailableError("telemetry is down")
-        self.received.append(completion.request_id)
+        self.received.extend(c.request_id for c in completions)
+        return {}
 
 
 async def test_records_wait_out_an_outage_and_none_is_lost() -> None:
@@ -91,3 +93,36 @@ async def test_stop_reports_what_telemetry_never_took(caplog: pytest.LogCaptureF
     await reporter.stop(flush_timeout_s=0.1)
     assert "1 completion record(s) not reported at shutdown" in caplog.text
     assert "r0" in caplog.text
+
+
+class RefusingSink(OutageSink):
+    """Refuses every record whose id is in ``invalid`` (as telemetry refuses a bad record)."""
+
+    def __init__(self, invalid: set[str]) -> None:
+        super().__init__()
+        self.invalid = invalid
+        self.calls = 0
+
+    async def report_completions(self, completions: Sequence[Completion]) -> dict[int, str]:
+        self.calls += 1
+        refused = {
+            i: "bad record" for i, c in enumerate(completions) if c.request_id in self.invalid
+        }
+        await super().report_completions([c for i, c in enumerate(completions) if i not in refused])
+        return refused
+
+
+async def test_records_go_in_batches_and_a_refused_one_is_not_retried(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    sink = RefusingSink({"r3"})
+    reporter = CompletionReporter(sink, queue_size=100, timeout_s=1.0, batch_size=4, retry_s=0.01)
+    for i in range(10):  # buffered before the sender starts: three calls carry them
+        reporter.submit(record(i))
+    reporter.start()
+    assert await reporter.flush(2.0)
+    await reporter.stop(flush_timeout_s=1.0)
+    assert sink.calls == 3
+    assert sink.received == [f"r{i}" for i in range(10) if i != 3]
+    assert (reporter.sent, reporter.rejected, reporter.retried) == (9, 1, 0)
+    assert "refused the record of request 'r3': bad record" in caplog.text

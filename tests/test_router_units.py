@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import pytest
 
+from voltana import json_codec
 from voltana.policy.state import (
     ClusterSnapshot,
     InstanceState,
@@ -347,3 +349,14 @@ def test_placement_message_keeps_optional_predictions_optional() -> None:
         Placement("p", "d", "fits", predicted_ttft_ms=120.0, decode_clock_mhz=1005), "eco"
     )
     assert predicted.predicted_ttft_ms == 120.0 and predicted.decode_clock_mhz == 1005
+
+
+def test_hot_path_json_reads_what_pythons_json_reads() -> None:
+    assert json_codec.loads(b'{"ids": [1, 2], "t": "\\u00e9"}') == {"ids": [1, 2], "t": "é"}
+    # orjson refuses these; the standard library's reading of them is kept.
+    assert math.isnan(json_codec.loads(b'{"x": NaN}')["x"])
+    # Integers beyond 64 bits come back as floats (orjson), never as an error.
+    assert json_codec.loads(b"[123456789012345678901234567890]") == [1.2345678901234568e29]
+    with pytest.raises(ValueError):
+        json_codec.loads(b'{"unterminated": ')
+    assert json_codec.dumps({"a": [1, "é"]}) == '{"a":[1,"é"]}'.encode()

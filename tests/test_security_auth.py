@@ -142,17 +142,26 @@ async def report_gpu_samples(channel: grpc.aio.Channel) -> Any:
     return await telemetry_pb2_grpc.TelemetryServiceStub(channel).ReportGpuSamples(iter([sample]))
 
 
-async def report_completion(channel: grpc.aio.Channel) -> Any:
+def completion_record(request_id: str) -> telemetry_pb2.CompletionRecord:
     now_s = time.time()
-    record = telemetry_pb2.CompletionRecord(
-        request_id="r-1",
+    return telemetry_pb2.CompletionRecord(
+        request_id=request_id,
         decode_instance_id="decode-0",
         ok=True,
         reason="stop",
         arrival_s=now_s - 0.5,
         finished_at_s=now_s,
     )
+
+
+async def report_completion(channel: grpc.aio.Channel) -> Any:
+    record = completion_record("r-1")
     return await telemetry_pb2_grpc.TelemetryServiceStub(channel).ReportCompletion(record)
+
+
+async def report_completions(channel: grpc.aio.Channel) -> Any:
+    request = telemetry_pb2.ReportCompletionsRequest(records=[completion_record("r-2")])
+    return await telemetry_pb2_grpc.TelemetryServiceStub(channel).ReportCompletions(request)
 
 
 async def report_placements(channel: grpc.aio.Channel) -> Any:
@@ -216,6 +225,7 @@ PRIVILEGED_CALLS: list[tuple[str, str, Call]] = [
     ("telemetry", f"/{TELEMETRY_SERVICE}/ReportInstanceSamples", report_samples),
     ("telemetry", f"/{TELEMETRY_SERVICE}/ReportGpuSamples", report_gpu_samples),
     ("telemetry", f"/{TELEMETRY_SERVICE}/ReportCompletion", report_completion),
+    ("telemetry", f"/{TELEMETRY_SERVICE}/ReportCompletions", report_completions),
     ("telemetry", f"/{TELEMETRY_SERVICE}/ReportPlacements", report_placements),
     ("telemetry", f"/{TELEMETRY_SERVICE}/UnregisterInstance", unregister),
     ("controller", f"/{CONTROLLER_SERVICE}/SetSlo", set_slo),
@@ -251,7 +261,9 @@ async def test_every_privileged_rpc_needs_the_token(plane: ControlPlane) -> None
     # Refused calls changed nothing; accepted ones did what they say.
     store = plane.telemetry.store
     assert await store.instance_infos() == {}
-    assert (await store.window_report(None, 60.0)).cluster.finished == 1
+    assert (
+        await store.window_report(None, 60.0)
+    ).cluster.finished == 2  # ReportCompletion and ReportCompletions
     assert plane.gpu.sm_clock_mhz() == A100.default_sm_clock_mhz  # reset by the last call
 
 

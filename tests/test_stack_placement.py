@@ -1,8 +1,9 @@
 """A request placed on a parked prefill instance does not start behind the parked clock.
 
 The router tells the controller of each placement (NotifyPlacement) with the instances as it
-sees them - the request in flight included - and dispatches once the controller has applied the
-clock its policy then wants. Without that notice the controller would only see the request in
+sees them - the request in flight included. A request placed on an idle instance that reports a
+clock below its GPU's highest (it may be parked) is dispatched once the controller has applied
+the clock its policy then wants; any other goes at once, its notice sent in the background. Without that notice the controller would only see the request in
 the instance's next report, a control tick later, and the prompt's first chunks would run at the
 parked clock. A long prompt makes the difference plain in its TTFT.
 """
@@ -74,12 +75,20 @@ async def prefill_ttft_ms_of_a_long_prompt(placement_notices: bool) -> float:
     )
     async with SimStack(settings) as stack:
         gpu = next(i.gpu for i in stack.instances if i.instance_id == "prefill-0")
-        # Parked first: the controller has seen the idle instance and lowered its clock.
-        for _ in range(500):
-            if gpu.sm_clock_mhz() == get_gpu("a100-80g").min_sm_clock_mhz:
+        parked_mhz = get_gpu("a100-80g").min_sm_clock_mhz
+
+        def router_sees_parked() -> bool:
+            snapshot = stack.router.cluster.latest if stack.router is not None else None
+            state = snapshot.prefill.get("prefill-0") if snapshot is not None else None
+            return state is not None and state.sm_clock_mhz == parked_mhz
+
+        # Parked first: the controller has seen the idle instance and lowered its clock, and
+        # the router has seen that in a report.
+        for _ in range(1000):
+            if gpu.sm_clock_mhz() == parked_mhz and router_sees_parked():
                 break
             await asyncio.sleep(0.01)
-        assert gpu.sm_clock_mhz() == get_gpu("a100-80g").min_sm_clock_mhz
+        assert gpu.sm_clock_mhz() == parked_mhz and router_sees_parked()
         async with VoltanaClient(stack.router_address, timeout_s=60.0) as client:
             events = [
                 event

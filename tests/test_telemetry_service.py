@@ -507,3 +507,32 @@ async def test_quiet_cluster_is_resent_so_time_moves(clock: FakeClock) -> None:
             assert second.decode == first.decode
         finally:
             await stream.aclose()
+
+
+async def test_a_batch_of_completions_keeps_the_valid_ones_and_names_the_refused(
+    client: TelemetryClient,
+) -> None:
+    await register_pd(client)
+
+    def completion(index: int, finished_at_s: float) -> Completion:
+        return Completion(
+            request_id=f"b{index}",
+            prefill_id="p0",
+            decode_id="d0",
+            input_tokens=100,
+            output_tokens=10,
+            ttft_ms=100.0,
+            mean_itl_ms=20.0,
+            ok=True,
+            arrival_s=995.0,
+            finished_at_s=finished_at_s,
+        )
+
+    # The middle one finishes in the far future: refused alone.
+    batch = [completion(0, 998.0), completion(1, 1e12), completion(2, 999.0)]
+    refused = await client.report_completions(batch)
+    assert list(refused) == [1] and "finished_at_s" in refused[1]
+    # Sent again (a reply lost after the write), the kept ones still count once.
+    assert await client.report_completions([batch[0], batch[2]]) == {}
+    report = await client.window_report(60.0)
+    assert report.instances["d0"].finished == 2

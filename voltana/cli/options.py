@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 from dataclasses import dataclass
 
 from voltana.errors import ConfigError
+from voltana.event_loop import DEFAULT_EVENT_LOOP, EVENT_LOOPS
 from voltana.hardware import GPU_CATALOG, MODEL_CATALOG, GpuSpec, ModelSpec
 from voltana.perf.model import PerformanceModel
 from voltana.perf.selection import resolve_physics
@@ -44,6 +46,19 @@ def add_profile_arg(parser: argparse._ActionsContainer) -> None:
         metavar="PROFILE.csv",
         help="a measured profile (voltana profile): its GPU, model, TP and measurements "
         "replace --gpu, --model, --model-config and --tp",
+    )
+
+
+EVENT_LOOP_ENV = "VOLTANA_EVENT_LOOP"
+
+
+def add_event_loop_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--event-loop",
+        choices=EVENT_LOOPS,
+        default=os.environ.get(EVENT_LOOP_ENV, DEFAULT_EVENT_LOOP),
+        help=f"the process's event loop: uvloop (less CPU per request) or asyncio's own "
+        f"(default: ${EVENT_LOOP_ENV} or {DEFAULT_EVENT_LOOP})",
     )
 
 

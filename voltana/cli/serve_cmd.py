@@ -17,7 +17,9 @@ import signal
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
+from voltana import event_loop
 from voltana.cli.options import (
+    add_event_loop_arg,
     add_profile_arg,
     add_slo_args,
     non_negative_float,
@@ -103,6 +105,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         service_parser = add(services)
         add_security_args(service_parser)
         add_observability_args(service_parser)
+        add_event_loop_arg(service_parser)
 
 
 def _listen_arg(parser: argparse.ArgumentParser, port: int) -> None:
@@ -373,7 +376,8 @@ def _add_router(
         default="",
         metavar="HOST:PORT",
         help="controller to notify of each placement, so the placed instances' clocks are "
-        "decided before the request starts (default: none; clocks follow at its next tick)",
+        "decided at once; a request placed on a possibly parked idle instance waits for the "
+        "new clock (default: none; clocks follow at its next tick)",
     )
     parser.add_argument(
         "--placement-notice-timeout-ms",
@@ -381,6 +385,13 @@ def _add_router(
         default=100,
         help="longest wait for the controller's answer before dispatching anyway "
         "(default: %(default)s)",
+    )
+    parser.add_argument(
+        "--placement-notice-interval-ms",
+        type=positive_int,
+        default=5,
+        help="queued placement notices go at most this often, each covering every placement "
+        "since the last (default: %(default)s)",
     )
     parser.add_argument(
         "--instance-stale-after-s",
@@ -489,6 +500,7 @@ def _build_router(args: argparse.Namespace) -> Service:
             telemetry_address=args.telemetry,
             controller_address=args.controller,
             placement_notice_timeout_ms=args.placement_notice_timeout_ms,
+            placement_notice_interval_ms=args.placement_notice_interval_ms,
             policy=args.policy,
             router=args.router,
             gpu_key=args.gpu,
@@ -911,7 +923,7 @@ def run(args: argparse.Namespace) -> int:
     service = build(args)  # bad settings fail here, before logging or tracing start
     tracing = observability.apply()
     try:
-        asyncio.run(serve_until_signal(service, args.service))
+        event_loop.run(serve_until_signal(service, args.service), args.event_loop)
     finally:
         tracing.shutdown()
     return 0

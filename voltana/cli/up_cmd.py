@@ -9,7 +9,9 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import TextIO
 
+from voltana import event_loop
 from voltana.cli.options import (
+    add_event_loop_arg,
     add_profile_arg,
     add_slo_args,
     positive_float,
@@ -154,6 +156,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     add_redis_password_arg(network)
     add_security_args(parser)
     add_observability_args(parser)
+    add_event_loop_arg(parser)
     parser.set_defaults(handler=run)
 
 
@@ -165,7 +168,9 @@ def run(args: argparse.Namespace) -> int:
     # One provider per service (service.name voltana-router, ...), none installed globally.
     tracing = observability.apply(set_global=False)
     try:
-        asyncio.run(serve(settings, tracer_providers=tracing.provider_for, notes=notes))
+        event_loop.run(
+            serve(settings, tracer_providers=tracing.provider_for, notes=notes), args.event_loop
+        )
     finally:
         tracing.shutdown()
     return 0

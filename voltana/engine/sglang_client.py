@@ -10,6 +10,7 @@ engine aborted the request, e.g. on shutdown) is passed through as a chunk, as S
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import secrets
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
@@ -18,6 +19,7 @@ from typing import Any
 
 import aiohttp
 
+from voltana import json_codec
 from voltana.engine.errors import (
     EngineError,
     EngineRequestError,
@@ -71,25 +73,43 @@ def _transport_error(exc: BaseException, url: str) -> EngineError:
     return EngineError(f"HTTP client error: {exc}", url=url)
 
 
-async def _sse_data(content: aiohttp.StreamReader) -> AsyncIterator[str]:
-    """The data of each server-sent event (``data:`` lines joined), in order."""
-    data_lines: list[str] = []
-    async for raw_line in content:
-        line = raw_line.decode("utf-8").rstrip("\r\n")
-        if not line:
-            if data_lines:
-                yield "\n".join(data_lines)
-                data_lines = []
-        elif line.startswith("data:"):
-            data_lines.append(line[5:].removeprefix(" "))
-        # Other fields (event:, id:, retry:) and comments (":...") carry nothing we use.
+def _event_data(data_lines: list[bytes]) -> bytes:
+    return data_lines[0] if len(data_lines) == 1 else b"\n".join(data_lines)
+
+
+async def _sse_batches(content: aiohttp.StreamReader, url: str) -> AsyncIterator[list[bytes]]:
+    """The data of the server-sent events (``data:`` lines joined), in order, one list per
+    network read: a reader behind a fast stream takes its backlog in one go instead of one
+    event (and one wake-up) at a time."""
+    partial = b""  # a line the last read ended in the middle of
+    data_lines: list[bytes] = []
+    async for block in content.iter_any():
+        lines = (partial + block if partial else block).split(b"\n")
+        partial = lines.pop()
+        if len(partial) > _READ_BUFFER_BYTES:
+            raise EngineError(f"stream line longer than {_READ_BUFFER_BYTES} bytes", url=url)
+        events: list[bytes] = []
+        for line in lines:
+            if line.endswith(b"\r"):
+                line = line[:-1]
+            if not line:
+                if data_lines:
+                    events.append(_event_data(data_lines))
+                    data_lines = []
+            elif line.startswith(b"data:"):
+                data_lines.append(line[6:] if line.startswith(b"data: ") else line[5:])
+            # Other fields (event:, id:, retry:) and comments (":...") carry nothing we use.
+        if events:
+            yield events
+    if partial.startswith(b"data:"):
+        data_lines.append(partial[6:] if partial.startswith(b"data: ") else partial[5:])
     if data_lines:
-        yield "\n".join(data_lines)
+        yield [_event_data(data_lines)]
 
 
-def _parse_chunk(data: str, url: str) -> dict[str, Any]:
+def _parse_chunk(data: bytes, url: str) -> dict[str, Any]:
     try:
-        chunk = json.loads(data)
+        chunk = json_codec.loads(data)
     except ValueError:
         raise EngineError(f"malformed stream chunk {data[:200]!r}", url=url) from None
     if not isinstance(chunk, dict):
@@ -100,6 +120,16 @@ def _parse_chunk(data: str, url: str) -> dict[str, Any]:
         status = error.get("code") if isinstance(error, dict) else None
         raise error_for_status(status if isinstance(status, int) else 500, str(message), url)
     return chunk
+
+
+async def _each_chunk(
+    batches: AsyncGenerator[list[dict[str, Any]], None],
+) -> AsyncGenerator[dict[str, Any], None]:
+    """The chunks of successive batches, one at a time; closing it closes ``batches``."""
+    async with contextlib.aclosing(batches):
+        async for batch in batches:
+            for chunk in batch:
+                yield chunk
 
 
 class SglangHttpClient:
@@ -145,6 +175,7 @@ class SglangHttpClient:
                     limit=self._max_connections, limit_per_host=self._max_connections
                 ),
                 trace_configs=self._trace_configs or None,
+                json_serialize=json_codec.dumps_text,
             )
             self._owns_session = True
         return self._session
@@ -197,7 +228,7 @@ class SglangHttpClient:
             raise EngineError("the answer is not a JSON object", url=endpoint)
         return body
 
-    async def generate_stream(
+    def generate_stream(
         self, url: str, payload: Mapping[str, Any]
     ) -> AsyncGenerator[dict[str, Any], None]:
         """Streaming ``POST /generate``: one dict per SSE chunk until ``data: [DONE]``.
@@ -205,15 +236,32 @@ class SglangHttpClient:
         Closing the iterator early (or cancelling its consumer) closes the connection, which
         makes SGLang abort the request.
         """
+        return _each_chunk(self.generate_stream_batches(url, payload))
+
+    async def generate_stream_batches(
+        self, url: str, payload: Mapping[str, Any]
+    ) -> AsyncGenerator[list[dict[str, Any]], None]:
+        """``generate_stream``'s chunks, one list per network read (never empty)."""
         endpoint = self._endpoint(url, "/generate")
         try:
             async with self._client().post(endpoint, json={**payload, "stream": True}) as response:
                 await self._raise_for_status(response, endpoint)
                 try:
-                    async for data in _sse_data(response.content):
-                        if data.strip() == "[DONE]":
-                            return
-                        yield _parse_chunk(data, endpoint)
+                    async for events in _sse_batches(response.content, endpoint):
+                        batch: list[dict[str, Any]] = []
+                        for data in events:
+                            if data.strip() == b"[DONE]":
+                                if batch:
+                                    yield batch
+                                return
+                            try:
+                                batch.append(_parse_chunk(data, endpoint))
+                            except EngineError:
+                                if batch:  # what came before the error, first
+                                    yield batch
+                                raise
+                        if batch:
+                            yield batch
                 except BaseException:
                     response.close()  # never hand a half-read connection back to the pool
                     raise
@@ -225,8 +273,8 @@ class SglangHttpClient:
         """The prefill half of a PD request: its last chunk; an abort is an error (the decode
         half would wait for a KV cache that never comes)."""
         last: dict[str, Any] | None = None
-        async for chunk in self.generate_stream(url, payload):
-            last = chunk
+        async for batch in self.generate_stream_batches(url, payload):
+            last = batch[-1]
         meta = last.get("meta_info") if last is not None else None
         reason = meta.get("finish_reason") if isinstance(meta, Mapping) else None
         if isinstance(reason, Mapping) and reason.get("type") == "abort":
@@ -237,7 +285,7 @@ class SglangHttpClient:
             )
         return last
 
-    async def generate_pd(
+    def generate_pd(
         self,
         prefill_url: str,
         decode_url: str,
@@ -255,6 +303,30 @@ class SglangHttpClient:
         cancels both HTTP requests. ``on_prefill_done`` gets the prefill's last chunk (its
         ``meta_info``) once the decode stream ended.
         """
+        return _each_chunk(
+            self.generate_pd_batches(
+                prefill_url,
+                decode_url,
+                bootstrap_host,
+                bootstrap_port,
+                request,
+                bootstrap_room=bootstrap_room,
+                on_prefill_done=on_prefill_done,
+            )
+        )
+
+    async def generate_pd_batches(
+        self,
+        prefill_url: str,
+        decode_url: str,
+        bootstrap_host: str,
+        bootstrap_port: int,
+        request: Mapping[str, Any],
+        *,
+        bootstrap_room: int | None = None,
+        on_prefill_done: Callable[[dict[str, Any] | None], None] | None = None,
+    ) -> AsyncGenerator[list[dict[str, Any]], None]:
+        """``generate_pd``'s decode chunks, one list per network read (never empty)."""
         room = secrets.randbits(63) if bootstrap_room is None else bootstrap_room
         payload = {
             **request,
@@ -264,23 +336,31 @@ class SglangHttpClient:
             "stream": True,
         }
         prefill = asyncio.create_task(self._prefill(prefill_url, payload))
-        decode_stream = self.generate_stream(decode_url, payload)
-        next_chunk: asyncio.Future[dict[str, Any]] | None = None
+        decode_stream = self.generate_stream_batches(decode_url, payload)
+        next_batch: asyncio.Future[list[dict[str, Any]]] | None = None
         try:
             while True:
-                next_chunk = asyncio.ensure_future(decode_stream.__anext__())
-                while not next_chunk.done():
+                if prefill.done() and not prefill.cancelled() and prefill.exception() is None:
+                    # The prefill half is over: nothing left to race the decode's reads with.
+                    try:
+                        batch = await anext(decode_stream)
+                    except StopAsyncIteration:
+                        break
+                    yield batch
+                    continue
+                next_batch = asyncio.ensure_future(anext(decode_stream))
+                while not next_batch.done():
                     if prefill.done():
                         prefill_error = prefill.exception()
                         if prefill_error is not None:
                             raise prefill_error
-                        await asyncio.wait({next_chunk})
+                        await asyncio.wait({next_batch})
                     else:
                         await asyncio.wait(
-                            {next_chunk, prefill}, return_when=asyncio.FIRST_COMPLETED
+                            {next_batch, prefill}, return_when=asyncio.FIRST_COMPLETED
                         )
                 try:
-                    chunk = next_chunk.result()
+                    batch = next_batch.result()
                 except StopAsyncIteration:
                     break
                 except EngineError:
@@ -290,15 +370,15 @@ class SglangHttpClient:
                         if prefill_error is not None:
                             raise prefill_error from None
                     raise
-                next_chunk = None
-                yield chunk
+                next_batch = None
+                yield batch
             last_prefill_chunk = await prefill
             if on_prefill_done is not None:
                 on_prefill_done(last_prefill_chunk)
         finally:
-            if next_chunk is not None and not next_chunk.done():
-                next_chunk.cancel()
-                await asyncio.wait({next_chunk})
+            if next_batch is not None and not next_batch.done():
+                next_batch.cancel()
+                await asyncio.wait({next_batch})
             await decode_stream.aclose()
             if not prefill.done():
                 prefill.cancel()

@@ -61,6 +61,11 @@ class TelemetryServiceStub:
                 request_serializer=voltana_dot_v1_dot_telemetry__pb2.CompletionRecord.SerializeToString,
                 response_deserializer=voltana_dot_v1_dot_telemetry__pb2.ReportCompletionResponse.FromString,
                 _registered_method=True)
+        self.ReportCompletions = channel.unary_unary(
+                '/voltana.v1.TelemetryService/ReportCompletions',
+                request_serializer=voltana_dot_v1_dot_telemetry__pb2.ReportCompletionsRequest.SerializeToString,
+                response_deserializer=voltana_dot_v1_dot_telemetry__pb2.ReportCompletionsResponse.FromString,
+                _registered_method=True)
         self.ReportPlacements = channel.unary_unary(
                 '/voltana.v1.TelemetryService/ReportPlacements',
                 request_serializer=voltana_dot_v1_dot_telemetry__pb2.ReportPlacementsRequest.SerializeToString,
@@ -122,6 +127,14 @@ class TelemetryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReportCompletions(self, request, context):
+        """Finished (or failed) requests in one call, from the router: each record is taken as
+        ReportCompletion takes it; an invalid one is refused alone (listed in the reply).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ReportPlacements(self, request, context):
         """Requests the router just placed, so arrival rates are counted at placement.
         """
@@ -177,6 +190,11 @@ def add_TelemetryServiceServicer_to_server(servicer, server):
                     servicer.ReportCompletion,
                     request_deserializer=voltana_dot_v1_dot_telemetry__pb2.CompletionRecord.FromString,
                     response_serializer=voltana_dot_v1_dot_telemetry__pb2.ReportCompletionResponse.SerializeToString,
+            ),
+            'ReportCompletions': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReportCompletions,
+                    request_deserializer=voltana_dot_v1_dot_telemetry__pb2.ReportCompletionsRequest.FromString,
+                    response_serializer=voltana_dot_v1_dot_telemetry__pb2.ReportCompletionsResponse.SerializeToString,
             ),
             'ReportPlacements': grpc.unary_unary_rpc_method_handler(
                     servicer.ReportPlacements,
@@ -335,6 +353,33 @@ class TelemetryService:
             '/voltana.v1.TelemetryService/ReportCompletion',
             voltana_dot_v1_dot_telemetry__pb2.CompletionRecord.SerializeToString,
             voltana_dot_v1_dot_telemetry__pb2.ReportCompletionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReportCompletions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/voltana.v1.TelemetryService/ReportCompletions',
+            voltana_dot_v1_dot_telemetry__pb2.ReportCompletionsRequest.SerializeToString,
+            voltana_dot_v1_dot_telemetry__pb2.ReportCompletionsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -49,6 +49,10 @@ class TelemetryServiceStub:
     """Clock/power/energy samples from node agents, streamed; one reply when the stream ends."""
     ReportCompletion: _grpc.UnaryUnaryMultiCallable[_telemetry_pb2.CompletionRecord, _telemetry_pb2.ReportCompletionResponse]
     """One finished (or failed) request, from the router."""
+    ReportCompletions: _grpc.UnaryUnaryMultiCallable[_telemetry_pb2.ReportCompletionsRequest, _telemetry_pb2.ReportCompletionsResponse]
+    """Finished (or failed) requests in one call, from the router: each record is taken as
+    ReportCompletion takes it; an invalid one is refused alone (listed in the reply).
+    """
     ReportPlacements: _grpc.UnaryUnaryMultiCallable[_telemetry_pb2.ReportPlacementsRequest, _telemetry_pb2.ReportPlacementsResponse]
     """Requests the router just placed, so arrival rates are counted at placement."""
     GetSnapshot: _grpc.UnaryUnaryMultiCallable[_telemetry_pb2.GetSnapshotRequest, _common_pb2.ClusterSnapshot]
@@ -73,6 +77,10 @@ class TelemetryServiceAsyncStub(TelemetryServiceStub):
     """Clock/power/energy samples from node agents, streamed; one reply when the stream ends."""
     ReportCompletion: _aio.UnaryUnaryMultiCallable[_telemetry_pb2.CompletionRecord, _telemetry_pb2.ReportCompletionResponse]  # type: ignore[assignment]
     """One finished (or failed) request, from the router."""
+    ReportCompletions: _aio.UnaryUnaryMultiCallable[_telemetry_pb2.ReportCompletionsRequest, _telemetry_pb2.ReportCompletionsResponse]  # type: ignore[assignment]
+    """Finished (or failed) requests in one call, from the router: each record is taken as
+    ReportCompletion takes it; an invalid one is refused alone (listed in the reply).
+    """
     ReportPlacements: _aio.UnaryUnaryMultiCallable[_telemetry_pb2.ReportPlacementsRequest, _telemetry_pb2.ReportPlacementsResponse]  # type: ignore[assignment]
     """Requests the router just placed, so arrival rates are counted at placement."""
     GetSnapshot: _aio.UnaryUnaryMultiCallable[_telemetry_pb2.GetSnapshotRequest, _common_pb2.ClusterSnapshot]  # type: ignore[assignment]
@@ -119,6 +127,15 @@ class TelemetryServiceServicer:
         context: _ServicerContext,
     ) -> _typing.Union[_telemetry_pb2.ReportCompletionResponse, _abc.Awaitable[_telemetry_pb2.ReportCompletionResponse]]:
         """One finished (or failed) request, from the router."""
+
+    def ReportCompletions(
+        self,
+        request: _telemetry_pb2.ReportCompletionsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_telemetry_pb2.ReportCompletionsResponse, _abc.Awaitable[_telemetry_pb2.ReportCompletionsResponse]]:
+        """Finished (or failed) requests in one call, from the router: each record is taken as
+        ReportCompletion takes it; an invalid one is refused alone (listed in the reply).
+        """
 
     def ReportPlacements(
         self,

@@ -4,7 +4,9 @@ SGLang PD semantics: the same ``/generate`` body goes to both instances with the
 bootstrap host/port and one random 63-bit room (``SglangHttpClient.generate_pd``). Engine
 chunks are turned into token deltas, whether the engine streams cumulative text/ids (SGLang's
 default) or increments (``--incremental-streaming-output``, cheaper: a cumulative stream
-resends the whole output in every chunk). A stream the engine ends with finish reason
+resends the whole output in every chunk); the chunks one network read brought go on as one
+delta, so a client behind a fast engine gets one message per read, not per token. A stream the
+engine ends with finish reason
 "abort" is an error (EngineAbortedError), not a short answer.
 """
 
@@ -14,7 +16,7 @@ import asyncio
 import math
 import secrets
 import time
-from collections.abc import AsyncGenerator, Callable, Mapping
+from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -198,6 +200,20 @@ class ChunkReader:
         if isinstance(meta, Mapping):
             self.totals.prefill_energy = energy_from_meta(meta)
 
+    def read_all(self, chunks: Sequence[Mapping[str, Any]]) -> TokenDelta | None:
+        """The new tokens of successive chunks as one delta (None when they bring none)."""
+        deltas = [d for d in map(self.read, chunks) if d is not None]
+        if len(deltas) <= 1:
+            return deltas[0] if deltas else None
+        first = deltas[0]
+        return TokenDelta(
+            "".join(d.text for d in deltas),
+            tuple(i for d in deltas for i in d.token_ids),
+            first.index,
+            sum(d.count for d in deltas),
+            first.at_s,
+        )
+
     def read(self, chunk: Mapping[str, Any]) -> TokenDelta | None:
         """The new tokens of ``chunk`` (None when it brings none)."""
         at_s = self._clock()
@@ -273,7 +289,7 @@ async def stream_tokens(
     ``trace_context`` is current while the engine calls run (never across a yield), so their
     HTTP client spans, and the ``traceparent`` they send, continue the request's trace.
     """
-    chunks = engine.generate_pd(
+    batches = engine.generate_pd_batches(
         target.prefill_url,
         target.decode_url,
         target.bootstrap_host,
@@ -290,7 +306,7 @@ async def stream_tokens(
                 async with asyncio.timeout_at(deadline_s):
                     token = otel_context.attach(trace_context) if trace_context else None
                     try:
-                        chunk = await anext(chunks)
+                        batch = await anext(batches)
                     finally:
                         if token is not None:
                             otel_context.detach(token)
@@ -304,7 +320,8 @@ async def stream_tokens(
                 ) from None
             except EngineError as error:
                 raise router_error_for(error) from error
-            delta = reader.read(chunk)
+            # What one read brought goes on as one delta (one message to the client).
+            delta = reader.read_all(batch)
             if delta is not None:
                 yield delta
             if reader.totals.finish_reason == "abort":
@@ -316,4 +333,4 @@ async def stream_tokens(
                 aborted.engine_url = target.decode_url
                 raise aborted
     finally:
-        await chunks.aclose()
+        await batches.aclose()

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import socket
 from collections.abc import AsyncGenerator, Awaitable, Callable, Collection
@@ -25,6 +24,7 @@ import grpc
 from aiohttp import web
 from opentelemetry import trace
 
+from voltana import json_codec
 from voltana.errors import ConfigError, FailedPreconditionError, VoltanaError
 from voltana.lifecycle import AsyncService
 from voltana.observability.http_tracing import server_middlewares
@@ -111,7 +111,7 @@ async def _finish(responses: AsyncGenerator[router_pb2.GenerateResponse, None]) 
 
 
 def _sse(document: dict[str, Any]) -> bytes:
-    return f"data: {json.dumps(document, separators=(',', ':'))}\n\n".encode()
+    return b"data: " + json_codec.dumps(document) + b"\n\n"
 
 
 class RouterHttpApi(AsyncService):

@@ -1,9 +1,14 @@
 """What the router tells others about a placement, the moment it makes it.
 
 - The controller decides the placed instances' clocks at once (NotifyPlacement) instead of at its
-  next tick on a report that does not show the request yet, and answers once any new clock is
-  applied: the router dispatches after that answer (or after ``timeout_s``, never later), so a
-  prompt does not start behind a parked clock. The controller stays the only writer of clocks.
+  next tick on a report that does not show the request yet. It stays the only writer of clocks.
+  The notice is off the request's path: placements are queued, and one sender at a time tells
+  the controller the router's current view of every instance placed on since its last notice,
+  at most every ``interval_s`` (under load one notice covers many placements). Only a request placed on an instance that may
+  be parked (idle, below its GPU's highest clock: ``may_be_parked``) waits for the controller's
+  answer, given once the new clock is applied (or after ``timeout_s``, never later), so its
+  prompt does not start behind the parked clock; a busy instance already runs at the clock its
+  policy wants for work.
 - Telemetry counts arrival rates at placement (ReportPlacements), batched every few tens of
   milliseconds; losing a batch only blurs a rate, so failures are logged, not retried. Each
   batch carries this router's in-flight share under its router id (active-active routers see
@@ -16,10 +21,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import grpc
+from opentelemetry import context as otel_context
+from opentelemetry import propagate
 
+from voltana.hardware import GPU_CATALOG
 from voltana.lifecycle import cancel_and_wait
 from voltana.policy.state import InstanceState
 from voltana.rpc.channel import create_channel
@@ -32,25 +40,104 @@ from voltana.v1 import controller_pb2, controller_pb2_grpc
 _LOG = logging.getLogger(__name__)
 
 
-class ControllerTrigger:
-    """Asks the controller to decide for just-placed instances; never fails a request."""
+def may_be_parked(state: InstanceState) -> bool:
+    """Whether a request placed on ``state`` (as the router saw it before placing) could start
+    behind a clock the controller is about to raise: the instance had nothing to do, so an
+    energy policy may have lowered its clock, and it does not report its GPU's highest clock
+    (an unknown GPU or clock counts as possibly parked)."""
+    if not state.is_idle or state.inflight_requests:
+        return False
+    gpu = GPU_CATALOG.get(state.gpu_key.lower())
+    if gpu is None or state.sm_clock_mhz <= 0:
+        return True
+    return state.sm_clock_mhz < gpu.max_sm_clock_mhz
 
-    def __init__(self, address: str, *, timeout_s: float, security: RpcSecurity) -> None:
+
+class ControllerTrigger:
+    """Tells the controller of placements; never fails a request.
+
+    ``view_of`` gives the router's current view of an instance (in-flight requests included),
+    taken when a notice is sent, so a coalesced notice shows every placement it covers.
+    """
+
+    def __init__(
+        self,
+        address: str,
+        *,
+        timeout_s: float,
+        security: RpcSecurity,
+        view_of: Callable[[str], InstanceState | None],
+        interval_s: float = 0.0,
+    ) -> None:
+        """``interval_s``: the least time between two queued notices."""
         self._address = address
         self._timeout_s = timeout_s
-        # Traced: the notice is on the request's critical path, so it belongs in its trace.
-        self._channel = create_channel(address, security=security)
+        self._interval_s = interval_s
+        self._view_of = view_of
+        # A notice (and the clock change it asks for) belongs to the trace of the request it is
+        # for, the first one it covers when it covers several: its trace context goes in the
+        # call's metadata by hand, which costs far less than a client interceptor per call.
+        self._channel = create_channel(address, security=security, traced=False)
         self._stub = controller_pb2_grpc.ControllerServiceStub(self._channel)
+        # Instances placed on since the last queued notice (a dict: insertion order, no repeats)
+        # and the trace context of the first request among those placements.
+        self._pending: dict[str, None] = {}
+        self._pending_trace: otel_context.Context | None = None
+        self._has_work = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
         self._failing = False
         self.sent = 0
         self.failed = 0
 
-    async def notify(self, states: Sequence[InstanceState]) -> None:
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="router-placement-notices")
+
+    def notify(
+        self, instance_ids: Iterable[str], trace_context: otel_context.Context | None = None
+    ) -> None:
+        """Queue a notice for these instances; never blocks."""
+        if not self._pending:
+            self._pending_trace = trace_context
+        for instance_id in instance_ids:
+            self._pending[instance_id] = None
+        self._has_work.set()
+
+    async def notify_and_wait(
+        self, instance_ids: Sequence[str], trace_context: otel_context.Context | None = None
+    ) -> None:
+        """A notice for these instances now; returns once the controller applied any new
+        clock (or after the timeout)."""
+        for instance_id in instance_ids:
+            self._pending.pop(instance_id, None)  # this notice shows them as they are now
+        await self._send(instance_ids, trace_context)
+
+    async def _run(self) -> None:
+        while True:
+            await self._has_work.wait()
+            self._has_work.clear()
+            instance_ids, self._pending = list(self._pending), {}
+            if instance_ids:
+                await self._send(instance_ids, self._pending_trace)
+                # What is placed meanwhile goes in the next notice: under load, one per interval.
+                await asyncio.sleep(self._interval_s)
+
+    async def _send(
+        self, instance_ids: Sequence[str], trace_context: otel_context.Context | None
+    ) -> None:
+        states = [s for s in map(self._view_of, instance_ids) if s is not None]
+        if not states:
+            return
         request = controller_pb2.NotifyPlacementRequest(
             instances=[state_to_proto(state) for state in states]
         )
+        carrier: dict[str, str] = {}
+        if trace_context is not None:
+            propagate.inject(carrier, context=trace_context)
         try:
-            await self._stub.NotifyPlacement(request, timeout=self._timeout_s)
+            await self._stub.NotifyPlacement(
+                request, timeout=self._timeout_s, metadata=tuple(carrier.items())
+            )
         except grpc.aio.AioRpcError as error:
             self.failed += 1
             if not self._failing:  # once per outage: a slow controller must not spam logs
@@ -68,6 +155,8 @@ class ControllerTrigger:
         self._failing = False
 
     async def close(self) -> None:
+        task, self._task = self._task, None
+        await cancel_and_wait([task])
         await self._channel.close()
 
 

@@ -1,7 +1,9 @@
 """Delivery of request outcomes to telemetry, off the request's path, through outages.
 
 Generate only appends a record to a buffer; one background task sends them, up to
-``batch_size`` at a time. A record whose report fails stays in the buffer and is sent again
+``batch_size`` in one call, at most every ``interval_s`` (what piles up meanwhile goes in the
+next, so under load a call carries many records). A record whose report fails stays in the
+buffer and is sent again
 (backing off from ``retry_s`` up to ``max_retry_s``) until telemetry takes it, so a telemetry
 or Redis outage delays records but loses none. Each record gets a unique ``record_id`` when it
 is buffered and keeps it through every retry: telemetry counts an id once, so a record sent
@@ -17,7 +19,7 @@ import dataclasses
 import logging
 import uuid
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol
 
 from voltana.errors import InvalidArgumentError
@@ -34,7 +36,9 @@ DEFAULT_MAX_RETRY_S = 2.0
 class CompletionSink(Protocol):
     """Where completions go (TelemetryClient implements it)."""
 
-    async def report_completion(self, completion: Completion) -> None: ...
+    async def report_completions(self, completions: Sequence[Completion]) -> Mapping[int, str]:
+        """Take the records; returns those refused for good (index → why)."""
+        ...
 
 
 class CompletionReporter:
@@ -48,10 +52,13 @@ class CompletionReporter:
         retry_s: float = DEFAULT_RETRY_S,
         max_retry_s: float = DEFAULT_MAX_RETRY_S,
         on_dropped: Callable[[], object] | None = None,
+        interval_s: float = 0.0,
     ) -> None:
-        """``on_dropped`` is called for each record a full buffer drops (a metric)."""
+        """``on_dropped`` is called for each record a full buffer drops (a metric);
+        ``interval_s``: the least time between two calls that went through."""
         self._sink = sink
         self._on_dropped = on_dropped
+        self._interval_s = interval_s
         self._timeout_s = timeout_s
         self._queue_size = queue_size
         self._batch_size = batch_size
@@ -123,23 +130,17 @@ class CompletionReporter:
                 ", ".join(c.request_id for c in list(self._buffer)[:100]),
             )
 
-    async def _send(self, completion: Completion) -> bool:
-        """True when the record is done with: taken (counted in ``sent``), or refused for good
-        (counted in ``rejected``)."""
+    async def _send(self, batch: list[Completion]) -> bool:
+        """True when the batch is done with: taken (counted in ``sent``) or refused for good
+        (counted in ``rejected``); False when it must be sent again."""
         try:
-            await asyncio.wait_for(self._sink.report_completion(completion), self._timeout_s)
+            refused = await asyncio.wait_for(self._sink.report_completions(batch), self._timeout_s)
         except asyncio.CancelledError:
             raise
         except InvalidArgumentError as error:
-            # Telemetry will never take this one; retrying would block the rest behind it.
-            self.rejected += 1
-            _LOG.error(
-                "telemetry refused the record of request %s: %s",
-                shorten(completion.request_id),
-                error,
-            )
-            return True
-        except Exception as error:  # telemetry down or slow: keep the record, say so once
+            # Telemetry will never take these; retrying would block the rest behind them.
+            refused = dict.fromkeys(range(len(batch)), str(error))
+        except Exception as error:  # telemetry down or slow: keep the records, say so once
             if not self._failing:
                 _LOG.warning(
                     "reporting completions to telemetry failed (%s); keeping them to retry",
@@ -147,7 +148,14 @@ class CompletionReporter:
                 )
             self._failing = True
             return False
-        self.sent += 1
+        for index, reason in refused.items():
+            self.rejected += 1
+            _LOG.error(
+                "telemetry refused the record of request %s: %s",
+                shorten(batch[index].request_id),
+                reason,
+            )
+        self.sent += len(batch) - len(refused)
         return True
 
     async def _run(self) -> None:
@@ -164,21 +172,22 @@ class CompletionReporter:
             ]
             self._sending = len(batch)
             try:
-                results = await asyncio.gather(*(self._send(c) for c in batch))
+                done = await self._send(batch)
             except asyncio.CancelledError:
                 self._buffer.extendleft(reversed(batch))  # not known to be sent
                 raise
             finally:
                 self._sending = 0
-            failed = [c for c, done in zip(batch, results, strict=True) if not done]
-            if not failed:
+            if done:
                 if self._failing:
                     _LOG.info("reporting completions to telemetry works again")
                 self._failing = False
                 retry_s = self._retry_s
+                if self._interval_s > 0 and not self._buffer:
+                    await asyncio.sleep(self._interval_s)  # let the next batch gather
                 continue
-            self.retried += len(failed)
+            self.retried += len(batch)
             # Back in front, oldest first, and wait before trying again.
-            self._buffer.extendleft(reversed(failed))
+            self._buffer.extendleft(reversed(batch))
             await asyncio.sleep(retry_s)
             retry_s = min(retry_s * 2, self._max_retry_s)

@@ -209,6 +209,7 @@ class RouterService(AsyncService):
                 queue_size=settings.completion_queue_size,
                 timeout_s=settings.telemetry_timeout_s,
                 on_dropped=self._metrics.completion_reports_dropped.inc,
+                interval_s=settings.completion_report_interval_ms / 1000.0,
             )
             self._reporter.start()
             self._metrics.watch_telemetry(self._cluster, self._reporter)
@@ -224,7 +225,10 @@ class RouterService(AsyncService):
                     settings.controller_address,
                     timeout_s=settings.placement_notice_timeout_ms / 1000.0,
                     security=settings.security,
+                    view_of=self._cluster.view_of,
+                    interval_s=settings.placement_notice_interval_ms / 1000.0,
                 )
+                self._trigger.start()
             # Probes get their own untraced client: they are polls, not requests.
             self._prober = SglangHttpClient(health_timeout_s=settings.health_check_timeout_s)
             self._engine_health = EngineHealth(

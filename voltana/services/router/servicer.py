@@ -36,7 +36,11 @@ from voltana.services.router.errors import (
 )
 from voltana.services.router.health import EngineHealth
 from voltana.services.router.metrics import OK_STATUS, RequestMetrics, RouterMetrics
-from voltana.services.router.placements import ControllerTrigger, PlacementReporter
+from voltana.services.router.placements import (
+    ControllerTrigger,
+    PlacementReporter,
+    may_be_parked,
+)
 from voltana.services.router.reporting import CompletionReporter
 from voltana.services.router.settings import RouterSettings
 from voltana.services.router.tracing import (
@@ -230,9 +234,12 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             mark_failed(span, error)
             raise
 
-    def _place(self, validated: ValidatedRequest, parent: trace.Span) -> tuple[Placement, PdTarget]:
+    def _place(
+        self, validated: ValidatedRequest, parent: trace.Span
+    ) -> tuple[Placement, PdTarget, bool]:
         """Decide, count the request on the chosen instances (in-flight ledger, arrivals), and
-        resolve their endpoints."""
+        resolve their endpoints. Last: whether a chosen instance may be parked (the request
+        then waits for the controller to decide its clock)."""
         span = self._tracer.start_span("placement", context=child_of(parent))
         try:
             snapshot = self._cluster.routable()
@@ -255,6 +262,9 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
                         self._cluster.now_s(),
                     )
                 )
+            may_wait = may_be_parked(snapshot.prefill[placement.prefill_id]) or may_be_parked(
+                snapshot.decode[placement.decode_id]
+            )
             set_placement_attributes(span, placement, self._policy_name)
             span.set_attribute("voltana.snapshot.prefill_instances", len(snapshot.prefill))
             span.set_attribute("voltana.snapshot.decode_instances", len(snapshot.decode))
@@ -265,22 +275,18 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             span.end()
         set_placement_attributes(parent, placement, self._policy_name)
         parent.set_attribute("voltana.bootstrap_room", target.bootstrap_room)
-        return placement, target
+        return placement, target, may_wait
 
-    async def _notify_controller(self, placement: Placement) -> None:
-        """Let the controller set the placed instances' clocks before the request starts."""
+    async def _notify_controller(self, placement: Placement, wait: bool, span: trace.Span) -> None:
+        """Tell the controller of the placement; with ``wait``, return once it has set the
+        placed instances' clocks (a parked one is raised before the request starts)."""
         if self._trigger is None:
             return
-        states = [
-            state
-            for state in (
-                self._cluster.view_of(placement.prefill_id),
-                self._cluster.view_of(placement.decode_id),
-            )
-            if state is not None
-        ]
-        if states:
-            await self._trigger.notify(states)
+        instance_ids = (placement.prefill_id, placement.decode_id)
+        if wait:
+            await self._trigger.notify_and_wait(instance_ids, child_of(span))
+        else:
+            self._trigger.notify(instance_ids, child_of(span))
 
     def _engine_deadline_s(self, context: CallContext) -> float:
         """Loop-clock deadline of the engine calls: the router's limit or the client's."""
@@ -330,10 +336,10 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
                 deadline_s = self._engine_deadline_s(context)
                 attempt = 1
                 while True:
-                    placement, target = self._place(validated, span)
+                    placement, target, may_wait = self._place(validated, span)
                     if observed is not None:
                         observed.on_placed(placement, self._policy.name, validated.prompt_tokens)
-                    await self._notify_controller(placement)
+                    await self._notify_controller(placement, may_wait, span)
                     reader = ChunkReader(self._clock)
                     # The prefill engine holds the request from its dispatch on.
                     self._cluster.reached(validated.request_id, placement.prefill_id)

@@ -31,10 +31,13 @@ class RouterSettings:
     # TelemetryService to watch snapshots from and report completions to ("host:port").
     telemetry_address: str = "127.0.0.1:50052"
     # ControllerService to notify of each placement, so the placed instances' clocks are
-    # decided before the request is dispatched ("" = no notice: clocks follow at the next tick).
+    # decided at once ("" = no notice: clocks follow at the next tick). A request placed on a
+    # possibly parked instance waits for the answer; other notices are queued and coalesced.
     controller_address: str = ""
-    # Longest wait for the controller's answer before dispatching anyway.
+    # Longest wait for the controller's answer (a waiting request is dispatched anyway then).
     placement_notice_timeout_ms: int = 100
+    # Queued notices go at most this often (each covers every placement since the last one).
+    placement_notice_interval_ms: int = 5
     # Placements are reported to telemetry (arrival rates) in batches this often, with this
     # router's in-flight share (active-active routers see each other's through telemetry).
     placement_report_interval_ms: int = 50
@@ -104,6 +107,9 @@ class RouterSettings:
     # Completions buffered for telemetry (kept and retried while it is down); beyond this
     # many the oldest are dropped (with a log line).
     completion_queue_size: int = 100_000
+    # Completions go to telemetry in one call at most this often (what finished meanwhile goes
+    # in the next), so a router under load makes a few calls a second, not one per request.
+    completion_report_interval_ms: int = 20
     telemetry_timeout_s: float = 2.0
     # stop(): in-flight requests may finish for this long (the drain); the rest are ended
     # with UNAVAILABLE and recorded.
@@ -151,8 +157,10 @@ class RouterSettings:
             "max_prompt_tokens",
             "snapshot_interval_ms",
             "placement_notice_timeout_ms",
+            "placement_notice_interval_ms",
             "placement_report_interval_ms",
             "completion_queue_size",
+            "completion_report_interval_ms",
             "max_attempts",
             "unhealthy_after",
             "healthy_after",

@@ -166,6 +166,17 @@ class TelemetryClient:
         request = completion_to_proto(completion)
         await self._call(self._stub.ReportCompletion(request, timeout=self._timeout_s))
 
+    async def report_completions(self, completions: Sequence[Completion]) -> dict[int, str]:
+        """Report several records in one call; returns the refused ones (index in
+        ``completions`` → why), which sending again would not help."""
+        request = telemetry_pb2.ReportCompletionsRequest(
+            records=[completion_to_proto(c) for c in completions]
+        )
+        response: telemetry_pb2.ReportCompletionsResponse = await self._call(
+            self._stub.ReportCompletions(request, timeout=self._timeout_s)
+        )
+        return {rejection.index: rejection.reason for rejection in response.rejected}
+
     async def report_placements(
         self,
         placements: Sequence[PlacementEvent],

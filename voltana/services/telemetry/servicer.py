@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 
 import grpc.aio
 
+from voltana.errors import InvalidArgumentError
 from voltana.rpc.limits import MAX_TEXT_CHARS, check_address, check_id, check_ids
 from voltana.rpc.names import TELEMETRY_SERVICE, method_names
 from voltana.services.telemetry.arrivals import ArrivalRates
@@ -42,7 +43,7 @@ from voltana.services.telemetry.errors import (
     UnknownInstanceError,
 )
 from voltana.services.telemetry.gpu_groups import GpuGroups, MemberReading
-from voltana.services.telemetry.records import GpuRef, PendingPlacement, RouterShare
+from voltana.services.telemetry.records import Completion, GpuRef, PendingPlacement, RouterShare
 from voltana.services.telemetry.registry import InstanceRegistry
 from voltana.services.telemetry.router_shares import RouterShares
 from voltana.services.telemetry.settings import TelemetrySettings
@@ -63,6 +64,7 @@ TELEMETRY_PRIVILEGED_METHODS = method_names(
     "ReportInstanceSamples",
     "ReportGpuSamples",
     "ReportCompletion",
+    "ReportCompletions",
     "ReportPlacements",
 )
 
@@ -278,10 +280,9 @@ class TelemetryServicer(telemetry_pb2_grpc.TelemetryServiceServicer):
     ) -> telemetry_pb2.ReportSamplesResponse:
         return await self._consume(request_iterator, self._accept_gpu_sample)
 
-    async def ReportCompletion(
-        self, request: telemetry_pb2.CompletionRecord, context: Context
-    ) -> telemetry_pb2.ReportCompletionResponse:
-        completion = completion_from_proto(request)
+    def _checked_completion(self, record: telemetry_pb2.CompletionRecord) -> Completion:
+        """The record as stored; InvalidTelemetryError when it cannot be."""
+        completion = completion_from_proto(record)
         # The reason is free text (often an engine's error): cut, not refused, so the record
         # still counts.
         completion = dataclasses.replace(
@@ -294,8 +295,26 @@ class TelemetryServicer(telemetry_pb2_grpc.TelemetryServiceServicer):
             future = self._future_problem(f"the completion's {what}", ts_s)
             if future is not None:
                 raise InvalidTelemetryError(future)
-        await self._books.record(completion)
+        return completion
+
+    async def ReportCompletion(
+        self, request: telemetry_pb2.CompletionRecord, context: Context
+    ) -> telemetry_pb2.ReportCompletionResponse:
+        await self._books.record(self._checked_completion(request))
         return telemetry_pb2.ReportCompletionResponse()
+
+    async def ReportCompletions(
+        self, request: telemetry_pb2.ReportCompletionsRequest, context: Context
+    ) -> telemetry_pb2.ReportCompletionsResponse:
+        response = telemetry_pb2.ReportCompletionsResponse()
+        for index, record in enumerate(request.records):
+            try:
+                await self._books.record(self._checked_completion(record))
+            except InvalidArgumentError as error:
+                response.rejected.add(index=index, reason=str(error))
+                continue
+            response.accepted += 1
+        return response
 
     async def ReportPlacements(
         self, request: telemetry_pb2.ReportPlacementsRequest, context: Context
