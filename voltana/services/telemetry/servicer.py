@@ -1,10 +1,13 @@
 """TelemetryService gRPC handlers: validate, convert, store; snapshots and aggregates out.
 
-Bad values (negative counts, unknown phase) end the call with INVALID_ARGUMENT via the
-InvalidTelemetryError → status mapping of voltana.rpc; samples stored before the bad one stay
-stored. Samples that are well-formed but cannot be used (unregistered instance, older than the
-last one, stamped in the future) are counted as rejected and the stream goes on, so one
-stray sample does not cut a node agent's long-lived stream.
+Bad values in a registration, completion or request (negative counts, unknown phase) end the
+call with INVALID_ARGUMENT via the InvalidTelemetryError → status mapping of voltana.rpc.
+Sample streams are judged sample by sample, so one stray sample does not cut a node agent's or
+engine's long-lived stream: a sample that cannot be used (a load gauge or GPU reading that
+cannot be true, unregistered instance, older than the last one, stamped in the future) is
+counted as rejected and the stream goes on; a measured latency that cannot be true (a negative
+recent ITL) is dropped from its sample, which is stored without it. Only a malformed id ends a
+stream (INVALID_ARGUMENT; the samples before it stay stored).
 
 Every write (registration and all reports) is privileged (TELEMETRY_PRIVILEGED_METHODS: the
 control-plane token is checked by voltana.rpc before a handler runs): policies steer on this
@@ -40,12 +43,18 @@ from voltana.services.telemetry.errors import (
     UnknownInstanceError,
 )
 from voltana.services.telemetry.gpu_groups import GpuGroups, MemberReading
-from voltana.services.telemetry.records import GpuRef
+from voltana.services.telemetry.records import GpuReading, GpuRef
 from voltana.services.telemetry.registry import InstanceRegistry
 from voltana.services.telemetry.settings import TelemetrySettings
 from voltana.services.telemetry.snapshots import ClusterView, SnapshotCache
 from voltana.services.telemetry.store import TelemetryStore
-from voltana.services.telemetry.validate import validate_instance_info, validate_window
+from voltana.services.telemetry.validate import (
+    drop_impossible_measurements,
+    validate_gpu_sample,
+    validate_instance_info,
+    validate_instance_state,
+    validate_window,
+)
 from voltana.text import truncate
 from voltana.v1 import common_pb2, telemetry_pb2, telemetry_pb2_grpc
 
@@ -72,18 +81,32 @@ class _Rejection:
     unknown_instance: str = ""
 
 
+@dataclass(frozen=True)
+class _Stored:
+    """A sample stored without the fields named in ``dropped`` (why each was dropped)."""
+
+    dropped: tuple[str, ...]
+
+
 @dataclass
 class _Tally:
     accepted: int = 0
     rejected: int = 0
+    dropped_fields: int = 0
     first_rejection_reason: str = ""
     unknown_instance_ids: dict[str, None] = field(default_factory=dict)
 
-    def reject(self, rejection: _Rejection) -> None:
-        self.rejected += 1
-        self.first_rejection_reason = self.first_rejection_reason or rejection.reason
-        if rejection.unknown_instance:
-            self.unknown_instance_ids[rejection.unknown_instance] = None
+    def count(self, outcome: _Rejection | _Stored | None) -> None:
+        if isinstance(outcome, _Rejection):
+            self.rejected += 1
+            self.first_rejection_reason = self.first_rejection_reason or outcome.reason
+            if outcome.unknown_instance:
+                self.unknown_instance_ids[outcome.unknown_instance] = None
+            return
+        self.accepted += 1
+        if isinstance(outcome, _Stored) and outcome.dropped:
+            self.dropped_fields += len(outcome.dropped)
+            self.first_rejection_reason = self.first_rejection_reason or outcome.dropped[0]
 
     def response(self) -> telemetry_pb2.ReportSamplesResponse:
         return telemetry_pb2.ReportSamplesResponse(
@@ -91,6 +114,7 @@ class _Tally:
             rejected=self.rejected,
             first_rejection_reason=self.first_rejection_reason,
             unknown_instance_ids=list(self.unknown_instance_ids),
+            dropped_fields=self.dropped_fields,
         )
 
 
@@ -161,21 +185,20 @@ class TelemetryServicer(telemetry_pb2_grpc.TelemetryServiceServicer):
     async def _consume(
         self,
         samples: AsyncIterable[SampleT],
-        accept: Callable[[SampleT], Awaitable[_Rejection | None]],
+        accept: Callable[[SampleT], Awaitable[_Rejection | _Stored | None]],
     ) -> telemetry_pb2.ReportSamplesResponse:
+        """``accept`` raises InvalidTelemetryError only for a malformed sample (a bad id):
+        that ends the stream; anything else it cannot use it returns as a rejection."""
         tally = _Tally()
         async for sample in samples:
             try:
-                reason = await accept(sample)
+                outcome = await accept(sample)
             except InvalidTelemetryError as error:
                 raise InvalidTelemetryError(
                     f"sample {tally.accepted + tally.rejected + 1} of the stream is invalid: "
                     f"{error} ({tally.accepted} earlier samples were stored)"
                 ) from error
-            if reason is None:
-                tally.accepted += 1
-            else:
-                tally.reject(reason)
+            tally.count(outcome)
         return tally.response()
 
     @staticmethod
@@ -195,7 +218,7 @@ class TelemetryServicer(telemetry_pb2_grpc.TelemetryServiceServicer):
 
     async def _accept_instance_sample(
         self, sample: telemetry_pb2.InstanceSample
-    ) -> _Rejection | None:
+    ) -> _Rejection | _Stored | None:
         instance_id = sample.instance_id
         check_id(instance_id, "instance_id", error=InvalidTelemetryError)
         info = await self._registry.get(instance_id)
@@ -208,12 +231,19 @@ class TelemetryServicer(telemetry_pb2_grpc.TelemetryServiceServicer):
             return _Rejection(
                 f"sample of {instance_id!r} at {sample.observed_at_s} is older than the last"
             )
-        await self._store.put_instance_state(state_from_sample(sample, info))
+        state, dropped = drop_impossible_measurements(state_from_sample(sample, info))
+        try:
+            validate_instance_state(state)
+        except InvalidTelemetryError as error:  # a gauge that cannot be true: not this sample
+            return _Rejection(str(error))
+        await self._store.put_instance_state(state)
         if sample.observed_at_s > 0:
             self._last_load_s[instance_id] = sample.observed_at_s
-        return None
+        return _Stored(dropped)
 
-    async def _accept_gpu_sample(self, sample: common_pb2.GpuSample) -> _Rejection | None:
+    async def _accept_gpu_sample(
+        self, sample: common_pb2.GpuSample
+    ) -> _Rejection | _Stored | None:
         check_id(sample.instance_id, "instance_id", error=InvalidTelemetryError, required=False)
         check_address(sample.agent_address, "agent_address", error=InvalidTelemetryError)
         if sample.instance_id:
@@ -231,6 +261,13 @@ class TelemetryServicer(telemetry_pb2_grpc.TelemetryServiceServicer):
         future = self._future_problem(f"GPU sample of {instance_id!r}", sample.timestamp_s)
         if future is not None:
             return future
+        reading = GpuReading(
+            instance_id, sample.timestamp_s, sample.sm_clock_mhz, sample.power_w, sample.energy_j
+        )
+        try:
+            validate_gpu_sample(reading)
+        except InvalidTelemetryError as error:  # a reading that cannot be true: not this one
+            return _Rejection(str(error))
         # A tensor-parallel instance's GPUs report one by one: one summed reading for it.
         combined = self._gpu_groups.combine(
             info,
