@@ -241,9 +241,7 @@ class TelemetryServicer(telemetry_pb2_grpc.TelemetryServiceServicer):
             self._last_load_s[instance_id] = sample.observed_at_s
         return _Stored(dropped)
 
-    async def _accept_gpu_sample(
-        self, sample: common_pb2.GpuSample
-    ) -> _Rejection | _Stored | None:
+    async def _accept_gpu_sample(self, sample: common_pb2.GpuSample) -> _Rejection | _Stored | None:
         check_id(sample.instance_id, "instance_id", error=InvalidTelemetryError, required=False)
         check_address(sample.agent_address, "agent_address", error=InvalidTelemetryError)
         if sample.instance_id:
