@@ -10,31 +10,48 @@ Key layout (``prefix`` defaults to ``voltana:``):
 - ``{prefix}series:{id}:{metric}``      list of ``"<ts_s> <value>"``, capped with LTRIM
 - ``{prefix}completions``               sorted set of JSON completions scored by finish time,
                                         capped by rank (a record reported twice is kept once)
+- ``{prefix}completion_log``            stream of the same JSON completions in the order they
+                                        were recorded (capped near the completions cap): how
+                                        every telemetry process keeps its aggregates up to date
+                                        without rereading the completions (completion_index.py)
 - ``{prefix}seen``                      hash, instance id → when it last registered or reported
                                         load (store clock); silent instances expire by it
 
 Registration, load and GPU data stay in separate hashes and are merged on read (see
 ``merge.py``), so no write has to read first.
+
+Everything read back is checked as strictly as what the gRPC side accepts: a record that does
+not decode, does not validate or has the wrong Redis type is skipped and noted in
+``quarantine`` (quarantine.py), so one bad record never fails a snapshot or an aggregate;
+``heal()`` (run by telemetry's upkeep) repairs or drops what was noted (redis_repair.py).
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Collection, Iterable, Iterator, Mapping
-from typing import Any
+import math
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
+from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
 from voltana.policy.state import InstanceState, SloTarget
+from voltana.rpc.limits import check_id
 from voltana.services.telemetry.codec import decode_fields, decode_json, encode_fields, encode_json
-from voltana.services.telemetry.errors import CorruptTelemetryError, TelemetryStoreError
+from voltana.services.telemetry.completion_index import CompletionIndex
+from voltana.services.telemetry.errors import (
+    CorruptTelemetryError,
+    InvalidTelemetryError,
+    TelemetryStoreError,
+)
 from voltana.services.telemetry.merge import (
     gpu_metric_values,
     load_metric_values,
     merge_state,
     stamp_state,
 )
+from voltana.services.telemetry.quarantine import BadRecord, Quarantine, RecordKind
 from voltana.services.telemetry.records import (
     Aggregates,
     Completion,
@@ -59,9 +76,15 @@ from voltana.services.telemetry.validate import (
     validate_instance_state,
     validate_window,
 )
-from voltana.services.telemetry.window import compute_window_report
 
 DEFAULT_KEY_PREFIX = "voltana:"
+# A ``seen`` time further ahead of the store's clock than this was not written by a store
+# (they stamp their own clock): it would keep a silent instance from ever expiring.
+MAX_SEEN_AHEAD_S = 300.0
+# Stream field of a completion in the completion log.
+_LOG_FIELD = "c"
+
+T = TypeVar("T")
 
 
 @contextlib.contextmanager
@@ -80,9 +103,41 @@ def _texts(replies: Iterable[bytes | str]) -> list[str]:
 def _decode_point(text: str) -> SeriesPoint:
     ts_text, _, value_text = text.partition(" ")
     try:
-        return SeriesPoint(float(ts_text), float(value_text))
+        point = SeriesPoint(float(ts_text), float(value_text))
     except ValueError as exc:
         raise CorruptTelemetryError(f"cannot decode stored series point {text!r}") from exc
+    if not (math.isfinite(point.ts_s) and math.isfinite(point.value)) or point.ts_s < 0:
+        raise CorruptTelemetryError(f"stored series point {text!r} cannot be true")
+    return point
+
+
+def is_wrong_type(reply: object) -> bool:
+    """A reply saying the key holds another Redis type than the command works on."""
+    return isinstance(reply, ResponseError) and str(reply).startswith("WRONGTYPE")
+
+
+def _is_missing(reply: object) -> bool:
+    """XINFO STREAM's answer for a stream that does not exist (yet)."""
+    return isinstance(reply, ResponseError) and "no such key" in str(reply)
+
+
+def _raise_failures(action: str, replies: list[Any]) -> list[Any]:
+    """Pipeline replies (run with ``raise_on_error=False``); any error but a wrong key type
+    (which the caller quarantines) or a missing stream means the store cannot be used now."""
+    for reply in replies:
+        if isinstance(reply, RedisError) and not (is_wrong_type(reply) or _is_missing(reply)):
+            raise TelemetryStoreError(f"redis failed to {action}: {reply}")
+    return replies
+
+
+def decode_completion(text: str) -> Completion:
+    """A stored completion, checked as ReportCompletion checks it (CorruptTelemetryError)."""
+    completion = decode_json(Completion, text)
+    try:
+        validate_completion(completion)
+    except InvalidTelemetryError as exc:
+        raise CorruptTelemetryError(f"stored completion cannot be true: {exc}") from exc
+    return completion
 
 
 class RedisTelemetryStore:
@@ -104,6 +159,12 @@ class RedisTelemetryStore:
         self._completions_cap = completions_cap
         self._owns_client = owns_client
         self._changes = ChangeNotifier()
+        self.quarantine = Quarantine()
+        # Every completion of the store, mirrored from the completion log (None = not loaded;
+        # ``_log_added`` is the log's entries-added count the mirror is up to date with).
+        self._index = CompletionIndex(completions_cap)
+        self._log_added: int | None = None
+        self._log_last_id = "0-0"
 
     @classmethod
     def from_url(
@@ -146,6 +207,14 @@ class RedisTelemetryStore:
     def key_prefix(self) -> str:
         return self._prefix
 
+    @property
+    def redis(self) -> aioredis.Redis:
+        return self._redis
+
+    @property
+    def series_cap(self) -> int:
+        return self._series_cap
+
     # Key names, in one place so the layout in the module docstring stays true.
     def instances_key(self) -> str:
         return f"{self._prefix}instances"
@@ -167,6 +236,18 @@ class RedisTelemetryStore:
 
     def seen_key(self) -> str:
         return f"{self._prefix}seen"
+
+    def completion_log_key(self) -> str:
+        return f"{self._prefix}completion_log"
+
+    def mirrored_completions(self) -> list[Completion]:
+        """The completions as this process last read them (empty until it read them)."""
+        return list(self._index.finished_between(-math.inf, math.inf))
+
+    def forget_completions(self) -> None:
+        """Reload the completions from the store at the next aggregate (their keys changed)."""
+        self._index.clear()
+        self._log_added = None
 
     def _queue_points(
         self, pipe: Any, instance_id: str, ts_s: float, values: dict[Metric, float]
@@ -200,7 +281,21 @@ class RedisTelemetryStore:
                     pipe.hset(self.seen_key(), instance_id, repr(self._clock()))
                 if points is not None:
                     self._queue_points(pipe, instance_id, *points)
-                replies = await pipe.execute()
+                replies = _raise_failures(f"store {key}", await pipe.execute(raise_on_error=False))
+        # The hash is stored whatever else failed; a shared key of the wrong type (instances,
+        # seen, a series) is upkeep's to repair, not a reason to refuse the report.
+        if is_wrong_type(replies[1]):
+            self.quarantine.note(
+                BadRecord(RecordKind.INSTANCES, self.instances_key(), why="not a set")
+            )
+        if seen and is_wrong_type(replies[4]):
+            self.quarantine.note(BadRecord(RecordKind.SEEN, self.seen_key(), why="not a hash"))
+        if points is not None:
+            series_replies = replies[5 if seen else 4 :: 2]
+            for metric, reply in zip(points[1], series_replies, strict=True):
+                if is_wrong_type(reply):
+                    series_key = self.series_key(instance_id, metric)
+                    self.quarantine.note(BadRecord(RecordKind.SERIES, series_key, why="not a list"))
         self._changes.changed()
         return not replies[0]
 
@@ -261,33 +356,127 @@ class RedisTelemetryStore:
         key = self.completions_key()
         with _store_errors("record a completion"):
             async with self._redis.pipeline(transaction=True) as pipe:
-                pipe.zadd(key, {encode_json(completion): completion.finished_at_s})
+                text = encode_json(completion)
+                pipe.zadd(key, {text: completion.finished_at_s})
                 # Keep the newest `completions_cap` entries (ranks ascend with finish time).
                 pipe.zremrangebyrank(key, 0, -self._completions_cap - 1)
+                pipe.xadd(
+                    self.completion_log_key(),
+                    {_LOG_FIELD: text},
+                    maxlen=self._completions_cap,
+                    approximate=True,
+                )
                 await pipe.execute()
 
+    async def _run(self, action: str, queue: Callable[[Any], None]) -> list[Any]:
+        """Replies of the commands ``queue`` puts in one pipeline; a wrong key type comes back
+        as its error (for the caller to quarantine), any other failure raises."""
+        with _store_errors(action):
+            async with self._redis.pipeline(transaction=False) as pipe:
+                queue(pipe)
+                return _raise_failures(action, await pipe.execute(raise_on_error=False))
+
+    def _note(self, kind: RecordKind, key: str, why: str, member: str = "") -> None:
+        self.quarantine.note(BadRecord(kind, key, member, why))
+
+    def valid_ids(self, reply: Any) -> list[str]:
+        """The members of the instances set that are usable ids (the others quarantined)."""
+        if is_wrong_type(reply):
+            self._note(RecordKind.INSTANCES, self.instances_key(), "not a set")
+            return []
+        ids = []
+        for instance_id in _texts(reply):
+            try:
+                check_id(instance_id, "instance id", error=InvalidTelemetryError)
+            except InvalidTelemetryError as exc:
+                self._note(RecordKind.INSTANCES, self.instances_key(), str(exc), instance_id)
+                continue
+            ids.append(instance_id)
+        return sorted(ids)
+
+    async def scan_instance_ids(self) -> list[str]:
+        """Ids named by the instances' own keys (registration, state, GPU hashes): what the
+        instances set is rebuilt from."""
+        prefix = self._prefix.translate({ord(c): f"\\{c}" for c in "*?[]\\"})
+        ids: set[str] = set()
+        with _store_errors("list the instances' keys"):
+            for kind in ("info", "state", "gpu"):
+                async for key in self._redis.scan_iter(match=f"{prefix}{kind}:*", count=1000):
+                    ids.add(_texts([key])[0].removeprefix(f"{self._prefix}{kind}:"))
+        return sorted(ids)
+
     async def _instance_ids(self) -> list[str]:
-        with _store_errors("list instances"):
-            members = await self._redis.smembers(self.instances_key())
-        return sorted(_texts(members))
+        (members,) = await self._run("list instances", lambda p: p.smembers(self.instances_key()))
+        if is_wrong_type(members):
+            self.valid_ids(members)  # quarantined; until upkeep repairs it, the keys tell
+            return await self.scan_instance_ids()
+        return self.valid_ids(members)
+
+    def decode_record(
+        self,
+        kind: RecordKind,
+        key: str,
+        instance_id: str,
+        reply: Any,
+        cls: type[T],
+        validate: Callable[[T], None],
+    ) -> T | None:
+        """A stored hash as ``cls``, or None when absent or quarantined (wrong type, does not
+        decode, fails ``validate``, names another instance)."""
+        if is_wrong_type(reply):
+            self._note(kind, key, "not a hash")
+            return None
+        if not reply:
+            return None
+        try:
+            record = decode_fields(cls, reply)
+            validate(record)
+            stored_id = getattr(record, "instance_id", instance_id)
+            if stored_id != instance_id:
+                raise InvalidTelemetryError(f"it names instance {stored_id!r}")
+        except (CorruptTelemetryError, InvalidTelemetryError) as exc:
+            self._note(kind, key, str(exc))
+            return None
+        return record
+
+    def _info(self, instance_id: str, reply: Any) -> InstanceInfo | None:
+        key = self.info_key(instance_id)
+        return self.decode_record(
+            RecordKind.INFO, key, instance_id, reply, InstanceInfo, validate_instance_info
+        )
 
     async def latest_states(self) -> dict[str, InstanceState]:
         instance_ids = await self._instance_ids()
-        with _store_errors("read instance states"):
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for instance_id in instance_ids:
-                    pipe.hgetall(self.info_key(instance_id))
-                    pipe.hgetall(self.state_key(instance_id))
-                    pipe.hgetall(self.gpu_key(instance_id))
-                replies = await pipe.execute()
+
+        def queue(pipe: Any) -> None:
+            for instance_id in instance_ids:
+                pipe.hgetall(self.info_key(instance_id))
+                pipe.hgetall(self.state_key(instance_id))
+                pipe.hgetall(self.gpu_key(instance_id))
+
+        replies = await self._run("read instance states", queue)
         states: dict[str, InstanceState] = {}
         for index, instance_id in enumerate(instance_ids):
             info_hash, state_hash, gpu_hash = replies[3 * index : 3 * index + 3]
             merged = merge_state(
                 instance_id,
-                decode_fields(InstanceInfo, info_hash) if info_hash else None,
-                decode_fields(InstanceState, state_hash) if state_hash else None,
-                decode_fields(GpuReading, gpu_hash) if gpu_hash else None,
+                self._info(instance_id, info_hash),
+                self.decode_record(
+                    RecordKind.STATE,
+                    self.state_key(instance_id),
+                    instance_id,
+                    state_hash,
+                    InstanceState,
+                    validate_instance_state,
+                ),
+                self.decode_record(
+                    RecordKind.GPU,
+                    self.gpu_key(instance_id),
+                    instance_id,
+                    gpu_hash,
+                    GpuReading,
+                    validate_gpu_sample,
+                ),
             )
             if merged is not None:
                 states[instance_id] = merged
@@ -295,51 +484,134 @@ class RedisTelemetryStore:
 
     async def instance_infos(self) -> dict[str, InstanceInfo]:
         instance_ids = await self._instance_ids()
-        with _store_errors("read instance registrations"):
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for instance_id in instance_ids:
-                    pipe.hgetall(self.info_key(instance_id))
-                replies = await pipe.execute()
-        return {
-            instance_id: decode_fields(InstanceInfo, reply)
+
+        def queue(pipe: Any) -> None:
+            for instance_id in instance_ids:
+                pipe.hgetall(self.info_key(instance_id))
+
+        replies = await self._run("read instance registrations", queue)
+        infos = {
+            instance_id: self._info(instance_id, reply)
             for instance_id, reply in zip(instance_ids, replies, strict=True)
-            if reply
         }
+        return {instance_id: info for instance_id, info in infos.items() if info is not None}
+
+    def _points(self, key: str, raw: Any) -> list[SeriesPoint]:
+        """A stored series without the points that cannot be read (quarantined)."""
+        if is_wrong_type(raw):
+            self._note(RecordKind.SERIES, key, "not a list")
+            return []
+        points = []
+        for text in _texts(raw):
+            try:
+                points.append(_decode_point(text))
+            except CorruptTelemetryError as exc:
+                self._note(RecordKind.SERIES, key, str(exc), text)
+        return points
 
     async def series(
         self, instance_id: str, metric: Metric | str, since_s: float = 0.0
     ) -> list[SeriesPoint]:
         key = self.series_key(instance_id, parse_metric(metric))
-        with _store_errors(f"read {key}"):
-            raw = await self._redis.lrange(key, 0, -1)
-        points = [_decode_point(text) for text in _texts(raw)]
-        return [p for p in points if p.ts_s >= since_s]
+        (raw,) = await self._run(f"read {key}", lambda p: p.lrange(key, 0, -1))
+        return [p for p in self._points(key, raw) if p.ts_s >= since_s]
+
+    def _take_logged(self, entries: Iterable[tuple[str, Mapping[str, str]]]) -> None:
+        key = self.completion_log_key()
+        for entry_id, fields in entries:
+            try:
+                self._index.add(decode_completion(fields[_LOG_FIELD]))
+            except (KeyError, CorruptTelemetryError) as exc:
+                self._note(RecordKind.COMPLETION_LOG, key, str(exc), entry_id)
+
+    @staticmethod
+    def _log_position(info: Any) -> tuple[int, str]:
+        """(entries ever added, last id) of the completion log, from XINFO STREAM."""
+        if isinstance(info, ResponseError):  # "no such key": nothing logged yet
+            return 0, "0-0"
+        return int(info["entries-added"]), str(info["last-generated-id"])
+
+    async def _reload_completions(self) -> None:
+        """Mirror every stored completion (once per process, or after the log was cut)."""
+        log_key, key = self.completion_log_key(), self.completions_key()
+        with _store_errors("read completions"):
+            # One transaction: the log position is the completions' own.
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.xinfo_stream(log_key)
+                pipe.zrange(key, 0, -1)
+                replies = await pipe.execute(raise_on_error=False)
+        info, members = _raise_failures("read completions", replies)
+        if is_wrong_type(info):
+            self._note(RecordKind.COMPLETION_LOG, log_key, "not a stream")
+            info = ResponseError("no such key")
+        self._index.clear()
+        if is_wrong_type(members):
+            self._note(RecordKind.COMPLETIONS, key, "not a sorted set")
+            members = []
+        for text in _texts(members):
+            try:
+                self._index.add(decode_completion(text))
+            except CorruptTelemetryError as exc:
+                self._note(RecordKind.COMPLETIONS, key, str(exc), text)
+        self._log_added, self._log_last_id = self._log_position(info)
+
+    async def _sync_completions(self) -> None:
+        """Bring the mirror up to date: only what was logged since the last call is read."""
+        if self._log_added is None:
+            await self._reload_completions()
+            return
+        log_key = self.completion_log_key()
+        (info,) = await self._run("read the completion log", lambda p: p.xinfo_stream(log_key))
+        if is_wrong_type(info):
+            self._note(RecordKind.COMPLETION_LOG, log_key, "not a stream")
+            return  # serve what is mirrored until upkeep repairs it
+        added, _ = self._log_position(info)
+        new = added - self._log_added
+        if new < 0:  # the log was deleted or replaced: start over
+            await self._reload_completions()
+            return
+        if new == 0:
+            return
+        (entries,) = await self._run(
+            "read the completion log",
+            lambda p: p.xrange(log_key, min=f"({self._log_last_id}", max="+", count=new),
+        )
+        if is_wrong_type(entries) or len(entries) < new:
+            # Trimmed (or entries deleted) past what this process read: start over.
+            await self._reload_completions()
+            return
+        self._take_logged(entries)
+        self._log_added, self._log_last_id = added, entries[-1][0]
 
     async def window_report(
         self, instance_ids: Collection[str] | None, window_s: float, slo: SloTarget = DEFAULT_SLO
     ) -> WindowReport:
         validate_window(window_s)
+        await self._sync_completions()
         now_s = self._clock()
         ids = await self._instance_ids() if instance_ids is None else list(instance_ids)
-        with _store_errors("read aggregates"):
-            async with self._redis.pipeline(transaction=False) as pipe:
-                pipe.zrangebyscore(self.completions_key(), f"({now_s - window_s!r}", repr(now_s))
-                for instance_id in ids:
-                    pipe.lrange(self.series_key(instance_id, Metric.ENERGY_J), 0, -1)
-                    pipe.lrange(self.series_key(instance_id, Metric.SM_CLOCK_MHZ), 0, -1)
-                completions_raw, *series_raw = await pipe.execute()
 
-        def points(raw: Iterable[bytes | str]) -> list[SeriesPoint]:
-            return [_decode_point(text) for text in _texts(raw)]
+        def queue(pipe: Any) -> None:
+            for instance_id in ids:
+                pipe.lrange(self.series_key(instance_id, Metric.ENERGY_J), 0, -1)
+                pipe.lrange(self.series_key(instance_id, Metric.SM_CLOCK_MHZ), 0, -1)
 
-        return compute_window_report(
+        series_raw = await self._run("read aggregates", queue)
+
+        def points(instance_id: str, metric: Metric, raw: Any) -> list[SeriesPoint]:
+            return self._points(self.series_key(instance_id, metric), raw)
+
+        return self._index.report(
             instance_ids=ids,
             whole_cluster=instance_ids is None,
             window_s=window_s,
             now_s=now_s,
-            completions=[decode_json(Completion, text) for text in _texts(completions_raw)],
-            energy_series={i: points(series_raw[2 * n]) for n, i in enumerate(ids)},
-            clock_series={i: points(series_raw[2 * n + 1]) for n, i in enumerate(ids)},
+            energy_series={
+                i: points(i, Metric.ENERGY_J, series_raw[2 * n]) for n, i in enumerate(ids)
+            },
+            clock_series={
+                i: points(i, Metric.SM_CLOCK_MHZ, series_raw[2 * n + 1]) for n, i in enumerate(ids)
+            },
             slo=slo,
         )
 
@@ -350,22 +622,41 @@ class RedisTelemetryStore:
             return (await self.window_report(None, window_s, slo)).cluster
         return (await self.window_report([instance_id], window_s, slo)).instances[instance_id]
 
+    def seen_problem(self, text: str) -> str | None:
+        """Why a stored ``seen`` time cannot be used, or None."""
+        try:
+            seen_s = float(text)
+        except ValueError:
+            return f"not a number: {text!r}"
+        if not math.isfinite(seen_s) or seen_s < 0:
+            return f"cannot be true: {text!r}"
+        if seen_s > self._clock() + MAX_SEEN_AHEAD_S:
+            return f"{seen_s - self._clock():.0f} s ahead of the store's clock"
+        return None
+
     async def last_seen(self) -> dict[str, float]:
-        with _store_errors("read when instances were last seen"):
-            async with self._redis.pipeline(transaction=False) as pipe:
-                pipe.smembers(self.instances_key())
-                pipe.hgetall(self.seen_key())
-                members, seen = await pipe.execute()
-        registered = set(_texts(members))
+        def queue(pipe: Any) -> None:
+            pipe.smembers(self.instances_key())
+            pipe.hgetall(self.seen_key())
+
+        members, seen = await self._run("read when instances were last seen", queue)
+        if is_wrong_type(members):
+            self.valid_ids(members)
+            registered = set(await self.scan_instance_ids())
+        else:
+            registered = set(self.valid_ids(members))
+        if is_wrong_type(seen):
+            self._note(RecordKind.SEEN, self.seen_key(), "not a hash")
+            return {}
         result: dict[str, float] = {}
         for instance_id, text in seen.items():
-            if instance_id in registered:
-                try:
-                    result[instance_id] = float(text)
-                except ValueError as exc:
-                    raise CorruptTelemetryError(
-                        f"cannot decode when {instance_id!r} was last seen: {text!r}"
-                    ) from exc
+            if instance_id not in registered:
+                continue
+            problem = self.seen_problem(text)
+            if problem is None:
+                result[instance_id] = float(text)
+            else:
+                self._note(RecordKind.SEEN, self.seen_key(), problem, instance_id)
         return result
 
     async def ping(self) -> None:

@@ -20,6 +20,7 @@ from voltana.rpc.names import TELEMETRY_SERVICE
 from voltana.services.telemetry.errors import TELEMETRY_STATUS_CODES
 from voltana.services.telemetry.memory_store import MemoryTelemetryStore
 from voltana.services.telemetry.metrics import TelemetryMetrics, instrumented
+from voltana.services.telemetry.redis_repair import RedisRepair
 from voltana.services.telemetry.redis_store import RedisTelemetryStore
 from voltana.services.telemetry.redis_url import redact_redis_url
 from voltana.services.telemetry.servicer import TELEMETRY_PRIVILEGED_METHODS, TelemetryServicer
@@ -76,6 +77,13 @@ class TelemetryService(AsyncService):
             self.metrics_registry, "redis" if settings.redis_url is not None else "memory"
         )
         self._metrics_server: MetricsServer | None = None
+        # Redis is shared and outlives versions: what it holds is checked and repaired.
+        self._repair: RedisRepair | None = None
+        if isinstance(self._store, RedisTelemetryStore):
+            self._repair = RedisRepair(self._store)
+            self._store.quarantine.listen(
+                found=self._metrics.count_quarantined, repaired=self._metrics.count_repaired
+            )
         self._servicer: TelemetryServicer | None = None
         self._server: grpc.aio.Server | None = None
         self._health: health.aio.HealthServicer | None = None
@@ -144,6 +152,7 @@ class TelemetryService(AsyncService):
             on_health=self._set_health,
             interval_s=self._settings.upkeep_interval_s,
             instance_ttl_s=self._settings.instance_ttl_s,
+            heal=self._repair.heal if self._repair is not None else None,
         )
         self._upkeep_task = asyncio.create_task(self._upkeep.run(), name="telemetry-upkeep")
         try:

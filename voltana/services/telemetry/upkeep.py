@@ -6,6 +6,11 @@ An instance is alive while it registers or reports load (the store records when 
 and controllers stop seeing it; if it was only cut off, its reporter registers it again on
 the first sample telemetry rejects. Silence is only counted while the store works: after a
 store outage every instance gets a full TTL to report again before it can expire.
+
+With a ``heal`` step (the Redis store's repair, redis_repair.py) each check also reads every
+kind of record back and repairs or drops the bad ones; the store counts as working only when
+that read succeeds, so health is NOT_SERVING while telemetry cannot read its store, not only
+while Redis refuses a PING.
 """
 
 from __future__ import annotations
@@ -24,6 +29,8 @@ _LOG = logging.getLogger(__name__)
 HealthListener = Callable[[bool], Awaitable[None]]
 # Unregisters one instance; True when it was registered.
 Forget = Callable[[str], Awaitable[bool]]
+# Reads every kind of record back and repairs the bad ones; how many it repaired.
+Heal = Callable[[], Awaitable[int]]
 
 
 class TelemetryUpkeep:
@@ -35,9 +42,12 @@ class TelemetryUpkeep:
         on_health: HealthListener,
         interval_s: float,
         instance_ttl_s: float,
+        heal: Heal | None = None,
     ) -> None:
         self._store = store
         self._forget = forget
+        self._heal = heal
+        self.repaired = 0
         self._on_health = on_health
         self._interval_s = interval_s
         self._instance_ttl_s = instance_ttl_s
@@ -67,6 +77,8 @@ class TelemetryUpkeep:
     async def check_once(self) -> None:
         try:
             await self._store.ping()
+            if self._heal is not None:
+                self.repaired += await self._heal()
         except TelemetryError as error:
             await self._set_healthy(False, str(error))
             return

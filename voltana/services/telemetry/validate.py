@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import Any
 
 from voltana.policy.state import InstanceState, SloTarget, optional_state_fields
 from voltana.rpc.limits import check_address, check_id, check_name, check_text, slo_target_problem
@@ -56,7 +57,8 @@ def drop_impossible_measurements(state: InstanceState) -> tuple[InstanceState, t
     }
     if not problems:
         return state, ()
-    return dataclasses.replace(state, **dict.fromkeys(problems)), tuple(problems.values())
+    unknown: dict[str, Any] = dict.fromkeys(problems)
+    return dataclasses.replace(state, **unknown), tuple(problems.values())
 
 
 def validate_instance_state(state: InstanceState) -> None:
