@@ -215,6 +215,13 @@ def _add_telemetry(
         help="unregister instances that neither register nor report load this long; "
         "0 = never (default: %(default)s)",
     )
+    parser.add_argument(
+        "--aggregates-rate",
+        type=non_negative_float,
+        default=20.0,
+        help="GetAggregates calls a second each client host may make (40 at once); "
+        "0 = unlimited (default: %(default)s)",
+    )
     add_slo_args(parser)
     _metrics_args(parser, TELEMETRY_METRICS_PORT)
     parser.set_defaults(handler=run, build=_build_telemetry, service_name="voltana-telemetry")
@@ -232,6 +239,7 @@ def _build_telemetry(args: argparse.Namespace) -> Service:
             redis_key_prefix=args.redis_key_prefix,
             window_s=args.window_s,
             instance_ttl_s=args.instance_ttl_s,
+            aggregates_rate_per_s=args.aggregates_rate,
             slo=slo_from_args(args),
             metrics_listen_address=metrics_address(args),
             security=security_from_args(args),

@@ -85,7 +85,7 @@ def _split(address: str) -> tuple[str, int | None]:
     return host.strip("[]"), int(port) if port.isdigit() else None
 
 
-def _peer_host(peer: str) -> str | None:
+def peer_host(peer: str) -> str | None:
     """The host of a gRPC peer string such as ``ipv4:127.0.0.1:57284`` or ``ipv6:[::1]:1``."""
     if not peer or peer.startswith("unix:"):
         return None
@@ -112,7 +112,7 @@ class _ServerSpanEnricher(grpc.aio.ServerInterceptor):
         span.set_attribute("server.address", self._host)
         if self._port is not None:
             span.set_attribute("server.port", self._port)
-        client = _peer_host(context.peer())
+        client = peer_host(context.peer())
         if client is not None:
             span.set_attribute("client.address", client)
 

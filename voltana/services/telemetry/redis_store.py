@@ -28,6 +28,7 @@ not decode, does not validate or has the wrong Redis type is skipped and noted i
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import math
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
@@ -165,6 +166,7 @@ class RedisTelemetryStore:
         self._index = CompletionIndex(completions_cap)
         self._log_added: int | None = None
         self._log_last_id = "0-0"
+        self._sync_lock = asyncio.Lock()
 
     @classmethod
     def from_url(
@@ -245,8 +247,8 @@ class RedisTelemetryStore:
         return list(self._index.finished_between(-math.inf, math.inf))
 
     def forget_completions(self) -> None:
-        """Reload the completions from the store at the next aggregate (their keys changed)."""
-        self._index.clear()
+        """Reload the completions from the store at the next aggregate (their keys changed;
+        until then a report in progress keeps the mirror it has)."""
         self._log_added = None
 
     def _queue_points(
@@ -557,6 +559,10 @@ class RedisTelemetryStore:
 
     async def _sync_completions(self) -> None:
         """Bring the mirror up to date: only what was logged since the last call is read."""
+        async with self._sync_lock:  # concurrent aggregates read the log once
+            await self._sync_completions_now()
+
+    async def _sync_completions_now(self) -> None:
         if self._log_added is None:
             await self._reload_completions()
             return

@@ -12,7 +12,8 @@ stream (INVALID_ARGUMENT; the samples before it stay stored).
 Every write (registration and all reports) is privileged (TELEMETRY_PRIVILEGED_METHODS: the
 control-plane token is checked by voltana.rpc before a handler runs): policies steer on this
 state, so a stranger must not be able to register an engine (and receive prompts), drop one,
-or feed made-up load. Reads stay open.
+or feed made-up load. Reads stay open; GetAggregates, whose cost grows with the cluster, is
+rate-limited per caller host (``aggregates_rate_per_s``; RESOURCE_EXHAUSTED beyond).
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ import grpc.aio
 
 from voltana.rpc.limits import MAX_TEXT_CHARS, check_address, check_id, check_ids
 from voltana.rpc.names import TELEMETRY_SERVICE, method_names
+from voltana.rpc.rate_limit import CallRateLimiter
+from voltana.rpc.tracing import peer_host
 from voltana.services.telemetry.arrivals import ArrivalRates
 from voltana.services.telemetry.convert import (
     completion_from_proto,
@@ -39,6 +42,7 @@ from voltana.services.telemetry.convert import (
 )
 from voltana.services.telemetry.errors import (
     InvalidTelemetryError,
+    RateLimitedError,
     TooManyInstancesError,
     UnknownInstanceError,
 )
@@ -134,6 +138,11 @@ class TelemetryServicer(telemetry_pb2_grpc.TelemetryServiceServicer):
         self._last_gpu_s: dict[str, float] = {}
         self._gpu_groups = GpuGroups()
         self._closing = asyncio.Event()
+        self._aggregates_limit = (
+            CallRateLimiter(settings.aggregates_rate_per_s, settings.aggregates_burst)
+            if settings.aggregates_rate_per_s > 0
+            else None
+        )
 
     def close(self) -> None:
         """End every watch stream (so the server can stop without waiting for them)."""
@@ -412,6 +421,14 @@ class TelemetryServicer(telemetry_pb2_grpc.TelemetryServiceServicer):
     async def GetAggregates(
         self, request: telemetry_pb2.GetAggregatesRequest, context: Context
     ) -> telemetry_pb2.GetAggregatesResponse:
+        limit = self._aggregates_limit
+        if limit is not None:
+            wait_s = limit.take(peer_host(context.peer()) or context.peer())
+            if wait_s > 0:
+                raise RateLimitedError(
+                    f"GetAggregates is limited to {limit.rate_per_s:g} calls a second per "
+                    f"client (burst {limit.burst}); retry in {wait_s:.2f} s"
+                )
         window_s = request.window_s or self._settings.window_s
         validate_window(window_s)
         check_ids(request.instance_ids, "instance_ids", error=InvalidTelemetryError)

@@ -57,11 +57,22 @@ class TelemetrySettings:
     # Samples and completions stamped further than this ahead of telemetry's clock are
     # refused (a clock in the future would make every later sample look late).
     max_future_skew_s: float = 10.0
+    # GetAggregates calls a second each caller host may make (and at once: burst). Reads are
+    # open (docs/security.md), so this bounds what one stranger can make telemetry compute;
+    # 0 = unlimited.
+    aggregates_rate_per_s: float = 20.0
+    aggregates_burst: int = 40
     # Control-plane token (registration and reports need it) and TLS; voltana.rpc.security.
     security: RpcSecurity = field(default_factory=RpcSecurity)
 
     def __post_init__(self) -> None:
-        for name in ("series_cap", "completions_cap", "watch_min_interval_ms", "max_instances"):
+        for name in (
+            "series_cap",
+            "completions_cap",
+            "watch_min_interval_ms",
+            "max_instances",
+            "aggregates_burst",
+        ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"telemetry {name} must be >= 1, got {getattr(self, name)}")
         if self.watch_default_interval_ms < self.watch_min_interval_ms:
@@ -83,6 +94,7 @@ class TelemetrySettings:
             "shutdown_grace_s",
             "instance_ttl_s",
             "max_future_skew_s",
+            "aggregates_rate_per_s",
         ):
             value = getattr(self, name)
             if not math.isfinite(value) or value < 0:
