@@ -86,11 +86,14 @@ class SlidingWindow:
         self.now_s = now_s
 
     def _rebuild(self, now_s: float) -> None:
-        self.included.clear()
-        self.cluster = RequestTotals(self.slo)
-        self.instances.clear()
-        for completion in self._index.finished_between(now_s - self.window_s, now_s):
-            self._add(completion)
+        completions = self._index.finished_between(now_s - self.window_s, now_s)
+        by_instance: dict[str, list[Completion]] = {}
+        for completion in completions:
+            for instance_id in completion.instance_ids:
+                by_instance.setdefault(instance_id, []).append(completion)
+        self.included = set(completions)
+        self.cluster = RequestTotals.of(completions, self.slo)
+        self.instances = {i: RequestTotals.of(c, self.slo) for i, c in by_instance.items()}
         self.now_s = now_s
 
     def totals_of(self, instance_ids: Collection[str]) -> RequestTotals:

@@ -84,6 +84,11 @@ DEFAULT_KEY_PREFIX = "voltana:"
 MAX_SEEN_AHEAD_S = 300.0
 # Stream field of a completion in the completion log.
 _LOG_FIELD = "c"
+# Completions decoded between two yields to the event loop.
+_DECODE_BATCH = 1000
+# More new completion-log entries than this are caught up by reloading the sorted set (one
+# flat reply) instead of reading the log (a nested reply per entry).
+_RELOAD_BEYOND = 5000
 
 T = TypeVar("T")
 
@@ -518,13 +523,21 @@ class RedisTelemetryStore:
         (raw,) = await self._run(f"read {key}", lambda p: p.lrange(key, 0, -1))
         return [p for p in self._points(key, raw) if p.ts_s >= since_s]
 
-    def _take_logged(self, entries: Iterable[tuple[str, Mapping[str, str]]]) -> None:
-        key = self.completion_log_key()
-        for entry_id, fields in entries:
+    async def _decoded(
+        self, kind: RecordKind, key: str, items: Iterable[tuple[str, str]]
+    ) -> list[Completion]:
+        """The (member, JSON text) pairs that decode and validate, the others quarantined.
+        Yields to the event loop now and then: a reload decodes up to the completions cap,
+        and snapshots must not wait for it."""
+        completions = []
+        for count, (member, text) in enumerate(items, 1):
             try:
-                self._index.add(decode_completion(fields[_LOG_FIELD]))
-            except (KeyError, CorruptTelemetryError) as exc:
-                self._note(RecordKind.COMPLETION_LOG, key, str(exc), entry_id)
+                completions.append(decode_completion(text))
+            except CorruptTelemetryError as exc:
+                self._note(kind, key, str(exc), member)
+            if count % _DECODE_BATCH == 0:
+                await asyncio.sleep(0)
+        return completions
 
     @staticmethod
     def _log_position(info: Any) -> tuple[int, str]:
@@ -546,16 +559,21 @@ class RedisTelemetryStore:
         if is_wrong_type(info):
             self._note(RecordKind.COMPLETION_LOG, log_key, "not a stream")
             info = ResponseError("no such key")
-        self._index.clear()
         if is_wrong_type(members):
             self._note(RecordKind.COMPLETIONS, key, "not a sorted set")
             members = []
-        for text in _texts(members):
-            try:
-                self._index.add(decode_completion(text))
-            except CorruptTelemetryError as exc:
-                self._note(RecordKind.COMPLETIONS, key, str(exc), text)
+        texts = _texts(members)
+        fresh = CompletionIndex(self._completions_cap)
+        fresh.add_all(
+            await self._decoded(RecordKind.COMPLETIONS, key, ((text, text) for text in texts))
+        )
+        self._index = fresh
         self._log_added, self._log_last_id = self._log_position(info)
+
+    async def warm_up(self) -> None:
+        """Mirror the completions now (telemetry does at start, so its first aggregate does
+        not pay for it)."""
+        await self._sync_completions()
 
     async def _sync_completions(self) -> None:
         """Bring the mirror up to date: only what was logged since the last call is read."""
@@ -578,6 +596,9 @@ class RedisTelemetryStore:
             return
         if new == 0:
             return
+        if new > _RELOAD_BEYOND:  # a long backlog: the sorted set is the cheaper read
+            await self._reload_completions()
+            return
         (entries,) = await self._run(
             "read the completion log",
             lambda p: p.xrange(log_key, min=f"({self._log_last_id}", max="+", count=new),
@@ -586,7 +607,8 @@ class RedisTelemetryStore:
             # Trimmed (or entries deleted) past what this process read: start over.
             await self._reload_completions()
             return
-        self._take_logged(entries)
+        logged = ((entry_id, fields.get(_LOG_FIELD, "")) for entry_id, fields in entries)
+        self._index.add_all(await self._decoded(RecordKind.COMPLETION_LOG, log_key, logged))
         self._log_added, self._log_last_id = added, entries[-1][0]
 
     async def window_report(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import bisect
 from collections import Counter
+from collections.abc import Iterable
 
 from voltana.policy.state import SloTarget
 from voltana.services.telemetry.records import Completion
@@ -27,11 +28,13 @@ def meets_itl(completion: Completion, default_slo: SloTarget) -> bool:
     return completion.ok and (itl_ms is None or itl_ms <= slo.itl_ms)
 
 
-def _insort_or_remove(values: list[float], value: float, sign: int) -> None:
-    if sign > 0:
+def _insort_or_remove(values: list[float], value: float, sign: int, keep_sorted: bool) -> None:
+    if sign < 0:
+        del values[bisect.bisect_left(values, value)]
+    elif keep_sorted:
         bisect.insort(values, value)
     else:
-        del values[bisect.bisect_left(values, value)]
+        values.append(value)
 
 
 class RequestTotals:
@@ -54,10 +57,13 @@ class RequestTotals:
         self.requests_with_energy = 0
 
     @classmethod
-    def of(cls, completions: list[Completion], slo: SloTarget) -> RequestTotals:
+    def of(cls, completions: Iterable[Completion], slo: SloTarget) -> RequestTotals:
+        """The totals of ``completions`` (latencies sorted once, not inserted one by one)."""
         totals = cls(slo)
         for completion in completions:
-            totals.add(completion)
+            totals._count(completion, 1, sorted_latencies=False)
+        totals.ttfts_ms.sort()
+        totals.itls_ms.sort()
         return totals
 
     def add(self, completion: Completion) -> None:
@@ -67,7 +73,7 @@ class RequestTotals:
         """Take out a completion that was added (and not taken out since)."""
         self._count(completion, -1)
 
-    def _count(self, completion: Completion, sign: int) -> None:
+    def _count(self, completion: Completion, sign: int, *, sorted_latencies: bool = True) -> None:
         self.finished += sign
         self.output_tokens += sign * completion.output_tokens
         ttft_met = meets_ttft(completion, self.slo)
@@ -77,9 +83,9 @@ class RequestTotals:
         self.both_met += sign * (ttft_met and itl_met)
         if completion.ok:
             if completion.ttft_ms is not None:
-                _insort_or_remove(self.ttfts_ms, completion.ttft_ms, sign)
+                _insort_or_remove(self.ttfts_ms, completion.ttft_ms, sign, sorted_latencies)
             if completion.mean_itl_ms is not None:
-                _insort_or_remove(self.itls_ms, completion.mean_itl_ms, sign)
+                _insort_or_remove(self.itls_ms, completion.mean_itl_ms, sign, sorted_latencies)
         else:
             self.failed += sign
             self.failed_by_status[completion.status_name] += sign

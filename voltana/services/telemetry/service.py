@@ -17,7 +17,7 @@ from voltana.lifecycle import AsyncService, cancel_and_wait
 from voltana.observability.prometheus import MetricsServer, start_metrics_server
 from voltana.rpc import dialable_address, set_serving, start_grpc_server, stop_grpc_server
 from voltana.rpc.names import TELEMETRY_SERVICE
-from voltana.services.telemetry.errors import TELEMETRY_STATUS_CODES
+from voltana.services.telemetry.errors import TELEMETRY_STATUS_CODES, TelemetryError
 from voltana.services.telemetry.memory_store import MemoryTelemetryStore
 from voltana.services.telemetry.metrics import TelemetryMetrics, instrumented
 from voltana.services.telemetry.redis_repair import RedisRepair
@@ -89,6 +89,7 @@ class TelemetryService(AsyncService):
         self._health: health.aio.HealthServicer | None = None
         self._upkeep: TelemetryUpkeep | None = None
         self._upkeep_task: asyncio.Task[None] | None = None
+        self._warm_up_task: asyncio.Task[None] | None = None
         self._port: int | None = None
         self._stopped = False
 
@@ -155,6 +156,10 @@ class TelemetryService(AsyncService):
             heal=self._repair.heal if self._repair is not None else None,
         )
         self._upkeep_task = asyncio.create_task(self._upkeep.run(), name="telemetry-upkeep")
+        if isinstance(self._store, RedisTelemetryStore):
+            self._warm_up_task = asyncio.create_task(
+                self._warm_up(self._store), name="telemetry-warm-up"
+            )
         try:
             self._metrics_server = await start_metrics_server(
                 self.metrics_registry, self._settings.metrics_listen_address
@@ -169,6 +174,17 @@ class TelemetryService(AsyncService):
             f"redis at {redact_redis_url(redis_url)}" if redis_url else "in memory",
         )
 
+    @staticmethod
+    async def _warm_up(store: RedisTelemetryStore) -> None:
+        """Mirror the stored completions in the background (the first GetAggregates would
+        otherwise read them all); a failure only leaves that to the first call."""
+        try:
+            await store.warm_up()
+        except TelemetryError as error:
+            _LOG.warning(
+                "could not read the completions at start (%s); the first GetAggregates will", error
+            )
+
     async def _set_health(self, serving: bool) -> None:
         if self._health is not None:
             await set_serving(self._health, [TELEMETRY_SERVICE], serving)
@@ -176,6 +192,9 @@ class TelemetryService(AsyncService):
     async def stop(self) -> None:
         """Stop serving (watch streams end at once); close the store if this service built it."""
         self._stopped = True
+        warm_up, self._warm_up_task = self._warm_up_task, None
+        if warm_up is not None:
+            await cancel_and_wait([warm_up])
         task, self._upkeep_task = self._upkeep_task, None
         if task is not None:
             assert self._upkeep is not None
