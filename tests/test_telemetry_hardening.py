@@ -4,6 +4,8 @@ cannot read, and a caller asking for aggregates too often."""
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -191,6 +193,27 @@ async def test_health_follows_whether_the_store_can_be_read(
             await wait_for_health(service.address, SERVING)
     finally:
         await admin.aclose()
+
+
+async def test_health_is_not_serving_while_the_store_hangs(
+    start_redis_server: Callable[..., Any],
+) -> None:
+    """A stopped Redis (SIGSTOP) answers nothing, not even an error: the check's deadline
+    turns health NOT_SERVING; SERVING again once it runs."""
+    server = start_redis_server()
+    admin = aioredis.Redis.from_url(server.url, decode_responses=True)
+    pid = int((await admin.info("server"))["process_id"])
+    await admin.aclose()
+    settings = _settings(server.url, store_check_timeout_s=0.5)
+    try:
+        async with TelemetryService(settings) as service:
+            await wait_for_health(service.address, SERVING)
+            os.kill(pid, signal.SIGSTOP)
+            await wait_for_health(service.address, NOT_SERVING)
+            os.kill(pid, signal.SIGCONT)
+            await wait_for_health(service.address, SERVING)
+    finally:
+        os.kill(pid, signal.SIGCONT)
 
 
 async def wait_for_health(address: str, status: int, timeout_s: float = 15.0) -> None:

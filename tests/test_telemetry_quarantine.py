@@ -4,6 +4,7 @@ Real redis-server."""
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -284,3 +285,23 @@ async def test_a_store_it_cannot_read_fails_the_heal(store: RedisTelemetryStore)
             await RedisRepair(dead).heal()
     finally:
         await dead.close()
+
+
+async def test_a_reload_reads_every_completion_page_by_page(
+    store: RedisTelemetryStore, clock: FakeClock
+) -> None:
+    """Pages of 3 over completions sharing finish times across page boundaries: a fresh
+    process mirrors each one once."""
+    finish_times = [990.0, 990.0, 990.0, 990.0, 991.0, 992.0, 992.0, 993.0, 993.0, 993.0, 994.0]
+    for n, finished_at_s in enumerate(finish_times):
+        await store.record_completion(
+            dataclasses.replace(_completion(f"r{n}", "p0", "d0"), finished_at_s=finished_at_s)
+        )
+    fresh = RedisTelemetryStore(
+        store.redis, clock=clock, key_prefix=store.key_prefix, reload_page=3
+    )
+    report = await fresh.window_report(None, 60.0)
+    assert report.cluster.finished == len(finish_times)
+    assert sorted(c.request_id for c in fresh.mirrored_completions()) == sorted(
+        f"r{n}" for n in range(len(finish_times))
+    )

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import math
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from typing import Any, TypeVar
@@ -89,6 +90,8 @@ _DECODE_BATCH = 1000
 # More new completion-log entries than this are caught up by reloading the sorted set (one
 # flat reply) instead of reading the log (a nested reply per entry).
 _RELOAD_BEYOND = 5000
+# Completions read per page of a reload (each page one short command).
+RELOAD_PAGE = 5000
 
 T = TypeVar("T")
 
@@ -136,6 +139,11 @@ def _raise_failures(action: str, replies: list[Any]) -> list[Any]:
     return replies
 
 
+def zip_same(texts: Iterable[str]) -> Iterator[tuple[str, str]]:
+    """Each text as (member, text): a sorted-set member is its own JSON."""
+    return ((text, text) for text in texts)
+
+
 def decode_completion(text: str) -> Completion:
     """A stored completion, checked as ReportCompletion checks it (CorruptTelemetryError)."""
     completion = decode_json(Completion, text)
@@ -156,8 +164,10 @@ class RedisTelemetryStore:
         series_cap: int = DEFAULT_SERIES_CAP,
         completions_cap: int = DEFAULT_COMPLETIONS_CAP,
         owns_client: bool = False,
+        reload_page: int = RELOAD_PAGE,
     ) -> None:
-        """``client`` must decode responses to ``str`` (``decode_responses=True``)."""
+        """``client`` must decode responses to ``str`` (``decode_responses=True``);
+        ``reload_page``: completions read per command when they are all read again."""
         self._redis = client
         self._clock = clock
         self._prefix = key_prefix
@@ -172,6 +182,7 @@ class RedisTelemetryStore:
         self._log_added: int | None = None
         self._log_last_id = "0-0"
         self._sync_lock = asyncio.Lock()
+        self._reload_page = reload_page
 
     @classmethod
     def from_url(
@@ -546,27 +557,46 @@ class RedisTelemetryStore:
             return 0, "0-0"
         return int(info["entries-added"]), str(info["last-generated-id"])
 
+    def _queue_page(self, low_s: float, skip: int, pipe: Any) -> None:
+        """Completions scored ``low_s`` or more, after the first ``skip`` of them."""
+        pipe.zrangebyscore(
+            self.completions_key(),
+            low_s,
+            "+inf",
+            start=skip,
+            num=self._reload_page,
+            withscores=True,
+        )
+
     async def _reload_completions(self) -> None:
-        """Mirror every stored completion (once per process, or after the log was cut)."""
+        """Mirror every stored completion (once per process, or after the log was cut).
+
+        The log position is read first, then the sorted set page by page (by score, so pages
+        stay right while completions are added or trimmed meanwhile): what was recorded after
+        the position is read again from the log at the next sync, and counted once.
+        """
         log_key, key = self.completion_log_key(), self.completions_key()
-        with _store_errors("read completions"):
-            # One transaction: the log position is the completions' own.
-            async with self._redis.pipeline(transaction=True) as pipe:
-                pipe.xinfo_stream(log_key)
-                pipe.zrange(key, 0, -1)
-                replies = await pipe.execute(raise_on_error=False)
-        info, members = _raise_failures("read completions", replies)
+        (info,) = await self._run("read the completion log", lambda p: p.xinfo_stream(log_key))
         if is_wrong_type(info):
             self._note(RecordKind.COMPLETION_LOG, log_key, "not a stream")
             info = ResponseError("no such key")
-        if is_wrong_type(members):
-            self._note(RecordKind.COMPLETIONS, key, "not a sorted set")
-            members = []
-        texts = _texts(members)
         fresh = CompletionIndex(self._completions_cap)
-        fresh.add_all(
-            await self._decoded(RecordKind.COMPLETIONS, key, ((text, text) for text in texts))
-        )
+        low_s, taken_at_low = -math.inf, 0
+        while True:
+            (page,) = await self._run(
+                "read completions", functools.partial(self._queue_page, low_s, taken_at_low)
+            )
+            if is_wrong_type(page):
+                self._note(RecordKind.COMPLETIONS, key, "not a sorted set")
+                break
+            texts = [str(member) for member, _ in page]
+            fresh.add_all(await self._decoded(RecordKind.COMPLETIONS, key, zip_same(texts)))
+            if len(page) < self._reload_page:
+                break
+            last_s = float(page[-1][1])
+            at_last = sum(1 for _, score in page if float(score) == last_s)
+            taken_at_low = taken_at_low + at_last if last_s == low_s else at_last
+            low_s = last_s
         self._index = fresh
         self._log_added, self._log_last_id = self._log_position(info)
 

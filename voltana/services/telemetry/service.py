@@ -154,6 +154,7 @@ class TelemetryService(AsyncService):
             interval_s=self._settings.upkeep_interval_s,
             instance_ttl_s=self._settings.instance_ttl_s,
             heal=self._repair.heal if self._repair is not None else None,
+            check_timeout_s=self._settings.store_check_timeout_s,
         )
         self._upkeep_task = asyncio.create_task(self._upkeep.run(), name="telemetry-upkeep")
         if isinstance(self._store, RedisTelemetryStore):

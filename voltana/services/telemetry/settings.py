@@ -48,6 +48,9 @@ class TelemetrySettings:
     # How often the store is pinged (health NOT_SERVING while it fails) and silent instances
     # are looked for.
     upkeep_interval_s: float = 1.0
+    # A store check (PING, then reading every kind of record back) slower than this counts as
+    # a failed one: a Redis that hangs turns health NOT_SERVING too.
+    store_check_timeout_s: float = 5.0
     shutdown_grace_s: float = 1.0
     # Prometheus /metrics ("host:port", port 0 = any free); None = not served.
     metrics_listen_address: str | None = None
@@ -85,6 +88,7 @@ class TelemetrySettings:
             "arrival_rate_window_s",
             "watch_idle_resend_s",
             "upkeep_interval_s",
+            "store_check_timeout_s",
         ):
             value = getattr(self, name)
             if not math.isfinite(value) or value <= 0:
