@@ -181,6 +181,8 @@ class RedisTelemetryStore:
         self._index = CompletionIndex(completions_cap)
         self._log_added: int | None = None
         self._log_last_id = "0-0"
+        # Set by ``forget_completions`` (the upkeep, maybe while a sync is under way).
+        self._reload_wanted = False
         self._sync_lock = asyncio.Lock()
         self._reload_page = reload_page
 
@@ -265,7 +267,7 @@ class RedisTelemetryStore:
     def forget_completions(self) -> None:
         """Reload the completions from the store at the next aggregate (their keys changed;
         until then a report in progress keeps the mirror it has)."""
-        self._log_added = None
+        self._reload_wanted = True
 
     def _queue_points(
         self, pipe: Any, instance_id: str, ts_s: float, values: dict[Metric, float]
@@ -555,7 +557,9 @@ class RedisTelemetryStore:
         """(entries ever added, last id) of the completion log, from XINFO STREAM."""
         if isinstance(info, ResponseError):  # "no such key": nothing logged yet
             return 0, "0-0"
-        return int(info["entries-added"]), str(info["last-generated-id"])
+        # Redis 6 has no entries-added: the length serves while nothing was trimmed.
+        added = info.get("entries-added", info.get("length", 0))
+        return int(added), str(info["last-generated-id"])
 
     def _queue_page(self, low_s: float, skip: int, pipe: Any) -> None:
         """Completions scored ``low_s`` or more, after the first ``skip`` of them."""
@@ -611,7 +615,9 @@ class RedisTelemetryStore:
             await self._sync_completions_now()
 
     async def _sync_completions_now(self) -> None:
-        if self._log_added is None:
+        known = self._log_added
+        if known is None or self._reload_wanted:
+            self._reload_wanted = False  # a forget while reloading asks for another one
             await self._reload_completions()
             return
         log_key = self.completion_log_key()
@@ -620,7 +626,7 @@ class RedisTelemetryStore:
             self._note(RecordKind.COMPLETION_LOG, log_key, "not a stream")
             return  # serve what is mirrored until upkeep repairs it
         added, _ = self._log_position(info)
-        new = added - self._log_added
+        new = added - known
         if new < 0:  # the log was deleted or replaced: start over
             await self._reload_completions()
             return
