@@ -194,6 +194,7 @@ class Deployment:
             *voltana, "router", "--listen", self.router_address,
             "--telemetry", self.telemetry_address, "--policy", LOW_CLOCK_POLICY,
             "--gpu", GPU_KEY, "--drain-s", str(drain_s), *metrics,
+            "--http-port", "0",  # the fixed default (8000) may be taken on a shared host
         ])
         # fmt: on
 

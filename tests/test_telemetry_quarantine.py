@@ -305,3 +305,21 @@ async def test_a_reload_reads_every_completion_page_by_page(
     assert sorted(c.request_id for c in fresh.mirrored_completions()) == sorted(
         f"r{n}" for n in range(len(finish_times))
     )
+
+
+async def test_a_member_whose_key_changed_type_does_not_fail_the_heal(
+    store: RedisTelemetryStore, raw: aioredis.Redis
+) -> None:
+    """A bad seen time is found, then (before the heal) the whole hash is replaced by a string:
+    the heal repairs the key and does not fail (health would turn NOT_SERVING)."""
+    await _populate(store)
+    await raw.hset(store.seen_key(), "d1", "garbage")
+    await store.last_seen()
+    await raw.delete(store.seen_key())
+    await raw.set(store.seen_key(), "x")
+    repair = RedisRepair(store)
+    await repair.heal()
+    await repair.heal()
+    assert await raw.type(store.seen_key()) == "hash"
+    assert store.quarantine.pending() == []
+    assert {"p0", "d0", "p1", "d1"} <= (await store.last_seen()).keys()

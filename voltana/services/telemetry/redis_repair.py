@@ -89,6 +89,13 @@ class RedisRepair:
         for record in self._store.quarantine.pending():
             try:
                 await self._repair(record)
+            except ResponseError as exc:
+                if not is_wrong_type(exc):
+                    raise TelemetryStoreError(
+                        f"redis failed to repair {record.key}: {exc}"
+                    ) from exc
+                # The key changed type since (a member's key): the type check quarantines the
+                # key itself, and its repair covers the member.
             except RedisError as exc:
                 raise TelemetryStoreError(f"redis failed to repair {record.key}: {exc}") from exc
             self._store.quarantine.resolved(record)
