@@ -33,11 +33,8 @@ from voltana.services.telemetry.codec import encode_json
 from voltana.services.telemetry.errors import CorruptTelemetryError, TelemetryStoreError
 from voltana.services.telemetry.quarantine import BadRecord, RecordKind
 from voltana.services.telemetry.records import GpuReading, InstanceInfo
-from voltana.services.telemetry.redis_store import (
-    RedisTelemetryStore,
-    decode_completion,
-    is_wrong_type,
-)
+from voltana.services.telemetry.redis_io import decode_completion, is_wrong_type
+from voltana.services.telemetry.redis_store import RedisTelemetryStore
 from voltana.services.telemetry.validate import (
     validate_gpu_sample,
     validate_instance_info,

@@ -28,24 +28,18 @@ not decode, does not validate or has the wrong Redis type is skipped and noted i
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import functools
 import math
-from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError, ResponseError
 
 from voltana.policy.state import InstanceState, SloTarget
 from voltana.rpc.limits import check_id
-from voltana.services.telemetry.codec import decode_fields, decode_json, encode_fields, encode_json
-from voltana.services.telemetry.completion_index import CompletionIndex
+from voltana.services.telemetry.codec import decode_fields, encode_fields, encode_json
 from voltana.services.telemetry.errors import (
     CorruptTelemetryError,
     InvalidTelemetryError,
-    TelemetryStoreError,
 )
 from voltana.services.telemetry.merge import (
     gpu_metric_values,
@@ -62,6 +56,14 @@ from voltana.services.telemetry.records import (
     Metric,
     SeriesPoint,
     WindowReport,
+)
+from voltana.services.telemetry.redis_completions import LOG_FIELD, RELOAD_PAGE, CompletionMirror
+from voltana.services.telemetry.redis_io import (
+    is_wrong_type,
+    raise_failures,
+    run_pipeline,
+    store_errors,
+    texts,
 )
 from voltana.services.telemetry.store import (
     DEFAULT_COMPLETIONS_CAP,
@@ -83,30 +85,7 @@ DEFAULT_KEY_PREFIX = "voltana:"
 # A ``seen`` time further ahead of the store's clock than this was not written by a store
 # (they stamp their own clock): it would keep a silent instance from ever expiring.
 MAX_SEEN_AHEAD_S = 300.0
-# Stream field of a completion in the completion log.
-_LOG_FIELD = "c"
-# Completions decoded between two yields to the event loop.
-_DECODE_BATCH = 1000
-# More new completion-log entries than this are caught up by reloading the sorted set (one
-# flat reply) instead of reading the log (a nested reply per entry).
-_RELOAD_BEYOND = 5000
-# Completions read per page of a reload (each page one short command).
-RELOAD_PAGE = 5000
-
 T = TypeVar("T")
-
-
-@contextlib.contextmanager
-def _store_errors(action: str) -> Iterator[None]:
-    try:
-        yield
-    except RedisError as exc:
-        raise TelemetryStoreError(f"redis failed to {action}: {exc}") from exc
-
-
-def _texts(replies: Iterable[bytes | str]) -> list[str]:
-    # The client decodes replies (decode_responses=True); this only satisfies the types.
-    return [r.decode() if isinstance(r, bytes) else r for r in replies]
 
 
 def _decode_point(text: str) -> SeriesPoint:
@@ -118,40 +97,6 @@ def _decode_point(text: str) -> SeriesPoint:
     if not (math.isfinite(point.ts_s) and math.isfinite(point.value)) or point.ts_s < 0:
         raise CorruptTelemetryError(f"stored series point {text!r} cannot be true")
     return point
-
-
-def is_wrong_type(reply: object) -> bool:
-    """A reply saying the key holds another Redis type than the command works on."""
-    return isinstance(reply, ResponseError) and str(reply).startswith("WRONGTYPE")
-
-
-def _is_missing(reply: object) -> bool:
-    """XINFO STREAM's answer for a stream that does not exist (yet)."""
-    return isinstance(reply, ResponseError) and "no such key" in str(reply)
-
-
-def _raise_failures(action: str, replies: list[Any]) -> list[Any]:
-    """Pipeline replies (run with ``raise_on_error=False``); any error but a wrong key type
-    (which the caller quarantines) or a missing stream means the store cannot be used now."""
-    for reply in replies:
-        if isinstance(reply, RedisError) and not (is_wrong_type(reply) or _is_missing(reply)):
-            raise TelemetryStoreError(f"redis failed to {action}: {reply}")
-    return replies
-
-
-def zip_same(texts: Iterable[str]) -> Iterator[tuple[str, str]]:
-    """Each text as (member, text): a sorted-set member is its own JSON."""
-    return ((text, text) for text in texts)
-
-
-def decode_completion(text: str) -> Completion:
-    """A stored completion, checked as ReportCompletion checks it (CorruptTelemetryError)."""
-    completion = decode_json(Completion, text)
-    try:
-        validate_completion(completion)
-    except InvalidTelemetryError as exc:
-        raise CorruptTelemetryError(f"stored completion cannot be true: {exc}") from exc
-    return completion
 
 
 class RedisTelemetryStore:
@@ -176,15 +121,14 @@ class RedisTelemetryStore:
         self._owns_client = owns_client
         self._changes = ChangeNotifier()
         self.quarantine = Quarantine()
-        # Every completion of the store, mirrored from the completion log (None = not loaded;
-        # ``_log_added`` is the log's entries-added count the mirror is up to date with).
-        self._index = CompletionIndex(completions_cap)
-        self._log_added: int | None = None
-        self._log_last_id = "0-0"
-        # Set by ``forget_completions`` (the upkeep, maybe while a sync is under way).
-        self._reload_wanted = False
-        self._sync_lock = asyncio.Lock()
-        self._reload_page = reload_page
+        self._completions = CompletionMirror(
+            client,
+            completions_key=self.completions_key(),
+            log_key=self.completion_log_key(),
+            cap=completions_cap,
+            quarantine=self.quarantine,
+            reload_page=reload_page,
+        )
 
     @classmethod
     def from_url(
@@ -262,12 +206,11 @@ class RedisTelemetryStore:
 
     def mirrored_completions(self) -> list[Completion]:
         """The completions as this process last read them (empty until it read them)."""
-        return list(self._index.finished_between(-math.inf, math.inf))
+        return self._completions.completions()
 
     def forget_completions(self) -> None:
-        """Reload the completions from the store at the next aggregate (their keys changed;
-        until then a report in progress keeps the mirror it has)."""
-        self._reload_wanted = True
+        """Read the completions again at the next aggregate (their keys changed)."""
+        self._completions.forget()
 
     def _queue_points(
         self, pipe: Any, instance_id: str, ts_s: float, values: dict[Metric, float]
@@ -290,7 +233,7 @@ class RedisTelemetryStore:
 
         ``seen``: the write is a sign of life of the instance (registration, load report).
         """
-        with _store_errors(f"store {key}"):
+        with store_errors(f"store {key}"):
             async with self._redis.pipeline(transaction=True) as pipe:
                 pipe.exists(key)
                 pipe.sadd(self.instances_key(), instance_id)
@@ -301,7 +244,7 @@ class RedisTelemetryStore:
                     pipe.hset(self.seen_key(), instance_id, repr(self._clock()))
                 if points is not None:
                     self._queue_points(pipe, instance_id, *points)
-                replies = _raise_failures(f"store {key}", await pipe.execute(raise_on_error=False))
+                replies = raise_failures(f"store {key}", await pipe.execute(raise_on_error=False))
         # The hash is stored whatever else failed; a shared key of the wrong type (instances,
         # seen, a series) is upkeep's to repair, not a reason to refuse the report.
         if is_wrong_type(replies[1]):
@@ -326,7 +269,7 @@ class RedisTelemetryStore:
         )
 
     async def unregister_instance(self, instance_id: str) -> bool:
-        with _store_errors(f"forget {instance_id}"):
+        with store_errors(f"forget {instance_id}"):
             async with self._redis.pipeline(transaction=True) as pipe:
                 pipe.exists(self.info_key(instance_id))
                 pipe.srem(self.instances_key(), instance_id)
@@ -374,7 +317,7 @@ class RedisTelemetryStore:
     async def record_completion(self, completion: Completion) -> None:
         validate_completion(completion)
         key = self.completions_key()
-        with _store_errors("record a completion"):
+        with store_errors("record a completion"):
             async with self._redis.pipeline(transaction=True) as pipe:
                 text = encode_json(completion)
                 pipe.zadd(key, {text: completion.finished_at_s})
@@ -382,19 +325,14 @@ class RedisTelemetryStore:
                 pipe.zremrangebyrank(key, 0, -self._completions_cap - 1)
                 pipe.xadd(
                     self.completion_log_key(),
-                    {_LOG_FIELD: text},
+                    {LOG_FIELD: text},
                     maxlen=self._completions_cap,
                     approximate=True,
                 )
                 await pipe.execute()
 
     async def _run(self, action: str, queue: Callable[[Any], None]) -> list[Any]:
-        """Replies of the commands ``queue`` puts in one pipeline; a wrong key type comes back
-        as its error (for the caller to quarantine), any other failure raises."""
-        with _store_errors(action):
-            async with self._redis.pipeline(transaction=False) as pipe:
-                queue(pipe)
-                return _raise_failures(action, await pipe.execute(raise_on_error=False))
+        return await run_pipeline(self._redis, action, queue)
 
     def _note(self, kind: RecordKind, key: str, why: str, member: str = "") -> None:
         self.quarantine.note(BadRecord(kind, key, member, why))
@@ -405,7 +343,7 @@ class RedisTelemetryStore:
             self._note(RecordKind.INSTANCES, self.instances_key(), "not a set")
             return []
         ids = []
-        for instance_id in _texts(reply):
+        for instance_id in texts(reply):
             try:
                 check_id(instance_id, "instance id", error=InvalidTelemetryError)
             except InvalidTelemetryError as exc:
@@ -419,10 +357,10 @@ class RedisTelemetryStore:
         instances set is rebuilt from."""
         prefix = self._prefix.translate({ord(c): f"\\{c}" for c in "*?[]\\"})
         ids: set[str] = set()
-        with _store_errors("list the instances' keys"):
+        with store_errors("list the instances' keys"):
             for kind in ("info", "state", "gpu"):
                 async for key in self._redis.scan_iter(match=f"{prefix}{kind}:*", count=1000):
-                    ids.add(_texts([key])[0].removeprefix(f"{self._prefix}{kind}:"))
+                    ids.add(texts([key])[0].removeprefix(f"{self._prefix}{kind}:"))
         return sorted(ids)
 
     async def _instance_ids(self) -> list[str]:
@@ -522,7 +460,7 @@ class RedisTelemetryStore:
             self._note(RecordKind.SERIES, key, "not a list")
             return []
         points = []
-        for text in _texts(raw):
+        for text in texts(raw):
             try:
                 points.append(_decode_point(text))
             except CorruptTelemetryError as exc:
@@ -536,122 +474,16 @@ class RedisTelemetryStore:
         (raw,) = await self._run(f"read {key}", lambda p: p.lrange(key, 0, -1))
         return [p for p in self._points(key, raw) if p.ts_s >= since_s]
 
-    async def _decoded(
-        self, kind: RecordKind, key: str, items: Iterable[tuple[str, str]]
-    ) -> list[Completion]:
-        """The (member, JSON text) pairs that decode and validate, the others quarantined.
-        Yields to the event loop now and then: a reload decodes up to the completions cap,
-        and snapshots must not wait for it."""
-        completions = []
-        for count, (member, text) in enumerate(items, 1):
-            try:
-                completions.append(decode_completion(text))
-            except CorruptTelemetryError as exc:
-                self._note(kind, key, str(exc), member)
-            if count % _DECODE_BATCH == 0:
-                await asyncio.sleep(0)
-        return completions
-
-    @staticmethod
-    def _log_position(info: Any) -> tuple[int, str]:
-        """(entries ever added, last id) of the completion log, from XINFO STREAM."""
-        if isinstance(info, ResponseError):  # "no such key": nothing logged yet
-            return 0, "0-0"
-        # Redis 6 has no entries-added: the length serves while nothing was trimmed.
-        added = info.get("entries-added", info.get("length", 0))
-        return int(added), str(info["last-generated-id"])
-
-    def _queue_page(self, low_s: float, skip: int, pipe: Any) -> None:
-        """Completions scored ``low_s`` or more, after the first ``skip`` of them."""
-        pipe.zrangebyscore(
-            self.completions_key(),
-            low_s,
-            "+inf",
-            start=skip,
-            num=self._reload_page,
-            withscores=True,
-        )
-
-    async def _reload_completions(self) -> None:
-        """Mirror every stored completion (once per process, or after the log was cut).
-
-        The log position is read first, then the sorted set page by page (by score, so pages
-        stay right while completions are added or trimmed meanwhile): what was recorded after
-        the position is read again from the log at the next sync, and counted once.
-        """
-        log_key, key = self.completion_log_key(), self.completions_key()
-        (info,) = await self._run("read the completion log", lambda p: p.xinfo_stream(log_key))
-        if is_wrong_type(info):
-            self._note(RecordKind.COMPLETION_LOG, log_key, "not a stream")
-            info = ResponseError("no such key")
-        fresh = CompletionIndex(self._completions_cap)
-        low_s, taken_at_low = -math.inf, 0
-        while True:
-            (page,) = await self._run(
-                "read completions", functools.partial(self._queue_page, low_s, taken_at_low)
-            )
-            if is_wrong_type(page):
-                self._note(RecordKind.COMPLETIONS, key, "not a sorted set")
-                break
-            texts = [str(member) for member, _ in page]
-            fresh.add_all(await self._decoded(RecordKind.COMPLETIONS, key, zip_same(texts)))
-            if len(page) < self._reload_page:
-                break
-            last_s = float(page[-1][1])
-            at_last = sum(1 for _, score in page if float(score) == last_s)
-            taken_at_low = taken_at_low + at_last if last_s == low_s else at_last
-            low_s = last_s
-        self._index = fresh
-        self._log_added, self._log_last_id = self._log_position(info)
-
     async def warm_up(self) -> None:
         """Mirror the completions now (telemetry does at start, so its first aggregate does
         not pay for it)."""
-        await self._sync_completions()
-
-    async def _sync_completions(self) -> None:
-        """Bring the mirror up to date: only what was logged since the last call is read."""
-        async with self._sync_lock:  # concurrent aggregates read the log once
-            await self._sync_completions_now()
-
-    async def _sync_completions_now(self) -> None:
-        known = self._log_added
-        if known is None or self._reload_wanted:
-            self._reload_wanted = False  # a forget while reloading asks for another one
-            await self._reload_completions()
-            return
-        log_key = self.completion_log_key()
-        (info,) = await self._run("read the completion log", lambda p: p.xinfo_stream(log_key))
-        if is_wrong_type(info):
-            self._note(RecordKind.COMPLETION_LOG, log_key, "not a stream")
-            return  # serve what is mirrored until upkeep repairs it
-        added, _ = self._log_position(info)
-        new = added - known
-        if new < 0:  # the log was deleted or replaced: start over
-            await self._reload_completions()
-            return
-        if new == 0:
-            return
-        if new > _RELOAD_BEYOND:  # a long backlog: the sorted set is the cheaper read
-            await self._reload_completions()
-            return
-        (entries,) = await self._run(
-            "read the completion log",
-            lambda p: p.xrange(log_key, min=f"({self._log_last_id}", max="+", count=new),
-        )
-        if is_wrong_type(entries) or len(entries) < new:
-            # Trimmed (or entries deleted) past what this process read: start over.
-            await self._reload_completions()
-            return
-        logged = ((entry_id, fields.get(_LOG_FIELD, "")) for entry_id, fields in entries)
-        self._index.add_all(await self._decoded(RecordKind.COMPLETION_LOG, log_key, logged))
-        self._log_added, self._log_last_id = added, entries[-1][0]
+        await self._completions.sync()
 
     async def window_report(
         self, instance_ids: Collection[str] | None, window_s: float, slo: SloTarget = DEFAULT_SLO
     ) -> WindowReport:
         validate_window(window_s)
-        await self._sync_completions()
+        await self._completions.sync()
         now_s = self._clock()
         ids = await self._instance_ids() if instance_ids is None else list(instance_ids)
 
@@ -665,7 +497,7 @@ class RedisTelemetryStore:
         def points(instance_id: str, metric: Metric, raw: Any) -> list[SeriesPoint]:
             return self._points(self.series_key(instance_id, metric), raw)
 
-        return self._index.report(
+        return self._completions.index.report(
             instance_ids=ids,
             whole_cluster=instance_ids is None,
             window_s=window_s,
@@ -725,7 +557,7 @@ class RedisTelemetryStore:
 
     async def ping(self) -> None:
         """Raise TelemetryStoreError unless Redis answers (services check this at start)."""
-        with _store_errors("answer PING"):
+        with store_errors("answer PING"):
             await self._redis.ping()
 
     async def close(self) -> None:
