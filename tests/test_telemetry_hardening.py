@@ -18,6 +18,7 @@ import redis.asyncio as aioredis
 from conftest import wait_for
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from security_helpers import SECURITY
+from telemetry_helpers import instance_info
 
 from voltana.policy.state import InstanceState, Phase
 from voltana.rpc import create_channel
@@ -25,7 +26,6 @@ from voltana.rpc.names import TELEMETRY_SERVICE
 from voltana.rpc.rate_limit import CallRateLimiter
 from voltana.services.telemetry import (
     Completion,
-    InstanceInfo,
     TelemetryClient,
     TelemetryService,
     TelemetrySettings,
@@ -51,17 +51,6 @@ def _settings(redis_url: str, **overrides: Any) -> TelemetrySettings:
     return TelemetrySettings(**values)
 
 
-def _info(instance_id: str, phase: Phase, gpu_index: int) -> InstanceInfo:
-    return InstanceInfo(
-        instance_id=instance_id,
-        phase=phase,
-        gpu_key="a100-80g",
-        engine_url=f"http://10.0.0.5:3000{gpu_index}",
-        agent_address="10.0.0.5:50061",
-        gpu_index=gpu_index,
-    )
-
-
 def _load(instance_id: str, **fields: Any) -> InstanceState:
     return InstanceState(
         instance_id=instance_id,
@@ -77,7 +66,7 @@ async def _populate(client: TelemetryClient) -> None:
     for index, (instance_id, phase) in enumerate(
         (("p0", Phase.PREFILL), ("d0", Phase.DECODE), ("d1", Phase.DECODE))
     ):
-        await client.register_instance(_info(instance_id, phase, index))
+        await client.register_instance(instance_info(instance_id, phase, index))
     await client.report_instance_samples([_load("d0", running_batch=3), _load("d1")])
     for n in range(4):
         await client.report_completion(
@@ -162,7 +151,7 @@ async def test_a_bad_record_never_fails_a_read_and_is_repaired(
             # A reporter whose registration was dropped registers again on its next sample.
             result = await client.report_instance_samples([_load("d1", running_batch=2)])
             for instance_id in result.unknown_instance_ids:
-                await client.register_instance(_info(instance_id, Phase.DECODE, 2))
+                await client.register_instance(instance_info(instance_id, Phase.DECODE, 2))
                 await client.report_instance_samples([_load("d1", running_batch=2)])
             snapshot, infos = await client.snapshot_with_endpoints()
             assert snapshot.decode["d1"].running_batch == 2

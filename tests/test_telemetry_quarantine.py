@@ -11,23 +11,16 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
+from telemetry_helpers import FakeClock, instance_info
 
 from voltana.policy.state import InstanceState, Phase
-from voltana.services.telemetry import Completion, InstanceInfo, Metric, RedisTelemetryStore
+from voltana.services.telemetry import Completion, Metric, RedisTelemetryStore
 from voltana.services.telemetry.quarantine import RecordKind
 from voltana.services.telemetry.redis_repair import RedisRepair
 
 pytestmark = pytest.mark.integration
 
 Corrupt = Callable[[aioredis.Redis, RedisTelemetryStore], Awaitable[Any]]
-
-
-class FakeClock:
-    def __init__(self, now_s: float = 1000.0) -> None:
-        self.now_s = now_s
-
-    def __call__(self) -> float:
-        return self.now_s
 
 
 @pytest.fixture
@@ -48,17 +41,6 @@ async def store(redis_server: Any, clock: FakeClock) -> AsyncIterator[RedisTelem
     built = RedisTelemetryStore.from_url(redis_server.url, clock=clock, key_prefix=prefix)
     yield built
     await built.close()
-
-
-def _info(instance_id: str, phase: Phase, gpu_index: int) -> InstanceInfo:
-    return InstanceInfo(
-        instance_id=instance_id,
-        phase=phase,
-        gpu_key="a100-80g",
-        engine_url=f"http://10.0.0.5:3000{gpu_index}",
-        agent_address="10.0.0.5:50061",
-        gpu_index=gpu_index,
-    )
 
 
 def _state(instance_id: str, phase: Phase, **fields: Any) -> InstanceState:
@@ -91,7 +73,7 @@ async def _populate(store: RedisTelemetryStore) -> None:
     for index, (instance_id, phase) in enumerate(
         (("p0", Phase.PREFILL), ("d0", Phase.DECODE), ("p1", Phase.PREFILL), ("d1", Phase.DECODE))
     ):
-        await store.register_instance(_info(instance_id, phase, index))
+        await store.register_instance(instance_info(instance_id, phase, index))
         await store.put_instance_state(_state(instance_id, phase, queue_len=index + 1))
         await store.put_gpu_sample(instance_id, 998.0, 1410, 200.0, 100.0)
         await store.put_gpu_sample(instance_id, 999.0, 1410, 200.0, 300.0)
@@ -239,7 +221,7 @@ async def test_a_dropped_registration_comes_back_with_the_next_registration(
     await raw.hset(store.info_key("d1"), "phase", "bogus")
     await RedisRepair(store).heal()
     assert "d1" not in await store.instance_infos()
-    await store.register_instance(_info("d1", Phase.DECODE, 3))
+    await store.register_instance(instance_info("d1", Phase.DECODE, 3))
     assert (await store.instance_infos())["d1"].phase is Phase.DECODE
     assert (await store.latest_states())["d1"].queue_len == 4
 
