@@ -213,19 +213,22 @@ async def wait_for_health(address: str, status: int, timeout_s: float = 15.0) ->
 
 
 async def test_aggregates_are_rate_limited_per_caller(redis_server: Any) -> None:
-    settings = _settings(redis_server.url, aggregates_rate_per_s=0.01, aggregates_burst=2)
+    """12 calls at once, none refilled: a new window length costs 10 of them (the store sums
+    that whole window once), the same length again 1."""
+    settings = _settings(redis_server.url, aggregates_rate_per_s=0.01, aggregates_burst=12)
     async with (
         TelemetryService(settings) as service,
         create_channel(service.address, security=SECURITY) as channel,
     ):
         stub = telemetry_pb2_grpc.TelemetryServiceStub(channel)
         request = telemetry_pb2.GetAggregatesRequest(window_s=60.0)
-        await stub.GetAggregates(request)
-        await stub.GetAggregates(request)
-        with pytest.raises(grpc.aio.AioRpcError) as raised:
+        for _ in range(3):
             await stub.GetAggregates(request)
-        assert raised.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-        assert "limited to 0.01 calls a second" in (raised.value.details() or "")
+        for refused in (request, telemetry_pb2.GetAggregatesRequest(window_s=61.0)):
+            with pytest.raises(grpc.aio.AioRpcError) as raised:
+                await stub.GetAggregates(refused)
+            assert raised.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "limited to 0.01 calls a second" in (raised.value.details() or "")
         # Other reads are not limited.
         await stub.GetSnapshot(telemetry_pb2.GetSnapshotRequest())
 
@@ -243,5 +246,9 @@ def test_the_rate_limiter_refills_per_caller() -> None:
     now[0] = 100.0
     assert [limiter.take("a") for _ in range(3)] == [0.0, 0.0, 0.0]  # refilled to the burst
     assert limiter.take("a") > 0
+    now[0] = 200.0
+    assert limiter.take("a", cost=2.5) == 0.0  # a costly call takes more
+    assert limiter.take("a", cost=1.0) == pytest.approx(0.25)
+    assert limiter.take("b", cost=99.0) == 0.0  # never more than the burst
     with pytest.raises(ValueError):
         CallRateLimiter(0.0, 1)

@@ -35,17 +35,18 @@ class CallRateLimiter:
         # caller -> (tokens, when they were counted)
         self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
 
-    def take(self, caller: str) -> float:
-        """Take one call for ``caller``: 0.0 when it may go ahead now, else the seconds until
-        it may (nothing is taken then)."""
+    def take(self, caller: str, cost: float = 1.0) -> float:
+        """Take a call costing ``cost`` calls (at most ``burst``) for ``caller``: 0.0 when it
+        may go ahead now, else the seconds until it may (nothing is taken then)."""
+        cost = min(cost, float(self.burst))
         now_s = self._clock()
         tokens, counted_s = self._buckets.pop(caller, (float(self.burst), now_s))
         tokens = min(float(self.burst), tokens + (now_s - counted_s) * self.rate_per_s)
         wait_s = 0.0
-        if tokens >= 1.0:
-            tokens -= 1.0
+        if tokens >= cost:
+            tokens -= cost
         else:
-            wait_s = (1.0 - tokens) / self.rate_per_s
+            wait_s = (cost - tokens) / self.rate_per_s
         self._buckets[caller] = (tokens, now_s)
         while len(self._buckets) > self._max_callers:
             self._buckets.popitem(last=False)

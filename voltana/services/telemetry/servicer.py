@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+from collections import OrderedDict
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -32,6 +33,7 @@ from voltana.rpc.names import TELEMETRY_SERVICE, method_names
 from voltana.rpc.rate_limit import CallRateLimiter
 from voltana.rpc.tracing import peer_host
 from voltana.services.telemetry.arrivals import ArrivalRates
+from voltana.services.telemetry.completion_index import DEFAULT_MAX_WINDOWS
 from voltana.services.telemetry.convert import (
     completion_from_proto,
     info_from_register_request,
@@ -64,6 +66,10 @@ from voltana.v1 import common_pb2, telemetry_pb2, telemetry_pb2_grpc
 
 Context = grpc.aio.ServicerContext[Any, Any]
 SampleT = TypeVar("SampleT")
+
+# What a GetAggregates call for a window length not asked for lately costs against the
+# caller's rate (in calls): the store then sums that whole window once.
+NEW_WINDOW_COST = 10.0
 
 # Writes: they need the control-plane token.
 TELEMETRY_PRIVILEGED_METHODS = method_names(
@@ -143,6 +149,8 @@ class TelemetryServicer(telemetry_pb2_grpc.TelemetryServiceServicer):
             if settings.aggregates_rate_per_s > 0
             else None
         )
+        # Window lengths asked for lately, as the stores keep them (completion_index.py).
+        self._recent_windows: OrderedDict[float, None] = OrderedDict()
 
     def close(self) -> None:
         """End every watch stream (so the server can stop without waiting for them)."""
@@ -423,7 +431,15 @@ class TelemetryServicer(telemetry_pb2_grpc.TelemetryServiceServicer):
     ) -> telemetry_pb2.GetAggregatesResponse:
         limit = self._aggregates_limit
         if limit is not None:
-            wait_s = limit.take(peer_host(context.peer()) or context.peer())
+            # A window length not asked for lately makes the store sum that whole window once
+            # (later calls only move it): it costs as much as NEW_WINDOW_COST calls.
+            window_key = request.window_s or self._settings.window_s
+            cost = 1.0 if window_key in self._recent_windows else NEW_WINDOW_COST
+            self._recent_windows[window_key] = None
+            self._recent_windows.move_to_end(window_key)
+            while len(self._recent_windows) > DEFAULT_MAX_WINDOWS:
+                self._recent_windows.popitem(last=False)
+            wait_s = limit.take(peer_host(context.peer()) or context.peer(), cost)
             if wait_s > 0:
                 raise RateLimitedError(
                     f"GetAggregates is limited to {limit.rate_per_s:g} calls a second per "
