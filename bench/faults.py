@@ -57,6 +57,7 @@ from typing import Any
 import aiohttp
 import grpc
 import grpc.aio
+import redis.asyncio as aioredis
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from voltana.gpu import SharedSimulatedGpu
@@ -64,7 +65,7 @@ from voltana.hardware import get_gpu
 from voltana.policy.state import Phase
 from voltana.rpc import RpcSecurity, create_channel, wait_until_ready
 from voltana.rpc.auth import TOKEN_ENV
-from voltana.rpc.names import ROUTER_SERVICE
+from voltana.rpc.names import ROUTER_SERVICE, TELEMETRY_SERVICE
 from voltana.sdk import GenerationSummary, TokenEvent, VoltanaClient, VoltanaClientError
 from voltana.services.agent.servicer import AGENT_PRIVILEGED_METHODS
 from voltana.services.controller.servicer import CONTROLLER_PRIVILEGED_METHODS
@@ -168,6 +169,7 @@ class Deployment:
         self.token = secrets.token_urlsafe(32)
         self.security = RpcSecurity(token=self.token)
         redis_password = secrets.token_urlsafe(16)
+        self.redis_password = redis_password
         env = {**os.environ, TOKEN_ENV: self.token, REDIS_PASSWORD_ENV: redis_password}
         # Active-active routers: "router" (the one single-router experiments use), "router-1"...
         self.routers = ["router", *(f"router-{i}" for i in range(1, routers))]
@@ -381,6 +383,22 @@ class Deployment:
     async def serving(self) -> bool:
         expected = {instance_id for instance_id, _ in INSTANCES}
         return await self.router_serving() and await self.listed_instances() >= expected
+
+    def redis(self) -> aioredis.Redis:
+        """A client of the deployment's Redis (the bench's own: to corrupt and repair it)."""
+        return aioredis.Redis(
+            port=self.ports["redis"], password=self.redis_password, decode_responses=True
+        )
+
+    async def telemetry_health(self) -> str:
+        try:
+            async with create_channel(self.telemetry_address, options=FAST_RECONNECT) as channel:
+                response = await health_pb2_grpc.HealthStub(channel).Check(
+                    health_pb2.HealthCheckRequest(service=TELEMETRY_SERVICE), timeout=0.5
+                )
+        except grpc.RpcError as error:
+            return error.code().name
+        return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
 
     def clocks_mhz(self) -> dict[str, int]:
         spec = get_gpu(GPU_KEY)
@@ -1068,6 +1086,244 @@ async def http_slowloris(deployment: Deployment, options: Options, result: Resul
         result.failed["P99_OVER_2X"] = 1
 
 
+# ---- a store telemetry cannot trust or cannot read ---------------------------------------------
+
+KEY_PREFIX = "voltana:"  # what `voltana serve telemetry` uses
+CORRUPT_TARGET = "decode-1"  # the instance whose records are corrupted; the others stay healthy
+
+
+@dataclass
+class TelemetryProbe:
+    """What a client polling telemetry every 0.1 s saw: status codes by RPC, snapshots that
+    missed a healthy instance, and telemetry's health over time."""
+
+    codes: Counter[str] = field(default_factory=Counter)
+    missing_healthy: int = 0
+    health: list[tuple[float, str]] = field(default_factory=list)  # (monotonic, status)
+
+    def summary(self) -> str:
+        codes = ", ".join(f"{rpc} {n}" for rpc, n in sorted(self.codes.items()))
+        return f"{codes}; snapshots missing a healthy instance: {self.missing_healthy}"
+
+    def first(self, status: str, after: float) -> float | None:
+        """Seconds from ``after`` until health first read ``status`` (None: never)."""
+        times = [t for t, seen in self.health if seen == status and t >= after]
+        return times[0] - after if times else None
+
+
+async def probe_health(deployment: Deployment, stop: asyncio.Event, probe: TelemetryProbe) -> None:
+    """Health on its own loop: reads that hang must not stop it from being looked at."""
+    while not stop.is_set():
+        probe.health.append((time.monotonic(), await deployment.telemetry_health()))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), 0.1)
+
+
+async def probe_telemetry(
+    deployment: Deployment, stop: asyncio.Event, probe: TelemetryProbe, healthy: set[str]
+) -> None:
+    async with create_channel(deployment.telemetry_address, options=FAST_RECONNECT) as channel:
+        stub = telemetry_pb2_grpc.TelemetryServiceStub(channel)
+        while not stop.is_set():
+            try:
+                snapshot = await stub.GetSnapshot(telemetry_pb2.GetSnapshotRequest(), timeout=2.0)
+                probe.codes["snapshot OK"] += 1
+                listed = {state.instance_id for state in snapshot.instances}
+                probe.missing_healthy += not healthy <= listed
+            except grpc.RpcError as error:
+                probe.codes[f"snapshot {error.code().name}"] += 1
+            try:
+                await stub.GetAggregates(
+                    telemetry_pb2.GetAggregatesRequest(window_s=60.0), timeout=2.0
+                )
+                probe.codes["aggregates OK"] += 1
+            except grpc.RpcError as error:
+                probe.codes[f"aggregates {error.code().name}"] += 1
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 0.1)
+
+
+@contextlib.asynccontextmanager
+async def probing(deployment: Deployment, healthy: set[str]) -> Any:
+    probe, stop = TelemetryProbe(), asyncio.Event()
+    tasks = [
+        asyncio.create_task(probe_telemetry(deployment, stop, probe, healthy)),
+        asyncio.create_task(probe_health(deployment, stop, probe)),
+    ]
+    try:
+        yield probe
+    finally:
+        stop.set()
+        await asyncio.gather(*tasks)
+
+
+Check = Callable[[aioredis.Redis], Awaitable[bool]]
+
+
+def _corruptions() -> list[tuple[str, Callable[[aioredis.Redis], Awaitable[Any]], Check]]:
+    """(key kind, corruption, whether it was repaired) for every kind of key telemetry keeps."""
+    target, p = CORRUPT_TARGET, KEY_PREFIX
+    info, state, gpu = f"{p}info:{target}", f"{p}state:{target}", f"{p}gpu:{target}"
+    series, seen = f"{p}series:{target}:energy_j", f"{p}seen"
+    completions, log, instances = f"{p}completions", f"{p}completion_log", f"{p}instances"
+    garbage = "{not json"
+
+    async def retype(redis: aioredis.Redis, key: str) -> None:
+        async with redis.pipeline(transaction=True) as pipe:
+            pipe.delete(key)
+            pipe.set(key, "not what you think")
+            await pipe.execute()
+
+    async def typed(redis: aioredis.Redis, key: str, kind: str) -> bool:
+        return await redis.type(key) in (kind, "none")
+
+    async def log_clean(redis: aioredis.Redis) -> bool:
+        entries = (
+            await redis.xrange(log, count=100_000) if await typed(redis, log, "stream") else []
+        )
+        return all(fields.get("c") != garbage for _, fields in entries)
+
+    return [
+        ("info: bad phase", lambda r: r.hset(info, "phase", "bogus"),
+         lambda r: _not_equal(r.hget(info, "phase"), "bogus")),
+        ("info: wrong type", lambda r: retype(r, info), lambda r: typed(r, info, "hash")),
+        ("state: negative", lambda r: r.hset(state, "queue_len", "-5"),
+         lambda r: _not_equal(r.hget(state, "queue_len"), "-5")),
+        ("state: wrong type", lambda r: retype(r, state), lambda r: typed(r, state, "hash")),
+        ("gpu: nan power", lambda r: r.hset(gpu, "power_w", "nan"),
+         lambda r: _not_equal(r.hget(gpu, "power_w"), "nan")),
+        ("gpu: wrong type", lambda r: retype(r, gpu), lambda r: typed(r, gpu, "hash")),
+        ("instances: wrong type", lambda r: retype(r, instances),
+         lambda r: typed(r, instances, "set")),
+        ("series: garbage", lambda r: r.rpush(series, "garbage"),
+         lambda r: _lacks(r.lrange(series, 0, -1), "garbage")),
+        ("series: wrong type", lambda r: retype(r, series), lambda r: typed(r, series, "list")),
+        ("completions: non-JSON", lambda r: r.zadd(completions, {garbage: time.time()}),
+         lambda r: _is_none(r.zscore(completions, garbage))),
+        ("completions: wrong type", lambda r: retype(r, completions),
+         lambda r: typed(r, completions, "zset")),
+        ("completion log: non-JSON", lambda r: r.xadd(log, {"c": garbage}), log_clean),
+        ("completion log: wrong type", lambda r: retype(r, log), lambda r: typed(r, log, "stream")),
+        ("seen: garbage", lambda r: r.hset(seen, target, "garbage"),
+         lambda r: _not_equal(r.hget(seen, target), "garbage")),
+        ("seen: wrong type", lambda r: retype(r, seen), lambda r: typed(r, seen, "hash")),
+    ]  # fmt: skip
+
+
+async def _not_equal(value: Awaitable[Any], bad: str) -> bool:
+    return await value != bad
+
+
+async def _lacks(values: Awaitable[Any], bad: str) -> bool:
+    return bad not in await values
+
+
+async def _is_none(value: Awaitable[Any]) -> bool:
+    return await value is None
+
+
+async def corrupt_store(deployment: Deployment, options: Options, result: Result) -> None:
+    """Every kind of Redis key telemetry keeps, corrupted in turn under load: telemetry must
+    keep answering for the healthy instances (0 INTERNAL) and each bad record must go (repaired
+    by telemetry's upkeep, or rewritten by a fresh report first)."""
+    healthy = {instance_id for instance_id, _ in INSTANCES} - {CORRUPT_TARGET}
+    redis = deployment.redis()
+    repaired = 0
+    cases = _corruptions()
+    try:
+        async with probing(deployment, healthy) as probe:
+            for kind, corrupt, healed in cases:
+                await corrupt(redis)
+                try:
+                    took_s = await until(lambda h=healed: h(redis), f"{kind} repaired", 20.0)
+                    repaired += 1
+                    result.notes.append(f"{kind} gone in {took_s:.1f} s")
+                except RuntimeError:
+                    result.notes.append(f"{kind} STILL THERE after 20 s")
+            # The corrupted instance is whole again (its reporter registered it again).
+            back = time.monotonic()
+            await measure_recovery(deployment, back, result)
+    finally:
+        await redis.aclose()
+    internal = sum(n for rpc, n in probe.codes.items() if rpc.endswith("INTERNAL"))
+    unhealthy = sum(status != "SERVING" for _, status in probe.health)
+    result.notes.insert(
+        0,
+        f"{repaired}/{len(cases)} bad records gone; probes: {probe.summary()}; INTERNAL {internal}; "
+        f"health not SERVING in {unhealthy}/{len(probe.health)} checks",
+    )
+
+
+async def _store_fault(
+    deployment: Deployment,
+    options: Options,
+    result: Result,
+    *,
+    inject: Callable[[], Awaitable[None]],
+    restore: Callable[[], Awaitable[None]],
+    down_s: float,
+) -> None:
+    """Telemetry's health while its store is faulty and after: NOT_SERVING how soon, SERVING
+    again how soon; what readers got meanwhile."""
+    every = {instance_id for instance_id, _ in INSTANCES}
+    async with probing(deployment, every) as probe:
+        await asyncio.sleep(0.5)
+        faulty = time.monotonic()
+        await inject()
+        await asyncio.sleep(down_s)
+        restored = time.monotonic()
+        await restore()
+        await until(lambda: _serving_since(probe, restored), "telemetry SERVING again", 30.0)
+        await measure_recovery(deployment, restored, result)
+    not_serving = probe.first("NOT_SERVING", faulty)
+    serving = probe.first("SERVING", restored)
+    result.notes.append(
+        "health NOT_SERVING "
+        + (f"{not_serving:.2f} s after the fault" if not_serving is not None else "NEVER")
+        + ", SERVING "
+        + (f"{serving:.2f} s after the store was back" if serving is not None else "NEVER")
+        + f"; probes: {probe.summary()}"
+    )
+
+
+async def _serving_since(probe: TelemetryProbe, since: float) -> bool:
+    return probe.first("SERVING", since) is not None
+
+
+async def redis_hang(deployment: Deployment, options: Options, result: Result) -> None:
+    """SIGSTOP redis-server (it answers nothing, not even an error), then SIGCONT: for longer
+    than telemetry's store check may take (5 s) before it counts as failed."""
+    process = deployment.procs["redis"]
+
+    async def stop() -> None:
+        process.signal(signal.SIGSTOP)
+
+    async def resume() -> None:
+        process.signal(signal.SIGCONT)
+
+    down_s = max(options.down_s, 8.0)
+    await _store_fault(deployment, options, result, inject=stop, restore=resume, down_s=down_s)
+
+
+async def store_unreadable(deployment: Deployment, options: Options, result: Result) -> None:
+    """Redis answers PING but refuses every read (an ACL), then allows them again."""
+    redis = deployment.redis()
+
+    async def refuse() -> None:
+        await redis.acl_setuser("default", commands=["-@read"])
+
+    async def allow() -> None:
+        await redis.acl_setuser("default", commands=["+@read"])
+
+    try:
+        await _store_fault(
+            deployment, options, result, inject=refuse, restore=allow, down_s=options.down_s
+        )
+    finally:
+        await allow()
+        await redis.aclose()
+
+
 async def no_fault(deployment: Deployment, options: Options, result: Result) -> None:
     await asyncio.sleep(options.down_s)
 
@@ -1108,6 +1364,9 @@ EXPERIMENTS: dict[str, tuple[str, Experiment]] = {
     "http-hostile": ("hostile HTTP bodies, paths, methods and raw bytes", hostile_http),
     "http-slowloris": ("slow and idle HTTP connections, and one address over the cap",
                        http_slowloris),
+    "corrupt-store": ("every Redis key kind corrupted in turn", corrupt_store),
+    "redis-hang": ("SIGSTOP redis-server, then SIGCONT", redis_hang),
+    "store-unreadable": ("Redis refuses reads (ACL), then allows them", store_unreadable),
 }  # fmt: skip
 
 

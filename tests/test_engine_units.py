@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
 
 import pytest
 
 from voltana.engine.errors import EngineRequestError, EngineTimeoutError, EngineUnavailableError
 from voltana.engine.prometheus import Histogram, format_labels, parse_prometheus_text
-from voltana.engine.protocol import DEFAULT_MAX_NEW_TOKENS, parse_generate_request
+from voltana.engine.protocol import (
+    DEFAULT_MAX_NEW_TOKENS,
+    BootstrapTarget,
+    GenerateRequest,
+    parse_generate_request,
+)
 from voltana.engine.settings import EngineMode, SimEngineSettings
 from voltana.engine.sglang_client import error_for_status, metrics_by_name
+from voltana.engine.sim_engine import SimEngine
 from voltana.engine.stats import WindowedSamples
 from voltana.engine.stopping import StopCriteria, check_stop, visible_text
 from voltana.engine.tokenizer import FIRST_ORDINARY_ID, ToyTokenizer
@@ -221,3 +228,58 @@ def test_ignore_eos_drops_stop_token_ids_but_keeps_stop_strings() -> None:
         tokenizer,
     )
     assert plain.stop == StopCriteria(strings=("ka", "lo"), token_ids=frozenset({1001}))
+
+
+class _ManualClock:
+    """Simulated time that moves only when the test says so."""
+
+    def __init__(self) -> None:
+        self.now_s = 0.0
+
+    def __call__(self) -> float:
+        return self.now_s
+
+
+async def test_a_decode_request_joining_a_catching_up_loop_never_sees_a_negative_gap() -> None:
+    """A loop that wakes late catches up with back-to-back iterations in simulated time; a
+    request whose KV cache arrived meanwhile joins the next one. That iteration must start no
+    earlier than the request's first token (it once started at the previous iteration's end,
+    seconds before, and reported inter-token gaps of minus that much)."""
+    clock = _ManualClock()
+    # A catch-up window of 1000 simulated seconds: every late wake-up is caught up.
+    settings = SimEngineSettings(mode="decode", speedup=1000.0, catch_up_wall_s=1.0)
+    engine = SimEngine(settings, clock=clock)
+    core = engine.core
+
+    def request(rid: str) -> GenerateRequest:
+        return GenerateRequest(rid, (1000,) * 64, 10_000, True, BootstrapTarget("h", 1, 0))
+
+    core.start()
+    try:
+        first = core.admit(request("a"))
+        core.start_decode(first, 7)
+        for _ in range(200):  # let a few decode iterations finish
+            clock.now_s += 0.01
+            await asyncio.sleep(0.001)
+            if core.metrics.itl.count >= 3:
+                break
+        assert core.metrics.itl.count >= 3
+        clock.now_s += 5.0  # the host stalls 5 simulated seconds: the loop is behind
+        second = core.admit(request("b"))
+        core.start_decode(second, 7)
+        observed_before = core.metrics.itl.count
+        for _ in range(500):
+            clock.now_s += 0.01
+            await asyncio.sleep(0.001)
+            if len(second.output_ids) >= 3:
+                break
+        assert len(second.output_ids) >= 3
+        assert core.metrics.itl.count > observed_before
+        # Every gap since the second request joined is an ordinary decode step.
+        assert core.metrics.itl.sum / core.metrics.itl.count > 0
+        state = core.instance_state("d0")
+        assert state.recent_itl_ms is not None and state.recent_itl_ms >= 0
+        assert second.last_token_s is not None and second.first_token_s is not None
+        assert second.last_token_s > second.first_token_s
+    finally:
+        await core.stop()

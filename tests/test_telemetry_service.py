@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import math
 import socket
 import uuid
 from collections.abc import AsyncIterator
@@ -261,13 +263,57 @@ async def test_stopping_the_service_ends_watch_streams(
         assert loop.time() - started_s < 5.0
 
 
-async def test_invalid_sample_ends_the_stream_and_keeps_earlier_ones(
+async def test_an_impossible_gauge_rejects_its_sample_and_the_stream_goes_on(
     client: TelemetryClient,
 ) -> None:
     await register_pd(client)
-    with pytest.raises(InvalidArgumentError, match=r"sample 2 .*queue_len.*1 earlier"):
+    result = await client.report_instance_samples(
+        [
+            load("p0", queue_len=3),
+            load("p0", observed_at_s=999.5, queue_len=-1),
+            load("d0", observed_at_s=999.6, running_batch=4),
+        ]
+    )
+    assert (result.accepted, result.rejected, result.dropped_fields) == (2, 1, 0)
+    assert "queue_len" in result.first_rejection_reason
+    snapshot = await client.snapshot()
+    assert snapshot.prefill["p0"].queue_len == 3
+    assert snapshot.decode["d0"].running_batch == 4
+
+
+async def test_an_impossible_latency_is_dropped_and_its_sample_kept(
+    client: TelemetryClient, service: TelemetryService
+) -> None:
+    """A negative recent ITL (what simulated decode engines once reported under load) costs
+    that field only: the load it came with is stored, and later samples too."""
+    await register_pd(client)
+    bad = dataclasses.replace(
+        load("d0", running_batch=7), recent_itl_ms=-214.0, recent_ttft_ms=120.0
+    )
+    nan = dataclasses.replace(
+        load("d0", observed_at_s=999.5, running_batch=8), recent_itl_ms=math.nan
+    )
+    good = dataclasses.replace(load("d0", observed_at_s=999.7, running_batch=9), recent_itl_ms=21.0)
+    result = await client.report_instance_samples([bad])
+    assert (result.accepted, result.rejected, result.dropped_fields) == (1, 0, 1)
+    assert "recent_itl_ms" in result.first_rejection_reason
+    state = (await client.snapshot()).decode["d0"]
+    assert (state.running_batch, state.recent_itl_ms, state.recent_ttft_ms) == (7, None, 120.0)
+    result = await client.report_instance_samples([nan, good])
+    assert (result.accepted, result.rejected, result.dropped_fields) == (2, 0, 1)
+    state = (await client.snapshot()).decode["d0"]
+    assert (state.running_batch, state.recent_itl_ms) == (9, 21.0)
+    points = await service.store.series("d0", Metric.RECENT_ITL_MS)
+    assert [p.value for p in points] == [21.0]  # nothing impossible reached the series
+
+
+async def test_a_malformed_id_still_ends_the_stream_and_keeps_earlier_samples(
+    client: TelemetryClient,
+) -> None:
+    await register_pd(client)
+    with pytest.raises(InvalidArgumentError, match=r"sample 2 .*instance_id.*1 earlier"):
         await client.report_instance_samples(
-            [load("p0", queue_len=3), load("p0", observed_at_s=999.5, queue_len=-1)]
+            [load("p0", queue_len=3), load(" p0", observed_at_s=999.5)]
         )
     assert (await client.snapshot()).prefill["p0"].queue_len == 3
 
@@ -287,12 +333,17 @@ async def test_invalid_input_is_invalid_argument_on_the_wire(service: TelemetryS
                 instance_id="d0", phase=common_pb2.PHASE_DECODE, gpu_key="a100-80g"
             )
         )
-        with pytest.raises(grpc.aio.AioRpcError) as raised:
-            await stub.ReportGpuSamples(
-                iter([common_pb2.GpuSample(instance_id="d0", power_w=-1.0, timestamp_s=1.0)])
+        # An impossible GPU reading is refused alone; the readings after it are stored.
+        response = await stub.ReportGpuSamples(
+            iter(
+                [
+                    common_pb2.GpuSample(instance_id="d0", power_w=-1.0, timestamp_s=1.0),
+                    common_pb2.GpuSample(instance_id="d0", power_w=90.0, timestamp_s=2.0),
+                ]
             )
-        assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-        assert "power_w" in (raised.value.details() or "")
+        )
+        assert (response.accepted, response.rejected) == (1, 1)
+        assert "power_w" in response.first_rejection_reason
 
         with pytest.raises(grpc.aio.AioRpcError) as raised:
             await stub.GetAggregates(telemetry_pb2.GetAggregatesRequest(window_s=-5.0))

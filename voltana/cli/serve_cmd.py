@@ -235,6 +235,13 @@ def _add_telemetry(
         default=900.0,
         help="how long (by finish time) those completions are kept (default: %(default)s)",
     )
+    parser.add_argument(
+        "--aggregates-rate",
+        type=non_negative_float,
+        default=20.0,
+        help="GetAggregates calls a second each client host may make (40 at once); "
+        "0 = unlimited (default: %(default)s)",
+    )
     add_slo_args(parser)
     _metrics_args(parser, TELEMETRY_METRICS_PORT)
     parser.set_defaults(handler=run, build=_build_telemetry, service_name="voltana-telemetry")
@@ -254,6 +261,7 @@ def _build_telemetry(args: argparse.Namespace) -> Service:
             instance_ttl_s=args.instance_ttl_s,
             replay_journal_cap=args.replay_journal_cap,
             replay_journal_s=args.replay_journal_s,
+            aggregates_rate_per_s=args.aggregates_rate,
             slo=slo_from_args(args),
             metrics_listen_address=metrics_address(args),
             security=security_from_args(args),

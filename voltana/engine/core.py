@@ -177,7 +177,7 @@ class EngineCore:
         self._loop_task: asyncio.Task[None] | None = None
         self._running: _Iteration | None = None
         self._last_end_s: float | None = None
-        # When work last arrived at an idle engine (None once an iteration took it).
+        # When work last arrived (None once an iteration took it).
         self._work_arrived_s: float | None = None
         # Prefill jobs cancelled while inside the running iteration; dropped once it ends.
         self._cancel_after_prefill: set[int] = set()
@@ -440,8 +440,12 @@ class EngineCore:
         catch_up_s = self._catch_up_wall_s * self._speedup
         # The loop runs a little after the simulated moment it should (wake-up latency x
         # speedup): back to back with the previous iteration, or from the work's arrival.
+        # Never before work that arrived after the previous iteration ended: that work joins
+        # this iteration, and a start backdated past its arrival would end it before the
+        # request's first token (a negative inter-token gap, a negative TTFT).
         if self._last_end_s is not None and now_s - self._last_end_s <= catch_up_s:
-            return self._last_end_s, 0.0
+            arrived_s = self._work_arrived_s
+            return max(self._last_end_s, arrived_s if arrived_s is not None else 0.0), 0.0
         if self._work_arrived_s is not None and now_s - self._work_arrived_s <= catch_up_s:
             return self._work_arrived_s, 0.0
         due_s = self._last_end_s if self._last_end_s is not None else self._work_arrived_s

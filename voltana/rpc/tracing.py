@@ -100,6 +100,12 @@ def _peer_address(peer: str) -> tuple[str, int | None] | None:
     return (host, port) if host else None
 
 
+def peer_host(peer: str) -> str | None:
+    """The host of a gRPC peer string such as ``ipv4:127.0.0.1:57284`` or ``ipv6:[::1]:1``."""
+    address = _peer_address(peer)
+    return None if address is None else address[0]
+
+
 class _StableServerInterceptor(OpenTelemetryAioServerInterceptor):
     """The instrumentation's server interceptor, its spans started with today's semantic
     conventions: the instrumentation names the caller ``net.peer.ip``/``net.peer.port``/

@@ -61,7 +61,7 @@ class TelemetryInstanceSink:
         result = await self._client.report_instance_samples([self.restamp(state)])
         if self.registration is not None:
             self.registration.note_report(result.unknown_instance_ids)
-        if result.rejected:
+        if result.rejected or result.dropped_fields:
             # Expected until the instance is registered (its first report may race that).
             self.rejected += result.rejected
             _LOG.debug(

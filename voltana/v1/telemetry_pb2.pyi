@@ -243,12 +243,19 @@ class ReportSamplesResponse(_message.Message):
     REJECTED_FIELD_NUMBER: _builtins.int
     FIRST_REJECTION_REASON_FIELD_NUMBER: _builtins.int
     UNKNOWN_INSTANCE_IDS_FIELD_NUMBER: _builtins.int
+    DROPPED_FIELDS_FIELD_NUMBER: _builtins.int
     accepted: _builtins.int
     """Samples stored."""
     rejected: _builtins.int
-    """Samples dropped (unknown instance, invalid values, out of order)."""
+    """Samples dropped (unknown instance, a load or GPU reading that cannot be true, out of
+    order); the stream goes on after each.
+    """
     first_rejection_reason: _builtins.str
-    """Why the first rejected sample was dropped (empty when none was)."""
+    """Why the first rejected sample (or dropped field) was dropped (empty when none was)."""
+    dropped_fields: _builtins.int
+    """Measured latencies (recent TTFT/ITL) that cannot be true (negative, not finite), dropped
+    from samples that were otherwise stored: those samples count as accepted.
+    """
     @_builtins.property
     def unknown_instance_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Instances whose samples were rejected because telemetry does not know them (never
@@ -262,10 +269,11 @@ class ReportSamplesResponse(_message.Message):
         rejected: _builtins.int = ...,
         first_rejection_reason: _builtins.str = ...,
         unknown_instance_ids: _abc.Iterable[_builtins.str] | None = ...,
+        dropped_fields: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted", "first_rejection_reason", b"first_rejection_reason", "rejected", b"rejected", "unknown_instance_ids", b"unknown_instance_ids"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted", "dropped_fields", b"dropped_fields", "first_rejection_reason", b"first_rejection_reason", "rejected", b"rejected", "unknown_instance_ids", b"unknown_instance_ids"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

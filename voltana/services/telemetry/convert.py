@@ -281,6 +281,7 @@ def report_result_from_proto(message: telemetry_pb2.ReportSamplesResponse) -> Re
         rejected=message.rejected,
         first_rejection_reason=message.first_rejection_reason,
         unknown_instance_ids=tuple(message.unknown_instance_ids),
+        dropped_fields=message.dropped_fields,
     )
 
 

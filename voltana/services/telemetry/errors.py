@@ -39,7 +39,12 @@ class TooManyInstancesError(TelemetryError):
     """Registering one more instance would pass TelemetrySettings.max_instances."""
 
 
+class RateLimitedError(TelemetryError):
+    """The caller made more calls of a costly open read than its rate allows."""
+
+
 # Codes the shared table (voltana.rpc.status) has no kind for.
 TELEMETRY_STATUS_CODES: dict[type[BaseException], grpc.StatusCode] = {
     TooManyInstancesError: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    RateLimitedError: grpc.StatusCode.RESOURCE_EXHAUSTED,
 }

@@ -6,6 +6,7 @@ from collections import deque
 from collections.abc import Collection
 
 from voltana.policy.state import InstanceState, SloTarget
+from voltana.services.telemetry.completion_index import CompletionIndex
 from voltana.services.telemetry.merge import (
     gpu_metric_values,
     load_metric_values,
@@ -36,7 +37,6 @@ from voltana.services.telemetry.validate import (
     validate_instance_state,
     validate_window,
 )
-from voltana.services.telemetry.window import compute_window_report, in_window
 
 
 class MemoryTelemetryStore:
@@ -54,11 +54,9 @@ class MemoryTelemetryStore:
         self._states: dict[str, InstanceState] = {}
         self._gpu: dict[str, GpuReading] = {}
         self._series: dict[tuple[str, Metric], deque[SeriesPoint]] = {}
-        self._completions: deque[Completion] = deque(maxlen=completions_cap)
-        # The records in _completions and their record ids, so a retried report is not
-        # counted twice.
-        self._completion_set: set[Completion] = set()
-        self._record_ids: set[str] = set()
+        # Each record once (a retried report, or one whose record id is known, is not counted
+        # twice), with running windows.
+        self._completions = CompletionIndex(completions_cap)
         self._seen_s: dict[str, float] = {}
 
     @property
@@ -126,16 +124,7 @@ class MemoryTelemetryStore:
 
     async def record_completion(self, completion: Completion) -> None:
         validate_completion(completion)
-        if completion in self._completion_set or completion.record_id in self._record_ids:
-            return
-        if len(self._completions) == self._completions.maxlen:
-            evicted = self._completions[0]
-            self._completion_set.discard(evicted)
-            self._record_ids.discard(evicted.record_id)
-        self._completions.append(completion)
-        self._completion_set.add(completion)
-        if completion.record_id:
-            self._record_ids.add(completion.record_id)
+        self._completions.add(completion)
 
     async def last_seen(self) -> dict[str, float]:
         return dict(self._seen_s)
@@ -175,14 +164,11 @@ class MemoryTelemetryStore:
         validate_window(window_s)
         now_s = self._clock()
         ids = self._known_ids() if instance_ids is None else list(instance_ids)
-        return compute_window_report(
+        return self._completions.report(
             instance_ids=ids,
             whole_cluster=instance_ids is None,
             window_s=window_s,
             now_s=now_s,
-            completions=[
-                c for c in self._completions if in_window(c.finished_at_s, now_s - window_s, now_s)
-            ],
             energy_series={i: list(self._series.get((i, Metric.ENERGY_J), ())) for i in ids},
             clock_series={i: list(self._series.get((i, Metric.SM_CLOCK_MHZ), ())) for i in ids},
             slo=slo,

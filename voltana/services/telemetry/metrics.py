@@ -5,6 +5,8 @@ method call, so a slow Redis shows up as ``voltana_telemetry_store_operation_dur
 and a failing one as ``voltana_telemetry_store_errors_total``, per operation. The histogram's
 ``_count`` per operation also counts what was stored: ``put_gpu_sample`` (GPU samples),
 ``put_instance_state`` (load reports), ``record_completion`` (request completions).
+``voltana_telemetry_quarantined_records_total`` counts bad records read back from Redis
+(quarantine.py), ``voltana_telemetry_repaired_records_total`` those the upkeep repaired.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any, cast
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
+from voltana.services.telemetry.quarantine import BadRecord
 from voltana.services.telemetry.store import TelemetryStore
 
 STORE_BUCKETS_S = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5)
@@ -39,6 +42,26 @@ class TelemetryMetrics:
             ["store", "operation", "error"],
             registry=registry,
         )
+
+        self.quarantined = Counter(
+            "voltana_telemetry_quarantined_records",
+            "Records read back from the store that could not be used (skipped until repaired), "
+            "by kind of key (docs/resilience.md).",
+            ["kind"],
+            registry=registry,
+        )
+        self.repaired = Counter(
+            "voltana_telemetry_repaired_records",
+            "Quarantined records the upkeep repaired or dropped, by kind of key.",
+            ["kind"],
+            registry=registry,
+        )
+
+    def count_quarantined(self, record: BadRecord) -> None:
+        self.quarantined.labels(record.kind.value).inc()
+
+    def count_repaired(self, record: BadRecord) -> None:
+        self.repaired.labels(record.kind.value).inc()
 
     def observe(self, operation: str, duration_s: float, error: BaseException | None) -> None:
         self.store_duration.labels(self.store_kind, operation).observe(duration_s)

@@ -211,6 +211,8 @@ class ReportResult:
     first_rejection_reason: str = ""
     # Instances telemetry does not know (samples rejected for that): register them again.
     unknown_instance_ids: tuple[str, ...] = ()
+    # Impossible measured latencies dropped from samples that were stored without them.
+    dropped_fields: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,6 +13,10 @@ Key layout (``prefix`` defaults to ``voltana:``):
 - ``{prefix}completion_ids``            sorted set of the record ids stored there, same scores,
                                         capped at twice the completions: a record id arriving
                                         again (a retry, a replay) is not stored twice
+- ``{prefix}completion_log``            stream of the same JSON completions in the order they
+                                        were recorded (capped near the completions cap): how
+                                        every telemetry process keeps its aggregates up to date
+                                        without rereading the completions (completion_index.py)
 - ``{prefix}seen``                      hash, instance id → when it last registered or reported
                                         load (store clock); silent instances expire by it
 - ``{prefix}epoch``                     a random marker, only where INFO is not allowed: a
@@ -20,24 +24,29 @@ Key layout (``prefix`` defaults to ``voltana:``):
 
 Registration, load and GPU data stay in separate hashes and are merged on read (see
 ``merge.py``), so no write has to read first.
+
+Everything read back is checked as strictly as what the gRPC side accepts: a record that does
+not decode, does not validate or has the wrong Redis type is skipped and noted in
+``quarantine`` (quarantine.py), so one bad record never fails a snapshot or an aggregate;
+``heal()`` (run by telemetry's upkeep) repairs or drops what was noted (redis_repair.py).
 """
 
 from __future__ import annotations
 
-import contextlib
+import math
 import uuid
-from collections.abc import Collection, Iterable, Iterator, Mapping
-from typing import Any
+from collections.abc import Callable, Collection, Mapping
+from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
-from redis.exceptions import AuthenticationError, RedisError, ResponseError
+from redis.exceptions import ResponseError
 
 from voltana.policy.state import InstanceState, SloTarget
-from voltana.services.telemetry.codec import decode_fields, decode_json, encode_fields, encode_json
+from voltana.rpc.limits import check_id
+from voltana.services.telemetry.codec import decode_fields, encode_fields, encode_json
 from voltana.services.telemetry.errors import (
     CorruptTelemetryError,
-    TelemetryStoreAuthError,
-    TelemetryStoreError,
+    InvalidTelemetryError,
 )
 from voltana.services.telemetry.merge import (
     gpu_metric_values,
@@ -45,6 +54,7 @@ from voltana.services.telemetry.merge import (
     merge_state,
     stamp_state,
 )
+from voltana.services.telemetry.quarantine import BadRecord, Quarantine, RecordKind
 from voltana.services.telemetry.records import (
     Aggregates,
     Completion,
@@ -53,6 +63,14 @@ from voltana.services.telemetry.records import (
     Metric,
     SeriesPoint,
     WindowReport,
+)
+from voltana.services.telemetry.redis_completions import LOG_FIELD, RELOAD_PAGE, CompletionMirror
+from voltana.services.telemetry.redis_io import (
+    is_wrong_type,
+    raise_failures,
+    run_pipeline,
+    store_errors,
+    texts,
 )
 from voltana.services.telemetry.store import (
     DEFAULT_COMPLETIONS_CAP,
@@ -69,14 +87,14 @@ from voltana.services.telemetry.validate import (
     validate_instance_state,
     validate_window,
 )
-from voltana.services.telemetry.window import compute_window_report
 
 DEFAULT_KEY_PREFIX = "voltana:"
 
-# Stores a completion unless its record id (ARGV[3], "" = none) is already known; one atomic
-# step, so a retry racing a replay counts once. Ids are kept twice as long as the records (an
-# id outlives its record, so a late duplicate cannot slip back in). Returns 1 when stored.
-# KEYS: completions, completion ids; ARGV: member, score, record id, cap.
+# Stores a completion unless its record id (ARGV[3], "" = none) is already known, and logs it in
+# the completion-log stream; one atomic step, so a retry racing a replay counts once. Ids are
+# kept twice as long as the records (an id outlives its record, so a late duplicate cannot slip
+# back in). Returns 1 when stored.
+# KEYS: completions, completion ids, completion log; ARGV: member, score, record id, cap, log field.
 _RECORD_COMPLETION_LUA = """
 local cap = tonumber(ARGV[4])
 if ARGV[3] ~= '' then
@@ -87,48 +105,27 @@ if ARGV[3] ~= '' then
 end
 local added = redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
 redis.call('ZREMRANGEBYRANK', KEYS[1], 0, -cap - 1)
+if added == 1 then
+  redis.call('XADD', KEYS[3], 'MAXLEN', '~', cap, '*', ARGV[5], ARGV[1])
+end
 return added
 """
 
-
-# Replies of a Redis that wants other credentials (the connection's AUTH/HELLO refused, or a
-# command sent without them).
-_AUTH_REPLIES = ("NOAUTH", "WRONGPASS")
-
-
-def _is_auth_error(exc: RedisError) -> bool:
-    return isinstance(exc, AuthenticationError) or (
-        isinstance(exc, ResponseError) and str(exc).startswith(_AUTH_REPLIES)
-    )
-
-
-@contextlib.contextmanager
-def _store_errors(action: str) -> Iterator[None]:
-    try:
-        yield
-    except RedisError as exc:
-        if _is_auth_error(exc):
-            text = str(exc)
-            # Redis 6+ answers a client without a password with a HELLO usage hint.
-            why = "it wants a password" if text.startswith(("HELLO ", "NOAUTH")) else text
-            raise TelemetryStoreAuthError(
-                f"redis refused telemetry's credentials ({why}): check the password in "
-                "--redis-url, $VOLTANA_REDIS_PASSWORD or --redis-password-file"
-            ) from exc
-        raise TelemetryStoreError(f"redis failed to {action}: {exc}") from exc
-
-
-def _texts(replies: Iterable[bytes | str]) -> list[str]:
-    # The client decodes replies (decode_responses=True); this only satisfies the types.
-    return [r.decode() if isinstance(r, bytes) else r for r in replies]
+# A ``seen`` time further ahead of the store's clock than this was not written by a store
+# (they stamp their own clock): it would keep a silent instance from ever expiring.
+MAX_SEEN_AHEAD_S = 300.0
+T = TypeVar("T")
 
 
 def _decode_point(text: str) -> SeriesPoint:
     ts_text, _, value_text = text.partition(" ")
     try:
-        return SeriesPoint(float(ts_text), float(value_text))
+        point = SeriesPoint(float(ts_text), float(value_text))
     except ValueError as exc:
         raise CorruptTelemetryError(f"cannot decode stored series point {text!r}") from exc
+    if not (math.isfinite(point.ts_s) and math.isfinite(point.value)) or point.ts_s < 0:
+        raise CorruptTelemetryError(f"stored series point {text!r} cannot be true")
+    return point
 
 
 class RedisTelemetryStore:
@@ -141,8 +138,10 @@ class RedisTelemetryStore:
         series_cap: int = DEFAULT_SERIES_CAP,
         completions_cap: int = DEFAULT_COMPLETIONS_CAP,
         owns_client: bool = False,
+        reload_page: int = RELOAD_PAGE,
     ) -> None:
-        """``client`` must decode responses to ``str`` (``decode_responses=True``)."""
+        """``client`` must decode responses to ``str`` (``decode_responses=True``);
+        ``reload_page``: completions read per command when they are all read again."""
         self._redis = client
         self._clock = clock
         self._prefix = key_prefix
@@ -151,6 +150,15 @@ class RedisTelemetryStore:
         self._owns_client = owns_client
         self._changes = ChangeNotifier()
         self._record_completion = client.register_script(_RECORD_COMPLETION_LUA)
+        self.quarantine = Quarantine()
+        self._completions = CompletionMirror(
+            client,
+            completions_key=self.completions_key(),
+            log_key=self.completion_log_key(),
+            cap=completions_cap,
+            quarantine=self.quarantine,
+            reload_page=reload_page,
+        )
 
     @classmethod
     def from_url(
@@ -193,6 +201,14 @@ class RedisTelemetryStore:
     def key_prefix(self) -> str:
         return self._prefix
 
+    @property
+    def redis(self) -> aioredis.Redis:
+        return self._redis
+
+    @property
+    def series_cap(self) -> int:
+        return self._series_cap
+
     # Key names, in one place so the layout in the module docstring stays true.
     def instances_key(self) -> str:
         return f"{self._prefix}instances"
@@ -221,6 +237,17 @@ class RedisTelemetryStore:
     def epoch_key(self) -> str:
         return f"{self._prefix}epoch"
 
+    def completion_log_key(self) -> str:
+        return f"{self._prefix}completion_log"
+
+    def mirrored_completions(self) -> list[Completion]:
+        """The completions as this process last read them (empty until it read them)."""
+        return self._completions.completions()
+
+    def forget_completions(self) -> None:
+        """Read the completions again at the next aggregate (their keys changed)."""
+        self._completions.forget()
+
     def _queue_points(
         self, pipe: Any, instance_id: str, ts_s: float, values: dict[Metric, float]
     ) -> None:
@@ -242,7 +269,7 @@ class RedisTelemetryStore:
 
         ``seen``: the write is a sign of life of the instance (registration, load report).
         """
-        with _store_errors(f"store {key}"):
+        with store_errors(f"store {key}"):
             async with self._redis.pipeline(transaction=True) as pipe:
                 pipe.exists(key)
                 pipe.sadd(self.instances_key(), instance_id)
@@ -253,7 +280,21 @@ class RedisTelemetryStore:
                     pipe.hset(self.seen_key(), instance_id, repr(self._clock()))
                 if points is not None:
                     self._queue_points(pipe, instance_id, *points)
-                replies = await pipe.execute()
+                replies = raise_failures(f"store {key}", await pipe.execute(raise_on_error=False))
+        # The hash is stored whatever else failed; a shared key of the wrong type (instances,
+        # seen, a series) is upkeep's to repair, not a reason to refuse the report.
+        if is_wrong_type(replies[1]):
+            self.quarantine.note(
+                BadRecord(RecordKind.INSTANCES, self.instances_key(), why="not a set")
+            )
+        if seen and is_wrong_type(replies[4]):
+            self.quarantine.note(BadRecord(RecordKind.SEEN, self.seen_key(), why="not a hash"))
+        if points is not None:
+            series_replies = replies[5 if seen else 4 :: 2]
+            for metric, reply in zip(points[1], series_replies, strict=True):
+                if is_wrong_type(reply):
+                    series_key = self.series_key(instance_id, metric)
+                    self.quarantine.note(BadRecord(RecordKind.SERIES, series_key, why="not a list"))
         self._changes.changed()
         return not replies[0]
 
@@ -264,7 +305,7 @@ class RedisTelemetryStore:
         )
 
     async def unregister_instance(self, instance_id: str) -> bool:
-        with _store_errors(f"forget {instance_id}"):
+        with store_errors(f"forget {instance_id}"):
             async with self._redis.pipeline(transaction=True) as pipe:
                 pipe.exists(self.info_key(instance_id))
                 pipe.srem(self.instances_key(), instance_id)
@@ -311,40 +352,123 @@ class RedisTelemetryStore:
 
     async def record_completion(self, completion: Completion) -> None:
         validate_completion(completion)
-        with _store_errors("record a completion"):
+        with store_errors("record a completion"):
             # Keeps the newest `completions_cap` entries (ranks ascend with finish time).
             await self._record_completion(
-                keys=[self.completions_key(), self.completion_ids_key()],
+                keys=[self.completions_key(), self.completion_ids_key(), self.completion_log_key()],
                 args=[
                     encode_json(completion),
                     repr(completion.finished_at_s),
                     completion.record_id,
                     self._completions_cap,
+                    LOG_FIELD,
                 ],
             )
 
+    async def _run(self, action: str, queue: Callable[[Any], None]) -> list[Any]:
+        return await run_pipeline(self._redis, action, queue)
+
+    def _note(self, kind: RecordKind, key: str, why: str, member: str = "") -> None:
+        self.quarantine.note(BadRecord(kind, key, member, why))
+
+    def valid_ids(self, reply: Any) -> list[str]:
+        """The members of the instances set that are usable ids (the others quarantined)."""
+        if is_wrong_type(reply):
+            self._note(RecordKind.INSTANCES, self.instances_key(), "not a set")
+            return []
+        ids = []
+        for instance_id in texts(reply):
+            try:
+                check_id(instance_id, "instance id", error=InvalidTelemetryError)
+            except InvalidTelemetryError as exc:
+                self._note(RecordKind.INSTANCES, self.instances_key(), str(exc), instance_id)
+                continue
+            ids.append(instance_id)
+        return sorted(ids)
+
+    async def scan_instance_ids(self) -> list[str]:
+        """Ids named by the instances' own keys (registration, state, GPU hashes): what the
+        instances set is rebuilt from."""
+        prefix = self._prefix.translate({ord(c): f"\\{c}" for c in "*?[]\\"})
+        ids: set[str] = set()
+        with store_errors("list the instances' keys"):
+            for kind in ("info", "state", "gpu"):
+                async for key in self._redis.scan_iter(match=f"{prefix}{kind}:*", count=1000):
+                    ids.add(texts([key])[0].removeprefix(f"{self._prefix}{kind}:"))
+        return sorted(ids)
+
     async def _instance_ids(self) -> list[str]:
-        with _store_errors("list instances"):
-            members = await self._redis.smembers(self.instances_key())
-        return sorted(_texts(members))
+        (members,) = await self._run("list instances", lambda p: p.smembers(self.instances_key()))
+        if is_wrong_type(members):
+            self.valid_ids(members)  # quarantined; until upkeep repairs it, the keys tell
+            return await self.scan_instance_ids()
+        return self.valid_ids(members)
+
+    def decode_record(
+        self,
+        kind: RecordKind,
+        key: str,
+        instance_id: str,
+        reply: Any,
+        cls: type[T],
+        validate: Callable[[T], None],
+    ) -> T | None:
+        """A stored hash as ``cls``, or None when absent or quarantined (wrong type, does not
+        decode, fails ``validate``, names another instance)."""
+        if is_wrong_type(reply):
+            self._note(kind, key, "not a hash")
+            return None
+        if not reply:
+            return None
+        try:
+            record = decode_fields(cls, reply)
+            validate(record)
+            stored_id = getattr(record, "instance_id", instance_id)
+            if stored_id != instance_id:
+                raise InvalidTelemetryError(f"it names instance {stored_id!r}")
+        except (CorruptTelemetryError, InvalidTelemetryError) as exc:
+            self._note(kind, key, str(exc))
+            return None
+        return record
+
+    def _info(self, instance_id: str, reply: Any) -> InstanceInfo | None:
+        key = self.info_key(instance_id)
+        return self.decode_record(
+            RecordKind.INFO, key, instance_id, reply, InstanceInfo, validate_instance_info
+        )
 
     async def latest_states(self) -> dict[str, InstanceState]:
         instance_ids = await self._instance_ids()
-        with _store_errors("read instance states"):
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for instance_id in instance_ids:
-                    pipe.hgetall(self.info_key(instance_id))
-                    pipe.hgetall(self.state_key(instance_id))
-                    pipe.hgetall(self.gpu_key(instance_id))
-                replies = await pipe.execute()
+
+        def queue(pipe: Any) -> None:
+            for instance_id in instance_ids:
+                pipe.hgetall(self.info_key(instance_id))
+                pipe.hgetall(self.state_key(instance_id))
+                pipe.hgetall(self.gpu_key(instance_id))
+
+        replies = await self._run("read instance states", queue)
         states: dict[str, InstanceState] = {}
         for index, instance_id in enumerate(instance_ids):
             info_hash, state_hash, gpu_hash = replies[3 * index : 3 * index + 3]
             merged = merge_state(
                 instance_id,
-                decode_fields(InstanceInfo, info_hash) if info_hash else None,
-                decode_fields(InstanceState, state_hash) if state_hash else None,
-                decode_fields(GpuReading, gpu_hash) if gpu_hash else None,
+                self._info(instance_id, info_hash),
+                self.decode_record(
+                    RecordKind.STATE,
+                    self.state_key(instance_id),
+                    instance_id,
+                    state_hash,
+                    InstanceState,
+                    validate_instance_state,
+                ),
+                self.decode_record(
+                    RecordKind.GPU,
+                    self.gpu_key(instance_id),
+                    instance_id,
+                    gpu_hash,
+                    GpuReading,
+                    validate_gpu_sample,
+                ),
             )
             if merged is not None:
                 states[instance_id] = merged
@@ -352,51 +476,72 @@ class RedisTelemetryStore:
 
     async def instance_infos(self) -> dict[str, InstanceInfo]:
         instance_ids = await self._instance_ids()
-        with _store_errors("read instance registrations"):
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for instance_id in instance_ids:
-                    pipe.hgetall(self.info_key(instance_id))
-                replies = await pipe.execute()
-        return {
-            instance_id: decode_fields(InstanceInfo, reply)
+
+        def queue(pipe: Any) -> None:
+            for instance_id in instance_ids:
+                pipe.hgetall(self.info_key(instance_id))
+
+        replies = await self._run("read instance registrations", queue)
+        infos = {
+            instance_id: self._info(instance_id, reply)
             for instance_id, reply in zip(instance_ids, replies, strict=True)
-            if reply
         }
+        return {instance_id: info for instance_id, info in infos.items() if info is not None}
+
+    def _points(self, key: str, raw: Any) -> list[SeriesPoint]:
+        """A stored series without the points that cannot be read (quarantined)."""
+        if is_wrong_type(raw):
+            self._note(RecordKind.SERIES, key, "not a list")
+            return []
+        points = []
+        for text in texts(raw):
+            try:
+                points.append(_decode_point(text))
+            except CorruptTelemetryError as exc:
+                self._note(RecordKind.SERIES, key, str(exc), text)
+        return points
 
     async def series(
         self, instance_id: str, metric: Metric | str, since_s: float = 0.0
     ) -> list[SeriesPoint]:
         key = self.series_key(instance_id, parse_metric(metric))
-        with _store_errors(f"read {key}"):
-            raw = await self._redis.lrange(key, 0, -1)
-        points = [_decode_point(text) for text in _texts(raw)]
-        return [p for p in points if p.ts_s >= since_s]
+        (raw,) = await self._run(f"read {key}", lambda p: p.lrange(key, 0, -1))
+        return [p for p in self._points(key, raw) if p.ts_s >= since_s]
+
+    async def warm_up(self) -> None:
+        """Mirror the completions now (telemetry does at start, so its first aggregate does
+        not pay for it)."""
+        await self._completions.sync()
 
     async def window_report(
         self, instance_ids: Collection[str] | None, window_s: float, slo: SloTarget = DEFAULT_SLO
     ) -> WindowReport:
         validate_window(window_s)
+        await self._completions.sync()
         now_s = self._clock()
         ids = await self._instance_ids() if instance_ids is None else list(instance_ids)
-        with _store_errors("read aggregates"):
-            async with self._redis.pipeline(transaction=False) as pipe:
-                pipe.zrangebyscore(self.completions_key(), f"({now_s - window_s!r}", repr(now_s))
-                for instance_id in ids:
-                    pipe.lrange(self.series_key(instance_id, Metric.ENERGY_J), 0, -1)
-                    pipe.lrange(self.series_key(instance_id, Metric.SM_CLOCK_MHZ), 0, -1)
-                completions_raw, *series_raw = await pipe.execute()
 
-        def points(raw: Iterable[bytes | str]) -> list[SeriesPoint]:
-            return [_decode_point(text) for text in _texts(raw)]
+        def queue(pipe: Any) -> None:
+            for instance_id in ids:
+                pipe.lrange(self.series_key(instance_id, Metric.ENERGY_J), 0, -1)
+                pipe.lrange(self.series_key(instance_id, Metric.SM_CLOCK_MHZ), 0, -1)
 
-        return compute_window_report(
+        series_raw = await self._run("read aggregates", queue)
+
+        def points(instance_id: str, metric: Metric, raw: Any) -> list[SeriesPoint]:
+            return self._points(self.series_key(instance_id, metric), raw)
+
+        return self._completions.index.report(
             instance_ids=ids,
             whole_cluster=instance_ids is None,
             window_s=window_s,
             now_s=now_s,
-            completions=[decode_json(Completion, text) for text in _texts(completions_raw)],
-            energy_series={i: points(series_raw[2 * n]) for n, i in enumerate(ids)},
-            clock_series={i: points(series_raw[2 * n + 1]) for n, i in enumerate(ids)},
+            energy_series={
+                i: points(i, Metric.ENERGY_J, series_raw[2 * n]) for n, i in enumerate(ids)
+            },
+            clock_series={
+                i: points(i, Metric.SM_CLOCK_MHZ, series_raw[2 * n + 1]) for n, i in enumerate(ids)
+            },
             slo=slo,
         )
 
@@ -407,29 +552,48 @@ class RedisTelemetryStore:
             return (await self.window_report(None, window_s, slo)).cluster
         return (await self.window_report([instance_id], window_s, slo)).instances[instance_id]
 
+    def seen_problem(self, text: str) -> str | None:
+        """Why a stored ``seen`` time cannot be used, or None."""
+        try:
+            seen_s = float(text)
+        except ValueError:
+            return f"not a number: {text!r}"
+        if not math.isfinite(seen_s) or seen_s < 0:
+            return f"cannot be true: {text!r}"
+        if seen_s > self._clock() + MAX_SEEN_AHEAD_S:
+            return f"{seen_s - self._clock():.0f} s ahead of the store's clock"
+        return None
+
     async def last_seen(self) -> dict[str, float]:
-        with _store_errors("read when instances were last seen"):
-            async with self._redis.pipeline(transaction=False) as pipe:
-                pipe.smembers(self.instances_key())
-                pipe.hgetall(self.seen_key())
-                members, seen = await pipe.execute()
-        registered = set(_texts(members))
+        def queue(pipe: Any) -> None:
+            pipe.smembers(self.instances_key())
+            pipe.hgetall(self.seen_key())
+
+        members, seen = await self._run("read when instances were last seen", queue)
+        if is_wrong_type(members):
+            self.valid_ids(members)
+            registered = set(await self.scan_instance_ids())
+        else:
+            registered = set(self.valid_ids(members))
+        if is_wrong_type(seen):
+            self._note(RecordKind.SEEN, self.seen_key(), "not a hash")
+            return {}
         result: dict[str, float] = {}
         for instance_id, text in seen.items():
-            if instance_id in registered:
-                try:
-                    result[instance_id] = float(text)
-                except ValueError as exc:
-                    raise CorruptTelemetryError(
-                        f"cannot decode when {instance_id!r} was last seen: {text!r}"
-                    ) from exc
+            if instance_id not in registered:
+                continue
+            problem = self.seen_problem(text)
+            if problem is None:
+                result[instance_id] = float(text)
+            else:
+                self._note(RecordKind.SEEN, self.seen_key(), problem, instance_id)
         return result
 
     async def epoch(self) -> str:
         """The Redis server's run id: every restart gets a new one, whether it reloaded its
         data (AOF, RDB: perhaps without the last writes) or came back empty. Where INFO is
         not allowed (ACL), a marker key instead, which only a restart that lost it replaces."""
-        with _store_errors("tell its run id"):
+        with store_errors("tell its run id"):
             try:
                 info = await self._redis.info("server")
             except ResponseError:
@@ -442,7 +606,7 @@ class RedisTelemetryStore:
 
     async def ping(self) -> None:
         """Raise TelemetryStoreError unless Redis answers (services check this at start)."""
-        with _store_errors("answer PING"):
+        with store_errors("answer PING"):
             await self._redis.ping()
 
     async def close(self) -> None:

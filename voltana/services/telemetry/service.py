@@ -21,6 +21,7 @@ from voltana.services.telemetry.books import CompletionBooks, build_books
 from voltana.services.telemetry.errors import TELEMETRY_STATUS_CODES, TelemetryError
 from voltana.services.telemetry.memory_store import MemoryTelemetryStore
 from voltana.services.telemetry.metrics import TelemetryMetrics, instrumented
+from voltana.services.telemetry.redis_repair import RedisRepair
 from voltana.services.telemetry.redis_store import RedisTelemetryStore
 from voltana.services.telemetry.redis_url import redact_redis_url
 from voltana.services.telemetry.servicer import TELEMETRY_PRIVILEGED_METHODS, TelemetryServicer
@@ -77,6 +78,13 @@ class TelemetryService(AsyncService):
             self.metrics_registry, "redis" if settings.redis_url is not None else "memory"
         )
         self._metrics_server: MetricsServer | None = None
+        # Redis is shared and outlives versions: what it holds is checked and repaired.
+        self._repair: RedisRepair | None = None
+        if isinstance(self._store, RedisTelemetryStore):
+            self._repair = RedisRepair(self._store)
+            self._store.quarantine.listen(
+                found=self._metrics.count_quarantined, repaired=self._metrics.count_repaired
+            )
         self._servicer: TelemetryServicer | None = None
         self._server: grpc.aio.Server | None = None
         self._health: health.aio.HealthServicer | None = None
@@ -86,6 +94,7 @@ class TelemetryService(AsyncService):
             instrumented(self._store, self._metrics), settings, self.metrics_registry
         )
         self._books_task: asyncio.Task[None] | None = None
+        self._warm_up_task: asyncio.Task[None] | None = None
         self._port: int | None = None
         self._stopped = False
         # Set when telemetry failed for good (Redis refused its credentials), see failure().
@@ -161,9 +170,15 @@ class TelemetryService(AsyncService):
             interval_s=self._settings.upkeep_interval_s,
             instance_ttl_s=self._settings.instance_ttl_s,
             on_fatal=self._fail,
+            heal=self._repair.heal if self._repair is not None else None,
+            check_timeout_s=self._settings.store_check_timeout_s,
         )
         self._upkeep_task = asyncio.create_task(self._upkeep.run(), name="telemetry-upkeep")
         self._books_task = asyncio.create_task(self._books.run(), name="telemetry-books")
+        if isinstance(self._store, RedisTelemetryStore):
+            self._warm_up_task = asyncio.create_task(
+                self._warm_up(self._store), name="telemetry-warm-up"
+            )
         try:
             self._metrics_server = await start_metrics_server(
                 self.metrics_registry, self._settings.metrics_listen_address
@@ -189,6 +204,17 @@ class TelemetryService(AsyncService):
         assert self._failure is not None
         return self._failure
 
+    @staticmethod
+    async def _warm_up(store: RedisTelemetryStore) -> None:
+        """Mirror the stored completions in the background (the first GetAggregates would
+        otherwise read them all); a failure only leaves that to the first call."""
+        try:
+            await store.warm_up()
+        except TelemetryError as error:
+            _LOG.warning(
+                "could not read the completions at start (%s); the first GetAggregates will", error
+            )
+
     async def _set_health(self, serving: bool) -> None:
         if self._health is not None:
             await set_serving(self._health, [TELEMETRY_SERVICE], serving)
@@ -196,6 +222,9 @@ class TelemetryService(AsyncService):
     async def stop(self) -> None:
         """Stop serving (watch streams end at once); close the store if this service built it."""
         self._stopped = True
+        warm_up, self._warm_up_task = self._warm_up_task, None
+        if warm_up is not None:
+            await cancel_and_wait([warm_up])
         task, self._upkeep_task = self._upkeep_task, None
         if task is not None:
             assert self._upkeep is not None

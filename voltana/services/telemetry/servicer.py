@@ -1,15 +1,19 @@
 """TelemetryService gRPC handlers: validate, convert, store; snapshots and aggregates out.
 
-Bad values (negative counts, unknown phase) end the call with INVALID_ARGUMENT via the
-InvalidTelemetryError → status mapping of voltana.rpc; samples stored before the bad one stay
-stored. Samples that are well-formed but cannot be used (unregistered instance, older than the
-last one, stamped in the future) are counted as rejected and the stream goes on, so one
-stray sample does not cut a node agent's long-lived stream.
+Bad values in a registration, completion or request (negative counts, unknown phase) end the
+call with INVALID_ARGUMENT via the InvalidTelemetryError → status mapping of voltana.rpc.
+Sample streams are judged sample by sample, so one stray sample does not cut a node agent's or
+engine's long-lived stream: a sample that cannot be used (a load gauge or GPU reading that
+cannot be true, unregistered instance, older than the last one, stamped in the future) is
+counted as rejected and the stream goes on; a measured latency that cannot be true (a negative
+recent ITL) is dropped from its sample, which is stored without it. Only a malformed id ends a
+stream (INVALID_ARGUMENT; the samples before it stay stored).
 
 Every write (registration and all reports) is privileged (TELEMETRY_PRIVILEGED_METHODS: the
 control-plane token is checked by voltana.rpc before a handler runs): policies steer on this
 state, so a stranger must not be able to register an engine (and receive prompts), drop one,
-or feed made-up load. Reads stay open.
+or feed made-up load. Reads stay open; GetAggregates, whose cost grows with the cluster, is
+rate-limited per caller host (``aggregates_rate_per_s``; RESOURCE_EXHAUSTED beyond).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import asyncio
 import contextlib
 import dataclasses
 import math
+from collections import OrderedDict
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -27,8 +32,11 @@ import grpc.aio
 from voltana.errors import InvalidArgumentError
 from voltana.rpc.limits import MAX_TEXT_CHARS, check_address, check_id, check_ids
 from voltana.rpc.names import TELEMETRY_SERVICE, method_names
+from voltana.rpc.rate_limit import CallRateLimiter
+from voltana.rpc.tracing import peer_host
 from voltana.services.telemetry.arrivals import ArrivalRates
 from voltana.services.telemetry.books import CompletionBooks, build_books
+from voltana.services.telemetry.completion_index import DEFAULT_MAX_WINDOWS
 from voltana.services.telemetry.convert import (
     completion_from_proto,
     info_from_register_request,
@@ -39,22 +47,39 @@ from voltana.services.telemetry.convert import (
 )
 from voltana.services.telemetry.errors import (
     InvalidTelemetryError,
+    RateLimitedError,
     TooManyInstancesError,
     UnknownInstanceError,
 )
 from voltana.services.telemetry.gpu_groups import GpuGroups, MemberReading
-from voltana.services.telemetry.records import Completion, GpuRef, PendingPlacement, RouterShare
+from voltana.services.telemetry.records import (
+    Completion,
+    GpuReading,
+    GpuRef,
+    PendingPlacement,
+    RouterShare,
+)
 from voltana.services.telemetry.registry import InstanceRegistry
 from voltana.services.telemetry.router_shares import RouterShares
 from voltana.services.telemetry.settings import TelemetrySettings
 from voltana.services.telemetry.snapshots import ClusterView, SnapshotCache
 from voltana.services.telemetry.store import TelemetryStore
-from voltana.services.telemetry.validate import validate_instance_info, validate_window
+from voltana.services.telemetry.validate import (
+    drop_impossible_measurements,
+    validate_gpu_sample,
+    validate_instance_info,
+    validate_instance_state,
+    validate_window,
+)
 from voltana.text import truncate
 from voltana.v1 import common_pb2, telemetry_pb2, telemetry_pb2_grpc
 
 Context = grpc.aio.ServicerContext[Any, Any]
 SampleT = TypeVar("SampleT")
+
+# What a GetAggregates call for a window length not asked for lately costs against the
+# caller's rate (in calls): the store then sums that whole window once.
+NEW_WINDOW_COST = 10.0
 
 # Writes: they need the control-plane token.
 TELEMETRY_PRIVILEGED_METHODS = method_names(
@@ -77,18 +102,32 @@ class _Rejection:
     unknown_instance: str = ""
 
 
+@dataclass(frozen=True)
+class _Stored:
+    """A sample stored without the fields named in ``dropped`` (why each was dropped)."""
+
+    dropped: tuple[str, ...]
+
+
 @dataclass
 class _Tally:
     accepted: int = 0
     rejected: int = 0
+    dropped_fields: int = 0
     first_rejection_reason: str = ""
     unknown_instance_ids: dict[str, None] = field(default_factory=dict)
 
-    def reject(self, rejection: _Rejection) -> None:
-        self.rejected += 1
-        self.first_rejection_reason = self.first_rejection_reason or rejection.reason
-        if rejection.unknown_instance:
-            self.unknown_instance_ids[rejection.unknown_instance] = None
+    def count(self, outcome: _Rejection | _Stored | None) -> None:
+        if isinstance(outcome, _Rejection):
+            self.rejected += 1
+            self.first_rejection_reason = self.first_rejection_reason or outcome.reason
+            if outcome.unknown_instance:
+                self.unknown_instance_ids[outcome.unknown_instance] = None
+            return
+        self.accepted += 1
+        if isinstance(outcome, _Stored) and outcome.dropped:
+            self.dropped_fields += len(outcome.dropped)
+            self.first_rejection_reason = self.first_rejection_reason or outcome.dropped[0]
 
     def response(self) -> telemetry_pb2.ReportSamplesResponse:
         return telemetry_pb2.ReportSamplesResponse(
@@ -96,6 +135,7 @@ class _Tally:
             rejected=self.rejected,
             first_rejection_reason=self.first_rejection_reason,
             unknown_instance_ids=list(self.unknown_instance_ids),
+            dropped_fields=self.dropped_fields,
         )
 
 
@@ -128,6 +168,13 @@ class TelemetryServicer(telemetry_pb2_grpc.TelemetryServiceServicer):
         self._last_gpu_s: dict[str, float] = {}
         self._gpu_groups = GpuGroups()
         self._closing = asyncio.Event()
+        self._aggregates_limit = (
+            CallRateLimiter(settings.aggregates_rate_per_s, settings.aggregates_burst)
+            if settings.aggregates_rate_per_s > 0
+            else None
+        )
+        # Window lengths asked for lately, as the stores keep them (completion_index.py).
+        self._recent_windows: OrderedDict[float, None] = OrderedDict()
 
     def close(self) -> None:
         """End every watch stream (so the server can stop without waiting for them)."""
@@ -180,21 +227,20 @@ class TelemetryServicer(telemetry_pb2_grpc.TelemetryServiceServicer):
     async def _consume(
         self,
         samples: AsyncIterable[SampleT],
-        accept: Callable[[SampleT], Awaitable[_Rejection | None]],
+        accept: Callable[[SampleT], Awaitable[_Rejection | _Stored | None]],
     ) -> telemetry_pb2.ReportSamplesResponse:
+        """``accept`` raises InvalidTelemetryError only for a malformed sample (a bad id):
+        that ends the stream; anything else it cannot use it returns as a rejection."""
         tally = _Tally()
         async for sample in samples:
             try:
-                reason = await accept(sample)
+                outcome = await accept(sample)
             except InvalidTelemetryError as error:
                 raise InvalidTelemetryError(
                     f"sample {tally.accepted + tally.rejected + 1} of the stream is invalid: "
                     f"{error} ({tally.accepted} earlier samples were stored)"
                 ) from error
-            if reason is None:
-                tally.accepted += 1
-            else:
-                tally.reject(reason)
+            tally.count(outcome)
         return tally.response()
 
     @staticmethod
@@ -214,7 +260,7 @@ class TelemetryServicer(telemetry_pb2_grpc.TelemetryServiceServicer):
 
     async def _accept_instance_sample(
         self, sample: telemetry_pb2.InstanceSample
-    ) -> _Rejection | None:
+    ) -> _Rejection | _Stored | None:
         instance_id = sample.instance_id
         check_id(instance_id, "instance_id", error=InvalidTelemetryError)
         info = await self._registry.get(instance_id)
@@ -227,12 +273,17 @@ class TelemetryServicer(telemetry_pb2_grpc.TelemetryServiceServicer):
             return _Rejection(
                 f"sample of {instance_id!r} at {sample.observed_at_s} is older than the last"
             )
-        await self._store.put_instance_state(state_from_sample(sample, info))
+        state, dropped = drop_impossible_measurements(state_from_sample(sample, info))
+        try:
+            validate_instance_state(state)
+        except InvalidTelemetryError as error:  # a gauge that cannot be true: not this sample
+            return _Rejection(str(error))
+        await self._store.put_instance_state(state)
         if sample.observed_at_s > 0:
             self._last_load_s[instance_id] = sample.observed_at_s
-        return None
+        return _Stored(dropped)
 
-    async def _accept_gpu_sample(self, sample: common_pb2.GpuSample) -> _Rejection | None:
+    async def _accept_gpu_sample(self, sample: common_pb2.GpuSample) -> _Rejection | _Stored | None:
         check_id(sample.instance_id, "instance_id", error=InvalidTelemetryError, required=False)
         check_address(sample.agent_address, "agent_address", error=InvalidTelemetryError)
         if sample.instance_id:
@@ -250,6 +301,13 @@ class TelemetryServicer(telemetry_pb2_grpc.TelemetryServiceServicer):
         future = self._future_problem(f"GPU sample of {instance_id!r}", sample.timestamp_s)
         if future is not None:
             return future
+        reading = GpuReading(
+            instance_id, sample.timestamp_s, sample.sm_clock_mhz, sample.power_w, sample.energy_j
+        )
+        try:
+            validate_gpu_sample(reading)
+        except InvalidTelemetryError as error:  # a reading that cannot be true: not this one
+            return _Rejection(str(error))
         # A tensor-parallel instance's GPUs report one by one: one summed reading for it.
         combined = self._gpu_groups.combine(
             info,
@@ -452,6 +510,22 @@ class TelemetryServicer(telemetry_pb2_grpc.TelemetryServiceServicer):
     async def GetAggregates(
         self, request: telemetry_pb2.GetAggregatesRequest, context: Context
     ) -> telemetry_pb2.GetAggregatesResponse:
+        limit = self._aggregates_limit
+        if limit is not None:
+            # A window length not asked for lately makes the store sum that whole window once
+            # (later calls only move it): it costs as much as NEW_WINDOW_COST calls.
+            window_key = request.window_s or self._settings.window_s
+            cost = 1.0 if window_key in self._recent_windows else NEW_WINDOW_COST
+            self._recent_windows[window_key] = None
+            self._recent_windows.move_to_end(window_key)
+            while len(self._recent_windows) > DEFAULT_MAX_WINDOWS:
+                self._recent_windows.popitem(last=False)
+            wait_s = limit.take(peer_host(context.peer()) or context.peer(), cost)
+            if wait_s > 0:
+                raise RateLimitedError(
+                    f"GetAggregates is limited to {limit.rate_per_s:g} calls a second per "
+                    f"client (burst {limit.burst}); retry in {wait_s:.2f} s"
+                )
         window_s = request.window_s or self._settings.window_s
         validate_window(window_s)
         check_ids(request.instance_ids, "instance_ids", error=InvalidTelemetryError)

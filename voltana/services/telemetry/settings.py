@@ -56,6 +56,9 @@ class TelemetrySettings:
     # How often the store is pinged (health NOT_SERVING while it fails) and silent instances
     # are looked for.
     upkeep_interval_s: float = 1.0
+    # A store check (PING, then reading every kind of record back) slower than this counts as
+    # a failed one: a Redis that hangs turns health NOT_SERVING too.
+    store_check_timeout_s: float = 5.0
     shutdown_grace_s: float = 1.0
     # Prometheus /metrics ("host:port", port 0 = any free); None = not served.
     metrics_listen_address: str | None = None
@@ -65,6 +68,11 @@ class TelemetrySettings:
     # Samples and completions stamped further than this ahead of telemetry's clock are
     # refused (a clock in the future would make every later sample look late).
     max_future_skew_s: float = 10.0
+    # GetAggregates calls a second each caller host may make (and at once: burst). Reads are
+    # open (docs/security.md), so this bounds what one stranger can make telemetry compute;
+    # 0 = unlimited.
+    aggregates_rate_per_s: float = 20.0
+    aggregates_burst: int = 40
     # Control-plane token (registration and reports need it) and TLS; voltana.rpc.security.
     security: RpcSecurity = field(default_factory=RpcSecurity)
 
@@ -75,6 +83,7 @@ class TelemetrySettings:
             "watch_min_interval_ms",
             "max_instances",
             "replay_journal_cap",
+            "aggregates_burst",
         ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"telemetry {name} must be >= 1, got {getattr(self, name)}")
@@ -90,6 +99,7 @@ class TelemetrySettings:
             "router_share_ttl_s",
             "watch_idle_resend_s",
             "upkeep_interval_s",
+            "store_check_timeout_s",
         ):
             value = getattr(self, name)
             if not math.isfinite(value) or value <= 0:
@@ -99,6 +109,7 @@ class TelemetrySettings:
             "shutdown_grace_s",
             "instance_ttl_s",
             "max_future_skew_s",
+            "aggregates_rate_per_s",
         ):
             value = getattr(self, name)
             if not math.isfinite(value) or value < 0:

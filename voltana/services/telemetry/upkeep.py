@@ -6,6 +6,12 @@ An instance is alive while it registers or reports load (the store records when 
 and controllers stop seeing it; if it was only cut off, its reporter registers it again on
 the first sample telemetry rejects. Silence is only counted while the store works: after a
 store outage every instance gets a full TTL to report again before it can expire.
+
+With a ``heal`` step (the Redis store's repair, redis_repair.py) each check also reads every
+kind of record back and repairs or drops the bad ones; the store counts as working only when
+that read succeeds, so health is NOT_SERVING while telemetry cannot read its store, not only
+while Redis refuses a PING. A check that takes longer than ``check_timeout_s`` (a Redis that
+hangs) counts as a failure too.
 """
 
 from __future__ import annotations
@@ -26,6 +32,8 @@ HealthListener = Callable[[bool], Awaitable[None]]
 Forget = Callable[[str], Awaitable[bool]]
 # Hears of a failure no retry heals (Redis refused the credentials); the upkeep then ends.
 FatalListener = Callable[[TelemetryError], None]
+# Reads every kind of record back and repairs the bad ones; how many it repaired.
+Heal = Callable[[], Awaitable[int]]
 
 
 class TelemetryUpkeep:
@@ -38,10 +46,15 @@ class TelemetryUpkeep:
         interval_s: float,
         instance_ttl_s: float,
         on_fatal: FatalListener | None = None,
+        heal: Heal | None = None,
+        check_timeout_s: float = 5.0,
     ) -> None:
         self._store = store
         self._forget = forget
         self._on_fatal = on_fatal
+        self._heal = heal
+        self._check_timeout_s = check_timeout_s
+        self.repaired = 0
         self._on_health = on_health
         self._interval_s = interval_s
         self._instance_ttl_s = instance_ttl_s
@@ -70,7 +83,11 @@ class TelemetryUpkeep:
 
     async def check_once(self) -> None:
         try:
-            await self._store.ping()
+            # A store that hangs (a stopped Redis) must not leave health SERVING forever.
+            async with asyncio.timeout(self._check_timeout_s):
+                await self._store.ping()
+                if self._heal is not None:
+                    self.repaired += await self._heal()
         except TelemetryStoreAuthError as error:
             if self._on_fatal is None:
                 await self._set_healthy(False, str(error))
@@ -80,6 +97,10 @@ class TelemetryUpkeep:
             return
         except TelemetryError as error:
             await self._set_healthy(False, str(error))
+            return
+        except TimeoutError:
+            why = f"the store did not answer within {self._check_timeout_s:g} s"
+            await self._set_healthy(False, why)
             return
         await self._set_healthy(True, "")
         if self._instance_ttl_s > 0:

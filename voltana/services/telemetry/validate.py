@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import Any
 
-from voltana.policy.state import InstanceState, SloTarget
+from voltana.policy.state import InstanceState, SloTarget, optional_state_fields
 from voltana.rpc.limits import check_address, check_id, check_name, check_text, slo_target_problem
 from voltana.services.telemetry.errors import InvalidTelemetryError
 from voltana.services.telemetry.records import (
@@ -25,17 +26,39 @@ _NUMERIC_STATE_FIELDS: tuple[str, ...] = tuple(
     for f in dataclasses.fields(InstanceState)
     if str(f.type).replace(" | None", "") in ("int", "float")
 )
+_OPTIONAL_STATE_FIELDS = tuple(sorted(optional_state_fields() & set(_NUMERIC_STATE_FIELDS)))
 
 
 def _check_id(kind: str, value: str, *, required: bool = True) -> None:
     check_id(value, kind, error=InvalidTelemetryError, required=required)
 
 
+def _non_negative_problem(owner: str, name: str, value: float | None) -> str | None:
+    if value is None or (math.isfinite(value) and value >= 0):
+        return None
+    return f"{owner}: {name} must be a finite number >= 0, got {value}"
+
+
 def _check_non_negative(owner: str, name: str, value: float | None) -> None:
-    if value is None:
-        return
-    if not math.isfinite(value) or value < 0:
-        raise InvalidTelemetryError(f"{owner}: {name} must be a finite number >= 0, got {value}")
+    problem = _non_negative_problem(owner, name, value)
+    if problem is not None:
+        raise InvalidTelemetryError(problem)
+
+
+def drop_impossible_measurements(state: InstanceState) -> tuple[InstanceState, tuple[str, ...]]:
+    """``state`` with each measured value that may be unknown (recent TTFT/ITL) but cannot be
+    true made unknown, and why each was dropped: one bad latency must not cost the load
+    report it came with."""
+    owner = f"instance {state.instance_id!r}"
+    problems = {
+        name: problem
+        for name in _OPTIONAL_STATE_FIELDS
+        if (problem := _non_negative_problem(owner, name, getattr(state, name))) is not None
+    }
+    if not problems:
+        return state, ()
+    unknown: dict[str, Any] = dict.fromkeys(problems)
+    return dataclasses.replace(state, **unknown), tuple(problems.values())
 
 
 def validate_instance_state(state: InstanceState) -> None:

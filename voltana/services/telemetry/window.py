@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import math
-from collections import Counter
 from collections.abc import Collection, Iterable, Mapping, Sequence
 
 from voltana.policy.state import SloTarget
 from voltana.services.telemetry.records import Aggregates, Completion, SeriesPoint, WindowReport
+from voltana.services.telemetry.request_totals import RequestTotals
 
 
 def percentile(sorted_values: Sequence[float], fraction: float) -> float | None:
@@ -45,16 +45,49 @@ def energy_used_j(points: Iterable[SeriesPoint], start_s: float, end_s: float) -
     return used_j
 
 
-def _meets_ttft(completion: Completion, default_slo: SloTarget) -> bool:
-    slo = completion.slo or default_slo
-    return completion.ok and completion.ttft_ms is not None and completion.ttft_ms <= slo.ttft_ms
-
-
-def _meets_itl(completion: Completion, default_slo: SloTarget) -> bool:
-    slo = completion.slo or default_slo
-    itl_ms = completion.mean_itl_ms
-    # A one-token answer has no inter-token gap, so it cannot miss the ITL target.
-    return completion.ok and (itl_ms is None or itl_ms <= slo.itl_ms)
+def aggregates_of(
+    totals: RequestTotals,
+    *,
+    instance_id: str | None,
+    window_s: float,
+    now_s: float,
+    energy_series: Iterable[Iterable[SeriesPoint]],
+    clock_series: Iterable[Iterable[SeriesPoint]] = (),
+) -> Aggregates:
+    """The aggregates of requests summed in ``totals`` and of GPU series, over
+    ``(now_s - window_s, now_s]``."""
+    start_s = now_s - window_s
+    total = totals.finished
+    energy_j = sum(energy_used_j(points, start_s, now_s) for points in energy_series)
+    clocks_mhz = [
+        p.value for points in clock_series for p in points if in_window(p.ts_s, start_s, now_s)
+    ]
+    return Aggregates(
+        instance_id=instance_id,
+        window_s=window_s,
+        now_s=now_s,
+        finished=total,
+        failed=totals.failed,
+        request_rate_rps=total / window_s,
+        output_tokens=totals.output_tokens,
+        ttft_p50_ms=percentile(totals.ttfts_ms, 0.5),
+        ttft_p90_ms=percentile(totals.ttfts_ms, 0.9),
+        itl_p50_ms=percentile(totals.itls_ms, 0.5),
+        itl_p90_ms=percentile(totals.itls_ms, 0.9),
+        ttft_attainment=totals.ttft_met / total if total else None,
+        itl_attainment=totals.itl_met / total if total else None,
+        slo_attainment=totals.both_met / total if total else None,
+        energy_j=energy_j,
+        mean_power_w=energy_j / window_s,
+        mean_sm_clock_mhz=sum(clocks_mhz) / len(clocks_mhz) if clocks_mhz else None,
+        failed_by_status=dict(sorted(totals.failed_by_status.items())),
+        request_energy_j=totals.request_energy_j,
+        mean_request_energy_j=(
+            totals.request_energy_j / totals.requests_with_energy
+            if totals.requests_with_energy
+            else None
+        ),
+    )
 
 
 def compute_aggregates(
@@ -67,44 +100,17 @@ def compute_aggregates(
     clock_series: Iterable[Iterable[SeriesPoint]] = (),
     slo: SloTarget,
 ) -> Aggregates:
-    """Aggregates of the given completions and GPU series over ``(now_s - window_s, now_s]``."""
+    """Aggregates of the given completions and GPU series over ``(now_s - window_s, now_s]``,
+    recomputed from every completion (the reference the incremental windows must equal)."""
     start_s = now_s - window_s
     finished = [c for c in completions if in_window(c.finished_at_s, start_s, now_s)]
-    ok = [c for c in finished if c.ok]
-    ttfts_ms = sorted(c.ttft_ms for c in ok if c.ttft_ms is not None)
-    itls_ms = sorted(c.mean_itl_ms for c in ok if c.mean_itl_ms is not None)
-    total = len(finished)
-    ttft_met = sum(_meets_ttft(c, slo) for c in finished)
-    itl_met = sum(_meets_itl(c, slo) for c in finished)
-    both_met = sum(_meets_ttft(c, slo) and _meets_itl(c, slo) for c in finished)
-    energy_j = sum(energy_used_j(points, start_s, now_s) for points in energy_series)
-    clocks_mhz = [
-        p.value for points in clock_series for p in points if in_window(p.ts_s, start_s, now_s)
-    ]
-    request_energies_j = [c.energy_j for c in finished if c.energy_j is not None]
-    return Aggregates(
+    return aggregates_of(
+        RequestTotals.of(finished, slo),
         instance_id=instance_id,
         window_s=window_s,
         now_s=now_s,
-        finished=total,
-        failed=total - len(ok),
-        request_rate_rps=total / window_s,
-        output_tokens=sum(c.output_tokens for c in finished),
-        ttft_p50_ms=percentile(ttfts_ms, 0.5),
-        ttft_p90_ms=percentile(ttfts_ms, 0.9),
-        itl_p50_ms=percentile(itls_ms, 0.5),
-        itl_p90_ms=percentile(itls_ms, 0.9),
-        ttft_attainment=ttft_met / total if total else None,
-        itl_attainment=itl_met / total if total else None,
-        slo_attainment=both_met / total if total else None,
-        energy_j=energy_j,
-        mean_power_w=energy_j / window_s,
-        mean_sm_clock_mhz=sum(clocks_mhz) / len(clocks_mhz) if clocks_mhz else None,
-        failed_by_status=dict(sorted(Counter(c.status_name for c in finished if not c.ok).items())),
-        request_energy_j=sum(request_energies_j),
-        mean_request_energy_j=(
-            sum(request_energies_j) / len(request_energies_j) if request_energies_j else None
-        ),
+        energy_series=energy_series,
+        clock_series=clock_series,
     )
 
 
