@@ -151,14 +151,22 @@ class CompletionMirror:
             self._reload_wanted = False  # a forget while reloading asks for another one
             await self._reload()
             return
-        log_key = self._log_key
-        (info,) = await self._run("read the completion log", lambda p: p.xinfo_stream(log_key))
+        log_key, last_id = self._log_key, self._log_last_id
+
+        def queue(pipe: Any) -> None:
+            pipe.xinfo_stream(log_key)
+            # The last entry this process read: gone means the log was replaced (a Redis that
+            # restarted empty: its entries-added count starts again) or trimmed past it.
+            pipe.xrange(log_key, min=last_id, max=last_id, count=1)
+
+        info, last = await self._run("read the completion log", queue)
         if is_wrong_type(info):
             self._note(RecordKind.COMPLETION_LOG, log_key, "not a stream")
             return  # serve what is mirrored until upkeep repairs it
         added, _ = _log_position(info)
         new = added - known
-        if new < 0 or new > RELOAD_BEYOND:  # the log was replaced, or a long backlog
+        replaced = known > 0 and not is_wrong_type(last) and not last
+        if replaced or new < 0 or new > RELOAD_BEYOND:  # replaced, or a long backlog
             await self._reload()
             return
         if new == 0:
