@@ -392,7 +392,7 @@ def test_synthetic_spec_round_trips_through_its_string() -> None:
     [
         ("uniform:rate=1,count=1", "unknown arrival process 'uniform'; valid: poisson, bursty"),
         ("poisson:count=1", "missing rate="),
-        ("poisson:rate=1,rte=2,count=1", "unknown key 'rte'; valid: count, cv, duration"),
+        ("poisson:rate=1,rte=2,count=1", "unknown key 'rte'; valid: count, cv, depth, duration"),
         ("poisson:rate=fast,count=1", "rate 'fast' is not a number"),
         ("poisson:rate=inf,count=1", "rate 'inf' is not a finite number"),
         ("poisson:rate=1,count=1.5", "count '1.5' is not an integer"),
