@@ -149,8 +149,13 @@ def format_table(results: list[dict[str, Any]]) -> str:
         ("TTFT attainment", lambda r: _fmt(_pct(r["ttft_attainment"]), ".2f", "%")),
         ("ITL attainment", lambda r: _fmt(_pct(r["itl_attainment"]), ".2f", "%")),
         ("SLO attainment", lambda r: _fmt(_pct(r["slo_attainment"]), ".2f", "%")),
+        (
+            "clock changes / GPU / min",
+            lambda r: _fmt(r.get("clock_changes_per_gpu_per_min"), ".1f"),
+        ),
+        ("energy at extrapolated clocks", _extrapolated),
     ]
-    header = ["", *[r["policy"] for r in results]]
+    header = ["", *[r["policy"] + extrapolation_mark(r) for r in results]]
     table = [header] + [[label, *[fn(r) for r in results]] for label, fn in rows]
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
     lines = []
@@ -161,7 +166,22 @@ def format_table(results: list[dict[str, Any]]) -> str:
         lines.append("  ".join(cells))
         if n == 0:
             lines.append("  ".join("-" * w for w in widths))
+    if any(extrapolation_mark(r) for r in results):
+        lines.append(EXTRAPOLATION_NOTE)
     return "\n".join(lines)
+
+
+def _extrapolated(row: dict[str, Any]) -> str:
+    """The share of the row's energy spent outside the model's calibrated clocks."""
+    return _fmt(_pct(row.get("extrapolated_energy_share")), ".1f", "%")
+
+
+def extrapolation_mark(row: dict[str, Any]) -> str:
+    """ "*" for a row whose figures rest partly on clocks the model extrapolates to."""
+    return "*" if row.get("extrapolated_energy_share") else ""
+
+
+EXTRAPOLATION_NOTE = "* energy partly at clocks outside the model's calibrated range (extrapolated)"
 
 
 def _per_request(row: dict[str, Any]) -> str:
