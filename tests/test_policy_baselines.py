@@ -326,11 +326,23 @@ def test_policies_choose_clocks_where_the_model_is_calibrated_unless_allowed(
         assert int(wide.decode.predictor.clocks_mhz[0]) == gpu.min_sm_clock_mhz  # type: ignore[attr-defined]
 
 
-def test_a_static_clock_outside_the_calibrated_range_needs_the_opt_in() -> None:
+def test_offline_a_static_clock_outside_the_calibrated_range_needs_the_opt_in() -> None:
+    from voltana.sim.compare import build_suites
+
+    context = context_for()
+    args = (context.gpu, context.perf, SloTarget())
     with pytest.raises(ConfigError, match=r"855-1410 MHz.*--allow-extrapolated-clocks"):
-        build_suite("static:1050/240", context_for())
-    suite = build_suite("static:1050/240", context_for(extrapolate=True))
+        build_suites(["static-max", "static:1050/240"], None, *args)
+    (suite,) = build_suites(["static:1050/240"], None, *args, allow_extrapolated_clocks=True)
+    assert suite is not None
     assert suite.decode.decide(decode_state("d0"), SloTarget(), 0.0).sm_clock_mhz == 240
+    # A live GPU takes any supported clock an operator names (no model figure rests on it).
+    assert (
+        build_suite("static:240", context)
+        .decode.decide(decode_state("d0"), SloTarget(), 0.0)
+        .sm_clock_mhz
+        == 240
+    )
 
 
 def test_voltana_paper_m0_aims_at_the_itl_target_itself() -> None:

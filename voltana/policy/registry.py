@@ -153,9 +153,8 @@ def build_suite(
         prefill_text, slash, decode_text = spec.partition("/")
         if slash and not decode_text:
             raise ConfigError(f"policy {name!r}: missing the decode clock after '/'")
-        allowed = context.clock_range_mhz
-        prefill = StaticClockPolicy(parse_clock_mhz(prefill_text, gpu, allowed))
-        decode = StaticClockPolicy(parse_clock_mhz(decode_text or prefill_text, gpu, allowed))
+        prefill = StaticClockPolicy(parse_clock_mhz(prefill_text, gpu))
+        decode = StaticClockPolicy(parse_clock_mhz(decode_text or prefill_text, gpu))
         return PolicySuite(name, prefill, decode, router or RoundRobinRouter())
     if static_best_router(name)[0]:
         raise SimulatorOnlyPolicyError(name, live_policy_names())

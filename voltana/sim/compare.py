@@ -8,7 +8,12 @@ from typing import Any
 from voltana.hardware.gpus import GpuSpec
 from voltana.perf.model import PerformanceModel
 from voltana.policy.base import PolicyContext, PolicySuite
-from voltana.policy.registry import build_router, build_suite, static_best_router
+from voltana.policy.registry import (
+    build_router,
+    build_suite,
+    parse_clock_mhz,
+    static_best_router,
+)
 from voltana.policy.state import SloTarget
 from voltana.report import add_savings, summarize
 from voltana.sim.cluster import ClusterConfig
@@ -30,6 +35,16 @@ def policy_context(config: ClusterConfig, perf: PerformanceModel) -> PolicyConte
     )
 
 
+def check_clock_range(name: str, context: PolicyContext) -> None:
+    """Offline figures come from the model: a fixed clock outside the range where it is
+    calibrated needs the opt-in (a live GPU takes any supported clock; dynamic policies keep to
+    the context's range by themselves)."""
+    if name.startswith("static:") and not context.allow_extrapolated_clocks:
+        for text in name.removeprefix("static:").split("/"):
+            if text:
+                parse_clock_mhz(text, context.gpu, context.clock_range_mhz)
+
+
 def run_policy(
     name: str,
     requests: Sequence[TraceRequest],
@@ -41,6 +56,7 @@ def run_policy(
     progress: ProgressCallback | None = None,
 ) -> SimulationResult:
     context = policy_context(config, perf)
+    check_clock_range(name, context)
     routing = build_router(router, context) if router else None
     suite = build_suite(name, context, routing)
     return Simulation(config, perf, suite, seed=seed).run(requests, progress)
@@ -64,6 +80,8 @@ def build_suites(
     )
     if router:
         build_router(router, context)  # a bad --router fails here too
+    for name in names:
+        check_clock_range(name, context)
     return [
         None
         if static_best_router(name)[0]
