@@ -36,12 +36,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from voltana.perf.model import PerformanceModel
-from voltana.policy.base import PolicyContext
 from voltana.policy.registry import STATIC_BEST
 from voltana.policy.state import SloTarget
 from voltana.report import summarize
 from voltana.sim.cluster import ClusterConfig
-from voltana.sim.compare import run_policy
+from voltana.sim.compare import policy_context, run_policy
 from voltana.sim.simulator import ProgressCallback, SimulationResult
 from voltana.workloads.request import TraceRequest
 
@@ -270,10 +269,7 @@ def find_static_best(
 
 def _allowed_clocks(config: ClusterConfig, perf: PerformanceModel) -> list[int]:
     """Every clock the GPU supports in the allowed range (calibrated unless extrapolating)."""
-    context = PolicyContext(
-        config.gpu, perf, config.slo, allow_extrapolated_clocks=config.allow_extrapolated_clocks
-    )
-    return list(context.supported_clocks_mhz)
+    return list(policy_context(config, perf).supported_clocks_mhz)
 
 
 def exhaustive_static_best(
