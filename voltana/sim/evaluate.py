@@ -36,10 +36,12 @@ POLICIES = (
     "static-best",  # round-robin, the static policies' own router
     "static-best+voltana-router",  # voltana's router: the baseline voltana is judged against
     "voltana-paper",
-    "voltana-paper-m0",
+    "voltana-paper-m0",  # ITL margin 0: binds only where a clock below the candidates' is used
     "voltana-paper+full-range",
+    "voltana-paper-m0+full-range",
     "voltana-paper+voltana-router",
     "voltana-paper+full-range+voltana-router",
+    "voltana-paper-m0+full-range+voltana-router",
     "voltana",
     "voltana+ecoroute-router",
 )
