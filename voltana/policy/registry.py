@@ -67,6 +67,7 @@ def static_best_router(name: str) -> tuple[bool, str | None]:
     base, *modifiers = name.split("+")
     if base != STATIC_BEST:
         return False, None
+    _load_builtin_policies()  # the routers they register (voltana, ecoroute) are valid here too
     if len(modifiers) > 1 or any(_router_modifier(m) is None for m in modifiers):
         raise ConfigError(
             f"policy {name!r}: static-best takes only a router modifier, "
