@@ -367,3 +367,18 @@ def test_static_best_takes_a_router_and_nothing_else() -> None:
         static_best_router("static-best+nope-router")
     with pytest.raises(SimulatorOnlyPolicyError, match="voltana simulate"):
         build_suite("static-best+voltana-router", context_for())
+
+
+def test_static_best_knows_the_builtin_routers_in_a_fresh_process() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "from voltana.policy.registry import static_best_router; "
+        "print(static_best_router('static-best+voltana-router'))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=False, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "(True, 'voltana')"
