@@ -201,3 +201,23 @@ def test_the_top_level_help_says_where_to_start_and_its_commands_parse(
     for argv in examples:
         args = build_parser().parse_args(argv)  # SystemExit (exit code 2) on a stale flag
         assert args.command == argv[0]
+
+
+def test_an_extrapolated_static_clock_needs_the_opt_in_and_is_marked(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    trace = "synthetic:poisson:rate=2,duration=5,seed=1"
+    argv = ("simulate", "--trace", trace, "--quiet", "--policy", "static:1050/240")
+    code, _, err = run_cli(capsys, *argv)
+    assert_one_line_error(code, err, "240 MHz", "855-1410", "--allow-extrapolated-clocks")
+    out = tmp_path / "out.json"
+    code, table, err = run_cli(capsys, *argv, "--allow-extrapolated-clocks", "--json", str(out))
+    assert code == 0, err
+    assert "static:1050/240*" in table and "extrapolated" in table
+    (row,) = json.loads(out.read_text())["results"]
+    assert row["extrapolated_energy_share"] > 0.3
+    assert set(row["clock_residency_s"]["decode"]) == {"1410", "240"}
+    code, _, err = run_cli(
+        capsys, "simulate", "--trace", trace, "--policy", "static-best+full-range"
+    )
+    assert_one_line_error(code, err, "static-best takes only a router modifier")

@@ -32,10 +32,10 @@ pytestmark = pytest.mark.unit
 GPU_KEYS = sorted(GPU_CATALOG)
 
 
-def context_for(gpu_key: str = "a100-80g") -> PolicyContext:
+def context_for(gpu_key: str = "a100-80g", *, extrapolate: bool = False) -> PolicyContext:
     gpu = get_gpu(gpu_key)
     perf = AnalyticalPerformanceModel.for_hardware(gpu, get_model("llama-3.1-8b"))
-    return PolicyContext(gpu, perf, SloTarget())
+    return PolicyContext(gpu, perf, SloTarget(), allow_extrapolated_clocks=extrapolate)
 
 
 def prefill_state(instance_id: str, **fields: object) -> InstanceState:
@@ -234,12 +234,10 @@ def test_routers_fail_clearly_without_instances(
 # ---- every policy emits only supported clocks --------------------------------------------------
 
 
-def buildable_policy_names(gpu_key: str) -> list[str]:
+def buildable_policy_names(gpu_key: str, extrapolate: bool) -> list[str]:
     gpu = get_gpu(gpu_key)
-    low, mid = (
-        gpu.min_sm_clock_mhz,
-        gpu.supported_sm_clocks_mhz[len(gpu.supported_sm_clocks_mhz) // 2],
-    )
+    clocks = context_for(gpu_key, extrapolate=extrapolate).supported_clocks_mhz
+    low, mid = clocks[0], clocks[len(clocks) // 2]
     # Placeholders ("static:<MHz>") become real clocks; static-best is a hindsight sweep that
     # the simulator resolves, not a suite.
     dynamic = [n for n in policy_names() if "<" not in n and n not in ("static-max", "static-best")]
@@ -277,12 +275,21 @@ def varied_states(gpu_key: str, phase: Phase) -> list[InstanceState]:
 
 
 @pytest.mark.parametrize(
-    ("gpu_key", "name"),
-    [(gpu_key, name) for gpu_key in GPU_KEYS for name in buildable_policy_names(gpu_key)],
+    ("gpu_key", "extrapolate", "name"),
+    [
+        (gpu_key, extrapolate, name)
+        for gpu_key in GPU_KEYS
+        for extrapolate in (False, True)
+        for name in buildable_policy_names(gpu_key, extrapolate)
+    ],
 )
-def test_no_policy_emits_a_clock_outside_the_supported_set(gpu_key: str, name: str) -> None:
-    context = context_for(gpu_key)
-    supported = set(context.gpu.supported_sm_clocks_mhz)
+def test_no_policy_emits_a_clock_outside_the_allowed_set(
+    gpu_key: str, extrapolate: bool, name: str
+) -> None:
+    """Every clock is a supported one inside the allowed range: the model's calibrated range
+    unless extrapolation is allowed."""
+    context = context_for(gpu_key, extrapolate=extrapolate)
+    supported = set(context.supported_clocks_mhz)
     suite = build_suite(name, context)
     for policy, phase in ((suite.prefill, Phase.PREFILL), (suite.decode, Phase.DECODE)):
         for state in varied_states(gpu_key, phase):
@@ -294,3 +301,84 @@ def test_no_policy_emits_a_clock_outside_the_supported_set(gpu_key: str, name: s
     placement = suite.router.place(RequestSpec(500, 200, SloTarget(), 100.0), view)
     for clock in (placement.prefill_clock_mhz, placement.decode_clock_mhz):
         assert clock is None or clock in supported
+
+
+# ---- the calibrated clock range ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("gpu_key", "calibrated"),
+    [("a100-80g", (855, 1410)), ("h100-80g", (780, 1980)), ("h200", (780, 1980))],
+)
+def test_policies_choose_clocks_where_the_model_is_calibrated_unless_allowed(
+    gpu_key: str, calibrated: tuple[int, int]
+) -> None:
+    gpu = get_gpu(gpu_key)
+    assert context_for(gpu_key).clock_range_mhz == calibrated  # docs/power-model.md
+    assert context_for(gpu_key, extrapolate=True).clock_range_mhz == (
+        gpu.min_sm_clock_mhz,
+        gpu.max_sm_clock_mhz,
+    )
+    for name in ("voltana", "voltana-paper+full-range", "voltana-paper-m0+full-range"):
+        clocks = build_suite(name, context_for(gpu_key)).decode.predictor.clocks_mhz  # type: ignore[attr-defined]
+        assert (int(clocks[0]), int(clocks[-1])) == calibrated
+        wide = build_suite(name, context_for(gpu_key, extrapolate=True))
+        assert int(wide.decode.predictor.clocks_mhz[0]) == gpu.min_sm_clock_mhz  # type: ignore[attr-defined]
+
+
+def test_offline_a_static_clock_outside_the_calibrated_range_needs_the_opt_in() -> None:
+    from voltana.sim.compare import build_suites
+
+    context = context_for()
+    args = (context.gpu, context.perf, SloTarget())
+    with pytest.raises(ConfigError, match=r"855-1410 MHz.*--allow-extrapolated-clocks"):
+        build_suites(["static-max", "static:1050/240"], None, *args)
+    (suite,) = build_suites(["static:1050/240"], None, *args, allow_extrapolated_clocks=True)
+    assert suite is not None
+    assert suite.decode.decide(decode_state("d0"), SloTarget(), 0.0).sm_clock_mhz == 240
+    # A live GPU takes any supported clock an operator names (no model figure rests on it).
+    assert (
+        build_suite("static:240", context)
+        .decode.decide(decode_state("d0"), SloTarget(), 0.0)
+        .sm_clock_mhz
+        == 240
+    )
+
+
+def test_voltana_paper_m0_aims_at_the_itl_target_itself() -> None:
+    published = build_suite("voltana-paper", context_for())
+    m0 = build_suite("voltana-paper-m0", context_for())
+    assert published.decode.margin == 0.35 and m0.decode.margin == 0.0  # type: ignore[attr-defined]
+    assert m0.router.margin == 0.0  # type: ignore[attr-defined]
+    # The TTFT margin is the published one in both.
+    assert m0.prefill.margin == published.prefill.margin == 0.35  # type: ignore[attr-defined]
+    assert build_suite("voltana-paper-m0+voltana-router", context_for()).router.name == "voltana"
+
+
+def test_static_best_takes_a_router_and_nothing_else() -> None:
+    from voltana.policy.registry import SimulatorOnlyPolicyError, static_best_router
+
+    assert static_best_router("static-best") == (True, None)
+    assert static_best_router("static-best+voltana-router") == (True, "voltana")
+    assert static_best_router("voltana+voltana-router") == (False, None)
+    with pytest.raises(ConfigError, match="only a router modifier"):
+        static_best_router("static-best+full-range")
+    with pytest.raises(UnknownNameError, match="router"):
+        static_best_router("static-best+nope-router")
+    with pytest.raises(SimulatorOnlyPolicyError, match="voltana simulate"):
+        build_suite("static-best+voltana-router", context_for())
+
+
+def test_static_best_knows_the_builtin_routers_in_a_fresh_process() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "from voltana.policy.registry import static_best_router; "
+        "print(static_best_router('static-best+voltana-router'))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=False, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "(True, 'voltana')"

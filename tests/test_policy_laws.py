@@ -22,6 +22,8 @@ GPU = get_gpu("a100-80g")
 PERF = AnalyticalPerformanceModel.for_hardware(GPU, get_model("llama-3.1-8b"))
 SLO = SloTarget(ttft_ms=800.0, itl_ms=50.0)
 CONTEXT = PolicyContext(GPU, PERF, SLO)
+# The GPU's whole clock range, the model extrapolated below its calibrated 855 MHz.
+WIDE_CONTEXT = PolicyContext(GPU, PERF, SLO, allow_extrapolated_clocks=True)
 
 
 @pytest.fixture(params=["voltana-paper", "voltana"])
@@ -109,7 +111,10 @@ def test_idle_decode_parks_at_the_lowest_clock(suite: PolicySuite) -> None:
         stale = decode_state(sm_clock_mhz=1305, last_activity_s=94.0)
         assert decide_repeatedly(suite.decode, stale) == min(paper_candidate_clocks_mhz(GPU))
     else:
-        assert decide_repeatedly(suite.decode, decode_state()) == GPU.min_sm_clock_mhz
+        # The lowest allowed clock: the model's calibrated floor unless extrapolation is on.
+        assert decide_repeatedly(suite.decode, decode_state()) == CONTEXT.clock_range_mhz[0]
+        wide = build_voltana_suite(WIDE_CONTEXT, None)
+        assert decide_repeatedly(wide.decode, decode_state()) == GPU.min_sm_clock_mhz
 
 
 def test_paper_arrival_rate_threshold_is_off_unless_set() -> None:
@@ -163,7 +168,8 @@ def test_a_batch_beyond_the_profiled_range_is_never_predicted_feasible(policy: s
 
 
 def test_voltana_decode_picks_the_least_added_energy_clock_not_the_lowest_feasible() -> None:
-    suite = build_voltana_suite(CONTEXT, None)
+    # Over the whole range: in the calibrated one (>= 855 MHz) the lowest clock is the cheapest.
+    suite = build_voltana_suite(WIDE_CONTEXT, None)
     state = decode_state(running_batch=64, kv_tokens_used=64 * 1024)
     clock = decide_repeatedly(suite.decode, state)
     idle_w = PERF.idle_power_w(GPU.min_sm_clock_mhz)

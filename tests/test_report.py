@@ -67,7 +67,7 @@ def test_every_row_tolerates_none() -> None:
     row = summarize(outcome("x", None), SloTarget())
     blank = {key: (value if key == "policy" else None) for key, value in row.items()}
     cells = table_cells(format_table([blank]))
-    assert len(cells) == 14
+    assert len(cells) == 17
     assert all(values == ["-"] for values in cells.values()), cells
 
 

@@ -140,6 +140,10 @@ def format_table(results: list[dict[str, Any]]) -> str:
         ("rejected", lambda r: _fmt(r["rejected"], "d")),
         ("energy (kJ)", lambda r: _fmt(_scaled(r["energy_j"], 1e-3), ".1f")),
         ("savings vs first", lambda r: _fmt(_pct(r["energy_savings_vs_first"]), "+.1f", "%")),
+        (
+            "savings vs static-best, same router",
+            lambda r: _fmt(_pct(r.get("energy_savings_vs_static_best")), "+.1f", "%"),
+        ),
         ("J / output token", lambda r: _fmt(r["energy_per_output_token_j"], ".3f")),
         ("J / request (idle share)", _per_request),
         ("avg power / GPU (W)", lambda r: _fmt(r["avg_power_w"], ".0f")),
@@ -149,8 +153,13 @@ def format_table(results: list[dict[str, Any]]) -> str:
         ("TTFT attainment", lambda r: _fmt(_pct(r["ttft_attainment"]), ".2f", "%")),
         ("ITL attainment", lambda r: _fmt(_pct(r["itl_attainment"]), ".2f", "%")),
         ("SLO attainment", lambda r: _fmt(_pct(r["slo_attainment"]), ".2f", "%")),
+        (
+            "clock changes / GPU / min",
+            lambda r: _fmt(r.get("clock_changes_per_gpu_per_min"), ".1f"),
+        ),
+        ("energy at extrapolated clocks", _extrapolated),
     ]
-    header = ["", *[r["policy"] for r in results]]
+    header = ["", *[r["policy"] + extrapolation_mark(r) for r in results]]
     table = [header] + [[label, *[fn(r) for r in results]] for label, fn in rows]
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
     lines = []
@@ -161,7 +170,39 @@ def format_table(results: list[dict[str, Any]]) -> str:
         lines.append("  ".join(cells))
         if n == 0:
             lines.append("  ".join("-" * w for w in widths))
+    if any(extrapolation_mark(r) for r in results):
+        lines.append(EXTRAPOLATION_NOTE)
     return "\n".join(lines)
+
+
+def headline_lines(results: list[dict[str, Any]]) -> list[str]:
+    """The honest headline of a comparison: each dynamic policy's energy saved against the
+    static-best searched for the same router (rows without one are left out)."""
+    best = {r.get("router"): r for r in results if "static_best" in r}
+    lines = []
+    for row in results:
+        gain = row.get("energy_savings_vs_static_best")
+        if gain is None or "static_best" in row or row["policy"].startswith("static"):
+            continue
+        baseline = best[row.get("router")]
+        lines.append(
+            f"{row['policy']}: {100 * gain:+.1f}% energy vs {baseline['policy']} (same router), "
+            f"SLO {100 * row['slo_attainment']:.2f}% vs {100 * baseline['slo_attainment']:.2f}%"
+        )
+    return lines
+
+
+def _extrapolated(row: dict[str, Any]) -> str:
+    """The share of the row's energy spent outside the model's calibrated clocks."""
+    return _fmt(_pct(row.get("extrapolated_energy_share")), ".1f", "%")
+
+
+def extrapolation_mark(row: dict[str, Any]) -> str:
+    """ "*" for a row whose figures rest partly on clocks the model extrapolates to."""
+    return "*" if row.get("extrapolated_energy_share") else ""
+
+
+EXTRAPOLATION_NOTE = "* energy partly at clocks outside the model's calibrated range (extrapolated)"
 
 
 def _per_request(row: dict[str, Any]) -> str:

@@ -14,6 +14,7 @@ import sys
 import time
 
 from voltana.cli.options import (
+    add_clock_range_arg,
     add_hardware_args,
     add_slo_args,
     hardware_from_args,
@@ -78,6 +79,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         help="requests replayed per run, from the start (default: %(default)s)",
     )
     add_hardware_args(parser)
+    add_clock_range_arg(parser)
     cluster = parser.add_argument_group("cluster")
     cluster.add_argument("--prefill", type=positive_int, default=2, help="prefill instances")
     cluster.add_argument("--decode", type=positive_int, default=2, help="decode instances")
@@ -110,9 +112,21 @@ def run(args: argparse.Namespace) -> int:
     if policies[0] != BASELINE:
         policies = [BASELINE, *[p for p in policies if p != BASELINE]]
     config = ClusterConfig(
-        hardware.gpu, hardware.model, num_prefill=args.prefill, num_decode=args.decode, slo=slo
+        hardware.gpu,
+        hardware.model,
+        num_prefill=args.prefill,
+        num_decode=args.decode,
+        slo=slo,
+        allow_extrapolated_clocks=args.allow_extrapolated_clocks,
     )
-    build_suites(policies, None, hardware.gpu, hardware.perf, slo)  # bad names fail first
+    build_suites(  # bad names fail first
+        policies,
+        None,
+        hardware.gpu,
+        hardware.perf,
+        slo,
+        allow_extrapolated_clocks=args.allow_extrapolated_clocks,
+    )
     load_workload(args.trace)  # so does a bad trace
 
     build = scaled_workload(args.trace, args.max_requests)
@@ -169,9 +183,15 @@ def run(args: argparse.Namespace) -> int:
             r["policy"].startswith("static-best") for r in row.results
         ):
             verdict = row.verdict()
+            gain = verdict["savings_vs_static_best"]
             print(
                 f"{row.load}: voltana {'meets' if verdict['slo_ok'] else 'MISSES'} the SLO bar, "
-                f"{'beats' if verdict['beats_static_best'] else 'does NOT beat'} static-best"
+                + (
+                    f"{100 * gain:+.1f}% energy vs static-best with its router, "
+                    if gain is not None
+                    else ""
+                )
+                + f"{'beats' if verdict['beats_static_best'] else 'does NOT beat'} it"
                 + (
                     f", {verdict['lead_points']:+.1f} points vs {verdict['strongest_ablation']}"
                     if verdict["lead_points"] is not None
@@ -194,6 +214,7 @@ def run(args: argparse.Namespace) -> int:
                     "ttft_ms_per_1k_tokens": slo.ttft_ms_per_1k_tokens,
                 },
                 "capacity_multiplier": capacity,
+                "allow_extrapolated_clocks": args.allow_extrapolated_clocks,
             },
             "rows": [row.as_dict() for row in rows],
         }

@@ -40,6 +40,16 @@ def add_hardware_args(parser: argparse.ArgumentParser, default_gpu: str = "a100-
     add_profile_arg(group)
 
 
+def add_clock_range_arg(parser: argparse._ActionsContainer) -> None:
+    parser.add_argument(
+        "--allow-extrapolated-clocks",
+        action="store_true",
+        help="let policies use every clock the GPU supports, also outside the range where the "
+        "power/latency model (or --profile) is calibrated (docs/power-model.md); figures that "
+        "used such clocks are marked '*' (default: the calibrated range only)",
+    )
+
+
 def add_profile_arg(parser: argparse._ActionsContainer) -> None:
     parser.add_argument(
         "--profile",

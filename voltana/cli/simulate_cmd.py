@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from voltana.cli.options import (
+    add_clock_range_arg,
     add_hardware_args,
     add_slo_args,
     add_workload_shaping_args,
@@ -21,8 +22,9 @@ from voltana.cli.options import (
 from voltana.cli.outputs import check_output_path, check_plot_path, report_stream, write_text
 from voltana.cli.progress import ProgressBar
 from voltana.errors import ConfigError
+from voltana.perf.model import calibrated_clock_range_mhz
 from voltana.policy.registry import policy_names, router_names
-from voltana.report import format_table
+from voltana.report import format_table, headline_lines
 from voltana.sim.cluster import ClusterConfig, LoopTiming
 from voltana.sim.compare import build_suites, compare_policies
 from voltana.workloads import summarize_workload
@@ -57,6 +59,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     )
     add_workload_shaping_args(parser)
     add_hardware_args(parser)
+    add_clock_range_arg(parser)
     cluster = parser.add_argument_group("cluster")
     cluster.add_argument("--prefill", type=positive_int, default=2, help="prefill instances")
     cluster.add_argument("--decode", type=positive_int, default=2, help="decode instances")
@@ -130,7 +133,13 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("--clock-delay-ms must be >= 0")
     names = args.policy or ["static-max"]
     suites = build_suites(
-        names, args.router, hardware.gpu, hardware.perf, slo, args.max_running_requests
+        names,
+        args.router,
+        hardware.gpu,
+        hardware.perf,
+        slo,
+        args.max_running_requests,
+        allow_extrapolated_clocks=args.allow_extrapolated_clocks,
     )
     requests = workload_from_args(args)
     config = ClusterConfig(
@@ -144,6 +153,7 @@ def run(args: argparse.Namespace) -> int:
         clock_change_delay_ms=args.clock_delay_ms,
         control_interval_ms=args.control_interval_ms,
         loop=LoopTiming.ideal() if args.ideal_loop else LoopTiming(),
+        allow_extrapolated_clocks=args.allow_extrapolated_clocks,
     )
     workload = summarize_workload(requests)
     print(
@@ -171,6 +181,8 @@ def run(args: argparse.Namespace) -> int:
         suites=suites,
     )
     print(format_table(rows), file=report_stream(args.json))
+    for line in headline_lines(rows):
+        print(line, file=report_stream(args.json))
     if args.json:
         document = {
             "config": {
@@ -194,6 +206,8 @@ def run(args: argparse.Namespace) -> int:
                 "ttft_slo_per_1k_ms": slo.ttft_ms_per_1k_tokens,
                 "loop": "ideal" if args.ideal_loop else "live",
                 "control_interval_ms": args.control_interval_ms,
+                "allow_extrapolated_clocks": args.allow_extrapolated_clocks,
+                "calibrated_clock_range_mhz": list(calibrated_clock_range_mhz(hardware.perf)),
                 "workload": workload.to_dict(),
             },
             "results": rows,

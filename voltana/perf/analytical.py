@@ -72,6 +72,9 @@ class Calibration:
     min_activity: float = 0.35  # switching activity of SMs stalled on memory
     kv_memory_fraction: float = 0.88  # fraction of GPU memory SGLang gives weights + KV
     max_cuda_graph_batch: int = 512
+    # The SM clocks the constants were fitted over (docs/power-model.md); outside it the model
+    # extrapolates. None: the GPU's whole range (a calibration given without one).
+    calibrated_clock_range_mhz: tuple[int, int] | None = None
 
 
 # Hopper GPUs (H100, H200) share SMs, clocks and power behaviour; only bandwidth and memory
@@ -86,11 +89,14 @@ _HOPPER_CALIBRATION = Calibration(
     # Hopper gates idle SMs far better: decode-only H200 runs draw 137-300 W and lose only
     # 47-90 W from 1980 to 780 MHz (docs/calibration.md), so SMs stalled on memory switch little.
     min_activity=0.10,
+    # The H200 decode sweeps ran 780-1980 MHz (DESIGN.md §4); H100 shares the SMs and clocks.
+    calibrated_clock_range_mhz=(780, 1980),
 )
 
 # Constants fitted to docs/calibration.md (see tests/test_perf_calibration.py for each figure).
 DEFAULT_CALIBRATIONS: dict[str, Calibration] = {
-    "a100-80g": Calibration(),
+    # Perseus' A100 measurements span 855-1410 MHz; nothing public below (docs/power-model.md).
+    "a100-80g": Calibration(calibrated_clock_range_mhz=(855, 1410)),
     "h100-80g": _HOPPER_CALIBRATION,
     "h200": _HOPPER_CALIBRATION,
 }
@@ -109,6 +115,12 @@ class AnalyticalPerformanceModel:
         cls, gpu: GpuSpec, model: ModelSpec, calibration: Calibration | None = None
     ) -> AnalyticalPerformanceModel:
         return cls(gpu, model, calibration or DEFAULT_CALIBRATIONS.get(gpu.key, Calibration()))
+
+    @property
+    def calibrated_clock_range_mhz(self) -> tuple[int, int]:
+        """The clocks (lowest, highest MHz) where the constants were fitted to measurements."""
+        fitted = self.calibration.calibrated_clock_range_mhz
+        return fitted or (self.gpu.min_sm_clock_mhz, self.gpu.max_sm_clock_mhz)
 
     # ---- derived constants -------------------------------------------------------------
     @cached_property

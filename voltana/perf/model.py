@@ -59,3 +59,14 @@ class PerformanceModel(Protocol):
     def kv_capacity_tokens(self) -> int:
         """KV-cache tokens one instance can hold (per TP group)."""
         ...
+
+
+def calibrated_clock_range_mhz(perf: PerformanceModel) -> tuple[int, int]:
+    """The SM clocks (lowest, highest MHz) where ``perf`` rests on measurements: the fitted
+    range of the analytical model, the profiled clocks of a measured profile. A model that
+    does not say (a test's fake) is taken at its word over the GPU's whole range."""
+    known = getattr(perf, "calibrated_clock_range_mhz", None)
+    if known is None:
+        return perf.gpu.min_sm_clock_mhz, perf.gpu.max_sm_clock_mhz
+    low_mhz, high_mhz = known
+    return int(low_mhz), int(high_mhz)

@@ -216,6 +216,13 @@ class ProfiledPerformanceModel:
     def model(self) -> ModelSpec:
         return self._model
 
+    @property
+    def calibrated_clock_range_mhz(self) -> tuple[int, int]:
+        """The clocks the profile measured: between them it interpolates, beyond it repeats
+        the nearest measured clock."""
+        clocks = sorted({*self._prefill_clocks, *self._decode_clocks})
+        return clocks[0], clocks[-1]
+
     @staticmethod
     def _bracket(clocks: list[int], clock: float) -> tuple[int, int, float]:
         index = bisect.bisect_left(clocks, clock)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from voltana.hardware.gpus import GpuSpec
-from voltana.perf.model import PerformanceModel
+from voltana.perf.model import PerformanceModel, calibrated_clock_range_mhz
 from voltana.policy.state import (
     ClockDecision,
     ClusterSnapshot,
@@ -31,6 +31,22 @@ class PolicyContext:
     slo: SloTarget
     # The engine's batch limit: predictors are profiled up to it and know nothing beyond it.
     max_running_requests: int = 1024
+    # False: every clock a policy may choose lies where ``perf`` is calibrated (its figures
+    # rest on measurements); True: the GPU's whole range, the rest extrapolated.
+    allow_extrapolated_clocks: bool = False
+
+    @property
+    def clock_range_mhz(self) -> tuple[int, int]:
+        """The lowest and highest clock (MHz) a policy may choose."""
+        if self.allow_extrapolated_clocks:
+            return self.gpu.min_sm_clock_mhz, self.gpu.max_sm_clock_mhz
+        return calibrated_clock_range_mhz(self.perf)
+
+    @property
+    def supported_clocks_mhz(self) -> tuple[int, ...]:
+        """Every clock the GPU supports inside the allowed range, ascending."""
+        low_mhz, high_mhz = self.clock_range_mhz
+        return tuple(c for c in self.gpu.supported_sm_clocks_mhz if low_mhz <= c <= high_mhz)
 
 
 class FrequencyPolicy(Protocol):

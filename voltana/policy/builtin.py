@@ -5,11 +5,12 @@ from collections.abc import Callable
 
 from voltana.policy.base import PolicyContext, PolicySuite, RoutingPolicy
 from voltana.policy.common import fit_predictor, full_range_clocks_mhz, paper_candidate_clocks_mhz
-from voltana.policy.paper import EcoRoute, build_paper_suite
+from voltana.policy.paper import EcoRoute, build_paper_suite, build_paper_suite_m0
 from voltana.policy.voltana import VOLTANA_TOKEN_BREAKPOINTS, VoltanaRouter, build_voltana_suite
 
 BUILTIN_POLICIES: dict[str, Callable[..., PolicySuite]] = {
     "voltana-paper": build_paper_suite,
+    "voltana-paper-m0": build_paper_suite_m0,
     "voltana": build_voltana_suite,
 }
 
@@ -18,7 +19,7 @@ def _ecoroute(context: PolicyContext) -> RoutingPolicy:
     return EcoRoute(
         fit_predictor(
             context.perf,
-            paper_candidate_clocks_mhz(context.gpu),
+            paper_candidate_clocks_mhz(context.gpu, context.clock_range_mhz),
             max_batch=context.max_running_requests,
         )
     )
@@ -28,7 +29,7 @@ def _voltana_router(context: PolicyContext) -> RoutingPolicy:
     return VoltanaRouter(
         fit_predictor(
             context.perf,
-            full_range_clocks_mhz(context.gpu),
+            full_range_clocks_mhz(context.gpu, context.clock_range_mhz),
             VOLTANA_TOKEN_BREAKPOINTS,
             max_batch=context.max_running_requests,
         )

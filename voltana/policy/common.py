@@ -15,17 +15,35 @@ from voltana.policy.predictor import LatencyPredictor
 PAPER_CLOCK_FRACTIONS = (1005 / 1410, 1095 / 1410, 1200 / 1410, 1305 / 1410, 1.0)
 
 
-def paper_candidate_clocks_mhz(gpu: GpuSpec) -> tuple[int, ...]:
-    """{1005, 1095, 1200, 1305, 1410} on A100; the same fractions of max clock elsewhere."""
+def paper_candidate_clocks_mhz(
+    gpu: GpuSpec, clock_range_mhz: tuple[int, int] | None = None
+) -> tuple[int, ...]:
+    """{1005, 1095, 1200, 1305, 1410} on A100; the same fractions of max clock elsewhere;
+    raised into ``clock_range_mhz`` (lowest, highest allowed) where one falls below it."""
+    low_mhz, high_mhz = clock_range_mhz or (gpu.min_sm_clock_mhz, gpu.max_sm_clock_mhz)
     return tuple(
-        sorted({gpu.clamp_sm_clock_mhz(gpu.max_sm_clock_mhz * f) for f in PAPER_CLOCK_FRACTIONS})
+        sorted(
+            {
+                min(high_mhz, gpu.clamp_sm_clock_mhz(max(low_mhz, gpu.max_sm_clock_mhz * f)))
+                for f in PAPER_CLOCK_FRACTIONS
+            }
+        )
     )
 
 
-def full_range_clocks_mhz(gpu: GpuSpec, step_mhz: int = 30) -> tuple[int, ...]:
-    """Every supported clock at least ``step_mhz`` apart, always including min and max."""
-    clocks = [c for c in gpu.supported_sm_clocks_mhz if (c - gpu.min_sm_clock_mhz) % step_mhz == 0]
-    return tuple(sorted({*clocks, gpu.min_sm_clock_mhz, gpu.max_sm_clock_mhz}))
+def full_range_clocks_mhz(
+    gpu: GpuSpec, clock_range_mhz: tuple[int, int] | None = None, step_mhz: int = 30
+) -> tuple[int, ...]:
+    """Every supported clock of ``clock_range_mhz`` (default: the GPU's whole range) at least
+    ``step_mhz`` apart, always including both ends."""
+    low_mhz, high_mhz = clock_range_mhz or (gpu.min_sm_clock_mhz, gpu.max_sm_clock_mhz)
+    clocks = [
+        c
+        for c in gpu.supported_sm_clocks_mhz
+        if low_mhz <= c <= high_mhz and (c - gpu.min_sm_clock_mhz) % step_mhz == 0
+    ]
+    ends = [c for c in gpu.supported_sm_clocks_mhz if low_mhz <= c <= high_mhz]
+    return tuple(sorted({*clocks, ends[0], ends[-1]}))
 
 
 def fit_predictor(

@@ -20,9 +20,13 @@ SuiteFactory = Callable[..., PolicySuite]
 
 
 # Ablations: "<policy>+<modifier>+..." - a clock set, or another router ("<router>-router").
-CLOCK_SET_MODIFIERS: dict[str, Callable[[GpuSpec], tuple[int, ...]]] = {
-    "full-range": full_range_clocks_mhz,
-    "paper-clocks": paper_candidate_clocks_mhz,
+# A clock set is cut to the context's allowed range (the calibrated one unless extrapolation
+# is allowed).
+CLOCK_SET_MODIFIERS: dict[str, Callable[[PolicyContext], tuple[int, ...]]] = {
+    "full-range": lambda context: full_range_clocks_mhz(context.gpu, context.clock_range_mhz),
+    "paper-clocks": lambda context: paper_candidate_clocks_mhz(
+        context.gpu, context.clock_range_mhz
+    ),
 }
 ROUTER_MODIFIER_SUFFIX = "-router"
 
@@ -36,6 +40,7 @@ _NAMED_SUITES: dict[str, SuiteFactory] = {}
 
 STATIC_FORMS = ("static-max", "static:<MHz>", "static:<prefill MHz>/<decode MHz>")
 ABLATION_FORM = "<policy>+full-range|+paper-clocks|+<router>-router"
+STATIC_BEST = "static-best"
 
 
 class SimulatorOnlyPolicyError(UnknownNameError):
@@ -47,6 +52,31 @@ class SimulatorOnlyPolicyError(UnknownNameError):
             f"{name} is a hindsight sweep over a whole recorded workload, so only "
             f"`voltana simulate` runs it; live policies: {', '.join(live)}",
         )
+
+
+def _router_modifier(modifier: str) -> str | None:
+    """The router a "<router>-router" modifier names (None: not a router modifier)."""
+    if modifier.endswith(ROUTER_MODIFIER_SUFFIX) and modifier != ROUTER_MODIFIER_SUFFIX:
+        return modifier.removesuffix(ROUTER_MODIFIER_SUFFIX)
+    return None
+
+
+def static_best_router(name: str) -> tuple[bool, str | None]:
+    """(is ``name`` a `static-best` form, the router its "+<router>-router" asks for). The
+    hindsight sweep takes no clock-set modifier: it searches every allowed clock already."""
+    base, *modifiers = name.split("+")
+    if base != STATIC_BEST:
+        return False, None
+    _load_builtin_policies()  # the routers they register (voltana, ecoroute) are valid here too
+    if len(modifiers) > 1 or any(_router_modifier(m) is None for m in modifiers):
+        raise ConfigError(
+            f"policy {name!r}: static-best takes only a router modifier, "
+            f"static-best+<router>{ROUTER_MODIFIER_SUFFIX} (routers: {', '.join(router_names())})"
+        )
+    router = _router_modifier(modifiers[0]) if modifiers else None
+    if router is not None and router not in ROUTERS:
+        raise UnknownNameError("router", router, ROUTERS)
+    return True, router
 
 
 def register_policy(name: str, factory: SuiteFactory) -> None:
@@ -62,7 +92,7 @@ def policy_names() -> list[str]:
     # static-best is resolved by the simulator (a hindsight sweep), not built as a suite.
     return [
         *STATIC_FORMS[:1],
-        "static-best",
+        STATIC_BEST,
         *sorted(_NAMED_SUITES),
         *STATIC_FORMS[1:],
         ABLATION_FORM,
@@ -72,7 +102,7 @@ def policy_names() -> list[str]:
 def live_policy_names() -> list[str]:
     """The policies a running controller and router can use (all but the simulator's
     hindsight sweep, static-best)."""
-    return [name for name in policy_names() if name != "static-best"]
+    return [name for name in policy_names() if name != STATIC_BEST]
 
 
 def router_names() -> list[str]:
@@ -89,7 +119,8 @@ def build_router(name: str, context: PolicyContext) -> RoutingPolicy:
     return factory(context)
 
 
-def parse_clock_mhz(text: str, gpu: GpuSpec) -> int:
+def parse_clock_mhz(text: str, gpu: GpuSpec, clock_range_mhz: tuple[int, int] | None = None) -> int:
+    """A supported clock of ``gpu`` given in MHz, inside ``clock_range_mhz`` when given."""
     try:
         clock_mhz = int(text)
     except ValueError:
@@ -99,6 +130,12 @@ def parse_clock_mhz(text: str, gpu: GpuSpec) -> int:
             f"{clock_mhz} MHz is not a supported SM clock of {gpu.key} "
             f"({gpu.min_sm_clock_mhz}-{gpu.max_sm_clock_mhz} MHz in steps of "
             f"{gpu.sm_clock_step_mhz})"
+        )
+    if clock_range_mhz and not clock_range_mhz[0] <= clock_mhz <= clock_range_mhz[1]:
+        raise ConfigError(
+            f"{clock_mhz} MHz is outside the range where the {gpu.key} power/latency model is "
+            f"calibrated ({clock_range_mhz[0]}-{clock_range_mhz[1]} MHz, docs/power-model.md); "
+            "--allow-extrapolated-clocks allows it"
         )
     return clock_mhz
 
@@ -120,7 +157,7 @@ def build_suite(
         prefill = StaticClockPolicy(parse_clock_mhz(prefill_text, gpu))
         decode = StaticClockPolicy(parse_clock_mhz(decode_text or prefill_text, gpu))
         return PolicySuite(name, prefill, decode, router or RoundRobinRouter())
-    if name == "static-best":
+    if static_best_router(name)[0]:
         raise SimulatorOnlyPolicyError(name, live_policy_names())
     base, *modifiers = name.split("+")
     factory = _NAMED_SUITES.get(base)
@@ -129,10 +166,10 @@ def build_suite(
     clocks: tuple[int, ...] | None = None
     for modifier in modifiers:
         if modifier in CLOCK_SET_MODIFIERS:
-            clocks = CLOCK_SET_MODIFIERS[modifier](gpu)
-        elif modifier.endswith(ROUTER_MODIFIER_SUFFIX) and modifier != ROUTER_MODIFIER_SUFFIX:
+            clocks = CLOCK_SET_MODIFIERS[modifier](context)
+        elif (router_name := _router_modifier(modifier)) is not None:
             # An explicit router (e.g. --router) still wins over the one the name asks for.
-            router = router or build_router(modifier.removesuffix(ROUTER_MODIFIER_SUFFIX), context)
+            router = router or build_router(router_name, context)
         else:
             raise ConfigError(
                 f"policy {name!r}: unknown modifier {modifier!r} (valid: "

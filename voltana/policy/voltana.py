@@ -523,7 +523,7 @@ def build_voltana_suite(
     name: str = "voltana",
 ) -> PolicySuite:
     """Voltana's policy; ``clocks_mhz`` replaces the full clock range (an ablation)."""
-    clocks = clocks_mhz or full_range_clocks_mhz(context.gpu)
+    clocks = clocks_mhz or full_range_clocks_mhz(context.gpu, context.clock_range_mhz)
     predictor = fit_predictor(
         context.perf, clocks, VOLTANA_TOKEN_BREAKPOINTS, max_batch=context.max_running_requests
     )

@@ -60,6 +60,9 @@ class ClusterConfig:
     latency_jitter: float = 0.02  # relative std-dev of iteration latency noise
     observation: ObservationConfig = DEFAULT_OBSERVATION
     loop: LoopTiming = field(default_factory=LoopTiming)
+    # Let policies use clocks outside the power/latency model's calibrated range (figures
+    # there are extrapolated and marked so in reports).
+    allow_extrapolated_clocks: bool = False
 
     def __post_init__(self) -> None:
         if self.num_prefill < 1 or self.num_decode < 1:

@@ -58,6 +58,11 @@ class SimInstance:
         self.energy_j = 0.0
         self.sample_energy_j = 0.0
         self.clock_changes = 0
+        # Clock residency: seconds and energy per clock, booked whenever the clock changes.
+        self.residency_s: dict[int, float] = {}
+        self.energy_j_by_clock: dict[int, float] = {}
+        self._clock_since_s = 0.0
+        self._clock_since_energy_j = 0.0
         self.busy = False
         # Energy per request (voltana.energy): the running iteration's work, request -> weight.
         self.ledger: EnergyLedger[int] = EnergyLedger()
@@ -78,12 +83,31 @@ class SimInstance:
         if pending is not None and pending[0] <= now_s:
             effective_s, clock_mhz = pending
             self._integrate(effective_s)
+            self.book_residency(effective_s)
             self.sm_clock_mhz = clock_mhz
             self.pending_clock = None
             if not self.busy:  # an idle GPU's draw follows its clock at once
                 self.power_w = self.perf.idle_power_w(clock_mhz)
         if now_s > self.power_since_s:  # (it is called often with nothing to add)
             self._integrate(now_s)
+
+    def start(self, start_s: float) -> None:
+        """The run begins at ``start_s``: energy and residency count from there."""
+        self.power_since_s = start_s
+        self.last_activity_s = start_s
+        self._clock_since_s = start_s
+
+    def book_residency(self, now_s: float) -> None:
+        """Book the time and energy at the current clock up to ``now_s`` (integrated)."""
+        clock_mhz = self.sm_clock_mhz
+        self.residency_s[clock_mhz] = (
+            self.residency_s.get(clock_mhz, 0.0) + now_s - self._clock_since_s
+        )
+        self.energy_j_by_clock[clock_mhz] = (
+            self.energy_j_by_clock.get(clock_mhz, 0.0) + self.energy_j - self._clock_since_energy_j
+        )
+        self._clock_since_s = now_s
+        self._clock_since_energy_j = self.energy_j
 
     def _integrate(self, now_s: float) -> None:
         if now_s > self.power_since_s:

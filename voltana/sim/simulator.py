@@ -18,11 +18,12 @@ import heapq
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from voltana.energy import RequestEnergy, WorkShares, spread_unclaimed
 from voltana.errors import ConfigError
 from voltana.observation import ArrivalWindow, InflightLedger
-from voltana.perf.model import IterationEstimate, PerformanceModel
+from voltana.perf.model import IterationEstimate, PerformanceModel, calibrated_clock_range_mhz
 from voltana.policy.base import PolicySuite
 from voltana.policy.state import ClusterSnapshot, InstanceState, Phase, RequestSpec
 from voltana.report import RunOutcome
@@ -86,6 +87,11 @@ class SimulationResult:
     decode_iteration_batch: list[int]
     # Per request (by index in ``records``): its share of the measured energy (voltana.energy).
     request_energy: list[RequestEnergy] = field(default_factory=list)
+    # Per instance: seconds and energy at each clock (MHz), and the clocks the model that
+    # produced these figures is calibrated over (energy outside them is extrapolated).
+    clock_residency_s: list[dict[int, float]] = field(default_factory=list)
+    energy_j_by_clock: list[dict[int, float]] = field(default_factory=list)
+    calibrated_clock_range_mhz: tuple[int, int] | None = None
 
     @property
     def energy_j(self) -> float:
@@ -129,8 +135,38 @@ class SimulationResult:
                 if self.request_energy
                 else None
             ),
-            extra={"clock_changes": self.clock_changes},
+            extra={"clock_changes": self.clock_changes, **clock_figures(self)},
         )
+
+
+def clock_figures(result: SimulationResult) -> dict[str, Any]:
+    """How the run used its clocks: changes per GPU per minute, seconds per clock per phase
+    (summed over the phase's instances), and the share of energy spent at clocks outside the
+    model's calibrated range."""
+    gpus = result.config.gpus_per_instance
+    minutes = (result.end_s - result.start_s) / 60.0
+    per_gpu_per_min = (
+        result.clock_changes * gpus / result.config.num_gpus / minutes if minutes > 0 else 0.0
+    )
+    residency: dict[str, dict[str, float]] = {"prefill": {}, "decode": {}}
+    extrapolated_j = 0.0
+    low_mhz, high_mhz = result.calibrated_clock_range_mhz or (0, 1 << 30)
+    for instance_id, seconds, energy in zip(
+        result.instance_ids, result.clock_residency_s, result.energy_j_by_clock, strict=True
+    ):
+        phase = residency["prefill" if instance_id.startswith("prefill") else "decode"]
+        for clock_mhz, time_s in seconds.items():
+            phase[str(clock_mhz)] = phase.get(str(clock_mhz), 0.0) + time_s
+        extrapolated_j += sum(j for c, j in energy.items() if not low_mhz <= c <= high_mhz)
+    for phase_name, phase in residency.items():
+        residency[phase_name] = dict(sorted(phase.items(), key=lambda item: int(item[0])))
+    total_j = result.energy_j
+    return {
+        "clock_changes_per_gpu_per_min": per_gpu_per_min,
+        "clock_residency_s": residency,
+        "extrapolated_energy_share": extrapolated_j / total_j if total_j > 0 else 0.0,
+        "calibrated_clock_range_mhz": list(result.calibrated_clock_range_mhz or ()),
+    }
 
 
 ProgressCallback = Callable[[float], None]
@@ -510,8 +546,7 @@ class Simulation:
             raise ConfigError("the workload has no requests")
         start_s = requests[0].arrival_s
         for inst in self.instances:
-            inst.power_since_s = start_s
-            inst.last_activity_s = start_s
+            inst.start(start_s)
         for index, request in enumerate(requests):
             self._push(request.arrival_s, _ARRIVAL, index)
         # Every instance reports once at t0 (engines register with their state), and static
@@ -571,6 +606,7 @@ class Simulation:
                 break
         for inst in instances:
             inst.advance(end_s)
+            inst.book_residency(end_s)
             inst.ledger.settle()
         if progress is not None:
             progress(1.0)
@@ -584,6 +620,9 @@ class Simulation:
             start_s=start_s,
             end_s=end_s,
             clock_changes=sum(inst.clock_changes for inst in instances),
+            clock_residency_s=[inst.residency_s for inst in instances],
+            energy_j_by_clock=[inst.energy_j_by_clock for inst in instances],
+            calibrated_clock_range_mhz=calibrated_clock_range_mhz(self.perf),
             decode_iteration_latency_s=self._decode_latency_s,
             decode_iteration_batch=self._decode_batch,
             request_energy=self._request_energy(),
