@@ -225,7 +225,6 @@ TEST_POLICIES = (
     "voltana",
 )
 TEST_FIXED_RIVAL = "static-best+voltana-router"
-TEST_ROUTER_OF_VOLTANA = "voltana"
 
 
 def test_case_job(job: tuple[int, int]) -> tuple[CaseResult, float]:
