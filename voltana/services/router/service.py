@@ -45,6 +45,8 @@ _WATCH_BACKOFF_FACTOR = 4.0
 # the exit for the whole grace), and a call grpc took just before the stop whose handler has
 # yet to run (it refuses the request with "retry elsewhere" once it does; a busy host delays it).
 _AFTER_DRAIN_GRACE_S = 1.0
+# How long requests whose handlers are done may take to get their last bytes out.
+_CALLS_CLOSE_TIMEOUT_S = 10.0
 # How often the health status is brought in line with whether a request could be placed.
 _HEALTH_REFRESH_S = 0.25
 
@@ -447,18 +449,21 @@ class RouterService(AsyncService):
                 self._servicer.stop_accepting()
             if self._http is not None:
                 await self._http.stop_accepting()
-            # Refuses new calls at once; the servicer's drain ends what runs before grpc would.
-            stopping = asyncio.ensure_future(stop_grpc_server(server, drain_s + 2.0))
+            # The gRPC server keeps taking calls while the drain runs, so a new one is answered
+            # UNAVAILABLE (not taken: clients retry it on another router) by the servicer; a
+            # server already stopping would end it CANCELLED, which no client may retry.
             if self._servicer is not None:
                 ended = await self._servicer.drain(drain_s)
                 if ended:
                     _LOG.warning(
                         "ended %d request(s) still running after the %g s drain", ended, drain_s
                     )
+                # Each request's last message and status are on their way: let them out
+                # (however busy the host) before the short grace below cuts what is left.
+                await self._servicer.wait_for_calls(_CALLS_CLOSE_TIMEOUT_S)
             # Requests are done; what is left (health watches of load balancers and clients)
             # must not hold the exit for the rest of the grace.
-            await server.stop(_AFTER_DRAIN_GRACE_S)
-            await stopping
+            await stop_grpc_server(server, _AFTER_DRAIN_GRACE_S)
             self._health = None
             _LOG.info("router stopped")
         await self._release()

@@ -9,7 +9,7 @@ import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import grpc.aio
 from opentelemetry import trace
@@ -172,6 +172,11 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         # Those of them that sent their last token: only the summary is left, so the drain
         # running out ends them with it, never with an error.
         self._finishing: set[asyncio.Task[Any]] = set()
+        # gRPC Generate calls not yet over: a handler that returned may still be sending its
+        # last message and status, which the server's stop must not cut off.
+        self._open_calls: set[object] = set()
+        self._calls_closed = asyncio.Event()
+        self._calls_closed.set()
         self._draining = False
         self._aborting = False
         self.retries = 0
@@ -296,9 +301,32 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             budget_s = min(budget_s, max(0.0, remaining_s))
         return asyncio.get_running_loop().time() + budget_s
 
+    async def wait_for_calls(self, timeout_s: float) -> bool:
+        """Until every Generate call is over on the wire (False when ``timeout_s`` passed)."""
+        try:
+            await asyncio.wait_for(self._calls_closed.wait(), timeout_s)
+        except TimeoutError:
+            return False
+        return True
+
+    def _call_opened(self, context: Context) -> None:
+        key = object()
+        self._open_calls.add(key)
+        self._calls_closed.clear()
+
+        def closed(_: Context) -> None:
+            self._open_calls.discard(key)
+            if not self._open_calls:
+                self._calls_closed.set()
+
+        # The stubs type the callback as a class of their own; any callable taking the
+        # context is what grpc calls.
+        context.add_done_callback(cast(Any, closed))
+
     async def Generate(
         self, request: router_pb2.GenerateRequest, context: Context
     ) -> AsyncIterator[router_pb2.GenerateResponse]:
+        self._call_opened(context)
         async with contextlib.aclosing(self.generate(request, context)) as responses:
             async for response in responses:
                 yield response
