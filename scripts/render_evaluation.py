@@ -124,7 +124,7 @@ def render_dev(document: dict[str, Any]) -> str:
 def render_test(document: dict[str, Any]) -> str:
     from voltana.sim.heldout import format_split_summary
 
-    summary = format_split_summary(document["summary"], SAME_ROUTER_FIXED[-1])
+    summary = format_split_summary(document["summary"], SAME_ROUTER_FIXED[0])
     header = (
         "row", "family", "hardware", "SLO (TTFT / ITL ms)", "load", "static-best (same router)",
         "strongest qualified paper ablation", "voltana", "gain vs fixed (pts)",

@@ -397,11 +397,9 @@ def format_split_summary(summary: dict[str, Any], rival: str) -> str:
     def dist(value: dict[str, float] | None, unit: str = " pt") -> str:
         if not value:
             return "-"
-        return (
-            f"min {value['min']:+.1f}{unit}, p10 {value['p10']:+.1f}, median "
-            f"{value['median']:+.1f}, p90 {value['p90']:+.1f}, max {value['max']:+.1f} "
-            f"({value['count']} rows)"
-        )
+        sign = "+" if unit else ""  # points are signed, counts are not
+        parts = [f"{name} {value[name]:{sign}.1f}" for name in ("min", "p10", "median", "p90")]
+        return f"{', '.join(parts)}, max {value['max']:{sign}.1f}{unit} ({value['count']} rows)"
 
     share = summary["meets_bar_share"]
     lines = [
