@@ -903,21 +903,34 @@ HOSTILE_RAW: list[tuple[str, bytes]] = [
 ]  # fmt: skip
 
 
-async def _raw_exchange(url: str, raw: bytes, timeout_s: float = 15.0) -> int:
-    """Send ``raw`` on a new connection; the answer's HTTP status (0 = none before close)."""
+async def _raw_exchange(url: str, raw: bytes, timeout_s: float = 15.0) -> tuple[int, bytes]:
+    """Send ``raw`` on a new connection; the answer's HTTP status (0 = none before close) and
+    its body (what came before the server closed the connection)."""
     host, _, port = url.removeprefix("http://").rpartition(":")
     reader, writer = await asyncio.open_connection(host, int(port))
     try:
         writer.write(raw)
         with contextlib.suppress(ConnectionError):
             await writer.drain()
-        line = await asyncio.wait_for(reader.readline(), timeout_s)
+        answer = await asyncio.wait_for(reader.read(65536), timeout_s)
+        with contextlib.suppress(ConnectionError, TimeoutError):
+            while chunk := await asyncio.wait_for(reader.read(65536), 2.0):
+                answer += chunk
     except (ConnectionError, TimeoutError):
-        return 0
+        return 0, b""
     finally:
         writer.close()
-    parts = line.split()
-    return int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0
+    head, _, body = answer.partition(b"\r\n\r\n")
+    parts = head.split(b"\r\n", 1)[0].split()
+    status = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0
+    return status, body
+
+
+def _is_error_object(answer: Any) -> bool:
+    error_object = answer.get("error") if isinstance(answer, dict) else None
+    return isinstance(error_object, dict) and set(error_object) == {
+        "message", "type", "param", "code",
+    }  # fmt: skip
 
 
 async def hostile_http(deployment: Deployment, options: Options, result: Result) -> None:
@@ -935,17 +948,17 @@ async def hostile_http(deployment: Deployment, options: Options, result: Result)
                 bad.append(f"{label}: {type(error).__name__}")
                 continue
             statuses[f"{status // 100}xx"] += 1
-            error_object = answer.get("error") if isinstance(answer, dict) else None
-            shaped = isinstance(error_object, dict) and set(error_object) == {
-                "message", "type", "param", "code",
-            }  # fmt: skip
-            if not 400 <= status < 500 or not shaped:
+            if not 400 <= status < 500 or not _is_error_object(answer):
                 bad.append(f"{label}: {status} {str(answer)[:80]}")
         for label, raw in HOSTILE_RAW:
-            status = await _raw_exchange(deployment.http_url, raw)
+            status, body = await _raw_exchange(deployment.http_url, raw)
             statuses[f"{status // 100}xx" if status else "closed"] += 1
-            if status >= 500:
-                bad.append(f"{label}: {status}")
+            try:
+                shaped = _is_error_object(json.loads(body))
+            except ValueError:
+                shaped = False
+            if status >= 500 or (status and not shaped):
+                bad.append(f"{label}: {status} {body[:80]!r}")
         good = {"model": HTTP_MODEL, "prompt": "still serving", "max_tokens": 4}
         async with session.post(deployment.http_url + "/v1/completions", json=good) as r:
             still = r.status

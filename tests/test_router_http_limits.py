@@ -286,3 +286,38 @@ async def test_connections_per_client_are_capped() -> None:
         assert api.guard.refused_total == 1 and generate.shed == ["over_cap"]
         for _, held_writer in held[1:]:
             held_writer.close()
+
+
+UNPARSEABLE = [
+    ("garbage request line", b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n"),
+    ("header line of 100 KB", b"GET /health HTTP/1.1\r\nX-Big: " + b"a" * 100_000 + b"\r\n\r\n"),
+    (
+        "Content-Length twice",
+        b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n"
+        b"Content-Length: 3\r\n\r\n{}",
+    ),
+    (
+        "bad chunk size",
+        b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"zz\r\n{}\r\n0\r\n\r\n",
+    ),
+]
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(("case", "raw"), UNPARSEABLE, ids=[c[0] for c in UNPARSEABLE])
+async def test_what_aiohttp_cannot_parse_is_answered_with_a_json_400(case: str, raw: bytes) -> None:
+    async with door(HttpLimits()) as (api, generate):
+        reader, writer = await asyncio.open_connection(*host_port(api))
+        writer.write(raw)
+        answer = await closed_within(reader, CLOSE_DEADLINE_S)
+        writer.close()
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.split(b" ")[1] == b"400", answer[:200]
+        assert b"application/json" in head
+        error = json.loads(body)["error"]
+        assert error["code"] == 400 and error["type"] == "invalid_request_error"
+        assert error["message"]
+        # The door still serves.
+        status, _ = await post(api.url, b'{"prompt": "hello", "max_tokens": 2}')
+        assert status == 200 and len(generate.requests) == 1

@@ -11,6 +11,10 @@ long as it likes. ``ConnectionGuard`` wraps each connection's aiohttp protocol:
   answered ``429`` with an OpenAI-style error and closed before aiohttp sees it.
 
 The body's own timeout is the handler's (http_api.py), which answers 408.
+
+aiohttp answers a request it cannot parse (a garbage request line, a header over its limits, a
+bad chunk size) itself, before any middleware, in plain text; the guard makes that answer the
+OpenAI-style JSON error every other refusal of the door is.
 """
 
 from __future__ import annotations
@@ -20,9 +24,12 @@ import json
 import logging
 from collections import Counter
 from collections.abc import Callable
+from http import HTTPStatus
 from typing import Any
 
+from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_request import BaseRequest
 
 from voltana.services.router.http_format import error_body
 from voltana.services.router.http_limits import HttpLimits
@@ -39,6 +46,36 @@ def _too_many_answer(limit: int) -> bytes:
         f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
     )
     return head.encode() + body
+
+
+class _JsonErrorRequestHandler(RequestHandler):
+    """aiohttp's protocol answering what it cannot parse with OpenAI's error object (aiohttp's
+    own answer is plain text); its logging and checks stay as they are."""
+
+    __slots__ = ()  # the same layout as aiohttp's: an instance of it can become one of these
+
+    def handle_error(
+        self,
+        request: BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        super().handle_error(request, status, exc, message)  # logs; raises if an answer began
+        phrase = HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else ""
+        text = message or phrase or "the request could not be read"
+        if status >= 500:  # aiohttp's own failure: no internals to the client
+            text = "internal error of the router's HTTP server"
+        answer = web.json_response(error_body(text[:300], status), status=status)
+        answer.force_close()
+        return answer
+
+
+def _answer_parse_errors_in_json(handler: RequestHandler) -> RequestHandler:
+    # aiohttp builds its protocol itself (web.Server); the class is swapped afterwards rather
+    # than rebuilding it from the server's private arguments.
+    handler.__class__ = _JsonErrorRequestHandler
+    return handler
 
 
 class _GuardedConnection(asyncio.Protocol):
@@ -155,7 +192,7 @@ class ConnectionGuard:
         self.refused_total = 0
 
     def __call__(self) -> _GuardedConnection:
-        return _GuardedConnection(self, self._make_handler())
+        return _GuardedConnection(self, _answer_parse_errors_in_json(self._make_handler()))
 
     def note_shed(self, reason: str) -> None:
         self.shed_total += 1

@@ -30,6 +30,7 @@ class RecordKind(enum.StrEnum):
     SERIES = "series"
     COMPLETIONS = "completions"
     COMPLETION_LOG = "completion_log"
+    COMPLETION_IDS = "completion_ids"
     SEEN = "seen"
 
 

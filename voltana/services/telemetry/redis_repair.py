@@ -12,7 +12,9 @@ repairs or drops each quarantined record:
 - series: the bad point is removed; a key of another type is dropped;
 - completions: a bad member is removed; a key of another type is written back from this
   process's mirror of the completions (dropped when it has none); a bad completion-log entry
-  or log is removed, and the completions are reloaded from the sorted set;
+  or log is removed, and the completions are reloaded from the sorted set; the record ids
+  (what keeps a retried or replayed completion from counting twice), when of another type,
+  are written back from the mirror's completions;
 - seen: a bad time is replaced by the store's clock (the instance gets a full TTL from now, so
   a silent one still expires); a key of another type is rebuilt the same way for every
   registered instance.
@@ -49,6 +51,7 @@ _EXPECTED_TYPES = {
     RecordKind.SEEN: "hash",
     RecordKind.COMPLETIONS: "zset",
     RecordKind.COMPLETION_LOG: "stream",
+    RecordKind.COMPLETION_IDS: "zset",
 }
 _HASHES: dict[RecordKind, tuple[type[Any], Any]] = {
     RecordKind.INFO: (InstanceInfo, validate_instance_info),
@@ -71,6 +74,7 @@ class RedisRepair:
             RecordKind.SEEN: store.seen_key(),
             RecordKind.COMPLETIONS: store.completions_key(),
             RecordKind.COMPLETION_LOG: store.completion_log_key(),
+            RecordKind.COMPLETION_IDS: store.completion_ids_key(),
         }
 
     async def heal(self) -> int:
@@ -175,6 +179,16 @@ class RedisRepair:
                 pipe.delete(key)
                 if mirrored:
                     pipe.zadd(key, mirrored)
+                await pipe.execute()
+            return
+        if kind is RecordKind.COMPLETION_IDS:
+            record_ids = {
+                c.record_id: c.finished_at_s for c in store.mirrored_completions() if c.record_id
+            }
+            async with redis.pipeline(transaction=True) as pipe:
+                pipe.delete(key)
+                if record_ids:
+                    pipe.zadd(key, record_ids)
                 await pipe.execute()
             return
         if kind is RecordKind.COMPLETION_LOG:

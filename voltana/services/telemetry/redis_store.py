@@ -94,8 +94,18 @@ DEFAULT_KEY_PREFIX = "voltana:"
 # the completion-log stream; one atomic step, so a retry racing a replay counts once. Ids are
 # kept twice as long as the records (an id outlives its record, so a late duplicate cannot slip
 # back in). Returns 1 when stored.
+# Redis does not roll a script back when a command in it fails, so every key's type is checked
+# before anything is written: a completions key of another type must not leave the record id
+# marked as stored (the reporter's retry would then be taken for a duplicate and the record lost).
 # KEYS: completions, completion ids, completion log; ARGV: member, score, record id, cap, log field.
 _RECORD_COMPLETION_LUA = """
+local expected = {'zset', 'zset', 'stream'}
+for i = 1, 3 do
+  local found = redis.call('TYPE', KEYS[i])['ok']
+  if found ~= 'none' and found ~= expected[i] then
+    return redis.error_reply('WRONGTYPE ' .. KEYS[i] .. ' is a ' .. found .. ', not a ' .. expected[i])
+  end
+end
 local cap = tonumber(ARGV[4])
 if ARGV[3] ~= '' then
   if redis.call('ZADD', KEYS[2], 'NX', ARGV[2], ARGV[3]) == 0 then
