@@ -1048,6 +1048,10 @@ def _p99(values: Sequence[float]) -> float:
     return ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]
 
 
+# The router's default --http-max-connections-per-client.
+CAP_PER_CLIENT = 256
+
+
 async def http_slowloris(deployment: Deployment, options: Options, result: Result) -> None:
     """``slowloris`` connections (a third idle, a third partial headers, a third a partial
     body; each kind from its own loopback address) plus 300 idle ones from one more address to
@@ -1086,9 +1090,11 @@ async def http_slowloris(deployment: Deployment, options: Options, result: Resul
     refused = sum(h.answer.startswith(b"HTTP/1.1 429") for h in over)
     over_closed = [h.closed_after_s for h in over if h.closed_after_s is not None]
     result.notes.append(
-        f"300 from one address (cap 256): {refused} refused with 429 at once, "
+        f"300 from one address (cap {CAP_PER_CLIENT}): {refused} refused with 429 at once, "
         f"{len(over_closed)} closed in all (max {max(over_closed, default=0):.2f} s)"
     )
+    if refused < 300 - CAP_PER_CLIENT:  # the cap let connections in that it should not have
+        result.failed["OVER_CAP_ADMITTED"] = 300 - CAP_PER_CLIENT - refused
     base_p99, attack_p99 = _p99(baseline), _p99(under_attack)
     result.notes.append(
         f"real requests p99 {attack_p99 * 1000:.0f} ms under attack ({len(under_attack)} req) "

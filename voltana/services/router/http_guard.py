@@ -25,7 +25,7 @@ import logging
 from collections import Counter
 from collections.abc import Callable
 from http import HTTPStatus
-from typing import Any
+from typing import Any, cast
 
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
@@ -95,8 +95,9 @@ class _GuardedConnection(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         self._client = str(peer[0]) if isinstance(peer, tuple) and peer else ""
         if not self._guard.admit(self._client):
-            assert isinstance(transport, asyncio.Transport)
-            transport.write(_too_many_answer(self._guard.limits.max_connections_per_client))
+            # uvloop's transports are not asyncio.Transport subclasses: no isinstance here.
+            writer = cast(asyncio.WriteTransport, transport)
+            writer.write(_too_many_answer(self._guard.limits.max_connections_per_client))
             transport.close()
             return
         self._admitted = True
