@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from voltana.control import DEFAULT_PLACEMENT_HOLD_MS
 from voltana.errors import ConfigError
 from voltana.hardware.gpus import GpuSpec
 from voltana.hardware.models import ModelSpec
@@ -20,7 +21,8 @@ class LoopTiming:
     watch intervals, every hop costs ``rpc_ms``, and a new clock takes the GPU's clock-change
     delay. With ``placement_trigger`` the router asks the controller to decide for the instances
     it just placed a request on (and dispatches once the controller answered), instead of
-    letting the request wait for the next tick behind a parked clock.
+    letting the request wait for the next tick behind a parked clock; the notice then stands
+    for the instance for up to ``placement_hold_ms`` (control/notices.py), as it does live.
     """
 
     report_interval_ms: float = 50.0
@@ -28,9 +30,16 @@ class LoopTiming:
     router_watch_ms: float = 100.0
     rpc_ms: float = 1.0
     placement_trigger: bool = True
+    placement_hold_ms: float = DEFAULT_PLACEMENT_HOLD_MS
 
     def __post_init__(self) -> None:
-        for name in ("report_interval_ms", "controller_watch_ms", "router_watch_ms", "rpc_ms"):
+        for name in (
+            "report_interval_ms",
+            "controller_watch_ms",
+            "router_watch_ms",
+            "rpc_ms",
+            "placement_hold_ms",
+        ):
             if not getattr(self, name) >= 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
 

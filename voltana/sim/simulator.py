@@ -4,12 +4,14 @@ Arrivals are placed by the routing policy; prefill instances run chunked FCFS pr
 their decode partner, and decode instances run continuous batching. Energy integrates every GPU's
 power, idle time included, from the first arrival to the last completion.
 
-The control loop is the live one (cluster.LoopTiming): engines report their load through the
+The control loop is the live one (cluster.LoopTiming), driven through the same control core
+(voltana.control) as the live router and controller: engines report their load through the
 observation contract on an interval, telemetry hands the reports to the router and the
-controller on their watch intervals, the router adds its in-flight ledger and placement counts,
-the controller ticks on its interval (and, with the placement trigger, decides at once for the
-instances a request was just placed on), every hop costs an RPC, and a new clock takes the GPU's
-clock-change delay. `LoopTiming.ideal()` gives every decision the exact current state instead.
+controller on their watch intervals, the router lays its placement book over them, the
+controller ticks on its interval (and, with the placement trigger, decides at once for the
+instances a request was just placed on, whose notice then stands for the placement hold), every
+hop costs an RPC, and a new clock takes the GPU's clock-change delay. `LoopTiming.ideal()`
+gives every decision the exact current state instead.
 """
 
 from __future__ import annotations
@@ -20,9 +22,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from voltana.control import NoticeBoard, PlacementBook, needs_clock_command
 from voltana.energy import RequestEnergy, WorkShares, spread_unclaimed
 from voltana.errors import ConfigError
-from voltana.observation import ArrivalWindow, InflightLedger
 from voltana.perf.model import IterationEstimate, PerformanceModel, calibrated_clock_range_mhz
 from voltana.policy.base import PolicySuite
 from voltana.policy.state import ClusterSnapshot, InstanceState, Phase, RequestSpec
@@ -209,14 +211,13 @@ class Simulation:
         self._kv_capacity = perf.kv_capacity_tokens()
         # The router's side: placements counted per instance, and the in-flight ledger.
         window_s = config.observation.window_s
-        self._arrivals = [ArrivalWindow(window_s) for _ in self.instances]
-        self._ledger = InflightLedger()
+        self._placements = PlacementBook(window_s)
         # Telemetry's latest report per instance, and what the router and controller last got.
         self._reports: list[InstanceState | None] = [None] * len(self.instances)
         self._router_view: list[InstanceState | None] = [None] * len(self.instances)
         self._controller_view: list[InstanceState | None] = [None] * len(self.instances)
-        # States the router sent the controller with a placement (newer than its snapshot).
-        self._notified: list[InstanceState | None] = [None] * len(self.instances)
+        # States the router sent the controller with a placement (the live controller's rule).
+        self._notices = NoticeBoard(config.loop.placement_hold_ms / 1000.0)
         self._pending_notices: dict[int, tuple[InstanceState, InstanceState]] = {}
         # When each watch next reads the reports (inf: never), and whether the controller's
         # copy matters (a static suite never decides after t0).
@@ -240,8 +241,8 @@ class Simulation:
     def _report(self, inst: SimInstance, now_s: float) -> InstanceState:
         """The instance's report now, with telemetry's placement counts added."""
         inst.advance(now_s)
-        arrivals = self._arrivals[inst.index]
-        return inst.observe(now_s, arrivals.requests_per_s(now_s), arrivals.tokens_per_s(now_s))
+        rates = self._placements.arrival_rates(inst.instance_id, now_s)
+        return inst.observe(now_s, *rates) if rates is not None else inst.observe(now_s)
 
     def _router_state(self, inst: SimInstance, now_s: float) -> InstanceState | None:
         """The router's view: its last snapshot (exact in the ideal loop) plus its ledger and
@@ -252,7 +253,7 @@ class Simulation:
             base = self._router_view[inst.index]
         if base is None:
             return None
-        return self._ledger.annotate(base)
+        return self._placements.annotate(base, now_s)
 
     def snapshot(self, now_s: float) -> ClusterSnapshot:
         """What the router places on (instances it has not heard of yet are left out)."""
@@ -271,17 +272,18 @@ class Simulation:
     def _controller_state(self, inst: SimInstance, now_s: float) -> InstanceState | None:
         if self._ideal:
             return self._report(inst, now_s)
-        base = self._controller_view[inst.index]
-        notified = self._notified[inst.index]
-        if notified is not None and (base is None or notified.observed_at_s > base.observed_at_s):
-            return notified
-        return base
+        return self._notices.newest(self._controller_view[inst.index], inst.instance_id)
 
     def _decide(self, inst: SimInstance, state: InstanceState, now_s: float) -> bool:
         """Run the phase's policy; a new clock reaches the agent one RPC later and takes effect
         after the GPU's clock-change delay. True when the clock target changed."""
         policy = self.suite.prefill if inst.phase is Phase.PREFILL else self.suite.decode
         decision = policy.decide(state, self.config.slo, now_s)
+        # Simulated agents never fail and leases never lapse: the target is the confirmed clock.
+        if not needs_clock_command(
+            decision.sm_clock_mhz, inst.target_clock_mhz, lease_held=True, now_s=now_s
+        ):
+            return False
         effective_s = now_s + self._rpc_s + self._clock_delay_s
         if inst.request_clock(effective_s, decision.sm_clock_mhz):
             self._push(effective_s, _CLOCK, inst.index)
@@ -360,7 +362,8 @@ class Simulation:
     def _first_token(self, record: RequestRecord, request_index: int, now_s: float) -> None:
         """The decode instance admitted the request: its first token reaches the client."""
         record.first_token_s = now_s
-        self._ledger.visible(request_index, self.instances[record.decode_index].instance_id, now_s)
+        decode_id = self.instances[record.decode_index].instance_id
+        self._placements.reached(request_index, decode_id, now_s)
 
     # ---- event handlers ----------------------------------------------------------------------
     def _on_arrival(self, request_index: int, now_s: float) -> None:
@@ -378,10 +381,9 @@ class Simulation:
         decode = self._by_id[placement.decode_id]
         record.prefill_index = prefill.index
         record.decode_index = decode.index
-        self._ledger.place(request_index, prefill.instance_id, request.input_tokens)
-        self._ledger.place(request_index, decode.instance_id, request.input_tokens + 1)
-        self._arrivals[prefill.index].add(now_s, request.input_tokens)
-        self._arrivals[decode.index].add(now_s, request.input_tokens)
+        self._placements.place(
+            request_index, prefill.instance_id, decode.instance_id, request.input_tokens, now_s
+        )
         if self.config.loop.placement_trigger:
             # The router sends the controller both instances as it sees them now.
             states = (self._router_state(prefill, now_s), self._router_state(decode, now_s))
@@ -400,7 +402,7 @@ class Simulation:
         changed = False
         for state in self._pending_notices.pop(request_index):
             inst = self._by_id[state.instance_id]
-            self._notified[inst.index] = state
+            self._notices.notice(state)
             changed |= self._decide(inst, state, now_s)
         answer_s = now_s + (2 * self._rpc_s if changed else 0.0) + self._rpc_s
         self._push(answer_s + self._rpc_s, _DISPATCH, request_index)
@@ -409,7 +411,7 @@ class Simulation:
         """The request reaches its prefill engine."""
         record = self._records[request_index]
         prefill = self.instances[record.prefill_index]
-        self._ledger.visible(request_index, prefill.instance_id, now_s)
+        self._placements.reached(request_index, prefill.instance_id, now_s)
         prefill.last_activity_s = now_s
         assert prefill.prefill is not None
         prefill.prefill.enqueue(PrefillJob(request_index, record.request.input_tokens, now_s))
@@ -440,7 +442,7 @@ class Simulation:
         if request.output_tokens <= 1:  # the prefill's token was the whole answer
             self._first_token(record, request_index, now_s)
             record.finish_s = now_s
-            self._ledger.forget(request_index)
+            self._placements.finished(request_index)
             return
         assert decode.decode is not None
         decode.decode.enqueue(
@@ -463,7 +465,7 @@ class Simulation:
         finished = inst.decode.finish_iteration()
         for job in finished:
             self._records[job.key].finish_s = now_s
-            self._ledger.forget(job.key)
+            self._placements.finished(job.key)
         inst.last_activity_s = now_s
         self._kick_decode(inst, now_s)
         return len(finished)
@@ -484,7 +486,7 @@ class Simulation:
             report = self._reports[inst.index]
             if report is not None:
                 self._router_view[inst.index] = report
-                self._ledger.settle(inst.instance_id, report.observed_at_s)
+                self._placements.reported(report)
 
     def _on_controller_watch(self) -> None:
         self._controller_view = list(self._reports)

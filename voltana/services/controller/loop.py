@@ -19,6 +19,7 @@ from collections.abc import Callable, Mapping, Sequence
 from opentelemetry import trace
 from opentelemetry.trace import Status, StatusCode
 
+from voltana.control import NoticeBoard, needs_clock_command
 from voltana.errors import FailedPreconditionError, NotFoundError, VoltanaError
 from voltana.lifecycle import cancel_and_wait
 from voltana.policy.state import ClockDecision, InstanceState
@@ -56,7 +57,7 @@ class ControlLoop:
         self._metrics = metrics
         self._controls: dict[str, InstanceControl] = {}
         # Instances as the router last described them with a placement.
-        self._notified: dict[str, InstanceState] = {}
+        self._notices = NoticeBoard(settings.placement_hold_ms / 1000.0)
         self._wake = asyncio.Event()
         self._blind = False
         self._tasks: set[asyncio.Task[None]] = set()
@@ -112,21 +113,10 @@ class ControlLoop:
                 self._decide(control, self._newest(state), now_s)
 
     def _newest(self, reported: InstanceState) -> InstanceState:
-        """The router's view sent with a placement stands for the instance until a report
-        taken after it shows work there, or until the placement hold has passed. A report
-        taken after the notice but before the request reached the engine (the router
-        dispatches only once the clock is applied) shows an idle instance: taking it at its
-        word would park the clock the notice just raised, under the placed prompt."""
-        notified = self._notified.get(reported.instance_id)
-        if notified is None:
-            return reported
-        hold_s = self._settings.placement_hold_ms / 1000.0
-        if reported.observed_at_s >= notified.observed_at_s and (
-            not reported.is_idle or reported.observed_at_s >= notified.observed_at_s + hold_s
-        ):
-            del self._notified[reported.instance_id]
-            return reported
-        return notified
+        """The report, or the router's placement notice while it stands (control/notices.py)."""
+        newest = self._notices.newest(reported, reported.instance_id)
+        assert newest is not None
+        return newest
 
     async def on_placement(self, states: Sequence[InstanceState], now_s: float) -> list[int]:
         """A request was just placed on these instances, as the router sees them (in-flight
@@ -140,7 +130,7 @@ class ControlLoop:
         if control is None or not control.controllable or self._blind:
             return 0
         view = dataclasses.replace(state, observed_at_s=now_s)
-        self._notified[state.instance_id] = view
+        self._notices.notice(view)
         if control.applying is not None:  # a change in flight: decide after it lands
             with contextlib.suppress(Exception):
                 await asyncio.shield(control.applying)
@@ -172,7 +162,7 @@ class ControlLoop:
             if instance_id not in states:
                 _LOG.info("instance %s left; no longer controlling it", instance_id)
                 gone = self._controls.pop(instance_id)
-                self._notified.pop(instance_id, None)
+                self._notices.forget(instance_id)
                 if self._metrics is not None:
                     self._metrics.forget(instance_id, gone.phase)
         for instance_id, state in states.items():
@@ -228,8 +218,13 @@ class ControlLoop:
         control.policy_error = ""
         if self._metrics is not None:
             self._metrics.on_decision(control.instance_id, control.phase, decision)
-        unchanged = control.confirmed_sm_clock_mhz == decision.sm_clock_mhz
-        if (unchanged and control.lease_held) or now_s < control.retry_at_s:
+        if not needs_clock_command(
+            decision.sm_clock_mhz,
+            control.confirmed_sm_clock_mhz,
+            lease_held=control.lease_held,
+            now_s=now_s,
+            retry_at_s=control.retry_at_s,
+        ):
             return
         previous_mhz = (
             control.confirmed_sm_clock_mhz

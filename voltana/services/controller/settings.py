@@ -7,6 +7,7 @@ import socket
 from dataclasses import dataclass, field
 from typing import Literal
 
+from voltana.control import DEFAULT_PLACEMENT_HOLD_MS
 from voltana.errors import ConfigError
 from voltana.hardware import get_gpu, get_model
 from voltana.policy.state import SloTarget
@@ -47,7 +48,7 @@ class ControllerSettings:
     # instance, or for at most this long: a report taken between the notice and the
     # request's arrival at the engine shows an idle instance, and must not park the clock
     # the notice just raised.
-    placement_hold_ms: int = 250
+    placement_hold_ms: int = DEFAULT_PLACEMENT_HOLD_MS
     snapshot_mode: SnapshotMode = "watch"
     # Lease asked for on every SetClocks; renewed every ttl/3, so a controller that dies
     # leaves its clocks locked for at most this long before agents reset them.

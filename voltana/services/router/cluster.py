@@ -2,11 +2,11 @@
 
 Telemetry snapshots arrive every ``snapshot_interval_ms`` at best, and engines report their load
 every few tens of milliseconds, so requests placed since an instance's last report are not in
-it. The in-flight ledger of the observation contract (voltana.observation) counts each of them
-on its instances until the instance's report includes it: a prefill request from the moment it
-was dispatched, a decode request from its first token. Arrival rates are counted here at
-placement too (and reported to telemetry, for the controller). The offline simulator keeps the
-same ledger, so policies see the same quantities live and offline.
+it. The placement book of the control core (voltana.control) counts each of them on its
+instances until the instance's report includes it: a prefill request from the moment it was
+dispatched, a decode request from its first token. Arrival rates are counted there at placement
+too (and reported to telemetry, for the controller). The offline simulator drives the same book,
+so policies see the same quantities live and offline.
 
 Active-active routers: each reports its ledger to telemetry under its router id; a snapshot
 carries every live router's share, and this view adds the other routers' shares to its own live
@@ -15,12 +15,12 @@ ledger and arrivals, so each placement counts once whichever router made it.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
 from collections.abc import Callable, Hashable, Iterable, Mapping
 
-from voltana.observation import DEFAULT_OBSERVATION, ArrivalWindow, InflightLedger
+from voltana.control import PlacementBook
+from voltana.observation import DEFAULT_OBSERVATION
 from voltana.policy.state import ClusterSnapshot, InstanceState, Phase, Placement, RequestSpec
 from voltana.services.router.errors import NoInstanceAvailableError
 from voltana.services.telemetry.records import (
@@ -56,12 +56,10 @@ class LiveCluster:
         # Since when telemetry's snapshots list no instance of a phase that they listed before.
         self._vanished_since_s: dict[Phase, float] = {}
         self._clock = clock
-        self._window_s = observation_window_s
         self._snapshot: ClusterSnapshot | None = None
         self._infos: Mapping[str, InstanceInfo] = {}
         self._received_s = 0.0
-        self._ledger = InflightLedger()
-        self._arrivals: dict[str, ArrivalWindow] = {}
+        self._placements = PlacementBook(observation_window_s)
         # Instances kept out of routing because their engine failed (see health.EngineHealth).
         self._ejected: dict[str, str] = {}
         # The other active-active routers' shares, summed per instance (from the snapshot).
@@ -91,7 +89,7 @@ class LiveCluster:
     @property
     def inflight(self) -> int:
         """Placements (per instance) not yet visible in their instance's report."""
-        return len(self._ledger)
+        return len(self._placements)
 
     def update(
         self,
@@ -110,7 +108,7 @@ class LiveCluster:
         """
         snapshot, infos = self._keep_vanished_phases(snapshot, infos)
         for state in (*snapshot.prefill.values(), *snapshot.decode.values()):
-            self._ledger.settle(state.instance_id, state.observed_at_s)
+            self._placements.reported(state)
         self._snapshot = snapshot
         self._infos = dict(infos)
         self._received_s = self._clock()
@@ -126,7 +124,7 @@ class LiveCluster:
         """This router's share to report: every placement its instances may not show yet."""
         return [
             PendingPlacement(instance_id, tokens, visible_from_s)
-            for instance_id, tokens, visible_from_s in self._ledger.entries()
+            for instance_id, tokens, visible_from_s in self._placements.entries()
         ]
 
     def _keep_vanished_phases(
@@ -227,23 +225,22 @@ class LiveCluster:
         self, request_id: Hashable, placement: Placement, request: RequestSpec
     ) -> None:
         """Count the request on its instances until their reports include it."""
-        now_s = self.now_s()
-        self._ledger.place(request_id, placement.prefill_id, request.input_tokens)
-        self._ledger.place(request_id, placement.decode_id, request.input_tokens + 1)
-        for instance_id in (placement.prefill_id, placement.decode_id):
-            window = self._arrivals.get(instance_id)
-            if window is None:
-                window = self._arrivals[instance_id] = ArrivalWindow(self._window_s)
-            window.add(now_s, request.input_tokens)
+        self._placements.place(
+            request_id,
+            placement.prefill_id,
+            placement.decode_id,
+            request.input_tokens,
+            self.now_s(),
+        )
 
     def reached(self, request_id: Hashable, instance_id: str) -> None:
         """The instance holds the request now (prefill: dispatched; decode: first token): its
         reports from here on include it."""
-        self._ledger.visible(request_id, instance_id, self.now_s())
+        self._placements.reached(request_id, instance_id, self.now_s())
 
     def finished(self, request_id: Hashable) -> None:
         """The request ended (completed or failed): nothing of it is in flight any more."""
-        self._ledger.forget(request_id)
+        self._placements.finished(request_id)
 
     def _is_routable(self, state: InstanceState, now_s: float) -> bool:
         info = self._infos.get(state.instance_id)
@@ -253,26 +250,9 @@ class LiveCluster:
         return not (self._stale_after_s > 0 and now_s - state.observed_at_s > self._stale_after_s)
 
     def _annotate(self, state: InstanceState, now_s: float) -> InstanceState:
-        # The snapshot's counts sum every router's reported share; this router's live ledger
+        # The snapshot's counts sum every router's reported share; this router's live book
         # replaces its own (fresher), the others' parts are added once each.
-        state = self._ledger.annotate(state)
-        others = self._others.get(state.instance_id)
-        if others is not None:
-            state = dataclasses.replace(
-                state,
-                inflight_requests=state.inflight_requests + others.inflight_requests,
-                inflight_tokens=state.inflight_tokens + others.inflight_tokens,
-            )
-        window = self._arrivals.get(state.instance_id)
-        if window is None:
-            return state  # the snapshot's rates: every router's
-        return dataclasses.replace(
-            state,
-            arrival_rate_rps=window.requests_per_s(now_s)
-            + (others.arrival_rate_rps if others else 0.0),
-            arrival_tokens_per_s=window.tokens_per_s(now_s)
-            + (others.arrival_tokens_per_s if others else 0.0),
-        )
+        return self._placements.annotate(state, now_s, self._others.get(state.instance_id))
 
     def _build_view(self, snapshot: ClusterSnapshot, now_s: float) -> ClusterSnapshot:
         def select(states: Mapping[str, InstanceState]) -> dict[str, InstanceState]:
