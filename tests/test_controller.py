@@ -603,3 +603,41 @@ async def test_clock_changes_are_traced_and_the_context_reaches_the_agent(
     (metadata,) = fake.set_clocks_metadata
     trace_id = format(span.context.trace_id, "032x")
     assert metadata["traceparent"].split("-")[1] == trace_id
+
+
+async def test_set_slo_reaches_telemetry_and_every_other_controller(cluster: Cluster) -> None:
+    """The cluster SLO has one owner, telemetry's store: SetSlo on one controller changes it
+    there, and every other controller (and router) follows it from the snapshots."""
+    await cluster.register("prefill-0", Phase.PREFILL, 0)
+    first, stub = await cluster.controller()
+    second, _ = await cluster.controller()
+    await eventually(lambda: "prefill-0" in second.loop.controls)
+    await stub.SetSlo(
+        controller_pb2.SetSloRequest(slo=common_pb2.SloTarget(ttft_ms=400.0, itl_ms=30.0))
+    )
+    assert cluster.telemetry.cluster_slo == SloTarget(ttft_ms=400.0, itl_ms=30.0)
+    assert (await cluster.client.snapshot()).cluster_slo == SloTarget(ttft_ms=400.0, itl_ms=30.0)
+    await eventually(lambda: second.policies.slo == SloTarget(ttft_ms=400.0, itl_ms=30.0))
+    assert first.policies.slo == SloTarget(ttft_ms=400.0, itl_ms=30.0)
+
+
+async def test_a_controller_configured_otherwise_follows_the_cluster_slo(
+    cluster: Cluster,
+) -> None:
+    await cluster.register("prefill-0", Phase.PREFILL, 0)
+    service, _ = await cluster.controller(slo=SloTarget(ttft_ms=600.0, itl_ms=40.0))
+    # Telemetry's configured SLO (the default) seeded the store: that is the cluster's.
+    await eventually(lambda: service.policies.slo == SloTarget())
+
+
+async def test_set_slo_is_refused_when_telemetry_cannot_take_it(cluster: Cluster) -> None:
+    """One the owner did not take is in force nowhere (not even in this controller)."""
+    _, stub = await cluster.controller(slo=SloTarget())
+    await cluster.telemetry.stop()
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await stub.SetSlo(
+            controller_pb2.SetSloRequest(slo=common_pb2.SloTarget(ttft_ms=400.0, itl_ms=30.0))
+        )
+    assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
+    current = await status(stub)
+    assert (current.slo.ttft_ms, current.slo.itl_ms) == (800.0, 50.0)

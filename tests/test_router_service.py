@@ -23,7 +23,7 @@ from opentelemetry.trace import SpanKind
 from security_helpers import SECURITY
 
 from voltana.engine import SimEngine, SimEngineSettings
-from voltana.policy.state import InstanceState, Phase
+from voltana.policy.state import InstanceState, Phase, SloTarget
 from voltana.rpc import create_channel
 from voltana.sdk import (
     DeadlineExceededError,
@@ -628,3 +628,24 @@ def test_settings_reject_nonsense() -> None:
         dataclasses.replace(RouterSettings(security=SECURITY), router="least-loaded").router
         == "least-loaded"
     )
+
+
+async def test_requests_without_an_slo_follow_the_cluster_slo_telemetry_holds(
+    cluster: Cluster,
+) -> None:
+    """SetSlo changes the cluster SLO in telemetry; the router takes it from the snapshots
+    for every request that brings none of its own."""
+    await cluster.telemetry_client.set_cluster_slo(SloTarget(ttft_ms=321.0, itl_ms=21.0))
+    servicer = cluster.router.servicer
+    assert servicer is not None
+    await wait_for(
+        lambda: servicer.cluster_slo == SloTarget(ttft_ms=321.0, itl_ms=21.0),
+        "the router following the cluster SLO",
+    )
+    await cluster.client.generate(input_ids=[7, 8, 9], max_new_tokens=2, stream=False)
+    await cluster.client.generate(
+        input_ids=[7, 8, 9], max_new_tokens=2, itl_slo_ms=90.0, stream=False
+    )
+    followed, own = sorted(await cluster.completions(2), key=lambda c: c.slo.itl_ms if c.slo else 0)
+    assert followed.slo == SloTarget(ttft_ms=321.0, itl_ms=21.0)
+    assert own.slo == SloTarget(ttft_ms=321.0, itl_ms=90.0)

@@ -177,6 +177,12 @@ async def report_placements(channel: grpc.aio.Channel) -> Any:
     )
 
 
+async def set_cluster_slo(channel: grpc.aio.Channel) -> Any:
+    return await telemetry_pb2_grpc.TelemetryServiceStub(channel).SetClusterSlo(
+        telemetry_pb2.SetClusterSloRequest(slo=common_pb2.SloTarget(ttft_ms=700.0, itl_ms=45.0))
+    )
+
+
 async def notify_placement(channel: grpc.aio.Channel) -> Any:
     state = common_pb2.InstanceState(instance_id="prefill-0", phase=common_pb2.PHASE_PREFILL)
     return await controller_pb2_grpc.ControllerServiceStub(channel).NotifyPlacement(
@@ -228,6 +234,7 @@ PRIVILEGED_CALLS: list[tuple[str, str, Call]] = [
     ("telemetry", f"/{TELEMETRY_SERVICE}/ReportCompletions", report_completions),
     ("telemetry", f"/{TELEMETRY_SERVICE}/ReportPlacements", report_placements),
     ("telemetry", f"/{TELEMETRY_SERVICE}/UnregisterInstance", unregister),
+    ("telemetry", f"/{TELEMETRY_SERVICE}/SetClusterSlo", set_cluster_slo),
     ("controller", f"/{CONTROLLER_SERVICE}/SetSlo", set_slo),
     ("controller", f"/{CONTROLLER_SERVICE}/SetPolicy", set_policy),
     ("controller", f"/{CONTROLLER_SERVICE}/NotifyPlacement", notify_placement),

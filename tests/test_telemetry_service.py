@@ -587,3 +587,68 @@ async def test_a_batch_of_completions_keeps_the_valid_ones_and_names_the_refused
     assert await client.report_completions([batch[0], batch[2]]) == {}
     report = await client.window_report(60.0)
     assert report.instances["d0"].finished == 2
+
+
+async def test_the_cluster_slo_lives_in_the_store_and_travels_with_snapshots(
+    service: TelemetryService,
+    client: TelemetryClient,
+    redis_server: Any,
+    redis_client: aioredis.Redis,
+    clock: FakeClock,
+    key_prefix: str,
+) -> None:
+    """Seeded from telemetry's configuration, changed by SetClusterSlo, carried by every
+    snapshot and watch, the default of aggregates, kept across telemetry restarts."""
+    assert (await client.snapshot()).cluster_slo == SloTarget(ttft_ms=500.0, itl_ms=40.0)
+    stream = client.watch(interval_ms=20)
+    try:
+        await next_snapshot(stream)
+        set_at_s = await client.set_cluster_slo(SloTarget(ttft_ms=300.0, itl_ms=30.0))
+        assert set_at_s == clock()
+        watched = await next_snapshot(stream)
+        assert watched.cluster_slo == SloTarget(ttft_ms=300.0, itl_ms=30.0)
+    finally:
+        await stream.aclose()
+    await register_pd(client)
+    await client.report_completion(
+        Completion(
+            request_id="r0",
+            prefill_id="p0",
+            decode_id="d0",
+            input_tokens=100,
+            output_tokens=10,
+            ttft_ms=400.0,  # meets the configured 500 ms, not the cluster's 300 ms
+            mean_itl_ms=20.0,
+            ok=True,
+            arrival_s=995.0,
+            finished_at_s=998.0,
+        )
+    )
+    assert (await client.window_report(60.0)).instances["d0"].ttft_attainment == 0.0
+
+    # Another telemetry process on the same store (or this one restarted) serves the same SLO.
+    settings = dataclasses.replace(service.settings, listen_address="127.0.0.1:0")
+    async with TelemetryService(settings, clock=clock) as other:
+        assert other.cluster_slo == SloTarget(ttft_ms=300.0, itl_ms=30.0)
+        # Garbage where the SLO is kept: written back by the next upkeep round.
+        await redis_client.hset(f"{key_prefix}cluster_slo", "itl_ms", "-3")
+        assert other.upkeep is not None
+        await other.upkeep.check_once()
+        assert await redis_client.hget(f"{key_prefix}cluster_slo", "itl_ms") == "30.0"
+        assert other.cluster_slo == SloTarget(ttft_ms=300.0, itl_ms=30.0)
+
+    channel = create_channel(service.address, security=SECURITY)
+    try:
+        stub = telemetry_pb2_grpc.TelemetryServiceStub(channel)
+        for bad in (
+            telemetry_pb2.SetClusterSloRequest(),
+            telemetry_pb2.SetClusterSloRequest(slo=common_pb2.SloTarget(ttft_ms=0.0, itl_ms=5.0)),
+            telemetry_pb2.SetClusterSloRequest(
+                slo=common_pb2.SloTarget(ttft_ms=100.0, itl_ms=5.0, ttft_ms_per_1k_tokens=-1.0)
+            ),
+        ):
+            with pytest.raises(grpc.aio.AioRpcError) as raised:
+                await stub.SetClusterSlo(bad)
+            assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    finally:
+        await channel.close()

@@ -7,8 +7,11 @@ objects (the services from telemetry snapshots) and hand them to the same policy
 from __future__ import annotations
 
 import enum
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
+
+from voltana.rpc.limits import MAX_SLO_MS, slo_target_problem
 
 
 class Phase(enum.Enum):
@@ -26,6 +29,19 @@ class SloTarget:
 
     def ttft_target_ms(self, input_tokens: float) -> float:
         return self.ttft_ms + self.ttft_ms_per_1k_tokens * input_tokens / 1000.0
+
+
+def slo_problem(slo: SloTarget) -> str | None:
+    """Why ``slo`` is unusable (a target that is not a finite positive number of at most
+    voltana.rpc.limits.MAX_SLO_MS, a negative per-1k allowance), or None."""
+    for name in ("ttft_ms", "itl_ms"):
+        problem = slo_target_problem(name, getattr(slo, name))
+        if problem is not None:
+            return problem
+    per_1k_ms = slo.ttft_ms_per_1k_tokens
+    if not (math.isfinite(per_1k_ms) and 0 <= per_1k_ms <= MAX_SLO_MS):
+        return f"ttft_ms_per_1k_tokens must be in [0, {MAX_SLO_MS:g}] ms, got {per_1k_ms:g}"
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +113,8 @@ class ClusterSnapshot:
     now_s: float
     prefill: Mapping[str, InstanceState]
     decode: Mapping[str, InstanceState]
+    # The cluster SLO in force when the snapshot was taken (None: its source did not say).
+    cluster_slo: SloTarget | None = None
 
     def instance(self, instance_id: str) -> InstanceState | None:
         return self.prefill.get(instance_id) or self.decode.get(instance_id)

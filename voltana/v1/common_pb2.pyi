@@ -305,6 +305,7 @@ class ClusterSnapshot(_message.Message):
     NOW_S_FIELD_NUMBER: _builtins.int
     INSTANCES_FIELD_NUMBER: _builtins.int
     ROUTER_SHARES_FIELD_NUMBER: _builtins.int
+    CLUSTER_SLO_FIELD_NUMBER: _builtins.int
     now_s: _builtins.float
     """When the snapshot was taken, seconds (same clock as InstanceState.observed_at_s)."""
     @_builtins.property
@@ -318,16 +319,24 @@ class ClusterSnapshot(_message.Message):
         every router's). A router adds the other routers' parts to its own live ledger.
         """
 
+    @_builtins.property
+    def cluster_slo(self) -> Global___SloTarget:
+        """The cluster SLO in force. Telemetry keeps it (seeded from its own configuration, changed by
+        the controller's SetSlo through SetClusterSlo); routers and controllers follow it. Absent
+        from a telemetry that predates it: they keep their configured SLO.
+        """
+
     def __init__(
         self,
         *,
         now_s: _builtins.float = ...,
         instances: _abc.Iterable[Global___InstanceState] | None = ...,
         router_shares: _abc.Iterable[Global___RouterShare] | None = ...,
+        cluster_slo: Global___SloTarget | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["cluster_slo", b"cluster_slo"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["instances", b"instances", "now_s", b"now_s", "router_shares", b"router_shares"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cluster_slo", b"cluster_slo", "instances", b"instances", "now_s", b"now_s", "router_shares", b"router_shares"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

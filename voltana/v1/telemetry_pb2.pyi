@@ -30,6 +30,62 @@ else:
 DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
+class SetClusterSloRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SLO_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def slo(self) -> _common_pb2.SloTarget:
+        """New cluster SLO; both targets must be positive."""
+
+    def __init__(
+        self,
+        *,
+        slo: _common_pb2.SloTarget | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["slo", b"slo"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["slo", b"slo"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetClusterSloRequest: _TypeAlias = SetClusterSloRequest  # noqa: Y015
+
+@_typing.final
+class SetClusterSloResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PREVIOUS_SLO_FIELD_NUMBER: _builtins.int
+    SLO_FIELD_NUMBER: _builtins.int
+    SET_AT_S_FIELD_NUMBER: _builtins.int
+    set_at_s: _builtins.float
+    """When it was set, seconds (the clock of ClusterSnapshot.now_s): snapshots taken before
+    still carry the previous SLO.
+    """
+    @_builtins.property
+    def previous_slo(self) -> _common_pb2.SloTarget:
+        """SLO before the change."""
+
+    @_builtins.property
+    def slo(self) -> _common_pb2.SloTarget:
+        """SLO now in force."""
+
+    def __init__(
+        self,
+        *,
+        previous_slo: _common_pb2.SloTarget | None = ...,
+        slo: _common_pb2.SloTarget | None = ...,
+        set_at_s: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["previous_slo", b"previous_slo", "slo", b"slo"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["previous_slo", b"previous_slo", "set_at_s", b"set_at_s", "slo", b"slo"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetClusterSloResponse: _TypeAlias = SetClusterSloResponse  # noqa: Y015
+
+@_typing.final
 class RegisterInstanceRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

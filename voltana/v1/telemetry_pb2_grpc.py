@@ -86,6 +86,11 @@ class TelemetryServiceStub:
                 request_serializer=voltana_dot_v1_dot_telemetry__pb2.GetAggregatesRequest.SerializeToString,
                 response_deserializer=voltana_dot_v1_dot_telemetry__pb2.GetAggregatesResponse.FromString,
                 _registered_method=True)
+        self.SetClusterSlo = channel.unary_unary(
+                '/voltana.v1.TelemetryService/SetClusterSlo',
+                request_serializer=voltana_dot_v1_dot_telemetry__pb2.SetClusterSloRequest.SerializeToString,
+                response_deserializer=voltana_dot_v1_dot_telemetry__pb2.SetClusterSloResponse.FromString,
+                _registered_method=True)
 
 
 class TelemetryServiceServicer:
@@ -163,6 +168,14 @@ class TelemetryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetClusterSlo(self, request, context):
+        """Change the cluster SLO (what the controller's SetSlo calls): snapshots carry it to every
+        router and controller, and aggregates count attainment against it. Privileged.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TelemetryServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -215,6 +228,11 @@ def add_TelemetryServiceServicer_to_server(servicer, server):
                     servicer.GetAggregates,
                     request_deserializer=voltana_dot_v1_dot_telemetry__pb2.GetAggregatesRequest.FromString,
                     response_serializer=voltana_dot_v1_dot_telemetry__pb2.GetAggregatesResponse.SerializeToString,
+            ),
+            'SetClusterSlo': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetClusterSlo,
+                    request_deserializer=voltana_dot_v1_dot_telemetry__pb2.SetClusterSloRequest.FromString,
+                    response_serializer=voltana_dot_v1_dot_telemetry__pb2.SetClusterSloResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -488,6 +506,33 @@ class TelemetryService:
             '/voltana.v1.TelemetryService/GetAggregates',
             voltana_dot_v1_dot_telemetry__pb2.GetAggregatesRequest.SerializeToString,
             voltana_dot_v1_dot_telemetry__pb2.GetAggregatesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetClusterSlo(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/voltana.v1.TelemetryService/SetClusterSlo',
+            voltana_dot_v1_dot_telemetry__pb2.SetClusterSloRequest.SerializeToString,
+            voltana_dot_v1_dot_telemetry__pb2.SetClusterSloResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -61,6 +61,10 @@ class TelemetryServiceStub:
     """A snapshot now, then one every interval_ms until the client cancels."""
     GetAggregates: _grpc.UnaryUnaryMultiCallable[_telemetry_pb2.GetAggregatesRequest, _telemetry_pb2.GetAggregatesResponse]
     """Per-instance rolling-window statistics."""
+    SetClusterSlo: _grpc.UnaryUnaryMultiCallable[_telemetry_pb2.SetClusterSloRequest, _telemetry_pb2.SetClusterSloResponse]
+    """Change the cluster SLO (what the controller's SetSlo calls): snapshots carry it to every
+    router and controller, and aggregates count attainment against it. Privileged.
+    """
 
 @_typing.type_check_only
 class TelemetryServiceAsyncStub(TelemetryServiceStub):
@@ -89,6 +93,10 @@ class TelemetryServiceAsyncStub(TelemetryServiceStub):
     """A snapshot now, then one every interval_ms until the client cancels."""
     GetAggregates: _aio.UnaryUnaryMultiCallable[_telemetry_pb2.GetAggregatesRequest, _telemetry_pb2.GetAggregatesResponse]  # type: ignore[assignment]
     """Per-instance rolling-window statistics."""
+    SetClusterSlo: _aio.UnaryUnaryMultiCallable[_telemetry_pb2.SetClusterSloRequest, _telemetry_pb2.SetClusterSloResponse]  # type: ignore[assignment]
+    """Change the cluster SLO (what the controller's SetSlo calls): snapshots carry it to every
+    router and controller, and aggregates count attainment against it. Privileged.
+    """
 
 class TelemetryServiceServicer:
     """Cluster state store: samples in; snapshots, watch streams and aggregates out."""
@@ -164,5 +172,14 @@ class TelemetryServiceServicer:
         context: _ServicerContext,
     ) -> _typing.Union[_telemetry_pb2.GetAggregatesResponse, _abc.Awaitable[_telemetry_pb2.GetAggregatesResponse]]:
         """Per-instance rolling-window statistics."""
+
+    def SetClusterSlo(
+        self,
+        request: _telemetry_pb2.SetClusterSloRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_telemetry_pb2.SetClusterSloResponse, _abc.Awaitable[_telemetry_pb2.SetClusterSloResponse]]:
+        """Change the cluster SLO (what the controller's SetSlo calls): snapshots carry it to every
+        router and controller, and aggregates count attainment against it. Privileged.
+        """
 
 def add_TelemetryServiceServicer_to_server(servicer: TelemetryServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

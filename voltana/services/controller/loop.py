@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import math
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
@@ -22,7 +23,7 @@ from opentelemetry.trace import Status, StatusCode
 from voltana.control import NoticeBoard, needs_clock_command
 from voltana.errors import FailedPreconditionError, NotFoundError, VoltanaError
 from voltana.lifecycle import cancel_and_wait
-from voltana.policy.state import ClockDecision, InstanceState
+from voltana.policy.state import ClockDecision, ClusterSnapshot, InstanceState, SloTarget
 from voltana.services.controller.agents import AgentClients
 from voltana.services.controller.feed import ClusterView, SnapshotFeed
 from voltana.services.controller.metrics import ControllerMetrics
@@ -61,6 +62,9 @@ class ControlLoop:
         self._wake = asyncio.Event()
         self._blind = False
         self._tasks: set[asyncio.Task[None]] = set()
+        # Telemetry's time of this controller's last SetSlo, and an SLO being adopted.
+        self._slo_published_at_s = -math.inf
+        self._adopting_slo: SloTarget | None = None
 
     @property
     def blind(self) -> bool:
@@ -104,6 +108,7 @@ class ControlLoop:
         if self._blind:
             self._blind = False
             _LOG.info("telemetry is back; resuming clock control")
+        self._follow_cluster_slo(view.snapshot)
         self._sync_instances(view)
         for state in [*view.snapshot.prefill.values(), *view.snapshot.decode.values()]:
             control = self._controls[state.instance_id]
@@ -111,6 +116,41 @@ class ControlLoop:
                 control.current_sm_clock_mhz = state.sm_clock_mhz
             if control.controllable and control.applying is None:
                 self._decide(control, self._newest(state), now_s)
+
+    def slo_published(self, set_at_s: float) -> None:
+        """This controller's SetSlo reached telemetry at ``set_at_s`` (telemetry's clock):
+        snapshots taken before still show the old SLO and must not turn it back."""
+        self._slo_published_at_s = max(self._slo_published_at_s, set_at_s)
+
+    def _follow_cluster_slo(self, snapshot: ClusterSnapshot) -> None:
+        """Steer to the cluster SLO telemetry holds (its one owner); a telemetry that says
+        none leaves the configured SLO."""
+        cluster_slo = snapshot.cluster_slo
+        if cluster_slo is None or cluster_slo == self._policies.slo:
+            return
+        if snapshot.now_s < self._slo_published_at_s or cluster_slo == self._adopting_slo:
+            return
+        self._adopting_slo = cluster_slo
+        task = asyncio.create_task(self._adopt_slo(cluster_slo))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _adopt_slo(self, slo: SloTarget) -> None:
+        try:
+            previous = await self._policies.set_slo(slo)
+        except VoltanaError as error:
+            _LOG.error("cannot steer to the cluster SLO %s: %s", slo, error)
+            return
+        finally:
+            self._adopting_slo = None
+        _LOG.info(
+            "cluster SLO from telemetry: TTFT %g ms, ITL %g ms (was TTFT %g ms, ITL %g ms)",
+            slo.ttft_ms,
+            slo.itl_ms,
+            previous.ttft_ms,
+            previous.itl_ms,
+        )
+        self.wake()
 
     def _newest(self, reported: InstanceState) -> InstanceState:
         """The report, or the router's placement notice while it stands (control/notices.py)."""

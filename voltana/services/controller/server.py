@@ -96,6 +96,13 @@ class ControllerService(AsyncService):
         return {phase: policies.policy_name(phase) for phase in (Phase.PREFILL, Phase.DECODE)}
 
     @property
+    def policies(self) -> PolicyBook:
+        """The policies in force and the SLO they steer to."""
+        if self._policies is None:
+            raise ControllerNotRunningError("the controller is not started")
+        return self._policies
+
+    @property
     def loop(self) -> ControlLoop:
         if self._loop is None:
             raise ControllerNotRunningError("the controller is not started")
@@ -147,7 +154,11 @@ class ControllerService(AsyncService):
             )
             self._loop = loop
             servicer = ControllerServicer(
-                loop, policies, clock=self._clock, status_decisions=settings.status_decisions
+                loop,
+                policies,
+                clock=self._clock,
+                status_decisions=settings.status_decisions,
+                publish_slo=self._telemetry.set_cluster_slo,
             )
             register = functools.partial(
                 controller_pb2_grpc.add_ControllerServiceServicer_to_server, servicer

@@ -6,12 +6,13 @@ status codes (unknown policy names and bad SLOs are INVALID_ARGUMENT).
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeAlias
 
 import grpc.aio
 
 from voltana.errors import InvalidArgumentError, NotFoundError, VoltanaError
-from voltana.policy.state import Phase
+from voltana.policy.state import Phase, SloTarget, slo_problem
 from voltana.rpc.limits import check_id, check_ids, check_name
 from voltana.rpc.names import CONTROLLER_SERVICE, method_names
 from voltana.services.controller.convert import (
@@ -21,7 +22,6 @@ from voltana.services.controller.convert import (
 from voltana.services.controller.errors import InvalidSloError
 from voltana.services.controller.loop import Clock, ControlLoop
 from voltana.services.controller.policies import PolicyBook
-from voltana.services.controller.settings import slo_problem
 from voltana.services.telemetry.convert import slo_from_proto, slo_to_proto, state_from_proto
 from voltana.v1 import common_pb2, controller_pb2, controller_pb2_grpc
 
@@ -44,8 +44,17 @@ _PHASES_FROM_PROTO: dict[int, Phase | None] = {
 
 class ControllerServicer(controller_pb2_grpc.ControllerServiceServicer):
     def __init__(
-        self, loop: ControlLoop, policies: PolicyBook, *, clock: Clock, status_decisions: int
+        self,
+        loop: ControlLoop,
+        policies: PolicyBook,
+        *,
+        clock: Clock,
+        status_decisions: int,
+        publish_slo: Callable[[SloTarget], Awaitable[float]] | None = None,
     ) -> None:
+        """``publish_slo`` hands a SetSlo's SLO to its owner (telemetry) before it is steered to
+        here; None: this controller's SLO is its own."""
+        self._publish_slo = publish_slo
         self._loop = loop
         self._policies = policies
         self._clock = clock
@@ -110,6 +119,10 @@ class ControllerServicer(controller_pb2_grpc.ControllerServiceServicer):
         problem = slo_problem(slo)
         if problem is not None:
             raise InvalidSloError(f"invalid SLO: {problem}")
+        if self._publish_slo is not None:
+            # Telemetry holds the cluster SLO: routers, telemetry's aggregates and every
+            # controller follow it from there. One it did not take is not in force anywhere.
+            self._loop.slo_published(await self._publish_slo(slo))
         previous = await self._policies.set_slo(slo)
         self._loop.wake()
         return controller_pb2.SetSloResponse(previous_slo=slo_to_proto(previous), slo=request.slo)

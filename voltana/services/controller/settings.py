@@ -10,8 +10,7 @@ from typing import Literal
 from voltana.control import DEFAULT_PLACEMENT_HOLD_MS
 from voltana.errors import ConfigError
 from voltana.hardware import get_gpu, get_model
-from voltana.policy.state import SloTarget
-from voltana.rpc.limits import slo_target_problem
+from voltana.policy.state import SloTarget, slo_problem
 from voltana.rpc.security import RpcSecurity
 
 # "watch": one WatchSnapshots stream (telemetry pushes changes); "poll": GetSnapshot per tick.
@@ -132,13 +131,3 @@ class ControllerSettings:
     @property
     def rpc_timeout_s(self) -> float:
         return self.rpc_timeout_ms / 1000.0
-
-
-def slo_problem(slo: SloTarget) -> str | None:
-    """Why ``slo`` is unusable (a target that is not a finite positive number of at most
-    voltana.rpc.limits.MAX_SLO_MS), or None."""
-    for name in ("ttft_ms", "itl_ms"):
-        problem = slo_target_problem(name, getattr(slo, name))
-        if problem is not None:
-            return problem
-    return None

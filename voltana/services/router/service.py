@@ -20,7 +20,7 @@ from voltana.observability.http_tracing import client_trace_configs
 from voltana.observability.prometheus import MetricsServer, start_metrics_server
 from voltana.policy.base import RoutingPolicy
 from voltana.policy.registry import build_router, build_suite
-from voltana.policy.state import ClusterSnapshot
+from voltana.policy.state import ClusterSnapshot, SloTarget
 from voltana.rpc import dialable_address, set_serving, start_grpc_server, stop_grpc_server
 from voltana.rpc.names import ROUTER_SERVICE
 from voltana.services.router.cluster import LiveCluster
@@ -369,6 +369,22 @@ class RouterService(AsyncService):
             _LOG.info("snapshots from telemetry again; the cluster view is fresh")
         return stale
 
+    def _follow_cluster_slo(self, cluster_slo: SloTarget | None) -> None:
+        """Requests without their own SLO are held to the cluster SLO telemetry holds (its one
+        owner: the controller's SetSlo changes it there); none said: the configured one."""
+        servicer = self._servicer
+        if cluster_slo is None or servicer is None or cluster_slo == servicer.cluster_slo:
+            return
+        previous = servicer.cluster_slo
+        servicer.use_cluster_slo(cluster_slo)
+        _LOG.info(
+            "cluster SLO from telemetry: TTFT %g ms, ITL %g ms (was TTFT %g ms, ITL %g ms)",
+            cluster_slo.ttft_ms,
+            cluster_slo.itl_ms,
+            previous.ttft_ms,
+            previous.itl_ms,
+        )
+
     async def _watch(self) -> None:
         """Keep the cluster view current; reopen the watch while telemetry is away."""
         assert self._telemetry is not None
@@ -380,6 +396,7 @@ class RouterService(AsyncService):
                 try:
                     async for snapshot, infos, shares in stream:
                         self._cluster.update(snapshot, infos, shares)
+                        self._follow_cluster_slo(snapshot.cluster_slo)
                         self._energy_estimates.update(snapshot)
                         self._follow_reported_gpu(snapshot)
                         self._first_snapshot.set()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import dataclasses
 import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
@@ -18,7 +19,7 @@ from voltana.engine import SglangHttpClient
 from voltana.errors import InvalidArgumentError
 from voltana.policy.base import RoutingPolicy
 from voltana.policy.routing import NoInstanceError
-from voltana.policy.state import ClusterSnapshot, Placement, RequestSpec
+from voltana.policy.state import ClusterSnapshot, Placement, RequestSpec, SloTarget
 from voltana.rpc import status_code_for
 from voltana.rpc.limits import MAX_TEXT_CHARS, check_id
 from voltana.rpc.names import ROUTER_SERVICE, method_names
@@ -217,6 +218,15 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             while self._in_flight and loop.time() < deadline_s:
                 await asyncio.sleep(_DRAIN_POLL_S)
         return len(remaining)
+
+    @property
+    def cluster_slo(self) -> SloTarget:
+        """The SLO of a request that brings none of its own."""
+        return self._settings.slo
+
+    def use_cluster_slo(self, slo: SloTarget) -> None:
+        """Hold later requests without their own SLO to ``slo`` (telemetry's cluster SLO)."""
+        self._settings = dataclasses.replace(self._settings, slo=slo)
 
     def use_policy(self, policy: RoutingPolicy) -> None:
         """Place later requests with ``policy`` (built for the GPU telemetry reports)."""

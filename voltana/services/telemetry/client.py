@@ -22,7 +22,7 @@ import grpc
 import grpc.aio
 
 from voltana.gpu import GpuSample
-from voltana.policy.state import ClusterSnapshot, InstanceState, Phase
+from voltana.policy.state import ClusterSnapshot, InstanceState, Phase, SloTarget
 from voltana.rpc import RpcSecurity, create_channel, error_from_rpc, wait_until_ready
 from voltana.services.telemetry.convert import (
     completion_to_proto,
@@ -33,6 +33,7 @@ from voltana.services.telemetry.convert import (
     report_result_from_proto,
     router_shares_from_proto,
     sample_to_proto,
+    slo_to_proto,
     snapshot_from_proto,
     window_report_from_proto,
 )
@@ -127,6 +128,13 @@ class TelemetryClient:
         """Forget an instance; NotFoundError when it was not registered."""
         request = telemetry_pb2.UnregisterInstanceRequest(instance_id=instance_id)
         await self._call(self._stub.UnregisterInstance(request, timeout=self._timeout_s))
+
+    async def set_cluster_slo(self, slo: SloTarget) -> float:
+        """Change the cluster SLO every router and controller follows; returns when it was
+        set on telemetry's clock (snapshots taken before still carry the previous one)."""
+        request = telemetry_pb2.SetClusterSloRequest(slo=slo_to_proto(slo))
+        response = await self._call(self._stub.SetClusterSlo(request, timeout=self._timeout_s))
+        return float(response.set_at_s)
 
     # Reports.
 

@@ -190,9 +190,11 @@ def snapshot_to_proto(
     infos: Mapping[str, InstanceInfo],
     now_s: float,
     shares: Iterable[RouterShare] = (),
+    cluster_slo: SloTarget | None = None,
 ) -> common_pb2.ClusterSnapshot:
     return common_pb2.ClusterSnapshot(
         now_s=now_s,
+        cluster_slo=slo_to_proto(cluster_slo) if cluster_slo is not None else None,
         instances=[state_to_proto(state, infos.get(i)) for i, state in states.items()],
         router_shares=[
             common_pb2.RouterShare(
@@ -224,7 +226,10 @@ def router_shares_from_proto(message: common_pb2.ClusterSnapshot) -> list[Router
 
 def snapshot_from_proto(message: common_pb2.ClusterSnapshot) -> ClusterSnapshot:
     states = {m.instance_id: state_from_proto(m) for m in message.instances}
-    return build_snapshot(states, message.now_s)
+    snapshot = build_snapshot(states, message.now_s)
+    if not message.HasField("cluster_slo"):
+        return snapshot
+    return dataclasses.replace(snapshot, cluster_slo=slo_from_proto(message.cluster_slo))
 
 
 def infos_from_snapshot_proto(message: common_pb2.ClusterSnapshot) -> dict[str, InstanceInfo]:

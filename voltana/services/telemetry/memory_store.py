@@ -58,6 +58,7 @@ class MemoryTelemetryStore:
         # twice), with running windows.
         self._completions = CompletionIndex(completions_cap)
         self._seen_s: dict[str, float] = {}
+        self._cluster_slo: SloTarget | None = None
 
     @property
     def changes(self) -> ChangeNotifier:
@@ -128,6 +129,12 @@ class MemoryTelemetryStore:
 
     async def last_seen(self) -> dict[str, float]:
         return dict(self._seen_s)
+
+    async def cluster_slo(self) -> SloTarget | None:
+        return self._cluster_slo
+
+    async def put_cluster_slo(self, slo: SloTarget) -> None:
+        self._cluster_slo = slo
 
     async def ping(self) -> None:
         """Process memory is always there."""

@@ -33,6 +33,7 @@ not decode, does not validate or has the wrong Redis type is skipped and noted i
 
 from __future__ import annotations
 
+import logging
 import math
 import uuid
 from collections.abc import Callable, Collection, Mapping
@@ -41,7 +42,7 @@ from typing import Any, TypeVar
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
-from voltana.policy.state import InstanceState, SloTarget
+from voltana.policy.state import InstanceState, SloTarget, slo_problem
 from voltana.rpc.limits import check_id
 from voltana.services.telemetry.codec import decode_fields, encode_fields, encode_json
 from voltana.services.telemetry.errors import (
@@ -87,6 +88,8 @@ from voltana.services.telemetry.validate import (
     validate_instance_state,
     validate_window,
 )
+
+_LOG = logging.getLogger(__name__)
 
 DEFAULT_KEY_PREFIX = "voltana:"
 
@@ -240,6 +243,9 @@ class RedisTelemetryStore:
 
     def completion_ids_key(self) -> str:
         return f"{self._prefix}completion_ids"
+
+    def cluster_slo_key(self) -> str:
+        return f"{self._prefix}cluster_slo"
 
     def seen_key(self) -> str:
         return f"{self._prefix}seen"
@@ -613,6 +619,40 @@ class RedisTelemetryStore:
                     _, marker = await pipe.execute()
                 return f"marker:{marker}"
         return str(info.get("run_id", ""))
+
+    async def cluster_slo(self) -> SloTarget | None:
+        key = self.cluster_slo_key()
+        (reply,) = await self._run("read the cluster SLO", lambda pipe: pipe.hgetall(key))
+        if is_wrong_type(reply):
+            _LOG.warning("telemetry store: %s is not a hash; the cluster SLO is written again", key)
+            return None
+        if not reply:
+            return None
+        try:
+            slo = SloTarget(
+                ttft_ms=float(reply.get("ttft_ms", "nan")),
+                itl_ms=float(reply.get("itl_ms", "nan")),
+                ttft_ms_per_1k_tokens=float(reply.get("ttft_ms_per_1k_tokens", "0")),
+            )
+        except (TypeError, ValueError):
+            slo = None
+        if slo is None or slo_problem(slo) is not None:
+            _LOG.warning("telemetry store: %s holds no usable SLO (%s); written again", key, reply)
+            return None
+        return slo
+
+    async def put_cluster_slo(self, slo: SloTarget) -> None:
+        key = self.cluster_slo_key()
+        fields: dict[Any, Any] = {
+            "ttft_ms": repr(slo.ttft_ms),
+            "itl_ms": repr(slo.itl_ms),
+            "ttft_ms_per_1k_tokens": repr(slo.ttft_ms_per_1k_tokens),
+        }
+        with store_errors("store the cluster SLO"):
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.delete(key)  # whatever type it had
+                pipe.hset(key, mapping=fields)
+                await pipe.execute()
 
     async def ping(self) -> None:
         """Raise TelemetryStoreError unless Redis answers (services check this at start)."""

@@ -15,9 +15,11 @@ from prometheus_client import CollectorRegistry
 from voltana.errors import FailedPreconditionError
 from voltana.lifecycle import AsyncService, cancel_and_wait
 from voltana.observability.prometheus import MetricsServer, start_metrics_server
+from voltana.policy.state import SloTarget
 from voltana.rpc import dialable_address, set_serving, start_grpc_server, stop_grpc_server
 from voltana.rpc.names import TELEMETRY_SERVICE
 from voltana.services.telemetry.books import CompletionBooks, build_books
+from voltana.services.telemetry.cluster_slo import ClusterSloKeeper
 from voltana.services.telemetry.errors import TELEMETRY_STATUS_CODES, TelemetryError
 from voltana.services.telemetry.memory_store import MemoryTelemetryStore
 from voltana.services.telemetry.metrics import TelemetryMetrics, instrumented
@@ -94,6 +96,7 @@ class TelemetryService(AsyncService):
             instrumented(self._store, self._metrics), settings, self.metrics_registry
         )
         self._books_task: asyncio.Task[None] | None = None
+        self._cluster_slo: ClusterSloKeeper | None = None
         self._warm_up_task: asyncio.Task[None] | None = None
         self._port: int | None = None
         self._stopped = False
@@ -144,8 +147,10 @@ class TelemetryService(AsyncService):
         if isinstance(self._store, RedisTelemetryStore):
             await self._store.ping()  # fail at start, not on the first report
         await self._books.check_store()  # learn the epoch: a change later = a restart
+        store = instrumented(self._store, self._metrics)
+        await self._cluster_slo_keeper(store).load()
         servicer = TelemetryServicer(
-            instrumented(self._store, self._metrics), self._settings, books=self._books
+            store, self._settings, books=self._books, cluster_slo=self._cluster_slo
         )
         health_servicer = health.aio.HealthServicer()
         register = functools.partial(
@@ -170,7 +175,7 @@ class TelemetryService(AsyncService):
             interval_s=self._settings.upkeep_interval_s,
             instance_ttl_s=self._settings.instance_ttl_s,
             on_fatal=self._fail,
-            heal=self._repair.heal if self._repair is not None else None,
+            heal=self._heal,
             check_timeout_s=self._settings.store_check_timeout_s,
         )
         self._upkeep_task = asyncio.create_task(self._upkeep.run(), name="telemetry-upkeep")
@@ -192,6 +197,24 @@ class TelemetryService(AsyncService):
             self.address,
             f"redis at {redact_redis_url(redis_url)}" if redis_url else "in memory",
         )
+
+    def _cluster_slo_keeper(self, store: TelemetryStore) -> ClusterSloKeeper:
+        self._cluster_slo = ClusterSloKeeper(store, self._settings.slo)
+        return self._cluster_slo
+
+    @property
+    def cluster_slo(self) -> SloTarget:
+        """The cluster SLO in force (the configured one until started)."""
+        keeper = self._cluster_slo
+        return keeper.current if keeper is not None else self._settings.slo
+
+    async def _heal(self) -> int:
+        """One upkeep round's repairs: the Redis store's bad records, and the cluster SLO
+        followed (another telemetry process changed it) or written back (the store lost it)."""
+        repaired = await self._repair.heal() if self._repair is not None else 0
+        if self._cluster_slo is not None:
+            await self._cluster_slo.refresh()
+        return repaired
 
     def _fail(self, error: TelemetryError) -> None:
         self._failure = error

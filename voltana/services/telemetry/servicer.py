@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import logging
 import math
 from collections import OrderedDict
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
@@ -30,17 +31,21 @@ from typing import Any, TypeVar
 import grpc.aio
 
 from voltana.errors import InvalidArgumentError
+from voltana.policy.state import slo_problem
 from voltana.rpc.limits import MAX_TEXT_CHARS, check_address, check_id, check_ids
 from voltana.rpc.names import TELEMETRY_SERVICE, method_names
 from voltana.rpc.rate_limit import CallRateLimiter
 from voltana.rpc.tracing import peer_host
 from voltana.services.telemetry.arrivals import ArrivalRates
 from voltana.services.telemetry.books import CompletionBooks, build_books
+from voltana.services.telemetry.cluster_slo import ClusterSloKeeper
 from voltana.services.telemetry.completion_index import DEFAULT_MAX_WINDOWS
 from voltana.services.telemetry.convert import (
     completion_from_proto,
     info_from_register_request,
     phase_filter_from_proto,
+    slo_from_proto,
+    slo_to_proto,
     snapshot_to_proto,
     state_from_sample,
     window_report_to_proto,
@@ -77,6 +82,8 @@ from voltana.v1 import common_pb2, telemetry_pb2, telemetry_pb2_grpc
 Context = grpc.aio.ServicerContext[Any, Any]
 SampleT = TypeVar("SampleT")
 
+_LOG = logging.getLogger(__name__)
+
 # What a GetAggregates call for a window length not asked for lately costs against the
 # caller's rate (in calls): the store then sums that whole window once.
 NEW_WINDOW_COST = 10.0
@@ -91,6 +98,7 @@ TELEMETRY_PRIVILEGED_METHODS = method_names(
     "ReportCompletion",
     "ReportCompletions",
     "ReportPlacements",
+    "SetClusterSlo",
 )
 
 
@@ -150,11 +158,17 @@ class TelemetryServicer(telemetry_pb2_grpc.TelemetryServiceServicer):
         settings: TelemetrySettings,
         *,
         books: CompletionBooks | None = None,
+        cluster_slo: ClusterSloKeeper | None = None,
     ) -> None:
-        """``books`` stores completions (default: on ``store``, journaled per ``settings``)."""
+        """``books`` stores completions (default: on ``store``, journaled per ``settings``);
+        ``cluster_slo`` keeps the cluster SLO (default: on ``store``, seeded with
+        ``settings.slo``, loaded by ``ClusterSloKeeper.load``)."""
         self._store = store
         self._settings = settings
         self._books = books if books is not None else build_books(store, settings)
+        self._cluster_slo = (
+            cluster_slo if cluster_slo is not None else ClusterSloKeeper(store, settings.slo)
+        )
         self._registry = InstanceRegistry(store, refresh_s=settings.registry_refresh_s)
         self._arrivals = ArrivalRates(settings.arrival_rate_window_s)
         self._router_shares = RouterShares(
@@ -443,7 +457,7 @@ class TelemetryServicer(telemetry_pb2_grpc.TelemetryServiceServicer):
             states[instance_id] = dataclasses.replace(
                 state, arrival_rate_rps=rate_rps, arrival_tokens_per_s=tokens_per_s
             )
-        return snapshot_to_proto(states, view.infos, now_s, shares)
+        return snapshot_to_proto(states, view.infos, now_s, shares, self._cluster_slo.current)
 
     async def GetSnapshot(
         self, request: telemetry_pb2.GetSnapshotRequest, context: Context
@@ -491,12 +505,16 @@ class TelemetryServicer(telemetry_pb2_grpc.TelemetryServiceServicer):
         idle_resend_s = self._settings.watch_idle_resend_s
         instance_ids = list(request.instance_ids)
         loop = asyncio.get_running_loop()
-        last_sent: tuple[list[Any], list[Any]] | None = None
+        last_sent: tuple[list[Any], list[Any], Any] | None = None
         last_sent_at = 0.0
         while not self._closing.is_set():
             versions = self._versions()
             snapshot = self._to_proto(await self._selected_view(request.phase, instance_ids))
-            shown = (list(snapshot.instances), list(snapshot.router_shares))
+            shown = (
+                list(snapshot.instances),
+                list(snapshot.router_shares),
+                snapshot.cluster_slo,
+            )
             resend_due = loop.time() - last_sent_at >= idle_resend_s
             if last_sent is None or shown != last_sent or resend_due:
                 yield snapshot
@@ -530,8 +548,25 @@ class TelemetryServicer(telemetry_pb2_grpc.TelemetryServiceServicer):
         validate_window(window_s)
         check_ids(request.instance_ids, "instance_ids", error=InvalidTelemetryError)
         report = await self._store.window_report(
-            list(request.instance_ids) or None, window_s, self._settings.slo
+            list(request.instance_ids) or None, window_s, self._cluster_slo.current
         )
         view = await self._snapshots.read()
         phases = {instance_id: state.phase for instance_id, state in view.states.items()}
         return window_report_to_proto(report, phases)
+
+    # The cluster SLO.
+
+    async def SetClusterSlo(
+        self, request: telemetry_pb2.SetClusterSloRequest, context: Context
+    ) -> telemetry_pb2.SetClusterSloResponse:
+        if not request.HasField("slo"):
+            raise InvalidTelemetryError("SetClusterSlo needs an slo with ttft_ms and itl_ms")
+        slo = slo_from_proto(request.slo)
+        problem = slo_problem(slo)
+        if problem is not None:
+            raise InvalidTelemetryError(f"invalid SLO: {problem}")
+        previous = await self._cluster_slo.set(slo)
+        _LOG.info("cluster SLO set: TTFT %g ms, ITL %g ms", slo.ttft_ms, slo.itl_ms)
+        return telemetry_pb2.SetClusterSloResponse(
+            previous_slo=slo_to_proto(previous), slo=slo_to_proto(slo), set_at_s=self._store.clock()
+        )

@@ -114,6 +114,14 @@ class TelemetryStore(Protocol):
         the store's clock: what expiry of silent instances goes by."""
         ...
 
+    async def cluster_slo(self) -> SloTarget | None:
+        """The cluster SLO stored (None: none yet, or what is stored cannot be an SLO)."""
+        ...
+
+    async def put_cluster_slo(self, slo: SloTarget) -> None:
+        """Store the cluster SLO (replacing whatever is there)."""
+        ...
+
     async def ping(self) -> None:
         """Raise TelemetryStoreError unless the store can be used now."""
         ...
