@@ -290,12 +290,14 @@ async def test_same_prompt_gives_the_same_text_through_any_pair() -> None:
 async def test_burst_between_snapshots_spreads_over_instances() -> None:
     # Engines report only at start, so every request of the burst sees the same snapshot;
     # only the router's optimistic bumps tell the least-loaded router the load it added.
+    # Real-time engines and 32 tokens: no request may finish (and leave the books) before the
+    # burst's last one is placed, however slow the host (at 50x, 8 tokens took ~2 ms: CI saw 4/2).
     async with running_cluster(
-        decodes=2, router="least-loaded", report_interval_ms=60_000.0
+        decodes=2, router="least-loaded", report_interval_ms=60_000.0, speedup=1.0
     ) as cluster:
         results = await asyncio.gather(
             *(
-                cluster.client.generate(f"burst {i}", max_new_tokens=8, stream=False)
+                cluster.client.generate(f"burst {i}", max_new_tokens=32, stream=False)
                 for i in range(6)
             )
         )
