@@ -85,6 +85,9 @@ def test_work_shares_charge_exactly_what_the_mapping_charges() -> None:
         by_shares.charge(energy_j, shares)
     by_mapping.release(4)
     by_shares.release(4)
+    # The same work again after a release: the ledger's resolved entries must not be stale.
+    by_mapping.charge(0.53, decode)
+    by_shares.charge(0.53, decode_shares)
     by_mapping.settle()
     by_shares.settle()
     assert by_shares.shares() == by_mapping.shares()

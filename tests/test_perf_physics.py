@@ -403,8 +403,8 @@ def test_voltage_curve_rejects_impossible_shapes(knee: float, floor: float) -> N
 @pytest.mark.parametrize("hot", [False, True], ids=["below-tdp", "power-limited"])
 def test_memoised_clock_terms_give_exactly_a_fresh_models_figures(hot: bool) -> None:
     """The model memoises its per-clock terms (the simulator asks at a handful of clocks, the
-    power limiter at fractional ones): a warm model must answer bit for bit what a fresh one
-    does."""
+    power limiter at fractional ones), its decode terms and its prefill estimates: a warm model
+    must answer bit for bit what a fresh one does."""
     gpu = get_gpu("a100-80g")
     calibration = DEFAULT_CALIBRATIONS[gpu.key]
     if hot:

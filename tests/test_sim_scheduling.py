@@ -295,6 +295,31 @@ def test_decode_remaining_output_tokens_counts_down() -> None:
     assert scheduler.remaining_output_tokens() == 5
 
 
+def test_decode_batch_version_moves_exactly_when_the_running_batch_changes() -> None:
+    """Callers rebuild what they derive from the batch (the simulator's energy shares) only
+    when the version moves, so it must move on every join, finish and cancel - and only then."""
+    scheduler = decode(max_running=2)
+    for key, tokens in (("a", 2), ("b", 4), ("c", 3)):
+        scheduler.enqueue(DecodeJob(key, input_tokens=10, output_tokens=tokens, enqueued_s=0.0))
+    versions = []
+    batches = []
+    while scheduler.start_iteration(0.0, 1410) is not None:
+        versions.append(scheduler.batch_version)
+        batches.append(tuple(scheduler.running_keys()))
+        scheduler.finish_iteration()
+    assert batches == [("a", "b"), ("a", "b"), ("b", "c"), ("b", "c"), ("c",)]
+    for step in range(1, len(batches)):
+        changed = batches[step] != batches[step - 1]
+        assert (versions[step] != versions[step - 1]) == changed
+    version = scheduler.batch_version
+    scheduler.enqueue(DecodeJob("d", input_tokens=10, output_tokens=5, enqueued_s=0.0))
+    assert scheduler.cancel("d") and scheduler.batch_version == version  # it never ran
+    scheduler.enqueue(DecodeJob("e", input_tokens=10, output_tokens=5, enqueued_s=0.0))
+    scheduler.start_iteration(0.0, 1410)
+    version = scheduler.batch_version
+    assert scheduler.cancel("e") and scheduler.batch_version == version + 1
+
+
 def test_decode_cancel_waiting_and_running_jobs_frees_their_kv() -> None:
     scheduler = decode(kv_capacity=10_000)
     scheduler.enqueue(DecodeJob("run", 100, 10, enqueued_s=0.0))

@@ -75,6 +75,10 @@ class EnergyLedger(Generic[KeyT]):
     def __init__(self) -> None:
         self._shares: dict[KeyT, RequestEnergy] = {}
         self._last_work: WorkShares[KeyT] = WorkShares({})
+        # The last work charged and its keys' entries in ``_shares``: a caller that charges the
+        # same work many times (an iteration's stretches, a batch that did not change) then
+        # pays no look-up per key and charge. Dropped when an entry leaves (``release``).
+        self._resolved: tuple[WorkShares[KeyT], list[RequestEnergy]] | None = None
         self.measured_j = 0.0
         self.pending_idle_j = 0.0
         self.released_j = 0.0
@@ -94,23 +98,34 @@ class EnergyLedger(Generic[KeyT]):
         self._split(energy_j, idle_j, work)
         self._last_work = work
 
-    def _split(self, active_j: float, idle_j: float, work: WorkShares[KeyT]) -> None:
+    def _entries(self, work: WorkShares[KeyT]) -> list[RequestEnergy]:
+        """The attribution entry of each of ``work``'s keys, in its order (created at 0)."""
+        resolved = self._resolved
+        if resolved is not None and resolved[0] is work:
+            return resolved[1]
         shares = self._shares
-        fractions = work.fractions
-        if fractions is None:  # one fraction for all: the same products, computed once
-            active_share, idle_share = active_j * work.fraction, idle_j * work.fraction
-            for key in work.keys:
-                energy = shares.get(key)
-                if energy is None:
-                    energy = shares[key] = RequestEnergy()
-                energy.active_j += active_share
-                if idle_j:  # adding 0.0 changes nothing; most stretches follow other work
-                    energy.idle_j += idle_share
-            return
-        for key, share in zip(work.keys, fractions, strict=True):
+        entries = []
+        for key in work.keys:
             energy = shares.get(key)
             if energy is None:
                 energy = shares[key] = RequestEnergy()
+            entries.append(energy)
+        self._resolved = (work, entries)
+        return entries
+
+    def _split(self, active_j: float, idle_j: float, work: WorkShares[KeyT]) -> None:
+        entries = self._entries(work)
+        fractions = work.fractions
+        if fractions is None:  # one fraction for all: the same products, computed once
+            active_share = active_j * work.fraction
+            for energy in entries:
+                energy.active_j += active_share
+            if idle_j:  # adding 0.0 changes nothing; most stretches follow other work
+                idle_share = idle_j * work.fraction
+                for energy in entries:
+                    energy.idle_j += idle_share
+            return
+        for energy, share in zip(entries, fractions, strict=True):
             energy.active_j += active_j * share
             if idle_j:
                 energy.idle_j += idle_j * share
@@ -131,6 +146,7 @@ class EnergyLedger(Generic[KeyT]):
         if key in self._last_work.weights:
             weights = self._last_work.weights
             self._last_work = WorkShares({k: w for k, w in weights.items() if k != key})
+        self._resolved = None
         energy = self._shares.pop(key, None) or RequestEnergy()
         self.released_j += energy.total_j
         return energy

@@ -35,6 +35,8 @@ _THROTTLE_BISECTIONS = 14
 _CLOCK_MEMO_SIZE = 4096
 # (decode batch, clock) pairs whose KV-independent terms are memoised.
 _DECODE_MEMO_SIZE = 1 << 16
+# Prefill iterations (tokens, clock, attention pairs) whose estimates are memoised.
+_PREFILL_MEMO_SIZE = 1 << 16
 
 
 def cuda_graph_batch_sizes(max_batch: int = 512) -> tuple[int, ...]:
@@ -209,8 +211,14 @@ class AnalyticalPerformanceModel:
 
     def _power_w(self, sm_clock_mhz: float, memory_busy: float, compute_busy: float) -> float:
         """Draw at ``sm_clock_mhz`` before the power limiter (may exceed TDP)."""
-        cal = self.calibration
         _, idle_w, relative = self._clock_terms(sm_clock_mhz)
+        return self._draw_w(idle_w, relative, memory_busy, compute_busy)
+
+    def _draw_w(
+        self, idle_w: float, relative: float, memory_busy: float, compute_busy: float
+    ) -> float:
+        """`_power_w` from a clock's idle draw and relative f·V² (`_clock_terms`)."""
+        cal = self.calibration
         activity = cal.min_activity + (1.0 - cal.min_activity) * min(1.0, compute_busy)
         return (
             idle_w
@@ -246,8 +254,25 @@ class AnalyticalPerformanceModel:
         return IterationEstimate(at(min(low_mhz, sm_clock_mhz))[0], tdp_w)
 
     # ---- PerformanceModel ------------------------------------------------------------------
+    @cached_property
+    def _by_prefill(self) -> dict[tuple[int, float, float | None], IterationEstimate]:
+        return {}
+
     def prefill_iteration(
         self, new_tokens: int, sm_clock_mhz: float, attention_pairs: float | None = None
+    ) -> IterationEstimate:
+        # Memoised, bounded: a served trace repeats its prompt lengths, and a prefill above the
+        # TDP pays for the power limiter's bisection (a dozen evaluations) each time.
+        key = (new_tokens, sm_clock_mhz, attention_pairs)
+        estimate = self._by_prefill.get(key)
+        if estimate is None:
+            estimate = self._prefill_iteration(new_tokens, sm_clock_mhz, attention_pairs)
+            if len(self._by_prefill) < _PREFILL_MEMO_SIZE:
+                self._by_prefill[key] = estimate
+        return estimate
+
+    def _prefill_iteration(
+        self, new_tokens: int, sm_clock_mhz: float, attention_pairs: float | None
     ) -> IterationEstimate:
         cal = self.calibration
         tokens = max(1, new_tokens)
@@ -277,21 +302,40 @@ class AnalyticalPerformanceModel:
         kv_read_s = kv_tokens * self._kv_bytes_per_token / self._memory_bytes_per_s
         memory_s = self._weights_time_s + kv_read_s
 
+        # The simulator's commonest call: `_estimate`'s arithmetic at the locked clock, done
+        # here without its closure and with the clock's terms memoised alongside the batch's,
+        # while the draw fits the TDP (decode nearly always).
+        fixed_s, linear_s, attention_flops_per_s, idle_w, relative = self._decode_terms(
+            batch_size, sm_clock_mhz
+        )
+        compute_s = linear_s + attention_flops / attention_flops_per_s
+        latency_s = self._combine(memory_s, compute_s) + fixed_s
+        power_w = self._draw_w(idle_w, relative, memory_s / latency_s, compute_s / latency_s)
+        if power_w <= self.gpu.tdp_w:
+            return IterationEstimate(latency_s, power_w)
+
         def timing(clock_mhz: float) -> tuple[float, float, float]:
-            fixed_s, linear_s, attention_flops_per_s = self._decode_terms(batch_size, clock_mhz)
+            fixed_s, linear_s, attention_flops_per_s, _, _ = self._decode_terms(
+                batch_size, clock_mhz
+            )
             compute_s = linear_s + attention_flops / attention_flops_per_s
             return self._combine(memory_s, compute_s) + fixed_s, memory_s, compute_s
 
         return self._estimate(timing, sm_clock_mhz)
 
     @cached_property
-    def _by_batch_and_clock(self) -> dict[tuple[int, float], tuple[float, float, float]]:
+    def _by_batch_and_clock(
+        self,
+    ) -> dict[tuple[int, float], tuple[float, float, float, float, float]]:
         return {}
 
-    def _decode_terms(self, batch_size: int, sm_clock_mhz: float) -> tuple[float, float, float]:
+    def _decode_terms(
+        self, batch_size: int, sm_clock_mhz: float
+    ) -> tuple[float, float, float, float, float]:
         """A decode step's terms that do not depend on its KV tokens: fixed seconds (overheads,
-        all-reduce), the weights' matmul seconds and the attention FLOP/s (memoised, bounded:
-        the batch and the clock repeat from step to step)."""
+        all-reduce), the weights' matmul seconds, the attention FLOP/s, and the clock's idle draw
+        and relative f·V² (memoised, bounded: the batch and the clock repeat from step to
+        step)."""
         key = (batch_size, sm_clock_mhz)
         terms = self._by_batch_and_clock.get(key)
         if terms is None:
@@ -303,11 +347,11 @@ class AnalyticalPerformanceModel:
                 + self._allreduce_time_s(rows)
                 + self._tp_overhead_s
             )
-            peak = self._peak_flops(sm_clock_mhz)
+            peak, idle_w, relative = self._clock_terms(sm_clock_mhz)
             linear_s = (
                 self._linear_flops_per_token_per_gpu * rows / (peak * cal.decode_compute_efficiency)
             )
-            terms = (fixed_s, linear_s, peak * cal.attention_efficiency)
+            terms = (fixed_s, linear_s, peak * cal.attention_efficiency, idle_w, relative)
             if len(self._by_batch_and_clock) < _DECODE_MEMO_SIZE:
                 self._by_batch_and_clock[key] = terms
         return terms

@@ -16,6 +16,7 @@ extrapolating flat - the profile must cover the engine's `max_running_requests`.
 from __future__ import annotations
 
 import bisect
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -140,7 +141,7 @@ class LatencyPredictor:
         return self._out_of_range(power, batch_size)
 
     def _segments(self, batches: np.ndarray) -> np.ndarray:
-        indices = np.searchsorted(np.asarray(self.batch_segments), batches, side="left")
+        indices = self._batch_bounds.searchsorted(batches, side="left")
         return np.minimum(indices, len(self.batch_segments) - 1)
 
     def decode_latency_ms_many(self, batches: np.ndarray, kv_tokens: np.ndarray) -> np.ndarray:
@@ -166,12 +167,26 @@ class LatencyPredictor:
         coef = self.prefill_power[:, self._token_segment(tokens)]
         return coef[:, 0] * tokens + coef[:, 1]
 
+    # Arrays built once, not at every prediction (a policy predicts at every tick); their
+    # methods are called directly, without numpy's module-level dispatch.
+    @functools.cached_property
+    def _batch_bounds(self) -> np.ndarray:
+        return np.asarray(self.batch_segments)
+
+    @functools.cached_property
+    def _token_bounds(self) -> np.ndarray:
+        return np.asarray(self.token_segments)
+
+    @functools.cached_property
+    def _clock_rows(self) -> np.ndarray:
+        return np.arange(len(self.clocks_mhz))
+
     def _prefill_at(self, table: np.ndarray, tokens_per_clock: np.ndarray) -> np.ndarray:
         segments = np.minimum(
-            np.searchsorted(np.asarray(self.token_segments), tokens_per_clock, side="left"),
+            self._token_bounds.searchsorted(tokens_per_clock, side="left"),
             len(self.token_segments) - 1,
         )
-        coef = table[np.arange(len(self.clocks_mhz)), segments]
+        coef = table[self._clock_rows, segments]
         return coef[:, 0] * tokens_per_clock + coef[:, 1]
 
     def prefill_latency_ms_each(self, tokens_per_clock: np.ndarray) -> np.ndarray:

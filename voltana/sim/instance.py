@@ -67,6 +67,7 @@ class SimInstance:
         # Energy per request (voltana.energy): the running iteration's work, request -> weight.
         self.ledger: EnergyLedger[int] = EnergyLedger()
         self.work: WorkShares[int] | None = None
+        self.work_batch_version = -1  # the decode batch ``work`` was built for
         # The running iteration: when its current pace began, when it ends, which event ends it
         # (a clock change re-estimates it from the scheduler's running iteration).
         self.pace_since_s = 0.0

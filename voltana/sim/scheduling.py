@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import KeysView
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
+from typing import Generic, NamedTuple, TypeVar
 
 from voltana.observation.observer import EngineGauges
 from voltana.perf.model import PerformanceModel
@@ -176,9 +176,11 @@ class DecodeJob(Generic[KeyT]):
         return self.input_tokens + self.output_tokens + 1
 
 
-@dataclass(frozen=True, slots=True)
-class DecodeIteration:
-    index: int
+class DecodeIteration(NamedTuple):
+    """One decode step (a named tuple: one is built per step, several times cheaper than a
+    frozen dataclass)."""
+
+    index: int  # type: ignore[assignment]  # (shadows tuple.index, which nothing here calls)
     started_s: float
     latency_s: float
     power_w: float
@@ -209,6 +211,9 @@ class DecodeScheduler(Generic[KeyT]):
     iterations_done: int = 0
     running_iteration: DecodeIteration | None = None
     last_admitted: list[DecodeJob[KeyT]] = field(default_factory=list)
+    # Bumped whenever a job joins or leaves the running batch: a caller keeping something
+    # derived from the batch (the simulator's energy shares) rebuilds it only then.
+    batch_version: int = 0
 
     def __post_init__(self) -> None:
         if self.kv_capacity_tokens <= 0:
@@ -262,6 +267,8 @@ class DecodeScheduler(Generic[KeyT]):
             self._running[job.key] = job
             self._finishing.setdefault(job.finish_iteration, []).append(job)
             admitted.append(job)
+        if admitted:
+            self.batch_version += 1
         return admitted
 
     def start_iteration(self, now_s: float, sm_clock_mhz: int) -> DecodeIteration | None:
@@ -295,6 +302,8 @@ class DecodeScheduler(Generic[KeyT]):
         # (jobs are only admitted in start_iteration, so nothing joined since it started).
         self.kv_tokens_used += len(self._running)
         finished = self._finishing.pop(self.iterations_done, [])
+        if finished:
+            self.batch_version += 1
         for job in finished:
             del self._running[job.key]
             self._reserved_kv_tokens -= job.reserved_kv_tokens
@@ -313,6 +322,7 @@ class DecodeScheduler(Generic[KeyT]):
         if job_or_none is None:
             return False
         job = job_or_none
+        self.batch_version += 1
         self._finishing[job.finish_iteration].remove(job)
         self._reserved_kv_tokens -= job.reserved_kv_tokens
         # Tokens of finished iterations only: the token a running iteration is computing for

@@ -188,6 +188,7 @@ class Simulation:
         self.perf = perf
         self.suite = suite
         self._rng = random.Random(seed)
+        self._gauss = self._rng.gauss
         self._jitter = config.latency_jitter
         loop = config.loop
         self._ideal = loop.is_ideal
@@ -235,7 +236,7 @@ class Simulation:
         """This iteration's latency noise: a factor on the model's latency."""
         if self._jitter <= 0:
             return 1.0
-        return max(0.5, 1.0 + self._rng.gauss(0.0, self._jitter))
+        return max(0.5, 1.0 + self._gauss(0.0, self._jitter))
 
     # ---- what decisions see ---------------------------------------------------------------
     def _report(self, inst: SimInstance, now_s: float) -> InstanceState:
@@ -318,7 +319,9 @@ class Simulation:
             inst.busy = False
             inst.set_power(now_s, self.perf.idle_power_w(inst.sm_clock_mhz))
             return
-        inst.work = WorkShares.uniform(scheduler.running_keys())
+        if inst.work_batch_version != scheduler.batch_version:  # the batch changed
+            inst.work = WorkShares.uniform(scheduler.running_keys())
+            inst.work_batch_version = scheduler.batch_version
         self._start(inst, now_s, iteration.latency_s, iteration.power_w, _DECODE_DONE)
 
     def _start(
