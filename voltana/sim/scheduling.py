@@ -276,7 +276,7 @@ class DecodeScheduler(Generic[KeyT]):
         their first token (computed by prefill) is emitted at this moment."""
         if self.running_iteration is not None:
             raise RuntimeError("decode iteration already running")
-        self.last_admitted = self._admit_waiting()
+        self.last_admitted = self._admit_waiting() if self._waiting else []
         if not self._running:
             return None
         batch = len(self._running)

@@ -51,6 +51,7 @@ from voltana.workloads.request import TraceRequest
 ) = range(12)
 # Events that recur while requests are pending but are not work themselves.
 _PERIODIC = frozenset({_REPORT, _ROUTER_WATCH, _CONTROLLER_WATCH, _CONTROL, _SAMPLE})
+_heappush = heapq.heappush  # (bound once: the loop pushes an event or two per iteration)
 
 REJECT_PROMPT_TOO_LONG = "prompt_too_long"
 REJECT_KV_CAPACITY = "exceeds_kv_capacity"
@@ -228,9 +229,9 @@ class Simulation:
 
     # ---- event plumbing -------------------------------------------------------------------
     def _push(self, time_s: float, kind: int, payload: int) -> int:
-        self._seq += 1
-        heapq.heappush(self._events, (time_s, kind, self._seq, payload))
-        return self._seq
+        seq = self._seq = self._seq + 1
+        _heappush(self._events, (time_s, kind, seq, payload))
+        return seq
 
     def _jitter_factor(self) -> float:
         """This iteration's latency noise: a factor on the model's latency."""
