@@ -33,6 +33,12 @@ class RunOutcome:
     # Per completed request, its attributed (active, idle) energy in joules (docs/energy.md);
     # None when not known.
     request_energy_j: Sequence[tuple[float, float]] | None = None
+    # SLO classes (voltana.workloads.classes), when the workload has them: per completed
+    # request its own targets (None: the cluster SLO) and its class name, and every request's
+    # count per class (rejected ones included). Empty: every request is at the cluster SLO.
+    slo_targets: Sequence[SloTarget | None] = ()
+    slo_classes: Sequence[str] = ()
+    requests_by_class: dict[str, int] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -62,16 +68,9 @@ def _pcts(values: Sequence[float], weights: Sequence[float] | None = None) -> di
 
 def summarize(outcome: RunOutcome, slo: SloTarget) -> dict[str, Any]:
     """One result row in the `--json` schema of the issue (fractions in 0..1)."""
-    ttft = np.asarray(outcome.ttft_ms, dtype=float)
-    itl = np.asarray(outcome.mean_itl_ms, dtype=float)
-    completed = len(ttft)
+    completed = len(outcome.ttft_ms)
     total = max(1, outcome.requests)
-    if len(outcome.input_tokens) == completed and slo.ttft_ms_per_1k_tokens:
-        targets = slo.ttft_ms + slo.ttft_ms_per_1k_tokens * np.asarray(outcome.input_tokens) / 1e3
-        ttft_ok = ttft <= targets
-    else:
-        ttft_ok = ttft <= slo.ttft_ms
-    itl_ok = itl <= slo.itl_ms
+    ttft_ok, itl_ok = _meets_targets(outcome, slo)
     token_values = outcome.token_itl_ms if len(outcome.token_itl_ms) else outcome.mean_itl_ms
     token_weights = outcome.token_itl_weights if len(outcome.token_itl_ms) else None
     gpu_seconds = outcome.duration_s * outcome.num_gpus
@@ -108,8 +107,46 @@ def summarize(outcome: RunOutcome, slo: SloTarget) -> dict[str, Any]:
         "ttft_attainment": float(ttft_ok.sum()) / total,
         "itl_attainment": float(itl_ok.sum()) / total,
         "slo_attainment": float((ttft_ok & itl_ok).sum()) / total,
+        **({"slo_classes": _by_class(outcome, ttft_ok & itl_ok)} if outcome.slo_classes else {}),
         "energy_savings_vs_first": None,
         **outcome.extra,
+    }
+
+
+def _meets_targets(outcome: RunOutcome, slo: SloTarget) -> tuple[np.ndarray, np.ndarray]:
+    """Per completed request: whether its TTFT and its mean ITL met its targets (its class's
+    own, else ``slo``)."""
+    ttft = np.asarray(outcome.ttft_ms, dtype=float)
+    itl = np.asarray(outcome.mean_itl_ms, dtype=float)
+    completed = len(ttft)
+    own = outcome.slo_targets if len(outcome.slo_targets) == completed else ()
+    per_1k = [(t or slo).ttft_ms_per_1k_tokens for t in own] if own else [slo.ttft_ms_per_1k_tokens]
+    if own:
+        ttft_base = np.array([(t or slo).ttft_ms for t in own], dtype=float)
+        itl_target = np.array([(t or slo).itl_ms for t in own], dtype=float)
+    else:
+        ttft_base, itl_target = np.asarray(slo.ttft_ms), np.asarray(slo.itl_ms)
+    if len(outcome.input_tokens) == completed and any(per_1k):
+        ttft_target = ttft_base + np.asarray(per_1k) * np.asarray(outcome.input_tokens) / 1e3
+    else:
+        ttft_target = ttft_base
+    return ttft <= ttft_target, itl <= itl_target
+
+
+def _by_class(outcome: RunOutcome, met: np.ndarray) -> dict[str, dict[str, Any]]:
+    """Requests, completions and SLO attainment of each class against its own targets."""
+    met_by: dict[str, int] = {}
+    done_by: dict[str, int] = {}
+    for name, ok in zip(outcome.slo_classes, met, strict=True):
+        done_by[name] = done_by.get(name, 0) + 1
+        met_by[name] = met_by.get(name, 0) + int(ok)
+    return {
+        name: {
+            "requests": count,
+            "completed": done_by.get(name, 0),
+            "slo_attainment": met_by.get(name, 0) / max(1, count),
+        }
+        for name, count in sorted(outcome.requests_by_class.items())
     }
 
 
@@ -159,6 +196,8 @@ def format_table(results: list[dict[str, Any]]) -> str:
         ),
         ("energy at extrapolated clocks", _extrapolated),
     ]
+    for name in sorted({name for r in results for name in r.get("slo_classes") or {}}):
+        rows.append((f"SLO attainment, {name} class", _class_attainment(name)))
     header = ["", *[r["policy"] + extrapolation_mark(r) for r in results]]
     table = [header] + [[label, *[fn(r) for r in results]] for label, fn in rows]
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
@@ -173,6 +212,14 @@ def format_table(results: list[dict[str, Any]]) -> str:
     if any(extrapolation_mark(r) for r in results):
         lines.append(EXTRAPOLATION_NOTE)
     return "\n".join(lines)
+
+
+def _class_attainment(name: str) -> Callable[[dict[str, Any]], str]:
+    def cell(row: dict[str, Any]) -> str:
+        figures = (row.get("slo_classes") or {}).get(name)
+        return _fmt(_pct(figures["slo_attainment"]) if figures else None, ".2f", "%")
+
+    return cell
 
 
 def headline_lines(results: list[dict[str, Any]]) -> list[str]:

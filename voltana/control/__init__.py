@@ -10,11 +10,13 @@ how long each hop takes.
 from voltana.control.commands import needs_clock_command
 from voltana.control.notices import DEFAULT_PLACEMENT_HOLD_MS, NoticeBoard
 from voltana.control.placements import OtherRouters, PlacementBook
+from voltana.control.serving import ServedTargets
 
 __all__ = [
     "DEFAULT_PLACEMENT_HOLD_MS",
     "NoticeBoard",
     "OtherRouters",
     "PlacementBook",
+    "ServedTargets",
     "needs_clock_command",
 ]

@@ -31,6 +31,19 @@ class SloTarget:
         return self.ttft_ms + self.ttft_ms_per_1k_tokens * input_tokens / 1000.0
 
 
+def tightest_slo(first: SloTarget, *others: SloTarget) -> SloTarget:
+    """Each target at its tightest over the given SLOs (what a clock law serving requests of
+    several classes at once must meet)."""
+    if not others:
+        return first
+    every = (first, *others)
+    return SloTarget(
+        ttft_ms=min(s.ttft_ms for s in every),
+        itl_ms=min(s.itl_ms for s in every),
+        ttft_ms_per_1k_tokens=min(s.ttft_ms_per_1k_tokens for s in every),
+    )
+
+
 def slo_problem(slo: SloTarget) -> str | None:
     """Why ``slo`` is unusable (a target that is not a finite positive number of at most
     voltana.rpc.limits.MAX_SLO_MS, a negative per-1k allowance), or None."""
@@ -115,6 +128,10 @@ class ClusterSnapshot:
     decode: Mapping[str, InstanceState]
     # The cluster SLO in force when the snapshot was taken (None: its source did not say).
     cluster_slo: SloTarget | None = None
+    # Instances serving requests of their own SLO class (voltana.control.serving): the
+    # tightest targets each one serves. Empty when every request is at the cluster SLO; an
+    # instance left out serves nothing of a class (idle or cluster-SLO requests only).
+    serving: Mapping[str, SloTarget] = field(default_factory=dict)
 
     def instance(self, instance_id: str) -> InstanceState | None:
         return self.prefill.get(instance_id) or self.decode.get(instance_id)

@@ -32,7 +32,8 @@ avoids batch-boundary crossings that would raise a clock (EcoRoute's insight, ge
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -393,6 +394,19 @@ def decode_clock_costs(
     return added, feasible
 
 
+def sharing(request: RequestSpec, serving: Mapping[str, SloTarget]) -> RequestSpec:
+    """``request`` as it is placed on instances serving ``serving``: at the tightest ITL
+    target served (a batch runs at the clock its tightest request needs)."""
+    tight_itl_ms = min([request.slo.itl_ms, *(t.itl_ms for t in serving.values())])
+    if tight_itl_ms == request.slo.itl_ms:
+        return request
+    return replace(request, slo=replace(request.slo, itl_ms=tight_itl_ms))
+
+
+# Requests over which the router averages the share of loose-class requests.
+LOOSE_SHARE_REQUESTS = 256
+
+
 @dataclass
 class VoltanaRouter:
     """Prefill: soonest finish. Decode: the load shared evenly by the number of instances that
@@ -405,6 +419,54 @@ class VoltanaRouter:
     # push a consolidated instance past its ITL target (or to its maximum clock).
     plan_headroom: float = 1.25
     name: str = "voltana"
+    # Of the requests placed lately, the share looser than the tightest ITL target served
+    # (an exponential average over about LOOSE_SHARE_REQUESTS requests; SLO classes only).
+    _loose_share: float = field(default=0.0, init=False, repr=False)
+
+    def _class_lane(
+        self, request: RequestSpec, states: list[InstanceState], serving: Mapping[str, SloTarget]
+    ) -> tuple[list[InstanceState], RequestSpec]:
+        """The decode instances a request may join while requests of several SLO classes are
+        served, and the request as it is placed there. One tight request holds a whole batch
+        to the tight clock, so the loose requests may get instances of their own (the last
+        ones) and run them slower - but only where that plan draws less than every class
+        sharing (a woken instance's draw usually costs more than a lower clock saves, and an
+        ITL target that does not bind saves nothing). Sharing, a loose request is placed as a
+        tight one: the batch it joins runs at the tight clock."""
+        tight_itl_ms = min([request.slo.itl_ms, *(t.itl_ms for t in serving.values())])
+        loose_itl_ms = max([request.slo.itl_ms, *(t.itl_ms for t in serving.values())])
+        loose = request.slo.itl_ms > tight_itl_ms
+        self._loose_share += (float(loose) - self._loose_share) / LOOSE_SHARE_REQUESTS
+        shared = (states, sharing(request, serving))
+        if loose_itl_ms <= tight_itl_ms or len(states) < 2:
+            return shared
+        total_batch = sum(s.running_batch + s.queue_len + s.inflight_requests for s in states)
+        total_kv = sum(s.kv_tokens_used + s.inflight_tokens for s in states)
+        load = (total_batch + 1.0, total_kv + request.input_tokens + 1.0)
+        shared_w = self._plan_cost_w(load, 1.0, len(states), tight_itl_ms)
+        share = self._loose_share
+        best_w, loose_count = shared_w * (1.0 - PLAN_HYSTERESIS), 0
+        for count in range(1, len(states)):
+            split_w = self._plan_cost_w(
+                load, 1.0 - share, len(states) - count, tight_itl_ms
+            ) + self._plan_cost_w(load, share, count, loose_itl_ms)
+            if split_w < best_w:
+                best_w, loose_count = split_w, count
+        if not loose_count:
+            return shared
+        return (states[-loose_count:] if loose else states[:-loose_count]), request
+
+    def _plan_cost_w(
+        self, load: tuple[float, float], share: float, count: int, itl_ms: float
+    ) -> float:
+        """Draw above the parked idle power of the cheapest plan carrying ``share`` of the
+        decode ``load`` (requests, KV tokens) on at most ``count`` instances at ``itl_ms``."""
+        if share <= 0:
+            return 0.0
+        shares = np.arange(1, count + 1, dtype=float)
+        batch, kv_tokens = (share * value * self.plan_headroom / shares for value in load)
+        power, _ = self._best_power_w(batch, kv_tokens, itl_ms)
+        return float(np.min(shares * (power - self.predictor.idle_power[0])))
 
     def _best_power_w(
         self, batches: np.ndarray, kv_tokens: np.ndarray, itl_ms: float
@@ -428,9 +490,43 @@ class VoltanaRouter:
         if not snapshot.prefill or not snapshot.decode:
             raise NoInstanceError("no prefill or no decode instance available")
         prefill = min(snapshot.prefill.values(), key=prefill_load)
+        states = list(snapshot.decode.values())
+        lane, placed = states, request
+        if snapshot.serving:
+            lane, placed = self._class_lane(request, states, snapshot.serving)
+        choice = self._choose_decode(placed, lane) if 0 < len(lane) < len(states) else None
+        if choice is None:  # (a lane of its own is full: the request joins a tight batch)
+            if lane is not states:
+                placed = sharing(request, snapshot.serving)
+            choice = self._choose_decode(placed, states)
+        if choice is None:  # no room at any clock: last resort, least loaded
+            chosen = min(
+                states,
+                key=lambda s: (
+                    s.running_batch + s.queue_len + s.inflight_requests,
+                    s.kv_tokens_used + s.inflight_tokens,
+                ),
+            )
+            choice = (
+                chosen,
+                len(self.predictor.clocks_mhz) - 1,
+                "no decode has room at target: least loaded",
+            )
+        decode, clock_index, reason = choice
+        return Placement(
+            prefill.instance_id,
+            decode.instance_id,
+            reason,
+            decode_clock_mhz=int(self.predictor.clocks_mhz[clock_index]),
+        )
+
+    def _choose_decode(
+        self, request: RequestSpec, states: list[InstanceState]
+    ) -> tuple[InstanceState, int, str] | None:
+        """The decode instance among ``states`` for ``request``, the clock index it would run
+        at, and why; None when none has room at any clock."""
         added_kv = request.input_tokens + 1
         reserve = request.input_tokens + request.max_output_tokens + 1
-        states = list(snapshot.decode.values())
         # The state trajectory: what each instance will hold once the requests placed on it
         # arrive (the ledger's in-flight counts); waiting requests join at the next step.
         batches = np.array(
@@ -465,23 +561,14 @@ class VoltanaRouter:
             # The plan shares the load evenly: the least loaded active instance takes it.
             order = np.lexsort((kv_tokens, batches, ~planned))
             chosen = int(order[0])
-            clock_index = int(after_index[chosen])
             reason = f"even share of {int(active.sum())} active decode instances"
         elif np.isfinite(added_w).any():  # the active ones are full: spill
             order = np.lexsort((-batches, added_w))
             chosen = int(order[0])
-            clock_index = int(after_index[chosen])
             reason = "active decode instances full: least added power"
-        else:  # no room at any clock: last resort, least loaded
-            chosen = min(range(count), key=lambda n: (batches[n], kv_tokens[n]))
-            clock_index = len(self.predictor.clocks_mhz) - 1
-            reason = "no decode has room at target: least loaded"
-        return Placement(
-            prefill.instance_id,
-            states[chosen].instance_id,
-            reason,
-            decode_clock_mhz=int(self.predictor.clocks_mhz[clock_index]),
-        )
+        else:
+            return None
+        return states[chosen], int(after_index[chosen]), reason
 
     def _active_set(
         self, batches: np.ndarray, kv_tokens: np.ndarray, added_kv: int, itl_ms: float

@@ -18,20 +18,22 @@ from __future__ import annotations
 
 import heapq
 import random
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from voltana.control import NoticeBoard, PlacementBook, needs_clock_command
+from voltana.control import NoticeBoard, PlacementBook, ServedTargets, needs_clock_command
 from voltana.energy import RequestEnergy, WorkShares, spread_unclaimed
 from voltana.errors import ConfigError
 from voltana.perf.model import IterationEstimate, PerformanceModel, calibrated_clock_range_mhz
 from voltana.policy.base import PolicySuite
-from voltana.policy.state import ClusterSnapshot, InstanceState, Phase, RequestSpec
+from voltana.policy.state import ClusterSnapshot, InstanceState, Phase, RequestSpec, SloTarget
 from voltana.report import RunOutcome
 from voltana.sim.cluster import ClusterConfig
 from voltana.sim.instance import InstanceSeries, SimInstance
 from voltana.sim.scheduling import DecodeJob, PrefillJob
+from voltana.workloads.classes import class_name
 from voltana.workloads.request import TraceRequest
 
 # Event kinds, ordered so simultaneous events resolve deterministically.
@@ -106,11 +108,17 @@ class SimulationResult:
         input_tokens: list[int] = []
         output_tokens = 0
         rejected: dict[str, int] = {}
+        classed = any(record.request.slo is not None for record in self.records)
+        targets: list[SloTarget | None] = []
+        classes: list[str] = []
         for record in self.records:
             if record.rejected is not None:
                 rejected[record.rejected] = rejected.get(record.rejected, 0) + 1
                 continue
             request = record.request
+            if classed:
+                targets.append(request.slo)
+                classes.append(class_name(request))
             ttft_ms.append((record.first_token_s - request.arrival_s) * 1e3)
             input_tokens.append(request.input_tokens)
             gaps = request.output_tokens - 1
@@ -129,6 +137,13 @@ class SimulationResult:
             input_tokens=input_tokens,
             token_itl_ms=[v * 1e3 for v in self.decode_iteration_latency_s],
             token_itl_weights=self.decode_iteration_batch,
+            slo_targets=targets,
+            slo_classes=classes,
+            requests_by_class=(
+                dict(Counter(class_name(record.request) for record in self.records))
+                if classed
+                else {}
+            ),
             request_energy_j=(
                 [
                     (energy.active_j, energy.idle_j)
@@ -226,6 +241,10 @@ class Simulation:
         self._next_router_watch_s = float("inf")
         self._next_controller_watch_s = float("inf")
         self._controller_reads = not suite.is_static
+        # The SLO targets each instance serves, kept only for a workload with SLO classes
+        # (without, every law runs against the cluster SLO).
+        self._served = ServedTargets()
+        self._classed = False
 
     # ---- event plumbing -------------------------------------------------------------------
     def _push(self, time_s: float, kind: int, payload: int) -> int:
@@ -269,6 +288,10 @@ class Simulation:
             state = self._router_state(inst, now_s)
             if state is not None:
                 decode[inst.instance_id] = state
+        if self._classed:
+            return ClusterSnapshot(
+                now_s, prefill, decode, serving=self._served.serving(self.config.slo)
+            )
         return ClusterSnapshot(now_s, prefill, decode)
 
     def _controller_state(self, inst: SimInstance, now_s: float) -> InstanceState | None:
@@ -280,7 +303,10 @@ class Simulation:
         """Run the phase's policy; a new clock reaches the agent one RPC later and takes effect
         after the GPU's clock-change delay. True when the clock target changed."""
         policy = self.suite.prefill if inst.phase is Phase.PREFILL else self.suite.decode
-        decision = policy.decide(state, self.config.slo, now_s)
+        slo = self.config.slo
+        if self._classed:  # the tightest targets the instance serves
+            slo = self._served.law_target(inst.instance_id, slo)
+        decision = policy.decide(state, slo, now_s)
         # Simulated agents never fail and leases never lapse: the target is the confirmed clock.
         if not needs_clock_command(
             decision.sm_clock_mhz, inst.target_clock_mhz, lease_held=True, now_s=now_s
@@ -379,10 +405,13 @@ class Simulation:
         if request.input_tokens + request.output_tokens + 1 > self._kv_capacity:
             record.rejected = REJECT_KV_CAPACITY
             return
-        spec = RequestSpec(request.input_tokens, request.output_tokens, self.config.slo, now_s)
+        slo = request.slo or self.config.slo
+        spec = RequestSpec(request.input_tokens, request.output_tokens, slo, now_s)
         placement = self.suite.router.place(spec, self.snapshot(now_s))
         prefill = self._by_id[placement.prefill_id]
         decode = self._by_id[placement.decode_id]
+        if self._classed:
+            self._served.open(request_index, (prefill.instance_id, decode.instance_id), request.slo)
         record.prefill_index = prefill.index
         record.decode_index = decode.index
         self._placements.place(
@@ -432,6 +461,8 @@ class Simulation:
         for job in inst.prefill.finish_iteration():
             record = self._records[job.key]
             record.prefill_done_s = now_s
+            if self._classed:
+                self._served.leave(job.key, inst.instance_id)
             # Prefill-side TTFT, as the prefill engine measures it: receipt to first token.
             inst.observer.note_first_token(now_s, now_s - job.enqueued_s)
             transfer_s = job.input_tokens * kv_bytes_per_token / link_bytes_per_s
@@ -447,6 +478,7 @@ class Simulation:
             self._first_token(record, request_index, now_s)
             record.finish_s = now_s
             self._placements.finished(request_index)
+            self._served.close(request_index)
             return
         assert decode.decode is not None
         decode.decode.enqueue(
@@ -470,6 +502,8 @@ class Simulation:
         for job in finished:
             self._records[job.key].finish_s = now_s
             self._placements.finished(job.key)
+            if self._classed:
+                self._served.close(job.key)
         inst.last_activity_s = now_s
         self._kick_decode(inst, now_s)
         return len(finished)
@@ -550,6 +584,7 @@ class Simulation:
         self._records = [RequestRecord(request) for request in requests]
         if not requests:
             raise ConfigError("the workload has no requests")
+        self._classed = any(request.slo is not None for request in requests)
         start_s = requests[0].arrival_s
         for inst in self.instances:
             inst.start(start_s)

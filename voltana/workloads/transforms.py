@@ -1,4 +1,5 @@
-"""Pure reshaping of a workload: compress time, cut a window, cap its length.
+"""Pure reshaping of a workload: compress time, cut a window, cap its length (a request keeps
+its SLO class through all of them).
 
 Every function returns a new list sorted by arrival (stable) and numbered 0..n-1; the input is
 not changed. Windows are half-open, [start, end).
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
+from dataclasses import replace
 
 from voltana.errors import ConfigError
 from voltana.workloads.request import TraceRequest
@@ -16,10 +18,7 @@ from voltana.workloads.request import TraceRequest
 def scale_rate(requests: Sequence[TraceRequest], rate_scale: float) -> list[TraceRequest]:
     """Time compression: every arrival time divided by ``rate_scale`` (2.0 = twice the rate)."""
     _require_positive("rate_scale", rate_scale)
-    return renumbered(
-        TraceRequest(r.request_id, r.arrival_s / rate_scale, r.input_tokens, r.output_tokens)
-        for r in requests
-    )
+    return renumbered(replace(r, arrival_s=r.arrival_s / rate_scale) for r in requests)
 
 
 def cut_window(
@@ -35,10 +34,7 @@ def cut_window(
     if not kept:
         return []
     first_s = min(r.arrival_s for r in kept)
-    return renumbered(
-        TraceRequest(r.request_id, r.arrival_s - first_s, r.input_tokens, r.output_tokens)
-        for r in kept
-    )
+    return renumbered(replace(r, arrival_s=r.arrival_s - first_s) for r in kept)
 
 
 def cap_duration(requests: Sequence[TraceRequest], duration_s: float) -> list[TraceRequest]:
@@ -58,9 +54,7 @@ def renumbered(requests: Iterable[TraceRequest]) -> list[TraceRequest]:
     """Sorted by arrival (stable) with request_id 0..n-1."""
     ordered = sorted(requests, key=lambda r: r.arrival_s)
     return [
-        r
-        if r.request_id == index
-        else TraceRequest(index, r.arrival_s, r.input_tokens, r.output_tokens)
+        r if r.request_id == index else replace(r, request_id=index)
         for index, r in enumerate(ordered)
     ]
 
