@@ -1388,6 +1388,9 @@ EXPERIMENTS: dict[str, tuple[str, Experiment]] = {
     "store-unreadable": ("Redis refuses reads (ACL), then allows them", store_unreadable),
 }  # fmt: skip
 
+# Experiments that need two active-active routers (--routers 2).
+HA_EXPERIMENTS = ("router-kill-ha", "router-term-ha")
+
 
 async def run_experiment(deployment: Deployment, name: str, options: Options, seed: int) -> Result:
     fault, inject = EXPERIMENTS[name]
@@ -1561,6 +1564,18 @@ async def main_async(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    needs_routers = [n for n in names if n in HA_EXPERIMENTS]
+    if needs_routers and args.routers < 2:
+        if args.only:
+            print(f"faults.py: {needs_routers} need --routers 2 (or more)", file=sys.stderr)
+            return 2
+        # The whole set on one router: the active-active ones are a run of their own.
+        names = [n for n in names if n not in HA_EXPERIMENTS]
+        print(
+            f"skipping {', '.join(needs_routers)} (they need --routers 2: python bench/faults.py"
+            f" --routers 2 {' '.join('--only ' + n for n in needs_routers)})",
+            file=sys.stderr,
+        )
     options = Options(
         rate_rps=args.rate,
         warmup_s=args.warmup_s,
