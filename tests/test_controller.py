@@ -22,6 +22,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from security_helpers import SECURITY
 
+from voltana.control import MAX_NOTIFIED_INSTANCES
 from voltana.gpu import SimulatedGpu
 from voltana.hardware import get_gpu
 from voltana.policy.base import PolicyContext, PolicySuite, RoutingPolicy
@@ -38,7 +39,7 @@ from voltana.services.telemetry import (
     TelemetryService,
     TelemetrySettings,
 )
-from voltana.services.telemetry.convert import state_to_proto
+from voltana.services.telemetry.convert import slo_to_proto, state_to_proto
 from voltana.v1 import agent_pb2, agent_pb2_grpc, common_pb2, controller_pb2, controller_pb2_grpc
 
 pytestmark = pytest.mark.integration
@@ -46,6 +47,7 @@ pytestmark = pytest.mark.integration
 A100 = get_gpu("a100-80g")
 HOLDER = "controller@test"
 QUEUE_POLICY = "test-queue-bang-bang"
+ITL_POLICY = "test-itl-follower"
 
 
 # --- a test-only dynamic policy --------------------------------------------------------------
@@ -77,9 +79,37 @@ def _queue_suite(context: PolicyContext, router: RoutingPolicy | None) -> Policy
     return PolicySuite(QUEUE_POLICY, policy, policy, router or RoundRobinRouter())
 
 
+@dataclass(frozen=True)
+class ItlFollower:
+    """Max clock against an ITL target of at most 100 ms, min clock against a looser one:
+    shows which targets the controller hands an instance's law."""
+
+    min_mhz: int
+    max_mhz: int
+
+    @property
+    def name(self) -> str:
+        return ITL_POLICY
+
+    @property
+    def is_static(self) -> bool:
+        return False
+
+    def decide(self, state: InstanceState, slo: SloTarget, now_s: float) -> ClockDecision:
+        if slo.itl_ms <= 100.0:
+            return ClockDecision(self.max_mhz, f"tight ITL {slo.itl_ms:g} ms")
+        return ClockDecision(self.min_mhz, f"loose ITL {slo.itl_ms:g} ms")
+
+
+def _itl_suite(context: PolicyContext, router: RoutingPolicy | None) -> PolicySuite:
+    policy = ItlFollower(context.gpu.min_sm_clock_mhz, context.gpu.max_sm_clock_mhz)
+    return PolicySuite(ITL_POLICY, policy, policy, router or RoundRobinRouter())
+
+
 @pytest.fixture(scope="module", autouse=True)
 def queue_policy_registered() -> None:
     register_policy(QUEUE_POLICY, _queue_suite)
+    register_policy(ITL_POLICY, _itl_suite)
 
 
 # --- helpers -----------------------------------------------------------------------------------
@@ -641,3 +671,81 @@ async def test_set_slo_is_refused_when_telemetry_cannot_take_it(cluster: Cluster
     assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
     current = await status(stub)
     assert (current.slo.ttft_ms, current.slo.itl_ms) == (800.0, 50.0)
+
+
+# --- SLO classes: what each instance's law runs against ----------------------------------------
+
+
+def served(
+    instance_id: str, *, cluster_slo: bool = False, own: SloTarget | None = None
+) -> controller_pb2.ServedSlo:
+    entry = controller_pb2.ServedSlo(instance_id=instance_id, cluster_slo=cluster_slo)
+    if own is not None:
+        entry.own_slo.CopyFrom(slo_to_proto(own))
+    return entry
+
+
+async def test_the_law_runs_against_the_tightest_targets_the_routers_say_an_instance_serves(
+    cluster: Cluster,
+) -> None:
+    loose = SloTarget(ttft_ms=5000.0, itl_ms=200.0)
+    await cluster.register("decode-0", Phase.DECODE, 1)
+    await cluster.report(load("decode-0", Phase.DECODE))
+    _, stub = await cluster.controller(policy=ITL_POLICY)
+    gpu = cluster.gpus[1]
+    await eventually(lambda: gpu.locks_mhz == [A100.max_sm_clock_mhz])  # the cluster SLO
+
+    async def notify(router_id: str, *entries: controller_pb2.ServedSlo) -> list[int]:
+        view = load("decode-0", Phase.DECODE, queue_len=1)
+        response = await stub.NotifyPlacement(
+            controller_pb2.NotifyPlacementRequest(
+                instances=[state_to_proto(view)], router_id=router_id, serving=entries
+            )
+        )
+        return list(response.sm_clock_mhz)
+
+    async def law_itl_ms() -> float:
+        return float((await status(stub, "decode-0")).instances[0].slo.itl_ms)
+
+    # Router r1 holds only loose requests there: the law relaxes, decided with the notice.
+    assert await notify("r1", served("decode-0", own=loose)) == [A100.min_sm_clock_mhz]
+    assert await law_itl_ms() == 200.0
+    # Router r2 places a request held to the cluster SLO there: the tightest wins at once.
+    assert await notify("r2", served("decode-0", cluster_slo=True)) == [A100.max_sm_clock_mhz]
+    assert await law_itl_ms() == SloTarget().itl_ms
+    # r2's request ended (a notice naming no state, only what it serves now): loose again.
+    await stub.NotifyPlacement(
+        controller_pb2.NotifyPlacementRequest(router_id="r2", serving=[served("decode-0")])
+    )
+    await eventually(lambda: gpu.sm_clock_mhz() == A100.min_sm_clock_mhz)
+    assert await law_itl_ms() == 200.0
+
+
+async def test_notices_naming_many_instances_are_taken_and_bad_classes_refused(
+    cluster: Cluster,
+) -> None:
+    for index in range(3):
+        await cluster.register(f"decode-{index}", Phase.DECODE, 1)
+    _, stub = await cluster.controller(policy=ITL_POLICY)
+    # One coalesced notice covers every instance placed on since the last (it was refused
+    # beyond two before, and the router only logged it).
+    views = [load(f"decode-{index}", Phase.DECODE, queue_len=1) for index in range(3)]
+    response = await stub.NotifyPlacement(
+        controller_pb2.NotifyPlacementRequest(instances=[state_to_proto(v) for v in views])
+    )
+    assert len(response.sm_clock_mhz) == 3
+    bad = [
+        controller_pb2.NotifyPlacementRequest(
+            serving=[served("decode-0", own=SloTarget(ttft_ms=800.0, itl_ms=-1.0))]
+        ),
+        controller_pb2.NotifyPlacementRequest(serving=[served("")]),
+        controller_pb2.NotifyPlacementRequest(router_id="r" * 10_000),
+        controller_pb2.NotifyPlacementRequest(
+            serving=[served(f"decode-{i}") for i in range(MAX_NOTIFIED_INSTANCES + 1)]
+        ),
+    ]
+    for request in bad:
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await stub.NotifyPlacement(request)
+        assert raised.value.code() is grpc.StatusCode.INVALID_ARGUMENT, request
+        assert raised.value.details()

@@ -16,7 +16,8 @@ from voltana.policy.state import SloTarget
 from voltana.report import RunOutcome, summarize
 from voltana.sdk import InvalidRequestError, ServerError, UnavailableError
 from voltana.stack import SimStack, SimStackSettings
-from voltana.workloads import TraceRequest
+from voltana.workloads import TraceRequest, load_workload
+from voltana.workloads.classes import parse_slo_class, with_slo_class
 
 BENCH_TIMEOUT_S = 60.0
 # What `voltana simulate --json` writes per policy (voltana.report.summarize).
@@ -107,6 +108,48 @@ async def test_bench_prints_the_simulate_table_and_json(stack: SimStack, tmp_pat
     assert row["energy_per_output_token_j"] == pytest.approx(row["energy_j"] / (7 * 12))
     assert row["ttft_ms"]["p50"] > 0 and row["itl_ms"]["p50"] > 0
     assert 0.0 <= row["slo_attainment"] <= 7 / 8
+
+
+@pytest.mark.e2e
+async def test_bench_sends_a_class_its_own_targets_and_reports_attainment_per_class(
+    stack: SimStack, tmp_path: Path
+) -> None:
+    trace = write_trace(tmp_path / "tiny.jsonl")
+    out = tmp_path / "bench.json"
+    code, _, stderr = await run_bench(
+        "--target",
+        stack.router_address,
+        "--trace",
+        str(trace),
+        "--slo-class",
+        "batch:0.5:4",
+        "--seed",
+        "3",
+        "--json",
+        str(out),
+        "--quiet",
+    )
+    assert code == 0, stderr
+    document = json.loads(out.read_text())
+    assert document["config"]["slo_class"] == "batch:0.5:4" and document["config"]["seed"] == 3
+    (row,) = document["results"]
+    # The same requests simulate --slo-class takes with this seed.
+    offline = with_slo_class(
+        load_workload(str(trace)), parse_slo_class("batch:0.5:4"), SloTarget(), seed=3
+    )
+    batch = sum(r.slo_class == "batch" for r in offline)
+    assert 0 < batch < 8
+    by_class = row["slo_classes"]
+    assert {name: figures["requests"] for name, figures in by_class.items()} == {
+        "batch": batch,
+        "default": 8 - batch,
+    }
+    assert sum(figures["completed"] for figures in by_class.values()) == 7
+    # A bad class spec is one line and exit 2, before anything is sent.
+    code, _, stderr = await run_bench(
+        "--target", stack.router_address, "--trace", str(trace), "--slo-class", "batch:2:4"
+    )
+    assert code == 2 and "fraction" in stderr and "Traceback" not in stderr
 
 
 @pytest.mark.e2e

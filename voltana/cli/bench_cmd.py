@@ -4,7 +4,10 @@ Each request is sent at its trace arrival time as ``input_ids`` of its input len
 ``max_new_tokens`` = its output length and ``ignore_eos``; TTFT and ITL are measured here, on
 the client. Energy is the increase of every instance's GPU energy counter in telemetry between
 the start and the end of the run (``--telemetry``; without it energy is reported as unknown).
-The report and the ``--json`` schema are those of ``voltana simulate``.
+The report and the ``--json`` schema are those of ``voltana simulate``; with ``--slo-class`` a
+share of the requests is sent with that class's own targets (the same requests, with the same
+``--seed``, as simulate's) and attainment is reported per class, each against the targets it was
+sent with.
 """
 
 from __future__ import annotations
@@ -21,10 +24,12 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from voltana.cli.options import (
     add_slo_args,
+    add_slo_class_arg,
     add_workload_shaping_args,
     positive_float,
     positive_int,
     slo_from_args,
+    with_slo_class_from_args,
     workload_from_args,
 )
 from voltana.cli.outputs import check_output_path, report_stream, write_text
@@ -37,6 +42,7 @@ from voltana.cli.security_opts import (
 )
 from voltana.cli.serve_cmd import host_port, host_ports
 from voltana.errors import ConfigError, VoltanaError
+from voltana.policy.state import SloTarget
 from voltana.report import RunOutcome, add_savings, format_table, summarize
 from voltana.rpc import RpcSecurity
 from voltana.sdk import (
@@ -51,6 +57,7 @@ from voltana.sdk import (
     VoltanaClientError,
 )
 from voltana.workloads import TraceRequest, summarize_workload
+from voltana.workloads.classes import DEFAULT_CLASS
 
 if TYPE_CHECKING:  # the engine client is imported where used: `voltana bench --help` stays fast
     from voltana.engine import SglangHttpClient
@@ -134,6 +141,13 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         help="give up when the router does not answer within this (default: %(default)s)",
     )
     add_slo_args(parser)
+    add_slo_class_arg(parser)
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="draws which requests --slo-class takes (default: 0, as for simulate)",
+    )
     add_security_args(parser, client_only=True)
     add_api_key_args(parser, server=False)
     output = parser.add_argument_group("output")
@@ -170,6 +184,10 @@ class RequestResult:
     finished_at_s: float = 0.0
     # GPU energy the router attributed to the request (active, idle), J; None when unknown.
     energy_j: tuple[float, float] | None = None
+    # Its SLO class (voltana.workloads.classes) and the targets it was sent with; "" / None:
+    # the cluster SLO.
+    slo_class: str = ""
+    slo: SloTarget | None = None
 
 
 def prompt_ids(request: TraceRequest) -> list[int]:
@@ -200,10 +218,16 @@ async def send_one(
     tokens = 0
     result = RequestResult(completed=False)
     summary: GenerationSummary | None = None
+    if request.slo is not None:
+        # What the router holds a request's own targets to (no per-1k allowance of its own).
+        result.slo_class = request.slo_class
+        result.slo = SloTarget(ttft_ms=request.slo.ttft_ms, itl_ms=request.slo.itl_ms)
     stream = client.generate(
         input_ids=prompt_ids(request),
         max_new_tokens=request.output_tokens,
         ignore_eos=True,
+        ttft_slo_ms=None if result.slo is None else result.slo.ttft_ms,
+        itl_slo_ms=None if result.slo is None else result.slo.itl_ms,
         timeout_s=timeout_s,
     )
     try:
@@ -417,6 +441,7 @@ def outcome_of(
     completed = [r for r in replay_result.results if r.completed]
     errors = Counter(r.error_reason for r in replay_result.results if not r.completed)
     request_energy = [r.energy_j for r in completed if r.energy_j is not None]
+    classed = any(r.slo is not None for r in replay_result.results)
     return RunOutcome(
         policy=label,
         requests=requests,
@@ -432,6 +457,13 @@ def outcome_of(
         # Only when every completed request reports it (a partial sum would mislead).
         request_energy_j=(
             request_energy if completed and len(request_energy) == len(completed) else None
+        ),
+        slo_targets=[r.slo for r in completed] if classed else (),
+        slo_classes=[r.slo_class or DEFAULT_CLASS for r in completed] if classed else (),
+        requests_by_class=(
+            dict(Counter(r.slo_class or DEFAULT_CLASS for r in replay_result.results))
+            if classed
+            else {}
         ),
     )
 
@@ -503,7 +535,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         check_output_path(args.json, "--json")
     slo = slo_from_args(args)
-    requests = workload_from_args(args)
+    requests = with_slo_class_from_args(args, workload_from_args(args), slo, seed=args.seed)
     workload = summarize_workload(requests)
     print(f"workload: {args.trace} x{args.rate_scale:g} - {workload.describe()}", file=sys.stderr)
     print(
@@ -532,6 +564,8 @@ def run(args: argparse.Namespace) -> int:
                 "request_timeout_s": args.request_timeout_s,
                 "ttft_slo_ms": slo.ttft_ms,
                 "itl_slo_ms": slo.itl_ms,
+                "slo_class": args.slo_class,
+                "seed": args.seed,
                 "policy_label": args.policy_label,
                 # Engines this much faster than wall time: duration and power are on their
                 # (simulated) time base, latencies are wall time.

@@ -14,6 +14,7 @@ from voltana.perf.model import PerformanceModel
 from voltana.perf.selection import resolve_physics
 from voltana.policy.state import SloTarget
 from voltana.workloads import load_workload
+from voltana.workloads.classes import parse_slo_class, with_slo_class
 from voltana.workloads.request import TraceRequest
 
 
@@ -87,6 +88,26 @@ def add_slo_args(parser: argparse.ArgumentParser) -> None:
         help="TTFT allowance per 1000 prompt tokens, for traces with long prompts: a request's "
         "TTFT target is --ttft-slo-ms plus this per 1k of its tokens (default: %(default)s)",
     )
+
+
+def add_slo_class_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--slo-class",
+        metavar="NAME:FRACTION:ITL_FACTOR[:TTFT_FACTOR]",
+        help="put a share of the requests in an SLO class with looser (or tighter) targets "
+        "than the cluster SLO, e.g. batch:0.3:4 (30 %% of requests, 4x the ITL target); "
+        "attainment is then reported per class, each against its own targets",
+    )
+
+
+def with_slo_class_from_args(
+    args: argparse.Namespace, requests: list[TraceRequest], slo: SloTarget, seed: int = 0
+) -> list[TraceRequest]:
+    """The workload with `--slo-class`'s share of its requests in that class (as it is when
+    the flag is not given); the same ``seed`` draws the same requests offline and live."""
+    if args.slo_class is None:
+        return requests
+    return with_slo_class(requests, parse_slo_class(args.slo_class), slo, seed=seed)
 
 
 @dataclass(frozen=True)

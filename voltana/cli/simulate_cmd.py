@@ -12,11 +12,13 @@ from voltana.cli.options import (
     add_clock_range_arg,
     add_hardware_args,
     add_slo_args,
+    add_slo_class_arg,
     add_workload_shaping_args,
     hardware_from_args,
     positive_float,
     positive_int,
     slo_from_args,
+    with_slo_class_from_args,
     workload_from_args,
 )
 from voltana.cli.outputs import check_output_path, check_plot_path, report_stream, write_text
@@ -28,7 +30,6 @@ from voltana.report import format_table, headline_lines
 from voltana.sim.cluster import ClusterConfig, LoopTiming
 from voltana.sim.compare import build_suites, compare_policies
 from voltana.workloads import summarize_workload
-from voltana.workloads.classes import parse_slo_class, with_slo_class
 
 EPILOG = """\
 examples:
@@ -94,13 +95,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         "loop's reports, watches, RPCs and placement notices (for comparison only)",
     )
     add_slo_args(parser)
-    parser.add_argument(
-        "--slo-class",
-        metavar="NAME:FRACTION:ITL_FACTOR[:TTFT_FACTOR]",
-        help="put a share of the requests in an SLO class with looser (or tighter) targets "
-        "than the cluster SLO, e.g. batch:0.3:4 (30 %% of requests, 4x the ITL target); "
-        "attainment is then reported per class, each against its own targets",
-    )
+    add_slo_class_arg(parser)
     policies = parser.add_argument_group("policies")
     policies.add_argument(
         "--policy",
@@ -149,9 +144,7 @@ def run(args: argparse.Namespace) -> int:
         args.max_running_requests,
         allow_extrapolated_clocks=args.allow_extrapolated_clocks,
     )
-    requests = workload_from_args(args)
-    if args.slo_class is not None:
-        requests = with_slo_class(requests, parse_slo_class(args.slo_class), slo, seed=args.seed)
+    requests = with_slo_class_from_args(args, workload_from_args(args), slo, seed=args.seed)
     config = ClusterConfig(
         gpu=hardware.gpu,
         model=hardware.model,

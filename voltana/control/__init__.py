@@ -8,15 +8,28 @@ how long each hop takes.
 """
 
 from voltana.control.commands import needs_clock_command
-from voltana.control.notices import DEFAULT_PLACEMENT_HOLD_MS, NoticeBoard
+from voltana.control.notices import DEFAULT_PLACEMENT_HOLD_MS, MAX_NOTIFIED_INSTANCES, NoticeBoard
 from voltana.control.placements import OtherRouters, PlacementBook
-from voltana.control.serving import ServedTargets
+from voltana.control.serving import (
+    NOTHING_SERVED,
+    SERVED_REFRESH_S,
+    SERVED_TTL_S,
+    Served,
+    ServedReports,
+    ServedTargets,
+)
 
 __all__ = [
     "DEFAULT_PLACEMENT_HOLD_MS",
+    "MAX_NOTIFIED_INSTANCES",
+    "NOTHING_SERVED",
+    "SERVED_REFRESH_S",
+    "SERVED_TTL_S",
     "NoticeBoard",
     "OtherRouters",
     "PlacementBook",
+    "Served",
+    "ServedReports",
     "ServedTargets",
     "needs_clock_command",
 ]

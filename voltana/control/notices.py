@@ -15,6 +15,10 @@ from voltana.policy.state import InstanceState
 # The live controller's default (ControllerSettings.placement_hold_ms) and the simulator's.
 DEFAULT_PLACEMENT_HOLD_MS = 250
 
+# The most instances one notice may describe: under load a router's notice covers every
+# instance placed on since its last one (a cluster's worth); longer lists go in several.
+MAX_NOTIFIED_INSTANCES = 256
+
 
 class NoticeBoard:
     def __init__(self, hold_s: float = DEFAULT_PLACEMENT_HOLD_MS / 1000.0) -> None:

@@ -28,20 +28,64 @@ class NotifyPlacementRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     INSTANCES_FIELD_NUMBER: _builtins.int
+    ROUTER_ID_FIELD_NUMBER: _builtins.int
+    SERVING_FIELD_NUMBER: _builtins.int
+    router_id: _builtins.str
+    """The router that placed (its id; empty for a router that reports no SLO classes)."""
     @_builtins.property
     def instances(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.InstanceState]: ...
+    @_builtins.property
+    def serving(self) -> _containers.RepeatedCompositeFieldContainer[Global___ServedSlo]:
+        """Per instance, the SLO targets this router's requests on it are held to (SLO classes):
+        its clock law runs against the tightest of them over every router. An entry replaces
+        the router's last one for its instance and stands for a few seconds unless repeated.
+        """
+
     def __init__(
         self,
         *,
         instances: _abc.Iterable[_common_pb2.InstanceState] | None = ...,
+        router_id: _builtins.str = ...,
+        serving: _abc.Iterable[Global___ServedSlo] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["instances", b"instances"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["instances", b"instances", "router_id", b"router_id", "serving", b"serving"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___NotifyPlacementRequest: _TypeAlias = NotifyPlacementRequest  # noqa: Y015
+
+@_typing.final
+class ServedSlo(_message.Message):
+    """What one router's requests on one instance are held to."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INSTANCE_ID_FIELD_NUMBER: _builtins.int
+    CLUSTER_SLO_FIELD_NUMBER: _builtins.int
+    OWN_SLO_FIELD_NUMBER: _builtins.int
+    instance_id: _builtins.str
+    cluster_slo: _builtins.bool
+    """Some of them are held to the cluster SLO (whatever it is when the law runs)."""
+    @_builtins.property
+    def own_slo(self) -> _common_pb2.SloTarget:
+        """The tightest own targets among the rest (a request's own SLO class); absent: none."""
+
+    def __init__(
+        self,
+        *,
+        instance_id: _builtins.str = ...,
+        cluster_slo: _builtins.bool = ...,
+        own_slo: _common_pb2.SloTarget | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["own_slo", b"own_slo"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cluster_slo", b"cluster_slo", "instance_id", b"instance_id", "own_slo", b"own_slo"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ServedSlo: _TypeAlias = ServedSlo  # noqa: Y015
 
 @_typing.final
 class NotifyPlacementResponse(_message.Message):

@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping, Sequence
 from opentelemetry import trace
 from opentelemetry.trace import Status, StatusCode
 
-from voltana.control import NoticeBoard, needs_clock_command
+from voltana.control import SERVED_TTL_S, NoticeBoard, Served, ServedReports, needs_clock_command
 from voltana.errors import FailedPreconditionError, NotFoundError, VoltanaError
 from voltana.lifecycle import cancel_and_wait
 from voltana.policy.state import ClockDecision, ClusterSnapshot, InstanceState, SloTarget
@@ -59,6 +59,8 @@ class ControlLoop:
         self._controls: dict[str, InstanceControl] = {}
         # Instances as the router last described them with a placement.
         self._notices = NoticeBoard(settings.placement_hold_ms / 1000.0)
+        # Per instance, the SLO targets each router's requests on it are held to (SLO classes).
+        self._served = ServedReports(SERVED_TTL_S)
         self._wake = asyncio.Event()
         self._blind = False
         self._tasks: set[asyncio.Task[None]] = set()
@@ -158,6 +160,21 @@ class ControlLoop:
         assert newest is not None
         return newest
 
+    def on_served(self, router_id: str, served: Mapping[str, Served], now_s: float) -> None:
+        """A router says what its requests on these instances are held to; a change of what
+        an instance's law runs against is decided at once (a loose-only instance may slow
+        down; a tight request on it raises it)."""
+        changed = False
+        for instance_id, summary in served.items():
+            changed |= self._served.report(router_id, instance_id, summary, now_s)
+        if changed:
+            self.wake()
+
+    def law_target(self, instance_id: str, now_s: float) -> SloTarget:
+        """The SLO targets the instance's clock law runs against: the tightest its requests
+        are held to, the cluster SLO when it serves none (control/serving.py)."""
+        return self._served.law_target(instance_id, self._policies.slo, now_s)
+
     async def on_placement(self, states: Sequence[InstanceState], now_s: float) -> list[int]:
         """A request was just placed on these instances, as the router sees them (in-flight
         requests included): decide their clocks now, and return once any new clock is
@@ -203,6 +220,7 @@ class ControlLoop:
                 _LOG.info("instance %s left; no longer controlling it", instance_id)
                 gone = self._controls.pop(instance_id)
                 self._notices.forget(instance_id)
+                self._served.forget(instance_id)
                 if self._metrics is not None:
                     self._metrics.forget(instance_id, gone.phase)
         for instance_id, state in states.items():
@@ -248,7 +266,7 @@ class ControlLoop:
     def _decide(self, control: InstanceControl, state: InstanceState, now_s: float) -> None:
         try:
             policy = self._policies.policy_for(control.phase, control.gpu_key)
-            decision = policy.decide(state, self._policies.slo, now_s)
+            decision = policy.decide(state, self.law_target(control.instance_id, now_s), now_s)
         except Exception as error:  # one instance's policy failure must not stop the others
             message = f"{type(error).__name__}: {error}"
             if message != control.policy_error:

@@ -6,11 +6,12 @@ status codes (unknown policy names and bad SLOs are INVALID_ARGUMENT).
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, TypeAlias
 
 import grpc.aio
 
+from voltana.control import MAX_NOTIFIED_INSTANCES, Served
 from voltana.errors import InvalidArgumentError, NotFoundError, VoltanaError
 from voltana.policy.state import Phase, SloTarget, slo_problem
 from voltana.rpc.limits import check_id, check_ids, check_name
@@ -31,9 +32,6 @@ _Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
 CONTROLLER_PRIVILEGED_METHODS = method_names(
     CONTROLLER_SERVICE, "SetSlo", "SetPolicy", "NotifyPlacement"
 )
-
-# A placement concerns one prefill and one decode instance.
-MAX_NOTIFIED_INSTANCES = 2
 
 _PHASES_FROM_PROTO: dict[int, Phase | None] = {
     common_pb2.PHASE_UNSPECIFIED: None,
@@ -75,8 +73,9 @@ class ControllerServicer(controller_pb2_grpc.ControllerServiceServicer):
             )
         wanted = set(request.instance_ids) or set(controls)
         policies = self._policies
+        now_s = self._clock()
         return controller_pb2.GetStatusResponse(
-            now_s=self._clock(),
+            now_s=now_s,
             slo=slo_to_proto(policies.slo),
             prefill_policy_name=policies.policy_name(Phase.PREFILL),
             decode_policy_name=policies.policy_name(Phase.DECODE),
@@ -84,7 +83,7 @@ class ControllerServicer(controller_pb2_grpc.ControllerServiceServicer):
                 control_to_proto(
                     control,
                     policy_name=policies.policy_name(control.phase),
-                    slo=policies.slo,
+                    slo=self._loop.law_target(instance_id, now_s),
                     max_decisions=max_decisions,
                 )
                 for instance_id, control in controls.items()
@@ -95,11 +94,15 @@ class ControllerServicer(controller_pb2_grpc.ControllerServiceServicer):
     async def NotifyPlacement(
         self, request: controller_pb2.NotifyPlacementRequest, context: _Context
     ) -> controller_pb2.NotifyPlacementResponse:
-        if len(request.instances) > MAX_NOTIFIED_INSTANCES:
-            raise InvalidArgumentError(
-                f"a placement names at most {MAX_NOTIFIED_INSTANCES} instances, got "
-                f"{len(request.instances)}"
-            )
+        for name, entries in (("instances", request.instances), ("serving", request.serving)):
+            if len(entries) > MAX_NOTIFIED_INSTANCES:
+                raise InvalidArgumentError(
+                    f"a placement notice lists at most {MAX_NOTIFIED_INSTANCES} {name}, got "
+                    f"{len(entries)}"
+                )
+        if request.router_id:
+            check_id(request.router_id, "router_id", error=InvalidArgumentError)
+        served = _served_from_proto(request.serving)
         states = []
         for message in request.instances:
             check_id(message.instance_id, "instance_id", error=InvalidArgumentError)
@@ -107,7 +110,11 @@ class ControllerServicer(controller_pb2_grpc.ControllerServiceServicer):
                 states.append(state_from_proto(message))
             except VoltanaError as error:
                 raise InvalidArgumentError(str(error)) from None
-        clocks = await self._loop.on_placement(states, self._clock())
+        now_s = self._clock()
+        if served:
+            # Before the placed instances are decided: their laws run against these targets.
+            self._loop.on_served(request.router_id, served, now_s)
+        clocks = await self._loop.on_placement(states, now_s)
         return controller_pb2.NotifyPlacementResponse(sm_clock_mhz=clocks)
 
     async def SetSlo(
@@ -151,3 +158,20 @@ class ControllerServicer(controller_pb2_grpc.ControllerServiceServicer):
             prefill_policy_name=self._policies.policy_name(Phase.PREFILL),
             decode_policy_name=self._policies.policy_name(Phase.DECODE),
         )
+
+
+def _served_from_proto(entries: Iterable[controller_pb2.ServedSlo]) -> dict[str, Served]:
+    """A notice's SLO classes per instance; INVALID_ARGUMENT for a bad id or target."""
+    served: dict[str, Served] = {}
+    for entry in entries:
+        check_id(entry.instance_id, "serving.instance_id", error=InvalidArgumentError)
+        own_slo = None
+        if entry.HasField("own_slo"):
+            own_slo = slo_from_proto(entry.own_slo)
+            problem = slo_problem(own_slo)
+            if problem is not None:
+                raise InvalidArgumentError(
+                    f"serving[{entry.instance_id!r}].own_slo is invalid: {problem}"
+                )
+        served[entry.instance_id] = Served(entry.cluster_slo, own_slo)
+    return served

@@ -11,17 +11,29 @@ so policies see the same quantities live and offline.
 Active-active routers: each reports its ledger to telemetry under its router id; a snapshot
 carries every live router's share, and this view adds the other routers' shares to its own live
 ledger and arrivals, so each placement counts once whichever router made it.
+
+SLO classes: from the first request with targets of its own, the view also tells the policy
+which instances serve which targets (``ClusterSnapshot.serving``, control/serving.py), counted
+from placement to first token on the prefill instance and to the end on the decode one, and
+``on_serving_change`` hears of each instance whose summary changed (for the controller).
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Hashable, Iterable, Mapping
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 
-from voltana.control import PlacementBook
+from voltana.control import PlacementBook, Served, ServedTargets
 from voltana.observation import DEFAULT_OBSERVATION
-from voltana.policy.state import ClusterSnapshot, InstanceState, Phase, Placement, RequestSpec
+from voltana.policy.state import (
+    ClusterSnapshot,
+    InstanceState,
+    Phase,
+    Placement,
+    RequestSpec,
+    SloTarget,
+)
 from voltana.services.router.errors import NoInstanceAvailableError
 from voltana.services.telemetry.records import (
     InstanceInfo,
@@ -48,8 +60,17 @@ class LiveCluster:
         clock: Callable[[], float] = time.monotonic,
         observation_window_s: float = DEFAULT_OBSERVATION.window_s,
         router_id: str = "",
+        cluster_slo: SloTarget | None = None,
+        on_serving_change: Callable[[Iterable[str]], None] | None = None,
     ) -> None:
         self.router_id = router_id
+        # The SLO of requests without their own (the router follows telemetry's).
+        self.cluster_slo = cluster_slo
+        self.on_serving_change = on_serving_change
+        # Which targets each instance serves, once a request came with its own (``_classed``).
+        self._served = ServedTargets()
+        self._classed = False
+        self._prefill_of: dict[Hashable, str] = {}
         self._stale_after_s = stale_after_s
         self._snapshot_stale_after_s = snapshot_stale_after_s
         self._vanished_grace_s = vanished_phase_grace_s
@@ -222,9 +243,14 @@ class LiveCluster:
         return None if state is None else self._annotate(state, self.now_s())
 
     def record_placement(
-        self, request_id: Hashable, placement: Placement, request: RequestSpec
+        self,
+        request_id: Hashable,
+        placement: Placement,
+        request: RequestSpec,
+        own_slo: SloTarget | None = None,
     ) -> None:
-        """Count the request on its instances until their reports include it."""
+        """Count the request on its instances until their reports include it. ``own_slo``: the
+        request's own targets (an SLO class), None when it is held to the cluster SLO."""
         self._placements.place(
             request_id,
             placement.prefill_id,
@@ -232,15 +258,53 @@ class LiveCluster:
             request.input_tokens,
             self.now_s(),
         )
+        self._classed = self._classed or own_slo is not None
+        if self._classed:
+            ids = (placement.prefill_id, placement.decode_id)
+            before = [self._served.summary(i) for i in ids]
+            self._served.open(request_id, ids, own_slo)
+            self._prefill_of[request_id] = placement.prefill_id
+            self._serving_changed(ids, before)
 
     def reached(self, request_id: Hashable, instance_id: str) -> None:
         """The instance holds the request now (prefill: dispatched; decode: first token): its
         reports from here on include it."""
         self._placements.reached(request_id, instance_id, self.now_s())
+        prefill_id = self._prefill_of.get(request_id)
+        if prefill_id is not None and instance_id != prefill_id:
+            # The first token: the prompt is done, its prefill instance serves it no longer.
+            del self._prefill_of[request_id]
+            before = self._served.summary(prefill_id)
+            self._served.leave(request_id, prefill_id)
+            self._serving_changed((prefill_id,), (before,))
 
     def finished(self, request_id: Hashable) -> None:
         """The request ended (completed or failed): nothing of it is in flight any more."""
         self._placements.finished(request_id)
+        if self._classed:
+            ids = self._served.instances_of(request_id)
+            before = [self._served.summary(i) for i in ids]
+            self._served.close(request_id)
+            self._prefill_of.pop(request_id, None)
+            self._serving_changed(ids, before)
+
+    def served_of(self, instance_id: str) -> Served | None:
+        """What this router's requests on the instance are held to; None before the first
+        request with its own targets (nothing to say apart from the cluster SLO)."""
+        return self._served.summary(instance_id) if self._classed else None
+
+    def serving_now(self) -> list[str]:
+        """Every instance serving one of this router's requests (once classed)."""
+        return self._served.instances()
+
+    def _serving_changed(self, instance_ids: Sequence[str], before: Sequence[Served]) -> None:
+        if self.on_serving_change is None:
+            return
+        changed = [
+            i for i, b in zip(instance_ids, before, strict=True) if self._served.summary(i) != b
+        ]
+        if changed:
+            self.on_serving_change(changed)
 
     def _is_routable(self, state: InstanceState, now_s: float) -> bool:
         info = self._infos.get(state.instance_id)
@@ -262,8 +326,14 @@ class LiveCluster:
                 if self._is_routable(state, snapshot.now_s)
             }
 
+        serving = {}
+        if self._classed and self.cluster_slo is not None:
+            serving = self._served.serving(self.cluster_slo)
         return ClusterSnapshot(
-            now_s=now_s, prefill=select(snapshot.prefill), decode=select(snapshot.decode)
+            now_s=now_s,
+            prefill=select(snapshot.prefill),
+            decode=select(snapshot.decode),
+            serving=serving,
         )
 
     def _describe_absence(self, phase: str) -> str:

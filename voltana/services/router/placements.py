@@ -14,6 +14,11 @@
   batch carries this router's in-flight share under its router id (active-active routers see
   each other's placements in the snapshot); it goes out while the share is not empty, and once
   more when it empties, so telemetry's copy never lags more than a batch.
+- SLO classes: once requests with their own targets come, each notice also says what this
+  router's requests on each instance it names are held to (control/serving.py), and a notice
+  goes out when that changes (a class's last request left an instance) and every
+  ``refresh_s`` for every instance serving anything, so the controller's copy, which lapses,
+  stands while it is true.
 """
 
 from __future__ import annotations
@@ -27,13 +32,14 @@ import grpc
 from opentelemetry import context as otel_context
 from opentelemetry import propagate
 
+from voltana.control import MAX_NOTIFIED_INSTANCES, SERVED_REFRESH_S, Served
 from voltana.hardware import GPU_CATALOG
 from voltana.lifecycle import cancel_and_wait
 from voltana.policy.state import InstanceState
 from voltana.rpc.channel import create_channel
 from voltana.rpc.security import RpcSecurity
 from voltana.services.telemetry.client import TelemetryClient
-from voltana.services.telemetry.convert import state_to_proto
+from voltana.services.telemetry.convert import slo_to_proto, state_to_proto
 from voltana.services.telemetry.records import PendingPlacement, PlacementEvent
 from voltana.v1 import controller_pb2, controller_pb2_grpc
 
@@ -58,6 +64,9 @@ class ControllerTrigger:
 
     ``view_of`` gives the router's current view of an instance (in-flight requests included),
     taken when a notice is sent, so a coalesced notice shows every placement it covers.
+    ``served_of`` gives what this router's requests on an instance are held to (None while it
+    has seen no SLO class: notices then carry none) and ``serving_now`` every instance serving
+    one of its requests.
     """
 
     def __init__(
@@ -68,9 +77,19 @@ class ControllerTrigger:
         security: RpcSecurity,
         view_of: Callable[[str], InstanceState | None],
         interval_s: float = 0.0,
+        router_id: str = "",
+        served_of: Callable[[str], Served | None] | None = None,
+        serving_now: Callable[[], Iterable[str]] = tuple,
+        refresh_s: float = SERVED_REFRESH_S,
     ) -> None:
         """``interval_s``: the least time between two queued notices."""
         self._address = address
+        self._router_id = router_id
+        self._served_of = served_of
+        self._serving_now = serving_now
+        self._refresh_s = refresh_s
+        # Instances whose served targets changed since the last notice (no state sent).
+        self._served_pending: dict[str, None] = {}
         self._timeout_s = timeout_s
         self._interval_s = interval_s
         self._view_of = view_of
@@ -103,6 +122,13 @@ class ControllerTrigger:
             self._pending[instance_id] = None
         self._has_work.set()
 
+    def serving_changed(self, instance_ids: Iterable[str]) -> None:
+        """What this router's requests on these instances are held to changed; tell the
+        controller with the next notice (never blocks)."""
+        for instance_id in instance_ids:
+            self._served_pending[instance_id] = None
+        self._has_work.set()
+
     async def notify_and_wait(
         self, instance_ids: Sequence[str], trace_context: otel_context.Context | None = None
     ) -> None:
@@ -113,24 +139,55 @@ class ControllerTrigger:
         await self._send(instance_ids, trace_context)
 
     async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        refresh_at_s = loop.time() + self._refresh_s
         while True:
-            await self._has_work.wait()
+            timeout_s = None if self._served_of is None else refresh_at_s - loop.time()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._has_work.wait(), timeout_s)
             self._has_work.clear()
+            if self._served_of is not None and loop.time() >= refresh_at_s:
+                # The controller's copy lapses: say again what every serving instance serves.
+                self.serving_changed(self._serving_now())
+                refresh_at_s = loop.time() + self._refresh_s
             instance_ids, self._pending = list(self._pending), {}
-            if instance_ids:
-                await self._send(instance_ids, self._pending_trace)
+            served_ids, self._served_pending = list(self._served_pending), {}
+            if instance_ids or served_ids:
+                await self._send(instance_ids, self._pending_trace, served_ids)
                 # What is placed meanwhile goes in the next notice: under load, one per interval.
                 await asyncio.sleep(self._interval_s)
 
     async def _send(
-        self, instance_ids: Sequence[str], trace_context: otel_context.Context | None
+        self,
+        instance_ids: Sequence[str],
+        trace_context: otel_context.Context | None,
+        served_ids: Iterable[str] = (),
     ) -> None:
         states = [s for s in map(self._view_of, instance_ids) if s is not None]
-        if not states:
+        serving = []
+        if self._served_of is not None:
+            for instance_id in dict.fromkeys([*instance_ids, *served_ids]):
+                served = self._served_of(instance_id)
+                if served is not None:
+                    serving.append(_served_to_proto(instance_id, served))
+        if not states and not serving:
             return
-        request = controller_pb2.NotifyPlacementRequest(
-            instances=[state_to_proto(state) for state in states]
-        )
+        # A notice names at most MAX_NOTIFIED_INSTANCES of each (a cluster's worth at once).
+        step = MAX_NOTIFIED_INSTANCES
+        for start in range(0, max(len(states), len(serving)), step):
+            request = controller_pb2.NotifyPlacementRequest(
+                instances=[state_to_proto(state) for state in states[start : start + step]],
+                router_id=self._router_id if serving else "",
+                serving=serving[start : start + step],
+            )
+            if not await self._call(request, trace_context):
+                return
+
+    async def _call(
+        self,
+        request: controller_pb2.NotifyPlacementRequest,
+        trace_context: otel_context.Context | None,
+    ) -> bool:
         carrier: dict[str, str] = {}
         if trace_context is not None:
             propagate.inject(carrier, context=trace_context)
@@ -148,16 +205,24 @@ class ControllerTrigger:
                     error.details(),
                 )
             self._failing = True
-            return
+            return False
         self.sent += 1
         if self._failing:
             _LOG.info("controller at %s takes placements again", self._address)
         self._failing = False
+        return True
 
     async def close(self) -> None:
         task, self._task = self._task, None
         await cancel_and_wait([task])
         await self._channel.close()
+
+
+def _served_to_proto(instance_id: str, served: Served) -> controller_pb2.ServedSlo:
+    entry = controller_pb2.ServedSlo(instance_id=instance_id, cluster_slo=served.cluster_slo)
+    if served.own_slo is not None:
+        entry.own_slo.CopyFrom(slo_to_proto(served.own_slo))
+    return entry
 
 
 class PlacementReporter:

@@ -122,6 +122,7 @@ class RouterService(AsyncService):
             snapshot_stale_after_s=settings.snapshot_stale_after_s,
             vanished_phase_grace_s=settings.vanished_phase_grace_s,
             router_id=self.router_id,
+            cluster_slo=settings.slo,
         )
         self._energy_estimates = EnergyEstimates()
         self._telemetry: TelemetryClient | None = None
@@ -229,7 +230,11 @@ class RouterService(AsyncService):
                     security=settings.security,
                     view_of=self._cluster.view_of,
                     interval_s=settings.placement_notice_interval_ms / 1000.0,
+                    router_id=self.router_id,
+                    served_of=self._cluster.served_of,
+                    serving_now=self._cluster.serving_now,
                 )
+                self._cluster.on_serving_change = self._trigger.serving_changed
                 self._trigger.start()
             # Probes get their own untraced client: they are polls, not requests.
             self._prober = SglangHttpClient(health_timeout_s=settings.health_check_timeout_s)
@@ -377,6 +382,7 @@ class RouterService(AsyncService):
             return
         previous = servicer.cluster_slo
         servicer.use_cluster_slo(cluster_slo)
+        self._cluster.cluster_slo = cluster_slo
         _LOG.info(
             "cluster SLO from telemetry: TTFT %g ms, ITL %g ms (was TTFT %g ms, ITL %g ms)",
             cluster_slo.ttft_ms,

@@ -266,7 +266,9 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             )
             request_id = validated.request_id
             self._cluster.finished(request_id)  # an earlier attempt's placement is void
-            self._cluster.record_placement(request_id, placement, spec)
+            # A request's own targets (its SLO class) unless they are the cluster SLO's.
+            own_slo = None if validated.slo == self._settings.slo else validated.slo
+            self._cluster.record_placement(request_id, placement, spec, own_slo)
             if self._placements is not None:
                 self._placements.add(
                     PlacementEvent(
