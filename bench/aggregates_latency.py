@@ -36,7 +36,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from voltana.policy.state import Phase
+from voltana.contract.state import Phase
 from voltana.rpc import RpcSecurity
 from voltana.services.telemetry import (
     Completion,

@@ -60,9 +60,9 @@ import grpc.aio
 import redis.asyncio as aioredis
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from voltana.contract.state import Phase
 from voltana.gpu import SharedSimulatedGpu
 from voltana.hardware import get_gpu
-from voltana.policy.state import Phase
 from voltana.rpc import RpcSecurity, create_channel, wait_until_ready
 from voltana.rpc.auth import TOKEN_ENV
 from voltana.rpc.names import ROUTER_SERVICE, TELEMETRY_SERVICE

@@ -26,11 +26,11 @@ from collections.abc import Callable, Sequence
 import numpy as np
 from router_throughput import report, throughput
 
+from voltana.contract.state import ClusterSnapshot, InstanceState, Phase, RequestSpec, SloTarget
 from voltana.hardware import get_gpu, get_model
 from voltana.perf.analytical import AnalyticalPerformanceModel
 from voltana.policy.base import FrequencyPolicy, PolicyContext, RoutingPolicy
 from voltana.policy.registry import build_router, build_suite
-from voltana.policy.state import ClusterSnapshot, InstanceState, Phase, RequestSpec, SloTarget
 
 INSTANCE_COUNTS = (4, 16, 64)
 FREQUENCY_INSTANCES = 64

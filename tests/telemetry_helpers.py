@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from voltana.policy.state import Phase
+from voltana.contract.state import Phase
 from voltana.services.telemetry import InstanceInfo
 
 

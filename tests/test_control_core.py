@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
+from voltana.contract.state import InstanceState, Phase
 from voltana.control import NoticeBoard, PlacementBook, needs_clock_command
-from voltana.policy.state import InstanceState, Phase
 
 pytestmark = pytest.mark.unit
 

@@ -22,13 +22,13 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from security_helpers import SECURITY
 
+from voltana.contract.state import ClockDecision, InstanceState, Phase, SloTarget
 from voltana.control import MAX_NOTIFIED_INSTANCES
 from voltana.gpu import SimulatedGpu
 from voltana.hardware import get_gpu
 from voltana.policy.base import PolicyContext, PolicySuite, RoutingPolicy
 from voltana.policy.registry import register_policy
 from voltana.policy.routing import RoundRobinRouter
-from voltana.policy.state import ClockDecision, InstanceState, Phase, SloTarget
 from voltana.rpc import create_channel, start_grpc_server, stop_grpc_server
 from voltana.rpc.names import CONTROLLER_SERVICE, NODE_AGENT_SERVICE
 from voltana.services.agent import AgentService, AgentSettings

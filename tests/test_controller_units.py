@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from voltana.contract.state import InstanceState, Phase, SloTarget
 from voltana.errors import ConfigError, UnknownNameError
-from voltana.policy.state import InstanceState, Phase, SloTarget
 from voltana.services.controller import ControllerSettings, PolicyBook
 
 pytestmark = pytest.mark.unit

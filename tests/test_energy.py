@@ -8,12 +8,12 @@ import asyncio
 import pytest
 from security_helpers import SECURITY
 
+from voltana.contract.state import SloTarget
 from voltana.energy import EnergyLedger, RequestEnergy, WorkShares, spread_unclaimed
 from voltana.hardware import get_gpu, get_model
 from voltana.perf.analytical import AnalyticalPerformanceModel
 from voltana.policy.base import PolicyContext
 from voltana.policy.registry import build_suite
-from voltana.policy.state import SloTarget
 from voltana.sdk import GenerationSummary, VoltanaClient
 from voltana.services.telemetry import TelemetryClient
 from voltana.sim.cluster import ClusterConfig

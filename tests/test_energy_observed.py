@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from voltana.contract.state import ClusterSnapshot, InstanceState, Phase
 from voltana.energy_observed import ObservedEnergy
-from voltana.policy.state import ClusterSnapshot, InstanceState, Phase
 from voltana.services.router.energy_estimates import EnergyEstimates
 
 pytestmark = pytest.mark.unit

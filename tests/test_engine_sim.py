@@ -12,6 +12,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from voltana.contract.state import InstanceState, Phase
 from voltana.engine import (
     EngineRequestError,
     EngineTimeoutError,
@@ -24,7 +25,6 @@ from voltana.engine import (
 from voltana.errors import ConfigError
 from voltana.gpu.sim import SimulatedGpu
 from voltana.hardware.gpus import get_gpu
-from voltana.policy.state import InstanceState, Phase
 
 pytestmark = pytest.mark.integration
 

@@ -20,8 +20,8 @@ import redis.asyncio as aioredis
 from conftest import RedisServer, RestartableRedis, free_port, wait_for
 from security_helpers import SECURITY
 
+from voltana.contract.state import Phase
 from voltana.engine import SimEngineSettings
-from voltana.policy.state import Phase
 from voltana.sdk import VoltanaClient
 from voltana.services.router import RouterService, RouterSettings
 from voltana.services.router.reporting import CompletionReporter

@@ -14,8 +14,8 @@ import pytest
 from conftest import RedisServer, free_port, wait_for
 from security_helpers import SECURITY, TEST_TOKEN
 
+from voltana.contract.state import InstanceState, Phase
 from voltana.engine import SimEngine, SimEngineSettings
-from voltana.policy.state import InstanceState, Phase
 from voltana.rpc.auth import TOKEN_ENV
 from voltana.sdk import TokenEvent, UnavailableError, VoltanaClient
 from voltana.services.router import RouterService, RouterSettings

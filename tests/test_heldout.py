@@ -6,11 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from voltana.contract.state import SloTarget
 from voltana.errors import ConfigError
 from voltana.hardware import get_gpu, get_model
 from voltana.perf.analytical import AnalyticalPerformanceModel
 from voltana.perf.mismatch import MismatchedPerformanceModel, ModelMismatch, PhaseMismatch
-from voltana.policy.state import SloTarget
 from voltana.sim.evaluate import Row
 from voltana.sim.heldout import (
     FAMILIES,

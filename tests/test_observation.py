@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from voltana.contract.state import InstanceState, Phase
 from voltana.engine.prometheus import parse_prometheus_text
 from voltana.engine.sglang_client import metrics_by_name
 from voltana.engine.stats import EngineMetrics
@@ -17,7 +18,6 @@ from voltana.observation import (
     InstanceObserver,
     LatencyWindow,
 )
-from voltana.policy.state import InstanceState, Phase
 from voltana.stack.sglang_reporter import SglangInstanceReporter, SglangInstanceSettings
 
 pytestmark = pytest.mark.unit

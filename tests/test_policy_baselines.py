@@ -6,6 +6,13 @@ import itertools
 
 import pytest
 
+from voltana.contract.state import (
+    ClusterSnapshot,
+    InstanceState,
+    Phase,
+    RequestSpec,
+    SloTarget,
+)
 from voltana.errors import ConfigError, UnknownNameError
 from voltana.hardware import GPU_CATALOG, get_gpu, get_model
 from voltana.perf.analytical import AnalyticalPerformanceModel
@@ -18,13 +25,6 @@ from voltana.policy.registry import (
     router_names,
 )
 from voltana.policy.routing import LeastLoadedRouter, NoInstanceError, RoundRobinRouter
-from voltana.policy.state import (
-    ClusterSnapshot,
-    InstanceState,
-    Phase,
-    RequestSpec,
-    SloTarget,
-)
 from voltana.policy.static import StaticClockPolicy
 
 pytestmark = pytest.mark.unit

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import pytest
 
+from voltana.contract.state import SloTarget
 from voltana.hardware import get_gpu, get_model
 from voltana.perf.analytical import AnalyticalPerformanceModel
 from voltana.policy.paper import MARGIN
-from voltana.policy.state import SloTarget
 from voltana.report import summarize
 from voltana.sim.cluster import ClusterConfig
 from voltana.sim.compare import compare_policies

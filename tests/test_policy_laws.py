@@ -7,13 +7,13 @@ import dataclasses
 import numpy as np
 import pytest
 
+from voltana.contract.state import ClusterSnapshot, InstanceState, Phase, RequestSpec, SloTarget
 from voltana.hardware import get_gpu, get_model
 from voltana.perf.analytical import AnalyticalPerformanceModel
 from voltana.perf.profile import ProfiledPerformanceModel, sweep_profile
 from voltana.policy.base import PolicyContext, PolicySuite
 from voltana.policy.common import fit_predictor, full_range_clocks_mhz, paper_candidate_clocks_mhz
 from voltana.policy.paper import build_paper_suite
-from voltana.policy.state import ClusterSnapshot, InstanceState, Phase, RequestSpec, SloTarget
 from voltana.policy.voltana import build_voltana_suite, settled_index
 
 pytestmark = pytest.mark.unit

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from voltana.policy import state
+from voltana.contract import state
 from voltana.rpc import names
 
 pytestmark = pytest.mark.unit
@@ -138,7 +138,7 @@ def _mirrors(dataclass_type: type, message_type: typing.Any) -> None:
         )
 
 
-def test_protos_mirror_the_policy_state() -> None:
+def test_protos_mirror_the_contracts_state() -> None:
     from voltana.v1 import common_pb2, router_pb2
 
     _mirrors(state.InstanceState, common_pb2.InstanceState)
@@ -178,3 +178,16 @@ def test_generate_request_prompt_is_text_or_token_ids() -> None:
     assert request.WhichOneof("prompt") == "input_ids"
     assert not request.HasField("slo")
     assert not request.HasField("max_new_tokens")
+
+
+def test_registration_carries_every_field_of_the_contracts_instance_info() -> None:
+    from voltana.contract import instances
+    from voltana.v1 import common_pb2, telemetry_pb2
+
+    registered = {
+        *telemetry_pb2.RegisterInstanceRequest.DESCRIPTOR.fields_by_name,
+        *common_pb2.InstanceEndpoint.DESCRIPTOR.fields_by_name,
+    }
+    missing = {f.name for f in dataclasses.fields(instances.InstanceInfo)} - registered
+    assert not missing, f"RegisterInstanceRequest lacks {sorted(missing)}"
+    assert set(instances.GpuRef._fields) == set(common_pb2.GpuRef.DESCRIPTOR.fields_by_name)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from voltana.policy.state import SloTarget
+from voltana.contract.state import SloTarget
 from voltana.report import RunOutcome, add_savings, format_table, summarize
 
 pytestmark = pytest.mark.unit

@@ -26,8 +26,8 @@ from security_helpers import SECURITY
 from test_router_resilience import RecordingStore, SampleSink, info_for
 
 from voltana.cli.serve_cmd import serve_until_signal
+from voltana.contract.state import Phase
 from voltana.engine import SimEngine, SimEngineSettings
-from voltana.policy.state import Phase
 from voltana.rpc import create_channel
 from voltana.rpc.names import ROUTER_SERVICE
 from voltana.sdk import GenerationSummary, TokenEvent, UnavailableError, VoltanaClient

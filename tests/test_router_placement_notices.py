@@ -16,8 +16,8 @@ from opentelemetry import trace
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 from security_helpers import SECURITY
 
+from voltana.contract.state import InstanceState, Phase
 from voltana.hardware import get_gpu
-from voltana.policy.state import InstanceState, Phase
 from voltana.services.router.placements import ControllerTrigger, may_be_parked
 from voltana.v1 import controller_pb2, controller_pb2_grpc
 

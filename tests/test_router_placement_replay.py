@@ -20,14 +20,14 @@ from typing import Any
 
 import pytest
 
+from voltana.contract.instances import InstanceInfo
+from voltana.contract.state import ClusterSnapshot, InstanceState, Phase, RequestSpec, SloTarget
 from voltana.hardware import get_gpu, get_model
 from voltana.perf.analytical import AnalyticalPerformanceModel
 from voltana.policy.base import PolicyContext, RoutingPolicy
 from voltana.policy.registry import build_router, build_suite
-from voltana.policy.state import ClusterSnapshot, InstanceState, Phase, RequestSpec, SloTarget
 from voltana.services.router.cluster import LiveCluster
 from voltana.services.router.servicer import run_policy
-from voltana.services.telemetry.records import InstanceInfo
 
 pytestmark = pytest.mark.unit
 

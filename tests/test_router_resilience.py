@@ -21,9 +21,9 @@ from conftest import free_port, wait_for
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from security_helpers import SECURITY
 
+from voltana.contract.state import InstanceState, Phase
 from voltana.engine import SglangHttpClient, SimEngine, SimEngineSettings
 from voltana.lifecycle import cancel_and_wait
-from voltana.policy.state import InstanceState, Phase
 from voltana.rpc import create_channel
 from voltana.rpc.names import ROUTER_SERVICE
 from voltana.sdk import TokenEvent, UnavailableError, VoltanaClient

@@ -22,8 +22,8 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind
 from security_helpers import SECURITY
 
+from voltana.contract.state import InstanceState, Phase, SloTarget
 from voltana.engine import SimEngine, SimEngineSettings
-from voltana.policy.state import InstanceState, Phase, SloTarget
 from voltana.rpc import create_channel
 from voltana.sdk import (
     DeadlineExceededError,

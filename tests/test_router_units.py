@@ -8,7 +8,8 @@ from typing import Any
 import pytest
 
 from voltana import json_codec
-from voltana.policy.state import (
+from voltana.contract.instances import InstanceInfo
+from voltana.contract.state import (
     ClusterSnapshot,
     InstanceState,
     Phase,
@@ -27,7 +28,6 @@ from voltana.services.router.dispatch import (
 from voltana.services.router.errors import InvalidGenerateRequestError, NoInstanceAvailableError
 from voltana.services.router.settings import RouterSettings
 from voltana.services.router.validation import validate_request
-from voltana.services.telemetry.records import InstanceInfo
 from voltana.v1 import common_pb2, router_pb2
 
 pytestmark = pytest.mark.unit

@@ -16,10 +16,10 @@ import grpc.aio
 import pytest
 from security_helpers import SECURITY
 
+from voltana.contract.state import InstanceState, Phase
 from voltana.errors import InvalidArgumentError
 from voltana.gpu import GpuSample, SimulatedGpu
 from voltana.hardware import get_gpu
-from voltana.policy.state import InstanceState, Phase
 from voltana.rpc import create_channel
 from voltana.rpc.channel import MAX_MESSAGE_BYTES
 from voltana.rpc.limits import (

@@ -19,8 +19,8 @@ from security_helpers import SECURITY, Pki
 
 from voltana.cli.main import main
 from voltana.cli.serve_cmd import serve_until_signal
+from voltana.contract.state import Phase
 from voltana.errors import ConfigError, FailedPreconditionError, VoltanaError
-from voltana.policy.state import Phase
 from voltana.rpc import RpcSecurity, load_token
 from voltana.rpc.auth import LEGACY_TOKEN_ENV, TOKEN_ENV
 from voltana.services.telemetry import (

@@ -17,8 +17,8 @@ from conftest import RestartableRedis
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from security_helpers import SECURITY
 
+from voltana.contract.state import InstanceState, Phase
 from voltana.engine import SimEngine, SimEngineSettings
-from voltana.policy.state import InstanceState, Phase
 from voltana.rpc import create_channel
 from voltana.rpc.names import TELEMETRY_SERVICE
 from voltana.services.telemetry import (

@@ -6,10 +6,10 @@ from dataclasses import dataclass, field
 
 import pytest
 
+from voltana.batching.scheduling import DecodeJob, DecodeScheduler, PrefillJob, PrefillScheduler
 from voltana.hardware import GpuSpec, ModelSpec, get_gpu, get_model
 from voltana.perf.analytical import AnalyticalPerformanceModel
 from voltana.perf.model import IterationEstimate
-from voltana.sim.scheduling import DecodeJob, DecodeScheduler, PrefillJob, PrefillScheduler
 
 pytestmark = pytest.mark.unit
 

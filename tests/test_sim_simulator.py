@@ -8,6 +8,7 @@ from dataclasses import dataclass, field, replace
 
 import pytest
 
+from voltana.contract.state import ClockDecision, InstanceState, Phase, SloTarget
 from voltana.errors import ConfigError
 from voltana.hardware import GpuSpec, ModelSpec, get_gpu, get_model
 from voltana.perf.analytical import AnalyticalPerformanceModel
@@ -15,7 +16,6 @@ from voltana.perf.model import IterationEstimate, PerformanceModel
 from voltana.policy.base import PolicyContext, PolicySuite
 from voltana.policy.registry import build_suite
 from voltana.policy.routing import RoundRobinRouter
-from voltana.policy.state import ClockDecision, InstanceState, Phase, SloTarget
 from voltana.report import summarize
 from voltana.sim.cluster import ClusterConfig, LoopTiming
 from voltana.sim.simulator import (

@@ -10,12 +10,7 @@ from pathlib import Path
 import pytest
 
 from voltana.cli.main import main
-from voltana.control import ServedTargets
-from voltana.errors import ConfigError
-from voltana.hardware import get_gpu, get_model
-from voltana.perf.analytical import AnalyticalPerformanceModel
-from voltana.policy.base import PolicyContext
-from voltana.policy.state import (
+from voltana.contract.state import (
     ClusterSnapshot,
     InstanceState,
     Phase,
@@ -23,6 +18,11 @@ from voltana.policy.state import (
     SloTarget,
     tightest_slo,
 )
+from voltana.control import ServedTargets
+from voltana.errors import ConfigError
+from voltana.hardware import get_gpu, get_model
+from voltana.perf.analytical import AnalyticalPerformanceModel
+from voltana.policy.base import PolicyContext
 from voltana.policy.voltana import VoltanaRouter, build_voltana_suite
 from voltana.report import RunOutcome, summarize
 from voltana.sim.cluster import ClusterConfig

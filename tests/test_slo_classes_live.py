@@ -13,9 +13,8 @@ import grpc.aio
 import pytest
 from security_helpers import SECURITY
 
-from voltana.control import MAX_NOTIFIED_INSTANCES, NOTHING_SERVED, Served, ServedReports
-from voltana.control.serving import ServedTargets
-from voltana.policy.state import (
+from voltana.contract.instances import InstanceInfo
+from voltana.contract.state import (
     ClusterSnapshot,
     InstanceState,
     Phase,
@@ -23,12 +22,13 @@ from voltana.policy.state import (
     RequestSpec,
     SloTarget,
 )
+from voltana.control import MAX_NOTIFIED_INSTANCES, NOTHING_SERVED, Served, ServedReports
+from voltana.control.serving import ServedTargets
 from voltana.rpc import create_channel
 from voltana.sdk import GenerationSummary, VoltanaClient
 from voltana.services.router.cluster import LiveCluster
 from voltana.services.router.placements import ControllerTrigger
 from voltana.services.telemetry.convert import slo_from_proto
-from voltana.services.telemetry.records import InstanceInfo
 from voltana.stack import SimStack, SimStackSettings
 from voltana.v1 import controller_pb2, controller_pb2_grpc
 

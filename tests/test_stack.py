@@ -15,8 +15,8 @@ from typing import Protocol
 import pytest
 import redis.asyncio as aioredis
 
+from voltana.contract.state import InstanceState, Phase, SloTarget
 from voltana.errors import ConfigError
-from voltana.policy.state import InstanceState, Phase, SloTarget
 from voltana.sdk import GenerationSummary, TokenEvent, VoltanaClient
 from voltana.stack import SimStack, SimStackSettings, TelemetryInstanceSink
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from voltana.cli.bench_cmd import energy_delta_j, error_reason, prompt_ids
-from voltana.policy.state import SloTarget
+from voltana.contract.state import SloTarget
 from voltana.report import RunOutcome, summarize
 from voltana.sdk import InvalidRequestError, ServerError, UnavailableError
 from voltana.stack import SimStack, SimStackSettings

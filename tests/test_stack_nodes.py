@@ -10,9 +10,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import pytest
 from security_helpers import SECURITY
 
+from voltana.contract.state import InstanceState, Phase
 from voltana.engine import SglangHttpClient, SimEngine, SimEngineSettings
 from voltana.errors import ConfigError
-from voltana.policy.state import InstanceState, Phase
 from voltana.services.agent import AgentService
 from voltana.services.telemetry import TelemetryClient, TelemetryService, TelemetrySettings
 from voltana.stack import EngineNode, EngineNodeSettings

@@ -15,13 +15,13 @@ from dataclasses import dataclass
 
 import pytest
 
+from voltana.contract.state import ClockDecision, InstanceState, SloTarget
 from voltana.engine import SglangHttpClient
 from voltana.hardware import get_gpu, get_model
 from voltana.perf.analytical import AnalyticalPerformanceModel
 from voltana.policy.base import PolicyContext, PolicySuite, RoutingPolicy
 from voltana.policy.registry import register_policy
 from voltana.policy.routing import RoundRobinRouter
-from voltana.policy.state import ClockDecision, InstanceState, SloTarget
 from voltana.sdk import GenerationSummary, VoltanaClient
 from voltana.stack import SimStack, SimStackSettings
 

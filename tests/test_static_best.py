@@ -7,9 +7,9 @@ from dataclasses import replace
 
 import pytest
 
+from voltana.contract.state import SloTarget
 from voltana.hardware import get_gpu, get_model
 from voltana.perf.analytical import AnalyticalPerformanceModel
-from voltana.policy.state import SloTarget
 from voltana.report import format_table, headline_lines
 from voltana.sim.cluster import ClusterConfig
 from voltana.sim.compare import compare_policies, run_policy

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from voltana.policy.state import SloTarget
+from voltana.contract.state import SloTarget
 from voltana.services.telemetry.completion_index import CompletionIndex
 from voltana.services.telemetry.records import Aggregates, Completion, SeriesPoint, WindowReport
 from voltana.services.telemetry.window import compute_window_report

@@ -20,7 +20,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from security_helpers import SECURITY
 from telemetry_helpers import instance_info
 
-from voltana.policy.state import InstanceState, Phase
+from voltana.contract.state import InstanceState, Phase
 from voltana.rpc import create_channel
 from voltana.rpc.names import TELEMETRY_SERVICE
 from voltana.rpc.rate_limit import CallRateLimiter

@@ -13,7 +13,7 @@ import pytest
 import redis.asyncio as aioredis
 from telemetry_helpers import FakeClock, instance_info
 
-from voltana.policy.state import InstanceState, Phase
+from voltana.contract.state import InstanceState, Phase
 from voltana.services.telemetry import Completion, Metric, RedisTelemetryStore
 from voltana.services.telemetry.quarantine import RecordKind
 from voltana.services.telemetry.redis_repair import RedisRepair

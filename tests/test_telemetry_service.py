@@ -17,9 +17,9 @@ import redis.asyncio as aioredis
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from security_helpers import SECURITY
 
+from voltana.contract.state import ClusterSnapshot, InstanceState, Phase, SloTarget
 from voltana.errors import ConfigError, InvalidArgumentError, NotFoundError, UnavailableError
 from voltana.gpu import GpuSample
-from voltana.policy.state import ClusterSnapshot, InstanceState, Phase, SloTarget
 from voltana.rpc import create_channel
 from voltana.rpc.names import TELEMETRY_SERVICE
 from voltana.services.telemetry import (

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from voltana.policy.state import InstanceState, Phase, SloTarget
+from voltana.contract.state import InstanceState, Phase, SloTarget
 from voltana.services.telemetry import (
     Completion,
     InstanceInfo,

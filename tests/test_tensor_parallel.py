@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from security_helpers import SECURITY
 
-from voltana.policy.state import Phase
+from voltana.contract.state import Phase
 from voltana.rpc import create_channel
 from voltana.sdk import GenerationSummary, VoltanaClient
 from voltana.services.agent import AgentService, AgentSettings

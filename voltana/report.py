@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from voltana.policy.state import SloTarget
+from voltana.contract.state import SloTarget
 
 
 @dataclass

@@ -41,8 +41,8 @@ from voltana.cli.security_opts import (
     security_from_args,
 )
 from voltana.cli.serve_cmd import host_port, host_ports
+from voltana.contract.state import SloTarget
 from voltana.errors import ConfigError, VoltanaError
-from voltana.policy.state import SloTarget
 from voltana.report import RunOutcome, add_savings, format_table, summarize
 from voltana.rpc import RpcSecurity
 from voltana.sdk import (

@@ -7,12 +7,12 @@ import math
 import os
 from dataclasses import dataclass
 
+from voltana.contract.state import SloTarget
 from voltana.errors import ConfigError
 from voltana.event_loop import DEFAULT_EVENT_LOOP, EVENT_LOOPS
 from voltana.hardware import GPU_CATALOG, MODEL_CATALOG, GpuSpec, ModelSpec
 from voltana.perf.model import PerformanceModel
 from voltana.perf.selection import resolve_physics
-from voltana.policy.state import SloTarget
 from voltana.workloads import load_workload
 from voltana.workloads.classes import parse_slo_class, with_slo_class
 from voltana.workloads.request import TraceRequest

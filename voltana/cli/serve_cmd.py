@@ -886,7 +886,7 @@ def _add_instance(
 
 
 def _build_instance(args: argparse.Namespace) -> Service:
-    from voltana.policy.state import Phase
+    from voltana.contract.state import Phase
     from voltana.services.telemetry import GpuRef
     from voltana.stack.sglang_reporter import SglangInstanceReporter, SglangInstanceSettings
 

@@ -10,7 +10,7 @@ or until ``hold_s`` has passed (the request failed or went elsewhere).
 
 from __future__ import annotations
 
-from voltana.policy.state import InstanceState
+from voltana.contract.state import InstanceState
 
 # The live controller's default (ControllerSettings.placement_hold_ms) and the simulator's.
 DEFAULT_PLACEMENT_HOLD_MS = 250

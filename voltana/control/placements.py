@@ -7,8 +7,8 @@ import dataclasses
 from collections.abc import Hashable
 from typing import Protocol
 
+from voltana.contract.state import InstanceState
 from voltana.observation import ArrivalWindow, InflightLedger
-from voltana.policy.state import InstanceState
 
 
 class OtherRouters(Protocol):

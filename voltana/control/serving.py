@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Hashable, Iterable
 from dataclasses import dataclass
 
-from voltana.policy.state import SloTarget, tightest_slo
+from voltana.contract.state import SloTarget, tightest_slo
 
 # A router's summary for an instance stands this long unless repeated (a router that died
 # cannot hold an instance to its requests' targets for ever); live routers repeat theirs every

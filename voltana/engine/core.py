@@ -20,6 +20,15 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
+from voltana.batching.scheduling import (
+    DecodeJob,
+    DecodeScheduler,
+    PrefillJob,
+    PrefillScheduler,
+    decode_gauges,
+    prefill_gauges,
+)
+from voltana.contract.state import InstanceState, Phase
 from voltana.energy import EnergyLedger, RequestEnergy
 from voltana.engine.errors import EngineRequestError
 from voltana.engine.kv_handoff import KvHandoff, KvMailbox
@@ -34,15 +43,6 @@ from voltana.gpu.sim import SimulatedGpu
 from voltana.lifecycle import cancel_and_wait
 from voltana.observation import EngineGauges, InstanceObserver, ObservationConfig
 from voltana.perf.model import IterationEstimate, PerformanceModel
-from voltana.policy.state import InstanceState, Phase
-from voltana.sim.scheduling import (
-    DecodeJob,
-    DecodeScheduler,
-    PrefillJob,
-    PrefillScheduler,
-    decode_gauges,
-    prefill_gauges,
-)
 
 logger = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ import logging
 from collections.abc import Callable
 from typing import Protocol, runtime_checkable
 
-from voltana.policy.state import InstanceState
+from voltana.contract.state import InstanceState
 
 logger = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """A simulated SGLang engine: SGLang's HTTP protocol over a performance model and a GPU device.
 
 One ``SimEngine`` is one SGLang server (``--disaggregation-mode prefill|decode|null``). Batching
-is ``voltana.sim.scheduling`` (shared with the offline simulator), iteration latency and power
+is ``voltana.batching.scheduling`` (shared with the offline simulator), iteration latency and power
 come from a ``PerformanceModel`` at the GPU's current SM clock (so a node agent moving the clock
 of the ``SimulatedGpu`` changes the engine's speed), and the GPU's power draw follows the work.
 
@@ -40,6 +40,7 @@ import aiohttp
 from aiohttp import web
 from opentelemetry import trace
 
+from voltana.contract.state import InstanceState
 from voltana.engine.clock import ScaledClock
 from voltana.engine.core import EngineCore, Progress, RequestState
 from voltana.engine.errors import EngineError, EngineRequestError
@@ -75,7 +76,6 @@ from voltana.lifecycle import AsyncService
 from voltana.observability.http_tracing import client_trace_configs, server_middlewares
 from voltana.perf.analytical import AnalyticalPerformanceModel
 from voltana.perf.model import PerformanceModel
-from voltana.policy.state import InstanceState
 
 logger = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Hashable
 from dataclasses import dataclass, replace
 
-from voltana.policy.state import ClusterSnapshot, InstanceState
+from voltana.contract.state import ClusterSnapshot, InstanceState
 
 
 @dataclass(slots=True)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
+from voltana.contract.state import InstanceState, Phase
 from voltana.observation.config import DEFAULT_OBSERVATION, ObservationConfig
 from voltana.observation.latency import ITL_BUCKETS_S, TTFT_BUCKETS_S, LatencyWindow
-from voltana.policy.state import InstanceState, Phase
 
 
 @dataclass(frozen=True, slots=True)

@@ -91,7 +91,8 @@ _HOPPER_CALIBRATION = Calibration(
     # Hopper gates idle SMs far better: decode-only H200 runs draw 137-300 W and lose only
     # 47-90 W from 1980 to 780 MHz (docs/calibration.md), so SMs stalled on memory switch little.
     min_activity=0.10,
-    # The H200 decode sweeps ran 780-1980 MHz (DESIGN.md §4); H100 shares the SMs and clocks.
+    # The H200 decode sweeps ran 780-1980 MHz (arXiv 2605.11999, docs/power-model.md); H100
+    # shares the SMs and clocks.
     calibrated_clock_range_mhz=(780, 1980),
 )
 

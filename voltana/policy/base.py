@@ -10,9 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-from voltana.hardware.gpus import GpuSpec
-from voltana.perf.model import PerformanceModel, calibrated_clock_range_mhz
-from voltana.policy.state import (
+from voltana.contract.state import (
     ClockDecision,
     ClusterSnapshot,
     InstanceState,
@@ -20,6 +18,8 @@ from voltana.policy.state import (
     RequestSpec,
     SloTarget,
 )
+from voltana.hardware.gpus import GpuSpec
+from voltana.perf.model import PerformanceModel, calibrated_clock_range_mhz
 
 
 @dataclass(frozen=True)

@@ -37,11 +37,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from voltana.policy.base import PolicyContext, PolicySuite, RoutingPolicy
-from voltana.policy.common import fit_predictor, paper_candidate_clocks_mhz
-from voltana.policy.predictor import LatencyPredictor
-from voltana.policy.routing import NoInstanceError
-from voltana.policy.state import (
+from voltana.contract.state import (
     ClockDecision,
     ClusterSnapshot,
     InstanceState,
@@ -49,6 +45,10 @@ from voltana.policy.state import (
     RequestSpec,
     SloTarget,
 )
+from voltana.policy.base import PolicyContext, PolicySuite, RoutingPolicy
+from voltana.policy.common import fit_predictor, paper_candidate_clocks_mhz
+from voltana.policy.predictor import LatencyPredictor
+from voltana.policy.routing import NoInstanceError
 
 STALE_AFTER_S = 5.0
 MARGIN = 0.35

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from voltana.contract.state import ClusterSnapshot, InstanceState, Placement, RequestSpec
 from voltana.errors import VoltanaError
-from voltana.policy.state import ClusterSnapshot, InstanceState, Placement, RequestSpec
 
 
 class NoInstanceError(VoltanaError):

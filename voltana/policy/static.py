@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from voltana.policy.state import ClockDecision, InstanceState, SloTarget
+from voltana.contract.state import ClockDecision, InstanceState, SloTarget
 
 
 @dataclass(frozen=True)

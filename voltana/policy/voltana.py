@@ -37,11 +37,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from voltana.policy.base import PolicyContext, PolicySuite, RoutingPolicy
-from voltana.policy.common import fit_predictor, full_range_clocks_mhz
-from voltana.policy.predictor import LatencyPredictor
-from voltana.policy.routing import NoInstanceError, prefill_load
-from voltana.policy.state import (
+from voltana.contract.state import (
     ClockDecision,
     ClusterSnapshot,
     InstanceState,
@@ -49,6 +45,10 @@ from voltana.policy.state import (
     RequestSpec,
     SloTarget,
 )
+from voltana.policy.base import PolicyContext, PolicySuite, RoutingPolicy
+from voltana.policy.common import fit_predictor, full_range_clocks_mhz
+from voltana.policy.predictor import LatencyPredictor
+from voltana.policy.routing import NoInstanceError, prefill_load
 
 # Prefill latency segments (tokens): attention makes long prompts cost more per token.
 VOLTANA_TOKEN_BREAKPOINTS = (512.0, 2048.0, 8192.0)

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from voltana.contract.state import SloTarget
 from voltana.control import DEFAULT_PLACEMENT_HOLD_MS
 from voltana.errors import ConfigError
 from voltana.hardware.gpus import GpuSpec
 from voltana.hardware.models import ModelSpec
 from voltana.observation import DEFAULT_OBSERVATION, ObservationConfig
-from voltana.policy.state import SloTarget
 
 
 @dataclass(frozen=True)

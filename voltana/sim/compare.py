@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from voltana.contract.state import SloTarget
 from voltana.hardware.gpus import GpuSpec
 from voltana.perf.model import PerformanceModel
 from voltana.policy.base import PolicyContext, PolicySuite
@@ -13,7 +14,6 @@ from voltana.policy.registry import (
     build_suite,
     static_best_router,
 )
-from voltana.policy.state import SloTarget
 from voltana.report import add_savings, summarize
 from voltana.sim.cluster import ClusterConfig
 from voltana.sim.run import check_clock_range, policy_context, run_policy

@@ -13,11 +13,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from voltana.contract.state import SloTarget
 from voltana.errors import UnknownNameError
 from voltana.hardware import get_gpu, get_model
 from voltana.perf.analytical import AnalyticalPerformanceModel
 from voltana.perf.model import PerformanceModel
-from voltana.policy.state import SloTarget
 from voltana.report import EXTRAPOLATION_NOTE, extrapolation_mark, summarize
 from voltana.sim.cluster import ClusterConfig
 from voltana.sim.compare import compare_policies, run_policy

@@ -32,10 +32,10 @@ from typing import Any
 
 import numpy as np
 
+from voltana.contract.state import SloTarget
 from voltana.hardware import GPU_CATALOG, MODEL_CATALOG, get_gpu, get_model
 from voltana.perf.analytical import AnalyticalPerformanceModel
 from voltana.perf.mismatch import MismatchedPerformanceModel, ModelMismatch
-from voltana.policy.state import SloTarget
 from voltana.sim.cluster import ClusterConfig
 from voltana.sim.compare import build_suites, compare_policies
 from voltana.sim.evaluate import BASELINE, Row, Workload, slo_capacity

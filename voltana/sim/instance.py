@@ -5,17 +5,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from voltana.energy import EnergyLedger, WorkShares
-from voltana.observation import InstanceObserver
-from voltana.perf.model import PerformanceModel
-from voltana.policy.state import InstanceState, Phase
-from voltana.sim.cluster import ClusterConfig
-from voltana.sim.scheduling import (
+from voltana.batching.scheduling import (
     DecodeScheduler,
     PrefillScheduler,
     decode_gauges,
     prefill_gauges,
 )
+from voltana.contract.state import InstanceState, Phase
+from voltana.energy import EnergyLedger, WorkShares
+from voltana.observation import InstanceObserver
+from voltana.perf.model import PerformanceModel
+from voltana.sim.cluster import ClusterConfig
 
 
 @dataclass

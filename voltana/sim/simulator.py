@@ -23,16 +23,16 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from voltana.batching.scheduling import DecodeJob, PrefillJob
+from voltana.contract.state import ClusterSnapshot, InstanceState, Phase, RequestSpec, SloTarget
 from voltana.control import NoticeBoard, PlacementBook, ServedTargets, needs_clock_command
 from voltana.energy import RequestEnergy, WorkShares, spread_unclaimed
 from voltana.errors import ConfigError
 from voltana.perf.model import IterationEstimate, PerformanceModel, calibrated_clock_range_mhz
 from voltana.policy.base import PolicySuite
-from voltana.policy.state import ClusterSnapshot, InstanceState, Phase, RequestSpec, SloTarget
 from voltana.report import RunOutcome
 from voltana.sim.cluster import ClusterConfig
 from voltana.sim.instance import InstanceSeries, SimInstance
-from voltana.sim.scheduling import DecodeJob, PrefillJob
 from voltana.workloads.classes import class_name
 from voltana.workloads.request import TraceRequest
 

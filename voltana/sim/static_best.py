@@ -35,9 +35,9 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from voltana.contract.state import SloTarget
 from voltana.perf.model import PerformanceModel
 from voltana.policy.registry import STATIC_BEST
-from voltana.policy.state import SloTarget
 from voltana.report import summarize
 from voltana.sim.cluster import ClusterConfig
 from voltana.sim.run import policy_context, run_policy

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
+from voltana.contract.state import Phase
 from voltana.engine import ScaledClock, SimEngine, SimEngineSettings
 from voltana.errors import ConfigError
 from voltana.gpu import SharedSimulatedGpu, SimulatedGpu
@@ -18,7 +19,6 @@ from voltana.hardware import get_gpu, get_model
 from voltana.lifecycle import AsyncService
 from voltana.perf.analytical import AnalyticalPerformanceModel
 from voltana.perf.model import PerformanceModel
-from voltana.policy.state import Phase
 from voltana.rpc import RpcSecurity
 from voltana.services.agent import AgentService, AgentSettings
 from voltana.services.telemetry import GpuRef, InstanceInfo, TelemetryClient

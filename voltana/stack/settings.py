@@ -5,9 +5,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from voltana.contract.state import SloTarget
 from voltana.errors import ConfigError
 from voltana.hardware import get_gpu, get_model
-from voltana.policy.state import SloTarget
 from voltana.rpc import RpcSecurity
 from voltana.services.telemetry.redis_store import DEFAULT_KEY_PREFIX
 

@@ -26,13 +26,13 @@ from pathlib import Path
 
 import grpc
 
+from voltana.contract.state import InstanceState, Phase
 from voltana.engine import SglangHttpClient
 from voltana.engine.errors import EngineError
 from voltana.errors import ConfigError, UnavailableError, VoltanaError
 from voltana.hardware import get_gpu
 from voltana.lifecycle import cancel_and_wait
 from voltana.observation import DEFAULT_OBSERVATION, EngineGauges, LatencyWindow
-from voltana.policy.state import InstanceState, Phase
 from voltana.rpc import RpcSecurity, create_channel, error_from_rpc
 from voltana.services.telemetry import GpuRef, InstanceInfo, TelemetryClient
 from voltana.stack.registration import InstanceRegistration

@@ -17,13 +17,13 @@ from typing import TypeVar
 
 from opentelemetry import trace
 
+from voltana.contract.state import Phase
 from voltana.engine import ScaledClock, SimEngine, SimEngineSettings
 from voltana.errors import FailedPreconditionError, UnavailableError
 from voltana.gpu import SimulatedGpu
 from voltana.lifecycle import AsyncService
 from voltana.perf.model import PerformanceModel
 from voltana.perf.selection import resolve_physics
-from voltana.policy.state import Phase
 from voltana.services.agent import AgentService, AgentSettings
 from voltana.services.controller import ControllerService, ControllerSettings
 from voltana.services.router import (

@@ -13,7 +13,7 @@ import logging
 import time
 from collections.abc import Callable
 
-from voltana.policy.state import InstanceState
+from voltana.contract.state import InstanceState
 from voltana.services.telemetry.client import TelemetryClient
 from voltana.stack.registration import InstanceRegistration
 

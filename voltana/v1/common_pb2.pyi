@@ -159,7 +159,7 @@ Global___GpuRef: _TypeAlias = GpuRef  # noqa: Y015
 @_typing.final
 class InstanceState(_message.Message):
     """Load and clock of one serving instance at `observed_at_s`.
-    Mirrors voltana.policy.state.InstanceState, plus the endpoint the services need.
+    Mirrors voltana.contract.state.InstanceState, plus the endpoint the services need.
     """
 
     DESCRIPTOR: _descriptor.Descriptor

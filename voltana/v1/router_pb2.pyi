@@ -358,7 +358,7 @@ Global___CandidateScore: _TypeAlias = CandidateScore  # noqa: Y015
 
 @_typing.final
 class Placement(_message.Message):
-    """Where a request goes and what the policy expected. Mirrors voltana.policy.state.Placement."""
+    """Where a request goes and what the policy expected. Mirrors voltana.contract.state.Placement."""
 
     DESCRIPTOR: _descriptor.Descriptor
 

@@ -12,8 +12,8 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
+from voltana.contract.state import SloTarget, slo_problem
 from voltana.errors import ConfigError
-from voltana.policy.state import SloTarget, slo_problem
 from voltana.workloads.request import TraceRequest
 
 DEFAULT_CLASS = "default"  # how reports name the requests served against the cluster SLO

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from voltana.policy.state import SloTarget
+from voltana.contract.state import SloTarget
 
 
 @dataclass(frozen=True, slots=True)

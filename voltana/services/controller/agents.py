@@ -13,8 +13,8 @@ import grpc
 import grpc.aio
 from opentelemetry import trace
 
+from voltana.contract.instances import GpuRef
 from voltana.rpc import RpcSecurity, create_channel, error_from_rpc
-from voltana.services.telemetry.records import GpuRef
 from voltana.v1 import agent_pb2, agent_pb2_grpc
 
 if TYPE_CHECKING:

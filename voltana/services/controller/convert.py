@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from voltana.policy.state import SloTarget
+from voltana.contract.state import SloTarget
 from voltana.services.controller.policies import PolicyInfo
 from voltana.services.controller.records import DecisionRecord, InstanceControl
 from voltana.services.telemetry.convert import phase_to_proto, slo_to_proto

@@ -8,11 +8,11 @@ import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+from voltana.contract.instances import InstanceInfo
+from voltana.contract.state import ClusterSnapshot
 from voltana.errors import VoltanaError
-from voltana.policy.state import ClusterSnapshot
 from voltana.services.controller.settings import SnapshotMode
 from voltana.services.telemetry.client import TelemetryClient
-from voltana.services.telemetry.records import InstanceInfo
 
 _LOG = logging.getLogger(__name__)
 

@@ -20,17 +20,17 @@ from collections.abc import Callable, Mapping, Sequence
 from opentelemetry import trace
 from opentelemetry.trace import Status, StatusCode
 
+from voltana.contract.instances import InstanceInfo
+from voltana.contract.state import ClockDecision, ClusterSnapshot, InstanceState, SloTarget
 from voltana.control import SERVED_TTL_S, NoticeBoard, Served, ServedReports, needs_clock_command
 from voltana.errors import FailedPreconditionError, NotFoundError, VoltanaError
 from voltana.lifecycle import cancel_and_wait
-from voltana.policy.state import ClockDecision, ClusterSnapshot, InstanceState, SloTarget
 from voltana.services.controller.agents import AgentClients
 from voltana.services.controller.feed import ClusterView, SnapshotFeed
 from voltana.services.controller.metrics import ControllerMetrics
 from voltana.services.controller.policies import PolicyBook
 from voltana.services.controller.records import DecisionRecord, InstanceControl
 from voltana.services.controller.settings import ControllerSettings
-from voltana.services.telemetry.records import InstanceInfo
 
 _LOG = logging.getLogger(__name__)
 

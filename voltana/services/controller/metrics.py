@@ -14,7 +14,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from voltana.policy.state import ClockDecision, Phase
+from voltana.contract.state import ClockDecision, Phase
 
 _HZ_PER_MHZ = 1e6
 SET_CLOCKS_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)

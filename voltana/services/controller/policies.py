@@ -10,6 +10,7 @@ import asyncio
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+from voltana.contract.state import Phase, SloTarget
 from voltana.errors import UnknownNameError, VoltanaError
 from voltana.hardware import GPU_CATALOG, GpuSpec, ModelSpec, get_gpu
 from voltana.perf.analytical import AnalyticalPerformanceModel
@@ -17,7 +18,6 @@ from voltana.perf.model import PerformanceModel
 from voltana.perf.selection import resolve_physics
 from voltana.policy.base import FrequencyPolicy, PolicyContext, PolicySuite
 from voltana.policy.registry import STATIC_FORMS, build_suite, policy_names
-from voltana.policy.state import Phase, SloTarget
 
 _STATIC_DESCRIPTIONS: Mapping[str, str] = {
     "static-max": "every GPU locked at its default (maximum) SM clock",

@@ -6,8 +6,8 @@ import asyncio
 from collections import deque
 from dataclasses import dataclass, field
 
-from voltana.policy.state import Phase
-from voltana.services.telemetry.records import GpuRef
+from voltana.contract.instances import GpuRef
+from voltana.contract.state import Phase
 
 
 @dataclass(frozen=True, slots=True)

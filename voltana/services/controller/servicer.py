@@ -11,9 +11,9 @@ from typing import Any, TypeAlias
 
 import grpc.aio
 
+from voltana.contract.state import Phase, SloTarget, slo_problem
 from voltana.control import MAX_NOTIFIED_INSTANCES, Served
 from voltana.errors import InvalidArgumentError, NotFoundError, VoltanaError
-from voltana.policy.state import Phase, SloTarget, slo_problem
 from voltana.rpc.limits import check_id, check_ids, check_name
 from voltana.rpc.names import CONTROLLER_SERVICE, method_names
 from voltana.services.controller.convert import (

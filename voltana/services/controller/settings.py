@@ -7,10 +7,10 @@ import socket
 from dataclasses import dataclass, field
 from typing import Literal
 
+from voltana.contract.state import SloTarget, slo_problem
 from voltana.control import DEFAULT_PLACEMENT_HOLD_MS
 from voltana.errors import ConfigError
 from voltana.hardware import get_gpu, get_model
-from voltana.policy.state import SloTarget, slo_problem
 from voltana.rpc.security import RpcSecurity
 
 # "watch": one WatchSnapshots stream (telemetry pushes changes); "poll": GetSnapshot per tick.

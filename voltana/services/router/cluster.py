@@ -24,9 +24,8 @@ import math
 import time
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 
-from voltana.control import PlacementBook, Served, ServedTargets
-from voltana.observation import DEFAULT_OBSERVATION
-from voltana.policy.state import (
+from voltana.contract.instances import InstanceInfo
+from voltana.contract.state import (
     ClusterSnapshot,
     InstanceState,
     Phase,
@@ -34,13 +33,10 @@ from voltana.policy.state import (
     RequestSpec,
     SloTarget,
 )
+from voltana.control import PlacementBook, Served, ServedTargets
+from voltana.observation import DEFAULT_OBSERVATION
 from voltana.services.router.errors import NoInstanceAvailableError
-from voltana.services.telemetry.records import (
-    InstanceInfo,
-    PendingPlacement,
-    RouterShare,
-    add_shares,
-)
+from voltana.services.telemetry.records import PendingPlacement, RouterShare, add_shares
 
 
 class LiveCluster:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from voltana.policy.state import Phase, Placement
+from voltana.contract.state import Phase, Placement
 from voltana.v1 import common_pb2, router_pb2
 
 _PHASES = {

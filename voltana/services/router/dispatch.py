@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 
 from opentelemetry import context as otel_context
 
+from voltana.contract.instances import InstanceInfo
 from voltana.energy import RequestEnergy
 from voltana.engine import (
     EngineError,
@@ -40,7 +41,6 @@ from voltana.services.router.errors import (
     RouterError,
 )
 from voltana.services.router.validation import ValidatedRequest
-from voltana.services.telemetry.records import InstanceInfo
 
 # SGLang's --disaggregation-bootstrap-port default, for prefill instances registered without one.
 DEFAULT_BOOTSTRAP_PORT = 8998

@@ -12,9 +12,9 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+from voltana.contract.state import ClusterSnapshot
 from voltana.energy import RequestEnergy
 from voltana.energy_observed import ObservedEnergy
-from voltana.policy.state import ClusterSnapshot
 
 
 class EnergyEstimates:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
-from voltana.policy.state import Placement, SloTarget
+from voltana.contract.state import Placement, SloTarget
 
 if TYPE_CHECKING:
     from voltana.services.router.cluster import LiveCluster

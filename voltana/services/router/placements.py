@@ -32,10 +32,10 @@ import grpc
 from opentelemetry import context as otel_context
 from opentelemetry import propagate
 
+from voltana.contract.state import InstanceState
 from voltana.control import MAX_NOTIFIED_INSTANCES, SERVED_REFRESH_S, Served
 from voltana.hardware import GPU_CATALOG
 from voltana.lifecycle import cancel_and_wait
-from voltana.policy.state import InstanceState
 from voltana.rpc.channel import create_channel
 from voltana.rpc.security import RpcSecurity
 from voltana.services.telemetry.client import TelemetryClient

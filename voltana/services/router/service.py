@@ -12,6 +12,7 @@ from grpc_health.v1 import health
 from opentelemetry import trace
 from prometheus_client import CollectorRegistry
 
+from voltana.contract.state import ClusterSnapshot, SloTarget
 from voltana.engine import SglangHttpClient
 from voltana.errors import FailedPreconditionError
 from voltana.hardware import GPU_CATALOG
@@ -20,7 +21,6 @@ from voltana.observability.http_tracing import client_trace_configs
 from voltana.observability.prometheus import MetricsServer, start_metrics_server
 from voltana.policy.base import RoutingPolicy
 from voltana.policy.registry import build_router, build_suite
-from voltana.policy.state import ClusterSnapshot, SloTarget
 from voltana.rpc import dialable_address, set_serving, start_grpc_server, stop_grpc_server
 from voltana.rpc.names import ROUTER_SERVICE
 from voltana.services.router.cluster import LiveCluster

@@ -15,11 +15,11 @@ from typing import Any, Protocol, cast
 import grpc.aio
 from opentelemetry import trace
 
+from voltana.contract.state import ClusterSnapshot, Placement, RequestSpec, SloTarget
 from voltana.engine import SglangHttpClient
 from voltana.errors import InvalidArgumentError
 from voltana.policy.base import RoutingPolicy
 from voltana.policy.routing import NoInstanceError
-from voltana.policy.state import ClusterSnapshot, Placement, RequestSpec, SloTarget
 from voltana.rpc import status_code_for
 from voltana.rpc.limits import MAX_TEXT_CHARS, check_id
 from voltana.rpc.names import ROUTER_SERVICE, method_names

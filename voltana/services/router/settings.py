@@ -8,10 +8,10 @@ import secrets
 import socket
 from dataclasses import dataclass, field
 
+from voltana.contract.state import SloTarget
 from voltana.errors import ConfigError
 from voltana.perf.selection import resolve_physics
 from voltana.policy.base import PolicyContext
-from voltana.policy.state import SloTarget
 from voltana.rpc.auth import check_token
 from voltana.rpc.limits import check_id
 from voltana.rpc.security import RpcSecurity

@@ -11,7 +11,7 @@ from __future__ import annotations
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 
-from voltana.policy.state import Placement
+from voltana.contract.state import Placement
 
 TRACER_NAME = "voltana.services.router"
 

@@ -6,8 +6,8 @@ import math
 import uuid
 from dataclasses import dataclass
 
+from voltana.contract.state import RequestSpec, SloTarget
 from voltana.engine.tokenizer import count_text_tokens
-from voltana.policy.state import RequestSpec, SloTarget
 from voltana.rpc.limits import MAX_ID_CHARS, check_id, check_text, slo_target_problem
 from voltana.services.router.errors import InvalidGenerateRequestError
 from voltana.services.router.settings import RouterSettings

@@ -8,6 +8,7 @@ Stores (``MemoryTelemetryStore``, ``RedisTelemetryStore``) implement ``Telemetry
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from voltana.contract.instances import GpuRef, InstanceInfo
 from voltana.services.telemetry.client import TelemetryClient
 from voltana.services.telemetry.errors import (
     CorruptTelemetryError,
@@ -21,8 +22,6 @@ from voltana.services.telemetry.records import (
     Aggregates,
     Completion,
     GpuReading,
-    GpuRef,
-    InstanceInfo,
     Metric,
     ReportResult,
     SeriesPoint,

@@ -21,8 +21,9 @@ from typing import Any, TypeVar
 import grpc
 import grpc.aio
 
+from voltana.contract.instances import InstanceInfo
+from voltana.contract.state import ClusterSnapshot, InstanceState, Phase, SloTarget
 from voltana.gpu import GpuSample
-from voltana.policy.state import ClusterSnapshot, InstanceState, Phase, SloTarget
 from voltana.rpc import RpcSecurity, create_channel, error_from_rpc, wait_until_ready
 from voltana.services.telemetry.convert import (
     completion_to_proto,
@@ -39,7 +40,6 @@ from voltana.services.telemetry.convert import (
 )
 from voltana.services.telemetry.records import (
     Completion,
-    InstanceInfo,
     PendingPlacement,
     PlacementEvent,
     ReportResult,

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 
-from voltana.policy.state import SloTarget
+from voltana.contract.state import SloTarget
 from voltana.services.telemetry.store import TelemetryStore
 
 _LOG = logging.getLogger(__name__)

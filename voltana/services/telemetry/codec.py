@@ -8,9 +8,9 @@ import json
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar, cast
 
-from voltana.policy.state import Phase, SloTarget
+from voltana.contract.instances import GpuRef
+from voltana.contract.state import Phase, SloTarget
 from voltana.services.telemetry.errors import CorruptTelemetryError
-from voltana.services.telemetry.records import GpuRef
 
 T = TypeVar("T")
 

@@ -20,7 +20,7 @@ import bisect
 from collections import OrderedDict
 from collections.abc import Collection, Iterable, Mapping, Sequence
 
-from voltana.policy.state import SloTarget
+from voltana.contract.state import SloTarget
 from voltana.services.telemetry.records import Aggregates, Completion, SeriesPoint, WindowReport
 from voltana.services.telemetry.request_totals import RequestTotals
 from voltana.services.telemetry.window import aggregates_of, in_window

@@ -10,21 +10,20 @@ import dataclasses
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from voltana.gpu import GpuSample
-from voltana.observation import ENGINE_REPORT_FIELDS
-from voltana.policy.state import (
+from voltana.contract.instances import GpuRef, InstanceInfo
+from voltana.contract.state import (
     ClusterSnapshot,
     InstanceState,
     Phase,
     SloTarget,
     optional_state_fields,
 )
+from voltana.gpu import GpuSample
+from voltana.observation import ENGINE_REPORT_FIELDS
 from voltana.services.telemetry.errors import InvalidTelemetryError
 from voltana.services.telemetry.records import (
     Aggregates,
     Completion,
-    GpuRef,
-    InstanceInfo,
     ReportResult,
     RouterShare,
     WindowReport,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from voltana.services.telemetry.records import GpuRef, InstanceInfo
+from voltana.contract.instances import GpuRef, InstanceInfo
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Collection
 
-from voltana.policy.state import InstanceState, SloTarget
+from voltana.contract.instances import InstanceInfo
+from voltana.contract.state import InstanceState, SloTarget
 from voltana.services.telemetry.completion_index import CompletionIndex
 from voltana.services.telemetry.merge import (
     gpu_metric_values,
@@ -17,7 +18,6 @@ from voltana.services.telemetry.records import (
     Aggregates,
     Completion,
     GpuReading,
-    InstanceInfo,
     Metric,
     SeriesPoint,
     WindowReport,

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 
-from voltana.policy.state import InstanceState
-from voltana.services.telemetry.records import LOAD_METRICS, GpuReading, InstanceInfo, Metric
+from voltana.contract.instances import InstanceInfo
+from voltana.contract.state import InstanceState
+from voltana.services.telemetry.records import LOAD_METRICS, GpuReading, Metric
 
 
 def stamp_state(state: InstanceState, now_s: float) -> InstanceState:

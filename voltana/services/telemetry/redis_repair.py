@@ -30,11 +30,12 @@ from typing import Any
 
 from redis.exceptions import RedisError, ResponseError
 
-from voltana.policy.state import InstanceState
+from voltana.contract.instances import InstanceInfo
+from voltana.contract.state import InstanceState
 from voltana.services.telemetry.codec import encode_json
 from voltana.services.telemetry.errors import CorruptTelemetryError, TelemetryStoreError
 from voltana.services.telemetry.quarantine import BadRecord, RecordKind
-from voltana.services.telemetry.records import GpuReading, InstanceInfo
+from voltana.services.telemetry.records import GpuReading
 from voltana.services.telemetry.redis_io import decode_completion, is_wrong_type
 from voltana.services.telemetry.redis_store import RedisTelemetryStore
 from voltana.services.telemetry.validate import (

@@ -42,7 +42,8 @@ from typing import Any, TypeVar
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
-from voltana.policy.state import InstanceState, SloTarget, slo_problem
+from voltana.contract.instances import InstanceInfo
+from voltana.contract.state import InstanceState, SloTarget, slo_problem
 from voltana.rpc.limits import check_id
 from voltana.services.telemetry.codec import decode_fields, encode_fields, encode_json
 from voltana.services.telemetry.errors import (
@@ -60,7 +61,6 @@ from voltana.services.telemetry.records import (
     Aggregates,
     Completion,
     GpuReading,
-    InstanceInfo,
     Metric,
     SeriesPoint,
     WindowReport,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from voltana.services.telemetry.records import InstanceInfo
+from voltana.contract.instances import InstanceInfo
 from voltana.services.telemetry.store import TelemetryStore
 
 

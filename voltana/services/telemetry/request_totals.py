@@ -12,7 +12,7 @@ import bisect
 from collections import Counter
 from collections.abc import Iterable
 
-from voltana.policy.state import SloTarget
+from voltana.contract.state import SloTarget
 from voltana.services.telemetry.records import Completion
 
 

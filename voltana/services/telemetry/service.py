@@ -12,10 +12,10 @@ from grpc_health.v1 import health
 from opentelemetry import trace
 from prometheus_client import CollectorRegistry
 
+from voltana.contract.state import SloTarget
 from voltana.errors import FailedPreconditionError
 from voltana.lifecycle import AsyncService, cancel_and_wait
 from voltana.observability.prometheus import MetricsServer, start_metrics_server
-from voltana.policy.state import SloTarget
 from voltana.rpc import dialable_address, set_serving, start_grpc_server, stop_grpc_server
 from voltana.rpc.names import TELEMETRY_SERVICE
 from voltana.services.telemetry.books import CompletionBooks, build_books

@@ -30,8 +30,9 @@ from typing import Any, TypeVar
 
 import grpc.aio
 
+from voltana.contract.instances import GpuRef
+from voltana.contract.state import slo_problem
 from voltana.errors import InvalidArgumentError
-from voltana.policy.state import slo_problem
 from voltana.rpc.limits import MAX_TEXT_CHARS, check_address, check_id, check_ids
 from voltana.rpc.names import TELEMETRY_SERVICE, method_names
 from voltana.rpc.rate_limit import CallRateLimiter
@@ -57,13 +58,7 @@ from voltana.services.telemetry.errors import (
     UnknownInstanceError,
 )
 from voltana.services.telemetry.gpu_groups import GpuGroups, MemberReading
-from voltana.services.telemetry.records import (
-    Completion,
-    GpuReading,
-    GpuRef,
-    PendingPlacement,
-    RouterShare,
-)
+from voltana.services.telemetry.records import Completion, GpuReading, PendingPlacement, RouterShare
 from voltana.services.telemetry.registry import InstanceRegistry
 from voltana.services.telemetry.router_shares import RouterShares
 from voltana.services.telemetry.settings import TelemetrySettings

@@ -5,9 +5,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from voltana.contract.state import SloTarget
 from voltana.errors import ConfigError
 from voltana.observation import DEFAULT_OBSERVATION
-from voltana.policy.state import SloTarget
 from voltana.rpc.security import RpcSecurity
 from voltana.services.telemetry.redis_store import DEFAULT_KEY_PREFIX
 from voltana.services.telemetry.redis_url import check_redis_url

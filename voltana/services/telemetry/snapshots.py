@@ -10,8 +10,8 @@ import asyncio
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 
-from voltana.policy.state import InstanceState, Phase
-from voltana.services.telemetry.records import InstanceInfo
+from voltana.contract.instances import InstanceInfo
+from voltana.contract.state import InstanceState, Phase
 from voltana.services.telemetry.store import TelemetryStore
 
 

@@ -7,12 +7,12 @@ import contextlib
 from collections.abc import Callable, Collection, Mapping
 from typing import Protocol
 
-from voltana.policy.state import ClusterSnapshot, InstanceState, Phase, SloTarget
+from voltana.contract.instances import InstanceInfo
+from voltana.contract.state import ClusterSnapshot, InstanceState, Phase, SloTarget
 from voltana.services.telemetry.errors import InvalidTelemetryError
 from voltana.services.telemetry.records import (
     Aggregates,
     Completion,
-    InstanceInfo,
     Metric,
     SeriesPoint,
     WindowReport,

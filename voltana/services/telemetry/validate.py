@@ -10,15 +10,11 @@ import dataclasses
 import math
 from typing import Any
 
-from voltana.policy.state import InstanceState, SloTarget, optional_state_fields
+from voltana.contract.instances import MAX_INSTANCE_GPUS, InstanceInfo
+from voltana.contract.state import InstanceState, SloTarget, optional_state_fields
 from voltana.rpc.limits import check_address, check_id, check_name, check_text, slo_target_problem
 from voltana.services.telemetry.errors import InvalidTelemetryError
-from voltana.services.telemetry.records import (
-    MAX_INSTANCE_GPUS,
-    Completion,
-    GpuReading,
-    InstanceInfo,
-)
+from voltana.services.telemetry.records import Completion, GpuReading
 
 # Every number a state carries is a count, a size, a rate, a time or a reading: none is negative.
 _NUMERIC_STATE_FIELDS: tuple[str, ...] = tuple(

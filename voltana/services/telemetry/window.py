@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Collection, Iterable, Mapping, Sequence
 
-from voltana.policy.state import SloTarget
+from voltana.contract.state import SloTarget
 from voltana.services.telemetry.records import Aggregates, Completion, SeriesPoint, WindowReport
 from voltana.services.telemetry.request_totals import RequestTotals
 
