@@ -3,6 +3,8 @@ that really separates the simulated hardware from the policies' model, and the s
 
 from __future__ import annotations
 
+import random
+
 import numpy as np
 import pytest
 
@@ -11,6 +13,8 @@ from voltana.errors import ConfigError
 from voltana.hardware import get_gpu, get_model
 from voltana.perf.analytical import AnalyticalPerformanceModel
 from voltana.perf.mismatch import MismatchedPerformanceModel, ModelMismatch, PhaseMismatch
+from voltana.perf.model import calibrated_clock_range_mhz
+from voltana.sim.cluster import ClusterConfig
 from voltana.sim.evaluate import Row
 from voltana.sim.heldout import (
     FAMILIES,
@@ -22,6 +26,7 @@ from voltana.sim.heldout import (
     run_case,
     split_summary,
 )
+from voltana.sim.run import policy_context
 from voltana.workloads import load_workload
 from voltana.workloads.synthetic_spec import format_synthetic_spec, parse_synthetic_spec
 
@@ -89,6 +94,19 @@ def test_the_mismatch_scales_each_phase_by_its_factor_at_the_clock() -> None:
     assert true.kv_capacity_tokens() == BELIEVED.kv_capacity_tokens()
     exact = MismatchedPerformanceModel(BELIEVED, ModelMismatch())
     assert exact.decode_iteration(8, 4000, 1005) == BELIEVED.decode_iteration(8, 4000, 1005)
+
+
+def test_the_true_hardware_keeps_the_believed_models_calibrated_range() -> None:
+    """Every clock set is limited to where the model rests on measurements: a fixed-clock rival
+    searched on the true hardware, and the extrapolated-energy share, ask the true model. (They
+    took the GPU's whole range: the first test split's static-best ran A100 decode at 225 MHz
+    against a voltana held to 855 MHz, and reported no extrapolated energy.)"""
+    true = MismatchedPerformanceModel(BELIEVED, ModelMismatch.draw(random.Random(1)))
+    assert calibrated_clock_range_mhz(true) == calibrated_clock_range_mhz(BELIEVED) == (855, 1410)
+    allowed = policy_context(ClusterConfig(A100, BELIEVED.model), true).supported_clocks_mhz
+    assert min(allowed) == 855 and max(allowed) == 1410
+    opted_in = ClusterConfig(A100, BELIEVED.model, allow_extrapolated_clocks=True)
+    assert min(policy_context(opted_in, true).supported_clocks_mhz) == A100.min_sm_clock_mhz
 
 
 def _cheap_case(**changes: object) -> HeldOutCase:

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 
 from voltana.hardware.gpus import GpuSpec
 from voltana.hardware.models import ModelSpec
-from voltana.perf.model import IterationEstimate, PerformanceModel
+from voltana.perf.model import IterationEstimate, PerformanceModel, calibrated_clock_range_mhz
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +80,13 @@ class MismatchedPerformanceModel:
     @property
     def mismatch(self) -> ModelMismatch:
         return self._mismatch
+
+    @property
+    def calibrated_clock_range_mhz(self) -> tuple[int, int]:
+        """The believed model's: where it rests on measurements is the same whatever the GPU
+        truly does (without this, everything that asks - the static-best search, the
+        extrapolated-energy share - took the GPU's whole range)."""
+        return calibrated_clock_range_mhz(self._believed)
 
     def _position(self, sm_clock_mhz: float) -> float:
         return min(1.0, max(0.0, (sm_clock_mhz - self._min_mhz) / self._span_mhz))
