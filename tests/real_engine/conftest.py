@@ -8,6 +8,7 @@ not built them already (``VOLTANA_REAL_SGLANG_CUDA_STUB``, ``VOLTANA_REAL_SGLANG
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -19,7 +20,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-
 from conftest import free_port
 
 HERE = Path(__file__).resolve().parent
@@ -87,10 +87,8 @@ class RealSglang:
                 self.process.wait()
         else:
             # Children left behind by a server that died.
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.process.pid, 9)
-            except ProcessLookupError:
-                pass
 
 
 def _answers(url: str) -> bool:
@@ -111,6 +109,8 @@ def start_sglang(
         [str(stub_dir), *filter(None, [env.get("LD_LIBRARY_PATH")])]
     )
     env["CUDA_VISIBLE_DEVICES"] = ""
+    # SGLang's CPU paths (without it, its rotary embedding reaches for vLLM's CUDA kernels).
+    env["SGLANG_USE_CPU_ENGINE"] = "1"
     env["HF_HUB_OFFLINE"] = "1"
     env["TRANSFORMERS_OFFLINE"] = "1"
     env.setdefault("OMP_NUM_THREADS", "1")
@@ -128,7 +128,6 @@ def start_sglang(
         "--max-total-tokens", str(MAX_TOTAL_TOKENS),
         "--max-running-requests", str(MAX_RUNNING_REQUESTS),
         "--enable-metrics",
-        "--disable-cuda-graph",
         "--skip-server-warmup",
         "--log-level", "info",
         *extra_args,
@@ -178,7 +177,30 @@ def real_sglang(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[RealSglang]:
     """A real SGLang server (unified mode, --enable-metrics) for the whole session."""
-    server = start_sglang(sglang_python, tiny_model, cuda_stub_dir, tmp_path_factory.mktemp("sglang"))
+    server = start_sglang(
+        sglang_python, tiny_model, cuda_stub_dir, tmp_path_factory.mktemp("sglang")
+    )
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def real_sglang_incremental(
+    sglang_python: str,
+    cuda_stub_dir: Path,
+    tiny_model: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[RealSglang]:
+    """A second server with --incremental-streaming-output, as Voltana's deployments run it."""
+    server = start_sglang(
+        sglang_python,
+        tiny_model,
+        cuda_stub_dir,
+        tmp_path_factory.mktemp("sglang-incremental"),
+        "--incremental-streaming-output",
+    )
     try:
         yield server
     finally:

@@ -67,10 +67,8 @@ def record(url: str, out: Path) -> None:
         {"text": PROMPT, "sampling_params": sampling(12, stop_token_ids=[ids[3]])},
     )
     generate("generate_max_tokens_0.json", {"text": PROMPT, "sampling_params": sampling(0)})
-    generate(
-        "generate_error.json", {"text": PROMPT, "sampling_params": {"max_new_tokens": "many"}}
-    )
-    status, raw = post(
+    generate("generate_error.json", {"text": PROMPT, "sampling_params": {"max_new_tokens": "many"}})
+    _status, raw = post(
         f"{url}/generate",
         {"text": PROMPT, "sampling_params": sampling(4, ignore_eos=True), "stream": True},
     )
