@@ -169,6 +169,58 @@ def positive_int(text: str) -> int:
     return value
 
 
+def non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be >= 0")
+    return value
+
+
+def add_cluster_shape_args(group: argparse._ActionsContainer) -> None:
+    """--prefill/--decode (a PD cluster) and --unified (colocated instances), mixable."""
+    group.add_argument(
+        "--prefill", type=non_negative_int, help="prefill instances (default: 2, 0 with --unified)"
+    )
+    group.add_argument(
+        "--decode", type=non_negative_int, help="decode instances (default: 2, 0 with --unified)"
+    )
+    group.add_argument(
+        "--unified",
+        type=non_negative_int,
+        default=0,
+        metavar="N",
+        help="colocated instances, each prefilling and decoding (SGLang without "
+        "disaggregation); alone, or beside --prefill/--decode (default: 0)",
+    )
+
+
+def cluster_shape_from_args(args: argparse.Namespace) -> tuple[int, int, int]:
+    """(prefill, decode, unified) instance counts: 2P2D by default, no PD pair when only
+    --unified is given."""
+    default_pd = 0 if args.unified else 2
+    prefill = default_pd if args.prefill is None else args.prefill
+    decode = default_pd if args.decode is None else args.decode
+    if (prefill == 0) != (decode == 0):
+        raise ConfigError(
+            f"PD serving needs both --prefill and --decode >= 1 (got {prefill} and {decode}); "
+            "colocated instances alone: --unified N"
+        )
+    if prefill + args.unified == 0:
+        raise ConfigError("the cluster has no instance: --prefill/--decode or --unified N")
+    return prefill, decode, args.unified
+
+
+def cluster_shape_label(prefill: int, decode: int, unified: int) -> str:
+    """E.g. 2P2D, 4U, 1P1D+2U."""
+    parts = [f"{prefill}P{decode}D"] if prefill else []
+    if unified:
+        parts.append(f"{unified}U")
+    return "+".join(parts)
+
+
 def add_workload_shaping_args(parser: argparse.ArgumentParser) -> None:
     workload = parser.add_argument_group("workload shaping")
     workload.add_argument(
