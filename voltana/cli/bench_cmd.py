@@ -40,9 +40,9 @@ from voltana.cli.security_opts import (
     api_key_from_args,
     security_from_args,
 )
-from voltana.cli.serve_cmd import host_port, host_ports
 from voltana.contract.state import SloTarget
 from voltana.errors import ConfigError, VoltanaError
+from voltana.flags.values import host_port, host_ports
 from voltana.report import RunOutcome, add_savings, format_table, summarize
 from voltana.rpc import RpcSecurity
 from voltana.sdk import (

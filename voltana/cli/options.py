@@ -1,15 +1,18 @@
-"""Flags shared by several commands, and turning them into core objects."""
+"""Flags shared by several commands, and turning them into core objects.
+
+The value readers (positive_float, ...) live in voltana.flags.values, beside the settings' flag
+metadata that services use; the commands import positive_float and positive_int from here."""
 
 from __future__ import annotations
 
 import argparse
-import math
 import os
 from dataclasses import dataclass
 
 from voltana.contract.state import SloTarget
 from voltana.errors import ConfigError
 from voltana.event_loop import DEFAULT_EVENT_LOOP, EVENT_LOOPS
+from voltana.flags.values import non_negative_int, positive_float, positive_int
 from voltana.hardware import GPU_CATALOG, MODEL_CATALOG, GpuSpec, ModelSpec
 from voltana.perf.model import PerformanceModel
 from voltana.perf.selection import resolve_physics
@@ -137,46 +140,6 @@ def slo_from_args(args: argparse.Namespace) -> SloTarget:
     return SloTarget(
         ttft_ms=args.ttft_slo_ms, itl_ms=args.itl_slo_ms, ttft_ms_per_1k_tokens=per_1k_ms
     )
-
-
-def positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be > 0")
-    return value
-
-
-def non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not (math.isfinite(value) and value >= 0):
-        raise argparse.ArgumentTypeError(f"{text!r} must be a finite number >= 0")
-    return value
-
-
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} must be >= 1")
-    return value
-
-
-def non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be >= 0")
-    return value
 
 
 def add_cluster_shape_args(group: argparse._ActionsContainer) -> None:

@@ -24,9 +24,9 @@ from voltana.cli.security_opts import (
     redis_password_from_args,
     security_from_args,
 )
-from voltana.cli.serve_cmd import port_number
 from voltana.deploy.ports import CONTROLLER_PORT, ROUTER_HTTP_PORT, ROUTER_PORT, TELEMETRY_PORT
 from voltana.errors import ConfigError
+from voltana.flags.values import port_number
 from voltana.hardware import GPU_CATALOG, MODEL_CATALOG
 from voltana.lifecycle import wait_for_stop_or_failure
 from voltana.observability import add_observability_args, observability_from_args

@@ -14,6 +14,9 @@ from dataclasses import dataclass, field
 from voltana.contract.state import Phase
 from voltana.engine import ScaledClock, SimEngine, SimEngineSettings
 from voltana.errors import ConfigError
+from voltana.flags import composed, flag, no_flag
+from voltana.flags.common import METRICS, SECURITY
+from voltana.flags.values import host_port, non_negative_int, positive_int
 from voltana.gpu import SharedSimulatedGpu, SimulatedGpu
 from voltana.hardware import get_gpu, get_model
 from voltana.lifecycle import AsyncService
@@ -30,33 +33,85 @@ _LOG = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class EngineNodeSettings:
-    engine: SimEngineSettings = field(default_factory=SimEngineSettings)
+    engine: SimEngineSettings = field(
+        default_factory=SimEngineSettings, metadata=composed("SimEngineSettings' flags")
+    )
     # Host other containers reach this engine by (compose service name); "" = the engine's own.
-    advertise_host: str = ""
+    advertise_host: str = field(
+        default="",
+        metadata=flag("host other services reach this engine by", default_help="the listen host"),
+    )
     # Telemetry to register with and report to (host:port); None = standalone engine.
-    telemetry_address: str | None = None
+    telemetry_address: str | None = field(
+        default=None,
+        metadata=flag(
+            "register with this telemetry and report load to it",
+            name="--telemetry",
+            parse=host_port,
+            metavar="HOST:PORT",
+            default_help="standalone",
+        ),
+    )
     # Co-hosted node agent on this engine's GPU (host:port); None = no agent.
-    agent_listen_address: str | None = None
+    agent_listen_address: str | None = field(
+        default=None,
+        metadata=flag(
+            "also serve a node agent (sim backend) on this engine's simulated GPU",
+            name="--agent-listen",
+            parse=host_port,
+            metavar="HOST:PORT",
+            default_help="none",
+        ),
+    )
     # host:port the controller dials for that agent; "" = advertise_host:<agent port>.
-    agent_advertise_address: str = ""
+    agent_advertise_address: str = field(
+        default="",
+        metadata=flag(
+            "address the controller dials for that agent",
+            name="--agent-advertise",
+            parse=host_port,
+            metavar="HOST:PORT",
+            default_help="ADVERTISE_HOST:PORT",
+        ),
+    )
     # The engine's GPU index (its first, with tensor parallelism: the next tp - 1 follow),
     # or every index of its GPUs.
-    gpu_index: int = 0
-    gpu_indices: tuple[int, ...] = ()
+    gpu_index: int = field(default=0, metadata=flag("GPU index", parse=non_negative_int))
+    gpu_indices: tuple[int, ...] = field(default=(), metadata=no_flag())
     # Keep the simulated GPU's state in this directory (voltana.gpu.shared_sim), so a node
     # agent in another process (backend sim-shared) controls it; "" = in this process.
-    gpu_state_dir: str = ""
+    gpu_state_dir: str = field(
+        default="",
+        metadata=flag(
+            "keep the simulated GPU's state in DIR, shared with a separate `serve agent "
+            "--backend sim-shared --sim-state-dir DIR`",
+            metavar="DIR",
+            default_help="in this process",
+        ),
+    )
     # host:port of that separate node agent, registered as the instance's agent ("" = none,
     # or the co-hosted one).
-    agent_address: str = ""
-    sample_interval_ms: int = 250
+    agent_address: str = field(
+        default="",
+        metadata=flag(
+            "a separate node agent that controls this engine's GPU (with --gpu-state-dir)",
+            name="--agent",
+            parse=host_port,
+            metavar="HOST:PORT",
+            default_help="none",
+        ),
+    )
+    sample_interval_ms: int = field(
+        default=250,
+        metadata=flag("GPU sampling period of the co-hosted agent", parse=positive_int),
+    )
     # Prometheus /metrics of the co-hosted agent ("host:port"); None = not served. (The
     # engine's own SGLang metrics are on its port, at /metrics.)
-    agent_metrics_listen_address: str | None = None
+    agent_metrics_listen_address: str | None = field(default=None, metadata=METRICS)
     # start() waits this long for telemetry (containers start in any order).
-    telemetry_wait_s: float = 60.0
+    telemetry_wait_s: float = field(default=60.0, metadata=no_flag())
     # Control-plane token (registering, reporting and the co-hosted agent need it) and TLS.
-    security: RpcSecurity = field(default_factory=RpcSecurity)
+    security: RpcSecurity = field(default_factory=RpcSecurity, metadata=SECURITY)
 
     def __post_init__(self) -> None:
         if self.gpu_index < 0 or any(index < 0 for index in self.gpu_indices):

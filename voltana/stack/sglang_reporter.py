@@ -27,9 +27,14 @@ from pathlib import Path
 import grpc
 
 from voltana.contract.state import InstanceState, Phase
+from voltana.deploy.ports import TELEMETRY_PORT
 from voltana.engine import SglangHttpClient
 from voltana.engine.errors import EngineError
+from voltana.engine.protocol import DEFAULT_BOOTSTRAP_PORT
 from voltana.errors import ConfigError, UnavailableError, VoltanaError
+from voltana.flags import composed, flag
+from voltana.flags.common import GPU, SECURITY
+from voltana.flags.values import host_port, port_number, positive_float, positive_int
 from voltana.hardware import get_gpu
 from voltana.lifecycle import cancel_and_wait
 from voltana.observation import DEFAULT_OBSERVATION, EngineGauges, LatencyWindow
@@ -44,35 +49,87 @@ DEFAULT_PROMPT_TOKENS = 1024
 _GPU_KEY_RETRY_S = 5.0
 
 
+# Its GPUs: --agent and --gpu-index N|HOST:PORT/N (serve instance).
+GPUS = composed("--agent, --gpu-index (serve instance)")
+
+
 @dataclass(frozen=True)
 class SglangInstanceSettings:
-    telemetry_address: str
-    instance_id: str
-    phase: Phase
+    telemetry_address: str = field(
+        metadata=flag(
+            "telemetry service to register with and report to",
+            name="--telemetry",
+            parse=host_port,
+            metavar="HOST:PORT",
+            default=f"127.0.0.1:{TELEMETRY_PORT}",
+        )
+    )
+    instance_id: str = field(metadata=flag("id of the instance in telemetry", required=True))
+    phase: Phase = field(
+        metadata=flag(
+            "its --disaggregation-mode",
+            name="--mode",
+            choices=tuple(phase.value for phase in Phase),
+            convert=Phase,
+            required=True,
+        )
+    )
     # Where this reporter reads the server, and where the router should send requests (the
     # same unless the reporter reaches it by another name).
-    engine_url: str
-    advertised_engine_url: str = ""
+    engine_url: str = field(
+        metadata=flag(
+            "the SGLang server, e.g. http://sglang-prefill:30000", metavar="URL", required=True
+        )
+    )
+    advertised_engine_url: str = field(
+        default="",
+        metadata=flag(
+            "URL the router should use",
+            name="--advertise-engine-url",
+            metavar="URL",
+            default_help="--engine-url",
+        ),
+    )
     # Catalog key of its GPU; "" = what its node agent detected (ListGpus), so the GPU type has
     # one source of truth, the agent.
-    gpu_key: str = ""
-    bootstrap_host: str = ""
-    bootstrap_port: int = 0
-    agent_address: str = ""
-    gpu_index: int = 0
+    gpu_key: str = field(default="", metadata=flag(GPU, default_help="what its node agent detects"))
+    bootstrap_host: str = field(
+        default="", metadata=flag("prefill: host of its KV bootstrap server")
+    )
+    bootstrap_port: int = field(
+        default=0,
+        metadata=flag(
+            "prefill: its --disaggregation-bootstrap-port (SGLang's default: "
+            f"{DEFAULT_BOOTSTRAP_PORT})",
+            parse=port_number,
+            default_help="none; a prefill instance needs it",
+        ),
+    )
+    agent_address: str = field(default="", metadata=GPUS)
+    gpu_index: int = field(default=0, metadata=GPUS)
     # Every GPU of a tensor-parallel server (first = agent_address/gpu_index), on one node
     # agent or several; empty = the one GPU above.
-    gpus: tuple[GpuRef, ...] = ()
+    gpus: tuple[GpuRef, ...] = field(default=(), metadata=GPUS)
     # A file holding the server's GPU UUIDs, comma-separated (its container's
     # NVIDIA_VISIBLE_DEVICES, on Kubernetes): they replace gpu_index/gpus, as the agent numbers
     # them.
-    gpu_uuids_file: str = ""
-    interval_ms: int = 250
+    gpu_uuids_file: str = field(
+        default="",
+        metadata=flag(
+            "file with the server's GPU UUIDs, comma-separated (its NVIDIA_VISIBLE_DEVICES); "
+            "replaces --gpu-index: the agent says which GPUs those are",
+            metavar="PATH",
+        ),
+    )
+    interval_ms: int = field(default=250, metadata=flag("scrape period", parse=positive_int))
     # start() waits this long for the server's /health (model loading takes minutes) and for
     # telemetry.
-    startup_timeout_s: float = 1800.0
+    startup_timeout_s: float = field(
+        default=1800.0,
+        metadata=flag("wait this long for the server to become healthy", parse=positive_float),
+    )
     # Control-plane token (registering and reporting need it) and TLS.
-    security: RpcSecurity = field(default_factory=RpcSecurity)
+    security: RpcSecurity = field(default_factory=RpcSecurity, metadata=SECURITY)
 
     def __post_init__(self) -> None:
         if not self.instance_id:

@@ -7,7 +7,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
+from voltana.deploy.ports import AGENT_PORT
 from voltana.errors import ConfigError
+from voltana.flags import flag, no_flag
+from voltana.flags.common import METRICS, SECURITY, listen_flag
+from voltana.flags.values import host_port, instance_binding, non_negative_int, positive_int
 from voltana.rpc.security import RpcSecurity
 
 # "sim-shared": simulated GPUs whose state lives in files under sim_state_dir, shared with
@@ -19,45 +23,119 @@ BACKENDS: tuple[AgentBackend, ...] = ("nvml", "sim", "sim-shared")
 @dataclass(frozen=True)
 class AgentSettings:
     # Loopback by default: the agent changes clocks, so exposing it is a deliberate choice.
-    listen_address: str = "127.0.0.1:0"
+    listen_address: str = field(default="127.0.0.1:0", metadata=listen_flag(AGENT_PORT))
     # host:port the agent reports in ListGpus and samples; empty = 127.0.0.1:<bound port>.
-    advertise_address: str = ""
-    backend: AgentBackend = "sim"
+    advertise_address: str = field(
+        default="",
+        metadata=flag(
+            "address the controller dials, reported in samples",
+            name="--advertise",
+            parse=host_port,
+            metavar="HOST:PORT",
+            default_help="the bound address",
+        ),
+    )
+    backend: AgentBackend = field(
+        default="sim",
+        metadata=flag(
+            "GPU backend; sim-shared: simulated GPUs shared with `serve engine "
+            "--gpu-state-dir` processes",
+            choices=BACKENDS,
+            default="nvml",  # a deployed agent drives real GPUs
+        ),
+    )
     # GPUs this agent controls; empty = every GPU NVML sees (nvml) or one GPU, index 0 (sim).
-    gpu_indices: tuple[int, ...] = ()
+    gpu_indices: tuple[int, ...] = field(
+        default=(),
+        metadata=flag(
+            "GPU to control, repeatable",
+            name="--gpu-index",
+            parse=non_negative_int,
+            convert=tuple,
+            repeat=True,
+            metavar="N",
+            default_help="every GPU; sim: GPU 0",
+        ),
+    )
     # Catalog key (voltana.hardware) of the simulated GPUs; also reported as gpu_key.
-    sim_gpu_key: str = "a100-80g"
+    sim_gpu_key: str = field(
+        default="a100-80g", metadata=flag("GPU type of the sim backend", name="--sim-gpu")
+    )
     # Catalog key to report for NVML GPUs; empty = match NVML's device name against the catalog.
-    gpu_key: str = ""
+    gpu_key: str = field(
+        default="",
+        metadata=flag("catalog GPU type to report", default_help="from NVML's name"),
+    )
     # Serving instance → its GPU index, or the indices of a tensor-parallel instance's GPUs,
     # so selectors and samples can name instances (see ``instance_gpu_groups``).
-    instance_gpu_indices: Mapping[str, int | Sequence[int]] = field(default_factory=dict)
-    node_name: str = ""
+    instance_gpu_indices: Mapping[str, int | Sequence[int]] = field(
+        default_factory=dict,
+        metadata=flag(
+            "serving instance ID runs on GPU index GPU (a tensor-parallel one on several), "
+            "repeatable",
+            name="--instance",
+            parse=instance_binding,
+            convert=dict,
+            repeat=True,
+            metavar="ID=GPU[,GPU...]",
+        ),
+    )
+    node_name: str = field(default="", metadata=flag("name of this host in logs"))
     # A SetClocks lease lasts this long unless the caller asks otherwise; requests are capped
     # at max_lease_ttl_ms so a forgotten (or hostile) lease cannot pin a low clock for long.
-    default_lease_ttl_ms: int = 10_000
-    max_lease_ttl_ms: int = 30_000
+    default_lease_ttl_ms: int = field(
+        default=10_000, metadata=flag("default clock lease", parse=positive_int)
+    )
+    max_lease_ttl_ms: int = field(
+        default=30_000,
+        metadata=flag("longest clock lease; longer requests are cut to it", parse=positive_int),
+    )
     # After a clock change, poll the device until it reports the new clock, for at most this.
-    readback_timeout_ms: float = 200.0
-    readback_poll_ms: float = 10.0
+    readback_timeout_ms: float = field(default=200.0, metadata=no_flag())
+    readback_poll_ms: float = field(default=10.0, metadata=no_flag())
     # Put every GPU back to default clocks at start (a previous agent may have crashed).
-    reset_on_start: bool = True
+    reset_on_start: bool = field(
+        default=True,
+        metadata=flag(
+            "do not reset every GPU to default clocks at start", name="--no-reset-on-start"
+        ),
+    )
     # sim-shared backend: directory of the shared GPU state files (voltana.gpu.shared_sim).
-    sim_state_dir: str = ""
+    sim_state_dir: str = field(
+        default="",
+        metadata=flag("sim-shared: directory of the shared GPU state files", metavar="DIR"),
+    )
     # Run the fail-safe watchdog process (services/agent/failsafe_main.py) for GPUs that
     # outlive the agent (nvml, sim-shared): it resets them when the agent dies, or when a
     # lease has been over for failsafe_grace_s without the agent resetting it.
-    failsafe_watchdog: bool = True
-    failsafe_grace_s: float = 1.0
+    failsafe_watchdog: bool = field(
+        default=True,
+        metadata=flag(
+            "run no watchdog process that resets the GPUs if the agent dies (nvml, sim-shared)",
+            name="--no-failsafe-watchdog",
+        ),
+    )
+    failsafe_grace_s: float = field(default=1.0, metadata=no_flag())
     # Telemetry service to stream GPU samples to (host:port); None = no streaming.
-    telemetry_address: str | None = None
-    sample_interval_ms: int = 500
+    telemetry_address: str | None = field(
+        default=None,
+        metadata=flag(
+            "telemetry to stream GPU samples to",
+            name="--telemetry",
+            parse=host_port,
+            metavar="HOST:PORT",
+            default_help="none",
+        ),
+    )
+    sample_interval_ms: int = field(
+        default=500, metadata=flag("GPU sampling period", parse=positive_int)
+    )
     # Control-plane token (SetClocks/ResetClocks/RenewLease require it; GPU samples to
     # telemetry carry it) and TLS files; voltana.rpc.security.
-    security: RpcSecurity = field(default_factory=RpcSecurity)
-    shutdown_grace_s: float = 2.0
+    security: RpcSecurity = field(default_factory=RpcSecurity, metadata=SECURITY)
+    shutdown_grace_s: float = field(default=2.0, metadata=no_flag())
     # Prometheus /metrics ("host:port", port 0 = any free); None = not served.
-    metrics_listen_address: str | None = None
+    metrics_listen_address: str | None = field(default=None, metadata=METRICS)
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:

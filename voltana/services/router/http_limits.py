@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from voltana.errors import ConfigError
+from voltana.flags import flag, no_flag
+from voltana.flags.values import non_negative_int, positive_float, positive_int
 from voltana.services.router.http_fields import HttpRequestError
 
 _QUOTE, _BACKSLASH = 0x22, 0x5C
@@ -31,20 +33,37 @@ class HttpLimits:
 
     # Largest request body: a prompt at the router's default limit of 32k tokens fits (ids
     # ~200 KB; text ~130 KB, 6 bytes a character if all escaped); parsing is what it bounds.
-    max_body_bytes: int = 2 * 2**20
+    max_body_bytes: int = field(
+        default=2 * 2**20, metadata=flag("largest request body, bytes", parse=positive_int)
+    )
     # Deepest JSON nesting (an OpenAI chat body needs 4), and most arrays and objects in one
     # body (a chat of 10k messages of one text part each has 20k).
-    max_json_depth: int = 32
-    max_json_containers: int = 50_000
+    max_json_depth: int = field(default=32, metadata=no_flag())
+    max_json_containers: int = field(default=50_000, metadata=no_flag())
     # From a request's first byte to the end of its headers; the connection is closed after.
-    header_timeout_s: float = 10.0
+    header_timeout_s: float = field(
+        default=10.0,
+        metadata=flag("a request's headers must arrive within this", parse=positive_float),
+    )
     # From the end of the headers to the end of the body; 408 and the connection is closed.
-    body_timeout_s: float = 30.0
+    body_timeout_s: float = field(
+        default=30.0,
+        metadata=flag("its body within this after the headers, else 408", parse=positive_float),
+    )
     # An idle keep-alive connection (also one that never sends a byte) is closed after this.
-    keepalive_timeout_s: float = 15.0
+    keepalive_timeout_s: float = field(
+        default=15.0,
+        metadata=flag("idle connections are closed after this", parse=positive_float),
+    )
     # Open connections per remote address; more are answered 429 and closed (0 = no cap).
     # Clients behind one proxy or NAT share an address: raise it there.
-    max_connections_per_client: int = 256
+    max_connections_per_client: int = field(
+        default=256,
+        metadata=flag(
+            "open connections per remote address, more get 429; 0 = no cap",
+            parse=non_negative_int,
+        ),
+    )
 
     def __post_init__(self) -> None:
         for name in ("max_body_bytes", "max_json_depth", "max_json_containers"):
