@@ -354,7 +354,7 @@ async def read_energy(telemetry_address: str, security: RpcSecurity | None = Non
     return EnergyReading(
         energy_j={
             state.instance_id: state.energy_j
-            for state in (*snapshot.prefill.values(), *snapshot.decode.values())
+            for state in snapshot.states()
         },
         engine_urls={i: info.engine_url for i, info in infos.items() if info.engine_url},
         gpus={i: max(1, len(info.gpu_refs)) for i, info in infos.items()},

@@ -9,23 +9,26 @@ from voltana.errors import ConfigError
 
 
 class EngineMode(enum.StrEnum):
-    """SGLang's ``--disaggregation-mode``: ``null`` is one instance doing prefill and decode."""
+    """SGLang's ``--disaggregation-mode``: ``null`` is one instance doing prefill and decode
+    (a colocated, "unified" instance: ``UNIFIED`` is the same mode, and ``parse`` takes
+    "unified" for it)."""
 
     PREFILL = "prefill"
     DECODE = "decode"
     NULL = "null"
+    UNIFIED = "null"  # an alias: SGLang without disaggregation
 
     @classmethod
     def parse(cls, value: str | EngineMode) -> EngineMode:
         if isinstance(value, EngineMode):
             return value
         normalized = value.strip().lower()
-        if normalized in ("mixed", "none", ""):
+        if normalized in ("mixed", "none", "unified", "colocated", ""):
             return cls.NULL
         try:
             return cls(normalized)
         except ValueError:
-            valid = ", ".join([*(mode.value for mode in cls), "mixed"])
+            valid = ", ".join([*(mode.value for mode in cls), "unified", "mixed"])
             raise ConfigError(f"unknown engine mode {value!r}; valid: {valid}") from None
 
 
