@@ -668,9 +668,10 @@ def _add_engine(
     _listen_arg(parser, ENGINE_PORT)
     parser.add_argument(
         "--mode",
-        choices=[mode.value for mode in EngineMode],
+        choices=[*(mode.value for mode in EngineMode), "unified"],
         default="null",
-        help="SGLang --disaggregation-mode (default: %(default)s)",
+        help="SGLang --disaggregation-mode; unified = null, a colocated instance that prefills "
+        "and decodes (default: %(default)s)",
     )
     parser.add_argument(
         "--bootstrap-port",
@@ -834,7 +835,10 @@ def _add_instance(
     )
     parser.add_argument("--instance-id", required=True, help="id of the instance in telemetry")
     parser.add_argument(
-        "--mode", choices=("prefill", "decode"), required=True, help="its --disaggregation-mode"
+        "--mode",
+        choices=("prefill", "decode", "unified"),
+        required=True,
+        help="its --disaggregation-mode; unified: a server without disaggregation (colocated)",
     )
     parser.add_argument(
         "--bootstrap-host", default="", help="prefill: host of its KV bootstrap server"

@@ -68,7 +68,11 @@ def reported_gpu_key(snapshot: ClusterSnapshot) -> str | None:
     """The catalogued GPU most decode instances report (node agents detect it), or None."""
     keys = Counter(
         state.gpu_key.lower()
-        for state in (*snapshot.decode.values(), *snapshot.prefill.values(), *snapshot.unified.values())
+        for state in (
+            *snapshot.decode.values(),
+            *snapshot.prefill.values(),
+            *snapshot.unified.values(),
+        )
         if state.gpu_key.lower() in GPU_CATALOG
     )
     return keys.most_common(1)[0][0] if keys else None

@@ -408,9 +408,7 @@ class TelemetryServicer(telemetry_pb2_grpc.TelemetryServiceServicer):
             if placed_at_s < now_s - self._settings.arrival_rate_window_s:
                 continue  # already outside every window (a batch held up somewhere)
             # A colocated placement names its instance twice: one arrival there.
-            placed_on = dict.fromkeys(
-                (placement.prefill_instance_id, placement.decode_instance_id)
-            )
+            placed_on = dict.fromkeys((placement.prefill_instance_id, placement.decode_instance_id))
             for instance_id in placed_on:
                 self._arrivals.record(instance_id, placed_at_s, placement.input_tokens)
                 if router_id:
