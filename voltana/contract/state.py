@@ -145,6 +145,16 @@ class ClusterSnapshot:
             or self.unified.get(instance_id)
         )
 
+    def states(self) -> tuple[InstanceState, ...]:
+        """Every instance: prefill, decode, then colocated."""
+        return (*self.prefill.values(), *self.decode.values(), *self.unified.values())
+
+    @property
+    def placeable(self) -> bool:
+        """Whether a request has somewhere to go: a prefill and a decode instance, or a
+        colocated one."""
+        return bool(self.unified) or (bool(self.prefill) and bool(self.decode))
+
 
 @dataclass(frozen=True, slots=True)
 class RequestSpec:
