@@ -287,10 +287,20 @@ class ReplayResult:
     results: list[RequestResult]
     started_s: float
     finished_s: float
+    # Wall seconds between the two energy readings around the replay (None: not measured).
+    metered_s: float | None = None
 
     @property
     def duration_s(self) -> float:
         return max(0.0, self.finished_s - self.started_s)
+
+    @property
+    def energy_window_s(self) -> float:
+        """What the energy figure covers: the readings' span when energy was read (a short
+        replay's own span would leave the readings' lag out and overstate the power)."""
+        if self.metered_s is None:
+            return self.duration_s
+        return max(self.duration_s, self.metered_s)
 
 
 async def replay(
@@ -489,7 +499,7 @@ def outcome_of(
         mean_itl_ms=[r.mean_itl_ms for r in completed],
         output_tokens=sum(r.output_tokens for r in completed),
         energy_j=energy_j,
-        duration_s=replay_result.duration_s * speedup,
+        duration_s=replay_result.energy_window_s * speedup,
         num_gpus=num_gpus,
         rejected=dict(sorted(errors.items())),
         token_itl_ms=[gap for r in completed for gap in r.token_itl_ms],
@@ -526,6 +536,7 @@ async def bench(
     async with client:
         await client.wait_until_ready(args.connect_timeout_s)
         energy_before = await read_energy(args.telemetry, security) if args.telemetry else None
+        metered_from_s = time.monotonic()
         stall_before_s = (
             await host_stall_s(energy_before.engine_urls) if energy_before is not None else None
         )
@@ -545,6 +556,8 @@ async def bench(
         energy_after: EnergyReading | None = None
         if energy_before is not None:
             energy_after = await read_energy(args.telemetry, security)
+            # Energy covers the readings' span, not only the replay's: power is taken over it.
+            replayed.metered_s = time.monotonic() - metered_from_s
             stall_after_s = await host_stall_s(energy_after.engine_urls)
             if stall_after_s is not None:
                 stalled_s = max(0.0, stall_after_s - (stall_before_s or 0.0))
