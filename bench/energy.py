@@ -24,6 +24,12 @@ once, until --rows feasible rows are done; never choose a constant by looking at
 
     python bench/energy.py --split test --seed $RANDOM --rows 60 [--jobs 2] [--json OUT.json]
 
+Colocated instances (--unified N): the same matrix on N colocated (unified) instances instead
+of 2 prefill + 2 decode (SGLang without disaggregation; docs/policies.md).
+
+    python bench/energy.py --unified 4 --workloads azure-conv,lmsys-like --hardware 0 \
+        --loads light,moderate
+
 Live (--live): a slice of three workloads at moderate load on 2P2D A100 Llama-3.1-8B, replayed
 in real time through `voltana up --sim` (speedup 1) with `voltana bench`, next to the simulator
 on the very same requests, for static-max, voltana-paper and voltana: SLO attainment, TTFT
@@ -84,16 +90,24 @@ LIVE_MAX_RPS = 10.0
 # ---- offline -------------------------------------------------------------------------------
 
 
-def capacity_job(job: tuple[str, int]) -> tuple[str, int, float, float]:
-    name, hardware_index = job
+def shape_overrides(unified: int) -> dict[str, int]:
+    """The cluster's instances: the matrix' 2 prefill + 2 decode, or ``unified`` colocated."""
+    if unified:
+        return {"num_prefill": 0, "num_decode": 0, "num_unified": unified}
+    return {}
+
+
+def capacity_job(job: tuple[str, int, int]) -> tuple[str, int, float, float]:
+    name, hardware_index, unified = job
     started = time.perf_counter()
     workload, hardware = workloads()[name], HARDWARE[hardware_index]
-    capacity = slo_capacity(workload, hardware.cluster(workload.slo), hardware.perf())
+    config = hardware.cluster(workload.slo, **shape_overrides(unified))
+    capacity = slo_capacity(workload, config, hardware.perf())
     return name, hardware_index, capacity, time.perf_counter() - started
 
 
-def row_job(job: tuple[str, int, str, float, bool]) -> tuple[Row, float]:
-    name, hardware_index, load, multiplier, extrapolate = job
+def row_job(job: tuple[str, int, str, float, bool, int]) -> tuple[Row, float]:
+    name, hardware_index, load, multiplier, extrapolate, unified = job
     started = time.perf_counter()
     row = run_row(
         workloads()[name],
@@ -101,7 +115,7 @@ def row_job(job: tuple[str, int, str, float, bool]) -> tuple[Row, float]:
         load,
         multiplier,
         POLICIES,
-        config_overrides={"allow_extrapolated_clocks": extrapolate},
+        config_overrides={"allow_extrapolated_clocks": extrapolate, **shape_overrides(unified)},
     )
     return row, time.perf_counter() - started
 
@@ -161,7 +175,7 @@ def run_offline(args: argparse.Namespace) -> dict[str, Any]:
     started = time.perf_counter()
     capacities: dict[tuple[str, int], float] = {}
     with ProcessPoolExecutor(max_workers=max(1, args.jobs)) as pool:
-        jobs = list(itertools.product(names, indices))
+        jobs = [(name, index, args.unified) for name, index in itertools.product(names, indices)]
         for name, index, capacity, wall_s in pool.map(capacity_job, jobs):
             capacities[name, index] = capacity
             print(
@@ -169,7 +183,14 @@ def run_offline(args: argparse.Namespace) -> dict[str, Any]:
                 file=sys.stderr,
             )
         row_jobs = [
-            (name, index, load, capacities[name, index] * LOADS[load], args.allow_extrapolated)
+            (
+                name,
+                index,
+                load,
+                capacities[name, index] * LOADS[load],
+                args.allow_extrapolated,
+                args.unified,
+            )
             for name, index, load in itertools.product(names, indices, loads)
             if capacities[name, index] > 0
         ]
@@ -186,6 +207,7 @@ def run_offline(args: argparse.Namespace) -> dict[str, Any]:
                     rows,
                     complete=n == len(row_jobs),
                     allow_extrapolated=args.allow_extrapolated,
+                    unified=args.unified,
                 )
                 Path(args.json).write_text(json.dumps(partial, indent=2) + "\n")
     print(format_matrix(rows))
@@ -193,7 +215,11 @@ def run_offline(args: argparse.Namespace) -> dict[str, Any]:
     print("\n".join(verdict_lines(rows)))
     print(f"\n{len(rows)} rows in {time.perf_counter() - started:.0f} s", file=sys.stderr)
     return offline_document(
-        capacities, rows, complete=True, allow_extrapolated=args.allow_extrapolated
+        capacities,
+        rows,
+        complete=True,
+        allow_extrapolated=args.allow_extrapolated,
+        unified=args.unified,
     )
 
 
@@ -203,10 +229,12 @@ def offline_document(
     *,
     complete: bool,
     allow_extrapolated: bool = False,
+    unified: int = 0,
 ) -> dict[str, Any]:
     return {
         "complete": complete,
         "allow_extrapolated_clocks": allow_extrapolated,
+        "cluster": f"{unified}U" if unified else "2P2D",
         "capacities": {f"{n}|{HARDWARE[i].label}": c for (n, i), c in capacities.items()},
         "rows": [row.as_dict() for row in rows],
     }
@@ -502,8 +530,17 @@ def main() -> int:
         help="offline: let policies use clocks outside the model's calibrated range "
         "(figures marked '*'; default: the calibrated range only)",
     )
+    parser.add_argument(
+        "--unified",
+        type=int,
+        default=0,
+        metavar="N",
+        help="offline matrix: N colocated instances instead of 2 prefill + 2 decode",
+    )
     parser.add_argument("--json", metavar="OUT.json")
     args = parser.parse_args()
+    if args.unified < 0 or (args.unified and (args.live or args.split == "test")):
+        parser.error("--unified N (N >= 1) runs the offline development matrix only")
     if args.split == "test" and args.seed is None:
         parser.error("--split test needs --seed (draw it afresh: --seed $RANDOM)")
     if args.json:

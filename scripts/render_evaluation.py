@@ -3,10 +3,10 @@
 
     python scripts/render_evaluation.py [--dev docs/data/evaluation-dev.json]
         [--test docs/data/evaluation-test.json] [--live docs/data/evaluation-live.json]
-        [--check]
+        [--unified docs/data/evaluation-unified.json] [--check]
 
 Each figure table of the page sits between `<!-- BEGIN generated:NAME -->` and
-`<!-- END generated:NAME -->` markers (NAME: dev, test, live) and is rewritten from the JSON that
+`<!-- END generated:NAME -->` markers (NAME: dev, test, live, unified) and is rewritten from the JSON that
 `bench/energy.py --json` wrote; the prose around them is kept. No figure is copied by hand.
 --check exits 1 when the page differs from what the JSON gives (the tests run it).
 """
@@ -77,7 +77,9 @@ def _points(a: dict[str, Any] | None, b: dict[str, Any] | None) -> str:
 def _changes(result: dict[str, Any] | None, gpus: int | None) -> str:
     if result is None:
         return "-"
-    per_minute = result.get("clock_changes_per_gpu_minute")
+    per_minute = result.get(
+        "clock_changes_per_gpu_per_min", result.get("clock_changes_per_gpu_minute")
+    )
     if per_minute is None and gpus and result.get("duration_s") and "clock_changes" in result:
         per_minute = result["clock_changes"] / gpus / (result["duration_s"] / 60.0)
     return "-" if per_minute is None else f"{per_minute:.0f}"
@@ -184,6 +186,8 @@ RENDERERS: dict[str, Callable[[dict[str, Any]], str]] = {
     "dev": render_dev,
     "test": render_test,
     "live": render_live,
+    # The development matrix on colocated instances (bench/energy.py --unified N).
+    "unified": render_dev,
 }
 
 

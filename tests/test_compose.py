@@ -335,7 +335,7 @@ def test_compose_command_writes_a_layout(tmp_path: Path) -> None:
         ({"gpu_indices": (0, 0)}, "distinct"),
         ({"transfer_backend": "fake"}, "mooncake, nixl"),
         ({"ib_device": "mlx5_0; rm -rf /"}, "not an RDMA device"),
-        ({"prefill": 0}, "prefill must be >= 1"),
+        ({"prefill": 0}, "PD serving needs prefill and decode >= 1"),
         ({"routers": 0}, "routers must be >= 1"),
     ],
 )

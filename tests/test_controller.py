@@ -365,8 +365,10 @@ async def test_set_policy_switches_one_phase_and_rejects_unknown_names(
     assert "static-max" in names
     assert QUEUE_POLICY in names
     assert listed.decode_policy_name == "static:1200"
+    # Every policy runs colocated instances too (its phase laws composed).
     assert all(
-        list(p.phases) == [common_pb2.PHASE_PREFILL, common_pb2.PHASE_DECODE]
+        list(p.phases)
+        == [common_pb2.PHASE_PREFILL, common_pb2.PHASE_DECODE, common_pb2.PHASE_UNIFIED]
         for p in listed.policies
     )
 

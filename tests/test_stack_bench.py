@@ -92,7 +92,7 @@ async def test_bench_prints_the_simulate_table_and_json(stack: SimStack, tmp_pat
     assert set(document) == {"config", "results"}
     assert document["config"]["target"] == stack.router_address
     (row,) = document["results"]
-    assert set(row) == RESULT_KEYS | {"sim_host_stall_s"}
+    assert set(row) == RESULT_KEYS | {"sim_host_stall_s", "instances"}
     assert row["policy"] == "static-max"
     assert row["requests"] == 8
     assert row["completed"] == 7

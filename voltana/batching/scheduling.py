@@ -360,3 +360,25 @@ def decode_gauges(scheduler: DecodeScheduler[KeyT], now_s: float) -> EngineGauge
         kv_tokens_capacity=scheduler.kv_capacity_tokens,
         max_running_requests=scheduler.max_running_requests,
     )
+
+
+def unified_gauges(
+    prefill: PrefillScheduler[KeyT], decode: DecodeScheduler[KeyT], now_s: float
+) -> EngineGauges:
+    """A colocated engine's load report (SGLang without disaggregation): its waiting queue
+    (prompts not yet prefilled, and any prefilled request still waiting for KV room), the
+    prompt tokens waiting and running, the running decode batch and its KV."""
+    oldest = prefill.oldest_waiting_enqueued_s()
+    if oldest is None:
+        oldest = decode.oldest_enqueued_s()
+    running = prefill.running
+    return EngineGauges(
+        queue_len=prefill.waiting_len + decode.queue_len,
+        queued_tokens=prefill.waiting_tokens,
+        oldest_wait_ms=(now_s - oldest) * 1e3 if oldest is not None else 0.0,
+        running_prefill_tokens=running.new_tokens if running else 0,
+        running_batch=decode.batch_size,
+        kv_tokens_used=decode.kv_tokens_used,
+        kv_tokens_capacity=decode.kv_capacity_tokens,
+        max_running_requests=decode.max_running_requests,
+    )

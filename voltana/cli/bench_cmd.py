@@ -188,6 +188,8 @@ class RequestResult:
     # the cluster SLO.
     slo_class: str = ""
     slo: SloTarget | None = None
+    # The instances that served it (prefill then decode; a colocated one once).
+    instances: tuple[str, ...] = ()
 
 
 def prompt_ids(request: TraceRequest) -> list[int]:
@@ -266,6 +268,9 @@ async def send_one(
     tokens = max(tokens, summary.completion_tokens)
     result.completed = True
     result.output_tokens = tokens
+    result.instances = tuple(
+        dict.fromkeys(i for i in (summary.prefill_instance, summary.decode_instance) if i)
+    )
     if summary.energy_j is not None:
         idle_j = summary.idle_energy_j or 0.0
         result.energy_j = (summary.energy_j - idle_j, idle_j)
@@ -282,10 +287,20 @@ class ReplayResult:
     results: list[RequestResult]
     started_s: float
     finished_s: float
+    # Wall seconds between the two energy readings around the replay (None: not measured).
+    metered_s: float | None = None
 
     @property
     def duration_s(self) -> float:
         return max(0.0, self.finished_s - self.started_s)
+
+    @property
+    def energy_window_s(self) -> float:
+        """What the energy figure covers: the readings' span when energy was read (a short
+        replay's own span would leave the readings' lag out and overstate the power)."""
+        if self.metered_s is None:
+            return self.duration_s
+        return max(self.duration_s, self.metered_s)
 
 
 async def replay(
@@ -344,6 +359,8 @@ class EnergyReading:
     engine_urls: dict[str, str]
     # GPUs per instance (a tensor-parallel one runs on several).
     gpus: dict[str, int] = field(default_factory=dict)
+    # Each instance's phase: prefill, decode or unified (colocated).
+    phases: dict[str, str] = field(default_factory=dict)
 
 
 async def read_energy(telemetry_address: str, security: RpcSecurity | None = None) -> EnergyReading:
@@ -352,13 +369,46 @@ async def read_energy(telemetry_address: str, security: RpcSecurity | None = Non
     async with TelemetryClient(telemetry_address, security=security) as client:
         snapshot, infos = await client.snapshot_with_endpoints()
     return EnergyReading(
-        energy_j={
-            state.instance_id: state.energy_j
-            for state in (*snapshot.prefill.values(), *snapshot.decode.values())
-        },
+        energy_j={state.instance_id: state.energy_j for state in snapshot.states()},
         engine_urls={i: info.engine_url for i, info in infos.items() if info.engine_url},
         gpus={i: max(1, len(info.gpu_refs)) for i, info in infos.items()},
+        phases={state.instance_id: state.phase.value for state in snapshot.states()},
     )
+
+
+def instance_figures(
+    results: Sequence[RequestResult],
+    before: EnergyReading | None,
+    after: EnergyReading | None,
+) -> dict[str, dict[str, Any]]:
+    """Per instance: its phase (None without telemetry), the completed requests it served
+    and its GPUs' energy over the run (None when unmeasured)."""
+    served = Counter(i for r in results if r.completed for i in r.instances)
+    phases = after.phases if after is not None else {}
+    figures: dict[str, dict[str, Any]] = {}
+    for instance_id in sorted(set(served) | set(phases)):
+        energy_j = None
+        if before is not None and after is not None:
+            start_j, end_j = before.energy_j.get(instance_id), after.energy_j.get(instance_id)
+            if start_j is not None and end_j is not None and end_j > 0:
+                energy_j = max(0.0, end_j - start_j)
+        figures[instance_id] = {
+            "phase": phases.get(instance_id),
+            "requests": served.get(instance_id, 0),
+            "energy_j": energy_j,
+        }
+    return figures
+
+
+def describe_instances(figures: Mapping[str, Mapping[str, Any]]) -> str:
+    """One line: each instance's phase, requests served and energy."""
+    parts = []
+    for instance_id, figure in figures.items():
+        phase = f" ({figure['phase']})" if figure["phase"] else ""
+        energy = figure["energy_j"]
+        kj = f", {energy / 1000.0:.2f} kJ" if energy is not None else ""
+        parts.append(f"{instance_id}{phase} {figure['requests']} requests{kj}")
+    return "per instance: " + "; ".join(parts)
 
 
 def energy_delta_j(
@@ -449,7 +499,7 @@ def outcome_of(
         mean_itl_ms=[r.mean_itl_ms for r in completed],
         output_tokens=sum(r.output_tokens for r in completed),
         energy_j=energy_j,
-        duration_s=replay_result.duration_s * speedup,
+        duration_s=replay_result.energy_window_s * speedup,
         num_gpus=num_gpus,
         rejected=dict(sorted(errors.items())),
         token_itl_ms=[gap for r in completed for gap in r.token_itl_ms],
@@ -486,6 +536,7 @@ async def bench(
     async with client:
         await client.wait_until_ready(args.connect_timeout_s)
         energy_before = await read_energy(args.telemetry, security) if args.telemetry else None
+        metered_from_s = time.monotonic()
         stall_before_s = (
             await host_stall_s(energy_before.engine_urls) if energy_before is not None else None
         )
@@ -502,8 +553,11 @@ async def bench(
         stalled_s: float | None = None
         num_gpus = 0
         speedup = 1.0
+        energy_after: EnergyReading | None = None
         if energy_before is not None:
             energy_after = await read_energy(args.telemetry, security)
+            # Energy covers the readings' span, not only the replay's: power is taken over it.
+            replayed.metered_s = time.monotonic() - metered_from_s
             stall_after_s = await host_stall_s(energy_after.engine_urls)
             if stall_after_s is not None:
                 stalled_s = max(0.0, stall_after_s - (stall_before_s or 0.0))
@@ -528,6 +582,9 @@ async def bench(
     outcome = outcome_of(replayed, total, args.policy_label, energy_j, num_gpus, speedup)
     row = result_row(outcome, args)
     row["sim_host_stall_s"] = stalled_s
+    row["instances"] = instance_figures(replayed.results, energy_before, energy_after)
+    if row["instances"]:
+        print(describe_instances(row["instances"]), file=sys.stderr)
     return row, speedup
 
 

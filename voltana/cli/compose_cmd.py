@@ -1,4 +1,5 @@
-"""`voltana compose`: write docker-compose.yml (and its Prometheus scrape list) for a PD layout."""
+"""`voltana compose`: write docker-compose.yml (and its Prometheus scrape list) for a PD layout,
+colocated (unified) instances beside it or alone."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from voltana.cli.options import positive_int
+from voltana.cli.options import non_negative_int, positive_int
 from voltana.deploy.compose import (
     DEFAULT_SGLANG_IMAGE,
     TRANSFER_BACKENDS,
@@ -21,6 +22,8 @@ examples:
   voltana compose --out docker-compose.yml --prometheus-out docker/prometheus/prometheus.yml
   voltana compose --prefill 1 --decode 1 --tp 2 --gpus 0,1,2,3 --transfer-backend nixl
   voltana compose --prefill 2 --decode 2 --ib-device mlx5_0 --out docker-compose.yml
+  voltana compose --unified 2 --sim-unified 2     # colocated SGLang servers, no PD pair
+  voltana compose --prefill 1 --decode 1 --unified 2
 
 Without flags it writes the checked-in docker-compose.yml (1P1D on GPUs 0 and 1).
 """
@@ -45,13 +48,30 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     )
     defaults = ComposeLayout()
     gpu = parser.add_argument_group("profile gpu (SGLang on this host's GPUs)")
-    gpu.add_argument("--prefill", type=positive_int, default=defaults.prefill)
-    gpu.add_argument("--decode", type=positive_int, default=defaults.decode)
+    gpu.add_argument(
+        "--prefill",
+        type=non_negative_int,
+        help=f"prefill instances (default: {defaults.prefill}, 0 with --unified)",
+    )
+    gpu.add_argument(
+        "--decode",
+        type=non_negative_int,
+        help=f"decode instances (default: {defaults.decode}, 0 with --unified)",
+    )
+    gpu.add_argument(
+        "--unified",
+        type=non_negative_int,
+        default=0,
+        metavar="N",
+        help="colocated SGLang servers (no --disaggregation-mode: each prefills and decodes), "
+        "alone or beside --prefill/--decode (default: 0)",
+    )
     gpu.add_argument("--tp", type=positive_int, default=defaults.tp, help="GPUs per instance")
     gpu.add_argument(
         "--gpus",
         type=_indices,
-        help="GPU indices the instances take in order, prefill first (default: 0, 1, ...)",
+        help="GPU indices the instances take in order, prefill first, colocated last "
+        "(default: 0, 1, ...)",
     )
     gpu.add_argument(
         "--transfer-backend",
@@ -84,8 +104,23 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         help="active-active router replicas, published on ports 50051+i (default: %(default)s)",
     )
     sim = parser.add_argument_group("profile sim (simulated engines)")
-    sim.add_argument("--sim-prefill", type=positive_int, default=defaults.sim_prefill)
-    sim.add_argument("--sim-decode", type=positive_int, default=defaults.sim_decode)
+    sim.add_argument(
+        "--sim-prefill",
+        type=non_negative_int,
+        help=f"(default: {defaults.sim_prefill}, 0 with --sim-unified)",
+    )
+    sim.add_argument(
+        "--sim-decode",
+        type=non_negative_int,
+        help=f"(default: {defaults.sim_decode}, 0 with --sim-unified)",
+    )
+    sim.add_argument(
+        "--sim-unified",
+        type=non_negative_int,
+        default=0,
+        metavar="N",
+        help="colocated simulated engines (voltana serve engine --mode unified; default: 0)",
+    )
     parser.add_argument("--out", metavar="PATH", help="write here (default: stdout)")
     parser.add_argument(
         "--prometheus-out", metavar="PATH", help="also write the Prometheus scrape config here"
@@ -94,16 +129,24 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 
 
 def run(args: argparse.Namespace) -> int:
+    defaults = ComposeLayout()
+
+    def count(value: int | None, default: int, unified: int) -> int:
+        # Only colocated instances asked for: no PD pair unless it is asked for too.
+        return value if value is not None else (0 if unified else default)
+
     layout = ComposeLayout(
-        prefill=args.prefill,
-        decode=args.decode,
+        prefill=count(args.prefill, defaults.prefill, args.unified),
+        decode=count(args.decode, defaults.decode, args.unified),
+        unified=args.unified,
         tp=args.tp,
         gpu_indices=args.gpus or (),
         transfer_backend=args.transfer_backend,
         ib_device=args.ib_device,
         sglang_image=args.sglang_image,
-        sim_prefill=args.sim_prefill,
-        sim_decode=args.sim_decode,
+        sim_prefill=count(args.sim_prefill, defaults.sim_prefill, args.sim_unified),
+        sim_decode=count(args.sim_decode, defaults.sim_decode, args.sim_unified),
+        sim_unified=args.sim_unified,
         extra_sglang_args=tuple(args.sglang_arg),
         routers=args.routers,
     )

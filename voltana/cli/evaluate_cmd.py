@@ -15,8 +15,10 @@ import time
 
 from voltana.cli.options import (
     add_clock_range_arg,
+    add_cluster_shape_args,
     add_hardware_args,
     add_slo_args,
+    cluster_shape_from_args,
     hardware_from_args,
     positive_int,
     slo_from_args,
@@ -81,8 +83,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     add_hardware_args(parser)
     add_clock_range_arg(parser)
     cluster = parser.add_argument_group("cluster")
-    cluster.add_argument("--prefill", type=positive_int, default=2, help="prefill instances")
-    cluster.add_argument("--decode", type=positive_int, default=2, help="decode instances")
+    add_cluster_shape_args(cluster)
     add_slo_args(parser)
     parser.add_argument(
         "--loads",
@@ -107,6 +108,7 @@ def run(args: argparse.Namespace) -> int:
     if unknown or not loads:
         raise ConfigError(f"--loads: unknown level(s) {unknown or ''}; valid: {', '.join(LOADS)}")
     hardware = hardware_from_args(args)
+    num_prefill, num_decode, num_unified = cluster_shape_from_args(args)
     slo = slo_from_args(args)
     policies = list(args.policy or POLICIES)
     if policies[0] != BASELINE:
@@ -114,8 +116,9 @@ def run(args: argparse.Namespace) -> int:
     config = ClusterConfig(
         hardware.gpu,
         hardware.model,
-        num_prefill=args.prefill,
-        num_decode=args.decode,
+        num_prefill=num_prefill,
+        num_decode=num_decode,
+        num_unified=num_unified,
         slo=slo,
         allow_extrapolated_clocks=args.allow_extrapolated_clocks,
     )
@@ -206,8 +209,9 @@ def run(args: argparse.Namespace) -> int:
                 "gpu": hardware.gpu.key,
                 "model": hardware.model.key,
                 "tp": hardware.model.tensor_parallel,
-                "prefill": args.prefill,
-                "decode": args.decode,
+                "prefill": num_prefill,
+                "decode": num_decode,
+                "unified": num_unified,
                 "slo": {
                     "ttft_ms": slo.ttft_ms,
                     "itl_ms": slo.itl_ms,

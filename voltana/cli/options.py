@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from voltana.contract.state import SloTarget
 from voltana.errors import ConfigError
 from voltana.event_loop import DEFAULT_EVENT_LOOP, EVENT_LOOPS
-from voltana.flags.values import positive_float, positive_int
+from voltana.flags.values import non_negative_int, positive_float, positive_int
 from voltana.hardware import GPU_CATALOG, MODEL_CATALOG, GpuSpec, ModelSpec
 from voltana.perf.model import PerformanceModel
 from voltana.perf.selection import resolve_physics
@@ -140,6 +140,48 @@ def slo_from_args(args: argparse.Namespace) -> SloTarget:
     return SloTarget(
         ttft_ms=args.ttft_slo_ms, itl_ms=args.itl_slo_ms, ttft_ms_per_1k_tokens=per_1k_ms
     )
+
+
+def add_cluster_shape_args(group: argparse._ActionsContainer) -> None:
+    """--prefill/--decode (a PD cluster) and --unified (colocated instances), mixable."""
+    group.add_argument(
+        "--prefill", type=non_negative_int, help="prefill instances (default: 2, 0 with --unified)"
+    )
+    group.add_argument(
+        "--decode", type=non_negative_int, help="decode instances (default: 2, 0 with --unified)"
+    )
+    group.add_argument(
+        "--unified",
+        type=non_negative_int,
+        default=0,
+        metavar="N",
+        help="colocated instances, each prefilling and decoding (SGLang without "
+        "disaggregation); alone, or beside --prefill/--decode (default: 0)",
+    )
+
+
+def cluster_shape_from_args(args: argparse.Namespace) -> tuple[int, int, int]:
+    """(prefill, decode, unified) instance counts: 2P2D by default, no PD pair when only
+    --unified is given."""
+    default_pd = 0 if args.unified else 2
+    prefill = default_pd if args.prefill is None else args.prefill
+    decode = default_pd if args.decode is None else args.decode
+    if (prefill == 0) != (decode == 0):
+        raise ConfigError(
+            f"PD serving needs both --prefill and --decode >= 1 (got {prefill} and {decode}); "
+            "colocated instances alone: --unified N"
+        )
+    if prefill + args.unified == 0:
+        raise ConfigError("the cluster has no instance: --prefill/--decode or --unified N")
+    return prefill, decode, args.unified
+
+
+def cluster_shape_label(prefill: int, decode: int, unified: int) -> str:
+    """E.g. 2P2D, 4U, 1P1D+2U."""
+    parts = [f"{prefill}P{decode}D"] if prefill else []
+    if unified:
+        parts.append(f"{unified}U")
+    return "+".join(parts)
 
 
 def add_workload_shaping_args(parser: argparse.ArgumentParser) -> None:

@@ -10,10 +10,13 @@ from typing import Any
 
 from voltana.cli.options import (
     add_clock_range_arg,
+    add_cluster_shape_args,
     add_hardware_args,
     add_slo_args,
     add_slo_class_arg,
     add_workload_shaping_args,
+    cluster_shape_from_args,
+    cluster_shape_label,
     hardware_from_args,
     positive_float,
     positive_int,
@@ -63,8 +66,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     add_hardware_args(parser)
     add_clock_range_arg(parser)
     cluster = parser.add_argument_group("cluster")
-    cluster.add_argument("--prefill", type=positive_int, default=2, help="prefill instances")
-    cluster.add_argument("--decode", type=positive_int, default=2, help="decode instances")
+    add_cluster_shape_args(cluster)
     cluster.add_argument(
         "--max-running-requests",
         type=positive_int,
@@ -131,6 +133,7 @@ def run(args: argparse.Namespace) -> int:
     if args.plot:
         check_plot_path(args.plot)
     hardware = hardware_from_args(args)
+    num_prefill, num_decode, num_unified = cluster_shape_from_args(args)
     slo = slo_from_args(args)
     if args.clock_delay_ms is not None and args.clock_delay_ms < 0:
         raise ConfigError("--clock-delay-ms must be >= 0")
@@ -148,8 +151,9 @@ def run(args: argparse.Namespace) -> int:
     config = ClusterConfig(
         gpu=hardware.gpu,
         model=hardware.model,
-        num_prefill=args.prefill,
-        num_decode=args.decode,
+        num_prefill=num_prefill,
+        num_decode=num_decode,
+        num_unified=num_unified,
         slo=slo,
         chunked_prefill_tokens=args.chunked_prefill_tokens,
         max_running_requests=args.max_running_requests,
@@ -165,7 +169,7 @@ def run(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     print(
-        f"cluster: {args.prefill}P{args.decode}D {hardware.gpu.display_name}, {hardware.model.key} "
+        f"cluster: {cluster_shape_label(num_prefill, num_decode, num_unified)} {hardware.gpu.display_name}, {hardware.model.key} "
         f"TP{hardware.model.tensor_parallel}; SLO TTFT {slo.ttft_ms:g} ms, ITL {slo.itl_ms:g} ms",
         file=sys.stderr,
     )
@@ -197,8 +201,9 @@ def run(args: argparse.Namespace) -> int:
                 "gpu": hardware.gpu.key,
                 "model": hardware.model.key,
                 "tp": hardware.model.tensor_parallel,
-                "prefill": args.prefill,
-                "decode": args.decode,
+                "prefill": num_prefill,
+                "decode": num_decode,
+                "unified": num_unified,
                 "ttft_slo_ms": slo.ttft_ms,
                 "itl_slo_ms": slo.itl_ms,
                 "router": args.router,

@@ -11,9 +11,11 @@ from typing import TextIO
 
 from voltana import event_loop
 from voltana.cli.options import (
+    add_cluster_shape_args,
     add_event_loop_arg,
     add_profile_arg,
     add_slo_args,
+    cluster_shape_from_args,
     positive_float,
     positive_int,
     slo_from_args,
@@ -42,6 +44,8 @@ EPILOG = """\
 examples:
   voltana up --sim
   voltana up --sim --prefill 2 --decode 2 --policy voltana --router-port 50051
+  voltana up --sim --unified 2      # colocated instances (SGLang without disaggregation)
+  voltana up --sim --prefill 1 --decode 1 --unified 1   # both kinds, side by side
   voltana up --sim --routers 2      # active-active routers; clients take both addresses
   voltana up --sim --redis-url redis://127.0.0.1:6379/0 --speedup 10 --otel-exporter console
 
@@ -76,8 +80,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         "--sim", action="store_true", help="simulated GPUs and engines (the only in-process mode)"
     )
     cluster = parser.add_argument_group("cluster")
-    cluster.add_argument("--prefill", type=positive_int, default=2, help="prefill instances")
-    cluster.add_argument("--decode", type=positive_int, default=2, help="decode instances")
+    add_cluster_shape_args(cluster)
     cluster.add_argument(
         "--routers",
         type=positive_int,
@@ -205,9 +208,11 @@ def settings_from_args(args: argparse.Namespace, ports: dict[str, int]) -> SimSt
             "only the simulated stack runs in one process: add --sim, or run the real-GPU "
             "stack with `docker compose up` (docker-compose.yml) or `voltana serve SERVICE`"
         )
+    prefill, decode, unified = cluster_shape_from_args(args)
     return SimStackSettings(
-        prefill=args.prefill,
-        decode=args.decode,
+        prefill=prefill,
+        decode=decode,
+        unified=unified,
         routers=args.routers,
         gpu_key=args.gpu,
         model_key=args.model,
@@ -277,7 +282,7 @@ def print_addresses(stack: SimStack, out: TextIO) -> None:
     physics = stack.physics
     source = " (measured profile)" if physics.profile is not None else ""
     out.write(
-        f"# {settings.prefill}P{settings.decode}D {physics.gpu.key} {physics.model.key} "
+        f"# {settings.shape} {physics.gpu.key} {physics.model.key} "
         f"TP{physics.model.tensor_parallel}{source}, "
         f"policy {settings.policy}, speedup {settings.speedup:g}; connect to the router at "
         f"{','.join(stack.router_addresses)}; control-plane auth {auth}, "

@@ -17,6 +17,9 @@ from voltana.rpc.limits import MAX_SLO_MS, slo_target_problem
 class Phase(enum.Enum):
     PREFILL = "prefill"
     DECODE = "decode"
+    # Colocated: one engine prefills and decodes (SGLang without disaggregation). Its state
+    # carries both sides' fields: the prompt queue and the running decode batch.
+    UNIFIED = "unified"
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,9 +135,25 @@ class ClusterSnapshot:
     # tightest targets each one serves. Empty when every request is at the cluster SLO; an
     # instance left out serves nothing of a class (idle or cluster-SLO requests only).
     serving: Mapping[str, SloTarget] = field(default_factory=dict)
+    # Colocated instances: a request placed on one is prefilled and decoded there.
+    unified: Mapping[str, InstanceState] = field(default_factory=dict)
 
     def instance(self, instance_id: str) -> InstanceState | None:
-        return self.prefill.get(instance_id) or self.decode.get(instance_id)
+        return (
+            self.prefill.get(instance_id)
+            or self.decode.get(instance_id)
+            or self.unified.get(instance_id)
+        )
+
+    def states(self) -> tuple[InstanceState, ...]:
+        """Every instance: prefill, decode, then colocated."""
+        return (*self.prefill.values(), *self.decode.values(), *self.unified.values())
+
+    @property
+    def placeable(self) -> bool:
+        """Whether a request has somewhere to go: a prefill and a decode instance, or a
+        colocated one."""
+        return bool(self.unified) or (bool(self.prefill) and bool(self.decode))
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,6 +174,9 @@ class ClockDecision:
 
 @dataclass(frozen=True, slots=True)
 class Placement:
+    """Where a request runs: a prefill and a decode instance, or one colocated instance named
+    twice (``prefill_id == decode_id``, see ``is_unified``)."""
+
     prefill_id: str
     decode_id: str
     reason: str = ""
@@ -163,6 +185,10 @@ class Placement:
     predicted_itl_ms: float | None = None
     prefill_clock_mhz: int | None = None
     decode_clock_mhz: int | None = None
+
+    @property
+    def is_unified(self) -> bool:
+        return self.prefill_id == self.decode_id
 
 
 def optional_state_fields() -> frozenset[str]:

@@ -46,10 +46,15 @@ class PlacementBook:
         now_s: float,
     ) -> None:
         """``request_id`` goes to this pair: counted on both until their reports include it
-        (the decode instance holds the prompt's KV and the first token)."""
+        (the decode instance holds the prompt's KV and the first token). A colocated instance
+        (named twice) counts it once, as a prompt to prefill."""
         self._ledger.place(request_id, prefill_id, input_tokens)
-        self._ledger.place(request_id, decode_id, input_tokens + 1)
-        for instance_id in (prefill_id, decode_id):
+        if decode_id == prefill_id:
+            instance_ids: tuple[str, ...] = (prefill_id,)
+        else:
+            self._ledger.place(request_id, decode_id, input_tokens + 1)
+            instance_ids = (prefill_id, decode_id)
+        for instance_id in instance_ids:
             window = self._arrivals.get(instance_id)
             if window is None:
                 window = self._arrivals[instance_id] = ArrivalWindow(self._window_s)

@@ -1,4 +1,5 @@
-"""`voltana compose`: the Docker Compose file (and its Prometheus scrape list) for a PD layout.
+"""`voltana compose`: the Docker Compose file (and its Prometheus scrape list) for a PD layout,
+colocated (unified) instances beside it or alone.
 
 The checked-in docker-compose.yml and docker/prometheus/prometheus.yml are this module's default
 output (tests/test_compose.py checks they match): change the layout here or with flags, never by
@@ -6,8 +7,9 @@ hand. What every generated file has:
 
 - profile ``gpu``: one node agent (the only privileged container, all the layout's GPUs), one
   official SGLang container per prefill/decode instance (pinned image, its GPUs, --tp-size, the
-  chosen KV transfer backend, optional RDMA wiring) and one ``voltana serve instance`` reporter
-  each. The GPU type comes from the agent (NVML) through telemetry: no service is told it.
+  chosen KV transfer backend, optional RDMA wiring) and per colocated instance (launched without
+  ``--disaggregation-mode``: it prefills and decodes, no KV transfer), and one ``voltana serve
+  instance`` reporter each. The GPU type comes from the agent (NVML) through telemetry: no service is told it.
 - profile ``sim``: simulated engines, each serving a sim-backend agent for its simulated GPU(s).
 - profile ``observability``: Prometheus and Grafana.
 - Redis, Jaeger, telemetry (published on the host's loopback for ``voltana bench``), the
@@ -66,9 +68,12 @@ class ComposeLayout:
     """What `voltana compose` generates (its flags)."""
 
     # Profile gpu: instances per phase, GPUs per instance, the GPU indices they take in order
-    # (prefill first; default 0, 1, 2, ...).
+    # (prefill first, colocated last; default 0, 1, 2, ...).
     prefill: int = 1
     decode: int = 1
+    # Colocated (unified) instances: SGLang without disaggregation, beside the PD pair or alone
+    # (prefill = decode = 0).
+    unified: int = 0
     tp: int = 1
     gpu_indices: tuple[int, ...] = ()
     transfer_backend: str = "mooncake"
@@ -78,25 +83,40 @@ class ComposeLayout:
     # Profile sim: simulated instances per phase (TP as above).
     sim_prefill: int = 2
     sim_decode: int = 2
+    sim_unified: int = 0
     extra_sglang_args: tuple[str, ...] = field(default=())
     # Active-active router replicas (every profile); replica i is published on the host's
     # router ports + i, so SDK clients can list them all.
     routers: int = 2
 
     def __post_init__(self) -> None:
-        for name in ("prefill", "decode", "tp", "sim_prefill", "sim_decode", "routers"):
+        for name in ("tp", "routers"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for prefix in ("", "sim_"):
+            prefill, decode, unified = (
+                getattr(self, prefix + name) for name in ("prefill", "decode", "unified")
+            )
+            if min(prefill, decode, unified) < 0:
+                raise ConfigError(f"{prefix}prefill/decode/unified counts must be >= 0")
+            if (prefill < 1) != (decode < 1):
+                raise ConfigError(
+                    f"PD serving needs {prefix}prefill and {prefix}decode >= 1 (got {prefill} "
+                    f"and {decode}); colocated instances alone: {prefix}unified >= 1, "
+                    f"{prefix}prefill = {prefix}decode = 0"
+                )
+            if prefill + unified < 1:
+                raise ConfigError(f"the {prefix or 'gpu '}layout has no instance")
         if self.transfer_backend not in TRANSFER_BACKENDS:
             raise ConfigError(
                 f"transfer backend must be one of {', '.join(TRANSFER_BACKENDS)}, "
                 f"got {self.transfer_backend!r}"
             )
-        needed = (self.prefill + self.decode) * self.tp
+        needed = self.instance_count * self.tp
         if self.gpu_indices:
             if len(self.gpu_indices) != needed:
                 raise ConfigError(
-                    f"{self.prefill}P{self.decode}D at TP{self.tp} needs {needed} GPU indices, "
+                    f"{self.shape} at TP{self.tp} needs {needed} GPU indices, "
                     f"got {len(self.gpu_indices)}"
                 )
             if len(set(self.gpu_indices)) != needed or min(self.gpu_indices) < 0:
@@ -107,26 +127,55 @@ class ComposeLayout:
             raise ConfigError(f"not an image reference: {self.sglang_image!r}")
 
     @property
+    def instance_count(self) -> int:
+        return self.prefill + self.decode + self.unified
+
+    @property
+    def shape(self) -> str:
+        """The gpu profile's instances, e.g. 1P1D, 2U, 1P1D+1U."""
+        return shape_label(self.prefill, self.decode, self.unified)
+
+    @property
+    def sim_shape(self) -> str:
+        return shape_label(self.sim_prefill, self.sim_decode, self.sim_unified)
+
+    @property
     def all_gpu_indices(self) -> tuple[int, ...]:
-        return self.gpu_indices or tuple(range((self.prefill + self.decode) * self.tp))
+        return self.gpu_indices or tuple(range(self.instance_count * self.tp))
 
     def instances(self) -> list[tuple[str, str, tuple[int, ...]]]:
-        """(instance id, phase, GPU indices) of the gpu profile, prefill first."""
+        """(instance id, phase, GPU indices) of the gpu profile, prefill first, colocated last."""
         gpus = iter(self.all_gpu_indices)
         result = []
-        for phase, count in (("prefill", self.prefill), ("decode", self.decode)):
+        for phase, count in (
+            ("prefill", self.prefill),
+            ("decode", self.decode),
+            ("unified", self.unified),
+        ):
             for n in range(count):
                 result.append((f"{phase}-{n}", phase, tuple(next(gpus) for _ in range(self.tp))))
         return result
 
     def sim_instances(self) -> list[tuple[str, str, tuple[int, ...]]]:
         result, position = [], 0
-        for phase, count in (("prefill", self.sim_prefill), ("decode", self.sim_decode)):
+        for phase, count in (
+            ("prefill", self.sim_prefill),
+            ("decode", self.sim_decode),
+            ("unified", self.sim_unified),
+        ):
             for n in range(count):
                 gpus = tuple(range(position * self.tp, (position + 1) * self.tp))
                 result.append((f"{phase}-{n}", phase, gpus))
                 position += 1
         return result
+
+
+def shape_label(prefill: int, decode: int, unified: int) -> str:
+    """E.g. 1P1D, 2U, 1P1D+1U."""
+    parts = [f"{prefill}P{decode}D"] if prefill else []
+    if unified:
+        parts.append(f"{unified}U")
+    return "+".join(parts)
 
 
 def _secret(name: str) -> str:
@@ -400,17 +449,22 @@ def _gpu_profile(layout: ComposeLayout) -> dict[str, Any]:
 
 
 def _sglang(layout: ComposeLayout, phase: str, gpus: tuple[int, ...]) -> dict[str, Any]:
+    colocated = phase == "unified"
     command = [
         "python3", "-m", "sglang.launch_server",
         "--model-path", f"${{VOLTANA_MODEL_PATH:-{DEFAULT_MODEL_PATH}}}",
         "--host", "0.0.0.0", "--port", str(ENGINE_PORT),
         "--tp-size", str(len(gpus)),
-        "--disaggregation-mode", phase,
-        "--disaggregation-transfer-backend", layout.transfer_backend,
     ]  # fmt: skip
+    if not colocated:  # a colocated server prefills and decodes: no disaggregation, no KV transfer
+        command += [
+            "--disaggregation-mode", phase,
+            "--disaggregation-transfer-backend", layout.transfer_backend,
+        ]  # fmt: skip
     if phase == "prefill":
         command += ["--disaggregation-bootstrap-port", str(BOOTSTRAP_PORT)]
-    if layout.ib_device:
+    rdma = bool(layout.ib_device) and not colocated
+    if rdma:
         command += ["--disaggregation-ib-device", layout.ib_device]
     command += [
         "--enable-metrics",
@@ -425,7 +479,7 @@ def _sglang(layout: ComposeLayout, phase: str, gpus: tuple[int, ...]) -> dict[st
         "ipc": "host",
         "shm_size": "16gb",
     }
-    if layout.ib_device:
+    if rdma:
         # RDMA for the KV transfer: the verbs devices, and pinned memory without a limit.
         service["cap_add"] = ["IPC_LOCK"]
         service["ulimits"] = {"memlock": -1}
@@ -540,8 +594,10 @@ def layout_flags(layout: ComposeLayout) -> list[str]:
         ("transfer_backend", "--transfer-backend"),
         ("ib_device", "--ib-device"),
         ("sglang_image", "--sglang-image"),
+        ("unified", "--unified"),
         ("sim_prefill", "--sim-prefill"),
         ("sim_decode", "--sim-decode"),
+        ("sim_unified", "--sim-unified"),
     ):
         value = getattr(layout, name)
         if value != getattr(default, name):
@@ -572,9 +628,9 @@ file is the generator's default output.
 
 Voltana on one host: Redis, the Voltana services, a trace viewer, and the serving instances.
 
-  GPU host ({layout.prefill}P{layout.decode}D, TP{layout.tp}: {gpu_line}):
+  GPU host ({layout.shape}, TP{layout.tp}: {gpu_line}):
       docker compose --profile gpu up
-  No GPU ({layout.sim_prefill}P{layout.sim_decode}D simulated GPUs and SGLang engines):
+  No GPU ({layout.sim_shape} simulated GPUs and SGLang engines):
       docker compose --profile sim up
   Either, plus Prometheus and Grafana:   docker compose --profile sim --profile observability up
 

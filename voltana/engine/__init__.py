@@ -1,6 +1,7 @@
 """Engines Voltana serves through: a simulated SGLang server and the SGLang HTTP client."""
 
 from voltana.engine.clock import ScaledClock
+from voltana.engine.core import engine_phase
 from voltana.engine.errors import (
     EngineError,
     EngineRequestError,
@@ -30,6 +31,7 @@ __all__ = [
     "SimEngine",
     "SimEngineSettings",
     "ToyTokenizer",
+    "engine_phase",
     "metrics_by_name",
     "parse_prometheus_text",
 ]

@@ -27,6 +27,7 @@ from voltana.batching.scheduling import (
     PrefillScheduler,
     decode_gauges,
     prefill_gauges,
+    unified_gauges,
 )
 from voltana.contract.state import InstanceState, Phase
 from voltana.energy import EnergyLedger, RequestEnergy
@@ -51,6 +52,18 @@ logger = logging.getLogger(__name__)
 DEFAULT_CATCH_UP_WALL_S = 0.02
 # How often a running iteration checks its GPU's clock (wall seconds), to re-pace on a change.
 _REPACE_CHECK_WALL_S = 0.01
+
+
+_PHASES = {
+    EngineMode.PREFILL: Phase.PREFILL,
+    EngineMode.DECODE: Phase.DECODE,
+    EngineMode.NULL: Phase.UNIFIED,
+}
+
+
+def engine_phase(mode: EngineMode) -> Phase:
+    """The phase an engine of ``mode`` serves (null: prefill and decode, colocated)."""
+    return _PHASES[mode]
 
 
 class Stage(enum.Enum):
@@ -142,6 +155,8 @@ class EngineCore:
         if mode is EngineMode.PREFILL and kv_outbox is None:
             raise ValueError("a prefill engine needs a KV mailbox")
         self.mode = mode
+        # What the engine registers as (a null-mode engine is a colocated one).
+        self.phase = _PHASES[mode]
         self.perf = perf
         # One GPU per tensor-parallel rank (or one standing for every rank).
         self.gpus: tuple[GpuDevice, ...] = (gpu,) if isinstance(gpu, GpuDevice) else tuple(gpu)
@@ -166,7 +181,7 @@ class EngineCore:
         # Recent TTFT/ITL exactly as the observation contract (and the offline simulator)
         # defines them; arrival rates are counted at placement by the router, not here.
         self._observer = InstanceObserver(
-            Phase.PREFILL if mode is EngineMode.PREFILL else Phase.DECODE,
+            self.phase,
             perf.gpu.key,
             ObservationConfig(window_s=recent_window_s),
         )
@@ -680,24 +695,16 @@ class EngineCore:
 
     def gauges(self) -> EngineGauges:
         """The load this engine reports (SGLang's gauges), as the simulator's schedulers give
-        it; a null-mode instance (prefill and decode in one) adds its prefill side."""
+        it; a null-mode (colocated) instance reports both sides, as the simulator's colocated
+        instance does (``unified_gauges``)."""
         now_s = self._clock()
         prefill, decode = self.prefill, self.decode
         if decode is None:
             assert prefill is not None
             return prefill_gauges(prefill, now_s, self.kv_capacity_tokens)
-        gauges = decode_gauges(decode, now_s)
         if prefill is None:
-            return gauges
-        prefill_side = prefill_gauges(prefill, now_s)
-        return replace(
-            gauges,
-            queue_len=gauges.queue_len + prefill_side.queue_len,
-            queued_tokens=prefill_side.queued_tokens,
-            oldest_wait_ms=max(gauges.oldest_wait_ms, prefill_side.oldest_wait_ms),
-            running_prefill_tokens=prefill_side.running_prefill_tokens,
-            kv_tokens_used=self.kv_tokens_used,
-        )
+            return decode_gauges(decode, now_s)
+        return unified_gauges(prefill, decode, now_s)
 
     def instance_state(self, instance_id: str) -> InstanceState:
         """This instance now, through the observation contract (as the offline simulator)."""

@@ -16,23 +16,26 @@ LISTEN = composed("--listen (serve engine)")
 
 
 class EngineMode(enum.StrEnum):
-    """SGLang's ``--disaggregation-mode``: ``null`` is one instance doing prefill and decode."""
+    """SGLang's ``--disaggregation-mode``: ``null`` is one instance doing prefill and decode
+    (a colocated, "unified" instance: ``UNIFIED`` is the same mode, and ``parse`` takes
+    "unified" for it)."""
 
     PREFILL = "prefill"
     DECODE = "decode"
     NULL = "null"
+    UNIFIED = "null"  # an alias: SGLang without disaggregation
 
     @classmethod
     def parse(cls, value: str | EngineMode) -> EngineMode:
         if isinstance(value, EngineMode):
             return value
         normalized = value.strip().lower()
-        if normalized in ("mixed", "none", ""):
+        if normalized in ("mixed", "none", "unified", "colocated", ""):
             return cls.NULL
         try:
             return cls(normalized)
         except ValueError:
-            valid = ", ".join([*(mode.value for mode in cls), "mixed"])
+            valid = ", ".join([*(mode.value for mode in cls), "unified", "mixed"])
             raise ConfigError(f"unknown engine mode {value!r}; valid: {valid}") from None
 
 
@@ -48,7 +51,11 @@ class SimEngineSettings:
     port: int = field(default=0, metadata=LISTEN)
     mode: EngineMode | str = field(
         default=EngineMode.NULL,
-        metadata=flag("SGLang --disaggregation-mode", choices=tuple(EngineMode)),
+        metadata=flag(
+            "SGLang --disaggregation-mode; unified = null, a colocated instance that prefills "
+            "and decodes",
+            choices=(*(mode.value for mode in EngineMode), "unified"),
+        ),
     )
     # Catalog keys; `voltana serve engine` resolves them with --model-config and --profile.
     gpu_key: str = field(default="a100-80g", metadata=flag(GPU))

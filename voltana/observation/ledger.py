@@ -105,4 +105,5 @@ class InflightLedger:
             snapshot.now_s,
             {key: self.annotate(state) for key, state in snapshot.prefill.items()},
             {key: self.annotate(state) for key, state in snapshot.decode.items()},
+            unified={key: self.annotate(state) for key, state in snapshot.unified.items()},
         )

@@ -74,12 +74,15 @@ class RoutingPolicy(Protocol):
 
 @dataclass
 class PolicySuite:
-    """A complete operating policy: a clock law per phase and a router."""
+    """A complete operating policy: a clock law per phase and a router; colocated (unified)
+    instances run ``unified``, the two phase laws composed (voltana.policy.unified; the
+    registry builds it, with the physics the policy believes)."""
 
     name: str
     prefill: FrequencyPolicy
     decode: FrequencyPolicy
     router: RoutingPolicy
+    unified: FrequencyPolicy | None = None
 
     @property
     def is_static(self) -> bool:

@@ -10,6 +10,7 @@ from voltana.policy.base import PolicyContext, PolicySuite, RoutingPolicy
 from voltana.policy.common import full_range_clocks_mhz, paper_candidate_clocks_mhz
 from voltana.policy.routing import LeastLoadedRouter, RoundRobinRouter
 from voltana.policy.static import StaticClockPolicy
+from voltana.policy.unified import UnifiedLaw
 
 RouterFactory = Callable[[PolicyContext], RoutingPolicy]
 
@@ -143,7 +144,17 @@ def parse_clock_mhz(text: str, gpu: GpuSpec, clock_range_mhz: tuple[int, int] | 
 def build_suite(
     name: str, context: PolicyContext, router: RoutingPolicy | None = None
 ) -> PolicySuite:
-    """Build the policy called ``name``; ``router`` overrides the policy's own router."""
+    """Build the policy called ``name``; ``router`` overrides the policy's own router. Its
+    colocated-instance law composes its two phase laws (voltana.policy.unified)."""
+    suite = _build_phase_suite(name, context, router)
+    if suite.unified is None:
+        suite.unified = UnifiedLaw(suite.prefill, suite.decode, context.perf)
+    return suite
+
+
+def _build_phase_suite(
+    name: str, context: PolicyContext, router: RoutingPolicy | None
+) -> PolicySuite:
     _load_builtin_policies()
     gpu = context.gpu
     if name == "static-max":

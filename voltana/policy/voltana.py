@@ -49,6 +49,7 @@ from voltana.policy.base import PolicyContext, PolicySuite, RoutingPolicy
 from voltana.policy.common import fit_predictor, full_range_clocks_mhz
 from voltana.policy.predictor import LatencyPredictor
 from voltana.policy.routing import NoInstanceError, prefill_load
+from voltana.policy.unified import UnifiedLaw
 
 # Prefill latency segments (tokens): attention makes long prompts cost more per token.
 VOLTANA_TOKEN_BREAKPOINTS = (512.0, 2048.0, 8192.0)
@@ -74,6 +75,17 @@ def cheapest_fastest(added_energy: np.ndarray, feasible: np.ndarray) -> int | No
     cheapest = float(costs.min())
     near = feasible & (costs <= cheapest + ENERGY_TOLERANCE * abs(cheapest))
     return int(np.flatnonzero(near)[-1])
+
+
+def cheapest_slowest(added_energy: np.ndarray, feasible: np.ndarray) -> int | None:
+    """Index of the slowest feasible clock whose added energy is within the tolerance of the
+    cheapest feasible one (None when none is feasible): where latency headroom is not free."""
+    if not feasible.any():
+        return None
+    costs = np.where(feasible, added_energy, np.inf)
+    cheapest = float(costs.min())
+    near = feasible & (costs <= cheapest + ENERGY_TOLERANCE * abs(cheapest))
+    return int(np.flatnonzero(near)[0])
 
 
 def settled_index(
@@ -139,6 +151,10 @@ class VoltanaPrefill:
     # the idle draw (the GPU does no useful work meanwhile); an operator may set a budget.
     change_cost_j: float | None = None
     clock_change_delay_ms: float = 20.0
+    # Of clocks about as cheap, the fastest (latency headroom for free on a prefill GPU) or,
+    # False, the slowest (on a colocated GPU a raised clock outlasts the prompt into the
+    # decode steps after it, and every raise is a change).
+    prefer_fastest: bool = True
     name: str = "voltana-prefill"
     is_static: bool = False
     _hysteresis: _Hysteresis = field(init=False)
@@ -262,7 +278,7 @@ class VoltanaPrefill:
         index = settled_index(
             added,
             feasible,
-            cheapest_fastest(added, feasible),
+            (cheapest_fastest if self.prefer_fastest else cheapest_slowest)(added, feasible),
             self._hysteresis.current.get(state.instance_id),
             clocks,
             self.change_min_saving,
@@ -318,6 +334,7 @@ class VoltanaDecode:
     margin: float = 0.10
     downshift_ticks: int = 3
     change_min_saving: float = CHANGE_MIN_SAVING
+    prefer_fastest: bool = True  # as VoltanaPrefill's
     name: str = "voltana-decode"
     is_static: bool = False
     _hysteresis: _Hysteresis = field(init=False)
@@ -361,7 +378,7 @@ class VoltanaDecode:
         settled = settled_index(
             added,
             feasible,
-            cheapest_fastest(added, feasible),
+            (cheapest_fastest if self.prefer_fastest else cheapest_slowest)(added, feasible),
             self._hysteresis.current.get(state.instance_id),
             clocks,
             self.change_min_saving,
@@ -614,9 +631,17 @@ def build_voltana_suite(
     predictor = fit_predictor(
         context.perf, clocks, VOLTANA_TOKEN_BREAKPOINTS, max_batch=context.max_running_requests
     )
+    delay_ms = context.gpu.clock_change_delay_ms
     return PolicySuite(
         name,
-        VoltanaPrefill(predictor, clock_change_delay_ms=context.gpu.clock_change_delay_ms),
+        VoltanaPrefill(predictor, clock_change_delay_ms=delay_ms),
         VoltanaDecode(predictor),
         router or VoltanaRouter(predictor),
+        # Colocated instances: the same laws, taking the slowest of equally cheap clocks.
+        unified=UnifiedLaw(
+            VoltanaPrefill(predictor, clock_change_delay_ms=delay_ms, prefer_fastest=False),
+            VoltanaDecode(predictor, prefer_fastest=False),
+            context.perf,
+            name=f"{name}-unified",
+        ),
     )

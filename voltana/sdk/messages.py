@@ -8,7 +8,11 @@ from voltana.sdk.errors import InvalidRequestError
 from voltana.sdk.types import CandidateInfo, GenerationSummary, PlacementInfo, TokenEvent
 from voltana.v1 import common_pb2, router_pb2
 
-_PHASE_NAMES = {common_pb2.PHASE_PREFILL: "prefill", common_pb2.PHASE_DECODE: "decode"}
+_PHASE_NAMES = {
+    common_pb2.PHASE_PREFILL: "prefill",
+    common_pb2.PHASE_DECODE: "decode",
+    common_pb2.PHASE_UNIFIED: "unified",
+}
 
 
 def build_request(

@@ -59,6 +59,9 @@ class ClusterConfig:
     model: ModelSpec  # carries the tensor-parallel degree of each instance
     num_prefill: int = 2
     num_decode: int = 2
+    # Colocated instances (prefill and decode on one engine, SGLang without disaggregation),
+    # alone or beside the PD instances.
+    num_unified: int = 0
     slo: SloTarget = field(default_factory=SloTarget)
     chunked_prefill_tokens: int = 8192
     max_running_requests: int = 1024
@@ -74,8 +77,15 @@ class ClusterConfig:
     allow_extrapolated_clocks: bool = False
 
     def __post_init__(self) -> None:
-        if self.num_prefill < 1 or self.num_decode < 1:
-            raise ConfigError("a PD cluster needs at least one prefill and one decode instance")
+        if min(self.num_prefill, self.num_decode, self.num_unified) < 0:
+            raise ConfigError("instance counts must be >= 0")
+        if (self.num_prefill < 1) != (self.num_decode < 1):
+            raise ConfigError(
+                "PD serving needs at least one prefill and one decode instance "
+                f"(got {self.num_prefill} prefill, {self.num_decode} decode)"
+            )
+        if self.num_prefill + self.num_unified < 1:
+            raise ConfigError("a cluster needs a prefill and a decode instance, or a unified one")
         if self.chunked_prefill_tokens < 1 or self.max_running_requests < 1:
             raise ConfigError("chunked prefill size and max running requests must be >= 1")
         if (
@@ -96,4 +106,4 @@ class ClusterConfig:
 
     @property
     def num_gpus(self) -> int:
-        return (self.num_prefill + self.num_decode) * self.gpus_per_instance
+        return (self.num_prefill + self.num_decode + self.num_unified) * self.gpus_per_instance

@@ -10,6 +10,7 @@ from voltana.batching.scheduling import (
     PrefillScheduler,
     decode_gauges,
     prefill_gauges,
+    unified_gauges,
 )
 from voltana.contract.state import InstanceState, Phase
 from voltana.energy import EnergyLedger, WorkShares
@@ -45,10 +46,14 @@ class SimInstance:
         self.gpus = config.gpus_per_instance
         self.prefill: PrefillScheduler[int] | None = None
         self.decode: DecodeScheduler[int] | None = None
-        if phase is Phase.PREFILL:
+        # A colocated (unified) instance runs both schedulers on one GPU, one pass at a time.
+        if phase is not Phase.DECODE:
             self.prefill = PrefillScheduler(perf, token_budget=config.chunked_prefill_tokens)
-        else:
+        if phase is not Phase.PREFILL:
             self.decode = DecodeScheduler(perf, max_running_requests=config.max_running_requests)
+        # Unified: when the decode batch's last token came out (None: no batch was running),
+        # so that a token's gap counts the prefill passes run in between, as clients see it.
+        self.decode_gap_from_s: float | None = None
         self.observer = InstanceObserver(phase, perf.gpu.key, config.observation)
         self.sm_clock_mhz = config.gpu.default_sm_clock_mhz
         self.target_clock_mhz = self.sm_clock_mhz
@@ -136,7 +141,9 @@ class SimInstance:
         self, now_s: float, arrival_rate_rps: float = 0.0, arrival_tokens_per_s: float = 0.0
     ) -> InstanceState:
         """What the engine reports now (and telemetry adds the router's arrival counts to)."""
-        if self.prefill is not None:
+        if self.prefill is not None and self.decode is not None:
+            gauges = unified_gauges(self.prefill, self.decode, now_s)
+        elif self.prefill is not None:
             gauges = prefill_gauges(self.prefill, now_s, self.perf.kv_capacity_tokens())
         else:
             assert self.decode is not None
@@ -161,12 +168,13 @@ class SimInstance:
         series.time_s.append(now_s)
         series.sm_clock_mhz.append(self.sm_clock_mhz)
         series.power_w.append(energy / (interval_s * self.gpus) if interval_s > 0 else 0.0)
-        if self.prefill is not None:
+        if self.decode is not None:  # decode and unified: the prompt queue, then the batch
+            waiting = self.prefill.queue_len if self.prefill is not None else 0
+            series.queue_len.append(waiting + self.decode.queue_len)
+            series.running_batch.append(self.decode.batch_size)
+        else:
+            assert self.prefill is not None
             series.queue_len.append(self.prefill.queue_len)
             series.running_batch.append(
                 len(self.prefill.running.chunks) if self.prefill.running else 0
             )
-        else:
-            assert self.decode is not None
-            series.queue_len.append(self.decode.queue_len)
-            series.running_batch.append(self.decode.batch_size)

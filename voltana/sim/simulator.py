@@ -29,7 +29,8 @@ from voltana.control import NoticeBoard, PlacementBook, ServedTargets, needs_clo
 from voltana.energy import RequestEnergy, WorkShares, spread_unclaimed
 from voltana.errors import ConfigError
 from voltana.perf.model import IterationEstimate, PerformanceModel, calibrated_clock_range_mhz
-from voltana.policy.base import PolicySuite
+from voltana.policy.base import FrequencyPolicy, PolicySuite, RoutingPolicy
+from voltana.policy.unified import ColocatedRouting, UnifiedLaw
 from voltana.report import RunOutcome
 from voltana.sim.cluster import ClusterConfig
 from voltana.sim.instance import InstanceSeries, SimInstance
@@ -172,7 +173,7 @@ def clock_figures(result: SimulationResult) -> dict[str, Any]:
     for instance_id, seconds, energy in zip(
         result.instance_ids, result.clock_residency_s, result.energy_j_by_clock, strict=True
     ):
-        phase = residency["prefill" if instance_id.startswith("prefill") else "decode"]
+        phase = residency.setdefault(instance_id.rsplit("-", 1)[0], {})
         for clock_mhz, time_s in seconds.items():
             phase[str(clock_mhz)] = phase.get(str(clock_mhz), 0.0) + time_s
         extrapolated_j += sum(j for c, j in energy.items() if not low_mhz <= c <= high_mhz)
@@ -216,8 +217,22 @@ class Simulation:
         for n in range(config.num_decode):
             index = config.num_prefill + n
             self.instances.append(SimInstance(index, f"decode-{n}", Phase.DECODE, perf, config))
+        pd_count = config.num_prefill + config.num_decode
+        for n in range(config.num_unified):
+            self.instances.append(
+                SimInstance(pd_count + n, f"unified-{n}", Phase.UNIFIED, perf, config)
+            )
         self._prefill = self.instances[: config.num_prefill]
-        self._decode = self.instances[config.num_prefill :]
+        self._decode = self.instances[config.num_prefill : pd_count]
+        self._unified = self.instances[pd_count:]
+        self._router: RoutingPolicy = (
+            ColocatedRouting(suite.router) if config.num_unified else suite.router
+        )
+        # A suite built by hand (not by the registry) has no colocated law: compose its laws
+        # with the physics simulated.
+        self._unified_law: FrequencyPolicy = suite.unified or UnifiedLaw(
+            suite.prefill, suite.decode, perf, chunk_tokens=config.chunked_prefill_tokens
+        )
         self._by_id = {inst.instance_id: inst for inst in self.instances}
         self._events: list[tuple[float, int, int, int]] = []
         self._seq = 0
@@ -235,7 +250,7 @@ class Simulation:
         self._controller_view: list[InstanceState | None] = [None] * len(self.instances)
         # States the router sent the controller with a placement (the live controller's rule).
         self._notices = NoticeBoard(config.loop.placement_hold_ms / 1000.0)
-        self._pending_notices: dict[int, tuple[InstanceState, InstanceState]] = {}
+        self._pending_notices: dict[int, tuple[InstanceState, ...]] = {}
         # When each watch next reads the reports (inf: never), and whether the controller's
         # copy matters (a static suite never decides after t0).
         self._next_router_watch_s = float("inf")
@@ -288,10 +303,14 @@ class Simulation:
             state = self._router_state(inst, now_s)
             if state is not None:
                 decode[inst.instance_id] = state
-        if self._classed:
-            return ClusterSnapshot(
-                now_s, prefill, decode, serving=self._served.serving(self.config.slo)
-            )
+        unified = {}
+        for inst in self._unified:
+            state = self._router_state(inst, now_s)
+            if state is not None:
+                unified[inst.instance_id] = state
+        serving = self._served.serving(self.config.slo) if self._classed else {}
+        if serving or unified:
+            return ClusterSnapshot(now_s, prefill, decode, serving=serving, unified=unified)
         return ClusterSnapshot(now_s, prefill, decode)
 
     def _controller_state(self, inst: SimInstance, now_s: float) -> InstanceState | None:
@@ -302,7 +321,12 @@ class Simulation:
     def _decide(self, inst: SimInstance, state: InstanceState, now_s: float) -> bool:
         """Run the phase's policy; a new clock reaches the agent one RPC later and takes effect
         after the GPU's clock-change delay. True when the clock target changed."""
-        policy = self.suite.prefill if inst.phase is Phase.PREFILL else self.suite.decode
+        if inst.phase is Phase.PREFILL:
+            policy = self.suite.prefill
+        elif inst.phase is Phase.DECODE:
+            policy = self.suite.decode
+        else:
+            policy = self._unified_law
         slo = self.config.slo
         if self._classed:  # the tightest targets the instance serves
             slo = self._served.law_target(inst.instance_id, slo)
@@ -319,6 +343,27 @@ class Simulation:
         return False
 
     # ---- instance drivers -------------------------------------------------------------------
+    def _kick(self, inst: SimInstance, now_s: float) -> None:
+        """Start the instance's next iteration if it is free."""
+        if inst.phase is Phase.PREFILL:
+            self._kick_prefill(inst, now_s)
+        elif inst.phase is Phase.DECODE:
+            self._kick_decode(inst, now_s)
+        else:
+            self._kick_unified(inst, now_s)
+
+    def _kick_unified(self, inst: SimInstance, now_s: float) -> None:
+        """A colocated instance runs one pass at a time, prefill first (SGLang's scheduler
+        runs a pass over waiting prompts before the next decode step)."""
+        prefill, decode = inst.prefill, inst.decode
+        assert prefill is not None and decode is not None
+        if prefill.is_busy or decode.is_busy:
+            return
+        if prefill.queue_len:
+            self._kick_prefill(inst, now_s)
+        else:
+            self._kick_decode(inst, now_s)
+
     def _kick_prefill(self, inst: SimInstance, now_s: float) -> None:
         scheduler = inst.prefill
         assert scheduler is not None
@@ -340,8 +385,9 @@ class Simulation:
             return
         inst.advance(now_s)
         iteration = scheduler.start_iteration(now_s, inst.sm_clock_mhz)
-        for job in scheduler.last_admitted:
-            self._first_token(self._records[job.key], job.key, now_s)
+        if inst.phase is Phase.DECODE:  # (colocated: the first token came with the prefill)
+            for job in scheduler.last_admitted:
+                self._first_token(self._records[job.key], job.key, now_s)
         if iteration is None:
             inst.busy = False
             inst.set_power(now_s, self.perf.idle_power_w(inst.sm_clock_mhz))
@@ -363,9 +409,8 @@ class Simulation:
 
     def _estimate_running(self, inst: SimInstance, clock_mhz: int) -> IterationEstimate:
         """The running iteration's latency and draw at another clock."""
-        if inst.prefill is not None:
-            prefill = inst.prefill.running
-            assert prefill is not None
+        prefill = inst.prefill.running if inst.prefill is not None else None
+        if prefill is not None:
             return self.perf.prefill_iteration(
                 prefill.new_tokens, clock_mhz, prefill.attention_pairs
             )
@@ -386,7 +431,8 @@ class Simulation:
         inst.set_power(now_s, new.power_w)
         inst.pace_since_s = now_s
         inst.iteration_end_s = now_s + remaining_s
-        kind = _PREFILL_DONE if inst.phase is Phase.PREFILL else _DECODE_DONE
+        prefilling = inst.prefill is not None and inst.prefill.running is not None
+        kind = _PREFILL_DONE if prefilling else _DECODE_DONE
         inst.completion_seq = self._push(inst.iteration_end_s, kind, inst.index)
 
     def _first_token(self, record: RequestRecord, request_index: int, now_s: float) -> None:
@@ -407,7 +453,7 @@ class Simulation:
             return
         slo = request.slo or self.config.slo
         spec = RequestSpec(request.input_tokens, request.output_tokens, slo, now_s)
-        placement = self.suite.router.place(spec, self.snapshot(now_s))
+        placement = self._router.place(spec, self.snapshot(now_s))
         prefill = self._by_id[placement.prefill_id]
         decode = self._by_id[placement.decode_id]
         if self._classed:
@@ -418,12 +464,12 @@ class Simulation:
             request_index, prefill.instance_id, decode.instance_id, request.input_tokens, now_s
         )
         if self.config.loop.placement_trigger:
-            # The router sends the controller both instances as it sees them now.
-            states = (self._router_state(prefill, now_s), self._router_state(decode, now_s))
-            if states[0] is not None and states[1] is not None:
-                self._pending_notices[request_index] = (
-                    replace(states[0], observed_at_s=now_s),
-                    replace(states[1], observed_at_s=now_s),
+            # The router sends the controller the instances as it sees them now.
+            placed = (prefill,) if prefill is decode else (prefill, decode)
+            states = [self._router_state(inst, now_s) for inst in placed]
+            if all(state is not None for state in states):
+                self._pending_notices[request_index] = tuple(
+                    replace(state, observed_at_s=now_s) for state in states if state is not None
                 )
                 self._push(now_s + self._rpc_s, _NOTIFY, request_index)
                 return
@@ -448,10 +494,13 @@ class Simulation:
         prefill.last_activity_s = now_s
         assert prefill.prefill is not None
         prefill.prefill.enqueue(PrefillJob(request_index, record.request.input_tokens, now_s))
-        self._kick_prefill(prefill, now_s)
+        self._kick(prefill, now_s)
 
-    def _on_prefill_done(self, inst: SimInstance, now_s: float) -> None:
+    def _on_prefill_done(self, inst: SimInstance, now_s: float) -> int:
+        """Returns how many requests completed (a one-token answer on a colocated instance)."""
         assert inst.prefill is not None
+        if inst.phase is Phase.UNIFIED:
+            return self._on_unified_prefill_done(inst, now_s)
         inst.advance(now_s)
         inst.busy = False
         kv_bytes_per_token = (
@@ -469,6 +518,33 @@ class Simulation:
             self._push(now_s + transfer_s, _KV_ARRIVED, job.key)
         inst.last_activity_s = now_s
         self._kick_prefill(inst, now_s)
+        return 0
+
+    def _on_unified_prefill_done(self, inst: SimInstance, now_s: float) -> int:
+        """A colocated prefill pass ended: finished prompts emit their first token and join
+        the instance's own decode queue (their KV stays where it is)."""
+        assert inst.prefill is not None and inst.decode is not None
+        inst.advance(now_s)
+        inst.busy = False
+        completed = 0
+        for job in inst.prefill.finish_iteration():
+            record = self._records[job.key]
+            request = record.request
+            record.prefill_done_s = now_s
+            inst.observer.note_first_token(now_s, now_s - job.enqueued_s)
+            record.first_token_s = now_s
+            if request.output_tokens <= 1:
+                record.finish_s = now_s
+                self._placements.finished(job.key)
+                self._served.close(job.key)
+                completed += 1
+                continue
+            inst.decode.enqueue(
+                DecodeJob(job.key, request.input_tokens, request.output_tokens - 1, now_s)
+            )
+        inst.last_activity_s = now_s
+        self._kick_unified(inst, now_s)
+        return completed
 
     def _on_kv_arrived(self, request_index: int, now_s: float) -> None:
         record = self._records[request_index]
@@ -494,7 +570,13 @@ class Simulation:
         inst.busy = False
         iteration = inst.decode.running_iteration
         assert iteration is not None
-        latency_s = now_s - iteration.started_s
+        if inst.phase is Phase.UNIFIED:
+            # The batch's tokens came out this long after its previous ones: this step plus
+            # any prefill passes run in between (what clients and SGLang's ITL see).
+            gap_from_s = inst.decode_gap_from_s
+            latency_s = now_s - (iteration.started_s if gap_from_s is None else gap_from_s)
+        else:
+            latency_s = now_s - iteration.started_s
         inst.observer.note_decode_step(now_s, latency_s, iteration.batch_size)
         self._decode_latency_s.append(latency_s)
         self._decode_batch.append(iteration.batch_size)
@@ -505,7 +587,11 @@ class Simulation:
             if self._classed:
                 self._served.close(job.key)
         inst.last_activity_s = now_s
-        self._kick_decode(inst, now_s)
+        if inst.phase is Phase.UNIFIED:
+            inst.decode_gap_from_s = now_s if inst.decode.batch_size else None
+            self._kick_unified(inst, now_s)
+        else:
+            self._kick_decode(inst, now_s)
         return len(finished)
 
     def _report_is_read(self, next_report_s: float) -> bool:
@@ -623,7 +709,7 @@ class Simulation:
             elif kind == _PREFILL_DONE:
                 if seq != instances[payload].completion_seq:
                     continue
-                self._on_prefill_done(instances[payload], now_s)
+                pending_requests -= self._on_prefill_done(instances[payload], now_s)
             elif kind == _CLOCK:
                 self._on_clock(instances[payload], now_s)
                 continue

@@ -1,5 +1,8 @@
 """`static-best`: the cheapest fixed prefill/decode clock pair in hindsight, for one router.
 
+(On a cluster of colocated instances only, the cheapest single clock: `_colocated_best`. In a
+mixed cluster the colocated instances run the higher clock of the pair searched.)
+
 Not an online policy: it needs the whole workload up front. It answers "what would the best
 static configuration have achieved with this router?", the strongest static baseline; a
 dynamic policy is compared with the one searched for its own router (`static-best+<router>-
@@ -68,15 +71,21 @@ class StaticBest:
     router: str | None = None
     # Every pair simulated, (prefill MHz, decode MHz) -> run (for checks and reports).
     evaluated: dict[tuple[int, int], PairRun] = field(default_factory=dict, repr=False)
+    # Colocated instances only: one clock (prefill_mhz == decode_mhz).
+    colocated: bool = False
 
     @property
     def policy_name(self) -> str:
         return f"static:{self.prefill_mhz}/{self.decode_mhz}"
 
     def label(self) -> str:
-        """The row's name: `static-best[+<router>-router](<prefill>/<decode>)`."""
+        """The row's name: `static-best[+<router>-router](<prefill>/<decode>)`, or
+        `(<clock>)` on colocated instances only."""
         suffix = f"+{self.router}-router" if self.router else ""
-        return f"{STATIC_BEST}{suffix}({self.prefill_mhz}/{self.decode_mhz})"
+        clocks = (
+            f"{self.prefill_mhz}" if self.colocated else f"{self.prefill_mhz}/{self.decode_mhz}"
+        )
+        return f"{STATIC_BEST}{suffix}({clocks})"
 
     def summary(self) -> dict[str, object]:
         return {
@@ -207,6 +216,8 @@ def find_static_best(
     max_mhz = config.gpu.default_sm_clock_mhz
     baseline = run(max_mhz, max_mhz)
     target = min(0.99, baseline.attainment - 0.005)
+    if config.num_prefill == 0:
+        return _colocated_best(run, clocks, target, router, progress)
 
     def pair(p: int, d: int) -> PairRun:
         return run(clocks[p], clocks[d])
@@ -255,6 +266,50 @@ def find_static_best(
         progress(1.0)
     return StaticBest(
         clocks[p], clocks[d], target, pair(p, d).result, len(run.runs), router, dict(run.runs)
+    )
+
+
+def _colocated_best(
+    run: _PairRunner,
+    clocks: Sequence[int],
+    target: float,
+    router: str | None,
+    progress: ProgressCallback | None,
+) -> StaticBest:
+    """Only colocated instances: one clock each, every instance the same. Energy is unimodal
+    in it (U) and attainment does not fall as it rises (M), so the cheapest clock meeting the
+    target is the energy minimiser (golden section) or, when that misses, the lowest clock
+    above it that meets the target (bisection)."""
+    top = len(clocks) - 1
+
+    def energy_j(index: int) -> float:
+        return run(clocks[index], clocks[index]).energy_j
+
+    def meets(index: int) -> bool:
+        return run(clocks[index], clocks[index]).attainment >= target
+
+    search = _GoldenSearch(len(clocks))
+    while not search.done:
+        search.narrow(energy_j)
+    best = search.minimiser(energy_j)
+    if not meets(best):
+        low, high = best, top  # misses at low; the top clock is the baseline's
+        while high - low > 1:
+            middle = (low + high) // 2
+            low, high = (low, middle) if meets(middle) else (middle, high)
+        best = high
+    if progress:
+        progress(1.0)
+    clock_mhz = clocks[best]
+    return StaticBest(
+        clock_mhz,
+        clock_mhz,
+        target,
+        run(clock_mhz, clock_mhz).result,
+        len(run.runs),
+        router,
+        dict(run.runs),
+        colocated=True,
     )
 
 

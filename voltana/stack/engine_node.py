@@ -12,7 +12,7 @@ import logging
 from dataclasses import dataclass, field
 
 from voltana.contract.state import Phase
-from voltana.engine import ScaledClock, SimEngine, SimEngineSettings
+from voltana.engine import ScaledClock, SimEngine, SimEngineSettings, engine_phase
 from voltana.errors import ConfigError
 from voltana.flags import composed, flag, no_flag
 from voltana.flags.common import METRICS, SECURITY
@@ -169,10 +169,8 @@ class EngineNode(AsyncService):
 
     @property
     def phase(self) -> Phase:
-        # A null-mode (prefill and decode in one) engine reports as decode.
-        return (
-            Phase.PREFILL if self.settings.engine.engine_mode.value == "prefill" else Phase.DECODE
-        )
+        # A null-mode (prefill and decode in one) engine is a colocated (unified) instance.
+        return engine_phase(self.settings.engine.engine_mode)
 
     def _advertised_host(self, engine: SimEngine) -> str:
         return self.settings.advertise_host or engine.advertised_host

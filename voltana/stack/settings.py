@@ -19,6 +19,9 @@ METRICS_PORTS_BEFORE_AGENTS = 3
 class SimStackSettings:
     prefill: int = 2
     decode: int = 2
+    # Colocated instances (SGLang without disaggregation: each prefills and decodes), alone
+    # (prefill = decode = 0) or beside the PD pair.
+    unified: int = 0
     gpu_key: str = "a100-80g"
     model_key: str = "llama-3.1-8b"
     tp: int = 1
@@ -80,9 +83,17 @@ class SimStackSettings:
     security: RpcSecurity = field(default_factory=RpcSecurity.generated)
 
     def __post_init__(self) -> None:
+        for name in ("prefill", "decode", "unified"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if (self.prefill < 1) != (self.decode < 1):
+            raise ConfigError(
+                "PD serving needs at least one prefill and one decode instance "
+                f"(got {self.prefill} prefill, {self.decode} decode)"
+            )
+        if self.prefill + self.unified < 1:
+            raise ConfigError("the stack needs a prefill and a decode instance, or a unified one")
         for name in (
-            "prefill",
-            "decode",
             "routers",
             "tp",
             "sample_interval_ms",
@@ -105,7 +116,7 @@ class SimStackSettings:
                     f"{name} must leave room for {self.routers} routers below 65536, got {port}"
                 )
         if self.metrics_port is not None:
-            last_port = self.metrics_port + METRICS_PORTS_BEFORE_AGENTS + self.prefill + self.decode
+            last_port = self.metrics_port + METRICS_PORTS_BEFORE_AGENTS + self.num_instances
             if self.metrics_port < 0 or (self.metrics_port and last_port - 1 > 65535):
                 raise ConfigError(
                     f"metrics_port must leave room for {last_port - self.metrics_port} ports "
@@ -145,9 +156,22 @@ class SimStackSettings:
             services = ["router", "telemetry", "controller"]
             services += [f"prefill-{i}.agent" for i in range(self.prefill)]
             services += [f"decode-{i}.agent" for i in range(self.decode)]
+            services += [f"unified-{i}.agent" for i in range(self.unified)]
             for offset, service in enumerate(services):
                 ports[f"{service}.metrics"] = self.metrics_port + offset
         return {name: port for name, port in ports.items() if port}
+
+    @property
+    def num_instances(self) -> int:
+        return self.prefill + self.decode + self.unified
+
+    @property
+    def shape(self) -> str:
+        """E.g. 2P2D, 2U, 1P1D+1U."""
+        parts = [f"{self.prefill}P{self.decode}D"] if self.prefill else []
+        if self.unified:
+            parts.append(f"{self.unified}U")
+        return "+".join(parts)
 
     def router_port_of(self, index: int, first: int) -> int:
         """Router ``index``'s port counted from ``first`` (the router or HTTP port): first + index,

@@ -435,9 +435,11 @@ class SglangInstanceReporter:
         if queue_len or running or finished or generated:
             self._last_activity_s = now_s
         is_prefill = settings.phase is Phase.PREFILL
+        # A colocated server's queue holds prompts too; its running requests are its batch.
+        prompts_wait = is_prefill or settings.phase is Phase.UNIFIED
         gauges = EngineGauges(
             queue_len=queue_len,
-            queued_tokens=int(queue_len * self._mean_prompt_tokens) if is_prefill else 0,
+            queued_tokens=int(queue_len * self._mean_prompt_tokens) if prompts_wait else 0,
             running_prefill_tokens=int(running * self._mean_prompt_tokens) if is_prefill else 0,
             running_batch=0 if is_prefill else running,
             kv_tokens_used=int(metrics.get("sglang:num_used_tokens", 0)),

@@ -218,9 +218,8 @@ class SimStack(AsyncService):
             await self.stop()
             raise
         _LOG.info(
-            "stack up: %dP%dD %s %s, policy %s, router on %s",
-            self.settings.prefill,
-            self.settings.decode,
+            "stack up: %s %s %s, policy %s, router on %s",
+            self.settings.shape,
             self.settings.gpu_key,
             self.settings.model_key,
             self.settings.policy,
@@ -254,8 +253,12 @@ class SimStack(AsyncService):
         self._telemetry_client = client
         self._stoppers.append(("telemetry client", client.close))
 
-        phases = [Phase.PREFILL] * settings.prefill + [Phase.DECODE] * settings.decode
-        counters = {Phase.PREFILL: 0, Phase.DECODE: 0}
+        phases = (
+            [Phase.PREFILL] * settings.prefill
+            + [Phase.DECODE] * settings.decode
+            + [Phase.UNIFIED] * settings.unified
+        )
+        counters = dict.fromkeys(Phase, 0)
         tp = self.physics.model.tensor_parallel
         for position, phase in enumerate(phases):
             instance_id = f"{phase.value}-{counters[phase]}"

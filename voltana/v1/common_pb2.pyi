@@ -39,13 +39,19 @@ class _PhaseEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Phase.ValueType
     PHASE_UNSPECIFIED: _Phase.ValueType  # 0
     PHASE_PREFILL: _Phase.ValueType  # 1
     PHASE_DECODE: _Phase.ValueType  # 2
+    PHASE_UNIFIED: _Phase.ValueType  # 3
+    """Colocated: one engine prefills and decodes (SGLang without disaggregation)."""
 
 class Phase(_Phase, metaclass=_PhaseEnumTypeWrapper):
-    """Which half of a prefill/decode-disaggregated deployment an instance serves."""
+    """Which half of a prefill/decode-disaggregated deployment an instance serves, or both
+    (a colocated instance).
+    """
 
 PHASE_UNSPECIFIED: Phase.ValueType  # 0
 PHASE_PREFILL: Phase.ValueType  # 1
 PHASE_DECODE: Phase.ValueType  # 2
+PHASE_UNIFIED: Phase.ValueType  # 3
+"""Colocated: one engine prefills and decodes (SGLang without disaggregation)."""
 Global___Phase: _TypeAlias = Phase  # noqa: Y015
 
 @_typing.final

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from voltana.v1 import common_pb2 as voltana_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bvoltana/v1/controller.proto\x12\nvoltana.v1\x1a\x17voltana/v1/common.proto\"\x81\x01\n\x16NotifyPlacementRequest\x12,\n\tinstances\x18\x01 \x03(\x0b\x32\x19.voltana.v1.InstanceState\x12\x11\n\trouter_id\x18\x02 \x01(\t\x12&\n\x07serving\x18\x03 \x03(\x0b\x32\x15.voltana.v1.ServedSlo\"]\n\tServedSlo\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63luster_slo\x18\x02 \x01(\x08\x12&\n\x07own_slo\x18\x03 \x01(\x0b\x32\x15.voltana.v1.SloTarget\"/\n\x17NotifyPlacementResponse\x12\x14\n\x0csm_clock_mhz\x18\x01 \x03(\x05\"\xae\x01\n\x13\x43lockDecisionRecord\x12\x14\n\x0c\x64\x65\x63ided_at_s\x18\x01 \x01(\x01\x12\x14\n\x0csm_clock_mhz\x18\x02 \x01(\x05\x12\x1d\n\x15previous_sm_clock_mhz\x18\x03 \x01(\x05\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x0f\n\x07\x61pplied\x18\x05 \x01(\x08\x12\x1c\n\x14\x61pplied_sm_clock_mhz\x18\x06 \x01(\x05\x12\r\n\x05\x65rror\x18\x07 \x01(\t\"\xbb\x02\n\x15InstanceControlStatus\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12 \n\x05phase\x18\x02 \x01(\x0e\x32\x11.voltana.v1.Phase\x12\x1c\n\x14\x63urrent_sm_clock_mhz\x18\x03 \x01(\x05\x12\x1b\n\x13target_sm_clock_mhz\x18\x04 \x01(\x05\x12\x39\n\x10recent_decisions\x18\x05 \x03(\x0b\x32\x1f.voltana.v1.ClockDecisionRecord\x12\x13\n\x0bpolicy_name\x18\x06 \x01(\t\x12\"\n\x03slo\x18\x07 \x01(\x0b\x32\x15.voltana.v1.SloTarget\x12\x12\n\nlease_held\x18\x08 \x01(\x08\x12\x15\n\ragent_address\x18\t \x01(\t\x12\x11\n\tgpu_index\x18\n \x01(\x05\"?\n\x10GetStatusRequest\x12\x14\n\x0cinstance_ids\x18\x01 \x03(\t\x12\x15\n\rmax_decisions\x18\x02 \x01(\x05\"\xb5\x01\n\x11GetStatusResponse\x12\r\n\x05now_s\x18\x01 \x01(\x01\x12\"\n\x03slo\x18\x02 \x01(\x0b\x32\x15.voltana.v1.SloTarget\x12\x1b\n\x13prefill_policy_name\x18\x03 \x01(\t\x12\x1a\n\x12\x64\x65\x63ode_policy_name\x18\x04 \x01(\t\x12\x34\n\tinstances\x18\x05 \x03(\x0b\x32!.voltana.v1.InstanceControlStatus\"3\n\rSetSloRequest\x12\"\n\x03slo\x18\x01 \x01(\x0b\x32\x15.voltana.v1.SloTarget\"a\n\x0eSetSloResponse\x12+\n\x0cprevious_slo\x18\x01 \x01(\x0b\x32\x15.voltana.v1.SloTarget\x12\"\n\x03slo\x18\x02 \x01(\x0b\x32\x15.voltana.v1.SloTarget\"I\n\x10SetPolicyRequest\x12\x13\n\x0bpolicy_name\x18\x01 \x01(\t\x12 \n\x05phase\x18\x02 \x01(\x0e\x32\x11.voltana.v1.Phase\"L\n\x11SetPolicyResponse\x12\x1b\n\x13prefill_policy_name\x18\x01 \x01(\t\x12\x1a\n\x12\x64\x65\x63ode_policy_name\x18\x02 \x01(\t\"\x15\n\x13ListPoliciesRequest\"R\n\nPolicyInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12!\n\x06phases\x18\x03 \x03(\x0e\x32\x11.voltana.v1.Phase\"y\n\x14ListPoliciesResponse\x12(\n\x08policies\x18\x01 \x03(\x0b\x32\x16.voltana.v1.PolicyInfo\x12\x1b\n\x13prefill_policy_name\x18\x02 \x01(\t\x12\x1a\n\x12\x64\x65\x63ode_policy_name\x18\x03 \x01(\t2\x97\x03\n\x11\x43ontrollerService\x12H\n\tGetStatus\x12\x1c.voltana.v1.GetStatusRequest\x1a\x1d.voltana.v1.GetStatusResponse\x12?\n\x06SetSlo\x12\x19.voltana.v1.SetSloRequest\x1a\x1a.voltana.v1.SetSloResponse\x12H\n\tSetPolicy\x12\x1c.voltana.v1.SetPolicyRequest\x1a\x1d.voltana.v1.SetPolicyResponse\x12Q\n\x0cListPolicies\x12\x1f.voltana.v1.ListPoliciesRequest\x1a .voltana.v1.ListPoliciesResponse\x12Z\n\x0fNotifyPlacement\x12\".voltana.v1.NotifyPlacementRequest\x1a#.voltana.v1.NotifyPlacementResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bvoltana/v1/controller.proto\x12\nvoltana.v1\x1a\x17voltana/v1/common.proto\"\x81\x01\n\x16NotifyPlacementRequest\x12,\n\tinstances\x18\x01 \x03(\x0b\x32\x19.voltana.v1.InstanceState\x12\x11\n\trouter_id\x18\x02 \x01(\t\x12&\n\x07serving\x18\x03 \x03(\x0b\x32\x15.voltana.v1.ServedSlo\"]\n\tServedSlo\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63luster_slo\x18\x02 \x01(\x08\x12&\n\x07own_slo\x18\x03 \x01(\x0b\x32\x15.voltana.v1.SloTarget\"/\n\x17NotifyPlacementResponse\x12\x14\n\x0csm_clock_mhz\x18\x01 \x03(\x05\"\xae\x01\n\x13\x43lockDecisionRecord\x12\x14\n\x0c\x64\x65\x63ided_at_s\x18\x01 \x01(\x01\x12\x14\n\x0csm_clock_mhz\x18\x02 \x01(\x05\x12\x1d\n\x15previous_sm_clock_mhz\x18\x03 \x01(\x05\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x0f\n\x07\x61pplied\x18\x05 \x01(\x08\x12\x1c\n\x14\x61pplied_sm_clock_mhz\x18\x06 \x01(\x05\x12\r\n\x05\x65rror\x18\x07 \x01(\t\"\xbb\x02\n\x15InstanceControlStatus\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12 \n\x05phase\x18\x02 \x01(\x0e\x32\x11.voltana.v1.Phase\x12\x1c\n\x14\x63urrent_sm_clock_mhz\x18\x03 \x01(\x05\x12\x1b\n\x13target_sm_clock_mhz\x18\x04 \x01(\x05\x12\x39\n\x10recent_decisions\x18\x05 \x03(\x0b\x32\x1f.voltana.v1.ClockDecisionRecord\x12\x13\n\x0bpolicy_name\x18\x06 \x01(\t\x12\"\n\x03slo\x18\x07 \x01(\x0b\x32\x15.voltana.v1.SloTarget\x12\x12\n\nlease_held\x18\x08 \x01(\x08\x12\x15\n\ragent_address\x18\t \x01(\t\x12\x11\n\tgpu_index\x18\n \x01(\x05\"?\n\x10GetStatusRequest\x12\x14\n\x0cinstance_ids\x18\x01 \x03(\t\x12\x15\n\rmax_decisions\x18\x02 \x01(\x05\"\xd2\x01\n\x11GetStatusResponse\x12\r\n\x05now_s\x18\x01 \x01(\x01\x12\"\n\x03slo\x18\x02 \x01(\x0b\x32\x15.voltana.v1.SloTarget\x12\x1b\n\x13prefill_policy_name\x18\x03 \x01(\t\x12\x1a\n\x12\x64\x65\x63ode_policy_name\x18\x04 \x01(\t\x12\x34\n\tinstances\x18\x05 \x03(\x0b\x32!.voltana.v1.InstanceControlStatus\x12\x1b\n\x13unified_policy_name\x18\x06 \x01(\t\"3\n\rSetSloRequest\x12\"\n\x03slo\x18\x01 \x01(\x0b\x32\x15.voltana.v1.SloTarget\"a\n\x0eSetSloResponse\x12+\n\x0cprevious_slo\x18\x01 \x01(\x0b\x32\x15.voltana.v1.SloTarget\x12\"\n\x03slo\x18\x02 \x01(\x0b\x32\x15.voltana.v1.SloTarget\"I\n\x10SetPolicyRequest\x12\x13\n\x0bpolicy_name\x18\x01 \x01(\t\x12 \n\x05phase\x18\x02 \x01(\x0e\x32\x11.voltana.v1.Phase\"i\n\x11SetPolicyResponse\x12\x1b\n\x13prefill_policy_name\x18\x01 \x01(\t\x12\x1a\n\x12\x64\x65\x63ode_policy_name\x18\x02 \x01(\t\x12\x1b\n\x13unified_policy_name\x18\x03 \x01(\t\"\x15\n\x13ListPoliciesRequest\"R\n\nPolicyInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12!\n\x06phases\x18\x03 \x03(\x0e\x32\x11.voltana.v1.Phase\"\x96\x01\n\x14ListPoliciesResponse\x12(\n\x08policies\x18\x01 \x03(\x0b\x32\x16.voltana.v1.PolicyInfo\x12\x1b\n\x13prefill_policy_name\x18\x02 \x01(\t\x12\x1a\n\x12\x64\x65\x63ode_policy_name\x18\x03 \x01(\t\x12\x1b\n\x13unified_policy_name\x18\x04 \x01(\t2\x97\x03\n\x11\x43ontrollerService\x12H\n\tGetStatus\x12\x1c.voltana.v1.GetStatusRequest\x1a\x1d.voltana.v1.GetStatusResponse\x12?\n\x06SetSlo\x12\x19.voltana.v1.SetSloRequest\x1a\x1a.voltana.v1.SetSloResponse\x12H\n\tSetPolicy\x12\x1c.voltana.v1.SetPolicyRequest\x1a\x1d.voltana.v1.SetPolicyResponse\x12Q\n\x0cListPolicies\x12\x1f.voltana.v1.ListPoliciesRequest\x1a .voltana.v1.ListPoliciesResponse\x12Z\n\x0fNotifyPlacement\x12\".voltana.v1.NotifyPlacementRequest\x1a#.voltana.v1.NotifyPlacementResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -45,21 +45,21 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETSTATUSREQUEST']._serialized_start=839
   _globals['_GETSTATUSREQUEST']._serialized_end=902
   _globals['_GETSTATUSRESPONSE']._serialized_start=905
-  _globals['_GETSTATUSRESPONSE']._serialized_end=1086
-  _globals['_SETSLOREQUEST']._serialized_start=1088
-  _globals['_SETSLOREQUEST']._serialized_end=1139
-  _globals['_SETSLORESPONSE']._serialized_start=1141
-  _globals['_SETSLORESPONSE']._serialized_end=1238
-  _globals['_SETPOLICYREQUEST']._serialized_start=1240
-  _globals['_SETPOLICYREQUEST']._serialized_end=1313
-  _globals['_SETPOLICYRESPONSE']._serialized_start=1315
-  _globals['_SETPOLICYRESPONSE']._serialized_end=1391
-  _globals['_LISTPOLICIESREQUEST']._serialized_start=1393
-  _globals['_LISTPOLICIESREQUEST']._serialized_end=1414
-  _globals['_POLICYINFO']._serialized_start=1416
-  _globals['_POLICYINFO']._serialized_end=1498
-  _globals['_LISTPOLICIESRESPONSE']._serialized_start=1500
-  _globals['_LISTPOLICIESRESPONSE']._serialized_end=1621
-  _globals['_CONTROLLERSERVICE']._serialized_start=1624
-  _globals['_CONTROLLERSERVICE']._serialized_end=2031
+  _globals['_GETSTATUSRESPONSE']._serialized_end=1115
+  _globals['_SETSLOREQUEST']._serialized_start=1117
+  _globals['_SETSLOREQUEST']._serialized_end=1168
+  _globals['_SETSLORESPONSE']._serialized_start=1170
+  _globals['_SETSLORESPONSE']._serialized_end=1267
+  _globals['_SETPOLICYREQUEST']._serialized_start=1269
+  _globals['_SETPOLICYREQUEST']._serialized_end=1342
+  _globals['_SETPOLICYRESPONSE']._serialized_start=1344
+  _globals['_SETPOLICYRESPONSE']._serialized_end=1449
+  _globals['_LISTPOLICIESREQUEST']._serialized_start=1451
+  _globals['_LISTPOLICIESREQUEST']._serialized_end=1472
+  _globals['_POLICYINFO']._serialized_start=1474
+  _globals['_POLICYINFO']._serialized_end=1556
+  _globals['_LISTPOLICIESRESPONSE']._serialized_start=1559
+  _globals['_LISTPOLICIESRESPONSE']._serialized_end=1709
+  _globals['_CONTROLLERSERVICE']._serialized_start=1712
+  _globals['_CONTROLLERSERVICE']._serialized_end=2119
 # @@protoc_insertion_point(module_scope)

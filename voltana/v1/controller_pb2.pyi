@@ -254,12 +254,15 @@ class GetStatusResponse(_message.Message):
     PREFILL_POLICY_NAME_FIELD_NUMBER: _builtins.int
     DECODE_POLICY_NAME_FIELD_NUMBER: _builtins.int
     INSTANCES_FIELD_NUMBER: _builtins.int
+    UNIFIED_POLICY_NAME_FIELD_NUMBER: _builtins.int
     now_s: _builtins.float
     """When the status was read, seconds."""
     prefill_policy_name: _builtins.str
     """Policy for prefill instances."""
     decode_policy_name: _builtins.str
     """Policy for decode instances."""
+    unified_policy_name: _builtins.str
+    """Policy for colocated (unified) instances."""
     @_builtins.property
     def slo(self) -> _common_pb2.SloTarget:
         """Cluster SLO."""
@@ -276,10 +279,11 @@ class GetStatusResponse(_message.Message):
         prefill_policy_name: _builtins.str = ...,
         decode_policy_name: _builtins.str = ...,
         instances: _abc.Iterable[Global___InstanceControlStatus] | None = ...,
+        unified_policy_name: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["slo", b"slo"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["decode_policy_name", b"decode_policy_name", "instances", b"instances", "now_s", b"now_s", "prefill_policy_name", b"prefill_policy_name", "slo", b"slo"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["decode_policy_name", b"decode_policy_name", "instances", b"instances", "now_s", b"now_s", "prefill_policy_name", b"prefill_policy_name", "slo", b"slo", "unified_policy_name", b"unified_policy_name"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -344,7 +348,7 @@ class SetPolicyRequest(_message.Message):
     policy_name: _builtins.str
     """Policy name, one of ListPolicies."""
     phase: _common_pb2.Phase.ValueType
-    """Phase to switch; PHASE_UNSPECIFIED = both phases."""
+    """Phase to switch; PHASE_UNSPECIFIED = every phase (colocated instances too)."""
     def __init__(
         self,
         *,
@@ -365,19 +369,23 @@ class SetPolicyResponse(_message.Message):
 
     PREFILL_POLICY_NAME_FIELD_NUMBER: _builtins.int
     DECODE_POLICY_NAME_FIELD_NUMBER: _builtins.int
+    UNIFIED_POLICY_NAME_FIELD_NUMBER: _builtins.int
     prefill_policy_name: _builtins.str
     """Policy for prefill instances now."""
     decode_policy_name: _builtins.str
     """Policy for decode instances now."""
+    unified_policy_name: _builtins.str
+    """Policy for colocated (unified) instances now."""
     def __init__(
         self,
         *,
         prefill_policy_name: _builtins.str = ...,
         decode_policy_name: _builtins.str = ...,
+        unified_policy_name: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["decode_policy_name", b"decode_policy_name", "prefill_policy_name", b"prefill_policy_name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["decode_policy_name", b"decode_policy_name", "prefill_policy_name", b"prefill_policy_name", "unified_policy_name", b"unified_policy_name"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -437,10 +445,13 @@ class ListPoliciesResponse(_message.Message):
     POLICIES_FIELD_NUMBER: _builtins.int
     PREFILL_POLICY_NAME_FIELD_NUMBER: _builtins.int
     DECODE_POLICY_NAME_FIELD_NUMBER: _builtins.int
+    UNIFIED_POLICY_NAME_FIELD_NUMBER: _builtins.int
     prefill_policy_name: _builtins.str
     """Policy for prefill instances now."""
     decode_policy_name: _builtins.str
     """Policy for decode instances now."""
+    unified_policy_name: _builtins.str
+    """Policy for colocated (unified) instances now."""
     @_builtins.property
     def policies(self) -> _containers.RepeatedCompositeFieldContainer[Global___PolicyInfo]:
         """Known policies, by name."""
@@ -451,10 +462,11 @@ class ListPoliciesResponse(_message.Message):
         policies: _abc.Iterable[Global___PolicyInfo] | None = ...,
         prefill_policy_name: _builtins.str = ...,
         decode_policy_name: _builtins.str = ...,
+        unified_policy_name: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["decode_policy_name", b"decode_policy_name", "policies", b"policies", "prefill_policy_name", b"prefill_policy_name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["decode_policy_name", b"decode_policy_name", "policies", b"policies", "prefill_policy_name", b"prefill_policy_name", "unified_policy_name", b"unified_policy_name"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

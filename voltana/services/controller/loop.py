@@ -112,7 +112,7 @@ class ControlLoop:
             _LOG.info("telemetry is back; resuming clock control")
         self._follow_cluster_slo(view.snapshot)
         self._sync_instances(view)
-        for state in [*view.snapshot.prefill.values(), *view.snapshot.decode.values()]:
+        for state in view.snapshot.states():
             control = self._controls[state.instance_id]
             if state.sm_clock_mhz > 0:
                 control.current_sm_clock_mhz = state.sm_clock_mhz
@@ -214,7 +214,11 @@ class ControlLoop:
     def _sync_instances(self, view: ClusterView) -> None:
         """Track new instances, drop vanished ones, follow endpoint changes."""
         snapshot = view.snapshot
-        states: dict[str, InstanceState] = {**snapshot.prefill, **snapshot.decode}
+        states: dict[str, InstanceState] = {
+            **snapshot.prefill,
+            **snapshot.decode,
+            **snapshot.unified,
+        }
         for instance_id in list(self._controls):
             if instance_id not in states:
                 _LOG.info("instance %s left; no longer controlling it", instance_id)

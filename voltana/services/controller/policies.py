@@ -33,7 +33,7 @@ _SuiteKey = tuple[str, str]
 class PolicyInfo:
     name: str
     description: str
-    phases: tuple[Phase, ...] = (Phase.PREFILL, Phase.DECODE)
+    phases: tuple[Phase, ...] = (Phase.PREFILL, Phase.DECODE, Phase.UNIFIED)
 
 
 def build_policy_suite(
@@ -82,7 +82,7 @@ class PolicyBook:
         # Instances on the profiled GPU are steered with the measured profile.
         self._profiled = physics.perf if physics.profile is not None else None
         self._slo = slo
-        self._names = {Phase.PREFILL: policy_name, Phase.DECODE: policy_name}
+        self._names = {phase: policy_name for phase in Phase}
         self._suites: dict[_SuiteKey, PolicySuite] = {}
         self._known: list[PolicyInfo] | None = None
         # One change at a time: each builds from the state the previous one left.
@@ -114,9 +114,15 @@ class PolicyBook:
         """The policy deciding for an instance of ``phase`` on a ``gpu_key`` GPU.
 
         Raises ConfigError when the policy cannot run on that GPU (e.g. a fixed clock it lacks).
+        A colocated instance runs the suite's composed law (voltana.policy.unified).
         """
         suite = self._suite(self._names[phase], self.gpu_for(gpu_key))
-        return suite.prefill if phase is Phase.PREFILL else suite.decode
+        if phase is Phase.PREFILL:
+            return suite.prefill
+        if phase is Phase.DECODE:
+            return suite.decode
+        assert suite.unified is not None  # build_suite composes one for every suite
+        return suite.unified
 
     def _suite(self, name: str, gpu: GpuSpec) -> PolicySuite:
         suite = self._suites.get((name, gpu.key))
@@ -140,13 +146,14 @@ class PolicyBook:
         return await asyncio.to_thread(build_all)
 
     async def set_policy(self, name: str, phase: Phase | None) -> None:
-        """Switch ``phase`` (None = both) to ``name``; UnknownNameError/ConfigError when invalid."""
+        """Switch ``phase`` (None = every phase, colocated instances too) to ``name``;
+        UnknownNameError/ConfigError when invalid."""
         async with self._changing:
             await self._set_policy(name, phase)
 
     async def _set_policy(self, name: str, phase: Phase | None) -> None:
         names = dict(self._names)
-        for each in (Phase.PREFILL, Phase.DECODE) if phase is None else (phase,):
+        for each in tuple(Phase) if phase is None else (phase,):
             names[each] = name
         gpu_keys = {self._default_gpu.key} | {gpu_key for _, gpu_key in self._suites}
         try:

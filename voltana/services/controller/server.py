@@ -93,7 +93,7 @@ class ControllerService(AsyncService):
         policies = self._policies
         if policies is None:
             return {}
-        return {phase: policies.policy_name(phase) for phase in (Phase.PREFILL, Phase.DECODE)}
+        return {phase: policies.policy_name(phase) for phase in Phase}
 
     @property
     def policies(self) -> PolicyBook:

@@ -37,6 +37,7 @@ _PHASES_FROM_PROTO: dict[int, Phase | None] = {
     common_pb2.PHASE_UNSPECIFIED: None,
     common_pb2.PHASE_PREFILL: Phase.PREFILL,
     common_pb2.PHASE_DECODE: Phase.DECODE,
+    common_pb2.PHASE_UNIFIED: Phase.UNIFIED,
 }
 
 
@@ -79,6 +80,7 @@ class ControllerServicer(controller_pb2_grpc.ControllerServiceServicer):
             slo=slo_to_proto(policies.slo),
             prefill_policy_name=policies.policy_name(Phase.PREFILL),
             decode_policy_name=policies.policy_name(Phase.DECODE),
+            unified_policy_name=policies.policy_name(Phase.UNIFIED),
             instances=[
                 control_to_proto(
                     control,
@@ -148,6 +150,7 @@ class ControllerServicer(controller_pb2_grpc.ControllerServiceServicer):
         return controller_pb2.SetPolicyResponse(
             prefill_policy_name=self._policies.policy_name(Phase.PREFILL),
             decode_policy_name=self._policies.policy_name(Phase.DECODE),
+            unified_policy_name=self._policies.policy_name(Phase.UNIFIED),
         )
 
     async def ListPolicies(
@@ -157,6 +160,7 @@ class ControllerServicer(controller_pb2_grpc.ControllerServiceServicer):
             policies=[policy_info_to_proto(info) for info in await self._policies.known_policies()],
             prefill_policy_name=self._policies.policy_name(Phase.PREFILL),
             decode_policy_name=self._policies.policy_name(Phase.DECODE),
+            unified_policy_name=self._policies.policy_name(Phase.UNIFIED),
         )
 
 

@@ -124,7 +124,7 @@ class LiveCluster:
         they would have).
         """
         snapshot, infos = self._keep_vanished_phases(snapshot, infos)
-        for state in (*snapshot.prefill.values(), *snapshot.decode.values()):
+        for state in snapshot.states():
             self._placements.reported(state)
         self._snapshot = snapshot
         self._infos = dict(infos)
@@ -149,12 +149,11 @@ class LiveCluster:
     ) -> tuple[ClusterSnapshot, Mapping[str, InstanceInfo]]:
         previous = self._snapshot
         now_s = self._clock()
-        by_phase = {Phase.PREFILL: snapshot.prefill, Phase.DECODE: snapshot.decode}
+        by_phase = _by_phase(snapshot)
+        previous_by_phase = _by_phase(previous) if previous is not None else {}
         kept_infos = dict(infos)
         for phase, states in list(by_phase.items()):
-            before: Mapping[str, InstanceState] = {}
-            if previous is not None:
-                before = previous.prefill if phase is Phase.PREFILL else previous.decode
+            before = previous_by_phase.get(phase, {})
             if states or not before:
                 self._vanished_since_s.pop(phase, None)
                 continue
@@ -166,10 +165,16 @@ class LiveCluster:
         if (
             by_phase[Phase.PREFILL] is snapshot.prefill
             and by_phase[Phase.DECODE] is snapshot.decode
+            and by_phase[Phase.UNIFIED] is snapshot.unified
         ):
             return snapshot, infos
         return (
-            ClusterSnapshot(snapshot.now_s, by_phase[Phase.PREFILL], by_phase[Phase.DECODE]),
+            ClusterSnapshot(
+                snapshot.now_s,
+                by_phase[Phase.PREFILL],
+                by_phase[Phase.DECODE],
+                unified=by_phase[Phase.UNIFIED],
+            ),
             kept_infos,
         )
 
@@ -201,7 +206,8 @@ class LiveCluster:
         return self._ejected.pop(instance_id, None) is not None
 
     def placeable(self) -> bool:
-        """Whether a request could be placed now (a routable instance of each phase)."""
+        """Whether a request could be placed now (a routable instance of each phase, or a
+        routable colocated one)."""
         try:
             self.routable()
         except NoInstanceAvailableError:
@@ -218,17 +224,25 @@ class LiveCluster:
         """Instances requests can go to, each with its in-flight requests and the arrival
         rates counted here.
 
-        Raises NoInstanceAvailableError without a snapshot or without a routable instance of
-        either phase.
+        Raises NoInstanceAvailableError without a snapshot, or without a routable colocated
+        instance and a routable instance of either phase.
         """
         if self._snapshot is None:
             raise NoInstanceAvailableError("no cluster snapshot from telemetry yet")
         view = self._build_view(self._snapshot, self.now_s())
-        for phase, states in (("prefill", view.prefill), ("decode", view.decode)):
-            if not states:
-                raise NoInstanceAvailableError(
-                    f"no {phase} instance available ({self._describe_absence(phase)})"
-                )
+        if view.unified:
+            return view
+        missing = [
+            phase
+            for phase, states in (("prefill", view.prefill), ("decode", view.decode))
+            if not states
+        ]
+        if missing:
+            phase = missing[0]
+            message = f"no {phase} instance available ({self._describe_absence(phase)})"
+            if self._snapshot.unified:
+                message += f"; no colocated one ({self._describe_absence('unified')})"
+            raise NoInstanceAvailableError(message)
         return view
 
     def view_of(self, instance_id: str) -> InstanceState | None:
@@ -330,11 +344,12 @@ class LiveCluster:
             prefill=select(snapshot.prefill),
             decode=select(snapshot.decode),
             serving=serving,
+            unified=select(snapshot.unified),
         )
 
     def _describe_absence(self, phase: str) -> str:
         assert self._snapshot is not None
-        states = self._snapshot.prefill if phase == "prefill" else self._snapshot.decode
+        states = _by_phase(self._snapshot)[Phase(phase)]
         if not states:
             return "telemetry lists none"
         ejected = sorted(i for i in states if i in self._ejected)
@@ -342,3 +357,11 @@ class LiveCluster:
             details = "; ".join(f"{i}: {self._ejected[i]}" for i in ejected)
             return f"{len(states)} listed, {len(ejected)} failing health checks ({details})"
         return f"{len(states)} listed, none with an engine endpoint and recent activity"
+
+
+def _by_phase(snapshot: ClusterSnapshot) -> dict[Phase, Mapping[str, InstanceState]]:
+    return {
+        Phase.PREFILL: snapshot.prefill,
+        Phase.DECODE: snapshot.decode,
+        Phase.UNIFIED: snapshot.unified,
+    }

@@ -11,8 +11,10 @@ from voltana.v1 import common_pb2, router_pb2
 _PHASES = {
     Phase.PREFILL: common_pb2.PHASE_PREFILL,
     Phase.DECODE: common_pb2.PHASE_DECODE,
+    Phase.UNIFIED: common_pb2.PHASE_UNIFIED,
     "prefill": common_pb2.PHASE_PREFILL,
     "decode": common_pb2.PHASE_DECODE,
+    "unified": common_pb2.PHASE_UNIFIED,
 }
 
 

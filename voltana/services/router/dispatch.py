@@ -1,7 +1,10 @@
-"""Sending a placed request to its prefill+decode pair and reading the decode's stream.
+"""Sending a placed request to its prefill+decode pair (or its colocated instance) and reading
+the stream.
 
 SGLang PD semantics: the same ``/generate`` body goes to both instances with the prefill's
-bootstrap host/port and one random 63-bit room (``SglangHttpClient.generate_pd``). Engine
+bootstrap host/port and one random 63-bit room (``SglangHttpClient.generate_pd``). A request
+placed on a colocated instance (SGLang without disaggregation) is one plain ``/generate`` to it,
+with no bootstrap fields. Engine
 chunks are turned into token deltas, whether the engine streams cumulative text/ids (SGLang's
 default) or increments (``--incremental-streaming-output``, cheaper: a cumulative stream
 resends the whole output in every chunk); the chunks one network read brought go on as one
@@ -58,6 +61,23 @@ class PdTarget:
     bootstrap_room: int
     prefill_id: str = ""
     decode_id: str = ""
+    # One colocated instance prefills and decodes: one plain /generate to it (prefill_url ==
+    # decode_url, no bootstrap endpoint, room 0).
+    colocated: bool = False
+
+    @classmethod
+    def colocated_on(cls, instance: InstanceInfo) -> PdTarget:
+        """A request for one colocated instance."""
+        return cls(
+            prefill_url=instance.engine_url,
+            decode_url=instance.engine_url,
+            bootstrap_host="",
+            bootstrap_port=0,
+            bootstrap_room=0,
+            prefill_id=instance.instance_id,
+            decode_id=instance.instance_id,
+            colocated=True,
+        )
 
     @classmethod
     def for_instances(cls, prefill: InstanceInfo, decode: InstanceInfo) -> PdTarget:
@@ -112,11 +132,15 @@ class StreamTotals:
     decode_energy: RequestEnergy | None = None
     # The router's own estimate (energy_estimates.py), for engines that report none.
     estimated_energy: RequestEnergy | None = None
+    # One colocated engine served the request: its report (decode_energy) is the whole.
+    colocated: bool = False
 
     @property
     def energy(self) -> RequestEnergy | None:
-        """Prefill plus decode energy when both engines reported theirs, else the router's
-        estimate (None when there is neither)."""
+        """Prefill plus decode energy when both engines reported theirs (the colocated
+        engine's alone), else the router's estimate (None when there is neither)."""
+        if self.colocated:
+            return self.decode_energy if self.decode_energy is not None else self.estimated_energy
         if self.prefill_energy is None or self.decode_energy is None:
             return self.estimated_energy
         return self.prefill_energy + self.decode_energy
@@ -289,15 +313,20 @@ async def stream_tokens(
     ``trace_context`` is current while the engine calls run (never across a yield), so their
     HTTP client spans, and the ``traceparent`` they send, continue the request's trace.
     """
-    batches = engine.generate_pd_batches(
-        target.prefill_url,
-        target.decode_url,
-        target.bootstrap_host,
-        target.bootstrap_port,
-        sglang_payload(request),
-        bootstrap_room=target.bootstrap_room,
-        on_prefill_done=reader.read_prefill,
-    )
+    batches: AsyncGenerator[list[dict[str, Any]], None]
+    if target.colocated:
+        reader.totals.colocated = True
+        batches = engine.generate_stream_batches(target.decode_url, sglang_payload(request))
+    else:
+        batches = engine.generate_pd_batches(
+            target.prefill_url,
+            target.decode_url,
+            target.bootstrap_host,
+            target.bootstrap_port,
+            sglang_payload(request),
+            bootstrap_room=target.bootstrap_room,
+            on_prefill_done=reader.read_prefill,
+        )
     try:
         while True:
             try:

@@ -30,7 +30,7 @@ class EnergyEstimates:
         same value again is the same NVML sample, seen in a later snapshot)."""
         now_s = self._clock()
         present = set()
-        for state in (*snapshot.prefill.values(), *snapshot.decode.values()):
+        for state in snapshot.states():
             present.add(state.instance_id)
             # 0: no GPU sample for the instance (no agent), not a reading.
             if state.energy_j <= 0 or self._counters_j.get(state.instance_id) == state.energy_j:

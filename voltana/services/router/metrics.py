@@ -182,8 +182,11 @@ class RequestMetrics:
         metrics = self.metrics
         self.placed = True
         metrics.placements.labels(policy, placement.reason or "-").inc()
-        metrics.instance_placements.labels(placement.prefill_id, "prefill").inc()
-        metrics.instance_placements.labels(placement.decode_id, "decode").inc()
+        if placement.is_unified:
+            metrics.instance_placements.labels(placement.prefill_id, "unified").inc()
+        else:
+            metrics.instance_placements.labels(placement.prefill_id, "prefill").inc()
+            metrics.instance_placements.labels(placement.decode_id, "decode").inc()
         metrics.prompt_tokens.inc(prompt_tokens)
 
     def on_tokens(self, count: int, at_s: float, ttft_s: float | None) -> None:

@@ -21,6 +21,7 @@ from voltana.observability.http_tracing import client_trace_configs
 from voltana.observability.prometheus import MetricsServer, start_metrics_server
 from voltana.policy.base import RoutingPolicy
 from voltana.policy.registry import build_router, build_suite
+from voltana.policy.unified import ColocatedRouting
 from voltana.rpc import dialable_address, set_serving, start_grpc_server, stop_grpc_server
 from voltana.rpc.names import ROUTER_SERVICE
 from voltana.services.router.cluster import LiveCluster
@@ -59,14 +60,19 @@ def build_routing_policy(
     context = settings.policy_context(gpu_key)
     override = build_router(settings.router, context) if settings.router else None
     suite = build_suite(settings.policy, context, override)
-    return suite.name, suite.router
+    # Colocated instances are placed beside the PD router (it alone places a PD-only cluster).
+    return suite.name, ColocatedRouting(suite.router)
 
 
 def reported_gpu_key(snapshot: ClusterSnapshot) -> str | None:
     """The catalogued GPU most decode instances report (node agents detect it), or None."""
     keys = Counter(
         state.gpu_key.lower()
-        for state in (*snapshot.decode.values(), *snapshot.prefill.values())
+        for state in (
+            *snapshot.decode.values(),
+            *snapshot.prefill.values(),
+            *snapshot.unified.values(),
+        )
         if state.gpu_key.lower() in GPU_CATALOG
     )
     return keys.most_common(1)[0][0] if keys else None
@@ -494,7 +500,7 @@ class RouterService(AsyncService):
 
     def _routable(self) -> bool:
         snapshot = self._cluster.latest
-        return snapshot is not None and bool(snapshot.prefill) and bool(snapshot.decode)
+        return snapshot is not None and snapshot.placeable
 
     async def _release(self) -> None:
         rebuild, self._rebuild = self._rebuild, None

@@ -90,12 +90,26 @@ def run_policy(policy: RoutingPolicy, spec: RequestSpec, snapshot: ClusterSnapsh
         placement = policy.place(spec, snapshot)
     except NoInstanceError as error:
         raise NoInstanceAvailableError(str(error)) from error
-    if placement.prefill_id not in snapshot.prefill or placement.decode_id not in snapshot.decode:
+    if placement.is_unified:
+        outside = placement.prefill_id not in snapshot.unified
+    else:
+        outside = (
+            placement.prefill_id not in snapshot.prefill
+            or placement.decode_id not in snapshot.decode
+        )
+    if outside:
         raise RouterError(
             f"routing policy {policy.name!r} chose instances outside the snapshot "
             f"(prefill {placement.prefill_id!r}, decode {placement.decode_id!r})"
         )
     return placement
+
+
+def placed_instances(placement: Placement) -> tuple[str, ...]:
+    """The instances a placement runs on: a prefill and a decode one, or one colocated."""
+    if placement.is_unified:
+        return (placement.prefill_id,)
+    return (placement.prefill_id, placement.decode_id)
 
 
 def _sent_last_token(reader: ChunkReader, validated: ValidatedRequest) -> bool:
@@ -260,10 +274,13 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             snapshot = self._cluster.routable()
             spec = validated.spec(self._cluster.now_s())
             placement = run_policy(self._policy, spec, snapshot)
-            target = PdTarget.for_instances(
-                self._cluster.endpoint(placement.prefill_id),
-                self._cluster.endpoint(placement.decode_id),
-            )
+            if placement.is_unified:
+                target = PdTarget.colocated_on(self._cluster.endpoint(placement.prefill_id))
+            else:
+                target = PdTarget.for_instances(
+                    self._cluster.endpoint(placement.prefill_id),
+                    self._cluster.endpoint(placement.decode_id),
+                )
             request_id = validated.request_id
             self._cluster.finished(request_id)  # an earlier attempt's placement is void
             # A request's own targets (its SLO class) unless they are the cluster SLO's.
@@ -279,12 +296,15 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
                         self._cluster.now_s(),
                     )
                 )
-            may_wait = may_be_parked(snapshot.prefill[placement.prefill_id]) or may_be_parked(
-                snapshot.decode[placement.decode_id]
+            may_wait = any(
+                may_be_parked(state)
+                for state in map(snapshot.instance, placed_instances(placement))
+                if state is not None
             )
             set_placement_attributes(span, placement, self._policy_name)
             span.set_attribute("voltana.snapshot.prefill_instances", len(snapshot.prefill))
             span.set_attribute("voltana.snapshot.decode_instances", len(snapshot.decode))
+            span.set_attribute("voltana.snapshot.unified_instances", len(snapshot.unified))
         except BaseException as error:
             mark_failed(span, error)
             raise
@@ -299,7 +319,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         placed instances' clocks (a parked one is raised before the request starts)."""
         if self._trigger is None:
             return
-        instance_ids = (placement.prefill_id, placement.decode_id)
+        instance_ids = placed_instances(placement)
         if wait:
             await self._trigger.notify_and_wait(instance_ids, child_of(span))
         else:
@@ -383,7 +403,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
                     reader = ChunkReader(self._clock)
                     # The prefill engine holds the request from its dispatch on.
                     self._cluster.reached(validated.request_id, placement.prefill_id)
-                    ran_on += (placement.prefill_id, placement.decode_id)
+                    ran_on += placed_instances(placement)
                     self._estimates.dispatched(
                         validated.request_id, placement.prefill_id, validated.prompt_tokens
                     )
@@ -395,7 +415,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
                         span,
                         deadline_s,
                         observed,
-                        placement.decode_id,
+                        placement,
                     )
                     try:
                         async with contextlib.aclosing(relay):
@@ -493,9 +513,10 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         span: trace.Span,
         deadline_s: float,
         observed: RequestMetrics | None,
-        decode_id: str,
+        placement: Placement,
     ) -> AsyncGenerator[router_pb2.GenerateResponse, None]:
         """One attempt: the engines' tokens as response chunks."""
+        decode_id = placement.decode_id
         dispatch_span = self._tracer.start_span(
             "dispatch",
             context=child_of(span),
@@ -520,8 +541,10 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
                 async for delta in tokens:
                     if timeline.first_token_s is None:
                         timeline.first_token_s = delta.at_s
-                        # The decode engine's batch holds the request from its first token on.
-                        self._cluster.reached(validated.request_id, decode_id)
+                        # The decode engine's batch holds the request from its first token on
+                        # (a colocated instance has held it since its dispatch).
+                        if not placement.is_unified:
+                            self._cluster.reached(validated.request_id, decode_id)
                         self._estimates.first_token(validated.request_id, target.prefill_id)
                         event = {"voltana.ttft_ms": timeline.ttft_ms() or 0.0}
                         span.add_event("first_token", event)

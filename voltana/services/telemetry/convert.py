@@ -34,6 +34,7 @@ from voltana.v1 import common_pb2, telemetry_pb2
 _PHASE_TO_PROTO: Mapping[Phase, common_pb2.Phase.ValueType] = {
     Phase.PREFILL: common_pb2.PHASE_PREFILL,
     Phase.DECODE: common_pb2.PHASE_DECODE,
+    Phase.UNIFIED: common_pb2.PHASE_UNIFIED,
 }
 _PHASE_FROM_PROTO: Mapping[int, Phase] = {value: phase for phase, value in _PHASE_TO_PROTO.items()}
 
@@ -48,7 +49,7 @@ def phase_from_proto(value: int, owner: str) -> Phase:
         return _PHASE_FROM_PROTO[value]
     except KeyError:
         raise InvalidTelemetryError(
-            f"{owner}: phase must be PHASE_PREFILL or PHASE_DECODE, got {value}"
+            f"{owner}: phase must be PHASE_PREFILL, PHASE_DECODE or PHASE_UNIFIED, got {value}"
         ) from None
 
 

@@ -407,7 +407,9 @@ class TelemetryServicer(telemetry_pb2_grpc.TelemetryServiceServicer):
             placed_at_s = placement.placed_at_s or now_s
             if placed_at_s < now_s - self._settings.arrival_rate_window_s:
                 continue  # already outside every window (a batch held up somewhere)
-            for instance_id in (placement.prefill_instance_id, placement.decode_instance_id):
+            # A colocated placement names its instance twice: one arrival there.
+            placed_on = dict.fromkeys((placement.prefill_instance_id, placement.decode_instance_id))
+            for instance_id in placed_on:
                 self._arrivals.record(instance_id, placed_at_s, placement.input_tokens)
                 if router_id:
                     self._router_shares.arrival(

@@ -178,6 +178,7 @@ def build_snapshot(states: Mapping[str, InstanceState], now_s: float) -> Cluster
         now_s=now_s,
         prefill={i: s for i, s in states.items() if s.phase is Phase.PREFILL},
         decode={i: s for i, s in states.items() if s.phase is Phase.DECODE},
+        unified={i: s for i, s in states.items() if s.phase is Phase.UNIFIED},
     )
 
 
