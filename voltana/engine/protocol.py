@@ -235,17 +235,31 @@ def meta_info(
     finish_reason: FinishReason | None,
     e2e_latency_s: float | None = None,
     logprobs: Mapping[str, Any] | None = None,
+    first_token_latency_s: float | None = None,
 ) -> dict[str, Any]:
-    """``meta_info`` of a response or stream chunk; ``logprobs`` adds SGLang's logprob keys."""
+    """``meta_info`` of a response or stream chunk; ``logprobs`` adds SGLang's logprob keys.
+
+    The keys real SGLang (0.5) sends on every chunk, with what a simulated engine knows;
+    ``e2e_latency`` and ``first_token_latency`` come with the last one, as SGLang's. SGLang's
+    wall-clock timestamps (``request_received_ts``, ``forward_entry_time`` ...) and its
+    ``queue_time`` and ``decode_throughput`` are left out.
+    """
     meta: dict[str, Any] = {
         "id": rid,
         "finish_reason": finish_reason,
         "prompt_tokens": prompt_tokens,
+        "weight_version": "default",
+        "num_retractions": 0,
+        "reasoning_tokens": 0,
         "completion_tokens": completion_tokens,
         "cached_tokens": 0,
+        "cached_tokens_details": None,
+        "dp_rank": None,
     }
     if e2e_latency_s is not None:
         meta["e2e_latency"] = e2e_latency_s
+    if first_token_latency_s is not None:
+        meta["first_token_latency"] = first_token_latency_s
     if logprobs:
         meta.update(logprobs)
     return meta

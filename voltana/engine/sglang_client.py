@@ -30,11 +30,22 @@ from voltana.engine.prometheus import PrometheusSample, format_labels, parse_pro
 
 # Longest SSE line accepted; cumulative chunks of long generations get big.
 _READ_BUFFER_BYTES = 4 * 2**20
-_IDENTITY_LABELS = frozenset({"model_name"})
+# Labels that name the server, not what a sample measures: left out of metrics_by_name's keys.
+# Real SGLang (0.5.x) labels every scheduler gauge with engine_type, tp_rank, pp_rank and
+# moe_ep_rank, and its request counters and histograms with engine_type and is_streaming (one
+# series for streamed requests, one for the rest); dp_rank with data-parallel attention.
+_IDENTITY_LABELS = frozenset({"model_name", "engine_type"})
+# Series of parts of the server's work, summed: streamed and other requests, DP ranks,
+# priority classes (--enable-priority-scheduling).
+_PARTITION_LABELS = frozenset({"is_streaming", "dp_rank", "priority"})
+# Ranks that each see the same scheduler (tensor, pipeline and expert parallel copies, when
+# --enable-metrics-for-all-schedulers exposes them): only rank 0's series is read.
+_REPLICA_LABELS = frozenset({"tp_rank", "pp_rank", "moe_ep_rank", "attn_tp_rank", "attn_cp_rank"})
 
 
 def _error_message(text: str) -> str:
-    """The human message of an error body: SGLang's {"error": {"message"}} or FastAPI's detail."""
+    """The human message of an error body: {"error": {"message"}}, SGLang 0.5's {"error": "..."}
+    (a body it cannot parse) and {"object": "error", "message": ...}, or FastAPI's detail."""
     try:
         body = json.loads(text)
     except ValueError:
@@ -419,18 +430,33 @@ class SglangHttpClient:
     async def metrics(self, url: str) -> dict[str, float]:
         """The ``sglang:`` samples of ``GET /metrics`` by name plus their labels.
 
-        ``model_name`` is left out of the key, so ``sglang:num_running_reqs`` and
+        Keyed as ``metrics_by_name`` does, so ``sglang:num_running_reqs`` and
         ``sglang:time_to_first_token_seconds_bucket{le="0.1"}`` are keys.
         """
         return metrics_by_name(await self.metric_samples(url))
 
 
 def metrics_by_name(samples: list[PrometheusSample]) -> dict[str, float]:
-    """``sglang:`` samples keyed by name + labels other than the instance's identity labels."""
+    """``sglang:`` samples keyed by name + the labels of what they measure (``le``...).
+
+    The server's identity labels are left out of the key; the series of its parts (streamed
+    and other requests, DP ranks) are summed into one; of the series of ranks that share one
+    scheduler (TP, PP, expert parallel), rank 0's is kept. So both real SGLang's
+    ``sglang:num_running_reqs{engine_type="unified",tp_rank="0",...}`` and the simulated
+    engine's give ``sglang:num_running_reqs``.
+    """
     result: dict[str, float] = {}
     for sample in samples:
         if not sample.name.startswith("sglang:"):
             continue
-        labels = {k: v for k, v in sample.labels.items() if k not in _IDENTITY_LABELS}
-        result[sample.name + format_labels(labels)] = sample.value
+        labels = sample.labels
+        if any(labels.get(name, "0") != "0" for name in _REPLICA_LABELS):
+            continue
+        kept = {
+            k: v
+            for k, v in labels.items()
+            if k not in _IDENTITY_LABELS and k not in _PARTITION_LABELS and k not in _REPLICA_LABELS
+        }
+        key = sample.name + format_labels(kept)
+        result[key] = result.get(key, 0.0) + sample.value
     return result

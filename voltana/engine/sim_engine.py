@@ -86,6 +86,12 @@ _STAGE_SPANS = {
     EngineMode.DECODE: "sglang.decode",
     EngineMode.NULL: "sglang.generate",
 }
+# The engine_type label of SGLang's metrics for each --disaggregation-mode.
+_ENGINE_TYPES = {
+    EngineMode.PREFILL: "prefill",
+    EngineMode.DECODE: "decode",
+    EngineMode.NULL: "unified",
+}
 # After aborting, how long stop() lets handlers write their last chunk (wall seconds).
 _FLUSH_TIMEOUT_S = 1.0
 _POLL_S = 0.01
@@ -352,7 +358,19 @@ class SimEngine(AsyncService):
                 "The number of prefilled requests whose KV cache awaits its decode instance.",
                 len(self._mailbox),
             )
-        return core.metrics.render({"model_name": self.settings.served_model_path}, gauges)
+        # SGLang 0.5's labels: engine_type on every family, the scheduler's ranks on its gauges.
+        # (Real SGLang also splits its request counters and histograms by is_streaming; the
+        # simulated engine keeps one series, which readers that sum the split read alike.)
+        labels = {
+            "engine_type": _ENGINE_TYPES[self.mode],
+            "model_name": self.settings.served_model_path,
+        }
+        scheduler_labels = {**labels, "moe_ep_rank": "0", "pp_rank": "0", "tp_rank": "0"}
+        gauges["sglang:max_total_num_tokens"] = (
+            "Maximum total number of tokens in the KV cache pool.",
+            core.kv_capacity_tokens,
+        )
+        return core.metrics.render(labels, gauges, scheduler_labels)
 
     def server_info(self) -> dict[str, Any]:
         settings = self.settings
@@ -674,9 +692,11 @@ class _NativeFormat:
         self, output_ids: list[int], first_position: int, finish_reason: FinishReason | None
     ) -> dict[str, Any]:
         state = self._state
-        e2e_latency_s = None
+        e2e_latency_s = first_token_latency_s = None
         if finish_reason is not None and state.finished_s is not None:
             e2e_latency_s = state.finished_s - state.arrival_s
+            if state.first_token_s is not None:
+                first_token_latency_s = state.first_token_s - state.arrival_s
         logprobs = None
         if self._logprobs is not None:
             # A decode instance never computed the prompt (SGLang's router merges the
@@ -691,6 +711,7 @@ class _NativeFormat:
             finish_reason,
             e2e_latency_s,
             logprobs,
+            first_token_latency_s,
         )
         if finish_reason is not None and self._engine.settings.report_request_energy:
             # Voltana's extension: the GPU energy attributed to this request here.

@@ -84,11 +84,23 @@ class EngineMetrics:
         # would not have added.
         self.host_stall_s_total = 0.0
 
-    def render(self, labels: Mapping[str, str], gauges: Mapping[str, tuple[str, float]]) -> str:
-        """Exposition text; ``gauges`` maps metric name to (help text, value)."""
+    def render(
+        self,
+        labels: Mapping[str, str],
+        gauges: Mapping[str, tuple[str, float]],
+        gauge_labels: Mapping[str, str] | None = None,
+    ) -> str:
+        """Exposition text; ``gauges`` maps metric name to (help text, value).
+
+        ``labels`` go on the request counters and histograms (SGLang's tokenizer manager's),
+        ``gauge_labels`` (default ``labels``) on the gauges (its scheduler's, which add the
+        scheduler's ranks).
+        """
         lines: list[str] = []
         for name, (help_text, value) in gauges.items():
-            lines += render_gauge(name, help_text, value, labels)
+            lines += render_gauge(
+                name, help_text, value, labels if gauge_labels is None else gauge_labels
+            )
         counters = (
             (
                 "prompt_tokens_total",

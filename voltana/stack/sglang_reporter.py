@@ -6,11 +6,17 @@ endpoint, node agent and GPU) and turns its Prometheus ``/metrics`` into load re
 
 What SGLang's metrics give, and what is estimated:
 - queue length, running requests and KV tokens in use are read directly;
-- KV capacity and the batch limit come from ``/get_server_info``;
+- KV capacity and the batch limit come from ``/get_server_info`` (the capacity also from the
+  ``sglang:max_total_num_tokens`` gauge when the server info lacks it);
+- SGLang 0.5 labels its series (engine_type, tp_rank, is_streaming ...): ``metrics_by_name``
+  folds them into one value per family, so the names below are read alike from real SGLang
+  and from the simulated engine;
 - recent TTFT/ITL follow the observation contract: the per-bucket increments of SGLang's
   histograms go into the same sliding window as the simulator's samples (p90 TTFT, mean ITL);
 - a prefill server's running prompt tokens are estimated as running requests x the mean prompt
-  length of recent requests (SGLang exposes no gauge of them).
+  length of recent requests (SGLang exposes no gauge of them), and so are its queued tokens;
+- the oldest queued request's wait is not exposed (SGLang has only a queue-time histogram):
+  ``oldest_wait_ms`` stays 0.
 """
 
 from __future__ import annotations
@@ -45,6 +51,31 @@ from voltana.v1 import agent_pb2, agent_pb2_grpc
 
 _LOG = logging.getLogger(__name__)
 DEFAULT_PROMPT_TOKENS = 1024
+# The SGLang metric families this reporter reads (keys of ``metrics_by_name``). A server that
+# lacks one (renamed in a new release) reports zeros there: the real-engine tier and the
+# recorded scrape (tests/fixtures/sglang-*) check that SGLang exposes each.
+GAUGES_READ = ("sglang:num_queue_reqs", "sglang:num_running_reqs", "sglang:num_used_tokens")
+COUNTERS_READ = (
+    "sglang:num_requests_total",
+    "sglang:prompt_tokens_total",
+    "sglang:generation_tokens_total",
+)
+TTFT_HISTOGRAM = "sglang:time_to_first_token_seconds"
+ITL_HISTOGRAM = "sglang:inter_token_latency_seconds"
+# The KV pool's size when /get_server_info does not say (SGLang 0.5 exposes it as a gauge).
+KV_CAPACITY_GAUGE = "sglang:max_total_num_tokens"
+
+
+def missing_families(metrics: Mapping[str, float]) -> list[str]:
+    """The families this reporter reads that ``metrics`` lacks (histograms by their _count).
+
+    SGLang creates its request counters and histograms on the first request: check a scrape
+    taken after some traffic (the ITL histogram needs a streamed request of 2+ tokens).
+    """
+    wanted = [*GAUGES_READ, *COUNTERS_READ, f"{TTFT_HISTOGRAM}_count", f"{ITL_HISTOGRAM}_count"]
+    return [name for name in wanted if name not in metrics]
+
+
 # While the node agent cannot say what GPU this is, ask again this often (wall seconds).
 _GPU_KEY_RETRY_S = 5.0
 
@@ -228,8 +259,8 @@ class SglangInstanceReporter:
         self._task: asyncio.Task[None] | None = None
         self._increments = _Increments()
         window_s = DEFAULT_OBSERVATION.window_s
-        self._ttft = _HistogramWindow("sglang:time_to_first_token_seconds", window_s)
-        self._itl = _HistogramWindow("sglang:inter_token_latency_seconds", window_s)
+        self._ttft = _HistogramWindow(TTFT_HISTOGRAM, window_s)
+        self._itl = _HistogramWindow(ITL_HISTOGRAM, window_s)
         self._kv_capacity_tokens = 0
         self._max_running_requests = 0
         self._mean_prompt_tokens = float(DEFAULT_PROMPT_TOKENS)
@@ -391,6 +422,8 @@ class SglangInstanceReporter:
         settings = self.settings
         now_s = self._clock()
         increments = self._increments
+        if not self._kv_capacity_tokens and metrics.get(KV_CAPACITY_GAUGE):
+            self._kv_capacity_tokens = int(metrics[KV_CAPACITY_GAUGE])
         queue_len = int(metrics.get("sglang:num_queue_reqs", 0))
         running = int(metrics.get("sglang:num_running_reqs", 0))
         finished = increments.delta(metrics, "sglang:num_requests_total")
