@@ -498,7 +498,9 @@ async def test_a_server_killed_under_load_fails_its_requests_explicitly_and_new_
     after = (await live.stack.client.window_report(600.0)).cluster
     assert after.finished - before.finished == len(loaded) + len(fresh)
     assert after.failed - before.failed == len(failed)
+    # Ejected; or already gone, when telemetry expired the silent instance (its TTL, 10 s).
     assert live.stack.router is not None
-    assert victim_id in live.stack.router.cluster.ejected
+    cluster = live.stack.router.cluster
+    assert victim_id in cluster.ejected or victim_id not in cluster.endpoints
     with contextlib.suppress(Exception):
         live.servers[victim_index].stop()
