@@ -337,3 +337,31 @@ async def test_the_engine_client_does_not_queue_streams_behind_a_pool_limit() ->
                 await asyncio.sleep(0.05)
         finally:
             await cancel_and_wait(streams)
+
+
+async def test_health_probes_wait_for_sglangs_slow_health_endpoint() -> None:
+    """Real SGLang's /health runs a one-token generation and answers no sooner than 1 s (0.5.x
+    polls for it once a second): the real-engine tier saw a 1 s probe timeout eject every
+    healthy server. The router's default timeout waits for it."""
+    from aiohttp import web
+
+    async def slow_health(_request: web.Request) -> web.Response:
+        await asyncio.sleep(1.05)
+        return web.Response()
+
+    app = web.Application()
+    app.router.add_get("/health", slow_health)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    url = f"http://127.0.0.1:{port}"
+    try:
+        timeout_s = RouterSettings().health_check_timeout_s
+        assert timeout_s >= 2.0
+        async with SglangHttpClient(health_timeout_s=timeout_s) as prober:
+            assert await prober.health(url)
+        async with SglangHttpClient(health_timeout_s=1.0) as hasty:
+            assert not await hasty.health(url)
+    finally:
+        await runner.cleanup()

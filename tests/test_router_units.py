@@ -98,6 +98,25 @@ def test_invalid_requests(fields: dict[str, Any], message: str) -> None:
         validate_request(router_pb2.GenerateRequest(**fields), SETTINGS)
 
 
+def test_token_ids_outside_the_served_vocabulary_are_refused() -> None:
+    """Real SGLang 0.5.23 dies on an input id outside its embedding table (the real-engine
+    tier saw it): with --vocab-size the router refuses such ids; 0 leaves them unchecked."""
+    checked = RouterSettings(vocab_size=512, max_prompt_tokens=10)
+    cases: list[tuple[dict[str, Any], str]] = [
+        ({"input_ids": router_pb2.TokenIds(ids=[5, 512])}, "input_ids holds token id 512"),
+        ({"text": "hi", "stop_token_ids": [3, 600]}, "stop_token_ids holds token id 600"),
+    ]
+    for fields, message in cases:
+        with pytest.raises(InvalidGenerateRequestError, match=message):
+            validate_request(router_pb2.GenerateRequest(**fields), checked)
+    inside = router_pb2.GenerateRequest(
+        input_ids=router_pb2.TokenIds(ids=[0, 511]), stop_token_ids=[511]
+    )
+    assert validate_request(inside, checked).input_ids == (0, 511)
+    unchecked = router_pb2.GenerateRequest(input_ids=router_pb2.TokenIds(ids=[100_000]))
+    assert validate_request(unchecked, SETTINGS).input_ids == (100_000,)
+
+
 def test_sglang_payload_carries_only_what_was_set() -> None:
     plain = validate_request(router_pb2.GenerateRequest(text="hi", request_id="r1"), SETTINGS)
     assert sglang_payload(plain) == {

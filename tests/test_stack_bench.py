@@ -194,6 +194,10 @@ def test_prompt_ids_have_the_trace_length_and_valid_ids() -> None:
     ids = prompt_ids(TraceRequest(request_id=3, arrival_s=0.0, input_tokens=300, output_tokens=1))
     assert len(ids) == 300 and min(ids) >= 1000 and max(ids) < 21_000
     assert ids == prompt_ids(TraceRequest(3, 5.0, 300, 9))  # deterministic
+    # --vocab-size: a small model's vocabulary (an id outside it kills a real SGLang server).
+    small = prompt_ids(TraceRequest(3, 0.0, 300, 1), vocab_size=512)
+    assert len(small) == 300 and min(small) >= 128 and max(small) < 512
+    assert prompt_ids(TraceRequest(3, 0.0, 300, 1), vocab_size=128_256) == ids
 
 
 @pytest.mark.unit

@@ -76,6 +76,12 @@ class RealSglang:
     def log_tail(self, chars: int = 4000) -> str:
         return self.log_path.read_text(errors="replace")[-chars:]
 
+    def kill(self) -> None:
+        """``kill -9`` the server and its scheduler and detokenizer processes."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, 9)
+        self.process.wait()
+
     def stop(self) -> None:
         if self.process.poll() is None:
             self.process.terminate()
@@ -103,6 +109,30 @@ def start_sglang(
     python: str, model: Path, stub_dir: Path, workdir: Path, *extra_args: str
 ) -> RealSglang:
     """``python -m sglang.launch_server`` in unified mode on CPU; returns once /health answers."""
+    return start_sglang_servers(1, python, model, stub_dir, workdir, *extra_args)[0]
+
+
+def start_sglang_servers(
+    count: int, python: str, model: Path, stub_dir: Path, workdir: Path, *extra_args: str
+) -> list[RealSglang]:
+    """``count`` servers started side by side (loading overlaps); returns once all answer."""
+    servers = [launch_sglang(python, model, stub_dir, workdir, *extra_args) for _ in range(count)]
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    for server in servers:
+        while not _answers(f"{server.url}/health"):
+            if server.process.poll() is not None or time.monotonic() > deadline:
+                for other in servers:
+                    other.stop()
+                what = "exited" if server.process.poll() is not None else "is not healthy in time"
+                pytest.fail(f"SGLang {what}; its log:\n{server.log_tail()}", pytrace=False)
+            time.sleep(1.0)
+    return servers
+
+
+def launch_sglang(
+    python: str, model: Path, stub_dir: Path, workdir: Path, *extra_args: str
+) -> RealSglang:
+    """One server started (not waited for)."""
     port = free_port()
     env = dict(os.environ)
     env["LD_LIBRARY_PATH"] = os.pathsep.join(
@@ -137,15 +167,7 @@ def start_sglang(
         process = subprocess.Popen(
             command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
         )
-    server = RealSglang(f"http://127.0.0.1:{port}", model, process, log_path)
-    deadline = time.monotonic() + READY_TIMEOUT_S
-    while not _answers(f"{server.url}/health"):
-        if process.poll() is not None or time.monotonic() > deadline:
-            server.stop()
-            what = "exited" if process.poll() is not None else "is not healthy in time"
-            pytest.fail(f"SGLang {what}; its log:\n{server.log_tail()}", pytrace=False)
-        time.sleep(1.0)
-    return server
+    return RealSglang(f"http://127.0.0.1:{port}", model, process, log_path)
 
 
 @pytest.fixture(scope="session")

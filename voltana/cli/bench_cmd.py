@@ -135,6 +135,14 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         help="deadline of each request (default: %(default)s)",
     )
     load.add_argument(
+        "--vocab-size",
+        type=positive_int,
+        metavar="N",
+        help="the served model's vocabulary: prompt token ids stay below N (default: ids "
+        f"{_PROMPT_TOKEN_BASE}..{_PROMPT_TOKEN_BASE + _PROMPT_TOKEN_SPAN - 1}; real SGLang "
+        "crashes on an id outside its vocabulary)",
+    )
+    load.add_argument(
         "--connect-timeout-s",
         type=positive_float,
         default=10.0,
@@ -192,12 +200,15 @@ class RequestResult:
     instances: tuple[str, ...] = ()
 
 
-def prompt_ids(request: TraceRequest) -> list[int]:
-    """A deterministic prompt of exactly ``request.input_tokens`` token ids."""
+def prompt_ids(request: TraceRequest, vocab_size: int | None = None) -> list[int]:
+    """A deterministic prompt of exactly ``request.input_tokens`` token ids, each below
+    ``vocab_size`` when given (away from the first ids, where special tokens live)."""
+    base, span = _PROMPT_TOKEN_BASE, _PROMPT_TOKEN_SPAN
+    if vocab_size is not None and base + span > vocab_size:
+        base = min(base, vocab_size // 4)
+        span = max(1, vocab_size - base)
     offset = request.request_id * 7919
-    return [
-        _PROMPT_TOKEN_BASE + (offset + i) % _PROMPT_TOKEN_SPAN for i in range(request.input_tokens)
-    ]
+    return [base + (offset + i) % span for i in range(request.input_tokens)]
 
 
 def error_reason(error: BaseException) -> str:
@@ -212,6 +223,7 @@ async def send_one(
     request: TraceRequest,
     timeout_s: float,
     clock: Callable[[], float] = time.monotonic,
+    vocab_size: int | None = None,
 ) -> RequestResult:
     """Send one request and time its token stream; never raises for a failed request."""
     sent_s = clock()
@@ -225,7 +237,7 @@ async def send_one(
         result.slo_class = request.slo_class
         result.slo = SloTarget(ttft_ms=request.slo.ttft_ms, itl_ms=request.slo.itl_ms)
     stream = client.generate(
-        input_ids=prompt_ids(request),
+        input_ids=prompt_ids(request, vocab_size),
         max_new_tokens=request.output_tokens,
         ignore_eos=True,
         ttft_slo_ms=None if result.slo is None else result.slo.ttft_ms,
@@ -310,6 +322,7 @@ async def replay(
     max_concurrency: int | None = None,
     timeout_s: float = 600.0,
     on_done: Callable[[int], None] | None = None,
+    vocab_size: int | None = None,
 ) -> ReplayResult:
     """Send every request at its arrival time (relative to now); wait for all of them."""
     loop = asyncio.get_running_loop()
@@ -320,9 +333,9 @@ async def replay(
         nonlocal done
         try:
             if limit is None:
-                return await send_one(client, request, timeout_s)
+                return await send_one(client, request, timeout_s, vocab_size=vocab_size)
             async with limit:
-                return await send_one(client, request, timeout_s)
+                return await send_one(client, request, timeout_s, vocab_size=vocab_size)
         finally:
             done += 1
             if on_done is not None:
@@ -548,6 +561,7 @@ async def bench(
             max_concurrency=args.max_concurrency,
             timeout_s=args.request_timeout_s,
             on_done=None if progress is None else (lambda done: progress.update(done / total)),
+            vocab_size=args.vocab_size,
         )
         energy_j: float | None = None
         stalled_s: float | None = None

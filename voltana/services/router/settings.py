@@ -24,7 +24,13 @@ from voltana.flags.common import (
     drain_flag,
     listen_flag,
 )
-from voltana.flags.values import host_port, non_negative_float, positive_float, positive_int
+from voltana.flags.values import (
+    host_port,
+    non_negative_float,
+    non_negative_int,
+    positive_float,
+    positive_int,
+)
 from voltana.perf.selection import resolve_physics
 from voltana.policy.base import PolicyContext
 from voltana.policy.flags import POLICY, ROUTER
@@ -131,6 +137,19 @@ class RouterSettings:
         default=32_768, metadata=flag("longest prompt accepted", parse=positive_int)
     )
     chars_per_token_estimate: float = field(default=4.0, metadata=no_flag())
+    # The served model's vocabulary: a request with a token id at or above it (in input_ids or
+    # stop_token_ids) is refused here. Real SGLang (0.5.x) does not check input_ids: one id
+    # outside its embedding table kills the whole server. 0 = not checked.
+    vocab_size: int = field(
+        default=0,
+        metadata=flag(
+            "the served model's vocabulary size: refuse token ids at or above it (one "
+            "outside it crashes a real SGLang server)",
+            parse=non_negative_int,
+            metavar="N",
+            default_help="0: not checked",
+        ),
+    )
     # Telemetry watch period. The router never asks telemetry per request.
     snapshot_interval_ms: int = field(
         default=100, metadata=flag("telemetry watch period", parse=positive_int)
@@ -190,7 +209,16 @@ class RouterSettings:
             parse=non_negative_float,
         ),
     )
-    health_check_timeout_s: float = field(default=1.0, metadata=no_flag())
+    # Real SGLang's /health runs a one-token generation and answers no sooner than 1 s (it
+    # looks for the scheduler's answer once a second; 0.5.x), so a shorter timeout ejects every
+    # healthy server. A dead one refuses the connection at once, whatever the timeout.
+    health_check_timeout_s: float = field(
+        default=5.0,
+        metadata=flag(
+            "a health probe that takes longer fails (SGLang's /health takes at least 1 s)",
+            parse=positive_float,
+        ),
+    )
     unhealthy_after: int = field(default=2, metadata=no_flag())
     healthy_after: int = field(default=2, metadata=no_flag())
     # Completions buffered for telemetry (kept and retried while it is down); beyond this

@@ -85,7 +85,19 @@ def _prompt(
     negative = next((token for token in ids if token < 0), None)
     if negative is not None:
         raise InvalidGenerateRequestError(f"input_ids holds a negative token id ({negative})")
+    _check_vocabulary(ids, "input_ids", settings.vocab_size)
     return None, ids, len(ids)
+
+
+def _check_vocabulary(ids: tuple[int, ...], name: str, vocab_size: int) -> None:
+    """Every id inside the served model's vocabulary (0: not checked)."""
+    if not vocab_size:
+        return
+    outside = next((token for token in ids if token >= vocab_size), None)
+    if outside is not None:
+        raise InvalidGenerateRequestError(
+            f"{name} holds token id {outside}, outside the model's vocabulary (0..{vocab_size - 1})"
+        )
 
 
 def _max_new_tokens(request: router_pb2.GenerateRequest, settings: RouterSettings) -> int:
@@ -122,7 +134,7 @@ def _penalty(request: router_pb2.GenerateRequest, name: str) -> float | None:
     return value
 
 
-def _stop_token_ids(request: router_pb2.GenerateRequest) -> tuple[int, ...]:
+def _stop_token_ids(request: router_pb2.GenerateRequest, vocab_size: int) -> tuple[int, ...]:
     ids = tuple(request.stop_token_ids)
     if len(ids) > MAX_STOP_TOKEN_IDS:
         raise InvalidGenerateRequestError(
@@ -131,6 +143,7 @@ def _stop_token_ids(request: router_pb2.GenerateRequest) -> tuple[int, ...]:
     negative = next((token for token in ids if token < 0), None)
     if negative is not None:
         raise InvalidGenerateRequestError(f"stop_token_ids holds a negative id ({negative})")
+    _check_vocabulary(ids, "stop_token_ids", vocab_size)
     return ids
 
 
@@ -190,7 +203,7 @@ def validate_request(
         ignore_eos=request.ignore_eos,
         stop=_stop(request),
         slo=_slo(request, settings.slo),
-        stop_token_ids=_stop_token_ids(request),
+        stop_token_ids=_stop_token_ids(request, settings.vocab_size),
         seed=request.seed if request.HasField("seed") else None,
         presence_penalty=_penalty(request, "presence_penalty"),
         frequency_penalty=_penalty(request, "frequency_penalty"),
