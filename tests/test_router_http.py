@@ -13,7 +13,7 @@ import pytest
 from test_router_service import Cluster, running_cluster, wait_for
 
 from voltana.services.router.http_fields import HttpRequestError
-from voltana.services.router.http_format import parse_chat, render_chat
+from voltana.services.router.http_format import parse_chat, parse_sglang, render_chat
 
 pytestmark = pytest.mark.integration
 
@@ -135,6 +135,105 @@ async def test_sglang_native_generate_whole_and_streamed(cluster: Cluster) -> No
     assert streamed[-1]["meta_info"]["finish_reason"] == {"type": "length", "length": 4}
     await wait_for(lambda: len(cluster.store.completions) == 2, "the completion records")
     assert {c.request_id for c in cluster.store.completions} == {"sglang-style-1", "sglang-style-2"}
+
+
+# What SGLang's own bench_serving (sglang 0.5.x, --backend sglang) posts to /generate on every
+# request: the sampling parameters plus lora_path, return_logprob, return_routed_experts and
+# logprob_start_len at their "ask for nothing" values.
+BENCH_SERVING_BODY: dict[str, Any] = {
+    "text": "ab cd ef gh " * 16,
+    "sampling_params": {"temperature": 0.0, "max_new_tokens": 6, "ignore_eos": True},
+    "stream": True,
+    "lora_path": None,
+    "return_logprob": False,
+    "return_routed_experts": False,
+    "logprob_start_len": -1,
+}
+
+
+async def sse_events(response: aiohttp.ClientResponse) -> list[Any]:
+    """The JSON events of a server-sent-event stream, up to and without ``[DONE]``."""
+    events: list[Any] = []
+    async for raw in response.content:
+        line = raw.decode().strip()
+        if line == "data: [DONE]":
+            return events
+        if line.startswith("data: "):
+            events.append(json.loads(line.removeprefix("data: ")))
+    raise AssertionError("the stream ended without data: [DONE]")
+
+
+async def test_sglang_bench_serving_requests_stream_as_it_parses_them(cluster: Cluster) -> None:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(base_url(cluster) + "/generate", json=BENCH_SERVING_BODY) as response,
+    ):
+        assert response.status == 200, await response.text()
+        events = await sse_events(response)
+    # bench_serving: TTFT at the first event with text, then the gap to each later event
+    # spread over its new tokens (the growth of meta_info.completion_tokens; an event with
+    # none is skipped); the last event's meta_info has the prompt length.
+    counts = [event["meta_info"]["completion_tokens"] for event in events]
+    assert counts[0] >= 1 and counts[-1] == 6 and counts == sorted(counts)
+    assert len(events[-1]["output_ids"]) == 6
+    assert all(event["text"] for event in events)
+    assert all(events[i]["text"].startswith(events[i - 1]["text"]) for i in range(1, len(events)))
+    assert events[-1]["meta_info"]["prompt_tokens"] == 64
+    assert events[-1]["meta_info"]["finish_reason"] == {"type": "length", "length": 6}
+    assert http_requests(cluster) == 1
+
+
+async def test_aiperf_style_streamed_completion_has_one_token_per_chunk_and_usage(
+    cluster: Cluster,
+) -> None:
+    # What aiperf 0.13 (--endpoint-type completions --streaming --use-server-token-count
+    # --extra-inputs ignore_eos:true) posts to /v1/completions.
+    body = {
+        "prompt": "ab cd ef gh " * 16,
+        "model": MODEL,
+        "stream": True,
+        "max_tokens": 5,
+        "ignore_eos": True,
+        "stream_options": {"include_usage": True},
+    }
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(base_url(cluster) + "/v1/completions", json=body) as response,
+    ):
+        assert response.status == 200, await response.text()
+        events = await sse_events(response)
+    texts = [event["choices"][0]["text"] for event in events if event["choices"]]
+    # Token chunks (each a whole number of the simulated engine's words, one per token), then
+    # the finish chunk and the usage chunk aiperf counts tokens from.
+    assert len("".join(texts).split()) == 5 and all(text.startswith(" ") for text in texts[:-1])
+    assert texts[-1] == "" and events[-2]["choices"][0]["finish_reason"] == "length"
+    assert events[-1]["choices"] == []
+    assert events[-1]["usage"]["prompt_tokens"] == 64
+    assert events[-1]["usage"]["completion_tokens"] == 5
+
+
+@pytest.mark.unit
+def test_sglang_clients_ask_for_nothing_fields_are_accepted_and_others_refused() -> None:
+    parsed = parse_sglang(BENCH_SERVING_BODY, MODEL)
+    assert parsed.stream and parsed.request.max_new_tokens == 6 and parsed.request.ignore_eos
+    assert parsed.request.text == BENCH_SERVING_BODY["text"]
+    for field, value in (
+        ("lora_path", ""),
+        ("top_logprobs_num", 0),
+        ("token_ids_logprob", []),
+        ("return_hidden_states", False),
+    ):
+        parse_sglang({**BENCH_SERVING_BODY, field: value}, MODEL)
+    for field, value in (
+        ("lora_path", "my-adapter"),
+        ("return_routed_experts", True),
+        ("logprob_start_len", 0),
+        ("return_hidden_states", True),
+        ("top_logprobs_num", 3),
+    ):
+        with pytest.raises(HttpRequestError, match=field) as refused:
+            parse_sglang({**BENCH_SERVING_BODY, field: value}, MODEL)
+        assert refused.value.param == field and refused.value.status == 400
 
 
 async def test_bad_requests_get_openai_errors(cluster: Cluster) -> None:
@@ -275,6 +374,8 @@ HOSTILE_BODIES: list[tuple[str, bytes, str | None]] = [
     ("/generate", b'{"text": "x", "sampling_params": {"max_new_tokens": 1e30}}',
      "sampling_params.max_new_tokens"),
     ("/generate", b'{"input_ids": [[1, 2], [3]]}', "input_ids"),
+    ("/generate", b'{"text": "x", "lora_path": "my-adapter"}', "lora_path"),
+    ("/generate", b'{"text": "x", "return_routed_experts": true}', "return_routed_experts"),
 ]  # fmt: skip
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from voltana.cli.bench_cmd import energy_delta_j, error_reason, prompt_ids
+from voltana.cli.bench_cmd import client_latency_ms, energy_delta_j, error_reason, prompt_ids
 from voltana.contract.state import SloTarget
 from voltana.report import RunOutcome, summarize
 from voltana.sdk import InvalidRequestError, ServerError, UnavailableError
@@ -92,7 +92,7 @@ async def test_bench_prints_the_simulate_table_and_json(stack: SimStack, tmp_pat
     assert set(document) == {"config", "results"}
     assert document["config"]["target"] == stack.router_address
     (row,) = document["results"]
-    assert set(row) == RESULT_KEYS | {"sim_host_stall_s", "instances"}
+    assert set(row) == RESULT_KEYS | {"sim_host_stall_s", "instances", "client_latency_ms"}
     assert row["policy"] == "static-max"
     assert row["requests"] == 8
     assert row["completed"] == 7
@@ -107,6 +107,12 @@ async def test_bench_prints_the_simulate_table_and_json(stack: SimStack, tmp_pat
     assert 50.0 < row["avg_power_w"] < 150.0
     assert row["energy_per_output_token_j"] == pytest.approx(row["energy_j"] / (7 * 12))
     assert row["ttft_ms"]["p50"] > 0 and row["itl_ms"]["p50"] > 0
+    # The same percentiles with their means, for bench/load_generators.py.
+    latency = row["client_latency_ms"]
+    assert set(latency) == {"ttft", "itl", "request_mean_itl"}
+    assert latency["ttft"]["p50"] == row["ttft_ms"]["p50"]
+    assert latency["itl"]["p99"] == row["itl_ms"]["p99"]
+    assert all(latency[name]["mean"] > 0 for name in latency)
     assert 0.0 <= row["slo_attainment"] <= 7 / 8
 
 
@@ -198,6 +204,34 @@ def test_prompt_ids_have_the_trace_length_and_valid_ids() -> None:
     small = prompt_ids(TraceRequest(3, 0.0, 300, 1), vocab_size=512)
     assert len(small) == 300 and min(small) >= 128 and max(small) < 512
     assert prompt_ids(TraceRequest(3, 0.0, 300, 1), vocab_size=128_256) == ids
+
+
+@pytest.mark.unit
+def test_client_latency_has_means_and_weighs_token_gaps_by_their_tokens() -> None:
+    outcome = RunOutcome(
+        policy="live",
+        requests=2,
+        ttft_ms=[40.0, 60.0],
+        mean_itl_ms=[10.0, 13.0],
+        output_tokens=8,
+        energy_j=None,
+        duration_s=1.0,
+        num_gpus=0,
+        # Request 1: three single-token gaps of 10 ms; request 2: a 12 ms gap, then 14 ms
+        # spread over 2 tokens that came in one chunk (and 0 ms for a token that came with
+        # the first one).
+        token_itl_ms=[10.0, 10.0, 10.0, 0.0, 12.0, 14.0],
+        token_itl_weights=[1, 1, 1, 1, 1, 2],
+    )
+    latency = client_latency_ms(outcome)
+    assert latency["ttft"]["mean"] == 50.0 and latency["ttft"]["p50"] == 50.0
+    assert latency["itl"]["mean"] == pytest.approx((30.0 + 0.0 + 12.0 + 28.0) / 7)
+    assert latency["itl"]["p50"] == 10.0 and latency["itl"]["p99"] == 14.0
+    assert latency["request_mean_itl"]["mean"] == 11.5
+    # The percentiles are those of the table's columns.
+    row = summarize(outcome, SloTarget(ttft_ms=800.0, itl_ms=50.0))
+    assert latency["itl"]["p50"] == row["itl_ms"]["p50"]
+    assert latency["ttft"]["p99"] == row["ttft_ms"]["p99"]
 
 
 @pytest.mark.unit

@@ -43,7 +43,13 @@ from voltana.cli.security_opts import (
 from voltana.contract.state import SloTarget
 from voltana.errors import ConfigError, VoltanaError
 from voltana.flags.values import host_port, host_ports
-from voltana.report import RunOutcome, add_savings, format_table, summarize
+from voltana.report import (
+    RunOutcome,
+    add_savings,
+    format_table,
+    summarize,
+    weighted_percentiles,
+)
 from voltana.rpc import RpcSecurity
 from voltana.sdk import (
     AuthenticationError,
@@ -531,6 +537,29 @@ def outcome_of(
     )
 
 
+def _stats(values: Sequence[float], weights: Sequence[float] | None = None) -> dict[str, Any]:
+    """Mean and p50/p90/p99 (weighted: each value counts ``weights[i]`` times)."""
+    p50, p90, p99 = weighted_percentiles(values, weights, (0.5, 0.9, 0.99))
+    total = sum(weights) if weights is not None else float(len(values))
+    if weights is None:
+        mean = sum(values) / total if total else None
+    else:
+        mean = sum(v * w for v, w in zip(values, weights, strict=True)) / total if total else None
+    return {"mean": mean, "p50": p50, "p90": p90, "p99": p99}
+
+
+def client_latency_ms(outcome: RunOutcome) -> dict[str, dict[str, Any]]:
+    """The client's latency figures with their means, for comparing with other load
+    generators (bench/load_generators.py): TTFT per request, token-level ITL (every gap
+    weighed by the tokens that saw it, as ``itl_ms``) and each request's mean ITL (its time
+    per output token after the first, what other tools call TPOT)."""
+    return {
+        "ttft": _stats(outcome.ttft_ms),
+        "itl": _stats(outcome.token_itl_ms, outcome.token_itl_weights),
+        "request_mean_itl": _stats(outcome.mean_itl_ms),
+    }
+
+
 def result_row(outcome: RunOutcome, args: argparse.Namespace) -> dict[str, Any]:
     # Unknown energy (no --telemetry) stays None in every energy figure; the table shows "-".
     rows = [summarize(outcome, slo_from_args(args))]
@@ -599,6 +628,7 @@ async def bench(
     row["instances"] = instance_figures(replayed.results, energy_before, energy_after)
     if row["instances"]:
         print(describe_instances(row["instances"]), file=sys.stderr)
+    row["client_latency_ms"] = client_latency_ms(outcome)
     return row, speedup
 
 

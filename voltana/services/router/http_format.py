@@ -83,7 +83,18 @@ _CHAT_NEUTRAL = {
 }
 _SGLANG_KEYS = frozenset({"text", "input_ids", "sampling_params", "stream", "rid",
                           "ttft_slo_ms", "itl_slo_ms"})  # fmt: skip
-_SGLANG_NEUTRAL: dict[str, tuple[Any, ...]] = {"return_logprob": (None, False)}
+# What SGLang's own clients send at their "ask for nothing" values (sglang.bench_serving sends
+# lora_path, return_logprob, return_routed_experts and logprob_start_len on every request).
+_SGLANG_NEUTRAL: dict[str, tuple[Any, ...]] = {
+    "return_logprob": (None, False),
+    "logprob_start_len": (None, -1),
+    "top_logprobs_num": (None, 0),
+    "token_ids_logprob": (None, []),
+    "return_text_in_logprobs": (None, False, True),
+    "return_routed_experts": (None, False),
+    "return_hidden_states": (None, False),
+    "lora_path": (None, ""),
+}
 _SAMPLING_KEYS = frozenset({"max_new_tokens", "temperature", "top_p", "stop", "stop_token_ids",
                             "ignore_eos", "sampling_seed", "presence_penalty",
                             "frequency_penalty"})  # fmt: skip
