@@ -160,6 +160,17 @@ def test_the_router_places_on_colocated_instances_and_sends_one_plain_request() 
 
 
 @pytest.mark.unit
+def test_a_colocated_only_cluster_with_none_routable_says_so() -> None:
+    cluster = LiveCluster()
+    state = _state("unified-0", Phase.UNIFIED)
+    # Listed, but without an engine endpoint: not routable.
+    cluster.update(ClusterSnapshot(10.0, {}, {}, unified={"unified-0": state}), {})
+    with pytest.raises(NoInstanceAvailableError, match="no colocated instance available") as raised:
+        cluster.routable()
+    assert "prefill" not in str(raised.value)
+
+
+@pytest.mark.unit
 def test_a_pd_only_view_needs_both_phases_and_says_what_is_missing() -> None:
     cluster = LiveCluster()
     cluster.update(

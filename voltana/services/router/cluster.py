@@ -238,9 +238,14 @@ class LiveCluster:
             if not states
         ]
         if missing:
+            snapshot = self._snapshot
+            if snapshot.unified and not snapshot.prefill and not snapshot.decode:
+                # A colocated-only cluster: PD instances are not missing, colocated ones are.
+                absence = self._describe_absence("unified")
+                raise NoInstanceAvailableError(f"no colocated instance available ({absence})")
             phase = missing[0]
             message = f"no {phase} instance available ({self._describe_absence(phase)})"
-            if self._snapshot.unified:
+            if snapshot.unified:
                 message += f"; no colocated one ({self._describe_absence('unified')})"
             raise NoInstanceAvailableError(message)
         return view
