@@ -30,6 +30,8 @@ MODEL_ENV = "VOLTANA_REAL_SGLANG_MODEL"  # a folder holding the tiny model
 READY_TIMEOUT_S = float(os.environ.get("VOLTANA_REAL_SGLANG_READY_TIMEOUT_S", "900"))
 # The KV pool of the tiny model: small, so the CPU allocation is quick.
 MAX_TOTAL_TOKENS = 4096
+# SGLang's /health runs a one-token generation (never under 1 s, several on a busy host).
+HEALTH_TIMEOUT_S = 10.0
 MAX_RUNNING_REQUESTS = 8
 SERVED_MODEL_NAME = "tiny-llama"
 

@@ -143,14 +143,22 @@ class RealStack(AsyncService):
         await self.until_routable()
 
     async def until_routable(self, timeout_s: float = 60.0) -> None:
-        """Until the router's snapshot lists every server with its GPU's clock."""
+        """Until the router's snapshot lists every server with its GPU's clock, and has seen
+        each GPU's energy counter move (the router estimates a request's energy from those
+        readings: a request finishing before there are two has none)."""
         assert self.router is not None
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
+        readings_j: dict[str, set[float]] = {i: set() for i in self.instance_ids}
         while True:
             snapshot = self.router.cluster.latest
             states = [snapshot.instance(i) if snapshot else None for i in self.instance_ids]
-            if all(state is not None and state.sm_clock_mhz > 0 for state in states):
+            for state in states:
+                if state is not None and state.energy_j > 0:
+                    readings_j[state.instance_id].add(state.energy_j)
+            if all(state is not None and state.sm_clock_mhz > 0 for state in states) and all(
+                len(seen) >= 3 for seen in readings_j.values()
+            ):
                 return
             if loop.time() > deadline:
                 raise TimeoutError(f"the router does not see every server: {states}")
