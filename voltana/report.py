@@ -198,6 +198,8 @@ def format_table(results: list[dict[str, Any]]) -> str:
     ]
     for name in sorted({name for r in results for name in r.get("slo_classes") or {}}):
         rows.append((f"SLO attainment, {name} class", _class_attainment(name)))
+    if any("elastic" in r for r in results):
+        rows.extend(ELASTIC_ROWS)
     header = ["", *[r["policy"] + extrapolation_mark(r) for r in results]]
     table = [header] + [[label, *[fn(r) for r in results]] for label, fn in rows]
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
@@ -212,6 +214,31 @@ def format_table(results: list[dict[str, Any]]) -> str:
     if any(extrapolation_mark(r) for r in results):
         lines.append(EXTRAPOLATION_NOTE)
     return "\n".join(lines)
+
+
+def _elastic(key: str, scale: float = 1.0, spec: str = ".1f") -> Callable[[dict[str, Any]], str]:
+    def cell(row: dict[str, Any]) -> str:
+        figures = row.get("elastic")
+        return _fmt(_scaled(figures[key], scale) if figures else None, spec)
+
+    return cell
+
+
+def _instances_up(row: dict[str, Any]) -> str:
+    figures = (row.get("elastic") or {}).get("instances", {}).get("all")
+    if not figures:
+        return "-"
+    return f"{figures['min']}/{figures['mean']:.2f}/{figures['max']}"
+
+
+# Rows of a table with an elastic run in it (voltana.sim.elastic's figures).
+ELASTIC_ROWS: list[tuple[str, Callable[[dict[str, Any]], str]]] = [
+    ("instances up min/mean/max", _instances_up),
+    ("time starting (s)", _elastic("starting_s")),
+    ("energy, stopped GPU idling (kJ)", _elastic("energy_j_in_server", 1e-3)),
+    ("energy, stopped GPU released (kJ)", _elastic("energy_j_released", 1e-3)),
+    ("released GPU-hours", _elastic("released_gpu_h", 1.0, ".3f")),
+]
 
 
 def _class_attainment(name: str) -> Callable[[dict[str, Any]], str]:

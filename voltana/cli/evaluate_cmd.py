@@ -16,6 +16,7 @@ import time
 from voltana.cli.options import (
     add_clock_range_arg,
     add_cluster_shape_args,
+    add_elastic_args,
     add_hardware_args,
     add_slo_args,
     cluster_shape_from_args,
@@ -84,6 +85,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     add_clock_range_arg(parser)
     cluster = parser.add_argument_group("cluster")
     add_cluster_shape_args(cluster)
+    add_elastic_args(cluster)
     add_slo_args(parser)
     parser.add_argument(
         "--loads",
@@ -121,6 +123,8 @@ def run(args: argparse.Namespace) -> int:
         num_unified=num_unified,
         slo=slo,
         allow_extrapolated_clocks=args.allow_extrapolated_clocks,
+        engine_start_s=args.engine_start_s,
+        released_gpu_w=args.released_gpu_w,
     )
     build_suites(  # bad names fail first
         policies,
@@ -219,6 +223,8 @@ def run(args: argparse.Namespace) -> int:
                 },
                 "capacity_multiplier": capacity,
                 "allow_extrapolated_clocks": args.allow_extrapolated_clocks,
+                "engine_start_s": args.engine_start_s,
+                "released_gpu_w": args.released_gpu_w,
             },
             "rows": [row.as_dict() for row in rows],
         }

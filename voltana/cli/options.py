@@ -12,7 +12,12 @@ from dataclasses import dataclass
 from voltana.contract.state import SloTarget
 from voltana.errors import ConfigError
 from voltana.event_loop import DEFAULT_EVENT_LOOP, EVENT_LOOPS
-from voltana.flags.values import non_negative_int, positive_float, positive_int
+from voltana.flags.values import (
+    non_negative_float,
+    non_negative_int,
+    positive_float,
+    positive_int,
+)
 from voltana.hardware import GPU_CATALOG, MODEL_CATALOG, GpuSpec, ModelSpec
 from voltana.perf.model import PerformanceModel
 from voltana.perf.selection import resolve_physics
@@ -139,6 +144,26 @@ def slo_from_args(args: argparse.Namespace) -> SloTarget:
         raise ConfigError("--ttft-slo-per-1k-ms must be >= 0")
     return SloTarget(
         ttft_ms=args.ttft_slo_ms, itl_ms=args.itl_slo_ms, ttft_ms_per_1k_tokens=per_1k_ms
+    )
+
+
+def add_elastic_args(group: argparse._ActionsContainer) -> None:
+    """--engine-start-s and --released-gpu-w: the costs of elasticity (voltana-elastic)."""
+    group.add_argument(
+        "--engine-start-s",
+        type=non_negative_float,
+        metavar="S",
+        help="seconds an engine takes to start (weights, warm-up, graph capture) when "
+        "voltana-elastic brings an instance back (default: 3.75 s per billion parameters, "
+        "30 s for an 8B model, 123 s for qwen3-32b)",
+    )
+    group.add_argument(
+        "--released-gpu-w",
+        type=non_negative_float,
+        metavar="W",
+        help="count a GPU whose engine voltana-elastic stopped at W watts (0: given back to a "
+        "pool that powers it down or uses it) instead of its bare idle draw; the report gives "
+        "both figures and the released GPU-hours",
     )
 
 

@@ -11,6 +11,7 @@ from typing import Any
 from voltana.cli.options import (
     add_clock_range_arg,
     add_cluster_shape_args,
+    add_elastic_args,
     add_hardware_args,
     add_slo_args,
     add_slo_class_arg,
@@ -67,6 +68,7 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     add_clock_range_arg(parser)
     cluster = parser.add_argument_group("cluster")
     add_cluster_shape_args(cluster)
+    add_elastic_args(cluster)
     cluster.add_argument(
         "--max-running-requests",
         type=positive_int,
@@ -161,6 +163,8 @@ def run(args: argparse.Namespace) -> int:
         control_interval_ms=args.control_interval_ms,
         loop=LoopTiming.ideal() if args.ideal_loop else LoopTiming(),
         allow_extrapolated_clocks=args.allow_extrapolated_clocks,
+        engine_start_s=args.engine_start_s,
+        released_gpu_w=args.released_gpu_w,
     )
     workload = summarize_workload(requests)
     print(
@@ -215,6 +219,8 @@ def run(args: argparse.Namespace) -> int:
                 "loop": "ideal" if args.ideal_loop else "live",
                 "control_interval_ms": args.control_interval_ms,
                 "allow_extrapolated_clocks": args.allow_extrapolated_clocks,
+                "engine_start_s": args.engine_start_s,
+                "released_gpu_w": args.released_gpu_w,
                 "calibrated_clock_range_mhz": list(calibrated_clock_range_mhz(hardware.perf)),
                 "workload": workload.to_dict(),
             },

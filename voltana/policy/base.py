@@ -14,12 +14,14 @@ from voltana.contract.state import (
     ClockDecision,
     ClusterSnapshot,
     InstanceState,
+    Phase,
     Placement,
     RequestSpec,
     SloTarget,
 )
 from voltana.hardware.gpus import GpuSpec
 from voltana.perf.model import PerformanceModel, calibrated_clock_range_mhz
+from voltana.policy.forecast import LoadRates
 
 
 @dataclass(frozen=True)
@@ -72,17 +74,54 @@ class RoutingPolicy(Protocol):
     def place(self, request: RequestSpec, snapshot: ClusterSnapshot) -> Placement: ...
 
 
+@dataclass(frozen=True, slots=True)
+class PlanInput:
+    """What a planner is asked with: the time, an engine's start time, and how many instances of
+    each phase the cluster has (in service or not)."""
+
+    now_s: float
+    engine_start_s: float
+    pool_sizes: dict[Phase, int]
+
+
+@dataclass(frozen=True, slots=True)
+class PlanDecision:
+    """Instances to keep in service (serving or starting) per phase; the forecast band and the
+    load per phase (in instances) it was sized from."""
+
+    targets: dict[Phase, int]
+    band: LoadRates
+    needs: dict[Phase, float]
+
+
+class InstancePlanner(Protocol):
+    """Decides how many instances of each phase are in service (voltana.policy.planner): it is
+    told of every arrival and asked for targets every ``interval_s``."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def interval_s(self) -> float: ...
+
+    def observe_arrival(self, request: RequestSpec) -> None: ...
+
+    def plan(self, inputs: PlanInput) -> PlanDecision: ...
+
+
 @dataclass
 class PolicySuite:
     """A complete operating policy: a clock law per phase and a router; colocated (unified)
     instances run ``unified``, the two phase laws composed (voltana.policy.unified; the
-    registry builds it, with the physics the policy believes)."""
+    registry builds it, with the physics the policy believes). ``planner``, where set, takes
+    whole instances in and out of service (energy-aware elasticity); None: all stay up."""
 
     name: str
     prefill: FrequencyPolicy
     decode: FrequencyPolicy
     router: RoutingPolicy
     unified: FrequencyPolicy | None = None
+    planner: InstancePlanner | None = None
 
     @property
     def is_static(self) -> bool:

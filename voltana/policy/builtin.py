@@ -5,6 +5,7 @@ from collections.abc import Callable
 
 from voltana.policy.base import PolicyContext, PolicySuite, RoutingPolicy
 from voltana.policy.common import fit_predictor, full_range_clocks_mhz, paper_candidate_clocks_mhz
+from voltana.policy.elastic import build_elastic_suite
 from voltana.policy.paper import EcoRoute, build_paper_suite, build_paper_suite_m0
 from voltana.policy.voltana import VOLTANA_TOKEN_BREAKPOINTS, VoltanaRouter, build_voltana_suite
 
@@ -12,6 +13,7 @@ BUILTIN_POLICIES: dict[str, Callable[..., PolicySuite]] = {
     "voltana-paper": build_paper_suite,
     "voltana-paper-m0": build_paper_suite_m0,
     "voltana": build_voltana_suite,
+    "voltana-elastic": build_elastic_suite,
 }
 
 

@@ -75,8 +75,17 @@ class ClusterConfig:
     # Let policies use clocks outside the power/latency model's calibrated range (figures
     # there are extrapolated and marked so in reports).
     allow_extrapolated_clocks: bool = False
+    # Elasticity (a suite with a planner): an engine's start time (None: the model's default,
+    # voltana.perf.engine_costs), and what a GPU whose engine is stopped draws (None: its bare
+    # idle power - it is still in the server; 0: given back to a pool that powers it down).
+    engine_start_s: float | None = None
+    released_gpu_w: float | None = None
 
     def __post_init__(self) -> None:
+        for name in ("engine_start_s", "released_gpu_w"):
+            value = getattr(self, name)
+            if value is not None and not value >= 0:
+                raise ConfigError(f"{name} must be >= 0, got {value}")
         if min(self.num_prefill, self.num_decode, self.num_unified) < 0:
             raise ConfigError("instance counts must be >= 0")
         if (self.num_prefill < 1) != (self.num_decode < 1):

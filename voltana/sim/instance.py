@@ -18,6 +18,13 @@ from voltana.observation import InstanceObserver
 from voltana.perf.model import PerformanceModel
 from voltana.sim.cluster import ClusterConfig
 
+# Service states (energy-aware elasticity; without a planner every instance stays serving).
+SERVING = "serving"  # the router places on it
+DRAINING = "draining"  # the router no longer places on it; its requests finish
+STOPPED = "stopped"  # engine off, no CUDA context
+STARTING = "starting"  # the engine is loading; serving once its start time has passed
+SERVICE_STATES = (SERVING, DRAINING, STARTING, STOPPED)
+
 
 @dataclass
 class InstanceSeries:
@@ -28,6 +35,7 @@ class InstanceSeries:
     power_w: list[float] = field(default_factory=list)  # average since the previous sample
     queue_len: list[int] = field(default_factory=list)
     running_batch: list[int] = field(default_factory=list)
+    state: list[str] = field(default_factory=list)  # service state at the sample
 
 
 class SimInstance:
@@ -81,6 +89,14 @@ class SimInstance:
         self.jitter_factor = 1.0
         self.last_activity_s = 0.0
         self.series = InstanceSeries()
+        # Elasticity: the service state, requests placed on it and not yet done with it, and
+        # seconds and energy per state (booked at every change of state).
+        self.state = SERVING
+        self.assigned = 0
+        self.time_s_by_state: dict[str, float] = {}
+        self.energy_j_by_state: dict[str, float] = {}
+        self._state_since_s = 0.0
+        self._state_since_energy_j = 0.0
 
     # ---- energy and clocks ----------------------------------------------------------------
     def advance(self, now_s: float) -> None:
@@ -102,6 +118,25 @@ class SimInstance:
         self.power_since_s = start_s
         self.last_activity_s = start_s
         self._clock_since_s = start_s
+        self._state_since_s = start_s
+
+    def set_state(self, now_s: float, state: str) -> None:
+        """Enter service state ``state`` at ``now_s`` (energy integrated and booked first)."""
+        self.advance(now_s)
+        self.book_state(now_s)
+        self.state = state
+
+    def book_state(self, now_s: float) -> None:
+        """Book the time and energy in the current service state up to ``now_s`` (integrated)."""
+        state = self.state
+        self.time_s_by_state[state] = (
+            self.time_s_by_state.get(state, 0.0) + now_s - self._state_since_s
+        )
+        self.energy_j_by_state[state] = (
+            self.energy_j_by_state.get(state, 0.0) + self.energy_j - self._state_since_energy_j
+        )
+        self._state_since_s = now_s
+        self._state_since_energy_j = self.energy_j
 
     def book_residency(self, now_s: float) -> None:
         """Book the time and energy at the current clock up to ``now_s`` (integrated)."""
@@ -166,6 +201,7 @@ class SimInstance:
         energy = self.energy_j - self.sample_energy_j
         self.sample_energy_j = self.energy_j
         series.time_s.append(now_s)
+        series.state.append(self.state)
         series.sm_clock_mhz.append(self.sm_clock_mhz)
         series.power_w.append(energy / (interval_s * self.gpus) if interval_s > 0 else 0.0)
         if self.decode is not None:  # decode and unified: the prompt queue, then the batch

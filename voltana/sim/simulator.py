@@ -28,12 +28,21 @@ from voltana.contract.state import ClusterSnapshot, InstanceState, Phase, Reques
 from voltana.control import NoticeBoard, PlacementBook, ServedTargets, needs_clock_command
 from voltana.energy import RequestEnergy, WorkShares, spread_unclaimed
 from voltana.errors import ConfigError
+from voltana.perf.engine_costs import EngineCosts, engine_costs
 from voltana.perf.model import IterationEstimate, PerformanceModel, calibrated_clock_range_mhz
-from voltana.policy.base import FrequencyPolicy, PolicySuite, RoutingPolicy
+from voltana.policy.base import FrequencyPolicy, PlanInput, PolicySuite, RoutingPolicy
 from voltana.policy.unified import ColocatedRouting, UnifiedLaw
 from voltana.report import RunOutcome
 from voltana.sim.cluster import ClusterConfig
-from voltana.sim.instance import InstanceSeries, SimInstance
+from voltana.sim.elastic import ElasticRecord, choose_to_drain, elastic_figures
+from voltana.sim.instance import (
+    DRAINING,
+    SERVING,
+    STARTING,
+    STOPPED,
+    InstanceSeries,
+    SimInstance,
+)
 from voltana.workloads.classes import class_name
 from voltana.workloads.request import TraceRequest
 
@@ -52,8 +61,11 @@ from voltana.workloads.request import TraceRequest
     _SAMPLE,
     _CLOCK,
 ) = range(12)
+# Elasticity (after the others, so that runs without a planner order their events as before):
+# the planner's tick, and an engine's start completing.
+_PLAN, _STARTED = 12, 13
 # Events that recur while requests are pending but are not work themselves.
-_PERIODIC = frozenset({_REPORT, _ROUTER_WATCH, _CONTROLLER_WATCH, _CONTROL, _SAMPLE})
+_PERIODIC = frozenset({_REPORT, _ROUTER_WATCH, _CONTROLLER_WATCH, _CONTROL, _SAMPLE, _PLAN})
 _heappush = heapq.heappush  # (bound once: the loop pushes an event or two per iteration)
 
 REJECT_PROMPT_TOO_LONG = "prompt_too_long"
@@ -98,6 +110,8 @@ class SimulationResult:
     clock_residency_s: list[dict[int, float]] = field(default_factory=list)
     energy_j_by_clock: list[dict[int, float]] = field(default_factory=list)
     calibrated_clock_range_mhz: tuple[int, int] | None = None
+    # Elasticity (None: no planner, every instance served throughout).
+    elastic: ElasticRecord | None = None
 
     @property
     def energy_j(self) -> float:
@@ -154,7 +168,11 @@ class SimulationResult:
                 if self.request_energy
                 else None
             ),
-            extra={"clock_changes": self.clock_changes, **clock_figures(self)},
+            extra={
+                "clock_changes": self.clock_changes,
+                **clock_figures(self),
+                **(elastic_figures(self.elastic) if self.elastic is not None else {}),
+            },
         )
 
 
@@ -260,6 +278,19 @@ class Simulation:
         # (without, every law runs against the cluster SLO).
         self._served = ServedTargets()
         self._classed = False
+        # Elasticity: the suite's planner, the costs of stopping and starting engines, what a
+        # stopped GPU is counted at, and the in-service counts over time.
+        self._planner = suite.planner
+        self._costs: EngineCosts = engine_costs(perf, config.engine_start_s)
+        self._stopped_w = (
+            self._costs.no_engine_w if config.released_gpu_w is None else config.released_gpu_w
+        )
+        self._pools = {
+            Phase.PREFILL: self._prefill,
+            Phase.DECODE: self._decode,
+            Phase.UNIFIED: self._unified,
+        }
+        self._count_series: list[tuple[float, int, int, int, int]] = []
 
     # ---- event plumbing -------------------------------------------------------------------
     def _push(self, time_s: float, kind: int, payload: int) -> int:
@@ -295,16 +326,22 @@ class Simulation:
         """What the router places on (instances it has not heard of yet are left out)."""
         prefill = {}
         for inst in self._prefill:
+            if inst.state is not SERVING:  # draining, stopped or starting: not placed on
+                continue
             state = self._router_state(inst, now_s)
             if state is not None:
                 prefill[inst.instance_id] = state
         decode = {}
         for inst in self._decode:
+            if inst.state is not SERVING:
+                continue
             state = self._router_state(inst, now_s)
             if state is not None:
                 decode[inst.instance_id] = state
         unified = {}
         for inst in self._unified:
+            if inst.state is not SERVING:
+                continue
             state = self._router_state(inst, now_s)
             if state is not None:
                 unified[inst.instance_id] = state
@@ -374,6 +411,8 @@ class Simulation:
         if iteration is None:
             inst.busy = False
             inst.set_power(now_s, self.perf.idle_power_w(inst.sm_clock_mhz))
+            if inst.state is DRAINING and inst.assigned == 0:
+                self._stop(inst, now_s)
             return
         inst.work = WorkShares({job.key: float(chunk) for job, chunk in iteration.chunks})
         self._start(inst, now_s, iteration.latency_s, iteration.power_w, _PREFILL_DONE)
@@ -391,6 +430,8 @@ class Simulation:
         if iteration is None:
             inst.busy = False
             inst.set_power(now_s, self.perf.idle_power_w(inst.sm_clock_mhz))
+            if inst.state is DRAINING and inst.assigned == 0:
+                self._stop(inst, now_s)
             return
         if inst.work_batch_version != scheduler.batch_version:  # the batch changed
             inst.work = WorkShares.uniform(scheduler.running_keys())
@@ -453,9 +494,13 @@ class Simulation:
             return
         slo = request.slo or self.config.slo
         spec = RequestSpec(request.input_tokens, request.output_tokens, slo, now_s)
+        if self._planner is not None:
+            self._planner.observe_arrival(spec)
         placement = self._router.place(spec, self.snapshot(now_s))
         prefill = self._by_id[placement.prefill_id]
         decode = self._by_id[placement.decode_id]
+        prefill.assigned += 1  # (a colocated instance: once for each phase)
+        decode.assigned += 1
         if self._classed:
             self._served.open(request_index, (prefill.instance_id, decode.instance_id), request.slo)
         record.prefill_index = prefill.index
@@ -510,6 +555,7 @@ class Simulation:
         for job in inst.prefill.finish_iteration():
             record = self._records[job.key]
             record.prefill_done_s = now_s
+            inst.assigned -= 1
             if self._classed:
                 self._served.leave(job.key, inst.instance_id)
             # Prefill-side TTFT, as the prefill engine measures it: receipt to first token.
@@ -531,9 +577,11 @@ class Simulation:
             record = self._records[job.key]
             request = record.request
             record.prefill_done_s = now_s
+            inst.assigned -= 1
             inst.observer.note_first_token(now_s, now_s - job.enqueued_s)
             record.first_token_s = now_s
             if request.output_tokens <= 1:
+                inst.assigned -= 1
                 record.finish_s = now_s
                 self._placements.finished(job.key)
                 self._served.close(job.key)
@@ -552,6 +600,7 @@ class Simulation:
         decode = self.instances[record.decode_index]
         if request.output_tokens <= 1:  # the prefill's token was the whole answer
             self._first_token(record, request_index, now_s)
+            decode.assigned -= 1
             record.finish_s = now_s
             self._placements.finished(request_index)
             self._served.close(request_index)
@@ -581,6 +630,7 @@ class Simulation:
         self._decode_latency_s.append(latency_s)
         self._decode_batch.append(iteration.batch_size)
         finished = inst.decode.finish_iteration()
+        inst.assigned -= len(finished)
         for job in finished:
             self._records[job.key].finish_s = now_s
             self._placements.finished(job.key)
@@ -617,6 +667,8 @@ class Simulation:
 
     def _on_control(self, now_s: float) -> None:
         for inst in self.instances:
+            if inst.state is STOPPED or inst.state is STARTING:  # no engine to set clocks for
+                continue
             state = self._controller_state(inst, now_s)
             if state is not None:
                 self._decide(inst, state, now_s)
@@ -659,6 +711,8 @@ class Simulation:
         if kind == _CONTROL:
             self._on_control(now_s)
             return self.config.control_interval_ms / 1e3
+        if kind == _PLAN:
+            return self._on_plan(now_s)
         sample_s = self.config.sample_interval_s
         for inst in self.instances:
             inst.sample(now_s, sample_s)
@@ -687,6 +741,9 @@ class Simulation:
         if not self.suite.is_static:
             self._push(start_s + self.config.control_interval_ms / 1e3, _CONTROL, 0)
         self._push(start_s + self.config.sample_interval_s, _SAMPLE, 0)
+        if self._planner is not None:
+            self._note_counts(start_s)
+            self._push(start_s + self._planner.interval_s, _PLAN, 0)
         pending_requests = len(requests)
         last_s = requests[-1].arrival_s
         end_s = start_s
@@ -723,6 +780,9 @@ class Simulation:
                     pending_requests -= 1
             elif kind == _NOTIFY:
                 self._on_notify(payload, now_s)
+            elif kind == _STARTED:
+                self._on_started(instances[payload], now_s)
+                continue
             else:  # _DISPATCH
                 self._on_dispatch(payload, now_s)
             end_s = now_s
@@ -734,6 +794,7 @@ class Simulation:
         for inst in instances:
             inst.advance(end_s)
             inst.book_residency(end_s)
+            inst.book_state(end_s)
             inst.ledger.settle()
         if progress is not None:
             progress(1.0)
@@ -753,6 +814,100 @@ class Simulation:
             decode_iteration_latency_s=self._decode_latency_s,
             decode_iteration_batch=self._decode_batch,
             request_energy=self._request_energy(),
+            elastic=self._elastic_record(end_s) if self._planner is not None else None,
+        )
+
+    # ---- elasticity ----------------------------------------------------------------------------
+    def _on_plan(self, now_s: float) -> float:
+        """The planner's tick: bring each phase's in-service count to its target. Returns the
+        planner's interval."""
+        planner = self._planner
+        assert planner is not None
+        sizes = {phase: len(pool) for phase, pool in self._pools.items() if pool}
+        decision = planner.plan(PlanInput(now_s, self._costs.start_s, sizes))
+        changed = False
+        for phase, target in decision.targets.items():
+            changed |= self._reconcile(self._pools[phase], max(1, target), now_s)
+        if changed:
+            self._note_counts(now_s)
+        return planner.interval_s
+
+    def _reconcile(self, pool: list[SimInstance], target: int, now_s: float) -> bool:
+        """Drain, recall or start instances of one phase until ``target`` are serving or
+        starting; one always keeps serving. True when anything changed."""
+        active = [inst for inst in pool if inst.state is SERVING or inst.state is STARTING]
+        changed = False
+        if len(active) < target:
+            # A draining instance is recalled first (it is still up), then stopped ones start.
+            spare = [inst for inst in pool if inst.state is DRAINING] + [
+                inst for inst in pool if inst.state is STOPPED
+            ]
+            for inst in spare[: target - len(active)]:
+                if inst.state is DRAINING:
+                    inst.set_state(now_s, SERVING)
+                else:
+                    self._begin_start(inst, now_s)
+                changed = True
+        elif len(active) > target:
+            serving = [inst for inst in active if inst.state is SERVING]
+            excess = min(len(active) - target, len(serving) - 1)
+            for inst in choose_to_drain(serving, excess):
+                self._drain(inst, now_s)
+                changed = True
+        return changed
+
+    def _drain(self, inst: SimInstance, now_s: float) -> None:
+        """The router stops placing on ``inst``; it stops once its requests are done."""
+        inst.set_state(now_s, DRAINING)
+        if inst.assigned == 0 and not inst.busy:
+            self._stop(inst, now_s)
+
+    def _stop(self, inst: SimInstance, now_s: float) -> None:
+        """The engine goes: no context, the GPU locked at its lowest clock, drawing what a
+        stopped GPU is counted at."""
+        inst.set_state(now_s, STOPPED)
+        inst.book_residency(now_s)
+        low_mhz = calibrated_clock_range_mhz(self.perf)[0]
+        inst.sm_clock_mhz = inst.target_clock_mhz = low_mhz
+        inst.pending_clock = None
+        inst.set_power(now_s, self._stopped_w)
+        self._note_counts(now_s)
+
+    def _begin_start(self, inst: SimInstance, now_s: float) -> None:
+        """The engine starts: its GPU draws the start power until the start time has passed."""
+        inst.set_state(now_s, STARTING)
+        inst.book_residency(now_s)
+        inst.sm_clock_mhz = inst.target_clock_mhz = self.config.gpu.default_sm_clock_mhz
+        inst.set_power(now_s, self._costs.starting_w)
+        self._push(now_s + self._costs.start_s, _STARTED, inst.index)
+
+    def _on_started(self, inst: SimInstance, now_s: float) -> None:
+        inst.set_state(now_s, SERVING)
+        inst.set_power(now_s, self.perf.idle_power_w(inst.sm_clock_mhz))
+        inst.last_activity_s = now_s
+        self._note_counts(now_s)
+
+    def _note_counts(self, now_s: float) -> None:
+        """Record the instances serving per phase, and those starting, from ``now_s`` on."""
+        serving = [
+            sum(inst.state is SERVING or inst.state is DRAINING for inst in pool)
+            for pool in (self._prefill, self._decode, self._unified)
+        ]
+        starting = sum(inst.state is STARTING for inst in self.instances)
+        row = (now_s, serving[0], serving[1], serving[2], starting)
+        if self._count_series and self._count_series[-1][1:] == row[1:]:
+            return
+        self._count_series.append(row)
+
+    def _elastic_record(self, end_s: float) -> ElasticRecord:
+        return ElasticRecord(
+            costs=self._costs,
+            released_gpu_w=self.config.released_gpu_w,
+            gpus_per_instance=self.config.gpus_per_instance,
+            time_s_by_state=[dict(inst.time_s_by_state) for inst in self.instances],
+            energy_j_by_state=[dict(inst.energy_j_by_state) for inst in self.instances],
+            count_series=list(self._count_series),
+            end_s=end_s,
         )
 
     def _request_energy(self) -> list[RequestEnergy]:
