@@ -670,7 +670,9 @@ async def test_set_slo_is_refused_when_telemetry_cannot_take_it(cluster: Cluster
         await stub.SetSlo(
             controller_pb2.SetSloRequest(slo=common_pb2.SloTarget(ttft_ms=400.0, itl_ms=30.0))
         )
-    assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
+    # Refused at once (connection refused), or at the call's deadline on a host too busy to
+    # notice the closed port first: either way the owner did not take it.
+    assert raised.value.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
     current = await status(stub)
     assert (current.slo.ttft_ms, current.slo.itl_ms) == (800.0, 50.0)
 
