@@ -31,6 +31,7 @@ from voltana.engine.errors import (
     EngineUnavailableError,
 )
 from voltana.engine.prometheus import PrometheusSample, format_labels, parse_prometheus_text
+from voltana.rpc.tracing import global_tracer_provider, records
 
 # Longest SSE line accepted; cumulative chunks of long generations get big.
 _READ_BUFFER_BYTES = 4 * 2**20
@@ -219,12 +220,12 @@ class SglangHttpClient:
     def _recording_tracer(self) -> trace.Tracer | None:
         """The tracer for client spans, None when tracing records nothing (no SDK provider):
         then only the context is passed on."""
-        provider = self._tracer_provider or trace.get_tracer_provider()
+        provider = self._tracer_provider or global_tracer_provider()
         cached = self._tracer_of
         if cached is not None and cached[0] is provider:
             return cached[1]
         tracer: trace.Tracer | None = None
-        if not isinstance(provider, (trace.NoOpTracerProvider, trace.ProxyTracerProvider)):
+        if records(provider):
             tracer = provider.get_tracer(_CLIENT_TRACER_NAME)
         self._tracer_of = (provider, tracer)
         return tracer

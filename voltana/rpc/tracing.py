@@ -23,6 +23,7 @@ continues the caller's trace, and a call without one costs nothing.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
@@ -246,10 +247,26 @@ class _StreamStreamEnricher(_ClientSpanEnricher, grpc.aio.StreamStreamClientInte
         return await continuation(client_call_details, request_iterator)
 
 
+def global_tracer_provider() -> trace.TracerProvider:
+    """``trace.get_tracer_provider()`` without its environment lookup on every call (it looks
+    for ``OTEL_PYTHON_TRACER_PROVIDER`` until a provider is installed): the API's global as it
+    is now, or the proxy while there is none."""
+    provider = getattr(trace, "_TRACER_PROVIDER", None)
+    if isinstance(provider, trace.TracerProvider):
+        return provider
+    if _PROVIDER_FROM_ENV or not hasattr(trace, "_TRACER_PROVIDER"):
+        return trace.get_tracer_provider()
+    return _PROXY_PROVIDER
+
+
+_PROVIDER_FROM_ENV = "OTEL_PYTHON_TRACER_PROVIDER" in os.environ
+_PROXY_PROVIDER = trace.ProxyTracerProvider()
+
+
 def records(tracer_provider: trace.TracerProvider | None) -> bool:
     """Whether spans from ``tracer_provider`` (None: the global one, as it is now) are real:
     the API's no-op and proxy providers (nothing installed) record nothing."""
-    provider = tracer_provider or trace.get_tracer_provider()
+    provider = tracer_provider or global_tracer_provider()
     return not isinstance(provider, (trace.NoOpTracerProvider, trace.ProxyTracerProvider))
 
 
