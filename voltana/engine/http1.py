@@ -424,7 +424,7 @@ async def _read_head(conn: _Protocol, deadline: float | None) -> tuple[int, dict
             if not received_any and not buffer:
                 raise _StaleConnection(str(error)) from None
             raise
-        received_any = True
+        received_any = received_any or bool(buffer)
     head = bytes(buffer[:end]).decode("latin-1")
     del buffer[: end + 4]
     status_line, *header_lines = head.split("\r\n")
