@@ -651,3 +651,41 @@ async def test_requests_without_an_slo_follow_the_cluster_slo_telemetry_holds(
     followed, own = sorted(await cluster.completions(2), key=lambda c: c.slo.itl_ms if c.slo else 0)
     assert followed.slo == SloTarget(ttft_ms=321.0, itl_ms=21.0)
     assert own.slo == SloTarget(ttft_ms=321.0, itl_ms=90.0)
+
+
+async def test_without_tracing_the_callers_trace_context_reaches_the_engines(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # No tracer provider records: the router skips its spans, but a caller's traceparent still
+    # travels on to both engines (the gRPC context continued, the engine client injecting it).
+    from opentelemetry import context as otel_context
+    from opentelemetry import trace
+    from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
+
+    from voltana.engine import http1
+    from voltana.rpc.tracing import records
+
+    if records(None):
+        pytest.skip("a global tracer provider records in this process")
+    sent: list[dict[str, str]] = []
+    original = http1.ConnectionPool.request
+
+    async def recording(
+        self: http1.ConnectionPool, method: str, url: str, body: bytes, headers: Any, **kw: Any
+    ) -> http1.Response:
+        sent.append(dict(headers))
+        return await original(self, method, url, body, headers, **kw)
+
+    monkeypatch.setattr(http1.ConnectionPool, "request", recording)
+    trace_id = 0x1234ABCD
+    caller = SpanContext(trace_id, 0xABC, is_remote=False, trace_flags=TraceFlags.SAMPLED)
+    async with running_cluster() as cluster:
+        token = otel_context.attach(trace.set_span_in_context(NonRecordingSpan(caller)))
+        try:
+            await cluster.client.generate("trace me", max_new_tokens=2, stream=False)
+        finally:
+            otel_context.detach(token)
+        await cluster.client.generate("no trace", max_new_tokens=2, stream=False)
+    assert len(sent) == 4
+    assert [h["traceparent"].split("-")[1] for h in sent[:2]] == [f"{trace_id:032x}"] * 2
+    assert all("traceparent" not in h for h in sent[2:])

@@ -16,10 +16,14 @@ import secrets
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
 from types import TracebackType
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
+from opentelemetry import propagate, trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from voltana import json_codec
+from voltana.engine import http1
 from voltana.engine.errors import (
     EngineError,
     EngineRequestError,
@@ -27,6 +31,7 @@ from voltana.engine.errors import (
     EngineUnavailableError,
 )
 from voltana.engine.prometheus import PrometheusSample, format_labels, parse_prometheus_text
+from voltana.rpc.tracing import global_tracer_provider, records
 
 # Longest SSE line accepted; cumulative chunks of long generations get big.
 _READ_BUFFER_BYTES = 4 * 2**20
@@ -84,17 +89,35 @@ def _transport_error(exc: BaseException, url: str) -> EngineError:
     return EngineError(f"HTTP client error: {exc}", url=url)
 
 
+def _raw_transport_error(exc: BaseException, url: str) -> EngineError:
+    """The engine error for what the raw client (voltana.engine.http1) raised."""
+    if isinstance(exc, http1.ConnectTimeoutError):
+        return EngineUnavailableError(f"cannot connect in time ({exc})", url=url)
+    if isinstance(exc, TimeoutError):
+        return EngineTimeoutError(f"no answer in time ({type(exc).__name__})", url=url)
+    if isinstance(exc, ConnectionError) and not isinstance(exc, ConnectionRefusedError):
+        return EngineUnavailableError(f"connection lost: {exc or type(exc).__name__}", url=url)
+    if isinstance(exc, OSError):  # refused, unreachable, unknown host: nothing was sent
+        return EngineUnavailableError(f"cannot connect: {exc}", url=url)
+    if isinstance(exc, http1.HttpProtocolError):
+        return EngineError(f"unreadable answer: {exc}", url=url)
+    return EngineError(f"HTTP client error: {exc}", url=url)
+
+
+_CLIENT_TRACER_NAME = "voltana.engine.sglang_client"
+
+
 def _event_data(data_lines: list[bytes]) -> bytes:
     return data_lines[0] if len(data_lines) == 1 else b"\n".join(data_lines)
 
 
-async def _sse_batches(content: aiohttp.StreamReader, url: str) -> AsyncIterator[list[bytes]]:
+async def _sse_batches(blocks: AsyncIterator[bytes], url: str) -> AsyncIterator[list[bytes]]:
     """The data of the server-sent events (``data:`` lines joined), in order, one list per
     network read: a reader behind a fast stream takes its backlog in one go instead of one
     event (and one wake-up) at a time."""
     partial = b""  # a line the last read ended in the middle of
     data_lines: list[bytes] = []
-    async for block in content.iter_any():
+    async for block in blocks:
         lines = (partial + block if partial else block).split(b"\n")
         partial = lines.pop()
         if len(partial) > _READ_BUFFER_BYTES:
@@ -150,6 +173,13 @@ class SglangHttpClient:
     ``max_connections`` (0 = no limit, the default): a limit queues requests beyond it, and a
     PD request holds two connections for its whole stream, so the limit must be at least
     twice the requests in flight.
+
+    Streamed ``/generate`` calls (``generate_stream*``, ``generate_pd*``) go over a lean
+    HTTP/1.1 client of their own (voltana.engine.http1: keep-alive pool, TLS for https) unless
+    a ``session`` or aiohttp ``trace_configs`` are given, which only aiohttp can honour. With
+    ``traced`` they send the current W3C trace context (``traceparent``) along, and when
+    ``tracer_provider`` (default: the global one) records, each gets a CLIENT span named
+    ``POST /generate`` as voltana.observability.http_tracing's client spans are.
     """
 
     def __init__(
@@ -161,6 +191,8 @@ class SglangHttpClient:
         max_connections: int = 0,
         session: aiohttp.ClientSession | None = None,
         trace_configs: Sequence[aiohttp.TraceConfig] = (),
+        traced: bool = False,
+        tracer_provider: trace.TracerProvider | None = None,
     ) -> None:
         """``trace_configs`` (e.g. voltana.observability.client_trace_configs) trace each
         request and send the current trace context along (W3C ``traceparent``)."""
@@ -176,6 +208,27 @@ class SglangHttpClient:
         self._session = session
         self._owns_session = session is None
         self._trace_configs = list(trace_configs)
+        self._request_timeout_s = request_timeout_s
+        self._connect_timeout_s = connect_timeout_s
+        # Streams over the lean client unless aiohttp's session or signals were asked for.
+        self._raw = session is None and not self._trace_configs
+        self._pool: http1.ConnectionPool | None = None
+        self._traced = traced
+        self._tracer_provider = tracer_provider
+        self._tracer_of: tuple[trace.TracerProvider, trace.Tracer | None] | None = None
+
+    def _recording_tracer(self) -> trace.Tracer | None:
+        """The tracer for client spans, None when tracing records nothing (no SDK provider):
+        then only the context is passed on."""
+        provider = self._tracer_provider or global_tracer_provider()
+        cached = self._tracer_of
+        if cached is not None and cached[0] is provider:
+            return cached[1]
+        tracer: trace.Tracer | None = None
+        if records(provider):
+            tracer = provider.get_tracer(_CLIENT_TRACER_NAME)
+        self._tracer_of = (provider, tracer)
+        return tracer
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
@@ -195,6 +248,9 @@ class SglangHttpClient:
         if self._session is not None and self._owns_session:
             await self._session.close()
         self._session = None
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
 
     async def __aenter__(self) -> SglangHttpClient:
         return self
@@ -249,16 +305,79 @@ class SglangHttpClient:
         """
         return _each_chunk(self.generate_stream_batches(url, payload))
 
-    async def generate_stream_batches(
+    def generate_stream_batches(
         self, url: str, payload: Mapping[str, Any]
     ) -> AsyncGenerator[list[dict[str, Any]], None]:
         """``generate_stream``'s chunks, one list per network read (never empty)."""
+        if self._raw:
+            return self._raw_stream_batches(url, payload)
+        return self._aiohttp_stream_batches(url, payload)
+
+    async def _raw_stream_batches(
+        self, url: str, payload: Mapping[str, Any]
+    ) -> AsyncGenerator[list[dict[str, Any]], None]:
+        endpoint = self._endpoint(url, "/generate")
+        body = json_codec.dumps({**payload, "stream": True})
+        headers = {"Content-Type": "application/json", "Accept": "*/*"}
+        span = None
+        if self._traced:
+            tracer = self._recording_tracer()
+            if tracer is not None:
+                span = _client_span(tracer, endpoint)
+                propagate.inject(headers, context=trace.set_span_in_context(span))
+            else:
+                propagate.inject(headers)  # the caller's context, if one came in
+        if self._pool is None:
+            self._pool = http1.ConnectionPool(
+                connect_timeout_s=self._connect_timeout_s, limit=self._max_connections
+            )
+        try:
+            response = await self._pool.request(
+                "POST", endpoint, body, headers, timeout_s=self._request_timeout_s
+            )
+        except BaseException as exc:
+            if span is not None:
+                _end_client_span(span, None, exc)
+            if isinstance(exc, (OSError, TimeoutError, http1.HttpProtocolError)):
+                raise _raw_transport_error(exc, endpoint) from exc
+            raise
+        if span is not None:
+            _end_client_span(span, response.status, None)
+        try:
+            if response.status != 200:
+                text = (await response.read()).decode("utf-8", "replace")
+                raise error_for_status(response.status, _error_message(text), endpoint)
+            async for events in _sse_batches(response.blocks(), endpoint):
+                batch: list[dict[str, Any]] = []
+                for data in events:
+                    if data.strip() == b"[DONE]":
+                        if batch:
+                            yield batch
+                        await response.finish()
+                        return
+                    try:
+                        batch.append(_parse_chunk(data, endpoint))
+                    except EngineError:
+                        if batch:  # what came before the error, first
+                            yield batch
+                        raise
+                if batch:
+                    yield batch
+        except (OSError, TimeoutError, http1.HttpProtocolError) as exc:
+            raise _raw_transport_error(exc, endpoint) from exc
+        finally:
+            response.close()  # a half-read connection is closed, never pooled
+        raise EngineUnavailableError("the stream ended before 'data: [DONE]'", url=endpoint)
+
+    async def _aiohttp_stream_batches(
+        self, url: str, payload: Mapping[str, Any]
+    ) -> AsyncGenerator[list[dict[str, Any]], None]:
         endpoint = self._endpoint(url, "/generate")
         try:
             async with self._client().post(endpoint, json={**payload, "stream": True}) as response:
                 await self._raise_for_status(response, endpoint)
                 try:
-                    async for events in _sse_batches(response.content, endpoint):
+                    async for events in _sse_batches(response.content.iter_any(), endpoint):
                         batch: list[dict[str, Any]] = []
                         for data in events:
                             if data.strip() == b"[DONE]":
@@ -434,6 +553,33 @@ class SglangHttpClient:
         ``sglang:time_to_first_token_seconds_bucket{le="0.1"}`` are keys.
         """
         return metrics_by_name(await self.metric_samples(url))
+
+
+def _client_span(tracer: trace.Tracer, url: str) -> trace.Span:
+    """A CLIENT span for a POST to ``url``, as voltana.observability.http_tracing names them."""
+    parts = urlsplit(url)
+    template = parts.path or "/"
+    attributes: dict[str, str | int] = {
+        "http.request.method": "POST",
+        "url.full": url,
+        "url.template": template,
+        "server.address": parts.hostname or "",
+    }
+    if parts.port is not None:
+        attributes["server.port"] = parts.port
+    return tracer.start_span(f"POST {template}", kind=SpanKind.CLIENT, attributes=attributes)
+
+
+def _end_client_span(span: trace.Span, status: int | None, error: BaseException | None) -> None:
+    if status is not None:
+        span.set_attribute("http.response.status_code", status)
+        if status >= 400:
+            span.set_attribute("error.type", str(status))
+            span.set_status(Status(StatusCode.ERROR))
+    elif error is not None:
+        span.set_attribute("error.type", type(error).__qualname__)
+        span.set_status(Status(StatusCode.ERROR, str(error)))
+    span.end()
 
 
 def metrics_by_name(samples: list[PrometheusSample]) -> dict[str, float]:

@@ -14,16 +14,23 @@ and the server interceptor starts its spans with today's attribute names (``clie
 Background calls (telemetry sample streams and watches, completion reports, lease renewals,
 health checks) are traced only when they continue a trace: they run on timers, and as roots they
 would bury the request and clock-change traces (a lease renewal per GPU every second).
+
+A server whose tracer provider records nothing (none given and no SDK provider installed
+globally, the ``none`` exporter) skips the instrumentation: a call that brings a
+``traceparent`` just runs in that context, so what it calls (engines, the controller) still
+continues the caller's trace, and a call without one costs nothing.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import grpc
 import grpc.aio
-from opentelemetry import trace
+from opentelemetry import context as otel_context
+from opentelemetry import propagate, trace
 from opentelemetry.instrumentation.grpc import aio_client_interceptors
 from opentelemetry.instrumentation.grpc._aio_server import OpenTelemetryAioServerInterceptor
 
@@ -240,19 +247,84 @@ class _StreamStreamEnricher(_ClientSpanEnricher, grpc.aio.StreamStreamClientInte
         return await continuation(client_call_details, request_iterator)
 
 
+def global_tracer_provider() -> trace.TracerProvider:
+    """``trace.get_tracer_provider()`` without its environment lookup on every call (it looks
+    for ``OTEL_PYTHON_TRACER_PROVIDER`` until a provider is installed): the API's global as it
+    is now, or the proxy while there is none."""
+    provider = getattr(trace, "_TRACER_PROVIDER", None)
+    if isinstance(provider, trace.TracerProvider):
+        return provider
+    if _PROVIDER_FROM_ENV or not hasattr(trace, "_TRACER_PROVIDER"):
+        return trace.get_tracer_provider()
+    return _PROXY_PROVIDER
+
+
+_PROVIDER_FROM_ENV = "OTEL_PYTHON_TRACER_PROVIDER" in os.environ
+_PROXY_PROVIDER = trace.ProxyTracerProvider()
+
+
+def records(tracer_provider: trace.TracerProvider | None) -> bool:
+    """Whether spans from ``tracer_provider`` (None: the global one, as it is now) are real:
+    the API's no-op and proxy providers (nothing installed) record nothing."""
+    provider = tracer_provider or global_tracer_provider()
+    return not isinstance(provider, (trace.NoOpTracerProvider, trace.ProxyTracerProvider))
+
+
+class _WhenRecording(grpc.aio.ServerInterceptor):
+    """``traced`` while the tracer provider records; otherwise the call only continues the
+    caller's context (a ``traceparent`` in its metadata), or just goes on."""
+
+    def __init__(
+        self,
+        traced: grpc.aio.ServerInterceptor,
+        tracer_provider: trace.TracerProvider | None,
+        *,
+        continue_context: bool,
+    ) -> None:
+        self._traced = traced
+        self._provider = tracer_provider
+        # A given provider stays what it is; the global one may be installed later.
+        self._fixed = records(tracer_provider) if tracer_provider is not None else None
+        self._continue_context = continue_context
+
+    async def intercept_service(
+        self,
+        continuation: Callable[
+            [grpc.HandlerCallDetails],
+            Awaitable[grpc.RpcMethodHandler[_Request, _Response] | None],
+        ],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[_Request, _Response] | None:
+        recording = self._fixed if self._fixed is not None else records(None)
+        if recording:
+            return await self._traced.intercept_service(continuation, handler_call_details)
+        if self._continue_context:
+            metadata = handler_call_details.invocation_metadata or ()
+            if any(item[0] == TRACEPARENT for item in metadata):
+                # grpc.aio serves each call in a task of its own, interceptors included: the
+                # context attached here is the call's, and ends with its task.
+                otel_context.attach(propagate.extract({key: value for key, value in metadata}))
+        return await continuation(handler_call_details)
+
+
 class ServerTracing:
     """The interceptors of one traced gRPC server. The instrumentation's goes first (outermost),
     so a status code set by an inner interceptor (error mapping) lands on its span; ours goes
-    last. Call ``bound(port)`` once the server bound its port."""
+    last. Call ``bound(port)`` once the server bound its port. Both stand aside while the
+    tracer provider records nothing (see the module docstring)."""
 
     def __init__(self, listen_address: str, tracer_provider: trace.TracerProvider | None) -> None:
         host, port = _split(listen_address)
         self._enricher = _ServerSpanEnricher(host or "0.0.0.0", port or None)
         tracer = trace.get_tracer(_GRPC_INSTRUMENTATION, tracer_provider=tracer_provider)
-        self.outer: grpc.aio.ServerInterceptor = _StableServerInterceptor(
-            tracer, filter_=_server_filter
+        self.outer: grpc.aio.ServerInterceptor = _WhenRecording(
+            _StableServerInterceptor(tracer, filter_=_server_filter),
+            tracer_provider,
+            continue_context=True,
         )
-        self.inner: grpc.aio.ServerInterceptor = self._enricher
+        self.inner: grpc.aio.ServerInterceptor = _WhenRecording(
+            self._enricher, tracer_provider, continue_context=False
+        )
 
     def bound(self, port: int) -> None:
         self._enricher.set_port(port)

@@ -17,7 +17,6 @@ from voltana.engine import SglangHttpClient
 from voltana.errors import FailedPreconditionError
 from voltana.hardware import GPU_CATALOG
 from voltana.lifecycle import AsyncService, cancel_and_wait
-from voltana.observability.http_tracing import client_trace_configs
 from voltana.observability.prometheus import MetricsServer, start_metrics_server
 from voltana.policy.base import RoutingPolicy
 from voltana.policy.registry import build_router, build_suite
@@ -208,10 +207,13 @@ class RouterService(AsyncService):
                 timeout_s=settings.telemetry_timeout_s,
                 security=settings.security,
             )
+            # Its streams carry the request's trace context, with a CLIENT span each when the
+            # tracer provider records (nothing else to pay when tracing is off).
             self._engine = self._given_engine or SglangHttpClient(
                 connect_timeout_s=settings.engine_connect_timeout_s,
                 max_connections=settings.max_engine_connections,
-                trace_configs=client_trace_configs(self._tracer_provider),
+                traced=True,
+                tracer_provider=self._tracer_provider,
             )
             self._reporter = CompletionReporter(
                 self._telemetry,
